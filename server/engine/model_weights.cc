@@ -1,0 +1,279 @@
+#include "server/engine/model_weights.h"
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/util/status_macros.h"
+
+namespace glassbox {
+namespace {
+
+// Reads checkpoint tensors by HF name, trying the prefixes HF checkpoints are saved with.
+class WeightReader {
+ public:
+  WeightReader(const SafetensorsCheckpoint& checkpoint, std::vector<std::string> prefixes,
+               Backend& backend, DType dtype)
+      : checkpoint_(checkpoint), prefixes_(std::move(prefixes)), backend_(backend), dtype_(dtype) {}
+
+  bool Has(absl::string_view name) const { return FindView(name) != nullptr; }
+
+  // The tensor `name` with exactly `shape`, on the backend. With `transpose`, the checkpoint
+  // holds the transpose ([in, out], GPT-2's Conv1D) and the result is [out, in] = `shape`.
+  absl::StatusOr<Tensor> Get(absl::string_view name, Shape shape, bool transpose = false) const {
+    GB_ASSIGN_OR_RETURN(Tensor host, GetHost(name, std::move(shape), transpose));
+    return Place(host);
+  }
+
+  // The same, left on the host (in the target dtype) for the caller to combine before Place().
+  absl::StatusOr<Tensor> GetHost(absl::string_view name, Shape shape, bool transpose = false) const {
+    const TensorView* view = FindView(name);
+    if (view == nullptr) {
+      std::vector<std::string> tried;
+      for (const std::string& p : prefixes_) tried.push_back(absl::StrCat("'", p, name, "'"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint is missing tensor ", absl::StrJoin(tried, " / "),
+          " that config.json implies"));
+    }
+    Shape stored = shape;
+    if (transpose) std::swap(stored[0], stored[1]);
+    if (view->shape != stored) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", view->name, "' has shape ", ShapeToString(view->shape),
+          " but config.json implies ", ShapeToString(stored)));
+    }
+    GB_ASSIGN_OR_RETURN(Tensor host, ToHostF32(*view));
+    if (transpose) host = Transposed(host);
+    host = host.Reshape(std::move(shape));
+    if (dtype_ == DType::kF32) return host;
+    Tensor converted = Tensor::EmptyHost(dtype_, host.shape());
+    CpuConvert(host, converted);
+    return converted;
+  }
+
+  absl::StatusOr<Tensor> Place(const Tensor& host) const {
+    if (backend_.device() == Device::kCpu) return host;
+    GB_ASSIGN_OR_RETURN(Tensor device, backend_.Allocate(host.dtype(), host.shape()));
+    GB_RETURN_IF_ERROR(backend_.CopyFromHost(host, device));
+    return device;
+  }
+
+  // Optional tensors (biases the config may or may not imply) read only when `present`.
+  absl::StatusOr<Tensor> GetIf(bool present, absl::string_view name, Shape shape,
+                               bool transpose = false) const {
+    if (!present) return Tensor();
+    return Get(name, std::move(shape), transpose);
+  }
+
+ private:
+  const TensorView* FindView(absl::string_view name) const {
+    for (const std::string& p : prefixes_) {
+      if (const TensorView* v = checkpoint_.Find(absl::StrCat(p, name))) return v;
+    }
+    return nullptr;
+  }
+
+  static absl::StatusOr<Tensor> ToHostF32(const TensorView& view) {
+    Tensor out = Tensor::EmptyHost(DType::kF32, view.shape);
+    float* dst = out.data<float>();
+    const std::byte* src = view.bytes.data();
+    const int64_t n = view.numel();
+    // Checkpoint bytes need not be aligned for the element type: copy element by element.
+    switch (view.dtype) {
+      case SafetensorsDtype::kF32:
+        std::memcpy(dst, src, n * sizeof(float));
+        return out;
+      case SafetensorsDtype::kF64:
+        for (int64_t i = 0; i < n; ++i) {
+          double d;
+          std::memcpy(&d, src + i * 8, 8);
+          dst[i] = static_cast<float>(d);
+        }
+        return out;
+      case SafetensorsDtype::kF16:
+      case SafetensorsDtype::kBF16: {
+        const bool half = view.dtype == SafetensorsDtype::kF16;
+        for (int64_t i = 0; i < n; ++i) {
+          uint16_t bits;
+          std::memcpy(&bits, src + i * 2, 2);
+          dst[i] = half ? HalfToFloat(bits) : BFloat16ToFloat(bits);
+        }
+        return out;
+      }
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor '", view.name, "' has dtype ", std::string(SafetensorsDtypeName(view.dtype)),
+            "; model weights must be F32, F16, BF16 or F64"));
+    }
+  }
+
+  static Tensor Transposed(const Tensor& m) {
+    const int64_t rows = m.dim(0), cols = m.dim(1);
+    Tensor t = Tensor::EmptyHost(DType::kF32, {cols, rows});
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) t.data<float>()[c * rows + r] = m.data<float>()[r * cols + c];
+    }
+    return t;
+  }
+
+  static void CpuConvert(const Tensor& f32, Tensor& out) {
+    const int64_t n = f32.numel();
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = f32.data<float>()[i];
+      out.data<uint16_t>()[i] = out.dtype() == DType::kF16 ? FloatToHalf(v) : FloatToBFloat16(v);
+    }
+  }
+
+  const SafetensorsCheckpoint& checkpoint_;
+  std::vector<std::string> prefixes_;
+  Backend& backend_;
+  DType dtype_;
+};
+
+// Concatenates matrices (or vectors) along dimension 0, on the host.
+Tensor ConcatRows(std::initializer_list<const Tensor*> parts) {
+  int64_t rows = 0;
+  Shape shape = parts.begin()[0]->shape();
+  for (const Tensor* p : parts) rows += p->dim(0);
+  shape[0] = rows;
+  Tensor out = Tensor::EmptyHost(parts.begin()[0]->dtype(), shape);
+  size_t offset = 0;
+  for (const Tensor* p : parts) {
+    std::memcpy(static_cast<std::byte*>(out.raw_data()) + offset, p->raw_data(), p->nbytes());
+    offset += p->nbytes();
+  }
+  return out;
+}
+
+absl::StatusOr<ModelWeights> LoadGpt2(const ModelConfig& c, const WeightReader& r) {
+  ModelWeights w;
+  const int64_t d = c.d_model, m = c.d_mlp;
+  GB_ASSIGN_OR_RETURN(w.embed, r.Get("wte.weight", {c.vocab_size, d}));
+  GB_ASSIGN_OR_RETURN(w.pos_embed, r.Get("wpe.weight", {c.n_ctx, d}));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("h.", l, ".");
+    BlockWeights b;
+    GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "ln_1.weight", {d}));
+    GB_ASSIGN_OR_RETURN(b.ln1_b, r.Get(p + "ln_1.bias", {d}));
+    GB_ASSIGN_OR_RETURN(b.qkv_w, r.Get(p + "attn.c_attn.weight", {3 * d, d}, /*transpose=*/true));
+    GB_ASSIGN_OR_RETURN(b.qkv_b, r.Get(p + "attn.c_attn.bias", {3 * d}));
+    GB_ASSIGN_OR_RETURN(b.o_w, r.Get(p + "attn.c_proj.weight", {d, d}, true));
+    GB_ASSIGN_OR_RETURN(b.o_b, r.Get(p + "attn.c_proj.bias", {d}));
+    GB_ASSIGN_OR_RETURN(b.ln2_w, r.Get(p + "ln_2.weight", {d}));
+    GB_ASSIGN_OR_RETURN(b.ln2_b, r.Get(p + "ln_2.bias", {d}));
+    GB_ASSIGN_OR_RETURN(b.in_w, r.Get(p + "mlp.c_fc.weight", {m, d}, true));
+    GB_ASSIGN_OR_RETURN(b.in_b, r.Get(p + "mlp.c_fc.bias", {m}));
+    GB_ASSIGN_OR_RETURN(b.out_w, r.Get(p + "mlp.c_proj.weight", {d, m}, true));
+    GB_ASSIGN_OR_RETURN(b.out_b, r.Get(p + "mlp.c_proj.bias", {d}));
+    w.blocks.push_back(std::move(b));
+  }
+  GB_ASSIGN_OR_RETURN(w.ln_final_w, r.Get("ln_f.weight", {d}));
+  GB_ASSIGN_OR_RETURN(w.ln_final_b, r.Get("ln_f.bias", {d}));
+  w.unembed = w.embed;  // GPT2LMHeadModel ties lm_head to wte
+  return w;
+}
+
+absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader& r) {
+  ModelWeights w;
+  const int64_t d = c.d_model, m = c.d_mlp;
+  const int64_t q_rows = c.n_heads * c.d_head, kv_rows = c.n_kv_heads * c.d_head;
+  GB_ASSIGN_OR_RETURN(w.embed, r.Get("embed_tokens.weight", {c.vocab_size, d}));
+  // q, k and v are read on the host and fused into one matrix for a single GEMM per layer.
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    BlockWeights b;
+    GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "input_layernorm.weight", {d}));
+    GB_ASSIGN_OR_RETURN(b.ln2_w, r.Get(p + "post_attention_layernorm.weight", {d}));
+    GB_ASSIGN_OR_RETURN(Tensor q, r.GetHost(p + "self_attn.q_proj.weight", {q_rows, d}));
+    GB_ASSIGN_OR_RETURN(Tensor k, r.GetHost(p + "self_attn.k_proj.weight", {kv_rows, d}));
+    GB_ASSIGN_OR_RETURN(Tensor v, r.GetHost(p + "self_attn.v_proj.weight", {kv_rows, d}));
+    GB_ASSIGN_OR_RETURN(b.qkv_w, r.Place(ConcatRows({&q, &k, &v})));
+    if (c.qkv_bias) {
+      GB_ASSIGN_OR_RETURN(Tensor qb, r.GetHost(p + "self_attn.q_proj.bias", {q_rows}));
+      GB_ASSIGN_OR_RETURN(Tensor kb, r.GetHost(p + "self_attn.k_proj.bias", {kv_rows}));
+      GB_ASSIGN_OR_RETURN(Tensor vb, r.GetHost(p + "self_attn.v_proj.bias", {kv_rows}));
+      GB_ASSIGN_OR_RETURN(b.qkv_b, r.Place(ConcatRows({&qb, &kb, &vb})));
+    }
+    GB_ASSIGN_OR_RETURN(b.o_w, r.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
+    GB_ASSIGN_OR_RETURN(b.o_b, r.GetIf(c.o_bias, p + "self_attn.o_proj.bias", {d}));
+    GB_ASSIGN_OR_RETURN(b.gate_w, r.Get(p + "mlp.gate_proj.weight", {m, d}));
+    GB_ASSIGN_OR_RETURN(b.gate_b, r.GetIf(c.mlp_bias, p + "mlp.gate_proj.bias", {m}));
+    GB_ASSIGN_OR_RETURN(b.in_w, r.Get(p + "mlp.up_proj.weight", {m, d}));
+    GB_ASSIGN_OR_RETURN(b.in_b, r.GetIf(c.mlp_bias, p + "mlp.up_proj.bias", {m}));
+    GB_ASSIGN_OR_RETURN(b.out_w, r.Get(p + "mlp.down_proj.weight", {d, m}));
+    GB_ASSIGN_OR_RETURN(b.out_b, r.GetIf(c.mlp_bias, p + "mlp.down_proj.bias", {d}));
+    w.blocks.push_back(std::move(b));
+  }
+  GB_ASSIGN_OR_RETURN(w.ln_final_w, r.Get("norm.weight", {d}));
+  if (c.tie_word_embeddings) {
+    w.unembed = w.embed;
+  } else {
+    GB_ASSIGN_OR_RETURN(w.unembed, r.Get("lm_head.weight", {c.vocab_size, d}));
+  }
+  // The tables stay f32 whatever the weights' dtype: they are small and HF keeps them f32 too.
+  Tensor cos = Tensor::EmptyHost(DType::kF32, {c.n_ctx, c.rotary_dim / 2});
+  Tensor sin = Tensor::EmptyHost(DType::kF32, {c.n_ctx, c.rotary_dim / 2});
+  ComputeRotaryTables(c, cos, sin);
+  GB_ASSIGN_OR_RETURN(w.rope_cos, r.Place(cos));
+  GB_ASSIGN_OR_RETURN(w.rope_sin, r.Place(sin));
+  return w;
+}
+
+}  // namespace
+
+void ComputeRotaryTables(const ModelConfig& c, Tensor& cos, Tensor& sin) {
+  // Mirrors transformers' LlamaRotaryEmbedding: inv_freq and the angles are f32 computations
+  // there (even for f64 models), so they are here too; only cos/sin of the f32 angle are taken in
+  // double and rounded once.
+  const int64_t half = c.rotary_dim / 2;
+  std::vector<float> inv_freq(half);
+  const float base = static_cast<float>(c.rope_theta);
+  for (int64_t i = 0; i < half; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(c.rotary_dim);
+    inv_freq[i] = 1.0f / std::pow(base, exponent);
+  }
+  const RopeScaling& rs = c.rope_scaling;
+  const float factor = static_cast<float>(rs.factor);
+  if (rs.kind == RopeScaling::Kind::kLinear) {
+    for (float& f : inv_freq) f /= factor;
+  } else if (rs.kind == RopeScaling::Kind::kLlama3) {
+    const float old_context = static_cast<float>(rs.original_max_position_embeddings);
+    const float low = static_cast<float>(rs.low_freq_factor);
+    const float high = static_cast<float>(rs.high_freq_factor);
+    const float low_freq_wavelen = old_context / low;
+    const float high_freq_wavelen = old_context / high;
+    const float two_pi = static_cast<float>(2 * M_PI);
+    for (float& f : inv_freq) {
+      const float wavelen = two_pi / f;
+      const float scaled = wavelen > low_freq_wavelen ? f / factor : f;
+      if (wavelen < high_freq_wavelen || wavelen > low_freq_wavelen) {
+        f = scaled;
+      } else {
+        const float smooth = (old_context / wavelen - low) / (high - low);
+        f = (1 - smooth) * scaled / factor + smooth * scaled;
+      }
+    }
+  }
+  for (int64_t pos = 0; pos < c.n_ctx; ++pos) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(pos) * inv_freq[i];
+      cos.data<float>()[pos * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      sin.data<float>()[pos * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  }
+}
+
+absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
+                                              const SafetensorsCheckpoint& checkpoint,
+                                              Backend& backend, DType dtype) {
+  if (config.model_type == "gpt2") {
+    return LoadGpt2(config, WeightReader(checkpoint, {"", "transformer."}, backend, dtype));
+  }
+  // Llama-family checkpoints: LlamaForCausalLM saves "model.*" plus "lm_head.weight"; a bare
+  // LlamaModel saves the same names without "model.".
+  return LoadLlama(config, WeightReader(checkpoint, {"model.", ""}, backend, dtype));
+}
+
+}  // namespace glassbox

@@ -1,0 +1,371 @@
+#include "server/engine/transformer.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "server/util/status_macros.h"
+
+namespace glassbox {
+namespace {
+
+// State of one forward pass: the request's shapes and the plan that decides what is hooked.
+class ForwardPass {
+ public:
+  ForwardPass(const ModelConfig& config, const HookRegistry& hooks, const ModelWeights& weights,
+              Backend& backend, DType dtype, const HookPlan& plan, CaptureSink* sink,
+              int64_t batch, int64_t seq)
+      : c_(config), hooks_(hooks), w_(weights), be_(backend), dtype_(dtype), plan_(plan),
+        sink_(sink), batch_(batch), seq_(seq), tokens_(batch * seq) {}
+
+  absl::StatusOr<ForwardOutput> Run(const Tensor& ids, const Tensor& mask,
+                                    const Tensor& positions, const Tensor& last_index,
+                                    const Tensor& targets, const ForwardOptions& options);
+
+ private:
+  bool Touched(HookKind kind, int layer) const {
+    return plan_.Touches(hooks_.Find(kind, layer));
+  }
+
+  // The single place where the forward pass meets the plan: today it hands captured values to
+  // the sink; interventions will edit `value` here before it flows on.
+  absl::Status AtHook(HookKind kind, int layer, const Tensor& value) {
+    const HookId id = hooks_.Find(kind, layer);
+    if (id < 0 || !plan_.Captures(id)) return absl::OkStatus();
+    const HookInfo& info = hooks_.info(id);
+    return sink_->OnCapture(id, info, value.Reshape(info.ShapeFor(batch_, seq_)));
+  }
+
+  absl::StatusOr<Tensor> New(Shape shape) { return be_.Allocate(dtype_, std::move(shape)); }
+
+  // LayerNorm or RMSNorm per the config, emitting the scale and normalized hooks.
+  absl::StatusOr<Tensor> Norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              HookKind scale_kind, HookKind normalized_kind, int layer);
+  absl::StatusOr<Tensor> Block(int layer, const Tensor& resid, const Tensor& mask,
+                               const Tensor& positions);
+  absl::StatusOr<Tensor> Attention(int layer, const BlockWeights& b, const Tensor& normalized,
+                                   const Tensor& mask, const Tensor& positions);
+  absl::StatusOr<Tensor> Mlp(int layer, const BlockWeights& b, const Tensor& normalized);
+
+  const ModelConfig& c_;
+  const HookRegistry& hooks_;
+  const ModelWeights& w_;
+  Backend& be_;
+  DType dtype_;
+  const HookPlan& plan_;
+  CaptureSink* sink_;
+  int64_t batch_, seq_, tokens_;
+};
+
+const Tensor* OrNull(const Tensor& t) { return t.defined() ? &t : nullptr; }
+Tensor* OutOrNull(Tensor& t) { return t.defined() ? &t : nullptr; }
+
+absl::StatusOr<Tensor> ForwardPass::Norm(const Tensor& x, const Tensor& weight,
+                                         const Tensor& bias, HookKind scale_kind,
+                                         HookKind normalized_kind, int layer) {
+  GB_ASSIGN_OR_RETURN(Tensor out, New({tokens_, c_.d_model}));
+  // TransformerLens's hook_normalized holds the value before the norm's weight and bias, for
+  // LayerNorm and RMSNorm alike; it and the scale are computed only when hooked.
+  Tensor scale, unweighted;
+  if (Touched(scale_kind, layer)) {
+    GB_ASSIGN_OR_RETURN(scale, New({tokens_, 1}));
+  }
+  if (Touched(normalized_kind, layer)) {
+    GB_ASSIGN_OR_RETURN(unweighted, New({tokens_, c_.d_model}));
+  }
+  const float eps = static_cast<float>(c_.norm_eps);
+  if (c_.norm == NormKind::kLayerNorm) {
+    GB_RETURN_IF_ERROR(be_.LayerNorm(x, OrNull(weight), OrNull(bias), eps, out, OutOrNull(scale),
+                                     OutOrNull(unweighted)));
+  } else {
+    GB_RETURN_IF_ERROR(be_.RmsNorm(x, OrNull(weight), eps, out, OutOrNull(scale), OutOrNull(unweighted)));
+  }
+  GB_RETURN_IF_ERROR(AtHook(scale_kind, layer, scale));
+  GB_RETURN_IF_ERROR(AtHook(normalized_kind, layer, unweighted));
+  return out;
+}
+
+absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
+                                              const Tensor& normalized, const Tensor& mask,
+                                              const Tensor& positions) {
+  const int64_t h = c_.n_heads, hkv = c_.n_kv_heads, dh = c_.d_head;
+  GB_ASSIGN_OR_RETURN(Tensor qkv, New({tokens_, (h + 2 * hkv) * dh}));
+  GB_RETURN_IF_ERROR(be_.Linear(normalized, b.qkv_w, OrNull(b.qkv_b), Activation::kIdentity, qkv));
+  GB_ASSIGN_OR_RETURN(Tensor q, New({batch_, seq_, h, dh}));
+  GB_ASSIGN_OR_RETURN(Tensor k, New({batch_, seq_, hkv, dh}));
+  GB_ASSIGN_OR_RETURN(Tensor v, New({batch_, seq_, hkv, dh}));
+  GB_RETURN_IF_ERROR(be_.SplitQkv(qkv, q, k, v));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kQ, layer, q));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kK, layer, k));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kV, layer, v));
+
+  if (c_.positional == PositionalKind::kRotary) {
+    GB_ASSIGN_OR_RETURN(Tensor rot_q, New(q.shape()));
+    GB_ASSIGN_OR_RETURN(Tensor rot_k, New(k.shape()));
+    const int rotary_dim = static_cast<int>(c_.rotary_dim);
+    GB_RETURN_IF_ERROR(be_.Rotary(q, w_.rope_cos, w_.rope_sin, positions, rotary_dim, rot_q));
+    GB_RETURN_IF_ERROR(be_.Rotary(k, w_.rope_cos, w_.rope_sin, positions, rotary_dim, rot_k));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kRotQ, layer, rot_q));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kRotK, layer, rot_k));
+    q = rot_q;
+    k = rot_k;
+  }
+
+  // Scores and patterns are materialised only for layers whose hooks want them.
+  Tensor scores, pattern;
+  if (Touched(HookKind::kAttnScores, layer)) {
+    GB_ASSIGN_OR_RETURN(scores, New({batch_, h, seq_, seq_}));
+  }
+  if (Touched(HookKind::kPattern, layer)) {
+    GB_ASSIGN_OR_RETURN(pattern, New({batch_, h, seq_, seq_}));
+  }
+  double scale = c_.attn_scale;
+  if (c_.attn_scale_by_layer) scale /= static_cast<double>(layer + 1);
+  GB_ASSIGN_OR_RETURN(Tensor z, New({batch_, seq_, h, dh}));
+  GB_RETURN_IF_ERROR(be_.Attention(q, k, v, mask, static_cast<float>(scale), z, OutOrNull(scores),
+                                   OutOrNull(pattern)));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnScores, layer, scores));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kPattern, layer, pattern));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kZ, layer, z));
+
+  if (Touched(HookKind::kResult, layer)) {
+    // Per-head outputs before the shared output bias, as TransformerLens's hook_result.
+    GB_ASSIGN_OR_RETURN(Tensor result, New({batch_, seq_, h, c_.d_model}));
+    GB_RETURN_IF_ERROR(be_.HeadProjection(z, b.o_w, result));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kResult, layer, result));
+  }
+  GB_ASSIGN_OR_RETURN(Tensor attn_out, New({tokens_, c_.d_model}));
+  GB_RETURN_IF_ERROR(be_.Linear(z.Reshape({tokens_, h * dh}), b.o_w, OrNull(b.o_b),
+                                Activation::kIdentity, attn_out));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnOut, layer, attn_out));
+  return attn_out;
+}
+
+absl::StatusOr<Tensor> ForwardPass::Mlp(int layer, const BlockWeights& b,
+                                        const Tensor& normalized) {
+  const int64_t m = c_.d_mlp;
+  GB_ASSIGN_OR_RETURN(Tensor post, New({tokens_, m}));
+  if (c_.gated_mlp) {
+    GB_ASSIGN_OR_RETURN(Tensor pre, New({tokens_, m}));
+    GB_ASSIGN_OR_RETURN(Tensor pre_linear, New({tokens_, m}));
+    GB_RETURN_IF_ERROR(be_.Linear(normalized, b.gate_w, OrNull(b.gate_b), Activation::kIdentity, pre));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpPre, layer, pre));
+    GB_RETURN_IF_ERROR(be_.Linear(normalized, b.in_w, OrNull(b.in_b), Activation::kIdentity, pre_linear));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpPreLinear, layer, pre_linear));
+    GB_ASSIGN_OR_RETURN(Tensor activated, New({tokens_, m}));
+    GB_RETURN_IF_ERROR(be_.Activate(c_.act, pre, activated));
+    GB_RETURN_IF_ERROR(be_.Mul(activated, pre_linear, post));
+  } else if (Touched(HookKind::kMlpPre, layer)) {
+    GB_ASSIGN_OR_RETURN(Tensor pre, New({tokens_, m}));
+    GB_RETURN_IF_ERROR(be_.Linear(normalized, b.in_w, OrNull(b.in_b), Activation::kIdentity, pre));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpPre, layer, pre));
+    GB_RETURN_IF_ERROR(be_.Activate(c_.act, pre, post));
+  } else {
+    // Nobody looks at the pre-activation: let the GEMM apply the activation in its epilogue.
+    GB_RETURN_IF_ERROR(be_.Linear(normalized, b.in_w, OrNull(b.in_b), c_.act, post));
+  }
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpPost, layer, post));
+  GB_ASSIGN_OR_RETURN(Tensor mlp_out, New({tokens_, c_.d_model}));
+  GB_RETURN_IF_ERROR(be_.Linear(post, b.out_w, OrNull(b.out_b), Activation::kIdentity, mlp_out));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpOut, layer, mlp_out));
+  return mlp_out;
+}
+
+absl::StatusOr<Tensor> ForwardPass::Block(int layer, const Tensor& resid, const Tensor& mask,
+                                          const Tensor& positions) {
+  const BlockWeights& b = w_.blocks[layer];
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kResidPre, layer, resid));
+  GB_ASSIGN_OR_RETURN(Tensor ln1, Norm(resid, b.ln1_w, b.ln1_b, HookKind::kLn1Scale,
+                                       HookKind::kLn1Normalized, layer));
+  GB_ASSIGN_OR_RETURN(Tensor attn_out, Attention(layer, b, ln1, mask, positions));
+  // Sums go to fresh tensors rather than in place, so a captured value is never overwritten.
+  GB_ASSIGN_OR_RETURN(Tensor resid_mid, New({tokens_, c_.d_model}));
+  GB_RETURN_IF_ERROR(be_.Add(resid, attn_out, resid_mid));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kResidMid, layer, resid_mid));
+  GB_ASSIGN_OR_RETURN(Tensor ln2, Norm(resid_mid, b.ln2_w, b.ln2_b, HookKind::kLn2Scale,
+                                       HookKind::kLn2Normalized, layer));
+  GB_ASSIGN_OR_RETURN(Tensor mlp_out, Mlp(layer, b, ln2));
+  GB_ASSIGN_OR_RETURN(Tensor resid_post, New({tokens_, c_.d_model}));
+  GB_RETURN_IF_ERROR(be_.Add(resid_mid, mlp_out, resid_post));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kResidPost, layer, resid_post));
+  return resid_post;
+}
+
+absl::StatusOr<ForwardOutput> ForwardPass::Run(const Tensor& ids, const Tensor& mask,
+                                               const Tensor& positions, const Tensor& last_index,
+                                               const Tensor& targets,
+                                               const ForwardOptions& options) {
+  GB_ASSIGN_OR_RETURN(Tensor resid, New({tokens_, c_.d_model}));
+  GB_RETURN_IF_ERROR(be_.Embedding(w_.embed, ids, resid));
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kEmbed, -1, resid));
+  if (c_.positional == PositionalKind::kLearned) {
+    GB_ASSIGN_OR_RETURN(Tensor pos_embed, New({tokens_, c_.d_model}));
+    GB_RETURN_IF_ERROR(be_.Embedding(w_.pos_embed, positions, pos_embed));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kPosEmbed, -1, pos_embed));
+    GB_ASSIGN_OR_RETURN(Tensor sum, New({tokens_, c_.d_model}));
+    GB_RETURN_IF_ERROR(be_.Add(resid, pos_embed, sum));
+    resid = sum;
+  }
+  const int layers = options.stop_at_layer >= 0 ? options.stop_at_layer : static_cast<int>(c_.n_layers);
+  for (int l = 0; l < layers; ++l) {
+    GB_ASSIGN_OR_RETURN(resid, Block(l, resid, mask, positions));
+  }
+  ForwardOutput out;
+  if (options.stop_at_layer >= 0) return out;
+
+  GB_ASSIGN_OR_RETURN(Tensor normalized, Norm(resid, w_.ln_final_w, w_.ln_final_b,
+                                              HookKind::kLnFinalScale,
+                                              HookKind::kLnFinalNormalized, -1));
+  const bool need_all = options.logits == LogitsMode::kAll || options.loss_per_token;
+  if (options.logits == LogitsMode::kNone && !need_all) return out;
+  Tensor logits;
+  if (need_all) {
+    GB_ASSIGN_OR_RETURN(logits, be_.Allocate(DType::kF32, {tokens_, c_.vocab_size}));
+    GB_RETURN_IF_ERROR(be_.Linear(normalized, w_.unembed, nullptr, Activation::kIdentity, logits));
+  }
+  if (options.loss_per_token) {
+    GB_ASSIGN_OR_RETURN(Tensor loss, be_.Allocate(DType::kF32, {batch_, seq_}));
+    GB_RETURN_IF_ERROR(be_.CrossEntropy(logits, targets, loss));
+    Tensor host_loss = Tensor::EmptyHost(DType::kF32, {batch_, seq_});
+    GB_RETURN_IF_ERROR(be_.CopyToHost(loss, host_loss));
+    out.loss_per_token = Tensor::EmptyHost(DType::kF32, {batch_, std::max<int64_t>(seq_ - 1, 0)});
+    for (int64_t b = 0; b < batch_; ++b) {
+      for (int64_t t = 0; t + 1 < seq_; ++t) {
+        out.loss_per_token.data<float>()[b * (seq_ - 1) + t] = host_loss.data<float>()[b * seq_ + t];
+      }
+    }
+  }
+  if (options.logits == LogitsMode::kAll) {
+    out.logits = Tensor::EmptyHost(DType::kF32, {batch_, seq_, c_.vocab_size});
+    GB_RETURN_IF_ERROR(be_.CopyToHost(logits, out.logits));
+  } else if (options.logits == LogitsMode::kLast) {
+    // Unembed only each row's last real token: gather those rows, then one small GEMM.
+    GB_ASSIGN_OR_RETURN(Tensor last, New({batch_, c_.d_model}));
+    GB_RETURN_IF_ERROR(be_.Embedding(normalized, last_index, last));
+    GB_ASSIGN_OR_RETURN(Tensor last_logits, be_.Allocate(DType::kF32, {batch_, c_.vocab_size}));
+    GB_RETURN_IF_ERROR(be_.Linear(last, w_.unembed, nullptr, Activation::kIdentity, last_logits));
+    out.logits = Tensor::EmptyHost(DType::kF32, {batch_, c_.vocab_size});
+    GB_RETURN_IF_ERROR(be_.CopyToHost(last_logits, out.logits));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string& model_dir,
+                                                               std::shared_ptr<Backend> backend,
+                                                               DType dtype) {
+  if (backend->device() == Device::kCpu && dtype != DType::kF32) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the CPU backend computes in f32; ", DTypeName(dtype), " needs the CUDA backend"));
+  }
+  GB_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  GB_ASSIGN_OR_RETURN(SafetensorsCheckpoint checkpoint, SafetensorsCheckpoint::Open(model_dir));
+  auto weights = LoadModelWeights(config, checkpoint, *backend, dtype);
+  if (!weights.ok()) {
+    return absl::Status(weights.status().code(),
+                        absl::StrCat(model_dir, ": ", weights.status().message()));
+  }
+  return std::unique_ptr<Transformer>(
+      new Transformer(std::move(config), *std::move(weights), std::move(backend), dtype));
+}
+
+absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
+                                                   const HookPlan& plan, CaptureSink* sink,
+                                                   const ForwardOptions& options) const {
+  const Tensor& tokens = input.tokens;
+  if (!tokens.defined() || tokens.rank() != 2 || tokens.dtype() != DType::kI32 ||
+      tokens.device() != Device::kCpu) {
+    return absl::InvalidArgumentError("tokens must be a host i32 tensor [batch, pos]");
+  }
+  const int64_t batch = tokens.dim(0), seq = tokens.dim(1);
+  if (batch == 0 || seq == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("empty input: tokens have shape ",
+                                                   ShapeToString(tokens.shape())));
+  }
+  if (&plan.registry() != &hooks_) {
+    return absl::InvalidArgumentError("the hook plan was built for another model");
+  }
+  if (!plan.CapturedIds().empty() && sink == nullptr) {
+    return absl::InvalidArgumentError("the plan captures hooks but no sink receives them");
+  }
+  if (options.stop_at_layer > config_.n_layers || options.stop_at_layer < -1) {
+    return absl::InvalidArgumentError(absl::StrCat("stop_at_layer ", options.stop_at_layer,
+                                                   " is outside [0, ", config_.n_layers, "]"));
+  }
+  if (options.stop_at_layer >= 0 && (options.logits != LogitsMode::kNone || options.loss_per_token)) {
+    return absl::InvalidArgumentError(
+        "logits and loss need the whole forward pass; turn them off when setting stop_at_layer");
+  }
+  Tensor mask = input.attention_mask;
+  if (mask.defined()) {
+    if (mask.dtype() != DType::kI32 || mask.shape() != tokens.shape() || mask.device() != Device::kCpu) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "attention_mask must be a host i32 tensor shaped like tokens ", ShapeToString(tokens.shape())));
+    }
+  } else {
+    mask = Tensor::EmptyHost(DType::kI32, tokens.shape());
+    std::fill_n(mask.data<int32_t>(), mask.numel(), 1);
+  }
+
+  // Positions count real tokens only; ids, lengths and positions are checked before any work.
+  Tensor positions = Tensor::EmptyHost(DType::kI32, tokens.shape());
+  Tensor last_index = Tensor::EmptyHost(DType::kI32, {batch});
+  Tensor targets = Tensor::EmptyHost(DType::kI32, {batch * seq});
+  for (int64_t b = 0; b < batch; ++b) {
+    int32_t real = 0;
+    int32_t last = -1;
+    for (int64_t s = 0; s < seq; ++s) {
+      const int64_t i = b * seq + s;
+      const int32_t id = tokens.data<int32_t>()[i];
+      const int32_t m = mask.data<int32_t>()[i];
+      if (m != 0 && m != 1) {
+        return absl::InvalidArgumentError(absl::StrCat("attention_mask[", b, "][", s, "] is ", m,
+                                                       "; it must be 0 or 1"));
+      }
+      if (m == 1 && (id < 0 || id >= config_.vocab_size)) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " at [", b, "][", s,
+                                                       "] is outside the vocabulary [0, ",
+                                                       config_.vocab_size, ")"));
+      }
+      positions.data<int32_t>()[i] = std::max(real - (m == 1 ? 0 : 1), 0);
+      if (m == 1) {
+        ++real;
+        last = static_cast<int32_t>(s);
+      }
+      const bool next_real = s + 1 < seq && mask.data<int32_t>()[i + 1] == 1;
+      targets.data<int32_t>()[i] = (m == 1 && next_real) ? tokens.data<int32_t>()[i + 1] : -1;
+    }
+    if (real > config_.n_ctx) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", b, " has ", real,
+                                                     " tokens; the model's context is ",
+                                                     config_.n_ctx));
+    }
+    if (config_.sliding_window > 0 && real > config_.sliding_window) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", b, " has ", real, " tokens, more than the sliding attention window (",
+          config_.sliding_window, "), which Glassbox does not implement yet"));
+    }
+    last_index.data<int32_t>()[b] = static_cast<int32_t>(b * seq + std::max(last, 0));
+  }
+  // Padding positions embed a harmless id 0; they are masked out of every attention row.
+  Tensor ids = Tensor::EmptyHost(DType::kI32, tokens.shape());
+  for (int64_t i = 0; i < tokens.numel(); ++i) {
+    ids.data<int32_t>()[i] = mask.data<int32_t>()[i] ? tokens.data<int32_t>()[i] : 0;
+  }
+
+  auto upload = [&](const Tensor& host) -> absl::StatusOr<Tensor> {
+    if (backend_->device() == Device::kCpu) return host;
+    GB_ASSIGN_OR_RETURN(Tensor t, backend_->Allocate(host.dtype(), host.shape()));
+    GB_RETURN_IF_ERROR(backend_->CopyFromHost(host, t));
+    return t;
+  };
+  GB_ASSIGN_OR_RETURN(Tensor ids_dev, upload(ids));
+  GB_ASSIGN_OR_RETURN(Tensor mask_dev, upload(mask));
+  GB_ASSIGN_OR_RETURN(Tensor positions_dev, upload(positions));
+  GB_ASSIGN_OR_RETURN(Tensor last_dev, upload(last_index));
+  GB_ASSIGN_OR_RETURN(Tensor targets_dev, upload(targets));
+  ForwardPass pass(config_, hooks_, weights_, *backend_, dtype_, plan, sink, batch, seq);
+  return pass.Run(ids_dev, mask_dev, positions_dev, last_dev, targets_dev, options);
+}
+
+}  // namespace glassbox

@@ -1,0 +1,79 @@
+// A loaded model and its hooked forward pass. One generic block, parameterised by the config's
+// architecture traits, serves GPT-2 and the Llama family.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "server/engine/hook_plan.h"
+#include "server/engine/hook_points.h"
+#include "server/engine/model_weights.h"
+#include "server/model/model_config.h"
+
+namespace glassbox {
+
+struct ForwardInput {
+  Tensor tokens;          // [batch, pos] i32 on the host
+  // [batch, pos] i32 on the host, 1 for real tokens and 0 for padding (left or right). Undefined
+  // means every token is real. Real tokens are numbered from position 0 whatever the padding, so
+  // each sequence's values equal those of an unpadded run of it.
+  Tensor attention_mask;
+};
+
+enum class LogitsMode : uint8_t { kNone, kLast, kAll };
+
+struct ForwardOptions {
+  LogitsMode logits = LogitsMode::kAll;
+  bool loss_per_token = false;
+  // Run only blocks [0, stop_at_layer), as TransformerLens's stop_at_layer; -1 runs them all.
+  // Outputs (logits, loss) need the whole pass, so they must be off when this is set.
+  int stop_at_layer = -1;
+};
+
+struct ForwardOutput {
+  Tensor logits;          // host f32: [batch, pos, vocab] (kAll) or [batch, vocab] (kLast: the
+                          // last real token of each row)
+  Tensor loss_per_token;  // host f32 [batch, pos - 1]: -log p(token[t+1] | ..t); 0 at padding
+};
+
+// Receives captured activations in the order the forward pass produces them.
+class CaptureSink {
+ public:
+  virtual ~CaptureSink() = default;
+  // `value` has the hook's shape and lives on the backend's device. The forward pass never
+  // writes to it again, so a sink may keep it (sharing, not copying).
+  virtual absl::Status OnCapture(HookId id, const HookInfo& info, const Tensor& value) = 0;
+};
+
+class Transformer {
+ public:
+  // Loads a HuggingFace model directory (config.json + model.safetensors or shards) onto the
+  // backend, converting weights to `dtype`.
+  static absl::StatusOr<std::unique_ptr<Transformer>> Load(const std::string& model_dir,
+                                                           std::shared_ptr<Backend> backend,
+                                                           DType dtype = DType::kF32);
+
+  absl::StatusOr<ForwardOutput> Forward(const ForwardInput& input, const HookPlan& plan,
+                                        CaptureSink* sink, const ForwardOptions& options) const;
+
+  const ModelConfig& config() const { return config_; }
+  const HookRegistry& hooks() const { return hooks_; }
+  Backend& backend() const { return *backend_; }
+  DType dtype() const { return dtype_; }
+
+ private:
+  Transformer(ModelConfig config, ModelWeights weights, std::shared_ptr<Backend> backend,
+              DType dtype)
+      : config_(std::move(config)), hooks_(config_), weights_(std::move(weights)),
+        backend_(std::move(backend)), dtype_(dtype) {}
+
+  ModelConfig config_;
+  HookRegistry hooks_;
+  ModelWeights weights_;
+  std::shared_ptr<Backend> backend_;
+  DType dtype_;
+};
+
+}  // namespace glassbox

@@ -1,0 +1,250 @@
+#include "server/model/model_config.h"
+
+#include <cmath>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+#include "server/util/status_macros.h"
+
+namespace glassbox {
+namespace {
+
+using json = nlohmann::json;
+
+// Typed access to config.json fields with errors that name the file and the key. A key that is
+// absent or null takes `fallback`; with no fallback it is required.
+class ConfigReader {
+ public:
+  ConfigReader(const json& root, absl::string_view label) : root_(root), label_(label) {}
+
+  bool Has(absl::string_view key) const {
+    auto it = root_.find(key);
+    return it != root_.end() && !it->is_null();
+  }
+
+  absl::StatusOr<int64_t> Int(absl::string_view key, std::optional<int64_t> fallback = {}) const {
+    auto it = root_.find(key);
+    if (it == root_.end() || it->is_null()) {
+      if (fallback) return *fallback;
+      return Error(key, "is required");
+    }
+    if (!it->is_number_integer()) return Error(key, "must be an integer, got " + it->dump());
+    return it->get<int64_t>();
+  }
+
+  absl::StatusOr<int64_t> PositiveInt(absl::string_view key,
+                                      std::optional<int64_t> fallback = {}) const {
+    GB_ASSIGN_OR_RETURN(int64_t v, Int(key, fallback));
+    if (v <= 0) return Error(key, absl::StrCat("must be positive, got ", v));
+    return v;
+  }
+
+  absl::StatusOr<double> Number(absl::string_view key, std::optional<double> fallback = {}) const {
+    auto it = root_.find(key);
+    if (it == root_.end() || it->is_null()) {
+      if (fallback) return *fallback;
+      return Error(key, "is required");
+    }
+    if (!it->is_number()) return Error(key, "must be a number, got " + it->dump());
+    return it->get<double>();
+  }
+
+  absl::StatusOr<bool> Bool(absl::string_view key, bool fallback) const {
+    auto it = root_.find(key);
+    if (it == root_.end() || it->is_null()) return fallback;
+    if (!it->is_boolean()) return Error(key, "must be true or false, got " + it->dump());
+    return it->get<bool>();
+  }
+
+  absl::StatusOr<std::string> String(absl::string_view key, std::string fallback) const {
+    auto it = root_.find(key);
+    if (it == root_.end() || it->is_null()) return fallback;
+    if (!it->is_string()) return Error(key, "must be a string, got " + it->dump());
+    return it->get<std::string>();
+  }
+
+  absl::Status Error(absl::string_view key, absl::string_view what) const {
+    return absl::InvalidArgumentError(absl::StrCat(label_, ": \"", key, "\" ", what));
+  }
+
+  const json& root() const { return root_; }
+  const std::string& label() const { return label_; }
+
+ private:
+  const json& root_;
+  std::string label_;
+};
+
+absl::StatusOr<Activation> ParseActivation(const ConfigReader& r, absl::string_view key,
+                                           std::string fallback) {
+  GB_ASSIGN_OR_RETURN(std::string name, r.String(key, std::move(fallback)));
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") {
+    return Activation::kGeluTanh;
+  }
+  if (name == "gelu") return Activation::kGeluExact;
+  if (name == "quick_gelu") return Activation::kGeluQuick;
+  if (name == "relu") return Activation::kRelu;
+  if (name == "silu" || name == "swish") return Activation::kSilu;
+  return r.Error(key, "names an activation Glassbox does not implement: \"" + name +
+                          "\" (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, "
+                          "quick_gelu, relu, silu)");
+}
+
+absl::Status ParseGpt2(const ConfigReader& r, ModelConfig& c) {
+  GB_ASSIGN_OR_RETURN(c.n_layers, r.PositiveInt("n_layer"));
+  GB_ASSIGN_OR_RETURN(c.d_model, r.PositiveInt("n_embd"));
+  GB_ASSIGN_OR_RETURN(c.n_heads, r.PositiveInt("n_head"));
+  GB_ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
+  GB_ASSIGN_OR_RETURN(c.n_ctx, r.PositiveInt("n_positions"));
+  GB_ASSIGN_OR_RETURN(c.d_mlp, r.PositiveInt("n_inner", 4 * c.d_model));
+  GB_ASSIGN_OR_RETURN(c.norm_eps, r.Number("layer_norm_epsilon", 1e-5));
+  GB_ASSIGN_OR_RETURN(c.act, ParseActivation(r, "activation_function", "gelu_new"));
+  GB_ASSIGN_OR_RETURN(bool scale_attn, r.Bool("scale_attn_weights", true));
+  GB_ASSIGN_OR_RETURN(c.attn_scale_by_layer, r.Bool("scale_attn_by_inverse_layer_idx", false));
+  if (c.d_model % c.n_heads != 0) {
+    return r.Error("n_head", absl::StrCat("must divide n_embd (", c.d_model, ")"));
+  }
+  c.n_kv_heads = c.n_heads;
+  c.d_head = c.d_model / c.n_heads;
+  c.norm = NormKind::kLayerNorm;
+  c.positional = PositionalKind::kLearned;
+  c.gated_mlp = false;
+  c.qkv_bias = c.o_bias = c.mlp_bias = true;
+  c.tie_word_embeddings = true;  // GPT2LMHeadModel always ties lm_head to wte
+  c.attn_scale = scale_attn ? 1.0 / std::sqrt(static_cast<double>(c.d_head)) : 1.0;
+  return absl::OkStatus();
+}
+
+// Rotary frequencies: transformers 4 writes "rope_theta" and "rope_scaling" at the top level;
+// transformers 5 writes both into one "rope_parameters" object. Either is accepted.
+absl::Status ParseRope(const ConfigReader& r, ModelConfig& c) {
+  auto params = r.root().find("rope_parameters");
+  const bool v5 = params != r.root().end() && !params->is_null();
+  if (v5 && !params->is_object()) return r.Error("rope_parameters", "must be an object");
+  const std::string key = v5 ? "rope_parameters" : "rope_scaling";
+  const std::string label = absl::StrCat(r.label(), ": ", key);
+  if (v5) {
+    GB_ASSIGN_OR_RETURN(c.rope_theta, ConfigReader(*params, label).Number("rope_theta", 10000.0));
+  } else {
+    GB_ASSIGN_OR_RETURN(c.rope_theta, r.Number("rope_theta", 10000.0));
+  }
+  auto it = v5 ? params : r.root().find("rope_scaling");
+  if (it == r.root().end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_object()) return r.Error(key, "must be an object or null");
+  ConfigReader s(*it, label);
+  GB_ASSIGN_OR_RETURN(std::string kind, s.String("rope_type", ""));
+  if (kind.empty()) {
+    GB_ASSIGN_OR_RETURN(kind, s.String("type", ""));  // the older key
+  }
+  if (kind == "default" || kind.empty()) return absl::OkStatus();
+  if (kind == "linear") {
+    c.rope_scaling.kind = RopeScaling::Kind::kLinear;
+    GB_ASSIGN_OR_RETURN(c.rope_scaling.factor, s.Number("factor"));
+    return absl::OkStatus();
+  }
+  if (kind == "llama3") {
+    RopeScaling& rs = c.rope_scaling;
+    rs.kind = RopeScaling::Kind::kLlama3;
+    GB_ASSIGN_OR_RETURN(rs.factor, s.Number("factor"));
+    GB_ASSIGN_OR_RETURN(rs.low_freq_factor, s.Number("low_freq_factor"));
+    GB_ASSIGN_OR_RETURN(rs.high_freq_factor, s.Number("high_freq_factor"));
+    GB_ASSIGN_OR_RETURN(rs.original_max_position_embeddings,
+                        s.PositiveInt("original_max_position_embeddings"));
+    if (rs.high_freq_factor <= rs.low_freq_factor) {
+      return s.Error("high_freq_factor", "must exceed low_freq_factor");
+    }
+    return absl::OkStatus();
+  }
+  return absl::UnimplementedError(absl::StrCat(
+      label, ": type \"", kind,
+      "\" is not supported (supported: default, linear, llama3); dynamic and YaRN-style scalings "
+      "depend on the sequence length"));
+}
+
+absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
+  GB_ASSIGN_OR_RETURN(c.n_layers, r.PositiveInt("num_hidden_layers"));
+  GB_ASSIGN_OR_RETURN(c.d_model, r.PositiveInt("hidden_size"));
+  GB_ASSIGN_OR_RETURN(c.n_heads, r.PositiveInt("num_attention_heads"));
+  GB_ASSIGN_OR_RETURN(c.n_kv_heads, r.PositiveInt("num_key_value_heads", c.n_heads));
+  GB_ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
+  GB_ASSIGN_OR_RETURN(c.n_ctx, r.PositiveInt("max_position_embeddings"));
+  GB_ASSIGN_OR_RETURN(c.d_mlp, r.PositiveInt("intermediate_size"));
+  GB_ASSIGN_OR_RETURN(c.norm_eps, r.Number("rms_norm_eps", 1e-6));
+  GB_ASSIGN_OR_RETURN(c.act, ParseActivation(r, "hidden_act", "silu"));
+  GB_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
+  if (c.n_heads % c.n_kv_heads != 0) {
+    return r.Error("num_key_value_heads",
+                   absl::StrCat("must divide num_attention_heads (", c.n_heads, ")"));
+  }
+  const bool has_head_dim = r.Has("head_dim");
+  if (!has_head_dim && c.d_model % c.n_heads != 0) {
+    return r.Error("num_attention_heads", absl::StrCat("must divide hidden_size (", c.d_model, ")"));
+  }
+  GB_ASSIGN_OR_RETURN(c.d_head, r.PositiveInt("head_dim", c.d_model / c.n_heads));
+  if (c.d_head % 2 != 0) return r.Error("head_dim", "must be even for rotary embeddings");
+  c.rotary_dim = c.d_head;
+  c.norm = NormKind::kRmsNorm;
+  c.positional = PositionalKind::kRotary;
+  c.gated_mlp = true;
+  if (c.model_type == "qwen2") {
+    // Qwen2 always has q/k/v biases and never an o_proj or MLP bias.
+    c.qkv_bias = true;
+    c.o_bias = false;
+    c.mlp_bias = false;
+  } else {
+    GB_ASSIGN_OR_RETURN(bool attention_bias, r.Bool("attention_bias", false));
+    GB_ASSIGN_OR_RETURN(c.mlp_bias, r.Bool("mlp_bias", false));
+    c.qkv_bias = c.o_bias = attention_bias;
+  }
+  if (c.model_type == "mistral" || c.model_type == "qwen2") {
+    GB_ASSIGN_OR_RETURN(bool use_sliding, r.Bool("use_sliding_window", c.model_type == "mistral"));
+    if (use_sliding && r.Has("sliding_window")) {
+      GB_ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window"));
+    }
+  }
+  c.attn_scale = 1.0 / std::sqrt(static_cast<double>(c.d_head));
+  return ParseRope(r, c);
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view label) {
+  json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded()) {
+    return absl::InvalidArgumentError(absl::StrCat(label, ": not valid JSON"));
+  }
+  if (!root.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(label, ": expected a JSON object"));
+  }
+  ConfigReader r(root, label);
+  ModelConfig c;
+  GB_ASSIGN_OR_RETURN(c.model_type, r.String("model_type", ""));
+  GB_ASSIGN_OR_RETURN(c.torch_dtype, r.String("torch_dtype", ""));
+  if (c.model_type == "gpt2") {
+    GB_RETURN_IF_ERROR(ParseGpt2(r, c));
+  } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2") {
+    GB_RETURN_IF_ERROR(ParseLlama(r, c));
+  } else if (c.model_type.empty()) {
+    return r.Error("model_type", "is missing; Glassbox needs it to pick the architecture");
+  } else {
+    return absl::UnimplementedError(absl::StrCat(
+        label, ": model_type \"", c.model_type,
+        "\" is not supported (supported: gpt2, llama, mistral, qwen2)"));
+  }
+  return c;
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
+  const std::string path = model_dir + "/config.json";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open (is this a HuggingFace model directory?)"));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return ParseModelConfig(buffer.str(), path);
+}
+
+}  // namespace glassbox

@@ -1,0 +1,63 @@
+// Architecture traits read from a HuggingFace config.json. One generic transformer block is
+// driven by these traits; there is no class per architecture.
+#pragma once
+
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+
+namespace glassbox {
+
+enum class NormKind : uint8_t { kLayerNorm, kRmsNorm };
+enum class PositionalKind : uint8_t { kLearned, kRotary };
+
+// HF rope_scaling. Only the kinds whose frequencies do not depend on the sequence length.
+struct RopeScaling {
+  enum class Kind : uint8_t { kNone, kLinear, kLlama3 };
+  Kind kind = Kind::kNone;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 0;
+};
+
+struct ModelConfig {
+  std::string model_type;  // as in config.json: "gpt2", "llama", "mistral", "qwen2"
+  int64_t n_layers = 0;
+  int64_t d_model = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;
+  int64_t d_head = 0;
+  int64_t d_mlp = 0;
+  int64_t vocab_size = 0;
+  int64_t n_ctx = 0;  // longest sequence the model accepts (n_positions / max_position_embeddings)
+
+  NormKind norm = NormKind::kLayerNorm;
+  double norm_eps = 1e-5;
+
+  PositionalKind positional = PositionalKind::kLearned;
+  double rope_theta = 10000.0;
+  int64_t rotary_dim = 0;  // features per head that rotate (d_head unless partial rotary)
+  RopeScaling rope_scaling;
+
+  Activation act = Activation::kGeluTanh;
+  bool gated_mlp = false;  // act(x·W_gate) * (x·W_in), as Llama
+  bool qkv_bias = true;
+  bool o_bias = true;
+  bool mlp_bias = true;
+  bool tie_word_embeddings = false;
+
+  double attn_scale = 0;              // multiplies q·k; 1/sqrt(d_head) unless the config says otherwise
+  bool attn_scale_by_layer = false;   // GPT-2 scale_attn_by_inverse_layer_idx: also / (layer + 1)
+  int64_t sliding_window = 0;         // Mistral; 0 = none
+  std::string torch_dtype;            // informational: the checkpoint's declared dtype
+};
+
+// Parses config.json text. `label` (the file path) prefixes error messages.
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view label);
+// Reads <dir>/config.json.
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
+
+}  // namespace glassbox

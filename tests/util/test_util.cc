@@ -1,0 +1,67 @@
+#include "tests/util/test_util.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "gtest/gtest.h"
+#include "server/model/safetensors.h"
+
+namespace glassbox::testing {
+
+std::map<std::string, Tensor> ReadAllTensors(const std::string& path) {
+  std::map<std::string, Tensor> out;
+  auto file = SafetensorsFile::Open(path);
+  if (!file.ok()) {
+    ADD_FAILURE() << file.status();
+    return out;
+  }
+  for (const TensorView& view : (*file)->tensors()) {
+    const int64_t n = view.numel();
+    const std::byte* src = view.bytes.data();
+    switch (view.dtype) {
+      case SafetensorsDtype::kF32: {
+        Tensor t = Tensor::EmptyHost(DType::kF32, view.shape);
+        std::memcpy(t.raw_data(), src, n * 4);
+        out[view.name] = t;
+        break;
+      }
+      case SafetensorsDtype::kI64: {
+        Tensor t = Tensor::EmptyHost(DType::kI32, view.shape);
+        for (int64_t i = 0; i < n; ++i) {
+          int64_t v;
+          std::memcpy(&v, src + i * 8, 8);
+          t.data<int32_t>()[i] = static_cast<int32_t>(v);
+        }
+        out[view.name] = t;
+        break;
+      }
+      default:
+        ADD_FAILURE() << path << ": unexpected dtype for " << view.name;
+    }
+  }
+  return out;
+}
+
+double NormRelativeError(const Tensor& actual, const Tensor& expected) {
+  if (actual.numel() != expected.numel()) return std::numeric_limits<double>::infinity();
+  double diff = 0, ref = 0;
+  for (int64_t i = 0; i < actual.numel(); ++i) {
+    const double a = actual.data<float>()[i], e = expected.data<float>()[i];
+    if (std::isinf(a) || std::isinf(e)) {
+      if (a != e) return std::numeric_limits<double>::infinity();
+      continue;
+    }
+    if (std::isnan(a) || std::isnan(e)) return std::numeric_limits<double>::infinity();
+    diff += (a - e) * (a - e);
+    ref += e * e;
+  }
+  if (ref == 0) return diff == 0 ? 0 : std::numeric_limits<double>::infinity();
+  return std::sqrt(diff / ref);
+}
+
+std::string FixturePath(const std::string& relative) {
+  return std::string(GLASSBOX_FIXTURES_DIR) + "/" + relative;
+}
+
+}  // namespace glassbox::testing

@@ -1,0 +1,34 @@
+// Helpers shared by the engine tests: reading reference tensors, comparing by norm-relative
+// error, and a capture sink that keeps what it is given.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "kernels/tensor.h"
+#include "server/engine/transformer.h"
+
+namespace glassbox::testing {
+
+// Every tensor of a safetensors file as a host tensor: floats become f32, integers i32.
+std::map<std::string, Tensor> ReadAllTensors(const std::string& path);
+
+// ||actual - expected|| / ||expected|| over finite entries. Entries that are infinite in either
+// must be the same infinity in both (masked attention scores), else the result is +inf.
+double NormRelativeError(const Tensor& actual, const Tensor& expected);
+
+// Keeps a reference to every captured tensor, by hook name.
+class CollectingSink : public CaptureSink {
+ public:
+  absl::Status OnCapture(HookId id, const HookInfo& info, const Tensor& value) override {
+    order.push_back(info.name);
+    values[info.name] = value;
+    return absl::OkStatus();
+  }
+  std::vector<std::string> order;
+  std::map<std::string, Tensor> values;
+};
+
+std::string FixturePath(const std::string& relative);
+
+}  // namespace glassbox::testing

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing, builds everything (the CUDA backend too
+# when nvcc is present, even without a GPU), runs every test, then runs each fuzz target for a
+# bounded time. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+jobs="${GLASSBOX_JOBS:-$(nproc)}"
+fuzz_seconds="${GLASSBOX_FUZZ_SECONDS:-60}"
+
+bash tools/setup.sh
+
+echo "== build"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+ninja -C build -j "$jobs"
+
+echo "== tests"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+echo "== fuzz (${fuzz_seconds}s per target)"
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DGLASSBOX_CUDA=OFF -DGLASSBOX_BUILD_TESTS=OFF -DGLASSBOX_BUILD_FUZZERS=ON \
+  -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined" >/dev/null
+ninja -C build-fuzz -j "$jobs" $(ninja -C build-fuzz -t targets all | grep -o '^[a-z_]*_fuzz:' | tr -d ':' | sort -u)
+for fuzzer in build-fuzz/fuzz/*_fuzz; do
+  name=$(basename "$fuzzer")
+  corpus="build-fuzz/corpus/$name"
+  mkdir -p "$corpus"
+  seeds="fuzz/seeds/${name%_fuzz}"
+  echo "-- $name"
+  "$fuzzer" -max_total_time="$fuzz_seconds" -print_final_stats=1 "$corpus" \
+    $( [ -d "$seeds" ] && echo "$seeds" ) 2>&1 | tail -n 12
+done
+echo "fuzz: all targets ran ${fuzz_seconds}s without a crash"
