@@ -308,44 +308,44 @@ absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tenso
   }
   const int64_t group = heads / kv_heads;
   const float kNegInf = -std::numeric_limits<float>::infinity();
-#pragma omp parallel for collapse(2)
+  const int q_stride = static_cast<int>(heads * d_head), kv_stride = static_cast<int>(kv_heads * d_head);
+  const int n = static_cast<int>(seq), dh = static_cast<int>(d_head);
+  // Per (batch, head): S = scale·Q·Kᵀ and Z = P·V as two GEMMs reading the [B, S, H, Dh] layout
+  // in place through leading dimensions. The masked upper triangle is computed and discarded:
+  // still far cheaper than scalar dot products.
+  std::vector<float> probs(static_cast<size_t>(seq * seq));
   for (int64_t b = 0; b < batch; ++b) {
+    const int32_t* mask = key_mask.data<int32_t>() + b * seq;
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t kvh = h / group;
-      const int32_t* mask = key_mask.data<int32_t>() + b * seq;
-      std::vector<float> row(seq);
+      const float* qh = q.data<float>() + b * seq * heads * d_head + h * d_head;
+      const float* kh = k.data<float>() + b * seq * kv_heads * d_head + kvh * d_head;
+      const float* vh = v.data<float>() + b * seq * kv_heads * d_head + kvh * d_head;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, dh, scale, qh, q_stride, kh,
+                  kv_stride, 0.0f, probs.data(), n);
+      const int64_t score_base = (b * heads + h) * seq * seq;
+#pragma omp parallel for if (seq >= 256)
       for (int64_t i = 0; i < seq; ++i) {
-        const float* qi = q.data<float>() + ((b * seq + i) * heads + h) * d_head;
+        float* row = probs.data() + i * seq;
         float max_score = kNegInf;
         for (int64_t j = 0; j < seq; ++j) {
-          if (j > i || mask[j] == 0) {
-            row[j] = kNegInf;
-            continue;
-          }
-          const float* kj = k.data<float>() + ((b * seq + j) * kv_heads + kvh) * d_head;
-          float dot = 0;
-          for (int64_t e = 0; e < d_head; ++e) dot += qi[e] * kj[e];
-          row[j] = dot * scale;
+          if (j > i || mask[j] == 0) row[j] = kNegInf;
           max_score = std::max(max_score, row[j]);
         }
-        const int64_t score_base = ((b * heads + h) * seq + i) * seq;
-        if (scores) std::memcpy(scores->data<float>() + score_base, row.data(), seq * sizeof(float));
+        if (scores) std::memcpy(scores->data<float>() + score_base + i * seq, row, seq * sizeof(float));
         double denom = 0;
         for (int64_t j = 0; j < seq; ++j) {
           row[j] = row[j] == kNegInf ? 0.0f : std::exp(row[j] - max_score);
           denom += row[j];
         }
+        // A query with no visible key (padding before the first real token) keeps a zero row.
         const float inv = denom > 0 ? static_cast<float>(1.0 / denom) : 0.0f;
         for (int64_t j = 0; j < seq; ++j) row[j] *= inv;
-        if (pattern) std::memcpy(pattern->data<float>() + score_base, row.data(), seq * sizeof(float));
-        float* zi = z.data<float>() + ((b * seq + i) * heads + h) * d_head;
-        std::fill(zi, zi + d_head, 0.0f);
-        for (int64_t j = 0; j <= i; ++j) {
-          if (row[j] == 0.0f) continue;
-          const float* vj = v.data<float>() + ((b * seq + j) * kv_heads + kvh) * d_head;
-          for (int64_t e = 0; e < d_head; ++e) zi[e] += row[j] * vj[e];
-        }
+        if (pattern) std::memcpy(pattern->data<float>() + score_base + i * seq, row, seq * sizeof(float));
       }
+      float* zh = z.data<float>() + b * seq * heads * d_head + h * d_head;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, dh, n, 1.0f, probs.data(), n, vh,
+                  kv_stride, 0.0f, zh, q_stride);
     }
   }
   return absl::OkStatus();
