@@ -206,9 +206,17 @@ absl::StatusOr<ForwardOutput> ForwardPass::Run(const Tensor& ids, const Tensor& 
     resid = sum;
   }
   const int layers = options.stop_at_layer >= 0 ? options.stop_at_layer : static_cast<int>(c_.n_layers);
+  auto check_cancelled = [&]() -> absl::Status {
+    if (options.cancelled != nullptr && options.cancelled->load(std::memory_order_relaxed)) {
+      return absl::CancelledError("the forward pass was cancelled");
+    }
+    return absl::OkStatus();
+  };
   for (int l = 0; l < layers; ++l) {
+    GB_RETURN_IF_ERROR(check_cancelled());
     GB_ASSIGN_OR_RETURN(resid, Block(l, resid, mask, positions));
   }
+  GB_RETURN_IF_ERROR(check_cancelled());
   ForwardOutput out;
   if (options.stop_at_layer >= 0) return out;
 

@@ -2,6 +2,7 @@
 // architecture traits, serves GPT-2 and the Llama family.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -30,6 +31,9 @@ struct ForwardOptions {
   // Run only blocks [0, stop_at_layer), as TransformerLens's stop_at_layer; -1 runs them all.
   // Outputs (logits, loss) need the whole pass, so they must be off when this is set.
   int stop_at_layer = -1;
+  // Checked between blocks: when it becomes true the pass stops with CANCELLED. Lets a
+  // disconnected client or a passed deadline free the device within one layer's time.
+  const std::atomic<bool>* cancelled = nullptr;
 };
 
 struct ForwardOutput {

@@ -1,0 +1,170 @@
+#include "server/service/glassbox_service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "server/service/run_job.h"
+#include "server/service/status_util.h"
+
+namespace glassbox {
+namespace {
+
+using namespace std::chrono_literals;
+
+void FillModelInfo(const ServedModel& served, bool with_hooks, glassbox::v1::ModelInfo* info) {
+  const ModelConfig& c = served.model->config();
+  info->set_name(served.name);
+  info->set_architecture(c.model_type);
+  info->set_n_layers(c.n_layers);
+  info->set_d_model(c.d_model);
+  info->set_n_heads(c.n_heads);
+  info->set_n_kv_heads(c.n_kv_heads);
+  info->set_d_head(c.d_head);
+  info->set_d_mlp(c.d_mlp);
+  info->set_vocab_size(c.vocab_size);
+  info->set_n_ctx(c.n_ctx);
+  info->set_dtype(ToProtoDType(served.model->dtype()));
+  info->set_device(served.device);
+  info->set_has_tokenizer(served.tokenizer != nullptr);
+  if (!with_hooks) return;
+  for (const HookInfo& hook : served.model->hooks().hooks()) {
+    auto* point = info->add_hook_points();
+    point->set_name(hook.name);
+    point->set_layer(hook.layer);
+    for (size_t i = 0; i < hook.dims.size(); ++i) {
+      auto* dim = point->add_dims();
+      dim->set_name(hook.dim_names[i]);
+      dim->set_size(hook.dims[i].symbol == HookDim::Symbol::kFixed ? hook.dims[i].size : 0);
+    }
+  }
+}
+
+absl::StatusOr<const Tokenizer*> TokenizerOf(const ServedModel& served) {
+  if (served.tokenizer) return served.tokenizer.get();
+  return absl::FailedPreconditionError(absl::StrCat("model \"", served.name, "\" has no tokenizer (",
+                                                    served.directory, " has no tokenizer.json or vocab.json)"));
+}
+
+}  // namespace
+
+grpc::Status GlassboxService::ListModels(grpc::ServerContext*, const glassbox::v1::ListModelsRequest*,
+                                         glassbox::v1::ListModelsResponse* response) {
+  for (const auto& [name, served] : store_.models()) FillModelInfo(*served, false, response->add_models());
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::GetModelInfo(grpc::ServerContext*,
+                                           const glassbox::v1::GetModelInfoRequest* request,
+                                           glassbox::v1::ModelInfo* response) {
+  auto served = store_.Find(request->model());
+  if (!served.ok()) return ToGrpcStatus(served.status());
+  FillModelInfo(**served, true, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::Tokenize(grpc::ServerContext*, const glassbox::v1::TokenizeRequest* request,
+                                       glassbox::v1::TokenizeResponse* response) {
+  auto served = store_.Find(request->model());
+  if (!served.ok()) return ToGrpcStatus(served.status());
+  auto tokenizer = TokenizerOf(**served);
+  if (!tokenizer.ok()) return ToGrpcStatus(tokenizer.status());
+  EncodeOptions options{.split_special_tokens = request->split_special_tokens()};
+  if (request->has_prepend_bos()) options.add_special_tokens = request->prepend_bos();
+  auto ids = (*tokenizer)->Encode(request->text(), options);
+  if (!ids.ok()) return ToGrpcStatus(ids.status());
+  auto pieces = (*tokenizer)->ToStrTokens(*ids);
+  if (!pieces.ok()) return ToGrpcStatus(pieces.status());
+  response->mutable_ids()->Add(ids->begin(), ids->end());
+  for (std::string& piece : *pieces) response->add_str_tokens(std::move(piece));
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::Detokenize(grpc::ServerContext*,
+                                         const glassbox::v1::DetokenizeRequest* request,
+                                         glassbox::v1::DetokenizeResponse* response) {
+  auto served = store_.Find(request->model());
+  if (!served.ok()) return ToGrpcStatus(served.status());
+  auto tokenizer = TokenizerOf(**served);
+  if (!tokenizer.ok()) return ToGrpcStatus(tokenizer.status());
+  const std::vector<int32_t> ids(request->ids().begin(), request->ids().end());
+  auto text = (*tokenizer)->Decode(ids, request->skip_special_tokens());
+  if (!text.ok()) return ToGrpcStatus(text.status());
+  auto pieces = (*tokenizer)->ToStrTokens(ids);
+  if (!pieces.ok()) return ToGrpcStatus(pieces.status());
+  response->set_text(*std::move(text));
+  for (std::string& piece : *pieces) response->add_str_tokens(std::move(piece));
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::v1::RunRequest* request,
+                                  grpc::ServerWriter<glassbox::v1::RunResponse>* writer) {
+  const auto start = std::chrono::steady_clock::now();
+  if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  auto plan = BuildRunPlan(*request, store_, limits_);
+  if (!plan.ok()) return ToGrpcStatus(plan.status());
+
+  glassbox::v1::RunResponse header_message;
+  auto* header = header_message.mutable_header();
+  header->set_model(request->model());
+  for (size_t r = 0; r < plan->rows.size(); ++r) {
+    header->add_sequence_lengths(plan->lengths[r]);
+    header->add_tokens()->mutable_ids()->Add(plan->rows[r].begin(), plan->rows[r].end());
+  }
+  for (size_t i = 0; i < plan->tensors.size(); ++i) {
+    const OutputTensorInfo& t = plan->tensors[i];
+    auto* info = header->add_tensors();
+    info->set_id(static_cast<int32_t>(i));
+    info->set_name(t.name);
+    info->mutable_shape()->Add(t.shape.begin(), t.shape.end());
+    for (const std::string& d : t.dim_names) info->add_dim_names(d);
+    info->set_dtype(ToProtoDType(t.dtype));
+    info->set_nbytes(t.nbytes());
+  }
+  if (!writer->Write(header_message)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away before the header");
+  }
+
+  auto job = std::make_shared<RunJob>(*std::move(plan), limits_.stream_buffer_bytes);
+  if (!executor_.Submit([job] { job->Execute(); })) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  }
+  // Relay chunks as the worker produces them. Polling lets a cancelled or expired call stop the
+  // worker even while nothing is flowing.
+  int64_t bytes_sent = 0;
+  bool client_gone = false;
+  for (;;) {
+    bool timed_out = false;
+    auto item = job->channel().Pop(50ms, &timed_out);
+    if (context->IsCancelled()) {
+      client_gone = true;
+      break;
+    }
+    if (timed_out) continue;
+    if (!item) break;
+    bytes_sent += static_cast<int64_t>(item->chunk().data().size());
+    if (!writer->Write(*item)) {
+      client_gone = true;
+      break;
+    }
+  }
+  if (client_gone) job->Cancel();
+  job->WaitDone();
+  if (client_gone) {
+    const bool expired = context->deadline() <= std::chrono::system_clock::now();
+    return expired ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed during the run")
+                   : grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the run");
+  }
+  if (!job->status().ok()) return ToGrpcStatus(job->status());
+
+  glassbox::v1::RunResponse summary_message;
+  auto* summary = summary_message.mutable_summary();
+  summary->set_bytes_sent(bytes_sent);
+  summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
+  summary->mutable_timings()->set_forward_seconds(job->forward_seconds());
+  summary->mutable_timings()->set_total_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  writer->Write(summary_message);
+  return grpc::Status::OK;
+}
+
+}  // namespace glassbox

@@ -1,0 +1,190 @@
+// glassboxd: loads models once and serves them over gRPC until SIGTERM, then drains.
+//
+//   glassboxd --model gpt2=/models/gpt2 --model llama=/models/llama --listen 0.0.0.0:50051
+//   glassboxd --config /etc/glassbox/config.json
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_probe.h"
+#include "nlohmann/json.hpp"
+#include "server/service/glassbox_service.h"
+#include "server/util/status_macros.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address to serve on; port 0 picks a free port");
+ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda");
+ABSL_FLAG(std::string, config, "", "JSON config file: {\"models\": {NAME: DIR}, \"listen\": ADDR, "
+                                   "\"limits\": {...}}; flags given on the command line win");
+ABSL_FLAG(int64_t, max_batch, 1024, "most rows in one Run");
+ABSL_FLAG(int64_t, max_tokens, 1 << 16, "most (padded) tokens in one Run");
+ABSL_FLAG(int64_t, max_response_bytes, int64_t{8} << 30, "most tensor bytes one Run may stream");
+ABSL_FLAG(int64_t, stream_buffer_bytes, 16 << 20, "bytes buffered per stream before the worker waits for the reader");
+ABSL_FLAG(int, drain_seconds, 30, "on SIGTERM, how long in-flight runs may take to finish");
+
+namespace glassbox {
+namespace {
+
+// --model is repeatable (NAME=DIR each time), which absl's flag types cannot express, so those
+// arguments are taken out of argv before absl parses the rest.
+std::vector<std::string> TakeModelArgs(int& argc, char** argv) {
+  std::vector<std::string> models;
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if ((arg == "--model" || arg == "-model") && i + 1 < argc) {
+      models.push_back(argv[++i]);
+    } else if (arg.rfind("--model=", 0) == 0) {
+      models.push_back(arg.substr(8));
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  argc = out;
+  return models;
+}
+
+struct ServerSettings {
+  std::vector<ModelSpec> models;
+  std::string listen;
+  ServiceLimits limits;
+};
+
+absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_args) {
+  ServerSettings s;
+  s.listen = absl::GetFlag(FLAGS_listen);
+  s.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
+  s.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens);
+  s.limits.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
+  s.limits.stream_buffer_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_stream_buffer_bytes));
+  if (const std::string path = absl::GetFlag(FLAGS_config); !path.empty()) {
+    std::ifstream in(path);
+    if (!in) return absl::NotFoundError(absl::StrCat("--config: cannot open ", path));
+    std::stringstream text;
+    text << in.rdbuf();
+    auto json = nlohmann::json::parse(text.str(), nullptr, false);
+    if (json.is_discarded() || !json.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+    }
+    if (json.contains("models")) {
+      if (!json["models"].is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": \"models\" must map names to directories"));
+      for (const auto& [name, dir] : json["models"].items()) {
+        if (!dir.is_string()) return absl::InvalidArgumentError(absl::StrCat(path, ": models.", name, " must be a directory path"));
+        s.models.push_back({name, dir.get<std::string>()});
+      }
+    }
+    if (json.contains("listen") && json["listen"].is_string()) s.listen = json["listen"].get<std::string>();
+    if (json.contains("limits") && json["limits"].is_object()) {
+      const auto& l = json["limits"];
+      s.limits.max_batch = l.value("max_batch", s.limits.max_batch);
+      s.limits.max_tokens_per_request = l.value("max_tokens", s.limits.max_tokens_per_request);
+      s.limits.max_response_bytes = l.value("max_response_bytes", s.limits.max_response_bytes);
+    }
+  }
+  for (const std::string& arg : model_args) {
+    GB_ASSIGN_OR_RETURN(ModelSpec spec, ParseModelSpec(arg));
+    s.models.push_back(spec);
+  }
+  if (s.models.empty()) {
+    return absl::InvalidArgumentError("no models: pass --model NAME=DIR (repeatable) or --config FILE");
+  }
+  return s;
+}
+
+absl::StatusOr<std::pair<std::shared_ptr<Backend>, std::string>> ChooseBackend() {
+  const std::string device = absl::GetFlag(FLAGS_device);
+  const CudaProbe probe = ProbeCuda();
+  std::fprintf(stderr, "glassboxd: CUDA: %s\n", probe.detail.c_str());
+  if (device == "cuda") {
+    return absl::UnimplementedError(
+        "--device cuda: the CUDA backend is not implemented yet (issue 5); use --device cpu");
+  }
+  if (device != "auto" && device != "cpu") {
+    return absl::InvalidArgumentError(absl::StrCat("--device must be auto, cpu or cuda, got ", device));
+  }
+  if (device == "auto" && probe.device_count > 0) {
+    std::fprintf(stderr, "glassboxd: a GPU is present but the CUDA backend is not implemented yet; using the CPU\n");
+  }
+  std::fprintf(stderr, "glassboxd: backend: cpu\n");
+  return std::make_pair(std::shared_ptr<Backend>(std::make_shared<CpuBackend>()), std::string("cpu"));
+}
+
+int Main(int argc, char** argv) {
+  // Block the shutdown signals before any thread exists, so every thread inherits the mask and
+  // only the sigwait below sees them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::vector<std::string> model_args = TakeModelArgs(argc, argv);
+  absl::SetProgramUsageMessage(
+      "Serves models over gRPC.\n  glassboxd --model NAME=DIR [--model NAME=DIR ...] "
+      "[--listen ADDR] [--device auto|cpu|cuda] [--config FILE]");
+  absl::ParseCommandLine(argc, argv);
+  auto settings = Settings(model_args);
+  if (!settings.ok()) {
+    std::fprintf(stderr, "glassboxd: %s\n", std::string(settings.status().message()).c_str());
+    return 2;
+  }
+  auto backend = ChooseBackend();
+  if (!backend.ok()) {
+    std::fprintf(stderr, "glassboxd: %s\n", std::string(backend.status().message()).c_str());
+    return 2;
+  }
+  auto store = ModelStore::Load(settings->models, backend->first, backend->second);
+  if (!store.ok()) {
+    std::fprintf(stderr, "glassboxd: %s\n", std::string(store.status().message()).c_str());
+    return 1;
+  }
+  for (const auto& [name, served] : (*store)->models()) {
+    std::fprintf(stderr, "glassboxd: loaded %s (%s, %lld layers) from %s%s\n", name.c_str(),
+                 served->model->config().model_type.c_str(),
+                 static_cast<long long>(served->model->config().n_layers), served->directory.c_str(),
+                 served->tokenizer ? " with its tokenizer" : "");
+  }
+
+  Executor executor;
+  GlassboxService service(**store, executor, settings->limits);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(settings->listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    std::fprintf(stderr, "glassboxd: cannot listen on %s\n", settings->listen.c_str());
+    return 1;
+  }
+  const std::string host = settings->listen.substr(0, settings->listen.rfind(':'));
+  std::fprintf(stderr, "glassboxd: listening on %s:%d\n", host.c_str(), port);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::fprintf(stderr, "glassboxd: %s received; draining (up to %d s)\n",
+               signal_number == SIGTERM ? "SIGTERM" : "SIGINT", absl::GetFlag(FLAGS_drain_seconds));
+  server->GetHealthCheckService()->SetServingStatus(false);
+  service.StartDraining();
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
+  executor.Shutdown();
+  std::fprintf(stderr, "glassboxd: stopped\n");
+  return 0;
+}
+
+}  // namespace
+}  // namespace glassbox
+
+int main(int argc, char** argv) { return glassbox::Main(argc, argv); }

@@ -1,0 +1,178 @@
+#include "server/service/run_job.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "server/engine/capture.h"
+#include "server/util/status_macros.h"
+
+namespace glassbox {
+
+// Receives hook values from the forward pass, cuts each down to what was asked and streams it.
+class StreamingSink : public CaptureSink {
+ public:
+  explicit StreamingSink(RunJob& job) : job_(job) {
+    const RunPlan& plan = job.plan_;
+    by_hook_.resize(plan.model->model->hooks().size());
+    int next_id = 0;
+    for (size_t i = 0; i < plan.captures.size(); ++i) {
+      by_hook_[plan.captures[i].hook].push_back({i, next_id});
+      next_id += static_cast<int>(plan.captures[i].outputs.size());
+    }
+  }
+
+  absl::Status OnCapture(HookId id, const HookInfo&, const Tensor& value) override {
+    GB_ASSIGN_OR_RETURN(Tensor host, ToHostF32(value));
+    const RunPlan& plan = job_.plan_;
+    for (const auto& [capture_index, first_tensor_id] : by_hook_[id]) {
+      std::vector<Tensor> outputs = ApplyCapture(plan.captures[capture_index], host, plan.lengths);
+      for (size_t j = 0; j < outputs.size(); ++j) {
+        GB_RETURN_IF_ERROR(job_.Stream(first_tensor_id + static_cast<int>(j), outputs[j]));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::StatusOr<Tensor> ToHostF32(const Tensor& value) {
+    if (value.device() == Device::kCpu && value.dtype() == DType::kF32) return value;
+    Backend& backend = job_.plan_.model->model->backend();
+    Tensor f32 = value;
+    if (value.dtype() != DType::kF32) {
+      GB_ASSIGN_OR_RETURN(f32, backend.Allocate(DType::kF32, value.shape()));
+      GB_RETURN_IF_ERROR(backend.Convert(value, f32));
+    }
+    Tensor host = Tensor::EmptyHost(DType::kF32, value.shape());
+    GB_RETURN_IF_ERROR(backend.CopyToHost(f32, host));
+    return host;
+  }
+
+  RunJob& job_;
+  std::vector<std::vector<std::pair<size_t, int>>> by_hook_;  // hook -> (capture, first tensor id)
+};
+
+absl::Status RunJob::Stream(int tensor_id, const Tensor& host) {
+  const auto* bytes = static_cast<const char*>(host.raw_data());
+  const int64_t total = static_cast<int64_t>(host.nbytes());
+  int64_t offset = 0;
+  do {
+    const int64_t n = std::min<int64_t>(plan_.chunk_bytes, total - offset);
+    glassbox::v1::RunResponse response;
+    auto* chunk = response.mutable_chunk();
+    chunk->set_capture_id(tensor_id);
+    chunk->set_offset(offset);
+    chunk->set_data(bytes + offset, n);
+    chunk->set_last(offset + n == total);
+    if (!channel_.Push(std::move(response), static_cast<size_t>(n) + 64)) {
+      return absl::CancelledError("the client stopped reading the stream");
+    }
+    offset += n;
+  } while (offset < total);
+  return absl::OkStatus();
+}
+
+absl::Status RunJob::StreamOutputs(const Tensor& logits, const Tensor& loss) {
+  int id = 0;
+  for (const ResolvedCapture& rc : plan_.captures) id += static_cast<int>(rc.outputs.size());
+  const int64_t batch = plan_.tokens.dim(0), seq = plan_.tokens.dim(1);
+  const int64_t vocab = plan_.model->model->config().vocab_size;
+  switch (plan_.logits_mode) {
+    case glassbox::v1::LOGITS_ALL:
+      GB_RETURN_IF_ERROR(Stream(id++, logits));
+      break;
+    case glassbox::v1::LOGITS_LAST: {
+      if (logits.rank() == 2) {
+        GB_RETURN_IF_ERROR(Stream(id++, logits));
+        break;
+      }
+      // All logits were computed for another output: take each row's last real token.
+      Tensor last = Tensor::EmptyHost(DType::kF32, {batch, vocab});
+      for (int64_t b = 0; b < batch; ++b) {
+        std::copy_n(logits.data<float>() + (b * seq + plan_.lengths[b] - 1) * vocab, vocab,
+                    last.data<float>() + b * vocab);
+      }
+      GB_RETURN_IF_ERROR(Stream(id++, last));
+      break;
+    }
+    case glassbox::v1::LOGITS_TOP_K: {
+      const int64_t k = plan_.logits_k, rows = batch * seq;
+      Tensor values = Tensor::EmptyHost(DType::kF32, {batch, seq, k});
+      Tensor indices = Tensor::EmptyHost(DType::kI32, {batch, seq, k});
+      std::vector<int32_t> order(vocab);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* row = logits.data<float>() + r * vocab;
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+          return row[a] > row[b] || (row[a] == row[b] && a < b);
+        });
+        for (int64_t j = 0; j < k; ++j) {
+          values.data<float>()[r * k + j] = row[order[j]];
+          indices.data<int32_t>()[r * k + j] = order[j];
+        }
+      }
+      GB_RETURN_IF_ERROR(Stream(id++, values));
+      GB_RETURN_IF_ERROR(Stream(id++, indices));
+      break;
+    }
+    default:
+      break;
+  }
+  if (plan_.loss_per_token) GB_RETURN_IF_ERROR(Stream(id++, loss));
+  if (!plan_.target_tokens.empty()) {
+    const int64_t n = static_cast<int64_t>(plan_.target_tokens.size()), rows = batch * seq;
+    Tensor out = Tensor::EmptyHost(DType::kF32, {batch, seq, n});
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = logits.data<float>() + r * vocab;
+      const float max_logit = *std::max_element(row, row + vocab);
+      double sum = 0;
+      for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - max_logit);
+      const double log_z = std::log(sum) + max_logit;
+      for (int64_t j = 0; j < n; ++j) {
+        out.data<float>()[r * n + j] = static_cast<float>(row[plan_.target_tokens[j]] - log_z);
+      }
+    }
+    GB_RETURN_IF_ERROR(Stream(id++, out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunJob::RunForward() {
+  if (cancelled_) return absl::CancelledError("cancelled while queued");
+  const Transformer& model = *plan_.model->model;
+  HookPlan hook_plan(model.hooks());
+  for (const ResolvedCapture& rc : plan_.captures) hook_plan.CaptureId(rc.hook);
+  const bool need_all = plan_.logits_mode == glassbox::v1::LOGITS_ALL ||
+                        plan_.logits_mode == glassbox::v1::LOGITS_TOP_K || !plan_.target_tokens.empty();
+  ForwardOptions options{
+      .logits = need_all ? LogitsMode::kAll
+                         : plan_.logits_mode == glassbox::v1::LOGITS_LAST ? LogitsMode::kLast
+                                                                          : LogitsMode::kNone,
+      .loss_per_token = plan_.loss_per_token,
+      .stop_at_layer = plan_.stop_at_layer,
+      .cancelled = &cancelled_};
+  StreamingSink sink(*this);
+  const auto start = std::chrono::steady_clock::now();
+  auto out = model.Forward({.tokens = plan_.tokens, .attention_mask = plan_.attention_mask},
+                           hook_plan, &sink, options);
+  forward_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!out.ok()) return out.status();
+  return StreamOutputs(out->logits, out->loss_per_token);
+}
+
+void RunJob::Execute() {
+  queue_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - created_).count();
+  absl::Status status = RunForward();
+  channel_.Finish();
+  std::lock_guard lock(mu_);
+  status_ = status;
+  done_ = true;
+  done_cv_.notify_all();
+}
+
+void RunJob::WaitDone() {
+  std::unique_lock lock(mu_);
+  done_cv_.wait(lock, [&] { return done_; });
+}
+
+}  // namespace glassbox

@@ -1,0 +1,55 @@
+// A RunRequest translated into engine terms and validated before any work is queued: the padded
+// batch, the resolved captures, the outputs, and every tensor the response will stream.
+#pragma once
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "glassbox/v1/glassbox.pb.h"
+#include "server/engine/capture.h"
+#include "server/service/model_store.h"
+
+namespace glassbox {
+
+struct ServiceLimits {
+  int64_t max_batch = 1024;
+  int64_t max_tokens_per_request = 1 << 16;
+  int64_t max_response_bytes = int64_t{8} << 30;
+  uint32_t default_chunk_bytes = 1 << 20;
+  uint32_t max_chunk_bytes = 4 << 20;
+  size_t stream_buffer_bytes = size_t{16} << 20;  // per stream, between worker and writer
+};
+
+struct OutputTensorInfo {
+  std::string name;
+  Shape shape;
+  std::vector<std::string> dim_names;
+  DType dtype;
+  int64_t nbytes() const { return NumElements(shape) * DTypeSize(dtype); }
+};
+
+struct RunPlan {
+  const ServedModel* model = nullptr;
+  std::vector<std::vector<int32_t>> rows;  // unpadded token ids
+  std::vector<int32_t> lengths;
+  Tensor tokens;          // [batch, longest] i32, right-padded with 0
+  Tensor attention_mask;  // [batch, longest] i32
+  std::vector<ResolvedCapture> captures;  // forward order
+  glassbox::v1::LogitsMode logits_mode = glassbox::v1::LOGITS_NONE;
+  int32_t logits_k = 0;
+  bool loss_per_token = false;
+  std::vector<int32_t> target_tokens;
+  int stop_at_layer = -1;
+  uint32_t chunk_bytes = 0;
+  // Every tensor the stream carries, captures first (forward order), then outputs; a tensor's
+  // index here is its id on the wire.
+  std::vector<OutputTensorInfo> tensors;
+  int64_t total_bytes = 0;
+};
+
+absl::StatusOr<RunPlan> BuildRunPlan(const glassbox::v1::RunRequest& request,
+                                     const ModelStore& store, const ServiceLimits& limits);
+
+glassbox::v1::DType ToProtoDType(DType dtype);
+
+}  // namespace glassbox

@@ -1,0 +1,366 @@
+// The gRPC service in-process on a loopback port, driven through the generated stub: streamed
+// captures equal the reference values, and every kind of bad request gets its precise status
+// while the server keeps serving.
+#include <grpcpp/grpcpp.h>
+
+#include <cstring>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "server/service/glassbox_service.h"
+#include "tests/util/test_util.h"
+
+namespace glassbox {
+namespace {
+
+using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::NormRelativeError;
+using ::glassbox::testing::ReadAllTensors;
+using ::testing::HasSubstr;
+namespace pb = ::glassbox::v1;
+
+void AddIds(pb::TokenSequence* seq, std::initializer_list<int32_t> ids) {
+  for (int32_t id : ids) seq->add_ids(id);
+}
+
+struct Received {
+  pb::Header header;
+  std::map<std::string, std::string> bytes;  // by tensor name
+  pb::Summary summary;
+  grpc::Status status;
+};
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto store = ModelStore::Load({{"gpt2", FixturePath("models/tiny-gpt2")},
+                                   {"llama", FixturePath("models/tiny-llama")}},
+                                  std::make_shared<CpuBackend>(), "cpu");
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(store).value().release();
+    executor_ = new Executor();
+    ServiceLimits limits;
+    limits.max_tokens_per_request = 64;
+    limits.max_response_bytes = 256 << 10;
+    limits.stream_buffer_bytes = 64 << 10;
+    service_ = new GlassboxService(*store_, *executor_, limits);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(service_);
+    server_ = builder.BuildAndStart().release();
+    ASSERT_NE(port, 0);
+    channel_ = new std::shared_ptr<grpc::Channel>(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  }
+  static void TearDownTestSuite() {
+    server_->Shutdown();
+    delete server_;
+    executor_->Shutdown();
+    delete service_;
+    delete executor_;
+    delete store_;
+    delete channel_;
+  }
+
+  static Received Run(const pb::RunRequest& request, uint32_t chunk_bytes = 0) {
+    auto stub = pb::Glassbox::NewStub(*channel_);
+    grpc::ClientContext context;
+    pb::RunRequest r = request;
+    if (chunk_bytes) r.set_chunk_bytes(chunk_bytes);
+    auto reader = stub->Run(&context, r);
+    Received received;
+    pb::RunResponse response;
+    std::map<int, std::string> names;
+    while (reader->Read(&response)) {
+      if (response.has_header()) {
+        received.header = response.header();
+        for (const auto& t : received.header.tensors()) names[t.id()] = t.name();
+      } else if (response.has_chunk()) {
+        std::string& buffer = received.bytes[names.at(response.chunk().capture_id())];
+        EXPECT_EQ(response.chunk().offset(), static_cast<int64_t>(buffer.size()));
+        buffer += response.chunk().data();
+      } else {
+        received.summary = response.summary();
+      }
+    }
+    received.status = reader->Finish();
+    return received;
+  }
+
+  static pb::RunRequest Request(const std::string& model, const Tensor& ids) {
+    pb::RunRequest request;
+    request.set_model(model);
+    for (int64_t b = 0; b < ids.dim(0); ++b) {
+      auto* row = request.mutable_inputs()->add_token_ids();
+      for (int64_t s = 0; s < ids.dim(1); ++s) row->add_ids(ids.data<int32_t>()[b * ids.dim(1) + s]);
+    }
+    return request;
+  }
+
+  static Tensor AsTensor(const std::string& bytes, const Shape& shape) {
+    Tensor t = Tensor::EmptyHost(DType::kF32, shape);
+    EXPECT_EQ(bytes.size(), t.nbytes());
+    std::memcpy(t.raw_data(), bytes.data(), std::min(bytes.size(), t.nbytes()));
+    return t;
+  }
+
+  static inline ModelStore* store_;
+  static inline Executor* executor_;
+  static inline GlassboxService* service_;
+  static inline grpc::Server* server_;
+  static inline std::shared_ptr<grpc::Channel>* channel_;
+};
+
+TEST_F(ServiceTest, StreamedCapturesEqualTransformerLens) {
+  auto expected = ReadAllTensors(FixturePath("expected/tiny-llama.safetensors"));
+  const Tensor& ids = expected.at("unpadded.input_ids");
+  pb::RunRequest request = Request("llama", ids);
+  request.add_captures()->set_hook("blocks.*.hook_resid_post");
+  request.add_captures()->set_hook("blocks.1.attn.hook_pattern");
+  request.mutable_outputs()->set_logits(pb::LOGITS_ALL);
+  request.mutable_outputs()->set_loss_per_token(true);
+  Received got = Run(request, /*chunk_bytes=*/1000);  // small chunks: many per tensor
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+
+  std::vector<std::string> names;
+  for (const auto& t : got.header.tensors()) names.push_back(t.name());
+  EXPECT_THAT(names, ::testing::ElementsAre("blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern",
+                                            "blocks.1.hook_resid_post", "logits", "loss_per_token"));
+  for (const auto& t : got.header.tensors()) {
+    SCOPED_TRACE(t.name());
+    Shape shape(t.shape().begin(), t.shape().end());
+    const std::string key = t.name() == "logits" || t.name() == "loss_per_token"
+                                ? "unpadded.hf." + t.name() : "unpadded.tl." + t.name();
+    EXPECT_LE(NormRelativeError(AsTensor(got.bytes.at(t.name()), shape), expected.at(key)), 1e-5);
+  }
+  EXPECT_GT(got.summary.bytes_sent(), 0);
+  EXPECT_GT(got.summary.timings().forward_seconds(), 0);
+}
+
+TEST_F(ServiceTest, SelectionsReductionsAndDtypes) {
+  auto expected = ReadAllTensors(FixturePath("expected/tiny-gpt2.safetensors"));
+  const Tensor& ids = expected.at("unpadded.input_ids");  // [3, 11]
+  pb::RunRequest request = Request("gpt2", ids);
+  auto* last = request.add_captures();
+  last->set_hook("blocks.1.hook_resid_post");
+  last->add_positions(-1);
+  auto* heads = request.add_captures();
+  heads->set_hook("blocks.0.attn.hook_z");
+  heads->add_heads(2);
+  heads->set_dtype(pb::DTYPE_BF16);
+  auto* mean = request.add_captures();
+  mean->set_hook("blocks.0.hook_mlp_out");
+  mean->set_reduction(pb::REDUCTION_MEAN_POS);
+  auto* top = request.add_captures();
+  top->set_hook("blocks.1.mlp.hook_post");
+  top->set_reduction(pb::REDUCTION_TOP_K);
+  top->set_k(3);
+  Received got = Run(request);
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+
+  const Tensor& resid = expected.at("unpadded.tl.blocks.1.hook_resid_post");  // [3, 11, 64]
+  Tensor last_ref = Tensor::EmptyHost(DType::kF32, {3, 1, 64});
+  for (int b = 0; b < 3; ++b) std::memcpy(last_ref.data<float>() + b * 64, resid.data<float>() + (b * 11 + 10) * 64, 256);
+  EXPECT_LE(NormRelativeError(AsTensor(got.bytes.at("blocks.1.hook_resid_post"), {3, 1, 64}), last_ref), 1e-5);
+
+  const std::string& z = got.bytes.at("blocks.0.attn.hook_z");  // bf16 [3, 11, 1, 16]
+  ASSERT_EQ(z.size(), 3u * 11 * 16 * 2);
+  const Tensor& z_ref = expected.at("unpadded.tl.blocks.0.attn.hook_z");  // [3, 11, 4, 16]
+  for (int i = 0; i < 3 * 11; ++i) {
+    for (int e = 0; e < 16; ++e) {
+      uint16_t bits;
+      std::memcpy(&bits, z.data() + (i * 16 + e) * 2, 2);
+      EXPECT_NEAR(BFloat16ToFloat(bits), z_ref.data<float>()[(i * 4 + 2) * 16 + e],
+                  std::abs(z_ref.data<float>()[(i * 4 + 2) * 16 + e]) * 1e-2 + 1e-6);
+    }
+  }
+
+  const Tensor& mlp = expected.at("unpadded.tl.blocks.0.hook_mlp_out");
+  Tensor mean_ref = Tensor::ZerosHost(DType::kF32, {3, 64});
+  for (int b = 0; b < 3; ++b)
+    for (int s = 0; s < 11; ++s)
+      for (int d = 0; d < 64; ++d) mean_ref.data<float>()[b * 64 + d] += mlp.data<float>()[(b * 11 + s) * 64 + d] / 11;
+  EXPECT_LE(NormRelativeError(AsTensor(got.bytes.at("blocks.0.hook_mlp_out"), {3, 64}), mean_ref), 1e-5);
+
+  const std::string& indices = got.bytes.at("blocks.1.mlp.hook_post.indices");
+  const std::string& values = got.bytes.at("blocks.1.mlp.hook_post");
+  const Tensor& post = expected.at("unpadded.tl.blocks.1.mlp.hook_post");  // [3, 11, 256]
+  for (int row = 0; row < 33; ++row) {
+    std::vector<float> ref(post.data<float>() + row * 256, post.data<float>() + (row + 1) * 256);
+    std::sort(ref.rbegin(), ref.rend());
+    for (int j = 0; j < 3; ++j) {
+      int32_t index;
+      float value;
+      std::memcpy(&index, indices.data() + (row * 3 + j) * 4, 4);
+      std::memcpy(&value, values.data() + (row * 3 + j) * 4, 4);
+      EXPECT_NEAR(value, ref[j], 1e-4);
+      EXPECT_NEAR(post.data<float>()[row * 256 + index], ref[j], 1e-4);
+    }
+  }
+}
+
+TEST_F(ServiceTest, RaggedBatchEqualsSingleRows) {
+  pb::RunRequest batch;
+  batch.set_model("llama");
+  for (const std::vector<int32_t>& row : {std::vector<int32_t>{5, 9, 11, 13, 200}, std::vector<int32_t>{7, 8}}) {
+    batch.mutable_inputs()->add_token_ids()->mutable_ids()->Add(row.begin(), row.end());
+  }
+  batch.mutable_outputs()->set_logits(pb::LOGITS_LAST);
+  batch.mutable_outputs()->add_target_tokens(3);
+  Received both = Run(batch);
+  ASSERT_TRUE(both.status.ok()) << both.status.error_message();
+  EXPECT_THAT(both.header.sequence_lengths(), ::testing::ElementsAre(5, 2));
+  for (int r = 0; r < 2; ++r) {
+    pb::RunRequest single;
+    single.set_model("llama");
+    *single.mutable_inputs()->add_token_ids() = batch.inputs().token_ids(r);
+    single.mutable_outputs()->set_logits(pb::LOGITS_LAST);
+    Received one = Run(single);
+    ASSERT_TRUE(one.status.ok());
+    Tensor a = AsTensor(both.bytes.at("logits"), {2, 300}).Slice0(r, r + 1);
+    Tensor b = AsTensor(one.bytes.at("logits"), {1, 300});
+    EXPECT_LE(NormRelativeError(a, b), 1e-6);
+  }
+}
+
+TEST_F(ServiceTest, ModelsInfoAndErrors) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  {
+    grpc::ClientContext context;
+    pb::ListModelsResponse models;
+    ASSERT_TRUE(stub->ListModels(&context, {}, &models).ok());
+    ASSERT_EQ(models.models_size(), 2);
+    EXPECT_EQ(models.models(0).name(), "gpt2");
+  }
+  {
+    grpc::ClientContext context;
+    pb::GetModelInfoRequest request;
+    request.set_model("llama");
+    pb::ModelInfo info;
+    ASSERT_TRUE(stub->GetModelInfo(&context, request, &info).ok());
+    EXPECT_EQ(info.n_kv_heads(), 2);
+    EXPECT_EQ(info.hook_points(0).name(), "hook_embed");
+    EXPECT_EQ(info.device(), "cpu");
+  }
+  {
+    grpc::ClientContext context;
+    pb::TokenizeRequest request;
+    request.set_model("gpt2");
+    request.set_text("hello");
+    pb::TokenizeResponse response;
+    grpc::Status s = stub->Tokenize(&context, request, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_THAT(s.error_message(), HasSubstr("no tokenizer"));
+  }
+}
+
+// A corpus of bad requests, each with its status code and a phrase of its message; then a good
+// request still succeeds.
+TEST_F(ServiceTest, BadRequestCorpus) {
+  auto good = [] {
+    pb::RunRequest r;
+    r.set_model("gpt2");
+    AddIds(r.mutable_inputs()->add_token_ids(), {1, 2, 3});
+    return r;
+  };
+  struct Case {
+    std::string name;
+    std::function<void(pb::RunRequest&)> edit;
+    grpc::StatusCode code;
+    std::string phrase;
+  };
+  const std::vector<Case> cases = {
+      {"unknown model", [](auto& r) { r.set_model("gpt5"); }, grpc::StatusCode::NOT_FOUND, "this server has: gpt2, llama"},
+      {"no inputs", [](auto& r) { r.mutable_inputs()->clear_token_ids(); }, grpc::StatusCode::INVALID_ARGUMENT, "exactly one of texts or token_ids"},
+      {"both inputs", [](auto& r) { r.mutable_inputs()->add_texts("x"); }, grpc::StatusCode::INVALID_ARGUMENT, "exactly one"},
+      {"text without tokenizer", [](auto& r) { r.mutable_inputs()->clear_token_ids(); r.mutable_inputs()->add_texts("hi"); }, grpc::StatusCode::FAILED_PRECONDITION, "no tokenizer"},
+      {"empty row", [](auto& r) { r.mutable_inputs()->add_token_ids(); }, grpc::StatusCode::INVALID_ARGUMENT, "row 1 has no tokens"},
+      {"id too large", [](auto& r) { r.mutable_inputs()->mutable_token_ids(0)->add_ids(300); }, grpc::StatusCode::INVALID_ARGUMENT, "token id 300"},
+      {"negative id", [](auto& r) { r.mutable_inputs()->mutable_token_ids(0)->add_ids(-4); }, grpc::StatusCode::INVALID_ARGUMENT, "token id -4"},
+      {"longer than context", [](auto& r) { for (int i = 0; i < 40; ++i) r.mutable_inputs()->mutable_token_ids(0)->add_ids(1); }, grpc::StatusCode::INVALID_ARGUMENT, "context is 32"},
+      {"over token limit", [](auto& r) { for (int i = 0; i < 30; ++i) AddIds(r.mutable_inputs()->add_token_ids(), {1, 2, 3}); }, grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_tokens"},
+      {"unknown hook", [](auto& r) { r.add_captures()->set_hook("blocks.0.hook_resid_middle"); }, grpc::StatusCode::INVALID_ARGUMENT, "unknown hook point"},
+      {"glob matches nothing", [](auto& r) { r.add_captures()->set_hook("blocks.*.mlp.hook_pre_linear"); }, grpc::StatusCode::INVALID_ARGUMENT, "unknown hook point"},
+      {"layer filter empty", [](auto& r) { auto* c = r.add_captures(); c->set_hook("blocks.*.hook_z"); c->add_layers(9); }, grpc::StatusCode::INVALID_ARGUMENT, "no hook matches in layers [9]"},
+      {"position out of range", [](auto& r) { auto* c = r.add_captures(); c->set_hook("hook_embed"); c->add_positions(3); }, grpc::StatusCode::INVALID_ARGUMENT, "position 3"},
+      {"negative position too far", [](auto& r) { auto* c = r.add_captures(); c->set_hook("hook_embed"); c->add_positions(-4); }, grpc::StatusCode::INVALID_ARGUMENT, "position -4"},
+      {"head out of range", [](auto& r) { auto* c = r.add_captures(); c->set_hook("blocks.0.attn.hook_z"); c->add_heads(4); }, grpc::StatusCode::INVALID_ARGUMENT, "head 4"},
+      {"heads on a resid hook", [](auto& r) { auto* c = r.add_captures(); c->set_hook("hook_embed"); c->add_heads(0); }, grpc::StatusCode::INVALID_ARGUMENT, "no head axis"},
+      {"top-k without k", [](auto& r) { auto* c = r.add_captures(); c->set_hook("hook_embed"); c->set_reduction(pb::REDUCTION_TOP_K); }, grpc::StatusCode::INVALID_ARGUMENT, "1 <= k <= 64"},
+      {"i32 wire dtype", [](auto& r) { auto* c = r.add_captures(); c->set_hook("hook_embed"); c->set_dtype(pb::DTYPE_I32); }, grpc::StatusCode::INVALID_ARGUMENT, "f32, f16 or bf16"},
+      {"response too large", [](auto& r) { for (int i = 0; i < 9; ++i) AddIds(r.mutable_inputs()->add_token_ids(), {1, 2, 3, 4, 5, 6}); r.mutable_outputs()->set_logits(pb::LOGITS_ALL); r.add_captures()->set_hook("*"); }, grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_response_bytes"},
+      {"logits_k zero", [](auto& r) { r.mutable_outputs()->set_logits(pb::LOGITS_TOP_K); }, grpc::StatusCode::INVALID_ARGUMENT, "logits_k"},
+      {"target out of range", [](auto& r) { r.mutable_outputs()->add_target_tokens(1000); }, grpc::StatusCode::INVALID_ARGUMENT, "target_tokens"},
+      {"stop_at_layer with logits", [](auto& r) { r.set_stop_at_layer(1); r.mutable_outputs()->set_logits(pb::LOGITS_LAST); }, grpc::StatusCode::INVALID_ARGUMENT, "whole forward pass"},
+      {"stop_at_layer too large", [](auto& r) { r.set_stop_at_layer(3); }, grpc::StatusCode::INVALID_ARGUMENT, "stop_at_layer 3"},
+      {"capture after stop", [](auto& r) { r.set_stop_at_layer(1); r.add_captures()->set_hook("blocks.1.hook_resid_pre"); }, grpc::StatusCode::INVALID_ARGUMENT, "never reached"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    pb::RunRequest r = good();
+    c.edit(r);
+    Received got = Run(r);
+    EXPECT_EQ(got.status.error_code(), c.code) << got.status.error_message();
+    EXPECT_THAT(got.status.error_message(), HasSubstr(c.phrase));
+  }
+  pb::RunRequest r = good();
+  r.mutable_outputs()->set_logits(pb::LOGITS_LAST);
+  Received ok = Run(r);
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.bytes.at("logits").size(), 300u * 4);
+}
+
+// A client that cancels mid-stream stops its run; the server then serves others normally.
+TEST_F(ServiceTest, CancelledClientStopsItsRun) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  pb::RunRequest request;
+  request.set_model("gpt2");
+  for (int b = 0; b < 2; ++b) AddIds(request.mutable_inputs()->add_token_ids(), {1, 2, 3, 4, 5, 6, 7, 8});
+  request.add_captures()->set_hook("*");
+  request.set_chunk_bytes(256);  // many chunks, so the 64 KiB stream buffer fills
+  grpc::ClientContext context;
+  auto reader = stub->Run(&context, request);
+  pb::RunResponse response;
+  ASSERT_TRUE(reader->Read(&response));  // header
+  ASSERT_TRUE(reader->Read(&response));  // first chunk
+  context.TryCancel();
+  while (reader->Read(&response)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  pb::RunRequest after;
+  after.set_model("gpt2");
+  AddIds(after.mutable_inputs()->add_token_ids(), {1, 2});
+  after.mutable_outputs()->set_logits(pb::LOGITS_LAST);
+  EXPECT_TRUE(Run(after).status.ok());
+}
+
+// A reader that does not read holds its own run back: the worker blocks on the bounded buffer
+// instead of queueing the whole response in memory.
+TEST_F(ServiceTest, SlowReaderIsBoundedAndStillGetsEverything) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  pb::RunRequest request;
+  request.set_model("gpt2");
+  for (int b = 0; b < 2; ++b) AddIds(request.mutable_inputs()->add_token_ids(), {1, 2, 3, 4, 5, 6, 7, 8});
+  request.add_captures()->set_hook("*");
+  request.set_chunk_bytes(512);
+  grpc::ClientContext context;
+  auto reader = stub->Run(&context, request);
+  pb::RunResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  int64_t expected = 0;
+  for (const auto& t : response.header().tensors()) expected += t.nbytes();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the worker fills the buffer and waits
+  int64_t got = 0;
+  while (reader->Read(&response)) {
+    if (response.has_chunk()) got += static_cast<int64_t>(response.chunk().data().size());
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(got, expected);
+}
+
+}  // namespace
+}  // namespace glassbox
