@@ -128,7 +128,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!raw.empty()) std::memcpy(raw.data(), text.data(), raw.size() * 4);
     bool in_range = true;
     for (int32_t& id : raw) {
-      if (flags & 32) id = static_cast<int32_t>(static_cast<uint32_t>(id) % (tok->vocab_size() + 8));
+      if (flags & 32)
+        id = static_cast<int32_t>(static_cast<uint32_t>(id) % (tok->vocab_size() + 8));
       in_range = in_range && id >= 0 && id < tok->vocab_size();
     }
     auto decoded = tok->Decode(raw, (flags & 16) != 0);

@@ -28,9 +28,10 @@ json ReadJson(const std::string& path) {
 }
 
 const std::vector<std::string>& Corpus() {
-  static const auto* corpus = new std::vector<std::string>(
-      ReadJson(GLASSBOX_TOKENIZER_FIXTURES_DIR "/corpus.json").at("strings")
-          .get<std::vector<std::string>>());
+  static const auto* corpus =
+      new std::vector<std::string>(ReadJson(GLASSBOX_TOKENIZER_FIXTURES_DIR "/corpus.json")
+                                       .at("strings")
+                                       .get<std::vector<std::string>>());
   return *corpus;
 }
 
@@ -48,7 +49,8 @@ class DifferentialTest : public ::testing::TestWithParam<Case> {
         absl::StrCat(GLASSBOX_SHARED_DIR, "/data/tokenizers/", GetParam().dir));
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = *std::move(tok);
-    expected_ = ReadJson(absl::StrCat(GLASSBOX_TOKENIZER_FIXTURES_DIR, "/", GetParam().name, ".json"));
+    expected_ =
+        ReadJson(absl::StrCat(GLASSBOX_TOKENIZER_FIXTURES_DIR, "/", GetParam().name, ".json"));
     ASSERT_EQ(expected_.at("entries").size(), Corpus().size());
   }
 
@@ -185,8 +187,8 @@ TEST_P(DifferentialTest, StrTokensMatchHf) {
                     << "\"";
     }
   }
-  std::cout << GetParam().name << ": identical per-token strings for " << same << "/"
-            << ids.size() << " ids\n";
+  std::cout << GetParam().name << ": identical per-token strings for " << same << "/" << ids.size()
+            << " ids\n";
   EXPECT_EQ(same, ids.size());
   EXPECT_EQ(tokenizer_->vocab_size(), expected_.at("vocab_size").get<int32_t>());
 }

@@ -2,10 +2,12 @@
 // behaviours (added-token flags, pre-tokenizer variants) on small hand-written tokenizer.json's.
 #include "server/model/tokenizer/tokenizer.h"
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -78,7 +80,8 @@ TEST(TokenizerLoadTest, MalformedJson) {
   auto t2 = Tokenizer::FromJson(R"({"model": {"type": "BPE", "vocab": 3, "merges": []}})", "");
   EXPECT_EQ(t2.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(t2.status().message(), HasSubstr("malformed"));
-  auto t3 = Tokenizer::FromJson(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "");
+  auto t3 = Tokenizer::FromJson(
+      R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "");
   EXPECT_EQ(t3.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(t3.status().message(), HasSubstr("not in the vocab"));
   auto t4 = Tokenizer::FromJson("[1, 2]", "");
@@ -103,8 +106,9 @@ TEST(TokenizerLoadTest, UnsupportedComponent) {
 
 TEST(TokenizerLoadTest, BadRegex) {
   std::string json = kTinyJson;
-  json.replace(json.find("\"pre_tokenizer\": null"), 21,
-               R"("pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated", "invert": false})");
+  json.replace(
+      json.find("\"pre_tokenizer\": null"), 21,
+      R"("pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated", "invert": false})");
   auto t = Tokenizer::FromJson(json, "");
   EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(t.status().message(), HasSubstr("regex"));
@@ -133,11 +137,9 @@ TEST(TokenizerTest, SpecialTokensAndOptions) {
   // Special tokens in text become their ids; the pieces around them are normalized separately.
   EXPECT_THAT(*(*t)->Encode("a</s>", kNoSpecial), ElementsAre(8, 2));
   // split_special_tokens: "</s>" is text; '<', '/', 's', '>' are unknown and fused into one unk.
-  EXPECT_THAT(*(*t)->Encode("a</s>", Options(false, true)),
-              ElementsAre(8, 0));
+  EXPECT_THAT(*(*t)->Encode("a</s>", Options(false, true)), ElementsAre(8, 0));
   EXPECT_THAT(*(*t)->Encode("a", Options(std::nullopt, false, false)), ElementsAre(8));
-  EXPECT_THAT(*(*t)->Encode("a", Options(false, false, true)),
-              ElementsAre(1, 8));
+  EXPECT_THAT(*(*t)->Encode("a", Options(false, false, true)), ElementsAre(1, 8));
   EXPECT_THAT(*(*t)->Encode("a", Options(std::nullopt, false, true)), ElementsAre(1, 8));
   EXPECT_THAT(*(*t)->Encode(""), ElementsAre(1));
   EXPECT_THAT(*(*t)->Encode("", kNoSpecial), ElementsAre());
@@ -200,12 +202,43 @@ TEST(TokenizerTest, RealTokenizersLoad) {
   EXPECT_EQ((*gpt2)->bos_token_id(), 50256);
   EXPECT_EQ((*gpt2)->vocab_size(), 50257);
   EXPECT_THAT(*(*gpt2)->Encode("Hello world"), ElementsAre(15496, 995));
-  EXPECT_THAT(*(*gpt2)->Encode("Hello world", Options(std::nullopt, false, true)), ElementsAre(50256, 15496, 995));
+  EXPECT_THAT(*(*gpt2)->Encode("Hello world", Options(std::nullopt, false, true)),
+              ElementsAre(50256, 15496, 995));
   auto llama3 = Tokenizer::LoadFromDirectory(SharedTokenizerDir("llama3"));
   EXPECT_EQ((*llama3)->bos_token_id(), 128000);
   EXPECT_EQ((*llama3)->eos_token_id(), 128001);
-  auto strs = (*llama3)->ToStrTokens(*(*llama3)->Encode("Hello world", Options(std::nullopt, false, true)));
+  auto strs =
+      (*llama3)->ToStrTokens(*(*llama3)->Encode("Hello world", Options(std::nullopt, false, true)));
   EXPECT_THAT(*strs, ElementsAre("<|begin_of_text|>", "Hello", " world"));
+}
+
+// The server encodes from many threads with one Tokenizer; results must not depend on that
+// (the BPE cache is shared).
+TEST(TokenizerTest, ConcurrentEncodeIsConsistent) {
+  auto t = Tokenizer::LoadFromDirectory(SharedTokenizerDir("llama3"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::vector<std::string> texts;
+  for (int i = 0; i < 200; ++i) {
+    texts.push_back(absl::StrCat("Thread test ", i, " with words like tokenizer", i % 7,
+                                 " and 東京 ", std::string(i % 5, ' '), "end"));
+  }
+  std::vector<std::vector<int32_t>> expected;
+  for (const auto& text : texts) expected.push_back(*(*t)->Encode(text));
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int k = 0; k < 4; ++k) {
+    threads.emplace_back([&, k] {
+      for (int round = 0; round < 5; ++round) {
+        for (size_t i = k; i < texts.size() + k; ++i) {
+          const size_t j = i % texts.size();
+          auto ids = (*t)->Encode(texts[j]);
+          if (!ids.ok() || *ids != expected[j]) ++mismatches;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 }  // namespace

@@ -49,7 +49,9 @@ class AddedVocabulary {
 
   const AddedToken* FindById(int32_t id) const;
   std::optional<int32_t> FindByContent(std::string_view content) const;
-  bool IsSpecialContent(std::string_view content) const { return special_.contains(absl::string_view(content.data(), content.size())); }
+  bool IsSpecialContent(std::string_view content) const {
+    return special_.contains(absl::string_view(content.data(), content.size()));
+  }
   const std::vector<AddedToken>& tokens() const { return tokens_; }
 
  private:

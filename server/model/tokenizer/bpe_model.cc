@@ -132,7 +132,9 @@ void BpeModel::Tokenize(std::string_view word, std::vector<int32_t>* ids) const 
 void BpeModel::MergeWord(std::string_view w, std::vector<int32_t>* ids) const {
   std::vector<Symbol> symbols;
   symbols.reserve(w.size());
-  std::optional<std::pair<int32_t, size_t>> unk;  // Pending unknown run: (id, bytes).
+  // A pending run of unknown characters: its id (-1 when none) and byte length.
+  int32_t unk_id = -1;
+  size_t unk_len = 0;
   std::string buffer;
   size_t i = 0;
   while (i < w.size()) {
@@ -147,9 +149,9 @@ void BpeModel::MergeWord(std::string_view w, std::vector<int32_t>* ids) const {
       s = buffer;
     }
     if (auto it = config_.vocab.find(AsAbsl(s)); it != config_.vocab.end()) {
-      if (unk) {
-        AddSymbol(&symbols, unk->first, unk->second);
-        unk.reset();
+      if (unk_id >= 0) {
+        AddSymbol(&symbols, unk_id, unk_len);
+        unk_id = -1;
       }
       AddSymbol(&symbols, it->second, n);
     } else {
@@ -164,18 +166,19 @@ void BpeModel::MergeWord(std::string_view w, std::vector<int32_t>* ids) const {
         }
       }
       if (!done && unk_id_) {
-        if (unk && config_.fuse_unk) {
-          unk->second += n;
+        if (unk_id >= 0 && config_.fuse_unk) {
+          unk_len += n;
         } else {
-          if (unk) AddSymbol(&symbols, unk->first, unk->second);
-          unk = std::make_pair(*unk_id_, n);
+          if (unk_id >= 0) AddSymbol(&symbols, unk_id, unk_len);
+          unk_id = *unk_id_;
+          unk_len = n;
         }
       }
       // Without an unk token HF drops the character silently.
     }
     i = end;
   }
-  if (unk) AddSymbol(&symbols, unk->first, unk->second);
+  if (unk_id >= 0) AddSymbol(&symbols, unk_id, unk_len);
 
   std::priority_queue<QueuedMerge> queue;
   auto find_merge = [this](int32_t a, int32_t b) -> const MergeResult* {

@@ -154,8 +154,8 @@ class MetaspaceDecoder : public Decoder {
       : replacement_(std::move(replacement)), strip_first_(strip_first) {}
   void DecodeChain(std::vector<std::string>* tokens) const override {
     for (size_t i = 0; i < tokens->size(); ++i) {
-      (*tokens)[i] = absl::StrReplaceAll((*tokens)[i],
-                                         {{replacement_, i == 0 && strip_first_ ? "" : " "}});
+      (*tokens)[i] =
+          absl::StrReplaceAll((*tokens)[i], {{replacement_, i == 0 && strip_first_ ? "" : " "}});
     }
   }
 
@@ -197,7 +197,8 @@ absl::StatusOr<char32_t> SingleChar(const std::string& s, std::string_view what)
     return absl::InvalidArgumentError(absl::StrCat(AsAbsl(what), " must be one character"));
   }
   const char32_t c = NextCodePoint(s, &pos);
-  if (pos != s.size()) return absl::InvalidArgumentError(absl::StrCat(AsAbsl(what), " must be one character"));
+  if (pos != s.size())
+    return absl::InvalidArgumentError(absl::StrCat(AsAbsl(what), " must be one character"));
   return c;
 }
 

@@ -81,8 +81,8 @@ std::vector<std::pair<size_t, size_t>> OnigRegex::FindAll(std::string_view text)
 
 long OnigRegex::MatchAt(std::string_view text, size_t at) const {
   const auto* str = reinterpret_cast<const OnigUChar*>(text.data());
-  const int r = onig_match(static_cast<regex_t*>(regex_), str, str + text.size(), str + at,
-                           nullptr, ONIG_OPTION_NONE);
+  const int r = onig_match(static_cast<regex_t*>(regex_), str, str + text.size(), str + at, nullptr,
+                           ONIG_OPTION_NONE);
   return r >= 0 ? r : -1;
 }
 
@@ -101,16 +101,38 @@ std::string EscapeRegexLiteral(std::string_view literal) {
   out.reserve(literal.size() * 2);
   for (char c : literal) {
     switch (c) {
-      case '\\': case '^': case '$': case '.': case '|': case '?': case '*': case '+':
-      case '(': case ')': case '[': case ']': case '{': case '}':
+      case '\\':
+      case '^':
+      case '$':
+      case '.':
+      case '|':
+      case '?':
+      case '*':
+      case '+':
+      case '(':
+      case ')':
+      case '[':
+      case ']':
+      case '{':
+      case '}':
         out.push_back('\\');
         out.push_back(c);
         break;
-      case '\n': out.append("\\n"); break;
-      case '\r': out.append("\\r"); break;
-      case '\t': out.append("\\t"); break;
-      case '\v': out.append("\\v"); break;
-      case '\f': out.append("\\f"); break;
+      case '\n':
+        out.append("\\n");
+        break;
+      case '\r':
+        out.append("\\r");
+        break;
+      case '\t':
+        out.append("\\t");
+        break;
+      case '\v':
+        out.append("\\v");
+        break;
+      case '\f':
+        out.append("\\f");
+        break;
       default:
         if (c == '\0') {
           out.append("\\x00");

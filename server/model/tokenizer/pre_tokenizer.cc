@@ -91,8 +91,8 @@ class MetaspacePreTokenizer : public PreTokenizer {
         }
       }
       const bool starts = replaced.compare(0, replacement_.size(), replacement_) == 0;
-      if (!starts && (scheme_ == PrependScheme::kAlways ||
-                      (scheme_ == PrependScheme::kFirst && p.at_start))) {
+      if (!starts &&
+          (scheme_ == PrependScheme::kAlways || (scheme_ == PrependScheme::kFirst && p.at_start))) {
         replaced.insert(0, replacement_);
       }
       p.text = std::move(replaced);
@@ -108,7 +108,8 @@ class MetaspacePreTokenizer : public PreTokenizer {
         segments.push_back(Segment{pos, pos + replacement_.size(), true});
         prev = pos + replacement_.size();
       }
-      if (prev != text.size() || text.empty()) segments.push_back(Segment{prev, text.size(), false});
+      if (prev != text.size() || text.empty())
+        segments.push_back(Segment{prev, text.size(), false});
       return ApplySplitBehavior(segments, SplitBehavior::kMergedWithNext);
     });
   }
@@ -153,13 +154,11 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizerFromJson(const nlohman
     return std::make_unique<SequencePreTokenizer>(std::move(parts));
   }
   if (type == "ByteLevel") {
-    return MakeByteLevelPreTokenizer(j.value("add_prefix_space", true),
-                                     j.value("use_regex", true));
+    return MakeByteLevelPreTokenizer(j.value("add_prefix_space", true), j.value("use_regex", true));
   }
   if (type == "Split") {
     GB_ASSIGN_OR_RETURN(auto pattern, Pattern::FromJson(j.at("pattern")));
-    GB_ASSIGN_OR_RETURN(auto behavior,
-                        SplitBehaviorFromName(j.at("behavior").get<std::string>()));
+    GB_ASSIGN_OR_RETURN(auto behavior, SplitBehaviorFromName(j.at("behavior").get<std::string>()));
     return std::make_unique<SplitPreTokenizer>(std::move(pattern), behavior,
                                                j.value("invert", false));
   }

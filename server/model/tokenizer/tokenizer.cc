@@ -45,8 +45,8 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
       }
       if (s.start == s.end) continue;
       pieces.clear();
-      pieces.push_back(PreToken{normalized.substr(s.start, s.end - s.start),
-                                raw.start == 0 && s.start == 0});
+      pieces.push_back(
+          PreToken{normalized.substr(s.start, s.end - s.start), raw.start == 0 && s.start == 0});
       if (p.pre_tokenizer != nullptr) p.pre_tokenizer->PreTokenize(&pieces);
       for (const PreToken& piece : pieces) p.model->Tokenize(piece.text, &ids);
     }
@@ -68,8 +68,8 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
 absl::Status Tokenizer::ValidateIds(std::span<const int32_t> ids) const {
   for (int32_t id : ids) {
     if (id < 0 || id >= parts_->vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is out of range: vocab size is ",
-                                                     parts_->vocab_size));
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " is out of range: vocab size is ", parts_->vocab_size));
     }
   }
   return absl::OkStatus();

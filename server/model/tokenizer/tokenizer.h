@@ -38,8 +38,8 @@ class Tokenizer {
   // tokenizer_config.json (bos/eos/pad tokens, add_bos_token/add_eos_token).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadFromDirectory(const std::string& dir);
   // The same from file contents; `tokenizer_config_json` may be empty.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(std::string_view tokenizer_json,
-                                                             std::string_view tokenizer_config_json);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(
+      std::string_view tokenizer_json, std::string_view tokenizer_config_json);
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromVocabAndMerges(
       std::string_view vocab_json, std::string_view merges_txt,
       std::string_view tokenizer_config_json);

@@ -9,9 +9,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "server/model/tokenizer/string_view_compat.h"
 #include "server/model/tokenizer/tokenizer.h"
 #include "server/model/tokenizer/tokenizer_parts.h"
-#include "server/model/tokenizer/string_view_compat.h"
 #include "server/util/status_macros.h"
 
 namespace glassbox {
@@ -33,7 +33,8 @@ absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
 
 absl::StatusOr<json> ParseJson(std::string_view text, std::string_view what) {
   json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(tokenizer::AsAbsl(what), " is not valid JSON"));
+  if (j.is_discarded())
+    return absl::InvalidArgumentError(absl::StrCat(tokenizer::AsAbsl(what), " is not valid JSON"));
   return j;
 }
 
@@ -49,15 +50,16 @@ std::optional<std::string> ConfigToken(const json& config, const char* key) {
 absl::StatusOr<BpeConfig> BpeConfigFromJson(const json& model) {
   const std::string type = model.value("type", model.contains("merges") ? "BPE" : "");
   if (type != "BPE") {
-    return absl::UnimplementedError(absl::StrCat(
-        "unsupported model type '", type, "': only BPE tokenizers are implemented"));
+    return absl::UnimplementedError(
+        absl::StrCat("unsupported model type '", type, "': only BPE tokenizers are implemented"));
   }
   if (model.contains("dropout") && !model.at("dropout").is_null() &&
       model.at("dropout").get<double>() > 0) {
     return absl::UnimplementedError("BPE dropout is random and not supported");
   }
   if (!model.at("vocab").is_object() || !model.at("merges").is_array()) {
-    return absl::InvalidArgumentError("malformed BPE model: vocab must be an object, merges a list");
+    return absl::InvalidArgumentError(
+        "malformed BPE model: vocab must be an object, merges a list");
   }
   BpeConfig config;
   for (const auto& [token, id] : model.at("vocab").items()) {
@@ -93,7 +95,8 @@ absl::StatusOr<BpeConfig> BpeConfigFromJson(const json& model) {
 
 // Fills bos/eos/pad, applies add_bos_token/add_eos_token, and computes the vocab size.
 absl::Status Finish(const json& config, TokenizerParts* parts,
-                    std::optional<std::string> default_bos, std::optional<std::string> default_eos) {
+                    std::optional<std::string> default_bos,
+                    std::optional<std::string> default_eos) {
   auto lookup = [parts](const std::optional<std::string>& token) -> std::optional<int32_t> {
     if (!token) return std::nullopt;
     if (auto id = parts->added->FindByContent(*token)) return id;
@@ -122,15 +125,16 @@ absl::Status Finish(const json& config, TokenizerParts* parts,
     std::vector<int32_t> prefix, suffix;
     if (add_bos) prefix.push_back(*parts->bos_id);
     if (add_eos) suffix.push_back(*parts->eos_id);
-    parts->post_processor = std::make_unique<tokenizer::AffixPostProcessor>(std::move(prefix),
-                                                                            std::move(suffix));
+    parts->post_processor =
+        std::make_unique<tokenizer::AffixPostProcessor>(std::move(prefix), std::move(suffix));
   }
   if (parts->post_processor != nullptr) {
     std::vector<int32_t> probe;
     parts->post_processor->Process(&probe);
     // Without a configured BOS, a template that starts with a special token names it.
     if (!parts->bos_id && !probe.empty() && !bos) parts->bos_id = probe.front();
-    parts->post_processor_adds_bos = parts->bos_id && !probe.empty() && probe.front() == *parts->bos_id;
+    parts->post_processor_adds_bos =
+        parts->bos_id && !probe.empty() && probe.front() == *parts->bos_id;
   }
   parts->vocab_size = parts->model->id_limit();
   for (const AddedToken& t : parts->added->tokens()) {
@@ -176,8 +180,8 @@ absl::StatusOr<std::unique_ptr<TokenizerParts>> PartsFromJson(const json& j, con
       added.push_back(std::move(token));
     }
   }
-  GB_ASSIGN_OR_RETURN(parts->added,
-                      tokenizer::AddedVocabulary::Create(std::move(added), parts->normalizer.get()));
+  GB_ASSIGN_OR_RETURN(
+      parts->added, tokenizer::AddedVocabulary::Create(std::move(added), parts->normalizer.get()));
   GB_RETURN_IF_ERROR(Finish(config, parts.get(), std::nullopt, std::nullopt));
   return parts;
 }
@@ -200,10 +204,11 @@ absl::StatusOr<std::unique_ptr<TokenizerParts>> PartsFromVocabAndMerges(const js
     if (line.empty() || line.starts_with("#version")) continue;
     const size_t space = line.find(' ');
     if (space == std::string_view::npos || line.find(' ', space + 1) != std::string_view::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("merges.txt line ", line_no,
-                                                     " is not two tokens separated by a space"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("merges.txt line ", line_no, " is not two tokens separated by a space"));
     }
-    bpe.merges.emplace_back(std::string(line.substr(0, space)), std::string(line.substr(space + 1)));
+    bpe.merges.emplace_back(std::string(line.substr(0, space)),
+                            std::string(line.substr(space + 1)));
   }
   auto parts = std::make_unique<TokenizerParts>();
   GB_ASSIGN_OR_RETURN(parts->model, tokenizer::BpeModel::Create(std::move(bpe)));

@@ -18,10 +18,10 @@ namespace glassbox::tokenizer {
 struct TokenizerParts {
   std::unique_ptr<BpeModel> model;
   std::unique_ptr<AddedVocabulary> added;
-  std::unique_ptr<Normalizer> normalizer;        // May be null.
-  std::unique_ptr<PreTokenizer> pre_tokenizer;   // May be null.
-  std::unique_ptr<PostProcessor> post_processor; // May be null.
-  std::unique_ptr<Decoder> decoder;              // May be null: tokens are joined with spaces.
+  std::unique_ptr<Normalizer> normalizer;         // May be null.
+  std::unique_ptr<PreTokenizer> pre_tokenizer;    // May be null.
+  std::unique_ptr<PostProcessor> post_processor;  // May be null.
+  std::unique_ptr<Decoder> decoder;               // May be null: tokens are joined with spaces.
   std::optional<int32_t> bos_id;
   std::optional<int32_t> eos_id;
   std::optional<int32_t> pad_id;
