@@ -168,6 +168,9 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "glassboxd: cannot listen on %s\n", settings->listen.c_str());
     return 1;
   }
+  // The default health service answers for "" (the whole server); name our service too, so
+  // probes that ask for it by name (Kubernetes grpc probes with `service:`) get an answer.
+  server->GetHealthCheckService()->SetServingStatus(glassbox::v1::Glassbox::service_full_name(), true);
   const std::string host = settings->listen.substr(0, settings->listen.rfind(':'));
   std::fprintf(stderr, "glassboxd: listening on %s:%d\n", host.c_str(), port);
 

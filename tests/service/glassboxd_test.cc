@@ -1,0 +1,162 @@
+// glassboxd as a process: it reports ready, answers the standard health check, serves, and on
+// SIGTERM finishes the run in flight, refuses new ones and exits 0.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "glassbox/v1/glassbox.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "tests/service/health.grpc.pb.h"
+#include "tests/util/test_util.h"
+
+namespace glassbox {
+namespace {
+
+namespace pb = ::glassbox::v1;
+using ::grpc::health::v1::Health;
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
+
+// A glassboxd child process; its stderr is read until the "listening on" line.
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::vector<std::string> args) {
+    int pipe_fds[2];
+    if (pipe(pipe_fds) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(pipe_fds[1], STDERR_FILENO);
+      close(pipe_fds[0]);
+      std::vector<char*> argv;
+      static std::string binary = GLASSBOXD_PATH;
+      argv.push_back(binary.data());
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(binary.c_str(), argv.data());
+      _exit(127);
+    }
+    close(pipe_fds[1]);
+    stderr_ = fdopen(pipe_fds[0], "r");
+    char line[4096];
+    const std::string marker = "glassboxd: listening on ";
+    while (fgets(line, sizeof line, stderr_)) {
+      log_ += line;
+      const std::string s(line);
+      if (s.rfind(marker, 0) == 0) {
+        address_ = s.substr(marker.size());
+        while (!address_.empty() && (address_.back() == '\n' || address_.back() == '\r')) address_.pop_back();
+        break;
+      }
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !waited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (stderr_) fclose(stderr_);
+  }
+  const std::string& address() const { return address_; }
+  const std::string& log() const { return log_; }
+  void Signal(int sig) { kill(pid_, sig); }
+  // Exit status, or -1 when it did not exit by itself within `seconds`.
+  int WaitExit(int seconds) {
+    for (int i = 0; i < seconds * 10; ++i) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        waited_ = true;
+        char line[4096];
+        while (fgets(line, sizeof line, stderr_)) log_ += line;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* stderr_ = nullptr;
+  std::string address_, log_;
+  bool waited_ = false;
+};
+
+HealthCheckResponse::ServingStatus Health(const std::shared_ptr<grpc::Channel>& channel,
+                                          const std::string& service) {
+  grpc::ClientContext context;
+  HealthCheckRequest request;
+  request.set_service(service);
+  HealthCheckResponse response;
+  grpc::Status s = Health::NewStub(channel)->Check(&context, request, &response);
+  return s.ok() ? response.status() : HealthCheckResponse::UNKNOWN;
+}
+
+TEST(Glassboxd, HealthServeAndDrainOnSigterm) {
+  ServerProcess server({"--model", "gpt2=" + testing::FixturePath("models/tiny-gpt2"),
+                        "--listen", "127.0.0.1:0", "--device", "cpu", "--stream_buffer_bytes", "4096"});
+  ASSERT_FALSE(server.address().empty()) << server.log();
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(Health(channel, ""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(Health(channel, "glassbox.v1.Glassbox"), HealthCheckResponse::SERVING);
+
+  // A run whose reader is slow is in flight when SIGTERM arrives: it must still complete.
+  auto stub = pb::Glassbox::NewStub(channel);
+  pb::RunRequest request;
+  request.set_model("gpt2");
+  for (int b = 0; b < 4; ++b) {
+    auto* row = request.mutable_inputs()->add_token_ids();
+    for (int i = 0; i < 16; ++i) row->add_ids(i + b);
+  }
+  request.add_captures()->set_hook("*");
+  request.set_chunk_bytes(1024);
+  grpc::ClientContext context;
+  auto reader = stub->Run(&context, request);
+  pb::RunResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  int64_t expected = 0;
+  for (const auto& t : response.header().tensors()) expected += t.nbytes();
+
+  server.Signal(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  {
+    // New work is refused while draining (or the port is already closed).
+    grpc::ClientContext late;
+    late.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    pb::ListModelsResponse models;
+    pb::RunRequest late_run = request;
+    auto late_reader = pb::Glassbox::NewStub(channel)->Run(&late, late_run);
+    while (late_reader->Read(&response)) {
+    }
+    EXPECT_FALSE(late_reader->Finish().ok());
+  }
+  int64_t got = 0;
+  bool summary = false;
+  while (reader->Read(&response)) {
+    if (response.has_chunk()) got += static_cast<int64_t>(response.chunk().data().size());
+    if (response.has_summary()) summary = true;
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(got, expected);
+  EXPECT_TRUE(summary);
+  EXPECT_EQ(server.WaitExit(20), 0) << server.log();
+  EXPECT_NE(server.log().find("draining"), std::string::npos) << server.log();
+}
+
+TEST(Glassboxd, BadFlagsExitWithAMessage) {
+  ServerProcess no_models({"--listen", "127.0.0.1:0"});
+  EXPECT_EQ(no_models.WaitExit(10), 2);
+  EXPECT_NE(no_models.log().find("no models"), std::string::npos) << no_models.log();
+
+  ServerProcess bad_dir({"--model", "x=/nonexistent", "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(bad_dir.WaitExit(10), 1);
+  EXPECT_NE(bad_dir.log().find("model \"x\""), std::string::npos) << bad_dir.log();
+}
+
+}  // namespace
+}  // namespace glassbox
