@@ -1,5 +1,6 @@
 #include "server/engine/hook_plan.h"
 
+#include "absl/strings/str_cat.h"
 #include "server/util/status_macros.h"
 
 namespace glassbox {
@@ -7,6 +8,20 @@ namespace glassbox {
 absl::Status HookPlan::Capture(absl::string_view name_or_glob) {
   GB_ASSIGN_OR_RETURN(std::vector<HookId> ids, registry_->Match(name_or_glob));
   for (HookId id : ids) capture_[id] = 1;
+  return absl::OkStatus();
+}
+
+absl::Status HookPlan::AddIntervention(Intervention edit) {
+  if (edit.hook < 0 || edit.hook >= registry_->size()) {
+    return absl::InvalidArgumentError("intervention names no hook point");
+  }
+  const HookInfo& info = registry_->info(edit.hook);
+  if (!IsEditableHook(info.kind)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "intervention at ", info.name, ": this hook can be captured but not edited yet"));
+  }
+  edits_[edit.hook].push_back(std::move(edit));
+  ++edit_count_;
   return absl::OkStatus();
 }
 

@@ -8,22 +8,30 @@
 
 #include "absl/status/status.h"
 #include "server/engine/hook_points.h"
+#include "server/engine/intervention.h"
 
 namespace glassbox {
 
 class HookPlan {
  public:
   explicit HookPlan(const HookRegistry& registry)
-      : registry_(&registry), capture_(registry.size(), 0) {}
+      : registry_(&registry), capture_(registry.size(), 0), edits_(registry.size()) {}
 
   // Captures the hook(s) a name or glob names; INVALID_ARGUMENT when none exists.
   absl::Status Capture(absl::string_view name_or_glob);
   void CaptureId(HookId id) { capture_[id] = 1; }
 
+  // Adds an edit at its hook, after those already there. INVALID_ARGUMENT for hooks that cannot
+  // be edited.
+  absl::Status AddIntervention(Intervention edit);
+
   bool Captures(HookId id) const { return id >= 0 && capture_[id] != 0; }
+  const std::vector<Intervention>& Edits(HookId id) const { return edits_[id]; }
+  bool HasEdits(HookId id) const { return id >= 0 && !edits_[id].empty(); }
   // Whether the forward pass must materialise the hook's value; optional work (per-head results,
-  // attention patterns, unweighted RMS outputs) is skipped otherwise.
-  bool Touches(HookId id) const { return Captures(id); }
+  // attention patterns, unweighted norm outputs, separate pre-activations) is skipped otherwise.
+  bool Touches(HookId id) const { return Captures(id) || HasEdits(id); }
+  bool HasAnyEdits() const { return edit_count_ > 0; }
 
   std::vector<HookId> CapturedIds() const;
   const HookRegistry& registry() const { return *registry_; }
@@ -31,6 +39,8 @@ class HookPlan {
  private:
   const HookRegistry* registry_;
   std::vector<uint8_t> capture_;
+  std::vector<std::vector<Intervention>> edits_;
+  int edit_count_ = 0;
 };
 
 }  // namespace glassbox

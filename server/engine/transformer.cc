@@ -17,6 +17,8 @@ class ForwardPass {
       : c_(config), hooks_(hooks), w_(weights), be_(backend), dtype_(dtype), plan_(plan),
         sink_(sink), batch_(batch), seq_(seq), tokens_(batch * seq) {}
 
+  TokenLayout layout_;  // where each row's real tokens are, for position selectors
+
   absl::StatusOr<ForwardOutput> Run(const Tensor& ids, const Tensor& mask,
                                     const Tensor& positions, const Tensor& last_index,
                                     const Tensor& targets, const ForwardOptions& options);
@@ -26,13 +28,40 @@ class ForwardPass {
     return plan_.Touches(hooks_.Find(kind, layer));
   }
 
-  // The single place where the forward pass meets the plan: today it hands captured values to
-  // the sink; interventions will edit `value` here before it flows on.
-  absl::Status AtHook(HookKind kind, int layer, const Tensor& value) {
+  // The single place where the forward pass meets the plan: edits replace `value` by an edited
+  // copy (never in place: a sink may hold the original, e.g. the previous block's resid_post),
+  // then captures see the edited value.
+  absl::Status AtHook(HookKind kind, int layer, Tensor& value) {
     const HookId id = hooks_.Find(kind, layer);
-    if (id < 0 || !plan_.Captures(id)) return absl::OkStatus();
+    if (id < 0 || !plan_.Touches(id)) return absl::OkStatus();
     const HookInfo& info = hooks_.info(id);
-    return sink_->OnCapture(id, info, value.Reshape(info.ShapeFor(batch_, seq_)));
+    const Shape shape = info.ShapeFor(batch_, seq_);
+    if (plan_.HasEdits(id)) {
+      Tensor host = Tensor::EmptyHost(DType::kF32, shape);
+      if (value.dtype() == DType::kF32) {
+        GB_RETURN_IF_ERROR(be_.CopyToHost(value, host));
+      } else {
+        GB_ASSIGN_OR_RETURN(Tensor f32, be_.Allocate(DType::kF32, value.shape()));
+        GB_RETURN_IF_ERROR(be_.Convert(value, f32));
+        GB_RETURN_IF_ERROR(be_.CopyToHost(f32, host));
+      }
+      for (const Intervention& edit : plan_.Edits(id)) ApplyIntervention(edit, layout_, host);
+      GB_ASSIGN_OR_RETURN(Tensor edited, Place(host));
+      value = edited.Reshape(value.shape());
+    }
+    if (!plan_.Captures(id)) return absl::OkStatus();
+    return sink_->OnCapture(id, info, value.Reshape(shape));
+  }
+
+  // A host f32 tensor moved to the backend in the pass's dtype.
+  absl::StatusOr<Tensor> Place(const Tensor& host) {
+    if (be_.device() == Device::kCpu && dtype_ == DType::kF32) return host;
+    GB_ASSIGN_OR_RETURN(Tensor f32, be_.Allocate(DType::kF32, host.shape()));
+    GB_RETURN_IF_ERROR(be_.CopyFromHost(host, f32));
+    if (dtype_ == DType::kF32) return f32;
+    GB_ASSIGN_OR_RETURN(Tensor converted, be_.Allocate(dtype_, host.shape()));
+    GB_RETURN_IF_ERROR(be_.Convert(f32, converted));
+    return converted;
   }
 
   absl::StatusOr<Tensor> New(Shape shape) { return be_.Allocate(dtype_, std::move(shape)); }
@@ -40,7 +69,7 @@ class ForwardPass {
   // LayerNorm or RMSNorm per the config, emitting the scale and normalized hooks.
   absl::StatusOr<Tensor> Norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                               HookKind scale_kind, HookKind normalized_kind, int layer);
-  absl::StatusOr<Tensor> Block(int layer, const Tensor& resid, const Tensor& mask,
+  absl::StatusOr<Tensor> Block(int layer, Tensor resid, const Tensor& mask,
                                const Tensor& positions);
   absl::StatusOr<Tensor> Attention(int layer, const BlockWeights& b, const Tensor& normalized,
                                    const Tensor& mask, const Tensor& positions);
@@ -170,7 +199,7 @@ absl::StatusOr<Tensor> ForwardPass::Mlp(int layer, const BlockWeights& b,
   return mlp_out;
 }
 
-absl::StatusOr<Tensor> ForwardPass::Block(int layer, const Tensor& resid, const Tensor& mask,
+absl::StatusOr<Tensor> ForwardPass::Block(int layer, Tensor resid, const Tensor& mask,
                                           const Tensor& positions) {
   const BlockWeights& b = w_.blocks[layer];
   GB_RETURN_IF_ERROR(AtHook(HookKind::kResidPre, layer, resid));
@@ -293,7 +322,7 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
   if (&plan.registry() != &hooks_) {
     return absl::InvalidArgumentError("the hook plan was built for another model");
   }
-  if (!plan.CapturedIds().empty() && sink == nullptr) {
+  if (sink == nullptr && !plan.CapturedIds().empty()) {
     return absl::InvalidArgumentError("the plan captures hooks but no sink receives them");
   }
   if (options.stop_at_layer > config_.n_layers || options.stop_at_layer < -1) {
@@ -373,6 +402,14 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
   GB_ASSIGN_OR_RETURN(Tensor last_dev, upload(last_index));
   GB_ASSIGN_OR_RETURN(Tensor targets_dev, upload(targets));
   ForwardPass pass(config_, hooks_, weights_, *backend_, dtype_, plan, sink, batch, seq);
+  pass.layout_ = TokenLayout::FromMask(mask);
+  if (plan.HasAnyEdits()) {
+    for (HookId id = 0; id < hooks_.size(); ++id) {
+      for (const Intervention& edit : plan.Edits(id)) {
+        GB_RETURN_IF_ERROR(ValidateIntervention(edit, hooks_.info(id), batch, seq, pass.layout_));
+      }
+    }
+  }
   return pass.Run(ids_dev, mask_dev, positions_dev, last_dev, targets_dev, options);
 }
 

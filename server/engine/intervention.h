@@ -1,0 +1,69 @@
+// Edits applied to an activation at a hook point during the forward pass: ablation, steering,
+// patching. Semantics are TransformerLens run_with_hooks's: the hook's value is replaced by the
+// edited one and everything downstream sees the edit; captures at the same hook see the edited
+// value. Edits at one hook apply in the order given.
+//
+// An editable hook's value is viewed as [batch, pos, M, D]: D is the last axis (d_model, d_mlp,
+// d_head) and M the head axis where there is one (hook_q/k/v/z/result), else 1.
+#pragma once
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/tensor.h"
+#include "server/engine/hook_points.h"
+
+namespace glassbox {
+
+enum class InterventionKind : uint8_t {
+  kZero,      // x[S] = 0
+  kScale,     // x[S] *= coefficient
+  kAdd,       // x[S] += coefficient * value   (steering)
+  kSet,       // x[S] = value
+  kMeanBatch, // x[S] = mean of x over the batch rows (per position), as TransformerLens's
+              //        mean-ablation over the batch; needs rows of equal length to mean sensibly
+  kMeanPos,   // x[S] = mean of x over each row's real positions
+  kPatchRow,  // x[b, S] = x[source_rows[b], S]   (resample / patch from another batch item)
+};
+
+// Which elements S an intervention touches; an empty list means all along that axis.
+struct InterventionSelector {
+  std::vector<int32_t> rows;       // batch rows
+  std::vector<int32_t> positions;  // negative counts from each row's last real token
+  std::vector<int32_t> heads;      // the M axis
+  std::vector<int32_t> dims;       // the last axis: neurons, d_model or d_head features
+};
+
+struct Intervention {
+  HookId hook = -1;
+  InterventionKind kind = InterventionKind::kZero;
+  InterventionSelector select;
+  float coefficient = 1.0f;
+  // For kAdd / kSet: host f32 broadcast over S: [D], [M, D], or the hook's full shape.
+  Tensor value;
+  // For kPatchRow: the source row of each batch row (size batch); rows not selected are kept.
+  std::vector<int32_t> source_rows;
+};
+
+// Whether the forward pass can edit this hook: the value flows on as a tensor. Norm scales and
+// normalized values, attention scores and patterns, and per-head results are captured but not
+// (yet) editable.
+bool IsEditableHook(HookKind kind);
+
+// Where each row's real tokens sit in the padded batch (left or right padding alike).
+struct TokenLayout {
+  std::vector<std::vector<int32_t>> real;  // real[b][p] = padded index of row b's p-th token
+
+  static TokenLayout FromMask(const Tensor& mask);  // [batch, pos] i32, 1 = real
+  // The padded index of position p of row b (p < 0 counts from the end); -1 when out of range.
+  int32_t Index(int64_t b, int32_t p) const;
+};
+
+// Checks an intervention against the hook's shape for a request before any work is done.
+absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info, int64_t batch,
+                                  int64_t seq, const TokenLayout& layout);
+
+// Applies `edit` to `value` (host f32, the hook's full shape), in place.
+void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tensor& value);
+
+}  // namespace glassbox

@@ -1,0 +1,103 @@
+"""Reference logits for interventions, computed with TransformerLens run_with_hooks.
+
+For the tiny GPT-2 and Llama fixtures (tests/fixtures/models), runs the committed unpadded input
+batch with each intervention below as a TransformerLens forward hook on a HookedTransformer
+built from the same weights without processing (make_fixtures.tl_model), in float64, and writes
+tests/fixtures/expected/<model>.interventions.safetensors with "<case>.logits" and the value
+vectors the cases add or set. tests/engine/intervention_test.cc encodes the same cases.
+
+    /work/venv-ref/bin/python tests/reference/make_intervention_fixtures.py
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, str(Path(__file__).parent))
+from make_fixtures import tl_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def cases(d_model: int, gen: torch.Generator):
+    v_steer = torch.randn(d_model, generator=gen, dtype=torch.float64)
+    v_set = torch.randn(d_model, generator=gen, dtype=torch.float64)
+    v_chain = torch.randn(d_model, generator=gen, dtype=torch.float64)
+
+    def zero_head(x, hook):
+        x[:, :, 1, :] = 0
+        return x
+
+    def steer_last(x, hook):
+        x[:, -1, :] += 2.5 * v_steer
+        return x
+
+    def mean_neurons(x, hook):
+        idx = [3, 7, 11]
+        x[:, :, idx] = x[:, :, idx].mean(0, keepdim=True)
+        return x
+
+    def resample_attn_out(x, hook):
+        src = x.clone()
+        x[:, 4, :] = src[[2, 0, 1], 4, :]
+        return x
+
+    def scale_v(x, hook):
+        x[:, :, 0, :] *= 0.5
+        return x
+
+    def set_mlp_out(x, hook):
+        x[1, :, :] = v_set
+        return x
+
+    def chain_add(x, hook):
+        x[:, [0, 2], :] += 1.0 * v_chain
+        return x
+
+    def chain_scale(x, hook):
+        x[:, [0, 2], :] *= 0.5
+        return x
+
+    def mean_pos(x, hook):
+        x[0, :, :] = x[0].mean(0, keepdim=True)
+        return x
+
+    return {
+        "zero_head": [("blocks.0.attn.hook_z", zero_head)],
+        "steer_last": [("blocks.1.hook_resid_pre", steer_last)],
+        "mean_neurons": [("blocks.0.mlp.hook_post", mean_neurons)],
+        "resample_attn_out": [("blocks.1.hook_attn_out", resample_attn_out)],
+        "scale_v": [("blocks.1.attn.hook_v", scale_v)],
+        "set_mlp_out": [("blocks.0.hook_mlp_out", set_mlp_out)],
+        "chain": [("blocks.0.hook_resid_mid", chain_add), ("blocks.0.hook_resid_mid", chain_scale)],
+        "mean_pos": [("blocks.1.hook_mlp_out", mean_pos)],
+    }, {"steer_last.value": v_steer, "set_mlp_out.value": v_set, "chain.value": v_chain}
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    for name in ("tiny-gpt2", "tiny-llama"):
+        hf = AutoModelForCausalLM.from_pretrained(FIXTURES / "models" / name, dtype=torch.float64)
+        tl = tl_model(hf)
+        ids = load_file(FIXTURES / "expected" / f"{name}.safetensors")["unpadded.input_ids"]
+        gen = torch.Generator().manual_seed(1234)
+        table, values = cases(tl.cfg.d_model, gen)
+        out = {k: v.to(torch.float32).contiguous() for k, v in values.items()}
+        with torch.no_grad():
+            base = tl(ids)
+            for case, hooks in table.items():
+                logits = tl.run_with_hooks(ids, fwd_hooks=hooks)
+                assert (logits - base).abs().max() > 1e-6, f"{case} changed nothing"
+                out[f"{case}.logits"] = logits.to(torch.float32).contiguous()
+        path = FIXTURES / "expected" / f"{name}.interventions.safetensors"
+        save_file(out, path)
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
