@@ -100,10 +100,10 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
   }
   if (edit.kind == InterventionKind::kAdd || edit.kind == InterventionKind::kSet) {
     const int64_t n = edit.value.defined() ? edit.value.numel() : 0;
-    if (n != v.d && n != v.m * v.d && n != v.batch * v.seq * v.m * v.d) {
+    if (n != v.d && n != v.m * v.d && n != v.seq * v.m * v.d && n != v.batch * v.seq * v.m * v.d) {
       return Bad(info, absl::StrCat("the value has ", n, " elements; it must be [", v.d, "], [", v.m, ",",
-                                    v.d, "] or the hook's full shape ",
-                                    ShapeToString(info.ShapeFor(batch, seq))));
+                                    v.d, "], one row [", v.seq, ",", v.m, ",", v.d,
+                                    "] or the hook's full shape ", ShapeToString(info.ShapeFor(batch, seq))));
     }
   }
   if (edit.kind == InterventionKind::kPatchRow) {
@@ -137,6 +137,7 @@ void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tens
     const float* w = edit.value.data<float>();
     if (value_n == v.d) return w[di];
     if (value_n == v.m * v.d) return w[mi * v.d + di];
+    if (value_n == v.seq * v.m * v.d) return w[v.Offset(0, p, mi, di)];
     return w[v.Offset(b, p, mi, di)];
   };
   auto mean_over_batch = [&](int64_t p, int64_t mi, int64_t di) {

@@ -39,7 +39,8 @@ struct Intervention {
   InterventionKind kind = InterventionKind::kZero;
   InterventionSelector select;
   float coefficient = 1.0f;
-  // For kAdd / kSet: host f32 broadcast over S: [D], [M, D], or the hook's full shape.
+  // For kAdd / kSet: host f32 broadcast over S: [D], [M, D], [pos, M, D] (one row, used for
+  // every row), or the hook's full shape.
   Tensor value;
   // For kPatchRow: the source row of each batch row (size batch); rows not selected are kept.
   std::vector<int32_t> source_rows;

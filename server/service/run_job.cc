@@ -142,6 +142,7 @@ absl::Status RunJob::RunForward() {
   const Transformer& model = *plan_.model->model;
   HookPlan hook_plan(model.hooks());
   for (const ResolvedCapture& rc : plan_.captures) hook_plan.CaptureId(rc.hook);
+  for (const Intervention& edit : plan_.interventions) GB_RETURN_IF_ERROR(hook_plan.AddIntervention(edit));
   const bool need_all = plan_.logits_mode == glassbox::v1::LOGITS_ALL ||
                         plan_.logits_mode == glassbox::v1::LOGITS_TOP_K || !plan_.target_tokens.empty();
   ForwardOptions options{

@@ -70,6 +70,51 @@ absl::Status BuildRows(const glassbox::v1::Inputs& inputs, const ServedModel& se
   return absl::OkStatus();
 }
 
+absl::StatusOr<InterventionKind> FromProtoKind(glassbox::v1::InterventionKind kind, absl::string_view where) {
+  switch (kind) {
+    case glassbox::v1::INTERVENTION_ZERO: return InterventionKind::kZero;
+    case glassbox::v1::INTERVENTION_SCALE: return InterventionKind::kScale;
+    case glassbox::v1::INTERVENTION_ADD: return InterventionKind::kAdd;
+    case glassbox::v1::INTERVENTION_SET: return InterventionKind::kSet;
+    case glassbox::v1::INTERVENTION_MEAN_BATCH: return InterventionKind::kMeanBatch;
+    case glassbox::v1::INTERVENTION_MEAN_POS: return InterventionKind::kMeanPos;
+    case glassbox::v1::INTERVENTION_PATCH_ROW: return InterventionKind::kPatchRow;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(where, ": set kind (ZERO, SCALE, ADD, SET, ",
+                                                     "MEAN_BATCH, MEAN_POS or PATCH_ROW)"));
+  }
+}
+
+absl::Status AddInterventions(const glassbox::v1::RunRequest& request, RunPlan& plan) {
+  const HookRegistry& hooks = plan.model->model->hooks();
+  const TokenLayout layout = TokenLayout::FromMask(plan.attention_mask);
+  for (int i = 0; i < request.interventions_size(); ++i) {
+    const auto& in = request.interventions(i);
+    const std::string where = absl::StrCat("interventions[", i, "] \"", in.hook(), "\"");
+    Intervention edit;
+    GB_ASSIGN_OR_RETURN(edit.kind, FromProtoKind(in.kind(), where));
+    edit.select = {.rows = {in.rows().begin(), in.rows().end()},
+                   .positions = {in.positions().begin(), in.positions().end()},
+                   .heads = {in.heads().begin(), in.heads().end()},
+                   .dims = {in.dims().begin(), in.dims().end()}};
+    edit.coefficient = in.has_coefficient() ? in.coefficient() : 1.0f;
+    if (in.value_size() > 0) {
+      edit.value = Tensor::FromHost(std::span<const float>(in.value().data(), in.value_size()),
+                                    {static_cast<int64_t>(in.value_size())});
+    }
+    edit.source_rows.assign(in.source_rows().begin(), in.source_rows().end());
+    auto ids = hooks.Match(in.hook());
+    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", ids.status().message()));
+    for (HookId id : *ids) {
+      edit.hook = id;
+      GB_RETURN_IF_ERROR(ValidateIntervention(edit, hooks.info(id), plan.tokens.dim(0),
+                                              plan.tokens.dim(1), layout));
+      plan.interventions.push_back(edit);
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 glassbox::v1::DType ToProtoDType(DType dtype) {
@@ -117,6 +162,8 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
     std::copy(plan.rows[b].begin(), plan.rows[b].end(), plan.tokens.data<int32_t>() + b * longest);
     std::fill_n(plan.attention_mask.data<int32_t>() + b * longest, plan.rows[b].size(), 1);
   }
+
+  GB_RETURN_IF_ERROR(AddInterventions(request, plan));
 
   std::vector<CaptureSpec> specs;
   for (int i = 0; i < request.captures_size(); ++i) {

@@ -7,6 +7,7 @@
 #include "absl/status/statusor.h"
 #include "glassbox/v1/glassbox.pb.h"
 #include "server/engine/capture.h"
+#include "server/engine/intervention.h"
 #include "server/service/model_store.h"
 
 namespace glassbox {
@@ -35,6 +36,7 @@ struct RunPlan {
   Tensor tokens;          // [batch, longest] i32, right-padded with 0
   Tensor attention_mask;  // [batch, longest] i32
   std::vector<ResolvedCapture> captures;  // forward order
+  std::vector<Intervention> interventions;  // request order
   glassbox::v1::LogitsMode logits_mode = glassbox::v1::LOGITS_NONE;
   int32_t logits_k = 0;
   bool loss_per_token = false;

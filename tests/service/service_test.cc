@@ -226,6 +226,33 @@ TEST_F(ServiceTest, RaggedBatchEqualsSingleRows) {
   }
 }
 
+// Interventions over gRPC: the steering case of the TransformerLens fixtures.
+TEST_F(ServiceTest, InterventionsEqualTransformerLens) {
+  auto inputs = ReadAllTensors(FixturePath("expected/tiny-llama.safetensors"));
+  auto expected = ReadAllTensors(FixturePath("expected/tiny-llama.interventions.safetensors"));
+  pb::RunRequest request = Request("llama", inputs.at("unpadded.input_ids"));
+  auto* steer = request.add_interventions();
+  steer->set_hook("blocks.1.hook_resid_pre");
+  steer->set_kind(pb::INTERVENTION_ADD);
+  steer->add_positions(-1);
+  steer->set_coefficient(2.5f);
+  for (float v : expected.at("steer_last.value").span<float>()) steer->add_value(v);
+  request.mutable_outputs()->set_logits(pb::LOGITS_ALL);
+  Received got = Run(request);
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+  EXPECT_LE(NormRelativeError(AsTensor(got.bytes.at("logits"), {3, 11, 300}), expected.at("steer_last.logits")), 1e-5);
+
+  pb::RunRequest zero = Request("llama", inputs.at("unpadded.input_ids"));
+  auto* ablate = zero.add_interventions();
+  ablate->set_hook("blocks.0.attn.hook_z");
+  ablate->set_kind(pb::INTERVENTION_ZERO);
+  ablate->add_heads(1);
+  zero.mutable_outputs()->set_logits(pb::LOGITS_ALL);
+  got = Run(zero);
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+  EXPECT_LE(NormRelativeError(AsTensor(got.bytes.at("logits"), {3, 11, 300}), expected.at("zero_head.logits")), 1e-5);
+}
+
 TEST_F(ServiceTest, ModelsInfoAndErrors) {
   auto stub = pb::Glassbox::NewStub(*channel_);
   {
@@ -296,6 +323,11 @@ TEST_F(ServiceTest, BadRequestCorpus) {
       {"target out of range", [](auto& r) { r.mutable_outputs()->add_target_tokens(1000); }, grpc::StatusCode::INVALID_ARGUMENT, "target_tokens"},
       {"stop_at_layer with logits", [](auto& r) { r.set_stop_at_layer(1); r.mutable_outputs()->set_logits(pb::LOGITS_LAST); }, grpc::StatusCode::INVALID_ARGUMENT, "whole forward pass"},
       {"stop_at_layer too large", [](auto& r) { r.set_stop_at_layer(3); }, grpc::StatusCode::INVALID_ARGUMENT, "stop_at_layer 3"},
+      {"intervention without kind", [](auto& r) { r.add_interventions()->set_hook("hook_embed"); }, grpc::StatusCode::INVALID_ARGUMENT, "set kind"},
+      {"intervention at pattern", [](auto& r) { auto* i = r.add_interventions(); i->set_hook("blocks.0.attn.hook_pattern"); i->set_kind(pb::INTERVENTION_ZERO); }, grpc::StatusCode::INVALID_ARGUMENT, "not edited yet"},
+      {"intervention value size", [](auto& r) { auto* i = r.add_interventions(); i->set_hook("hook_embed"); i->set_kind(pb::INTERVENTION_ADD); i->add_value(1); i->add_value(2); }, grpc::StatusCode::INVALID_ARGUMENT, "the value has 2 elements"},
+      {"intervention unknown hook", [](auto& r) { auto* i = r.add_interventions(); i->set_hook("blocks.9.hook_z"); i->set_kind(pb::INTERVENTION_ZERO); }, grpc::StatusCode::INVALID_ARGUMENT, "unknown hook point"},
+      {"patch source row", [](auto& r) { auto* i = r.add_interventions(); i->set_hook("hook_embed"); i->set_kind(pb::INTERVENTION_PATCH_ROW); i->add_source_rows(5); }, grpc::StatusCode::INVALID_ARGUMENT, "source row 5"},
       {"capture after stop", [](auto& r) { r.set_stop_at_layer(1); r.add_captures()->set_hook("blocks.1.hook_resid_pre"); }, grpc::StatusCode::INVALID_ARGUMENT, "never reached"},
   };
   for (const Case& c : cases) {
