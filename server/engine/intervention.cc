@@ -106,12 +106,21 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
                                     "] or the hook's full shape ", ShapeToString(info.ShapeFor(batch, seq))));
     }
   }
-  if (edit.kind == InterventionKind::kPatchRow) {
+  if (edit.kind == InterventionKind::kPatchRow || edit.kind == InterventionKind::kPatchFrom) {
+    int64_t source_batch = batch;
+    if (edit.kind == InterventionKind::kPatchFrom) {
+      const int64_t row = v.seq * v.m * v.d;
+      if (!edit.value.defined() || edit.value.rank() < 1 || edit.value.numel() != edit.value.dim(0) * row) {
+        return Bad(info, absl::StrCat("the patch source must be [rows, ", v.seq, ", ...] with ", row,
+                                      " values per row"));
+      }
+      source_batch = edit.value.dim(0);
+    }
     if (static_cast<int64_t>(edit.source_rows.size()) != batch) {
       return Bad(info, absl::StrCat("patching needs a source row for each of the ", batch, " rows"));
     }
     for (int32_t r : edit.source_rows) {
-      if (r < 0 || r >= batch) return Bad(info, absl::StrCat("source row ", r, " is outside the batch"));
+      if (r < 0 || r >= source_batch) return Bad(info, absl::StrCat("source row ", r, " is outside the source batch"));
     }
   }
   return absl::OkStatus();
@@ -154,12 +163,17 @@ void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tens
   for (int32_t b : rows) {
     // (padded index in row b, padded index of the same position in the patch source row)
     std::vector<std::pair<int32_t, int32_t>> positions;
-    const int32_t source_row = edit.kind == InterventionKind::kPatchRow ? edit.source_rows[b] : b;
+    const bool patch = edit.kind == InterventionKind::kPatchRow || edit.kind == InterventionKind::kPatchFrom;
+    const int32_t source_row = patch ? edit.source_rows[b] : b;
     if (edit.select.positions.empty()) {
       for (int32_t p = 0; p < v.seq; ++p) positions.push_back({p, p});
     } else {
       for (int32_t p : edit.select.positions) {
-        positions.push_back({layout.Index(b, p), layout.Index(source_row, p)});
+        // A kPatchFrom source is unpadded: its position p is at index p (or seq + p).
+        const int32_t source_p = edit.kind == InterventionKind::kPatchFrom
+                                     ? (p < 0 ? static_cast<int32_t>(v.seq) + p : p)
+                                     : layout.Index(source_row, p);
+        positions.push_back({layout.Index(b, p), source_p});
       }
     }
     for (const auto [p, source_p] : positions) {
@@ -174,6 +188,9 @@ void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tens
             case InterventionKind::kMeanBatch: e = mean_over_batch(p, mi, di); break;
             case InterventionKind::kMeanPos: e = mean_over_positions(b, mi, di); break;
             case InterventionKind::kPatchRow: e = src[v.Offset(source_row, source_p, mi, di)]; break;
+            case InterventionKind::kPatchFrom:
+              e = edit.value.data<float>()[v.Offset(source_row, source_p, mi, di)];
+              break;
           }
         }
       }

@@ -24,6 +24,8 @@ enum class InterventionKind : uint8_t {
               //        mean-ablation over the batch; needs rows of equal length to mean sensibly
   kMeanPos,   // x[S] = mean of x over each row's real positions
   kPatchRow,  // x[b, S] = x[source_rows[b], S]   (resample / patch from another batch item)
+  kPatchFrom, // x[b, S] = value[source_rows[b], S], value = the same hook in another run
+              //           ([source batch, pos, ...], unpadded): activation patching
 };
 
 // Which elements S an intervention touches; an empty list means all along that axis.
@@ -42,7 +44,8 @@ struct Intervention {
   // For kAdd / kSet: host f32 broadcast over S: [D], [M, D], [pos, M, D] (one row, used for
   // every row), or the hook's full shape.
   Tensor value;
-  // For kPatchRow: the source row of each batch row (size batch); rows not selected are kept.
+  // For kPatchRow / kPatchFrom: the source row of each batch row (size batch); only selected
+  // rows are read.
   std::vector<int32_t> source_rows;
 };
 

@@ -1,0 +1,56 @@
+// Activation patching sweeps, batched. transformer_lens.patching runs one forward pass per cell;
+// here every cell becomes rows of a few large batches: the corrupted input repeated, each copy
+// with one activation replaced by its value in the clean run.
+//
+// Definitions (METHODS.md): m = metric on the patched run's logits at the last position,
+// averaged over the prompt pairs; normalised effect = (m - m_corrupted) / (m_clean - m_corrupted).
+#pragma once
+
+#include <atomic>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/engine/transformer.h"
+
+namespace glassbox {
+
+enum class SweepKind : uint8_t {
+  kResidPre, kResidMid, kResidPost, kAttnOut, kMlpOut,  // [layer, pos]
+  kHeadOutAllPos,                                     // hook_z, [layer, head]
+  kHeadOutByPos,                                      // hook_z, [layer, pos, head]
+  kQAllPos, kKAllPos, kVAllPos,                       // [layer, head] (k/v: kv heads)
+};
+
+struct PatchingMetric {
+  enum class Kind : uint8_t {
+    kLogitDiff,  // logit[token_a] - logit[token_b] at the last position
+    kLogProb,    // log p(token_a) at the last position
+    kLoss,       // mean next-token loss over the row
+  };
+  Kind kind = Kind::kLogitDiff;
+  int32_t token_a = 0;
+  int32_t token_b = 0;
+};
+
+struct PatchingRequest {
+  Tensor clean;      // [pairs, pos] i32, unpadded
+  Tensor corrupted;  // the same shape
+  SweepKind kind = SweepKind::kResidPre;
+  PatchingMetric metric;
+  int64_t max_rows_per_pass = 64;  // rows in one forward pass (each cell takes `pairs` rows)
+  const std::atomic<bool>* cancelled = nullptr;
+};
+
+struct PatchingResult {
+  Tensor values;      // host f32: raw metric per cell, [layer, pos], [layer, head] or [layer, pos, head]
+  Tensor normalized;  // the same, normalised
+  std::vector<std::string> dim_names;
+  double clean_metric = 0;
+  double corrupted_metric = 0;
+  int forward_passes = 0;
+};
+
+absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
+                                                const PatchingRequest& request);
+
+}  // namespace glassbox
