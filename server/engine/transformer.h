@@ -66,6 +66,8 @@ class Transformer {
   const HookRegistry& hooks() const { return hooks_; }
   Backend& backend() const { return *backend_; }
   DType dtype() const { return dtype_; }
+  // The parameters, for analyses that read weights (unembedding, W_O, final norm).
+  const ModelWeights& weights() const { return weights_; }
 
  private:
   Transformer(ModelConfig config, ModelWeights weights, std::shared_ptr<Backend> backend,
