@@ -1,0 +1,94 @@
+"""Python client for Glassbox, a gRPC server for interpretability research on transformer LMs.
+
+    import glassbox
+    client = glassbox.connect("localhost:50051")
+    model = client.model("gpt2")
+    logits, cache = model.run_with_cache("The cat sat on the", names_filter="blocks.*.hook_resid_post")
+    cache["blocks.3.hook_resid_post"].shape   # (1, pos, d_model), a numpy array
+
+Names follow TransformerLens: hook names, ``run_with_cache``, ``to_tokens``, ``to_str_tokens``,
+``ActivationCache``, ``cfg``. Every server error is a ``GlassboxError`` subclass carrying the
+gRPC status ``code`` and ``message``.
+"""
+
+from ._cache import ActivationCache, get_act_name
+from ._client import Client, connect
+from ._errors import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    GlassboxError,
+    Internal,
+    InvalidArgument,
+    MalformedStream,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
+from ._model import Model, RunResult
+from ._stream import RunStream
+from ._types import (
+    Capture,
+    HookDim,
+    HookPoint,
+    ModelInfo,
+    RunHeader,
+    RunSummary,
+    TensorInfo,
+    Timings,
+)
+
+__version__ = "0.1.0"
+
+# Public classes show as glassbox.X (not glassbox._errors.X) in reprs and tracebacks.
+for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture", "RunResult",
+              "RunStream", "RunHeader", "RunSummary", "TensorInfo", "Timings", "ActivationCache"):
+    globals()[_name].__module__ = __name__
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, GlassboxError):
+        _cls.__module__ = __name__
+del _name, _cls
+
+__all__ = [
+    "connect",
+    "Client",
+    "Model",
+    "ModelInfo",
+    "HookPoint",
+    "HookDim",
+    "Capture",
+    "RunResult",
+    "RunStream",
+    "RunHeader",
+    "RunSummary",
+    "TensorInfo",
+    "Timings",
+    "ActivationCache",
+    "get_act_name",
+    "GlassboxError",
+    "Cancelled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+    "MalformedStream",
+]

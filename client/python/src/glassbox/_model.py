@@ -1,0 +1,417 @@
+"""Model: a handle on one served model, with TransformerLens-shaped methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+import numpy as np
+
+from ._cache import ActivationCache
+from ._proto.glassbox.v1 import glassbox_pb2 as pb
+from ._stream import RunStream
+from ._types import Capture, ModelInfo, RunHeader, Timings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._client import Client
+
+#: A run's inputs: one text, a list of texts, a token array ([pos] or [batch, pos]), or a list
+#: of token lists (rows may differ in length; the server right-pads them). torch tensors work too.
+Inputs = Union[str, Sequence[str], np.ndarray, Sequence[int], Sequence[Sequence[int]], Any]
+#: What to capture: a hook name or glob, a Capture, or a sequence of them.
+Captures = Union[None, str, Capture, Sequence[Union[str, Capture]]]
+#: What a names_filter may be: as Captures, or a predicate on hook names (TransformerLens style).
+NamesFilter = Union[Captures, Callable[[str], bool]]
+#: Which logits to return: "all" [batch, pos, vocab], "last" [batch, vocab] (each row's last
+#: real token), "none"/None, ("top_k", k) [batch, pos, k] plus RunResult.logits_indices, or
+#: "auto": "all", or "none" when stop_at_layer is given (the server cannot produce logits then).
+LogitsSpec = Union[Literal["all", "last", "none", "auto"], None, Tuple[str, int]]
+
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass
+class RunResult:
+    """Everything one ``Model.run`` returned.
+
+    Batched inputs are right-padded to the longest row; ``sequence_lengths`` (and ``mask``) say
+    where each row's real tokens end. Values at padding positions are meaningless.
+    """
+
+    model: str
+    tokens: Tuple[np.ndarray, ...]  # the ids that ran, per row, unpadded (int64)
+    sequence_lengths: np.ndarray  # [batch] int64
+    cache: ActivationCache
+    logits: Optional[np.ndarray] = None  # [batch, pos, vocab], [batch, vocab] or [batch, pos, k]
+    logits_indices: Optional[np.ndarray] = None  # [batch, pos, k] int32, for ("top_k", k)
+    loss_per_token: Optional[np.ndarray] = None  # [batch, pos - 1]; 0 at padding
+    target_log_probs: Optional[np.ndarray] = None  # [batch, pos, len(target_tokens)]
+    timings: Timings = field(default_factory=Timings)
+    bytes_sent: int = 0
+
+    @property
+    def mask(self) -> np.ndarray:
+        """[batch, pos] bool: True at real tokens, False at padding."""
+        width = int(self.sequence_lengths.max()) if len(self.sequence_lengths) else 0
+        return np.arange(width)[None, :] < self.sequence_lengths[:, None]
+
+
+def _to_numpy(value: Any) -> Any:
+    """torch tensors (without importing torch) become numpy arrays; other values pass through."""
+    if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+def _token_row(row: Any, where: str) -> List[int]:
+    array = np.asarray(_to_numpy(row))
+    if array.ndim != 1:
+        raise ValueError(f"{where}: expected a 1-D sequence of token ids, got shape {array.shape}")
+    if array.size and array.dtype.kind not in "iu":
+        raise TypeError(f"{where}: token ids must be integers, got dtype {array.dtype}")
+    ids = array.astype(np.int64).tolist()
+    for i in ids:
+        if not 0 <= i <= _INT32_MAX:
+            raise ValueError(f"{where}: token id {i} is not a valid id")
+    return ids
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def build_inputs(inputs: Inputs, prepend_bos: Optional[bool] = None) -> "pb.Inputs":
+    """Translates the accepted input forms into a proto Inputs."""
+    inputs = _to_numpy(inputs)
+    texts: Optional[List[str]] = None
+    rows: Optional[List[List[int]]] = None
+    if isinstance(inputs, str):
+        texts = [inputs]
+    elif isinstance(inputs, np.ndarray):
+        if inputs.ndim == 1:
+            rows = [_token_row(inputs, "inputs")]
+        elif inputs.ndim == 2:
+            rows = [_token_row(r, f"inputs[{i}]") for i, r in enumerate(inputs)]
+        else:
+            raise ValueError(f"a token array must be [pos] or [batch, pos], got shape {inputs.shape}")
+    elif isinstance(inputs, Sequence):
+        items = list(inputs)
+        if not items:
+            raise ValueError("inputs is empty")
+        if all(isinstance(x, str) for x in items):
+            texts = items
+        elif all(_is_int(x) for x in items):
+            rows = [_token_row(items, "inputs")]
+        elif not any(isinstance(x, str) for x in items):
+            rows = [_token_row(r, f"inputs[{i}]") for i, r in enumerate(items)]
+        else:
+            raise TypeError("inputs mixes texts and token ids")
+    else:
+        raise TypeError(
+            "inputs must be a string, a list of strings, a token array or a list of token lists, "
+            f"not {type(inputs).__name__}"
+        )
+    if texts is not None:
+        return pb.Inputs(texts=texts, prepend_bos=prepend_bos)
+    if prepend_bos is not None:
+        raise ValueError("prepend_bos applies to text inputs; token ids run exactly as given")
+    assert rows is not None
+    return pb.Inputs(token_ids=[pb.TokenSequence(ids=r) for r in rows])
+
+
+def build_outputs(
+    logits: LogitsSpec,
+    loss_per_token: bool,
+    target_tokens: Optional[Sequence[int]],
+) -> "pb.Outputs":
+    out = pb.Outputs(loss_per_token=bool(loss_per_token))
+    if logits is None or logits == "none":
+        out.logits = pb.LOGITS_NONE
+    elif logits == "all":
+        out.logits = pb.LOGITS_ALL
+    elif logits == "last":
+        out.logits = pb.LOGITS_LAST
+    elif isinstance(logits, tuple) and len(logits) == 2 and logits[0] == "top_k":
+        k = logits[1]
+        if not _is_int(k) or k < 1:
+            raise ValueError(f"logits=('top_k', k) needs a positive int k, got {k!r}")
+        out.logits = pb.LOGITS_TOP_K
+        out.logits_k = int(k)
+    else:
+        raise ValueError(f"logits must be 'all', 'last', 'none', None or ('top_k', k), got {logits!r}")
+    if target_tokens is not None:
+        out.target_tokens.extend(_token_row(target_tokens, "target_tokens"))
+    return out
+
+
+def _as_capture(item: Union[str, Capture]) -> Capture:
+    if isinstance(item, Capture):
+        return item
+    if isinstance(item, str):
+        return Capture(item)
+    raise TypeError(f"a capture must be a hook name, a glob or a Capture, not {type(item).__name__}")
+
+
+class Model:
+    """A model served by a Glassbox server (``client.model(name)``).
+
+    ``info`` (also ``cfg``) holds its dimensions and hook points. Tokenization needs a model
+    with a tokenizer; otherwise pass token ids to ``run``.
+    """
+
+    def __init__(self, client: "Client", info: ModelInfo) -> None:
+        self._client = client
+        self.info = info
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def cfg(self) -> ModelInfo:
+        """TransformerLens spelling of ``info``."""
+        return self.info
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (
+            f"Model({i.name!r}: {i.architecture}, {i.n_layers} layers, d_model {i.d_model}, "
+            f"{i.n_heads} heads, on {i.device})"
+        )
+
+    # ---- tokens ----
+
+    def to_tokens(self, text: str, prepend_bos: Optional[bool] = None) -> np.ndarray:
+        """Token ids of ``text`` as an int64 array of shape [1, pos].
+
+        ``prepend_bos``: add BOS/EOS as the tokenizer's post-processor says; None = its default.
+        """
+        if not isinstance(text, str):
+            raise TypeError("to_tokens takes one string; pass a list of strings to run() for a batch")
+        response = self._client._unary(
+            "Tokenize", pb.TokenizeRequest(model=self.name, text=text, prepend_bos=prepend_bos)
+        )
+        return np.asarray(response.ids, dtype=np.int64)[None, :]
+
+    def to_string(self, tokens: Any) -> Union[str, List[str]]:
+        """Decodes token ids: [pos] -> str, [batch, pos] -> list of str."""
+        array = np.asarray(_to_numpy(tokens))
+        if array.ndim == 2:
+            return [self._detokenize(row).text for row in array]
+        return self._detokenize(array).text
+
+    def to_str_tokens(
+        self, input: Any, prepend_bos: Optional[bool] = None
+    ) -> Union[List[str], List[List[str]]]:
+        """Each token as a string: of a text (tokenized), or of token ids ([pos] or [1, pos]).
+
+        A list of texts or a [batch, pos] array with batch > 1 gives a list per row.
+        """
+        input = _to_numpy(input)
+        if isinstance(input, str):
+            response = self._client._unary(
+                "Tokenize", pb.TokenizeRequest(model=self.name, text=input, prepend_bos=prepend_bos)
+            )
+            return list(response.str_tokens)
+        if isinstance(input, Sequence) and input and all(isinstance(x, str) for x in input):
+            return [self.to_str_tokens(text, prepend_bos) for text in input]  # type: ignore[misc,return-value]
+        array = np.asarray(input)
+        if array.ndim == 2:
+            if array.shape[0] == 1:
+                array = array[0]
+            else:
+                return [list(self._detokenize(row).str_tokens) for row in array]
+        return list(self._detokenize(array).str_tokens)
+
+    def _detokenize(self, ids: Any) -> "pb.DetokenizeResponse":
+        return self._client._unary(
+            "Detokenize", pb.DetokenizeRequest(model=self.name, ids=_token_row(ids, "tokens"))
+        )
+
+    # ---- runs ----
+
+    def run(
+        self,
+        inputs: Inputs,
+        *,
+        captures: NamesFilter = None,
+        logits: LogitsSpec = "auto",
+        loss_per_token: bool = False,
+        target_tokens: Optional[Sequence[int]] = None,
+        stop_at_layer: Optional[int] = None,
+        prepend_bos: Optional[bool] = None,
+        chunk_bytes: int = 0,
+        timeout: Optional[float] = None,
+    ) -> RunResult:
+        """One hooked forward pass over a batch.
+
+        Args:
+            inputs: a text, a list of texts, a token array ([pos] / [batch, pos]) or a list of
+                token lists (ragged rows are right-padded by the server).
+            captures: hook names, globs (``"blocks.*.hook_resid_post"``) or Capture objects
+                (with selections, reductions, dtypes), or a predicate on hook names.
+            logits: "all", "last", "none"/None, ("top_k", k), or "auto" ("all", or "none" with
+                stop_at_layer).
+            loss_per_token: also return -log p(token[t+1] | ..t), [batch, pos - 1].
+            target_tokens: also return the log-probs of these ids at every position.
+            stop_at_layer: run blocks [0, stop_at_layer) only (TransformerLens semantics;
+                negative counts from the end). Outputs must then be empty.
+            prepend_bos: for texts: add BOS as the tokenizer says (None = its default).
+            chunk_bytes: largest chunk the server sends (0 = its default).
+            timeout: seconds; defaults to the client's timeout.
+        """
+        with self.stream(
+            inputs,
+            captures=captures,
+            logits=logits,
+            loss_per_token=loss_per_token,
+            target_tokens=target_tokens,
+            stop_at_layer=stop_at_layer,
+            prepend_bos=prepend_bos,
+            chunk_bytes=chunk_bytes,
+            timeout=timeout,
+        ) as stream:
+            header = stream.header
+            _check_unique_names(header)
+            outputs: Dict[str, np.ndarray] = {}
+            tensors: Dict[str, np.ndarray] = {}
+            for info, array in stream.iter_tensors():
+                (outputs if info.name in stream.output_names else tensors)[info.name] = array
+            summary = stream.summary
+        assert summary is not None
+        return RunResult(
+            model=header.model,
+            tokens=header.tokens,
+            sequence_lengths=header.sequence_lengths,
+            cache=ActivationCache(
+                tensors,
+                {t.name: t.dim_names for t in header.tensors if t.name in tensors},
+                header.sequence_lengths,
+            ),
+            logits=outputs.get("logits"),
+            logits_indices=outputs.get("logits.indices"),
+            loss_per_token=outputs.get("loss_per_token"),
+            target_log_probs=outputs.get("target_log_probs"),
+            timings=summary.timings,
+            bytes_sent=summary.bytes_sent,
+        )
+
+    def run_with_cache(
+        self,
+        input: Inputs,
+        names_filter: NamesFilter = None,
+        **kwargs: Any,
+    ) -> Tuple[Optional[np.ndarray], ActivationCache]:
+        """TransformerLens's ``run_with_cache``: returns ``(logits, cache)``.
+
+        ``names_filter`` is None (every hook point the run reaches), a hook name or glob, a
+        Capture, a list of those, or a predicate on hook names. Other keyword arguments are
+        ``run``'s; logits default to "all" ([batch, pos, vocab]), or None with stop_at_layer.
+        """
+        if names_filter is None:
+            names_filter = _all_hooks
+        result = self.run(input, captures=names_filter, **kwargs)
+        return result.logits, result.cache
+
+    def stream(
+        self,
+        inputs: Inputs,
+        *,
+        captures: NamesFilter = None,
+        logits: LogitsSpec = "none",
+        loss_per_token: bool = False,
+        target_tokens: Optional[Sequence[int]] = None,
+        stop_at_layer: Optional[int] = None,
+        prepend_bos: Optional[bool] = None,
+        chunk_bytes: int = 0,
+        timeout: Optional[float] = None,
+    ) -> RunStream:
+        """Like ``run``, but yields ``(name, array)`` as each tensor completes, in forward order.
+
+        For captures too large to hold at once: each array can be reduced or written away
+        before the next arrives (the server waits for a slow reader). Requested outputs come
+        last. Logits default to "none" here. Use as an iterator, ideally in a ``with`` block;
+        leaving early cancels the run.
+        """
+        if stop_at_layer is not None:
+            if not _is_int(stop_at_layer):
+                raise TypeError(f"stop_at_layer must be an int, got {stop_at_layer!r}")
+            if stop_at_layer < 0:  # TransformerLens: negative counts from the end
+                stop_at_layer += self.info.n_layers
+        if logits == "auto":
+            logits = "none" if stop_at_layer is not None else "all"
+        request = pb.RunRequest(
+            model=self.name,
+            inputs=build_inputs(inputs, prepend_bos),
+            captures=[c._to_proto() for c in self._captures(captures, stop_at_layer)],
+            outputs=build_outputs(logits, loss_per_token, target_tokens),
+            stop_at_layer=stop_at_layer,
+            chunk_bytes=int(chunk_bytes),
+        )
+        return RunStream(self._client._stream("Run", request, timeout), _output_names(request.outputs))
+
+    def _captures(self, spec: NamesFilter, stop_at_layer: Optional[int]) -> List[Capture]:
+        if spec is None:
+            return []
+        if isinstance(spec, (str, Capture)):
+            return [_as_capture(spec)]
+        if callable(spec):
+            return [Capture(name) for name in self._reachable_hooks(stop_at_layer) if spec(name)]
+        return [_as_capture(item) for item in spec]
+
+    def _reachable_hooks(self, stop_at_layer: Optional[int]) -> List[str]:
+        """Hook names in forward order that a run stopping before ``stop_at_layer`` reaches."""
+        hooks = self.info.hook_points
+        if stop_at_layer is None:
+            return [h.name for h in hooks]
+        names = []
+        for hook in hooks:
+            if hook.layer is None:
+                # Model-level hooks before the first block (embeddings) are reached; those after
+                # the last block (ln_final) are not.
+                if any(h.layer is not None for h in hooks[: hooks.index(hook)]):
+                    continue
+            elif hook.layer >= stop_at_layer:
+                continue
+            names.append(hook.name)
+        return names
+
+
+def _all_hooks(name: str) -> bool:
+    return True
+
+
+def _check_unique_names(header: RunHeader) -> None:
+    seen = set()
+    for t in header.tensors:
+        if t.name in seen:
+            raise ValueError(
+                f"two captures produced {t.name!r}; run() keys the cache by hook name, so capture "
+                "each hook once per run (or use stream(), which yields every tensor in order)"
+            )
+        seen.add(t.name)
+
+
+def _output_names(outputs: "pb.Outputs") -> frozenset:
+    """Names of the output tensors a request asks for (they stream after the captures)."""
+    names = set()
+    if outputs.logits != pb.LOGITS_NONE:
+        names.add("logits")
+    if outputs.logits == pb.LOGITS_TOP_K:
+        names.add("logits.indices")
+    if outputs.loss_per_token:
+        names.add("loss_per_token")
+    if outputs.target_tokens:
+        names.add("target_log_probs")
+    return frozenset(names)

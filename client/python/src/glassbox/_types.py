@@ -1,0 +1,227 @@
+"""Plain, typed descriptions of models, hook points, captures and tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Literal, Optional, Tuple, Union, cast
+
+import numpy as np
+
+from ._proto.glassbox.v1 import glassbox_pb2 as pb
+
+#: Wire dtype of captured float values. "bf16" arrives as float32 arrays (numpy has no bfloat16).
+DTypeName = Literal["f32", "f16", "bf16"]
+#: "mean_pos": mean over (query) positions of real tokens; "top_k": k largest along the last
+#: axis (values, plus "<hook>.indices"); "norm": L2 norm along the last axis (axis dropped).
+ReductionName = Literal["mean_pos", "top_k", "norm"]
+
+_DTYPE_NAMES: Dict[int, str] = {
+    pb.DTYPE_UNSPECIFIED: "f32",
+    pb.DTYPE_F32: "f32",
+    pb.DTYPE_F16: "f16",
+    pb.DTYPE_BF16: "bf16",
+    pb.DTYPE_I32: "i32",
+}
+_DTYPE_ENUMS = {"f32": pb.DTYPE_F32, "f16": pb.DTYPE_F16, "bf16": pb.DTYPE_BF16}
+_REDUCTION_ENUMS = {
+    None: pb.REDUCTION_NONE,
+    "mean_pos": pb.REDUCTION_MEAN_POS,
+    "top_k": pb.REDUCTION_TOP_K,
+    "norm": pb.REDUCTION_NORM,
+}
+
+
+def dtype_name(dtype: int) -> str:
+    return _DTYPE_NAMES.get(dtype, f"unknown({dtype})")
+
+
+@dataclass(frozen=True)
+class HookDim:
+    """One axis of a hook point. ``size`` is None for per-request axes (batch, pos, ...)."""
+
+    name: str
+    size: Optional[int]
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A TransformerLens hook point: name, layer (None for model-level hooks) and axes."""
+
+    name: str
+    layer: Optional[int]
+    dims: Tuple[HookDim, ...]
+
+    @property
+    def dim_names(self) -> Tuple[str, ...]:
+        return tuple(d.name for d in self.dims)
+
+    @property
+    def shape(self) -> Tuple[Optional[int], ...]:
+        """Axis sizes; None where the size depends on the request."""
+        return tuple(d.size for d in self.dims)
+
+    @classmethod
+    def _from_proto(cls, hp: "pb.HookPoint") -> "HookPoint":
+        return cls(
+            name=hp.name,
+            layer=hp.layer if hp.layer >= 0 else None,
+            dims=tuple(HookDim(d.name, d.size if d.size > 0 else None) for d in hp.dims),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a server says about a model; field names follow TransformerLens's ``cfg``."""
+
+    name: str
+    architecture: str  # config.json model_type: "gpt2", "llama", ...
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    dtype: str  # dtype of weights and activations on the server's device
+    device: str  # "cpu" or "cuda:0"
+    has_tokenizer: bool
+    #: Every hook point, in forward order. Empty in ``Client.models()``; ``Client.model(name)``
+    #: and ``Client.model_info(name)`` fill it.
+    hook_points: Tuple[HookPoint, ...] = ()
+
+    @property
+    def hook_names(self) -> Tuple[str, ...]:
+        return tuple(h.name for h in self.hook_points)
+
+    def hook_point(self, name: str) -> HookPoint:
+        for hook in self.hook_points:
+            if hook.name == name:
+                return hook
+        raise KeyError(name)
+
+    @classmethod
+    def _from_proto(cls, m: "pb.ModelInfo") -> "ModelInfo":
+        return cls(
+            name=m.name,
+            architecture=m.architecture,
+            n_layers=m.n_layers,
+            d_model=m.d_model,
+            n_heads=m.n_heads,
+            n_kv_heads=m.n_kv_heads,
+            d_head=m.d_head,
+            d_mlp=m.d_mlp,
+            d_vocab=m.vocab_size,
+            n_ctx=m.n_ctx,
+            dtype=dtype_name(m.dtype),
+            device=m.device,
+            has_tokenizer=m.has_tokenizer,
+            hook_points=tuple(HookPoint._from_proto(h) for h in m.hook_points),
+        )
+
+
+IndexSpec = Union[None, int, Iterable[int]]
+
+
+def _indices(value: IndexSpec, what: str) -> Tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (int, np.integer)):
+        return (int(value),)
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what} must be an int or a sequence of ints, not {type(value).__name__}")
+    out = []
+    for v in value:
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise TypeError(f"{what} must hold ints, got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What to capture at a hook point (a name or a glob such as ``"blocks.*.hook_resid_post"``).
+
+    Args:
+        hook: hook name or glob.
+        positions: (query) positions to keep; negative counts back from each row's last real
+            token (-1 = last real token). None keeps all.
+        heads: heads to keep (kv heads for hook_k / hook_v / hook_rot_k). None keeps all.
+        layers: layers a glob may match. None keeps all.
+        dtype: wire dtype, "f32" (default), "f16" (numpy float16 arrays) or "bf16" (decoded to
+            float32 arrays holding the bf16 values exactly).
+        reduction: None, "mean_pos", "top_k" (needs ``k``; adds "<hook>.indices") or "norm".
+        k: for reduction="top_k".
+    """
+
+    hook: str
+    positions: IndexSpec = None
+    heads: IndexSpec = None
+    layers: IndexSpec = None
+    dtype: DTypeName = "f32"
+    reduction: Optional[ReductionName] = None
+    k: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hook, str) or not self.hook:
+            raise TypeError(f"Capture.hook must be a non-empty string, got {self.hook!r}")
+        for name in ("positions", "heads", "layers"):
+            object.__setattr__(self, name, _indices(getattr(self, name), f"Capture.{name}"))
+        if self.dtype not in _DTYPE_ENUMS:
+            raise ValueError(f"Capture.dtype must be one of {sorted(_DTYPE_ENUMS)}, got {self.dtype!r}")
+        if self.reduction not in _REDUCTION_ENUMS:
+            raise ValueError(
+                "Capture.reduction must be None, 'mean_pos', 'top_k' or 'norm', "
+                f"got {self.reduction!r}"
+            )
+        if self.reduction == "top_k":
+            if not isinstance(self.k, (int, np.integer)) or self.k < 1:
+                raise ValueError(f"Capture.k must be a positive int for reduction='top_k', got {self.k!r}")
+        elif self.k is not None:
+            raise ValueError("Capture.k is only meaningful with reduction='top_k'")
+
+    def _to_proto(self) -> "pb.Capture":
+        return pb.Capture(
+            hook=self.hook,
+            # __post_init__ made these tuples of ints.
+            positions=cast(Tuple[int, ...], self.positions),
+            heads=cast(Tuple[int, ...], self.heads),
+            layers=cast(Tuple[int, ...], self.layers),
+            dtype=_DTYPE_ENUMS[self.dtype],
+            reduction=_REDUCTION_ENUMS[self.reduction],
+            k=int(self.k or 0),
+        )
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor announced in a Run stream's header."""
+
+    name: str
+    shape: Tuple[int, ...]
+    dim_names: Tuple[str, ...]
+    dtype: str  # wire dtype: "f32", "f16", "bf16" or "i32"
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """The start of a Run stream: the tokens that ran and every tensor that will follow."""
+
+    model: str
+    tokens: Tuple[np.ndarray, ...]  # per row, unpadded, int64
+    sequence_lengths: np.ndarray  # [batch] real tokens per row
+    tensors: Tuple[TensorInfo, ...]  # in stream order (forward order, then outputs)
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_seconds: float = 0.0
+    forward_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    timings: Timings = field(default_factory=Timings)
+    bytes_sent: int = 0

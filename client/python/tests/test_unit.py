@@ -1,0 +1,88 @@
+"""Pieces that need no server: wire decoding, input translation, act names."""
+
+import numpy as np
+import pytest
+
+import glassbox
+from glassbox import get_act_name
+from glassbox._model import build_inputs, build_outputs
+from glassbox._proto.glassbox.v1 import glassbox_pb2 as pb
+from glassbox._stream import decode_tensor
+
+
+def test_decode_bf16_is_exact_float32():
+    values = np.array([1.0, -2.5, 3.140625, 0.0, -np.inf, 65280.0], dtype=np.float32)
+    bf16_bits = (values.view(np.uint32) >> 16).astype("<u2")  # all exactly representable
+    decoded = decode_tensor(pb.DTYPE_BF16, bytearray(bf16_bits.tobytes()), (2, 3))
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, values.reshape(2, 3))
+
+
+def test_decode_f16_f32_i32():
+    f16 = np.array([0.5, -1.25, 1000.0], dtype="<f2")
+    out = decode_tensor(pb.DTYPE_F16, bytearray(f16.tobytes()), (3,))
+    assert out.dtype == np.float16 and out.tolist() == [0.5, -1.25, 1000.0]
+    out = decode_tensor(pb.DTYPE_F32, bytearray(np.array([1.5], "<f4").tobytes()), (1, 1))
+    assert out.dtype == np.float32 and out.shape == (1, 1) and out.flags.writeable
+    out = decode_tensor(pb.DTYPE_I32, bytearray(np.array([7, -1], "<i4").tobytes()), (2,))
+    assert out.dtype == np.int32 and out.tolist() == [7, -1]
+
+
+def test_build_inputs():
+    assert list(build_inputs("hi").texts) == ["hi"]
+    assert build_inputs(["a", "b"], prepend_bos=False).prepend_bos is False
+    assert not build_inputs(["a"]).HasField("prepend_bos")
+    ragged = build_inputs([[1, 2, 3], np.array([4])])
+    assert [list(r.ids) for r in ragged.token_ids] == [[1, 2, 3], [4]]
+    assert [list(r.ids) for r in build_inputs(np.array([[1, 2], [3, 4]])).token_ids] == [[1, 2], [3, 4]]
+    with pytest.raises(ValueError):
+        build_inputs([[-1]])
+    with pytest.raises(TypeError):
+        build_inputs(np.array([[0.5]]))
+    with pytest.raises(ValueError):
+        build_inputs([])
+
+
+def test_build_outputs():
+    assert build_outputs("all", False, None).logits == pb.LOGITS_ALL
+    assert build_outputs(None, True, None).logits == pb.LOGITS_NONE
+    top = build_outputs(("top_k", 4), False, [1, 2])
+    assert (top.logits, top.logits_k, list(top.target_tokens)) == (pb.LOGITS_TOP_K, 4, [1, 2])
+    with pytest.raises(ValueError):
+        build_outputs(("top_k", 0), False, None)
+
+
+def test_get_act_name_matches_transformer_lens():
+    assert get_act_name("resid_post", 3) == "blocks.3.hook_resid_post"
+    assert get_act_name("pattern", 0) == "blocks.0.attn.hook_pattern"
+    assert get_act_name("attn", 0) == "blocks.0.attn.hook_pattern"
+    assert get_act_name("post", 1) == "blocks.1.mlp.hook_post"
+    assert get_act_name("scale", 0, "ln1") == "blocks.0.ln1.hook_scale"
+    assert get_act_name("normalized") == "ln_final.hook_normalized"
+    assert get_act_name("embed") == "hook_embed"
+    assert get_act_name("blocks.0.hook_resid_pre") == "blocks.0.hook_resid_pre"
+
+
+def test_activation_cache_mapping():
+    cache = glassbox.ActivationCache({"blocks.0.hook_resid_post": np.zeros((1, 2, 3), np.float32)})
+    assert len(cache) == 1 and list(cache) == ["blocks.0.hook_resid_post"]
+    assert ("resid_post", 0) in cache and "x" not in cache
+    assert cache.get("x") is None
+    assert "blocks.0.hook_resid_post: [1, 2, 3] float32" in repr(cache)
+
+
+def test_error_mapping():
+    import grpc
+
+    from glassbox._errors import error_for_status
+
+    for code, cls in [
+        (grpc.StatusCode.NOT_FOUND, glassbox.NotFound),
+        (grpc.StatusCode.INVALID_ARGUMENT, glassbox.InvalidArgument),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, glassbox.ResourceExhausted),
+        (grpc.StatusCode.UNAVAILABLE, glassbox.Unavailable),
+        (grpc.StatusCode.UNAUTHENTICATED, glassbox.Unauthenticated),
+    ]:
+        error = error_for_status(code, "why")
+        assert type(error) is cls and error.code == code and error.message == "why"
+        assert str(error) == f"{code.name}: why"
