@@ -1,0 +1,179 @@
+#include "client/cpp/glassbox_client.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/util/status_macros.h"
+
+namespace glassbox::client {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
+  return contents.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
+                                                        ClientOptions options) {
+  if (address.empty()) return absl::InvalidArgumentError("no server address given");
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls || !options.tls_root_cert_path.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_root_cert_path.empty()) {
+      GB_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.tls_root_cert_path));
+    }
+    credentials = grpc::SslCredentials(ssl);
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+  }
+  grpc::ChannelArguments arguments;
+  // Chunks are small, but a Summary carries whole logits ([batch, pos, vocab]) in one message,
+  // far beyond gRPC's 4 MB default for large vocabularies.
+  arguments.SetMaxReceiveMessageSize(-1);
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(address, credentials, arguments);
+  if (options.connect_timeout > absl::ZeroDuration()) {
+    if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
+      return absl::UnavailableError(absl::StrFormat("could not connect to %s within %s", address,
+                                                    absl::FormatDuration(options.connect_timeout)));
+    }
+  }
+  return std::unique_ptr<Client>(new Client(std::move(channel), std::move(options)));
+}
+
+std::unique_ptr<Client> Client::FromChannel(std::shared_ptr<grpc::Channel> channel,
+                                            ClientOptions options) {
+  return std::unique_ptr<Client>(new Client(std::move(channel), std::move(options)));
+}
+
+Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
+    : channel_(std::move(channel)),
+      stub_(glassbox::v1::Glassbox::NewStub(channel_)),
+      options_(std::move(options)) {}
+
+void Client::PrepareContext(grpc::ClientContext& context) const {
+  if (!options_.api_key.empty()) {
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.api_key));
+  }
+  if (options_.deadline != absl::InfiniteDuration()) {
+    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.deadline));
+  }
+}
+
+absl::StatusOr<std::vector<glassbox::v1::ModelInfo>> Client::ListModels() {
+  grpc::ClientContext context;
+  PrepareContext(context);
+  glassbox::v1::ListModelsResponse response;
+  GB_RETURN_IF_ERROR(
+      FromGrpcStatus(stub_->ListModels(&context, glassbox::v1::ListModelsRequest(), &response)));
+  return std::vector<glassbox::v1::ModelInfo>(response.models().begin(), response.models().end());
+}
+
+absl::StatusOr<glassbox::v1::ModelInfo> Client::GetModelInfo(const std::string& model) {
+  grpc::ClientContext context;
+  PrepareContext(context);
+  glassbox::v1::GetModelInfoRequest request;
+  request.set_model(model);
+  glassbox::v1::ModelInfo response;
+  GB_RETURN_IF_ERROR(FromGrpcStatus(stub_->GetModelInfo(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<glassbox::v1::TokenizeResponse> Client::Tokenize(const std::string& model,
+                                                                const std::string& text,
+                                                                std::optional<bool> prepend_bos) {
+  glassbox::v1::TokenizeRequest request;
+  request.set_model(model);
+  request.set_text(text);
+  if (prepend_bos.has_value()) request.set_prepend_bos(*prepend_bos);
+  return Tokenize(request);
+}
+
+absl::StatusOr<glassbox::v1::TokenizeResponse> Client::Tokenize(
+    const glassbox::v1::TokenizeRequest& request) {
+  grpc::ClientContext context;
+  PrepareContext(context);
+  glassbox::v1::TokenizeResponse response;
+  GB_RETURN_IF_ERROR(FromGrpcStatus(stub_->Tokenize(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<glassbox::v1::DetokenizeResponse> Client::Detokenize(
+    const std::string& model, const std::vector<int32_t>& ids) {
+  glassbox::v1::DetokenizeRequest request;
+  request.set_model(model);
+  request.mutable_ids()->Add(ids.begin(), ids.end());
+  return Detokenize(request);
+}
+
+absl::StatusOr<glassbox::v1::DetokenizeResponse> Client::Detokenize(
+    const glassbox::v1::DetokenizeRequest& request) {
+  grpc::ClientContext context;
+  PrepareContext(context);
+  glassbox::v1::DetokenizeResponse response;
+  GB_RETURN_IF_ERROR(FromGrpcStatus(stub_->Detokenize(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<RunResult> Client::Run(const glassbox::v1::RunRequest& request) {
+  RunResult result;
+  GB_RETURN_IF_ERROR(RunStreaming(request, RunCallbacks{
+                                               .on_header =
+                                                   [&](const glassbox::v1::Header& header) {
+                                                     result.header = header;
+                                                     result.tensors.reserve(header.tensors_size());
+                                                     return absl::OkStatus();
+                                                   },
+                                               .on_tensor =
+                                                   [&](ReceivedTensor tensor) {
+                                                     result.tensors.push_back(std::move(tensor));
+                                                     return absl::OkStatus();
+                                                   },
+                                               .on_summary =
+                                                   [&](glassbox::v1::Summary summary) {
+                                                     result.summary = std::move(summary);
+                                                     return absl::OkStatus();
+                                                   },
+                                           }));
+  return result;
+}
+
+absl::Status Client::RunStreaming(const glassbox::v1::RunRequest& request, RunCallbacks callbacks) {
+  grpc::ClientContext context;
+  PrepareContext(context);
+  std::unique_ptr<grpc::ClientReader<glassbox::v1::RunResponse>> reader =
+      stub_->Run(&context, request);
+  RunStreamAssembler assembler(std::move(callbacks));
+  glassbox::v1::RunResponse response;
+  absl::Status failure;
+  while (reader->Read(&response)) {
+    failure = assembler.Add(response);
+    if (!failure.ok()) break;
+  }
+  if (!failure.ok()) {
+    // Our side gave up (bad stream or a callback error): stop the server's work, then drain
+    // so that the call can finish cleanly.
+    context.TryCancel();
+    while (reader->Read(&response)) {
+    }
+    (void)reader->Finish();
+    return failure;
+  }
+  GB_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+  return assembler.Finish();
+}
+
+}  // namespace glassbox::client

@@ -1,0 +1,97 @@
+// C++ client for a Glassbox server (glassboxd): model listing and info, tokenization, and
+// hooked forward passes whose captured tensors stream back and are reassembled here.
+//
+//   glassbox::client::ClientOptions options;
+//   options.api_key = key;
+//   auto client = glassbox::client::Client::Connect("gpu-box:50051", options);
+//   glassbox::v1::RunRequest request;  // model, inputs, captures, outputs
+//   auto run = (*client)->Run(request);
+//   const ReceivedTensor* resid = run->Find("blocks.3.hook_resid_post");
+//
+// Every method returns the server's gRPC status as an absl::Status with the same code and
+// message; a stream that breaks the protocol is INTERNAL. A Client is thread-safe.
+#pragma once
+
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "client/cpp/run_stream.h"
+#include "client/cpp/status_conversion.h"
+#include "client/cpp/tensor_decode.h"
+#include "glassbox/v1/glassbox.grpc.pb.h"
+#include "glassbox/v1/glassbox.pb.h"
+
+namespace glassbox::client {
+
+struct ClientOptions {
+  // Sent as `authorization: Bearer <api_key>` metadata on every call when not empty.
+  std::string api_key;
+  // TLS instead of plaintext. `tls_root_cert_path` is a PEM file of root certificates to trust;
+  // empty means the system's roots.
+  bool tls = false;
+  std::string tls_root_cert_path;
+  // Deadline of each call, counted from its start. Infinite: none.
+  absl::Duration deadline = absl::InfiniteDuration();
+  // When positive, Connect waits this long for the channel to become ready and fails with
+  // UNAVAILABLE if it does not; otherwise connecting is lazy and the first call reports an
+  // unreachable server as UNAVAILABLE.
+  absl::Duration connect_timeout = absl::ZeroDuration();
+};
+
+class Client {
+ public:
+  // `address` is a gRPC target: "host:port", "dns:///host:port", "unix:///path".
+  // INVALID_ARGUMENT for an empty address; an unreadable root certificate file is NOT_FOUND.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& address,
+                                                         ClientOptions options = {});
+  // Over an existing channel (in-process servers, custom channel arguments).
+  static std::unique_ptr<Client> FromChannel(std::shared_ptr<grpc::Channel> channel,
+                                             ClientOptions options = {});
+
+  // Every model the server has loaded (hook_points empty; see GetModelInfo).
+  absl::StatusOr<std::vector<glassbox::v1::ModelInfo>> ListModels();
+  // One model with all of its hook points, in forward order.
+  absl::StatusOr<glassbox::v1::ModelInfo> GetModelInfo(const std::string& model);
+
+  // `prepend_bos` unset: the tokenizer's default.
+  absl::StatusOr<glassbox::v1::TokenizeResponse> Tokenize(
+      const std::string& model, const std::string& text,
+      std::optional<bool> prepend_bos = std::nullopt);
+  absl::StatusOr<glassbox::v1::TokenizeResponse> Tokenize(
+      const glassbox::v1::TokenizeRequest& request);
+  absl::StatusOr<glassbox::v1::DetokenizeResponse> Detokenize(const std::string& model,
+                                                              const std::vector<int32_t>& ids);
+  absl::StatusOr<glassbox::v1::DetokenizeResponse> Detokenize(
+      const glassbox::v1::DetokenizeRequest& request);
+
+  // One hooked forward pass, with every captured tensor held in memory.
+  absl::StatusOr<RunResult> Run(const glassbox::v1::RunRequest& request);
+  // The same pass, handing the header, each tensor as soon as it is complete, and the summary
+  // to `callbacks`, so that captures larger than memory can go straight to disk. A callback
+  // error cancels the call and is returned.
+  absl::Status RunStreaming(const glassbox::v1::RunRequest& request, RunCallbacks callbacks);
+
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  glassbox::v1::Glassbox::Stub& stub() { return *stub_; }
+
+  // Applies the options (authorization metadata, deadline) to a context for a raw stub call.
+  void PrepareContext(grpc::ClientContext& context) const;
+
+ private:
+  Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options);
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<glassbox::v1::Glassbox::Stub> stub_;
+  ClientOptions options_;
+};
+
+}  // namespace glassbox::client

@@ -1,0 +1,316 @@
+// The glassbox command line, parsed without a server: what each command turns into, every
+// usage error, and the status -> exit code table.
+#include <string>
+#include <vector>
+
+#include "client/cpp/cli.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace glassbox::cli {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+absl::StatusOr<Invocation> Parse(std::vector<std::string> args, Environment env = {}) {
+  return ParseCommandLine(args, env);
+}
+
+void ExpectUsageError(std::vector<std::string> args, const std::string& text) {
+  absl::StatusOr<Invocation> inv = Parse(args);
+  ASSERT_FALSE(inv.ok()) << "accepted: " << ::testing::PrintToString(args);
+  EXPECT_EQ(inv.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(inv.status().message()), HasSubstr(text));
+}
+
+TEST(CliParseTest, Models) {
+  absl::StatusOr<Invocation> inv = Parse({"--server", "gpu:7070", "models"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kModels);
+  EXPECT_EQ(inv->server, "gpu:7070");
+  EXPECT_EQ(inv->client.api_key, "");
+  EXPECT_FALSE(inv->client.tls);
+  EXPECT_EQ(inv->client.deadline, absl::InfiniteDuration());
+}
+
+TEST(CliParseTest, FlagsMayComeAfterTheCommandAndUseEquals) {
+  absl::StatusOr<Invocation> inv = Parse({"models", "--server=gpu:1", "--api_key=k"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->server, "gpu:1");
+  EXPECT_EQ(inv->client.api_key, "k");
+}
+
+TEST(CliParseTest, EnvironmentFallbacksAndPrecedence) {
+  Environment env{.api_key = "env-key", .server = "env:1"};
+  absl::StatusOr<Invocation> inv = Parse({"models"}, env);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->server, "env:1");
+  EXPECT_EQ(inv->client.api_key, "env-key");
+  inv = Parse({"--server", "flag:2", "--api_key", "flag-key", "models"}, env);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->server, "flag:2");
+  EXPECT_EQ(inv->client.api_key, "flag-key");
+}
+
+TEST(CliParseTest, TlsAndTimeout) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s:1", "--tls_root_cert", "/etc/ca.pem", "--timeout", "2.5", "models"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_TRUE(inv->client.tls);
+  EXPECT_EQ(inv->client.tls_root_cert_path, "/etc/ca.pem");
+  EXPECT_EQ(inv->client.deadline, absl::Milliseconds(2500));
+  inv = Parse({"--server", "s:1", "--tls", "--timeout", "2m", "models"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_TRUE(inv->client.tls);
+  EXPECT_EQ(inv->client.deadline, absl::Minutes(2));
+  ExpectUsageError({"--server", "s:1", "--timeout", "soon", "models"}, "not a duration");
+  ExpectUsageError({"--server", "s:1", "--timeout", "0", "models"}, "positive");
+}
+
+TEST(CliParseTest, Help) {
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"--help"}, {"-h"}, {"help"}, {"run", "--help"}, {"--server", "s", "models", "-h"}}) {
+    absl::StatusOr<Invocation> inv = Parse(args);
+    ASSERT_TRUE(inv.ok()) << inv.status();
+    EXPECT_EQ(inv->command, Command::kHelp);
+  }
+  const std::string usage = UsageText();
+  EXPECT_THAT(usage, HasSubstr("Exit codes:"));
+  EXPECT_THAT(usage, HasSubstr("3  the server rejected the request"));
+  EXPECT_THAT(usage, HasSubstr("RESOURCE_EXHAUSTED"));
+}
+
+TEST(CliParseTest, GeneralUsageErrors) {
+  ExpectUsageError({}, "no command given");
+  ExpectUsageError({"models"}, "--server ADDR is required");
+  ExpectUsageError({"--server", "s", "frobnicate"}, "unknown command \"frobnicate\"");
+  ExpectUsageError({"--server", "s", "models", "--frob"}, "unknown flag --frob");
+  ExpectUsageError({"--server", "s", "models", "--capture", "x"},
+                   "--capture is not a flag of the models command");
+  ExpectUsageError({"--server", "s", "models", "extra"}, "models takes 0 arguments");
+  ExpectUsageError({"--server"}, "--server needs a value");
+  ExpectUsageError({"--server", "s", "--tls=maybe", "models"}, "not true or false");
+}
+
+TEST(CliParseTest, Info) {
+  absl::StatusOr<Invocation> inv = Parse({"--server", "s", "info", "gpt2-small"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kInfo);
+  EXPECT_EQ(inv->model, "gpt2-small");
+  ExpectUsageError({"--server", "s", "info"}, "info takes 1 argument: glassbox info MODEL");
+}
+
+TEST(CliParseTest, Tokenize) {
+  absl::StatusOr<Invocation> inv = Parse({"--server", "s", "tokenize", "m", "Hello world"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kTokenize);
+  EXPECT_EQ(inv->tokenize.model(), "m");
+  EXPECT_EQ(inv->tokenize.text(), "Hello world");
+  EXPECT_FALSE(inv->tokenize.has_prepend_bos());
+
+  inv = Parse({"--server", "s", "tokenize", "--noprepend_bos", "m", "Hi"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  ASSERT_TRUE(inv->tokenize.has_prepend_bos());
+  EXPECT_FALSE(inv->tokenize.prepend_bos());
+
+  inv = Parse({"--server", "s", "tokenize", "m", "Hi", "--prepend_bos", "--split_special_tokens"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_TRUE(inv->tokenize.prepend_bos());
+  EXPECT_TRUE(inv->tokenize.split_special_tokens());
+
+  // Text that looks like a flag, after "--"; a lone negative number is text anyway.
+  inv = Parse({"--server", "s", "tokenize", "m", "--", "--not-a-flag"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->tokenize.text(), "--not-a-flag");
+  inv = Parse({"--server", "s", "tokenize", "m", "-42"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->tokenize.text(), "-42");
+
+  ExpectUsageError({"--server", "s", "tokenize", "m"}, "tokenize takes 2 arguments");
+  ExpectUsageError({"--server", "s", "tokenize", "m", "a", "b"}, "tokenize takes 2 arguments");
+  ExpectUsageError({"--server", "s", "tokenize", "m", "a", "--noprepend_bos=true"},
+                   "takes no value");
+}
+
+TEST(CliParseTest, Detokenize) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s", "detokenize", "m", "15496,995", "11", "--skip_special_tokens"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kDetokenize);
+  EXPECT_THAT(inv->detokenize.ids(), ElementsAre(15496, 995, 11));
+  EXPECT_TRUE(inv->detokenize.skip_special_tokens());
+  ExpectUsageError({"--server", "s", "detokenize", "m"}, "detokenize takes 2 arguments");
+  ExpectUsageError({"--server", "s", "detokenize", "m", "1,x"}, "\"x\" is not an integer");
+}
+
+TEST(CliParseTest, RunWithEverything) {
+  absl::StatusOr<Invocation> inv = Parse({"--server",
+                                          "s:1",
+                                          "run",
+                                          "--model",
+                                          "gpt2",
+                                          "--text",
+                                          "a, b",
+                                          "--text",
+                                          "c",
+                                          "--capture",
+                                          "blocks.*.hook_resid_post",
+                                          "--capture",
+                                          "blocks.0.attn.hook_pattern",
+                                          "--positions",
+                                          "-1,0",
+                                          "--heads",
+                                          "1",
+                                          "--heads",
+                                          "3",
+                                          "--layers",
+                                          "0,2",
+                                          "--dtype",
+                                          "bf16",
+                                          "--reduce",
+                                          "top_k",
+                                          "--k",
+                                          "5",
+                                          "--logits",
+                                          "top_k",
+                                          "--logits_k",
+                                          "3",
+                                          "--loss",
+                                          "--target_tokens",
+                                          "7,8",
+                                          "--chunk_bytes",
+                                          "4096",
+                                          "--noprepend_bos",
+                                          "--out",
+                                          "x.safetensors"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kRun);
+  EXPECT_EQ(inv->out_path, "x.safetensors");
+  const glassbox::v1::RunRequest& r = inv->run;
+  EXPECT_EQ(r.model(), "gpt2");
+  EXPECT_THAT(r.inputs().texts(), ElementsAre("a, b", "c"));  // no comma splitting of texts
+  EXPECT_EQ(r.inputs().token_ids_size(), 0);
+  ASSERT_TRUE(r.inputs().has_prepend_bos());
+  EXPECT_FALSE(r.inputs().prepend_bos());
+  ASSERT_EQ(r.captures_size(), 2);
+  EXPECT_EQ(r.captures(0).hook(), "blocks.*.hook_resid_post");
+  EXPECT_EQ(r.captures(1).hook(), "blocks.0.attn.hook_pattern");
+  for (const glassbox::v1::Capture& c : r.captures()) {
+    EXPECT_THAT(c.positions(), ElementsAre(-1, 0));
+    EXPECT_THAT(c.heads(), ElementsAre(1, 3));
+    EXPECT_THAT(c.layers(), ElementsAre(0, 2));
+    EXPECT_EQ(c.dtype(), glassbox::v1::DTYPE_BF16);
+    EXPECT_EQ(c.reduction(), glassbox::v1::REDUCTION_TOP_K);
+    EXPECT_EQ(c.k(), 5);
+  }
+  EXPECT_EQ(r.outputs().logits(), glassbox::v1::LOGITS_TOP_K);
+  EXPECT_EQ(r.outputs().logits_k(), 3);
+  EXPECT_TRUE(r.outputs().loss_per_token());
+  EXPECT_THAT(r.outputs().target_tokens(), ElementsAre(7, 8));
+  EXPECT_EQ(r.chunk_bytes(), 4096u);
+  EXPECT_FALSE(r.has_stop_at_layer());
+}
+
+TEST(CliParseTest, RunWithTokenRowsAndDefaults) {
+  absl::StatusOr<Invocation> inv = Parse({"--server", "s", "run", "--model", "m", "--tokens",
+                                          "1,2,3", "--tokens", " 4, 5 ", "--stop_at_layer", "1"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  const glassbox::v1::RunRequest& r = inv->run;
+  ASSERT_EQ(r.inputs().token_ids_size(), 2);
+  EXPECT_THAT(r.inputs().token_ids(0).ids(), ElementsAre(1, 2, 3));
+  EXPECT_THAT(r.inputs().token_ids(1).ids(), ElementsAre(4, 5));
+  EXPECT_FALSE(r.inputs().has_prepend_bos());
+  EXPECT_EQ(r.captures_size(), 0);
+  EXPECT_EQ(r.outputs().logits(), glassbox::v1::LOGITS_NONE);
+  EXPECT_FALSE(r.outputs().loss_per_token());
+  EXPECT_EQ(r.stop_at_layer(), 1);
+  EXPECT_EQ(r.chunk_bytes(), 0u);
+  EXPECT_EQ(inv->out_path, "");
+
+  inv = Parse({"--server", "s", "run", "--model", "m", "--tokens", "1", "--capture", "x",
+               "--logits", "last", "--reduce", "mean_pos"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->run.outputs().logits(), glassbox::v1::LOGITS_LAST);
+  EXPECT_EQ(inv->run.captures(0).reduction(), glassbox::v1::REDUCTION_MEAN_POS);
+  EXPECT_EQ(inv->run.captures(0).dtype(), glassbox::v1::DTYPE_UNSPECIFIED);
+}
+
+TEST(CliParseTest, RunUsageErrors) {
+  const std::vector<std::string> base = {"--server", "s", "run", "--model", "m"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  ExpectUsageError({"--server", "s", "run", "--tokens", "1"}, "run needs --model MODEL");
+  ExpectUsageError(with({}), "run needs inputs");
+  ExpectUsageError(with({"--text", "a", "--tokens", "1"}), "not both");
+  ExpectUsageError(with({"--tokens", "1,x"}), "--tokens: \"x\" is not an integer");
+  ExpectUsageError(with({"--tokens", "1,-2"}), "--tokens: -2 is out of range");
+  ExpectUsageError(with({"--tokens", "1,,2"}), "empty entry");
+  ExpectUsageError(with({"--tokens", "99999999999"}), "out of range");
+  ExpectUsageError(with({"--tokens", "1", "--prepend_bos"}), "--prepend_bos applies to --text");
+  ExpectUsageError(with({"--tokens", "1", "--capture", "x", "--reduce", "top_k"}),
+                   "--reduce top_k needs --k N");
+  ExpectUsageError(with({"--tokens", "1", "--capture", "x", "--k", "3"}),
+                   "--k applies to --reduce top_k only");
+  ExpectUsageError(with({"--tokens", "1", "--capture", "x", "--reduce", "top_k", "--k", "0"}),
+                   "--k: 0 is out of range");
+  ExpectUsageError(with({"--tokens", "1", "--capture", "x", "--reduce", "max"}),
+                   "--reduce: \"max\" is not one of");
+  ExpectUsageError(with({"--tokens", "1", "--capture", "x", "--dtype", "i32"}),
+                   "--dtype: \"i32\" is not one of f32, f16, bf16");
+  ExpectUsageError(with({"--tokens", "1", "--capture", "x", "--dtype", "f64"}), "--dtype");
+  ExpectUsageError(with({"--tokens", "1", "--positions", "-1"}),
+                   "--positions applies to captures; add --capture PATTERN");
+  ExpectUsageError(with({"--tokens", "1", "--capture", ""}), "--capture needs a hook name");
+  ExpectUsageError(with({"--tokens", "1", "--logits", "some"}), "--logits: \"some\" is not one of");
+  ExpectUsageError(with({"--tokens", "1", "--logits", "top_k"}), "--logits top_k needs --logits_k");
+  ExpectUsageError(with({"--tokens", "1", "--logits_k", "2"}),
+                   "--logits_k applies to --logits top_k");
+  ExpectUsageError(with({"--tokens", "1", "--stop_at_layer", "1", "--logits", "last"}),
+                   "--stop_at_layer stops before the unembedding");
+  ExpectUsageError(with({"--tokens", "1", "--stop_at_layer", "1", "--loss"}), "--stop_at_layer");
+  ExpectUsageError(with({"--tokens", "1", "--stop_at_layer", "-1"}), "out of range");
+  ExpectUsageError(with({"--tokens", "1", "--out", ""}), "--out needs a file name");
+  ExpectUsageError(with({"--tokens", "1", "extra"}), "run takes 0 arguments");
+}
+
+TEST(CliExitCodeTest, ServerStatusesMapToDocumentedCodes) {
+  EXPECT_EQ(ExitCodeForStatus(absl::OkStatus()), 0);
+  EXPECT_EQ(ExitCodeForStatus(absl::InvalidArgumentError("")), 3);
+  EXPECT_EQ(ExitCodeForStatus(absl::NotFoundError("")), 3);
+  EXPECT_EQ(ExitCodeForStatus(absl::FailedPreconditionError("")), 3);
+  EXPECT_EQ(ExitCodeForStatus(absl::OutOfRangeError("")), 3);
+  EXPECT_EQ(ExitCodeForStatus(absl::UnavailableError("")), 4);
+  EXPECT_EQ(ExitCodeForStatus(absl::DeadlineExceededError("")), 4);
+  EXPECT_EQ(ExitCodeForStatus(absl::ResourceExhaustedError("")), 5);
+  EXPECT_EQ(ExitCodeForStatus(absl::InternalError("")), 1);
+  EXPECT_EQ(ExitCodeForStatus(absl::UnauthenticatedError("")), 1);
+  EXPECT_EQ(ExitCodeForStatus(absl::PermissionDeniedError("")), 1);
+  EXPECT_EQ(ExitCodeForStatus(absl::CancelledError("")), 1);
+  EXPECT_EQ(ExitCodeForStatus(absl::UnknownError("")), 1);
+}
+
+TEST(CliExitCodeTest, LocalFailuresAreNotTheServersVerdict) {
+  const absl::Status local = MarkLocal(absl::NotFoundError("cannot open /nope/x.safetensors"));
+  EXPECT_TRUE(IsLocal(local));
+  EXPECT_EQ(local.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ExitCodeForStatus(local), 1);
+  EXPECT_FALSE(IsLocal(absl::NotFoundError("x")));
+  EXPECT_TRUE(MarkLocal(absl::OkStatus()).ok());
+}
+
+TEST(CliFormatTest, QuoteToken) {
+  EXPECT_EQ(QuoteToken("Hello"), "'Hello'");
+  EXPECT_EQ(QuoteToken(" world"), "' world'");
+  EXPECT_EQ(QuoteToken("\n\t"), "'\\n\\t'");
+  EXPECT_EQ(QuoteToken("it's"), "'it\\'s'");
+  EXPECT_EQ(QuoteToken("a\\b"), "'a\\\\b'");
+  EXPECT_EQ(QuoteToken(std::string("\x01\x7f", 2)), "'\\x01\\x7f'");
+  EXPECT_EQ(QuoteToken("\xc3\xa9"), "'\xc3\xa9'");  // UTF-8 kept
+}
+
+}  // namespace
+}  // namespace glassbox::cli

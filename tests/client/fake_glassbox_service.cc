@@ -1,0 +1,300 @@
+#include "tests/client/fake_glassbox_service.h"
+
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace glassbox::testing {
+namespace {
+
+using glassbox::v1::RunResponse;
+
+glassbox::v1::ModelInfo TinyInfo(bool with_hooks) {
+  glassbox::v1::ModelInfo info;
+  info.set_name("tiny");
+  info.set_architecture("gpt2");
+  info.set_n_layers(2);
+  info.set_d_model(4);
+  info.set_n_heads(2);
+  info.set_n_kv_heads(2);
+  info.set_d_head(2);
+  info.set_d_mlp(16);
+  info.set_vocab_size(10);
+  info.set_n_ctx(8);
+  info.set_dtype(glassbox::v1::DTYPE_F32);
+  info.set_device("cpu");
+  if (with_hooks) {
+    auto add_hook = [&](const std::string& name, int layer,
+                        std::vector<std::pair<std::string, int64_t>> dims) {
+      glassbox::v1::HookPoint* hook = info.add_hook_points();
+      hook->set_name(name);
+      hook->set_layer(layer);
+      for (const auto& [dim_name, size] : dims) {
+        glassbox::v1::HookDim* dim = hook->add_dims();
+        dim->set_name(dim_name);
+        dim->set_size(size);
+      }
+    };
+    add_hook("hook_embed", -1, {{"batch", 0}, {"pos", 0}, {"d_model", 4}});
+    for (int l = 0; l < 2; ++l) {
+      add_hook(absl::StrCat("blocks.", l, ".attn.hook_pattern"), l,
+               {{"batch", 0}, {"head_index", 2}, {"query_pos", 0}, {"key_pos", 0}});
+      add_hook(absl::StrCat("blocks.", l, ".hook_resid_post"), l,
+               {{"batch", 0}, {"pos", 0}, {"d_model", 4}});
+    }
+  }
+  return info;
+}
+
+// Streams `bytes` as the tensor `id` in chunks of `chunk` bytes.
+bool StreamTensor(grpc::ServerWriter<RunResponse>* writer, int id, const std::string& bytes,
+                  size_t chunk) {
+  size_t offset = 0;
+  do {
+    const size_t n = std::min(chunk, bytes.size() - offset);
+    RunResponse response;
+    glassbox::v1::TensorChunk* c = response.mutable_chunk();
+    c->set_capture_id(id);
+    c->set_offset(static_cast<int64_t>(offset));
+    c->set_data(bytes.substr(offset, n));
+    offset += n;
+    c->set_last(offset == bytes.size());
+    if (!writer->Write(response)) return false;
+  } while (offset < bytes.size());
+  return true;
+}
+
+std::string FloatBytes(const std::vector<float>& values) {
+  std::string bytes(values.size() * sizeof(float), '\0');
+  std::memcpy(bytes.data(), values.data(), bytes.size());
+  return bytes;
+}
+
+}  // namespace
+
+void FakeGlassboxService::Record(grpc::ServerContext* context) {
+  std::lock_guard<std::mutex> lock(mu_);
+  authorization_.reset();
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization_ = std::string(it->second.data(), it->second.size());
+  }
+}
+
+grpc::Status FakeGlassboxService::ListModels(grpc::ServerContext* context,
+                                             const glassbox::v1::ListModelsRequest*,
+                                             glassbox::v1::ListModelsResponse* response) {
+  Record(context);
+  *response->add_models() = TinyInfo(false);
+  glassbox::v1::ModelInfo* other = response->add_models();
+  other->set_name("other");
+  other->set_architecture("llama");
+  other->set_n_layers(3);
+  other->set_d_model(8);
+  other->set_n_heads(4);
+  other->set_vocab_size(20);
+  other->set_dtype(glassbox::v1::DTYPE_BF16);
+  other->set_device("cuda:0");
+  return grpc::Status::OK;
+}
+
+grpc::Status FakeGlassboxService::GetModelInfo(grpc::ServerContext* context,
+                                               const glassbox::v1::GetModelInfoRequest* request,
+                                               glassbox::v1::ModelInfo* response) {
+  Record(context);
+  if (request->model() != "tiny") {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        absl::StrCat("no model \"", request->model(), "\"; models: tiny, other"));
+  }
+  *response = TinyInfo(true);
+  return grpc::Status::OK;
+}
+
+grpc::Status FakeGlassboxService::Tokenize(grpc::ServerContext* context,
+                                           const glassbox::v1::TokenizeRequest* request,
+                                           glassbox::v1::TokenizeResponse* response) {
+  Record(context);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokenize_request_ = *request;
+  }
+  if (request->model() != "tiny") {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such model");
+  }
+  if (request->prepend_bos()) {
+    response->add_ids(0);
+    response->add_str_tokens("<bos>");
+  }
+  for (unsigned char c : request->text()) {  // one token per byte
+    response->add_ids(c);
+    response->add_str_tokens(std::string(1, static_cast<char>(c)));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status FakeGlassboxService::Detokenize(grpc::ServerContext* context,
+                                             const glassbox::v1::DetokenizeRequest* request,
+                                             glassbox::v1::DetokenizeResponse* response) {
+  Record(context);
+  std::string text;
+  for (int id : request->ids()) {
+    text += static_cast<char>(id);
+    response->add_str_tokens(std::string(1, static_cast<char>(id)));
+  }
+  response->set_text(text);
+  return grpc::Status::OK;
+}
+
+grpc::Status FakeGlassboxService::Run(grpc::ServerContext* context,
+                                      const glassbox::v1::RunRequest* request,
+                                      grpc::ServerWriter<RunResponse>* writer) {
+  Record(context);
+  std::vector<RunResponse> script;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    run_request_ = *request;
+    run_cancelled_ = false;
+    script = script_;
+  }
+  const std::string& model = request->model();
+  if (model == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no model \"missing\"");
+  if (model == "busy") {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "request over the token limit");
+  }
+  if (model == "private") return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "not yours");
+  if (model == "slow") std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  if (model == "scripted") {
+    for (const RunResponse& response : script) {
+      if (!writer->Write(response)) break;
+    }
+    return grpc::Status::OK;
+  }
+
+  std::vector<std::vector<int32_t>> rows;
+  for (const auto& row : request->inputs().token_ids())
+    rows.emplace_back(row.ids().begin(), row.ids().end());
+  for (const std::string& text : request->inputs().texts()) {
+    rows.emplace_back(text.begin(), text.end());
+  }
+  const int64_t batch = static_cast<int64_t>(rows.size());
+  int64_t max_len = 0;
+  for (const auto& row : rows) max_len = std::max<int64_t>(max_len, row.size());
+
+  RunResponse header_message;
+  glassbox::v1::Header& header = *header_message.mutable_header();
+  header.set_model(model);
+  for (const auto& row : rows) {
+    header.add_sequence_lengths(static_cast<int32_t>(row.size()));
+    header.add_tokens()->mutable_ids()->Add(row.begin(), row.end());
+  }
+  std::vector<std::string> payloads;
+  auto add_tensor = [&](const std::string& name, std::vector<int64_t> shape,
+                        std::vector<std::string> dims, std::vector<float> values) {
+    glassbox::v1::CapturedTensorInfo* info = header.add_tensors();
+    info->set_id(static_cast<int32_t>(payloads.size()) + 7);  // ids need not be indices
+    info->set_name(name);
+    info->mutable_shape()->Add(shape.begin(), shape.end());
+    for (const std::string& dim : dims) info->add_dim_names(dim);
+    info->set_dtype(glassbox::v1::DTYPE_F32);
+    info->set_nbytes(static_cast<int64_t>(values.size() * sizeof(float)));
+    payloads.push_back(FloatBytes(values));
+  };
+  for (const glassbox::v1::Capture& capture : request->captures()) {
+    if (capture.hook().find("nonexistent") != std::string::npos) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("no hook matches \"", capture.hook(), "\""));
+    }
+    std::vector<float> values;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t p = 0; p < max_len; ++p) {
+        for (int64_t d = 0; d < 4; ++d) values.push_back(static_cast<float>(b * 100 + p * 10 + d));
+      }
+    }
+    add_tensor(capture.hook(), {batch, max_len, 4}, {"batch", "pos", "d_model"}, values);
+  }
+  const glassbox::v1::Outputs& outputs = request->outputs();
+  if (outputs.logits() == glassbox::v1::LOGITS_LAST ||
+      outputs.logits() == glassbox::v1::LOGITS_ALL) {
+    const bool all = outputs.logits() == glassbox::v1::LOGITS_ALL;
+    std::vector<float> values;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t p = 0; p < (all ? max_len : 1); ++p) {
+        for (int64_t v = 0; v < 10; ++v)
+          values.push_back(static_cast<float>(b * 1000 + p * 10 + v));
+      }
+    }
+    if (all) {
+      add_tensor("logits", {batch, max_len, 10}, {"batch", "pos", "d_vocab"}, values);
+    } else {
+      add_tensor("logits", {batch, 10}, {"batch", "d_vocab"}, values);
+    }
+  }
+  if (outputs.loss_per_token()) {
+    add_tensor("loss_per_token", {batch, std::max<int64_t>(max_len - 1, 0)}, {"batch", "pos"},
+               std::vector<float>(batch * std::max<int64_t>(max_len - 1, 0), 1.5f));
+  }
+  if (!writer->Write(header_message)) return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+  const size_t chunk = request->chunk_bytes() > 0 ? request->chunk_bytes() : 24;
+  int64_t bytes_sent = 0;
+  for (size_t i = 0; i < payloads.size(); ++i) {
+    if (context->IsCancelled() ||
+        !StreamTensor(writer, header.tensors(static_cast<int>(i)).id(), payloads[i], chunk)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      run_cancelled_ = true;
+      return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    }
+    bytes_sent += static_cast<int64_t>(payloads[i].size());
+    // Give a cancelling client time to be noticed between tensors.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  RunResponse summary;
+  summary.mutable_summary()->set_bytes_sent(bytes_sent);
+  summary.mutable_summary()->mutable_timings()->set_total_seconds(0.25);
+  writer->Write(summary);
+  return grpc::Status::OK;
+}
+
+std::optional<std::string> FakeGlassboxService::last_authorization() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return authorization_;
+}
+
+glassbox::v1::RunRequest FakeGlassboxService::last_run_request() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return run_request_;
+}
+
+glassbox::v1::TokenizeRequest FakeGlassboxService::last_tokenize_request() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tokenize_request_;
+}
+
+bool FakeGlassboxService::last_run_cancelled() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return run_cancelled_;
+}
+
+void FakeGlassboxService::set_script(std::vector<RunResponse> script) {
+  std::lock_guard<std::mutex> lock(mu_);
+  script_ = std::move(script);
+}
+
+FakeServer::FakeServer() {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+  builder.RegisterService(&service_);
+  server_ = builder.BuildAndStart();
+}
+
+FakeServer::~FakeServer() {
+  if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+}
+
+std::string FakeServer::address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+}  // namespace glassbox::testing

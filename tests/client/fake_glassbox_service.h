@@ -1,0 +1,74 @@
+// An in-process stand-in for glassboxd with canned behaviour, so that the client library and
+// the CLI can be tested against a real gRPC server without the engine.
+//
+// Models: "tiny" (2 layers, d_model 4, 2 heads, vocab 10) and "other". Behaviour by model name
+// in Run: "missing" -> NOT_FOUND, "busy" -> RESOURCE_EXHAUSTED, "private" -> PERMISSION_DENIED,
+// "slow" -> sleeps 1.5 s first, "scripted" -> streams script() verbatim. Otherwise every capture
+// pattern becomes one f32 tensor [batch, max_len, 4] with value b*100 + p*10 + d (chunked at
+// request.chunk_bytes, default 24 bytes), then "logits" when requested ([batch, 10] or
+// [batch, max_len, 10], value b*1000 + p*10 + v), then "loss_per_token" [batch, max_len - 1].
+#pragma once
+
+#include <grpcpp/server.h>
+
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "glassbox/v1/glassbox.grpc.pb.h"
+
+namespace glassbox::testing {
+
+class FakeGlassboxService final : public glassbox::v1::Glassbox::Service {
+ public:
+  grpc::Status ListModels(grpc::ServerContext* context,
+                          const glassbox::v1::ListModelsRequest* request,
+                          glassbox::v1::ListModelsResponse* response) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* context,
+                            const glassbox::v1::GetModelInfoRequest* request,
+                            glassbox::v1::ModelInfo* response) override;
+  grpc::Status Tokenize(grpc::ServerContext* context, const glassbox::v1::TokenizeRequest* request,
+                        glassbox::v1::TokenizeResponse* response) override;
+  grpc::Status Detokenize(grpc::ServerContext* context,
+                          const glassbox::v1::DetokenizeRequest* request,
+                          glassbox::v1::DetokenizeResponse* response) override;
+  grpc::Status Run(grpc::ServerContext* context, const glassbox::v1::RunRequest* request,
+                   grpc::ServerWriter<glassbox::v1::RunResponse>* writer) override;
+
+  // What the last call carried.
+  std::optional<std::string> last_authorization() const;
+  glassbox::v1::RunRequest last_run_request() const;
+  glassbox::v1::TokenizeRequest last_tokenize_request() const;
+  // Whether the last Run saw its context cancelled while it was streaming.
+  bool last_run_cancelled() const;
+
+  void set_script(std::vector<glassbox::v1::RunResponse> script);
+
+ private:
+  void Record(grpc::ServerContext* context);
+
+  mutable std::mutex mu_;
+  std::optional<std::string> authorization_;
+  glassbox::v1::RunRequest run_request_;
+  glassbox::v1::TokenizeRequest tokenize_request_;
+  bool run_cancelled_ = false;
+  std::vector<glassbox::v1::RunResponse> script_;
+};
+
+// The fake served on 127.0.0.1 at a free port.
+class FakeServer {
+ public:
+  FakeServer();
+  ~FakeServer();
+  std::string address() const;
+  FakeGlassboxService& service() { return service_; }
+
+ private:
+  FakeGlassboxService service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+}  // namespace glassbox::testing

@@ -1,0 +1,359 @@
+// The client library and the CLI against an in-process fake server (fake_glassbox_service.h):
+// real gRPC calls, metadata, status mapping, stream assembly, cancellation, the output file,
+// and the exit codes of the glassbox binary.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/cpp/cli.h"
+#include "client/cpp/glassbox_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/model/safetensors.h"
+#include "tests/client/fake_glassbox_service.h"
+#include "tests/client/subprocess.h"
+
+namespace glassbox::testing {
+namespace {
+
+using client::Client;
+using client::ClientOptions;
+using client::ReceivedTensor;
+using client::RunResult;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+ClientOptions WithApiKey(const std::string& key) {
+  ClientOptions options;
+  options.api_key = key;
+  return options;
+}
+
+ClientOptions WithDeadline(absl::Duration deadline) {
+  ClientOptions options;
+  options.deadline = deadline;
+  return options;
+}
+
+class FakeServerTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Client> Connect(ClientOptions options = ClientOptions()) {
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(server_.address(), options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return std::move(*client);
+  }
+
+  glassbox::v1::RunRequest TokensRequest(const std::string& model,
+                                         std::vector<std::vector<int32_t>> rows,
+                                         std::vector<std::string> captures) {
+    glassbox::v1::RunRequest request;
+    request.set_model(model);
+    for (const auto& row : rows) {
+      request.mutable_inputs()->add_token_ids()->mutable_ids()->Add(row.begin(), row.end());
+    }
+    for (const std::string& hook : captures) request.add_captures()->set_hook(hook);
+    return request;
+  }
+
+  std::string TempPath(const std::string& name) {
+    return (std::filesystem::path(::testing::TempDir()) /
+            absl::StrCat("fake_server_test_", getpid(), "_", name))
+        .string();
+  }
+
+  FakeServer server_;
+};
+
+TEST_F(FakeServerTest, ListModelsAndInfo) {
+  std::unique_ptr<Client> client = Connect();
+  absl::StatusOr<std::vector<glassbox::v1::ModelInfo>> models = client->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->size(), 2u);
+  EXPECT_EQ((*models)[0].name(), "tiny");
+  EXPECT_EQ((*models)[1].name(), "other");
+
+  absl::StatusOr<glassbox::v1::ModelInfo> info = client->GetModelInfo("tiny");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->hook_points_size(), 5);
+
+  absl::StatusOr<glassbox::v1::ModelInfo> missing = client->GetModelInfo("gpt5");
+  EXPECT_EQ(missing.status(), absl::NotFoundError("no model \"gpt5\"; models: tiny, other"));
+}
+
+TEST_F(FakeServerTest, SendsTheApiKeyAsBearerMetadataOnlyWhenSet) {
+  ASSERT_TRUE(Connect(WithApiKey("s3cret"))->ListModels().ok());
+  EXPECT_EQ(server_.service().last_authorization(), "Bearer s3cret");
+  ASSERT_TRUE(Connect()->ListModels().ok());
+  EXPECT_EQ(server_.service().last_authorization(), std::nullopt);
+  // Streaming calls carry it too.
+  ASSERT_TRUE(Connect(WithApiKey("k2"))->Run(TokensRequest("tiny", {{1}}, {})).ok());
+  EXPECT_EQ(server_.service().last_authorization(), "Bearer k2");
+}
+
+TEST_F(FakeServerTest, TokenizeForwardsPrependBosOnlyWhenGiven) {
+  std::unique_ptr<Client> client = Connect();
+  absl::StatusOr<glassbox::v1::TokenizeResponse> tokens = client->Tokenize("tiny", "Hi");
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  EXPECT_THAT(tokens->ids(), ElementsAre('H', 'i'));
+  EXPECT_FALSE(server_.service().last_tokenize_request().has_prepend_bos());
+  tokens = client->Tokenize("tiny", "Hi", true);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  EXPECT_THAT(tokens->ids(), ElementsAre(0, 'H', 'i'));
+  EXPECT_TRUE(server_.service().last_tokenize_request().prepend_bos());
+
+  absl::StatusOr<glassbox::v1::DetokenizeResponse> text = client->Detokenize("tiny", {'o', 'k'});
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(text->text(), "ok");
+}
+
+TEST_F(FakeServerTest, RunAssemblesChunkedTensors) {
+  glassbox::v1::RunRequest request = TokensRequest("tiny", {{1, 2, 3}, {4}}, {"a", "b"});
+  request.mutable_outputs()->set_logits(glassbox::v1::LOGITS_LAST);
+  absl::StatusOr<RunResult> result = Connect()->Run(request);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(server_.service().last_run_request().captures_size(), 2);
+  EXPECT_THAT(result->header.sequence_lengths(), ElementsAre(3, 1));
+  ASSERT_EQ(result->tensors.size(), 3u);
+  const ReceivedTensor& a = result->tensors[0];
+  EXPECT_EQ(a.name, "a");
+  EXPECT_THAT(a.shape, ElementsAre(2, 3, 4));
+  EXPECT_THAT(a.dim_names, ElementsAre("batch", "pos", "d_model"));
+  absl::StatusOr<std::vector<float>> values = a.ToFloats();
+  ASSERT_TRUE(values.ok());
+  ASSERT_EQ(values->size(), 24u);
+  EXPECT_EQ((*values)[1 * 12 + 2 * 4 + 3], 123.0f);  // b=1, p=2, d=3
+  EXPECT_EQ(result->tensors[1].name, "b");
+  EXPECT_EQ(result->tensors[2].name, "logits");
+  EXPECT_THAT(result->tensors[2].shape, ElementsAre(2, 10));
+  EXPECT_EQ(result->summary.bytes_sent(), 2 * 96 + 80);
+}
+
+TEST_F(FakeServerTest, RunStreamingCallbackErrorCancelsTheCall) {
+  std::unique_ptr<Client> client = Connect();
+  int tensors = 0;
+  client::RunCallbacks callbacks;
+  callbacks.on_tensor = [&](ReceivedTensor) {
+    ++tensors;
+    return absl::AbortedError("enough");
+  };
+  absl::Status status = client->RunStreaming(
+      TokensRequest("tiny", {{1, 2, 3, 4, 5, 6, 7, 8}}, {"a", "b", "c", "d", "e", "f"}), callbacks);
+  EXPECT_EQ(status, absl::AbortedError("enough"));
+  EXPECT_EQ(tensors, 1);
+  // The server saw the cancellation before it finished streaming.
+  for (int i = 0; i < 100 && !server_.service().last_run_cancelled(); ++i) usleep(20 * 1000);
+  EXPECT_TRUE(server_.service().last_run_cancelled());
+}
+
+TEST_F(FakeServerTest, ServerErrorsKeepTheirCode) {
+  std::unique_ptr<Client> client = Connect();
+  EXPECT_EQ(client->Run(TokensRequest("missing", {{1}}, {})).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(client->Run(TokensRequest("busy", {{1}}, {})).status(),
+            absl::ResourceExhaustedError("request over the token limit"));
+  EXPECT_EQ(client->Run(TokensRequest("tiny", {{1}}, {"blocks.0.nonexistent"})).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(FakeServerTest, MalformedStreamIsInternal) {
+  glassbox::v1::RunResponse header;
+  glassbox::v1::CapturedTensorInfo* info = header.mutable_header()->add_tensors();
+  info->set_id(1);
+  info->set_name("x");
+  info->add_shape(2);
+  info->set_dtype(glassbox::v1::DTYPE_F32);
+  info->set_nbytes(8);
+  glassbox::v1::RunResponse chunk;
+  chunk.mutable_chunk()->set_capture_id(1);
+  chunk.mutable_chunk()->set_data("1234");  // 4 of 8 bytes
+  chunk.mutable_chunk()->set_last(true);
+  server_.service().set_script({header, chunk});
+  absl::Status status = Connect()->Run(TokensRequest("scripted", {{1}}, {})).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("the last chunk ends at byte 4 of 8"));
+
+  server_.service().set_script({header});  // ends without data or summary
+  status = Connect()->Run(TokensRequest("scripted", {{1}}, {})).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+}
+
+TEST_F(FakeServerTest, DeadlineAndUnreachableServer) {
+  absl::Status status = Connect(WithDeadline(absl::Milliseconds(200)))
+                            ->Run(TokensRequest("slow", {{1}}, {}))
+                            .status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+
+  ClientOptions impatient;
+  impatient.connect_timeout = absl::Milliseconds(300);
+  absl::StatusOr<std::unique_ptr<Client>> dead = Client::Connect("127.0.0.1:1", impatient);
+  EXPECT_EQ(dead.status().code(), absl::StatusCode::kUnavailable);
+  absl::StatusOr<std::unique_ptr<Client>> lazy = Client::Connect("127.0.0.1:1");
+  ASSERT_TRUE(lazy.ok());
+  EXPECT_EQ((*lazy)->ListModels().status().code(), absl::StatusCode::kUnavailable);
+
+  EXPECT_EQ(Client::Connect("").status().code(), absl::StatusCode::kInvalidArgument);
+  ClientOptions tls;
+  tls.tls_root_cert_path = "/nonexistent/ca.pem";
+  EXPECT_EQ(Client::Connect("x:1", tls).status().code(), absl::StatusCode::kNotFound);
+}
+
+// ---- the CLI, in process ----
+
+struct CliOutput {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+CliOutput RunCli(std::vector<std::string> args) {
+  absl::StatusOr<cli::Invocation> inv = cli::ParseCommandLine(args, {});
+  if (!inv.ok()) return {cli::kExitUsage, "", std::string(inv.status().message())};
+  std::ostringstream out, err;
+  const int code = cli::Execute(*inv, out, err);
+  return {code, out.str(), err.str()};
+}
+
+TEST_F(FakeServerTest, CliModels) {
+  CliOutput r = RunCli({"--server", server_.address(), "models"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "tiny   gpt2   layers=2 d_model=4 heads=2 vocab=10 device=cpu dtype=f32\n"
+            "other  llama  layers=3 d_model=8 heads=4 vocab=20 device=cuda:0 dtype=bf16\n");
+}
+
+TEST_F(FakeServerTest, CliInfoPrintsHooksWithSymbolicDims) {
+  CliOutput r = RunCli({"--server", server_.address(), "info", "tiny"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("architecture  gpt2\n"));
+  EXPECT_THAT(r.out, HasSubstr("hook points   5\n"));
+  EXPECT_THAT(r.out, HasSubstr("  hook_embed [batch, pos, 4]\n"));
+  EXPECT_THAT(r.out, HasSubstr("  blocks.0.attn.hook_pattern [batch, 2, query_pos, key_pos]\n"));
+  r = RunCli({"--server", server_.address(), "info", "nope"});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_THAT(r.err, StartsWith("glassbox: NOT_FOUND: no model \"nope\""));
+}
+
+TEST_F(FakeServerTest, CliTokenize) {
+  CliOutput r = RunCli({"--server", server_.address(), "tokenize", "tiny", "a'b", "--prepend_bos"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "0 '<bos>'\n97 'a'\n39 '\\''\n98 'b'\n");
+  r = RunCli({"--server", server_.address(), "detokenize", "tiny", "104,105"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "hi\n");
+}
+
+TEST_F(FakeServerTest, CliRunWritesSafetensors) {
+  const std::string path = TempPath("run.safetensors");
+  CliOutput r = RunCli({"--server", server_.address(), "run", "--model", "tiny", "--tokens",
+                        "5,6,7", "--tokens", "8", "--capture", "blocks.*.hook_resid_post",
+                        "--logits", "all", "--loss", "--out", path});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("blocks.*.hook_resid_post  f32  [2, 3, 4]"));
+  EXPECT_THAT(r.out, HasSubstr("wrote 5 tensors to " + path));
+
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<std::string> names;
+  for (const TensorView& t : (*file)->tensors()) names.push_back(t.name);
+  EXPECT_THAT(names, ElementsAre("blocks.*.hook_resid_post", "logits", "loss_per_token",
+                                 "input_ids", "sequence_lengths"));
+  const TensorView* capture = (*file)->Find("blocks.*.hook_resid_post");
+  ASSERT_NE(capture, nullptr);
+  EXPECT_EQ(capture->dtype, SafetensorsDtype::kF32);
+  EXPECT_THAT(capture->shape, ElementsAre(2, 3, 4));
+  const float* values = reinterpret_cast<const float*>(capture->bytes.data());
+  EXPECT_EQ(values[1 * 12 + 2 * 4 + 1], 121.0f);
+  const TensorView* logits = (*file)->Find("logits");
+  ASSERT_NE(logits, nullptr);
+  EXPECT_THAT(logits->shape, ElementsAre(2, 3, 10));
+  const TensorView* ids = (*file)->Find("input_ids");
+  ASSERT_NE(ids, nullptr);
+  EXPECT_EQ(ids->dtype, SafetensorsDtype::kI32);
+  EXPECT_THAT(ids->shape, ElementsAre(2, 3));
+  const int32_t* id_values = reinterpret_cast<const int32_t*>(ids->bytes.data());
+  EXPECT_THAT(std::vector<int32_t>(id_values, id_values + 6), ElementsAre(5, 6, 7, 8, 0, 0));
+  const TensorView* lengths = (*file)->Find("sequence_lengths");
+  ASSERT_NE(lengths, nullptr);
+  const int32_t* length_values = reinterpret_cast<const int32_t*>(lengths->bytes.data());
+  EXPECT_THAT(std::vector<int32_t>(length_values, length_values + 2), ElementsAre(3, 1));
+  EXPECT_THAT((*file)->metadata().at("glassbox.request"), HasSubstr("blocks.*.hook_resid_post"));
+  EXPECT_EQ((*file)->metadata().at("glassbox.model"), "tiny");
+  std::filesystem::remove(path);
+}
+
+TEST_F(FakeServerTest, CliRunKeepsDuplicateNames) {
+  const std::string path = TempPath("dup.safetensors");
+  CliOutput r = RunCli({"--server", server_.address(), "run", "--model", "tiny", "--tokens", "1",
+                        "--capture", "x", "--capture", "x", "--out", path});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("saved as \"x#2\""));
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_NE((*file)->Find("x#2"), nullptr);
+  std::filesystem::remove(path);
+}
+
+TEST_F(FakeServerTest, CliExitCodes) {
+  const std::string server = server_.address();
+  CliOutput r = RunCli({"--server", server, "run", "--model", "missing", "--tokens", "1"});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_THAT(r.err, StartsWith("glassbox: NOT_FOUND: "));
+  r = RunCli(
+      {"--server", server, "run", "--model", "tiny", "--tokens", "1", "--capture", "nonexistent"});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_THAT(r.err, StartsWith("glassbox: INVALID_ARGUMENT: no hook matches"));
+  r = RunCli({"--server", server, "run", "--model", "busy", "--tokens", "1"});
+  EXPECT_EQ(r.code, 5);
+  EXPECT_THAT(r.err, StartsWith("glassbox: RESOURCE_EXHAUSTED: "));
+  r = RunCli({"--server", server, "run", "--model", "private", "--tokens", "1"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, StartsWith("glassbox: PERMISSION_DENIED: "));
+  r = RunCli({"--server", server, "--timeout", "0.2", "run", "--model", "slow", "--tokens", "1"});
+  EXPECT_EQ(r.code, 4);
+  EXPECT_THAT(r.err, StartsWith("glassbox: DEADLINE_EXCEEDED: "));
+  r = RunCli({"--server", "127.0.0.1:1", "models"});
+  EXPECT_EQ(r.code, 4);
+  EXPECT_THAT(r.err, StartsWith("glassbox: UNAVAILABLE: "));
+  // A local failure is 1 even though writing reports NOT_FOUND-like codes.
+  r = RunCli({"--server", server, "run", "--model", "tiny", "--tokens", "1", "--capture", "x",
+              "--out", "/nonexistent-dir/x.safetensors"});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("/nonexistent-dir/x.safetensors"));
+}
+
+// ---- the glassbox binary ----
+
+#ifdef GLASSBOX_CLI_PATH
+TEST_F(FakeServerTest, BinaryExitCodesAndStreams) {
+  ProcessResult r = RunProcess({GLASSBOX_CLI_PATH, "--server", server_.address(), "models"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("tiny "));
+  EXPECT_EQ(r.err, "");
+
+  r = RunProcess({GLASSBOX_CLI_PATH, "--server", server_.address(), "info", "nope"});
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_THAT(r.err, StartsWith("glassbox: NOT_FOUND: "));
+  EXPECT_EQ(r.out, "");
+
+  r = RunProcess({GLASSBOX_CLI_PATH, "--server", server_.address(), "run", "--model", "tiny"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, StartsWith("glassbox: INVALID_ARGUMENT: run needs inputs"));
+  EXPECT_THAT(r.err, HasSubstr("Usage:"));
+
+  r = RunProcess({GLASSBOX_CLI_PATH, "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.out, HasSubstr("Exit codes:"));
+
+  r = RunProcess({GLASSBOX_CLI_PATH, "--server", "127.0.0.1:1", "models"});
+  EXPECT_EQ(r.exit_code, 4);
+}
+#endif
+
+}  // namespace
+}  // namespace glassbox::testing
