@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 
 #include "glassbox/v1/glassbox.grpc.pb.h"
@@ -33,7 +34,23 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
   grpc::Status Run(grpc::ServerContext* context, const glassbox::v1::RunRequest* request,
                    grpc::ServerWriter<glassbox::v1::RunResponse>* writer) override;
 
+  // Analyses (analysis_handlers.cc): validated here, computed on the device's executor.
+  grpc::Status PatchingSweep(grpc::ServerContext* context,
+                             const glassbox::v1::PatchingSweepRequest* request,
+                             glassbox::v1::PatchingSweepResponse* response) override;
+  grpc::Status LogitLens(grpc::ServerContext* context, const glassbox::v1::LogitLensRequest* request,
+                         glassbox::v1::LogitLensResponse* response) override;
+  grpc::Status DirectLogitAttribution(grpc::ServerContext* context,
+                                      const glassbox::v1::DirectLogitAttributionRequest* request,
+                                      glassbox::v1::DirectLogitAttributionResponse* response) override;
+  grpc::Status AttentionNorms(grpc::ServerContext* context,
+                              const glassbox::v1::AttentionNormsRequest* request,
+                              glassbox::v1::AttentionNormsResponse* response) override;
+
  private:
+  // Runs `work` on the device's worker and waits for it; UNAVAILABLE while draining.
+  absl::Status OnDevice(const std::function<absl::Status()>& work);
+
   const ModelStore& store_;
   Executor& executor_;
   const ServiceLimits limits_;

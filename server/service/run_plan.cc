@@ -31,7 +31,7 @@ absl::StatusOr<CaptureReduction> FromProtoReduction(glassbox::v1::Reduction r, a
   }
 }
 
-absl::Status BuildRows(const glassbox::v1::Inputs& inputs, const ServedModel& served, RunPlan& plan) {
+absl::Status BuildRows(const glassbox::v1::Inputs& inputs, const ServedModel& served, Batch& plan) {
   const bool has_texts = inputs.texts_size() > 0, has_ids = inputs.token_ids_size() > 0;
   if (has_texts == has_ids) {
     return absl::InvalidArgumentError("inputs: give exactly one of texts or token_ids");
@@ -128,19 +128,16 @@ glassbox::v1::DType ToProtoDType(DType dtype) {
   return glassbox::v1::DTYPE_UNSPECIFIED;
 }
 
-absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore& store,
-                                     const ServiceLimits& limits) {
-  RunPlan plan;
-  GB_ASSIGN_OR_RETURN(plan.model, store.Find(request.model()));
-  const ModelConfig& config = plan.model->model->config();
-  GB_RETURN_IF_ERROR(BuildRows(request.inputs(), *plan.model, plan));
-
+absl::StatusOr<Batch> BuildBatch(const glassbox::v1::Inputs& inputs, const ServedModel& served,
+                                 const ServiceLimits& limits) {
+  Batch plan;
+  const ModelConfig& config = served.model->config();
+  GB_RETURN_IF_ERROR(BuildRows(inputs, served, plan));
   const int64_t batch = static_cast<int64_t>(plan.rows.size());
-  int64_t longest = 0, total = 0;
+  int64_t longest = 0;
   for (const auto& row : plan.rows) {
     plan.lengths.push_back(static_cast<int32_t>(row.size()));
     longest = std::max<int64_t>(longest, row.size());
-    total += static_cast<int64_t>(row.size());
   }
   if (batch > limits.max_batch) {
     return absl::ResourceExhaustedError(absl::StrCat("the batch has ", batch,
@@ -162,6 +159,16 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
     std::copy(plan.rows[b].begin(), plan.rows[b].end(), plan.tokens.data<int32_t>() + b * longest);
     std::fill_n(plan.attention_mask.data<int32_t>() + b * longest, plan.rows[b].size(), 1);
   }
+  return plan;
+}
+
+absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore& store,
+                                     const ServiceLimits& limits) {
+  RunPlan plan;
+  GB_ASSIGN_OR_RETURN(plan.model, store.Find(request.model()));
+  const ModelConfig& config = plan.model->model->config();
+  GB_ASSIGN_OR_RETURN(static_cast<Batch&>(plan), BuildBatch(request.inputs(), *plan.model, limits));
+  const int64_t batch = plan.tokens.dim(0), longest = plan.tokens.dim(1);
 
   GB_RETURN_IF_ERROR(AddInterventions(request, plan));
 

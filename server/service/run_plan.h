@@ -29,12 +29,19 @@ struct OutputTensorInfo {
   int64_t nbytes() const { return NumElements(shape) * DTypeSize(dtype); }
 };
 
-struct RunPlan {
-  const ServedModel* model = nullptr;
+// A request's inputs, tokenized, checked against the model and the limits, right-padded.
+struct Batch {
   std::vector<std::vector<int32_t>> rows;  // unpadded token ids
   std::vector<int32_t> lengths;
   Tensor tokens;          // [batch, longest] i32, right-padded with 0
   Tensor attention_mask;  // [batch, longest] i32
+};
+
+absl::StatusOr<Batch> BuildBatch(const glassbox::v1::Inputs& inputs, const ServedModel& served,
+                                 const ServiceLimits& limits);
+
+struct RunPlan : Batch {
+  const ServedModel* model = nullptr;
   std::vector<ResolvedCapture> captures;  // forward order
   std::vector<Intervention> interventions;  // request order
   glassbox::v1::LogitsMode logits_mode = glassbox::v1::LOGITS_NONE;

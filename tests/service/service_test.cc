@@ -253,6 +253,89 @@ TEST_F(ServiceTest, InterventionsEqualTransformerLens) {
   EXPECT_LE(NormRelativeError(AsTensor(got.bytes.at("logits"), {3, 11, 300}), expected.at("zero_head.logits")), 1e-5);
 }
 
+pb::Inputs InputsOf(const Tensor& ids) {
+  pb::Inputs inputs;
+  for (int64_t b = 0; b < ids.dim(0); ++b) {
+    auto* row = inputs.add_token_ids();
+    for (int64_t s = 0; s < ids.dim(1); ++s) row->add_ids(ids.data<int32_t>()[b * ids.dim(1) + s]);
+  }
+  return inputs;
+}
+
+Tensor FromArray(const pb::Array& array) {
+  Shape shape(array.shape().begin(), array.shape().end());
+  return Tensor::FromHost(std::span<const float>(array.values().data(), array.values_size()), shape);
+}
+
+// The analysis RPCs return what the engine's analyses compute (checked against TransformerLens
+// in tests/engine), and reject malformed requests.
+TEST_F(ServiceTest, AnalysesOverGrpc) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  auto patching = ReadAllTensors(FixturePath("expected/tiny-gpt2.patching.safetensors"));
+  {
+    pb::PatchingSweepRequest request;
+    request.set_model("gpt2");
+    *request.mutable_clean() = InputsOf(patching.at("clean"));
+    *request.mutable_corrupted() = InputsOf(patching.at("corrupted"));
+    request.set_kind(pb::SWEEP_HEAD_OUT_BY_POS);
+    request.mutable_metric()->set_token_a(patching.at("tokens").data<int32_t>()[0]);
+    request.mutable_metric()->set_token_b(patching.at("tokens").data<int32_t>()[1]);
+    pb::PatchingSweepResponse response;
+    grpc::ClientContext context;
+    grpc::Status s = stub->PatchingSweep(&context, request, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_THAT(response.values().dim_names(), ::testing::ElementsAre("layer", "pos", "head"));
+    EXPECT_LE(NormRelativeError(FromArray(response.values()), patching.at("head_out_by_pos.values")), 1e-5);
+
+    request.mutable_corrupted()->mutable_token_ids(0)->add_ids(1);
+    grpc::ClientContext bad;
+    EXPECT_EQ(stub->PatchingSweep(&bad, request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  auto analyses = ReadAllTensors(FixturePath("expected/tiny-gpt2.analyses.safetensors"));
+  auto inputs = ReadAllTensors(FixturePath("expected/tiny-gpt2.safetensors"));
+  {
+    pb::DirectLogitAttributionRequest request;
+    request.set_model("gpt2");
+    *request.mutable_inputs() = InputsOf(inputs.at("unpadded.input_ids"));
+    request.set_token(analyses.at("dla.tokens").data<int32_t>()[0]);
+    request.set_minus_token(analyses.at("dla.tokens").data<int32_t>()[1]);
+    pb::DirectLogitAttributionResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->DirectLogitAttribution(&context, request, &response).ok());
+    EXPECT_LE(NormRelativeError(FromArray(response.attributions()), analyses.at("dla.diff")), 1e-5);
+    EXPECT_EQ(response.labels(2), "L0H0");
+  }
+  {
+    pb::LogitLensRequest request;
+    request.set_model("gpt2");
+    *request.mutable_inputs() = InputsOf(inputs.at("unpadded.input_ids"));
+    request.add_target_tokens(17);
+    pb::LogitLensResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->LogitLens(&context, request, &response).ok());
+    EXPECT_EQ(response.labels_size(), 3);
+    EXPECT_THAT(response.top_tokens().shape(), ::testing::ElementsAre(3, 3, 11, 5));
+    const Tensor& lp = analyses.at("logit_lens.log_probs");
+    for (int i = 0; i < 3 * 3 * 11; ++i) {
+      ASSERT_NEAR(response.target_log_probs().values(i), lp.data<float>()[i * 300 + 17], 1e-4);
+    }
+    request.add_target_tokens(300);
+    grpc::ClientContext bad;
+    EXPECT_EQ(stub->LogitLens(&bad, request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    pb::AttentionNormsRequest request;
+    request.set_model("gpt2");
+    *request.mutable_inputs() = InputsOf(inputs.at("unpadded.input_ids"));
+    request.add_layers(1);
+    pb::AttentionNormsResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->AttentionNorms(&context, request, &response).ok());
+    ASSERT_EQ(response.layers_size(), 1);
+    EXPECT_LE(NormRelativeError(FromArray(response.layers(0).layer_norms()), analyses.at("attn_norms.1.layer")), 1e-5);
+  }
+}
+
 TEST_F(ServiceTest, ModelsInfoAndErrors) {
   auto stub = pb::Glassbox::NewStub(*channel_);
   {

@@ -1,0 +1,205 @@
+// The analysis RPCs: translate the request, run the engine's analysis on the device's
+// executor, and return its arrays.
+#include <chrono>
+#include <future>
+
+#include "absl/strings/str_cat.h"
+#include "server/engine/analyses.h"
+#include "server/engine/patching.h"
+#include "server/service/glassbox_service.h"
+#include "server/service/status_util.h"
+#include "server/util/status_macros.h"
+
+namespace glassbox {
+namespace {
+
+namespace pb = ::glassbox::v1;
+
+void ToArray(const Tensor& t, const std::vector<std::string>& dim_names, pb::Array* array) {
+  if (!t.defined()) return;
+  array->mutable_shape()->Add(t.shape().begin(), t.shape().end());
+  for (const std::string& d : dim_names) array->add_dim_names(d);
+  if (t.dtype() == DType::kI32) {
+    array->mutable_indices()->Add(t.data<int32_t>(), t.data<int32_t>() + t.numel());
+  } else {
+    array->mutable_values()->Add(t.data<float>(), t.data<float>() + t.numel());
+  }
+}
+
+absl::StatusOr<SweepKind> FromProtoSweep(pb::SweepKind kind) {
+  switch (kind) {
+    case pb::SWEEP_RESID_PRE: return SweepKind::kResidPre;
+    case pb::SWEEP_RESID_MID: return SweepKind::kResidMid;
+    case pb::SWEEP_RESID_POST: return SweepKind::kResidPost;
+    case pb::SWEEP_ATTN_OUT: return SweepKind::kAttnOut;
+    case pb::SWEEP_MLP_OUT: return SweepKind::kMlpOut;
+    case pb::SWEEP_HEAD_OUT_ALL_POS: return SweepKind::kHeadOutAllPos;
+    case pb::SWEEP_HEAD_OUT_BY_POS: return SweepKind::kHeadOutByPos;
+    case pb::SWEEP_Q_ALL_POS: return SweepKind::kQAllPos;
+    case pb::SWEEP_K_ALL_POS: return SweepKind::kKAllPos;
+    case pb::SWEEP_V_ALL_POS: return SweepKind::kVAllPos;
+    default:
+      return absl::InvalidArgumentError("set kind: which activation to sweep (SWEEP_RESID_PRE, ...)");
+  }
+}
+
+// Clean and corrupted batches for a sweep: same number of rows, every row the same length.
+absl::Status CheckPairs(const Batch& clean, const Batch& corrupted) {
+  if (clean.tokens.shape() != corrupted.tokens.shape()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "clean and corrupted inputs must have the same shape; got ", ShapeToString(clean.tokens.shape()),
+        " and ", ShapeToString(corrupted.tokens.shape())));
+  }
+  for (const Batch* b : {&clean, &corrupted}) {
+    for (int32_t len : b->lengths) {
+      if (len != b->tokens.dim(1)) {
+        return absl::InvalidArgumentError(
+            "patching compares positions across prompts: every clean and corrupted row must have "
+            "the same number of tokens");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status GlassboxService::OnDevice(const std::function<absl::Status()>& work) {
+  if (draining_) return absl::UnavailableError("the server is shutting down");
+  auto done = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> result = done->get_future();
+  if (!executor_.Submit([done, &work] { done->set_value(work()); })) {
+    return absl::UnavailableError("the server is shutting down");
+  }
+  return result.get();
+}
+
+grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
+                                            const pb::PatchingSweepRequest* request,
+                                            pb::PatchingSweepResponse* response) {
+  const auto start = std::chrono::steady_clock::now();
+  auto served = store_.Find(request->model());
+  if (!served.ok()) return ToGrpcStatus(served.status());
+  auto clean = BuildBatch(request->clean(), **served, limits_);
+  if (!clean.ok()) return ToGrpcStatus(absl::Status(clean.status().code(), absl::StrCat("clean: ", clean.status().message())));
+  auto corrupted = BuildBatch(request->corrupted(), **served, limits_);
+  if (!corrupted.ok()) {
+    return ToGrpcStatus(absl::Status(corrupted.status().code(), absl::StrCat("corrupted: ", corrupted.status().message())));
+  }
+  if (absl::Status s = CheckPairs(*clean, *corrupted); !s.ok()) return ToGrpcStatus(s);
+  auto kind = FromProtoSweep(request->kind());
+  if (!kind.ok()) return ToGrpcStatus(kind.status());
+  PatchingMetric metric{.token_a = request->metric().token_a(), .token_b = request->metric().token_b()};
+  switch (request->metric().kind()) {
+    case pb::PatchingMetric::LOGIT_DIFF: metric.kind = PatchingMetric::Kind::kLogitDiff; break;
+    case pb::PatchingMetric::LOG_PROB: metric.kind = PatchingMetric::Kind::kLogProb; break;
+    case pb::PatchingMetric::LOSS: metric.kind = PatchingMetric::Kind::kLoss; break;
+    default: return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown metric kind");
+  }
+  // One pass holds at most the server's token budget.
+  const int64_t seq = clean->tokens.dim(1);
+  int64_t rows = request->max_rows_per_pass() > 0 ? request->max_rows_per_pass() : 256;
+  rows = std::max<int64_t>(clean->tokens.dim(0), std::min(rows, limits_.max_tokens_per_request / seq));
+  std::atomic<bool> cancelled{false};
+  PatchingResult result;
+  absl::Status status = OnDevice([&]() -> absl::Status {
+    if (context->IsCancelled()) return absl::CancelledError("cancelled while queued");
+    GB_ASSIGN_OR_RETURN(result, RunPatchingSweep(*(*served)->model,
+                                                 {.clean = clean->tokens, .corrupted = corrupted->tokens,
+                                                  .kind = *kind, .metric = metric,
+                                                  .max_rows_per_pass = rows, .cancelled = &cancelled}));
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return ToGrpcStatus(status);
+  ToArray(result.values, result.dim_names, response->mutable_values());
+  ToArray(result.normalized, result.dim_names, response->mutable_normalized());
+  response->set_clean_metric(result.clean_metric);
+  response->set_corrupted_metric(result.corrupted_metric);
+  response->set_forward_passes(result.forward_passes);
+  response->set_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::LogitLens(grpc::ServerContext*, const pb::LogitLensRequest* request,
+                                        pb::LogitLensResponse* response) {
+  auto served = store_.Find(request->model());
+  if (!served.ok()) return ToGrpcStatus(served.status());
+  auto batch = BuildBatch(request->inputs(), **served, limits_);
+  if (!batch.ok()) return ToGrpcStatus(batch.status());
+  LogitLensResult result;
+  absl::Status status = OnDevice([&]() -> absl::Status {
+    GB_ASSIGN_OR_RETURN(result, RunLogitLens(*(*served)->model,
+                                             {.tokens = batch->tokens, .attention_mask = batch->attention_mask,
+                                              .top_k = request->top_k() > 0 ? request->top_k() : 5,
+                                              .target_tokens = {request->target_tokens().begin(),
+                                                                request->target_tokens().end()}}));
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return ToGrpcStatus(status);
+  for (const std::string& label : result.labels) response->add_labels(label);
+  const std::vector<std::string> dims = {"layer", "batch", "pos", "k"};
+  ToArray(result.top_log_probs, dims, response->mutable_top_log_probs());
+  ToArray(result.top_tokens, dims, response->mutable_top_tokens());
+  ToArray(result.target_log_probs, {"layer", "batch", "pos", "target"}, response->mutable_target_log_probs());
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::DirectLogitAttribution(grpc::ServerContext*,
+                                                     const pb::DirectLogitAttributionRequest* request,
+                                                     pb::DirectLogitAttributionResponse* response) {
+  auto served = store_.Find(request->model());
+  if (!served.ok()) return ToGrpcStatus(served.status());
+  auto batch = BuildBatch(request->inputs(), **served, limits_);
+  if (!batch.ok()) return ToGrpcStatus(batch.status());
+  DlaRequest dla{.tokens = batch->tokens, .attention_mask = batch->attention_mask,
+                 .position = request->has_position() ? request->position() : -1,
+                 .token = request->token()};
+  if (request->has_minus_token()) dla.minus_token = request->minus_token();
+  DlaResult result;
+  absl::Status status = OnDevice([&]() -> absl::Status {
+    GB_ASSIGN_OR_RETURN(result, RunDirectLogitAttribution(*(*served)->model, dla));
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return ToGrpcStatus(status);
+  for (const std::string& label : result.labels) response->add_labels(label);
+  ToArray(result.attributions, {"component", "batch"}, response->mutable_attributions());
+  ToArray(result.logit, {"batch"}, response->mutable_logit());
+  ToArray(result.residual_constant, {"batch"}, response->mutable_constant());
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::AttentionNorms(grpc::ServerContext*, const pb::AttentionNormsRequest* request,
+                                             pb::AttentionNormsResponse* response) {
+  auto served = store_.Find(request->model());
+  if (!served.ok()) return ToGrpcStatus(served.status());
+  auto batch = BuildBatch(request->inputs(), **served, limits_);
+  if (!batch.ok()) return ToGrpcStatus(batch.status());
+  const ModelConfig& c = (*served)->model->config();
+  const int64_t seq = batch->tokens.dim(1);
+  const int64_t layers = request->layers_size() > 0 ? request->layers_size() : c.n_layers;
+  const int64_t bytes = layers * batch->tokens.dim(0) * (2 * c.n_heads + 1) * seq * seq * 4;
+  if (bytes > limits_.max_response_bytes) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("the attention norms would take ", bytes, " bytes; this server allows ",
+                                     limits_.max_response_bytes, " (--max_response_bytes): ask for fewer layers"));
+  }
+  std::vector<AttentionNormsLayer> result;
+  absl::Status status = OnDevice([&]() -> absl::Status {
+    GB_ASSIGN_OR_RETURN(result, RunAttentionNorms(*(*served)->model,
+                                                  {.tokens = batch->tokens, .attention_mask = batch->attention_mask,
+                                                   .layers = {request->layers().begin(), request->layers().end()}}));
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return ToGrpcStatus(status);
+  const std::vector<std::string> head_dims = {"batch", "head", "query_pos", "key_pos"};
+  for (const AttentionNormsLayer& layer : result) {
+    auto* out = response->add_layers();
+    out->set_layer(layer.layer);
+    ToArray(layer.weights, head_dims, out->mutable_weights());
+    ToArray(layer.head_norms, head_dims, out->mutable_head_norms());
+    ToArray(layer.layer_norms, {"batch", "query_pos", "key_pos"}, out->mutable_layer_norms());
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace glassbox
