@@ -193,14 +193,29 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
       return absl::InvalidArgumentError(absl::StrCat("stop_at_layer ", plan.stop_at_layer,
                                                      " is outside [0, ", config.n_layers, "]"));
     }
-    for (const ResolvedCapture& rc : plan.captures) {
+    // A glob keeps the hooks the shortened pass reaches; a hook named exactly must be reached.
+    std::vector<ResolvedCapture> reached;
+    for (ResolvedCapture& rc : plan.captures) {
       const HookInfo& info = plan.model->model->hooks().info(rc.hook);
-      if (info.layer < 0 ? info.kind != HookKind::kEmbed && info.kind != HookKind::kPosEmbed
-                         : info.layer >= plan.stop_at_layer) {
+      const bool reachable = info.layer < 0 ? info.kind == HookKind::kEmbed || info.kind == HookKind::kPosEmbed
+                                            : info.layer < plan.stop_at_layer;
+      if (reachable) {
+        reached.push_back(std::move(rc));
+      } else if (rc.spec.hook.find_first_of("*?") == std::string::npos) {
         return absl::InvalidArgumentError(absl::StrCat(
             "capture ", info.name, " is never reached with stop_at_layer ", plan.stop_at_layer));
       }
     }
+    for (const CaptureSpec& spec : specs) {
+      const bool any = std::any_of(reached.begin(), reached.end(),
+                                   [&](const ResolvedCapture& rc) { return rc.spec.hook == spec.hook; });
+      if (!any) {
+        return absl::InvalidArgumentError(absl::StrCat("capture \"", spec.hook,
+                                                       "\" matches no hook before stop_at_layer ",
+                                                       plan.stop_at_layer));
+      }
+    }
+    plan.captures = std::move(reached);
   }
   for (const ResolvedCapture& rc : plan.captures) {
     for (const CaptureOutputInfo& o : rc.outputs) plan.tensors.push_back({o.name, o.shape, o.dim_names, o.dtype});

@@ -336,6 +336,19 @@ TEST_F(ServiceTest, AnalysesOverGrpc) {
   }
 }
 
+// With stop_at_layer, a glob keeps only the hooks the shortened pass reaches.
+TEST_F(ServiceTest, StopAtLayerTrimsGlobs) {
+  pb::RunRequest request;
+  request.set_model("gpt2");
+  AddIds(request.mutable_inputs()->add_token_ids(), {1, 2, 3});
+  request.set_stop_at_layer(1);
+  request.add_captures()->set_hook("blocks.*.hook_resid_pre");
+  Received got = Run(request);
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+  ASSERT_EQ(got.header.tensors_size(), 1);
+  EXPECT_EQ(got.header.tensors(0).name(), "blocks.0.hook_resid_pre");
+}
+
 TEST_F(ServiceTest, ModelsInfoAndErrors) {
   auto stub = pb::Glassbox::NewStub(*channel_);
   {
@@ -411,6 +424,7 @@ TEST_F(ServiceTest, BadRequestCorpus) {
       {"intervention value size", [](auto& r) { auto* i = r.add_interventions(); i->set_hook("hook_embed"); i->set_kind(pb::INTERVENTION_ADD); i->add_value(1); i->add_value(2); }, grpc::StatusCode::INVALID_ARGUMENT, "the value has 2 elements"},
       {"intervention unknown hook", [](auto& r) { auto* i = r.add_interventions(); i->set_hook("blocks.9.hook_z"); i->set_kind(pb::INTERVENTION_ZERO); }, grpc::StatusCode::INVALID_ARGUMENT, "unknown hook point"},
       {"patch source row", [](auto& r) { auto* i = r.add_interventions(); i->set_hook("hook_embed"); i->set_kind(pb::INTERVENTION_PATCH_ROW); i->add_source_rows(5); }, grpc::StatusCode::INVALID_ARGUMENT, "source row 5"},
+      {"glob after stop", [](auto& r) { r.set_stop_at_layer(1); r.add_captures()->set_hook("blocks.1.*"); }, grpc::StatusCode::INVALID_ARGUMENT, "matches no hook before stop_at_layer 1"},
       {"capture after stop", [](auto& r) { r.set_stop_at_layer(1); r.add_captures()->set_hook("blocks.1.hook_resid_pre"); }, grpc::StatusCode::INVALID_ARGUMENT, "never reached"},
   };
   for (const Case& c : cases) {
