@@ -16,9 +16,10 @@ For the last token of the prompt it prints, per layer, the norm of blocks.{l}.ho
 how much that layer changed the residual, and the cosine similarity with the final residual
 (what ln_final normalizes); then ln_final's scale and the model's top-k next tokens.
 
-A true logit lens projects every layer's residual through ln_final and the unembedding W_U.
-The server does not hand out weights, so this script stops at what the captures show; the
-server-side logit lens (each layer's top tokens, computed next to the weights) is issue 6.
+Then the logit lens proper, computed on the server next to the weights (``model.logit_lens``):
+the residual before each block and after the last, each through a freshly computed ln_final and
+the unembedding W_U, with each layer's top tokens and the log-prob it gives the model's final
+prediction.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def main(argv: List[str]) -> int:
             ],
             logits="last",
         )
+        final_top = int(np.argmax(result.logits[0]))
+        lens = model.logit_lens(
+            [prompt] if isinstance(prompt, list) else prompt, top_k=3, target_tokens=[final_top]
+        )
 
     tokens = result.tokens[0]
     if model.info.has_tokenizer:
@@ -96,6 +101,13 @@ def main(argv: List[str]) -> int:
     print(f"\ntop {args.top_k} next tokens:")
     for token, label in zip(top, labels):
         print(f"  {label!r:>12}  id {token:>6}  logit {logits[token]:8.3f}  p {np.exp(log_probs[token]):.4f}")
+    # lens.top_tokens: [layer, batch, pos, k]; the last position of the one row.
+    last = len(tokens) - 1
+    print(f"\nlogit lens at the last token (log p of the final top token {final_top}):")
+    for i, label in enumerate(lens.labels):
+        top = lens.top_tokens[i, 0, last].tolist()
+        shown = model.to_str_tokens(np.asarray(top)) if model.info.has_tokenizer else top
+        print(f"  {label:>10}  top {str(shown):<28} log p(final) {lens.target_log_probs[i, 0, last, 0]:8.3f}")
     print(f"\nserver: forward {result.timings.forward_seconds * 1e3:.1f} ms, {result.bytes_sent} bytes streamed")
     return 0
 

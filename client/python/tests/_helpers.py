@@ -18,9 +18,12 @@ _SAFETENSORS_DTYPES = {"F32": "<f4", "F64": "<f8", "I64": "<i8", "I32": "<i4", "
 
 
 @lru_cache(maxsize=None)
-def reference(model: str) -> Dict[str, np.ndarray]:
-    """tests/fixtures/expected/<model>.safetensors, read without the safetensors package."""
-    path = FIXTURES / "expected" / f"{model}.safetensors"
+def reference(model: str, part: str = "") -> Dict[str, np.ndarray]:
+    """tests/fixtures/expected/<model>[.<part>].safetensors, read without the safetensors package.
+
+    ``part``: "" (activations), "interventions", "patching" or "analyses".
+    """
+    path = FIXTURES / "expected" / (f"{model}.{part}.safetensors" if part else f"{model}.safetensors")
     data = path.read_bytes()
     (header_len,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + header_len])

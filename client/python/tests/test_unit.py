@@ -86,3 +86,30 @@ def test_error_mapping():
         error = error_for_status(code, "why")
         assert type(error) is cls and error.code == code and error.message == "why"
         assert str(error) == f"{code.name}: why"
+
+
+def test_decode_array():
+    from glassbox._analyses import decode_array
+
+    floats = decode_array(pb.Array(shape=[2, 3], dim_names=["layer", "pos"], values=range(6)))
+    assert floats.dtype == np.float32 and floats.shape == (2, 3) and floats[1, 2] == 5
+    ints = decode_array(pb.Array(shape=[2], indices=[7, 9]))
+    assert ints.dtype == np.int32 and ints.tolist() == [7, 9]
+    assert decode_array(pb.Array()) is None
+    assert decode_array(pb.Array(shape=[0, 4])).shape == (0, 4)
+    with pytest.raises(glassbox.MalformedStream, match="shape"):
+        decode_array(pb.Array(shape=[2, 2], values=[1.0]))
+
+
+def test_intervention_protos():
+    from glassbox._interventions import intervention_protos
+
+    protos = intervention_protos([glassbox.Zero("hook_embed"), glassbox.PatchRows("hook_embed", {2: 0})], batch=3)
+    assert [p.kind for p in protos] == [pb.INTERVENTION_ZERO, pb.INTERVENTION_PATCH_ROW]
+    assert not protos[0].HasField("coefficient")
+    assert list(protos[1].rows) == [2] and list(protos[1].source_rows) == [0, 1, 0]
+    add = intervention_protos(glassbox.Add("hook_embed", np.ones((2, 2)), coef=-1), batch=1)[0]
+    assert add.coefficient == -1 and list(add.value) == [1.0] * 4
+    mean = intervention_protos(glassbox.MeanAblate("hook_embed", over="pos"), batch=1)[0]
+    assert mean.kind == pb.INTERVENTION_MEAN_POS
+    assert intervention_protos(None, batch=1) == []

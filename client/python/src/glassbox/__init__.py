@@ -6,11 +6,24 @@
     logits, cache = model.run_with_cache("The cat sat on the", names_filter="blocks.*.hook_resid_post")
     cache["blocks.3.hook_resid_post"].shape   # (1, pos, d_model), a numpy array
 
-Names follow TransformerLens: hook names, ``run_with_cache``, ``to_tokens``, ``to_str_tokens``,
-``ActivationCache``, ``cfg``. Every server error is a ``GlassboxError`` subclass carrying the
-gRPC status ``code`` and ``message``.
+Names follow TransformerLens: hook names, ``run_with_cache``, ``run_with_hooks``, ``to_tokens``,
+``to_str_tokens``, ``ActivationCache``, ``cfg``. Interventions are typed objects (``Zero``,
+``Scale``, ``Add``, ``Set``, ``MeanAblate``, ``PatchRows``) passed as ``interventions=``;
+analyses run on the server (``patching_sweep``, ``logit_lens``, ``direct_logit_attribution``,
+``attention_norms``). Every server error is a ``GlassboxError`` subclass carrying the gRPC
+status ``code`` and ``message``.
 """
 
+from ._analyses import (
+    AttentionNormsLayer,
+    AttentionNormsResult,
+    DirectLogitAttributionResult,
+    LogitDiff,
+    LogitLensResult,
+    LogProb,
+    Loss,
+    PatchingResult,
+)
 from ._cache import ActivationCache, get_act_name
 from ._client import Client, connect
 from ._errors import (
@@ -33,6 +46,7 @@ from ._errors import (
     Unimplemented,
     Unknown,
 )
+from ._interventions import Add, Intervention, MeanAblate, PatchRows, Scale, Set, Zero
 from ._model import Model, RunResult
 from ._stream import RunStream
 from ._types import (
@@ -50,7 +64,10 @@ __version__ = "0.1.0"
 
 # Public classes show as glassbox.X (not glassbox._errors.X) in reprs and tracebacks.
 for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture", "RunResult",
-              "RunStream", "RunHeader", "RunSummary", "TensorInfo", "Timings", "ActivationCache"):
+              "RunStream", "RunHeader", "RunSummary", "TensorInfo", "Timings", "ActivationCache",
+              "Intervention", "Zero", "Scale", "Add", "Set", "MeanAblate", "PatchRows",
+              "LogitDiff", "LogProb", "Loss", "PatchingResult", "LogitLensResult",
+              "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer"):
     globals()[_name].__module__ = __name__
 for _cls in list(globals().values()):
     if isinstance(_cls, type) and issubclass(_cls, GlassboxError):
@@ -73,6 +90,21 @@ __all__ = [
     "Timings",
     "ActivationCache",
     "get_act_name",
+    "Intervention",
+    "Zero",
+    "Scale",
+    "Add",
+    "Set",
+    "MeanAblate",
+    "PatchRows",
+    "LogitDiff",
+    "LogProb",
+    "Loss",
+    "PatchingResult",
+    "LogitLensResult",
+    "DirectLogitAttributionResult",
+    "AttentionNormsResult",
+    "AttentionNormsLayer",
     "GlassboxError",
     "Cancelled",
     "Unknown",

@@ -18,10 +18,26 @@ from typing import (
 
 import numpy as np
 
+from ._analyses import (
+    AttentionNormsLayer,
+    AttentionNormsResult,
+    DirectLogitAttributionResult,
+    LogitDiff,
+    LogitLensResult,
+    LogProb,
+    Loss,
+    Metric,
+    PatchingResult,
+    TokenSpec,
+    _dims,
+    decode_array,
+    sweep_kind,
+)
 from ._cache import ActivationCache
+from ._interventions import Interventions, intervention_protos
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
 from ._stream import RunStream
-from ._types import Capture, ModelInfo, RunHeader, Timings
+from ._types import Capture, IndexSpec, ModelInfo, RunHeader, Timings, _indices
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._client import Client
@@ -246,6 +262,7 @@ class Model:
         inputs: Inputs,
         *,
         captures: NamesFilter = None,
+        interventions: Interventions = None,
         logits: LogitsSpec = "auto",
         loss_per_token: bool = False,
         target_tokens: Optional[Sequence[int]] = None,
@@ -261,6 +278,9 @@ class Model:
                 token lists (ragged rows are right-padded by the server).
             captures: hook names, globs (``"blocks.*.hook_resid_post"``) or Capture objects
                 (with selections, reductions, dtypes), or a predicate on hook names.
+            interventions: an Intervention (``Zero``, ``Scale``, ``Add``, ``Set``,
+                ``MeanAblate``, ``PatchRows``) or a list of them, applied in order at their hooks
+                (TransformerLens run_with_hooks semantics; captures see the edited values).
             logits: "all", "last", "none"/None, ("top_k", k), or "auto" ("all", or "none" with
                 stop_at_layer).
             loss_per_token: also return -log p(token[t+1] | ..t), [batch, pos - 1].
@@ -274,6 +294,7 @@ class Model:
         with self.stream(
             inputs,
             captures=captures,
+            interventions=interventions,
             logits=logits,
             loss_per_token=loss_per_token,
             target_tokens=target_tokens,
@@ -317,18 +338,60 @@ class Model:
 
         ``names_filter`` is None (every hook point the run reaches), a hook name or glob, a
         Capture, a list of those, or a predicate on hook names. Other keyword arguments are
-        ``run``'s; logits default to "all" ([batch, pos, vocab]), or None with stop_at_layer.
+        ``run``'s (``interventions=`` among them); logits default to "all" ([batch, pos,
+        vocab]), or None with stop_at_layer.
         """
         if names_filter is None:
             names_filter = _all_hooks
         result = self.run(input, captures=names_filter, **kwargs)
         return result.logits, result.cache
 
+    def run_with_hooks(
+        self,
+        input: Inputs,
+        interventions: Interventions = None,
+        *,
+        return_type: Optional[Literal["logits", "loss", "both"]] = "logits",
+        loss_per_token: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """TransformerLens's ``run_with_hooks``, with typed interventions for ``fwd_hooks``.
+
+        Returns the logits [batch, pos, vocab] (``return_type="logits"``), the loss
+        (``"loss"``: the mean next-token loss over every real token of the batch, a float; with
+        ``loss_per_token=True`` the [batch, pos - 1] array, 0 at padding), ``(logits, loss)``
+        (``"both"``) or None. Other keyword arguments are ``run``'s (``logits=`` picks another
+        logits form).
+        """
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        want_loss = return_type in ("loss", "both")
+        if return_type in ("loss", None):
+            kwargs.setdefault("logits", "none")
+        result = self.run(input, interventions=interventions, loss_per_token=want_loss, **kwargs)
+        loss: Any = None
+        if want_loss:
+            per_token = result.loss_per_token
+            assert per_token is not None
+            if loss_per_token:
+                loss = per_token
+            else:
+                targets = int(np.maximum(result.sequence_lengths - 1, 0).sum())
+                loss = float(per_token.sum(dtype=np.float64) / targets) if targets else float("nan")
+        if return_type == "logits":
+            return result.logits
+        if return_type == "loss":
+            return loss
+        if return_type == "both":
+            return result.logits, loss
+        return None
+
     def stream(
         self,
         inputs: Inputs,
         *,
         captures: NamesFilter = None,
+        interventions: Interventions = None,
         logits: LogitsSpec = "none",
         loss_per_token: bool = False,
         target_tokens: Optional[Sequence[int]] = None,
@@ -351,15 +414,198 @@ class Model:
                 stop_at_layer += self.info.n_layers
         if logits == "auto":
             logits = "none" if stop_at_layer is not None else "all"
+        proto_inputs = build_inputs(inputs, prepend_bos)
         request = pb.RunRequest(
             model=self.name,
-            inputs=build_inputs(inputs, prepend_bos),
+            inputs=proto_inputs,
             captures=[c._to_proto() for c in self._captures(captures, stop_at_layer)],
+            interventions=intervention_protos(interventions, _batch_size(proto_inputs)),
             outputs=build_outputs(logits, loss_per_token, target_tokens),
             stop_at_layer=stop_at_layer,
             chunk_bytes=int(chunk_bytes),
         )
         return RunStream(self._client._stream("Run", request, timeout), _output_names(request.outputs))
+
+    # ---- analyses (server-side; definitions in METHODS.md) ----
+
+    def to_single_token(self, token: TokenSpec) -> int:
+        """A token id: an int passes through; a string must tokenize to exactly one token."""
+        if isinstance(token, str):
+            response = self._client._unary(
+                "Tokenize", pb.TokenizeRequest(model=self.name, text=token, prepend_bos=False)
+            )
+            if len(response.ids) != 1:
+                raise ValueError(f"{token!r} is {len(response.ids)} tokens {list(response.str_tokens)}, not one")
+            return int(response.ids[0])
+        if not _is_int(token):
+            raise TypeError(f"a token must be an int id or a one-token string, got {token!r}")
+        (token,) = _token_row([token], "token")
+        return int(token)
+
+    def _metric_proto(self, metric: Metric) -> "pb.PatchingMetric":
+        if isinstance(metric, LogitDiff):
+            return pb.PatchingMetric(kind=pb.PatchingMetric.LOGIT_DIFF,
+                                     token_a=self.to_single_token(metric.token_a),
+                                     token_b=self.to_single_token(metric.token_b))
+        if isinstance(metric, LogProb):
+            return pb.PatchingMetric(kind=pb.PatchingMetric.LOG_PROB, token_a=self.to_single_token(metric.token))
+        if isinstance(metric, Loss) or metric is Loss:
+            return pb.PatchingMetric(kind=pb.PatchingMetric.LOSS)
+        raise TypeError(f"metric must be LogitDiff(a, b), LogProb(token) or Loss(), got {metric!r}")
+
+    def patching_sweep(
+        self,
+        clean: Inputs,
+        corrupted: Inputs,
+        kind: str = "resid_pre",
+        metric: Metric = Loss(),
+        *,
+        normalized: bool = False,
+        max_rows_per_pass: int = 0,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> PatchingResult:
+        """Activation patching over every cell of a sweep, as transformer_lens.patching
+        defines it, run on the server as a few batched forward passes.
+
+        For each cell, the corrupted input runs with that one activation replaced by its value
+        in the clean run, and the metric is read from the patched logits (averaged over the
+        prompt pairs). Clean and corrupted rows pair up and must all have the same length.
+
+        Args:
+            clean, corrupted: inputs as for ``run`` (same shape).
+            kind: "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out" ([layer, pos]);
+                "head_out_all_pos" ([layer, head]), "head_out_by_pos" ([layer, pos, head]) at
+                hook_z; "q_all_pos" ([layer, head]), "k_all_pos", "v_all_pos" ([layer, kv_head]).
+            metric: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Loss()``; tokens as ids or
+                one-token strings.
+            normalized: make ``values`` (m - m_corrupted) / (m_clean - m_corrupted).
+            max_rows_per_pass: rows per forward pass (0: the server's default).
+        """
+        name, kind_enum = sweep_kind(kind)
+        request = pb.PatchingSweepRequest(
+            model=self.name,
+            clean=build_inputs(clean, prepend_bos),
+            corrupted=build_inputs(corrupted, prepend_bos),
+            kind=kind_enum,
+            metric=self._metric_proto(metric),
+            max_rows_per_pass=int(max_rows_per_pass),
+        )
+        response = self._client._unary("PatchingSweep", request, timeout)
+        raw = decode_array(response.values)
+        norm = decode_array(response.normalized)
+        assert raw is not None and norm is not None
+        return PatchingResult(
+            kind=name,
+            values=norm if normalized else raw,
+            dim_names=_dims(response.values),
+            raw=raw,
+            normalized=norm,
+            clean_metric=float(response.clean_metric),
+            corrupted_metric=float(response.corrupted_metric),
+            forward_passes=int(response.forward_passes),
+            seconds=float(response.seconds),
+        )
+
+    def logit_lens(
+        self,
+        input: Inputs,
+        top_k: int = 5,
+        target_tokens: Optional[Sequence[TokenSpec]] = None,
+        *,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> LogitLensResult:
+        """The logit lens at every layer and position: TransformerLens
+        ``cache.accumulated_resid(apply_ln=True)`` through the unembedding, log-softmaxed.
+
+        Returns the top ``top_k`` tokens and their log-probs, and the log-probs of
+        ``target_tokens`` (ids or one-token strings), each [layer, batch, pos, .].
+        """
+        if not _is_int(top_k) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        targets = [self.to_single_token(t) for t in (target_tokens or [])]
+        response = self._client._unary(
+            "LogitLens",
+            pb.LogitLensRequest(model=self.name, inputs=build_inputs(input, prepend_bos), top_k=int(top_k),
+                                target_tokens=targets),
+            timeout,
+        )
+        top_log_probs = decode_array(response.top_log_probs)
+        top_tokens = decode_array(response.top_tokens)
+        assert top_log_probs is not None and top_tokens is not None
+        return LogitLensResult(
+            labels=tuple(response.labels),
+            top_log_probs=top_log_probs,
+            top_tokens=top_tokens,
+            target_tokens=tuple(targets),
+            target_log_probs=decode_array(response.target_log_probs) if targets else None,
+        )
+
+    def direct_logit_attribution(
+        self,
+        input: Inputs,
+        token: TokenSpec,
+        minus_token: Optional[TokenSpec] = None,
+        position: int = -1,
+        *,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> DirectLogitAttributionResult:
+        """Direct logit attribution of the final residual at ``position`` (negative counts from
+        each row's last real token) to ``token``'s logit, or to the logit difference
+        ``token - minus_token``: TransformerLens ``cache.logit_attrs`` with the cached
+        final-norm scale, per component (embeddings, each head, attention biases, each MLP).
+        """
+        if not _is_int(position):
+            raise TypeError(f"position must be an int, got {position!r}")
+        token_id = self.to_single_token(token)
+        minus_id = None if minus_token is None else self.to_single_token(minus_token)
+        request = pb.DirectLogitAttributionRequest(
+            model=self.name, inputs=build_inputs(input, prepend_bos), position=int(position), token=token_id
+        )
+        if minus_id is not None:
+            request.minus_token = minus_id
+        response = self._client._unary("DirectLogitAttribution", request, timeout)
+        attributions = decode_array(response.attributions)
+        logit = decode_array(response.logit)
+        constant = decode_array(response.constant)
+        assert attributions is not None and logit is not None and constant is not None
+        return DirectLogitAttributionResult(
+            labels=tuple(response.labels),
+            attributions=attributions,
+            logit=logit,
+            constant=constant,
+            token=token_id,
+            minus_token=minus_id,
+            position=int(position),
+        )
+
+    def attention_norms(
+        self,
+        input: Inputs,
+        layers: IndexSpec = None,
+        *,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> AttentionNormsResult:
+        """Attention weights beside attention norms (Kobayashi et al., 2020) for ``layers``
+        (None: all): per layer, alpha [batch, head, q, k], ||alpha f_h(u_j)|| per head and
+        ||sum_h alpha f_h(u_j)|| [batch, q, k]. Keyed by layer index."""
+        chosen = list(_indices(layers, "layers"))
+        response = self._client._unary(
+            "AttentionNorms",
+            pb.AttentionNormsRequest(model=self.name, inputs=build_inputs(input, prepend_bos), layers=chosen),
+            timeout,
+        )
+        out = {}
+        for layer in response.layers:
+            weights = decode_array(layer.weights)
+            head_norms = decode_array(layer.head_norms)
+            layer_norms = decode_array(layer.layer_norms)
+            assert weights is not None and head_norms is not None and layer_norms is not None
+            out[int(layer.layer)] = AttentionNormsLayer(int(layer.layer), weights, head_norms, layer_norms)
+        return AttentionNormsResult(out)
 
     def _captures(self, spec: NamesFilter, stop_at_layer: Optional[int]) -> List[Capture]:
         if spec is None:
@@ -401,6 +647,10 @@ def _check_unique_names(header: RunHeader) -> None:
                 "each hook once per run (or use stream(), which yields every tensor in order)"
             )
         seen.add(t.name)
+
+
+def _batch_size(inputs: "pb.Inputs") -> int:
+    return len(inputs.texts) if inputs.texts else len(inputs.token_ids)
 
 
 def _output_names(outputs: "pb.Outputs") -> frozenset:
