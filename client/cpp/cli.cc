@@ -2,7 +2,10 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <deque>
 #include <iostream>
 #include <map>
 #include <set>
@@ -11,6 +14,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -40,6 +44,11 @@ enum class FlagKind {
 constexpr uint32_t Bit(Command c) { return 1u << static_cast<int>(c); }
 constexpr uint32_t kAll = ~0u;
 constexpr uint32_t kRunOnly = Bit(Command::kRun);
+constexpr uint32_t kPatchOnly = Bit(Command::kPatch);
+// Commands that take one batch of --text / --tokens rows.
+constexpr uint32_t kRowInputs =
+    kRunOnly | Bit(Command::kLogitLens) | Bit(Command::kDla) | Bit(Command::kAttnNorms);
+constexpr uint32_t kWithOut = kRowInputs | kPatchOnly;
 
 struct FlagSpec {
   std::string_view name;
@@ -54,16 +63,17 @@ constexpr FlagSpec kFlags[] = {
     {"tls", FlagKind::kBool, kAll},
     {"tls_root_cert", FlagKind::kValue, kAll},
     {"timeout", FlagKind::kValue, kAll},
-    {"prepend_bos", FlagKind::kBool, Bit(Command::kTokenize) | kRunOnly},
+    {"prepend_bos", FlagKind::kBool, Bit(Command::kTokenize) | kWithOut},
     {"split_special_tokens", FlagKind::kBool, Bit(Command::kTokenize)},
     {"skip_special_tokens", FlagKind::kBool, Bit(Command::kDetokenize)},
-    {"model", FlagKind::kValue, kRunOnly},
-    {"text", FlagKind::kRepeated, kRunOnly},
-    {"tokens", FlagKind::kRepeated, kRunOnly},
+    {"model", FlagKind::kValue, kWithOut},
+    {"text", FlagKind::kRepeated, kRowInputs},
+    {"tokens", FlagKind::kRepeated, kRowInputs},
+    {"intervene", FlagKind::kRepeated, kRunOnly},
     {"capture", FlagKind::kRepeated, kRunOnly},
     {"positions", FlagKind::kRepeated, kRunOnly},
     {"heads", FlagKind::kRepeated, kRunOnly},
-    {"layers", FlagKind::kRepeated, kRunOnly},
+    {"layers", FlagKind::kRepeated, kRunOnly | Bit(Command::kAttnNorms)},
     {"dtype", FlagKind::kValue, kRunOnly},
     {"reduce", FlagKind::kValue, kRunOnly},
     {"k", FlagKind::kValue, kRunOnly},
@@ -73,7 +83,23 @@ constexpr FlagSpec kFlags[] = {
     {"target_tokens", FlagKind::kRepeated, kRunOnly},
     {"stop_at_layer", FlagKind::kValue, kRunOnly},
     {"chunk_bytes", FlagKind::kValue, kRunOnly},
-    {"out", FlagKind::kValue, kRunOnly},
+    {"out", FlagKind::kValue, kWithOut},
+    // patch
+    {"clean_text", FlagKind::kRepeated, kPatchOnly},
+    {"corrupted_text", FlagKind::kRepeated, kPatchOnly},
+    {"clean_tokens", FlagKind::kRepeated, kPatchOnly},
+    {"corrupted_tokens", FlagKind::kRepeated, kPatchOnly},
+    {"kind", FlagKind::kValue, kPatchOnly},
+    {"metric", FlagKind::kValue, kPatchOnly},
+    {"normalized", FlagKind::kBool, kPatchOnly},
+    {"max_rows_per_pass", FlagKind::kValue, kPatchOnly},
+    // logit-lens, dla
+    {"top_k", FlagKind::kValue, Bit(Command::kLogitLens)},
+    {"targets", FlagKind::kRepeated, Bit(Command::kLogitLens)},
+    {"position", FlagKind::kValue, Bit(Command::kLogitLens) | Bit(Command::kDla)},
+    {"token", FlagKind::kValue, Bit(Command::kDla)},
+    {"minus", FlagKind::kValue, Bit(Command::kDla)},
+    {"top", FlagKind::kValue, Bit(Command::kDla)},
 };
 
 const FlagSpec* FindFlag(std::string_view name) {
@@ -132,12 +158,16 @@ absl::StatusOr<RawCommandLine> Tokenize(const std::vector<std::string>& args) {
       inline_value = std::string(body.substr(eq + 1));
       body = body.substr(0, eq);
     }
+    // --clean-text and --clean_text are the same flag.
     std::string name(body);
+    std::replace(name.begin(), name.end(), '-', '_');
     if (name == "h") name = "help";
     const FlagSpec* spec = FindFlag(name);
     bool negated = false;
     if (spec == nullptr && absl::StartsWith(name, "no")) {
-      const FlagSpec* positive = FindFlag(std::string_view(name).substr(2));
+      std::string_view positive_name = std::string_view(name).substr(2);
+      if (!positive_name.empty() && positive_name[0] == '_') positive_name.remove_prefix(1);
+      const FlagSpec* positive = FindFlag(positive_name);
       if (positive != nullptr && positive->kind == FlagKind::kBool) {
         spec = positive;
         negated = true;
@@ -165,15 +195,21 @@ absl::StatusOr<RawCommandLine> Tokenize(const std::vector<std::string>& args) {
   return raw;
 }
 
+constexpr char kCommandList[] =
+    "models, info, tokenize, detokenize, run, patch, logit-lens, dla, attn-norms";
+
 absl::StatusOr<Command> ParseCommand(std::string_view word) {
   if (word == "models") return Command::kModels;
   if (word == "info") return Command::kInfo;
   if (word == "tokenize") return Command::kTokenize;
   if (word == "detokenize") return Command::kDetokenize;
   if (word == "run") return Command::kRun;
+  if (word == "patch") return Command::kPatch;
+  if (word == "logit-lens" || word == "logit_lens") return Command::kLogitLens;
+  if (word == "dla") return Command::kDla;
+  if (word == "attn-norms" || word == "attn_norms") return Command::kAttnNorms;
   if (word == "help") return Command::kHelp;
-  return UsageError(absl::StrFormat(
-      "unknown command \"%s\" (commands: models, info, tokenize, detokenize, run)", word));
+  return UsageError(absl::StrFormat("unknown command \"%s\" (commands: %s)", word, kCommandList));
 }
 
 std::string_view CommandName(Command command) {
@@ -190,6 +226,14 @@ std::string_view CommandName(Command command) {
       return "detokenize";
     case Command::kRun:
       return "run";
+    case Command::kPatch:
+      return "patch";
+    case Command::kLogitLens:
+      return "logit-lens";
+    case Command::kDla:
+      return "dla";
+    case Command::kAttnNorms:
+      return "attn-norms";
   }
   return "?";
 }
@@ -239,29 +283,61 @@ absl::StatusOr<absl::Duration> ParseTimeout(const std::string& text) {
   return duration;
 }
 
-absl::Status ParseRun(const RawCommandLine& raw, Invocation& inv) {
-  glassbox::v1::RunRequest& request = inv.run;
+absl::StatusOr<std::string> RequiredModel(const RawCommandLine& raw, std::string_view command) {
   const std::optional<std::string> model = raw.Value("model");
-  if (!model.has_value() || model->empty()) return UsageError("run needs --model MODEL");
-  request.set_model(*model);
+  if (!model.has_value() || model->empty()) {
+    return UsageError(absl::StrFormat("%s needs --model MODEL", command));
+  }
+  return *model;
+}
 
-  glassbox::v1::Inputs& inputs = *request.mutable_inputs();
-  const std::vector<std::string> texts = raw.Values("text");
-  const std::vector<std::string> token_rows = raw.Values("tokens");
+// One batch of rows from --TEXT_FLAG / --TOKENS_FLAG (each repeatable, one row each, one kind).
+// --prepend_bos applies when the rows are texts.
+absl::Status ParseRowInputs(const RawCommandLine& raw, std::string_view command,
+                            std::string_view text_flag, std::string_view tokens_flag,
+                            glassbox::v1::Inputs& inputs) {
+  const std::vector<std::string> texts = raw.Values(text_flag);
+  const std::vector<std::string> token_rows = raw.Values(tokens_flag);
   if (texts.empty() == token_rows.empty()) {
-    return UsageError(
-        "run needs inputs as --text TEXT or as --tokens IDS (either may be repeated, one row "
-        "each), not both");
+    return UsageError(absl::StrFormat(
+        "%s needs inputs as --%s TEXT or as --%s IDS (either may be repeated, one row each), "
+        "not both",
+        command, text_flag, tokens_flag));
   }
   for (const std::string& text : texts) inputs.add_texts(text);
   for (const std::string& row : token_rows) {
-    GB_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIntList("tokens", {row}, 0));
-    if (ids.empty()) return UsageError("--tokens: a row needs at least one token id");
+    GB_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIntList(tokens_flag, {row}, 0));
+    if (ids.empty()) {
+      return UsageError(absl::StrFormat("--%s: a row needs at least one token id", tokens_flag));
+    }
     inputs.add_token_ids()->mutable_ids()->Add(ids.begin(), ids.end());
   }
   if (std::optional<std::string> bos = raw.Value("prepend_bos")) {
-    if (texts.empty()) return UsageError("--prepend_bos applies to --text inputs only");
+    if (texts.empty()) {
+      if (command == "patch" && (raw.Has("clean_text") || raw.Has("corrupted_text"))) {
+        return absl::OkStatus();  // applies to the other side of the pairs
+      }
+      return UsageError(absl::StrFormat("--prepend_bos applies to --%s inputs only", text_flag));
+    }
     inputs.set_prepend_bos(*bos == "true");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseOut(const RawCommandLine& raw, Invocation& inv) {
+  inv.out_path = raw.Value("out").value_or("");
+  if (raw.Has("out") && inv.out_path.empty()) return UsageError("--out needs a file name");
+  return absl::OkStatus();
+}
+
+absl::Status ParseRun(const RawCommandLine& raw, const Environment& env, Invocation& inv) {
+  glassbox::v1::RunRequest& request = inv.run;
+  GB_ASSIGN_OR_RETURN(std::string model, RequiredModel(raw, "run"));
+  request.set_model(model);
+  GB_RETURN_IF_ERROR(ParseRowInputs(raw, "run", "text", "tokens", *request.mutable_inputs()));
+  const ValueLoader load = env.load_value ? env.load_value : ValueLoader(&LoadValueFile);
+  for (const std::string& spec : raw.Values("intervene")) {
+    GB_ASSIGN_OR_RETURN(*request.add_interventions(), ParseInterventionSpec(spec, load));
   }
 
   // Capture options apply to every --capture.
@@ -355,14 +431,111 @@ absl::Status ParseRun(const RawCommandLine& raw, Invocation& inv) {
     GB_ASSIGN_OR_RETURN(int64_t value, ParseInt("chunk_bytes", *chunk, 1, UINT32_MAX));
     request.set_chunk_bytes(static_cast<uint32_t>(value));
   }
-  inv.out_path = raw.Value("out").value_or("");
-  if (raw.Has("out") && inv.out_path.empty()) return UsageError("--out needs a file name");
-  return absl::OkStatus();
+  return ParseOut(raw, inv);
+}
+
+absl::Status ParsePatch(const RawCommandLine& raw, Invocation& inv) {
+  glassbox::v1::PatchingSweepRequest& request = inv.patch;
+  GB_ASSIGN_OR_RETURN(std::string model, RequiredModel(raw, "patch"));
+  request.set_model(model);
+  GB_RETURN_IF_ERROR(
+      ParseRowInputs(raw, "patch", "clean_text", "clean_tokens", *request.mutable_clean()));
+  GB_RETURN_IF_ERROR(ParseRowInputs(raw, "patch", "corrupted_text", "corrupted_tokens",
+                                    *request.mutable_corrupted()));
+  const int clean_rows = request.clean().texts_size() + request.clean().token_ids_size();
+  const int corrupted_rows =
+      request.corrupted().texts_size() + request.corrupted().token_ids_size();
+  if (clean_rows != corrupted_rows) {
+    return UsageError(absl::StrFormat(
+        "patch pairs clean and corrupted rows: got %d clean and %d corrupted", clean_rows,
+        corrupted_rows));
+  }
+  const std::optional<std::string> kind = raw.Value("kind");
+  if (!kind.has_value()) {
+    return UsageError(
+        "patch needs --kind (resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, "
+        "head_out_by_pos, q, k, v)");
+  }
+  std::optional<glassbox::v1::SweepKind> sweep = ParseSweepKind(*kind);
+  if (!sweep.has_value()) {
+    return UsageError(absl::StrFormat(
+        "--kind: \"%s\" is not one of resid_pre, resid_mid, resid_post, attn_out, mlp_out, "
+        "head_out, head_out_by_pos, q, k, v",
+        *kind));
+  }
+  request.set_kind(*sweep);
+  const std::optional<std::string> metric = raw.Value("metric");
+  if (!metric.has_value()) {
+    return UsageError("patch needs --metric (logit_diff:A,B, log_prob:A or loss)");
+  }
+  GB_ASSIGN_OR_RETURN(*request.mutable_metric(), ParsePatchingMetric(*metric));
+  inv.print_normalized = raw.Value("normalized") == "true";
+  if (std::optional<std::string> rows = raw.Value("max_rows_per_pass")) {
+    GB_ASSIGN_OR_RETURN(int64_t value, ParseInt("max_rows_per_pass", *rows, 1, INT32_MAX));
+    request.set_max_rows_per_pass(static_cast<int32_t>(value));
+  }
+  return ParseOut(raw, inv);
+}
+
+absl::StatusOr<int32_t> ParsePosition(const RawCommandLine& raw) {
+  GB_ASSIGN_OR_RETURN(int64_t value,
+                      ParseInt("position", raw.Value("position").value_or("-1"), INT32_MIN,
+                               INT32_MAX));
+  return static_cast<int32_t>(value);
+}
+
+absl::Status ParseLogitLens(const RawCommandLine& raw, Invocation& inv) {
+  glassbox::v1::LogitLensRequest& request = inv.logit_lens;
+  GB_ASSIGN_OR_RETURN(std::string model, RequiredModel(raw, "logit-lens"));
+  request.set_model(model);
+  GB_RETURN_IF_ERROR(
+      ParseRowInputs(raw, "logit-lens", "text", "tokens", *request.mutable_inputs()));
+  GB_ASSIGN_OR_RETURN(int64_t top_k, ParseInt("top_k", raw.Value("top_k").value_or("5"), 1,
+                                              INT32_MAX));
+  request.set_top_k(static_cast<int32_t>(top_k));
+  GB_ASSIGN_OR_RETURN(std::vector<int32_t> targets,
+                      ParseIntList("targets", raw.Values("targets"), 0));
+  request.mutable_target_tokens()->Add(targets.begin(), targets.end());
+  GB_ASSIGN_OR_RETURN(inv.position, ParsePosition(raw));
+  return ParseOut(raw, inv);
+}
+
+absl::Status ParseDla(const RawCommandLine& raw, Invocation& inv) {
+  glassbox::v1::DirectLogitAttributionRequest& request = inv.dla;
+  GB_ASSIGN_OR_RETURN(std::string model, RequiredModel(raw, "dla"));
+  request.set_model(model);
+  GB_RETURN_IF_ERROR(ParseRowInputs(raw, "dla", "text", "tokens", *request.mutable_inputs()));
+  const std::optional<std::string> token = raw.Value("token");
+  if (!token.has_value()) return UsageError("dla needs --token ID (the logit to attribute)");
+  GB_ASSIGN_OR_RETURN(int64_t token_id, ParseInt("token", *token, 0, INT32_MAX));
+  request.set_token(static_cast<int32_t>(token_id));
+  if (std::optional<std::string> minus = raw.Value("minus")) {
+    GB_ASSIGN_OR_RETURN(int64_t minus_id, ParseInt("minus", *minus, 0, INT32_MAX));
+    request.set_minus_token(static_cast<int32_t>(minus_id));
+  }
+  GB_ASSIGN_OR_RETURN(inv.position, ParsePosition(raw));
+  request.set_position(inv.position);
+  GB_ASSIGN_OR_RETURN(int64_t top, ParseInt("top", raw.Value("top").value_or("10"), 0,
+                                            INT32_MAX));
+  inv.top = static_cast<int32_t>(top);
+  return ParseOut(raw, inv);
+}
+
+absl::Status ParseAttnNorms(const RawCommandLine& raw, Invocation& inv) {
+  glassbox::v1::AttentionNormsRequest& request = inv.attn_norms;
+  GB_ASSIGN_OR_RETURN(std::string model, RequiredModel(raw, "attn-norms"));
+  request.set_model(model);
+  GB_RETURN_IF_ERROR(
+      ParseRowInputs(raw, "attn-norms", "text", "tokens", *request.mutable_inputs()));
+  GB_ASSIGN_OR_RETURN(std::vector<int32_t> layers, ParseIntList("layers", raw.Values("layers"), 0));
+  request.mutable_layers()->Add(layers.begin(), layers.end());
+  return ParseOut(raw, inv);
 }
 
 // ---- execution ----
 
 constexpr char kLocalPayloadUrl[] = "type.glassbox.dev/glassbox.cli.local";
+constexpr char kUsagePayloadUrl[] = "type.glassbox.dev/glassbox.cli.usage";
 
 int Fail(const absl::Status& status, std::ostream& err) {
   err << "glassbox: " << absl::StatusCodeToString(status.code()) << ": " << status.message()
@@ -441,6 +614,9 @@ absl::Status RunModel(client::Client& client, const Invocation& inv, std::ostrea
   out << absl::StrFormat("model %s: batch %d, tokens per row [%s]\n", header.model(),
                          header.sequence_lengths_size(),
                          absl::StrJoin(header.sequence_lengths(), ", "));
+  for (const glassbox::v1::Intervention& intervention : inv.run.interventions()) {
+    out << "  intervene " << FormatIntervention(intervention) << "\n";
+  }
   size_t width = 0;
   for (const ReceivedTensor& t : result.tensors) width = std::max(width, t.name.size());
   int64_t total_bytes = 0;
@@ -456,6 +632,443 @@ absl::Status RunModel(client::Client& client, const Invocation& inv, std::ostrea
     absl::StatusOr<int> written = WriteRunSafetensors(inv.out_path, inv.run, result, err);
     if (!written.ok()) return MarkLocal(written.status());
     out << absl::StrFormat("wrote %d tensors to %s\n", *written, inv.out_path);
+  }
+  return absl::OkStatus();
+}
+
+// ---- analyses ----
+
+// Columns padded to their widest cell: the first `left` columns left-aligned, the others
+// right-aligned (numbers).
+void PrintTable(const std::vector<std::vector<std::string>>& rows, std::ostream& out,
+                size_t left = 1, std::string_view indent = "  ") {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    if (widths.size() < row.size()) widths.resize(row.size(), 0);
+    for (size_t c = 0; c < row.size(); ++c) widths[c] = std::max(widths[c], row[c].size());
+  }
+  for (const auto& row : rows) {
+    std::string line(indent);
+    for (size_t c = 0; c < row.size(); ++c) {
+      if (c > 0) line += "  ";
+      const std::string pad(widths[c] - row[c].size(), ' ');
+      line += c < left ? row[c] + pad : pad + row[c];
+    }
+    out << std::string(absl::StripTrailingAsciiWhitespace(line)) << "\n";
+  }
+}
+
+// Four decimals; a value that rounds to zero prints as 0.0000, never -0.0000.
+std::string Number(double value) {
+  std::string text = absl::StrFormat("%.4f", value);
+  if (text == "-0.0000") text = "0.0000";
+  return text;
+}
+
+// Every row's token ids: --tokens rows as given, --text rows tokenized by the server (with the
+// same prepend_bos). `inputs` is rewritten to the token rows, so that what runs is what the
+// output describes.
+absl::StatusOr<std::vector<std::vector<int32_t>>> ResolveRows(client::Client& client,
+                                                              const std::string& model,
+                                                              glassbox::v1::Inputs& inputs) {
+  std::vector<std::vector<int32_t>> rows;
+  for (const auto& row : inputs.token_ids()) rows.emplace_back(row.ids().begin(), row.ids().end());
+  if (inputs.texts_size() == 0) return rows;
+  for (const std::string& text : inputs.texts()) {
+    glassbox::v1::TokenizeRequest request;
+    request.set_model(model);
+    request.set_text(text);
+    if (inputs.has_prepend_bos()) request.set_prepend_bos(inputs.prepend_bos());
+    GB_ASSIGN_OR_RETURN(glassbox::v1::TokenizeResponse response, client.Tokenize(request));
+    rows.emplace_back(response.ids().begin(), response.ids().end());
+  }
+  inputs.clear_texts();
+  inputs.clear_prepend_bos();
+  for (const auto& row : rows) inputs.add_token_ids()->mutable_ids()->Add(row.begin(), row.end());
+  return rows;
+}
+
+// Position `p` of a row of `length` tokens (negative counts from the end); usage error when
+// it is outside the row.
+absl::StatusOr<int64_t> RowPosition(int32_t p, size_t row, size_t length) {
+  const int64_t index = p < 0 ? static_cast<int64_t>(length) + p : p;
+  if (index < 0 || index >= static_cast<int64_t>(length)) {
+    return MarkUsage(absl::InvalidArgumentError(absl::StrFormat(
+        "--position %d is outside row %d (%d tokens)", p, row, length)));
+  }
+  return index;
+}
+
+// Each id decoded alone, when the model has a tokenizer; empty otherwise.
+absl::StatusOr<std::map<int32_t, std::string>> TokenStrings(client::Client& client,
+                                                            const std::string& model,
+                                                            const std::set<int32_t>& ids) {
+  std::map<int32_t, std::string> strings;
+  if (ids.empty()) return strings;
+  glassbox::v1::DetokenizeRequest request;
+  request.set_model(model);
+  request.mutable_ids()->Add(ids.begin(), ids.end());
+  absl::StatusOr<glassbox::v1::DetokenizeResponse> response = client.Detokenize(request);
+  if (!response.ok()) {
+    if (response.status().code() == absl::StatusCode::kFailedPrecondition) return strings;
+    return response.status();
+  }
+  if (response->str_tokens_size() != request.ids_size()) return strings;
+  for (int i = 0; i < request.ids_size(); ++i) strings[request.ids(i)] = response->str_tokens(i);
+  return strings;
+}
+
+std::string TokenLabel(int32_t id, const std::map<int32_t, std::string>& strings) {
+  auto it = strings.find(id);
+  return it == strings.end() ? absl::StrCat(id) : absl::StrCat(id, " ", QuoteToken(it->second));
+}
+
+// Tensors for a safetensors file, from response arrays and small host vectors.
+class SafetensorsBuilder {
+ public:
+  void AddArray(const std::string& name, const glassbox::v1::Array& array) {
+    if (client::IsEmptyArray(array)) return;
+    std::vector<int64_t> shape = client::ArrayShape(array);
+    if (array.indices_size() > 0) {
+      tensors_.push_back({.name = name, .dtype = SafetensorsDtype::kI32, .shape = std::move(shape),
+                          .bytes = std::as_bytes(std::span<const int32_t>(
+                              array.indices().data(), array.indices_size()))});
+    } else {
+      tensors_.push_back({.name = name, .dtype = SafetensorsDtype::kF32, .shape = std::move(shape),
+                          .bytes = std::as_bytes(std::span<const float>(array.values().data(),
+                                                                        array.values_size()))});
+    }
+  }
+  void AddFloats(const std::string& name, std::vector<int64_t> shape, std::vector<float> values) {
+    floats_.push_back(std::move(values));
+    tensors_.push_back({.name = name, .dtype = SafetensorsDtype::kF32, .shape = std::move(shape),
+                        .bytes = std::as_bytes(std::span<const float>(floats_.back()))});
+  }
+  void AddInts(const std::string& name, std::vector<int64_t> shape, std::vector<int32_t> values) {
+    ints_.push_back(std::move(values));
+    tensors_.push_back({.name = name, .dtype = SafetensorsDtype::kI32, .shape = std::move(shape),
+                        .bytes = std::as_bytes(std::span<const int32_t>(ints_.back()))});
+  }
+  // "input_ids" ([batch, max_len] i32, right-padded with 0) and "sequence_lengths" ([batch]).
+  void AddTokenRows(const std::vector<std::vector<int32_t>>& rows) {
+    size_t max_len = 0;
+    for (const auto& row : rows) max_len = std::max(max_len, row.size());
+    std::vector<int32_t> ids(rows.size() * max_len, 0), lengths;
+    for (size_t b = 0; b < rows.size(); ++b) {
+      std::copy(rows[b].begin(), rows[b].end(), ids.begin() + b * max_len);
+      lengths.push_back(static_cast<int32_t>(rows[b].size()));
+    }
+    AddInts("input_ids", {static_cast<int64_t>(rows.size()), static_cast<int64_t>(max_len)},
+            std::move(ids));
+    AddInts("sequence_lengths", {static_cast<int64_t>(rows.size())}, std::move(lengths));
+  }
+  template <typename Message>
+  void AddRequest(const std::string& model, const Message& request) {
+    metadata["glassbox.model"] = model;
+    std::string json;
+    if (google::protobuf::util::MessageToJsonString(request, &json).ok()) {
+      metadata["glassbox.request"] = json;
+    }
+  }
+  // A JSON array of strings (labels, dim names) as a metadata entry.
+  void AddLabels(const std::string& key, const auto& labels) {
+    std::vector<std::string> quoted;
+    for (const std::string& label : labels) {
+      quoted.push_back(absl::StrCat("\"", absl::CEscape(label), "\""));
+    }
+    metadata[key] = absl::StrCat("[", absl::StrJoin(quoted, ","), "]");
+  }
+  // Writes the file; a failure is local. Prints "wrote N tensors to PATH".
+  absl::Status Write(const std::string& path, std::ostream& out) {
+    absl::Status status = WriteSafetensors(path, tensors_, metadata);
+    if (!status.ok()) return MarkLocal(status);
+    out << absl::StrFormat("wrote %d tensors to %s\n", tensors_.size(), path);
+    return absl::OkStatus();
+  }
+
+  std::map<std::string, std::string> metadata;
+
+ private:
+  std::deque<std::vector<float>> floats_;  // a deque: growing it never moves an element
+  std::deque<std::vector<int32_t>> ints_;
+  std::vector<TensorToWrite> tensors_;
+};
+
+std::string MetricString(const glassbox::v1::PatchingMetric& metric) {
+  switch (metric.kind()) {
+    case glassbox::v1::PatchingMetric::LOGIT_DIFF:
+      return absl::StrFormat("logit[%d] - logit[%d] at the last position", metric.token_a(),
+                             metric.token_b());
+    case glassbox::v1::PatchingMetric::LOG_PROB:
+      return absl::StrFormat("log p(%d) at the last position", metric.token_a());
+    case glassbox::v1::PatchingMetric::LOSS:
+      return "mean next-token loss";
+    default:
+      return "?";
+  }
+}
+
+int InputRows(const glassbox::v1::Inputs& inputs) {
+  return inputs.texts_size() + inputs.token_ids_size();
+}
+
+absl::Status RunPatch(client::Client& client, const Invocation& inv, std::ostream& out) {
+  const glassbox::v1::PatchingSweepRequest& request = inv.patch;
+  GB_ASSIGN_OR_RETURN(glassbox::v1::PatchingSweepResponse response,
+                      client.PatchingSweep(request));
+  out << absl::StrFormat("patching sweep %s on %s: %d prompt pair%s, metric %s\n",
+                         SweepKindName(request.kind()), request.model(),
+                         InputRows(request.clean()), InputRows(request.clean()) == 1 ? "" : "s",
+                         MetricString(request.metric()));
+  out << absl::StrFormat("clean %.4f, corrupted %.4f; %d forward passes, %.3f s\n",
+                         response.clean_metric(), response.corrupted_metric(),
+                         response.forward_passes(), response.seconds());
+  const glassbox::v1::Array& shown =
+      inv.print_normalized ? response.normalized() : response.values();
+  const int rank = shown.shape_size();
+  auto dim_name = [&](int d, std::string_view fallback) {
+    return d < shown.dim_names_size() ? shown.dim_names(d) : std::string(fallback);
+  };
+  out << (inv.print_normalized
+              ? "normalized effect (m - m_corrupted) / (m_clean - m_corrupted)"
+              : "metric m with the cell's clean activation patched into the corrupted run")
+      << absl::StrFormat(", [%s]:\n", absl::StrJoin(shown.dim_names(), ", "));
+  const std::string col = dim_name(rank - 1, rank == 3 ? "head" : "pos");
+  const int64_t layers = shown.shape(0);
+  const int64_t cols = shown.shape(rank - 1);
+  const int64_t middle = rank == 3 ? shown.shape(1) : 1;
+  std::vector<std::vector<std::string>> table;
+  std::vector<std::string> header = {rank == 3 ? absl::StrCat("layer ", dim_name(1, "pos"))
+                                               : std::string("layer")};
+  for (int64_t c = 0; c < cols; ++c) header.push_back(absl::StrCat(col, " ", c));
+  table.push_back(header);
+  for (int64_t l = 0; l < layers; ++l) {
+    for (int64_t m = 0; m < middle; ++m) {
+      std::vector<std::string> row = {rank == 3 ? absl::StrCat(l, " ", m) : absl::StrCat(l)};
+      for (int64_t c = 0; c < cols; ++c) {
+        row.push_back(Number(rank == 3 ? client::FloatAt(shown, {l, m, c})
+                                       : client::FloatAt(shown, {l, c})));
+      }
+      table.push_back(std::move(row));
+    }
+  }
+  PrintTable(table, out);
+  if (!inv.out_path.empty()) {
+    SafetensorsBuilder file;
+    file.AddArray("values", response.values());
+    file.AddArray("normalized", response.normalized());
+    file.AddFloats("clean_metric", {1}, {static_cast<float>(response.clean_metric())});
+    file.AddFloats("corrupted_metric", {1}, {static_cast<float>(response.corrupted_metric())});
+    file.AddRequest(request.model(), request);
+    file.AddLabels("glassbox.dim_names", response.values().dim_names());
+    file.metadata["glassbox.forward_passes"] = absl::StrCat(response.forward_passes());
+    GB_RETURN_IF_ERROR(file.Write(inv.out_path, out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunLogitLens(client::Client& client, const Invocation& inv, std::ostream& out) {
+  glassbox::v1::LogitLensRequest request = inv.logit_lens;
+  GB_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> rows,
+                      ResolveRows(client, request.model(), *request.mutable_inputs()));
+  std::vector<int64_t> positions;
+  for (size_t b = 0; b < rows.size(); ++b) {
+    GB_ASSIGN_OR_RETURN(int64_t p, RowPosition(inv.position, b, rows[b].size()));
+    positions.push_back(p);
+  }
+  GB_ASSIGN_OR_RETURN(glassbox::v1::LogitLensResponse response, client.LogitLens(request));
+  const glassbox::v1::Array& top = response.top_log_probs();
+  const glassbox::v1::Array& ids = response.top_tokens();
+  const glassbox::v1::Array& targets = response.target_log_probs();
+  const int64_t layers = top.shape(0), k = top.shape(3);
+  if (top.shape(1) != static_cast<int64_t>(rows.size())) {
+    return absl::InternalError(absl::StrFormat("malformed response: %d rows for %d inputs",
+                                               top.shape(1), rows.size()));
+  }
+  const int64_t n_targets = client::IsEmptyArray(targets) ? 0 : targets.shape(3);
+  std::set<int32_t> wanted(request.target_tokens().begin(), request.target_tokens().end());
+  for (size_t b = 0; b < rows.size(); ++b) {
+    wanted.insert(rows[b][positions[b]]);
+    for (int64_t l = 0; l < layers; ++l) {
+      for (int64_t j = 0; j < k; ++j) {
+        wanted.insert(client::IntAt(ids, {l, static_cast<int64_t>(b), positions[b], j}));
+      }
+    }
+  }
+  GB_ASSIGN_OR_RETURN(auto strings, TokenStrings(client, request.model(), wanted));
+  out << absl::StrFormat(
+      "logit lens on %s: the next-token predictions of the residual stream before each block and "
+      "after the last (final norm and unembedding applied to each); token (log-prob)\n",
+      request.model());
+  for (size_t b = 0; b < rows.size(); ++b) {
+    const int64_t p = positions[b];
+    out << absl::StrFormat("row %d, position %d of %d (token %s):\n", b, p, rows[b].size(),
+                           TokenLabel(rows[b][p], strings));
+    std::vector<std::vector<std::string>> table;
+    std::vector<std::string> header = {"layer"};
+    for (int64_t j = 0; j < k; ++j) header.push_back(absl::StrCat("top ", j + 1));
+    for (int64_t t = 0; t < n_targets; ++t) {
+      header.push_back(absl::StrCat("log p(", request.target_tokens(static_cast<int>(t)), ")"));
+    }
+    table.push_back(header);
+    const int64_t row = static_cast<int64_t>(b);
+    for (int64_t l = 0; l < layers; ++l) {
+      std::vector<std::string> line = {response.labels(static_cast<int>(l))};
+      for (int64_t j = 0; j < k; ++j) {
+        line.push_back(absl::StrCat(TokenLabel(client::IntAt(ids, {l, row, p, j}), strings), " (",
+                                    Number(client::FloatAt(top, {l, row, p, j})), ")"));
+      }
+      for (int64_t t = 0; t < n_targets; ++t) {
+        line.push_back(Number(client::FloatAt(targets, {l, row, p, t})));
+      }
+      table.push_back(std::move(line));
+    }
+    PrintTable(table, out);
+  }
+  if (!inv.out_path.empty()) {
+    SafetensorsBuilder file;
+    file.AddArray("top_log_probs", top);
+    file.AddArray("top_tokens", ids);
+    file.AddArray("target_log_probs", targets);
+    file.AddTokenRows(rows);
+    file.AddRequest(request.model(), request);
+    file.AddLabels("glassbox.labels", response.labels());
+    GB_RETURN_IF_ERROR(file.Write(inv.out_path, out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunDla(client::Client& client, const Invocation& inv, std::ostream& out) {
+  glassbox::v1::DirectLogitAttributionRequest request = inv.dla;
+  GB_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> rows,
+                      ResolveRows(client, request.model(), *request.mutable_inputs()));
+  std::vector<int64_t> positions;
+  for (size_t b = 0; b < rows.size(); ++b) {
+    GB_ASSIGN_OR_RETURN(int64_t p, RowPosition(inv.position, b, rows[b].size()));
+    positions.push_back(p);
+  }
+  GB_ASSIGN_OR_RETURN(glassbox::v1::DirectLogitAttributionResponse response,
+                      client.DirectLogitAttribution(request));
+  const glassbox::v1::Array& attributions = response.attributions();
+  const int64_t components = attributions.shape(0);
+  if (attributions.shape(1) != static_cast<int64_t>(rows.size())) {
+    return absl::InternalError(absl::StrFormat("malformed response: %d rows for %d inputs",
+                                               attributions.shape(1), rows.size()));
+  }
+  std::set<int32_t> wanted = {request.token()};
+  if (request.has_minus_token()) wanted.insert(request.minus_token());
+  for (size_t b = 0; b < rows.size(); ++b) wanted.insert(rows[b][positions[b]]);
+  GB_ASSIGN_OR_RETURN(auto strings, TokenStrings(client, request.model(), wanted));
+  std::string what = absl::StrCat("logit[", TokenLabel(request.token(), strings), "]");
+  if (request.has_minus_token()) {
+    absl::StrAppend(&what, " - logit[", TokenLabel(request.minus_token(), strings), "]");
+  }
+  out << absl::StrFormat("direct logit attribution on %s: %s\n", request.model(), what);
+  for (size_t b = 0; b < rows.size(); ++b) {
+    const int64_t row = static_cast<int64_t>(b);
+    std::vector<std::pair<float, int64_t>> order;
+    double sum = 0;
+    for (int64_t c = 0; c < components; ++c) {
+      const float a = client::FloatAt(attributions, {c, row});
+      sum += a;
+      order.push_back({a, c});
+    }
+    std::stable_sort(order.begin(), order.end(), [](const auto& x, const auto& y) {
+      return std::fabs(x.first) > std::fabs(y.first);
+    });
+    out << absl::StrFormat(
+        "row %d, position %d (token %s): logit %s = components %s + constant %s\n", b,
+        positions[b], TokenLabel(rows[b][positions[b]], strings),
+        Number(client::FloatAt(response.logit(), {row})), Number(sum),
+        Number(client::FloatAt(response.constant(), {row})));
+    const int64_t shown = inv.top > 0 ? std::min<int64_t>(inv.top, components) : components;
+    std::vector<std::vector<std::string>> table = {{"component", "attribution"}};
+    for (int64_t i = 0; i < shown; ++i) {
+      table.push_back({response.labels(static_cast<int>(order[i].second)),
+                       Number(order[i].first)});
+    }
+    PrintTable(table, out);
+    if (shown < components) {
+      out << absl::StrFormat("  ... %d more, |attribution| <= %s (--top 0 shows all)\n",
+                             components - shown, Number(std::fabs(order[shown].first)));
+    }
+  }
+  if (!inv.out_path.empty()) {
+    SafetensorsBuilder file;
+    file.AddArray("attributions", attributions);
+    file.AddArray("logit", response.logit());
+    file.AddArray("constant", response.constant());
+    file.AddTokenRows(rows);
+    file.AddRequest(request.model(), request);
+    file.AddLabels("glassbox.labels", response.labels());
+    GB_RETURN_IF_ERROR(file.Write(inv.out_path, out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunAttnNorms(client::Client& client, const Invocation& inv, std::ostream& out) {
+  glassbox::v1::AttentionNormsRequest request = inv.attn_norms;
+  GB_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> rows,
+                      ResolveRows(client, request.model(), *request.mutable_inputs()));
+  GB_ASSIGN_OR_RETURN(glassbox::v1::AttentionNormsResponse response,
+                      client.AttentionNorms(request));
+  out << absl::StrFormat(
+      "attention norms on %s, %d row%s: what each head moves from the first token (key 0), "
+      "averaged over query positions i >= 1\n"
+      "  weight      mean a(i,0), the attention weight on the first token\n"
+      "  norm share  mean |a(i,0) f(x_0)| / sum_j |a(i,j) f(x_j)|, its share of the weighted "
+      "value norms\n"
+      "  norm        mean |a(i,0) f(x_0)|;  mean norm: mean |a(i,j) f(x_j)| over all keys j <= i\n"
+      "  (an attention sink: large weight, small norm share)\n",
+      request.model(), rows.size(), rows.size() == 1 ? "" : "s");
+  std::vector<std::vector<std::string>> table = {
+      {"layer", "head", "weight", "norm share", "norm", "mean norm"}};
+  for (const glassbox::v1::AttentionNormsLayer& layer : response.layers()) {
+    const glassbox::v1::Array& weights = layer.weights();
+    const glassbox::v1::Array& norms = layer.head_norms();
+    if (weights.shape(0) != static_cast<int64_t>(rows.size())) {
+      return absl::InternalError(absl::StrFormat("malformed response: %d rows for %d inputs",
+                                                 weights.shape(0), rows.size()));
+    }
+    for (int64_t h = 0; h < weights.shape(1); ++h) {
+      double weight = 0, share = 0, norm = 0, all_norms = 0;
+      int64_t queries = 0, pairs = 0;
+      for (int64_t b = 0; b < weights.shape(0); ++b) {
+        const int64_t len = std::min<int64_t>(static_cast<int64_t>(rows[b].size()),
+                                              weights.shape(2));
+        for (int64_t i = len > 1 ? 1 : 0; i < len; ++i) {
+          double row_norms = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            const double n = client::FloatAt(norms, {b, h, i, j});
+            row_norms += n;
+            all_norms += n;
+            ++pairs;
+          }
+          const double n0 = client::FloatAt(norms, {b, h, i, 0});
+          weight += client::FloatAt(weights, {b, h, i, 0});
+          norm += n0;
+          share += row_norms > 0 ? n0 / row_norms : 0;
+          ++queries;
+        }
+      }
+      const double q = std::max<int64_t>(queries, 1);
+      table.push_back({absl::StrCat(layer.layer()), absl::StrCat(h), Number(weight / q),
+                       Number(share / q), Number(norm / q),
+                       Number(all_norms / std::max<int64_t>(pairs, 1))});
+    }
+  }
+  PrintTable(table, out, 0);
+  if (!inv.out_path.empty()) {
+    SafetensorsBuilder file;
+    for (const glassbox::v1::AttentionNormsLayer& layer : response.layers()) {
+      const std::string prefix = absl::StrCat("blocks.", layer.layer(), ".");
+      file.AddArray(prefix + "weights", layer.weights());
+      file.AddArray(prefix + "head_norms", layer.head_norms());
+      file.AddArray(prefix + "layer_norms", layer.layer_norms());
+    }
+    file.AddTokenRows(rows);
+    file.AddRequest(request.model(), request);
+    GB_RETURN_IF_ERROR(file.Write(inv.out_path, out));
   }
   return absl::OkStatus();
 }
@@ -509,7 +1122,7 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
     return inv;
   }
   if (raw.positional.empty()) {
-    return UsageError("no command given (commands: models, info, tokenize, detokenize, run)");
+    return UsageError(absl::StrCat("no command given (commands: ", kCommandList, ")"));
   }
   GB_ASSIGN_OR_RETURN(inv.command, ParseCommand(raw.positional.front()));
   if (inv.command == Command::kHelp) return inv;
@@ -577,7 +1190,23 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
     }
     case Command::kRun:
       GB_RETURN_IF_ERROR(expect_operands(0, "run --model MODEL ..."));
-      GB_RETURN_IF_ERROR(ParseRun(raw, inv));
+      GB_RETURN_IF_ERROR(ParseRun(raw, env, inv));
+      break;
+    case Command::kPatch:
+      GB_RETURN_IF_ERROR(expect_operands(0, "patch --model MODEL ..."));
+      GB_RETURN_IF_ERROR(ParsePatch(raw, inv));
+      break;
+    case Command::kLogitLens:
+      GB_RETURN_IF_ERROR(expect_operands(0, "logit-lens --model MODEL ..."));
+      GB_RETURN_IF_ERROR(ParseLogitLens(raw, inv));
+      break;
+    case Command::kDla:
+      GB_RETURN_IF_ERROR(expect_operands(0, "dla --model MODEL ..."));
+      GB_RETURN_IF_ERROR(ParseDla(raw, inv));
+      break;
+    case Command::kAttnNorms:
+      GB_RETURN_IF_ERROR(expect_operands(0, "attn-norms --model MODEL ..."));
+      GB_RETURN_IF_ERROR(ParseAttnNorms(raw, inv));
       break;
   }
   return inv;
@@ -593,7 +1222,19 @@ Usage:
                                               [--split_special_tokens]
   glassbox [global flags] detokenize MODEL ID[,ID...] [--skip_special_tokens]
   glassbox [global flags] run --model MODEL (--text TEXT | --tokens IDS)... [run flags]
-                              [--out FILE.safetensors]
+                              [--intervene SPEC]... [--out FILE.safetensors]
+  glassbox [global flags] patch --model MODEL
+                                (--clean-text T --corrupted-text T |
+                                 --clean-tokens IDS --corrupted-tokens IDS)...
+                                --kind KIND --metric METRIC [--normalized]
+                                [--max_rows_per_pass N] [--out FILE.safetensors]
+  glassbox [global flags] logit-lens --model MODEL (--text TEXT | --tokens IDS)...
+                                     [--top_k 5] [--targets IDS] [--position -1]
+                                     [--out FILE.safetensors]
+  glassbox [global flags] dla --model MODEL (--text TEXT | --tokens IDS)... --token ID
+                              [--minus ID] [--position -1] [--top 10] [--out FILE.safetensors]
+  glassbox [global flags] attn-norms --model MODEL (--text TEXT | --tokens IDS)...
+                                     [--layers LIST] [--out FILE.safetensors]
   glassbox --help
 
 Commands:
@@ -603,7 +1244,13 @@ Commands:
               dimensions by name: [batch, pos, 64])
   tokenize    token ids and their strings, one per line: 15496 'Hello'
   detokenize  the text of comma-separated token ids
-  run         one hooked forward pass; prints what came back and writes it with --out
+  run         one hooked forward pass, with interventions; prints what came back and writes
+              it with --out
+  patch       activation-patching sweep (clean vs corrupted, batched on the server): prints
+              the metric per cell, rows = layers
+  logit-lens  per layer, the top tokens and target log-probs the residual stream predicts
+  dla         direct logit attribution: each component's share of a logit (difference)
+  attn-norms  attention weights beside the norms |a f(x)| per head (Kobayashi et al. 2020)
 
 Global flags:
   --server ADDR         server address, host:port (default: $GLASSBOX_SERVER)
@@ -637,6 +1284,8 @@ of the batch, rows are right-padded to the longest):
   --target_tokens IDS      return the log-probs of these tokens at every position
   --stop_at_layer N        run blocks [0, N) only (then no logits, loss or target tokens)
   --chunk_bytes N          largest chunk the server sends (default: the server's, 1 MiB)
+  --intervene SPEC         edit an activation during the pass (repeatable; applied in order):
+                           KIND:HOOK[:KEY=VALUE]..., see "Interventions" below
   --out FILE               write the results to this safetensors file (see below)
 
 The --out file holds every captured tensor under its hook name (dtype as received: F32, F16,
@@ -645,10 +1294,66 @@ BF16, or I32 for top-k indices), "logits" (top-k: plus "logits.indices"), "loss_
 "sequence_lengths" ([batch] I32), and the request as JSON in the "glassbox.request" metadata.
 Open it with safetensors: safetensors.numpy.load_file(FILE) or safetensors.torch.load_file(FILE).
 
+Interventions (--intervene KIND:HOOK[:KEY=VALUE]...; docs/interventions.md):
+  KIND   zero        x[S] = 0
+         scale       x[S] *= coef                        (needs coef=X)
+         add         x[S] += coef * value (steering)     (needs value=V; coef default 1)
+         set         x[S] = value                        (needs value=V)
+         mean_batch  x[S] = mean of x over the batch rows, per position
+         mean_pos    x[S] = mean of x over each row's real positions
+         patch_row   x[b, S] = x[source_rows[b], S]      (needs source_rows=LIST, one per row)
+  HOOK   a hook name or glob (blocks.0.attn.hook_z, 'blocks.*.hook_resid_pre')
+  S      the selection: rows=LIST positions=LIST (negative: from each row's end; also pos=)
+         heads=LIST dims=LIST (last axis: neuron / d_model / d_head index); omitted = all
+  V      numbers (0.5,-1,2) or @FILE.safetensors#NAME or @FILE.npy, broadcast over S: [D],
+         [heads, D], [pos, heads, D] or the hook's whole shape
+  e.g.   zero:blocks.0.attn.hook_z:heads=1
+         add:blocks.6.hook_resid_pre:positions=-1:coef=4:value=@steer.safetensors#v
+         patch_row:blocks.1.hook_attn_out:positions=4:source_rows=2,0,1
+
+Patch flags (each --clean-* and --corrupted-* row pairs up with the one in the same place;
+all rows must have the same number of tokens):
+  --clean-text T, --corrupted-text T, --clean-tokens IDS, --corrupted-tokens IDS
+  --kind KIND              resid_pre, resid_mid, resid_post, attn_out, mlp_out ([layer, pos]);
+                           head_out ([layer, head], hook_z at all positions);
+                           head_out_by_pos ([layer, pos, head]); q, k, v ([layer, head])
+  --metric METRIC          logit_diff:A,B (logit[A] - logit[B] at the last position),
+                           log_prob:A (log p(A) at the last position), loss (mean next-token
+                           loss); averaged over the pairs
+  --normalized             print (m - m_corrupted) / (m_clean - m_corrupted) instead of m
+  --max_rows_per_pass N    rows per batched forward pass (default: the server's)
+  --out FILE               "values", "normalized", "clean_metric", "corrupted_metric"
+
+Logit-lens flags:
+  --top_k N                tokens per layer (default 5)
+  --targets IDS            also the log-probs of these tokens
+  --position P             position shown (default -1, each row's last token)
+  --out FILE               "top_log_probs", "top_tokens" [layer, batch, pos, k],
+                           "target_log_probs" [layer, batch, pos, target], all positions
+
+Dla flags:
+  --token ID               the logit to attribute
+  --minus ID               attribute logit[token] - logit[minus] instead
+  --position P             position (default -1, each row's last token)
+  --top N                  components printed per row, largest |attribution| first (default
+                           10; 0 = all)
+  --out FILE               "attributions" [component, batch], "logit", "constant" [batch];
+                           component labels in the "glassbox.labels" metadata
+
+Attn-norms flags:
+  --layers LIST            layers to analyse (default all)
+  --out FILE               "blocks.L.weights", "blocks.L.head_norms" [batch, head, query_pos,
+                           key_pos] and "blocks.L.layer_norms" [batch, query_pos, key_pos]
+
+logit-lens, dla and attn-norms tokenize --text rows first (Tokenize) and send the ids; their
+--out files also hold "input_ids" and "sequence_lengths". Flags may be written with - or _
+(--clean-text = --clean_text).
+
 Exit codes:
   0  success
   1  any other failure (writing the output file, authentication, a malformed response, ...)
-  2  usage error: the command line is wrong
+  2  usage error: the command line is wrong (including an --intervene SPEC or value file that
+     cannot be read, or a --position outside a row)
   3  the server rejected the request: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION or
      OUT_OF_RANGE (unknown model or hook, token id out of range, ...)
   4  the server could not be reached or did not answer in time: UNAVAILABLE,
@@ -665,8 +1370,14 @@ absl::Status MarkLocal(absl::Status status) {
 
 bool IsLocal(const absl::Status& status) { return status.GetPayload(kLocalPayloadUrl).has_value(); }
 
+absl::Status MarkUsage(absl::Status status) {
+  if (!status.ok()) status.SetPayload(kUsagePayloadUrl, absl::Cord("1"));
+  return status;
+}
+
 int ExitCodeForStatus(const absl::Status& status) {
   if (status.ok()) return kExitOk;
+  if (status.GetPayload(kUsagePayloadUrl).has_value()) return kExitUsage;
   if (IsLocal(status)) return kExitError;
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
@@ -714,6 +1425,85 @@ std::string QuoteToken(const std::string& token) {
   }
   quoted += "'";
   return quoted;
+}
+
+namespace {
+struct SweepName {
+  std::string_view name;
+  glassbox::v1::SweepKind kind;
+};
+// The first name of each kind is the one SweepKindName gives.
+constexpr SweepName kSweepNames[] = {
+    {"resid_pre", glassbox::v1::SWEEP_RESID_PRE},
+    {"resid_mid", glassbox::v1::SWEEP_RESID_MID},
+    {"resid_post", glassbox::v1::SWEEP_RESID_POST},
+    {"attn_out", glassbox::v1::SWEEP_ATTN_OUT},
+    {"mlp_out", glassbox::v1::SWEEP_MLP_OUT},
+    {"head_out", glassbox::v1::SWEEP_HEAD_OUT_ALL_POS},
+    {"head_out_all_pos", glassbox::v1::SWEEP_HEAD_OUT_ALL_POS},
+    {"head_out_by_pos", glassbox::v1::SWEEP_HEAD_OUT_BY_POS},
+    {"q", glassbox::v1::SWEEP_Q_ALL_POS},
+    {"q_all_pos", glassbox::v1::SWEEP_Q_ALL_POS},
+    {"k", glassbox::v1::SWEEP_K_ALL_POS},
+    {"k_all_pos", glassbox::v1::SWEEP_K_ALL_POS},
+    {"v", glassbox::v1::SWEEP_V_ALL_POS},
+    {"v_all_pos", glassbox::v1::SWEEP_V_ALL_POS},
+};
+}  // namespace
+
+std::optional<glassbox::v1::SweepKind> ParseSweepKind(std::string_view name) {
+  std::string lower = absl::AsciiStrToLower(absl::string_view(name.data(), name.size()));
+  std::replace(lower.begin(), lower.end(), '-', '_');
+  for (const SweepName& s : kSweepNames) {
+    if (s.name == lower) return s.kind;
+  }
+  return std::nullopt;
+}
+
+std::string_view SweepKindName(glassbox::v1::SweepKind kind) {
+  for (const SweepName& s : kSweepNames) {
+    if (s.kind == kind) return s.name;
+  }
+  return "?";
+}
+
+absl::StatusOr<glassbox::v1::PatchingMetric> ParsePatchingMetric(std::string_view text) {
+  glassbox::v1::PatchingMetric metric;
+  const size_t colon = text.find(':');
+  const std::string name = absl::AsciiStrToLower(
+      absl::string_view(text.data(), colon == std::string_view::npos ? text.size() : colon));
+  const std::string args =
+      colon == std::string_view::npos ? "" : std::string(text.substr(colon + 1));
+  auto tokens = [&](size_t n) -> absl::StatusOr<std::vector<int32_t>> {
+    if (args.empty()) {
+      return UsageError(absl::StrFormat("--metric %s needs %s", name,
+                                        n == 2 ? "two token ids: logit_diff:A,B"
+                                               : "a token id: log_prob:A"));
+    }
+    GB_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIntList("metric", {args}, 0));
+    if (ids.size() != n) {
+      return UsageError(absl::StrFormat("--metric %s takes %d token id%s, got %d", name, n,
+                                        n == 1 ? "" : "s", ids.size()));
+    }
+    return ids;
+  };
+  if (name == "logit_diff") {
+    GB_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokens(2));
+    metric.set_kind(glassbox::v1::PatchingMetric::LOGIT_DIFF);
+    metric.set_token_a(ids[0]);
+    metric.set_token_b(ids[1]);
+  } else if (name == "log_prob") {
+    GB_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokens(1));
+    metric.set_kind(glassbox::v1::PatchingMetric::LOG_PROB);
+    metric.set_token_a(ids[0]);
+  } else if (name == "loss") {
+    if (!args.empty()) return UsageError("--metric loss takes no tokens");
+    metric.set_kind(glassbox::v1::PatchingMetric::LOSS);
+  } else {
+    return UsageError(absl::StrFormat(
+        "--metric: \"%s\" is not one of logit_diff:A,B, log_prob:A, loss", text));
+  }
+  return metric;
 }
 
 absl::StatusOr<int> WriteRunSafetensors(const std::string& path,
@@ -802,6 +1592,18 @@ int Execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
       break;
     case Command::kRun:
       status = RunModel(client, inv, out, err);
+      break;
+    case Command::kPatch:
+      status = RunPatch(client, inv, out);
+      break;
+    case Command::kLogitLens:
+      status = RunLogitLens(client, inv, out);
+      break;
+    case Command::kDla:
+      status = RunDla(client, inv, out);
+      break;
+    case Command::kAttnNorms:
+      status = RunAttnNorms(client, inv, out);
       break;
   }
   out.flush();

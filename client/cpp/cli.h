@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "client/cpp/glassbox_client.h"
+#include "client/cpp/intervention_spec.h"
 #include "glassbox/v1/glassbox.pb.h"
 
 namespace glassbox::cli {
@@ -24,7 +25,18 @@ inline constexpr int kExitBadRequest = 3;   // INVALID_ARGUMENT, NOT_FOUND, FAIL
 inline constexpr int kExitUnavailable = 4;  // UNAVAILABLE, DEADLINE_EXCEEDED
 inline constexpr int kExitExhausted = 5;    // RESOURCE_EXHAUSTED
 
-enum class Command { kHelp, kModels, kInfo, kTokenize, kDetokenize, kRun };
+enum class Command {
+  kHelp,
+  kModels,
+  kInfo,
+  kTokenize,
+  kDetokenize,
+  kRun,
+  kPatch,      // patch: PatchingSweep
+  kLogitLens,  // logit-lens: LogitLens
+  kDla,        // dla: DirectLogitAttribution
+  kAttnNorms,  // attn-norms: AttentionNorms
+};
 
 // A parsed command line.
 struct Invocation {
@@ -37,8 +49,20 @@ struct Invocation {
   glassbox::v1::TokenizeRequest tokenize;
   // detokenize
   glassbox::v1::DetokenizeRequest detokenize;
-  // run: the request as it will be sent, and where to write the tensors ("" = nowhere).
+  // run: the request as it will be sent (interventions included).
   glassbox::v1::RunRequest run;
+  // patch
+  glassbox::v1::PatchingSweepRequest patch;
+  bool print_normalized = false;  // print the normalised matrix instead of the raw metric
+  // logit-lens (texts are tokenized first, then sent as token ids)
+  glassbox::v1::LogitLensRequest logit_lens;
+  int32_t position = -1;  // logit-lens: the position printed; negative counts from the end
+  // dla
+  glassbox::v1::DirectLogitAttributionRequest dla;
+  int32_t top = 10;  // components printed per row; 0 = all
+  // attn-norms
+  glassbox::v1::AttentionNormsRequest attn_norms;
+  // run, patch, logit-lens, dla, attn-norms: where to write the results ("" = nowhere).
   std::string out_path;
 };
 
@@ -46,6 +70,8 @@ struct Invocation {
 struct Environment {
   std::optional<std::string> api_key;  // GLASSBOX_API_KEY
   std::optional<std::string> server;   // GLASSBOX_SERVER
+  // Reads the value files of --intervene ...:value=@FILE; empty: LoadValueFile.
+  ValueLoader load_value;
 };
 Environment EnvironmentFromProcess();
 
@@ -59,6 +85,9 @@ std::string UsageText();
 // Exit code for a failed command: by status code for the server's statuses, kExitError for
 // failures on this side (marked with MarkLocal).
 int ExitCodeForStatus(const absl::Status& status);
+// Tags a status as a usage error found only after the command line was parsed (e.g. a
+// --position past the end of a --text row once it is tokenized): exit code kExitUsage.
+absl::Status MarkUsage(absl::Status status);
 // Tags a status as a local failure (e.g. writing the output file), so that its code, which may
 // be NOT_FOUND or the like, is not mistaken for the server's verdict on the request.
 absl::Status MarkLocal(absl::Status status);
@@ -70,6 +99,14 @@ int Execute(const Invocation& invocation, std::ostream& out, std::ostream& err);
 
 // The whole program: parse, print usage on errors, execute.
 int Main(int argc, char** argv);
+
+// A sweep kind by its CLI name: resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out
+// (or head_out_all_pos), head_out_by_pos, q, k, v (or q_all_pos, ...). nullopt otherwise.
+std::optional<glassbox::v1::SweepKind> ParseSweepKind(std::string_view name);
+// The CLI name of a sweep kind ("head_out_by_pos").
+std::string_view SweepKindName(glassbox::v1::SweepKind kind);
+// A patching metric: "logit_diff:A,B", "log_prob:A" or "loss". INVALID_ARGUMENT otherwise.
+absl::StatusOr<glassbox::v1::PatchingMetric> ParsePatchingMetric(std::string_view text);
 
 // Python-style quoting of a token string for display: 'Hello', ' world\n'.
 std::string QuoteToken(const std::string& token);

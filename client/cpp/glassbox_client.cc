@@ -128,6 +128,42 @@ absl::StatusOr<glassbox::v1::DetokenizeResponse> Client::Detokenize(
   return response;
 }
 
+template <typename Response, typename Request, typename Method>
+absl::StatusOr<Response> Client::Unary(Method method, const Request& request,
+                                       absl::Status (*check)(const Response&)) {
+  grpc::ClientContext context;
+  PrepareContext(context);
+  Response response;
+  GB_RETURN_IF_ERROR(FromGrpcStatus((stub_.get()->*method)(&context, request, &response)));
+  GB_RETURN_IF_ERROR(check(response));
+  return response;
+}
+
+absl::StatusOr<glassbox::v1::PatchingSweepResponse> Client::PatchingSweep(
+    const glassbox::v1::PatchingSweepRequest& request) {
+  return Unary<glassbox::v1::PatchingSweepResponse>(&glassbox::v1::Glassbox::Stub::PatchingSweep,
+                                                    request, &CheckPatchingSweepResponse);
+}
+
+absl::StatusOr<glassbox::v1::LogitLensResponse> Client::LogitLens(
+    const glassbox::v1::LogitLensRequest& request) {
+  return Unary<glassbox::v1::LogitLensResponse>(&glassbox::v1::Glassbox::Stub::LogitLens, request,
+                                                &CheckLogitLensResponse);
+}
+
+absl::StatusOr<glassbox::v1::DirectLogitAttributionResponse> Client::DirectLogitAttribution(
+    const glassbox::v1::DirectLogitAttributionRequest& request) {
+  return Unary<glassbox::v1::DirectLogitAttributionResponse>(
+      &glassbox::v1::Glassbox::Stub::DirectLogitAttribution, request,
+      &CheckDirectLogitAttributionResponse);
+}
+
+absl::StatusOr<glassbox::v1::AttentionNormsResponse> Client::AttentionNorms(
+    const glassbox::v1::AttentionNormsRequest& request) {
+  return Unary<glassbox::v1::AttentionNormsResponse>(
+      &glassbox::v1::Glassbox::Stub::AttentionNorms, request, &CheckAttentionNormsResponse);
+}
+
 absl::StatusOr<RunResult> Client::Run(const glassbox::v1::RunRequest& request) {
   RunResult result;
   GB_RETURN_IF_ERROR(RunStreaming(request, RunCallbacks{

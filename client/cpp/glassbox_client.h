@@ -1,5 +1,7 @@
-// C++ client for a Glassbox server (glassboxd): model listing and info, tokenization, and
-// hooked forward passes whose captured tensors stream back and are reassembled here.
+// C++ client for a Glassbox server (glassboxd): model listing and info, tokenization, hooked
+// forward passes (with interventions) whose captured tensors stream back and are reassembled
+// here, and the server-side analyses (patching sweeps, logit lens, direct logit attribution,
+// attention norms).
 //
 //   glassbox::client::ClientOptions options;
 //   options.api_key = key;
@@ -24,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/cpp/arrays.h"
 #include "client/cpp/run_stream.h"
 #include "client/cpp/status_conversion.h"
 #include "client/cpp/tensor_decode.h"
@@ -73,12 +76,30 @@ class Client {
   absl::StatusOr<glassbox::v1::DetokenizeResponse> Detokenize(
       const glassbox::v1::DetokenizeRequest& request);
 
-  // One hooked forward pass, with every captured tensor held in memory.
+  // One hooked forward pass, with every captured tensor held in memory. Interventions
+  // (ablation, steering, patching between rows) go in request.interventions.
   absl::StatusOr<RunResult> Run(const glassbox::v1::RunRequest& request);
   // The same pass, handing the header, each tensor as soon as it is complete, and the summary
   // to `callbacks`, so that captures larger than memory can go straight to disk. A callback
   // error cancels the call and is returned.
   absl::Status RunStreaming(const glassbox::v1::RunRequest& request, RunCallbacks callbacks);
+
+  // Server-side analyses (definitions in METHODS.md; docs/patching.md, docs/analyses.md). Each
+  // response is checked before it is returned (arrays.h: every array well formed, shapes
+  // consistent with each other and with the labels); a malformed one is INTERNAL.
+  //
+  // Activation patching, batched: values [layer, pos], [layer, head] or [layer, pos, head].
+  absl::StatusOr<glassbox::v1::PatchingSweepResponse> PatchingSweep(
+      const glassbox::v1::PatchingSweepRequest& request);
+  // Top-k tokens and target log-probs of the accumulated residual stream, per layer.
+  absl::StatusOr<glassbox::v1::LogitLensResponse> LogitLens(
+      const glassbox::v1::LogitLensRequest& request);
+  // Per-component contributions to a logit (difference) at one position.
+  absl::StatusOr<glassbox::v1::DirectLogitAttributionResponse> DirectLogitAttribution(
+      const glassbox::v1::DirectLogitAttributionRequest& request);
+  // Attention weights beside the norms of the weighted value vectors (Kobayashi et al., 2020).
+  absl::StatusOr<glassbox::v1::AttentionNormsResponse> AttentionNorms(
+      const glassbox::v1::AttentionNormsRequest& request);
 
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   glassbox::v1::Glassbox::Stub& stub() { return *stub_; }
@@ -88,6 +109,11 @@ class Client {
 
  private:
   Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options);
+
+  // A unary call of `method` whose response passes `check`.
+  template <typename Response, typename Request, typename Method>
+  absl::StatusOr<Response> Unary(Method method, const Request& request,
+                                 absl::Status (*check)(const Response&));
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<glassbox::v1::Glassbox::Stub> stub_;

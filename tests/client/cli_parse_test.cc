@@ -42,7 +42,7 @@ TEST(CliParseTest, FlagsMayComeAfterTheCommandAndUseEquals) {
 }
 
 TEST(CliParseTest, EnvironmentFallbacksAndPrecedence) {
-  Environment env{.api_key = "env-key", .server = "env:1"};
+  Environment env{.api_key = "env-key", .server = "env:1", .load_value = {}};
   absl::StatusOr<Invocation> inv = Parse({"models"}, env);
   ASSERT_TRUE(inv.ok()) << inv.status();
   EXPECT_EQ(inv->server, "env:1");
@@ -79,6 +79,9 @@ TEST(CliParseTest, Help) {
   EXPECT_THAT(usage, HasSubstr("Exit codes:"));
   EXPECT_THAT(usage, HasSubstr("3  the server rejected the request"));
   EXPECT_THAT(usage, HasSubstr("RESOURCE_EXHAUSTED"));
+  for (const char* command : {"patch", "logit-lens", "dla", "attn-norms", "--intervene"}) {
+    EXPECT_THAT(usage, HasSubstr(command));
+  }
 }
 
 TEST(CliParseTest, GeneralUsageErrors) {
@@ -277,6 +280,224 @@ TEST(CliParseTest, RunUsageErrors) {
   ExpectUsageError(with({"--tokens", "1", "extra"}), "run takes 0 arguments");
 }
 
+TEST(CliParseTest, RunWithInterventions) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s", "run", "--model", "m", "--tokens", "1,2,3", "--intervene",
+             "zero:blocks.0.attn.hook_z:heads=1", "--intervene",
+             "add:blocks.1.hook_resid_pre:positions=-1:coef=4:value=0.5,1", "--logits", "all"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  const glassbox::v1::RunRequest& r = inv->run;
+  ASSERT_EQ(r.interventions_size(), 2);  // in order
+  EXPECT_EQ(r.interventions(0).kind(), glassbox::v1::INTERVENTION_ZERO);
+  EXPECT_EQ(r.interventions(0).hook(), "blocks.0.attn.hook_z");
+  EXPECT_THAT(r.interventions(0).heads(), ElementsAre(1));
+  EXPECT_EQ(r.interventions(1).kind(), glassbox::v1::INTERVENTION_ADD);
+  EXPECT_THAT(r.interventions(1).positions(), ElementsAre(-1));
+  EXPECT_EQ(r.interventions(1).coefficient(), 4.0f);
+  EXPECT_THAT(r.interventions(1).value(), ElementsAre(0.5f, 1.0f));
+
+  // Value files go through the environment's loader.
+  Environment env;
+  env.server = "s";
+  std::string asked;
+  env.load_value = [&](const std::string& path, const std::string& name)
+      -> absl::StatusOr<std::vector<float>> {
+    asked = path + "|" + name;
+    if (path == "bad.npy") return absl::InvalidArgumentError("bad.npy: not a .npy file");
+    return std::vector<float>{7, 8};
+  };
+  inv = Parse({"run", "--model", "m", "--tokens", "1", "--intervene",
+               "set:hook_embed:value=@v.safetensors#dir"},
+              env);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(asked, "v.safetensors|dir");
+  EXPECT_THAT(inv->run.interventions(0).value(), ElementsAre(7, 8));
+  inv = Parse({"run", "--model", "m", "--tokens", "1", "--intervene", "set:hook_embed:value=@bad.npy"},
+              env);
+  ASSERT_FALSE(inv.ok());
+  EXPECT_THAT(std::string(inv.status().message()), HasSubstr("bad.npy: not a .npy file"));
+
+  ExpectUsageError({"--server", "s", "run", "--model", "m", "--tokens", "1", "--intervene",
+                    "zero:blocks.0.attn.hook_z:heads=x"},
+                   "--intervene \"zero:blocks.0.attn.hook_z:heads=x\": heads: \"x\" is not");
+  ExpectUsageError({"--server", "s", "run", "--model", "m", "--tokens", "1", "--intervene",
+                    "drop:blocks.0.attn.hook_z"},
+                   "unknown kind \"drop\"");
+  ExpectUsageError({"--server", "s", "logit-lens", "--model", "m", "--tokens", "1",
+                    "--intervene", "zero:hook_embed"},
+                   "--intervene is not a flag of the logit-lens command");
+}
+
+TEST(CliParseTest, Patch) {
+  absl::StatusOr<Invocation> inv = Parse(
+      {"--server", "s", "patch", "--model", "gpt2", "--clean-tokens", "1,2,3", "--corrupted-tokens",
+       "1,5,3", "--clean_tokens", "4,5,6", "--corrupted_tokens", "4,9,6", "--kind",
+       "head_out_by_pos", "--metric", "logit_diff:17,42", "--normalized", "--max-rows-per-pass",
+       "8", "--out", "p.safetensors"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kPatch);
+  const glassbox::v1::PatchingSweepRequest& r = inv->patch;
+  EXPECT_EQ(r.model(), "gpt2");
+  ASSERT_EQ(r.clean().token_ids_size(), 2);
+  EXPECT_THAT(r.clean().token_ids(1).ids(), ElementsAre(4, 5, 6));
+  ASSERT_EQ(r.corrupted().token_ids_size(), 2);
+  EXPECT_THAT(r.corrupted().token_ids(0).ids(), ElementsAre(1, 5, 3));
+  EXPECT_EQ(r.kind(), glassbox::v1::SWEEP_HEAD_OUT_BY_POS);
+  EXPECT_EQ(r.metric().kind(), glassbox::v1::PatchingMetric::LOGIT_DIFF);
+  EXPECT_EQ(r.metric().token_a(), 17);
+  EXPECT_EQ(r.metric().token_b(), 42);
+  EXPECT_EQ(r.max_rows_per_pass(), 8);
+  EXPECT_TRUE(inv->print_normalized);
+  EXPECT_EQ(inv->out_path, "p.safetensors");
+
+  inv = Parse({"--server", "s", "patch", "--model", "gpt2", "--clean-text", "When Mary and John",
+               "--corrupted-text", "When Alice and Bob", "--noprepend-bos", "--kind", "resid_pre",
+               "--metric", "loss"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_THAT(inv->patch.clean().texts(), ElementsAre("When Mary and John"));
+  EXPECT_THAT(inv->patch.corrupted().texts(), ElementsAre("When Alice and Bob"));
+  ASSERT_TRUE(inv->patch.clean().has_prepend_bos());
+  EXPECT_FALSE(inv->patch.corrupted().prepend_bos());
+  EXPECT_EQ(inv->patch.metric().kind(), glassbox::v1::PatchingMetric::LOSS);
+  EXPECT_FALSE(inv->print_normalized);
+
+  const std::vector<std::string> base = {"--server", "s", "patch", "--model", "m"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  const std::vector<std::string> pair = {"--clean-tokens", "1,2", "--corrupted-tokens", "1,3"};
+  auto with_pair = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = with(pair);
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  ExpectUsageError({"--server", "s", "patch", "--kind", "resid_pre"}, "patch needs --model");
+  ExpectUsageError(with({"--kind", "resid_pre", "--metric", "loss"}),
+                   "patch needs inputs as --clean_text TEXT or as --clean_tokens IDS");
+  ExpectUsageError(with({"--clean-tokens", "1", "--kind", "resid_pre", "--metric", "loss"}),
+                   "--corrupted_text TEXT or as --corrupted_tokens IDS");
+  ExpectUsageError(with({"--clean-tokens", "1", "--clean-tokens", "2", "--corrupted-tokens", "3",
+                         "--kind", "resid_pre", "--metric", "loss"}),
+                   "got 2 clean and 1 corrupted");
+  ExpectUsageError(with_pair({"--metric", "loss"}), "patch needs --kind");
+  ExpectUsageError(with_pair({"--kind", "pattern", "--metric", "loss"}),
+                   "--kind: \"pattern\" is not one of");
+  ExpectUsageError(with_pair({"--kind", "q"}), "patch needs --metric");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "kl"}), "--metric: \"kl\" is not one of");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "logit_diff:1"}),
+                   "logit_diff takes 2 token ids, got 1");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "logit_diff"}), "needs two token ids");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "log_prob:1,2"}),
+                   "log_prob takes 1 token id, got 2");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "loss:3"}), "loss takes no tokens");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "log_prob:-3"}), "out of range");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "loss", "--max_rows_per_pass", "0"}),
+                   "out of range");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "loss", "--prepend_bos"}),
+                   "--prepend_bos applies to --");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "loss", "--tokens", "1"}),
+                   "--tokens is not a flag of the patch command");
+  ExpectUsageError(with_pair({"--kind", "q", "--metric", "loss", "--out", ""}),
+                   "--out needs a file name");
+}
+
+TEST(CliParseTest, SweepKindsAndMetrics) {
+  const std::vector<std::pair<std::string, glassbox::v1::SweepKind>> kinds = {
+      {"resid_pre", glassbox::v1::SWEEP_RESID_PRE},
+      {"resid_mid", glassbox::v1::SWEEP_RESID_MID},
+      {"resid-post", glassbox::v1::SWEEP_RESID_POST},
+      {"attn_out", glassbox::v1::SWEEP_ATTN_OUT},
+      {"mlp_out", glassbox::v1::SWEEP_MLP_OUT},
+      {"head_out", glassbox::v1::SWEEP_HEAD_OUT_ALL_POS},
+      {"head_out_all_pos", glassbox::v1::SWEEP_HEAD_OUT_ALL_POS},
+      {"HEAD_OUT_BY_POS", glassbox::v1::SWEEP_HEAD_OUT_BY_POS},
+      {"q", glassbox::v1::SWEEP_Q_ALL_POS},
+      {"k", glassbox::v1::SWEEP_K_ALL_POS},
+      {"v_all_pos", glassbox::v1::SWEEP_V_ALL_POS}};
+  for (const auto& [name, kind] : kinds) {
+    EXPECT_EQ(ParseSweepKind(name), kind) << name;
+  }
+  EXPECT_EQ(ParseSweepKind("pattern"), std::nullopt);
+  EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_HEAD_OUT_ALL_POS), "head_out");
+  EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_HEAD_OUT_BY_POS), "head_out_by_pos");
+
+  absl::StatusOr<glassbox::v1::PatchingMetric> metric = ParsePatchingMetric("log_prob:9");
+  ASSERT_TRUE(metric.ok()) << metric.status();
+  EXPECT_EQ(metric->kind(), glassbox::v1::PatchingMetric::LOG_PROB);
+  EXPECT_EQ(metric->token_a(), 9);
+}
+
+TEST(CliParseTest, LogitLens) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s", "logit-lens", "--model", "m", "--tokens", "1,2,3", "--top_k", "3",
+             "--targets", "17,42", "--position", "-2", "--out", "l.safetensors"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kLogitLens);
+  EXPECT_EQ(inv->logit_lens.model(), "m");
+  EXPECT_THAT(inv->logit_lens.inputs().token_ids(0).ids(), ElementsAre(1, 2, 3));
+  EXPECT_EQ(inv->logit_lens.top_k(), 3);
+  EXPECT_THAT(inv->logit_lens.target_tokens(), ElementsAre(17, 42));
+  EXPECT_EQ(inv->position, -2);
+  EXPECT_EQ(inv->out_path, "l.safetensors");
+
+  inv = Parse({"--server", "s", "logit_lens", "--model", "m", "--text", "Hi"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->logit_lens.top_k(), 5);
+  EXPECT_EQ(inv->position, -1);
+  EXPECT_THAT(inv->logit_lens.inputs().texts(), ElementsAre("Hi"));
+
+  ExpectUsageError({"--server", "s", "logit-lens", "--model", "m"}, "logit-lens needs inputs");
+  ExpectUsageError({"--server", "s", "logit-lens", "--model", "m", "--tokens", "1", "--top_k", "0"},
+                   "--top_k: 0 is out of range");
+  ExpectUsageError({"--server", "s", "logit-lens", "--model", "m", "--tokens", "1", "--position",
+                    "last"},
+                   "--position: \"last\" is not an integer");
+  ExpectUsageError({"--server", "s", "logit-lens", "--model", "m", "--tokens", "1", "--capture",
+                    "x"},
+                   "--capture is not a flag of the logit-lens command");
+}
+
+TEST(CliParseTest, Dla) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s", "dla", "--model", "m", "--tokens", "1,2,3", "--tokens", "4,5",
+             "--token", "17", "--minus", "42", "--position", "-1", "--top", "0"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kDla);
+  EXPECT_EQ(inv->dla.token(), 17);
+  ASSERT_TRUE(inv->dla.has_minus_token());
+  EXPECT_EQ(inv->dla.minus_token(), 42);
+  EXPECT_EQ(inv->dla.position(), -1);
+  EXPECT_EQ(inv->top, 0);
+  EXPECT_EQ(inv->dla.inputs().token_ids_size(), 2);
+
+  inv = Parse({"--server", "s", "dla", "--model", "m", "--text", "x", "--token", "3"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_FALSE(inv->dla.has_minus_token());
+  EXPECT_EQ(inv->top, 10);
+  ExpectUsageError({"--server", "s", "dla", "--model", "m", "--text", "x"}, "dla needs --token ID");
+  ExpectUsageError({"--server", "s", "dla", "--model", "m", "--text", "x", "--token", "-1"},
+                   "out of range");
+  ExpectUsageError({"--server", "s", "dla", "--model", "m", "--text", "x", "--token", "1",
+                    "--top", "-1"},
+                   "out of range");
+}
+
+TEST(CliParseTest, AttnNorms) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s", "attn-norms", "--model", "m", "--tokens", "1,2,3", "--layers", "0,1",
+             "--out", "a.safetensors"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kAttnNorms);
+  EXPECT_THAT(inv->attn_norms.layers(), ElementsAre(0, 1));
+  EXPECT_EQ(inv->out_path, "a.safetensors");
+  ExpectUsageError({"--server", "s", "attn-norms", "--model", "m", "--tokens", "1", "--layers",
+                    "-1"},
+                   "out of range");
+  ExpectUsageError({"--server", "s", "attn-norms", "--tokens", "1"}, "attn-norms needs --model");
+}
+
 TEST(CliExitCodeTest, ServerStatusesMapToDocumentedCodes) {
   EXPECT_EQ(ExitCodeForStatus(absl::OkStatus()), 0);
   EXPECT_EQ(ExitCodeForStatus(absl::InvalidArgumentError("")), 3);
@@ -300,6 +521,9 @@ TEST(CliExitCodeTest, LocalFailuresAreNotTheServersVerdict) {
   EXPECT_EQ(ExitCodeForStatus(local), 1);
   EXPECT_FALSE(IsLocal(absl::NotFoundError("x")));
   EXPECT_TRUE(MarkLocal(absl::OkStatus()).ok());
+  // Usage problems found after parsing (a --position outside a tokenized row) exit with 2.
+  EXPECT_EQ(ExitCodeForStatus(MarkUsage(absl::InvalidArgumentError("--position 9"))), 2);
+  EXPECT_EQ(ExitCodeForStatus(absl::InvalidArgumentError("--position 9")), 3);
 }
 
 TEST(CliFormatTest, QuoteToken) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/cpp/glassbox_client.h"
 #include "gmock/gmock.h"
@@ -62,6 +63,22 @@ class ExpectedValues {
     ref.values.resize(view->numel());
     std::memcpy(ref.values.data(), view->bytes.data(), ref.values.size() * sizeof(float));
     return ref;
+  }
+
+  // An i64 tensor as rows of i32 (a 1-d tensor is one row).
+  std::vector<std::vector<int32_t>> IntRows(const std::string& name) const {
+    std::vector<std::vector<int32_t>> rows;
+    const TensorView* view = file_ ? file_->Find(name) : nullptr;
+    EXPECT_NE(view, nullptr) << "no reference tensor " << name;
+    if (view == nullptr) return rows;
+    EXPECT_EQ(view->dtype, SafetensorsDtype::kI64);
+    std::vector<int64_t> ids(view->numel());
+    std::memcpy(ids.data(), view->bytes.data(), ids.size() * sizeof(int64_t));
+    const int64_t width = view->shape.size() == 1 ? view->shape[0] : view->shape[1];
+    for (size_t b = 0; b * width < ids.size(); ++b) {
+      rows.emplace_back(ids.begin() + b * width, ids.begin() + (b + 1) * width);
+    }
+    return rows;
   }
 
   // "unpadded.input_ids" (i64 [batch, seq]) as rows of i32.
@@ -371,6 +388,312 @@ TEST_F(EndToEndTest, LlamaResidualStream) {
               kTolerance)
         << t.name;
   }
+}
+
+// A tensor of a file the CLI wrote, as floats (F32) with its shape.
+Reference ReadOutput(const SafetensorsFile& file, const std::string& name) {
+  Reference out;
+  const TensorView* view = file.Find(name);
+  EXPECT_NE(view, nullptr) << "the output has no " << name;
+  if (view == nullptr) return out;
+  EXPECT_EQ(view->dtype, SafetensorsDtype::kF32) << name;
+  out.shape = view->shape;
+  out.values.resize(view->numel());
+  std::memcpy(out.values.data(), view->bytes.data(), out.values.size() * sizeof(float));
+  return out;
+}
+
+std::unique_ptr<SafetensorsFile> OpenOutput(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
+  EXPECT_TRUE(file.ok()) << file.status();
+  return file.ok() ? std::move(*file) : nullptr;
+}
+
+// Every intervention case of tests/reference/make_intervention_fixtures.py that the spec syntax
+// expresses, through the glassbox binary, against TransformerLens run_with_hooks.
+TEST_F(EndToEndTest, CliInterventionsEqualTransformerLens) {
+  // The value vectors the cases add or set, in a file for value=@FILE#NAME.
+  const std::string values_path = TempPath("values.safetensors");
+  for (const std::string model : {"tiny-gpt2", "tiny-llama"}) {
+    SCOPED_TRACE(model);
+    const ExpectedValues inputs(model);
+    const ExpectedValues expected(model + ".interventions");
+    const std::vector<std::vector<int32_t>> rows = inputs.InputIds();
+    ASSERT_EQ(rows.size(), 3u);
+    {
+      std::vector<Reference> refs;
+      std::vector<TensorToWrite> tensors;
+      for (const std::string name : {"steer_last.value", "set_mlp_out.value", "chain.value"}) {
+        refs.push_back(expected.Get(name));
+      }
+      int i = 0;
+      for (const std::string name : {"steer_last.value", "set_mlp_out.value", "chain.value"}) {
+        tensors.push_back({.name = name, .dtype = SafetensorsDtype::kF32, .shape = refs[i].shape,
+                           .bytes = std::as_bytes(std::span<const float>(refs[i].values))});
+        ++i;
+      }
+      ASSERT_TRUE(WriteSafetensors(values_path, tensors).ok());
+    }
+    const std::string file = "@" + values_path + "#";
+    const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+        {"zero_head", {"zero:blocks.0.attn.hook_z:heads=1"}},
+        {"steer_last",
+         {"add:blocks.1.hook_resid_pre:positions=-1:coef=2.5:value=" + file + "steer_last.value"}},
+        {"mean_neurons", {"mean_batch:blocks.0.mlp.hook_post:dims=3,7,11"}},
+        {"resample_attn_out", {"patch_row:blocks.1.hook_attn_out:positions=4:source_rows=2,0,1"}},
+        {"scale_v", {"scale:blocks.1.attn.hook_v:heads=0:coef=0.5"}},
+        {"set_mlp_out", {"set:blocks.0.hook_mlp_out:rows=1:value=" + file + "set_mlp_out.value"}},
+        {"chain",
+         {"add:blocks.0.hook_resid_mid:positions=0,2:value=" + file + "chain.value",
+          "scale:blocks.0.hook_resid_mid:positions=0,2:coef=0.5"}},
+        {"mean_pos", {"mean_pos:blocks.1.hook_mlp_out:rows=0"}},
+    };
+    for (const auto& [name, specs] : cases) {
+      SCOPED_TRACE(name);
+      const std::string path = TempPath(name + ".safetensors");
+      std::vector<std::string> args = {"run", "--model", model};
+      for (size_t b = 0; b < rows.size(); ++b) {
+        args.insert(args.end(), {"--tokens", Join(rows, b)});
+      }
+      for (const std::string& spec : specs) args.insert(args.end(), {"--intervene", spec});
+      args.insert(args.end(), {"--logits", "all", "--out", path});
+      ProcessResult r = Cli(args);
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      EXPECT_THAT(r.out, HasSubstr("  intervene " + specs[0].substr(0, specs[0].find(":value"))));
+      std::unique_ptr<SafetensorsFile> out = OpenOutput(path);
+      ASSERT_NE(out, nullptr);
+      const Reference logits = ReadOutput(*out, "logits");
+      EXPECT_THAT(logits.shape, ElementsAre(3, 11, 300));
+      EXPECT_LT(NormRelativeError(logits.values, expected.Get(name + ".logits").values),
+                kTolerance);
+      // The edit changed something: the logits are not the unedited ones.
+      EXPECT_GT(NormRelativeError(logits.values, inputs.Get("unpadded.tl.logits").values), 1e-4);
+      EXPECT_THAT(out->metadata().at("glassbox.request"), HasSubstr("interventions"));
+      std::filesystem::remove(path);
+    }
+  }
+  std::filesystem::remove(values_path);
+}
+
+TEST_F(EndToEndTest, CliPatchEqualsTransformerLensPatching) {
+  for (const std::string model : {"tiny-gpt2", "tiny-llama"}) {
+    SCOPED_TRACE(model);
+    const ExpectedValues expected(model + ".patching");
+    const std::vector<std::vector<int32_t>> clean = expected.IntRows("clean");
+    const std::vector<std::vector<int32_t>> corrupted = expected.IntRows("corrupted");
+    const std::vector<std::vector<int32_t>> tokens = expected.IntRows("tokens");
+    ASSERT_EQ(clean.size(), 2u);
+    ASSERT_EQ(tokens.size(), 1u);
+    ASSERT_EQ(tokens[0].size(), 2u);
+    const std::string path = TempPath("patch.safetensors");
+    std::vector<std::string> args = {"patch", "--model", model};
+    for (size_t b = 0; b < clean.size(); ++b) {
+      args.insert(args.end(), {"--clean-tokens", Join(clean, b), "--corrupted-tokens",
+                               Join(corrupted, b)});
+    }
+    args.insert(args.end(), {"--kind", "head_out_by_pos", "--metric",
+                             absl::StrCat("logit_diff:", tokens[0][0], ",", tokens[0][1]),
+                             "--out", path});
+    ProcessResult r = Cli(args);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.out, HasSubstr("patching sweep head_out_by_pos on " + model));
+    EXPECT_THAT(r.out, HasSubstr("  layer pos  head 0"));
+    std::unique_ptr<SafetensorsFile> out = OpenOutput(path);
+    ASSERT_NE(out, nullptr);
+    const Reference values = ReadOutput(*out, "values");
+    EXPECT_THAT(values.shape, ElementsAre(2, 7, 4));
+    EXPECT_LT(NormRelativeError(values.values, expected.Get("head_out_by_pos.values").values),
+              kTolerance);
+    EXPECT_LT(NormRelativeError(ReadOutput(*out, "clean_metric").values,
+                                expected.Get("clean_metric").values),
+              kTolerance);
+    EXPECT_LT(NormRelativeError(ReadOutput(*out, "corrupted_metric").values,
+                                expected.Get("corrupted_metric").values),
+              kTolerance);
+    // normalized = (m - corrupted) / (clean - corrupted)
+    const float m_clean = expected.Get("clean_metric").values[0];
+    const float m_corrupted = expected.Get("corrupted_metric").values[0];
+    const Reference normalized = ReadOutput(*out, "normalized");
+    ASSERT_EQ(normalized.values.size(), values.values.size());
+    for (size_t i = 0; i < values.values.size(); ++i) {
+      EXPECT_NEAR(normalized.values[i], (values.values[i] - m_corrupted) / (m_clean - m_corrupted),
+                  1e-4);
+    }
+    std::filesystem::remove(path);
+  }
+
+  // The library, the [layer, pos] resid_pre sweep.
+  const ExpectedValues expected("tiny-gpt2.patching");
+  glassbox::v1::PatchingSweepRequest request;
+  request.set_model("tiny-gpt2");
+  for (const auto& row : expected.IntRows("clean")) {
+    request.mutable_clean()->add_token_ids()->mutable_ids()->Add(row.begin(), row.end());
+  }
+  for (const auto& row : expected.IntRows("corrupted")) {
+    request.mutable_corrupted()->add_token_ids()->mutable_ids()->Add(row.begin(), row.end());
+  }
+  request.set_kind(glassbox::v1::SWEEP_RESID_PRE);
+  request.mutable_metric()->set_token_a(17);
+  request.mutable_metric()->set_token_b(42);
+  absl::StatusOr<glassbox::v1::PatchingSweepResponse> sweep = client_->PatchingSweep(request);
+  ASSERT_TRUE(sweep.ok()) << sweep.status();
+  EXPECT_THAT(sweep->values().shape(), ElementsAre(2, 7));
+  EXPECT_THAT(sweep->values().dim_names(), ElementsAre("layer", "pos"));
+  EXPECT_LT(NormRelativeError({sweep->values().values().begin(), sweep->values().values().end()},
+                              expected.Get("resid_pre.values").values),
+            kTolerance);
+  EXPECT_GT(sweep->forward_passes(), 0);
+}
+
+TEST_F(EndToEndTest, CliLogitLens) {
+  const ExpectedValues inputs("tiny-gpt2");
+  const ExpectedValues expected("tiny-gpt2.analyses");
+  const std::vector<std::vector<int32_t>> rows = inputs.InputIds();
+  const std::string path = TempPath("lens.safetensors");
+  ProcessResult r = Cli({"logit-lens", "--model", "tiny-gpt2", "--tokens", Join(rows, 0),
+                         "--tokens", Join(rows, 1), "--tokens", Join(rows, 2), "--top_k", "3",
+                         "--targets", "17,42", "--out", path});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("row 2, position 10 of 11 (token "));
+  EXPECT_THAT(r.out, HasSubstr("  0_pre "));
+  EXPECT_THAT(r.out, HasSubstr("  final_post "));
+  EXPECT_THAT(r.out, HasSubstr("log p(42)"));
+  std::unique_ptr<SafetensorsFile> out = OpenOutput(path);
+  ASSERT_NE(out, nullptr);
+  const Reference top = ReadOutput(*out, "top_log_probs");
+  EXPECT_THAT(top.shape, ElementsAre(3, 3, 11, 3));
+  const Reference targets = ReadOutput(*out, "target_log_probs");
+  EXPECT_THAT(targets.shape, ElementsAre(3, 3, 11, 2));
+  const TensorView* ids = out->Find("top_tokens");
+  ASSERT_NE(ids, nullptr);
+  EXPECT_EQ(ids->dtype, SafetensorsDtype::kI32);
+  EXPECT_EQ(out->metadata().at("glassbox.labels"), "[\"0_pre\",\"1_pre\",\"final_post\"]");
+  // Against TransformerLens: the top-1 log-prob is the reference's maximum, the target
+  // log-probs are the reference's entries.
+  const Reference ref = expected.Get("logit_lens.log_probs");  // [3, 3, 11, 300]
+  std::vector<float> ref_top, ref_targets, top1, got_targets;
+  for (int64_t i = 0; i < 3 * 3 * 11; ++i) {
+    const float* v = ref.values.data() + i * 300;
+    ref_top.push_back(*std::max_element(v, v + 300));
+    ref_targets.push_back(v[17]);
+    ref_targets.push_back(v[42]);
+    top1.push_back(top.values[i * 3]);
+  }
+  EXPECT_LT(NormRelativeError(top1, ref_top), kTolerance);
+  EXPECT_LT(NormRelativeError(targets.values, ref_targets), kTolerance);
+  std::filesystem::remove(path);
+}
+
+TEST_F(EndToEndTest, CliDirectLogitAttribution) {
+  const ExpectedValues inputs("tiny-gpt2");
+  const ExpectedValues expected("tiny-gpt2.analyses");
+  const std::vector<std::vector<int32_t>> rows = inputs.InputIds();
+  const std::string path = TempPath("dla.safetensors");
+  ProcessResult r = Cli({"dla", "--model", "tiny-gpt2", "--tokens", Join(rows, 0), "--tokens",
+                         Join(rows, 1), "--tokens", Join(rows, 2), "--token", "17", "--minus",
+                         "42", "--top", "5", "--out", path});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("direct logit attribution on tiny-gpt2: logit[17] - logit[42]"));
+  EXPECT_THAT(r.out, HasSubstr("row 0, position 10 (token "));
+  EXPECT_THAT(r.out, HasSubstr("... 9 more"));
+  std::unique_ptr<SafetensorsFile> out = OpenOutput(path);
+  ASSERT_NE(out, nullptr);
+  const Reference attributions = ReadOutput(*out, "attributions");
+  EXPECT_THAT(attributions.shape, ElementsAre(14, 3));
+  EXPECT_LT(NormRelativeError(attributions.values, expected.Get("dla.diff").values), kTolerance);
+  // The components and the constant add up to the logit difference.
+  const Reference logit = ReadOutput(*out, "logit");
+  const Reference constant = ReadOutput(*out, "constant");
+  for (int b = 0; b < 3; ++b) {
+    double sum = constant.values[b];
+    for (int c = 0; c < 14; ++c) sum += attributions.values[c * 3 + b];
+    EXPECT_NEAR(sum, logit.values[b], 1e-3 * std::max(1.0f, std::fabs(logit.values[b])));
+  }
+  EXPECT_THAT(out->metadata().at("glassbox.labels"), StartsWith("[\"embed\",\"pos_embed\",\"L0H0\""));
+  std::filesystem::remove(path);
+}
+
+TEST_F(EndToEndTest, CliAttentionNorms) {
+  const ExpectedValues inputs("tiny-gpt2");
+  const ExpectedValues expected("tiny-gpt2.analyses");
+  const std::vector<std::vector<int32_t>> rows = inputs.InputIds();
+  const std::string path = TempPath("norms.safetensors");
+  ProcessResult r = Cli({"attn-norms", "--model", "tiny-gpt2", "--tokens", Join(rows, 0),
+                         "--tokens", Join(rows, 1), "--tokens", Join(rows, 2), "--layers", "0,1",
+                         "--out", path});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("layer  head  weight  norm share"));
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 5 + 1 + 8 + 1);  // intro, header, 8 heads, wrote
+  std::unique_ptr<SafetensorsFile> out = OpenOutput(path);
+  ASSERT_NE(out, nullptr);
+  for (int l = 0; l < 2; ++l) {
+    SCOPED_TRACE(l);
+    const std::string prefix = absl::StrCat("blocks.", l, ".");
+    const Reference weights = ReadOutput(*out, prefix + "weights");
+    EXPECT_THAT(weights.shape, ElementsAre(3, 4, 11, 11));
+    EXPECT_LT(NormRelativeError(weights.values,
+                                inputs.Get(absl::StrCat("unpadded.tl.blocks.", l,
+                                                        ".attn.hook_pattern")).values),
+              kTolerance);
+    EXPECT_LT(NormRelativeError(ReadOutput(*out, prefix + "head_norms").values,
+                                expected.Get(absl::StrCat("attn_norms.", l, ".head")).values),
+              kTolerance);
+    const Reference layer = ReadOutput(*out, prefix + "layer_norms");
+    EXPECT_THAT(layer.shape, ElementsAre(3, 11, 11));
+    EXPECT_LT(NormRelativeError(layer.values,
+                                expected.Get(absl::StrCat("attn_norms.", l, ".layer")).values),
+              kTolerance);
+  }
+  std::filesystem::remove(path);
+}
+
+TEST_F(EndToEndTest, BadAnalysisRequestsGetDocumentedExitCodes) {
+  const std::vector<std::string> run = {"run", "--model", "tiny-gpt2", "--tokens", "1,2,3"};
+  auto with = [](std::vector<std::string> base, std::vector<std::string> extra) {
+    base.insert(base.end(), extra.begin(), extra.end());
+    return base;
+  };
+  // Local usage errors: 2, before anything is sent.
+  ProcessResult r = Cli(with(run, {"--intervene", "ablate:blocks.0.attn.hook_z"}));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("unknown kind \"ablate\""));
+  r = Cli(with(run, {"--intervene", "scale:blocks.0.attn.hook_z:heads=1"}));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  r = Cli(with(run, {"--intervene", "add:blocks.0.hook_resid_pre:value=@/nonexistent/v.npy"}));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cannot open /nonexistent/v.npy"));
+  r = Cli({"dla", "--model", "tiny-gpt2", "--tokens", "1,2", "--token", "3", "--position", "5"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--position 5 is outside row 0 (2 tokens)"));
+
+  // The server's verdicts: 3.
+  r = Cli(with(run, {"--intervene", "zero:blocks.0.attn.hook_z:heads=9"}));
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_THAT(r.err, StartsWith("glassbox: INVALID_ARGUMENT: "));
+  EXPECT_THAT(r.err, HasSubstr("head 9"));
+  r = Cli(with(run, {"--intervene", "add:blocks.0.hook_resid_pre:value=1,2,3"}));  // d_model 64
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("3 elements"));
+  r = Cli(with(run, {"--intervene", "zero:blocks.0.hook_no_such_hook"}));
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  r = Cli(with(run, {"--intervene", "patch_row:blocks.0.hook_resid_pre:source_rows=0,1"}));
+  EXPECT_EQ(r.exit_code, 3) << r.err;  // one batch row, two source rows
+  r = Cli({"patch", "--model", "tiny-gpt2", "--clean-tokens", "1,2,3", "--corrupted-tokens", "1,2",
+           "--kind", "resid_pre", "--metric", "logit_diff:1,2"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  r = Cli({"logit-lens", "--model", "tiny-gpt2", "--tokens", "1,300"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  r = Cli({"dla", "--model", "tiny-gpt2", "--tokens", "1,2", "--token", "300"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  r = Cli({"attn-norms", "--model", "tiny-gpt2", "--tokens", "1,2", "--layers", "7"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  r = Cli({"patch", "--model", "no-such-model", "--clean-tokens", "1", "--corrupted-tokens", "2",
+           "--kind", "q", "--metric", "loss"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_THAT(r.err, StartsWith("glassbox: NOT_FOUND: "));
+
+  r = Cli({"models"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 TEST_F(EndToEndTest, BadRequestsGetDocumentedExitCodesAndTheServerStaysUp) {

@@ -274,6 +274,86 @@ glassbox::v1::TokenizeRequest FakeGlassboxService::last_tokenize_request() const
   return tokenize_request_;
 }
 
+glassbox::v1::PatchingSweepRequest FakeGlassboxService::last_patching_request() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return patching_request_;
+}
+
+glassbox::v1::DirectLogitAttributionRequest FakeGlassboxService::last_dla_request() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dla_request_;
+}
+
+grpc::Status FakeGlassboxService::PatchingSweep(grpc::ServerContext* context,
+                                                const glassbox::v1::PatchingSweepRequest* request,
+                                                glassbox::v1::PatchingSweepResponse* response) {
+  Record(context);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    patching_request_ = *request;
+  }
+  if (request->model() != "tiny" && request->model() != "malformed") {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("no model \"", request->model(), "\""));
+  }
+  int64_t pos = 1;
+  if (request->clean().token_ids_size() > 0) pos = request->clean().token_ids(0).ids_size();
+  if (request->clean().texts_size() > 0) pos = static_cast<int64_t>(request->clean().texts(0).size());
+  for (glassbox::v1::Array* array : {response->mutable_values(), response->mutable_normalized()}) {
+    array->add_shape(2);
+    array->add_shape(pos);
+    array->add_dim_names("layer");
+    array->add_dim_names("pos");
+  }
+  for (int64_t l = 0; l < 2; ++l) {
+    for (int64_t p = 0; p < pos; ++p) {
+      response->mutable_values()->add_values(static_cast<float>(l * 10 + p));
+      response->mutable_normalized()->add_values(static_cast<float>(l * 10 + p) / 10);
+    }
+  }
+  if (request->model() == "malformed") response->mutable_normalized()->add_values(0);
+  response->set_clean_metric(1.5);
+  response->set_corrupted_metric(-0.5);
+  response->set_forward_passes(4);
+  response->set_seconds(0.01);
+  return grpc::Status::OK;
+}
+
+grpc::Status FakeGlassboxService::DirectLogitAttribution(
+    grpc::ServerContext* context, const glassbox::v1::DirectLogitAttributionRequest* request,
+    glassbox::v1::DirectLogitAttributionResponse* response) {
+  Record(context);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dla_request_ = *request;
+  }
+  if (request->model() != "tiny" && request->model() != "malformed") {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("no model \"", request->model(), "\""));
+  }
+  const int64_t batch = request->inputs().texts_size() + request->inputs().token_ids_size();
+  const std::vector<std::string> labels = {"embed", "pos_embed", "L0H0", "L0H1", "L0.attn_bias",
+                                           "L0.mlp_out"};
+  const std::vector<float> base = {0.1f, -3.0f, 2.0f, 0.5f, -0.2f, 1.0f};
+  for (const std::string& label : labels) response->add_labels(label);
+  glassbox::v1::Array* attributions = response->mutable_attributions();
+  attributions->add_shape(static_cast<int64_t>(labels.size()));
+  attributions->add_shape(batch);
+  std::vector<float> sums(batch, 0.25f);
+  for (size_t c = 0; c < labels.size(); ++c) {
+    for (int64_t b = 0; b < batch; ++b) {
+      attributions->add_values(base[c] + static_cast<float>(b));
+      sums[b] += base[c] + static_cast<float>(b);
+    }
+  }
+  response->mutable_logit()->add_shape(batch);
+  response->mutable_constant()->add_shape(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    response->mutable_logit()->add_values(sums[b]);
+    response->mutable_constant()->add_values(0.25f);
+  }
+  if (request->model() == "malformed") response->mutable_labels()->RemoveLast();
+  return grpc::Status::OK;
+}
+
 bool FakeGlassboxService::last_run_cancelled() const {
   std::lock_guard<std::mutex> lock(mu_);
   return run_cancelled_;

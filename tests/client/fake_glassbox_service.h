@@ -7,6 +7,13 @@
 // pattern becomes one f32 tensor [batch, max_len, 4] with value b*100 + p*10 + d (chunked at
 // request.chunk_bytes, default 24 bytes), then "logits" when requested ([batch, 10] or
 // [batch, max_len, 10], value b*1000 + p*10 + v), then "loss_per_token" [batch, max_len - 1].
+//
+// PatchingSweep on "tiny": values [2 layers, pos] = l*10 + p with dim_names (layer, pos),
+// normalized = values / 10, clean 1.5, corrupted -0.5, 4 forward passes. DirectLogitAttribution
+// on "tiny": six components (embed, pos_embed, L0H0, L0H1, L0.attn_bias, L0.mlp_out) with
+// attribution {0.1, -3, 2, 0.5, -0.2, 1}[c] + b for row b, constant 0.25, logit their sum.
+// Both answer model "malformed" with arrays whose sizes contradict their shapes, and "missing"
+// with NOT_FOUND. LogitLens and AttentionNorms are not faked (UNIMPLEMENTED).
 #pragma once
 
 #include <grpcpp/server.h>
@@ -37,10 +44,19 @@ class FakeGlassboxService final : public glassbox::v1::Glassbox::Service {
   grpc::Status Run(grpc::ServerContext* context, const glassbox::v1::RunRequest* request,
                    grpc::ServerWriter<glassbox::v1::RunResponse>* writer) override;
 
+  grpc::Status PatchingSweep(grpc::ServerContext* context,
+                             const glassbox::v1::PatchingSweepRequest* request,
+                             glassbox::v1::PatchingSweepResponse* response) override;
+  grpc::Status DirectLogitAttribution(
+      grpc::ServerContext* context, const glassbox::v1::DirectLogitAttributionRequest* request,
+      glassbox::v1::DirectLogitAttributionResponse* response) override;
+
   // What the last call carried.
   std::optional<std::string> last_authorization() const;
   glassbox::v1::RunRequest last_run_request() const;
   glassbox::v1::TokenizeRequest last_tokenize_request() const;
+  glassbox::v1::PatchingSweepRequest last_patching_request() const;
+  glassbox::v1::DirectLogitAttributionRequest last_dla_request() const;
   // Whether the last Run saw its context cancelled while it was streaming.
   bool last_run_cancelled() const;
 
@@ -53,6 +69,8 @@ class FakeGlassboxService final : public glassbox::v1::Glassbox::Service {
   std::optional<std::string> authorization_;
   glassbox::v1::RunRequest run_request_;
   glassbox::v1::TokenizeRequest tokenize_request_;
+  glassbox::v1::PatchingSweepRequest patching_request_;
+  glassbox::v1::DirectLogitAttributionRequest dla_request_;
   bool run_cancelled_ = false;
   std::vector<glassbox::v1::RunResponse> script_;
 };

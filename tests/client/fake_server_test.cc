@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/cpp/arrays.h"
 #include "client/cpp/cli.h"
 #include "client/cpp/glassbox_client.h"
 #include "gmock/gmock.h"
@@ -297,6 +298,135 @@ TEST_F(FakeServerTest, CliRunKeepsDuplicateNames) {
   ASSERT_TRUE(file.ok()) << file.status();
   EXPECT_NE((*file)->Find("x#2"), nullptr);
   std::filesystem::remove(path);
+}
+
+void AddIds(glassbox::v1::TokenSequence* row, std::vector<int32_t> ids) {
+  row->mutable_ids()->Add(ids.begin(), ids.end());
+}
+
+TEST_F(FakeServerTest, AnalysisCallsCheckTheirResponses) {
+  std::unique_ptr<Client> client = Connect(WithApiKey("k"));
+  glassbox::v1::PatchingSweepRequest patch;
+  patch.set_model("tiny");
+  AddIds(patch.mutable_clean()->add_token_ids(), {1, 2, 3});
+  AddIds(patch.mutable_corrupted()->add_token_ids(), {1, 4, 3});
+  absl::StatusOr<glassbox::v1::PatchingSweepResponse> sweep = client->PatchingSweep(patch);
+  ASSERT_TRUE(sweep.ok()) << sweep.status();
+  EXPECT_THAT(sweep->values().shape(), ElementsAre(2, 3));
+  EXPECT_EQ(client::FloatAt(sweep->values(), {1, 2}), 12.0f);
+  EXPECT_EQ(server_.service().last_authorization(), "Bearer k");
+
+  patch.set_model("malformed");
+  sweep = client->PatchingSweep(patch);
+  EXPECT_EQ(sweep.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(sweep.status().message()), HasSubstr("normalized"));
+  patch.set_model("missing");
+  EXPECT_EQ(client->PatchingSweep(patch).status().code(), absl::StatusCode::kNotFound);
+
+  glassbox::v1::DirectLogitAttributionRequest dla;
+  dla.set_model("malformed");
+  AddIds(dla.mutable_inputs()->add_token_ids(), {1, 2});
+  absl::StatusOr<glassbox::v1::DirectLogitAttributionResponse> attribution =
+      client->DirectLogitAttribution(dla);
+  EXPECT_EQ(attribution.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(attribution.status().message()), HasSubstr("labels"));
+
+  // Not faked: the server's UNIMPLEMENTED comes through unchanged.
+  glassbox::v1::LogitLensRequest lens;
+  lens.set_model("tiny");
+  EXPECT_EQ(client->LogitLens(lens).status().code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST(ArraysTest, CheckArray) {
+  glassbox::v1::Array a;
+  a.add_shape(2);
+  a.add_shape(3);
+  for (int i = 0; i < 6; ++i) a.add_values(static_cast<float>(i));
+  EXPECT_TRUE(client::CheckArray(a, "a", client::ArrayKind::kFloat, 2).ok());
+  EXPECT_EQ(client::FloatAt(a, {1, 0}), 3.0f);
+  EXPECT_FALSE(client::CheckArray(a, "a", client::ArrayKind::kFloat, 3).ok());
+  EXPECT_FALSE(client::CheckArray(a, "a", client::ArrayKind::kInt).ok());
+  a.add_dim_names("x");
+  EXPECT_FALSE(client::CheckArray(a, "a", client::ArrayKind::kFloat).ok());
+  a.add_dim_names("y");
+  EXPECT_TRUE(client::CheckArray(a, "a", client::ArrayKind::kFloat).ok());
+  a.add_values(6);
+  absl::Status status = client::CheckArray(a, "a", client::ArrayKind::kFloat);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("[2, 3] (6 elements) but 7 float"));
+  glassbox::v1::Array negative;
+  negative.add_shape(-1);
+  EXPECT_FALSE(client::CheckArray(negative, "n", client::ArrayKind::kFloat).ok());
+  EXPECT_TRUE(client::IsEmptyArray(glassbox::v1::Array()));
+}
+
+TEST_F(FakeServerTest, CliPatchPrintsTheMatrixAndWritesIt) {
+  const std::string path = TempPath("patch.safetensors");
+  CliOutput r = RunCli({"--server", server_.address(), "patch", "--model", "tiny",
+                        "--clean-tokens", "1,2,3", "--corrupted-tokens", "1,4,3", "--kind",
+                        "resid_pre", "--metric", "logit_diff:7,8", "--out", path});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("patching sweep resid_pre on tiny: 1 prompt pair, metric "
+                               "logit[7] - logit[8] at the last position\n"));
+  EXPECT_THAT(r.out, HasSubstr("clean 1.5000, corrupted -0.5000; 4 forward passes"));
+  EXPECT_THAT(r.out, HasSubstr("  layer    pos 0    pos 1    pos 2\n"
+                               "  0       0.0000   1.0000   2.0000\n"
+                               "  1      10.0000  11.0000  12.0000\n"));
+  EXPECT_THAT(r.out, HasSubstr("wrote 4 tensors to " + path));
+  const glassbox::v1::PatchingSweepRequest sent = server_.service().last_patching_request();
+  EXPECT_EQ(sent.kind(), glassbox::v1::SWEEP_RESID_PRE);
+  EXPECT_EQ(sent.metric().token_b(), 8);
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<std::string> names;
+  for (const TensorView& t : (*file)->tensors()) names.push_back(t.name);
+  EXPECT_THAT(names, ElementsAre("values", "normalized", "clean_metric", "corrupted_metric"));
+  const TensorView* normalized = (*file)->Find("normalized");
+  EXPECT_THAT(normalized->shape, ElementsAre(2, 3));
+  EXPECT_EQ(reinterpret_cast<const float*>(normalized->bytes.data())[5], 1.2f);
+  EXPECT_EQ((*file)->metadata().at("glassbox.dim_names"), "[\"layer\",\"pos\"]");
+  EXPECT_EQ((*file)->metadata().at("glassbox.forward_passes"), "4");
+  std::filesystem::remove(path);
+
+  r = RunCli({"--server", server_.address(), "patch", "--model", "tiny", "--clean-tokens", "1,2",
+              "--corrupted-tokens", "1,4", "--kind", "resid_pre", "--metric", "loss",
+              "--normalized"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("normalized effect"));
+  EXPECT_THAT(r.out, HasSubstr("  1      1.0000  1.1000\n"));
+
+  r = RunCli({"--server", server_.address(), "patch", "--model", "missing", "--clean-tokens", "1",
+              "--corrupted-tokens", "2", "--kind", "q", "--metric", "loss"});
+  EXPECT_EQ(r.code, 3);
+  r = RunCli({"--server", server_.address(), "patch", "--model", "malformed", "--clean-tokens",
+              "1", "--corrupted-tokens", "2", "--kind", "q", "--metric", "loss"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, StartsWith("glassbox: INTERNAL: malformed response"));
+}
+
+TEST_F(FakeServerTest, CliDlaSortsByMagnitudeAndTokenizesTexts) {
+  CliOutput r = RunCli({"--server", server_.address(), "dla", "--model", "tiny", "--text", "ab",
+                        "--token", "104", "--minus", "105", "--top", "3"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The text went out as the ids the server's Tokenize gave (one per byte in the fake).
+  const glassbox::v1::DirectLogitAttributionRequest sent = server_.service().last_dla_request();
+  EXPECT_EQ(sent.inputs().texts_size(), 0);
+  ASSERT_EQ(sent.inputs().token_ids_size(), 1);
+  EXPECT_THAT(sent.inputs().token_ids(0).ids(), ElementsAre(97, 98));
+  EXPECT_EQ(sent.position(), -1);
+  EXPECT_THAT(r.out, HasSubstr("direct logit attribution on tiny: logit[104 'h'] - logit[105 'i']"));
+  EXPECT_THAT(r.out, HasSubstr("row 0, position 1 (token 98 'b'): logit 0.6500 = components "
+                               "0.4000 + constant 0.2500\n"));
+  EXPECT_THAT(r.out, HasSubstr("  component   attribution\n"
+                               "  pos_embed       -3.0000\n"
+                               "  L0H0             2.0000\n"
+                               "  L0.mlp_out       1.0000\n"
+                               "  ... 3 more, |attribution| <= 0.5000"));
+
+  r = RunCli({"--server", server_.address(), "dla", "--model", "tiny", "--tokens", "1,2",
+              "--tokens", "3", "--token", "1", "--position", "1"});
+  EXPECT_EQ(r.code, 2) << r.out;  // position 1 is outside the second row
+  EXPECT_THAT(r.err, HasSubstr("--position 1 is outside row 1 (1 tokens)"));
 }
 
 TEST_F(FakeServerTest, CliExitCodes) {
