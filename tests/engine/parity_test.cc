@@ -60,14 +60,23 @@ TEST_P(ParityTest, EveryHookMatchesTransformerLens) {
   ASSERT_TRUE(out.ok()) << out.status();
 
   ASSERT_EQ(static_cast<int>(sink.values.size()), f.model->hooks().size());
+  double worst = 0;
+  std::string worst_hook;
   for (const HookInfo& hook : f.model->hooks().hooks()) {
     SCOPED_TRACE(hook.name);
     auto it = f.expected.find("unpadded.tl." + hook.name);
     ASSERT_NE(it, f.expected.end()) << "no TransformerLens reference for " << hook.name;
     const Tensor& ours = sink.values.at(hook.name);
     EXPECT_EQ(ours.shape(), it->second.shape());
-    EXPECT_LE(NormRelativeError(ours, it->second), kTolerance);
+    const double error = NormRelativeError(ours, it->second);
+    EXPECT_LE(error, kTolerance);
+    if (error > worst) {
+      worst = error;
+      worst_hook = hook.name;
+    }
   }
+  std::printf("%s: %d hook points, worst norm-relative error %.2e at %s\n", GetParam().c_str(),
+              f.model->hooks().size(), worst, worst_hook.c_str());
   EXPECT_LE(NormRelativeError(out->logits, f.expected.at("unpadded.hf.logits")), kTolerance);
   EXPECT_LE(NormRelativeError(out->logits, f.expected.at("unpadded.tl.logits")), kTolerance);
   EXPECT_LE(NormRelativeError(out->loss_per_token, f.expected.at("unpadded.hf.loss_per_token")),
