@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_probe.h"
 #include "nlohmann/json.hpp"
 #include "server/service/glassbox_service.h"
@@ -24,6 +25,7 @@
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address to serve on; port 0 picks a free port");
 ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda");
+ABSL_FLAG(std::string, dtype, "auto", "weights and activations: auto (bf16 on CUDA, f32 on the CPU) | f32 | bf16 | f16");
 ABSL_FLAG(std::string, config, "", "JSON config file: {\"models\": {NAME: DIR}, \"listen\": ADDR, "
                                    "\"limits\": {...}}; flags given on the command line win");
 ABSL_FLAG(int64_t, max_batch, 1024, "most rows in one Run");
@@ -101,22 +103,43 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   return s;
 }
 
-absl::StatusOr<std::pair<std::shared_ptr<Backend>, std::string>> ChooseBackend() {
+struct ChosenBackend {
+  std::shared_ptr<Backend> backend;
+  std::string device;
+  DType dtype;
+};
+
+absl::StatusOr<DType> ParseDType(const std::string& name, bool cuda) {
+  if (name == "auto") return cuda ? DType::kBF16 : DType::kF32;
+  if (name == "f32") return DType::kF32;
+  if (name == "bf16") return DType::kBF16;
+  if (name == "f16") return DType::kF16;
+  return absl::InvalidArgumentError(absl::StrCat("--dtype must be auto, f32, bf16 or f16, got ", name));
+}
+
+absl::StatusOr<ChosenBackend> ChooseBackend() {
   const std::string device = absl::GetFlag(FLAGS_device);
-  const CudaProbe probe = ProbeCuda();
-  std::fprintf(stderr, "glassboxd: CUDA: %s\n", probe.detail.c_str());
-  if (device == "cuda") {
-    return absl::UnimplementedError(
-        "--device cuda: the CUDA backend is not implemented yet (issue 5); use --device cpu");
-  }
-  if (device != "auto" && device != "cpu") {
+  if (device != "auto" && device != "cpu" && device != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat("--device must be auto, cpu or cuda, got ", device));
   }
-  if (device == "auto" && probe.device_count > 0) {
-    std::fprintf(stderr, "glassboxd: a GPU is present but the CUDA backend is not implemented yet; using the CPU\n");
+  const CudaProbe probe = ProbeCuda();
+  std::fprintf(stderr, "glassboxd: CUDA: %s\n", probe.detail.c_str());
+  const bool want_cuda = device == "cuda" || (device == "auto" && probe.device_count > 0);
+  if (want_cuda) {
+    auto cuda = CreateCudaBackend(0);
+    if (cuda.ok()) {
+      GB_ASSIGN_OR_RETURN(DType dtype, ParseDType(absl::GetFlag(FLAGS_dtype), true));
+      std::fprintf(stderr, "glassboxd: backend: cuda:0, weights and activations in %s\n",
+                   std::string(DTypeName(dtype)).c_str());
+      return ChosenBackend{*std::move(cuda), "cuda:0", dtype};
+    }
+    if (device == "cuda") return cuda.status();
+    std::fprintf(stderr, "glassboxd: CUDA backend unavailable (%s); using the CPU\n",
+                 std::string(cuda.status().message()).c_str());
   }
+  GB_ASSIGN_OR_RETURN(DType dtype, ParseDType(absl::GetFlag(FLAGS_dtype), false));
   std::fprintf(stderr, "glassboxd: backend: cpu\n");
-  return std::make_pair(std::shared_ptr<Backend>(std::make_shared<CpuBackend>()), std::string("cpu"));
+  return ChosenBackend{std::make_shared<CpuBackend>(), "cpu", dtype};
 }
 
 int Main(int argc, char** argv) {
@@ -143,7 +166,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(backend.status().message()).c_str());
     return 2;
   }
-  auto store = ModelStore::Load(settings->models, backend->first, backend->second);
+  auto store = ModelStore::Load(settings->models, backend->backend, backend->device, backend->dtype);
   if (!store.ok()) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(store.status().message()).c_str());
     return 1;

@@ -19,7 +19,8 @@ absl::StatusOr<ModelSpec> ParseModelSpec(absl::string_view flag_value) {
 
 absl::StatusOr<std::unique_ptr<ModelStore>> ModelStore::Load(const std::vector<ModelSpec>& specs,
                                                              std::shared_ptr<Backend> backend,
-                                                             const std::string& device_name) {
+                                                             const std::string& device_name,
+                                                             DType dtype) {
   auto store = std::make_unique<ModelStore>();
   for (const ModelSpec& spec : specs) {
     if (store->models_.count(spec.name)) {
@@ -29,7 +30,7 @@ absl::StatusOr<std::unique_ptr<ModelStore>> ModelStore::Load(const std::vector<M
     served->name = spec.name;
     served->directory = spec.directory;
     served->device = device_name;
-    auto model = Transformer::Load(spec.directory, backend);
+    auto model = Transformer::Load(spec.directory, backend, dtype);
     if (!model.ok()) {
       return absl::Status(model.status().code(),
                           absl::StrCat("model \"", spec.name, "\": ", model.status().message()));

@@ -35,7 +35,8 @@ class ModelStore {
   // message.
   static absl::StatusOr<std::unique_ptr<ModelStore>> Load(const std::vector<ModelSpec>& specs,
                                                           std::shared_ptr<Backend> backend,
-                                                          const std::string& device_name);
+                                                          const std::string& device_name,
+                                                          DType dtype = DType::kF32);
 
   // NOT_FOUND naming the models this server has.
   absl::StatusOr<const ServedModel*> Find(absl::string_view name) const;

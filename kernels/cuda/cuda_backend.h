@@ -1,0 +1,125 @@
+// The CUDA implementation of the Backend contract (kernels/backend.h), with the CPU backend's
+// semantics (kernels/cpu/cpu_backend.cc) and checked against it by tests/gpu.
+//
+// Tensors live in device memory from a caching allocator. Every op is queued on the backend's
+// one stream and returns as soon as it is queued; CopyToHost and Synchronize wait for the stream
+// and report anything that went wrong on the device since the last wait. Floating ops take f32,
+// f16 or bf16 tensors (one dtype per op's activations; norm weights, biases and rotary tables may
+// have any floating dtype) and compute in f32. Linear and HeadProjection may write f32 from
+// f16/bf16 inputs (the engine's logits).
+//
+// This header includes no CUDA headers, so the server and tests can include it in any build;
+// builds without nvcc link cuda_backend_disabled.cc, whose CreateCudaBackend says so.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/caching_allocator.h"
+
+struct CUstream_st;
+
+namespace glassbox {
+
+namespace cuda_internal {
+class GemmRunner;
+}
+
+struct CudaBackendOptions {
+  // Let cuBLASLt apply ReLU, and GELU-tanh for f16/bf16 outputs, in the GEMM epilogue.
+  bool gemm_activation_epilogues = true;
+  // Use the online-softmax attention kernel for layers whose scores and pattern are not wanted.
+  bool flash_attention = true;
+  size_t gemm_workspace_bytes = size_t{32} << 20;
+  // Upper bound on the f32 score buffer of materialised attention; (batch, head) pairs are
+  // processed in chunks that fit (at least one pair at a time).
+  size_t attention_work_bytes = size_t{256} << 20;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  // FAILED_PRECONDITION when the machine has no usable CUDA device or driver (with the probe's
+  // explanation), INVALID_ARGUMENT for a device index that does not exist.
+  static absl::StatusOr<std::shared_ptr<CudaBackend>> Create(int device,
+                                                             CudaBackendOptions options = {});
+  ~CudaBackend() override;
+
+  Device device() const override { return Device::kCuda; }
+  std::string name() const override { return name_; }
+
+  absl::StatusOr<Tensor> Allocate(DType dtype, Shape shape) override;
+  // Synchronous for now: the host buffer may be reused as soon as these return. Pinned staging
+  // buffers and a copy stream (so captures overlap later layers) are the planned change; they
+  // belong here and in a CopyToHostAsync that hands back an event.
+  absl::Status CopyFromHost(const Tensor& host, Tensor& out) override;
+  absl::Status CopyToHost(const Tensor& src, Tensor& host_out) override;
+  absl::Status Convert(const Tensor& src, Tensor& out) override;
+
+  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Activation act,
+                      Tensor& out) override;
+  absl::Status HeadProjection(const Tensor& z, const Tensor& w, Tensor& out) override;
+
+  absl::Status LayerNorm(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps,
+                         Tensor& out, Tensor* scale_out, Tensor* unweighted_out) override;
+  absl::Status RmsNorm(const Tensor& x, const Tensor* weight, float eps, Tensor& out,
+                       Tensor* scale_out, Tensor* unweighted_out) override;
+
+  // An id (position) outside the table cannot fail the call that is merely queued: it writes
+  // zeros and the next CopyToHost / Synchronize returns INTERNAL naming the op.
+  absl::Status Embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
+  absl::Status Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                      const Tensor& positions, int rotary_dim, Tensor& out) override;
+
+  absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& key_mask, float scale, Tensor& z, Tensor* scores,
+                         Tensor* pattern) override;
+
+  absl::Status Add(const Tensor& a, const Tensor& b, Tensor& out) override;
+  absl::Status Mul(const Tensor& a, const Tensor& b, Tensor& out) override;
+  absl::Status Activate(Activation act, const Tensor& x, Tensor& out) override;
+
+  absl::Status SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tensor& v) override;
+
+  absl::Status CrossEntropy(const Tensor& logits, const Tensor& targets, Tensor& loss) override;
+  absl::Status LogSoftmax(const Tensor& x, Tensor& out) override;
+
+  // ---- CUDA-specific ----
+  // Waits for all queued work; reports device errors and invalid inputs seen by kernels.
+  absl::Status Synchronize();
+  // Returns cached device memory to the driver (after a burst of large requests, say).
+  absl::Status EmptyCache();
+  CachingDeviceAllocator::Stats allocator_stats() const { return allocator_->stats(); }
+  int device_index() const { return device_; }
+  const CudaBackendOptions& options() const { return options_; }
+  // GEMMs served by cuBLASLt and by the cublasGemmStridedBatchedEx fallback so far.
+  int64_t gemm_lt_calls() const;
+  int64_t gemm_fallback_calls() const;
+
+ private:
+  CudaBackend(int device, CudaBackendOptions options);
+  // Queues a copy of the device error word, waits for the stream, and turns a raised bit into
+  // an error (clearing it).
+  absl::Status WaitAndCheck(const char* what);
+
+  const int device_;
+  const CudaBackendOptions options_;
+  std::string name_;
+  CUstream_st* stream_ = nullptr;
+  std::unique_ptr<cuda_internal::GemmRunner> gemm_;
+  std::shared_ptr<CachingDeviceAllocator> allocator_;
+  int* device_errors_ = nullptr;  // device word of kDeviceError* bits
+  int* host_errors_ = nullptr;    // pinned host copy, read after a wait
+  std::mutex errors_mu_;
+};
+
+// The backend as the engine sees it; see CudaBackend::Create.
+absl::StatusOr<std::shared_ptr<Backend>> CreateCudaBackend(int device,
+                                                           CudaBackendOptions options = {});
+
+}  // namespace glassbox

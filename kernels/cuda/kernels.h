@@ -1,0 +1,117 @@
+// The boundary between the CUDA backend (C++20, Abseil, Tensor) and its kernels (.cu files,
+// compiled by nvcc as C++17): raw device pointers, sizes and element types only. Each launcher
+// validates nothing (the backend has checked shapes and dtypes), enqueues its kernel(s) on
+// `stream` and returns cudaGetLastError() so a failed launch is reported, never ignored.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace glassbox::cuda {
+
+// The same numbering as glassbox::DType (checked by static_asserts in cuda_backend.cc).
+enum class ElementType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kI32 = 3, kI64 = 4 };
+
+// The same numbering as glassbox::Activation.
+enum class ActivationKind : uint8_t { kIdentity, kGeluTanh, kGeluExact, kGeluQuick, kRelu, kSilu };
+
+// A read-only vector of any floating element type: norm weights and biases, linear biases,
+// rotary tables. These are small and read through the cache, so the kernels take their type at
+// run time instead of multiplying template instantiations. data == nullptr means "absent".
+struct AnyFloats {
+  const void* data = nullptr;
+  ElementType type = ElementType::kF32;
+};
+
+// Bits of the device error word: conditions a kernel can detect but not return. The backend
+// reads the word at its next synchronisation (CopyToHost, Synchronize) and reports them.
+inline constexpr int kDeviceErrorEmbeddingId = 1;     // Embedding: id outside [0, vocab)
+inline constexpr int kDeviceErrorRotaryPosition = 2;  // Rotary: position outside the table
+
+// ---- conversion ----
+// dst[i] = src[i] converted: floats among f32/f16/bf16 (round to nearest even), integers to
+// floats, i32 <-> i64. Other pairs return cudaErrorInvalidValue.
+cudaError_t LaunchConvert(const void* src, ElementType src_type, void* dst, ElementType dst_type,
+                          int64_t n, cudaStream_t stream);
+
+// ---- elementwise (one floating type for inputs and output; f32 math) ----
+cudaError_t LaunchAdd(ElementType type, const void* a, const void* b, void* out, int64_t n,
+                      cudaStream_t stream);
+cudaError_t LaunchMul(ElementType type, const void* a, const void* b, void* out, int64_t n,
+                      cudaStream_t stream);
+cudaError_t LaunchActivate(ElementType type, ActivationKind act, const void* x, void* out,
+                           int64_t n, cudaStream_t stream);
+// In place on a row-major [rows, cols] matrix: y = act(y + bias[col]); bias may be absent.
+cudaError_t LaunchBiasActivation(ElementType type, void* y, int64_t rows, int64_t cols,
+                                 AnyFloats bias, ActivationKind act, cudaStream_t stream);
+
+// ---- normalisation over the last axis; x, out, scale_out and unweighted_out share `type` ----
+struct NormArgs {
+  ElementType type = ElementType::kF32;
+  const void* x = nullptr;
+  AnyFloats weight;
+  AnyFloats bias;  // LayerNorm only
+  float eps = 0;
+  void* out = nullptr;
+  void* scale_out = nullptr;       // [rows], optional
+  void* unweighted_out = nullptr;  // [rows, cols], optional
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+cudaError_t LaunchLayerNorm(const NormArgs& args, cudaStream_t stream);
+cudaError_t LaunchRmsNorm(const NormArgs& args, cudaStream_t stream);
+
+// ---- gathers and positions ----
+// out[i, :] = table[ids[i], :] for elements of `element_bytes` (2, 4 or 8) bytes. An id outside
+// [0, vocab) writes zeros and sets kDeviceErrorEmbeddingId.
+cudaError_t LaunchEmbedding(int element_bytes, const void* table, int64_t vocab, int64_t dim,
+                            const int32_t* ids, int64_t n, void* out, int* device_errors,
+                            cudaStream_t stream);
+
+struct RotaryArgs {
+  ElementType type = ElementType::kF32;  // x and out
+  const void* x = nullptr;               // [tokens, heads, d_head]
+  void* out = nullptr;                   // same shape; may equal x
+  AnyFloats cos;                         // [n_ctx, rotary_dim / 2]
+  AnyFloats sin;
+  const int32_t* positions = nullptr;    // [tokens]
+  int64_t tokens = 0, heads = 0, d_head = 0, rotary_dim = 0, n_ctx = 0;
+  int* device_errors = nullptr;
+};
+cudaError_t LaunchRotary(const RotaryArgs& args, cudaStream_t stream);
+
+// ---- softmax family (one block per row, f32 math) ----
+cudaError_t LaunchLogSoftmax(ElementType type, const void* x, void* out, int64_t rows,
+                             int64_t cols, cudaStream_t stream);
+// loss[r] = logsumexp(logits[r]) - logits[r, target[r]]; 0 where target is outside [0, vocab).
+cudaError_t LaunchCrossEntropy(ElementType logits_type, const void* logits,
+                               const int32_t* targets, ElementType loss_type, void* loss,
+                               int64_t rows, int64_t vocab, cudaStream_t stream);
+
+// ---- attention ----
+struct AttentionArgs {
+  ElementType type = ElementType::kF32;  // q, k, v, z, scores, pattern
+  const void* q = nullptr;               // [batch, seq, heads, d_head]
+  const void* k = nullptr;               // [batch, seq, kv_heads, d_head]
+  const void* v = nullptr;
+  const int32_t* key_mask = nullptr;     // [batch, seq], 0 = padding
+  void* z = nullptr;                     // [batch, seq, heads, d_head]
+  void* scores = nullptr;                // [batch, heads, seq, seq], optional
+  void* pattern = nullptr;               // [batch, heads, seq, seq], optional
+  int64_t batch = 0, seq = 0, heads = 0, kv_heads = 0, d_head = 0;
+  float scale = 1;
+};
+
+// Online-softmax ("flash") attention writing z only. Returns cudaErrorNotSupported, without
+// launching anything, for head sizes it has no instantiation for (d_head > 256) or when the
+// device cannot give it the shared memory it needs; the caller then uses the materialised path.
+cudaError_t LaunchFlashAttention(const AttentionArgs& args, cudaStream_t stream);
+
+// Materialised attention for (batch, head) pairs [bh_begin, bh_begin + bh_count): scaled scores
+// into `work` (f32 [bh_count, seq, seq]), masked softmax in place there (and into scores /
+// pattern when requested), then z = P·V. The caller chunks over (batch, head) to bound `work`.
+cudaError_t LaunchMaterializedAttention(const AttentionArgs& args, float* work, int64_t bh_begin,
+                                        int64_t bh_count, cudaStream_t stream);
+
+}  // namespace glassbox::cuda
