@@ -20,6 +20,9 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 echo "== python client tests (against a live glassboxd)"
 GLASSBOX_SERVER_BIN="$PWD/build/server/service/glassboxd" bash client/python/run_tests.sh
 
+echo "== container image and deploy/ (issue 10)"
+bash tools/container_smoke.sh
+
 echo "== fuzz (${fuzz_seconds}s per target)"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DGLASSBOX_CUDA=OFF -DGLASSBOX_BUILD_TESTS=OFF -DGLASSBOX_BUILD_FUZZERS=ON \

@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/flags/flag.h"
@@ -62,7 +63,21 @@ struct ServerSettings {
   ServiceLimits limits;
 };
 
-absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_args) {
+// Names of the flags present in argv ("--name" or "--name=value"), so that the config file
+// fills in only what the command line did not say.
+std::set<std::string> GivenFlags(int argc, char** argv) {
+  std::set<std::string> names;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) continue;
+    arg = arg.substr(2);
+    names.insert(arg.substr(0, arg.find('=')));
+  }
+  return names;
+}
+
+absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_args,
+                                        const std::set<std::string>& given) {
   ServerSettings s;
   s.listen = absl::GetFlag(FLAGS_listen);
   s.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
@@ -85,12 +100,20 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
         s.models.push_back({name, dir.get<std::string>()});
       }
     }
-    if (json.contains("listen") && json["listen"].is_string()) s.listen = json["listen"].get<std::string>();
+    // The config file fills in what the command line did not say.
+    if (!given.count("listen") && json.contains("listen") && json["listen"].is_string()) {
+      s.listen = json["listen"].get<std::string>();
+    }
     if (json.contains("limits") && json["limits"].is_object()) {
       const auto& l = json["limits"];
-      s.limits.max_batch = l.value("max_batch", s.limits.max_batch);
-      s.limits.max_tokens_per_request = l.value("max_tokens", s.limits.max_tokens_per_request);
-      s.limits.max_response_bytes = l.value("max_response_bytes", s.limits.max_response_bytes);
+      auto from_file = [&](const char* flag, const char* key, int64_t& value) {
+        if (!given.count(flag) && l.contains(key) && l[key].is_number_integer()) {
+          value = l[key].get<int64_t>();
+        }
+      };
+      from_file("max_batch", "max_batch", s.limits.max_batch);
+      from_file("max_tokens", "max_tokens", s.limits.max_tokens_per_request);
+      from_file("max_response_bytes", "max_response_bytes", s.limits.max_response_bytes);
     }
   }
   for (const std::string& arg : model_args) {
@@ -156,7 +179,7 @@ int Main(int argc, char** argv) {
       "Serves models over gRPC.\n  glassboxd --model NAME=DIR [--model NAME=DIR ...] "
       "[--listen ADDR] [--device auto|cpu|cuda] [--config FILE]");
   absl::ParseCommandLine(argc, argv);
-  auto settings = Settings(model_args);
+  auto settings = Settings(model_args, GivenFlags(argc, argv));
   if (!settings.ok()) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(settings.status().message()).c_str());
     return 2;
