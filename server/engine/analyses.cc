@@ -6,30 +6,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/engine/host_math.h"
 #include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {
-
-absl::StatusOr<Tensor> HostF32(Backend& backend, const Tensor& t) {
-  if (!t.defined()) return Tensor();
-  if (t.device() == Device::kCpu && t.dtype() == DType::kF32) return t;
-  Tensor f32 = t;
-  if (t.dtype() != DType::kF32) {
-    GB_ASSIGN_OR_RETURN(f32, backend.Allocate(DType::kF32, t.shape()));
-    GB_RETURN_IF_ERROR(backend.Convert(t, f32));
-  }
-  Tensor host = Tensor::EmptyHost(DType::kF32, t.shape());
-  GB_RETURN_IF_ERROR(backend.CopyToHost(f32, host));
-  return host;
-}
 
 // Host copies of captured values by hook name.
 class HostSink : public CaptureSink {
  public:
   explicit HostSink(Backend& backend) : backend_(backend) {}
   absl::Status OnCapture(HookId, const HookInfo& info, const Tensor& value) override {
-    GB_ASSIGN_OR_RETURN(values[info.name], HostF32(backend_, value));
+    GB_ASSIGN_OR_RETURN(values[info.name], CopyToHostF32(backend_, value));
     return absl::OkStatus();
   }
   std::map<std::string, Tensor> values;
@@ -104,17 +92,11 @@ absl::StatusOr<LogitLensResult> RunLogitLens(const Transformer& model, const Log
     GB_RETURN_IF_ERROR(be.Linear(normalized, w.unembed, nullptr, Activation::kIdentity, logits));
     GB_ASSIGN_OR_RETURN(Tensor log_probs, be.Allocate(DType::kF32, {rows, vocab}));
     GB_RETURN_IF_ERROR(be.LogSoftmax(logits, log_probs));
-    GB_ASSIGN_OR_RETURN(Tensor lp, HostF32(be, log_probs));
+    GB_ASSIGN_OR_RETURN(Tensor lp, CopyToHostF32(be, log_probs));
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = lp.data<float>() + r * vocab;
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-        return row[a] > row[b] || (row[a] == row[b] && a < b);
-      });
-      for (int64_t j = 0; j < k; ++j) {
-        result.top_log_probs.data<float>()[(l * rows + r) * k + j] = row[order[j]];
-        result.top_tokens.data<int32_t>()[(l * rows + r) * k + j] = order[j];
-      }
+      TopK(row, vocab, k, result.top_log_probs.data<float>() + (l * rows + r) * k,
+           result.top_tokens.data<int32_t>() + (l * rows + r) * k, order);
       for (int64_t j = 0; j < n_targets; ++j) {
         result.target_log_probs.data<float>()[(l * rows + r) * n_targets + j] = row[request.target_tokens[j]];
       }
@@ -150,9 +132,9 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
   GB_ASSIGN_OR_RETURN(HostSink sink, RunCapturing(model, request.tokens, mask, hooks));
   // Direction in the residual stream: w_f ∘ (W_U[t] − W_U[t2]).
   const ModelWeights& w = model.weights();
-  GB_ASSIGN_OR_RETURN(Tensor unembed, HostF32(be, w.unembed));
-  GB_ASSIGN_OR_RETURN(Tensor norm_w, HostF32(be, w.ln_final_w));
-  GB_ASSIGN_OR_RETURN(Tensor norm_b, HostF32(be, w.ln_final_b));
+  GB_ASSIGN_OR_RETURN(Tensor unembed, CopyToHostF32(be, w.unembed));
+  GB_ASSIGN_OR_RETURN(Tensor norm_w, CopyToHostF32(be, w.ln_final_w));
+  GB_ASSIGN_OR_RETURN(Tensor norm_b, CopyToHostF32(be, w.ln_final_b));
   std::vector<double> direction(d), raw_direction(d);
   for (int64_t i = 0; i < d; ++i) {
     raw_direction[i] = unembed.data<float>()[request.token * d + i];
@@ -184,7 +166,7 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
   GB_ASSIGN_OR_RETURN(std::vector<Tensor> o_biases, [&]() -> absl::StatusOr<std::vector<Tensor>> {
     std::vector<Tensor> biases;
     for (const BlockWeights& bw : w.blocks) {
-      GB_ASSIGN_OR_RETURN(Tensor hb, HostF32(be, bw.o_b));
+      GB_ASSIGN_OR_RETURN(Tensor hb, CopyToHostF32(be, bw.o_b));
       biases.push_back(hb);
     }
     return biases;
@@ -272,7 +254,7 @@ absl::StatusOr<std::vector<AttentionNormsLayer>> RunAttentionNorms(const Transfo
                     expanded.data<float>() + (bj * heads + h) * dh);
       }
     }
-    GB_ASSIGN_OR_RETURN(Tensor o_w, HostF32(be, model.weights().blocks[l].o_w));
+    GB_ASSIGN_OR_RETURN(Tensor o_w, CopyToHostF32(be, model.weights().blocks[l].o_w));
     Tensor f = Tensor::EmptyHost(DType::kF32, {batch, seq, heads, d});
     // The values are on the host already; the CPU backend is the host math library.
     GB_RETURN_IF_ERROR(CpuBackend().HeadProjection(expanded, o_w, f));

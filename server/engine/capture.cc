@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/engine/host_math.h"
 #include "server/util/status_macros.h"
 
 namespace glassbox {
@@ -203,18 +204,10 @@ std::vector<Tensor> ApplyCapture(const ResolvedCapture& capture, const Tensor& v
       const int64_t k = spec.k;
       Tensor values = Tensor::EmptyHost(DType::kF32, capture.outputs[0].shape);
       Tensor indices = Tensor::EmptyHost(DType::kI32, capture.outputs[1].shape);
-      std::vector<int32_t> order(last);
+      std::vector<int32_t> scratch;
       for (int64_t r = 0; r < rows; ++r) {
-        const float* row = t.data<float>() + r * last;
-        std::iota(order.begin(), order.end(), 0);
-        // Ties keep the lower index first, as torch.topk does on the CPU for sorted output.
-        std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-          return row[a] > row[b] || (row[a] == row[b] && a < b);
-        });
-        for (int64_t j = 0; j < k; ++j) {
-          values.data<float>()[r * k + j] = row[order[j]];
-          indices.data<int32_t>()[r * k + j] = order[j];
-        }
+        TopK(t.data<float>() + r * last, last, k, values.data<float>() + r * k,
+             indices.data<int32_t>() + r * k, scratch);
       }
       outputs.push_back(values);
       outputs.push_back(indices);

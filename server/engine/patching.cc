@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "server/engine/host_math.h"
 #include "server/util/status_macros.h"
 
 namespace glassbox {
@@ -35,14 +36,7 @@ class LayerValues : public CaptureSink {
  public:
   explicit LayerValues(Backend& backend) : backend_(backend) {}
   absl::Status OnCapture(HookId, const HookInfo& info, const Tensor& value) override {
-    Tensor host = Tensor::EmptyHost(DType::kF32, value.shape());
-    Tensor f32 = value;
-    if (value.dtype() != DType::kF32) {
-      GB_ASSIGN_OR_RETURN(f32, backend_.Allocate(DType::kF32, value.shape()));
-      GB_RETURN_IF_ERROR(backend_.Convert(value, f32));
-    }
-    GB_RETURN_IF_ERROR(backend_.CopyToHost(f32, host));
-    by_layer[info.layer] = host;
+    GB_ASSIGN_OR_RETURN(by_layer[info.layer], CopyToHostF32(backend_, value));
     return absl::OkStatus();
   }
   std::map<int, Tensor> by_layer;

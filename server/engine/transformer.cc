@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "server/engine/host_math.h"
 #include "server/util/status_macros.h"
 
 namespace glassbox {
@@ -37,14 +38,10 @@ class ForwardPass {
     const HookInfo& info = hooks_.info(id);
     const Shape shape = info.ShapeFor(batch_, seq_);
     if (plan_.HasEdits(id)) {
+      // Always a fresh host copy, even on the CPU: the original may be held by a sink.
       Tensor host = Tensor::EmptyHost(DType::kF32, shape);
-      if (value.dtype() == DType::kF32) {
-        GB_RETURN_IF_ERROR(be_.CopyToHost(value, host));
-      } else {
-        GB_ASSIGN_OR_RETURN(Tensor f32, be_.Allocate(DType::kF32, value.shape()));
-        GB_RETURN_IF_ERROR(be_.Convert(value, f32));
-        GB_RETURN_IF_ERROR(be_.CopyToHost(f32, host));
-      }
+      GB_ASSIGN_OR_RETURN(Tensor f32, CopyToHostF32(be_, value));
+      std::copy_n(f32.data<float>(), host.numel(), host.data<float>());
       for (const Intervention& edit : plan_.Edits(id)) ApplyIntervention(edit, layout_, host);
       GB_ASSIGN_OR_RETURN(Tensor edited, Place(host));
       value = edited.Reshape(value.shape());

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "server/engine/capture.h"
+#include "server/engine/host_math.h"
 #include "server/util/status_macros.h"
 
 namespace glassbox {
@@ -23,7 +24,7 @@ class StreamingSink : public CaptureSink {
   }
 
   absl::Status OnCapture(HookId id, const HookInfo&, const Tensor& value) override {
-    GB_ASSIGN_OR_RETURN(Tensor host, ToHostF32(value));
+    GB_ASSIGN_OR_RETURN(Tensor host, CopyToHostF32(job_.plan_.model->model->backend(), value));
     const RunPlan& plan = job_.plan_;
     for (const auto& [capture_index, first_tensor_id] : by_hook_[id]) {
       std::vector<Tensor> outputs = ApplyCapture(plan.captures[capture_index], host, plan.lengths);
@@ -35,19 +36,6 @@ class StreamingSink : public CaptureSink {
   }
 
  private:
-  absl::StatusOr<Tensor> ToHostF32(const Tensor& value) {
-    if (value.device() == Device::kCpu && value.dtype() == DType::kF32) return value;
-    Backend& backend = job_.plan_.model->model->backend();
-    Tensor f32 = value;
-    if (value.dtype() != DType::kF32) {
-      GB_ASSIGN_OR_RETURN(f32, backend.Allocate(DType::kF32, value.shape()));
-      GB_RETURN_IF_ERROR(backend.Convert(value, f32));
-    }
-    Tensor host = Tensor::EmptyHost(DType::kF32, value.shape());
-    GB_RETURN_IF_ERROR(backend.CopyToHost(f32, host));
-    return host;
-  }
-
   RunJob& job_;
   std::vector<std::vector<std::pair<size_t, int>>> by_hook_;  // hook -> (capture, first tensor id)
 };
@@ -99,17 +87,10 @@ absl::Status RunJob::StreamOutputs(const Tensor& logits, const Tensor& loss) {
       const int64_t k = plan_.logits_k, rows = batch * seq;
       Tensor values = Tensor::EmptyHost(DType::kF32, {batch, seq, k});
       Tensor indices = Tensor::EmptyHost(DType::kI32, {batch, seq, k});
-      std::vector<int32_t> order(vocab);
+      std::vector<int32_t> scratch;
       for (int64_t r = 0; r < rows; ++r) {
-        const float* row = logits.data<float>() + r * vocab;
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-          return row[a] > row[b] || (row[a] == row[b] && a < b);
-        });
-        for (int64_t j = 0; j < k; ++j) {
-          values.data<float>()[r * k + j] = row[order[j]];
-          indices.data<int32_t>()[r * k + j] = order[j];
-        }
+        TopK(logits.data<float>() + r * vocab, vocab, k, values.data<float>() + r * k,
+             indices.data<int32_t>() + r * k, scratch);
       }
       GB_RETURN_IF_ERROR(Stream(id++, values));
       GB_RETURN_IF_ERROR(Stream(id++, indices));
