@@ -50,6 +50,68 @@ Tensor GatherAxis(const Tensor& t, int axis, int64_t count, SourceFn source) {
 
 }  // namespace
 
+absl::StatusOr<ResolvedCapture> ResolveCaptureAt(HookId id, const HookInfo& info,
+                                                 const CaptureSpec& spec, int64_t batch,
+                                                 int64_t padded_length, int32_t shortest) {
+  if (spec.dtype != DType::kF32 && spec.dtype != DType::kF16 && spec.dtype != DType::kBF16) {
+    return SpecError(spec, "the wire dtype must be f32, f16 or bf16");
+  }
+  ResolvedCapture rc{.hook = id, .spec = spec};
+  rc.position_axis = FindAxis(info, {"pos", "query_pos"});
+  rc.head_axis = FindAxis(info, {"head_index", "kv_head_index"});
+  Shape shape = info.ShapeFor(batch, padded_length);
+  std::vector<std::string> dims = info.dim_names;
+  if (!spec.positions.empty()) {
+    if (rc.position_axis < 0)
+      return SpecError(spec, absl::StrCat(info.name, " has no position axis"));
+    for (int32_t p : spec.positions) {
+      if (p >= padded_length || -p > shortest) {
+        return SpecError(spec, absl::StrCat("position ", p, " is outside the inputs (longest row ",
+                                            padded_length, " tokens, shortest ", shortest, ")"));
+      }
+    }
+    shape[rc.position_axis] = static_cast<int64_t>(spec.positions.size());
+  }
+  if (!spec.heads.empty()) {
+    if (rc.head_axis < 0) return SpecError(spec, absl::StrCat(info.name, " has no head axis"));
+    for (int32_t h : spec.heads) {
+      if (h < 0 || h >= shape[rc.head_axis]) {
+        return SpecError(spec, absl::StrCat("head ", h, " is outside [0, ", shape[rc.head_axis],
+                                            ") for ", info.name));
+      }
+    }
+    shape[rc.head_axis] = static_cast<int64_t>(spec.heads.size());
+  }
+  switch (spec.reduction) {
+    case CaptureReduction::kNone:
+      rc.outputs.push_back({info.name, shape, dims, spec.dtype});
+      break;
+    case CaptureReduction::kMeanPos:
+      if (rc.position_axis < 0)
+        return SpecError(spec, absl::StrCat(info.name, " has no position axis"));
+      shape.erase(shape.begin() + rc.position_axis);
+      dims.erase(dims.begin() + rc.position_axis);
+      rc.outputs.push_back({info.name, shape, dims, spec.dtype});
+      break;
+    case CaptureReduction::kNorm:
+      shape.pop_back();
+      dims.pop_back();
+      rc.outputs.push_back({info.name, shape, dims, spec.dtype});
+      break;
+    case CaptureReduction::kTopK:
+      if (spec.k < 1 || spec.k > shape.back()) {
+        return SpecError(spec, absl::StrCat("top-k needs 1 <= k <= ", shape.back(),
+                                            " (the last axis of ", info.name, "), got ", spec.k));
+      }
+      shape.back() = spec.k;
+      dims.back() = "k";
+      rc.outputs.push_back({info.name, shape, dims, spec.dtype});
+      rc.outputs.push_back({info.name + ".indices", shape, dims, DType::kI32});
+      break;
+  }
+  return rc;
+}
+
 absl::StatusOr<std::vector<ResolvedCapture>> ResolveCaptures(
     const HookRegistry& registry, const std::vector<CaptureSpec>& specs,
     const std::vector<int32_t>& sequence_lengths, int64_t padded_length) {
@@ -58,9 +120,6 @@ absl::StatusOr<std::vector<ResolvedCapture>> ResolveCaptures(
                                ? 0 : *std::min_element(sequence_lengths.begin(), sequence_lengths.end());
   std::vector<std::vector<ResolvedCapture>> by_hook(registry.size());
   for (const CaptureSpec& spec : specs) {
-    if (spec.dtype != DType::kF32 && spec.dtype != DType::kF16 && spec.dtype != DType::kBF16) {
-      return SpecError(spec, "the wire dtype must be f32, f16 or bf16");
-    }
     auto matched = registry.Match(spec.hook);
     if (!matched.ok()) return matched.status();
     std::vector<HookId> ids;
@@ -75,58 +134,8 @@ absl::StatusOr<std::vector<ResolvedCapture>> ResolveCaptures(
       return SpecError(spec, absl::StrCat("no hook matches in layers [", absl::StrJoin(spec.layers, ","), "]"));
     }
     for (HookId id : ids) {
-      const HookInfo& info = registry.info(id);
-      ResolvedCapture rc{.hook = id, .spec = spec};
-      rc.position_axis = FindAxis(info, {"pos", "query_pos"});
-      rc.head_axis = FindAxis(info, {"head_index", "kv_head_index"});
-      Shape shape = info.ShapeFor(batch, padded_length);
-      std::vector<std::string> dims = info.dim_names;
-      if (!spec.positions.empty()) {
-        if (rc.position_axis < 0) return SpecError(spec, absl::StrCat(info.name, " has no position axis"));
-        for (int32_t p : spec.positions) {
-          if (p >= padded_length || -p > shortest) {
-            return SpecError(spec, absl::StrCat("position ", p, " is outside the inputs (longest row ",
-                                                padded_length, " tokens, shortest ", shortest, ")"));
-          }
-        }
-        shape[rc.position_axis] = static_cast<int64_t>(spec.positions.size());
-      }
-      if (!spec.heads.empty()) {
-        if (rc.head_axis < 0) return SpecError(spec, absl::StrCat(info.name, " has no head axis"));
-        for (int32_t h : spec.heads) {
-          if (h < 0 || h >= shape[rc.head_axis]) {
-            return SpecError(spec, absl::StrCat("head ", h, " is outside [0, ", shape[rc.head_axis],
-                                                ") for ", info.name));
-          }
-        }
-        shape[rc.head_axis] = static_cast<int64_t>(spec.heads.size());
-      }
-      switch (spec.reduction) {
-        case CaptureReduction::kNone:
-          rc.outputs.push_back({info.name, shape, dims, spec.dtype});
-          break;
-        case CaptureReduction::kMeanPos:
-          if (rc.position_axis < 0) return SpecError(spec, absl::StrCat(info.name, " has no position axis"));
-          shape.erase(shape.begin() + rc.position_axis);
-          dims.erase(dims.begin() + rc.position_axis);
-          rc.outputs.push_back({info.name, shape, dims, spec.dtype});
-          break;
-        case CaptureReduction::kNorm:
-          shape.pop_back();
-          dims.pop_back();
-          rc.outputs.push_back({info.name, shape, dims, spec.dtype});
-          break;
-        case CaptureReduction::kTopK:
-          if (spec.k < 1 || spec.k > shape.back()) {
-            return SpecError(spec, absl::StrCat("top-k needs 1 <= k <= ", shape.back(), " (the last axis of ",
-                                                info.name, "), got ", spec.k));
-          }
-          shape.back() = spec.k;
-          dims.back() = "k";
-          rc.outputs.push_back({info.name, shape, dims, spec.dtype});
-          rc.outputs.push_back({info.name + ".indices", shape, dims, DType::kI32});
-          break;
-      }
+      GB_ASSIGN_OR_RETURN(ResolvedCapture rc, ResolveCaptureAt(id, registry.info(id), spec, batch,
+                                                               padded_length, shortest));
       by_hook[id].push_back(std::move(rc));
     }
   }

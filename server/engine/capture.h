@@ -54,6 +54,13 @@ absl::StatusOr<std::vector<ResolvedCapture>> ResolveCaptures(
     const HookRegistry& registry, const std::vector<CaptureSpec>& specs,
     const std::vector<int32_t>& sequence_lengths, int64_t padded_length);
 
+// One spec bound to one hook point `info` (whose id in the caller's numbering is `id`): the
+// selections checked against its dims, the outputs it produces. ResolveCaptures applies it to
+// every hook a spec matches; SAE splices use it for their hook_sae_* points.
+absl::StatusOr<ResolvedCapture> ResolveCaptureAt(HookId id, const HookInfo& info,
+                                                 const CaptureSpec& spec, int64_t batch,
+                                                 int64_t padded_length, int32_t shortest);
+
 // Cuts a captured host f32 value (the hook's full shape) down to the capture's outputs.
 std::vector<Tensor> ApplyCapture(const ResolvedCapture& capture, const Tensor& value,
                                  const std::vector<int32_t>& sequence_lengths);

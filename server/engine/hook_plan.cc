@@ -25,6 +25,23 @@ absl::Status HookPlan::AddIntervention(Intervention edit) {
   return absl::OkStatus();
 }
 
+absl::Status HookPlan::AddSaeSplice(HookId hook, SaeSplice splice) {
+  if (hook < 0 || hook >= registry_->size() || splice.sae == nullptr) {
+    return absl::InvalidArgumentError("SAE splice names no hook point or no SAE");
+  }
+  const HookInfo& info = registry_->info(hook);
+  if (!IsEditableHook(info.kind)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SAE splice at ", info.name, ": this hook can be captured but not edited yet"));
+  }
+  if (splices_[hook].sae != nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("two SAEs spliced at ", info.name, "; splice at most one per hook"));
+  }
+  splices_[hook] = std::move(splice);
+  return absl::OkStatus();
+}
+
 std::vector<HookId> HookPlan::CapturedIds() const {
   std::vector<HookId> ids;
   for (HookId id = 0; id < static_cast<HookId>(capture_.size()); ++id) {

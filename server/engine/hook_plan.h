@@ -3,34 +3,47 @@
 // place where it asks "does anyone need this value?" — and capturing nothing costs nothing.
 #pragma once
 
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "server/engine/hook_points.h"
 #include "server/engine/intervention.h"
+#include "server/engine/sae_hooks.h"
 
 namespace glassbox {
 
 class HookPlan {
  public:
   explicit HookPlan(const HookRegistry& registry)
-      : registry_(&registry), capture_(registry.size(), 0), edits_(registry.size()) {}
+      : registry_(&registry),
+        capture_(registry.size(), 0),
+        edits_(registry.size()),
+        splices_(registry.size()) {}
 
   // Captures the hook(s) a name or glob names; INVALID_ARGUMENT when none exists.
   absl::Status Capture(absl::string_view name_or_glob);
-  void CaptureId(HookId id) { capture_[id] = 1; }
+  void CaptureId(HookId id) { capture_.at(id) = 1; }
 
   // Adds an edit at its hook, after those already there. INVALID_ARGUMENT for hooks that cannot
   // be edited.
   absl::Status AddIntervention(Intervention edit);
+
+  // Splices an SAE at its hook, after the hook's interventions; one SAE per hook. INVALID_ARGUMENT
+  // for hooks that cannot be edited or that already have one.
+  absl::Status AddSaeSplice(HookId hook, SaeSplice splice);
+  const SaeSplice* SaeSpliceAt(HookId id) const {
+    return id >= 0 && splices_[id].sae != nullptr ? &splices_[id] : nullptr;
+  }
 
   bool Captures(HookId id) const { return id >= 0 && capture_[id] != 0; }
   const std::vector<Intervention>& Edits(HookId id) const { return edits_[id]; }
   bool HasEdits(HookId id) const { return id >= 0 && !edits_[id].empty(); }
   // Whether the forward pass must materialise the hook's value; optional work (per-head results,
   // attention patterns, unweighted norm outputs, separate pre-activations) is skipped otherwise.
-  bool Touches(HookId id) const { return Captures(id) || HasEdits(id); }
+  bool Touches(HookId id) const {
+    return Captures(id) || HasEdits(id) || SaeSpliceAt(id) != nullptr;
+  }
   bool HasAnyEdits() const { return edit_count_ > 0; }
 
   std::vector<HookId> CapturedIds() const;
@@ -40,6 +53,7 @@ class HookPlan {
   const HookRegistry* registry_;
   std::vector<uint8_t> capture_;
   std::vector<std::vector<Intervention>> edits_;
+  std::vector<SaeSplice> splices_;  // sae == nullptr: none at that hook
   int edit_count_ = 0;
 };
 

@@ -37,17 +37,38 @@ class ForwardPass {
     if (id < 0 || !plan_.Touches(id)) return absl::OkStatus();
     const HookInfo& info = hooks_.info(id);
     const Shape shape = info.ShapeFor(batch_, seq_);
-    if (plan_.HasEdits(id)) {
+    const SaeSplice* splice = plan_.SaeSpliceAt(id);
+    if (plan_.HasEdits(id) || splice != nullptr) {
       // Always a fresh host copy, even on the CPU: the original may be held by a sink.
       Tensor host = Tensor::EmptyHost(DType::kF32, shape);
       GB_ASSIGN_OR_RETURN(Tensor f32, CopyToHostF32(be_, value));
       std::copy_n(f32.data<float>(), host.numel(), host.data<float>());
       for (const Intervention& edit : plan_.Edits(id)) ApplyIntervention(edit, layout_, host);
+      if (splice != nullptr) {
+        GB_ASSIGN_OR_RETURN(host, SpliceSae(*splice, host));
+      }
       GB_ASSIGN_OR_RETURN(Tensor edited, Place(host));
       value = edited.Reshape(value.shape());
     }
     if (!plan_.Captures(id)) return absl::OkStatus();
     return sink_->OnCapture(id, info, value.Reshape(shape));
+  }
+
+  // The SAE's output for the hook's (edited) host value; its hook_sae_* captures go to the sink
+  // first, in sae_lens's order (input, acts_pre, acts_post, recons, error, output).
+  absl::StatusOr<Tensor> SpliceSae(const SaeSplice& splice, const Tensor& host) {
+    GB_ASSIGN_OR_RETURN(SpliceResult result, splice.sae->Splice(host, splice.options));
+    for (int p = 0; p < kNumSaeHooks; ++p) {
+      if (splice.capture_ids[p] < 0) continue;
+      if (sink_ == nullptr)
+        return absl::InvalidArgumentError(
+            "the plan captures hook_sae_* points but no sink receives them");
+      const HookInfo& info = splice.capture_infos[p];
+      const Tensor& captured = result.captured[p].defined() ? result.captured[p] : result.output;
+      GB_RETURN_IF_ERROR(sink_->OnCapture(splice.capture_ids[p], info,
+                                          captured.Reshape(info.ShapeFor(batch_, seq_))));
+    }
+    return result.output;
   }
 
   // A host f32 tensor moved to the backend in the pass's dtype.
