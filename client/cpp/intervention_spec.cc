@@ -5,6 +5,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -25,7 +26,7 @@ namespace {
 namespace pb = ::glassbox::v1;
 
 absl::Status SpecError(absl::string_view spec, absl::string_view problem) {
-  return absl::InvalidArgumentError(absl::StrCat("--intervene \"", spec, "\": ", problem));
+  return cli::SpecError("intervene", spec, problem);
 }
 
 struct KindName {
@@ -44,30 +45,12 @@ constexpr KindName kKinds[] = {
 
 absl::StatusOr<std::vector<int32_t>> ParseInts(absl::string_view spec, absl::string_view key,
                                                absl::string_view text, bool allow_negative) {
-  std::vector<int32_t> values;
-  if (text.empty()) return SpecError(spec, absl::StrCat(key, "= needs a list of integers"));
-  for (absl::string_view piece : absl::StrSplit(absl::string_view(text.data(), text.size()), ',')) {
-    piece = absl::StripAsciiWhitespace(piece);
-    int32_t value;
-    if (!absl::SimpleAtoi(piece, &value)) {
-      return SpecError(spec, absl::StrFormat("%s: \"%s\" is not an integer", key, piece));
-    }
-    if (value < 0 && !allow_negative) {
-      return SpecError(spec, absl::StrFormat("%s: %d is negative", key, value));
-    }
-    values.push_back(value);
-  }
-  return values;
+  return ParseSpecInts("intervene", spec, key, text, allow_negative);
 }
 
 absl::StatusOr<float> ParseFloat(absl::string_view spec, absl::string_view key,
                                  absl::string_view text) {
-  float value;
-  text = absl::StripAsciiWhitespace(text);
-  if (!absl::SimpleAtof(text, &value) || !std::isfinite(value)) {
-    return SpecError(spec, absl::StrFormat("%s: \"%s\" is not a finite number", key, text));
-  }
-  return value;
+  return ParseSpecFloat("intervene", spec, key, text);
 }
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
@@ -234,6 +217,63 @@ absl::StatusOr<std::vector<float>> LoadValueFile(const std::string& path, const 
       absl::StrCat(path, ": a value file must end in .safetensors or .npy"));
 }
 
+absl::Status SpecError(absl::string_view flag, absl::string_view spec, absl::string_view problem) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, " \"", spec, "\": ", problem));
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseSpecInts(absl::string_view flag, absl::string_view spec,
+                                                   absl::string_view key, absl::string_view text,
+                                                   bool allow_negative) {
+  std::vector<int32_t> values;
+  if (text.empty()) return SpecError(flag, spec, absl::StrCat(key, "= needs a list of integers"));
+  for (absl::string_view piece : absl::StrSplit(absl::string_view(text.data(), text.size()), ',')) {
+    piece = absl::StripAsciiWhitespace(piece);
+    int32_t value;
+    if (!absl::SimpleAtoi(piece, &value)) {
+      return SpecError(flag, spec, absl::StrFormat("%s: \"%s\" is not an integer", key, piece));
+    }
+    if (value < 0 && !allow_negative) {
+      return SpecError(flag, spec, absl::StrFormat("%s: %d is negative", key, value));
+    }
+    values.push_back(value);
+  }
+  return values;
+}
+
+absl::StatusOr<float> ParseSpecFloat(absl::string_view flag, absl::string_view spec,
+                                     absl::string_view key, absl::string_view text) {
+  float value;
+  text = absl::StripAsciiWhitespace(text);
+  if (!absl::SimpleAtof(text, &value) || !std::isfinite(value)) {
+    return SpecError(flag, spec, absl::StrFormat("%s: \"%s\" is not a finite number", key, text));
+  }
+  return value;
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseSpecKeys(
+    absl::string_view flag, absl::string_view spec, const std::vector<std::string>& parts,
+    size_t first) {
+  std::vector<std::pair<std::string, std::string>> keys;
+  std::set<std::string> seen;
+  for (size_t i = first; i < parts.size(); ++i) {
+    const std::string& part = parts[i];
+    const size_t eq = part.find('=');
+    if (eq == std::string::npos) {
+      return SpecError(flag, spec, absl::StrFormat("\"%s\" is not KEY=VALUE", part));
+    }
+    std::string key = absl::AsciiStrToLower(part.substr(0, eq));
+    if (key == "pos" || key == "position") key = "positions";
+    if (key == "coefficient" || key == "coefs" || key == "coefficients") key = "coef";
+    if (key == "head") key = "heads";
+    if (key == "row") key = "rows";
+    if (key == "feature") key = "features";
+    if (!seen.insert(key).second)
+      return SpecError(flag, spec, absl::StrFormat("%s= given twice", key));
+    keys.push_back({key, part.substr(eq + 1)});
+  }
+  return keys;
+}
+
 absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
                                                        const ValueLoader& load) {
   const std::vector<std::string> parts = absl::StrSplit(absl::string_view(spec.data(), spec.size()), ':');
@@ -251,21 +291,10 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
   }
   in.set_hook(parts[1]);
 
-  std::map<std::string, std::string> seen;
-  for (size_t i = 2; i < parts.size(); ++i) {
-    const std::string& part = parts[i];
-    const size_t eq = part.find('=');
-    if (eq == std::string::npos) {
-      return SpecError(spec, absl::StrFormat("\"%s\" is not KEY=VALUE", part));
-    }
-    std::string key = absl::AsciiStrToLower(part.substr(0, eq));
-    const std::string value = part.substr(eq + 1);
-    if (key == "pos" || key == "position") key = "positions";
-    if (key == "coefficient") key = "coef";
-    if (key == "head") key = "heads";
-    if (key == "row") key = "rows";
-    if (seen.contains(key)) return SpecError(spec, absl::StrFormat("%s= given twice", key));
-    seen[key] = value;
+  GB_ASSIGN_OR_RETURN(auto keys, ParseSpecKeys("intervene", spec, parts, 2));
+  std::set<std::string> seen;
+  for (const auto& [key, value] : keys) {
+    seen.insert(key);
     if (key == "rows") {
       GB_ASSIGN_OR_RETURN(std::vector<int32_t> v, ParseInts(spec, key, value, false));
       in.mutable_rows()->Add(v.begin(), v.end());

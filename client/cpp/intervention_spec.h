@@ -20,10 +20,11 @@
 
 #include <functional>
 #include <string>
-#include "absl/strings/string_view.h"
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "glassbox/v1/glassbox.pb.h"
 
 namespace glassbox::cli {
@@ -41,6 +42,22 @@ absl::StatusOr<glassbox::v1::Intervention> ParseInterventionSpec(absl::string_vi
 // of a .npy array ('<f4', '<f8', '<f2', fortran_order False). The kind is chosen by the file's
 // extension; `name` applies to .safetensors only.
 absl::StatusOr<std::vector<float>> LoadValueFile(const std::string& path, const std::string& name);
+
+// Pieces shared by the compact specs (--intervene, --sae_edit, --sae_steer). Errors are
+// INVALID_ARGUMENT reading "--FLAG "SPEC": problem".
+absl::Status SpecError(absl::string_view flag, absl::string_view spec, absl::string_view problem);
+// "1,2,-3" (negative values only when allowed).
+absl::StatusOr<std::vector<int32_t>> ParseSpecInts(absl::string_view flag, absl::string_view spec,
+                                                   absl::string_view key, absl::string_view text,
+                                                   bool allow_negative);
+absl::StatusOr<float> ParseSpecFloat(absl::string_view flag, absl::string_view spec,
+                                     absl::string_view key, absl::string_view text);
+// The KEY=VALUE parts parts[first..], in order: keys lower-cased, aliases folded (pos and
+// position -> positions, row -> rows, head -> heads, feature -> features, coefficient(s) and
+// coefs -> coef); a part without '=' or a key given twice is an error.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseSpecKeys(
+    absl::string_view flag, absl::string_view spec, const std::vector<std::string>& parts,
+    size_t first);
 
 // "zero", "scale", ... for an InterventionKind; "?" for others.
 absl::string_view InterventionKindName(glassbox::v1::InterventionKind kind);

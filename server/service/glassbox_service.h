@@ -47,6 +47,16 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
                               const glassbox::v1::AttentionNormsRequest* request,
                               glassbox::v1::AttentionNormsResponse* response) override;
 
+  // SAEs (sae_handlers.cc).
+  grpc::Status ListSaes(grpc::ServerContext* context, const glassbox::v1::ListSaesRequest* request,
+                        glassbox::v1::ListSaesResponse* response) override;
+  grpc::Status SaeEncode(grpc::ServerContext* context,
+                         const glassbox::v1::SaeEncodeRequest* request,
+                         glassbox::v1::SaeEncodeResponse* response) override;
+  grpc::Status SaeDecode(grpc::ServerContext* context,
+                         const glassbox::v1::SaeDecodeRequest* request,
+                         glassbox::v1::SaeDecodeResponse* response) override;
+
  private:
   // Runs `work` on the device's worker and waits for it; UNAVAILABLE while draining.
   absl::Status OnDevice(const std::function<absl::Status()>& work);

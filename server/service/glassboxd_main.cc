@@ -1,6 +1,7 @@
 // glassboxd: loads models once and serves them over gRPC until SIGTERM, then drains.
 //
 //   glassboxd --model gpt2=/models/gpt2 --model llama=/models/llama --listen 0.0.0.0:50051
+//   glassboxd --model gpt2=/models/gpt2 --sae res6=/saes/gpt2-res-6@gpt2
 //   glassboxd --config /etc/glassbox/config.json
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -27,8 +28,11 @@
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address to serve on; port 0 picks a free port");
 ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda");
 ABSL_FLAG(std::string, dtype, "auto", "weights and activations: auto (bf16 on CUDA, f32 on the CPU) | f32 | bf16 | f16");
-ABSL_FLAG(std::string, config, "", "JSON config file: {\"models\": {NAME: DIR}, \"listen\": ADDR, "
-                                   "\"limits\": {...}}; flags given on the command line win");
+ABSL_FLAG(std::string, config, "",
+          "JSON config file: {\"models\": {NAME: DIR}, \"saes\": {NAME: "
+          "\"PATH@MODEL[:HOOK]\" or {\"path\", \"model\", \"hook\", "
+          "\"norm_scaling_factor\"}}, \"listen\": ADDR, \"limits\": {...}}; "
+          "flags given on the command line win");
 ABSL_FLAG(int64_t, max_batch, 1024, "most rows in one Run");
 ABSL_FLAG(int64_t, max_tokens, 1 << 16, "most (padded) tokens in one Run");
 ABSL_FLAG(int64_t, max_response_bytes, int64_t{8} << 30, "most tensor bytes one Run may stream");
@@ -38,27 +42,59 @@ ABSL_FLAG(int, drain_seconds, 30, "on SIGTERM, how long in-flight runs may take 
 namespace glassbox {
 namespace {
 
-// --model is repeatable (NAME=DIR each time), which absl's flag types cannot express, so those
-// arguments are taken out of argv before absl parses the rest.
-std::vector<std::string> TakeModelArgs(int& argc, char** argv) {
-  std::vector<std::string> models;
+// --model and --sae are repeatable (NAME=... each time), which absl's flag types cannot express,
+// so those arguments are taken out of argv before absl parses the rest.
+std::vector<std::string> TakeRepeatedArgs(int& argc, char** argv, const std::string& name) {
+  std::vector<std::string> values;
+  const std::string flag = "--" + name, short_flag = "-" + name, prefix = flag + "=";
   int out = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if ((arg == "--model" || arg == "-model") && i + 1 < argc) {
-      models.push_back(argv[++i]);
-    } else if (arg.rfind("--model=", 0) == 0) {
-      models.push_back(arg.substr(8));
+    if ((arg == flag || arg == short_flag) && i + 1 < argc) {
+      values.push_back(argv[++i]);
+    } else if (arg.rfind(prefix, 0) == 0) {
+      values.push_back(arg.substr(prefix.size()));
     } else {
       argv[out++] = argv[i];
     }
   }
   argc = out;
-  return models;
+  return values;
+}
+
+// One entry of the config file's "saes": "PATH@MODEL[:HOOK]" or an object.
+absl::StatusOr<SaeSpec> SaeSpecFromConfig(const std::string& path, const std::string& name,
+                                          const nlohmann::json& entry) {
+  if (entry.is_string()) return ParseSaeSpec(absl::StrCat(name, "=", entry.get<std::string>()));
+  const std::string where = absl::StrCat(path, ": saes.", name);
+  if (!entry.is_object() || !entry.contains("path") || !entry["path"].is_string() ||
+      !entry.contains("model") || !entry["model"].is_string()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where,
+        " must be \"PATH@MODEL[:HOOK]\" or {\"path\": ..., \"model\": ..., \"hook\": ..., "
+        "\"norm_scaling_factor\": ...}"));
+  }
+  SaeSpec spec{.name = name,
+               .path = entry["path"].get<std::string>(),
+               .model = entry["model"].get<std::string>()};
+  if (entry.contains("hook")) {
+    if (!entry["hook"].is_string())
+      return absl::InvalidArgumentError(absl::StrCat(where, ".hook must be a string"));
+    spec.hook = entry["hook"].get<std::string>();
+  }
+  if (entry.contains("norm_scaling_factor")) {
+    if (!entry["norm_scaling_factor"].is_number()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".norm_scaling_factor must be a number"));
+    }
+    spec.norm_scaling_factor = entry["norm_scaling_factor"].get<double>();
+  }
+  return spec;
 }
 
 struct ServerSettings {
   std::vector<ModelSpec> models;
+  std::vector<SaeSpec> saes;
   std::string listen;
   ServiceLimits limits;
 };
@@ -77,6 +113,7 @@ std::set<std::string> GivenFlags(int argc, char** argv) {
 }
 
 absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_args,
+                                        const std::vector<std::string>& sae_args,
                                         const std::set<std::string>& given) {
   ServerSettings s;
   s.listen = absl::GetFlag(FLAGS_listen);
@@ -100,6 +137,16 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
         s.models.push_back({name, dir.get<std::string>()});
       }
     }
+    // Like models, SAEs from the file and from --sae are all loaded (a name given twice is an
+    // error), since each names something to load rather than a setting to override.
+    if (json.contains("saes")) {
+      if (!json["saes"].is_object())
+        return absl::InvalidArgumentError(absl::StrCat(path, ": \"saes\" must map names to SAEs"));
+      for (const auto& [name, entry] : json["saes"].items()) {
+        GB_ASSIGN_OR_RETURN(SaeSpec spec, SaeSpecFromConfig(path, name, entry));
+        s.saes.push_back(std::move(spec));
+      }
+    }
     // The config file fills in what the command line did not say.
     if (!given.count("listen") && json.contains("listen") && json["listen"].is_string()) {
       s.listen = json["listen"].get<std::string>();
@@ -119,6 +166,10 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   for (const std::string& arg : model_args) {
     GB_ASSIGN_OR_RETURN(ModelSpec spec, ParseModelSpec(arg));
     s.models.push_back(spec);
+  }
+  for (const std::string& arg : sae_args) {
+    GB_ASSIGN_OR_RETURN(SaeSpec spec, ParseSaeSpec(arg));
+    s.saes.push_back(std::move(spec));
   }
   if (s.models.empty()) {
     return absl::InvalidArgumentError("no models: pass --model NAME=DIR (repeatable) or --config FILE");
@@ -174,12 +225,14 @@ int Main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::vector<std::string> model_args = TakeModelArgs(argc, argv);
+  std::vector<std::string> model_args = TakeRepeatedArgs(argc, argv, "model");
+  std::vector<std::string> sae_args = TakeRepeatedArgs(argc, argv, "sae");
   absl::SetProgramUsageMessage(
       "Serves models over gRPC.\n  glassboxd --model NAME=DIR [--model NAME=DIR ...] "
-      "[--listen ADDR] [--device auto|cpu|cuda] [--config FILE]");
+      "[--sae NAME=PATH@MODEL[:HOOK] ...] [--listen ADDR] [--device auto|cpu|cuda] [--config "
+      "FILE]");
   absl::ParseCommandLine(argc, argv);
-  auto settings = Settings(model_args, GivenFlags(argc, argv));
+  auto settings = Settings(model_args, sae_args, GivenFlags(argc, argv));
   if (!settings.ok()) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(settings.status().message()).c_str());
     return 2;
@@ -199,6 +252,23 @@ int Main(int argc, char** argv) {
                  served->model->config().model_type.c_str(),
                  static_cast<long long>(served->model->config().n_layers), served->directory.c_str(),
                  served->tokenizer ? " with its tokenizer" : "");
+  }
+  if (absl::Status loaded = (*store)->LoadSaes(settings->saes); !loaded.ok()) {
+    std::fprintf(stderr, "glassboxd: %s\n", std::string(loaded.message()).c_str());
+    return 1;
+  }
+  for (const auto& [name, served] : (*store)->saes()) {
+    const SaeConfig& c = served->sae->config();
+    std::fprintf(
+        stderr,
+        "glassboxd: loaded SAE %s (%s, d_in %lld, d_sae %lld, %.1f MiB) on %s at %s from %s\n",
+        name.c_str(), std::string(SaeArchitectureName(c.architecture)).c_str(),
+        static_cast<long long>(c.d_in), static_cast<long long>(c.d_sae),
+        static_cast<double>(served->sae->ResidentBytes()) / (1 << 20),
+        served->served_model->name.c_str(), served->hook_name.c_str(), served->path.c_str());
+    for (const std::string& warning : c.warnings) {
+      std::fprintf(stderr, "glassboxd: SAE %s: warning: %s\n", name.c_str(), warning.c_str());
+    }
   }
 
   Executor executor;

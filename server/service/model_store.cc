@@ -51,6 +51,32 @@ absl::StatusOr<std::unique_ptr<ModelStore>> ModelStore::Load(const std::vector<M
   return store;
 }
 
+absl::Status ModelStore::LoadSaes(const std::vector<SaeSpec>& specs) {
+  for (const SaeSpec& spec : specs) {
+    if (saes_.count(spec.name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SAE name \"", spec.name, "\" is given twice"));
+    }
+    auto model = Find(spec.model);
+    if (!model.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SAE \"", spec.name, "\" is attached to ", model.status().message()));
+    }
+    GB_ASSIGN_OR_RETURN(saes_[spec.name], LoadServedSae(spec, **model));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const ServedSae*> ModelStore::FindSae(absl::string_view name) const {
+  auto it = saes_.find(std::string(name));
+  if (it != saes_.end()) return it->second.get();
+  std::vector<std::string> names;
+  for (const auto& [n, s] : saes_) names.push_back(n);
+  return absl::NotFoundError(absl::StrCat(
+      "no SAE named \"", name, "\"; this server has: ",
+      names.empty() ? "none (load them with --sae NAME=PATH@MODEL)" : absl::StrJoin(names, ", ")));
+}
+
 absl::StatusOr<const ServedModel*> ModelStore::Find(absl::string_view name) const {
   auto it = models_.find(std::string(name));
   if (it != models_.end()) return it->second.get();

@@ -1,5 +1,5 @@
 // The models a server holds: each loaded once at start, weights resident on its device, with
-// the tokenizer found in its directory (if any).
+// the tokenizer found in its directory (if any), and the SAEs attached to them.
 #pragma once
 
 #include <map>
@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "server/engine/transformer.h"
 #include "server/model/tokenizer/tokenizer.h"
+#include "server/service/served_sae.h"
 
 namespace glassbox {
 
@@ -42,8 +43,16 @@ class ModelStore {
   absl::StatusOr<const ServedModel*> Find(absl::string_view name) const;
   const std::map<std::string, std::unique_ptr<ServedModel>>& models() const { return models_; }
 
+  // Loads SAEs onto models already loaded (host memory, f32); the first failure aborts with the
+  // SAE's name in the message.
+  absl::Status LoadSaes(const std::vector<SaeSpec>& specs);
+  // NOT_FOUND naming the SAEs this server has.
+  absl::StatusOr<const ServedSae*> FindSae(absl::string_view name) const;
+  const std::map<std::string, std::unique_ptr<ServedSae>>& saes() const { return saes_; }
+
  private:
   std::map<std::string, std::unique_ptr<ServedModel>> models_;
+  std::map<std::string, std::unique_ptr<ServedSae>> saes_;
 };
 
 }  // namespace glassbox

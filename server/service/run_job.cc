@@ -15,7 +15,10 @@ class StreamingSink : public CaptureSink {
  public:
   explicit StreamingSink(RunJob& job) : job_(job) {
     const RunPlan& plan = job.plan_;
-    by_hook_.resize(plan.model->model->hooks().size());
+    // hook_sae_* captures have ids past the registry's (AddSaeSplices).
+    HookId ids = plan.model->model->hooks().size();
+    for (const ResolvedCapture& rc : plan.captures) ids = std::max(ids, rc.hook + 1);
+    by_hook_.resize(ids);
     int next_id = 0;
     for (size_t i = 0; i < plan.captures.size(); ++i) {
       by_hook_[plan.captures[i].hook].push_back({i, next_id});
@@ -122,8 +125,13 @@ absl::Status RunJob::RunForward() {
   if (cancelled_) return absl::CancelledError("cancelled while queued");
   const Transformer& model = *plan_.model->model;
   HookPlan hook_plan(model.hooks());
-  for (const ResolvedCapture& rc : plan_.captures) hook_plan.CaptureId(rc.hook);
+  for (const ResolvedCapture& rc : plan_.captures) {
+    // hook_sae_* captures (ids past the registry) travel with their splice instead.
+    if (rc.hook < model.hooks().size()) hook_plan.CaptureId(rc.hook);
+  }
   for (const Intervention& edit : plan_.interventions) GB_RETURN_IF_ERROR(hook_plan.AddIntervention(edit));
+  for (const auto& [hook, splice] : plan_.splices)
+    GB_RETURN_IF_ERROR(hook_plan.AddSaeSplice(hook, splice));
   const bool need_all = plan_.logits_mode == glassbox::v1::LOGITS_ALL ||
                         plan_.logits_mode == glassbox::v1::LOGITS_TOP_K || !plan_.target_tokens.empty();
   ForwardOptions options{

@@ -171,8 +171,9 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
   const int64_t batch = plan.tokens.dim(0), longest = plan.tokens.dim(1);
 
   GB_RETURN_IF_ERROR(AddInterventions(request, plan));
+  GB_RETURN_IF_ERROR(AddSaeSteering(request, store, plan));
 
-  std::vector<CaptureSpec> specs;
+  std::vector<CaptureSpec> specs, sae_specs;
   for (int i = 0; i < request.captures_size(); ++i) {
     const auto& c = request.captures(i);
     const std::string where = absl::StrCat("captures[", i, "] \"", c.hook(), "\"");
@@ -183,7 +184,7 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
                      .k = c.k()};
     GB_ASSIGN_OR_RETURN(spec.dtype, FromProtoDType(c.dtype(), where));
     GB_ASSIGN_OR_RETURN(spec.reduction, FromProtoReduction(c.reduction(), where));
-    specs.push_back(std::move(spec));
+    (IsSaeCapture(spec.hook) ? sae_specs : specs).push_back(std::move(spec));
   }
   GB_ASSIGN_OR_RETURN(plan.captures,
                       ResolveCaptures(plan.model->model->hooks(), specs, plan.lengths, longest));
@@ -217,6 +218,7 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
     }
     plan.captures = std::move(reached);
   }
+  GB_RETURN_IF_ERROR(AddSaeSplices(request, store, sae_specs, plan));
   for (const ResolvedCapture& rc : plan.captures) {
     for (const CaptureOutputInfo& o : rc.outputs) plan.tensors.push_back({o.name, o.shape, o.dim_names, o.dtype});
   }

@@ -8,6 +8,7 @@
 #include "glassbox/v1/glassbox.pb.h"
 #include "server/engine/capture.h"
 #include "server/engine/intervention.h"
+#include "server/engine/sae_hooks.h"
 #include "server/service/model_store.h"
 
 namespace glassbox {
@@ -43,7 +44,8 @@ absl::StatusOr<Batch> BuildBatch(const glassbox::v1::Inputs& inputs, const Serve
 struct RunPlan : Batch {
   const ServedModel* model = nullptr;
   std::vector<ResolvedCapture> captures;  // forward order
-  std::vector<Intervention> interventions;  // request order
+  std::vector<Intervention> interventions;            // request order, then SAE steering
+  std::vector<std::pair<HookId, SaeSplice>> splices;  // request order
   glassbox::v1::LogitsMode logits_mode = glassbox::v1::LOGITS_NONE;
   int32_t logits_k = 0;
   bool loss_per_token = false;
@@ -60,5 +62,15 @@ absl::StatusOr<RunPlan> BuildRunPlan(const glassbox::v1::RunRequest& request,
                                      const ModelStore& store, const ServiceLimits& limits);
 
 glassbox::v1::DType ToProtoDType(DType dtype);
+
+// run_plan_sae.cc: the SAE parts of a request.
+// Whether a capture names hook_sae_* points ("<hook>.hook_sae_acts_post", globs too).
+bool IsSaeCapture(absl::string_view pattern);
+// Steering entries as ADD interventions of c·W_dec[i] at the SAE's hook, after the request's.
+absl::Status AddSaeSteering(const glassbox::v1::RunRequest& request, const ModelStore& store,
+                            RunPlan& plan);
+// Splices, their edits, and the hook_sae_* captures, merged into plan.captures in stream order.
+absl::Status AddSaeSplices(const glassbox::v1::RunRequest& request, const ModelStore& store,
+                           const std::vector<CaptureSpec>& sae_captures, RunPlan& plan);
 
 }  // namespace glassbox

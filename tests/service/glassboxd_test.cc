@@ -156,6 +156,52 @@ TEST(Glassboxd, BadFlagsExitWithAMessage) {
   ServerProcess bad_dir({"--model", "x=/nonexistent", "--listen", "127.0.0.1:0"});
   EXPECT_EQ(bad_dir.WaitExit(10), 1);
   EXPECT_NE(bad_dir.log().find("model \"x\""), std::string::npos) << bad_dir.log();
+
+  // An SAE whose d_in (32) is not the width of its hook on the model (64) stops the start.
+  const std::string gpt2 = "gpt2=" + testing::FixturePath("models/tiny-gpt2");
+  ServerProcess misfit({"--model", gpt2, "--sae",
+                        "s=" + testing::FixturePath("saes/standard") + "@gpt2", "--listen",
+                        "127.0.0.1:0"});
+  EXPECT_EQ(misfit.WaitExit(10), 1);
+  EXPECT_NE(misfit.log().find("SAE \"s\""), std::string::npos) << misfit.log();
+  EXPECT_NE(misfit.log().find("d_in is 32 but blocks.1.hook_resid_pre"), std::string::npos)
+      << misfit.log();
+
+  ServerProcess bad_spec({"--model", gpt2, "--sae", "s=/somewhere", "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(bad_spec.WaitExit(10), 2);
+  EXPECT_NE(bad_spec.log().find("NAME=PATH@MODEL"), std::string::npos) << bad_spec.log();
+}
+
+// SAEs from --sae and from the config file are loaded, attached and listed.
+TEST(Glassboxd, LoadsSaesFromFlagsAndConfig) {
+  const std::string config = ::testing::TempDir() + "/glassboxd_saes.json";
+  {
+    FILE* f = fopen(config.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    fprintf(f, "{\"saes\": {\"z0\": {\"path\": \"%s\", \"model\": \"gpt2\"}}}",
+            testing::FixturePath("saes/service/z0_jumprelu").c_str());
+    fclose(f);
+  }
+  ServerProcess server({"--model", "gpt2=" + testing::FixturePath("models/tiny-gpt2"), "--config",
+                        config, "--sae",
+                        "res1=" + testing::FixturePath("saes/service/res1_standard") + "@gpt2",
+                        "--listen", "127.0.0.1:0", "--device", "cpu"});
+  ASSERT_FALSE(server.address().empty()) << server.log();
+  auto stub = pb::Glassbox::NewStub(
+      grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  pb::ListSaesResponse saes;
+  ASSERT_TRUE(stub->ListSaes(&context, {}, &saes).ok());
+  ASSERT_EQ(saes.saes_size(), 2);
+  EXPECT_EQ(saes.saes(0).name(), "res1");
+  EXPECT_EQ(saes.saes(0).hook(), "blocks.1.hook_resid_pre");
+  EXPECT_EQ(saes.saes(1).name(), "z0");
+  EXPECT_EQ(saes.saes(1).hook(), "blocks.0.attn.hook_z");
+  EXPECT_TRUE(saes.saes(1).reshape_hook_z());
+  EXPECT_NE(server.log().find("loaded SAE res1 (standard, d_in 64, d_sae 128"), std::string::npos)
+      << server.log();
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.WaitExit(20), 0) << server.log();
 }
 
 }  // namespace
