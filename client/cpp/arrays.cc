@@ -153,4 +153,34 @@ absl::Status CheckAttentionNormsResponse(const pb::AttentionNormsResponse& respo
   return absl::OkStatus();
 }
 
+absl::Status CheckSaeEncodeResponse(const pb::SaeEncodeResponse& response) {
+  const auto& offsets = response.offsets();
+  if (offsets.empty() || offsets[0] != 0 ||
+      offsets[offsets.size() - 1] != response.indices_size() ||
+      response.values_size() != response.indices_size()) {
+    return Malformed("offsets", "must start at 0 and end at the number of indices (= values)");
+  }
+  int64_t tokens = 0;
+  for (int32_t length : response.sequence_lengths()) tokens += length;
+  if (offsets.size() != tokens + 1) {
+    return Malformed("offsets",
+                     absl::StrCat("has ", offsets.size(), " entries for ", tokens, " tokens"));
+  }
+  for (int i = 1; i < offsets.size(); ++i) {
+    if (offsets[i] < offsets[i - 1]) return Malformed("offsets", "decrease");
+  }
+  for (int32_t f : response.indices()) {
+    if (f < 0 || f >= response.d_sae())
+      return Malformed("indices", absl::StrCat("holds feature ", f));
+  }
+  if (!IsEmptyArray(response.dense())) {
+    GB_RETURN_IF_ERROR(CheckArray(response.dense(), "dense", ArrayKind::kFloat, 3));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSaeDecodeResponse(const pb::SaeDecodeResponse& response) {
+  return CheckArray(response.vectors(), "vectors", ArrayKind::kFloat, 2);
+}
+
 }  // namespace glassbox::client

@@ -45,5 +45,8 @@ absl::Status CheckLogitLensResponse(const glassbox::v1::LogitLensResponse& respo
 absl::Status CheckDirectLogitAttributionResponse(
     const glassbox::v1::DirectLogitAttributionResponse& response);
 absl::Status CheckAttentionNormsResponse(const glassbox::v1::AttentionNormsResponse& response);
+// CSR rows consistent (one per real token, offsets non-decreasing, features in [0, d_sae)).
+absl::Status CheckSaeEncodeResponse(const glassbox::v1::SaeEncodeResponse& response);
+absl::Status CheckSaeDecodeResponse(const glassbox::v1::SaeDecodeResponse& response);
 
 }  // namespace glassbox::client

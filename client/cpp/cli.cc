@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "client/cpp/sae_spec.h"
 #include "server/model/safetensors.h"
 #include "server/util/status_macros.h"
 
@@ -49,6 +50,7 @@ constexpr uint32_t kPatchOnly = Bit(Command::kPatch);
 constexpr uint32_t kRowInputs =
     kRunOnly | Bit(Command::kLogitLens) | Bit(Command::kDla) | Bit(Command::kAttnNorms);
 constexpr uint32_t kWithOut = kRowInputs | kPatchOnly;
+constexpr uint32_t kSaeEncodeOnly = Bit(Command::kSaeEncode);
 
 struct FlagSpec {
   std::string_view name;
@@ -63,12 +65,12 @@ constexpr FlagSpec kFlags[] = {
     {"tls", FlagKind::kBool, kAll},
     {"tls_root_cert", FlagKind::kValue, kAll},
     {"timeout", FlagKind::kValue, kAll},
-    {"prepend_bos", FlagKind::kBool, Bit(Command::kTokenize) | kWithOut},
+    {"prepend_bos", FlagKind::kBool, Bit(Command::kTokenize) | kWithOut | kSaeEncodeOnly},
     {"split_special_tokens", FlagKind::kBool, Bit(Command::kTokenize)},
     {"skip_special_tokens", FlagKind::kBool, Bit(Command::kDetokenize)},
-    {"model", FlagKind::kValue, kWithOut},
-    {"text", FlagKind::kRepeated, kRowInputs},
-    {"tokens", FlagKind::kRepeated, kRowInputs},
+    {"model", FlagKind::kValue, kWithOut | Bit(Command::kSaes)},
+    {"text", FlagKind::kRepeated, kRowInputs | kSaeEncodeOnly},
+    {"tokens", FlagKind::kRepeated, kRowInputs | kSaeEncodeOnly},
     {"intervene", FlagKind::kRepeated, kRunOnly},
     {"capture", FlagKind::kRepeated, kRunOnly},
     {"positions", FlagKind::kRepeated, kRunOnly},
@@ -83,7 +85,10 @@ constexpr FlagSpec kFlags[] = {
     {"target_tokens", FlagKind::kRepeated, kRunOnly},
     {"stop_at_layer", FlagKind::kValue, kRunOnly},
     {"chunk_bytes", FlagKind::kValue, kRunOnly},
-    {"out", FlagKind::kValue, kWithOut},
+    {"sae_splice", FlagKind::kRepeated, kRunOnly},
+    {"sae_edit", FlagKind::kRepeated, kRunOnly},
+    {"sae_steer", FlagKind::kRepeated, kRunOnly},
+    {"out", FlagKind::kValue, kWithOut | kSaeEncodeOnly},
     // patch
     {"clean_text", FlagKind::kRepeated, kPatchOnly},
     {"corrupted_text", FlagKind::kRepeated, kPatchOnly},
@@ -94,12 +99,15 @@ constexpr FlagSpec kFlags[] = {
     {"normalized", FlagKind::kBool, kPatchOnly},
     {"max_rows_per_pass", FlagKind::kValue, kPatchOnly},
     // logit-lens, dla
-    {"top_k", FlagKind::kValue, Bit(Command::kLogitLens)},
+    {"top_k", FlagKind::kValue, Bit(Command::kLogitLens) | kSaeEncodeOnly},
     {"targets", FlagKind::kRepeated, Bit(Command::kLogitLens)},
     {"position", FlagKind::kValue, Bit(Command::kLogitLens) | Bit(Command::kDla)},
     {"token", FlagKind::kValue, Bit(Command::kDla)},
     {"minus", FlagKind::kValue, Bit(Command::kDla)},
     {"top", FlagKind::kValue, Bit(Command::kDla)},
+    // sae-encode
+    {"sae", FlagKind::kValue, kSaeEncodeOnly},
+    {"dense", FlagKind::kBool, kSaeEncodeOnly},
 };
 
 const FlagSpec* FindFlag(std::string_view name) {
@@ -196,7 +204,8 @@ absl::StatusOr<RawCommandLine> Tokenize(const std::vector<std::string>& args) {
 }
 
 constexpr char kCommandList[] =
-    "models, info, tokenize, detokenize, run, patch, logit-lens, dla, attn-norms";
+    "models, info, tokenize, detokenize, run, patch, logit-lens, dla, attn-norms, saes, "
+    "sae-encode";
 
 absl::StatusOr<Command> ParseCommand(std::string_view word) {
   if (word == "models") return Command::kModels;
@@ -208,6 +217,8 @@ absl::StatusOr<Command> ParseCommand(std::string_view word) {
   if (word == "logit-lens" || word == "logit_lens") return Command::kLogitLens;
   if (word == "dla") return Command::kDla;
   if (word == "attn-norms" || word == "attn_norms") return Command::kAttnNorms;
+  if (word == "saes") return Command::kSaes;
+  if (word == "sae-encode" || word == "sae_encode") return Command::kSaeEncode;
   if (word == "help") return Command::kHelp;
   return UsageError(absl::StrFormat("unknown command \"%s\" (commands: %s)", word, kCommandList));
 }
@@ -234,6 +245,10 @@ std::string_view CommandName(Command command) {
       return "dla";
     case Command::kAttnNorms:
       return "attn-norms";
+    case Command::kSaes:
+      return "saes";
+    case Command::kSaeEncode:
+      return "sae-encode";
   }
   return "?";
 }
@@ -339,6 +354,8 @@ absl::Status ParseRun(const RawCommandLine& raw, const Environment& env, Invocat
   for (const std::string& spec : raw.Values("intervene")) {
     GB_ASSIGN_OR_RETURN(*request.add_interventions(), ParseInterventionSpec(spec, load));
   }
+  GB_RETURN_IF_ERROR(AddSaeFlags(raw.Values("sae_splice"), raw.Values("sae_edit"),
+                                 raw.Values("sae_steer"), request));
 
   // Capture options apply to every --capture.
   glassbox::v1::Capture capture_template;
@@ -521,6 +538,22 @@ absl::Status ParseDla(const RawCommandLine& raw, Invocation& inv) {
   return ParseOut(raw, inv);
 }
 
+absl::Status ParseSaeEncode(const RawCommandLine& raw, Invocation& inv) {
+  glassbox::v1::SaeEncodeRequest& request = inv.sae_encode;
+  const std::optional<std::string> sae = raw.Value("sae");
+  if (!sae.has_value() || sae->empty()) {
+    return UsageError("sae-encode needs --sae NAME (see `glassbox saes`)");
+  }
+  request.set_sae(*sae);
+  GB_RETURN_IF_ERROR(
+      ParseRowInputs(raw, "sae-encode", "text", "tokens", *request.mutable_inputs()));
+  GB_ASSIGN_OR_RETURN(int64_t top_k,
+                      ParseInt("top_k", raw.Value("top_k").value_or("5"), 0, INT32_MAX));
+  request.set_top_k(static_cast<int32_t>(top_k));
+  request.set_dense(raw.Value("dense") == "true");
+  return ParseOut(raw, inv);
+}
+
 absl::Status ParseAttnNorms(const RawCommandLine& raw, Invocation& inv) {
   glassbox::v1::AttentionNormsRequest& request = inv.attn_norms;
   GB_ASSIGN_OR_RETURN(std::string model, RequiredModel(raw, "attn-norms"));
@@ -616,6 +649,12 @@ absl::Status RunModel(client::Client& client, const Invocation& inv, std::ostrea
                          absl::StrJoin(header.sequence_lengths(), ", "));
   for (const glassbox::v1::Intervention& intervention : inv.run.interventions()) {
     out << "  intervene " << FormatIntervention(intervention) << "\n";
+  }
+  for (const glassbox::v1::SaeSplice& splice : inv.run.sae_splices()) {
+    out << "  sae splice " << FormatSaeSplice(splice) << "\n";
+  }
+  for (const glassbox::v1::SaeSteering& steering : inv.run.sae_steering()) {
+    out << "  sae steer " << FormatSaeSteering(steering) << "\n";
   }
   size_t width = 0;
   for (const ReceivedTensor& t : result.tensors) width = std::max(width, t.name.size());
@@ -1073,6 +1112,87 @@ absl::Status RunAttnNorms(client::Client& client, const Invocation& inv, std::os
   return absl::OkStatus();
 }
 
+absl::Status ListSaes(client::Client& client, const std::string& model, std::ostream& out) {
+  GB_ASSIGN_OR_RETURN(std::vector<glassbox::v1::SaeInfo> saes, client.ListSaes(model));
+  std::vector<std::vector<std::string>> table = {
+      {"name", "model", "hook", "architecture", "d_in", "d_sae", "normalization", "MiB"}};
+  for (const glassbox::v1::SaeInfo& sae : saes) {
+    std::string arch = sae.architecture();
+    if (sae.architecture() == "topk") absl::StrAppend(&arch, " k=", sae.k());
+    table.push_back({sae.name(), sae.model(), sae.hook(), arch, absl::StrCat(sae.d_in()),
+                     absl::StrCat(sae.d_sae()), sae.normalization(),
+                     absl::StrFormat("%.1f", sae.resident_bytes() / 1048576.0)});
+  }
+  if (saes.empty()) {
+    out << "no SAEs loaded" << (model.empty() ? "" : " for " + model)
+        << " (glassboxd --sae NAME=PATH@MODEL)\n";
+    return absl::OkStatus();
+  }
+  PrintTable(table, out, 4, "");
+  for (const glassbox::v1::SaeInfo& sae : saes) {
+    for (const std::string& warning : sae.warnings()) {
+      out << "warning: " << sae.name() << ": " << warning << "\n";
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunSaeEncode(client::Client& client, const Invocation& inv, std::ostream& out) {
+  const glassbox::v1::SaeEncodeRequest& request = inv.sae_encode;
+  GB_ASSIGN_OR_RETURN(glassbox::v1::SaeEncodeResponse response, client.SaeEncode(request));
+  GB_ASSIGN_OR_RETURN(std::vector<glassbox::v1::SaeInfo> saes, client.ListSaes());
+  glassbox::v1::SaeInfo info;
+  for (const glassbox::v1::SaeInfo& sae : saes) {
+    if (sae.name() == request.sae()) info = sae;
+  }
+  std::vector<std::vector<int32_t>> rows;
+  std::set<int32_t> ids;
+  for (const auto& row : response.tokens()) {
+    rows.emplace_back(row.ids().begin(), row.ids().end());
+    ids.insert(row.ids().begin(), row.ids().end());
+  }
+  GB_ASSIGN_OR_RETURN(auto strings, TokenStrings(client, info.model(), ids));
+  const glassbox::v1::SaeReconstructionStats& stats = response.stats();
+  out << absl::StrFormat(
+      "SAE %s on %s at %s: %d tokens, L0 %.2f, MSE %.6g, explained variance %.4f\n", request.sae(),
+      info.model(), info.hook(), stats.tokens(), stats.mean_l0(), stats.mse(),
+      stats.explained_variance());
+  out << (request.top_k() > 0 ? absl::StrFormat("top %d features per token", request.top_k())
+                              : std::string("every active feature per token"))
+      << " (feature=activation):\n";
+  int64_t token = 0;
+  for (size_t b = 0; b < rows.size(); ++b) {
+    std::vector<std::vector<std::string>> table;
+    for (size_t p = 0; p < rows[b].size(); ++p, ++token) {
+      std::vector<std::string> features;
+      for (int64_t j = response.offsets(token); j < response.offsets(token + 1); ++j) {
+        features.push_back(absl::StrCat(response.indices(j), "=", Number(response.values(j))));
+      }
+      table.push_back({absl::StrCat(b), absl::StrCat(p), TokenLabel(rows[b][p], strings),
+                       features.empty() ? "-" : absl::StrJoin(features, " ")});
+    }
+    PrintTable(table, out, 4);
+  }
+  if (!inv.out_path.empty()) {
+    SafetensorsBuilder file;
+    const int64_t n = response.indices_size();
+    file.AddInts("offsets", {response.offsets_size()},
+                 std::vector<int32_t>(response.offsets().begin(), response.offsets().end()));
+    file.AddInts("indices", {n}, {response.indices().begin(), response.indices().end()});
+    file.AddFloats("values", {n}, {response.values().begin(), response.values().end()});
+    file.AddArray("dense", response.dense());
+    file.AddTokenRows(rows);
+    file.AddRequest(info.model(), request);
+    file.metadata["glassbox.stats"] = absl::StrFormat(
+        "{\"tokens\": %d, \"mse\": %.9g, \"mean_squared_error_norm\": %.9g, "
+        "\"explained_variance\": %.9g, \"mean_l0\": %.9g}",
+        stats.tokens(), stats.mse(), stats.mean_squared_error_norm(), stats.explained_variance(),
+        stats.mean_l0());
+    GB_RETURN_IF_ERROR(file.Write(inv.out_path, out));
+  }
+  return absl::OkStatus();
+}
+
 std::optional<SafetensorsDtype> ToSafetensorsDtype(glassbox::v1::DType dtype) {
   switch (dtype) {
     case glassbox::v1::DTYPE_F32:
@@ -1208,6 +1328,14 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
       GB_RETURN_IF_ERROR(expect_operands(0, "attn-norms --model MODEL ..."));
       GB_RETURN_IF_ERROR(ParseAttnNorms(raw, inv));
       break;
+    case Command::kSaes:
+      GB_RETURN_IF_ERROR(expect_operands(0, "saes [--model MODEL]"));
+      inv.model = raw.Value("model").value_or("");
+      break;
+    case Command::kSaeEncode:
+      GB_RETURN_IF_ERROR(expect_operands(0, "sae-encode --sae NAME ..."));
+      GB_RETURN_IF_ERROR(ParseSaeEncode(raw, inv));
+      break;
   }
   return inv;
 }
@@ -1235,6 +1363,9 @@ Usage:
                               [--minus ID] [--position -1] [--top 10] [--out FILE.safetensors]
   glassbox [global flags] attn-norms --model MODEL (--text TEXT | --tokens IDS)...
                                      [--layers LIST] [--out FILE.safetensors]
+  glassbox [global flags] saes [--model MODEL]
+  glassbox [global flags] sae-encode --sae NAME (--text TEXT | --tokens IDS)...
+                                     [--top_k 5] [--dense] [--out FILE.safetensors]
   glassbox --help
 
 Commands:
@@ -1251,6 +1382,9 @@ Commands:
   logit-lens  per layer, the top tokens and target log-probs the residual stream predicts
   dla         direct logit attribution: each component's share of a logit (difference)
   attn-norms  attention weights beside the norms |a f(x)| per head (Kobayashi et al. 2020)
+  saes        the SAEs the server loaded: name, model, hook, architecture, d_in, d_sae, ...
+  sae-encode  run the SAE's model to its hook and print each token's top features, with the
+              reconstruction's L0, MSE and explained variance
 
 Global flags:
   --server ADDR         server address, host:port (default: $GLASSBOX_SERVER)
@@ -1286,6 +1420,17 @@ of the batch, rows are right-padded to the longest):
   --chunk_bytes N          largest chunk the server sends (default: the server's, 1 MiB)
   --intervene SPEC         edit an activation during the pass (repeatable; applied in order):
                            KIND:HOOK[:KEY=VALUE]..., see "Interventions" below
+  --sae_splice NAME[:error_term]
+                           splice SAE NAME in at its hook (repeatable; with the error term the
+                           model sees x + (edited - clean reconstruction)); capture its points
+                           as --capture '<hook>.hook_sae_*' (input, acts_pre, acts_post, recons,
+                           error, output)
+  --sae_edit NAME:KIND:features=LIST[:value=X][:rows=LIST][:positions=LIST]
+                           edit the spliced SAE's features: zero, clamp (a = X), scale (a *= X),
+                           add (a += X); repeatable, applied in order
+  --sae_steer NAME:features=LIST[:coef=LIST][:rows=LIST][:positions=LIST]
+                           add sum coef_i * W_dec[feature_i] at NAME's hook (coef default 1;
+                           one for all features or one each)
   --out FILE               write the results to this safetensors file (see below)
 
 The --out file holds every captured tensor under its hook name (dtype as received: F32, F16,
@@ -1339,6 +1484,14 @@ Dla flags:
                            10; 0 = all)
   --out FILE               "attributions" [component, batch], "logit", "constant" [batch];
                            component labels in the "glassbox.labels" metadata
+
+Sae-encode flags (the SAE's model tokenizes --text rows):
+  --sae NAME               an SAE the server has loaded (see `glassbox saes`)
+  --top_k N                features per token, largest first (default 5; 0 = every active one)
+  --dense                  also fetch every activation [batch, pos, d_sae] (for --out)
+  --out FILE               "offsets" (I32, tokens + 1), "indices" (I32), "values" (F32): token
+                           t's features are indices[offsets[t]:offsets[t+1]], tokens row after
+                           row; "dense" with --dense; statistics in "glassbox.stats" metadata
 
 Attn-norms flags:
   --layers LIST            layers to analyse (default all)
@@ -1604,6 +1757,12 @@ int Execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
       break;
     case Command::kAttnNorms:
       status = RunAttnNorms(client, inv, out);
+      break;
+    case Command::kSaes:
+      status = ListSaes(client, inv.model, out);
+      break;
+    case Command::kSaeEncode:
+      status = RunSaeEncode(client, inv, out);
       break;
   }
   out.flush();

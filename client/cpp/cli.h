@@ -36,6 +36,8 @@ enum class Command {
   kLogitLens,  // logit-lens: LogitLens
   kDla,        // dla: DirectLogitAttribution
   kAttnNorms,  // attn-norms: AttentionNorms
+  kSaes,       // saes: ListSaes
+  kSaeEncode,  // sae-encode: SaeEncode
 };
 
 // A parsed command line.
@@ -62,7 +64,11 @@ struct Invocation {
   int32_t top = 10;  // components printed per row; 0 = all
   // attn-norms
   glassbox::v1::AttentionNormsRequest attn_norms;
-  // run, patch, logit-lens, dla, attn-norms: where to write the results ("" = nowhere).
+  // saes: the model whose SAEs to list ("" = all)
+  // sae-encode (top_k: features printed and returned per token; 0 = every nonzero one)
+  glassbox::v1::SaeEncodeRequest sae_encode;
+  // run, patch, logit-lens, dla, attn-norms, sae-encode: where to write the results ("" =
+  // nowhere).
   std::string out_path;
 };
 

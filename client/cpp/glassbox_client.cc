@@ -212,4 +212,26 @@ absl::Status Client::RunStreaming(const glassbox::v1::RunRequest& request, RunCa
   return assembler.Finish();
 }
 
+absl::StatusOr<std::vector<glassbox::v1::SaeInfo>> Client::ListSaes(const std::string& model) {
+  grpc::ClientContext context;
+  PrepareContext(context);
+  glassbox::v1::ListSaesRequest request;
+  request.set_model(model);
+  glassbox::v1::ListSaesResponse response;
+  GB_RETURN_IF_ERROR(FromGrpcStatus(stub_->ListSaes(&context, request, &response)));
+  return std::vector<glassbox::v1::SaeInfo>(response.saes().begin(), response.saes().end());
+}
+
+absl::StatusOr<glassbox::v1::SaeEncodeResponse> Client::SaeEncode(
+    const glassbox::v1::SaeEncodeRequest& request) {
+  return Unary<glassbox::v1::SaeEncodeResponse>(&glassbox::v1::Glassbox::Stub::SaeEncode, request,
+                                                &CheckSaeEncodeResponse);
+}
+
+absl::StatusOr<glassbox::v1::SaeDecodeResponse> Client::SaeDecode(
+    const glassbox::v1::SaeDecodeRequest& request) {
+  return Unary<glassbox::v1::SaeDecodeResponse>(&glassbox::v1::Glassbox::Stub::SaeDecode, request,
+                                                &CheckSaeDecodeResponse);
+}
+
 }  // namespace glassbox::client

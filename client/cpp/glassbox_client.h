@@ -101,6 +101,15 @@ class Client {
   absl::StatusOr<glassbox::v1::AttentionNormsResponse> AttentionNorms(
       const glassbox::v1::AttentionNormsRequest& request);
 
+  // SAEs (docs/saes.md): those attached to `model` ("" = all), encoding at an SAE's hook
+  // (sparse per token, optionally dense, with reconstruction statistics), decoding. Splices,
+  // feature edits and decoder steering go in RunRequest.sae_splices / sae_steering.
+  absl::StatusOr<std::vector<glassbox::v1::SaeInfo>> ListSaes(const std::string& model = "");
+  absl::StatusOr<glassbox::v1::SaeEncodeResponse> SaeEncode(
+      const glassbox::v1::SaeEncodeRequest& request);
+  absl::StatusOr<glassbox::v1::SaeDecodeResponse> SaeDecode(
+      const glassbox::v1::SaeDecodeRequest& request);
+
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   glassbox::v1::Glassbox::Stub& stub() { return *stub_; }
 

@@ -147,7 +147,8 @@ class EndToEndTest : public ::testing::Test {
   static void SetUpTestSuite() {
     absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(
         {GLASSBOXD_PATH, "--model", absl::StrCat("tiny-gpt2=", kFixtures, "/models/tiny-gpt2"),
-         "--model", absl::StrCat("tiny-llama=", kFixtures, "/models/tiny-llama"), "--listen",
+         "--model", absl::StrCat("tiny-llama=", kFixtures, "/models/tiny-llama"), "--sae",
+         absl::StrCat("res1=", kFixtures, "/saes/service/res1_standard@tiny-gpt2"), "--listen",
          "127.0.0.1:0", "--device", "cpu"},
         "glassboxd: listening on ", absl::Seconds(30));
     if (server.ok()) {
@@ -645,6 +646,97 @@ TEST_F(EndToEndTest, CliAttentionNorms) {
               kTolerance);
   }
   std::filesystem::remove(path);
+}
+
+// `saes`, `sae-encode` and `run --sae_splice/--sae_edit/--sae_steer` equal sae_lens and
+// HookedSAETransformer (tests/reference/make_sae_service_fixtures.py).
+TEST_F(EndToEndTest, CliSaesEqualSaeLens) {
+  ProcessResult r = Cli({"saes"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("res1  tiny-gpt2  blocks.1.hook_resid_pre  standard"));
+
+  const ExpectedValues expected("tiny-gpt2");
+  const ExpectedValues saes("tiny-gpt2.saes");
+  const std::vector<std::vector<int32_t>> rows = expected.InputIds();
+  const std::vector<std::string> tokens = {"--tokens",    Join(rows, 0), "--tokens",
+                                           Join(rows, 1), "--tokens",    Join(rows, 2)};
+  auto read = [](const std::string& path, const std::string& name) {
+    std::vector<float> values;
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
+    EXPECT_TRUE(file.ok()) << file.status();
+    if (!file.ok()) return values;
+    const TensorView* t = (*file)->Find(name);
+    EXPECT_NE(t, nullptr) << name;
+    if (t == nullptr) return values;
+    values.resize(t->numel());
+    std::memcpy(values.data(), t->bytes.data(), values.size() * sizeof(float));
+    return values;
+  };
+
+  const std::string encoded = TempPath("sae_encode.safetensors");
+  std::vector<std::string> args = {"sae-encode", "--sae",   "res1",  "--top_k",
+                                   "3",          "--dense", "--out", encoded};
+  args.insert(args.end(), tokens.begin(), tokens.end());
+  r = Cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("SAE res1 on tiny-gpt2 at blocks.1.hook_resid_pre: 33 tokens, L0 "));
+  EXPECT_LT(NormRelativeError(read(encoded, "dense"), saes.Get("res1_standard.acts").values),
+            kTolerance);
+  std::filesystem::remove(encoded);
+
+  const std::string hook = "blocks.1.hook_resid_pre";
+  const std::string spliced = TempPath("sae_run.safetensors");
+  args = {"run",
+          "--model",
+          "tiny-gpt2",
+          "--sae-splice",
+          "res1:error_term",
+          "--capture",
+          hook + ".hook_sae_*",
+          "--logits",
+          "all",
+          "--out",
+          spliced};
+  // The reference's edits: zero 89 and scale 115 by 3 everywhere, clamp 83 to 4 at position 2.
+  for (const std::string& edit : {"res1:zero:features=89", "res1:clamp:features=83:value=4:pos=2",
+                                  "res1:scale:features=115:value=3"}) {
+    args.insert(args.end(), {"--sae-edit", edit});
+  }
+  args.insert(args.end(), tokens.begin(), tokens.end());
+  r = Cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("sae splice res1 (error term): zero features 89; clamp"));
+  for (const char* point : {"input", "acts_pre", "acts_post", "recons", "error", "output"}) {
+    const std::string name = absl::StrCat(hook, ".hook_sae_", point);
+    EXPECT_LT(NormRelativeError(read(spliced, name), saes.Get("res1_standard.edit." + name).values),
+              kTolerance)
+        << name;
+  }
+  EXPECT_LT(
+      NormRelativeError(read(spliced, "logits"), saes.Get("res1_standard.edit.logits").values),
+      kTolerance);
+
+  args = {"run",      "--model", "tiny-gpt2", "--sae-steer", "res1:features=2:coef=3:pos=-1",
+          "--logits", "all",     "--out",     spliced};
+  args.insert(args.end(), tokens.begin(), tokens.end());
+  r = Cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_LT(
+      NormRelativeError(read(spliced, "logits"), saes.Get("res1_standard.steer.logits").values),
+      kTolerance);
+  std::filesystem::remove(spliced);
+
+  // Bad requests: documented exit codes.
+  r = Cli({"sae-encode", "--sae", "nope", "--tokens", "1"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND: no SAE named \"nope\""));
+  r = Cli({"run", "--model", "tiny-llama", "--tokens", "1", "--sae-splice", "res1"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("attached to model \"tiny-gpt2\""));
+  r = Cli({"run", "--model", "tiny-gpt2", "--tokens", "1", "--sae-splice", "res1", "--sae-edit",
+           "res1:zero:features=999"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("feature 999 is outside [0, 128)"));
 }
 
 TEST_F(EndToEndTest, BadAnalysisRequestsGetDocumentedExitCodes) {
