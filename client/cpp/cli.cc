@@ -1161,8 +1161,8 @@ absl::Status RunSaeEncode(client::Client& client, const Invocation& inv, std::os
                               : std::string("every active feature per token"))
       << " (feature=activation):\n";
   int64_t token = 0;
+  std::vector<std::vector<std::string>> table = {{"row", "pos", "token", "features"}};
   for (size_t b = 0; b < rows.size(); ++b) {
-    std::vector<std::vector<std::string>> table;
     for (size_t p = 0; p < rows[b].size(); ++p, ++token) {
       std::vector<std::string> features;
       for (int64_t j = response.offsets(token); j < response.offsets(token + 1); ++j) {
@@ -1171,8 +1171,8 @@ absl::Status RunSaeEncode(client::Client& client, const Invocation& inv, std::os
       table.push_back({absl::StrCat(b), absl::StrCat(p), TokenLabel(rows[b][p], strings),
                        features.empty() ? "-" : absl::StrJoin(features, " ")});
     }
-    PrintTable(table, out, 4);
   }
+  PrintTable(table, out, 4);
   if (!inv.out_path.empty()) {
     SafetensorsBuilder file;
     const int64_t n = response.indices_size();

@@ -108,6 +108,11 @@ grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
   auto served = store_.FindSae(request->sae());
   if (!served.ok()) return ToGrpcStatus(served.status());
   const ServedSae& sae = **served;
+  if (!request->model().empty() && request->model() != sae.served_model->name) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("SAE \"", request->sae(), "\" is attached to model \"",
+                                     sae.served_model->name, "\", not \"", request->model(), "\""));
+  }
   if (request->top_k() < 0 || request->top_k() > sae.sae->d_sae()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("top_k must be in [0, ", sae.sae->d_sae(),

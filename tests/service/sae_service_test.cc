@@ -15,27 +15,24 @@
 #include "server/engine/sae/sae_stats.h"
 #include "server/model/safetensors.h"
 #include "server/service/glassbox_service.h"
+#include "tests/service/service_harness.h"
 #include "tests/util/test_util.h"
 
 namespace glassbox {
 namespace {
 
 using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::InProcessServer;
 using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::ReadAllTensors;
+using ::glassbox::testing::ReadRun;
+using ::glassbox::testing::Received;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 namespace pb = ::glassbox::v1;
 
 constexpr double kTolerance = 1e-5;  // norm-relative, f32 engine vs float64 references
 const char* const kSaes[] = {"res1_standard", "z0_jumprelu"};
-
-struct Received {
-  pb::Header header;
-  std::vector<std::string> order;            // tensor names in stream order
-  std::map<std::string, std::string> bytes;  // by tensor name
-  grpc::Status status;
-};
 
 class SaeServiceTest : public ::testing::Test {
  protected:
@@ -53,21 +50,12 @@ class SaeServiceTest : public ::testing::Test {
                         {.name = "z0_jumprelu", .path = dir + "z0_jumprelu", .model = "gpt2"},
                         {.name = "on_llama", .path = dir + "res1_standard", .model = "llama"}})
             .ok());
-    store_ = std::move(store).value().release();
-    executor_ = new Executor();
     ServiceLimits limits;
     limits.max_tokens_per_request = 64;
     limits.max_response_bytes = 1 << 20;
-    service_ = new GlassboxService(*store_, *executor_, limits);
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(service_);
-    server_ = builder.BuildAndStart().release();
-    ASSERT_NE(port, 0);
-    stub_ = pb::Glassbox::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                                                      grpc::InsecureChannelCredentials()))
-                .release();
+    server_ = new InProcessServer(*std::move(store), limits);
+    store_ = &server_->store();
+    stub_ = pb::Glassbox::NewStub(server_->channel()).release();
     expected_ = new std::map<std::string, Tensor>(
         ReadAllTensors(FixturePath("expected/tiny-gpt2.saes.safetensors")));
     auto file = SafetensorsFile::Open(FixturePath("expected/tiny-gpt2.saes.safetensors"));
@@ -75,13 +63,8 @@ class SaeServiceTest : public ::testing::Test {
     cases_ = new nlohmann::json(nlohmann::json::parse((*file)->metadata().at("cases")));
   }
   static void TearDownTestSuite() {
-    server_->Shutdown();
-    delete server_;
-    executor_->Shutdown();
-    delete service_;
-    delete executor_;
-    delete store_;
     delete stub_;
+    delete server_;
     delete expected_;
     delete cases_;
   }
@@ -103,23 +86,7 @@ class SaeServiceTest : public ::testing::Test {
   }
 
   static Received Run(const pb::RunRequest& request) {
-    grpc::ClientContext context;
-    auto reader = stub_->Run(&context, request);
-    Received received;
-    pb::RunResponse response;
-    std::map<int, std::string> names;
-    while (reader->Read(&response)) {
-      if (response.has_header()) {
-        received.header = response.header();
-        for (const auto& t : received.header.tensors()) names[t.id()] = t.name();
-      } else if (response.has_chunk()) {
-        const std::string& name = names.at(response.chunk().capture_id());
-        if (received.order.empty() || received.order.back() != name) received.order.push_back(name);
-        received.bytes[name] += response.chunk().data();
-      }
-    }
-    received.status = reader->Finish();
-    return received;
+    return ReadRun(server_->channel(), request);
   }
 
   static Tensor Get(const Received& got, const std::string& name) {
@@ -175,10 +142,8 @@ class SaeServiceTest : public ::testing::Test {
     EXPECT_GE(compared, 6) << prefix;  // logits and the hook_sae_* points
   }
 
-  static inline ModelStore* store_;
-  static inline Executor* executor_;
-  static inline GlassboxService* service_;
-  static inline grpc::Server* server_;
+  static inline InProcessServer* server_;
+  static inline const ModelStore* store_;
   static inline pb::Glassbox::Stub* stub_;
   static inline std::map<std::string, Tensor>* expected_;
   static inline nlohmann::json* cases_;
@@ -498,6 +463,10 @@ TEST_F(SaeServiceTest, BadSaeRequests) {
   s = encode([](auto& r) { r.set_top_k(-1); });
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("top_k must be in [0, 128]"));
+  s = encode([](auto& r) { r.set_model("llama"); });
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("attached to model \"gpt2\", not \"llama\""));
+  EXPECT_TRUE(encode([](auto& r) { r.set_model("gpt2"); }).ok());
   s = encode([](auto& r) { r.set_top_k(129); });
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   s = encode([](auto& r) { r.mutable_inputs()->mutable_token_ids(0)->add_ids(300); });

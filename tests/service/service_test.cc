@@ -10,27 +10,24 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "server/service/glassbox_service.h"
+#include "tests/service/service_harness.h"
 #include "tests/util/test_util.h"
 
 namespace glassbox {
 namespace {
 
 using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::InProcessServer;
 using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::ReadAllTensors;
+using ::glassbox::testing::ReadRun;
+using ::glassbox::testing::Received;
 using ::testing::HasSubstr;
 namespace pb = ::glassbox::v1;
 
 void AddIds(pb::TokenSequence* seq, std::initializer_list<int32_t> ids) {
   for (int32_t id : ids) seq->add_ids(id);
 }
-
-struct Received {
-  pb::Header header;
-  std::map<std::string, std::string> bytes;  // by tensor name
-  pb::Summary summary;
-  grpc::Status status;
-};
 
 class ServiceTest : public ::testing::Test {
  protected:
@@ -39,55 +36,19 @@ class ServiceTest : public ::testing::Test {
                                    {"llama", FixturePath("models/tiny-llama")}},
                                   std::make_shared<CpuBackend>(), "cpu");
     ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(store).value().release();
-    executor_ = new Executor();
     ServiceLimits limits;
     limits.max_tokens_per_request = 64;
     limits.max_response_bytes = 256 << 10;
     limits.stream_buffer_bytes = 64 << 10;
-    service_ = new GlassboxService(*store_, *executor_, limits);
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(service_);
-    server_ = builder.BuildAndStart().release();
-    ASSERT_NE(port, 0);
-    channel_ = new std::shared_ptr<grpc::Channel>(
-        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+    server_ = new InProcessServer(*std::move(store), limits);
+    channel_ = &server_->channel();
   }
-  static void TearDownTestSuite() {
-    server_->Shutdown();
-    delete server_;
-    executor_->Shutdown();
-    delete service_;
-    delete executor_;
-    delete store_;
-    delete channel_;
-  }
+  static void TearDownTestSuite() { delete server_; }
 
   static Received Run(const pb::RunRequest& request, uint32_t chunk_bytes = 0) {
-    auto stub = pb::Glassbox::NewStub(*channel_);
-    grpc::ClientContext context;
     pb::RunRequest r = request;
     if (chunk_bytes) r.set_chunk_bytes(chunk_bytes);
-    auto reader = stub->Run(&context, r);
-    Received received;
-    pb::RunResponse response;
-    std::map<int, std::string> names;
-    while (reader->Read(&response)) {
-      if (response.has_header()) {
-        received.header = response.header();
-        for (const auto& t : received.header.tensors()) names[t.id()] = t.name();
-      } else if (response.has_chunk()) {
-        std::string& buffer = received.bytes[names.at(response.chunk().capture_id())];
-        EXPECT_EQ(response.chunk().offset(), static_cast<int64_t>(buffer.size()));
-        buffer += response.chunk().data();
-      } else {
-        received.summary = response.summary();
-      }
-    }
-    received.status = reader->Finish();
-    return received;
+    return ReadRun(*channel_, r);
   }
 
   static pb::RunRequest Request(const std::string& model, const Tensor& ids) {
@@ -107,11 +68,8 @@ class ServiceTest : public ::testing::Test {
     return t;
   }
 
-  static inline ModelStore* store_;
-  static inline Executor* executor_;
-  static inline GlassboxService* service_;
-  static inline grpc::Server* server_;
-  static inline std::shared_ptr<grpc::Channel>* channel_;
+  static inline InProcessServer* server_;
+  static inline const std::shared_ptr<grpc::Channel>* channel_;
 };
 
 TEST_F(ServiceTest, StreamedCapturesEqualTransformerLens) {

@@ -68,6 +68,8 @@ def server() -> Iterator[Server]:
         str(binary),
         "--model", f"tiny-gpt2={models / 'tiny-gpt2'}",
         "--model", f"tiny-llama={models / 'tiny-llama'}",
+        "--sae", f"res1={FIXTURES / 'saes' / 'service' / 'res1_standard'}@tiny-gpt2",
+        "--sae", f"z0={FIXTURES / 'saes' / 'service' / 'z0_jumprelu'}@tiny-gpt2",
         "--listen", "127.0.0.1:0",
         "--device", "cpu",
     ]

@@ -10,7 +10,9 @@ Names follow TransformerLens: hook names, ``run_with_cache``, ``run_with_hooks``
 ``to_str_tokens``, ``ActivationCache``, ``cfg``. Interventions are typed objects (``Zero``,
 ``Scale``, ``Add``, ``Set``, ``MeanAblate``, ``PatchRows``) passed as ``interventions=``;
 analyses run on the server (``patching_sweep``, ``logit_lens``, ``direct_logit_attribution``,
-``attention_norms``). Every server error is a ``GlassboxError`` subclass carrying the gRPC
+``attention_norms``). SAEs loaded with the server: ``model.saes()``, ``model.sae_encode``,
+``model.sae_decode``, and ``run(..., saes=[SaeSplice(name, edits=[FeatureEdit(...)])],
+sae_steering=[SaeSteer(...)])``. Every server error is a ``GlassboxError`` subclass carrying the gRPC
 status ``code`` and ``message``.
 """
 
@@ -48,6 +50,7 @@ from ._errors import (
 )
 from ._interventions import Add, Intervention, MeanAblate, PatchRows, Scale, Set, Zero
 from ._model import Model, RunResult
+from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
 from ._stream import RunStream
 from ._types import (
     Capture,
@@ -67,7 +70,8 @@ for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture",
               "RunStream", "RunHeader", "RunSummary", "TensorInfo", "Timings", "ActivationCache",
               "Intervention", "Zero", "Scale", "Add", "Set", "MeanAblate", "PatchRows",
               "LogitDiff", "LogProb", "Loss", "PatchingResult", "LogitLensResult",
-              "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer"):
+              "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer",
+              "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats"):
     globals()[_name].__module__ = __name__
 for _cls in list(globals().values()):
     if isinstance(_cls, type) and issubclass(_cls, GlassboxError):
@@ -105,6 +109,12 @@ __all__ = [
     "DirectLogitAttributionResult",
     "AttentionNormsResult",
     "AttentionNormsLayer",
+    "SaeInfo",
+    "SaeSplice",
+    "SaeSteer",
+    "FeatureEdit",
+    "SaeEncoding",
+    "SaeStats",
     "GlassboxError",
     "Cancelled",
     "Unknown",

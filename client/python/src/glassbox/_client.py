@@ -9,6 +9,7 @@ import grpc
 
 from ._errors import from_rpc_error
 from ._model import Model
+from ._saes import SaeInfo
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
 from ._proto.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
 from ._types import ModelInfo
@@ -47,6 +48,10 @@ class Client:
     def model_info(self, name: str) -> ModelInfo:
         """Full information about one model, hook points included. Unknown name: NotFound."""
         return ModelInfo._from_proto(self._unary("GetModelInfo", pb.GetModelInfoRequest(model=name)))
+
+    def saes(self) -> List[SaeInfo]:
+        """Every SAE the server holds, whichever model it is attached to."""
+        return [SaeInfo._from_proto(s) for s in self._unary("ListSaes", pb.ListSaesRequest()).saes]
 
     def model(self, name: str) -> Model:
         """A handle on one model. Unknown name: NotFound."""

@@ -36,6 +36,15 @@ from ._analyses import (
 from ._cache import ActivationCache
 from ._interventions import Interventions, intervention_protos
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
+from ._saes import (
+    SaeEncoding,
+    SaeInfo,
+    Splices,
+    Steering,
+    decode_request,
+    splice_protos,
+    steering_protos,
+)
 from ._stream import RunStream
 from ._types import Capture, IndexSpec, ModelInfo, RunHeader, Timings, _indices
 
@@ -263,6 +272,8 @@ class Model:
         *,
         captures: NamesFilter = None,
         interventions: Interventions = None,
+        saes: Splices = None,
+        sae_steering: Steering = None,
         logits: LogitsSpec = "auto",
         loss_per_token: bool = False,
         target_tokens: Optional[Sequence[int]] = None,
@@ -281,6 +292,11 @@ class Model:
             interventions: an Intervention (``Zero``, ``Scale``, ``Add``, ``Set``,
                 ``MeanAblate``, ``PatchRows``) or a list of them, applied in order at their hooks
                 (TransformerLens run_with_hooks semantics; captures see the edited values).
+            saes: SAEs to splice in at their hooks: names, or ``SaeSplice(name,
+                use_error_term, edits=[FeatureEdit(...)])`` (SAELens HookedSAETransformer
+                semantics); capture their points as "<hook>.hook_sae_*" (``SaeInfo.hook_point``).
+            sae_steering: ``SaeSteer(name, features, coefficients, positions=...)``: add
+                c * W_dec[feature] at the SAE's hook (after interventions there).
             logits: "all", "last", "none"/None, ("top_k", k), or "auto" ("all", or "none" with
                 stop_at_layer).
             loss_per_token: also return -log p(token[t+1] | ..t), [batch, pos - 1].
@@ -295,6 +311,8 @@ class Model:
             inputs,
             captures=captures,
             interventions=interventions,
+            saes=saes,
+            sae_steering=sae_steering,
             logits=logits,
             loss_per_token=loss_per_token,
             target_tokens=target_tokens,
@@ -392,6 +410,8 @@ class Model:
         *,
         captures: NamesFilter = None,
         interventions: Interventions = None,
+        saes: Splices = None,
+        sae_steering: Steering = None,
         logits: LogitsSpec = "none",
         loss_per_token: bool = False,
         target_tokens: Optional[Sequence[int]] = None,
@@ -420,6 +440,8 @@ class Model:
             inputs=proto_inputs,
             captures=[c._to_proto() for c in self._captures(captures, stop_at_layer)],
             interventions=intervention_protos(interventions, _batch_size(proto_inputs)),
+            sae_splices=splice_protos(saes),
+            sae_steering=steering_protos(sae_steering),
             outputs=build_outputs(logits, loss_per_token, target_tokens),
             stop_at_layer=stop_at_layer,
             chunk_bytes=int(chunk_bytes),
@@ -606,6 +628,46 @@ class Model:
             assert weights is not None and head_norms is not None and layer_norms is not None
             out[int(layer.layer)] = AttentionNormsLayer(int(layer.layer), weights, head_norms, layer_norms)
         return AttentionNormsResult(out)
+
+    # ---- sparse autoencoders ----
+
+    def saes(self) -> List[SaeInfo]:
+        """The SAEs the server attached to this model (``glassboxd --sae NAME=PATH@MODEL``)."""
+        response = self._client._unary("ListSaes", pb.ListSaesRequest(model=self.name))
+        return [SaeInfo._from_proto(s) for s in response.saes]
+
+    def sae_encode(
+        self,
+        input: Inputs,
+        sae: str,
+        top_k: int = 0,
+        *,
+        dense: bool = False,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> SaeEncoding:
+        """Runs the model up to SAE ``sae``'s hook and encodes every real token there.
+
+        ``top_k``: 0 keeps every nonzero feature (feature order), k > 0 the k largest per token
+        (descending). ``dense``: also return [batch, pos, d_sae]. ``stats`` (MSE, explained
+        variance, L0) describe the full encoding's reconstruction over the real tokens.
+        """
+        if not _is_int(top_k) or top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+        request = pb.SaeEncodeRequest(sae=sae, model=self.name, inputs=build_inputs(input, prepend_bos),
+                                      top_k=int(top_k), dense=bool(dense))
+        return SaeEncoding._from_proto(sae, self._client._unary("SaeEncode", request, timeout))
+
+    def sae_decode(self, sae: str, acts: Any, *, timeout: Optional[float] = None) -> np.ndarray:
+        """acts W_dec + b_dec: of an SaeEncoding ([tokens, d_in], one per real token) or of
+        dense activations [..., d_sae] ([..., d_in]). SAEs whose normalisation depends on the
+        input cannot decode bare activations (FailedPrecondition)."""
+        dense = not isinstance(acts, SaeEncoding)
+        leading = np.shape(_to_numpy(acts))[:-1] if dense else None
+        response = self._client._unary("SaeDecode", decode_request(sae, _to_numpy(acts)), timeout)
+        vectors = decode_array(response.vectors)
+        assert vectors is not None
+        return vectors.reshape(*leading, vectors.shape[-1]) if leading is not None else vectors
 
     def _captures(self, spec: NamesFilter, stop_at_layer: Optional[int]) -> List[Capture]:
         if spec is None:

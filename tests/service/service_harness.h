@@ -1,0 +1,82 @@
+// An in-process GlassboxService on a loopback port, and a Run read to the end, for the service
+// tests.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/service/glassbox_service.h"
+
+namespace glassbox::testing {
+
+// Owns the store, executor, service and server; serves until destroyed.
+class InProcessServer {
+ public:
+  InProcessServer(std::unique_ptr<ModelStore> store, const ServiceLimits& limits)
+      : store_(std::move(store)), service_(*store_, executor_, limits) {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    EXPECT_NE(port, 0);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                   grpc::InsecureChannelCredentials());
+  }
+  ~InProcessServer() {
+    server_->Shutdown();
+    executor_.Shutdown();
+  }
+
+  const ModelStore& store() const { return *store_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
+ private:
+  std::unique_ptr<ModelStore> store_;
+  Executor executor_;
+  GlassboxService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+struct Received {
+  glassbox::v1::Header header;
+  std::vector<std::string> order;            // tensor names in stream order
+  std::map<std::string, std::string> bytes;  // by tensor name
+  glassbox::v1::Summary summary;
+  grpc::Status status;
+};
+
+// Runs `request` and reads the whole stream; every chunk must continue its tensor.
+inline Received ReadRun(const std::shared_ptr<grpc::Channel>& channel,
+                        const glassbox::v1::RunRequest& request) {
+  auto stub = glassbox::v1::Glassbox::NewStub(channel);
+  grpc::ClientContext context;
+  auto reader = stub->Run(&context, request);
+  Received received;
+  glassbox::v1::RunResponse response;
+  std::map<int, std::string> names;
+  while (reader->Read(&response)) {
+    if (response.has_header()) {
+      received.header = response.header();
+      for (const auto& t : received.header.tensors()) names[t.id()] = t.name();
+    } else if (response.has_chunk()) {
+      const std::string& name = names.at(response.chunk().capture_id());
+      std::string& buffer = received.bytes[name];
+      EXPECT_EQ(response.chunk().offset(), static_cast<int64_t>(buffer.size()));
+      buffer += response.chunk().data();
+      if (received.order.empty() || received.order.back() != name) received.order.push_back(name);
+    } else {
+      received.summary = response.summary();
+    }
+  }
+  received.status = reader->Finish();
+  return received;
+}
+
+}  // namespace glassbox::testing
