@@ -122,6 +122,20 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
     for (int32_t r : edit.source_rows) {
       if (r < 0 || r >= source_batch) return Bad(info, absl::StrCat("source row ", r, " is outside the source batch"));
     }
+    if (!edit.source_lengths.empty()) {
+      if (static_cast<int64_t>(edit.source_lengths.size()) != source_batch) {
+        return Bad(info, "the patch source needs one length per source row");
+      }
+      for (int32_t b : AllOr(edit.select.rows, batch)) {
+        const int32_t source_row = edit.source_rows[b], n = edit.source_lengths[source_row];
+        for (int32_t p : edit.select.positions) {
+          if (p >= n || p < -n) {
+            return Bad(info, absl::StrCat("position ", p, " is outside source row ", source_row,
+                                          " (", n, " tokens), which row ", b, " patches from"));
+          }
+        }
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -169,9 +183,12 @@ void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tens
       for (int32_t p = 0; p < v.seq; ++p) positions.push_back({p, p});
     } else {
       for (int32_t p : edit.select.positions) {
-        // A kPatchFrom source is unpadded: its position p is at index p (or seq + p).
+        // A kPatchFrom source is unpadded or right-padded: its position p is at index p, and
+        // p < 0 at its row's length + p.
+        const int32_t source_len = edit.source_lengths.empty() ? static_cast<int32_t>(v.seq)
+                                                               : edit.source_lengths[source_row];
         const int32_t source_p = edit.kind == InterventionKind::kPatchFrom
-                                     ? (p < 0 ? static_cast<int32_t>(v.seq) + p : p)
+                                     ? (p < 0 ? source_len + p : p)
                                      : layout.Index(source_row, p);
         positions.push_back({layout.Index(b, p), source_p});
       }

@@ -47,6 +47,10 @@ struct Intervention {
   // For kPatchRow / kPatchFrom: the source row of each batch row (size batch); only selected
   // rows are read.
   std::vector<int32_t> source_rows;
+  // For kPatchFrom: real tokens per source row, when the source is right-padded (a cached run
+  // of ragged rows). Negative positions then count from the source row's own last token, and a
+  // selected position must be real there. Empty: the source rows are unpadded.
+  std::vector<int32_t> source_lengths;
 };
 
 // Whether the forward pass can edit this hook: the value flows on as a tensor. Norm scales and

@@ -100,7 +100,8 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
                                   grpc::ServerWriter<glassbox::v1::RunResponse>* writer) {
   const auto start = std::chrono::steady_clock::now();
   if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
-  auto plan = BuildRunPlan(*request, store_, limits_);
+  const CacheAccess cache = CacheFor(context);
+  auto plan = BuildRunPlan(*request, store_, limits_, cache);
   if (!plan.ok()) return ToGrpcStatus(plan.status());
 
   glassbox::v1::RunResponse header_message;
@@ -158,12 +159,42 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
 
   glassbox::v1::RunResponse summary_message;
   auto* summary = summary_message.mutable_summary();
+  if (job->plan().keep) {
+    auto kept = StoreKept(job->plan(), cache, job->TakeKept());
+    if (!kept.ok()) return ToGrpcStatus(kept.status());
+    *summary->mutable_kept() = *std::move(kept);
+  }
   summary->set_bytes_sent(bytes_sent);
   summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
   summary->mutable_timings()->set_forward_seconds(job->forward_seconds());
   summary->mutable_timings()->set_total_seconds(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   writer->Write(summary_message);
+  return grpc::Status::OK;
+}
+
+}  // namespace glassbox
+
+namespace glassbox {
+
+grpc::Status GlassboxService::ListCachedRuns(grpc::ServerContext* context,
+                                             const glassbox::v1::ListCachedRunsRequest*,
+                                             glassbox::v1::ListCachedRunsResponse* response) {
+  const CacheAccess cache = CacheFor(context);
+  for (const auto& run : run_cache_.List(cache.owner))
+    FillCachedRunInfo(*run, response->add_runs());
+  response->set_used_bytes(run_cache_.UsageOf(cache.owner).bytes);
+  response->set_max_bytes(run_cache_.limits().max_bytes);
+  response->set_max_entries(run_cache_.limits().max_entries);
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::ReleaseCachedRun(grpc::ServerContext* context,
+                                               const glassbox::v1::ReleaseCachedRunRequest* request,
+                                               glassbox::v1::ReleaseCachedRunResponse* response) {
+  auto released = run_cache_.Release(CacheFor(context).owner, request->name());
+  if (!released.ok()) return ToGrpcStatus(released.status());
+  response->set_released_bytes(*released);
   return grpc::Status::OK;
 }
 

@@ -15,8 +15,13 @@ namespace glassbox {
 
 class GlassboxService final : public glassbox::v1::Glassbox::Service {
  public:
-  GlassboxService(const ModelStore& store, Executor& executor, ServiceLimits limits)
-      : store_(store), executor_(executor), limits_(limits) {}
+  // `clock` is the cached runs' clock (tests pass a fake one to expire them).
+  GlassboxService(const ModelStore& store, Executor& executor, ServiceLimits limits,
+                  RunCache::Clock clock = &absl::Now)
+      : store_(store),
+        executor_(executor),
+        limits_(limits),
+        run_cache_(limits.cache, std::move(clock)) {}
 
   // New runs are refused with UNAVAILABLE; in-flight ones finish.
   void StartDraining() { draining_ = true; }
@@ -33,6 +38,14 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
                           glassbox::v1::DetokenizeResponse* response) override;
   grpc::Status Run(grpc::ServerContext* context, const glassbox::v1::RunRequest* request,
                    grpc::ServerWriter<glassbox::v1::RunResponse>* writer) override;
+
+  // Cached runs (RunRequest.keep, INTERVENTION_PATCH_CACHED).
+  grpc::Status ListCachedRuns(grpc::ServerContext* context,
+                              const glassbox::v1::ListCachedRunsRequest* request,
+                              glassbox::v1::ListCachedRunsResponse* response) override;
+  grpc::Status ReleaseCachedRun(grpc::ServerContext* context,
+                                const glassbox::v1::ReleaseCachedRunRequest* request,
+                                glassbox::v1::ReleaseCachedRunResponse* response) override;
 
   // Analyses (analysis_handlers.cc): validated here, computed on the device's executor.
   grpc::Status PatchingSweep(grpc::ServerContext* context,
@@ -58,12 +71,17 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
                          glassbox::v1::SaeDecodeResponse* response) override;
 
  private:
+  // The caller's view of the cache. Budgets are per owner; until the service authenticates
+  // (API keys), every caller is the owner "".
+  CacheAccess CacheFor(const grpc::ServerContext*) { return {&run_cache_, ""}; }
+
   // Runs `work` on the device's worker and waits for it; UNAVAILABLE while draining.
   absl::Status OnDevice(const std::function<absl::Status()>& work);
 
   const ModelStore& store_;
   Executor& executor_;
   const ServiceLimits limits_;
+  RunCache run_cache_;
   std::atomic<bool> draining_{false};
 };
 

@@ -37,6 +37,13 @@ ABSL_FLAG(int64_t, max_batch, 1024, "most rows in one Run");
 ABSL_FLAG(int64_t, max_tokens, 1 << 16, "most (padded) tokens in one Run");
 ABSL_FLAG(int64_t, max_response_bytes, int64_t{8} << 30, "most tensor bytes one Run may stream");
 ABSL_FLAG(int64_t, stream_buffer_bytes, 16 << 20, "bytes buffered per stream before the worker waits for the reader");
+ABSL_FLAG(int64_t, cache_max_bytes, int64_t{1} << 30,
+          "bytes of cached runs (RunRequest.keep) the server holds; one budget for all clients "
+          "until API keys land, then per key");
+ABSL_FLAG(int64_t, cache_max_entries, 64,
+          "cached runs the server holds (per key, as --cache_max_bytes)");
+ABSL_FLAG(int64_t, cache_default_ttl_s, 600, "time-to-live of a cached run that asks for none");
+ABSL_FLAG(int64_t, cache_max_ttl_s, 86400, "longest time-to-live a cached run may ask for");
 ABSL_FLAG(int, drain_seconds, 30, "on SIGTERM, how long in-flight runs may take to finish");
 
 namespace glassbox {
@@ -121,6 +128,10 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   s.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens);
   s.limits.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
   s.limits.stream_buffer_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_stream_buffer_bytes));
+  int64_t default_ttl_s = absl::GetFlag(FLAGS_cache_default_ttl_s);
+  int64_t max_ttl_s = absl::GetFlag(FLAGS_cache_max_ttl_s);
+  s.limits.cache.max_bytes = absl::GetFlag(FLAGS_cache_max_bytes);
+  s.limits.cache.max_entries = absl::GetFlag(FLAGS_cache_max_entries);
   if (const std::string path = absl::GetFlag(FLAGS_config); !path.empty()) {
     std::ifstream in(path);
     if (!in) return absl::NotFoundError(absl::StrCat("--config: cannot open ", path));
@@ -161,8 +172,20 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
       from_file("max_batch", "max_batch", s.limits.max_batch);
       from_file("max_tokens", "max_tokens", s.limits.max_tokens_per_request);
       from_file("max_response_bytes", "max_response_bytes", s.limits.max_response_bytes);
+      from_file("cache_max_bytes", "cache_max_bytes", s.limits.cache.max_bytes);
+      from_file("cache_max_entries", "cache_max_entries", s.limits.cache.max_entries);
+      from_file("cache_default_ttl_s", "cache_default_ttl_s", default_ttl_s);
+      from_file("cache_max_ttl_s", "cache_max_ttl_s", max_ttl_s);
     }
   }
+  if (default_ttl_s <= 0 || max_ttl_s < default_ttl_s || s.limits.cache.max_bytes < 0 ||
+      s.limits.cache.max_entries < 0) {
+    return absl::InvalidArgumentError(
+        "cache limits: need 0 < --cache_default_ttl_s <= --cache_max_ttl_s and non-negative "
+        "--cache_max_bytes and --cache_max_entries (0 turns keeping off)");
+  }
+  s.limits.cache.default_ttl = absl::Seconds(default_ttl_s);
+  s.limits.cache.max_ttl = absl::Seconds(max_ttl_s);
   for (const std::string& arg : model_args) {
     GB_ASSIGN_OR_RETURN(ModelSpec spec, ParseModelSpec(arg));
     s.models.push_back(spec);

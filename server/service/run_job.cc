@@ -24,11 +24,21 @@ class StreamingSink : public CaptureSink {
       by_hook_[plan.captures[i].hook].push_back({i, next_id});
       next_id += static_cast<int>(plan.captures[i].outputs.size());
     }
+    keep_.resize(ids, 0);
+    if (plan.keep) {
+      for (HookId id : plan.keep->hooks) keep_[id] = 1;
+    }
   }
 
-  absl::Status OnCapture(HookId id, const HookInfo&, const Tensor& value) override {
+  absl::Status OnCapture(HookId id, const HookInfo& info, const Tensor& value) override {
     GB_ASSIGN_OR_RETURN(Tensor host, CopyToHostF32(job_.plan_.model->model->backend(), value));
     const RunPlan& plan = job_.plan_;
+    if (keep_[id]) {
+      // A copy: the host value may alias a buffer the forward pass goes on to reuse.
+      Tensor kept = Tensor::EmptyHost(DType::kF32, host.shape());
+      std::copy_n(host.data<float>(), host.numel(), kept.data<float>());
+      job_.kept_[info.name] = std::move(kept);
+    }
     for (const auto& [capture_index, first_tensor_id] : by_hook_[id]) {
       std::vector<Tensor> outputs = ApplyCapture(plan.captures[capture_index], host, plan.lengths);
       for (size_t j = 0; j < outputs.size(); ++j) {
@@ -41,6 +51,7 @@ class StreamingSink : public CaptureSink {
  private:
   RunJob& job_;
   std::vector<std::vector<std::pair<size_t, int>>> by_hook_;  // hook -> (capture, first tensor id)
+  std::vector<uint8_t> keep_;                                 // hook -> kept for RunRequest.keep
 };
 
 absl::Status RunJob::Stream(int tensor_id, const Tensor& host) {
@@ -128,6 +139,9 @@ absl::Status RunJob::RunForward() {
   for (const ResolvedCapture& rc : plan_.captures) {
     // hook_sae_* captures (ids past the registry) travel with their splice instead.
     if (rc.hook < model.hooks().size()) hook_plan.CaptureId(rc.hook);
+  }
+  if (plan_.keep) {
+    for (HookId id : plan_.keep->hooks) hook_plan.CaptureId(id);
   }
   for (const Intervention& edit : plan_.interventions) GB_RETURN_IF_ERROR(hook_plan.AddIntervention(edit));
   for (const auto& [hook, splice] : plan_.splices)

@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <mutex>
+#include <string>
 
 #include "absl/status/status.h"
 #include "glassbox/v1/glassbox.pb.h"
@@ -31,6 +33,8 @@ class RunJob {
   absl::Status status() const { return status_; }
   double forward_seconds() const { return forward_seconds_; }
   double queue_seconds() const { return queue_seconds_; }
+  // The values RunRequest.keep asked for, by hook name; complete once the job succeeded.
+  std::map<std::string, Tensor> TakeKept() { return std::move(kept_); }
 
  private:
   absl::Status Stream(int tensor_id, const Tensor& host);
@@ -44,6 +48,7 @@ class RunJob {
   std::chrono::steady_clock::time_point created_ = std::chrono::steady_clock::now();
   double queue_seconds_ = 0, forward_seconds_ = 0;
   absl::Status status_;
+  std::map<std::string, Tensor> kept_;  // written by the worker, read after WaitDone
   std::mutex mu_;
   std::condition_variable done_cv_;
   bool done_ = false;

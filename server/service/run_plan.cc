@@ -79,13 +79,17 @@ absl::StatusOr<InterventionKind> FromProtoKind(glassbox::v1::InterventionKind ki
     case glassbox::v1::INTERVENTION_MEAN_BATCH: return InterventionKind::kMeanBatch;
     case glassbox::v1::INTERVENTION_MEAN_POS: return InterventionKind::kMeanPos;
     case glassbox::v1::INTERVENTION_PATCH_ROW: return InterventionKind::kPatchRow;
+    case glassbox::v1::INTERVENTION_PATCH_CACHED:
+      return InterventionKind::kPatchFrom;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(where, ": set kind (ZERO, SCALE, ADD, SET, ",
-                                                     "MEAN_BATCH, MEAN_POS or PATCH_ROW)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": set kind (ZERO, SCALE, ADD, SET, ",
+                       "MEAN_BATCH, MEAN_POS, PATCH_ROW or PATCH_CACHED)"));
   }
 }
 
-absl::Status AddInterventions(const glassbox::v1::RunRequest& request, RunPlan& plan) {
+absl::Status AddInterventions(const glassbox::v1::RunRequest& request, const CacheAccess& cache,
+                              RunPlan& plan) {
   const HookRegistry& hooks = plan.model->model->hooks();
   const TokenLayout layout = TokenLayout::FromMask(plan.attention_mask);
   for (int i = 0; i < request.interventions_size(); ++i) {
@@ -107,6 +111,9 @@ absl::Status AddInterventions(const glassbox::v1::RunRequest& request, RunPlan& 
     if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", ids.status().message()));
     for (HookId id : *ids) {
       edit.hook = id;
+      if (in.kind() == glassbox::v1::INTERVENTION_PATCH_CACHED) {
+        GB_RETURN_IF_ERROR(ResolveCachedPatch(in, hooks.info(id), plan, cache, edit));
+      }
       GB_RETURN_IF_ERROR(ValidateIntervention(edit, hooks.info(id), plan.tokens.dim(0),
                                               plan.tokens.dim(1), layout));
       plan.interventions.push_back(edit);
@@ -116,6 +123,12 @@ absl::Status AddInterventions(const glassbox::v1::RunRequest& request, RunPlan& 
 }
 
 }  // namespace
+
+bool ReachedWith(const HookInfo& info, int stop_at_layer) {
+  if (stop_at_layer < 0) return true;
+  return info.layer < 0 ? info.kind == HookKind::kEmbed || info.kind == HookKind::kPosEmbed
+                        : info.layer < stop_at_layer;
+}
 
 glassbox::v1::DType ToProtoDType(DType dtype) {
   switch (dtype) {
@@ -163,14 +176,14 @@ absl::StatusOr<Batch> BuildBatch(const glassbox::v1::Inputs& inputs, const Serve
 }
 
 absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore& store,
-                                     const ServiceLimits& limits) {
+                                     const ServiceLimits& limits, const CacheAccess& cache) {
   RunPlan plan;
   GB_ASSIGN_OR_RETURN(plan.model, store.Find(request.model()));
   const ModelConfig& config = plan.model->model->config();
   GB_ASSIGN_OR_RETURN(static_cast<Batch&>(plan), BuildBatch(request.inputs(), *plan.model, limits));
   const int64_t batch = plan.tokens.dim(0), longest = plan.tokens.dim(1);
 
-  GB_RETURN_IF_ERROR(AddInterventions(request, plan));
+  GB_RETURN_IF_ERROR(AddInterventions(request, cache, plan));
   GB_RETURN_IF_ERROR(AddSaeSteering(request, store, plan));
 
   std::vector<CaptureSpec> specs, sae_specs;
@@ -198,9 +211,7 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
     std::vector<ResolvedCapture> reached;
     for (ResolvedCapture& rc : plan.captures) {
       const HookInfo& info = plan.model->model->hooks().info(rc.hook);
-      const bool reachable = info.layer < 0 ? info.kind == HookKind::kEmbed || info.kind == HookKind::kPosEmbed
-                                            : info.layer < plan.stop_at_layer;
-      if (reachable) {
+      if (ReachedWith(info, plan.stop_at_layer)) {
         reached.push_back(std::move(rc));
       } else if (rc.spec.hook.find_first_of("*?") == std::string::npos) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -219,6 +230,7 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
     plan.captures = std::move(reached);
   }
   GB_RETURN_IF_ERROR(AddSaeSplices(request, store, sae_specs, plan));
+  GB_RETURN_IF_ERROR(AddKeep(request, cache, plan));
   for (const ResolvedCapture& rc : plan.captures) {
     for (const CaptureOutputInfo& o : rc.outputs) plan.tensors.push_back({o.name, o.shape, o.dim_names, o.dtype});
   }

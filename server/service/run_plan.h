@@ -2,6 +2,9 @@
 // batch, the resolved captures, the outputs, and every tensor the response will stream.
 #pragma once
 
+#include <map>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -10,6 +13,7 @@
 #include "server/engine/intervention.h"
 #include "server/engine/sae_hooks.h"
 #include "server/service/model_store.h"
+#include "server/service/run_cache.h"
 
 namespace glassbox {
 
@@ -20,6 +24,21 @@ struct ServiceLimits {
   uint32_t default_chunk_bytes = 1 << 20;
   uint32_t max_chunk_bytes = 4 << 20;
   size_t stream_buffer_bytes = size_t{16} << 20;  // per stream, between worker and writer
+  RunCacheLimits cache;
+};
+
+// Where a request finds cached runs: the server's cache and the caller's budget owner.
+struct CacheAccess {
+  RunCache* cache = nullptr;  // null: keep and PATCH_CACHED are refused
+  std::string owner;
+};
+
+// What RunRequest.keep asks to store once the run succeeds.
+struct KeepPlan {
+  std::string name;
+  std::vector<HookId> hooks;  // forward order
+  absl::Duration ttl;
+  int64_t bytes = 0;
 };
 
 struct OutputTensorInfo {
@@ -56,12 +75,16 @@ struct RunPlan : Batch {
   // index here is its id on the wire.
   std::vector<OutputTensorInfo> tensors;
   int64_t total_bytes = 0;
+  std::optional<KeepPlan> keep;
 };
 
 absl::StatusOr<RunPlan> BuildRunPlan(const glassbox::v1::RunRequest& request,
-                                     const ModelStore& store, const ServiceLimits& limits);
+                                     const ModelStore& store, const ServiceLimits& limits,
+                                     const CacheAccess& cache = {});
 
 glassbox::v1::DType ToProtoDType(DType dtype);
+// Whether a pass with stop_at_layer (-1: the whole model) reaches the hook.
+bool ReachedWith(const HookInfo& info, int stop_at_layer);
 
 // run_plan_sae.cc: the SAE parts of a request.
 // Whether a capture names hook_sae_* points ("<hook>.hook_sae_acts_post", globs too).
@@ -72,5 +95,17 @@ absl::Status AddSaeSteering(const glassbox::v1::RunRequest& request, const Model
 // Splices, their edits, and the hook_sae_* captures, merged into plan.captures in stream order.
 absl::Status AddSaeSplices(const glassbox::v1::RunRequest& request, const ModelStore& store,
                            const std::vector<CaptureSpec>& sae_captures, RunPlan& plan);
+
+// run_plan_cache.cc: the cached-run parts of a request.
+// An INTERVENTION_PATCH_CACHED at one hook as a kPatchFrom edit reading the cached value.
+absl::Status ResolveCachedPatch(const glassbox::v1::Intervention& in, const HookInfo& info,
+                                const RunPlan& plan, const CacheAccess& cache, Intervention& edit);
+// request.keep as plan.keep, checked against the budget; after the captures are resolved.
+absl::Status AddKeep(const glassbox::v1::RunRequest& request, const CacheAccess& cache,
+                     RunPlan& plan);
+// plan.keep's values, stored once the run succeeded; what the Summary reports.
+absl::StatusOr<glassbox::v1::CachedRunInfo> StoreKept(const RunPlan& plan, const CacheAccess& cache,
+                                                      std::map<std::string, Tensor> values);
+void FillCachedRunInfo(const CachedRun& run, glassbox::v1::CachedRunInfo* info);
 
 }  // namespace glassbox

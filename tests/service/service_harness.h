@@ -17,8 +17,9 @@ namespace glassbox::testing {
 // Owns the store, executor, service and server; serves until destroyed.
 class InProcessServer {
  public:
-  InProcessServer(std::unique_ptr<ModelStore> store, const ServiceLimits& limits)
-      : store_(std::move(store)), service_(*store_, executor_, limits) {
+  InProcessServer(std::unique_ptr<ModelStore> store, const ServiceLimits& limits,
+                  RunCache::Clock clock = &absl::Now)
+      : store_(std::move(store)), service_(*store_, executor_, limits, std::move(clock)) {
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -43,6 +44,17 @@ class InProcessServer {
   std::unique_ptr<grpc::Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
 };
+
+// A Run of `model` over the rows of `ids` ([batch, pos] i32).
+inline glassbox::v1::RunRequest RunRequestFor(const std::string& model, const Tensor& ids) {
+  glassbox::v1::RunRequest request;
+  request.set_model(model);
+  for (int64_t b = 0; b < ids.dim(0); ++b) {
+    auto* row = request.mutable_inputs()->add_token_ids();
+    for (int64_t s = 0; s < ids.dim(1); ++s) row->add_ids(ids.data<int32_t>()[b * ids.dim(1) + s]);
+  }
+  return request;
+}
 
 struct Received {
   glassbox::v1::Header header;

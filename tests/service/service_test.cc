@@ -21,6 +21,7 @@ using ::glassbox::testing::InProcessServer;
 using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::ReadAllTensors;
 using ::glassbox::testing::ReadRun;
+using ::glassbox::testing::RunRequestFor;
 using ::glassbox::testing::Received;
 using ::testing::HasSubstr;
 namespace pb = ::glassbox::v1;
@@ -51,16 +52,6 @@ class ServiceTest : public ::testing::Test {
     return ReadRun(*channel_, r);
   }
 
-  static pb::RunRequest Request(const std::string& model, const Tensor& ids) {
-    pb::RunRequest request;
-    request.set_model(model);
-    for (int64_t b = 0; b < ids.dim(0); ++b) {
-      auto* row = request.mutable_inputs()->add_token_ids();
-      for (int64_t s = 0; s < ids.dim(1); ++s) row->add_ids(ids.data<int32_t>()[b * ids.dim(1) + s]);
-    }
-    return request;
-  }
-
   static Tensor AsTensor(const std::string& bytes, const Shape& shape) {
     Tensor t = Tensor::EmptyHost(DType::kF32, shape);
     EXPECT_EQ(bytes.size(), t.nbytes());
@@ -75,7 +66,7 @@ class ServiceTest : public ::testing::Test {
 TEST_F(ServiceTest, StreamedCapturesEqualTransformerLens) {
   auto expected = ReadAllTensors(FixturePath("expected/tiny-llama.safetensors"));
   const Tensor& ids = expected.at("unpadded.input_ids");
-  pb::RunRequest request = Request("llama", ids);
+  pb::RunRequest request = RunRequestFor("llama", ids);
   request.add_captures()->set_hook("blocks.*.hook_resid_post");
   request.add_captures()->set_hook("blocks.1.attn.hook_pattern");
   request.mutable_outputs()->set_logits(pb::LOGITS_ALL);
@@ -101,7 +92,7 @@ TEST_F(ServiceTest, StreamedCapturesEqualTransformerLens) {
 TEST_F(ServiceTest, SelectionsReductionsAndDtypes) {
   auto expected = ReadAllTensors(FixturePath("expected/tiny-gpt2.safetensors"));
   const Tensor& ids = expected.at("unpadded.input_ids");  // [3, 11]
-  pb::RunRequest request = Request("gpt2", ids);
+  pb::RunRequest request = RunRequestFor("gpt2", ids);
   auto* last = request.add_captures();
   last->set_hook("blocks.1.hook_resid_post");
   last->add_positions(-1);
@@ -188,7 +179,7 @@ TEST_F(ServiceTest, RaggedBatchEqualsSingleRows) {
 TEST_F(ServiceTest, InterventionsEqualTransformerLens) {
   auto inputs = ReadAllTensors(FixturePath("expected/tiny-llama.safetensors"));
   auto expected = ReadAllTensors(FixturePath("expected/tiny-llama.interventions.safetensors"));
-  pb::RunRequest request = Request("llama", inputs.at("unpadded.input_ids"));
+  pb::RunRequest request = RunRequestFor("llama", inputs.at("unpadded.input_ids"));
   auto* steer = request.add_interventions();
   steer->set_hook("blocks.1.hook_resid_pre");
   steer->set_kind(pb::INTERVENTION_ADD);
@@ -200,7 +191,7 @@ TEST_F(ServiceTest, InterventionsEqualTransformerLens) {
   ASSERT_TRUE(got.status.ok()) << got.status.error_message();
   EXPECT_LE(NormRelativeError(AsTensor(got.bytes.at("logits"), {3, 11, 300}), expected.at("steer_last.logits")), 1e-5);
 
-  pb::RunRequest zero = Request("llama", inputs.at("unpadded.input_ids"));
+  pb::RunRequest zero = RunRequestFor("llama", inputs.at("unpadded.input_ids"));
   auto* ablate = zero.add_interventions();
   ablate->set_hook("blocks.0.attn.hook_z");
   ablate->set_kind(pb::INTERVENTION_ZERO);
