@@ -88,6 +88,9 @@ constexpr FlagSpec kFlags[] = {
     {"sae_splice", FlagKind::kRepeated, kRunOnly},
     {"sae_edit", FlagKind::kRepeated, kRunOnly},
     {"sae_steer", FlagKind::kRepeated, kRunOnly},
+    {"cache_as", FlagKind::kValue, kRunOnly},
+    {"cache_hook", FlagKind::kRepeated, kRunOnly},
+    {"ttl", FlagKind::kValue, kRunOnly},
     {"out", FlagKind::kValue, kWithOut | kSaeEncodeOnly},
     // patch
     {"clean_text", FlagKind::kRepeated, kPatchOnly},
@@ -205,7 +208,7 @@ absl::StatusOr<RawCommandLine> Tokenize(const std::vector<std::string>& args) {
 
 constexpr char kCommandList[] =
     "models, info, tokenize, detokenize, run, patch, logit-lens, dla, attn-norms, saes, "
-    "sae-encode";
+    "sae-encode, cached, release";
 
 absl::StatusOr<Command> ParseCommand(std::string_view word) {
   if (word == "models") return Command::kModels;
@@ -219,6 +222,8 @@ absl::StatusOr<Command> ParseCommand(std::string_view word) {
   if (word == "attn-norms" || word == "attn_norms") return Command::kAttnNorms;
   if (word == "saes") return Command::kSaes;
   if (word == "sae-encode" || word == "sae_encode") return Command::kSaeEncode;
+  if (word == "cached") return Command::kCached;
+  if (word == "release") return Command::kRelease;
   if (word == "help") return Command::kHelp;
   return UsageError(absl::StrFormat("unknown command \"%s\" (commands: %s)", word, kCommandList));
 }
@@ -249,6 +254,10 @@ std::string_view CommandName(Command command) {
       return "saes";
     case Command::kSaeEncode:
       return "sae-encode";
+    case Command::kCached:
+      return "cached";
+    case Command::kRelease:
+      return "release";
   }
   return "?";
 }
@@ -447,6 +456,17 @@ absl::Status ParseRun(const RawCommandLine& raw, const Environment& env, Invocat
   if (std::optional<std::string> chunk = raw.Value("chunk_bytes")) {
     GB_ASSIGN_OR_RETURN(int64_t value, ParseInt("chunk_bytes", *chunk, 1, UINT32_MAX));
     request.set_chunk_bytes(static_cast<uint32_t>(value));
+  }
+  if (std::optional<std::string> name = raw.Value("cache_as")) {
+    auto* keep = request.mutable_keep();
+    keep->set_name(*name);
+    for (const std::string& hook : raw.Values("cache_hook")) keep->add_hooks(hook);
+    if (std::optional<std::string> ttl = raw.Value("ttl")) {
+      GB_ASSIGN_OR_RETURN(int64_t value, ParseInt("ttl", *ttl, 1, INT32_MAX));
+      keep->set_ttl_seconds(value);
+    }
+  } else if (!raw.Values("cache_hook").empty() || raw.Value("ttl")) {
+    return UsageError("--cache_hook and --ttl apply to a run kept with --cache_as NAME");
   }
   return ParseOut(raw, inv);
 }
@@ -667,6 +687,12 @@ absl::Status RunModel(client::Client& client, const Invocation& inv, std::ostrea
   out << absl::StrFormat("%d tensors, %d bytes; queue %.3f s, forward %.3f s, total %.3f s\n",
                          result.tensors.size(), total_bytes, summary.timings().queue_seconds(),
                          summary.timings().forward_seconds(), summary.timings().total_seconds());
+  if (summary.has_kept()) {
+    out << absl::StrFormat(
+        "kept as \"%s\" on the server: %s, %d bytes, expires %s\n", summary.kept().name(),
+        absl::StrJoin(summary.kept().hooks(), ", "), summary.kept().nbytes(),
+        absl::FormatTime(absl::FromUnixMillis(summary.kept().expires_unix_ms())));
+  }
   if (!inv.out_path.empty()) {
     absl::StatusOr<int> written = WriteRunSafetensors(inv.out_path, inv.run, result, err);
     if (!written.ok()) return MarkLocal(written.status());
@@ -1137,6 +1163,31 @@ absl::Status ListSaes(client::Client& client, const std::string& model, std::ost
   return absl::OkStatus();
 }
 
+// ---- cached runs ----
+
+absl::Status ListCachedRuns(client::Client& client, std::ostream& out) {
+  GB_ASSIGN_OR_RETURN(glassbox::v1::ListCachedRunsResponse response, client.ListCachedRuns());
+  out << absl::StrFormat("%d cached runs, %d of %d bytes, at most %d runs\n", response.runs_size(),
+                         response.used_bytes(), response.max_bytes(), response.max_entries());
+  if (response.runs().empty()) return absl::OkStatus();
+  std::vector<std::vector<std::string>> table = {
+      {"name", "model", "rows", "bytes", "expires", "hooks"}};
+  for (const glassbox::v1::CachedRunInfo& run : response.runs()) {
+    table.push_back({run.name(), run.model(), absl::StrCat(run.sequence_lengths_size()),
+                     absl::StrCat(run.nbytes()),
+                     absl::FormatTime(absl::FromUnixMillis(run.expires_unix_ms())),
+                     absl::StrJoin(run.hooks(), ",")});
+  }
+  PrintTable(table, out, 2, "");
+  return absl::OkStatus();
+}
+
+absl::Status ReleaseCachedRun(client::Client& client, const std::string& name, std::ostream& out) {
+  GB_ASSIGN_OR_RETURN(int64_t bytes, client.ReleaseCachedRun(name));
+  out << absl::StrFormat("released cached run \"%s\" (%d bytes)\n", name, bytes);
+  return absl::OkStatus();
+}
+
 absl::Status RunSaeEncode(client::Client& client, const Invocation& inv, std::ostream& out) {
   const glassbox::v1::SaeEncodeRequest& request = inv.sae_encode;
   GB_ASSIGN_OR_RETURN(glassbox::v1::SaeEncodeResponse response, client.SaeEncode(request));
@@ -1336,6 +1387,13 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
       GB_RETURN_IF_ERROR(expect_operands(0, "sae-encode --sae NAME ..."));
       GB_RETURN_IF_ERROR(ParseSaeEncode(raw, inv));
       break;
+    case Command::kCached:
+      GB_RETURN_IF_ERROR(expect_operands(0, "cached"));
+      break;
+    case Command::kRelease:
+      GB_RETURN_IF_ERROR(expect_operands(1, "release NAME"));
+      inv.cached_run = operands[0];
+      break;
   }
   return inv;
 }
@@ -1364,6 +1422,8 @@ Usage:
   glassbox [global flags] attn-norms --model MODEL (--text TEXT | --tokens IDS)...
                                      [--layers LIST] [--out FILE.safetensors]
   glassbox [global flags] saes [--model MODEL]
+  glassbox [global flags] cached
+  glassbox [global flags] release NAME
   glassbox [global flags] sae-encode --sae NAME (--text TEXT | --tokens IDS)...
                                      [--top_k 5] [--dense] [--out FILE.safetensors]
   glassbox --help
@@ -1385,6 +1445,8 @@ Commands:
   saes        the SAEs the server loaded: name, model, hook, architecture, d_in, d_sae, ...
   sae-encode  run the SAE's model to its hook and print each token's top features, with the
               reconstruction's L0, MSE and explained variance
+  cached      list the runs kept on the server (run --cache_as), their bytes and expiry
+  release     free a cached run now
 
 Global flags:
   --server ADDR         server address, host:port (default: $GLASSBOX_SERVER)
@@ -1431,6 +1493,11 @@ of the batch, rows are right-padded to the longest):
   --sae_steer NAME:features=LIST[:coef=LIST][:rows=LIST][:positions=LIST]
                            add sum coef_i * W_dec[feature_i] at NAME's hook (coef default 1;
                            one for all features or one each)
+  --cache_as NAME          keep this run's activations on the server as NAME, for later runs'
+                           patch_cached (replaces a run kept under NAME; see `glassbox cached`,
+                           `glassbox release NAME`)
+  --cache_hook HOOK        what --cache_as keeps (repeatable; globs; default: the --capture hooks)
+  --ttl SECONDS            how long the server keeps it (default: the server's, 600 s)
   --out FILE               write the results to this safetensors file (see below)
 
 The --out file holds every captured tensor under its hook name (dtype as received: F32, F16,
@@ -1447,6 +1514,9 @@ Interventions (--intervene KIND:HOOK[:KEY=VALUE]...; docs/interventions.md):
          mean_batch  x[S] = mean of x over the batch rows, per position
          mean_pos    x[S] = mean of x over each row's real positions
          patch_row   x[b, S] = x[source_rows[b], S]      (needs source_rows=LIST, one per row)
+         patch_cached x[b, S] = c[source_rows[b], S], c = the run kept as NAME (--cache_as) at
+                     the same hook  (needs from=NAME; source_rows default: row b, or row 0 of a
+                     one-row cached run; positions count from 0 in both runs)
   HOOK   a hook name or glob (blocks.0.attn.hook_z, 'blocks.*.hook_resid_pre')
   S      the selection: rows=LIST positions=LIST (negative: from each row's end; also pos=)
          heads=LIST dims=LIST (last axis: neuron / d_model / d_head index); omitted = all
@@ -1455,6 +1525,7 @@ Interventions (--intervene KIND:HOOK[:KEY=VALUE]...; docs/interventions.md):
   e.g.   zero:blocks.0.attn.hook_z:heads=1
          add:blocks.6.hook_resid_pre:positions=-1:coef=4:value=@steer.safetensors#v
          patch_row:blocks.1.hook_attn_out:positions=4:source_rows=2,0,1
+         patch_cached:blocks.0.hook_resid_pre:positions=2:from=clean
 
 Patch flags (each --clean-* and --corrupted-* row pairs up with the one in the same place;
 all rows must have the same number of tokens):
@@ -1763,6 +1834,12 @@ int Execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
       break;
     case Command::kSaeEncode:
       status = RunSaeEncode(client, inv, out);
+      break;
+    case Command::kCached:
+      status = ListCachedRuns(client, out);
+      break;
+    case Command::kRelease:
+      status = ReleaseCachedRun(client, inv.cached_run, out);
       break;
   }
   out.flush();

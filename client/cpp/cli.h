@@ -38,6 +38,8 @@ enum class Command {
   kAttnNorms,  // attn-norms: AttentionNorms
   kSaes,       // saes: ListSaes
   kSaeEncode,  // sae-encode: SaeEncode
+  kCached,     // cached: ListCachedRuns
+  kRelease,    // release NAME: ReleaseCachedRun
 };
 
 // A parsed command line.
@@ -47,6 +49,8 @@ struct Invocation {
   client::ClientOptions client;
   // info, tokenize, detokenize
   std::string model;
+  // release
+  std::string cached_run;
   // tokenize
   glassbox::v1::TokenizeRequest tokenize;
   // detokenize

@@ -222,6 +222,29 @@ absl::StatusOr<std::vector<glassbox::v1::SaeInfo>> Client::ListSaes(const std::s
   return std::vector<glassbox::v1::SaeInfo>(response.saes().begin(), response.saes().end());
 }
 
+namespace {
+template <typename Response>
+absl::Status NoCheck(const Response&) {
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::StatusOr<glassbox::v1::ListCachedRunsResponse> Client::ListCachedRuns() {
+  return Unary<glassbox::v1::ListCachedRunsResponse>(
+      &glassbox::v1::Glassbox::Stub::ListCachedRuns, glassbox::v1::ListCachedRunsRequest(),
+      &NoCheck<glassbox::v1::ListCachedRunsResponse>);
+}
+
+absl::StatusOr<int64_t> Client::ReleaseCachedRun(const std::string& name) {
+  glassbox::v1::ReleaseCachedRunRequest request;
+  request.set_name(name);
+  GB_ASSIGN_OR_RETURN(auto response,
+                      Unary<glassbox::v1::ReleaseCachedRunResponse>(
+                          &glassbox::v1::Glassbox::Stub::ReleaseCachedRun, request,
+                          &NoCheck<glassbox::v1::ReleaseCachedRunResponse>));
+  return response.released_bytes();
+}
+
 absl::StatusOr<glassbox::v1::SaeEncodeResponse> Client::SaeEncode(
     const glassbox::v1::SaeEncodeRequest& request) {
   return Unary<glassbox::v1::SaeEncodeResponse>(&glassbox::v1::Glassbox::Stub::SaeEncode, request,

@@ -110,6 +110,10 @@ class Client {
   absl::StatusOr<glassbox::v1::SaeDecodeResponse> SaeDecode(
       const glassbox::v1::SaeDecodeRequest& request);
 
+  // Runs kept on the server (RunRequest.keep; docs/interventions.md): list, and free one now.
+  absl::StatusOr<glassbox::v1::ListCachedRunsResponse> ListCachedRuns();
+  absl::StatusOr<int64_t> ReleaseCachedRun(const std::string& name);
+
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   glassbox::v1::Glassbox::Stub& stub() { return *stub_; }
 

@@ -41,6 +41,7 @@ constexpr KindName kKinds[] = {
     {"mean_batch", pb::INTERVENTION_MEAN_BATCH},
     {"mean_pos", pb::INTERVENTION_MEAN_POS},
     {"patch_row", pb::INTERVENTION_PATCH_ROW},
+    {"patch_cached", pb::INTERVENTION_PATCH_CACHED},
 };
 
 absl::StatusOr<std::vector<int32_t>> ParseInts(absl::string_view spec, absl::string_view key,
@@ -286,8 +287,11 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
     if (k.name == kind) in.set_kind(k.kind);
   }
   if (in.kind() == pb::INTERVENTION_UNSPECIFIED) {
-    return SpecError(spec, absl::StrFormat(
-        "unknown kind \"%s\" (zero, scale, add, set, mean_batch, mean_pos, patch_row)", parts[0]));
+    return SpecError(
+        spec, absl::StrFormat(
+                  "unknown kind \"%s\" (zero, scale, add, set, mean_batch, mean_pos, patch_row, "
+                  "patch_cached)",
+                  parts[0]));
   }
   in.set_hook(parts[1]);
 
@@ -310,6 +314,9 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
     } else if (key == "source_rows") {
       GB_ASSIGN_OR_RETURN(std::vector<int32_t> v, ParseInts(spec, key, value, false));
       in.mutable_source_rows()->Add(v.begin(), v.end());
+    } else if (key == "from") {
+      if (value.empty()) return SpecError(spec, "from= needs the name a run was kept under");
+      in.set_cached_run(value);
     } else if (key == "coef") {
       GB_ASSIGN_OR_RETURN(float c, ParseFloat(spec, key, value));
       in.set_coefficient(c);
@@ -339,8 +346,11 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
         }
       }
     } else {
-      return SpecError(spec, absl::StrFormat(
-          "unknown key \"%s\" (rows, positions, heads, dims, coef, value, source_rows)", key));
+      return SpecError(
+          spec,
+          absl::StrFormat(
+              "unknown key \"%s\" (rows, positions, heads, dims, coef, value, source_rows, from)",
+              key));
     }
   }
 
@@ -364,8 +374,16 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
   if (k == pb::INTERVENTION_PATCH_ROW && !seen.contains("source_rows")) {
     return SpecError(spec, "patch_row needs source_rows=LIST (one source row per batch row)");
   }
-  if (k != pb::INTERVENTION_PATCH_ROW && seen.contains("source_rows")) {
-    return SpecError(spec, absl::StrCat("source_rows= applies to patch_row, not ", kind));
+  const bool patch = k == pb::INTERVENTION_PATCH_ROW || k == pb::INTERVENTION_PATCH_CACHED;
+  if (!patch && seen.contains("source_rows")) {
+    return SpecError(
+        spec, absl::StrCat("source_rows= applies to patch_row and patch_cached, not ", kind));
+  }
+  if (k == pb::INTERVENTION_PATCH_CACHED && !seen.contains("from")) {
+    return SpecError(spec, "patch_cached needs from=NAME (the name given to run --cache_as)");
+  }
+  if (k != pb::INTERVENTION_PATCH_CACHED && seen.contains("from")) {
+    return SpecError(spec, absl::StrCat("from= applies to patch_cached, not ", kind));
   }
   return in;
 }
@@ -391,6 +409,7 @@ std::string FormatIntervention(const pb::Intervention& in, int max_values) {
     absl::StrAppend(&text, ":value=", absl::StrJoin(shown, ","));
   }
   list("source_rows", in.source_rows());
+  if (!in.cached_run().empty()) absl::StrAppend(&text, ":from=", in.cached_run());
   return text;
 }
 

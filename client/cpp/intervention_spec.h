@@ -2,12 +2,14 @@
 //
 //   KIND:HOOK[:KEY=VALUE]...
 //
-//   KIND   zero | scale | add | set | mean_batch | mean_pos | patch_row
+//   KIND   zero | scale | add | set | mean_batch | mean_pos | patch_row | patch_cached
 //   HOOK   a hook name or glob: blocks.0.attn.hook_z, 'blocks.*.hook_resid_pre'
 //   KEY    rows=LIST  positions=LIST (or pos=)  heads=LIST  dims=LIST    the selectors
 //          coef=X (or coefficient=)            scale and add (default 1 for add)
 //          value=V                              add and set
-//          source_rows=LIST                     patch_row: one source row per batch row
+//          source_rows=LIST                     patch_row, patch_cached: one source row per batch
+//          row from=NAME                            patch_cached: the run kept as NAME (run
+//          --cache_as)
 //   LIST   comma-separated integers; positions may be negative (-1 = each row's last token)
 //   V      0.1,0.2,...         the numbers themselves
 //          @FILE.safetensors#NAME   a tensor of a safetensors file (#NAME may be left out when

@@ -239,6 +239,36 @@ TEST(CliParseTest, RunWithTokenRowsAndDefaults) {
   EXPECT_EQ(inv->run.captures(0).dtype(), glassbox::v1::DTYPE_UNSPECIFIED);
 }
 
+TEST(CliParseTest, RunKeptOnTheServerAndCachedCommands) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s", "run", "--model", "m", "--tokens", "1,2", "--cache_as", "clean",
+             "--cache_hook", "blocks.*.hook_resid_pre", "--cache_hook", "hook_embed", "--ttl", "90",
+             "--intervene", "patch_cached:blocks.0.hook_resid_pre:pos=-1:from=other"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  const glassbox::v1::KeepActivations& keep = inv->run.keep();
+  EXPECT_EQ(keep.name(), "clean");
+  EXPECT_THAT(keep.hooks(), ElementsAre("blocks.*.hook_resid_pre", "hook_embed"));
+  EXPECT_EQ(keep.ttl_seconds(), 90);
+  EXPECT_EQ(inv->run.interventions(0).cached_run(), "other");
+  inv = Parse({"--server", "s", "run", "--model", "m", "--tokens", "1"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_FALSE(inv->run.has_keep());
+  ExpectUsageError({"--server", "s", "run", "--model", "m", "--tokens", "1", "--ttl", "5"},
+                   "apply to a run kept with --cache_as");
+  ExpectUsageError(
+      {"--server", "s", "run", "--model", "m", "--tokens", "1", "--cache_as", "a", "--ttl", "0"},
+      "--ttl");
+
+  inv = Parse({"--server", "s", "cached"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kCached);
+  inv = Parse({"--server", "s", "release", "clean"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kRelease);
+  EXPECT_EQ(inv->cached_run, "clean");
+  ExpectUsageError({"--server", "s", "release"}, "release NAME");
+}
+
 TEST(CliParseTest, RunUsageErrors) {
   const std::vector<std::string> base = {"--server", "s", "run", "--model", "m"};
   auto with = [&](std::vector<std::string> extra) {

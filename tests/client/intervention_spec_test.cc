@@ -97,6 +97,13 @@ TEST(InterventionSpecTest, EveryKindAndSelector) {
   EXPECT_THAT(in->positions(), ElementsAre(4));
   EXPECT_THAT(in->source_rows(), ElementsAre(2, 0, 1));
 
+  in = Parse("patch_cached:blocks.0.hook_resid_pre:pos=2:from=clean.v1");
+  ASSERT_TRUE(in.ok()) << in.status();
+  EXPECT_EQ(in->kind(), pb::INTERVENTION_PATCH_CACHED);
+  EXPECT_EQ(in->cached_run(), "clean.v1");
+  EXPECT_THAT(in->positions(), ElementsAre(2));
+  EXPECT_EQ(in->source_rows_size(), 0);
+
   in = Parse("add:hook_embed:coefficient=-1:value=2");  // add's coef may be negative
   ASSERT_TRUE(in.ok()) << in.status();
   EXPECT_EQ(in->coefficient(), -1.0f);
@@ -148,13 +155,19 @@ TEST(InterventionSpecTest, UsageErrors) {
   ExpectSpecError("zero:blocks.0.hook_resid_pre:value=1", "value= applies to add and set");
   ExpectSpecError("patch_row:blocks.0.hook_resid_pre", "patch_row needs source_rows=");
   ExpectSpecError("zero:blocks.0.hook_resid_pre:source_rows=1", "applies to patch_row");
+  ExpectSpecError("patch_cached:blocks.0.hook_resid_pre", "patch_cached needs from=NAME");
+  ExpectSpecError("patch_row:blocks.0.hook_resid_pre:source_rows=0:from=x",
+                  "from= applies to patch_cached");
+  ExpectSpecError("patch_cached:blocks.0.hook_resid_pre:from=", "from= needs");
 }
 
 TEST(InterventionSpecTest, FormatRoundTrips) {
-  for (std::string spec : {"zero:blocks.0.attn.hook_z:heads=1",
-                           "add:blocks.6.hook_resid_pre:positions=-1:coef=4:value=0.5,-1",
-                           "patch_row:blocks.1.hook_attn_out:rows=0,1:positions=4:source_rows=1,0",
-                           "mean_batch:blocks.0.mlp.hook_post:dims=3,7"}) {
+  for (std::string spec :
+       {"zero:blocks.0.attn.hook_z:heads=1",
+        "add:blocks.6.hook_resid_pre:positions=-1:coef=4:value=0.5,-1",
+        "patch_row:blocks.1.hook_attn_out:rows=0,1:positions=4:source_rows=1,0",
+        "mean_batch:blocks.0.mlp.hook_post:dims=3,7",
+        "patch_cached:blocks.0.attn.hook_z:heads=1:source_rows=0,0:from=clean"}) {
     absl::StatusOr<pb::Intervention> in = Parse(spec);
     ASSERT_TRUE(in.ok()) << in.status();
     EXPECT_EQ(FormatIntervention(*in), spec);
