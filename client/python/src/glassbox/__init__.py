@@ -48,11 +48,12 @@ from ._errors import (
     Unimplemented,
     Unknown,
 )
-from ._interventions import Add, Intervention, MeanAblate, PatchRows, Scale, Set, Zero
+from ._interventions import Add, Intervention, MeanAblate, PatchFromCache, PatchRows, Scale, Set, Zero
 from ._model import Model, RunResult
 from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
 from ._stream import RunStream
 from ._types import (
+    CachedRun,
     Capture,
     HookDim,
     HookPoint,
@@ -68,7 +69,7 @@ __version__ = "0.1.0"
 # Public classes show as glassbox.X (not glassbox._errors.X) in reprs and tracebacks.
 for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture", "RunResult",
               "RunStream", "RunHeader", "RunSummary", "TensorInfo", "Timings", "ActivationCache",
-              "Intervention", "Zero", "Scale", "Add", "Set", "MeanAblate", "PatchRows",
+              "Intervention", "Zero", "Scale", "Add", "Set", "MeanAblate", "PatchRows", "PatchFromCache", "CachedRun",
               "LogitDiff", "LogProb", "Loss", "PatchingResult", "LogitLensResult",
               "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer",
               "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats"):
@@ -101,6 +102,8 @@ __all__ = [
     "Set",
     "MeanAblate",
     "PatchRows",
+    "PatchFromCache",
+    "CachedRun",
     "LogitDiff",
     "LogProb",
     "Loss",

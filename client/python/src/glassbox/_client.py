@@ -12,7 +12,7 @@ from ._model import Model
 from ._saes import SaeInfo
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
 from ._proto.glassbox.v1 import glassbox_pb2_grpc as pb_grpc
-from ._types import ModelInfo
+from ._types import CachedRun, ModelInfo
 
 # Tensor chunks are 1 MiB by default, but a request may ask for larger ones.
 _CHANNEL_OPTIONS = [
@@ -52,6 +52,18 @@ class Client:
     def saes(self) -> List[SaeInfo]:
         """Every SAE the server holds, whichever model it is attached to."""
         return [SaeInfo._from_proto(s) for s in self._unary("ListSaes", pb.ListSaesRequest()).saes]
+
+    def cached_runs(self) -> List[CachedRun]:
+        """The runs kept on the server (``Model.run(..., cache_as=NAME)``), by name. Budgets are
+        the server's (--cache_max_bytes / --cache_max_entries), shared by all clients until the
+        server authenticates with API keys."""
+        response = self._unary("ListCachedRuns", pb.ListCachedRunsRequest())
+        return [CachedRun._from_proto(r) for r in response.runs]
+
+    def release_cached_run(self, name: str) -> int:
+        """Frees a cached run now; returns its bytes. ``glassbox.NotFound`` when it expired or
+        never existed."""
+        return int(self._unary("ReleaseCachedRun", pb.ReleaseCachedRunRequest(name=name)).released_bytes)
 
     def model(self, name: str) -> Model:
         """A handle on one model. Unknown name: NotFound."""

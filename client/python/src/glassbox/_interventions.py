@@ -32,6 +32,7 @@ _KINDS = {
     "mean_batch": pb.INTERVENTION_MEAN_BATCH,
     "mean_pos": pb.INTERVENTION_MEAN_POS,
     "patch_rows": pb.INTERVENTION_PATCH_ROW,
+    "patch_cached": pb.INTERVENTION_PATCH_CACHED,
 }
 
 
@@ -69,7 +70,9 @@ class Intervention:
             [pos, M, D] (one row, used for every row) or the hook's full shape. numpy, a list, or
             a torch tensor.
         source_rows: "patch_rows": the source row of each batch row (one per row), or a mapping
-            {row: source row} that patches only those rows.
+            {row: source row} that patches only those rows. "patch_cached": the cached row of
+            each batch row (None: row b, or row 0 of a one-row cached run).
+        cached_run: "patch_cached": the name the source run was kept under (``cache_as``).
     """
 
     kind: str
@@ -86,6 +89,7 @@ class Intervention:
         coef: Optional[float] = None,
         value: Any = None,
         source_rows: Union[None, Sequence[int], Mapping[int, int]] = None,
+        cached_run: Optional[str] = None,
     ) -> None:
         if kind not in _KINDS:
             raise ValueError(f"intervention kind must be one of {sorted(_KINDS)}, got {kind!r}")
@@ -133,8 +137,18 @@ class Intervention:
                 self.source_rows = _indices(source_rows, f"{name}.source_rows")
                 if not self.source_rows:
                     raise ValueError(f"{name}.source_rows is empty")
+        elif kind == "patch_cached" and source_rows is not None:
+            if isinstance(source_rows, Mapping):
+                raise TypeError(f"{name}.source_rows must be one cached row per batch row, not a mapping")
+            self.source_rows = _indices(source_rows, f"{name}.source_rows")
         elif source_rows is not None:
             raise ValueError(f"a {kind!r} intervention takes no source_rows")
+        if kind == "patch_cached":
+            if not isinstance(cached_run, str) or not cached_run:
+                raise ValueError(f"{name} needs the name of a cached run (Model.run(..., cache_as=NAME))")
+        elif cached_run is not None:
+            raise ValueError(f"a {kind!r} intervention takes no cached_run")
+        self.cached_run: Optional[str] = cached_run
 
     def _to_proto(self, batch: Optional[int] = None) -> "pb.Intervention":
         """The proto message; ``batch`` (rows in the request) resolves a source_rows mapping."""
@@ -156,6 +170,7 @@ class Intervention:
             heads=self.heads,
             dims=self.dims,
             source_rows=source_rows,
+            cached_run=self.cached_run or "",
         )
         if self.coef is not None:
             message.coefficient = self.coef
@@ -166,7 +181,8 @@ class Intervention:
     def _fields(self) -> Tuple[Any, ...]:
         value = None if self.value is None else (self.value.shape, self.value.tobytes())
         source = tuple(sorted(self.source_rows.items())) if isinstance(self.source_rows, dict) else self.source_rows
-        return (self.kind, self.hook, self.rows, self.positions, self.heads, self.dims, self.coef, value, source)
+        return (self.kind, self.hook, self.rows, self.positions, self.heads, self.dims, self.coef, value, source,
+                self.cached_run)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Intervention):
@@ -186,6 +202,8 @@ class Intervention:
             parts.append(f"value=<{list(self.value.shape)} float32>")
         if self.coef is not None:
             parts.append(f"coef={self.coef!r}")
+        if self.cached_run is not None:
+            parts.insert(parts.index(repr(self.hook)) + 1, repr(self.cached_run))
         if self.source_rows is not None:
             parts.append(f"source_rows={self.source_rows!r}")
         for name in ("rows", "positions", "heads", "dims"):
@@ -264,6 +282,26 @@ class PatchRows(Intervention):
                          heads=heads, dims=dims)
 
 
+class PatchFromCache(Intervention):
+    """Activation patching from a run kept on the server: ``x[b, S] = c[source_rows[b], S]``,
+    ``c`` the same hook in the run kept as ``cached_run`` (``Model.run(..., cache_as=NAME)``).
+
+    ``source_rows`` names a cached row per batch row; None: row b when the batches are equal,
+    row 0 when the cached run has one row. Positions count real tokens from 0 in both runs
+    (negative ones from each run's own row end) and must be real in both; the cached value must
+    have this run's shape but for the batch (the same padded length). E.g. keep the clean run,
+    then ``PatchFromCache("blocks.3.hook_resid_pre", "clean", positions=[4])`` on the corrupted
+    one. Errors: ``glassbox.NotFound`` (expired or never cached), ``glassbox.FailedPrecondition`` (another
+    model), ``glassbox.InvalidArgument`` (hook not kept, shapes differ).
+    """
+
+    def __init__(self, hook: HookSpec, cached_run: str, *, source_rows: Optional[Sequence[int]] = None,
+                 rows: IndexSpec = None, positions: IndexSpec = None, heads: IndexSpec = None,
+                 dims: IndexSpec = None) -> None:
+        super().__init__("patch_cached", hook, cached_run=cached_run, source_rows=source_rows, rows=rows,
+                         positions=positions, heads=heads, dims=dims)
+
+
 #: What ``interventions=`` accepts: one Intervention or a sequence of them (applied in order).
 Interventions = Union[None, Intervention, Sequence[Intervention]]
 
@@ -277,7 +315,7 @@ def intervention_protos(spec: Interventions, batch: int) -> list:
         if not isinstance(item, Intervention):
             raise TypeError(
                 f"interventions[{i}] must be an Intervention (Zero, Scale, Add, Set, MeanAblate, "
-                f"PatchRows), not {type(item).__name__}"
+                f"PatchRows, PatchFromCache), not {type(item).__name__}"
             )
         out.append(item._to_proto(batch))
     return out

@@ -46,7 +46,7 @@ from ._saes import (
     steering_protos,
 )
 from ._stream import RunStream
-from ._types import Capture, IndexSpec, ModelInfo, RunHeader, Timings, _indices
+from ._types import CachedRun, Capture, IndexSpec, ModelInfo, RunHeader, Timings, _indices
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._client import Client
@@ -84,12 +84,33 @@ class RunResult:
     target_log_probs: Optional[np.ndarray] = None  # [batch, pos, len(target_tokens)]
     timings: Timings = field(default_factory=Timings)
     bytes_sent: int = 0
+    kept: Optional[CachedRun] = None  # what cache_as kept on the server
 
     @property
     def mask(self) -> np.ndarray:
         """[batch, pos] bool: True at real tokens, False at padding."""
         width = int(self.sequence_lengths.max()) if len(self.sequence_lengths) else 0
         return np.arange(width)[None, :] < self.sequence_lengths[:, None]
+
+
+def _keep_proto(cache_as: Optional[str], hooks: NamesFilter, ttl_s: Optional[int]) -> "Optional[pb.KeepActivations]":
+    if cache_as is None:
+        if hooks is not None or ttl_s is not None:
+            raise ValueError("cache_hooks and ttl_s apply to a run kept with cache_as=NAME")
+        return None
+    if not isinstance(cache_as, str) or not cache_as:
+        raise TypeError(f"cache_as must be a non-empty name, got {cache_as!r}")
+    if hooks is None:
+        names: List[str] = []
+    elif isinstance(hooks, str):
+        names = [hooks]
+    elif callable(hooks):
+        raise TypeError("cache_hooks takes hook names or globs, not a predicate")
+    else:
+        names = [str(h) for h in hooks]
+    if ttl_s is not None and (not _is_int(ttl_s) or ttl_s <= 0):
+        raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+    return pb.KeepActivations(name=cache_as, hooks=names, ttl_seconds=int(ttl_s or 0))
 
 
 def _to_numpy(value: Any) -> Any:
@@ -281,6 +302,9 @@ class Model:
         prepend_bos: Optional[bool] = None,
         chunk_bytes: int = 0,
         timeout: Optional[float] = None,
+        cache_as: Optional[str] = None,
+        cache_hooks: NamesFilter = None,
+        ttl_s: Optional[int] = None,
     ) -> RunResult:
         """One hooked forward pass over a batch.
 
@@ -306,6 +330,14 @@ class Model:
             prepend_bos: for texts: add BOS as the tokenizer says (None = its default).
             chunk_bytes: largest chunk the server sends (0 = its default).
             timeout: seconds; defaults to the client's timeout.
+            cache_as: keep this run's activations on the server under this name (replacing a
+                run kept under it), for later runs' ``PatchFromCache(hook, name)``; what was kept
+                is ``RunResult.kept``. Kept values are what a capture sees (after this run's
+                interventions), in host memory, within the server's budget (--cache_max_bytes,
+                --cache_max_entries; ``RESOURCE_EXHAUSTED`` beyond it).
+            cache_hooks: the hooks to keep (names or globs; a predicate is not allowed); None:
+                every hook this run captures.
+            ttl_s: seconds the server keeps it (None: the server's default, 600 s).
         """
         with self.stream(
             inputs,
@@ -320,6 +352,9 @@ class Model:
             prepend_bos=prepend_bos,
             chunk_bytes=chunk_bytes,
             timeout=timeout,
+            cache_as=cache_as,
+            cache_hooks=cache_hooks,
+            ttl_s=ttl_s,
         ) as stream:
             header = stream.header
             _check_unique_names(header)
@@ -344,6 +379,7 @@ class Model:
             target_log_probs=outputs.get("target_log_probs"),
             timings=summary.timings,
             bytes_sent=summary.bytes_sent,
+            kept=summary.kept,
         )
 
     def run_with_cache(
@@ -419,6 +455,9 @@ class Model:
         prepend_bos: Optional[bool] = None,
         chunk_bytes: int = 0,
         timeout: Optional[float] = None,
+        cache_as: Optional[str] = None,
+        cache_hooks: NamesFilter = None,
+        ttl_s: Optional[int] = None,
     ) -> RunStream:
         """Like ``run``, but yields ``(name, array)`` as each tensor completes, in forward order.
 
@@ -445,6 +484,7 @@ class Model:
             outputs=build_outputs(logits, loss_per_token, target_tokens),
             stop_at_layer=stop_at_layer,
             chunk_bytes=int(chunk_bytes),
+            keep=_keep_proto(cache_as, cache_hooks, ttl_s),
         )
         return RunStream(self._client._stream("Run", request, timeout), _output_names(request.outputs))
 

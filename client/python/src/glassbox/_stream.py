@@ -10,7 +10,7 @@ import numpy as np
 
 from ._errors import MalformedStream, from_rpc_error
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
-from ._types import RunHeader, RunSummary, TensorInfo, Timings, dtype_name
+from ._types import CachedRun, RunHeader, RunSummary, TensorInfo, Timings, dtype_name
 
 # Little-endian wire layouts. bf16 travels as the top 16 bits of a float32.
 _WIRE_DTYPES: Dict[int, np.dtype] = {
@@ -184,6 +184,7 @@ class RunStreamDecoder:
         self.summary = RunSummary(
             timings=Timings(t.queue_seconds, t.forward_seconds, t.total_seconds),
             bytes_sent=int(summary.bytes_sent),
+            kept=CachedRun._from_proto(summary.kept) if summary.HasField("kept") else None,
         )
 
 

@@ -222,6 +222,27 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class CachedRun:
+    """A run kept on the server (``Model.run(..., cache_as=NAME)``) for later runs to patch
+    from with ``PatchFromCache``. Times are Unix seconds."""
+
+    name: str
+    model: str
+    hooks: Tuple[str, ...]
+    sequence_lengths: Tuple[int, ...]
+    nbytes: int
+    created: float
+    expires: float
+
+    @classmethod
+    def _from_proto(cls, info: "pb.CachedRunInfo") -> "CachedRun":
+        return cls(name=info.name, model=info.model, hooks=tuple(info.hooks),
+                   sequence_lengths=tuple(info.sequence_lengths), nbytes=int(info.nbytes),
+                   created=info.created_unix_ms / 1000.0, expires=info.expires_unix_ms / 1000.0)
+
+
+@dataclass(frozen=True)
 class RunSummary:
     timings: Timings = field(default_factory=Timings)
     bytes_sent: int = 0
+    kept: Optional[CachedRun] = None  # when the run had cache_as
