@@ -193,7 +193,7 @@ void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tens
         positions.push_back({layout.Index(b, p), source_p});
       }
     }
-    for (const auto [p, source_p] : positions) {
+    for (const auto& [p, source_p] : positions) {
       for (int32_t mi : heads) {
         for (int32_t di : dims) {
           float& e = x[v.Offset(b, p, mi, di)];

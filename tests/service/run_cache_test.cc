@@ -105,7 +105,9 @@ TEST(RunCache, ConcurrentPutGetRelease) {
             break;
           case 1: {
             auto run = cache.Get("", name);
-            if (run.ok()) EXPECT_EQ((*run)->nbytes(), 400);
+            if (run.ok()) {
+              EXPECT_EQ((*run)->nbytes(), 400);
+            }
             break;
           }
           default:

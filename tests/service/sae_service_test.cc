@@ -219,7 +219,9 @@ TEST_F(SaeServiceTest, EncodeEqualsEngineOnCapturedActivationsAndSaeLens) {
     for (int t = 0; t < 33; ++t) {
       for (int64_t j = response.offsets(t); j < response.offsets(t + 1); ++j) {
         EXPECT_EQ(response.values(j), dense.data<float>()[t * 128 + response.indices(j)]);
-        if (j > response.offsets(t)) EXPECT_LT(response.indices(j - 1), response.indices(j));
+        if (j > response.offsets(t)) {
+          EXPECT_LT(response.indices(j - 1), response.indices(j));
+        }
       }
     }
     // Statistics of the reconstruction over the 33 tokens, as the engine computes them.
