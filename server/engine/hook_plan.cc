@@ -34,6 +34,12 @@ absl::Status HookPlan::AddSaeSplice(HookId hook, SaeSplice splice) {
     return absl::InvalidArgumentError(absl::StrCat(
         "SAE splice at ", info.name, ": this hook can be captured but not edited yet"));
   }
+  // An SAE reads one activation vector per token; scores and patterns have none.
+  if (EditAxesOf(info.kind) != EditAxes::kTokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SAE splice at ", info.name, ": an SAE reads [batch, pos, d] activations, and this hook is ",
+        "[batch, head, query_pos, key_pos]"));
+  }
   if (splices_[hook].sae != nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("two SAEs spliced at ", info.name, "; splice at most one per hook"));

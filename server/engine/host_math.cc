@@ -1,6 +1,8 @@
 #include "server/engine/host_math.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "server/util/status_macros.h"
@@ -31,6 +33,50 @@ void TopK(const float* row, int64_t n, int64_t k, float* values, int32_t* indice
     values[j] = row[scratch[j]];
     indices[j] = scratch[j];
   }
+}
+
+Tensor AttentionSoftmax(const Tensor& scores) {
+  const int64_t n = scores.shape().back(), rows = scores.numel() / std::max<int64_t>(n, 1);
+  Tensor pattern = Tensor::ZerosHost(DType::kF32, scores.shape());
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = scores.data<float>() + r * n;
+    float* out = pattern.data<float>() + r * n;
+    float max_score = -std::numeric_limits<float>::infinity();
+    bool poisoned = false;
+    for (int64_t j = 0; j < n; ++j) {
+      poisoned |= std::isnan(row[j]);
+      max_score = std::max(max_score, row[j]);
+    }
+    if (poisoned || !std::isfinite(max_score)) continue;  // left all zero
+    double denom = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      out[j] = std::exp(row[j] - max_score);
+      denom += out[j];
+    }
+    const float inv = static_cast<float>(1.0 / denom);
+    for (int64_t j = 0; j < n; ++j) out[j] *= inv;
+  }
+  return pattern;
+}
+
+Tensor AttendValues(const Tensor& pattern, const Tensor& v) {
+  const int64_t batch = pattern.dim(0), heads = pattern.dim(1), queries = pattern.dim(2),
+                keys = pattern.dim(3);
+  const int64_t kv_heads = v.dim(2), d_head = v.dim(3), group = heads / kv_heads;
+  Tensor z = Tensor::ZerosHost(DType::kF32, {batch, queries, heads, d_head});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t q = 0; q < queries; ++q) {
+        const float* weights = pattern.data<float>() + ((b * heads + h) * queries + q) * keys;
+        float* out = z.data<float>() + ((b * queries + q) * heads + h) * d_head;
+        for (int64_t k = 0; k < keys; ++k) {
+          const float* value = v.data<float>() + ((b * keys + k) * kv_heads + h / group) * d_head;
+          for (int64_t e = 0; e < d_head; ++e) out[e] += weights[k] * value[e];
+        }
+      }
+    }
+  }
+  return z;
 }
 
 }  // namespace glassbox

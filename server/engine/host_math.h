@@ -1,5 +1,6 @@
 // Small host-side helpers shared by the analyses, captures and the service: bringing a device
-// value to a host f32 tensor, and the top-k of a row.
+// value to a host f32 tensor, the top-k of a row, and the two steps of attention that follow an
+// edited score or pattern.
 #pragma once
 
 #include <vector>
@@ -17,5 +18,15 @@ absl::StatusOr<Tensor> CopyToHostF32(Backend& backend, const Tensor& t);
 // torch.topk does on the CPU. `scratch` is reused across calls.
 void TopK(const float* row, int64_t n, int64_t k, float* values, int32_t* indices,
           std::vector<int32_t>& scratch);
+
+// softmax over the last axis of host f32 `scores`, as TransformerLens takes it: torch's softmax,
+// then NaN replaced by 0. A row with a NaN or +inf, or with every entry -inf (a query that sees
+// no key), is all NaN in torch, so it becomes all zeros here.
+Tensor AttentionSoftmax(const Tensor& scores);
+
+// z[b, q, h, :] = sum over k of pattern[b, h, q, k] * v[b, k, h / (H / H_kv), :], in f32:
+// pattern [batch, H, q, k], v [batch, k, H_kv, d_head] (grouped-query attention when H_kv < H),
+// both host f32; z is [batch, q, H, d_head].
+Tensor AttendValues(const Tensor& pattern, const Tensor& v);
 
 }  // namespace glassbox

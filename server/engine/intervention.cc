@@ -4,20 +4,30 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {
 
-// The [batch, pos, M, D] view of an editable hook's value.
+// An editable hook's value as [batch, seq, m, d] in the order of its EditAxes: token
+// activations are [batch, pos, M, D]; scores and patterns are [batch, head, query, key], so
+// `seq` is the query axis, `m` the heads and `d` the keys.
 struct View {
+  EditAxes axes;
   int64_t batch, seq, m, d;
   int64_t Offset(int64_t b, int64_t p, int64_t mi, int64_t di) const {
-    return ((b * seq + p) * m + mi) * d + di;
+    return axes == EditAxes::kTokens ? ((b * seq + p) * m + mi) * d + di
+                                     : ((b * m + mi) * seq + p) * d + di;
   }
+  int64_t RowSize() const { return seq * m * d; }
+  // Keys are token positions too: `dims` resolve through the layout like `positions`.
+  bool DimsArePositions() const { return axes == EditAxes::kAttention; }
 };
 
-View ViewOf(const Shape& shape) {
-  View v{shape[0], shape[1], 1, shape.back()};
+View ViewOf(EditAxes axes, const Shape& shape) {
+  if (axes == EditAxes::kAttention) return {axes, shape[0], shape[2], shape[1], shape[3]};
+  View v{axes, shape[0], shape[1], 1, shape.back()};
   if (shape.size() == 4) v.m = shape[2];
   return v;
 }
@@ -31,6 +41,122 @@ std::vector<int32_t> AllOr(const std::vector<int32_t>& chosen, int64_t n) {
 
 absl::Status Bad(const HookInfo& info, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("intervention at ", info.name, ": ", what));
+}
+
+bool IsPatch(InterventionKind kind) {
+  return kind == InterventionKind::kPatchRow || kind == InterventionKind::kPatchFrom;
+}
+
+// Each selected position must be a real token of every row: the rows are ragged, and an edit
+// that silently skipped the rows too short for it would be a wrong answer, not an error.
+absl::Status CheckPositions(const HookInfo& info, absl::string_view what,
+                            const std::vector<int32_t>& chosen, int64_t batch,
+                            const TokenLayout& layout) {
+  for (int32_t p : chosen) {
+    for (int64_t b = 0; b < batch; ++b) {
+      if (layout.Index(b, p) < 0) {
+        return Bad(info, absl::StrCat(what, " ", p, " is outside row ", b, " (",
+                                      layout.real[b].size(), " tokens)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// With a right-padded patch source of known lengths, each selected position must also be real
+// in the source row each patched row reads.
+absl::Status CheckSourcePositions(const HookInfo& info, absl::string_view what,
+                                  const std::vector<int32_t>& chosen, const Intervention& edit,
+                                  int64_t batch) {
+  for (int32_t b : AllOr(edit.select.rows, batch)) {
+    const int32_t source_row = edit.source_rows[b], n = edit.source_lengths[source_row];
+    for (int32_t p : chosen) {
+      if (p >= n || p < -n) {
+        return Bad(info, absl::StrCat(what, " ", p, " is outside source row ", source_row, " (", n,
+                                      " tokens), which row ", b, " patches from"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckValueSize(const Intervention& edit, const HookInfo& info, const View& v,
+                            int64_t batch, int64_t seq) {
+  const int64_t n = edit.value.defined() ? edit.value.numel() : 0;
+  if (n == v.d || n == v.m * v.d || n == v.RowSize() || n == v.batch * v.RowSize()) {
+    return absl::OkStatus();
+  }
+  const std::string full = ShapeToString(info.ShapeFor(batch, seq));
+  if (v.axes == EditAxes::kAttention) {
+    return Bad(info, absl::StrCat("the value has ", n, " elements; it must be [key_pos] [", v.d,
+                                  "], [head, key_pos] [", v.m, ",", v.d,
+                                  "], one row [head, query_pos, key_pos] [", v.m, ",", v.seq, ",",
+                                  v.d, "] or the hook's full shape ", full));
+  }
+  return Bad(info, absl::StrCat("the value has ", n, " elements; it must be [", v.d, "], [", v.m,
+                                ",", v.d, "], one row [", v.seq, ",", v.m, ",", v.d,
+                                "] or the hook's full shape ", full));
+}
+
+absl::Status CheckPatchSource(const Intervention& edit, const HookInfo& info, const View& v,
+                              int64_t batch, int64_t seq) {
+  int64_t source_batch = batch;
+  if (edit.kind == InterventionKind::kPatchFrom) {
+    const int64_t row = v.RowSize();
+    if (!edit.value.defined() || edit.value.rank() < 1 ||
+        edit.value.numel() != edit.value.dim(0) * row) {
+      const Shape one_row = info.ShapeFor(1, seq);
+      return Bad(info, absl::StrCat("the patch source must be [rows, ",
+                                    absl::StrJoin(one_row.begin() + 1, one_row.end(), ", "),
+                                    "] (", row, " values per row)"));
+    }
+    source_batch = edit.value.dim(0);
+  }
+  if (static_cast<int64_t>(edit.source_rows.size()) != batch) {
+    return Bad(info, absl::StrCat("patching needs a source row for each of the ", batch, " rows"));
+  }
+  for (int32_t r : edit.source_rows) {
+    if (r < 0 || r >= source_batch) {
+      return Bad(info, absl::StrCat("source row ", r, " is outside the source batch"));
+    }
+  }
+  if (edit.source_lengths.empty()) return absl::OkStatus();
+  if (static_cast<int64_t>(edit.source_lengths.size()) != source_batch) {
+    return Bad(info, "the patch source needs one length per source row");
+  }
+  const bool attention = v.DimsArePositions();
+  GB_RETURN_IF_ERROR(CheckSourcePositions(info, attention ? "query position" : "position",
+                                          edit.select.positions, edit, batch));
+  if (!attention) return absl::OkStatus();
+  return CheckSourcePositions(info, "key position", edit.select.dims, edit, batch);
+}
+
+// The padded index of each selected position of row b, paired with the index of the same
+// position in the row it is read from (the patch source row; row b itself otherwise). No
+// selection: every padded index, read from the same index.
+std::vector<std::pair<int32_t, int32_t>> ResolvePositions(const std::vector<int32_t>& chosen,
+                                                          int64_t n, const Intervention& edit,
+                                                          const TokenLayout& layout, int64_t b,
+                                                          int32_t source_row) {
+  std::vector<std::pair<int32_t, int32_t>> resolved;
+  if (chosen.empty()) {
+    for (int32_t p = 0; p < n; ++p) resolved.push_back({p, p});
+    return resolved;
+  }
+  for (int32_t p : chosen) {
+    int32_t source_p;
+    if (edit.kind == InterventionKind::kPatchFrom) {
+      // A kPatchFrom source is another run (its rows are not this layout's), unpadded or
+      // right-padded: its position p is at index p, and p < 0 at its row's length + p.
+      const int32_t source_len = edit.source_lengths.empty() ? static_cast<int32_t>(n)
+                                                             : edit.source_lengths[source_row];
+      source_p = p < 0 ? source_len + p : p;
+    } else {
+      source_p = layout.Index(source_row, p);
+    }
+    resolved.push_back({layout.Index(b, p), source_p});
+  }
+  return resolved;
 }
 
 }  // namespace
@@ -62,8 +188,6 @@ bool IsEditableHook(HookKind kind) {
     case HookKind::kLn2Normalized:
     case HookKind::kLnFinalScale:
     case HookKind::kLnFinalNormalized:
-    case HookKind::kAttnScores:
-    case HookKind::kPattern:
     case HookKind::kResult:
       return false;
     default:
@@ -71,81 +195,54 @@ bool IsEditableHook(HookKind kind) {
   }
 }
 
+EditAxes EditAxesOf(HookKind kind) {
+  return kind == HookKind::kAttnScores || kind == HookKind::kPattern ? EditAxes::kAttention
+                                                                      : EditAxes::kTokens;
+}
+
 absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info, int64_t batch,
                                   int64_t seq, const TokenLayout& layout) {
   if (!IsEditableHook(info.kind)) {
     return Bad(info, "this hook can be captured but not edited yet; edit hook_z, hook_attn_out, "
-                     "hook_resid_*, hook_mlp_out, mlp.hook_post or another activation that flows on");
+                     "hook_resid_*, hook_mlp_out, mlp.hook_post, attn.hook_pattern or another "
+                     "activation that flows on");
   }
-  const View v = ViewOf(info.ShapeFor(batch, seq));
+  const View v = ViewOf(EditAxesOf(info.kind), info.ShapeFor(batch, seq));
+  const bool attention = v.DimsArePositions();
   for (int32_t r : edit.select.rows) {
     if (r < 0 || r >= batch) return Bad(info, absl::StrCat("row ", r, " is outside the batch [0, ", batch, ")"));
   }
-  for (int32_t p : edit.select.positions) {
-    for (int64_t b = 0; b < batch; ++b) {
-      if (layout.Index(b, p) < 0) {
-        return Bad(info, absl::StrCat("position ", p, " is outside row ", b, " (",
-                                      layout.real[b].size(), " tokens)"));
-      }
-    }
-  }
+  GB_RETURN_IF_ERROR(CheckPositions(info, attention ? "query position" : "position",
+                                    edit.select.positions, batch, layout));
   if (!edit.select.heads.empty() && v.m == 1 && info.dims.size() != 4) {
     return Bad(info, "heads are selected but this hook has no head axis");
   }
   for (int32_t h : edit.select.heads) {
     if (h < 0 || h >= v.m) return Bad(info, absl::StrCat("head ", h, " is outside [0, ", v.m, ")"));
   }
-  for (int32_t d : edit.select.dims) {
-    if (d < 0 || d >= v.d) return Bad(info, absl::StrCat("index ", d, " is outside the last axis [0, ", v.d, ")"));
+  if (attention) {
+    GB_RETURN_IF_ERROR(CheckPositions(info, "key position", edit.select.dims, batch, layout));
+  } else {
+    for (int32_t d : edit.select.dims) {
+      if (d < 0 || d >= v.d) return Bad(info, absl::StrCat("index ", d, " is outside the last axis [0, ", v.d, ")"));
+    }
   }
   if (edit.kind == InterventionKind::kAdd || edit.kind == InterventionKind::kSet) {
-    const int64_t n = edit.value.defined() ? edit.value.numel() : 0;
-    if (n != v.d && n != v.m * v.d && n != v.seq * v.m * v.d && n != v.batch * v.seq * v.m * v.d) {
-      return Bad(info, absl::StrCat("the value has ", n, " elements; it must be [", v.d, "], [", v.m, ",",
-                                    v.d, "], one row [", v.seq, ",", v.m, ",", v.d,
-                                    "] or the hook's full shape ", ShapeToString(info.ShapeFor(batch, seq))));
-    }
+    GB_RETURN_IF_ERROR(CheckValueSize(edit, info, v, batch, seq));
   }
-  if (edit.kind == InterventionKind::kPatchRow || edit.kind == InterventionKind::kPatchFrom) {
-    int64_t source_batch = batch;
-    if (edit.kind == InterventionKind::kPatchFrom) {
-      const int64_t row = v.seq * v.m * v.d;
-      if (!edit.value.defined() || edit.value.rank() < 1 || edit.value.numel() != edit.value.dim(0) * row) {
-        return Bad(info, absl::StrCat("the patch source must be [rows, ", v.seq, ", ...] with ", row,
-                                      " values per row"));
-      }
-      source_batch = edit.value.dim(0);
-    }
-    if (static_cast<int64_t>(edit.source_rows.size()) != batch) {
-      return Bad(info, absl::StrCat("patching needs a source row for each of the ", batch, " rows"));
-    }
-    for (int32_t r : edit.source_rows) {
-      if (r < 0 || r >= source_batch) return Bad(info, absl::StrCat("source row ", r, " is outside the source batch"));
-    }
-    if (!edit.source_lengths.empty()) {
-      if (static_cast<int64_t>(edit.source_lengths.size()) != source_batch) {
-        return Bad(info, "the patch source needs one length per source row");
-      }
-      for (int32_t b : AllOr(edit.select.rows, batch)) {
-        const int32_t source_row = edit.source_rows[b], n = edit.source_lengths[source_row];
-        for (int32_t p : edit.select.positions) {
-          if (p >= n || p < -n) {
-            return Bad(info, absl::StrCat("position ", p, " is outside source row ", source_row,
-                                          " (", n, " tokens), which row ", b, " patches from"));
-          }
-        }
-      }
-    }
-  }
+  if (IsPatch(edit.kind)) GB_RETURN_IF_ERROR(CheckPatchSource(edit, info, v, batch, seq));
   return absl::OkStatus();
 }
 
-void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tensor& value) {
-  const View v = ViewOf(value.shape());
+void ApplyIntervention(const Intervention& edit, const HookInfo& info, const TokenLayout& layout,
+                       Tensor& value) {
+  const View v = ViewOf(EditAxesOf(info.kind), value.shape());
   float* x = value.data<float>();
   const std::vector<int32_t> rows = AllOr(edit.select.rows, v.batch);
   const std::vector<int32_t> heads = AllOr(edit.select.heads, v.m);
-  const std::vector<int32_t> dims = AllOr(edit.select.dims, v.d);
+  // Feature indices are the same in every row; key positions are resolved per row below.
+  std::vector<std::pair<int32_t, int32_t>> features;
+  for (int32_t di : AllOr(edit.select.dims, v.d)) features.push_back({di, di});
 
   // Sources that must be read before any element is written.
   Tensor original;
@@ -160,7 +257,7 @@ void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tens
     const float* w = edit.value.data<float>();
     if (value_n == v.d) return w[di];
     if (value_n == v.m * v.d) return w[mi * v.d + di];
-    if (value_n == v.seq * v.m * v.d) return w[v.Offset(0, p, mi, di)];
+    if (value_n == v.RowSize()) return w[v.Offset(0, p, mi, di)];
     return w[v.Offset(b, p, mi, di)];
   };
   auto mean_over_batch = [&](int64_t p, int64_t mi, int64_t di) {
@@ -175,27 +272,14 @@ void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tens
   };
 
   for (int32_t b : rows) {
-    // (padded index in row b, padded index of the same position in the patch source row)
-    std::vector<std::pair<int32_t, int32_t>> positions;
-    const bool patch = edit.kind == InterventionKind::kPatchRow || edit.kind == InterventionKind::kPatchFrom;
-    const int32_t source_row = patch ? edit.source_rows[b] : b;
-    if (edit.select.positions.empty()) {
-      for (int32_t p = 0; p < v.seq; ++p) positions.push_back({p, p});
-    } else {
-      for (int32_t p : edit.select.positions) {
-        // A kPatchFrom source is unpadded or right-padded: its position p is at index p, and
-        // p < 0 at its row's length + p.
-        const int32_t source_len = edit.source_lengths.empty() ? static_cast<int32_t>(v.seq)
-                                                               : edit.source_lengths[source_row];
-        const int32_t source_p = edit.kind == InterventionKind::kPatchFrom
-                                     ? (p < 0 ? source_len + p : p)
-                                     : layout.Index(source_row, p);
-        positions.push_back({layout.Index(b, p), source_p});
-      }
-    }
+    const int32_t source_row = IsPatch(edit.kind) ? edit.source_rows[b] : b;
+    const auto positions = ResolvePositions(edit.select.positions, v.seq, edit, layout, b, source_row);
+    const auto dims = v.DimsArePositions()
+                          ? ResolvePositions(edit.select.dims, v.d, edit, layout, b, source_row)
+                          : features;
     for (const auto& [p, source_p] : positions) {
       for (int32_t mi : heads) {
-        for (int32_t di : dims) {
+        for (const auto& [di, source_d] : dims) {
           float& e = x[v.Offset(b, p, mi, di)];
           switch (edit.kind) {
             case InterventionKind::kZero: e = 0; break;
@@ -204,9 +288,9 @@ void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tens
             case InterventionKind::kSet: e = given(b, p, mi, di); break;
             case InterventionKind::kMeanBatch: e = mean_over_batch(p, mi, di); break;
             case InterventionKind::kMeanPos: e = mean_over_positions(b, mi, di); break;
-            case InterventionKind::kPatchRow: e = src[v.Offset(source_row, source_p, mi, di)]; break;
+            case InterventionKind::kPatchRow: e = src[v.Offset(source_row, source_p, mi, source_d)]; break;
             case InterventionKind::kPatchFrom:
-              e = edit.value.data<float>()[v.Offset(source_row, source_p, mi, di)];
+              e = edit.value.data<float>()[v.Offset(source_row, source_p, mi, source_d)];
               break;
           }
         }

@@ -3,8 +3,10 @@
 // edited one and everything downstream sees the edit; captures at the same hook see the edited
 // value. Edits at one hook apply in the order given.
 //
-// An editable hook's value is viewed as [batch, pos, M, D]: D is the last axis (d_model, d_mlp,
-// d_head) and M the head axis where there is one (hook_q/k/v/z/result), else 1.
+// An editable hook's value is viewed in one of two ways (EditAxes): token activations as
+// [batch, pos, M, D], where D is the last axis (d_model, d_mlp, d_head) and M the head axis where
+// there is one (hook_q/k/v/z), else 1; attention scores and patterns as [batch, head, query_pos,
+// key_pos], where `positions` select queries and `dims` keys, both counted in real tokens.
 #pragma once
 
 #include <vector>
@@ -32,8 +34,10 @@ enum class InterventionKind : uint8_t {
 struct InterventionSelector {
   std::vector<int32_t> rows;       // batch rows
   std::vector<int32_t> positions;  // negative counts from each row's last real token
-  std::vector<int32_t> heads;      // the M axis
-  std::vector<int32_t> dims;       // the last axis: neurons, d_model or d_head features
+  std::vector<int32_t> heads;      // the M axis (the head axis of scores and patterns)
+  // The last axis: neurons, d_model or d_head features. For scores and patterns, key positions,
+  // resolved like `positions` (negative from each row's last real token).
+  std::vector<int32_t> dims;
 };
 
 struct Intervention {
@@ -41,8 +45,9 @@ struct Intervention {
   InterventionKind kind = InterventionKind::kZero;
   InterventionSelector select;
   float coefficient = 1.0f;
-  // For kAdd / kSet: host f32 broadcast over S: [D], [M, D], [pos, M, D] (one row, used for
-  // every row), or the hook's full shape.
+  // For kAdd / kSet: host f32 broadcast over S: [D], [M, D], one row ([pos, M, D], used for
+  // every row), or the hook's full shape. For scores and patterns: [key_pos], [head, key_pos],
+  // one row [head, query_pos, key_pos], or the full shape. Indexed by padded position.
   Tensor value;
   // For kPatchRow / kPatchFrom: the source row of each batch row (size batch); only selected
   // rows are read.
@@ -54,9 +59,16 @@ struct Intervention {
 };
 
 // Whether the forward pass can edit this hook: the value flows on as a tensor. Norm scales and
-// normalized values, attention scores and patterns, and per-head results are captured but not
-// (yet) editable.
+// normalized values, and per-head results, are captured but not (yet) editable. Attention
+// scores and patterns are editable: the forward pass recomputes what follows them.
 bool IsEditableHook(HookKind kind);
+
+// How an edit indexes a hook's value.
+enum class EditAxes : uint8_t {
+  kTokens,     // [batch, pos, M, D]
+  kAttention,  // [batch, head, query_pos, key_pos]: hook_attn_scores, hook_pattern
+};
+EditAxes EditAxesOf(HookKind kind);
 
 // Where each row's real tokens sit in the padded batch (left or right padding alike).
 struct TokenLayout {
@@ -71,7 +83,8 @@ struct TokenLayout {
 absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info, int64_t batch,
                                   int64_t seq, const TokenLayout& layout);
 
-// Applies `edit` to `value` (host f32, the hook's full shape), in place.
-void ApplyIntervention(const Intervention& edit, const TokenLayout& layout, Tensor& value);
+// Applies `edit` to `value` (host f32, the full shape of the hook `info`), in place.
+void ApplyIntervention(const Intervention& edit, const HookInfo& info, const TokenLayout& layout,
+                       Tensor& value);
 
 }  // namespace glassbox

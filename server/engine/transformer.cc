@@ -43,7 +43,7 @@ class ForwardPass {
       Tensor host = Tensor::EmptyHost(DType::kF32, shape);
       GB_ASSIGN_OR_RETURN(Tensor f32, CopyToHostF32(be_, value));
       std::copy_n(f32.data<float>(), host.numel(), host.data<float>());
-      for (const Intervention& edit : plan_.Edits(id)) ApplyIntervention(edit, layout_, host);
+      for (const Intervention& edit : plan_.Edits(id)) ApplyIntervention(edit, info, layout_, host);
       if (splice != nullptr) {
         GB_ASSIGN_OR_RETURN(host, SpliceSae(*splice, host));
       }
@@ -91,6 +91,11 @@ class ForwardPass {
                                const Tensor& positions);
   absl::StatusOr<Tensor> Attention(int layer, const BlockWeights& b, const Tensor& normalized,
                                    const Tensor& mask, const Tensor& positions);
+  // The rest of attention after an edit at hook_attn_scores or hook_pattern, computed as
+  // TransformerLens does, on the host in f32: the pattern from the (edited) scores when they
+  // were edited, its hook, then z = pattern · v. Returns z, placed for the pass.
+  absl::StatusOr<Tensor> AttendEdited(int layer, const Tensor& scores, Tensor pattern,
+                                      const Tensor& v, bool scores_edited);
   absl::StatusOr<Tensor> Mlp(int layer, const BlockWeights& b, const Tensor& normalized);
 
   const ModelConfig& c_;
@@ -157,12 +162,15 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
     k = rot_k;
   }
 
-  // Scores and patterns are materialised only for layers whose hooks want them.
+  // Scores and patterns are materialised only for layers whose hooks want them. Edited scores
+  // determine the pattern, so the backend need not produce one then.
+  const bool scores_edited = plan_.HasEdits(hooks_.Find(HookKind::kAttnScores, layer));
+  const bool pattern_edited = plan_.HasEdits(hooks_.Find(HookKind::kPattern, layer));
   Tensor scores, pattern;
   if (Touched(HookKind::kAttnScores, layer)) {
     GB_ASSIGN_OR_RETURN(scores, New({batch_, h, seq_, seq_}));
   }
-  if (Touched(HookKind::kPattern, layer)) {
+  if (Touched(HookKind::kPattern, layer) && !scores_edited) {
     GB_ASSIGN_OR_RETURN(pattern, New({batch_, h, seq_, seq_}));
   }
   double scale = c_.attn_scale;
@@ -171,7 +179,11 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
   GB_RETURN_IF_ERROR(be_.Attention(q, k, v, mask, static_cast<float>(scale), z, OutOrNull(scores),
                                    OutOrNull(pattern)));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnScores, layer, scores));
-  GB_RETURN_IF_ERROR(AtHook(HookKind::kPattern, layer, pattern));
+  if (scores_edited || pattern_edited) {
+    GB_ASSIGN_OR_RETURN(z, AttendEdited(layer, scores, pattern, v, scores_edited));
+  } else {
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kPattern, layer, pattern));
+  }
   GB_RETURN_IF_ERROR(AtHook(HookKind::kZ, layer, z));
 
   if (Touched(HookKind::kResult, layer)) {
@@ -185,6 +197,19 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
                                 Activation::kIdentity, attn_out));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnOut, layer, attn_out));
   return attn_out;
+}
+
+absl::StatusOr<Tensor> ForwardPass::AttendEdited(int layer, const Tensor& scores, Tensor pattern,
+                                                 const Tensor& v, bool scores_edited) {
+  if (scores_edited) {
+    GB_ASSIGN_OR_RETURN(Tensor host_scores, CopyToHostF32(be_, scores));
+    GB_ASSIGN_OR_RETURN(pattern, Place(AttentionSoftmax(host_scores)));
+  }
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kPattern, layer, pattern));
+  // The pattern may no longer sum to 1 (TransformerLens does not renormalise an edited one).
+  GB_ASSIGN_OR_RETURN(Tensor host_pattern, CopyToHostF32(be_, pattern));
+  GB_ASSIGN_OR_RETURN(Tensor host_v, CopyToHostF32(be_, v));
+  return Place(AttendValues(host_pattern, host_v));
 }
 
 absl::StatusOr<Tensor> ForwardPass::Mlp(int layer, const BlockWeights& b,

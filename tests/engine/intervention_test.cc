@@ -3,9 +3,14 @@
 // tests/reference/make_intervention_fixtures.py.
 #include "server/engine/intervention.h"
 
+#include <cmath>
+#include <limits>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/engine/host_math.h"
+#include "server/engine/sae/sae_loader.h"
 #include "server/engine/transformer.h"
 #include "tests/util/test_util.h"
 
@@ -40,6 +45,16 @@ std::vector<Case> Cases(const std::map<std::string, Tensor>& values) {
       {"chain", {{"blocks.0.hook_resid_mid", edit(K::kAdd, {.positions = {0, 2}}, 1.0f, values.at("chain.value"))},
                  {"blocks.0.hook_resid_mid", edit(K::kScale, {.positions = {0, 2}}, 0.5f)}}},
       {"mean_pos", {{"blocks.1.hook_mlp_out", edit(K::kMeanPos, {.rows = {0}})}}},
+      // Scores and patterns are [batch, head, query_pos, key_pos]: positions pick queries, dims
+      // keys.
+      {"zero_pattern", {{"blocks.0.attn.hook_pattern", edit(K::kZero, {.positions = {3, -1}, .heads = {1}})}}},
+      {"uniform_bos_pattern",
+       {{"blocks.0.attn.hook_pattern", edit(K::kSet, {.heads = {0}}, 1, values.at("uniform_bos_pattern.uniform"))},
+        {"blocks.1.attn.hook_pattern", edit(K::kSet, {.heads = {2}}, 1, values.at("uniform_bos_pattern.bos"))}}},
+      // Key -6 is key 5 of the 11 tokens.
+      {"add_scores", {{"blocks.0.attn.hook_attn_scores",
+                       edit(K::kAdd, {.heads = {3}, .dims = {0, 2, -6}}, 1.5f, values.at("add_scores.value"))}}},
+      {"scale_scores", {{"blocks.1.attn.hook_attn_scores", edit(K::kScale, {.rows = {0, 2}}, 0.3f)}}},
   };
 }
 
@@ -50,6 +65,9 @@ TEST_P(InterventionParityTest, LogitsEqualTransformerLensRunWithHooks) {
   ASSERT_TRUE(model.ok()) << model.status();
   auto inputs = ReadAllTensors(FixturePath("expected/" + GetParam() + ".safetensors"));
   auto expected = ReadAllTensors(FixturePath("expected/" + GetParam() + ".interventions.safetensors"));
+  size_t fixture_cases = 0;
+  for (const auto& [name, tensor] : expected) fixture_cases += name.ends_with(".logits");
+  EXPECT_EQ(fixture_cases, Cases(expected).size()) << "a case of the script is not encoded here";
   for (const Case& c : Cases(expected)) {
     SCOPED_TRACE(c.name);
     HookPlan plan((*model)->hooks());
@@ -61,7 +79,10 @@ TEST_P(InterventionParityTest, LogitsEqualTransformerLensRunWithHooks) {
     }
     auto out = (*model)->Forward({.tokens = inputs.at("unpadded.input_ids")}, plan, nullptr, {});
     ASSERT_TRUE(out.ok()) << out.status();
-    EXPECT_LE(NormRelativeError(out->logits, expected.at(c.name + ".logits")), 1e-5);
+    const double error = NormRelativeError(out->logits, expected.at(c.name + ".logits"));
+    EXPECT_LE(error, 1e-5);
+    std::printf("%s %s: norm-relative error %.2g vs TransformerLens\n", GetParam().c_str(),
+                c.name.c_str(), error);
   }
 }
 
@@ -92,9 +113,9 @@ TEST(Interventions, BadEditsAreRejectedWithTheReason) {
   ASSERT_TRUE(model.ok());
   const HookRegistry& hooks = (*model)->hooks();
   HookPlan plan(hooks);
-  absl::Status pattern = plan.AddIntervention({.hook = *hooks.Resolve("blocks.0.attn.hook_pattern")});
-  EXPECT_EQ(pattern.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(pattern.message()), HasSubstr("not edited yet"));
+  absl::Status result = plan.AddIntervention({.hook = *hooks.Resolve("blocks.0.attn.hook_result")});
+  EXPECT_EQ(result.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(result.message()), HasSubstr("not edited yet"));
 
   auto run_with = [&](Intervention edit) {
     HookPlan p(hooks);
@@ -111,6 +132,190 @@ TEST(Interventions, BadEditsAreRejectedWithTheReason) {
               HasSubstr("the value has 5 elements"));
   EXPECT_THAT(std::string(run_with({.hook = resid, .kind = InterventionKind::kPatchRow, .source_rows = {3}}).message()),
               HasSubstr("source row 3"));
+}
+
+// Runs `tokens` (with `mask`, if defined) through tiny-gpt2 or tiny-llama with `edits`
+// ({hook name, edit}), capturing `captures`.
+struct EditedRun {
+  ForwardOutput out;
+  CollectingSink sink;
+};
+EditedRun RunEdited(const Transformer& model, const Tensor& tokens, const Tensor& mask,
+                    const std::vector<std::pair<std::string, Intervention>>& edits,
+                    const std::vector<std::string>& captures = {}) {
+  HookPlan plan(model.hooks());
+  for (auto [hook, edit] : edits) {
+    edit.hook = *model.hooks().Resolve(hook);
+    EXPECT_TRUE(plan.AddIntervention(edit).ok()) << hook;
+  }
+  for (const std::string& hook : captures) EXPECT_TRUE(plan.Capture(hook).ok()) << hook;
+  EditedRun run;
+  auto out = model.Forward({.tokens = tokens, .attention_mask = mask}, plan, &run.sink, {});
+  EXPECT_TRUE(out.ok()) << out.status();
+  if (out.ok()) run.out = *std::move(out);
+  return run;
+}
+
+// [batch, head, query, key] and [batch, pos, head, d_head] element access.
+float At4(const Tensor& t, int64_t a, int64_t b, int64_t c, int64_t d) {
+  return t.data<float>()[((a * t.dim(1) + b) * t.dim(2) + c) * t.dim(3) + d];
+}
+
+// Setting a head's scores to 0 everywhere (future keys too, which unmasks them, as in
+// TransformerLens) makes its pattern uniform over all keys, and its z the mean of v.
+TEST(AttentionEdits, EditedScoresDecideThePatternAndZ) {
+  auto model = Transformer::Load(FixturePath("models/tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const int64_t seq = 6, heads = 4, d_head = 16;
+  const Tensor ids = Tensor::FromHost(std::vector<int32_t>{4, 8, 15, 16, 23, 42}, {1, seq});
+  const std::vector<std::string> hooks = {"blocks.0.attn.hook_pattern", "blocks.0.attn.hook_v",
+                                          "blocks.0.attn.hook_z"};
+  EditedRun plain = RunEdited(**model, ids, {}, {}, hooks);
+  EditedRun edited = RunEdited(
+      **model, ids, {},
+      {{"blocks.0.attn.hook_attn_scores",
+        {.kind = InterventionKind::kSet, .select = {.heads = {1}},
+         .value = Tensor::FromHost(std::vector<float>(seq, 0.0f), {seq})}}},
+      hooks);
+  const Tensor& pattern = edited.sink.values.at(hooks[0]);
+  const Tensor& v = edited.sink.values.at(hooks[1]);
+  const Tensor& z = edited.sink.values.at(hooks[2]);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t q = 0; q < seq; ++q) {
+      for (int64_t k = 0; k < seq; ++k) {
+        const float want = h == 1 ? 1.0f / seq : At4(plain.sink.values.at(hooks[0]), 0, h, q, k);
+        ASSERT_NEAR(At4(pattern, 0, h, q, k), want, 1e-6) << h << " " << q << " " << k;
+      }
+      for (int64_t e = 0; e < d_head; ++e) {
+        double mean_v = 0;
+        for (int64_t k = 0; k < seq; ++k) mean_v += At4(v, 0, k, h, e) / seq;
+        const double want = h == 1 ? mean_v : At4(plain.sink.values.at(hooks[2]), 0, q, h, e);
+        ASSERT_NEAR(At4(z, 0, q, h, e), want, 1e-5) << h << " " << q << " " << e;
+      }
+    }
+  }
+  EXPECT_GT(NormRelativeError(edited.out.logits, plain.out.logits), 1e-3);
+}
+
+// An edited pattern is used as it is (no renormalisation), and z is recomputed for every head
+// with the grouped-query mapping: tiny-llama's heads 2 and 3 read kv head 1.
+TEST(AttentionEdits, PatternEditsAreNotRenormalisedAndKeepTheOtherHeads) {
+  auto model = Transformer::Load(FixturePath("models/tiny-llama"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const int64_t seq = 5, heads = 4, d_head = 16;
+  const Tensor ids = Tensor::FromHost(std::vector<int32_t>{7, 1, 99, 3, 250}, {1, seq});
+  const std::vector<std::string> hooks = {"blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z"};
+  EditedRun plain = RunEdited(**model, ids, {}, {}, hooks);
+  EditedRun edited = RunEdited(
+      **model, ids, {},
+      {{"blocks.1.attn.hook_pattern", {.kind = InterventionKind::kScale, .select = {.heads = {3}}, .coefficient = 2}}},
+      hooks);
+  for (int64_t q = 0; q < seq; ++q) {
+    double row_sum = 0;
+    for (int64_t k = 0; k < seq; ++k) row_sum += At4(edited.sink.values.at(hooks[0]), 0, 3, q, k);
+    EXPECT_NEAR(row_sum, 2.0, 1e-5);
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t e = 0; e < d_head; ++e) {
+        const float want = (h == 3 ? 2 : 1) * At4(plain.sink.values.at(hooks[1]), 0, q, h, e);
+        ASSERT_NEAR(At4(edited.sink.values.at(hooks[1]), 0, q, h, e), want, 1e-5) << h << " " << q;
+      }
+    }
+  }
+}
+
+// Query positions and key dims count real tokens: each row of a left- or right-padded batch
+// gets the logits of the same edits on that row alone.
+TEST(AttentionEdits, PositionsAndKeysCountRealTokensInPaddedBatches) {
+  for (const std::string name : {"tiny-gpt2", "tiny-llama"}) {
+    auto model = Transformer::Load(FixturePath("models/" + name), std::make_shared<CpuBackend>());
+    ASSERT_TRUE(model.ok());
+    auto inputs = ReadAllTensors(FixturePath("expected/" + name + ".safetensors"));
+    // Scaling every score of layer 0 also recomputes the pattern of left padding's queries
+    // that see no key: they must stay zero, not NaN, or layer 1 would spread the NaN.
+    const std::vector<std::pair<std::string, Intervention>> edits = {
+        {"blocks.0.attn.hook_attn_scores",
+         {.kind = InterventionKind::kScale, .select = {.heads = {0}}, .coefficient = 0.5f}},
+        {"blocks.0.attn.hook_pattern",
+         {.kind = InterventionKind::kZero, .select = {.positions = {-1, 1}, .heads = {1}, .dims = {0, -2}}}},
+        {"blocks.1.attn.hook_attn_scores",
+         {.kind = InterventionKind::kScale, .select = {.positions = {-2}, .heads = {2}, .dims = {-1, 1}},
+          .coefficient = 3}}};
+    for (const std::string padding : {"right", "left"}) {
+      SCOPED_TRACE(name + " " + padding);
+      const Tensor& tokens = inputs.at(padding + ".input_ids");
+      const Tensor& mask = inputs.at(padding + ".attention_mask");
+      EditedRun batch = RunEdited(**model, tokens, mask, edits);
+      const int64_t seq = tokens.dim(1), vocab = batch.out.logits.dim(2);
+      for (int64_t b = 0; b < tokens.dim(0); ++b) {
+        std::vector<int32_t> row;
+        std::vector<float> got;
+        for (int64_t s = 0; s < seq; ++s) {
+          if (!mask.data<int32_t>()[b * seq + s]) continue;
+          row.push_back(tokens.data<int32_t>()[b * seq + s]);
+          const float* logits = batch.out.logits.data<float>() + (b * seq + s) * vocab;
+          got.insert(got.end(), logits, logits + vocab);
+        }
+        const int64_t n = static_cast<int64_t>(row.size());
+        const Tensor alone = Tensor::FromHost(row, {1, n});
+        EditedRun want = RunEdited(**model, alone, {}, edits);
+        EditedRun unedited = RunEdited(**model, alone, {}, {});
+        const Tensor got_tensor = Tensor::FromHost(got, {1, n, vocab});
+        EXPECT_LE(NormRelativeError(got_tensor, want.out.logits), 1e-5) << "row " << b;
+        EXPECT_GT(NormRelativeError(want.out.logits, unedited.out.logits), 1e-4) << "row " << b;
+      }
+    }
+  }
+}
+
+// torch.softmax gives NaN for a row with a NaN or +inf, or with every score -inf, and
+// TransformerLens then replaces NaN by 0.
+TEST(AttentionEdits, SoftmaxZeroesTheRowsTorchMakesNaN) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const Tensor scores = Tensor::FromHost(
+      std::vector<float>{1, nan, 2, 1, inf, 2, -inf, -inf, -inf, 0, -inf, std::log(3.0f)}, {4, 3});
+  const Tensor pattern = AttentionSoftmax(scores);
+  EXPECT_THAT(pattern.span<float>(),
+              ::testing::Pointwise(::testing::FloatNear(1e-7), std::vector<float>{
+                                       0, 0, 0, 0, 0, 0, 0, 0, 0, 0.25f, 0, 0.75f}));
+}
+
+TEST(AttentionEdits, BadSelectionsAreRejectedWithTheReason) {
+  auto model = Transformer::Load(FixturePath("models/tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const HookRegistry& hooks = (*model)->hooks();
+  const HookId pattern = *hooks.Resolve("blocks.0.attn.hook_pattern");
+  const HookId scores = *hooks.Resolve("blocks.1.attn.hook_attn_scores");
+  // Rows of 3 and 2 real tokens (right-padded).
+  const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3, 4, 5, 0}, {2, 3});
+  const Tensor mask = Tensor::FromHost(std::vector<int32_t>{1, 1, 1, 1, 1, 0}, {2, 3});
+  auto run_with = [&](Intervention edit) {
+    HookPlan p(hooks);
+    EXPECT_TRUE(p.AddIntervention(edit).ok());
+    return std::string((*model)->Forward({.tokens = tokens, .attention_mask = mask}, p, nullptr, {}).status().message());
+  };
+  EXPECT_THAT(run_with({.hook = pattern, .select = {.dims = {3}}}),
+              HasSubstr("key position 3 is outside row 0 (3 tokens)"));
+  EXPECT_THAT(run_with({.hook = pattern, .select = {.dims = {2}}}),
+              HasSubstr("key position 2 is outside row 1 (2 tokens)"));
+  EXPECT_THAT(run_with({.hook = scores, .select = {.dims = {-3}}}), HasSubstr("key position -3"));
+  EXPECT_THAT(run_with({.hook = scores, .select = {.positions = {-3}}}), HasSubstr("query position -3"));
+  EXPECT_THAT(run_with({.hook = pattern, .select = {.heads = {4}}}), HasSubstr("head 4 is outside [0, 4)"));
+  EXPECT_THAT(run_with({.hook = pattern, .select = {.heads = {-1}}}), HasSubstr("head -1"));
+  EXPECT_THAT(run_with({.hook = pattern, .kind = InterventionKind::kSet,
+                        .value = Tensor::FromHost(std::vector<float>(5, 1.0f), {5})}),
+              HasSubstr("the value has 5 elements; it must be [key_pos] [3], [head, key_pos] [4,3]"));
+  EXPECT_THAT(run_with({.hook = pattern, .kind = InterventionKind::kPatchFrom,
+                        .value = Tensor::ZerosHost(DType::kF32, {2, 3, 3, 3}), .source_rows = {0, 1}}),
+              HasSubstr("the patch source must be [rows, 4, 3, 3]"));
+
+  // An SAE reads one vector per token; a pattern has none.
+  auto sae = LoadSae(FixturePath("saes/standard"));
+  ASSERT_TRUE(sae.ok()) << sae.status();
+  HookPlan plan(hooks);
+  absl::Status splice = plan.AddSaeSplice(pattern, {.sae = sae->get()});
+  EXPECT_EQ(splice.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(splice.message()), HasSubstr("an SAE reads [batch, pos, d] activations"));
 }
 
 }  // namespace

@@ -33,6 +33,19 @@ def cases(ref):
         ],
         # x[0] = x[0].mean(0) (over positions)
         "mean_pos": [MeanAblate("blocks.1.hook_mlp_out", over="pos", rows=0)],
+        # Patterns and scores are [batch, head, query_pos, key_pos]: positions pick queries,
+        # dims keys. x[:, 1, [3, -1], :] = 0
+        "zero_pattern": [Zero("blocks.0.attn.hook_pattern", heads=1, positions=[3, -1])],
+        # x[:, 0] = uniform causal attention at layer 0; x[:, 2] = attend to the first token at 1
+        "uniform_bos_pattern": [
+            Set("blocks.0.attn.hook_pattern", ref["uniform_bos_pattern.uniform"], heads=0),
+            Set("blocks.1.attn.hook_pattern", ref["uniform_bos_pattern.bos"], heads=2),
+        ],
+        # x[:, 3, :, [0, 2, 5]] += 1.5 * v[[0, 2, 5]] (key -6 is key 5 of 11)
+        "add_scores": [Add("blocks.0.attn.hook_attn_scores", ref["add_scores.value"], coef=1.5,
+                           heads=3, dims=[0, 2, -6])],
+        # x[[0, 2]] *= 0.3
+        "scale_scores": [Scale("blocks.1.attn.hook_attn_scores", 0.3, rows=[0, 2])],
     }
 
 
@@ -141,7 +154,15 @@ def test_ragged_batch_loss_counts_real_tokens_only(gpt2):
 def test_intervention_errors_are_invalid_argument(gpt2):
     tokens = [[1, 2, 3]]
     with pytest.raises(glassbox.InvalidArgument, match="not edited yet"):
-        gpt2.run_with_hooks(tokens, Zero("blocks.0.attn.hook_pattern"))
+        gpt2.run_with_hooks(tokens, Zero("blocks.0.attn.hook_result"))
+    with pytest.raises(glassbox.InvalidArgument, match="key position 3 is outside row 0"):
+        gpt2.run_with_hooks(tokens, Zero("blocks.0.attn.hook_pattern", dims=3))
+    with pytest.raises(glassbox.InvalidArgument, match="query position -4"):
+        gpt2.run_with_hooks(tokens, Zero("blocks.0.attn.hook_attn_scores", positions=-4))
+    with pytest.raises(glassbox.InvalidArgument, match="head 4 is outside"):
+        gpt2.run_with_hooks(tokens, Zero("blocks.0.attn.hook_pattern", heads=4))
+    with pytest.raises(glassbox.InvalidArgument, match=r"it must be \[key_pos\] \[3\]"):
+        gpt2.run_with_hooks(tokens, Set("blocks.0.attn.hook_pattern", [1.0, 0.0]))
     with pytest.raises(glassbox.InvalidArgument, match="the value has 2 elements"):
         gpt2.run_with_hooks(tokens, Add("hook_embed", [1.0, 2.0]))
     with pytest.raises(glassbox.InvalidArgument, match="head 9"):
@@ -154,6 +175,25 @@ def test_intervention_errors_are_invalid_argument(gpt2):
         gpt2.run_with_hooks(tokens, PatchRows("hook_embed", [3]))
     with pytest.raises(glassbox.InvalidArgument, match="a source row for each"):
         gpt2.run_with_hooks([[1, 2], [3, 4]], PatchRows("hook_embed", [1]))
+
+
+def test_edited_scores_give_the_captured_pattern(gpt2):
+    """A capture at hook_pattern sees softmax of the edited scores; at hook_attn_scores, the
+    edited scores (masked keys stay -inf under add)."""
+    tokens = reference("tiny-gpt2")["unpadded.input_ids"]
+    ref = reference("tiny-gpt2", "interventions")
+    edit = Add("blocks.0.attn.hook_attn_scores", ref["add_scores.value"], coef=1.5, heads=3, dims=[0, 2, 5])
+    plain = gpt2.run(tokens, captures=["blocks.0.attn.hook_attn_scores"])
+    result = gpt2.run(tokens, interventions=edit, logits="all",
+                      captures=["blocks.0.attn.hook_attn_scores", "blocks.0.attn.hook_pattern"])
+    assert rel_error(result.logits, ref["add_scores.logits"]) < TOLERANCE
+    scores = result.cache["attn_scores", 0].astype(np.float64)
+    want = plain.cache["attn_scores", 0].astype(np.float64).copy()
+    want[:, 3, :, [0, 2, 5]] += 1.5 * ref["add_scores.value"][[0, 2, 5]][:, None, None]
+    assert rel_error(scores, want) < TOLERANCE  # -inf entries (future keys) equal exactly
+    softmax = np.exp(scores - scores.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    np.testing.assert_allclose(result.cache["pattern", 0], softmax, atol=1e-6)
 
 
 def test_client_side_intervention_validation(gpt2):
