@@ -27,6 +27,8 @@ SweepShape ShapeOf(SweepKind kind) {
     case SweepKind::kQAllPos: return {HookKind::kQ, false, true};
     case SweepKind::kKAllPos: return {HookKind::kK, false, true};
     case SweepKind::kVAllPos: return {HookKind::kV, false, true};
+    // The head's whole [query, key] pattern, as transformer_lens's layer_head_pattern_patch_setter.
+    case SweepKind::kPatternAllPos: return {HookKind::kPattern, false, true};
   }
   return {HookKind::kResidPre, true, false};
 }

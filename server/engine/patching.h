@@ -19,6 +19,7 @@ enum class SweepKind : uint8_t {
   kHeadOutAllPos,                                     // hook_z, [layer, head]
   kHeadOutByPos,                                      // hook_z, [layer, pos, head]
   kQAllPos, kKAllPos, kVAllPos,                       // [layer, head] (k/v: kv heads)
+  kPatternAllPos,                                     // hook_pattern, [layer, head]
 };
 
 struct PatchingMetric {

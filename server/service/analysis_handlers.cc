@@ -38,6 +38,7 @@ absl::StatusOr<SweepKind> FromProtoSweep(pb::SweepKind kind) {
     case pb::SWEEP_Q_ALL_POS: return SweepKind::kQAllPos;
     case pb::SWEEP_K_ALL_POS: return SweepKind::kKAllPos;
     case pb::SWEEP_V_ALL_POS: return SweepKind::kVAllPos;
+    case pb::SWEEP_ATTN_HEAD_PATTERN_ALL_POS: return SweepKind::kPatternAllPos;
     default:
       return absl::InvalidArgumentError("set kind: which activation to sweep (SWEEP_RESID_PRE, ...)");
   }

@@ -20,7 +20,8 @@ const std::map<std::string, SweepKind>& Kinds() {
       {"resid_post", SweepKind::kResidPost},     {"attn_out", SweepKind::kAttnOut},
       {"mlp_out", SweepKind::kMlpOut},           {"head_out_all_pos", SweepKind::kHeadOutAllPos},
       {"head_out_by_pos", SweepKind::kHeadOutByPos}, {"q_all_pos", SweepKind::kQAllPos},
-      {"k_all_pos", SweepKind::kKAllPos},        {"v_all_pos", SweepKind::kVAllPos}};
+      {"k_all_pos", SweepKind::kKAllPos},        {"v_all_pos", SweepKind::kVAllPos},
+      {"pattern_all_pos", SweepKind::kPatternAllPos}};
   return *kinds;
 }
 
@@ -46,7 +47,10 @@ TEST_P(PatchingTest, SweepsEqualTransformerLens) {
     auto result = RunPatchingSweep(**model, request);
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(result->values.shape(), it->second.shape());
-    EXPECT_LE(NormRelativeError(result->values, it->second), 1e-5);
+    const double error = NormRelativeError(result->values, it->second);
+    EXPECT_LE(error, 1e-5);
+    std::printf("%s %s: norm-relative error %.2g vs transformer_lens.patching\n",
+                GetParam().c_str(), name.c_str(), error);
     EXPECT_NEAR(result->clean_metric, expected.at("clean_metric").data<float>()[0], 1e-4);
     EXPECT_NEAR(result->corrupted_metric, expected.at("corrupted_metric").data<float>()[0], 1e-4);
     for (int64_t i = 0; i < result->values.numel(); ++i) {
@@ -57,7 +61,7 @@ TEST_P(PatchingTest, SweepsEqualTransformerLens) {
     EXPECT_GT(result->forward_passes, 3);
     ++compared;
   }
-  EXPECT_GE(compared, 6);
+  EXPECT_GE(compared, 7);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, PatchingTest, ::testing::Values("tiny-gpt2", "tiny-llama"));

@@ -37,11 +37,12 @@ SWEEPS_GPT2 = {
     "q_all_pos": patching.get_act_patch_attn_head_q_all_pos,
     "k_all_pos": patching.get_act_patch_attn_head_k_all_pos,
     "v_all_pos": patching.get_act_patch_attn_head_v_all_pos,
+    "pattern_all_pos": patching.get_act_patch_attn_head_pattern_all_pos,
 }
 # TransformerLens indexes k/v heads by query head, which does not fit GQA; for Llama only the
-# sweeps whose semantics are unambiguous are compared.
+# sweeps whose semantics are unambiguous are compared (patterns are per query head in both).
 SWEEPS_LLAMA = {k: SWEEPS_GPT2[k] for k in ("resid_pre", "attn_out", "mlp_out", "head_out_all_pos",
-                                              "head_out_by_pos", "q_all_pos")}
+                                              "head_out_by_pos", "q_all_pos", "pattern_all_pos")}
 
 
 def main() -> None:

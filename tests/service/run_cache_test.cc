@@ -230,6 +230,31 @@ TEST_F(CachedRunServiceTest, PatchFromCacheEqualsTransformerLensPatching) {
               worst);
 }
 
+// Patterns are [batch, head, query_pos, key_pos]: patching a head's whole pattern from the kept
+// clean run is transformer_lens.patching's get_act_patch_attn_head_pattern_all_pos cell.
+TEST_F(CachedRunServiceTest, PatchPatternFromCacheEqualsTransformerLensPatching) {
+  Received kept = ReadRun(server_->channel(), Keep("clean", {"blocks.*.attn.hook_pattern"}));
+  ASSERT_TRUE(kept.status.ok()) << kept.status.error_message();
+  EXPECT_EQ(kept.summary.kept().nbytes(), 2 * (2 * 4 * 7 * 7 * 4));
+  const Tensor& heads = expected_->at("pattern_all_pos.values");
+  double worst = 0;
+  for (int layer = 0; layer < 2; ++layer) {
+    for (int head = 0; head < 4; ++head) {
+      pb::RunRequest request = RunRequestFor("gpt2", expected_->at("corrupted"));
+      request.mutable_outputs()->set_logits(pb::LOGITS_LAST);
+      PatchCached(request, absl::StrCat("blocks.", layer, ".attn.hook_pattern"), "clean")
+          ->add_heads(head);
+      Received got = ReadRun(server_->channel(), request);
+      ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+      const double error =
+          std::abs(Metric(LastLogits(got), 2) - heads.data<float>()[layer * 4 + head]);
+      EXPECT_LE(error, 1e-4) << "layer " << layer << " head " << head;
+      worst = std::max(worst, error);
+    }
+  }
+  std::printf("pattern patched from cache vs transformer_lens.patching: max |error| %.3g\n", worst);
+}
+
 TEST_F(CachedRunServiceTest, PatchFromCacheEqualsPatchFromARowOfTheBatch) {
   // One clean row cached; patched into both corrupted rows (row 0 of the cache for every row).
   const Tensor& clean = expected_->at("clean");

@@ -236,6 +236,13 @@ TEST_F(ServiceTest, AnalysesOverGrpc) {
     EXPECT_THAT(response.values().dim_names(), ::testing::ElementsAre("layer", "pos", "head"));
     EXPECT_LE(NormRelativeError(FromArray(response.values()), patching.at("head_out_by_pos.values")), 1e-5);
 
+    request.set_kind(pb::SWEEP_ATTN_HEAD_PATTERN_ALL_POS);
+    grpc::ClientContext pattern_context;
+    s = stub->PatchingSweep(&pattern_context, request, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_THAT(response.values().dim_names(), ::testing::ElementsAre("layer", "head"));
+    EXPECT_LE(NormRelativeError(FromArray(response.values()), patching.at("pattern_all_pos.values")), 1e-5);
+
     request.mutable_corrupted()->mutable_token_ids(0)->add_ids(1);
     grpc::ClientContext bad;
     EXPECT_EQ(stub->PatchingSweep(&bad, request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
