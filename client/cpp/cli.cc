@@ -489,16 +489,12 @@ absl::Status ParsePatch(const RawCommandLine& raw, Invocation& inv) {
   }
   const std::optional<std::string> kind = raw.Value("kind");
   if (!kind.has_value()) {
-    return UsageError(
-        "patch needs --kind (resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, "
-        "head_out_by_pos, q, k, v)");
+    return UsageError(absl::StrFormat("patch needs --kind (%s)", SweepKindNames()));
   }
   std::optional<glassbox::v1::SweepKind> sweep = ParseSweepKind(*kind);
   if (!sweep.has_value()) {
-    return UsageError(absl::StrFormat(
-        "--kind: \"%s\" is not one of resid_pre, resid_mid, resid_post, attn_out, mlp_out, "
-        "head_out, head_out_by_pos, q, k, v",
-        *kind));
+    return UsageError(
+        absl::StrFormat("--kind: \"%s\" is not one of %s", *kind, SweepKindNames()));
   }
   request.set_kind(*sweep);
   const std::optional<std::string> metric = raw.Value("metric");
@@ -1532,7 +1528,8 @@ all rows must have the same number of tokens):
   --clean-text T, --corrupted-text T, --clean-tokens IDS, --corrupted-tokens IDS
   --kind KIND              resid_pre, resid_mid, resid_post, attn_out, mlp_out ([layer, pos]);
                            head_out ([layer, head], hook_z at all positions);
-                           head_out_by_pos ([layer, pos, head]); q, k, v ([layer, head])
+                           head_out_by_pos ([layer, pos, head]); q, k, v ([layer, head]);
+                           pattern ([layer, head], hook_pattern: every query and key)
   --metric METRIC          logit_diff:A,B (logit[A] - logit[B] at the last position),
                            log_prob:A (log p(A) at the last position), loss (mean next-token
                            loss); averaged over the pairs
@@ -1672,8 +1669,18 @@ constexpr SweepName kSweepNames[] = {
     {"k_all_pos", glassbox::v1::SWEEP_K_ALL_POS},
     {"v", glassbox::v1::SWEEP_V_ALL_POS},
     {"v_all_pos", glassbox::v1::SWEEP_V_ALL_POS},
+    {"pattern", glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS},
+    {"pattern_all_pos", glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS},
 };
 }  // namespace
+
+std::string SweepKindNames() {
+  std::vector<std::string> names;
+  for (const SweepName& s : kSweepNames) {
+    if (SweepKindName(s.kind) == s.name) names.emplace_back(s.name);
+  }
+  return absl::StrJoin(names, ", ");
+}
 
 std::optional<glassbox::v1::SweepKind> ParseSweepKind(std::string_view name) {
   std::string lower = absl::AsciiStrToLower(absl::string_view(name.data(), name.size()));

@@ -309,7 +309,9 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
       GB_ASSIGN_OR_RETURN(std::vector<int32_t> v, ParseInts(spec, key, value, false));
       in.mutable_heads()->Add(v.begin(), v.end());
     } else if (key == "dims") {
-      GB_ASSIGN_OR_RETURN(std::vector<int32_t> v, ParseInts(spec, key, value, false));
+      // Negative dims are key positions of hook_pattern / hook_attn_scores counted from the
+      // end; on other hooks the server rejects them.
+      GB_ASSIGN_OR_RETURN(std::vector<int32_t> v, ParseInts(spec, key, value, true));
       in.mutable_dims()->Add(v.begin(), v.end());
     } else if (key == "source_rows") {
       GB_ASSIGN_OR_RETURN(std::vector<int32_t> v, ParseInts(spec, key, value, false));

@@ -412,8 +412,9 @@ TEST(CliParseTest, Patch) {
                          "--kind", "resid_pre", "--metric", "loss"}),
                    "got 2 clean and 1 corrupted");
   ExpectUsageError(with_pair({"--metric", "loss"}), "patch needs --kind");
-  ExpectUsageError(with_pair({"--kind", "pattern", "--metric", "loss"}),
-                   "--kind: \"pattern\" is not one of");
+  ExpectUsageError(with_pair({"--kind", "pattern_by_pos", "--metric", "loss"}),
+                   "--kind: \"pattern_by_pos\" is not one of resid_pre, resid_mid, resid_post, "
+                   "attn_out, mlp_out, head_out, head_out_by_pos, q, k, v, pattern");
   ExpectUsageError(with_pair({"--kind", "q"}), "patch needs --metric");
   ExpectUsageError(with_pair({"--kind", "q", "--metric", "kl"}), "--metric: \"kl\" is not one of");
   ExpectUsageError(with_pair({"--kind", "q", "--metric", "logit_diff:1"}),
@@ -445,11 +446,17 @@ TEST(CliParseTest, SweepKindsAndMetrics) {
       {"HEAD_OUT_BY_POS", glassbox::v1::SWEEP_HEAD_OUT_BY_POS},
       {"q", glassbox::v1::SWEEP_Q_ALL_POS},
       {"k", glassbox::v1::SWEEP_K_ALL_POS},
-      {"v_all_pos", glassbox::v1::SWEEP_V_ALL_POS}};
+      {"v_all_pos", glassbox::v1::SWEEP_V_ALL_POS},
+      {"pattern", glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS},
+      {"Pattern-All-Pos", glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS}};
   for (const auto& [name, kind] : kinds) {
     EXPECT_EQ(ParseSweepKind(name), kind) << name;
   }
-  EXPECT_EQ(ParseSweepKind("pattern"), std::nullopt);
+  EXPECT_EQ(ParseSweepKind("pattern_by_pos"), std::nullopt);
+  EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS), "pattern");
+  EXPECT_EQ(SweepKindNames(),
+            "resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_out_by_pos, q, "
+            "k, v, pattern");
   EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_HEAD_OUT_ALL_POS), "head_out");
   EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_HEAD_OUT_BY_POS), "head_out_by_pos");
 

@@ -424,11 +424,12 @@ TEST_F(EndToEndTest, CliInterventionsEqualTransformerLens) {
     {
       std::vector<Reference> refs;
       std::vector<TensorToWrite> tensors;
-      for (const std::string name : {"steer_last.value", "set_mlp_out.value", "chain.value"}) {
-        refs.push_back(expected.Get(name));
-      }
+      const std::vector<std::string> names = {
+          "steer_last.value", "set_mlp_out.value", "chain.value", "add_scores.value",
+          "uniform_bos_pattern.uniform", "uniform_bos_pattern.bos"};
+      for (const std::string& name : names) refs.push_back(expected.Get(name));
       int i = 0;
-      for (const std::string name : {"steer_last.value", "set_mlp_out.value", "chain.value"}) {
+      for (const std::string& name : names) {
         tensors.push_back({.name = name, .dtype = SafetensorsDtype::kF32, .shape = refs[i].shape,
                            .bytes = std::as_bytes(std::span<const float>(refs[i].values))});
         ++i;
@@ -448,6 +449,14 @@ TEST_F(EndToEndTest, CliInterventionsEqualTransformerLens) {
          {"add:blocks.0.hook_resid_mid:positions=0,2:value=" + file + "chain.value",
           "scale:blocks.0.hook_resid_mid:positions=0,2:coef=0.5"}},
         {"mean_pos", {"mean_pos:blocks.1.hook_mlp_out:rows=0"}},
+        {"zero_pattern", {"zero:blocks.0.attn.hook_pattern:positions=3,-1:heads=1"}},
+        {"uniform_bos_pattern",
+         {"set:blocks.0.attn.hook_pattern:heads=0:value=" + file + "uniform_bos_pattern.uniform",
+          "set:blocks.1.attn.hook_pattern:heads=2:value=" + file + "uniform_bos_pattern.bos"}},
+        {"add_scores",
+         {"add:blocks.0.attn.hook_attn_scores:heads=3:dims=0,2,-6:coef=1.5:value=" + file +
+          "add_scores.value"}},
+        {"scale_scores", {"scale:blocks.1.attn.hook_attn_scores:rows=0,2:coef=0.3"}},
     };
     for (const auto& [name, specs] : cases) {
       SCOPED_TRACE(name);

@@ -107,6 +107,11 @@ TEST(InterventionSpecTest, EveryKindAndSelector) {
   in = Parse("add:hook_embed:coefficient=-1:value=2");  // add's coef may be negative
   ASSERT_TRUE(in.ok()) << in.status();
   EXPECT_EQ(in->coefficient(), -1.0f);
+
+  // Key positions of a pattern count from the end like positions do.
+  in = Parse("zero:blocks.0.attn.hook_pattern:positions=-1:heads=2:dims=0,-2");
+  ASSERT_TRUE(in.ok()) << in.status();
+  EXPECT_THAT(in->dims(), ElementsAre(0, -2));
 }
 
 TEST(InterventionSpecTest, ValuesFromFiles) {
