@@ -18,8 +18,8 @@ fixture models:
     python examples/patching_heatmap.py 127.0.0.1:50051 --model tiny-llama --kind head_out_by_pos --out heads.png
 
 Without matplotlib the matrix is printed instead. Kinds: resid_pre, resid_mid, resid_post,
-attn_out, mlp_out ([layer, pos]); head_out_all_pos, q_all_pos, k_all_pos, v_all_pos
-([layer, head]); head_out_by_pos ([layer, pos, head]: one panel per layer).
+attn_out, mlp_out ([layer, pos]); head_out_all_pos, q_all_pos, k_all_pos, v_all_pos,
+pattern_all_pos ([layer, head]); head_out_by_pos ([layer, pos, head]: one panel per layer).
 """
 
 from __future__ import annotations

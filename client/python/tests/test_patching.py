@@ -10,9 +10,10 @@ from _helpers import reference, rel_error
 
 TOLERANCE = 1e-5
 KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out_all_pos",
-         "head_out_by_pos", "q_all_pos", "k_all_pos", "v_all_pos")
+         "head_out_by_pos", "q_all_pos", "k_all_pos", "v_all_pos", "pattern_all_pos")
 DIMS = {"head_out_all_pos": ("layer", "head"), "head_out_by_pos": ("layer", "pos", "head"),
-        "q_all_pos": ("layer", "head"), "k_all_pos": ("layer", "head"), "v_all_pos": ("layer", "head")}
+        "q_all_pos": ("layer", "head"), "k_all_pos": ("layer", "head"), "v_all_pos": ("layer", "head"),
+        "pattern_all_pos": ("layer", "head")}
 
 
 def _swept(model_name):
@@ -49,7 +50,16 @@ def test_sweep_equals_transformer_lens_patching(client, model_name, kind):
 
 def test_fixtures_cover_the_sweeps():
     assert len(_swept("tiny-gpt2")) == len(KINDS)
-    assert len(_swept("tiny-llama")) >= 6
+    assert len(_swept("tiny-llama")) >= 7
+
+
+def test_pattern_sweep_by_transformer_lens_name(llama):
+    """get_act_patch_attn_head_pattern_all_pos's name selects the same sweep."""
+    ref = reference("tiny-llama", "patching")
+    a, b = (int(t) for t in ref["tokens"])
+    result = llama.patching_sweep(ref["clean"], ref["corrupted"], "attn_head_pattern_all_pos", LogitDiff(a, b))
+    assert result.kind == "pattern_all_pos" and result.dim_names == ("layer", "head")
+    assert rel_error(result.values, ref["pattern_all_pos.values"]) < TOLERANCE
 
 
 def test_normalized_small_passes_and_aliases(gpt2):

@@ -55,12 +55,13 @@ SWEEP_KINDS = {
     "q_all_pos": pb.SWEEP_Q_ALL_POS,
     "k_all_pos": pb.SWEEP_K_ALL_POS,
     "v_all_pos": pb.SWEEP_V_ALL_POS,
+    "pattern_all_pos": pb.SWEEP_ATTN_HEAD_PATTERN_ALL_POS,
 }
 # transformer_lens.patching's function names: get_act_patch_attn_head_out_all_pos,
 # get_act_patch_attn_head_q_all_pos, ...
 _SWEEP_ALIASES = {
     **{f"attn_{k}": k for k in ("head_out_all_pos", "head_out_by_pos")},
-    **{f"attn_head_{k}": k for k in ("q_all_pos", "k_all_pos", "v_all_pos")},
+    **{f"attn_head_{k}": k for k in ("q_all_pos", "k_all_pos", "v_all_pos", "pattern_all_pos")},
 }
 
 

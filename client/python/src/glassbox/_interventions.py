@@ -8,6 +8,11 @@ A hook's value is viewed as ``[batch, pos, M, D]``: D is the last axis (d_model,
 and M the head axis where there is one (hook_q / hook_k / hook_v / hook_z), else 1. Each edit
 touches the selection S = rows x positions x heads x dims; a selector left as None selects
 everything along its axis. Positions may be negative: -1 is each row's last real token.
+
+``attn.hook_attn_scores`` and ``attn.hook_pattern`` are ``[batch, head, query_pos, key_pos]``:
+``positions`` select queries and ``dims`` keys, both real-token positions (negative from the
+end). As in TransformerLens, edited scores go through the softmax, and an edited pattern is
+multiplied by v as it is (not renormalised).
 """
 
 from __future__ import annotations
@@ -64,11 +69,13 @@ class Intervention:
         kind: "zero", "scale", "add", "set", "mean_batch", "mean_pos" or "patch_rows".
         hook: hook name, glob, or get_act_name tuple such as ``("z", 0)``.
         rows, positions, heads, dims: the selection (None = all along that axis). ``dims`` are
-            last-axis indices: neurons of mlp.hook_post, d_model features, d_head features.
+            last-axis indices: neurons of mlp.hook_post, d_model features, d_head features;
+            for hook_pattern / hook_attn_scores, key positions.
         coef: "scale": the factor; "add": the value's multiplier (default 1).
         value: "add" / "set": floats broadcast over the selection, shaped [D], [M, D],
-            [pos, M, D] (one row, used for every row) or the hook's full shape. numpy, a list, or
-            a torch tensor.
+            [pos, M, D] (one row, used for every row) or the hook's full shape (for patterns and
+            scores: [key_pos], [head, key_pos], [head, query_pos, key_pos] or the full shape).
+            numpy, a list, or a torch tensor.
         source_rows: "patch_rows": the source row of each batch row (one per row), or a mapping
             {row: source row} that patches only those rows. "patch_cached": the cached row of
             each batch row (None: row b, or row 0 of a one-row cached run).

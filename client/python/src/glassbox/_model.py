@@ -538,7 +538,8 @@ class Model:
             clean, corrupted: inputs as for ``run`` (same shape).
             kind: "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out" ([layer, pos]);
                 "head_out_all_pos" ([layer, head]), "head_out_by_pos" ([layer, pos, head]) at
-                hook_z; "q_all_pos" ([layer, head]), "k_all_pos", "v_all_pos" ([layer, kv_head]).
+                hook_z; "q_all_pos" ([layer, head]), "k_all_pos", "v_all_pos" ([layer, kv_head]);
+                "pattern_all_pos" ([layer, head]: the head's whole hook_pattern).
             metric: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Loss()``; tokens as ids or
                 one-token strings.
             normalized: make ``values`` (m - m_corrupted) / (m_clean - m_corrupted).
