@@ -707,7 +707,7 @@ TEST_F(EndToEndTest, CliSaesEqualSaeLens) {
           "--out",
           spliced};
   // The reference's edits: zero 89 and scale 115 by 3 everywhere, clamp 83 to 4 at position 2.
-  for (const std::string& edit : {"res1:zero:features=89", "res1:clamp:features=83:value=4:pos=2",
+  for (const char* edit : {"res1:zero:features=89", "res1:clamp:features=83:value=4:pos=2",
                                   "res1:scale:features=115:value=3"}) {
     args.insert(args.end(), {"--sae-edit", edit});
   }
