@@ -113,3 +113,31 @@ def test_intervention_protos():
     mean = intervention_protos(glassbox.MeanAblate("hook_embed", over="pos"), batch=1)[0]
     assert mean.kind == pb.INTERVENTION_MEAN_POS
     assert intervention_protos(None, batch=1) == []
+
+
+def test_repeated_random_tokens_repeat_after_the_prefix_and_avoid_it():
+    tokens = glassbox.repeated_random_tokens(vocab_size=5, n=40, batch=3, seed=1, prefix=[0])
+    assert tokens.shape == (3, 81) and tokens.dtype == np.int64
+    assert (tokens[:, 0] == 0).all() and (tokens[:, 1:] != 0).all()
+    np.testing.assert_array_equal(tokens[:, 1:41], tokens[:, 41:])
+    assert set(np.unique(tokens[:, 1:])) == {1, 2, 3, 4}
+    again = glassbox.repeated_random_tokens(5, 40, 3, seed=1, prefix=[0])
+    np.testing.assert_array_equal(tokens, again)
+    with pytest.raises(ValueError):
+        glassbox.repeated_random_tokens(5, 1, 3)
+
+
+def test_copy_losses_skip_each_copys_first_token():
+    # prefix 1, n 3: tokens at 0 | 1 2 3 | 4 5 6; entry t is the loss of token t + 1.
+    losses = np.array([[100.0, 1.0, 2.0, 100.0, 3.0, 5.0]])
+    assert glassbox.copy_losses(losses, n=3, prefix_length=1) == (1.5, 4.0)
+
+
+def test_head_detection_top_orders_by_score():
+    scores = np.array([[0.1, 0.9], [0.5, 0.2]])
+    detection = glassbox.HeadDetection(np.zeros((1, 5), np.int64), 2, 1, scores, scores.T,
+                                       scores * 0, 1.0, 0.5)
+    assert detection.top("induction", k=2) == [(0, 1, 0.9), (1, 0, 0.5)]
+    assert detection.top("duplicate_token", k=1) == [(1, 0, 0.9)]
+    with pytest.raises(ValueError):
+        detection.top("successor")

@@ -10,7 +10,8 @@ Names follow TransformerLens: hook names, ``run_with_cache``, ``run_with_hooks``
 ``to_str_tokens``, ``ActivationCache``, ``cfg``. Interventions are typed objects (``Zero``,
 ``Scale``, ``Add``, ``Set``, ``MeanAblate``, ``PatchRows``) passed as ``interventions=``;
 analyses run on the server (``patching_sweep``, ``logit_lens``, ``direct_logit_attribution``,
-``attention_norms``). SAEs loaded with the server: ``model.saes()``, ``model.sae_encode``,
+``attention_norms``; ``detect_heads`` scores induction, duplicate-token and previous-token heads
+from captured patterns). SAEs loaded with the server: ``model.saes()``, ``model.sae_encode``,
 ``model.sae_decode``, and ``run(..., saes=[SaeSplice(name, edits=[FeatureEdit(...)])],
 sae_steering=[SaeSteer(...)])``. Every server error is a ``GlassboxError`` subclass carrying the gRPC
 status ``code`` and ``message``.
@@ -48,6 +49,7 @@ from ._errors import (
     Unimplemented,
     Unknown,
 )
+from ._heads import HeadDetection, copy_losses, repeated_random_tokens
 from ._interventions import Add, Intervention, MeanAblate, PatchFromCache, PatchRows, Scale, Set, Zero
 from ._model import Model, RunResult
 from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
@@ -72,7 +74,7 @@ for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture",
               "Intervention", "Zero", "Scale", "Add", "Set", "MeanAblate", "PatchRows", "PatchFromCache", "CachedRun",
               "LogitDiff", "LogProb", "Loss", "PatchingResult", "LogitLensResult",
               "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer",
-              "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats"):
+              "HeadDetection", "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats"):
     globals()[_name].__module__ = __name__
 for _cls in list(globals().values()):
     if isinstance(_cls, type) and issubclass(_cls, GlassboxError):
@@ -112,6 +114,9 @@ __all__ = [
     "DirectLogitAttributionResult",
     "AttentionNormsResult",
     "AttentionNormsLayer",
+    "HeadDetection",
+    "repeated_random_tokens",
+    "copy_losses",
     "SaeInfo",
     "SaeSplice",
     "SaeSteer",

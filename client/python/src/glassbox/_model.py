@@ -34,6 +34,7 @@ from ._analyses import (
     sweep_kind,
 )
 from ._cache import ActivationCache
+from ._heads import HeadDetection, detect_heads
 from ._interventions import Interventions, intervention_protos
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
 from ._saes import (
@@ -669,6 +670,22 @@ class Model:
             assert weights is not None and head_norms is not None and layer_norms is not None
             out[int(layer.layer)] = AttentionNormsLayer(int(layer.layer), weights, head_norms, layer_norms)
         return AttentionNormsResult(out)
+
+    def detect_heads(
+        self,
+        n: int = 20,
+        batch: int = 16,
+        seed: int = 0,
+        prefix: Optional[Sequence[int]] = None,
+        interventions: Interventions = None,
+    ) -> "HeadDetection":
+        """Induction, duplicate-token and previous-token scores of every head (METHODS.md).
+
+        One run over ``batch`` rows of ``prefix`` + n random tokens + the same n again
+        (``prefix``: by default what the tokenizer puts before a text, e.g. BOS), capturing each layer's hook_pattern; also the
+        mean loss on each copy. ``interventions`` apply to that run. See ``HeadDetection``.
+        """
+        return detect_heads(self, n, batch, seed, prefix, interventions)
 
     # ---- sparse autoencoders ----
 
