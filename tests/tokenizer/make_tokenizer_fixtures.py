@@ -3,7 +3,7 @@
 
 Builds a deterministic corpus (seeded) and writes, under tests/tokenizer/fixtures/:
   corpus.json        {"seed", "strings": [...]}
-  <name>.json        one per real tokenizer (gpt2, llama2, llama3): for every corpus string the ids
+  <name>.json        one per real tokenizer (gpt2, llama2, llama3, and models/demo's): for every corpus string the ids
                      with and without special tokens, decode() of the ids with special tokens
                      (and with skip_special_tokens where that differs), ids with split_special_tokens for strings holding '<',
                      and decode([id]) for every id that occurs (TransformerLens's to_str_tokens).
@@ -253,6 +253,11 @@ def load_json(shared, name):
     return Tokenizer.from_file(os.path.join(shared, "data", "tokenizers", name, "tokenizer.json"))
 
 
+def load_demo():
+    # The shipped demo model's tokenizer (byte-level BPE fitted to its corpus, BOS template).
+    return Tokenizer.from_file(os.path.join(HERE, "..", "..", "models", "demo", "tokenizer.json"))
+
+
 def random_id_decodes(tok, rng, count=300):
     """Decoding arbitrary id sequences exercises partial UTF-8 and byte-fallback runs."""
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
@@ -299,6 +304,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shared", default=os.environ.get("GLASSBOX_SHARED_DIR", DEFAULT_SHARED))
     parser.add_argument("--out", default=os.path.join(HERE, "fixtures"))
+    parser.add_argument("--only", nargs="*", help="record only these tokenizers (default: all)")
     args = parser.parse_args()
 
     corpus = build_corpus(random.Random(SEED),
@@ -312,8 +318,11 @@ def main():
         "gpt2": lambda: load_gpt2(args.shared),
         "llama2": lambda: load_json(args.shared, "llama2"),
         "llama3": lambda: load_json(args.shared, "llama3"),
+        "demo": load_demo,
     }
     for name, load in loaders.items():
+        if args.only and name not in args.only:
+            continue
         data = record(load(), corpus)
         data["tokenizers_version"] = tokenizers.__version__
         with open(os.path.join(args.out, name + ".json"), "w", encoding="utf-8") as f:

@@ -1,5 +1,6 @@
-// Differential test against HF `tokenizers`: for every corpus string and each real tokenizer,
-// our ids, decoded text and per-token strings must equal the recorded HF outputs exactly.
+// Differential test against HF `tokenizers`: for every corpus string and each real tokenizer
+// (GPT-2, Llama-2, Llama-3 and the shipped demo model's), our ids, decoded text and per-token
+// strings must equal the recorded HF outputs exactly.
 #include <cstdint>
 #include <fstream>
 #include <map>
@@ -38,15 +39,18 @@ const std::vector<std::string>& Corpus() {
 std::string Ids(const std::vector<int32_t>& ids) { return absl::StrJoin(ids, ","); }
 
 struct Case {
-  const char* name;
-  const char* dir;  // Under GLASSBOX_SHARED_DIR/data/tokenizers.
+  std::string name;  // fixtures/<name>.json
+  std::string dir;   // the directory holding tokenizer.json (or vocab.json + merges.txt)
 };
+
+Case SharedTokenizer(const std::string& name) {
+  return {name, absl::StrCat(GLASSBOX_SHARED_DIR, "/data/tokenizers/", name)};
+}
 
 class DifferentialTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    auto tok = Tokenizer::LoadFromDirectory(
-        absl::StrCat(GLASSBOX_SHARED_DIR, "/data/tokenizers/", GetParam().dir));
+    auto tok = Tokenizer::LoadFromDirectory(GetParam().dir);
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = *std::move(tok);
     expected_ =
@@ -194,9 +198,10 @@ TEST_P(DifferentialTest, StrTokensMatchHf) {
 }
 
 INSTANTIATE_TEST_SUITE_P(RealTokenizers, DifferentialTest,
-                         ::testing::Values(Case{"gpt2", "gpt2"}, Case{"llama2", "llama2"},
-                                           Case{"llama3", "llama3"}),
-                         [](const auto& info) { return std::string(info.param.name); });
+                         ::testing::Values(SharedTokenizer("gpt2"), SharedTokenizer("llama2"),
+                                           SharedTokenizer("llama3"),
+                                           Case{"demo", GLASSBOX_DEMO_MODEL_DIR}),
+                         [](const auto& info) { return info.param.name; });
 
 }  // namespace
 }  // namespace glassbox
