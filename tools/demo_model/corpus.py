@@ -262,10 +262,10 @@ GENERATORS: Dict[str, Callable[[random.Random], str]] = {
 def documents(rng: random.Random, weights: Dict[str, float]) -> Callable[[], str]:
     """A sampler of text documents with the given mixture weights (over GENERATORS)."""
     names = list(weights)
-    cumulative = [weights[n] for n in names]
+    shares = [weights[n] for n in names]
 
     def sample() -> str:
-        return GENERATORS[rng.choices(names, cumulative)[0]](rng)
+        return GENERATORS[rng.choices(names, shares)[0]](rng)
 
     return sample
 
@@ -275,7 +275,7 @@ def tokenizer_training_text(seed: int, count: int) -> List[str]:
     rng = random.Random(seed)
     sample = documents(rng, {n: 1.0 for n in GENERATORS})
     texts = [sample() for _ in range(count)]
-    # Make sure every listed word occurs (with and without a leading space).
+    # Every listed word, so that rare ones (fact objects) are in the tokenizer's statistics too.
     vocabulary: Sequence[str] = (
         NAMES + PLACES + OBJECTS + ADJECTIVES + NUMBER_WORDS + ORDINALS + MONTHS + DAYS +
         LETTERS + DIGITS
