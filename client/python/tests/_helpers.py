@@ -12,6 +12,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
+DEMO_MODEL = REPO_ROOT / "models" / "demo"  # the shipped trained model (models/demo/README.md)
 MODELS = ("tiny-gpt2", "tiny-llama")
 
 _SAFETENSORS_DTYPES = {"F32": "<f4", "F64": "<f8", "I64": "<i8", "I32": "<i4", "F16": "<f2"}

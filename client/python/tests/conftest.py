@@ -20,7 +20,7 @@ from typing import Iterator, List
 
 import pytest
 
-from _helpers import FIXTURES, REPO_ROOT
+from _helpers import DEMO_MODEL, FIXTURES, REPO_ROOT
 
 import glassbox
 
@@ -68,6 +68,7 @@ def server() -> Iterator[Server]:
         str(binary),
         "--model", f"tiny-gpt2={models / 'tiny-gpt2'}",
         "--model", f"tiny-llama={models / 'tiny-llama'}",
+        "--model", f"demo={DEMO_MODEL}",
         "--sae", f"res1={FIXTURES / 'saes' / 'service' / 'res1_standard'}@tiny-gpt2",
         "--sae", f"z0={FIXTURES / 'saes' / 'service' / 'z0_jumprelu'}@tiny-gpt2",
         "--listen", "127.0.0.1:0",

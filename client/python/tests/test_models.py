@@ -6,6 +6,7 @@ EXPECTED = {
     # name: (architecture, n_layers, d_model, n_heads, n_kv_heads, d_head, d_mlp, d_vocab, n_ctx)
     "tiny-gpt2": ("gpt2", 2, 64, 4, 4, 16, 256, 300, 32),
     "tiny-llama": ("llama", 2, 64, 4, 2, 16, 96, 300, 64),
+    "demo": ("gpt2", 4, 128, 4, 4, 32, 512, 1024, 128),
 }
 
 
@@ -16,14 +17,14 @@ def _dims(info: glassbox.ModelInfo):
     )
 
 
-def test_models_lists_both_fixtures(client):
+def test_models_lists_the_fixtures_and_the_demo_model(client):
     infos = {m.name: m for m in client.models()}
     assert set(infos) == set(EXPECTED)
     for name, info in infos.items():
         assert _dims(info) == EXPECTED[name]
         assert info.dtype == "f32"
         assert info.device == "cpu"
-        assert info.has_tokenizer is False
+        assert info.has_tokenizer is (name == "demo")
         assert info.hook_points == ()  # ListModels leaves them out
 
 
