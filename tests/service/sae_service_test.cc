@@ -255,9 +255,11 @@ TEST_F(SaeServiceTest, EncodeEqualsEngineOnCapturedActivationsAndSaeLens) {
         const int64_t begin = top.offsets(token), n = top.offsets(token + 1) - begin;
         ASSERT_EQ(
             n, std::min<int64_t>(3, std::count_if(row, row + 128, [](float v) { return v > 0; })));
+        // This batch has another shape than the dense one's, so the GEMMs may round
+        // differently in the last bit: compare within a tolerance, not exactly.
         for (int64_t j = 0; j < n; ++j) {
           EXPECT_NEAR(top.values(begin + j), sorted[j], 1e-5 * sorted[0]);
-          EXPECT_EQ(top.values(begin + j), row[top.indices(begin + j)]);
+          EXPECT_NEAR(top.values(begin + j), row[top.indices(begin + j)], 1e-5 * sorted[0]);
         }
       }
     }
