@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 
 import glassbox
-from glassbox import Zero
+from glassbox import zero_heads
 
 SHADES = " .:-=+*#%@"
 
@@ -55,13 +55,6 @@ def draw_pattern(pattern: np.ndarray, labels: Sequence[str]) -> None:
     for query, row in enumerate(pattern):
         cells = "".join(SHADES[min(int(w * len(SHADES)), len(SHADES) - 1)] for w in row[: query + 1])
         print(f"  {labels[query]!r:>14} |{cells}")
-
-
-def zero_heads(heads: Sequence[Tuple[int, int]]) -> List[Zero]:
-    by_layer: dict = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    return [Zero(f"blocks.{layer}.attn.hook_z", heads=hs) for layer, hs in sorted(by_layer.items())]
 
 
 def show_completions(model: glassbox.Model, prompts: Sequence[str]) -> None:
@@ -98,9 +91,8 @@ def main(argv: List[str]) -> int:
         labels = model.to_str_tokens(tokens[0])
         draw_pattern(run.cache[f"blocks.{layer}.attn.hook_pattern"][0, head], labels)
 
-        everything = clean.top("induction", k=cfg.n_layers * cfg.n_heads)
-        induction = [(l, h) for l, h, s in everything if s > args.threshold]
-        others = [(l, h) for l, h, _ in reversed(everything) if l > 0][: len(induction)]
+        induction = [(l, h) for l, h, _ in clean.above(args.threshold)]
+        others = [(l, h) for l, h, _ in reversed(clean.top("induction", k=None)) if l > 0][: len(induction)]
         print(f"\n3. Loss per token (nats) on tokens 2..{n} of each copy, the share of the gap between"
               f"\n   them that an ablation takes away, and the best induction score left\n")
         print(f"  {'':44} {'first copy':>10} {'second copy':>12} {'gap gone':>9} {'best score':>10}")

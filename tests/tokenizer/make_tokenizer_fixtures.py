@@ -3,8 +3,8 @@
 
 Builds a deterministic corpus (seeded) and writes, under tests/tokenizer/fixtures/:
   corpus.json        {"seed", "strings": [...]}
-  <name>.json        one per real tokenizer (gpt2, llama2, llama3, and models/demo's): for every corpus string the ids
-                     with and without special tokens, decode() of the ids with special tokens
+  <name>.json        one per real tokenizer (gpt2, llama2, llama3, models/demo's): for every
+                     corpus string the ids with and without special tokens, decode() of the ids with special tokens
                      (and with skip_special_tokens where that differs), ids with split_special_tokens for strings holding '<',
                      and decode([id]) for every id that occurs (TransformerLens's to_str_tokens).
 

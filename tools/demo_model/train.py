@@ -4,7 +4,8 @@
 
 writes an HF model directory (config.json, model.safetensors, tokenizer.json,
 tokenizer_config.json) with save_pretrained, training.json (arguments and the loss curve with
-quick measurements every --log_every steps) and evaluation.json (evaluate.py's numbers). Everything is seeded; on the CPU with the same torch build the run repeats.
+quick measurements every --log_every steps) and evaluation.json (evaluate.py's numbers).
+Everything is seeded; on the CPU with the same torch build the run repeats bit for bit.
 """
 
 from __future__ import annotations

@@ -5,14 +5,15 @@ break: random sequences repeated are predicted by induction heads in a middle la
 those heads (and not others) removes the benefit of the repeat, and the model completes
 held-out IOI, sequence-continuation and fact prompts. Activations equal HF transformers'
 (tests/reference/make_demo_fixtures.py), and the accuracies HF measured at training time
-(models/demo/evaluation.json) are reproduced through the server on the same prompts. The prompts come from tools/demo_model/prompts.py (no torch needed).
+(models/demo/evaluation.json) are reproduced through the server on the same prompts. The
+prompts come from tools/demo_model/prompts.py (no torch needed).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from _helpers import DEMO_MODEL, REPO_ROOT, reference, rel_error
 
 import glassbox
-from glassbox import Zero
+from glassbox import Zero, zero_heads
 
 sys.path.insert(0, str(REPO_ROOT / "tools" / "demo_model"))
 import prompts  # noqa: E402
@@ -38,13 +39,6 @@ def demo(client: glassbox.Client) -> glassbox.Model:
 def detection(demo: glassbox.Model) -> glassbox.HeadDetection:
     # A draw of its own (the model card's numbers use torch's generator).
     return demo.detect_heads(n=24, batch=16, seed=20261201)
-
-
-def _zero_heads(heads: Sequence[Tuple[int, int]]) -> List[Zero]:
-    by_layer: dict = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    return [Zero(f"blocks.{layer}.attn.hook_z", heads=hs) for layer, hs in sorted(by_layer.items())]
 
 
 def _gap_closed(clean: glassbox.HeadDetection, ablated: glassbox.HeadDetection) -> float:
@@ -88,24 +82,21 @@ def test_induction_heads_attend_to_the_token_after_the_earlier_copy(detection, d
 
 
 def test_ablating_the_induction_heads_removes_most_of_the_gap(detection, demo):
-    heads = [(l, h) for l, h, s in detection.top("induction", k=demo.cfg.n_layers * demo.cfg.n_heads)
-             if s > INDUCTION_THRESHOLD]
-    ablated = demo.detect_heads(n=24, batch=16, seed=20261201, interventions=_zero_heads(heads))
+    heads = detection.above(INDUCTION_THRESHOLD)
+    ablated = demo.detect_heads(n=24, batch=16, seed=20261201, interventions=zero_heads(heads))
     assert _gap_closed(detection, ablated) > 0.8, (heads, ablated.loss_second)
     # The first copy, which never used them, hardly changes.
     assert abs(ablated.loss_first - detection.loss_first) < 0.2
     # hook_z is after the pattern: up to the ablated heads' layer every pattern is unchanged.
-    last = max(layer for layer, _ in heads)
+    last = max(layer for layer, _, _ in heads)
     np.testing.assert_allclose(ablated.induction[: last + 1], detection.induction[: last + 1], atol=1e-5)
 
 
 def test_ablating_as_many_other_heads_leaves_the_gap(detection, demo):
-    count = sum(1 for _, _, s in detection.top("induction", k=demo.cfg.n_layers * demo.cfg.n_heads)
-                if s > INDUCTION_THRESHOLD)
+    count = len(detection.above(INDUCTION_THRESHOLD))
     # The heads with the lowest induction scores outside layer 0 (which feeds induction).
-    others = [(l, h) for l, h, _ in reversed(detection.top("induction", k=demo.cfg.n_layers * demo.cfg.n_heads))
-              if l > 0][:count]
-    ablated = demo.detect_heads(n=24, batch=16, seed=20261201, interventions=_zero_heads(others))
+    others = [head for head in reversed(detection.top("induction", k=None)) if head[0] > 0][:count]
+    ablated = demo.detect_heads(n=24, batch=16, seed=20261201, interventions=zero_heads(others))
     assert _gap_closed(detection, ablated) < 0.2, (others, ablated.loss_second)
 
 
@@ -118,23 +109,20 @@ def test_the_induction_heads_need_layer_0(detection, demo):
     assert _gap_closed(detection, ablated) > 0.8
 
 
-def _first_token(demo: glassbox.Model, text: str) -> int:
-    return int(demo.to_tokens(text, prepend_bos=False)[0, 0])
-
-
 def _top1(demo: glassbox.Model, cases: Sequence[Tuple[str, str]]) -> float:
     """Share of prompts whose most likely next token is the answer's first (as evaluate.py)."""
     result = demo.run([prompt for prompt, _ in cases], logits="last")
     predicted = result.logits.argmax(axis=-1)
-    answers = [_first_token(demo, answer) for _, answer in cases]
-    return float(np.mean(predicted == np.asarray(answers)))
+    first = {a: int(demo.to_tokens(a, prepend_bos=False)[0, 0]) for a in {a for _, a in cases}}
+    return float(np.mean(predicted == np.asarray([first[a] for _, a in cases])))
 
 
 def _ioi(demo: glassbox.Model, seed: int, count: int, held_out: bool) -> Tuple[float, float]:
     cases = prompts.ioi(seed, count, held_out)
     result = demo.run([prompt for prompt, _, _ in cases], logits="last")
-    io = np.asarray([demo.to_single_token(io) for _, io, _ in cases])  # names are one token
-    s = np.asarray([demo.to_single_token(s) for _, _, s in cases])
+    ids = {name: demo.to_single_token(name) for name in {n for _, io, s in cases for n in (io, s)}}
+    io = np.asarray([ids[io] for _, io, _ in cases])  # names are one token each
+    s = np.asarray([ids[s] for _, _, s in cases])
     rows = np.arange(len(cases))
     top1 = float(np.mean(result.logits.argmax(axis=-1) == io))
     io_over_s = float(np.mean(result.logits[rows, io] > result.logits[rows, s]))

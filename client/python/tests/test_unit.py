@@ -141,3 +141,18 @@ def test_head_detection_top_orders_by_score():
     assert detection.top("duplicate_token", k=1) == [(1, 0, 0.9)]
     with pytest.raises(ValueError):
         detection.top("successor")
+
+
+def test_zero_heads_groups_heads_by_layer():
+    edits = glassbox.zero_heads([(2, 1), (0, 3), (2, 0, 0.9)])
+    assert [e.hook for e in edits] == ["blocks.0.attn.hook_z", "blocks.2.attn.hook_z"]
+    assert all(isinstance(e, glassbox.Zero) for e in edits)
+    assert [list(e.heads) for e in edits] == [[3], [1, 0]]
+
+
+def test_head_detection_above_keeps_heads_over_the_threshold():
+    scores = np.array([[0.1, 0.9], [0.5, 0.2]])
+    detection = glassbox.HeadDetection(np.zeros((1, 5), np.int64), 2, 1, scores, scores,
+                                       scores, 1.0, 0.5)
+    assert detection.above(0.3) == [(0, 1, 0.9), (1, 0, 0.5)]
+    assert detection.top(k=None)[-1] == (0, 0, 0.1)

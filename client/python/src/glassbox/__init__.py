@@ -50,7 +50,17 @@ from ._errors import (
     Unknown,
 )
 from ._heads import HeadDetection, copy_losses, repeated_random_tokens
-from ._interventions import Add, Intervention, MeanAblate, PatchFromCache, PatchRows, Scale, Set, Zero
+from ._interventions import (
+    Add,
+    Intervention,
+    MeanAblate,
+    PatchFromCache,
+    PatchRows,
+    Scale,
+    Set,
+    Zero,
+    zero_heads,
+)
 from ._model import Model, RunResult
 from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
 from ._stream import RunStream
@@ -99,6 +109,7 @@ __all__ = [
     "get_act_name",
     "Intervention",
     "Zero",
+    "zero_heads",
     "Scale",
     "Add",
     "Set",

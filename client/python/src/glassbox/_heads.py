@@ -57,8 +57,8 @@ class HeadDetection:
     loss_first: float  # mean loss of tokens 2..n of the first copy (nats)
     loss_second: float  # mean loss of tokens 2..n of the second copy
 
-    def top(self, kind: str = "induction", k: int = 3) -> List[Tuple[int, int, float]]:
-        """The k highest-scoring heads as (layer, head, score), best first."""
+    def top(self, kind: str = "induction", k: Optional[int] = 3) -> List[Tuple[int, int, float]]:
+        """The k highest-scoring heads (None: all) as (layer, head, score), best first."""
         scores = {"induction": self.induction, "duplicate_token": self.duplicate_token,
                   "previous_token": self.previous_token}.get(kind)
         if scores is None:
@@ -66,6 +66,10 @@ class HeadDetection:
         order = np.argsort(-scores, axis=None, kind="stable")[:k]
         return [(int(i // scores.shape[1]), int(i % scores.shape[1]), float(scores.flat[i]))
                 for i in order]
+
+    def above(self, threshold: float, kind: str = "induction") -> List[Tuple[int, int, float]]:
+        """The heads scoring above ``threshold``, best first (``glassbox.zero_heads`` takes them)."""
+        return [head for head in self.top(kind, k=None) if head[2] > threshold]
 
 
 def copy_losses(loss_per_token: np.ndarray, n: int, prefix_length: int) -> Tuple[float, float]:
@@ -90,8 +94,8 @@ def detect_heads(
     """Runs ``prefix + r + r`` once, capturing every layer's hook_pattern, and scores each head.
 
     ``prefix`` defaults to what the model's tokenizer puts in front of a text (its BOS, for
-    tokenizers that add one), else nothing. ``interventions`` apply to the run (e.g. ablate heads and see
-    the scores and losses that remain).
+    tokenizers that add one), else nothing. ``interventions`` apply to the run (e.g. ablate
+    heads and see the scores and losses that remain).
     """
     if prefix is None:
         prefix = _bos_prefix(model)

@@ -17,7 +17,7 @@ multiplied by v as it is (not renormalised).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -226,6 +226,16 @@ class Zero(Intervention):
     def __init__(self, hook: HookSpec, *, rows: IndexSpec = None, positions: IndexSpec = None,
                  heads: IndexSpec = None, dims: IndexSpec = None) -> None:
         super().__init__("zero", hook, rows=rows, positions=positions, heads=heads, dims=dims)
+
+
+def zero_heads(heads: Sequence[Tuple[int, ...]]) -> List[Zero]:
+    """Zero-ablate attention heads given as (layer, head) pairs (or ``HeadDetection.top`` /
+    ``above`` triples): one ``Zero`` on each layer's ``hook_z``, e.g.
+    ``zero_heads([(2, 0), (2, 1)])`` or ``zero_heads(detection.above(0.4))``."""
+    by_layer: Dict[int, List[int]] = {}
+    for layer, head, *_ in heads:
+        by_layer.setdefault(int(layer), []).append(int(head))
+    return [Zero(f"blocks.{layer}.attn.hook_z", heads=hs) for layer, hs in sorted(by_layer.items())]
 
 
 class Scale(Intervention):

@@ -682,8 +682,9 @@ class Model:
         """Induction, duplicate-token and previous-token scores of every head (METHODS.md).
 
         One run over ``batch`` rows of ``prefix`` + n random tokens + the same n again
-        (``prefix``: by default what the tokenizer puts before a text, e.g. BOS), capturing each layer's hook_pattern; also the
-        mean loss on each copy. ``interventions`` apply to that run. See ``HeadDetection``.
+        (``prefix``: by default what the tokenizer puts before a text, e.g. BOS), capturing each
+        layer's hook_pattern; also the mean loss on each copy. ``interventions`` apply to that
+        run (``glassbox.zero_heads(...)`` ablates heads). See ``HeadDetection``.
         """
         return detect_heads(self, n, batch, seed, prefix, interventions)
 
