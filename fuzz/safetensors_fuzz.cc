@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "server/model/safetensors.h"
+#include "base/safetensors.h"
 
 namespace {
 

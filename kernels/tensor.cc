@@ -3,9 +3,9 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "kernels/check.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/check.h"
 
 namespace glassbox {
 

@@ -23,9 +23,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "base/safetensors.h"
+#include "base/status_macros.h"
 #include "client/cpp/sae_spec.h"
-#include "server/model/safetensors.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox::cli {
 namespace {

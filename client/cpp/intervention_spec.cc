@@ -16,9 +16,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/safetensors.h"
+#include "base/status_macros.h"
 #include "client/cpp/tensor_decode.h"
-#include "server/model/safetensors.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox::cli {
 namespace {

@@ -6,8 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "client/cpp/tensor_decode.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox::client {
 namespace {

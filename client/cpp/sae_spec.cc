@@ -4,8 +4,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/status_macros.h"
 #include "client/cpp/intervention_spec.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox::cli {
 namespace {

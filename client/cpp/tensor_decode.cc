@@ -63,25 +63,6 @@ std::optional<DType> ParseDType(std::string_view name) {
   return std::nullopt;
 }
 
-float HalfToFloat(uint16_t bits) {
-  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-  const uint32_t exponent = (bits >> 10) & 0x1fu;
-  const uint32_t mantissa = bits & 0x3ffu;
-  if (exponent == 0) {
-    // Zero or subnormal: mantissa * 2^-24, exact in float.
-    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-    return sign != 0 ? -magnitude : magnitude;
-  }
-  if (exponent == 0x1f) {  // infinity or NaN (payload kept)
-    return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
-  }
-  return std::bit_cast<float>(sign | ((exponent + (127 - 15)) << 23) | (mantissa << 13));
-}
-
-float BFloat16ToFloat(uint16_t bits) {
-  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
-}
-
 absl::StatusOr<int64_t> NumElements(std::span<const int64_t> shape) {
   int64_t count = 1;
   for (int64_t dim : shape) {

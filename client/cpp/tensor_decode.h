@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/float16.h"
 #include "glassbox/v1/glassbox.pb.h"
 
 namespace glassbox::client {
@@ -24,9 +25,10 @@ std::string DTypeName(glassbox::v1::DType dtype);
 // "bfloat16", "int32"); nullopt for anything else.
 std::optional<glassbox::v1::DType> ParseDType(std::string_view name);
 
-// IEEE 754 binary16 and bfloat16 bit patterns to float (exact: every value is representable).
-float HalfToFloat(uint16_t bits);
-float BFloat16ToFloat(uint16_t bits);
+// IEEE 754 binary16 and bfloat16 bit patterns to float (exact: every value is representable),
+// the conversions of base/float16.h.
+using ::glassbox::BFloat16ToFloat;
+using ::glassbox::HalfToFloat;
 
 // The product of `shape`; INVALID_ARGUMENT for a negative dimension or an int64 overflow.
 absl::StatusOr<int64_t> NumElements(std::span<const int64_t> shape);

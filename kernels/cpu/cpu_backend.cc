@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/float16.h"
 
 namespace glassbox {
 namespace {

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
 
 namespace glassbox {
@@ -47,11 +48,11 @@ absl::StatusOr<std::shared_ptr<Storage>> CachingDeviceAllocator::Allocate(size_t
   }
   if (block == nullptr) {
     DeviceGuard guard(device_);
-    GB_CUDA_RETURN_IF_ERROR(guard.status());
+    GB_RETURN_IF_ERROR(guard.status());
     cudaError_t err = cudaMalloc(&block, block_bytes);
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();  // out-of-memory is not sticky; clear it before retrying
-      GB_CUDA_RETURN_IF_ERROR(FreeCached());
+      GB_RETURN_IF_ERROR(FreeCached());
       err = cudaMalloc(&block, block_bytes);
     }
     if (err != cudaSuccess) {

@@ -31,24 +31,24 @@ __global__ void ConvertIntegerKernel(const In* __restrict__ src, Out* __restrict
 constexpr int kThreads = 256;
 
 template <typename Out>
-cudaError_t ConvertTo(const void* src, ElementType src_type, Out* dst, int64_t n,
+cudaError_t ConvertTo(const void* src, DType src_type, Out* dst, int64_t n,
                       cudaStream_t stream) {
   const unsigned blocks = ElementwiseBlocks(n, kThreads);
   switch (src_type) {
-    case ElementType::kF32:
+    case DType::kF32:
       ConvertToFloatKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const float*>(src), dst, n);
       break;
-    case ElementType::kF16:
+    case DType::kF16:
       ConvertToFloatKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const __half*>(src), dst, n);
       break;
-    case ElementType::kBF16:
+    case DType::kBF16:
       ConvertToFloatKernel<<<blocks, kThreads, 0, stream>>>(
           static_cast<const __nv_bfloat16*>(src), dst, n);
       break;
-    case ElementType::kI32:
+    case DType::kI32:
       ConvertToFloatKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const int32_t*>(src), dst, n);
       break;
-    case ElementType::kI64:
+    case DType::kI64:
       ConvertToFloatKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const int64_t*>(src), dst, n);
       break;
   }
@@ -57,22 +57,22 @@ cudaError_t ConvertTo(const void* src, ElementType src_type, Out* dst, int64_t n
 
 }  // namespace
 
-cudaError_t LaunchConvert(const void* src, ElementType src_type, void* dst, ElementType dst_type,
+cudaError_t LaunchConvert(const void* src, DType src_type, void* dst, DType dst_type,
                           int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const unsigned blocks = ElementwiseBlocks(n, kThreads);
   switch (dst_type) {
-    case ElementType::kF32: return ConvertTo(src, src_type, static_cast<float*>(dst), n, stream);
-    case ElementType::kF16: return ConvertTo(src, src_type, static_cast<__half*>(dst), n, stream);
-    case ElementType::kBF16:
+    case DType::kF32: return ConvertTo(src, src_type, static_cast<float*>(dst), n, stream);
+    case DType::kF16: return ConvertTo(src, src_type, static_cast<__half*>(dst), n, stream);
+    case DType::kBF16:
       return ConvertTo(src, src_type, static_cast<__nv_bfloat16*>(dst), n, stream);
-    case ElementType::kI32:
-      if (src_type != ElementType::kI64) return cudaErrorInvalidValue;
+    case DType::kI32:
+      if (src_type != DType::kI64) return cudaErrorInvalidValue;
       ConvertIntegerKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const int64_t*>(src),
                                                             static_cast<int32_t*>(dst), n);
       return cudaGetLastError();
-    case ElementType::kI64:
-      if (src_type != ElementType::kI32) return cudaErrorInvalidValue;
+    case DType::kI64:
+      if (src_type != DType::kI32) return cudaErrorInvalidValue;
       ConvertIntegerKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const int32_t*>(src),
                                                             static_cast<int64_t*>(dst), n);
       return cudaGetLastError();

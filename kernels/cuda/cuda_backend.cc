@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cuda/cuda_probe.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gemm.h"
@@ -20,26 +21,11 @@ using cuda_internal::DeviceGuard;
 using cuda_internal::GemmProblem;
 using cuda_internal::GemmRunner;
 
-static_assert(static_cast<int>(cuda::ElementType::kF32) == static_cast<int>(DType::kF32));
-static_assert(static_cast<int>(cuda::ElementType::kF16) == static_cast<int>(DType::kF16));
-static_assert(static_cast<int>(cuda::ElementType::kBF16) == static_cast<int>(DType::kBF16));
-static_assert(static_cast<int>(cuda::ElementType::kI32) == static_cast<int>(DType::kI32));
-static_assert(static_cast<int>(cuda::ElementType::kI64) == static_cast<int>(DType::kI64));
-static_assert(static_cast<int>(cuda::ActivationKind::kIdentity) == static_cast<int>(Activation::kIdentity));
-static_assert(static_cast<int>(cuda::ActivationKind::kGeluTanh) == static_cast<int>(Activation::kGeluTanh));
-static_assert(static_cast<int>(cuda::ActivationKind::kGeluExact) == static_cast<int>(Activation::kGeluExact));
-static_assert(static_cast<int>(cuda::ActivationKind::kGeluQuick) == static_cast<int>(Activation::kGeluQuick));
-static_assert(static_cast<int>(cuda::ActivationKind::kRelu) == static_cast<int>(Activation::kRelu));
-static_assert(static_cast<int>(cuda::ActivationKind::kSilu) == static_cast<int>(Activation::kSilu));
-
 cudaStream_t Stream(CUstream_st* s) { return s; }
-
-cuda::ElementType Elem(DType d) { return static_cast<cuda::ElementType>(d); }
-cuda::ActivationKind Act(Activation a) { return static_cast<cuda::ActivationKind>(a); }
 
 cuda::AnyFloats AnyOf(const Tensor* t) {
   if (t == nullptr) return {};
-  return {t->raw_data(), Elem(t->dtype())};
+  return {t->raw_data(), t->dtype()};
 }
 
 // Ops check their arguments as the CPU backend does: a mismatch is a caller bug, reported as
@@ -107,9 +93,9 @@ absl::StatusOr<std::shared_ptr<CudaBackend>> CudaBackend::Create(int device,
                                                    probe.detail));
   }
   DeviceGuard guard(device);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   cudaDeviceProp prop{};
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
+  GB_RETURN_IF_ERROR(CudaStatus(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
   if (prop.major < 8) {
     // The kernels are built for sm_80 and sm_90 (bf16 arithmetic needs sm_80).
     return absl::FailedPreconditionError(absl::StrCat(
@@ -120,7 +106,7 @@ absl::StatusOr<std::shared_ptr<CudaBackend>> CudaBackend::Create(int device,
   std::shared_ptr<CudaBackend> backend(new CudaBackend(device, options));
   backend->name_ = absl::StrCat("cuda:", device, " (", prop.name, ")");
   cudaStream_t stream = nullptr;
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+  GB_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
                                      "cudaStreamCreateWithFlags"));
   backend->stream_ = stream;
   auto gemm = GemmRunner::Create(device, stream, options.gemm_workspace_bytes,
@@ -128,14 +114,14 @@ absl::StatusOr<std::shared_ptr<CudaBackend>> CudaBackend::Create(int device,
   if (!gemm.ok()) return gemm.status();
   backend->gemm_ = *std::move(gemm);
   backend->allocator_ = CachingDeviceAllocator::Create(device);
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&backend->device_errors_, sizeof(int)),
+  GB_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&backend->device_errors_, sizeof(int)),
                                      "cudaMalloc(device error word)"));
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(backend->device_errors_, 0, sizeof(int), stream),
+  GB_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(backend->device_errors_, 0, sizeof(int), stream),
                                      "cudaMemsetAsync(device error word)"));
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaMallocHost(&backend->host_errors_, sizeof(int)),
+  GB_RETURN_IF_ERROR(CudaStatus(cudaMallocHost(&backend->host_errors_, sizeof(int)),
                                      "cudaMallocHost(error word)"));
   *backend->host_errors_ = 0;
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize"));
+  GB_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize"));
   return backend;
 }
 
@@ -163,14 +149,14 @@ int64_t CudaBackend::gemm_fallback_calls() const { return gemm_->fallback_calls(
 
 absl::Status CudaBackend::WaitAndCheck(const char* what) {
   std::lock_guard<std::mutex> lock(errors_mu_);
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(
+  GB_RETURN_IF_ERROR(CudaStatus(
       cudaMemcpyAsync(host_errors_, device_errors_, sizeof(int), cudaMemcpyDeviceToHost, Stream(stream_)),
       "cudaMemcpyAsync(device error word)"));
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(Stream(stream_)), what));
+  GB_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(Stream(stream_)), what));
   const int errors = *host_errors_;
   if (errors == 0) return absl::OkStatus();
   *host_errors_ = 0;
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(device_errors_, 0, sizeof(int), Stream(stream_)),
+  GB_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(device_errors_, 0, sizeof(int), Stream(stream_)),
                                      "cudaMemsetAsync(device error word)"));
   std::string message = "cuda: ops queued since the last synchronisation met invalid input:";
   if (errors & cuda::kDeviceErrorEmbeddingId) absl::StrAppend(&message, " Embedding id out of range;");
@@ -183,12 +169,12 @@ absl::Status CudaBackend::WaitAndCheck(const char* what) {
 
 absl::Status CudaBackend::Synchronize() {
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   return WaitAndCheck("cudaStreamSynchronize");
 }
 
 absl::Status CudaBackend::EmptyCache() {
-  GB_CUDA_RETURN_IF_ERROR(Synchronize());
+  GB_RETURN_IF_ERROR(Synchronize());
   return allocator_->EmptyCache();
 }
 
@@ -210,9 +196,9 @@ absl::Status CudaBackend::CopyFromHost(const Tensor& host, Tensor& out) {
     return absl::InternalError("cuda CopyFromHost: " + host.DebugString() + " into " + out.DebugString());
   }
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   if (host.nbytes() == 0) return absl::OkStatus();
-  GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(out.raw_data(), host.raw_data(), host.nbytes(),
+  GB_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(out.raw_data(), host.raw_data(), host.nbytes(),
                                                      cudaMemcpyHostToDevice, Stream(stream_)),
                                      "CopyFromHost cudaMemcpyAsync"));
   return CudaStatus(cudaStreamSynchronize(Stream(stream_)), "CopyFromHost cudaStreamSynchronize");
@@ -225,9 +211,9 @@ absl::Status CudaBackend::CopyToHost(const Tensor& src, Tensor& host_out) {
     return absl::InternalError("cuda CopyToHost: " + src.DebugString() + " into " + host_out.DebugString());
   }
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   if (src.nbytes() > 0) {
-    GB_CUDA_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(host_out.raw_data(), src.raw_data(), src.nbytes(),
+    GB_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(host_out.raw_data(), src.raw_data(), src.nbytes(),
                                                        cudaMemcpyDeviceToHost, Stream(stream_)),
                                        "CopyToHost cudaMemcpyAsync"));
   }
@@ -235,7 +221,7 @@ absl::Status CudaBackend::CopyToHost(const Tensor& src, Tensor& host_out) {
 }
 
 absl::Status CudaBackend::Convert(const Tensor& src, Tensor& out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("Convert", {&src, &out}));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("Convert", {&src, &out}));
   if (src.numel() != out.numel()) {
     return absl::InternalError("cuda Convert: " + src.DebugString() + " into " + out.DebugString());
   }
@@ -248,14 +234,14 @@ absl::Status CudaBackend::Convert(const Tensor& src, Tensor& out) {
                                             DTypeName(to)));
   }
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   if (src.numel() == 0) return absl::OkStatus();
   if (from == to) {
     return CudaStatus(cudaMemcpyAsync(out.raw_data(), src.raw_data(), src.nbytes(),
                                       cudaMemcpyDeviceToDevice, Stream(stream_)),
                       "Convert cudaMemcpyAsync");
   }
-  return Launched("Convert", cuda::LaunchConvert(src.raw_data(), Elem(from), out.raw_data(), Elem(to),
+  return Launched("Convert", cuda::LaunchConvert(src.raw_data(), from, out.raw_data(), to,
                                                  src.numel(), Stream(stream_)));
 }
 
@@ -263,17 +249,17 @@ absl::Status CudaBackend::Convert(const Tensor& src, Tensor& out) {
 
 absl::Status CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias,
                                  Activation act, Tensor& out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("Linear", {&x, &w, bias, &out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("Linear", x.dtype(), {&w}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectFloating("Linear", {bias, &out}));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("Linear", {&x, &w, bias, &out}));
+  GB_RETURN_IF_ERROR(ExpectDType("Linear", x.dtype(), {&w}));
+  GB_RETURN_IF_ERROR(ExpectFloating("Linear", {bias, &out}));
   const int64_t k = x.rank() == 0 ? 1 : x.dim(-1), t = Rows(x);
   const int64_t n = w.rank() == 2 ? w.dim(0) : -1;
-  GB_CUDA_RETURN_IF_ERROR(Expect(w.rank() == 2 && w.dim(1) == k && out.numel() == t * n &&
+  GB_RETURN_IF_ERROR(Expect(w.rank() == 2 && w.dim(1) == k && out.numel() == t * n &&
                                      (bias == nullptr || bias->numel() == n),
                                  "Linear", "shape mismatch: x " + x.DebugString() + " w " +
                                                w.DebugString() + " out " + out.DebugString()));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   GemmProblem p;
   p.rows = t;
   p.cols = n;
@@ -300,23 +286,23 @@ absl::Status CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor*
   if (!staged.ok()) return staged.status();
   p.out = staged->raw_data();
   p.out_type = DType::kF32;
-  GB_CUDA_RETURN_IF_ERROR(gemm_->Run(p));
+  GB_RETURN_IF_ERROR(gemm_->Run(p));
   return Convert(*staged, out);
 }
 
 absl::Status CudaBackend::HeadProjection(const Tensor& z, const Tensor& w, Tensor& out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("HeadProjection", {&z, &w, &out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("HeadProjection", z.dtype(), {&w}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectFloating("HeadProjection", {&out}));
-  GB_CUDA_RETURN_IF_ERROR(Expect(z.rank() >= 2, "HeadProjection", "z must be [..., heads, d_head]"));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("HeadProjection", {&z, &w, &out}));
+  GB_RETURN_IF_ERROR(ExpectDType("HeadProjection", z.dtype(), {&w}));
+  GB_RETURN_IF_ERROR(ExpectFloating("HeadProjection", {&out}));
+  GB_RETURN_IF_ERROR(Expect(z.rank() >= 2, "HeadProjection", "z must be [..., heads, d_head]"));
   const int64_t heads = z.dim(-2), d_head = z.dim(-1);
   const int64_t t = heads * d_head == 0 ? 0 : z.numel() / (heads * d_head);
   const int64_t n = w.rank() == 2 ? w.dim(0) : -1;
-  GB_CUDA_RETURN_IF_ERROR(Expect(w.rank() == 2 && w.dim(1) == heads * d_head &&
+  GB_RETURN_IF_ERROR(Expect(w.rank() == 2 && w.dim(1) == heads * d_head &&
                                      out.numel() == t * heads * n,
                                  "HeadProjection", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   // One strided-batched product over heads: out[:, h, :] (row stride H·N) = z[:, h, :] (row
   // stride H·Dh) · w[:, h·Dh : (h+1)·Dh]ᵀ (row stride H·Dh).
   GemmProblem p;
@@ -342,7 +328,7 @@ absl::Status CudaBackend::HeadProjection(const Tensor& z, const Tensor& w, Tenso
   if (!staged.ok()) return staged.status();
   p.out = staged->raw_data();
   p.out_type = DType::kF32;
-  GB_CUDA_RETURN_IF_ERROR(gemm_->Run(p));
+  GB_RETURN_IF_ERROR(gemm_->Run(p));
   return Convert(*staged, out);
 }
 
@@ -351,19 +337,19 @@ absl::Status CudaBackend::HeadProjection(const Tensor& z, const Tensor& w, Tenso
 absl::Status CudaBackend::LayerNorm(const Tensor& x, const Tensor* weight, const Tensor* bias,
                                     float eps, Tensor& out, Tensor* scale_out,
                                     Tensor* unweighted_out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("LayerNorm", {&x, weight, bias, &out, scale_out, unweighted_out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("LayerNorm", x.dtype(), {&out, scale_out, unweighted_out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectFloating("LayerNorm", {weight, bias}));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("LayerNorm", {&x, weight, bias, &out, scale_out, unweighted_out}));
+  GB_RETURN_IF_ERROR(ExpectDType("LayerNorm", x.dtype(), {&out, scale_out, unweighted_out}));
+  GB_RETURN_IF_ERROR(ExpectFloating("LayerNorm", {weight, bias}));
   const int64_t d = x.rank() == 0 ? 1 : x.dim(-1), t = Rows(x);
-  GB_CUDA_RETURN_IF_ERROR(Expect(out.numel() == x.numel() && (!weight || weight->numel() == d) &&
+  GB_RETURN_IF_ERROR(Expect(out.numel() == x.numel() && (!weight || weight->numel() == d) &&
                                      (!bias || bias->numel() == d) &&
                                      (!scale_out || scale_out->numel() == t) &&
                                      (!unweighted_out || unweighted_out->numel() == x.numel()),
                                  "LayerNorm", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   cuda::NormArgs a;
-  a.type = Elem(x.dtype());
+  a.type = x.dtype();
   a.x = x.raw_data();
   a.weight = AnyOf(weight);
   a.bias = AnyOf(bias);
@@ -378,18 +364,18 @@ absl::Status CudaBackend::LayerNorm(const Tensor& x, const Tensor* weight, const
 
 absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor* weight, float eps, Tensor& out,
                                   Tensor* scale_out, Tensor* unweighted_out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("RmsNorm", {&x, weight, &out, scale_out, unweighted_out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("RmsNorm", x.dtype(), {&out, scale_out, unweighted_out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectFloating("RmsNorm", {weight}));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("RmsNorm", {&x, weight, &out, scale_out, unweighted_out}));
+  GB_RETURN_IF_ERROR(ExpectDType("RmsNorm", x.dtype(), {&out, scale_out, unweighted_out}));
+  GB_RETURN_IF_ERROR(ExpectFloating("RmsNorm", {weight}));
   const int64_t d = x.rank() == 0 ? 1 : x.dim(-1), t = Rows(x);
-  GB_CUDA_RETURN_IF_ERROR(Expect(out.numel() == x.numel() && (!weight || weight->numel() == d) &&
+  GB_RETURN_IF_ERROR(Expect(out.numel() == x.numel() && (!weight || weight->numel() == d) &&
                                      (!scale_out || scale_out->numel() == t) &&
                                      (!unweighted_out || unweighted_out->numel() == x.numel()),
                                  "RmsNorm", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   cuda::NormArgs a;
-  a.type = Elem(x.dtype());
+  a.type = x.dtype();
   a.x = x.raw_data();
   a.weight = AnyOf(weight);
   a.eps = eps;
@@ -404,14 +390,14 @@ absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor* weight, float e
 // ---- embeddings and positions ----
 
 absl::Status CudaBackend::Embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("Embedding", {&table, &ids, &out}));
-  GB_CUDA_RETURN_IF_ERROR(Expect(table.rank() == 2, "Embedding", "table must be [vocab, dim]"));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("Embedding", {&table, &ids, &out}));
+  GB_RETURN_IF_ERROR(Expect(table.rank() == 2, "Embedding", "table must be [vocab, dim]"));
   const int64_t d = table.dim(1), vocab = table.dim(0), t = ids.numel();
-  GB_CUDA_RETURN_IF_ERROR(Expect(ids.dtype() == DType::kI32 && out.dtype() == table.dtype() &&
+  GB_RETURN_IF_ERROR(Expect(ids.dtype() == DType::kI32 && out.dtype() == table.dtype() &&
                                      out.numel() == t * d,
                                  "Embedding", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   return Launched("Embedding",
                   cuda::LaunchEmbedding(static_cast<int>(DTypeSize(table.dtype())), table.raw_data(),
                                         vocab, d, ids.data<int32_t>(), t, out.raw_data(),
@@ -420,23 +406,23 @@ absl::Status CudaBackend::Embedding(const Tensor& table, const Tensor& ids, Tens
 
 absl::Status CudaBackend::Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
                                  const Tensor& positions, int rotary_dim, Tensor& out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("Rotary", {&x, &cos, &sin, &positions, &out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("Rotary", x.dtype(), {&out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectFloating("Rotary", {&cos, &sin}));
-  GB_CUDA_RETURN_IF_ERROR(Expect(x.rank() >= 2 && cos.rank() == 2 && sin.rank() == 2, "Rotary",
+  GB_RETURN_IF_ERROR(ExpectOnDevice("Rotary", {&x, &cos, &sin, &positions, &out}));
+  GB_RETURN_IF_ERROR(ExpectDType("Rotary", x.dtype(), {&out}));
+  GB_RETURN_IF_ERROR(ExpectFloating("Rotary", {&cos, &sin}));
+  GB_RETURN_IF_ERROR(Expect(x.rank() >= 2 && cos.rank() == 2 && sin.rank() == 2, "Rotary",
                                  "x must be [..., heads, d_head] and the tables [n_ctx, rotary_dim / 2]"));
   const int64_t heads = x.dim(-2), d_head = x.dim(-1);
   const int64_t t = heads * d_head == 0 ? 0 : x.numel() / (heads * d_head);
   const int64_t half = rotary_dim / 2, n_ctx = cos.dim(0);
-  GB_CUDA_RETURN_IF_ERROR(Expect(positions.dtype() == DType::kI32 && positions.numel() == t &&
+  GB_RETURN_IF_ERROR(Expect(positions.dtype() == DType::kI32 && positions.numel() == t &&
                                      out.numel() == x.numel() && rotary_dim >= 0 &&
                                      rotary_dim % 2 == 0 && rotary_dim <= d_head &&
                                      cos.dim(1) == half && sin.dim(1) == half && sin.dim(0) == n_ctx,
                                  "Rotary", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   cuda::RotaryArgs a;
-  a.type = Elem(x.dtype());
+  a.type = x.dtype();
   a.x = x.raw_data();
   a.out = out.raw_data();
   a.cos = AnyOf(&cos);
@@ -456,12 +442,12 @@ absl::Status CudaBackend::Rotary(const Tensor& x, const Tensor& cos, const Tenso
 absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const Tensor& key_mask, float scale, Tensor& z,
                                     Tensor* scores, Tensor* pattern) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("Attention", {&q, &k, &v, &key_mask, &z, scores, pattern}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("Attention", q.dtype(), {&k, &v, &z, scores, pattern}));
-  GB_CUDA_RETURN_IF_ERROR(Expect(q.rank() == 4 && k.rank() == 4 && v.rank() == 4, "Attention", "rank != 4"));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("Attention", {&q, &k, &v, &key_mask, &z, scores, pattern}));
+  GB_RETURN_IF_ERROR(ExpectDType("Attention", q.dtype(), {&k, &v, &z, scores, pattern}));
+  GB_RETURN_IF_ERROR(Expect(q.rank() == 4 && k.rank() == 4 && v.rank() == 4, "Attention", "rank != 4"));
   const int64_t batch = q.dim(0), seq = q.dim(1), heads = q.dim(2), d_head = q.dim(3);
   const int64_t kv_heads = k.dim(2);
-  GB_CUDA_RETURN_IF_ERROR(Expect(
+  GB_RETURN_IF_ERROR(Expect(
       kv_heads > 0 && heads % kv_heads == 0 && k.shape() == v.shape() && k.dim(0) == batch &&
           k.dim(1) == seq && k.dim(3) == d_head && key_mask.dtype() == DType::kI32 &&
           key_mask.numel() == batch * seq && z.numel() == q.numel() &&
@@ -469,10 +455,10 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
           (!pattern || pattern->numel() == batch * heads * seq * seq),
       "Attention", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   if (batch == 0 || seq == 0 || heads == 0) return absl::OkStatus();
   cuda::AttentionArgs a;
-  a.type = Elem(q.dtype());
+  a.type = q.dtype();
   a.q = q.raw_data();
   a.k = k.raw_data();
   a.v = v.raw_data();
@@ -502,7 +488,7 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
   if (!work.ok()) return work.status();
   for (int64_t begin = 0; begin < pairs; begin += chunk) {
     const int64_t count = std::min(chunk, pairs - begin);
-    GB_CUDA_RETURN_IF_ERROR(Launched("Attention (materialised)",
+    GB_RETURN_IF_ERROR(Launched("Attention (materialised)",
                                      cuda::LaunchMaterializedAttention(a, work->data<float>(), begin,
                                                                        count, Stream(stream_))));
   }
@@ -512,47 +498,47 @@ absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k, const Tens
 // ---- elementwise ----
 
 absl::Status CudaBackend::Add(const Tensor& a, const Tensor& b, Tensor& out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("Add", {&a, &b, &out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("Add", a.dtype(), {&b, &out}));
-  GB_CUDA_RETURN_IF_ERROR(Expect(a.numel() == b.numel() && a.numel() == out.numel(), "Add", "shape mismatch"));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("Add", {&a, &b, &out}));
+  GB_RETURN_IF_ERROR(ExpectDType("Add", a.dtype(), {&b, &out}));
+  GB_RETURN_IF_ERROR(Expect(a.numel() == b.numel() && a.numel() == out.numel(), "Add", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
-  return Launched("Add", cuda::LaunchAdd(Elem(a.dtype()), a.raw_data(), b.raw_data(), out.raw_data(),
+  GB_RETURN_IF_ERROR(guard.status());
+  return Launched("Add", cuda::LaunchAdd(a.dtype(), a.raw_data(), b.raw_data(), out.raw_data(),
                                          a.numel(), Stream(stream_)));
 }
 
 absl::Status CudaBackend::Mul(const Tensor& a, const Tensor& b, Tensor& out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("Mul", {&a, &b, &out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("Mul", a.dtype(), {&b, &out}));
-  GB_CUDA_RETURN_IF_ERROR(Expect(a.numel() == b.numel() && a.numel() == out.numel(), "Mul", "shape mismatch"));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("Mul", {&a, &b, &out}));
+  GB_RETURN_IF_ERROR(ExpectDType("Mul", a.dtype(), {&b, &out}));
+  GB_RETURN_IF_ERROR(Expect(a.numel() == b.numel() && a.numel() == out.numel(), "Mul", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
-  return Launched("Mul", cuda::LaunchMul(Elem(a.dtype()), a.raw_data(), b.raw_data(), out.raw_data(),
+  GB_RETURN_IF_ERROR(guard.status());
+  return Launched("Mul", cuda::LaunchMul(a.dtype(), a.raw_data(), b.raw_data(), out.raw_data(),
                                          a.numel(), Stream(stream_)));
 }
 
 absl::Status CudaBackend::Activate(Activation act, const Tensor& x, Tensor& out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("Activate", {&x, &out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("Activate", x.dtype(), {&out}));
-  GB_CUDA_RETURN_IF_ERROR(Expect(x.numel() == out.numel(), "Activate", "shape mismatch"));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("Activate", {&x, &out}));
+  GB_RETURN_IF_ERROR(ExpectDType("Activate", x.dtype(), {&out}));
+  GB_RETURN_IF_ERROR(Expect(x.numel() == out.numel(), "Activate", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
-  return Launched("Activate", cuda::LaunchActivate(Elem(x.dtype()), Act(act), x.raw_data(),
+  GB_RETURN_IF_ERROR(guard.status());
+  return Launched("Activate", cuda::LaunchActivate(x.dtype(), act, x.raw_data(),
                                                    out.raw_data(), x.numel(), Stream(stream_)));
 }
 
 // ---- reshaping ----
 
 absl::Status CudaBackend::SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tensor& v) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("SplitQkv", {&qkv, &q, &k, &v}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("SplitQkv", qkv.dtype(), {&q, &k, &v}));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("SplitQkv", {&qkv, &q, &k, &v}));
+  GB_RETURN_IF_ERROR(ExpectDType("SplitQkv", qkv.dtype(), {&q, &k, &v}));
   const int64_t t = Rows(qkv), width = qkv.rank() == 0 ? 1 : qkv.dim(-1);
   const int64_t qw = q.numel() / std::max<int64_t>(t, 1), kw = k.numel() / std::max<int64_t>(t, 1);
-  GB_CUDA_RETURN_IF_ERROR(Expect(width == qw + 2 * kw && v.numel() == k.numel() &&
+  GB_RETURN_IF_ERROR(Expect(width == qw + 2 * kw && v.numel() == k.numel() &&
                                      q.numel() == t * qw && k.numel() == t * kw,
                                  "SplitQkv", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   if (t == 0) return absl::OkStatus();
   // Three strided 2-D copies: rows of the fused projection into three dense matrices.
   const size_t es = static_cast<size_t>(DTypeSize(qkv.dtype()));
@@ -561,7 +547,7 @@ absl::Status CudaBackend::SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tens
   for (const auto& [dst, offset] : parts) {
     const int64_t cols = dst == &q ? qw : kw;
     if (cols == 0) continue;
-    GB_CUDA_RETURN_IF_ERROR(CudaStatus(
+    GB_RETURN_IF_ERROR(CudaStatus(
         cudaMemcpy2DAsync(dst->raw_data(), cols * es, src + offset * es, width * es, cols * es,
                           static_cast<size_t>(t), cudaMemcpyDeviceToDevice, Stream(stream_)),
         "SplitQkv cudaMemcpy2DAsync"));
@@ -572,28 +558,28 @@ absl::Status CudaBackend::SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tens
 // ---- outputs ----
 
 absl::Status CudaBackend::CrossEntropy(const Tensor& logits, const Tensor& targets, Tensor& loss) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("CrossEntropy", {&logits, &targets, &loss}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectFloating("CrossEntropy", {&logits, &loss}));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("CrossEntropy", {&logits, &targets, &loss}));
+  GB_RETURN_IF_ERROR(ExpectFloating("CrossEntropy", {&logits, &loss}));
   const int64_t vocab = logits.rank() == 0 ? 1 : logits.dim(-1), t = Rows(logits);
-  GB_CUDA_RETURN_IF_ERROR(Expect(targets.dtype() == DType::kI32 && targets.numel() == t &&
+  GB_RETURN_IF_ERROR(Expect(targets.dtype() == DType::kI32 && targets.numel() == t &&
                                      loss.numel() == t,
                                  "CrossEntropy", "shape mismatch"));
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   return Launched("CrossEntropy",
-                  cuda::LaunchCrossEntropy(Elem(logits.dtype()), logits.raw_data(), targets.data<int32_t>(),
-                                           Elem(loss.dtype()), loss.raw_data(),
+                  cuda::LaunchCrossEntropy(logits.dtype(), logits.raw_data(), targets.data<int32_t>(),
+                                           loss.dtype(), loss.raw_data(),
                                            logits.numel() == 0 ? 0 : t, vocab, Stream(stream_)));
 }
 
 absl::Status CudaBackend::LogSoftmax(const Tensor& x, Tensor& out) {
-  GB_CUDA_RETURN_IF_ERROR(ExpectOnDevice("LogSoftmax", {&x, &out}));
-  GB_CUDA_RETURN_IF_ERROR(ExpectDType("LogSoftmax", x.dtype(), {&out}));
-  GB_CUDA_RETURN_IF_ERROR(Expect(x.numel() == out.numel(), "LogSoftmax", "shape mismatch"));
+  GB_RETURN_IF_ERROR(ExpectOnDevice("LogSoftmax", {&x, &out}));
+  GB_RETURN_IF_ERROR(ExpectDType("LogSoftmax", x.dtype(), {&out}));
+  GB_RETURN_IF_ERROR(Expect(x.numel() == out.numel(), "LogSoftmax", "shape mismatch"));
   const int64_t n = x.rank() == 0 ? 1 : x.dim(-1), t = Rows(x);
   DeviceGuard guard(device_);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
-  return Launched("LogSoftmax", cuda::LaunchLogSoftmax(Elem(x.dtype()), x.raw_data(), out.raw_data(),
+  GB_RETURN_IF_ERROR(guard.status());
+  return Launched("LogSoftmax", cuda::LaunchLogSoftmax(x.dtype(), x.raw_data(), out.raw_data(),
                                                        x.numel() == 0 ? 0 : t, n, Stream(stream_)));
 }
 

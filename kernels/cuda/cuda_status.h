@@ -52,9 +52,3 @@ class DeviceGuard {
 };
 
 }  // namespace glassbox::cuda_internal
-
-#define GB_CUDA_RETURN_IF_ERROR(expr)              \
-  do {                                             \
-    ::absl::Status gb_cuda_status_ = (expr);       \
-    if (!gb_cuda_status_.ok()) return gb_cuda_status_; \
-  } while (false)

@@ -1,6 +1,6 @@
 // Device-side helpers shared by the kernels: element conversions, activation functions matching
 // the CPU reference (kernels/cpu/cpu_backend.cc, ApplyActivation), warp and block reductions, and
-// the host-side dispatch from an ElementType to a C++ type.
+// the host-side dispatch from a DType to a C++ type.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -33,25 +33,25 @@ __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
 // Element i of a vector whose float type is known only at run time (uniform across the grid).
 __device__ __forceinline__ float LoadAny(const AnyFloats& v, int64_t i) {
   switch (v.type) {
-    case ElementType::kF16: return __half2float(static_cast<const __half*>(v.data)[i]);
-    case ElementType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[i]);
+    case DType::kF16: return __half2float(static_cast<const __half*>(v.data)[i]);
+    case DType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[i]);
     default: return static_cast<const float*>(v.data)[i];
   }
 }
 
 // The same formulas, in the same f32 order, as the CPU reference's ApplyActivation. Precise
 // libdevice functions (tanhf, erff, expf), never the fast intrinsics.
-__device__ __forceinline__ float Activate(ActivationKind act, float x) {
+__device__ __forceinline__ float Activate(Activation act, float x) {
   switch (act) {
-    case ActivationKind::kIdentity: return x;
-    case ActivationKind::kGeluTanh: {
+    case Activation::kIdentity: return x;
+    case Activation::kGeluTanh: {
       constexpr float kSqrt2OverPi = 0.7978845608028654f;
       return 0.5f * x * (1.0f + tanhf(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
     }
-    case ActivationKind::kGeluExact: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case ActivationKind::kGeluQuick: return x / (1.0f + expf(-1.702f * x));
-    case ActivationKind::kRelu: return x > 0 ? x : 0.0f;
-    case ActivationKind::kSilu: return x / (1.0f + expf(-x));
+    case Activation::kGeluExact: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    case Activation::kGeluQuick: return x / (1.0f + expf(-1.702f * x));
+    case Activation::kRelu: return x > 0 ? x : 0.0f;
+    case Activation::kSilu: return x / (1.0f + expf(-x));
   }
   return x;
 }
@@ -104,13 +104,13 @@ inline unsigned ElementwiseBlocks(int64_t n, int threads) {
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
 }
 
-// Calls f(T{}) with T the C++ type of a floating ElementType; cudaErrorInvalidValue otherwise.
+// Calls f(T{}) with T the C++ type of a floating DType; cudaErrorInvalidValue otherwise.
 template <typename F>
-cudaError_t DispatchFloat(ElementType type, F&& f) {
+cudaError_t DispatchFloat(DType type, F&& f) {
   switch (type) {
-    case ElementType::kF32: return f(float{});
-    case ElementType::kF16: return f(__half{});
-    case ElementType::kBF16: return f(__nv_bfloat16{});
+    case DType::kF32: return f(float{});
+    case DType::kF16: return f(__half{});
+    case DType::kBF16: return f(__nv_bfloat16{});
     default: return cudaErrorInvalidValue;
   }
 }

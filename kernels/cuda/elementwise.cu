@@ -19,7 +19,7 @@ __global__ void BinaryKernel(const T* a, const T* b, T* out, int64_t n) {
 }
 
 template <typename T>
-__global__ void ActivateKernel(ActivationKind act, const T* x, T* out, int64_t n) {
+__global__ void ActivateKernel(Activation act, const T* x, T* out, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[i] = FromFloat<T>(Activate(act, ToFloat(x[i])));
@@ -28,7 +28,7 @@ __global__ void ActivateKernel(ActivationKind act, const T* x, T* out, int64_t n
 
 template <typename T>
 __global__ void BiasActivationKernel(T* y, int64_t rows, int64_t cols, AnyFloats bias,
-                                     ActivationKind act) {
+                                     Activation act) {
   const int64_t n = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -39,7 +39,7 @@ __global__ void BiasActivationKernel(T* y, int64_t rows, int64_t cols, AnyFloats
 }
 
 template <BinaryOp kOp>
-cudaError_t LaunchBinary(ElementType type, const void* a, const void* b, void* out, int64_t n,
+cudaError_t LaunchBinary(DType type, const void* a, const void* b, void* out, int64_t n,
                          cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   return DispatchFloat(type, [&](auto tag) {
@@ -52,17 +52,17 @@ cudaError_t LaunchBinary(ElementType type, const void* a, const void* b, void* o
 
 }  // namespace
 
-cudaError_t LaunchAdd(ElementType type, const void* a, const void* b, void* out, int64_t n,
+cudaError_t LaunchAdd(DType type, const void* a, const void* b, void* out, int64_t n,
                       cudaStream_t stream) {
   return LaunchBinary<BinaryOp::kAdd>(type, a, b, out, n, stream);
 }
 
-cudaError_t LaunchMul(ElementType type, const void* a, const void* b, void* out, int64_t n,
+cudaError_t LaunchMul(DType type, const void* a, const void* b, void* out, int64_t n,
                       cudaStream_t stream) {
   return LaunchBinary<BinaryOp::kMul>(type, a, b, out, n, stream);
 }
 
-cudaError_t LaunchActivate(ElementType type, ActivationKind act, const void* x, void* out,
+cudaError_t LaunchActivate(DType type, Activation act, const void* x, void* out,
                            int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   return DispatchFloat(type, [&](auto tag) {
@@ -73,10 +73,10 @@ cudaError_t LaunchActivate(ElementType type, ActivationKind act, const void* x, 
   });
 }
 
-cudaError_t LaunchBiasActivation(ElementType type, void* y, int64_t rows, int64_t cols,
-                                 AnyFloats bias, ActivationKind act, cudaStream_t stream) {
+cudaError_t LaunchBiasActivation(DType type, void* y, int64_t rows, int64_t cols,
+                                 AnyFloats bias, Activation act, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return cudaSuccess;
-  if (bias.data == nullptr && act == ActivationKind::kIdentity) return cudaSuccess;
+  if (bias.data == nullptr && act == Activation::kIdentity) return cudaSuccess;
   return DispatchFloat(type, [&](auto tag) {
     using T = decltype(tag);
     BiasActivationKernel<T><<<ElementwiseBlocks(rows * cols, kThreads), kThreads, 0, stream>>>(

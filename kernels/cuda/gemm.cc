@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/kernels.h"
 
@@ -41,7 +42,7 @@ struct LtHandle {
 };
 
 cuda::AnyFloats AnyOf(const void* data, DType type) {
-  return {data, static_cast<cuda::ElementType>(type)};
+  return {data, type};
 }
 
 }  // namespace
@@ -50,19 +51,19 @@ absl::StatusOr<std::unique_ptr<GemmRunner>> GemmRunner::Create(int device, cudaS
                                                                size_t workspace_bytes,
                                                                bool allow_activation_epilogues) {
   DeviceGuard guard(device);
-  GB_CUDA_RETURN_IF_ERROR(guard.status());
+  GB_RETURN_IF_ERROR(guard.status());
   std::unique_ptr<GemmRunner> runner(new GemmRunner());
   runner->stream_ = stream;
   runner->allow_activation_epilogues_ = allow_activation_epilogues;
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(cublasLtCreate(&runner->lt_), "cublasLtCreate"));
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(cublasCreate(&runner->blas_), "cublasCreate"));
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(cublasSetStream(runner->blas_, stream), "cublasSetStream"));
+  GB_RETURN_IF_ERROR(CublasStatus(cublasLtCreate(&runner->lt_), "cublasLtCreate"));
+  GB_RETURN_IF_ERROR(CublasStatus(cublasCreate(&runner->blas_), "cublasCreate"));
+  GB_RETURN_IF_ERROR(CublasStatus(cublasSetStream(runner->blas_, stream), "cublasSetStream"));
   if (workspace_bytes > 0) {
-    GB_CUDA_RETURN_IF_ERROR(
+    GB_RETURN_IF_ERROR(
         CudaStatus(cudaMalloc(&runner->workspace_, workspace_bytes), "GEMM workspace cudaMalloc"));
     runner->workspace_bytes_ = workspace_bytes;
     // Both libraries run on the one stream, so they can share the workspace.
-    GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+    GB_RETURN_IF_ERROR(CublasStatus(
         cublasSetWorkspace(runner->blas_, runner->workspace_, workspace_bytes), "cublasSetWorkspace"));
   }
   return runner;
@@ -86,16 +87,16 @@ absl::Status GemmRunner::Run(const GemmProblem& p) {
                                             DTypeName(p.input_type), " -> ",
                                             DTypeName(p.out_type), " product"));
   }
-  const auto act = static_cast<cuda::ActivationKind>(p.act);
+  const auto act = p.act;
   if (p.inner == 0) {  // an empty sum: zeros, then bias and activation
     const size_t es = static_cast<size_t>(DTypeSize(p.out_type));
     for (int64_t b = 0; b < p.batch; ++b) {
-      GB_CUDA_RETURN_IF_ERROR(CudaStatus(
+      GB_RETURN_IF_ERROR(CudaStatus(
           cudaMemset2DAsync(static_cast<char*>(p.out) + b * p.stride_o * es, p.ldo * es, 0,
                             p.cols * es, p.rows, stream_),
           "GEMM cudaMemset2DAsync"));
     }
-    return CudaStatus(cuda::LaunchBiasActivation(static_cast<cuda::ElementType>(p.out_type), p.out,
+    return CudaStatus(cuda::LaunchBiasActivation(p.out_type, p.out,
                                                  p.rows, p.cols, AnyOf(p.bias, p.bias_type), act,
                                                  stream_),
                       "GEMM bias/activation kernel");
@@ -111,18 +112,18 @@ absl::Status GemmRunner::Run(const GemmProblem& p) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     bool ran = false;
-    GB_CUDA_RETURN_IF_ERROR(RunLt(p, bias_in_epilogue, act_in_epilogue, &ran));
+    GB_RETURN_IF_ERROR(RunLt(p, bias_in_epilogue, act_in_epilogue, &ran));
     if (ran) {
       ++lt_calls_;
     } else {
-      GB_CUDA_RETURN_IF_ERROR(RunFallback(p));
+      GB_RETURN_IF_ERROR(RunFallback(p));
       ++fallback_calls_;
       bias_in_epilogue = act_in_epilogue = false;
     }
   }
   const cuda::AnyFloats bias = bias_in_epilogue ? cuda::AnyFloats{} : AnyOf(p.bias, p.bias_type);
-  const cuda::ActivationKind rest = act_in_epilogue ? cuda::ActivationKind::kIdentity : act;
-  return CudaStatus(cuda::LaunchBiasActivation(static_cast<cuda::ElementType>(p.out_type), p.out,
+  const Activation rest = act_in_epilogue ? Activation::kIdentity : act;
+  return CudaStatus(cuda::LaunchBiasActivation(p.out_type, p.out,
                                                p.rows, p.cols, bias, rest, stream_),
                     "GEMM bias/activation kernel");
 }
@@ -149,31 +150,31 @@ absl::Status GemmRunner::RunLt(const GemmProblem& p, bool bias_in_epilogue, bool
   // Column-major view: D^T [cols, rows] = W [cols, inner] . X^T [inner, rows], with W stored as
   // a column-major [inner, cols] matrix (ld = ldw) used transposed.
   LtHandle<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy> op;
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(cublasLtMatmulDescCreate(&op.handle, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+  GB_RETURN_IF_ERROR(CublasStatus(cublasLtMatmulDescCreate(&op.handle, CUBLAS_COMPUTE_32F, CUDA_R_32F),
                                        "cublasLtMatmulDescCreate"));
   const cublasOperation_t transa = CUBLAS_OP_T, transb = CUBLAS_OP_N;
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+  GB_RETURN_IF_ERROR(CublasStatus(
       cublasLtMatmulDescSetAttribute(op.handle, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof(transa)),
       "cublasLtMatmulDescSetAttribute(TRANSA)"));
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+  GB_RETURN_IF_ERROR(CublasStatus(
       cublasLtMatmulDescSetAttribute(op.handle, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof(transb)),
       "cublasLtMatmulDescSetAttribute(TRANSB)"));
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+  GB_RETURN_IF_ERROR(CublasStatus(
       cublasLtMatmulDescSetAttribute(op.handle, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
       "cublasLtMatmulDescSetAttribute(EPILOGUE)"));
   if (bias_in_epilogue) {
-    GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+    GB_RETURN_IF_ERROR(CublasStatus(
         cublasLtMatmulDescSetAttribute(op.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)),
         "cublasLtMatmulDescSetAttribute(BIAS_POINTER)"));
   }
 
   const cudaDataType_t in_type = CudaType(p.input_type), out_type = CudaType(p.out_type);
   LtHandle<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy> a, b, c;
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+  GB_RETURN_IF_ERROR(CublasStatus(
       cublasLtMatrixLayoutCreate(&a.handle, in_type, p.inner, p.cols, p.ldw), "cublasLtMatrixLayoutCreate(W)"));
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+  GB_RETURN_IF_ERROR(CublasStatus(
       cublasLtMatrixLayoutCreate(&b.handle, in_type, p.inner, p.rows, p.ldx), "cublasLtMatrixLayoutCreate(X)"));
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+  GB_RETURN_IF_ERROR(CublasStatus(
       cublasLtMatrixLayoutCreate(&c.handle, out_type, p.cols, p.rows, p.ldo), "cublasLtMatrixLayoutCreate(out)"));
   if (p.batch > 1) {
     if (p.batch > INT32_MAX) return absl::InternalError("cuda GEMM: batch count too large");
@@ -181,10 +182,10 @@ absl::Status GemmRunner::RunLt(const GemmProblem& p, bool bias_in_epilogue, bool
     const std::pair<cublasLtMatrixLayout_t, int64_t> layouts[] = {
         {a.handle, p.stride_w}, {b.handle, p.stride_x}, {c.handle, p.stride_o}};
     for (const auto& [layout, stride] : layouts) {
-      GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+      GB_RETURN_IF_ERROR(CublasStatus(
           cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)),
           "cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)"));
-      GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+      GB_RETURN_IF_ERROR(CublasStatus(
           cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
                                            sizeof(stride)),
           "cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)"));
@@ -198,10 +199,10 @@ absl::Status GemmRunner::RunLt(const GemmProblem& p, bool bias_in_epilogue, bool
   auto it = algo_cache_.find(key);
   if (it == algo_cache_.end()) {
     LtHandle<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy> pref;
-    GB_CUDA_RETURN_IF_ERROR(CublasStatus(cublasLtMatmulPreferenceCreate(&pref.handle),
+    GB_RETURN_IF_ERROR(CublasStatus(cublasLtMatmulPreferenceCreate(&pref.handle),
                                          "cublasLtMatmulPreferenceCreate"));
     const uint64_t workspace = workspace_bytes_;
-    GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+    GB_RETURN_IF_ERROR(CublasStatus(
         cublasLtMatmulPreferenceSetAttribute(pref.handle, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                              &workspace, sizeof(workspace)),
         "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)"));
@@ -211,7 +212,7 @@ absl::Status GemmRunner::RunLt(const GemmProblem& p, bool bias_in_epilogue, bool
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_o},
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_o}};
     for (const auto& [attribute, value] : alignments) {
-      GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+      GB_RETURN_IF_ERROR(CublasStatus(
           cublasLtMatmulPreferenceSetAttribute(pref.handle, attribute, &value, sizeof(value)),
           "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)"));
     }
@@ -233,7 +234,7 @@ absl::Status GemmRunner::RunLt(const GemmProblem& p, bool bias_in_epilogue, bool
   cublasLtMatmulAlgo_t algo;
   std::memcpy(&algo, it->second.algo.data(), sizeof(algo));
   const float alpha = 1.0f, beta = 0.0f;
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+  GB_RETURN_IF_ERROR(CublasStatus(
       cublasLtMatmul(lt_, op.handle, &alpha, p.w, a.handle, p.x, b.handle, &beta, p.out, c.handle,
                      p.out, c.handle, &algo, workspace_, workspace_bytes_, stream_),
       "cublasLtMatmul"));
@@ -247,7 +248,7 @@ absl::Status GemmRunner::RunFallback(const GemmProblem& p) {
   }
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t in_type = CudaType(p.input_type), out_type = CudaType(p.out_type);
-  GB_CUDA_RETURN_IF_ERROR(CublasStatus(
+  GB_RETURN_IF_ERROR(CublasStatus(
       cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(p.cols),
                                  static_cast<int>(p.rows), static_cast<int>(p.inner), &alpha, p.w,
                                  in_type, static_cast<int>(p.ldw), p.stride_w, p.x, in_type,

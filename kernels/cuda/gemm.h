@@ -14,8 +14,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/dtype.h"
 #include "kernels/backend.h"
-#include "kernels/dtype.h"
 
 struct cublasLtContext;
 struct cublasContext;

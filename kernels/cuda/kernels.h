@@ -8,20 +8,17 @@
 
 #include <cstdint>
 
+#include "base/activation.h"
+#include "base/dtype.h"
+
 namespace glassbox::cuda {
-
-// The same numbering as glassbox::DType (checked by static_asserts in cuda_backend.cc).
-enum class ElementType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kI32 = 3, kI64 = 4 };
-
-// The same numbering as glassbox::Activation.
-enum class ActivationKind : uint8_t { kIdentity, kGeluTanh, kGeluExact, kGeluQuick, kRelu, kSilu };
 
 // A read-only vector of any floating element type: norm weights and biases, linear biases,
 // rotary tables. These are small and read through the cache, so the kernels take their type at
 // run time instead of multiplying template instantiations. data == nullptr means "absent".
 struct AnyFloats {
   const void* data = nullptr;
-  ElementType type = ElementType::kF32;
+  DType type = DType::kF32;
 };
 
 // Bits of the device error word: conditions a kernel can detect but not return. The backend
@@ -32,23 +29,23 @@ inline constexpr int kDeviceErrorRotaryPosition = 2;  // Rotary: position outsid
 // ---- conversion ----
 // dst[i] = src[i] converted: floats among f32/f16/bf16 (round to nearest even), integers to
 // floats, i32 <-> i64. Other pairs return cudaErrorInvalidValue.
-cudaError_t LaunchConvert(const void* src, ElementType src_type, void* dst, ElementType dst_type,
+cudaError_t LaunchConvert(const void* src, DType src_type, void* dst, DType dst_type,
                           int64_t n, cudaStream_t stream);
 
 // ---- elementwise (one floating type for inputs and output; f32 math) ----
-cudaError_t LaunchAdd(ElementType type, const void* a, const void* b, void* out, int64_t n,
+cudaError_t LaunchAdd(DType type, const void* a, const void* b, void* out, int64_t n,
                       cudaStream_t stream);
-cudaError_t LaunchMul(ElementType type, const void* a, const void* b, void* out, int64_t n,
+cudaError_t LaunchMul(DType type, const void* a, const void* b, void* out, int64_t n,
                       cudaStream_t stream);
-cudaError_t LaunchActivate(ElementType type, ActivationKind act, const void* x, void* out,
+cudaError_t LaunchActivate(DType type, Activation act, const void* x, void* out,
                            int64_t n, cudaStream_t stream);
 // In place on a row-major [rows, cols] matrix: y = act(y + bias[col]); bias may be absent.
-cudaError_t LaunchBiasActivation(ElementType type, void* y, int64_t rows, int64_t cols,
-                                 AnyFloats bias, ActivationKind act, cudaStream_t stream);
+cudaError_t LaunchBiasActivation(DType type, void* y, int64_t rows, int64_t cols,
+                                 AnyFloats bias, Activation act, cudaStream_t stream);
 
 // ---- normalisation over the last axis; x, out, scale_out and unweighted_out share `type` ----
 struct NormArgs {
-  ElementType type = ElementType::kF32;
+  DType type = DType::kF32;
   const void* x = nullptr;
   AnyFloats weight;
   AnyFloats bias;  // LayerNorm only
@@ -70,7 +67,7 @@ cudaError_t LaunchEmbedding(int element_bytes, const void* table, int64_t vocab,
                             cudaStream_t stream);
 
 struct RotaryArgs {
-  ElementType type = ElementType::kF32;  // x and out
+  DType type = DType::kF32;  // x and out
   const void* x = nullptr;               // [tokens, heads, d_head]
   void* out = nullptr;                   // same shape; may equal x
   AnyFloats cos;                         // [n_ctx, rotary_dim / 2]
@@ -82,16 +79,16 @@ struct RotaryArgs {
 cudaError_t LaunchRotary(const RotaryArgs& args, cudaStream_t stream);
 
 // ---- softmax family (one block per row, f32 math) ----
-cudaError_t LaunchLogSoftmax(ElementType type, const void* x, void* out, int64_t rows,
+cudaError_t LaunchLogSoftmax(DType type, const void* x, void* out, int64_t rows,
                              int64_t cols, cudaStream_t stream);
 // loss[r] = logsumexp(logits[r]) - logits[r, target[r]]; 0 where target is outside [0, vocab).
-cudaError_t LaunchCrossEntropy(ElementType logits_type, const void* logits,
-                               const int32_t* targets, ElementType loss_type, void* loss,
+cudaError_t LaunchCrossEntropy(DType logits_type, const void* logits,
+                               const int32_t* targets, DType loss_type, void* loss,
                                int64_t rows, int64_t vocab, cudaStream_t stream);
 
 // ---- attention ----
 struct AttentionArgs {
-  ElementType type = ElementType::kF32;  // q, k, v, z, scores, pattern
+  DType type = DType::kF32;  // q, k, v, z, scores, pattern
   const void* q = nullptr;               // [batch, seq, heads, d_head]
   const void* k = nullptr;               // [batch, seq, kv_heads, d_head]
   const void* v = nullptr;

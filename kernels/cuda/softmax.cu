@@ -46,7 +46,7 @@ __global__ void CrossEntropyKernel(const T* logits, const int32_t* targets, Loss
 
 }  // namespace
 
-cudaError_t LaunchLogSoftmax(ElementType type, const void* x, void* out, int64_t rows,
+cudaError_t LaunchLogSoftmax(DType type, const void* x, void* out, int64_t rows,
                              int64_t cols, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (rows > kMaxRows) return cudaErrorInvalidValue;
@@ -58,8 +58,8 @@ cudaError_t LaunchLogSoftmax(ElementType type, const void* x, void* out, int64_t
   });
 }
 
-cudaError_t LaunchCrossEntropy(ElementType logits_type, const void* logits,
-                               const int32_t* targets, ElementType loss_type, void* loss,
+cudaError_t LaunchCrossEntropy(DType logits_type, const void* logits,
+                               const int32_t* targets, DType loss_type, void* loss,
                                int64_t rows, int64_t vocab, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (rows > kMaxRows) return cudaErrorInvalidValue;

@@ -5,9 +5,9 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "server/engine/host_math.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

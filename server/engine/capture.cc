@@ -6,8 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/float16.h"
+#include "base/status_macros.h"
 #include "server/engine/host_math.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

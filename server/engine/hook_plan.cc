@@ -1,7 +1,7 @@
 #include "server/engine/hook_plan.h"
 
 #include "absl/strings/str_cat.h"
-#include "server/util/status_macros.h"
+#include "base/status_macros.h"
 
 namespace glassbox {
 

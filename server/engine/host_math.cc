@@ -5,7 +5,7 @@
 #include <limits>
 #include <numeric>
 
-#include "server/util/status_macros.h"
+#include "base/status_macros.h"
 
 namespace glassbox {
 

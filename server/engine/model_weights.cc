@@ -6,7 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "server/util/status_macros.h"
+#include "base/float16.h"
+#include "base/status_macros.h"
 
 namespace glassbox {
 namespace {

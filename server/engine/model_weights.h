@@ -5,9 +5,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/safetensors.h"
 #include "kernels/backend.h"
 #include "server/model/model_config.h"
-#include "server/model/safetensors.h"
 
 namespace glassbox {
 

@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <numeric>
 
+#include "base/status_macros.h"
 #include "server/engine/host_math.h"
 #include "server/engine/intervention.h"
 #include "server/engine/sae/sae_stats.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

@@ -3,8 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "server/engine/host_math.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

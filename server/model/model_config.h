@@ -6,7 +6,7 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
-#include "kernels/backend.h"
+#include "base/activation.h"
 
 namespace glassbox {
 

@@ -4,11 +4,11 @@
 #include <future>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "server/engine/analyses.h"
 #include "server/engine/patching.h"
 #include "server/service/glassbox_service.h"
 #include "server/service/status_util.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

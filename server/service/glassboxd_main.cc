@@ -18,12 +18,12 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "base/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_probe.h"
 #include "nlohmann/json.hpp"
 #include "server/service/glassbox_service.h"
-#include "server/util/status_macros.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address to serve on; port 0 picks a free port");
 ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda");

@@ -4,9 +4,9 @@
 #include <cmath>
 #include <numeric>
 
+#include "base/status_macros.h"
 #include "server/engine/capture.h"
 #include "server/engine/host_math.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "server/service/run_plan.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

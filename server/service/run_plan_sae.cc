@@ -5,9 +5,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "server/engine/sae_hooks.h"
 #include "server/service/run_plan.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

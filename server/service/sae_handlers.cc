@@ -1,10 +1,10 @@
 // The SAE RPCs: list the SAEs the server holds, encode a model's activations at an SAE's hook,
 // decode feature activations. Splicing and steering are part of Run (run_plan_sae.cc).
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "server/engine/sae_encode.h"
 #include "server/service/glassbox_service.h"
 #include "server/service/status_util.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

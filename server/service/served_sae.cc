@@ -1,9 +1,9 @@
 #include "server/service/served_sae.h"
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "server/engine/sae/sae_loader.h"
 #include "server/service/model_store.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

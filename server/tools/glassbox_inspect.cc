@@ -17,9 +17,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "base/safetensors.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "server/engine/transformer.h"
-#include "server/model/safetensors.h"
 
 ABSL_FLAG(std::string, model, "", "HuggingFace model directory");
 ABSL_FLAG(std::string, tokens, "", "comma-separated token ids of one sequence");

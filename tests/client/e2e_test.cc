@@ -18,10 +18,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "base/safetensors.h"
 #include "client/cpp/glassbox_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/model/safetensors.h"
 #include "tests/client/subprocess.h"
 
 namespace glassbox::testing {

@@ -10,12 +10,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/safetensors.h"
 #include "client/cpp/arrays.h"
 #include "client/cpp/cli.h"
 #include "client/cpp/glassbox_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/model/safetensors.h"
 #include "tests/client/fake_glassbox_service.h"
 #include "tests/client/subprocess.h"
 

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/model/safetensors.h"
 
 namespace glassbox::cli {
 namespace {

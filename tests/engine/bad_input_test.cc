@@ -3,11 +3,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include "base/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "server/engine/transformer.h"
-#include "server/model/safetensors.h"
 #include "tests/util/test_util.h"
 
 namespace glassbox {

@@ -12,13 +12,14 @@
 
 #include <unistd.h>
 
+#include "base/float16.h"
+#include "base/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/engine/sae/npz.h"
 #include "server/engine/sae/sae.h"
 #include "server/engine/sae/sae_config.h"
 #include "server/engine/sae/sae_loader.h"
-#include "server/model/safetensors.h"
 
 namespace glassbox {
 namespace {

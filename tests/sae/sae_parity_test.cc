@@ -9,11 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "base/safetensors.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/engine/sae/sae.h"
 #include "server/engine/sae/sae_loader.h"
-#include "server/model/safetensors.h"
 
 namespace glassbox {
 namespace {

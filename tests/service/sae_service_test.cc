@@ -8,12 +8,12 @@
 
 #include <cstring>
 
+#include "base/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "nlohmann/json.hpp"
 #include "server/engine/sae/sae_stats.h"
-#include "server/model/safetensors.h"
 #include "server/service/glassbox_service.h"
 #include "tests/service/service_harness.h"
 #include "tests/util/test_util.h"

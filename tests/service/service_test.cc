@@ -6,6 +6,7 @@
 #include <cstring>
 #include <thread>
 
+#include "base/float16.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"

@@ -4,8 +4,8 @@
 #include <cstring>
 #include <limits>
 
+#include "base/safetensors.h"
 #include "gtest/gtest.h"
-#include "server/model/safetensors.h"
 
 namespace glassbox::testing {
 

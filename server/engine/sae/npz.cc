@@ -15,8 +15,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kernels/dtype.h"
-#include "server/util/status_macros.h"
+#include "base/dtype.h"
+#include "base/float16.h"
+#include "base/status_macros.h"
 
 namespace glassbox {
 namespace {

@@ -11,11 +11,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kernels/dtype.h"
+#include "base/dtype.h"
+#include "base/float16.h"
+#include "base/safetensors.h"
+#include "base/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "server/engine/sae/npz.h"
-#include "server/model/safetensors.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

@@ -14,9 +14,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "server/engine/sae/sae.h"
 #include "server/engine/sae/sae_stats.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

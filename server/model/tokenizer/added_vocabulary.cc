@@ -4,9 +4,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "server/model/tokenizer/string_view_compat.h"
 #include "server/model/tokenizer/utf8.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox::tokenizer {
 

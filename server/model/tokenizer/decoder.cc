@@ -5,11 +5,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "base/status_macros.h"
 #include "server/model/tokenizer/byte_level.h"
 #include "server/model/tokenizer/pattern.h"
 #include "server/model/tokenizer/string_view_compat.h"
 #include "server/model/tokenizer/utf8.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox::tokenizer {
 namespace {

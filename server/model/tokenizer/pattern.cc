@@ -4,8 +4,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "server/model/tokenizer/string_view_compat.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox::tokenizer {
 

@@ -5,7 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "server/util/status_macros.h"
+#include "base/status_macros.h"
 
 namespace glassbox::tokenizer {
 namespace {

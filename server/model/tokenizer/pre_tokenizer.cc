@@ -4,9 +4,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "server/model/tokenizer/byte_level.h"
 #include "server/model/tokenizer/pattern.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox::tokenizer {
 namespace {

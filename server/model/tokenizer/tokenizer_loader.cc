@@ -8,11 +8,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "server/model/tokenizer/string_view_compat.h"
 #include "server/model/tokenizer/tokenizer.h"
 #include "server/model/tokenizer/tokenizer_parts.h"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

@@ -1,4 +1,4 @@
-#include "server/model/safetensors.h"
+#include "base/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -18,8 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "server/util/status_macros.h"
 
 namespace glassbox {
 namespace {

@@ -1,41 +1,11 @@
-// Element types of tensors, and the float16 / bfloat16 conversions the CPU side needs.
+// float16 and bfloat16 <-> float32 on the host, bit-exact with PyTorch's conversions: the CPU
+// backend, the safetensors and npz readers and the clients all decode with these.
 #pragma once
 
 #include <bit>
 #include <cstdint>
-#include <cstring>
-
-#include "absl/strings/string_view.h"
 
 namespace glassbox {
-
-enum class DType : uint8_t { kF32, kF16, kBF16, kI32, kI64 };
-
-constexpr int64_t DTypeSize(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return 4;
-    case DType::kF16: return 2;
-    case DType::kBF16: return 2;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
-  }
-  return 0;
-}
-
-constexpr absl::string_view DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return "f32";
-    case DType::kF16: return "f16";
-    case DType::kBF16: return "bf16";
-    case DType::kI32: return "i32";
-    case DType::kI64: return "i64";
-  }
-  return "?";
-}
-
-constexpr bool IsFloating(DType dtype) {
-  return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
-}
 
 // IEEE binary16 <-> binary32, exact for every finite, infinite and NaN half value; rounding to
 // nearest-even on the way down.

@@ -1,4 +1,5 @@
-#include "server/model/safetensors.h"
+#include "base/float16.h"
+#include "base/safetensors.h"
 
 #include <sys/stat.h>
 
@@ -10,9 +11,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/dtype.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "kernels/dtype.h"
 
 namespace glassbox {
 namespace {
