@@ -27,6 +27,7 @@ RUN apt-get update -qq \
 WORKDIR /src
 # Only what the two targets need, so edits to docs, tests or deploy/ keep the compile cached.
 COPY CMakeLists.txt ./
+COPY base base
 COPY proto proto
 COPY kernels kernels
 COPY server server
