@@ -4,27 +4,14 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/file.h"
 #include "base/status_macros.h"
 
 namespace glassbox::client {
-namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
-  return contents.str();
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                         ClientOptions options) {
@@ -33,7 +20,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   if (options.tls || !options.tls_root_cert_path.empty()) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls_root_cert_path.empty()) {
-      GB_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.tls_root_cert_path));
+      GB_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFileToString(options.tls_root_cert_path));
     }
     credentials = grpc::SslCredentials(ssl);
   } else {
@@ -166,24 +153,7 @@ absl::StatusOr<glassbox::v1::AttentionNormsResponse> Client::AttentionNorms(
 
 absl::StatusOr<RunResult> Client::Run(const glassbox::v1::RunRequest& request) {
   RunResult result;
-  GB_RETURN_IF_ERROR(RunStreaming(request, RunCallbacks{
-                                               .on_header =
-                                                   [&](const glassbox::v1::Header& header) {
-                                                     result.header = header;
-                                                     result.tensors.reserve(header.tensors_size());
-                                                     return absl::OkStatus();
-                                                   },
-                                               .on_tensor =
-                                                   [&](ReceivedTensor tensor) {
-                                                     result.tensors.push_back(std::move(tensor));
-                                                     return absl::OkStatus();
-                                                   },
-                                               .on_summary =
-                                                   [&](glassbox::v1::Summary summary) {
-                                                     result.summary = std::move(summary);
-                                                     return absl::OkStatus();
-                                                   },
-                                           }));
+  GB_RETURN_IF_ERROR(RunStreaming(request, CollectInto(result)));
   return result;
 }
 

@@ -2,11 +2,9 @@
 
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -17,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "base/safetensors.h"
+#include "base/file.h"
 #include "base/status_macros.h"
 #include "client/cpp/tensor_decode.h"
 
@@ -52,15 +51,6 @@ absl::StatusOr<std::vector<int32_t>> ParseInts(absl::string_view spec, absl::str
 absl::StatusOr<float> ParseFloat(absl::string_view spec, absl::string_view key,
                                  absl::string_view text) {
   return ParseSpecFloat("intervene", spec, key, text);
-}
-
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
-  return contents.str();
 }
 
 absl::StatusOr<std::vector<float>> LoadSafetensors(const std::string& path,
@@ -133,7 +123,7 @@ std::optional<std::string> NpyHeaderField(absl::string_view header, absl::string
 }
 
 absl::StatusOr<std::vector<float>> LoadNpy(const std::string& path) {
-  GB_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(path));
+  GB_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(path));
   auto bad = [&](absl::string_view problem) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a .npy file we read: ", problem));
   };

@@ -168,25 +168,30 @@ absl::Status RunStreamAssembler::Finish() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<RunResult> AssembleRun(std::vector<glassbox::v1::RunResponse> responses) {
-  RunResult result;
-  RunStreamAssembler assembler(RunCallbacks{
+RunCallbacks CollectInto(RunResult& result) {
+  return RunCallbacks{
       .on_header =
-          [&](const glassbox::v1::Header& header) {
+          [&result](const glassbox::v1::Header& header) {
             result.header = header;
+            result.tensors.reserve(header.tensors_size());
             return absl::OkStatus();
           },
       .on_tensor =
-          [&](ReceivedTensor tensor) {
+          [&result](ReceivedTensor tensor) {
             result.tensors.push_back(std::move(tensor));
             return absl::OkStatus();
           },
       .on_summary =
-          [&](glassbox::v1::Summary summary) {
+          [&result](glassbox::v1::Summary summary) {
             result.summary = std::move(summary);
             return absl::OkStatus();
           },
-  });
+  };
+}
+
+absl::StatusOr<RunResult> AssembleRun(std::vector<glassbox::v1::RunResponse> responses) {
+  RunResult result;
+  RunStreamAssembler assembler(CollectInto(result));
   for (glassbox::v1::RunResponse& response : responses) {
     GB_RETURN_IF_ERROR(assembler.Add(response));
   }

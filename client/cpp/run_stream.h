@@ -52,6 +52,9 @@ struct RunResult {
   const ReceivedTensor* Find(std::string_view name) const;
 };
 
+// Callbacks that collect a whole run into `result`, which must outlive them.
+RunCallbacks CollectInto(RunResult& result);
+
 // Checks each message against the protocol and hands complete pieces to the callbacks:
 //  - the header comes first and exactly once; its tensor ids are unique, their dtypes known and
 //    their nbytes equal to what shape and dtype need;

@@ -3,9 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -14,6 +12,7 @@
 #include "base/dtype.h"
 #include "base/float16.h"
 #include "base/safetensors.h"
+#include "base/file.h"
 #include "base/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "server/engine/sae/npz.h"
@@ -41,14 +40,6 @@ Tensor* Slot(SaeWeights& w, absl::string_view name) {
 
 absl::Status Prefix(absl::string_view label, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat(label, ": ", status.message()));
-}
-
-absl::StatusOr<std::string> ReadText(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path.string(), ": cannot read"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 absl::StatusOr<Tensor> ToF32(const TensorView& view, absl::string_view label) {
@@ -131,7 +122,7 @@ absl::StatusOr<std::unique_ptr<Sae>> LoadSaeLensDirectory(const std::string& dir
     return absl::NotFoundError(absl::StrCat(
         dir, ": no cfg.json (a SAELens SAE directory holds cfg.json and sae_weights.safetensors)"));
   }
-  GB_ASSIGN_OR_RETURN(std::string cfg_text, ReadText(cfg_path));
+  GB_ASSIGN_OR_RETURN(std::string cfg_text, ReadFileToString(cfg_path));
   GB_ASSIGN_OR_RETURN(SaeConfig config, ParseSaeLensConfig(cfg_text, cfg_path.string()));
 
   // Weights.
@@ -165,7 +156,7 @@ absl::StatusOr<std::unique_ptr<Sae>> LoadSaeLensDirectory(const std::string& dir
     }
     config.norm_scaling_factor = options.norm_scaling_factor;
   } else if (const fs::path scaler = root / "activation_scaler.json"; fs::exists(scaler, ec)) {
-    GB_ASSIGN_OR_RETURN(std::string text, ReadText(scaler));
+    GB_ASSIGN_OR_RETURN(std::string text, ReadFileToString(scaler));
     json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(scaler.string(), ": not a JSON object"));

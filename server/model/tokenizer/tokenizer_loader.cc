@@ -2,12 +2,11 @@
 // tokenizer_config.json. All JSON access happens here or in the *FromJson functions this calls;
 // nlohmann exceptions are caught at this boundary and become INVALID_ARGUMENT.
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
 #include "base/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "server/model/tokenizer/string_view_compat.h"
@@ -21,15 +20,6 @@ using nlohmann::json;
 using tokenizer::AddedToken;
 using tokenizer::BpeConfig;
 using tokenizer::TokenizerParts;
-
-absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path.string()));
-  return ss.str();
-}
 
 absl::StatusOr<json> ParseJson(std::string_view text, std::string_view what) {
   json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
@@ -267,10 +257,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromDirectory(const st
   const fs::path root(dir);
   std::string config;
   if (fs::exists(root / "tokenizer_config.json", ec)) {
-    GB_ASSIGN_OR_RETURN(config, ReadFile(root / "tokenizer_config.json"));
+    GB_ASSIGN_OR_RETURN(config, ReadFileToString(root / "tokenizer_config.json"));
   }
   if (fs::exists(root / "tokenizer.json", ec)) {
-    GB_ASSIGN_OR_RETURN(std::string text, ReadFile(root / "tokenizer.json"));
+    GB_ASSIGN_OR_RETURN(std::string text, ReadFileToString(root / "tokenizer.json"));
     absl::StatusOr<std::unique_ptr<Tokenizer>> t = FromJson(text, config);
     if (!t.ok()) {
       return absl::Status(t.status().code(), absl::StrCat(dir, ": ", t.status().message()));
@@ -278,8 +268,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromDirectory(const st
     return t;
   }
   if (fs::exists(root / "vocab.json", ec) && fs::exists(root / "merges.txt", ec)) {
-    GB_ASSIGN_OR_RETURN(std::string vocab, ReadFile(root / "vocab.json"));
-    GB_ASSIGN_OR_RETURN(std::string merges, ReadFile(root / "merges.txt"));
+    GB_ASSIGN_OR_RETURN(std::string vocab, ReadFileToString(root / "vocab.json"));
+    GB_ASSIGN_OR_RETURN(std::string merges, ReadFileToString(root / "merges.txt"));
     absl::StatusOr<std::unique_ptr<Tokenizer>> t = FromVocabAndMerges(vocab, merges, config);
     if (!t.ok()) {
       return absl::Status(t.status().code(), absl::StrCat(dir, ": ", t.status().message()));
