@@ -1,5 +1,6 @@
 """The client against an in-process fake server: metadata, malformed streams, mid-stream errors."""
 
+import time
 from concurrent import futures
 
 import grpc
@@ -48,6 +49,10 @@ class FakeGlassbox(pb_grpc.GlassboxServicer):
     def GetModelInfo(self, request, context):
         return _INFO
 
+    def ListSaes(self, request, context):
+        time.sleep(0.5)  # slower than the deadline in test_client_timeout_is_the_default_deadline
+        return pb.ListSaesResponse()
+
     def Run(self, request, context):
         if request.model == "abort":
             yield _header()
@@ -68,7 +73,7 @@ def fake():
 
 
 def _model(client, name):
-    return glassbox.Model(client, glassbox.ModelInfo._from_proto(pb.ModelInfo(name=name, n_layers=1)))
+    return glassbox.Model(client, glassbox.ModelInfo.from_proto(pb.ModelInfo(name=name, n_layers=1)))
 
 
 def test_api_key_is_sent_as_bearer_metadata(fake):
@@ -76,6 +81,15 @@ def test_api_key_is_sent_as_bearer_metadata(fake):
     with glassbox.connect(address, api_key="secret-key", timeout=30) as client:
         assert [m.name for m in client.models()] == ["fake"]
     assert servicer.metadata[-1]["authorization"] == "Bearer secret-key"
+
+
+def test_client_timeout_is_the_default_deadline(fake):
+    with glassbox.connect(fake[1], timeout=0.05) as client:
+        with pytest.raises(glassbox.DeadlineExceeded):
+            client.saes()
+        client.timeout = None  # assignable: later calls, the models' included, have no deadline
+        assert client.transport.timeout is None
+        assert client.saes() == []
 
 
 def test_chunked_tensor_is_reassembled(fake):

@@ -1,6 +1,6 @@
 """Server-side analyses: patching-sweep metrics and the typed results of the analysis RPCs.
 
-Definitions are in the repository's METHODS.md; each result equals TransformerLens's on the
+Definitions are in the repository's docs/methods.md; each result equals TransformerLens's on the
 same weights (transformer_lens.patching, accumulated_resid + unembed, logit_attrs).
 """
 
@@ -12,6 +12,7 @@ from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from ._errors import MalformedStream
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
 
 #: A token: an id, or (for a model with a tokenizer) a string that is exactly one token.
@@ -86,14 +87,8 @@ def decode_array(array: "pb.Array") -> Optional[np.ndarray]:
         out = np.asarray(array.values, dtype=np.float32)
     expected = int(np.prod(shape)) if shape else 1
     if out.size != expected:
-        from ._errors import MalformedStream
-
         raise MalformedStream(f"an array of shape {list(shape)} arrived with {out.size} values")
     return out.reshape(shape)
-
-
-def _dims(array: "pb.Array") -> Tuple[str, ...]:
-    return tuple(array.dim_names)
 
 
 # ---- results ----

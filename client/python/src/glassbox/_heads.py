@@ -1,4 +1,4 @@
-"""Head detectors on a random token sequence repeated twice (METHODS.md, "Head detectors").
+"""Head detectors on a random token sequence repeated twice (docs/methods.md, "Head detectors").
 
 On ``prefix + r + r`` with ``r`` uniformly random tokens of length n, second-copy positions i
 (counted in the whole row) define
@@ -7,25 +7,22 @@ On ``prefix + r + r`` with ``r`` uniformly random tokens of length n, second-cop
 - duplicate-token score: mean attention from i to i - n (i's earlier copy);
 - previous-token score: mean attention from every position after the first to the one before.
 
-These are Olsson et al.'s scores as METHODS.md defines them: averaged over the second copy only,
-so a perfect head scores 1. (TransformerLens's ``detect_head`` divides by the attention of every
+These are Olsson et al.'s scores as docs/methods.md defines them: averaged over the second copy
+only, so a perfect head scores 1. (TransformerLens's ``detect_head`` divides by the attention of every
 query, the first copy's included, so its scores on the same pattern are about half of ours.)
 
 Losses are over the tokens a copying model can predict: tokens 2..n of the second copy (its
 first token is as random as any), beside tokens 2..n of the first copy, n - 1 of each.
+
+Everything here is numpy on arrays already captured; ``Model.detect_heads`` makes the run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
-
-from ._interventions import Interventions
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ._model import Model
 
 
 def repeated_random_tokens(
@@ -83,39 +80,20 @@ def copy_losses(loss_per_token: np.ndarray, n: int, prefix_length: int) -> Tuple
     return float(losses[:, p:p + n - 1].mean()), float(losses[:, p + n:p + 2 * n - 1].mean())
 
 
-def detect_heads(
-    model: "Model",
-    n: int = 20,
-    batch: int = 16,
-    seed: int = 0,
-    prefix: Optional[Sequence[int]] = None,
-    interventions: Interventions = None,
+def score_heads(
+    tokens: np.ndarray, patterns: Any, loss_per_token: np.ndarray, n: int, prefix_length: int
 ) -> HeadDetection:
-    """Runs ``prefix + r + r`` once, capturing every layer's hook_pattern, and scores each head.
+    """Scores every head from one run over ``tokens`` (``repeated_random_tokens``).
 
-    ``prefix`` defaults to what the model's tokenizer puts in front of a text (its BOS, for
-    tokenizers that add one), else nothing. ``interventions`` apply to the run (e.g. ablate
-    heads and see the scores and losses that remain).
+    ``patterns``: each layer's hook_pattern, [layer, batch, head, query, key] (or a list of the
+    per-layer [batch, head, query, key] arrays); ``loss_per_token``: that run's [batch, pos - 1].
     """
-    if prefix is None:
-        prefix = _bos_prefix(model)
-    tokens = repeated_random_tokens(model.cfg.d_vocab, n, batch, seed, prefix)
-    result = model.run(tokens, captures="blocks.*.attn.hook_pattern", interventions=interventions,
-                       logits="none", loss_per_token=True)
-    p = len(prefix)
+    p = prefix_length
     second = np.arange(p + n, p + 2 * n)
     later = np.arange(1, p + 2 * n)
-    layers = [result.cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)]
-    patterns = np.stack(layers).astype(np.float64)  # [layer, batch, head, query, key]
-    induction = patterns[..., second, second - n + 1].mean(axis=(1, 3))
-    duplicate = patterns[..., second, second - n].mean(axis=(1, 3))
-    previous = patterns[..., later, later - 1].mean(axis=(1, 3))
-    first_loss, second_loss = copy_losses(result.loss_per_token, n, p)
+    attention = np.asarray(patterns, dtype=np.float64)
+    induction = attention[..., second, second - n + 1].mean(axis=(1, 3))
+    duplicate = attention[..., second, second - n].mean(axis=(1, 3))
+    previous = attention[..., later, later - 1].mean(axis=(1, 3))
+    first_loss, second_loss = copy_losses(loss_per_token, n, p)
     return HeadDetection(tokens, n, p, induction, duplicate, previous, first_loss, second_loss)
-
-
-def _bos_prefix(model: "Model") -> List[int]:
-    if not model.cfg.has_tokenizer:
-        return []
-    # What the tokenizer's post-processor puts in front of a text (HF add_special_tokens).
-    return [int(i) for i in model.to_tokens("", prepend_bos=True).reshape(-1)]

@@ -23,7 +23,7 @@ import numpy as np
 
 from ._cache import get_act_name
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
-from ._types import IndexSpec, _indices
+from ._types import IndexSpec, indices
 
 #: A hook: a name ("blocks.0.attn.hook_z"), a glob ("blocks.*.hook_resid_pre": the edit applies at
 #: every match), or a get_act_name tuple (("z", 0) -> "blocks.0.attn.hook_z").
@@ -103,10 +103,10 @@ class Intervention:
         name = type(self).__name__
         self.kind = kind
         self.hook = _hook_name(hook)
-        self.rows = _indices(rows, f"{name}.rows")
-        self.positions = _indices(positions, f"{name}.positions")
-        self.heads = _indices(heads, f"{name}.heads")
-        self.dims = _indices(dims, f"{name}.dims")
+        self.rows = indices(rows, f"{name}.rows")
+        self.positions = indices(positions, f"{name}.positions")
+        self.heads = indices(heads, f"{name}.heads")
+        self.dims = indices(dims, f"{name}.dims")
         if coef is not None:
             if isinstance(coef, bool) or not isinstance(coef, (int, float, np.integer, np.floating)):
                 raise TypeError(f"{name}.coef must be a number, got {coef!r}")
@@ -133,21 +133,21 @@ class Intervention:
                     raise ValueError(f"{name}: give rows either as the keys of source_rows or as rows=, not both")
                 mapping = {}
                 for dest, src in source_rows.items():
-                    (d,) = _indices(dest, f"{name}.source_rows keys")
-                    (s,) = _indices(src, f"{name}.source_rows values")
+                    (d,) = indices(dest, f"{name}.source_rows keys")
+                    (s,) = indices(src, f"{name}.source_rows values")
                     mapping[d] = s
                 if not mapping:
                     raise ValueError(f"{name}.source_rows is empty")
                 self.source_rows = mapping
                 self.rows = tuple(sorted(mapping))
             else:
-                self.source_rows = _indices(source_rows, f"{name}.source_rows")
+                self.source_rows = indices(source_rows, f"{name}.source_rows")
                 if not self.source_rows:
                     raise ValueError(f"{name}.source_rows is empty")
         elif kind == "patch_cached" and source_rows is not None:
             if isinstance(source_rows, Mapping):
                 raise TypeError(f"{name}.source_rows must be one cached row per batch row, not a mapping")
-            self.source_rows = _indices(source_rows, f"{name}.source_rows")
+            self.source_rows = indices(source_rows, f"{name}.source_rows")
         elif source_rows is not None:
             raise ValueError(f"a {kind!r} intervention takes no source_rows")
         if kind == "patch_cached":

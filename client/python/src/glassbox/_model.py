@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import (
-    TYPE_CHECKING,
     Any,
     Callable,
     Dict,
@@ -29,12 +28,11 @@ from ._analyses import (
     Metric,
     PatchingResult,
     TokenSpec,
-    _dims,
     decode_array,
     sweep_kind,
 )
 from ._cache import ActivationCache
-from ._heads import HeadDetection, detect_heads
+from ._heads import HeadDetection, repeated_random_tokens, score_heads
 from ._interventions import Interventions, intervention_protos
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
 from ._saes import (
@@ -47,10 +45,8 @@ from ._saes import (
     steering_protos,
 )
 from ._stream import RunStream
-from ._types import CachedRun, Capture, IndexSpec, ModelInfo, RunHeader, Timings, _indices
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ._client import Client
+from ._transport import HasTransport
+from ._types import CachedRun, Capture, IndexSpec, ModelInfo, RunHeader, Timings, indices
 
 #: A run's inputs: one text, a list of texts, a token array ([pos] or [batch, pos]), or a list
 #: of token lists (rows may differ in length; the server right-pads them). torch tensors work too.
@@ -217,8 +213,9 @@ class Model:
     with a tokenizer; otherwise pass token ids to ``run``.
     """
 
-    def __init__(self, client: "Client", info: ModelInfo) -> None:
-        self._client = client
+    def __init__(self, client: HasTransport, info: ModelInfo) -> None:
+        self._client = client  # a Client; the server is called through its transport
+        self._transport = client.transport
         self.info = info
 
     @property
@@ -246,9 +243,7 @@ class Model:
         """
         if not isinstance(text, str):
             raise TypeError("to_tokens takes one string; pass a list of strings to run() for a batch")
-        response = self._client._unary(
-            "Tokenize", pb.TokenizeRequest(model=self.name, text=text, prepend_bos=prepend_bos)
-        )
+        response = self._transport.tokenize(pb.TokenizeRequest(model=self.name, text=text, prepend_bos=prepend_bos))
         return np.asarray(response.ids, dtype=np.int64)[None, :]
 
     def to_string(self, tokens: Any) -> Union[str, List[str]]:
@@ -267,8 +262,8 @@ class Model:
         """
         input = _to_numpy(input)
         if isinstance(input, str):
-            response = self._client._unary(
-                "Tokenize", pb.TokenizeRequest(model=self.name, text=input, prepend_bos=prepend_bos)
+            response = self._transport.tokenize(
+                pb.TokenizeRequest(model=self.name, text=input, prepend_bos=prepend_bos)
             )
             return list(response.str_tokens)
         if isinstance(input, Sequence) and input and all(isinstance(x, str) for x in input):
@@ -282,9 +277,7 @@ class Model:
         return list(self._detokenize(array).str_tokens)
 
     def _detokenize(self, ids: Any) -> "pb.DetokenizeResponse":
-        return self._client._unary(
-            "Detokenize", pb.DetokenizeRequest(model=self.name, ids=_token_row(ids, "tokens"))
-        )
+        return self._transport.detokenize(pb.DetokenizeRequest(model=self.name, ids=_token_row(ids, "tokens")))
 
     # ---- runs ----
 
@@ -478,7 +471,7 @@ class Model:
         request = pb.RunRequest(
             model=self.name,
             inputs=proto_inputs,
-            captures=[c._to_proto() for c in self._captures(captures, stop_at_layer)],
+            captures=[c.to_proto() for c in self._captures(captures, stop_at_layer)],
             interventions=intervention_protos(interventions, _batch_size(proto_inputs)),
             sae_splices=splice_protos(saes),
             sae_steering=steering_protos(sae_steering),
@@ -487,16 +480,14 @@ class Model:
             chunk_bytes=int(chunk_bytes),
             keep=_keep_proto(cache_as, cache_hooks, ttl_s),
         )
-        return RunStream(self._client._stream("Run", request, timeout), _output_names(request.outputs))
+        return RunStream(self._transport.run(request, timeout=timeout), _output_names(request.outputs))
 
-    # ---- analyses (server-side; definitions in METHODS.md) ----
+    # ---- analyses (server-side; definitions in docs/methods.md) ----
 
     def to_single_token(self, token: TokenSpec) -> int:
         """A token id: an int passes through; a string must tokenize to exactly one token."""
         if isinstance(token, str):
-            response = self._client._unary(
-                "Tokenize", pb.TokenizeRequest(model=self.name, text=token, prepend_bos=False)
-            )
+            response = self._transport.tokenize(pb.TokenizeRequest(model=self.name, text=token, prepend_bos=False))
             if len(response.ids) != 1:
                 raise ValueError(f"{token!r} is {len(response.ids)} tokens {list(response.str_tokens)}, not one")
             return int(response.ids[0])
@@ -555,14 +546,14 @@ class Model:
             metric=self._metric_proto(metric),
             max_rows_per_pass=int(max_rows_per_pass),
         )
-        response = self._client._unary("PatchingSweep", request, timeout)
+        response = self._transport.patching_sweep(request, timeout=timeout)
         raw = decode_array(response.values)
         norm = decode_array(response.normalized)
         assert raw is not None and norm is not None
         return PatchingResult(
             kind=name,
             values=norm if normalized else raw,
-            dim_names=_dims(response.values),
+            dim_names=tuple(response.values.dim_names),
             raw=raw,
             normalized=norm,
             clean_metric=float(response.clean_metric),
@@ -589,11 +580,10 @@ class Model:
         if not _is_int(top_k) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         targets = [self.to_single_token(t) for t in (target_tokens or [])]
-        response = self._client._unary(
-            "LogitLens",
+        response = self._transport.logit_lens(
             pb.LogitLensRequest(model=self.name, inputs=build_inputs(input, prepend_bos), top_k=int(top_k),
                                 target_tokens=targets),
-            timeout,
+            timeout=timeout,
         )
         top_log_probs = decode_array(response.top_log_probs)
         top_tokens = decode_array(response.top_tokens)
@@ -630,7 +620,7 @@ class Model:
         )
         if minus_id is not None:
             request.minus_token = minus_id
-        response = self._client._unary("DirectLogitAttribution", request, timeout)
+        response = self._transport.direct_logit_attribution(request, timeout=timeout)
         attributions = decode_array(response.attributions)
         logit = decode_array(response.logit)
         constant = decode_array(response.constant)
@@ -656,11 +646,10 @@ class Model:
         """Attention weights beside attention norms (Kobayashi et al., 2020) for ``layers``
         (None: all): per layer, alpha [batch, head, q, k], ||alpha f_h(u_j)|| per head and
         ||sum_h alpha f_h(u_j)|| [batch, q, k]. Keyed by layer index."""
-        chosen = list(_indices(layers, "layers"))
-        response = self._client._unary(
-            "AttentionNorms",
+        chosen = list(indices(layers, "layers"))
+        response = self._transport.attention_norms(
             pb.AttentionNormsRequest(model=self.name, inputs=build_inputs(input, prepend_bos), layers=chosen),
-            timeout,
+            timeout=timeout,
         )
         out = {}
         for layer in response.layers:
@@ -678,22 +667,35 @@ class Model:
         seed: int = 0,
         prefix: Optional[Sequence[int]] = None,
         interventions: Interventions = None,
-    ) -> "HeadDetection":
-        """Induction, duplicate-token and previous-token scores of every head (METHODS.md).
+    ) -> HeadDetection:
+        """Induction, duplicate-token and previous-token scores of every head (docs/methods.md).
 
         One run over ``batch`` rows of ``prefix`` + n random tokens + the same n again
         (``prefix``: by default what the tokenizer puts before a text, e.g. BOS), capturing each
         layer's hook_pattern; also the mean loss on each copy. ``interventions`` apply to that
         run (``glassbox.zero_heads(...)`` ablates heads). See ``HeadDetection``.
         """
-        return detect_heads(self, n, batch, seed, prefix, interventions)
+        if prefix is None:
+            prefix = self._bos_prefix()
+        tokens = repeated_random_tokens(self.cfg.d_vocab, n, batch, seed, prefix)
+        result = self.run(tokens, captures="blocks.*.attn.hook_pattern", interventions=interventions,
+                          logits="none", loss_per_token=True)
+        patterns = [result.cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(self.cfg.n_layers)]
+        assert result.loss_per_token is not None
+        return score_heads(tokens, patterns, result.loss_per_token, n, len(prefix))
+
+    def _bos_prefix(self) -> List[int]:
+        """What the tokenizer's post-processor puts in front of a text (HF add_special_tokens)."""
+        if not self.cfg.has_tokenizer:
+            return []
+        return [int(i) for i in self.to_tokens("", prepend_bos=True).reshape(-1)]
 
     # ---- sparse autoencoders ----
 
     def saes(self) -> List[SaeInfo]:
         """The SAEs the server attached to this model (``glassboxd --sae NAME=PATH@MODEL``)."""
-        response = self._client._unary("ListSaes", pb.ListSaesRequest(model=self.name))
-        return [SaeInfo._from_proto(s) for s in response.saes]
+        response = self._transport.list_saes(pb.ListSaesRequest(model=self.name))
+        return [SaeInfo.from_proto(s) for s in response.saes]
 
     def sae_encode(
         self,
@@ -715,7 +717,7 @@ class Model:
             raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
         request = pb.SaeEncodeRequest(sae=sae, model=self.name, inputs=build_inputs(input, prepend_bos),
                                       top_k=int(top_k), dense=bool(dense))
-        return SaeEncoding._from_proto(sae, self._client._unary("SaeEncode", request, timeout))
+        return SaeEncoding.from_proto(sae, self._transport.sae_encode(request, timeout=timeout))
 
     def sae_decode(self, sae: str, acts: Any, *, timeout: Optional[float] = None) -> np.ndarray:
         """acts W_dec + b_dec: of an SaeEncoding ([tokens, d_in], one per real token) or of
@@ -723,7 +725,7 @@ class Model:
         input cannot decode bare activations (FailedPrecondition)."""
         dense = not isinstance(acts, SaeEncoding)
         leading = np.shape(_to_numpy(acts))[:-1] if dense else None
-        response = self._client._unary("SaeDecode", decode_request(sae, _to_numpy(acts)), timeout)
+        response = self._transport.sae_decode(decode_request(sae, _to_numpy(acts)), timeout=timeout)
         vectors = decode_array(response.vectors)
         assert vectors is not None
         return vectors.reshape(*leading, vectors.shape[-1]) if leading is not None else vectors

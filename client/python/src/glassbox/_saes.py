@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
-from ._types import IndexSpec, _indices
+from ._types import IndexSpec, indices
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class SaeInfo:
     resident_bytes: int
 
     @classmethod
-    def _from_proto(cls, p: "pb.SaeInfo") -> "SaeInfo":
+    def from_proto(cls, p: "pb.SaeInfo") -> "SaeInfo":
         return cls(
             name=p.name, model=p.model, hook=p.hook, architecture=p.architecture, d_in=int(p.d_in),
             d_sae=int(p.d_sae), normalization=p.normalization, dtype=p.dtype,
@@ -86,12 +86,12 @@ class FeatureEdit:
     def _to_proto(self) -> "pb.FeatureEdit":
         if self.kind not in _EDIT_KINDS:
             raise ValueError(f"FeatureEdit kind must be one of {sorted(_EDIT_KINDS)}, got {self.kind!r}")
-        features = list(_indices(self.features, "features"))
+        features = list(indices(self.features, "features"))
         if not features:
             raise ValueError("a FeatureEdit needs at least one feature")
         return pb.FeatureEdit(
             kind=_EDIT_KINDS[self.kind], features=features, value=float(self.value),
-            rows=list(_indices(self.rows, "rows")), positions=list(_indices(self.positions, "positions")),
+            rows=list(indices(self.rows, "rows")), positions=list(indices(self.positions, "positions")),
         )
 
 
@@ -122,15 +122,15 @@ class SaeSteer:
     positions: IndexSpec = None
 
     def _to_proto(self) -> "pb.SaeSteering":
-        features = list(_indices(self.features, "features"))
+        features = list(indices(self.features, "features"))
         coefs = np.atleast_1d(np.asarray(self.coefficients, dtype=np.float64)).tolist()
         if len(coefs) == 1:
             coefs = coefs * len(features)
         if len(coefs) != len(features):
             raise ValueError(f"SaeSteer: {len(coefs)} coefficients for {len(features)} features")
         return pb.SaeSteering(sae=self.sae, features=features, coefficients=coefs,
-                              rows=list(_indices(self.rows, "rows")),
-                              positions=list(_indices(self.positions, "positions")))
+                              rows=list(indices(self.rows, "rows")),
+                              positions=list(indices(self.positions, "positions")))
 
 
 #: What run(saes=...) accepts: an SAE name (spliced without the error term), a SaeSplice, or a
@@ -219,7 +219,7 @@ class SaeEncoding:
         return out
 
     @classmethod
-    def _from_proto(cls, sae: str, r: "pb.SaeEncodeResponse") -> "SaeEncoding":
+    def from_proto(cls, sae: str, r: "pb.SaeEncodeResponse") -> "SaeEncoding":
         dense = None
         if r.dense.shape:
             dense = np.asarray(r.dense.values, dtype=np.float32).reshape(tuple(r.dense.shape))

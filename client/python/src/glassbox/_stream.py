@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, FrozenSet, Iterator, Optional, Tuple
 
-import grpc
 import numpy as np
 
-from ._errors import MalformedStream, from_rpc_error
+from ._errors import GlassboxError, MalformedStream
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
+from ._transport import ServerStream
 from ._types import CachedRun, RunHeader, RunSummary, TensorInfo, Timings, dtype_name
 
 # Little-endian wire layouts. bf16 travels as the top 16 bits of a float32.
@@ -184,7 +184,7 @@ class RunStreamDecoder:
         self.summary = RunSummary(
             timings=Timings(t.queue_seconds, t.forward_seconds, t.total_seconds),
             bytes_sent=int(summary.bytes_sent),
-            kept=CachedRun._from_proto(summary.kept) if summary.HasField("kept") else None,
+            kept=CachedRun.from_proto(summary.kept) if summary.HasField("kept") else None,
         )
 
 
@@ -198,7 +198,7 @@ class RunStream(Iterator[Tuple[str, np.ndarray]]):
     (``break``, ``close()``, or the ``with`` block) cancels the run on the server.
     """
 
-    def __init__(self, call: Any, output_names: FrozenSet[str] = frozenset()) -> None:
+    def __init__(self, call: "ServerStream[pb.RunResponse]", output_names: FrozenSet[str] = frozenset()) -> None:
         self._call = call
         #: Names of the requested outputs ("logits", ...), which follow the captures.
         self.output_names = output_names
@@ -277,6 +277,6 @@ class RunStream(Iterator[Tuple[str, np.ndarray]]):
             self._done = True
             self._decoder.finish()
             raise
-        except grpc.RpcError as error:
+        except GlassboxError:  # the server failed the call (ServerStream converted the RpcError)
             self._done = True
-            raise from_rpc_error(error) from None
+            raise

@@ -61,7 +61,7 @@ class HookPoint:
         return tuple(d.size for d in self.dims)
 
     @classmethod
-    def _from_proto(cls, hp: "pb.HookPoint") -> "HookPoint":
+    def from_proto(cls, hp: "pb.HookPoint") -> "HookPoint":
         return cls(
             name=hp.name,
             layer=hp.layer if hp.layer >= 0 else None,
@@ -101,7 +101,7 @@ class ModelInfo:
         raise KeyError(name)
 
     @classmethod
-    def _from_proto(cls, m: "pb.ModelInfo") -> "ModelInfo":
+    def from_proto(cls, m: "pb.ModelInfo") -> "ModelInfo":
         return cls(
             name=m.name,
             architecture=m.architecture,
@@ -116,14 +116,15 @@ class ModelInfo:
             dtype=dtype_name(m.dtype),
             device=m.device,
             has_tokenizer=m.has_tokenizer,
-            hook_points=tuple(HookPoint._from_proto(h) for h in m.hook_points),
+            hook_points=tuple(HookPoint.from_proto(h) for h in m.hook_points),
         )
 
 
 IndexSpec = Union[None, int, Iterable[int]]
 
 
-def _indices(value: IndexSpec, what: str) -> Tuple[int, ...]:
+def indices(value: IndexSpec, what: str) -> Tuple[int, ...]:
+    """An IndexSpec as a tuple of ints (None: the empty tuple, meaning all); ``what`` names it in errors."""
     if value is None:
         return ()
     if isinstance(value, (int, np.integer)):
@@ -166,7 +167,7 @@ class Capture:
         if not isinstance(self.hook, str) or not self.hook:
             raise TypeError(f"Capture.hook must be a non-empty string, got {self.hook!r}")
         for name in ("positions", "heads", "layers"):
-            object.__setattr__(self, name, _indices(getattr(self, name), f"Capture.{name}"))
+            object.__setattr__(self, name, indices(getattr(self, name), f"Capture.{name}"))
         if self.dtype not in _DTYPE_ENUMS:
             raise ValueError(f"Capture.dtype must be one of {sorted(_DTYPE_ENUMS)}, got {self.dtype!r}")
         if self.reduction not in _REDUCTION_ENUMS:
@@ -180,7 +181,7 @@ class Capture:
         elif self.k is not None:
             raise ValueError("Capture.k is only meaningful with reduction='top_k'")
 
-    def _to_proto(self) -> "pb.Capture":
+    def to_proto(self) -> "pb.Capture":
         return pb.Capture(
             hook=self.hook,
             # __post_init__ made these tuples of ints.
@@ -235,7 +236,7 @@ class CachedRun:
     expires: float
 
     @classmethod
-    def _from_proto(cls, info: "pb.CachedRunInfo") -> "CachedRun":
+    def from_proto(cls, info: "pb.CachedRunInfo") -> "CachedRun":
         return cls(name=info.name, model=info.model, hooks=tuple(info.hooks),
                    sequence_lengths=tuple(info.sequence_lengths), nbytes=int(info.nbytes),
                    created=info.created_unix_ms / 1000.0, expires=info.expires_unix_ms / 1000.0)
