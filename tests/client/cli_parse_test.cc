@@ -27,7 +27,7 @@ void ExpectUsageError(std::vector<std::string> args, const std::string& text) {
 TEST(CliParseTest, Models) {
   absl::StatusOr<Invocation> inv = Parse({"--server", "gpu:7070", "models"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kModels);
+  EXPECT_EQ(inv->command, "models");
   EXPECT_EQ(inv->server, "gpu:7070");
   EXPECT_EQ(inv->client.api_key, "");
   EXPECT_FALSE(inv->client.tls);
@@ -73,7 +73,7 @@ TEST(CliParseTest, Help) {
            {"--help"}, {"-h"}, {"help"}, {"run", "--help"}, {"--server", "s", "models", "-h"}}) {
     absl::StatusOr<Invocation> inv = Parse(args);
     ASSERT_TRUE(inv.ok()) << inv.status();
-    EXPECT_EQ(inv->command, Command::kHelp);
+    EXPECT_EQ(inv->command, "help");
   }
   const std::string usage = UsageText();
   EXPECT_THAT(usage, HasSubstr("Exit codes:"));
@@ -99,36 +99,36 @@ TEST(CliParseTest, GeneralUsageErrors) {
 TEST(CliParseTest, Info) {
   absl::StatusOr<Invocation> inv = Parse({"--server", "s", "info", "gpt2-small"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kInfo);
-  EXPECT_EQ(inv->model, "gpt2-small");
+  EXPECT_EQ(inv->command, "info");
+  EXPECT_EQ(Request<v1::GetModelInfoRequest>(*inv).model(), "gpt2-small");
   ExpectUsageError({"--server", "s", "info"}, "info takes 1 argument: glassbox info MODEL");
 }
 
 TEST(CliParseTest, Tokenize) {
   absl::StatusOr<Invocation> inv = Parse({"--server", "s", "tokenize", "m", "Hello world"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kTokenize);
-  EXPECT_EQ(inv->tokenize.model(), "m");
-  EXPECT_EQ(inv->tokenize.text(), "Hello world");
-  EXPECT_FALSE(inv->tokenize.has_prepend_bos());
+  EXPECT_EQ(inv->command, "tokenize");
+  EXPECT_EQ(Request<v1::TokenizeRequest>(*inv).model(), "m");
+  EXPECT_EQ(Request<v1::TokenizeRequest>(*inv).text(), "Hello world");
+  EXPECT_FALSE(Request<v1::TokenizeRequest>(*inv).has_prepend_bos());
 
   inv = Parse({"--server", "s", "tokenize", "--noprepend_bos", "m", "Hi"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  ASSERT_TRUE(inv->tokenize.has_prepend_bos());
-  EXPECT_FALSE(inv->tokenize.prepend_bos());
+  ASSERT_TRUE(Request<v1::TokenizeRequest>(*inv).has_prepend_bos());
+  EXPECT_FALSE(Request<v1::TokenizeRequest>(*inv).prepend_bos());
 
   inv = Parse({"--server", "s", "tokenize", "m", "Hi", "--prepend_bos", "--split_special_tokens"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_TRUE(inv->tokenize.prepend_bos());
-  EXPECT_TRUE(inv->tokenize.split_special_tokens());
+  EXPECT_TRUE(Request<v1::TokenizeRequest>(*inv).prepend_bos());
+  EXPECT_TRUE(Request<v1::TokenizeRequest>(*inv).split_special_tokens());
 
   // Text that looks like a flag, after "--"; a lone negative number is text anyway.
   inv = Parse({"--server", "s", "tokenize", "m", "--", "--not-a-flag"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->tokenize.text(), "--not-a-flag");
+  EXPECT_EQ(Request<v1::TokenizeRequest>(*inv).text(), "--not-a-flag");
   inv = Parse({"--server", "s", "tokenize", "m", "-42"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->tokenize.text(), "-42");
+  EXPECT_EQ(Request<v1::TokenizeRequest>(*inv).text(), "-42");
 
   ExpectUsageError({"--server", "s", "tokenize", "m"}, "tokenize takes 2 arguments");
   ExpectUsageError({"--server", "s", "tokenize", "m", "a", "b"}, "tokenize takes 2 arguments");
@@ -140,9 +140,9 @@ TEST(CliParseTest, Detokenize) {
   absl::StatusOr<Invocation> inv =
       Parse({"--server", "s", "detokenize", "m", "15496,995", "11", "--skip_special_tokens"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kDetokenize);
-  EXPECT_THAT(inv->detokenize.ids(), ElementsAre(15496, 995, 11));
-  EXPECT_TRUE(inv->detokenize.skip_special_tokens());
+  EXPECT_EQ(inv->command, "detokenize");
+  EXPECT_THAT(Request<v1::DetokenizeRequest>(*inv).ids(), ElementsAre(15496, 995, 11));
+  EXPECT_TRUE(Request<v1::DetokenizeRequest>(*inv).skip_special_tokens());
   ExpectUsageError({"--server", "s", "detokenize", "m"}, "detokenize takes 2 arguments");
   ExpectUsageError({"--server", "s", "detokenize", "m", "1,x"}, "\"x\" is not an integer");
 }
@@ -188,9 +188,9 @@ TEST(CliParseTest, RunWithEverything) {
                                           "--out",
                                           "x.safetensors"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kRun);
+  EXPECT_EQ(inv->command, "run");
   EXPECT_EQ(inv->out_path, "x.safetensors");
-  const glassbox::v1::RunRequest& r = inv->run;
+  const glassbox::v1::RunRequest& r = Request<v1::RunRequest>(*inv);
   EXPECT_EQ(r.model(), "gpt2");
   EXPECT_THAT(r.inputs().texts(), ElementsAre("a, b", "c"));  // no comma splitting of texts
   EXPECT_EQ(r.inputs().token_ids_size(), 0);
@@ -219,7 +219,7 @@ TEST(CliParseTest, RunWithTokenRowsAndDefaults) {
   absl::StatusOr<Invocation> inv = Parse({"--server", "s", "run", "--model", "m", "--tokens",
                                           "1,2,3", "--tokens", " 4, 5 ", "--stop_at_layer", "1"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  const glassbox::v1::RunRequest& r = inv->run;
+  const glassbox::v1::RunRequest& r = Request<v1::RunRequest>(*inv);
   ASSERT_EQ(r.inputs().token_ids_size(), 2);
   EXPECT_THAT(r.inputs().token_ids(0).ids(), ElementsAre(1, 2, 3));
   EXPECT_THAT(r.inputs().token_ids(1).ids(), ElementsAre(4, 5));
@@ -234,9 +234,10 @@ TEST(CliParseTest, RunWithTokenRowsAndDefaults) {
   inv = Parse({"--server", "s", "run", "--model", "m", "--tokens", "1", "--capture", "x",
                "--logits", "last", "--reduce", "mean_pos"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->run.outputs().logits(), glassbox::v1::LOGITS_LAST);
-  EXPECT_EQ(inv->run.captures(0).reduction(), glassbox::v1::REDUCTION_MEAN_POS);
-  EXPECT_EQ(inv->run.captures(0).dtype(), glassbox::v1::DTYPE_UNSPECIFIED);
+  EXPECT_EQ(Request<v1::RunRequest>(*inv).outputs().logits(), glassbox::v1::LOGITS_LAST);
+  EXPECT_EQ(Request<v1::RunRequest>(*inv).captures(0).reduction(),
+            glassbox::v1::REDUCTION_MEAN_POS);
+  EXPECT_EQ(Request<v1::RunRequest>(*inv).captures(0).dtype(), glassbox::v1::DTYPE_UNSPECIFIED);
 }
 
 TEST(CliParseTest, RunKeptOnTheServerAndCachedCommands) {
@@ -245,14 +246,14 @@ TEST(CliParseTest, RunKeptOnTheServerAndCachedCommands) {
              "--cache_hook", "blocks.*.hook_resid_pre", "--cache_hook", "hook_embed", "--ttl", "90",
              "--intervene", "patch_cached:blocks.0.hook_resid_pre:pos=-1:from=other"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  const glassbox::v1::KeepActivations& keep = inv->run.keep();
+  const glassbox::v1::KeepActivations& keep = Request<v1::RunRequest>(*inv).keep();
   EXPECT_EQ(keep.name(), "clean");
   EXPECT_THAT(keep.hooks(), ElementsAre("blocks.*.hook_resid_pre", "hook_embed"));
   EXPECT_EQ(keep.ttl_seconds(), 90);
-  EXPECT_EQ(inv->run.interventions(0).cached_run(), "other");
+  EXPECT_EQ(Request<v1::RunRequest>(*inv).interventions(0).cached_run(), "other");
   inv = Parse({"--server", "s", "run", "--model", "m", "--tokens", "1"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_FALSE(inv->run.has_keep());
+  EXPECT_FALSE(Request<v1::RunRequest>(*inv).has_keep());
   ExpectUsageError({"--server", "s", "run", "--model", "m", "--tokens", "1", "--ttl", "5"},
                    "apply to a run kept with --cache_as");
   ExpectUsageError(
@@ -261,11 +262,11 @@ TEST(CliParseTest, RunKeptOnTheServerAndCachedCommands) {
 
   inv = Parse({"--server", "s", "cached"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kCached);
+  EXPECT_EQ(inv->command, "cached");
   inv = Parse({"--server", "s", "release", "clean"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kRelease);
-  EXPECT_EQ(inv->cached_run, "clean");
+  EXPECT_EQ(inv->command, "release");
+  EXPECT_EQ(Request<v1::ReleaseCachedRunRequest>(*inv).name(), "clean");
   ExpectUsageError({"--server", "s", "release"}, "release NAME");
 }
 
@@ -316,7 +317,7 @@ TEST(CliParseTest, RunWithInterventions) {
              "zero:blocks.0.attn.hook_z:heads=1", "--intervene",
              "add:blocks.1.hook_resid_pre:positions=-1:coef=4:value=0.5,1", "--logits", "all"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  const glassbox::v1::RunRequest& r = inv->run;
+  const glassbox::v1::RunRequest& r = Request<v1::RunRequest>(*inv);
   ASSERT_EQ(r.interventions_size(), 2);  // in order
   EXPECT_EQ(r.interventions(0).kind(), glassbox::v1::INTERVENTION_ZERO);
   EXPECT_EQ(r.interventions(0).hook(), "blocks.0.attn.hook_z");
@@ -341,7 +342,7 @@ TEST(CliParseTest, RunWithInterventions) {
               env);
   ASSERT_TRUE(inv.ok()) << inv.status();
   EXPECT_EQ(asked, "v.safetensors|dir");
-  EXPECT_THAT(inv->run.interventions(0).value(), ElementsAre(7, 8));
+  EXPECT_THAT(Request<v1::RunRequest>(*inv).interventions(0).value(), ElementsAre(7, 8));
   inv = Parse({"run", "--model", "m", "--tokens", "1", "--intervene", "set:hook_embed:value=@bad.npy"},
               env);
   ASSERT_FALSE(inv.ok());
@@ -365,8 +366,8 @@ TEST(CliParseTest, Patch) {
        "head_out_by_pos", "--metric", "logit_diff:17,42", "--normalized", "--max-rows-per-pass",
        "8", "--out", "p.safetensors"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kPatch);
-  const glassbox::v1::PatchingSweepRequest& r = inv->patch;
+  EXPECT_EQ(inv->command, "patch");
+  const glassbox::v1::PatchingSweepRequest& r = Request<v1::PatchingSweepRequest>(*inv);
   EXPECT_EQ(r.model(), "gpt2");
   ASSERT_EQ(r.clean().token_ids_size(), 2);
   EXPECT_THAT(r.clean().token_ids(1).ids(), ElementsAre(4, 5, 6));
@@ -384,11 +385,14 @@ TEST(CliParseTest, Patch) {
                "--corrupted-text", "When Alice and Bob", "--noprepend-bos", "--kind", "resid_pre",
                "--metric", "loss"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_THAT(inv->patch.clean().texts(), ElementsAre("When Mary and John"));
-  EXPECT_THAT(inv->patch.corrupted().texts(), ElementsAre("When Alice and Bob"));
-  ASSERT_TRUE(inv->patch.clean().has_prepend_bos());
-  EXPECT_FALSE(inv->patch.corrupted().prepend_bos());
-  EXPECT_EQ(inv->patch.metric().kind(), glassbox::v1::PatchingMetric::LOSS);
+  EXPECT_THAT(Request<v1::PatchingSweepRequest>(*inv).clean().texts(),
+              ElementsAre("When Mary and John"));
+  EXPECT_THAT(Request<v1::PatchingSweepRequest>(*inv).corrupted().texts(),
+              ElementsAre("When Alice and Bob"));
+  ASSERT_TRUE(Request<v1::PatchingSweepRequest>(*inv).clean().has_prepend_bos());
+  EXPECT_FALSE(Request<v1::PatchingSweepRequest>(*inv).corrupted().prepend_bos());
+  EXPECT_EQ(Request<v1::PatchingSweepRequest>(*inv).metric().kind(),
+            glassbox::v1::PatchingMetric::LOSS);
   EXPECT_FALSE(inv->print_normalized);
 
   const std::vector<std::string> base = {"--server", "s", "patch", "--model", "m"};
@@ -471,19 +475,20 @@ TEST(CliParseTest, LogitLens) {
       Parse({"--server", "s", "logit-lens", "--model", "m", "--tokens", "1,2,3", "--top_k", "3",
              "--targets", "17,42", "--position", "-2", "--out", "l.safetensors"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kLogitLens);
-  EXPECT_EQ(inv->logit_lens.model(), "m");
-  EXPECT_THAT(inv->logit_lens.inputs().token_ids(0).ids(), ElementsAre(1, 2, 3));
-  EXPECT_EQ(inv->logit_lens.top_k(), 3);
-  EXPECT_THAT(inv->logit_lens.target_tokens(), ElementsAre(17, 42));
+  EXPECT_EQ(inv->command, "logit-lens");
+  EXPECT_EQ(Request<v1::LogitLensRequest>(*inv).model(), "m");
+  EXPECT_THAT(Request<v1::LogitLensRequest>(*inv).inputs().token_ids(0).ids(),
+              ElementsAre(1, 2, 3));
+  EXPECT_EQ(Request<v1::LogitLensRequest>(*inv).top_k(), 3);
+  EXPECT_THAT(Request<v1::LogitLensRequest>(*inv).target_tokens(), ElementsAre(17, 42));
   EXPECT_EQ(inv->position, -2);
   EXPECT_EQ(inv->out_path, "l.safetensors");
 
   inv = Parse({"--server", "s", "logit_lens", "--model", "m", "--text", "Hi"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->logit_lens.top_k(), 5);
+  EXPECT_EQ(Request<v1::LogitLensRequest>(*inv).top_k(), 5);
   EXPECT_EQ(inv->position, -1);
-  EXPECT_THAT(inv->logit_lens.inputs().texts(), ElementsAre("Hi"));
+  EXPECT_THAT(Request<v1::LogitLensRequest>(*inv).inputs().texts(), ElementsAre("Hi"));
 
   ExpectUsageError({"--server", "s", "logit-lens", "--model", "m"}, "logit-lens needs inputs");
   ExpectUsageError({"--server", "s", "logit-lens", "--model", "m", "--tokens", "1", "--top_k", "0"},
@@ -501,17 +506,17 @@ TEST(CliParseTest, Dla) {
       Parse({"--server", "s", "dla", "--model", "m", "--tokens", "1,2,3", "--tokens", "4,5",
              "--token", "17", "--minus", "42", "--position", "-1", "--top", "0"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kDla);
-  EXPECT_EQ(inv->dla.token(), 17);
-  ASSERT_TRUE(inv->dla.has_minus_token());
-  EXPECT_EQ(inv->dla.minus_token(), 42);
-  EXPECT_EQ(inv->dla.position(), -1);
+  EXPECT_EQ(inv->command, "dla");
+  EXPECT_EQ(Request<v1::DirectLogitAttributionRequest>(*inv).token(), 17);
+  ASSERT_TRUE(Request<v1::DirectLogitAttributionRequest>(*inv).has_minus_token());
+  EXPECT_EQ(Request<v1::DirectLogitAttributionRequest>(*inv).minus_token(), 42);
+  EXPECT_EQ(Request<v1::DirectLogitAttributionRequest>(*inv).position(), -1);
   EXPECT_EQ(inv->top, 0);
-  EXPECT_EQ(inv->dla.inputs().token_ids_size(), 2);
+  EXPECT_EQ(Request<v1::DirectLogitAttributionRequest>(*inv).inputs().token_ids_size(), 2);
 
   inv = Parse({"--server", "s", "dla", "--model", "m", "--text", "x", "--token", "3"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_FALSE(inv->dla.has_minus_token());
+  EXPECT_FALSE(Request<v1::DirectLogitAttributionRequest>(*inv).has_minus_token());
   EXPECT_EQ(inv->top, 10);
   ExpectUsageError({"--server", "s", "dla", "--model", "m", "--text", "x"}, "dla needs --token ID");
   ExpectUsageError({"--server", "s", "dla", "--model", "m", "--text", "x", "--token", "-1"},
@@ -526,8 +531,8 @@ TEST(CliParseTest, AttnNorms) {
       Parse({"--server", "s", "attn-norms", "--model", "m", "--tokens", "1,2,3", "--layers", "0,1",
              "--out", "a.safetensors"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kAttnNorms);
-  EXPECT_THAT(inv->attn_norms.layers(), ElementsAre(0, 1));
+  EXPECT_EQ(inv->command, "attn-norms");
+  EXPECT_THAT(Request<v1::AttentionNormsRequest>(*inv).layers(), ElementsAre(0, 1));
   EXPECT_EQ(inv->out_path, "a.safetensors");
   ExpectUsageError({"--server", "s", "attn-norms", "--model", "m", "--tokens", "1", "--layers",
                     "-1"},

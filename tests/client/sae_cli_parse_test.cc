@@ -29,22 +29,22 @@ void ExpectUsageError(std::vector<std::string> args, const std::string& text) {
 TEST(SaeCliParseTest, SaesAndSaeEncode) {
   absl::StatusOr<Invocation> inv = Parse({"saes", "--model", "gpt2"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kSaes);
-  EXPECT_EQ(inv->model, "gpt2");
+  EXPECT_EQ(inv->command, "saes");
+  EXPECT_EQ(Request<pb::ListSaesRequest>(*inv).model(), "gpt2");
 
   inv = Parse({"sae-encode", "--sae", "res6", "--tokens", "1,2", "--tokens", "3", "--top-k", "0",
                "--dense", "--out", "f.safetensors"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->command, Command::kSaeEncode);
-  EXPECT_EQ(inv->sae_encode.sae(), "res6");
-  EXPECT_EQ(inv->sae_encode.inputs().token_ids_size(), 2);
-  EXPECT_EQ(inv->sae_encode.top_k(), 0);
-  EXPECT_TRUE(inv->sae_encode.dense());
+  EXPECT_EQ(inv->command, "sae-encode");
+  EXPECT_EQ(Request<pb::SaeEncodeRequest>(*inv).sae(), "res6");
+  EXPECT_EQ(Request<pb::SaeEncodeRequest>(*inv).inputs().token_ids_size(), 2);
+  EXPECT_EQ(Request<pb::SaeEncodeRequest>(*inv).top_k(), 0);
+  EXPECT_TRUE(Request<pb::SaeEncodeRequest>(*inv).dense());
   EXPECT_EQ(inv->out_path, "f.safetensors");
   inv = Parse({"sae_encode", "--sae", "res6", "--text", "Hi"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  EXPECT_EQ(inv->sae_encode.top_k(), 5);
-  EXPECT_FALSE(inv->sae_encode.dense());
+  EXPECT_EQ(Request<pb::SaeEncodeRequest>(*inv).top_k(), 5);
+  EXPECT_FALSE(Request<pb::SaeEncodeRequest>(*inv).dense());
 
   ExpectUsageError({"sae-encode", "--tokens", "1"}, "needs --sae NAME");
   ExpectUsageError({"sae-encode", "--sae", "x"}, "needs inputs");
@@ -61,7 +61,7 @@ TEST(SaeCliParseTest, RunSpliceEditAndSteer) {
              "res1:clamp:features=7:value=2.5:positions=-1:rows=0", "--sae-splice", "z0",
              "--sae-steer", "z0:features=3,9:coef=2:pos=1"});
   ASSERT_TRUE(inv.ok()) << inv.status();
-  const pb::RunRequest& r = inv->run;
+  const pb::RunRequest& r = Request<pb::RunRequest>(*inv);
   ASSERT_EQ(r.sae_splices_size(), 2);
   EXPECT_EQ(r.sae_splices(0).sae(), "res1");
   EXPECT_TRUE(r.sae_splices(0).use_error_term());
