@@ -7,6 +7,27 @@
 // Layout conventions: tensors are contiguous row-major; "tokens" dimensions are flattened, so an
 // activation [batch, pos, d] may be passed where [T, d] is expected. Linear weights are stored as
 // [out_features, in_features] (PyTorch nn.Linear), whatever the checkpoint's layout.
+//
+// The argument contract, the same for every backend: the public ops below check it
+// (kernels/op_contract.h) before a backend's Do<Op> runs, and skip Do<Op> when there is nothing to
+// do, so no backend can forget a check or drift from another. A violation is a caller bug and
+// returns INTERNAL:
+// - Every tensor argument is defined and on the backend's device (the host side of a copy on the
+//   host); optional arguments are pointers and may be null.
+// - Floating tensors are f32, or f16/bf16 on a backend that computes in them (CUDA; the CPU
+//   backend computes in f32 only). An op's activation tensors share one dtype; weights, biases
+//   and rotary tables may have another floating dtype; index tensors are i32.
+// - Rank 0: a rank-0 tensor is one element. Memory and elementwise ops (Allocate, the copies,
+//   Convert, Add, Mul, Activate) see only element counts and accept it; an op that reads axes
+//   ([T, n] rows, heads, a table) needs the rank it documents and rejects a rank-0 tensor.
+//   Outputs and index tensors are checked by element count only.
+// - Empty tensors: an op with nothing to write (zero rows, tokens, columns or k) returns OK and
+//   touches no memory, as long as the shapes are consistent. Reducing a non-empty row over an
+//   empty last axis (norms, softmax, log-sum-exp, cross-entropy) has no value and is an error.
+//   The matrix products are the exception: their empty inner sum is zero (out = act(bias)), as in
+//   torch. Per-op details below.
+// - Values are checked where they are read: ids, positions and chosen columns outside their range
+//   fail the call on the CPU and, on CUDA, write zeros and fail the next synchronisation.
 #pragma once
 
 #include <string>
@@ -14,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "base/activation.h"
+#include "kernels/op_contract.h"
 #include "kernels/tensor.h"
 
 namespace glassbox {
@@ -22,67 +44,136 @@ class Backend {
  public:
   virtual ~Backend() = default;
 
-  virtual Device device() const = 0;
+  Device device() const { return target_.device; }
   virtual std::string name() const = 0;
 
   // ---- memory ----
-  virtual absl::StatusOr<Tensor> Allocate(DType dtype, Shape shape) = 0;
-  // Copies between host and this backend's device; shapes must have equal numel and dtypes match.
-  virtual absl::Status CopyFromHost(const Tensor& host, Tensor& out) = 0;
-  virtual absl::Status CopyToHost(const Tensor& src, Tensor& host_out) = 0;
+  // Any dtype; no negative dimensions. Zero-sized and rank-0 shapes are fine.
+  absl::StatusOr<Tensor> Allocate(DType dtype, Shape shape);
+  // Copies between host and this backend's device; equal numel and equal dtypes.
+  absl::Status CopyFromHost(const Tensor& host, Tensor& out);
+  absl::Status CopyToHost(const Tensor& src, Tensor& host_out);
   // Same-device copy with dtype conversion (f32/f16/bf16 among themselves; i32 <-> i64).
-  virtual absl::Status Convert(const Tensor& src, Tensor& out) = 0;
+  absl::Status Convert(const Tensor& src, Tensor& out);
 
   // ---- matrix products ----
-  // out[T, N] = act(x[T, K] · w[N, K]ᵀ + bias[N]); bias may be null.
-  virtual absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias,
-                              Activation act, Tensor& out) = 0;
+  // out[T, N] = act(x[T, K] · w[N, K]ᵀ + bias[N]); bias may be null. x rank >= 1, w rank 2.
+  // T = 0 or N = 0: nothing to do. K = 0: out = act(bias), zeros without a bias.
+  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Activation act,
+                      Tensor& out);
   // Per-head output projection (TransformerLens hook_result): out[T, H, N] =
-  // z[T, H, Dh] · w[N, H·Dh]ᵀ restricted to head h's Dh input columns; no bias.
-  virtual absl::Status HeadProjection(const Tensor& z, const Tensor& w, Tensor& out) = 0;
+  // z[T, H, Dh] · w[N, H·Dh]ᵀ restricted to head h's Dh input columns; no bias. z rank >= 2.
+  // T, H or N = 0: nothing to do; Dh = 0: zeros.
+  absl::Status HeadProjection(const Tensor& z, const Tensor& w, Tensor& out);
 
   // ---- normalisation (over the last axis) ----
   // out = (x - mean) / scale * weight + bias, scale = sqrt(var + eps). weight/bias may be null.
   // When non-null, scale_out [T, 1] receives the per-token scale and unweighted_out the value
-  // before weight and bias (TransformerLens's hook_scale and hook_normalized).
-  virtual absl::Status LayerNorm(const Tensor& x, const Tensor* weight, const Tensor* bias,
-                                 float eps, Tensor& out, Tensor* scale_out,
-                                 Tensor* unweighted_out) = 0;
+  // before weight and bias (TransformerLens's hook_scale and hook_normalized). x rank >= 1;
+  // zero rows: nothing to do; an empty last axis with rows: error.
+  absl::Status LayerNorm(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps,
+                         Tensor& out, Tensor* scale_out, Tensor* unweighted_out);
   // out = x / scale * weight, scale = sqrt(mean(x²) + eps); the optional outputs as LayerNorm's.
-  virtual absl::Status RmsNorm(const Tensor& x, const Tensor* weight, float eps, Tensor& out,
-                               Tensor* scale_out, Tensor* unweighted_out) = 0;
+  absl::Status RmsNorm(const Tensor& x, const Tensor* weight, float eps, Tensor& out,
+                       Tensor* scale_out, Tensor* unweighted_out);
 
   // ---- embeddings and positions ----
-  // out[T, D] = table[ids[T], :]; ids are i32 and must be in range (the engine validates).
-  virtual absl::Status Embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+  // out[T, D] = table[ids[T], :]; ids are i32 and must be in range (the engine validates). A
+  // gather of rows of any dtype (out has the table's): the engine also gathers activation rows,
+  // logits rows and per-token losses with it. table rank 2; T = 0 or D = 0: nothing to do.
+  absl::Status Embedding(const Tensor& table, const Tensor& ids, Tensor& out);
   // Rotate-half (GPT-NeoX / HF Llama) rotary embedding of the first rotary_dim features of each
-  // head: x [T, H, Dh], positions [T] i32, cos/sin [n_ctx, rotary_dim / 2].
-  virtual absl::Status Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
-                              const Tensor& positions, int rotary_dim, Tensor& out) = 0;
+  // head: x [T, H, Dh], positions [T] i32, cos/sin [n_ctx, rotary_dim / 2]. rotary_dim even in
+  // [0, Dh]; x empty: nothing to do.
+  absl::Status Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                      const Tensor& positions, int rotary_dim, Tensor& out);
 
   // ---- attention ----
   // Causal self-attention with grouped KV heads (query head h reads KV head h / (H / Hkv)).
   // q [B, S, H, Dh], k and v [B, S, Hkv, Dh], key_mask [B, S] i32 (0 = padding, never attended).
   // z [B, S, H, Dh]. scores [B, H, S, S] (scaled, -inf where masked) and pattern [B, H, S, S]
   // (softmax, 0 where masked) are written only when non-null. A query with no visible key (a
-  // padding position before any real token) gets a zero pattern row and zero output.
-  virtual absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                                 const Tensor& key_mask, float scale, Tensor& z, Tensor* scores,
-                                 Tensor* pattern) = 0;
+  // padding position before any real token) gets a zero pattern row and zero output. H, Hkv and
+  // Dh must be positive with Hkv dividing H; B = 0 or S = 0: nothing to do.
+  absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
+                         float scale, Tensor& z, Tensor* scores, Tensor* pattern);
 
-  // ---- elementwise ----
-  virtual absl::Status Add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
-  virtual absl::Status Mul(const Tensor& a, const Tensor& b, Tensor& out) = 0;
-  virtual absl::Status Activate(Activation act, const Tensor& x, Tensor& out) = 0;
+  // ---- elementwise (equal element counts; rank 0 and empty are fine) ----
+  absl::Status Add(const Tensor& a, const Tensor& b, Tensor& out);
+  absl::Status Mul(const Tensor& a, const Tensor& b, Tensor& out);
+  absl::Status Activate(Activation act, const Tensor& x, Tensor& out);
 
   // ---- reshaping ----
   // Splits fused projections qkv [T, (Hq + 2·Hkv)·Dh] into q [T, Hq·Dh], k and v [T, Hkv·Dh].
-  virtual absl::Status SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tensor& v) = 0;
+  // qkv rank >= 1; T = 0 (q, k, v empty too): nothing to do.
+  absl::Status SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tensor& v);
 
   // ---- outputs ----
-  // loss[T] = -log_softmax(logits[T, V])[target[T]] for targets >= 0; 0 where target < 0.
-  virtual absl::Status CrossEntropy(const Tensor& logits, const Tensor& targets, Tensor& loss) = 0;
-  virtual absl::Status LogSoftmax(const Tensor& x, Tensor& out) = 0;
+  // Every op here reads x (logits) as rows [T, n] over its last axis (rank >= 1), and each
+  // backend has one log-sum-exp behind CrossEntropy, LogSoftmax and LogSumExp (f64 sums on the
+  // CPU). T = 0: nothing to do; n = 0 with rows: error, except as TopK and GatherColumns say.
+  //
+  // loss[T] = logsumexp(logits[T, :]) - logits[T, target[T]] = -log_softmax(logits)[target], for
+  // targets in [0, V); 0 elsewhere (-1 marks "no next token").
+  absl::Status CrossEntropy(const Tensor& logits, const Tensor& targets, Tensor& loss);
+  // out[T, n] = x - logsumexp(x) per row; out has x's dtype.
+  absl::Status LogSoftmax(const Tensor& x, Tensor& out);
+  // lse[T] (f32) = log(sum_j exp(x[T, j])), the max subtracted first.
+  absl::Status LogSumExp(const Tensor& x, Tensor& lse);
+  // out[T, C] (f32) = x[T, columns[C]] - shift[T]; shift (f32, may be null) = LogSumExp(x) makes
+  // these log_softmax(x)[:, columns], the target log-probs. Columns must be in [0, n). T = 0 or
+  // C = 0: nothing to do.
+  absl::Status GatherColumns(const Tensor& x, const Tensor& columns, const Tensor* shift,
+                             Tensor& out);
+  // The k largest of each row, largest first: values [T, k] (x's dtype) and i32 column indices
+  // [T, k]. Ties keep the lower index first, as torch.topk does on the CPU; -0.0 ties +0.0 and NaN
+  // is larger than everything (torch's order). 0 <= k <= n; T = 0 or k = 0: nothing to do.
+  absl::Status TopK(const Tensor& x, int64_t k, Tensor& values, Tensor& indices);
+
+ protected:
+  explicit Backend(const OpTarget& target) : target_(target) {}
+
+ private:
+  // The work of each op, called once its arguments passed the contract, with the sizes the
+  // contract derived, and (but for the copies, which also synchronise) only when there is
+  // something to write.
+  virtual absl::StatusOr<Tensor> DoAllocate(DType dtype, Shape shape) = 0;
+  virtual absl::Status DoCopyFromHost(int64_t bytes, const Tensor& host, Tensor& out) = 0;
+  virtual absl::Status DoCopyToHost(int64_t bytes, const Tensor& src, Tensor& host_out) = 0;
+  virtual absl::Status DoConvert(int64_t n, const Tensor& src, Tensor& out) = 0;
+  virtual absl::Status DoLinear(const LinearDims& d, const Tensor& x, const Tensor& w,
+                                const Tensor* bias, Activation act, Tensor& out) = 0;
+  virtual absl::Status DoHeadProjection(const HeadProjectionDims& d, const Tensor& z,
+                                        const Tensor& w, Tensor& out) = 0;
+  virtual absl::Status DoLayerNorm(const RowsDims& d, const Tensor& x, const Tensor* weight,
+                                   const Tensor* bias, float eps, Tensor& out, Tensor* scale_out,
+                                   Tensor* unweighted_out) = 0;
+  virtual absl::Status DoRmsNorm(const RowsDims& d, const Tensor& x, const Tensor* weight,
+                                 float eps, Tensor& out, Tensor* scale_out,
+                                 Tensor* unweighted_out) = 0;
+  virtual absl::Status DoEmbedding(const EmbeddingDims& d, const Tensor& table, const Tensor& ids,
+                                   Tensor& out) = 0;
+  virtual absl::Status DoRotary(const RotaryDims& d, const Tensor& x, const Tensor& cos,
+                                const Tensor& sin, const Tensor& positions, int rotary_dim,
+                                Tensor& out) = 0;
+  virtual absl::Status DoAttention(const AttentionDims& d, const Tensor& q, const Tensor& k,
+                                   const Tensor& v, const Tensor& key_mask, float scale, Tensor& z,
+                                   Tensor* scores, Tensor* pattern) = 0;
+  virtual absl::Status DoAdd(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  virtual absl::Status DoMul(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  virtual absl::Status DoActivate(int64_t n, Activation act, const Tensor& x, Tensor& out) = 0;
+  virtual absl::Status DoSplitQkv(const SplitQkvDims& d, const Tensor& qkv, Tensor& q, Tensor& k,
+                                  Tensor& v) = 0;
+  virtual absl::Status DoCrossEntropy(const RowsDims& d, const Tensor& logits,
+                                      const Tensor& targets, Tensor& loss) = 0;
+  virtual absl::Status DoLogSoftmax(const RowsDims& d, const Tensor& x, Tensor& out) = 0;
+  virtual absl::Status DoLogSumExp(const RowsDims& d, const Tensor& x, Tensor& lse) = 0;
+  virtual absl::Status DoGatherColumns(const GatherColumnsDims& d, const Tensor& x,
+                                       const Tensor& columns, const Tensor* shift, Tensor& out) = 0;
+  virtual absl::Status DoTopK(const TopKDims& d, const Tensor& x, Tensor& values,
+                              Tensor& indices) = 0;
+
+  const OpTarget target_;
 };
 
 }  // namespace glassbox

@@ -10,83 +10,82 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/float16.h"
+#include "base/status_macros.h"
+#include "kernels/cpu/row_reductions.h"
+#include "kernels/op_contract.h"
 
 namespace glassbox {
 namespace {
 
-// Ops check their arguments: a mismatch here is a bug in the caller, reported as INTERNAL
-// instead of reading out of bounds.
-absl::Status Expect(bool ok, absl::string_view op, absl::string_view what) {
-  if (ok) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("cpu ", op, ": ", what));
-}
-
-absl::Status ExpectF32(absl::string_view op, std::initializer_list<const Tensor*> tensors) {
-  for (const Tensor* t : tensors) {
-    if (t == nullptr) continue;
-    if (!t->defined() || t->device() != Device::kCpu || t->dtype() != DType::kF32) {
-      return absl::InternalError(absl::StrCat("cpu ", op, ": expected a defined f32 host tensor, got ",
-                                              t->defined() ? t->DebugString() : "undefined"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-// Rows of a tensor seen as [rows, last].
-int64_t Rows(const Tensor& t) { return t.rank() == 0 ? 1 : t.numel() / t.dim(-1); }
+// What the contract checks every op against (kernels/backend.h applies it before each Do<Op>).
+constexpr OpTarget kTarget{"cpu", Device::kCpu, /*half_precision=*/false};
 
 float ReadAsFloat(const Tensor& t, int64_t i) {
   switch (t.dtype()) {
-    case DType::kF32: return t.data<float>()[i];
-    case DType::kF16: return HalfToFloat(t.data<uint16_t>()[i]);
-    case DType::kBF16: return BFloat16ToFloat(t.data<uint16_t>()[i]);
-    case DType::kI32: return static_cast<float>(t.data<int32_t>()[i]);
-    case DType::kI64: return static_cast<float>(t.data<int64_t>()[i]);
+    case DType::kF32:
+      return t.data<float>()[i];
+    case DType::kF16:
+      return HalfToFloat(t.data<uint16_t>()[i]);
+    case DType::kBF16:
+      return BFloat16ToFloat(t.data<uint16_t>()[i]);
+    case DType::kI32:
+      return static_cast<float>(t.data<int32_t>()[i]);
+    case DType::kI64:
+      return static_cast<float>(t.data<int64_t>()[i]);
   }
   return 0;
 }
 
+// y[rows, cols] = act(y + bias[col]) in place; bias may be null.
+void BiasActivation(float* y, int64_t rows, int64_t cols, const float* bias, Activation act) {
+  if (bias == nullptr && act == Activation::kIdentity) return;
+#pragma omp parallel for
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = y + r * cols;
+    for (int64_t j = 0; j < cols; ++j)
+      row[j] = ApplyActivation(act, bias ? row[j] + bias[j] : row[j]);
+  }
+}
+
 }  // namespace
+
+CpuBackend::CpuBackend() : Backend(kTarget) {}
 
 float ApplyActivation(Activation act, float x) {
   switch (act) {
-    case Activation::kIdentity: return x;
+    case Activation::kIdentity:
+      return x;
     case Activation::kGeluTanh: {
       constexpr float kSqrt2OverPi = 0.7978845608028654f;
       return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
     }
-    case Activation::kGeluExact: return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f));
-    case Activation::kGeluQuick: return x / (1.0f + std::exp(-1.702f * x));
-    case Activation::kRelu: return x > 0 ? x : 0;
-    case Activation::kSilu: return x / (1.0f + std::exp(-x));
+    case Activation::kGeluExact:
+      return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f));
+    case Activation::kGeluQuick:
+      return x / (1.0f + std::exp(-1.702f * x));
+    case Activation::kRelu:
+      return x > 0 ? x : 0;
+    case Activation::kSilu:
+      return x / (1.0f + std::exp(-x));
   }
   return x;
 }
 
-absl::StatusOr<Tensor> CpuBackend::Allocate(DType dtype, Shape shape) {
-  for (int64_t d : shape) {
-    if (d < 0) return absl::InternalError("cpu Allocate: negative dimension " + ShapeToString(shape));
-  }
+absl::StatusOr<Tensor> CpuBackend::DoAllocate(DType dtype, Shape shape) {
   return Tensor::EmptyHost(dtype, std::move(shape));
 }
 
-absl::Status CpuBackend::CopyFromHost(const Tensor& host, Tensor& out) {
-  if (host.numel() != out.numel() || host.dtype() != out.dtype()) {
-    return absl::InternalError("cpu CopyFromHost: " + host.DebugString() + " into " + out.DebugString());
-  }
-  std::memcpy(out.raw_data(), host.raw_data(), host.nbytes());
+absl::Status CpuBackend::DoCopyFromHost(int64_t bytes, const Tensor& host, Tensor& out) {
+  if (bytes > 0) std::memcpy(out.raw_data(), host.raw_data(), bytes);
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::CopyToHost(const Tensor& src, Tensor& host_out) {
-  return CopyFromHost(src, host_out);
+absl::Status CpuBackend::DoCopyToHost(int64_t bytes, const Tensor& src, Tensor& host_out) {
+  if (bytes > 0) std::memcpy(host_out.raw_data(), src.raw_data(), bytes);
+  return absl::OkStatus();
 }
 
-absl::Status CpuBackend::Convert(const Tensor& src, Tensor& out) {
-  if (src.numel() != out.numel()) {
-    return absl::InternalError("cpu Convert: " + src.DebugString() + " into " + out.DebugString());
-  }
-  const int64_t n = src.numel();
+absl::Status CpuBackend::DoConvert(int64_t n, const Tensor& src, Tensor& out) {
   if (src.dtype() == out.dtype()) {
     std::memcpy(out.raw_data(), src.raw_data(), src.nbytes());
     return absl::OkStatus();
@@ -94,88 +93,64 @@ absl::Status CpuBackend::Convert(const Tensor& src, Tensor& out) {
   switch (out.dtype()) {
     case DType::kF32:
       for (int64_t i = 0; i < n; ++i) out.data<float>()[i] = ReadAsFloat(src, i);
-      return absl::OkStatus();
+      break;
     case DType::kF16:
       for (int64_t i = 0; i < n; ++i) out.data<uint16_t>()[i] = FloatToHalf(ReadAsFloat(src, i));
-      return absl::OkStatus();
+      break;
     case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i) out.data<uint16_t>()[i] = FloatToBFloat16(ReadAsFloat(src, i));
-      return absl::OkStatus();
-    case DType::kI32:
-      if (src.dtype() != DType::kI64) break;
-      for (int64_t i = 0; i < n; ++i) out.data<int32_t>()[i] = static_cast<int32_t>(src.data<int64_t>()[i]);
-      return absl::OkStatus();
-    case DType::kI64:
-      if (src.dtype() != DType::kI32) break;
+      for (int64_t i = 0; i < n; ++i)
+        out.data<uint16_t>()[i] = FloatToBFloat16(ReadAsFloat(src, i));
+      break;
+    case DType::kI32:  // from i64 (the contract allows no other integer pair)
+      for (int64_t i = 0; i < n; ++i)
+        out.data<int32_t>()[i] = static_cast<int32_t>(src.data<int64_t>()[i]);
+      break;
+    case DType::kI64:  // from i32
       for (int64_t i = 0; i < n; ++i) out.data<int64_t>()[i] = src.data<int32_t>()[i];
-      return absl::OkStatus();
+      break;
   }
-  return absl::InternalError(absl::StrCat("cpu Convert: unsupported ", DTypeName(src.dtype()),
-                                          " -> ", DTypeName(out.dtype())));
+  return absl::OkStatus();
 }
 
-absl::Status CpuBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias,
-                                Activation act, Tensor& out) {
-  if (auto s = ExpectF32("Linear", {&x, &w, bias, &out}); !s.ok()) return s;
-  const int64_t k = x.dim(-1), n = w.dim(0), t = Rows(x);
-  if (auto s = Expect(w.rank() == 2 && w.dim(1) == k && out.numel() == t * n &&
-                          (bias == nullptr || bias->numel() == n),
-                      "Linear", "shape mismatch: x " + x.DebugString() + " w " + w.DebugString() +
-                                    " out " + out.DebugString());
-      !s.ok()) {
-    return s;
-  }
+absl::Status CpuBackend::DoLinear(const LinearDims& d, const Tensor& x, const Tensor& w,
+                                  const Tensor* bias, Activation act, Tensor& out) {
   float* y = out.data<float>();
-  if (t > 0 && n > 0) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(t), static_cast<int>(n),
-                static_cast<int>(k), 1.0f, x.data<float>(), static_cast<int>(k), w.data<float>(),
-                static_cast<int>(k), 0.0f, y, static_cast<int>(n));
+  if (d.inner == 0) {
+    std::fill_n(y, out.numel(), 0.0f);  // an empty sum (BLAS rejects k = 0)
+  } else {
+    const int t = static_cast<int>(d.rows), n = static_cast<int>(d.cols),
+              k = static_cast<int>(d.inner);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, n, k, 1.0f, x.data<float>(), k,
+                w.data<float>(), k, 0.0f, y, n);
   }
-  if (bias == nullptr && act == Activation::kIdentity) return absl::OkStatus();
-  const float* b = bias ? bias->data<float>() : nullptr;
-#pragma omp parallel for
-  for (int64_t r = 0; r < t; ++r) {
-    float* row = y + r * n;
-    for (int64_t j = 0; j < n; ++j) row[j] = ApplyActivation(act, b ? row[j] + b[j] : row[j]);
+  BiasActivation(y, d.rows, d.cols, bias ? bias->data<float>() : nullptr, act);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::DoHeadProjection(const HeadProjectionDims& d, const Tensor& z,
+                                          const Tensor& w, Tensor& out) {
+  if (d.d_head == 0) {
+    std::fill_n(out.data<float>(), out.numel(), 0.0f);
+    return absl::OkStatus();
+  }
+  // For head h: out[:, h, :] (row stride H·N) = z[:, h, :] (row stride H·Dh) · w[:, h·Dh :
+  // (h+1)·Dh]ᵀ.
+  const int t = static_cast<int>(d.rows), n = static_cast<int>(d.cols),
+            dh = static_cast<int>(d.d_head);
+  const int width = static_cast<int>(d.heads * d.d_head),
+            out_stride = static_cast<int>(d.heads * d.cols);
+  for (int64_t h = 0; h < d.heads; ++h) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, n, dh, 1.0f, z.data<float>() + h * dh,
+                width, w.data<float>() + h * dh, width, 0.0f, out.data<float>() + h * n,
+                out_stride);
   }
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::HeadProjection(const Tensor& z, const Tensor& w, Tensor& out) {
-  if (auto s = ExpectF32("HeadProjection", {&z, &w, &out}); !s.ok()) return s;
-  const int64_t heads = z.dim(-2), d_head = z.dim(-1), t = z.numel() / (heads * d_head);
-  const int64_t n = w.dim(0);
-  if (auto s = Expect(w.rank() == 2 && w.dim(1) == heads * d_head && out.numel() == t * heads * n,
-                      "HeadProjection", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
-  // For head h: out[:, h, :] (row stride H·N) = z[:, h, :] (row stride H·Dh) · w[:, h·Dh : (h+1)·Dh]ᵀ.
-  for (int64_t h = 0; h < heads; ++h) {
-    if (t == 0 || n == 0) break;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(t), static_cast<int>(n),
-                static_cast<int>(d_head), 1.0f, z.data<float>() + h * d_head,
-                static_cast<int>(heads * d_head), w.data<float>() + h * d_head,
-                static_cast<int>(heads * d_head), 0.0f, out.data<float>() + h * n,
-                static_cast<int>(heads * n));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CpuBackend::LayerNorm(const Tensor& x, const Tensor* weight, const Tensor* bias,
-                                   float eps, Tensor& out, Tensor* scale_out,
-                                   Tensor* unweighted_out) {
-  if (auto s = ExpectF32("LayerNorm", {&x, weight, bias, &out, scale_out, unweighted_out}); !s.ok()) {
-    return s;
-  }
-  const int64_t d = x.dim(-1), t = Rows(x);
-  if (auto s = Expect(out.numel() == x.numel() && (!weight || weight->numel() == d) &&
-                          (!bias || bias->numel() == d) && (!scale_out || scale_out->numel() == t) &&
-                          (!unweighted_out || unweighted_out->numel() == x.numel()),
-                      "LayerNorm", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
+absl::Status CpuBackend::DoLayerNorm(const RowsDims& dims, const Tensor& x, const Tensor* weight,
+                                     const Tensor* bias, float eps, Tensor& out, Tensor* scale_out,
+                                     Tensor* unweighted_out) {
+  const int64_t d = dims.cols, t = dims.rows;
   const float* w = weight ? weight->data<float>() : nullptr;
   const float* b = bias ? bias->data<float>() : nullptr;
 #pragma omp parallel for
@@ -203,17 +178,10 @@ absl::Status CpuBackend::LayerNorm(const Tensor& x, const Tensor* weight, const 
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::RmsNorm(const Tensor& x, const Tensor* weight, float eps, Tensor& out,
-                                 Tensor* scale_out, Tensor* unweighted_out) {
-  if (auto s = ExpectF32("RmsNorm", {&x, weight, &out, scale_out, unweighted_out}); !s.ok()) return s;
-  const int64_t d = x.dim(-1), t = Rows(x);
-  if (auto s = Expect(out.numel() == x.numel() && (!weight || weight->numel() == d) &&
-                          (!scale_out || scale_out->numel() == t) &&
-                          (!unweighted_out || unweighted_out->numel() == x.numel()),
-                      "RmsNorm", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
+absl::Status CpuBackend::DoRmsNorm(const RowsDims& dims, const Tensor& x, const Tensor* weight,
+                                   float eps, Tensor& out, Tensor* scale_out,
+                                   Tensor* unweighted_out) {
+  const int64_t d = dims.cols, t = dims.rows;
   const float* w = weight ? weight->data<float>() : nullptr;
 #pragma omp parallel for
   for (int64_t r = 0; r < t; ++r) {
@@ -233,39 +201,32 @@ absl::Status CpuBackend::RmsNorm(const Tensor& x, const Tensor* weight, float ep
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::Embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
-  if (auto s = ExpectF32("Embedding", {&table, &out}); !s.ok()) return s;
-  const int64_t d = table.dim(1), vocab = table.dim(0), t = ids.numel();
-  if (auto s = Expect(ids.dtype() == DType::kI32 && out.numel() == t * d, "Embedding", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
-  for (int64_t i = 0; i < t; ++i) {
+absl::Status CpuBackend::DoEmbedding(const EmbeddingDims& d, const Tensor& table, const Tensor& ids,
+                                     Tensor& out) {
+  // Rows of raw elements: any dtype (activation rows, logits rows and losses are gathered too).
+  const size_t row_bytes = static_cast<size_t>(d.dim * DTypeSize(table.dtype()));
+  const auto* src = static_cast<const std::byte*>(table.raw_data());
+  auto* dst = static_cast<std::byte*>(out.raw_data());
+  for (int64_t i = 0; i < d.tokens; ++i) {
     const int32_t id = ids.data<int32_t>()[i];
-    if (id < 0 || id >= vocab) {
-      return absl::InternalError(absl::StrCat("cpu Embedding: id ", id, " out of range [0, ", vocab, ")"));
+    if (id < 0 || id >= d.vocab) {
+      return absl::InternalError(
+          absl::StrCat("cpu Embedding: id ", id, " out of range [0, ", d.vocab, ")"));
     }
-    std::memcpy(out.data<float>() + i * d, table.data<float>() + id * d, d * sizeof(float));
+    std::memcpy(dst + i * row_bytes, src + id * row_bytes, row_bytes);
   }
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
-                                const Tensor& positions, int rotary_dim, Tensor& out) {
-  if (auto s = ExpectF32("Rotary", {&x, &cos, &sin, &out}); !s.ok()) return s;
-  const int64_t heads = x.dim(-2), d_head = x.dim(-1), t = x.numel() / (heads * d_head);
-  const int64_t half = rotary_dim / 2, n_ctx = cos.dim(0);
-  if (auto s = Expect(positions.dtype() == DType::kI32 && positions.numel() == t &&
-                          out.numel() == x.numel() && rotary_dim % 2 == 0 && rotary_dim <= d_head &&
-                          cos.dim(1) == half && sin.dim(1) == half,
-                      "Rotary", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
+absl::Status CpuBackend::DoRotary(const RotaryDims& d, const Tensor& x, const Tensor& cos,
+                                  const Tensor& sin, const Tensor& positions, int rotary_dim,
+                                  Tensor& out) {
+  const int64_t t = d.tokens, heads = d.heads, d_head = d.d_head, half = d.half;
   for (int64_t i = 0; i < t; ++i) {
     const int32_t pos = positions.data<int32_t>()[i];
-    if (pos < 0 || pos >= n_ctx) {
-      return absl::InternalError(absl::StrCat("cpu Rotary: position ", pos, " outside the table [0, ", n_ctx, ")"));
+    if (pos < 0 || pos >= d.n_ctx) {
+      return absl::InternalError(
+          absl::StrCat("cpu Rotary: position ", pos, " outside the table [0, ", d.n_ctx, ")"));
     }
   }
 #pragma omp parallel for
@@ -287,29 +248,14 @@ absl::Status CpuBackend::Rotary(const Tensor& x, const Tensor& cos, const Tensor
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                                   const Tensor& key_mask, float scale, Tensor& z,
-                                   Tensor* scores, Tensor* pattern) {
-  if (auto s = ExpectF32("Attention", {&q, &k, &v, &z, scores, pattern}); !s.ok()) return s;
-  if (auto s = Expect(q.rank() == 4 && k.rank() == 4 && v.rank() == 4, "Attention", "rank != 4");
-      !s.ok()) {
-    return s;
-  }
-  const int64_t batch = q.dim(0), seq = q.dim(1), heads = q.dim(2), d_head = q.dim(3);
-  const int64_t kv_heads = k.dim(2);
-  if (auto s = Expect(kv_heads > 0 && heads % kv_heads == 0 && k.shape() == v.shape() &&
-                          k.dim(0) == batch && k.dim(1) == seq && k.dim(3) == d_head &&
-                          key_mask.dtype() == DType::kI32 && key_mask.numel() == batch * seq &&
-                          z.numel() == q.numel() &&
-                          (!scores || scores->numel() == batch * heads * seq * seq) &&
-                          (!pattern || pattern->numel() == batch * heads * seq * seq),
-                      "Attention", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
-  const int64_t group = heads / kv_heads;
+absl::Status CpuBackend::DoAttention(const AttentionDims& d, const Tensor& q, const Tensor& k,
+                                     const Tensor& v, const Tensor& key_mask, float scale,
+                                     Tensor& z, Tensor* scores, Tensor* pattern) {
+  const int64_t batch = d.batch, seq = d.seq, heads = d.heads, d_head = d.d_head;
+  const int64_t kv_heads = d.kv_heads, group = heads / kv_heads;
   const float kNegInf = -std::numeric_limits<float>::infinity();
-  const int q_stride = static_cast<int>(heads * d_head), kv_stride = static_cast<int>(kv_heads * d_head);
+  const int q_stride = static_cast<int>(heads * d_head),
+            kv_stride = static_cast<int>(kv_heads * d_head);
   const int n = static_cast<int>(seq), dh = static_cast<int>(d_head);
   // Per (batch, head): S = scale·Q·Kᵀ and Z = P·V as two GEMMs reading the [B, S, H, Dh] layout
   // in place through leading dimensions. The masked upper triangle is computed and discarded:
@@ -333,7 +279,8 @@ absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tenso
           if (j > i || mask[j] == 0) row[j] = kNegInf;
           max_score = std::max(max_score, row[j]);
         }
-        if (scores) std::memcpy(scores->data<float>() + score_base + i * seq, row, seq * sizeof(float));
+        if (scores)
+          std::memcpy(scores->data<float>() + score_base + i * seq, row, seq * sizeof(float));
         double denom = 0;
         for (int64_t j = 0; j < seq; ++j) {
           row[j] = row[j] == kNegInf ? 0.0f : std::exp(row[j] - max_score);
@@ -342,7 +289,8 @@ absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tenso
         // A query with no visible key (padding before the first real token) keeps a zero row.
         const float inv = denom > 0 ? static_cast<float>(1.0 / denom) : 0.0f;
         for (int64_t j = 0; j < seq; ++j) row[j] *= inv;
-        if (pattern) std::memcpy(pattern->data<float>() + score_base + i * seq, row, seq * sizeof(float));
+        if (pattern)
+          std::memcpy(pattern->data<float>() + score_base + i * seq, row, seq * sizeof(float));
       }
       float* zh = z.data<float>() + b * seq * heads * d_head + h * d_head;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, dh, n, 1.0f, probs.data(), n, vh,
@@ -352,57 +300,37 @@ absl::Status CpuBackend::Attention(const Tensor& q, const Tensor& k, const Tenso
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::Add(const Tensor& a, const Tensor& b, Tensor& out) {
-  if (auto s = ExpectF32("Add", {&a, &b, &out}); !s.ok()) return s;
-  if (auto s = Expect(a.numel() == b.numel() && a.numel() == out.numel(), "Add", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
+absl::Status CpuBackend::DoAdd(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) {
   const float* x = a.data<float>();
   const float* y = b.data<float>();
   float* o = out.data<float>();
-  const int64_t n = a.numel();
 #pragma omp parallel for if (n > (1 << 16))
   for (int64_t i = 0; i < n; ++i) o[i] = x[i] + y[i];
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::Mul(const Tensor& a, const Tensor& b, Tensor& out) {
-  if (auto s = ExpectF32("Mul", {&a, &b, &out}); !s.ok()) return s;
-  if (auto s = Expect(a.numel() == b.numel() && a.numel() == out.numel(), "Mul", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
+absl::Status CpuBackend::DoMul(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) {
   const float* x = a.data<float>();
   const float* y = b.data<float>();
   float* o = out.data<float>();
-  const int64_t n = a.numel();
 #pragma omp parallel for if (n > (1 << 16))
   for (int64_t i = 0; i < n; ++i) o[i] = x[i] * y[i];
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::Activate(Activation act, const Tensor& x, Tensor& out) {
-  if (auto s = ExpectF32("Activate", {&x, &out}); !s.ok()) return s;
-  if (auto s = Expect(x.numel() == out.numel(), "Activate", "shape mismatch"); !s.ok()) return s;
+absl::Status CpuBackend::DoActivate(int64_t n, Activation act, const Tensor& x, Tensor& out) {
   const float* in = x.data<float>();
   float* o = out.data<float>();
-  const int64_t n = x.numel();
 #pragma omp parallel for if (n > (1 << 14))
   for (int64_t i = 0; i < n; ++i) o[i] = ApplyActivation(act, in[i]);
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tensor& v) {
-  if (auto s = ExpectF32("SplitQkv", {&qkv, &q, &k, &v}); !s.ok()) return s;
-  const int64_t t = Rows(qkv), width = qkv.dim(-1);
-  const int64_t qw = q.numel() / std::max<int64_t>(t, 1), kw = k.numel() / std::max<int64_t>(t, 1);
-  if (auto s = Expect(width == qw + 2 * kw && v.numel() == k.numel(), "SplitQkv", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
-  for (int64_t r = 0; r < t; ++r) {
-    const float* in = qkv.data<float>() + r * width;
+absl::Status CpuBackend::DoSplitQkv(const SplitQkvDims& d, const Tensor& qkv, Tensor& q, Tensor& k,
+                                    Tensor& v) {
+  const int64_t qw = d.q_cols, kw = d.kv_cols;
+  for (int64_t r = 0; r < d.rows; ++r) {
+    const float* in = qkv.data<float>() + r * d.width;
     std::memcpy(q.data<float>() + r * qw, in, qw * sizeof(float));
     std::memcpy(k.data<float>() + r * kw, in + qw, kw * sizeof(float));
     std::memcpy(v.data<float>() + r * kw, in + qw + kw, kw * sizeof(float));
@@ -410,43 +338,72 @@ absl::Status CpuBackend::SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tenso
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::CrossEntropy(const Tensor& logits, const Tensor& targets, Tensor& loss) {
-  if (auto s = ExpectF32("CrossEntropy", {&logits, &loss}); !s.ok()) return s;
-  const int64_t vocab = logits.dim(-1), t = Rows(logits);
-  if (auto s = Expect(targets.dtype() == DType::kI32 && targets.numel() == t && loss.numel() == t,
-                      "CrossEntropy", "shape mismatch");
-      !s.ok()) {
-    return s;
-  }
+absl::Status CpuBackend::DoCrossEntropy(const RowsDims& d, const Tensor& logits,
+                                        const Tensor& targets, Tensor& loss) {
+  const int64_t vocab = d.cols;
 #pragma omp parallel for
-  for (int64_t r = 0; r < t; ++r) {
+  for (int64_t r = 0; r < d.rows; ++r) {
     const int32_t target = targets.data<int32_t>()[r];
     if (target < 0 || target >= vocab) {
       loss.data<float>()[r] = 0;
       continue;
     }
     const float* row = logits.data<float>() + r * vocab;
-    const float max_logit = *std::max_element(row, row + vocab);
-    double sum = 0;
-    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(static_cast<double>(row[j]) - max_logit);
-    loss.data<float>()[r] = static_cast<float>(std::log(sum) + max_logit - row[target]);
+    loss.data<float>()[r] = static_cast<float>(RowLogSumExp(row, vocab) - row[target]);
   }
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::LogSoftmax(const Tensor& x, Tensor& out) {
-  if (auto s = ExpectF32("LogSoftmax", {&x, &out}); !s.ok()) return s;
-  if (auto s = Expect(x.numel() == out.numel(), "LogSoftmax", "shape mismatch"); !s.ok()) return s;
-  const int64_t n = x.dim(-1), t = Rows(x);
+absl::Status CpuBackend::DoLogSoftmax(const RowsDims& d, const Tensor& x, Tensor& out) {
+  const int64_t n = d.cols;
 #pragma omp parallel for
-  for (int64_t r = 0; r < t; ++r) {
+  for (int64_t r = 0; r < d.rows; ++r) {
     const float* row = x.data<float>() + r * n;
     float* o = out.data<float>() + r * n;
-    const float max_value = *std::max_element(row, row + n);
-    double sum = 0;
-    for (int64_t j = 0; j < n; ++j) sum += std::exp(static_cast<double>(row[j]) - max_value);
-    const double log_sum = std::log(sum) + max_value;
+    const double log_sum = RowLogSumExp(row, n);
     for (int64_t j = 0; j < n; ++j) o[j] = static_cast<float>(row[j] - log_sum);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::DoLogSumExp(const RowsDims& d, const Tensor& x, Tensor& lse) {
+#pragma omp parallel for
+  for (int64_t r = 0; r < d.rows; ++r) {
+    lse.data<float>()[r] = static_cast<float>(RowLogSumExp(x.data<float>() + r * d.cols, d.cols));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::DoGatherColumns(const GatherColumnsDims& d, const Tensor& x,
+                                         const Tensor& columns, const Tensor* shift, Tensor& out) {
+  const int32_t* cols = columns.data<int32_t>();
+  for (int64_t j = 0; j < d.count; ++j) {
+    if (cols[j] < 0 || cols[j] >= d.cols) {
+      return absl::InternalError(
+          absl::StrCat("cpu GatherColumns: column ", cols[j], " out of range [0, ", d.cols, ")"));
+    }
+  }
+#pragma omp parallel for if (d.rows * d.count > (1 << 14))
+  for (int64_t r = 0; r < d.rows; ++r) {
+    const float* row = x.data<float>() + r * d.cols;
+    const double s = shift ? shift->data<float>()[r] : 0.0;
+    float* o = out.data<float>() + r * d.count;
+    for (int64_t j = 0; j < d.count; ++j) o[j] = static_cast<float>(row[cols[j]] - s);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::DoTopK(const TopKDims& d, const Tensor& x, Tensor& values,
+                                Tensor& indices) {
+  const int64_t k = d.k;
+#pragma omp parallel
+  {
+    std::vector<int32_t> scratch;
+#pragma omp for
+    for (int64_t r = 0; r < d.rows; ++r) {
+      RowTopK(x.data<float>() + r * d.cols, d.cols, k, values.data<float>() + r * k,
+              indices.data<int32_t>() + r * k, scratch);
+    }
   }
   return absl::OkStatus();
 }

@@ -9,39 +9,43 @@ namespace glassbox {
 
 class CpuBackend final : public Backend {
  public:
-  Device device() const override { return Device::kCpu; }
+  CpuBackend();
   std::string name() const override { return "cpu"; }
 
-  absl::StatusOr<Tensor> Allocate(DType dtype, Shape shape) override;
-  absl::Status CopyFromHost(const Tensor& host, Tensor& out) override;
-  absl::Status CopyToHost(const Tensor& src, Tensor& host_out) override;
-  absl::Status Convert(const Tensor& src, Tensor& out) override;
-
-  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Activation act,
-                      Tensor& out) override;
-  absl::Status HeadProjection(const Tensor& z, const Tensor& w, Tensor& out) override;
-
-  absl::Status LayerNorm(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps,
+ private:
+  absl::StatusOr<Tensor> DoAllocate(DType dtype, Shape shape) override;
+  absl::Status DoCopyFromHost(int64_t bytes, const Tensor& host, Tensor& out) override;
+  absl::Status DoCopyToHost(int64_t bytes, const Tensor& src, Tensor& host_out) override;
+  absl::Status DoConvert(int64_t n, const Tensor& src, Tensor& out) override;
+  absl::Status DoLinear(const LinearDims& d, const Tensor& x, const Tensor& w, const Tensor* bias,
+                        Activation act, Tensor& out) override;
+  absl::Status DoHeadProjection(const HeadProjectionDims& d, const Tensor& z, const Tensor& w,
+                                Tensor& out) override;
+  absl::Status DoLayerNorm(const RowsDims& d, const Tensor& x, const Tensor* weight,
+                           const Tensor* bias, float eps, Tensor& out, Tensor* scale_out,
+                           Tensor* unweighted_out) override;
+  absl::Status DoRmsNorm(const RowsDims& d, const Tensor& x, const Tensor* weight, float eps,
                          Tensor& out, Tensor* scale_out, Tensor* unweighted_out) override;
-  absl::Status RmsNorm(const Tensor& x, const Tensor* weight, float eps, Tensor& out,
-                       Tensor* scale_out, Tensor* unweighted_out) override;
-
-  absl::Status Embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
-  absl::Status Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
-                      const Tensor& positions, int rotary_dim, Tensor& out) override;
-
-  absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                         const Tensor& key_mask, float scale, Tensor& z, Tensor* scores,
-                         Tensor* pattern) override;
-
-  absl::Status Add(const Tensor& a, const Tensor& b, Tensor& out) override;
-  absl::Status Mul(const Tensor& a, const Tensor& b, Tensor& out) override;
-  absl::Status Activate(Activation act, const Tensor& x, Tensor& out) override;
-
-  absl::Status SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tensor& v) override;
-
-  absl::Status CrossEntropy(const Tensor& logits, const Tensor& targets, Tensor& loss) override;
-  absl::Status LogSoftmax(const Tensor& x, Tensor& out) override;
+  // Ids outside the table fail the call (INTERNAL), before anything is read.
+  absl::Status DoEmbedding(const EmbeddingDims& d, const Tensor& table, const Tensor& ids,
+                           Tensor& out) override;
+  absl::Status DoRotary(const RotaryDims& d, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                        const Tensor& positions, int rotary_dim, Tensor& out) override;
+  absl::Status DoAttention(const AttentionDims& d, const Tensor& q, const Tensor& k,
+                           const Tensor& v, const Tensor& key_mask, float scale, Tensor& z,
+                           Tensor* scores, Tensor* pattern) override;
+  absl::Status DoAdd(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) override;
+  absl::Status DoMul(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) override;
+  absl::Status DoActivate(int64_t n, Activation act, const Tensor& x, Tensor& out) override;
+  absl::Status DoSplitQkv(const SplitQkvDims& d, const Tensor& qkv, Tensor& q, Tensor& k,
+                          Tensor& v) override;
+  absl::Status DoCrossEntropy(const RowsDims& d, const Tensor& logits, const Tensor& targets,
+                              Tensor& loss) override;
+  absl::Status DoLogSoftmax(const RowsDims& d, const Tensor& x, Tensor& out) override;
+  absl::Status DoLogSumExp(const RowsDims& d, const Tensor& x, Tensor& lse) override;
+  absl::Status DoGatherColumns(const GatherColumnsDims& d, const Tensor& x, const Tensor& columns,
+                               const Tensor* shift, Tensor& out) override;
+  absl::Status DoTopK(const TopKDims& d, const Tensor& x, Tensor& values, Tensor& indices) override;
 };
 
 // Applies `act` to one value; shared by the CPU ops and by tests.

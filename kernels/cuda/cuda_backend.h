@@ -29,7 +29,8 @@ namespace glassbox {
 
 namespace cuda_internal {
 class GemmRunner;
-}
+struct GemmProblem;
+}  // namespace cuda_internal
 
 struct CudaBackendOptions {
   // Let cuBLASLt apply ReLU, and GELU-tanh for f16/bf16 outputs, in the GEMM epilogue.
@@ -40,6 +41,8 @@ struct CudaBackendOptions {
   // Upper bound on the f32 score buffer of materialised attention; (batch, head) pairs are
   // processed in chunks that fit (at least one pair at a time).
   size_t attention_work_bytes = size_t{256} << 20;
+  // Upper bound on TopK's sort buffers; rows are sorted in chunks that fit (at least one row).
+  size_t top_k_work_bytes = size_t{256} << 20;
 };
 
 class CudaBackend final : public Backend {
@@ -50,44 +53,15 @@ class CudaBackend final : public Backend {
                                                              CudaBackendOptions options = {});
   ~CudaBackend() override;
 
-  Device device() const override { return Device::kCuda; }
   std::string name() const override { return name_; }
 
-  absl::StatusOr<Tensor> Allocate(DType dtype, Shape shape) override;
-  // Synchronous for now: the host buffer may be reused as soon as these return. Pinned staging
-  // buffers and a copy stream (so captures overlap later layers) are the planned change; they
-  // belong here and in a CopyToHostAsync that hands back an event.
-  absl::Status CopyFromHost(const Tensor& host, Tensor& out) override;
-  absl::Status CopyToHost(const Tensor& src, Tensor& host_out) override;
-  absl::Status Convert(const Tensor& src, Tensor& out) override;
-
-  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Activation act,
-                      Tensor& out) override;
-  absl::Status HeadProjection(const Tensor& z, const Tensor& w, Tensor& out) override;
-
-  absl::Status LayerNorm(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps,
-                         Tensor& out, Tensor* scale_out, Tensor* unweighted_out) override;
-  absl::Status RmsNorm(const Tensor& x, const Tensor* weight, float eps, Tensor& out,
-                       Tensor* scale_out, Tensor* unweighted_out) override;
-
-  // An id (position) outside the table cannot fail the call that is merely queued: it writes
-  // zeros and the next CopyToHost / Synchronize returns INTERNAL naming the op.
-  absl::Status Embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
-  absl::Status Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
-                      const Tensor& positions, int rotary_dim, Tensor& out) override;
-
-  absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                         const Tensor& key_mask, float scale, Tensor& z, Tensor* scores,
-                         Tensor* pattern) override;
-
-  absl::Status Add(const Tensor& a, const Tensor& b, Tensor& out) override;
-  absl::Status Mul(const Tensor& a, const Tensor& b, Tensor& out) override;
-  absl::Status Activate(Activation act, const Tensor& x, Tensor& out) override;
-
-  absl::Status SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tensor& v) override;
-
-  absl::Status CrossEntropy(const Tensor& logits, const Tensor& targets, Tensor& loss) override;
-  absl::Status LogSoftmax(const Tensor& x, Tensor& out) override;
+  // How the ops behave here (their contract is Backend's):
+  // - Copies are synchronous for now: the host buffer may be reused as soon as they return.
+  //   Pinned staging buffers and a copy stream (so captures overlap later layers) are the planned
+  //   change; they belong here and in a CopyToHostAsync that hands back an event.
+  // - An Embedding id, a Rotary position or a GatherColumns column outside its range cannot fail
+  //   the call that is merely queued: it writes zeros and the next CopyToHost / Synchronize
+  //   returns INTERNAL naming the op.
 
   // ---- CUDA-specific ----
   // Waits for all queued work; reports device errors and invalid inputs seen by kernels.
@@ -103,9 +77,45 @@ class CudaBackend final : public Backend {
 
  private:
   CudaBackend(int device, CudaBackendOptions options);
+
+  absl::StatusOr<Tensor> DoAllocate(DType dtype, Shape shape) override;
+  absl::Status DoCopyFromHost(int64_t bytes, const Tensor& host, Tensor& out) override;
+  absl::Status DoCopyToHost(int64_t bytes, const Tensor& src, Tensor& host_out) override;
+  absl::Status DoConvert(int64_t n, const Tensor& src, Tensor& out) override;
+  absl::Status DoLinear(const LinearDims& d, const Tensor& x, const Tensor& w, const Tensor* bias,
+                        Activation act, Tensor& out) override;
+  absl::Status DoHeadProjection(const HeadProjectionDims& d, const Tensor& z, const Tensor& w,
+                                Tensor& out) override;
+  absl::Status DoLayerNorm(const RowsDims& d, const Tensor& x, const Tensor* weight,
+                           const Tensor* bias, float eps, Tensor& out, Tensor* scale_out,
+                           Tensor* unweighted_out) override;
+  absl::Status DoRmsNorm(const RowsDims& d, const Tensor& x, const Tensor* weight, float eps,
+                         Tensor& out, Tensor* scale_out, Tensor* unweighted_out) override;
+  absl::Status DoEmbedding(const EmbeddingDims& d, const Tensor& table, const Tensor& ids,
+                           Tensor& out) override;
+  absl::Status DoRotary(const RotaryDims& d, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                        const Tensor& positions, int rotary_dim, Tensor& out) override;
+  absl::Status DoAttention(const AttentionDims& d, const Tensor& q, const Tensor& k,
+                           const Tensor& v, const Tensor& key_mask, float scale, Tensor& z,
+                           Tensor* scores, Tensor* pattern) override;
+  absl::Status DoAdd(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) override;
+  absl::Status DoMul(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) override;
+  absl::Status DoActivate(int64_t n, Activation act, const Tensor& x, Tensor& out) override;
+  absl::Status DoSplitQkv(const SplitQkvDims& d, const Tensor& qkv, Tensor& q, Tensor& k,
+                          Tensor& v) override;
+  absl::Status DoCrossEntropy(const RowsDims& d, const Tensor& logits, const Tensor& targets,
+                              Tensor& loss) override;
+  absl::Status DoLogSoftmax(const RowsDims& d, const Tensor& x, Tensor& out) override;
+  absl::Status DoLogSumExp(const RowsDims& d, const Tensor& x, Tensor& lse) override;
+  absl::Status DoGatherColumns(const GatherColumnsDims& d, const Tensor& x, const Tensor& columns,
+                               const Tensor* shift, Tensor& out) override;
+  // Rows are sorted in chunks within options().top_k_work_bytes (kernels/cuda/topk.cu).
+  absl::Status DoTopK(const TopKDims& d, const Tensor& x, Tensor& values, Tensor& indices) override;
   // Queues a copy of the device error word, waits for the stream, and turns a raised bit into
   // an error (clearing it).
   absl::Status WaitAndCheck(const char* what);
+  // Runs a product into `out`: directly when cuBLAS writes its dtype, else through f32.
+  absl::Status RunGemm(cuda_internal::GemmProblem& p, Tensor& out);
 
   const int device_;
   const CudaBackendOptions options_;

@@ -25,6 +25,7 @@ struct AnyFloats {
 // reads the word at its next synchronisation (CopyToHost, Synchronize) and reports them.
 inline constexpr int kDeviceErrorEmbeddingId = 1;     // Embedding: id outside [0, vocab)
 inline constexpr int kDeviceErrorRotaryPosition = 2;  // Rotary: position outside the table
+inline constexpr int kDeviceErrorGatherColumn = 4;    // GatherColumns: column outside [0, cols)
 
 // ---- conversion ----
 // dst[i] = src[i] converted: floats among f32/f16/bf16 (round to nearest even), integers to
@@ -78,13 +79,41 @@ struct RotaryArgs {
 };
 cudaError_t LaunchRotary(const RotaryArgs& args, cudaStream_t stream);
 
-// ---- softmax family (one block per row, f32 math) ----
+// ---- softmax family (one block per row, f32 math, one log-sum-exp behind all three) ----
 cudaError_t LaunchLogSoftmax(DType type, const void* x, void* out, int64_t rows,
                              int64_t cols, cudaStream_t stream);
 // loss[r] = logsumexp(logits[r]) - logits[r, target[r]]; 0 where target is outside [0, vocab).
 cudaError_t LaunchCrossEntropy(DType logits_type, const void* logits,
                                const int32_t* targets, DType loss_type, void* loss,
                                int64_t rows, int64_t vocab, cudaStream_t stream);
+// lse[r] = logsumexp(x[r, :]).
+cudaError_t LaunchLogSumExp(DType type, const void* x, float* lse, int64_t rows, int64_t cols,
+                            cudaStream_t stream);
+
+// ---- selections from rows [rows, cols] ----
+// out[r, j] = x[r, columns[j]] - shift[r] in f32 (shift may be null). A column outside
+// [0, cols) writes 0 and sets kDeviceErrorGatherColumn.
+cudaError_t LaunchGatherColumns(DType type, const void* x, int64_t rows, int64_t cols,
+                                const int32_t* columns, int64_t count, const float* shift,
+                                float* out, int* device_errors, cudaStream_t stream);
+
+// Top-k of each row (largest first; ties to the lower column; -0.0 ties +0.0; NaN above all):
+// every row's values become 64-bit keys (the value's order in the high bits, the inverted column
+// in the low ones, so a descending sort breaks ties by column without relying on stability),
+// sorted per row by CUB's segmented radix sort; the first k of each row are decoded.
+struct TopKArgs {
+  DType type = DType::kF32;  // x and values
+  const void* x = nullptr;   // [rows, cols]
+  void* values = nullptr;    // [rows, k]
+  int32_t* indices = nullptr;  // [rows, k]
+  int64_t rows = 0, cols = 0, k = 0;
+};
+// Bytes of `work` that LaunchTopK needs for `row_count` rows (keys, segment offsets and CUB's
+// temporary storage); cudaErrorInvalidValue when row_count * cols exceeds CUB's int range.
+cudaError_t TopKWorkBytes(int64_t row_count, int64_t cols, size_t* bytes);
+// Rows [row_begin, row_begin + row_count); `work` (256-byte aligned) holds TopKWorkBytes bytes.
+cudaError_t LaunchTopK(const TopKArgs& args, int64_t row_begin, int64_t row_count, void* work,
+                       size_t work_bytes, cudaStream_t stream);
 
 // ---- attention ----
 struct AttentionArgs {

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 
 #include "base/status_macros.h"
+#include "kernels/cpu/row_reductions.h"
 
 namespace glassbox {
 
@@ -24,15 +24,7 @@ absl::StatusOr<Tensor> CopyToHostF32(Backend& backend, const Tensor& t) {
 
 void TopK(const float* row, int64_t n, int64_t k, float* values, int32_t* indices,
           std::vector<int32_t>& scratch) {
-  scratch.resize(n);
-  std::iota(scratch.begin(), scratch.end(), 0);
-  std::partial_sort(scratch.begin(), scratch.begin() + k, scratch.end(), [&](int32_t a, int32_t b) {
-    return row[a] > row[b] || (row[a] == row[b] && a < b);
-  });
-  for (int64_t j = 0; j < k; ++j) {
-    values[j] = row[scratch[j]];
-    indices[j] = scratch[j];
-  }
+  RowTopK(row, n, k, values, indices, scratch);
 }
 
 Tensor AttentionSoftmax(const Tensor& scores) {

@@ -15,7 +15,9 @@ namespace glassbox {
 absl::StatusOr<Tensor> CopyToHostF32(Backend& backend, const Tensor& t);
 
 // The k largest of row[0..n), in descending order; ties keep the lower index first, as
-// torch.topk does on the CPU. `scratch` is reused across calls.
+// torch.topk does on the CPU. `scratch` is reused across calls. The CPU backend's row top-k
+// (kernels/cpu/row_reductions.h), for host values such as reduced captures; logits take
+// Backend::TopK on their device instead.
 void TopK(const float* row, int64_t n, int64_t k, float* values, int32_t* indices,
           std::vector<int32_t>& scratch);
 

@@ -1,6 +1,5 @@
 #include "server/engine/patching.h"
 
-#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -47,38 +46,44 @@ class LayerValues : public CaptureSink {
   Backend& backend_;
 };
 
-// The metric of each row. `logits` are last-position logits [rows, vocab] (or all logits
-// [rows, pos, vocab] for the loss, which also needs the tokens).
+// The metric of each row, from the outputs MetricOptions asked for: last-position logits
+// [rows, vocab] for the logit difference, log p(token_a) at the last position [rows, 1] (log-probs
+// computed by the backend, as every target log-prob is), the per-token loss for the loss.
 std::vector<double> RowMetrics(const PatchingMetric& metric, const ForwardOutput& out) {
   std::vector<double> values;
-  if (metric.kind == PatchingMetric::Kind::kLoss) {
-    const int64_t rows = out.loss_per_token.dim(0), n = out.loss_per_token.dim(1);
-    for (int64_t r = 0; r < rows; ++r) {
-      double sum = 0;
-      for (int64_t t = 0; t < n; ++t) sum += out.loss_per_token.data<float>()[r * n + t];
-      values.push_back(n > 0 ? sum / n : 0);
+  switch (metric.kind) {
+    case PatchingMetric::Kind::kLoss: {
+      const int64_t rows = out.loss_per_token.dim(0), n = out.loss_per_token.dim(1);
+      for (int64_t r = 0; r < rows; ++r) {
+        double sum = 0;
+        for (int64_t t = 0; t < n; ++t) sum += out.loss_per_token.data<float>()[r * n + t];
+        values.push_back(n > 0 ? sum / n : 0);
+      }
+      break;
     }
-    return values;
-  }
-  const int64_t rows = out.logits.dim(0), vocab = out.logits.dim(1);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = out.logits.data<float>() + r * vocab;
-    if (metric.kind == PatchingMetric::Kind::kLogitDiff) {
-      values.push_back(static_cast<double>(row[metric.token_a]) - row[metric.token_b]);
-    } else {
-      double max_logit = row[0];
-      for (int64_t v = 1; v < vocab; ++v) max_logit = std::max<double>(max_logit, row[v]);
-      double sum = 0;
-      for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - max_logit);
-      values.push_back(row[metric.token_a] - max_logit - std::log(sum));
+    case PatchingMetric::Kind::kLogProb:
+      for (float v : out.target_log_probs.span<float>()) values.push_back(v);
+      break;
+    case PatchingMetric::Kind::kLogitDiff: {
+      const int64_t rows = out.logits.dim(0), vocab = out.logits.dim(1);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* row = out.logits.data<float>() + r * vocab;
+        values.push_back(static_cast<double>(row[metric.token_a]) - row[metric.token_b]);
+      }
+      break;
     }
   }
   return values;
 }
 
 ForwardOptions MetricOptions(const PatchingMetric& metric, const std::atomic<bool>* cancelled) {
-  if (metric.kind == PatchingMetric::Kind::kLoss) {
-    return {.logits = LogitsMode::kNone, .loss_per_token = true, .cancelled = cancelled};
+  switch (metric.kind) {
+    case PatchingMetric::Kind::kLoss:
+      return {.logits = LogitsMode::kNone, .loss_per_token = true, .cancelled = cancelled};
+    case PatchingMetric::Kind::kLogProb:
+      return {.logits = LogitsMode::kNone, .target_tokens = {metric.token_a},
+              .outputs_at = OutputPositions::kLast, .cancelled = cancelled};
+    case PatchingMetric::Kind::kLogitDiff: break;
   }
   return {.logits = LogitsMode::kLast, .cancelled = cancelled};
 }

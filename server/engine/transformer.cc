@@ -295,38 +295,12 @@ absl::StatusOr<ForwardOutput> ForwardPass::Run(const Tensor& ids, const Tensor& 
   GB_ASSIGN_OR_RETURN(Tensor normalized, Norm(resid, w_.ln_final_w, w_.ln_final_b,
                                               HookKind::kLnFinalScale,
                                               HookKind::kLnFinalNormalized, -1));
-  const bool need_all = options.logits == LogitsMode::kAll || options.loss_per_token;
-  if (options.logits == LogitsMode::kNone && !need_all) return out;
-  Tensor logits;
-  if (need_all) {
-    GB_ASSIGN_OR_RETURN(logits, be_.Allocate(DType::kF32, {tokens_, c_.vocab_size}));
-    GB_RETURN_IF_ERROR(be_.Linear(normalized, w_.unembed, nullptr, Activation::kIdentity, logits));
-  }
-  if (options.loss_per_token) {
-    GB_ASSIGN_OR_RETURN(Tensor loss, be_.Allocate(DType::kF32, {batch_, seq_}));
-    GB_RETURN_IF_ERROR(be_.CrossEntropy(logits, targets, loss));
-    Tensor host_loss = Tensor::EmptyHost(DType::kF32, {batch_, seq_});
-    GB_RETURN_IF_ERROR(be_.CopyToHost(loss, host_loss));
-    out.loss_per_token = Tensor::EmptyHost(DType::kF32, {batch_, std::max<int64_t>(seq_ - 1, 0)});
-    for (int64_t b = 0; b < batch_; ++b) {
-      for (int64_t t = 0; t + 1 < seq_; ++t) {
-        out.loss_per_token.data<float>()[b * (seq_ - 1) + t] = host_loss.data<float>()[b * seq_ + t];
-      }
-    }
-  }
-  if (options.logits == LogitsMode::kAll) {
-    out.logits = Tensor::EmptyHost(DType::kF32, {batch_, seq_, c_.vocab_size});
-    GB_RETURN_IF_ERROR(be_.CopyToHost(logits, out.logits));
-  } else if (options.logits == LogitsMode::kLast) {
-    // Unembed only each row's last real token: gather those rows, then one small GEMM.
-    GB_ASSIGN_OR_RETURN(Tensor last, New({batch_, c_.d_model}));
-    GB_RETURN_IF_ERROR(be_.Embedding(normalized, last_index, last));
-    GB_ASSIGN_OR_RETURN(Tensor last_logits, be_.Allocate(DType::kF32, {batch_, c_.vocab_size}));
-    GB_RETURN_IF_ERROR(be_.Linear(last, w_.unembed, nullptr, Activation::kIdentity, last_logits));
-    out.logits = Tensor::EmptyHost(DType::kF32, {batch_, c_.vocab_size});
-    GB_RETURN_IF_ERROR(be_.CopyToHost(last_logits, out.logits));
-  }
-  return out;
+  const LogitsRequest request = options.logits_request();
+  if (!request.any()) return out;
+  return ComputeLogitsOutputs(be_, {.normalized = &normalized, .unembed = &w_.unembed,
+                                    .last_index = &last_index, .next_targets = &targets,
+                                    .batch = batch_, .seq = seq_, .vocab = c_.vocab_size},
+                              request);
 }
 
 }  // namespace
@@ -372,10 +346,11 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
     return absl::InvalidArgumentError(absl::StrCat("stop_at_layer ", options.stop_at_layer,
                                                    " is outside [0, ", config_.n_layers, "]"));
   }
-  if (options.stop_at_layer >= 0 && (options.logits != LogitsMode::kNone || options.loss_per_token)) {
+  if (options.stop_at_layer >= 0 && options.logits_request().any()) {
     return absl::InvalidArgumentError(
         "logits and loss need the whole forward pass; turn them off when setting stop_at_layer");
   }
+  GB_RETURN_IF_ERROR(ValidateLogitsRequest(options.logits_request(), config_.vocab_size));
   Tensor mask = input.attention_mask;
   if (mask.defined()) {
     if (mask.dtype() != DType::kI32 || mask.shape() != tokens.shape() || mask.device() != Device::kCpu) {

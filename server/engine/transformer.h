@@ -5,11 +5,13 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "server/engine/hook_plan.h"
 #include "server/engine/hook_points.h"
+#include "server/engine/logits_outputs.h"
 #include "server/engine/model_weights.h"
 #include "server/model/model_config.h"
 
@@ -23,24 +25,31 @@ struct ForwardInput {
   Tensor attention_mask;
 };
 
-enum class LogitsMode : uint8_t { kNone, kLast, kAll };
-
 struct ForwardOptions {
+  // The logits returned: none, each row's last real token, or every position.
   LogitsMode logits = LogitsMode::kAll;
+  // Outputs computed from the logits on the device, at every position or, with outputs_at =
+  // kLast, at each row's last real token; they need no logits returned.
+  int64_t top_k = 0;                  // > 0: the top_k logits' values and token ids
+  std::vector<int32_t> target_tokens; // log_softmax(logits)[..., target_tokens]
+  OutputPositions outputs_at = OutputPositions::kAll;
   bool loss_per_token = false;
   // Run only blocks [0, stop_at_layer), as TransformerLens's stop_at_layer; -1 runs them all.
-  // Outputs (logits, loss) need the whole pass, so they must be off when this is set.
+  // Outputs (logits and everything above) need the whole pass, so they must be off when this is
+  // set.
   int stop_at_layer = -1;
   // Checked between blocks: when it becomes true the pass stops with CANCELLED. Lets a
   // disconnected client or a passed deadline free the device within one layer's time.
   const std::atomic<bool>* cancelled = nullptr;
+
+  LogitsRequest logits_request() const {
+    return {.logits = logits, .top_k = top_k, .target_tokens = target_tokens,
+            .outputs_at = outputs_at, .loss_per_token = loss_per_token};
+  }
 };
 
-struct ForwardOutput {
-  Tensor logits;          // host f32: [batch, pos, vocab] (kAll) or [batch, vocab] (kLast: the
-                          // last real token of each row)
-  Tensor loss_per_token;  // host f32 [batch, pos - 1]: -log p(token[t+1] | ..t); 0 at padding
-};
+// Exactly the outputs ForwardOptions asked for, on the host (see logits_outputs.h for shapes).
+using ForwardOutput = LogitsOutputs;
 
 // Receives captured activations in the order the forward pass produces them.
 class CaptureSink {

@@ -1,12 +1,11 @@
 #include "server/service/run_job.h"
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 
 #include "base/status_macros.h"
 #include "server/engine/capture.h"
 #include "server/engine/host_math.h"
+#include "server/engine/transformer.h"
 
 namespace glassbox {
 
@@ -74,61 +73,46 @@ absl::Status RunJob::Stream(int tensor_id, const Tensor& host) {
   return absl::OkStatus();
 }
 
-absl::Status RunJob::StreamOutputs(const Tensor& logits, const Tensor& loss) {
+namespace {
+
+// The request's outputs as the engine's: it computes them on the device and returns exactly the
+// tensors the stream carries.
+ForwardOptions OutputOptions(const RunPlan& plan, const std::atomic<bool>* cancelled) {
+  ForwardOptions options{.logits = LogitsMode::kNone,
+                         .target_tokens = plan.target_tokens,
+                         .loss_per_token = plan.loss_per_token,
+                         .stop_at_layer = plan.stop_at_layer,
+                         .cancelled = cancelled};
+  switch (plan.logits_mode) {
+    case glassbox::v1::LOGITS_LAST: options.logits = LogitsMode::kLast; break;
+    case glassbox::v1::LOGITS_ALL: options.logits = LogitsMode::kAll; break;
+    case glassbox::v1::LOGITS_TOP_K: options.top_k = plan.logits_k; break;
+    default: break;
+  }
+  return options;
+}
+
+}  // namespace
+
+// In plan.tensors' order after the captures: logits (or top-k values and indices), loss, target
+// log-probs.
+absl::Status RunJob::StreamOutputs(const ForwardOutput& out) {
   int id = 0;
   for (const ResolvedCapture& rc : plan_.captures) id += static_cast<int>(rc.outputs.size());
-  const int64_t batch = plan_.tokens.dim(0), seq = plan_.tokens.dim(1);
-  const int64_t vocab = plan_.model->model->config().vocab_size;
   switch (plan_.logits_mode) {
     case glassbox::v1::LOGITS_ALL:
-      GB_RETURN_IF_ERROR(Stream(id++, logits));
+    case glassbox::v1::LOGITS_LAST:
+      GB_RETURN_IF_ERROR(Stream(id++, out.logits));
       break;
-    case glassbox::v1::LOGITS_LAST: {
-      if (logits.rank() == 2) {
-        GB_RETURN_IF_ERROR(Stream(id++, logits));
-        break;
-      }
-      // All logits were computed for another output: take each row's last real token.
-      Tensor last = Tensor::EmptyHost(DType::kF32, {batch, vocab});
-      for (int64_t b = 0; b < batch; ++b) {
-        std::copy_n(logits.data<float>() + (b * seq + plan_.lengths[b] - 1) * vocab, vocab,
-                    last.data<float>() + b * vocab);
-      }
-      GB_RETURN_IF_ERROR(Stream(id++, last));
+    case glassbox::v1::LOGITS_TOP_K:
+      GB_RETURN_IF_ERROR(Stream(id++, out.top_k_values));
+      GB_RETURN_IF_ERROR(Stream(id++, out.top_k_indices));
       break;
-    }
-    case glassbox::v1::LOGITS_TOP_K: {
-      const int64_t k = plan_.logits_k, rows = batch * seq;
-      Tensor values = Tensor::EmptyHost(DType::kF32, {batch, seq, k});
-      Tensor indices = Tensor::EmptyHost(DType::kI32, {batch, seq, k});
-      std::vector<int32_t> scratch;
-      for (int64_t r = 0; r < rows; ++r) {
-        TopK(logits.data<float>() + r * vocab, vocab, k, values.data<float>() + r * k,
-             indices.data<int32_t>() + r * k, scratch);
-      }
-      GB_RETURN_IF_ERROR(Stream(id++, values));
-      GB_RETURN_IF_ERROR(Stream(id++, indices));
-      break;
-    }
     default:
       break;
   }
-  if (plan_.loss_per_token) GB_RETURN_IF_ERROR(Stream(id++, loss));
-  if (!plan_.target_tokens.empty()) {
-    const int64_t n = static_cast<int64_t>(plan_.target_tokens.size()), rows = batch * seq;
-    Tensor out = Tensor::EmptyHost(DType::kF32, {batch, seq, n});
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = logits.data<float>() + r * vocab;
-      const float max_logit = *std::max_element(row, row + vocab);
-      double sum = 0;
-      for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - max_logit);
-      const double log_z = std::log(sum) + max_logit;
-      for (int64_t j = 0; j < n; ++j) {
-        out.data<float>()[r * n + j] = static_cast<float>(row[plan_.target_tokens[j]] - log_z);
-      }
-    }
-    GB_RETURN_IF_ERROR(Stream(id++, out));
-  }
+  if (plan_.loss_per_token) GB_RETURN_IF_ERROR(Stream(id++, out.loss_per_token));
+  if (!plan_.target_tokens.empty()) GB_RETURN_IF_ERROR(Stream(id++, out.target_log_probs));
   return absl::OkStatus();
 }
 
@@ -146,22 +130,14 @@ absl::Status RunJob::RunForward() {
   for (const Intervention& edit : plan_.interventions) GB_RETURN_IF_ERROR(hook_plan.AddIntervention(edit));
   for (const auto& [hook, splice] : plan_.splices)
     GB_RETURN_IF_ERROR(hook_plan.AddSaeSplice(hook, splice));
-  const bool need_all = plan_.logits_mode == glassbox::v1::LOGITS_ALL ||
-                        plan_.logits_mode == glassbox::v1::LOGITS_TOP_K || !plan_.target_tokens.empty();
-  ForwardOptions options{
-      .logits = need_all ? LogitsMode::kAll
-                         : plan_.logits_mode == glassbox::v1::LOGITS_LAST ? LogitsMode::kLast
-                                                                          : LogitsMode::kNone,
-      .loss_per_token = plan_.loss_per_token,
-      .stop_at_layer = plan_.stop_at_layer,
-      .cancelled = &cancelled_};
+  const ForwardOptions options = OutputOptions(plan_, &cancelled_);
   StreamingSink sink(*this);
   const auto start = std::chrono::steady_clock::now();
   auto out = model.Forward({.tokens = plan_.tokens, .attention_mask = plan_.attention_mask},
                            hook_plan, &sink, options);
   forward_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!out.ok()) return out.status();
-  return StreamOutputs(out->logits, out->loss_per_token);
+  return StreamOutputs(*out);
 }
 
 void RunJob::Execute() {

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "glassbox/v1/glassbox.pb.h"
+#include "server/engine/transformer.h"
 #include "server/service/bounded_channel.h"
 #include "server/service/run_plan.h"
 
@@ -39,7 +40,7 @@ class RunJob {
  private:
   absl::Status Stream(int tensor_id, const Tensor& host);
   absl::Status RunForward();
-  absl::Status StreamOutputs(const Tensor& logits, const Tensor& loss);
+  absl::Status StreamOutputs(const ForwardOutput& out);
 
   friend class StreamingSink;
   RunPlan plan_;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <algorithm>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -74,8 +75,12 @@ absl::Status Run() {
   }
   KeepingSink sink;
   ForwardInput input{.tokens = Tensor::FromHost(ids, {1, static_cast<int64_t>(ids.size())})};
+  const int64_t vocab = c.vocab_size, seq = static_cast<int64_t>(ids.size());
+  const int64_t k = std::clamp<int64_t>(absl::GetFlag(FLAGS_top_k), 0, vocab);
+  // The engine computes the last position's top-k on the backend; all logits are kept for --out.
   auto out = (*model)->Forward(input, plan, &sink,
-                               {.logits = LogitsMode::kAll, .loss_per_token = true});
+                               {.logits = LogitsMode::kAll, .top_k = k,
+                                .outputs_at = OutputPositions::kLast, .loss_per_token = true});
   if (!out.ok()) return out.status();
 
   std::printf("\n%-36s %-18s %12s\n", "hook", "shape", "L2 norm");
@@ -83,20 +88,17 @@ absl::Status Run() {
     std::printf("%-36s %-18s %12.4f\n", name.c_str(), ShapeToString(value.shape()).c_str(), L2Norm(value));
   }
 
-  const int64_t vocab = c.vocab_size, seq = static_cast<int64_t>(ids.size());
-  const float* last = out->logits.data<float>() + (seq - 1) * vocab;
-  const float max_logit = *std::max_element(last, last + vocab);
-  double z = 0;
-  for (int64_t v = 0; v < vocab; ++v) z += std::exp(last[v] - max_logit);
-  std::vector<int32_t> order(vocab);
-  std::iota(order.begin(), order.end(), 0);
-  const int k = std::min<int>(absl::GetFlag(FLAGS_top_k), static_cast<int>(vocab));
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [&](int32_t a, int32_t b) { return last[a] > last[b]; });
-  std::printf("\nnext token after position %lld:\n", static_cast<long long>(seq - 1));
-  for (int i = 0; i < k; ++i) {
-    std::printf("  id %6d  p = %.4f  logit = %.4f\n", order[i],
-                std::exp(last[order[i]] - max_logit) / z, last[order[i]]);
+  if (k > 0) {
+    // Their probabilities: log-probs through the backend's log-sum-exp, as the engine's target
+    // log-probs (the model runs on the CPU backend, so the host logits are its tensors).
+    const Tensor last = out->logits.Reshape({seq, vocab}).Slice0(seq - 1, seq);
+    auto log_probs = LogProbsAt((*model)->backend(), last, out->top_k_indices.span<int32_t>());
+    if (!log_probs.ok()) return log_probs.status();
+    std::printf("\nnext token after position %lld:\n", static_cast<long long>(seq - 1));
+    for (int64_t i = 0; i < k; ++i) {
+      std::printf("  id %6d  p = %.4f  logit = %.4f\n", out->top_k_indices.data<int32_t>()[i],
+                  std::exp(log_probs->data<float>()[i]), out->top_k_values.data<float>()[i]);
+    }
   }
   if (seq > 1) {
     const auto loss = out->loss_per_token.span<float>();

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <memory>
 #include <ostream>
 #include <random>
@@ -22,6 +23,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_probe.h"
+#include "server/engine/host_math.h"
 #include "server/engine/transformer.h"
 #include "tests/util/test_util.h"
 
@@ -49,9 +51,9 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // ---------------------------------------------------------------------------------------------
 // The device, probed once. `backend` uses the default options (fused epilogues, flash
-// attention); `plain` turns both off and gives materialised attention a tiny score budget, so
-// the same tests also cover the separate bias/activation kernel, the materialised z path and its
-// chunking over (batch, head) pairs.
+// attention); `plain` turns both off and gives materialised attention and TopK tiny work budgets,
+// so the same tests also cover the separate bias/activation kernel, the materialised z path and
+// its chunking over (batch, head) pairs, and TopK one row at a time.
 
 struct GpuState {
   std::string skip_reason;  // set when there is no usable device
@@ -82,7 +84,8 @@ const GpuState& Gpu() {
     s->backend = *backend;
     auto plain = CudaBackend::Create(0, {.gemm_activation_epilogues = false,
                                          .flash_attention = false,
-                                         .attention_work_bytes = 1});
+                                         .attention_work_bytes = 1,
+                                         .top_k_work_bytes = 1});
     if (!plain.ok()) {
       s->failure = plain.status().ToString();
       return s;
@@ -960,6 +963,104 @@ TEST_F(GpuTest, CrossEntropyAndLogSoftmaxMatchCpu) {
   }
 }
 
+// LogSumExp, and GatherColumns less it (the engine's target log-probs), against the CPU.
+TEST_F(GpuTest, LogSumExpAndGatherColumnsMatchCpu) {
+  std::mt19937 rng(19);
+  for (int64_t vocab : {1, 300, 50257}) {
+    for (int64_t t : {1, 7, 129}) {
+      for (DType dtype : kFloatTypes) {
+        SCOPED_TRACE("vocab=" + std::to_string(vocab) + " t=" + std::to_string(t) + " " + DTypeLabel(dtype));
+        const Tensor logits = Rounded(RandomHost({t, vocab}, rng, -8, 8), dtype);
+        const Tensor logits_dev = Upload(gpu(), logits, dtype);
+        Tensor lse = Tensor::EmptyHost(DType::kF32, {t});
+        ASSERT_OK(cpu_.LogSumExp(logits, lse));
+        Tensor lse_dev = Poisoned(gpu(), DType::kF32, {t});
+        ASSERT_OK(gpu().LogSumExp(logits_dev, lse_dev));
+        ExpectClose(Download(gpu(), lse_dev), lse, Tolerance(dtype, false), "LogSumExp");
+
+        // First, last and a repeated column.
+        const std::vector<int32_t> columns = {0, static_cast<int32_t>(vocab - 1),
+                                              static_cast<int32_t>(vocab / 2), 0};
+        const int64_t n = static_cast<int64_t>(columns.size());
+        const Tensor columns_dev = UploadInts(gpu(), columns, {n});
+        for (bool shifted : {false, true}) {
+          Tensor expected = Tensor::EmptyHost(DType::kF32, {t, n});
+          ASSERT_OK(cpu_.GatherColumns(logits, IntsHost(columns, {n}), shifted ? &lse : nullptr, expected));
+          Tensor out = Poisoned(gpu(), DType::kF32, {t, n});
+          ASSERT_OK(gpu().GatherColumns(logits_dev, columns_dev, shifted ? &lse_dev : nullptr, out));
+          // A plain gather copies exactly; less the log-sum-exp, the shift's error carries over.
+          ExpectClose(Download(gpu(), out), expected, shifted ? Tolerance(dtype, false) : 0.0,
+                      shifted ? "GatherColumns - lse" : "GatherColumns");
+        }
+      }
+    }
+  }
+}
+
+TEST_F(GpuTest, GatherColumnsColumnOutOfRangeIsReportedAtTheNextSync) {
+  const Tensor x = Upload(gpu(), FilledHost({2, 5}, 1.0f), DType::kF32);
+  Tensor out = Poisoned(gpu(), DType::kF32, {2, 3});
+  ASSERT_OK(gpu().GatherColumns(x, UploadInts(gpu(), {4, 5, -1}, {3}), nullptr, out));
+  Tensor host = Tensor::EmptyHost(DType::kF32, {2, 3});
+  const absl::Status status = gpu().CopyToHost(out, host);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(status.message().find("GatherColumns column out of range"), std::string::npos) << status;
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(host.data<float>()[r * 3], 1.0f);
+    EXPECT_EQ(host.data<float>()[r * 3 + 1], 0.0f);  // never a read out of bounds
+    EXPECT_EQ(host.data<float>()[r * 3 + 2], 0.0f);
+  }
+  EXPECT_OK(gpu().Synchronize());
+}
+
+// TopK is a selection: values and indices equal the CPU's exactly, ties (many, on coarse values),
+// signed zeros and NaNs included, for k from 1 to the whole row, chunked (plain) or not.
+TEST_F(GpuTest, TopKMatchesCpuExactly) {
+  std::mt19937 rng(23);
+  enum class Values { kRandom, kCoarse, kZerosAndNaNs };
+  for (int64_t cols : {1, 7, 300, 50257}) {
+    for (int64_t t : {1, 9, 130}) {
+      for (Values kind : {Values::kRandom, Values::kCoarse, Values::kZerosAndNaNs}) {
+        for (DType dtype : kFloatTypes) {
+          Tensor x = RandomHost({t, cols}, rng, -8, 8);
+          std::uniform_int_distribution<int> level(-3, 3), which(0, 3);
+          for (float& v : x.span<float>()) {
+            if (kind == Values::kCoarse) v = static_cast<float>(level(rng));
+            if (kind == Values::kZerosAndNaNs) {
+              const int p = which(rng);
+              v = p == 0 ? 0.0f : p == 1 ? -0.0f : p == 2 ? kNaN : v;
+            }
+          }
+          x = Rounded(x, dtype);
+          for (int64_t k : {int64_t{1}, std::min<int64_t>(5, cols), cols}) {
+            for (bool use_plain : {false, true}) {
+              if (cols == 50257 && (k == cols || t == 130)) continue;  // keep the test quick
+              SCOPED_TRACE("cols=" + std::to_string(cols) + " t=" + std::to_string(t) + " k=" +
+                           std::to_string(k) + " kind=" + std::to_string(static_cast<int>(kind)) +
+                           " " + DTypeLabel(dtype) + (use_plain ? " plain" : ""));
+              CudaBackend& be = pick(use_plain);
+              Tensor values = Tensor::EmptyHost(DType::kF32, {t, k});
+              Tensor indices = Tensor::EmptyHost(DType::kI32, {t, k});
+              ASSERT_OK(cpu_.TopK(x, k, values, indices));
+              Tensor values_dev = Poisoned(be, dtype, {t, k});
+              Tensor indices_dev = UploadInts(be, std::vector<int32_t>(t * k, -7), {t, k});
+              ASSERT_OK(be.TopK(Upload(be, x, dtype), k, values_dev, indices_dev));
+              Tensor got_indices = Tensor::EmptyHost(DType::kI32, {t, k});
+              ASSERT_OK(be.CopyToHost(indices_dev, got_indices));
+              const Tensor got_values = Download(be, values_dev);
+              for (int64_t i = 0; i < t * k; ++i) {
+                ASSERT_EQ(got_indices.data<int32_t>()[i], indices.data<int32_t>()[i]) << i;
+                const float want = values.data<float>()[i], got = got_values.data<float>()[i];
+                ASSERT_TRUE(std::isnan(want) ? std::isnan(got) : got == want) << i << ": " << got << " vs " << want;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Whole models: the engine on the CUDA backend against the engine on the CPU backend, and the
 // logits against HF's (the committed fixtures of tests/engine/parity_test.cc).
@@ -976,37 +1077,48 @@ class WholeModelTest : public GpuParamTest<ModelCase> {
   // f32: the CPU run is the reference up to GEMM summation order. bf16: weights and every
   // activation rounded to 8 bits of mantissa through two layers.
   double tolerance() const { return GetParam().dtype == DType::kF32 ? 1e-4 : 5e-2; }
+
+  // The model on both backends and its committed fixtures.
+  void SetUp() override {
+    GpuParamTest<ModelCase>::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    const ModelCase& c = GetParam();
+    const std::string dir = FixturePath("models/" + c.model);
+    auto cpu_model = Transformer::Load(dir, std::make_shared<CpuBackend>());
+    ASSERT_TRUE(cpu_model.ok()) << cpu_model.status();
+    auto gpu_model = Transformer::Load(dir, Gpu().backend, c.dtype);
+    ASSERT_TRUE(gpu_model.ok()) << gpu_model.status();
+    cpu_model_ = *std::move(cpu_model);
+    gpu_model_ = *std::move(gpu_model);
+    expected_ = ReadAllTensors(FixturePath("expected/" + c.model + ".safetensors"));
+  }
+
+  std::unique_ptr<Transformer> cpu_model_, gpu_model_;
+  std::map<std::string, Tensor> expected_;
 };
 
 // Every hook (captured all at once: the materialised attention path) and the outputs, on the
 // padded batch of the fixtures (left padding: queries with no visible key).
 TEST_P(WholeModelTest, EveryHookMatchesCpu) {
-  const ModelCase& c = GetParam();
-  const std::string dir = FixturePath("models/" + c.model);
-  auto cpu_model = Transformer::Load(dir, std::make_shared<CpuBackend>());
-  ASSERT_TRUE(cpu_model.ok()) << cpu_model.status();
-  auto gpu_model = Transformer::Load(dir, Gpu().backend, c.dtype);
-  ASSERT_TRUE(gpu_model.ok()) << gpu_model.status();
-  const auto expected = ReadAllTensors(FixturePath("expected/" + c.model + ".safetensors"));
 
   for (const std::string batch : {"unpadded", "left", "right"}) {
     SCOPED_TRACE(batch);
-    auto ids = expected.find(batch + ".input_ids");
-    ASSERT_NE(ids, expected.end());
+    auto ids = expected_.find(batch + ".input_ids");
+    ASSERT_NE(ids, expected_.end());
     ForwardInput input;
     input.tokens = ids->second;
-    if (auto mask = expected.find(batch + ".attention_mask"); mask != expected.end()) {
+    if (auto mask = expected_.find(batch + ".attention_mask"); mask != expected_.end()) {
       input.attention_mask = mask->second;
     }
     const ForwardOptions options{.logits = LogitsMode::kAll, .loss_per_token = true};
-    HookPlan cpu_plan((*cpu_model)->hooks());
-    HookPlan gpu_plan((*gpu_model)->hooks());
+    HookPlan cpu_plan(cpu_model_->hooks());
+    HookPlan gpu_plan(gpu_model_->hooks());
     ASSERT_OK(cpu_plan.Capture("*"));
     ASSERT_OK(gpu_plan.Capture("*"));
     CollectingSink cpu_sink, gpu_sink;
-    auto cpu_out = (*cpu_model)->Forward(input, cpu_plan, &cpu_sink, options);
+    auto cpu_out = cpu_model_->Forward(input, cpu_plan, &cpu_sink, options);
     ASSERT_TRUE(cpu_out.ok()) << cpu_out.status();
-    auto gpu_out = (*gpu_model)->Forward(input, gpu_plan, &gpu_sink, options);
+    auto gpu_out = gpu_model_->Forward(input, gpu_plan, &gpu_sink, options);
     ASSERT_TRUE(gpu_out.ok()) << gpu_out.status();
 
     EXPECT_EQ(gpu_sink.order, cpu_sink.order);
@@ -1025,42 +1137,83 @@ TEST_P(WholeModelTest, EveryHookMatchesCpu) {
 // Only the residual stream captured: every layer takes the flash attention path. Logits against
 // the CPU run and against HF's on the unpadded batch.
 TEST_P(WholeModelTest, FlashPathMatchesCpuAndHf) {
-  const ModelCase& c = GetParam();
-  const std::string dir = FixturePath("models/" + c.model);
-  auto cpu_model = Transformer::Load(dir, std::make_shared<CpuBackend>());
-  ASSERT_TRUE(cpu_model.ok()) << cpu_model.status();
-  auto gpu_model = Transformer::Load(dir, Gpu().backend, c.dtype);
-  ASSERT_TRUE(gpu_model.ok()) << gpu_model.status();
-  const auto expected = ReadAllTensors(FixturePath("expected/" + c.model + ".safetensors"));
 
   for (const std::string batch : {"unpadded", "left"}) {
     SCOPED_TRACE(batch);
     ForwardInput input;
-    input.tokens = expected.at(batch + ".input_ids");
-    if (auto mask = expected.find(batch + ".attention_mask"); mask != expected.end()) {
+    input.tokens = expected_.at(batch + ".input_ids");
+    if (auto mask = expected_.find(batch + ".attention_mask"); mask != expected_.end()) {
       input.attention_mask = mask->second;
     }
-    HookPlan cpu_plan((*cpu_model)->hooks());
-    HookPlan gpu_plan((*gpu_model)->hooks());
+    HookPlan cpu_plan(cpu_model_->hooks());
+    HookPlan gpu_plan(gpu_model_->hooks());
     ASSERT_OK(cpu_plan.Capture("blocks.*.hook_resid_post"));
     ASSERT_OK(gpu_plan.Capture("blocks.*.hook_resid_post"));
     CollectingSink cpu_sink, gpu_sink;
-    auto cpu_out = (*cpu_model)->Forward(input, cpu_plan, &cpu_sink, {.logits = LogitsMode::kAll});
+    auto cpu_out = cpu_model_->Forward(input, cpu_plan, &cpu_sink, {.logits = LogitsMode::kAll});
     ASSERT_TRUE(cpu_out.ok()) << cpu_out.status();
-    auto gpu_out = (*gpu_model)->Forward(input, gpu_plan, &gpu_sink, {.logits = LogitsMode::kAll});
+    auto gpu_out = gpu_model_->Forward(input, gpu_plan, &gpu_sink, {.logits = LogitsMode::kAll});
     ASSERT_TRUE(gpu_out.ok()) << gpu_out.status();
     for (const std::string& name : cpu_sink.order) {
       ExpectClose(Download(gpu(), gpu_sink.values.at(name)), cpu_sink.values.at(name), tolerance(), name);
     }
     ExpectClose(gpu_out->logits, cpu_out->logits, tolerance(), "logits");
     if (batch == "unpadded") {
-      ExpectClose(gpu_out->logits, expected.at("unpadded.hf.logits"), tolerance(), "logits vs HF");
+      ExpectClose(gpu_out->logits, expected_.at("unpadded.hf.logits"), tolerance(), "logits vs HF");
     }
     // Last-token logits go through the Embedding gather of activation rows.
-    auto cpu_last = (*cpu_model)->Forward(input, cpu_plan, &cpu_sink, {.logits = LogitsMode::kLast});
-    auto gpu_last = (*gpu_model)->Forward(input, gpu_plan, &gpu_sink, {.logits = LogitsMode::kLast});
+    auto cpu_last = cpu_model_->Forward(input, cpu_plan, &cpu_sink, {.logits = LogitsMode::kLast});
+    auto gpu_last = gpu_model_->Forward(input, gpu_plan, &gpu_sink, {.logits = LogitsMode::kLast});
     ASSERT_TRUE(cpu_last.ok() && gpu_last.ok());
     ExpectClose(gpu_last->logits, cpu_last->logits, tolerance(), "last-token logits");
+  }
+}
+
+// The engine's logits outputs on the device (top-k, target log-probs, last-token rows, loss)
+// against the CPU engine's, at every position and at the last real token. Top-k indices are
+// checked against the GPU's own logits: between backends, near-ties may legitimately swap.
+TEST_P(WholeModelTest, LogitsOutputsMatchCpu) {
+  const int64_t vocab = cpu_model_->config().vocab_size;
+  const std::vector<int32_t> targets = {0, 3, static_cast<int32_t>(vocab - 1)};
+
+  for (const std::string batch : {"unpadded", "left", "right"}) {
+    auto ids = expected_.find(batch + ".input_ids");
+    ASSERT_NE(ids, expected_.end());
+    ForwardInput input{.tokens = ids->second};
+    if (auto mask = expected_.find(batch + ".attention_mask"); mask != expected_.end()) {
+      input.attention_mask = mask->second;
+    }
+    for (OutputPositions at : {OutputPositions::kAll, OutputPositions::kLast}) {
+      SCOPED_TRACE(batch + (at == OutputPositions::kAll ? " every position" : " last position"));
+      const ForwardOptions options{
+          .logits = at == OutputPositions::kAll ? LogitsMode::kAll : LogitsMode::kLast,
+          .top_k = 5, .target_tokens = targets, .outputs_at = at, .loss_per_token = true};
+      HookPlan cpu_plan(cpu_model_->hooks()), gpu_plan(gpu_model_->hooks());
+      auto cpu_out = cpu_model_->Forward(input, cpu_plan, nullptr, options);
+      ASSERT_TRUE(cpu_out.ok()) << cpu_out.status();
+      auto gpu_out = gpu_model_->Forward(input, gpu_plan, nullptr, options);
+      ASSERT_TRUE(gpu_out.ok()) << gpu_out.status();
+      for (const Tensor* t : {&gpu_out->logits, &gpu_out->top_k_values, &gpu_out->top_k_indices,
+                              &gpu_out->target_log_probs, &gpu_out->loss_per_token}) {
+        EXPECT_EQ(t->device(), Device::kCpu);
+      }
+      ExpectClose(gpu_out->logits, cpu_out->logits, tolerance(), "logits");
+      ExpectClose(gpu_out->top_k_values, cpu_out->top_k_values, tolerance(), "top-k values");
+      ExpectClose(gpu_out->target_log_probs, cpu_out->target_log_probs, tolerance(), "target log-probs");
+      ExpectClose(gpu_out->loss_per_token, cpu_out->loss_per_token, tolerance(), "loss_per_token");
+      ASSERT_EQ(gpu_out->top_k_indices.shape(), cpu_out->top_k_indices.shape());
+      const int64_t rows = gpu_out->logits.numel() / vocab;
+      std::vector<int32_t> scratch;
+      for (int64_t r = 0; r < rows; ++r) {
+        float values[5];
+        int32_t indices[5];
+        TopK(gpu_out->logits.data<float>() + r * vocab, vocab, 5, values, indices, scratch);
+        for (int j = 0; j < 5; ++j) {
+          ASSERT_EQ(gpu_out->top_k_indices.data<int32_t>()[r * 5 + j], indices[j]) << r;
+          ASSERT_EQ(gpu_out->top_k_values.data<float>()[r * 5 + j], values[j]) << r;
+        }
+      }
+    }
   }
 }
 

@@ -1,0 +1,121 @@
+// The public ops: the contract, then the backend's work when there is any.
+#include "kernels/backend.h"
+
+#include "base/status_macros.h"
+
+namespace glassbox {
+
+absl::StatusOr<Tensor> Backend::Allocate(DType dtype, Shape shape) {
+  GB_RETURN_IF_ERROR(CheckAllocate(target_, shape));
+  return DoAllocate(dtype, std::move(shape));
+}
+
+absl::Status Backend::CopyFromHost(const Tensor& host, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const int64_t bytes, CheckCopyFromHost(target_, host, out));
+  return DoCopyFromHost(bytes, host, out);
+}
+
+absl::Status Backend::CopyToHost(const Tensor& src, Tensor& host_out) {
+  GB_ASSIGN_OR_RETURN(const int64_t bytes, CheckCopyToHost(target_, src, host_out));
+  return DoCopyToHost(bytes, src, host_out);
+}
+
+absl::Status Backend::Convert(const Tensor& src, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const int64_t n, CheckConvert(target_, src, out));
+  return n == 0 ? absl::OkStatus() : DoConvert(n, src, out);
+}
+
+absl::Status Backend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Activation act,
+                             Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const LinearDims d, CheckLinear(target_, x, w, bias, out));
+  return d.empty ? absl::OkStatus() : DoLinear(d, x, w, bias, act, out);
+}
+
+absl::Status Backend::HeadProjection(const Tensor& z, const Tensor& w, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const HeadProjectionDims d, CheckHeadProjection(target_, z, w, out));
+  return d.empty ? absl::OkStatus() : DoHeadProjection(d, z, w, out);
+}
+
+absl::Status Backend::LayerNorm(const Tensor& x, const Tensor* weight, const Tensor* bias,
+                                float eps, Tensor& out, Tensor* scale_out, Tensor* unweighted_out) {
+  GB_ASSIGN_OR_RETURN(const RowsDims d,
+                      CheckLayerNorm(target_, x, weight, bias, out, scale_out, unweighted_out));
+  if (d.empty) return absl::OkStatus();
+  return DoLayerNorm(d, x, weight, bias, eps, out, scale_out, unweighted_out);
+}
+
+absl::Status Backend::RmsNorm(const Tensor& x, const Tensor* weight, float eps, Tensor& out,
+                              Tensor* scale_out, Tensor* unweighted_out) {
+  GB_ASSIGN_OR_RETURN(const RowsDims d,
+                      CheckRmsNorm(target_, x, weight, out, scale_out, unweighted_out));
+  return d.empty ? absl::OkStatus() : DoRmsNorm(d, x, weight, eps, out, scale_out, unweighted_out);
+}
+
+absl::Status Backend::Embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const EmbeddingDims d, CheckEmbedding(target_, table, ids, out));
+  return d.empty ? absl::OkStatus() : DoEmbedding(d, table, ids, out);
+}
+
+absl::Status Backend::Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                             const Tensor& positions, int rotary_dim, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const RotaryDims d,
+                      CheckRotary(target_, x, cos, sin, positions, rotary_dim, out));
+  return d.empty ? absl::OkStatus() : DoRotary(d, x, cos, sin, positions, rotary_dim, out);
+}
+
+absl::Status Backend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& key_mask, float scale, Tensor& z, Tensor* scores,
+                                Tensor* pattern) {
+  GB_ASSIGN_OR_RETURN(const AttentionDims d,
+                      CheckAttention(target_, q, k, v, key_mask, z, scores, pattern));
+  return d.empty ? absl::OkStatus() : DoAttention(d, q, k, v, key_mask, scale, z, scores, pattern);
+}
+
+absl::Status Backend::Add(const Tensor& a, const Tensor& b, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const int64_t n, CheckAdd(target_, a, b, out));
+  return n == 0 ? absl::OkStatus() : DoAdd(n, a, b, out);
+}
+
+absl::Status Backend::Mul(const Tensor& a, const Tensor& b, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const int64_t n, CheckMul(target_, a, b, out));
+  return n == 0 ? absl::OkStatus() : DoMul(n, a, b, out);
+}
+
+absl::Status Backend::Activate(Activation act, const Tensor& x, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const int64_t n, CheckActivate(target_, x, out));
+  return n == 0 ? absl::OkStatus() : DoActivate(n, act, x, out);
+}
+
+absl::Status Backend::SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tensor& v) {
+  GB_ASSIGN_OR_RETURN(const SplitQkvDims d, CheckSplitQkv(target_, qkv, q, k, v));
+  return d.empty ? absl::OkStatus() : DoSplitQkv(d, qkv, q, k, v);
+}
+
+absl::Status Backend::CrossEntropy(const Tensor& logits, const Tensor& targets, Tensor& loss) {
+  GB_ASSIGN_OR_RETURN(const RowsDims d, CheckCrossEntropy(target_, logits, targets, loss));
+  return d.empty ? absl::OkStatus() : DoCrossEntropy(d, logits, targets, loss);
+}
+
+absl::Status Backend::LogSoftmax(const Tensor& x, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const RowsDims d, CheckLogSoftmax(target_, x, out));
+  return d.empty ? absl::OkStatus() : DoLogSoftmax(d, x, out);
+}
+
+absl::Status Backend::LogSumExp(const Tensor& x, Tensor& lse) {
+  GB_ASSIGN_OR_RETURN(const RowsDims d, CheckLogSumExp(target_, x, lse));
+  return d.empty ? absl::OkStatus() : DoLogSumExp(d, x, lse);
+}
+
+absl::Status Backend::GatherColumns(const Tensor& x, const Tensor& columns, const Tensor* shift,
+                                    Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const GatherColumnsDims d,
+                      CheckGatherColumns(target_, x, columns, shift, out));
+  return d.empty ? absl::OkStatus() : DoGatherColumns(d, x, columns, shift, out);
+}
+
+absl::Status Backend::TopK(const Tensor& x, int64_t k, Tensor& values, Tensor& indices) {
+  GB_ASSIGN_OR_RETURN(const TopKDims d, CheckTopK(target_, x, k, values, indices));
+  return d.empty ? absl::OkStatus() : DoTopK(d, x, values, indices);
+}
+
+}  // namespace glassbox
