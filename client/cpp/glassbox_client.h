@@ -84,7 +84,7 @@ class Client {
   // error cancels the call and is returned.
   absl::Status RunStreaming(const glassbox::v1::RunRequest& request, RunCallbacks callbacks);
 
-  // Server-side analyses (definitions in METHODS.md; docs/patching.md, docs/analyses.md). Each
+  // Server-side analyses (definitions in docs/methods.md; docs/patching.md, docs/analyses.md). Each
   // response is checked before it is returned (arrays.h: every array well formed, shapes
   // consistent with each other and with the labels); a malformed one is INTERNAL.
   //

@@ -1,4 +1,4 @@
-// Server-side analyses that read the model's weights beside its activations (METHODS.md):
+// Server-side analyses that read the model's weights beside its activations (docs/methods.md):
 // logit lens, direct logit attribution, and attention-weight vs attention-norm analysis.
 #pragma once
 

@@ -2,7 +2,7 @@
 // here every cell becomes rows of a few large batches: the corrupted input repeated, each copy
 // with one activation replaced by its value in the clean run.
 //
-// Definitions (METHODS.md): m = metric on the patched run's logits at the last position,
+// Definitions (docs/methods.md): m = metric on the patched run's logits at the last position,
 // averaged over the prompt pairs; normalised effect = (m - m_corrupted) / (m_clean - m_corrupted).
 #pragma once
 

@@ -1,9 +1,9 @@
-"""Reference values for the server-side analyses (METHODS.md), from TransformerLens.
+"""Reference values for the server-side analyses (docs/methods.md), from TransformerLens.
 
 - Logit lens: cache.accumulated_resid(apply_ln=True) (final LN recomputed per layer) through the
   unembedding, then log_softmax: "logit_lens.log_probs" [L+1, batch, pos, vocab].
 - Direct logit attribution: TransformerLens's cache.logit_attrs on a model processed with
-  fold_ln=True only (so w_f sits in W_U, as METHODS.md's definition has it; value biases are not
+  fold_ln=True only (so w_f sits in W_U, as docs/methods.md's definition has it; value biases are not
   folded, so each head's output is the raw model's hook_result), for the components
   embed, pos_embed, each head's hook_result, each layer's b_O and each hook_mlp_out, at the last
   position, for token_a and for token_a - token_b: "dla.token", "dla.diff" [components, batch].

@@ -4,7 +4,7 @@ things through glassboxd, on their own random draws.
 
     python tools/demo_model/evaluate.py models/demo     # writes models/demo/evaluation.json
 
-Head scores follow METHODS.md (and the client's ``Model.detect_heads``): on BOS + r + r with
+Head scores follow docs/methods.md (and the client's ``Model.detect_heads``): on BOS + r + r with
 r random of length n, the induction score of a head is its mean attention from second-copy
 position i to i - n + 1, the previous-token score its mean attention from i to i - 1. Copy
 losses are over tokens 2..n of each copy (a copying model cannot know the first).
