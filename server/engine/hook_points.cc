@@ -73,7 +73,7 @@ HookRegistry::HookRegistry(const ModelConfig& c) {
         {Batch(), Pos(), Fixed(c.n_heads), Fixed(c.d_model)},
         {"batch", "pos", "head_index", "d_model"});
     add(HookKind::kAttnOut, l, b + "hook_attn_out", resid(), resid_names);
-    add(HookKind::kResidMid, l, b + "hook_resid_mid", resid(), resid_names);
+    if (!c.parallel_attn_mlp) add(HookKind::kResidMid, l, b + "hook_resid_mid", resid(), resid_names);
     add(HookKind::kLn2Scale, l, b + "ln2.hook_scale", scale(), scale_names);
     add(HookKind::kLn2Normalized, l, b + "ln2.hook_normalized", resid(), resid_names);
     add(HookKind::kMlpPre, l, b + "mlp.hook_pre", neurons(), neuron_names);

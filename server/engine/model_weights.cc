@@ -176,6 +176,76 @@ absl::StatusOr<ModelWeights> LoadGpt2(const ModelConfig& c, const WeightReader& 
   return w;
 }
 
+// The unembedding: the embedding itself when tied, else the checkpoint's `name`.
+absl::Status ReadUnembed(const ModelConfig& c, const WeightReader& r, absl::string_view name,
+                         ModelWeights& w) {
+  if (c.tie_word_embeddings) {
+    w.unembed = w.embed;
+    return absl::OkStatus();
+  }
+  GB_ASSIGN_OR_RETURN(w.unembed, r.Get(name, {c.vocab_size, c.d_model}));
+  return absl::OkStatus();
+}
+
+// The rotary tables stay f32 whatever the weights' dtype: they are small and HF keeps them f32
+// too.
+absl::Status PlaceRotaryTables(const ModelConfig& c, const WeightReader& r, ModelWeights& w) {
+  Tensor cos = Tensor::EmptyHost(DType::kF32, {c.n_ctx, c.rotary_dim / 2});
+  Tensor sin = Tensor::EmptyHost(DType::kF32, {c.n_ctx, c.rotary_dim / 2});
+  ComputeRotaryTables(c, cos, sin);
+  GB_ASSIGN_OR_RETURN(w.rope_cos, r.Place(cos));
+  GB_ASSIGN_OR_RETURN(w.rope_sin, r.Place(sin));
+  return absl::OkStatus();
+}
+
+// GPT-NeoX's query_key_value rows are grouped by head ([head][q, k, v][d_head]); the canonical
+// layout is all q rows, then all k, then all v. Works on weights [3·H·Dh, d] and biases [3·H·Dh].
+Tensor DeinterleaveQkvByHead(const Tensor& fused, int64_t heads, int64_t d_head) {
+  const int64_t row_bytes = fused.nbytes() / fused.dim(0);
+  Tensor out = Tensor::EmptyHost(fused.dtype(), fused.shape());
+  const auto* src = static_cast<const std::byte*>(fused.raw_data());
+  auto* dst = static_cast<std::byte*>(out.raw_data());
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t part = 0; part < 3; ++part) {
+      const int64_t from = (h * 3 + part) * d_head, to = (part * heads + h) * d_head;
+      std::memcpy(dst + to * row_bytes, src + from * row_bytes, d_head * row_bytes);
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<ModelWeights> LoadGptNeox(const ModelConfig& c, const WeightReader& r) {
+  ModelWeights w;
+  const int64_t d = c.d_model, m = c.d_mlp, qkv_rows = 3 * c.n_heads * c.d_head;
+  GB_ASSIGN_OR_RETURN(w.embed, r.Get("embed_in.weight", {c.vocab_size, d}));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    BlockWeights b;
+    GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "input_layernorm.weight", {d}));
+    GB_ASSIGN_OR_RETURN(b.ln1_b, r.Get(p + "input_layernorm.bias", {d}));
+    GB_ASSIGN_OR_RETURN(b.ln2_w, r.Get(p + "post_attention_layernorm.weight", {d}));
+    GB_ASSIGN_OR_RETURN(b.ln2_b, r.Get(p + "post_attention_layernorm.bias", {d}));
+    GB_ASSIGN_OR_RETURN(Tensor qkv, r.GetHost(p + "attention.query_key_value.weight", {qkv_rows, d}));
+    GB_ASSIGN_OR_RETURN(b.qkv_w, r.Place(DeinterleaveQkvByHead(qkv, c.n_heads, c.d_head)));
+    if (c.qkv_bias) {
+      GB_ASSIGN_OR_RETURN(Tensor qkv_b, r.GetHost(p + "attention.query_key_value.bias", {qkv_rows}));
+      GB_ASSIGN_OR_RETURN(b.qkv_b, r.Place(DeinterleaveQkvByHead(qkv_b, c.n_heads, c.d_head)));
+    }
+    GB_ASSIGN_OR_RETURN(b.o_w, r.Get(p + "attention.dense.weight", {d, d}));
+    GB_ASSIGN_OR_RETURN(b.o_b, r.GetIf(c.o_bias, p + "attention.dense.bias", {d}));
+    GB_ASSIGN_OR_RETURN(b.in_w, r.Get(p + "mlp.dense_h_to_4h.weight", {m, d}));
+    GB_ASSIGN_OR_RETURN(b.in_b, r.Get(p + "mlp.dense_h_to_4h.bias", {m}));
+    GB_ASSIGN_OR_RETURN(b.out_w, r.Get(p + "mlp.dense_4h_to_h.weight", {d, m}));
+    GB_ASSIGN_OR_RETURN(b.out_b, r.Get(p + "mlp.dense_4h_to_h.bias", {d}));
+    w.blocks.push_back(std::move(b));
+  }
+  GB_ASSIGN_OR_RETURN(w.ln_final_w, r.Get("final_layer_norm.weight", {d}));
+  GB_ASSIGN_OR_RETURN(w.ln_final_b, r.Get("final_layer_norm.bias", {d}));
+  GB_RETURN_IF_ERROR(ReadUnembed(c, r, "embed_out.weight", w));
+  GB_RETURN_IF_ERROR(PlaceRotaryTables(c, r, w));
+  return w;
+}
+
 absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader& r) {
   ModelWeights w;
   const int64_t d = c.d_model, m = c.d_mlp;
@@ -208,17 +278,8 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
     w.blocks.push_back(std::move(b));
   }
   GB_ASSIGN_OR_RETURN(w.ln_final_w, r.Get("norm.weight", {d}));
-  if (c.tie_word_embeddings) {
-    w.unembed = w.embed;
-  } else {
-    GB_ASSIGN_OR_RETURN(w.unembed, r.Get("lm_head.weight", {c.vocab_size, d}));
-  }
-  // The tables stay f32 whatever the weights' dtype: they are small and HF keeps them f32 too.
-  Tensor cos = Tensor::EmptyHost(DType::kF32, {c.n_ctx, c.rotary_dim / 2});
-  Tensor sin = Tensor::EmptyHost(DType::kF32, {c.n_ctx, c.rotary_dim / 2});
-  ComputeRotaryTables(c, cos, sin);
-  GB_ASSIGN_OR_RETURN(w.rope_cos, r.Place(cos));
-  GB_ASSIGN_OR_RETURN(w.rope_sin, r.Place(sin));
+  GB_RETURN_IF_ERROR(ReadUnembed(c, r, "lm_head.weight", w));
+  GB_RETURN_IF_ERROR(PlaceRotaryTables(c, r, w));
   return w;
 }
 
@@ -271,6 +332,10 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
                                               Backend& backend, DType dtype) {
   if (config.model_type == "gpt2") {
     return LoadGpt2(config, WeightReader(checkpoint, {"", "transformer."}, backend, dtype));
+  }
+  if (config.model_type == "gpt_neox") {
+    // GPTNeoXForCausalLM saves "gpt_neox.*" plus "embed_out.weight".
+    return LoadGptNeox(config, WeightReader(checkpoint, {"gpt_neox.", ""}, backend, dtype));
   }
   // Llama-family checkpoints: LlamaForCausalLM saves "model.*" plus "lm_head.weight"; a bare
   // LlamaModel saves the same names without "model.".

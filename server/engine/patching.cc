@@ -117,6 +117,12 @@ absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
   }
   const SweepShape shape = ShapeOf(request.kind);
   const HookRegistry& hooks = model.hooks();
+  if (hooks.Find(shape.hook, 0) < 0) {
+    // Only resid_mid can be missing: a parallel attention + MLP block has none.
+    return absl::InvalidArgumentError(
+        "this model has no hook_resid_mid (its attention and MLP run in parallel); sweep "
+        "resid_pre, resid_post, attn_out or mlp_out instead");
+  }
   const int64_t heads = request.kind == SweepKind::kKAllPos || request.kind == SweepKind::kVAllPos
                             ? c.n_kv_heads : c.n_heads;
 

@@ -250,6 +250,19 @@ absl::StatusOr<Tensor> ForwardPass::Block(int layer, Tensor resid, const Tensor&
                                        HookKind::kLn1Normalized, layer));
   GB_ASSIGN_OR_RETURN(Tensor attn_out, Attention(layer, b, ln1, mask, positions));
   // Sums go to fresh tensors rather than in place, so a captured value is never overwritten.
+  if (c_.parallel_attn_mlp) {
+    // Attention and MLP both read resid_pre; there is no resid_mid (TransformerLens
+    // parallel_attn_mlp, HF GPT-NeoX use_parallel_residual).
+    GB_ASSIGN_OR_RETURN(Tensor ln2, Norm(resid, b.ln2_w, b.ln2_b, HookKind::kLn2Scale,
+                                         HookKind::kLn2Normalized, layer));
+    GB_ASSIGN_OR_RETURN(Tensor mlp_out, Mlp(layer, b, ln2));
+    GB_ASSIGN_OR_RETURN(Tensor partial, New({tokens_, c_.d_model}));
+    GB_RETURN_IF_ERROR(be_.Add(attn_out, mlp_out, partial));
+    GB_ASSIGN_OR_RETURN(Tensor resid_post, New({tokens_, c_.d_model}));
+    GB_RETURN_IF_ERROR(be_.Add(resid, partial, resid_post));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kResidPost, layer, resid_post));
+    return resid_post;
+  }
   GB_ASSIGN_OR_RETURN(Tensor resid_mid, New({tokens_, c_.d_model}));
   GB_RETURN_IF_ERROR(be_.Add(resid, attn_out, resid_mid));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kResidMid, layer, resid_mid));

@@ -121,7 +121,8 @@ absl::Status ParseGpt2(const ConfigReader& r, ModelConfig& c) {
 
 // Rotary frequencies: transformers 4 writes "rope_theta" and "rope_scaling" at the top level;
 // transformers 5 writes both into one "rope_parameters" object. Either is accepted.
-absl::Status ParseRope(const ConfigReader& r, ModelConfig& c) {
+absl::Status ParseRope(const ConfigReader& r, ModelConfig& c,
+                       absl::string_view theta_key = "rope_theta") {
   auto params = r.root().find("rope_parameters");
   const bool v5 = params != r.root().end() && !params->is_null();
   if (v5 && !params->is_object()) return r.Error("rope_parameters", "must be an object");
@@ -130,7 +131,7 @@ absl::Status ParseRope(const ConfigReader& r, ModelConfig& c) {
   if (v5) {
     GB_ASSIGN_OR_RETURN(c.rope_theta, ConfigReader(*params, label).Number("rope_theta", 10000.0));
   } else {
-    GB_ASSIGN_OR_RETURN(c.rope_theta, r.Number("rope_theta", 10000.0));
+    GB_ASSIGN_OR_RETURN(c.rope_theta, r.Number(theta_key, 10000.0));
   }
   auto it = v5 ? params : r.root().find("rope_scaling");
   if (it == r.root().end() || it->is_null()) return absl::OkStatus();
@@ -163,6 +164,54 @@ absl::Status ParseRope(const ConfigReader& r, ModelConfig& c) {
       label, ": type \"", kind,
       "\" is not supported (supported: default, linear, llama3); dynamic and YaRN-style scalings "
       "depend on the sequence length"));
+}
+
+// GPT-NeoX (Pythia): LayerNorm, one fused query_key_value projection interleaved by head,
+// rotary on the first rotary_pct of each head's features, an optionally parallel block, an
+// untied embed_out.
+absl::Status ParseGptNeox(const ConfigReader& r, ModelConfig& c) {
+  GB_ASSIGN_OR_RETURN(c.n_layers, r.PositiveInt("num_hidden_layers"));
+  GB_ASSIGN_OR_RETURN(c.d_model, r.PositiveInt("hidden_size"));
+  GB_ASSIGN_OR_RETURN(c.n_heads, r.PositiveInt("num_attention_heads"));
+  GB_ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
+  GB_ASSIGN_OR_RETURN(c.n_ctx, r.PositiveInt("max_position_embeddings"));
+  GB_ASSIGN_OR_RETURN(c.d_mlp, r.PositiveInt("intermediate_size"));
+  GB_ASSIGN_OR_RETURN(c.norm_eps, r.Number("layer_norm_eps", 1e-5));
+  GB_ASSIGN_OR_RETURN(c.act, ParseActivation(r, "hidden_act", "gelu"));
+  GB_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
+  GB_ASSIGN_OR_RETURN(c.parallel_attn_mlp, r.Bool("use_parallel_residual", true));
+  GB_ASSIGN_OR_RETURN(bool bias, r.Bool("attention_bias", true));
+  if (c.d_model % c.n_heads != 0) {
+    return r.Error("num_attention_heads", absl::StrCat("must divide hidden_size (", c.d_model, ")"));
+  }
+  c.n_kv_heads = c.n_heads;
+  c.d_head = c.d_model / c.n_heads;
+  c.norm = NormKind::kLayerNorm;
+  c.positional = PositionalKind::kRotary;
+  c.gated_mlp = false;
+  c.qkv_bias = c.o_bias = bias;
+  c.mlp_bias = true;
+  c.attn_scale = 1.0 / std::sqrt(static_cast<double>(c.d_head));
+  GB_RETURN_IF_ERROR(ParseRope(r, c, /*theta_key=*/"rotary_emb_base"));
+  // transformers 4 writes rotary_pct at the top level; 5 writes partial_rotary_factor into
+  // rope_parameters. HF rotates int(d_head * pct) features.
+  double pct = 1.0;
+  auto params = r.root().find("rope_parameters");
+  if (params != r.root().end() && params->is_object() && params->contains("partial_rotary_factor")) {
+    ConfigReader p(*params, absl::StrCat(r.label(), ": rope_parameters"));
+    GB_ASSIGN_OR_RETURN(pct, p.Number("partial_rotary_factor"));
+  } else {
+    GB_ASSIGN_OR_RETURN(pct, r.Number("rotary_pct", 1.0));
+  }
+  if (!(pct > 0.0 && pct <= 1.0)) {
+    return r.Error("rotary_pct", absl::StrCat("must be in (0, 1], got ", pct));
+  }
+  c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.d_head) * pct);
+  if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0) {
+    return r.Error("rotary_pct", absl::StrCat("gives ", c.rotary_dim, " rotary features of d_head ",
+                                              c.d_head, "; Glassbox needs an even number >= 2"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
@@ -226,6 +275,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   GB_ASSIGN_OR_RETURN(c.torch_dtype, r.String("torch_dtype", ""));
   if (c.model_type == "gpt2") {
     GB_RETURN_IF_ERROR(ParseGpt2(r, c));
+  } else if (c.model_type == "gpt_neox") {
+    GB_RETURN_IF_ERROR(ParseGptNeox(r, c));
   } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2") {
     GB_RETURN_IF_ERROR(ParseLlama(r, c));
   } else if (c.model_type.empty()) {
@@ -233,7 +284,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   } else {
     return absl::UnimplementedError(absl::StrCat(
         label, ": model_type \"", c.model_type,
-        "\" is not supported (supported: gpt2, llama, mistral, qwen2)"));
+        "\" is not supported (supported: gpt2, llama, mistral, qwen2, gpt_neox)"));
   }
   return c;
 }

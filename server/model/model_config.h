@@ -24,7 +24,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;  // as in config.json: "gpt2", "llama", "mistral", "qwen2"
+  std::string model_type;  // as in config.json: "gpt2", "gpt_neox", "llama", "mistral", "qwen2"
   int64_t n_layers = 0;
   int64_t d_model = 0;
   int64_t n_heads = 0;
@@ -48,6 +48,9 @@ struct ModelConfig {
   bool o_bias = true;
   bool mlp_bias = true;
   bool tie_word_embeddings = false;
+  // GPT-NeoX use_parallel_residual: resid_post = resid_pre + attn(ln1(resid_pre)) +
+  // mlp(ln2(resid_pre)), so there is no resid_mid.
+  bool parallel_attn_mlp = false;
 
   double attn_scale = 0;              // multiplies q·k; 1/sqrt(d_head) unless the config says otherwise
   bool attn_scale_by_layer = false;   // GPT-2 scale_attn_by_inverse_layer_idx: also / (layer + 1)

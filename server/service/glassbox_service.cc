@@ -26,6 +26,8 @@ void FillModelInfo(const ServedModel& served, bool with_hooks, glassbox::v1::Mod
   info->set_dtype(ToProtoDType(served.model->dtype()));
   info->set_device(served.device);
   info->set_has_tokenizer(served.tokenizer != nullptr);
+  info->set_parallel_attn_mlp(c.parallel_attn_mlp);
+  info->set_rotary_dim(c.positional == PositionalKind::kRotary ? c.rotary_dim : 0);
   if (!with_hooks) return;
   for (const HookInfo& hook : served.model->hooks().hooks()) {
     auto* point = info->add_hook_points();

@@ -1,12 +1,14 @@
-// The engine against the real libraries: tiny random GPT-2 and Llama checkpoints written by
-// transformers' save_pretrained, with HF's logits / hidden states / attentions and
-// TransformerLens's value at every hook point recorded by tests/reference/make_fixtures.py.
+// The engine against the real libraries: tiny random GPT-2, Llama and GPT-NeoX (Pythia)
+// checkpoints written by transformers' save_pretrained, with HF's logits / hidden states /
+// attentions and TransformerLens's value at every hook point recorded by
+// tests/reference/make_fixtures.py and make_arch_fixtures.py.
 #include <cmath>
 #include <memory>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/engine/patching.h"
 #include "server/engine/transformer.h"
 #include "tests/util/test_util.h"
 
@@ -111,7 +113,14 @@ TEST_P(ParityTest, CapturingDoesNotChangeLogits) {
   EXPECT_EQ(std::memcmp(plain->logits.raw_data(), hooked->logits.raw_data(), plain->logits.nbytes()), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, ParityTest, ::testing::Values("tiny-gpt2", "tiny-llama"));
+INSTANTIATE_TEST_SUITE_P(Models, ParityTest,
+                         ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-pythia",
+                                           "tiny-pythia-seq"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 // HF outputs for every model, padded both ways: logits, hidden states (= resid_pre of each
 // block) and attention patterns at real tokens equal HF's run with matching position ids.
@@ -158,13 +167,36 @@ TEST_P(HfParityTest, LogitsAndHiddenStatesMatchHf) {
 
 INSTANTIATE_TEST_SUITE_P(
     Models, HfParityTest,
-    ::testing::Combine(::testing::Values("tiny-gpt2", "tiny-llama", "tiny-llama-variant"),
+    ::testing::Combine(::testing::Values("tiny-gpt2", "tiny-llama", "tiny-llama-variant",
+                                         "tiny-pythia", "tiny-pythia-seq"),
                        ::testing::Values("unpadded", "right", "left")),
     [](const auto& info) {
       std::string name = std::get<0>(info.param) + "_" + std::get<1>(info.param);
       std::replace(name.begin(), name.end(), '-', '_');
       return name;
     });
+
+// A parallel attention + MLP block (GPT-NeoX use_parallel_residual) has no hook_resid_mid, as in
+// TransformerLens; a resid_mid patching sweep on it says why it cannot run.
+TEST(ParallelBlock, HasNoResidMidAndRefusesItsSweep) {
+  Fixture parallel = LoadFixture("tiny-pythia");
+  Fixture sequential = LoadFixture("tiny-pythia-seq");
+  ASSERT_NE(parallel.model, nullptr);
+  ASSERT_NE(sequential.model, nullptr);
+  EXPECT_FALSE(parallel.model->hooks().Resolve("blocks.0.hook_resid_mid").ok());
+  EXPECT_TRUE(sequential.model->hooks().Resolve("blocks.0.hook_resid_mid").ok());
+  const Tensor& ids = parallel.expected.at("unpadded.input_ids");
+  const Tensor& other = parallel.expected.at("right.input_ids");  // as tokens, padding and all
+  auto sweep = RunPatchingSweep(*parallel.model, {.clean = ids, .corrupted = other,
+                                                  .kind = SweepKind::kResidMid,
+                                                  .metric = {.token_a = 1, .token_b = 2}});
+  EXPECT_EQ(sweep.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(sweep.status().message(), ::testing::HasSubstr("no hook_resid_mid"));
+  auto ok = RunPatchingSweep(*parallel.model, {.clean = ids, .corrupted = other,
+                                               .kind = SweepKind::kResidPost,
+                                               .metric = {.token_a = 1, .token_b = 2}});
+  EXPECT_TRUE(ok.ok()) << ok.status();
+}
 
 // Last-token logits are the last real token's row of the full logits, padding or not.
 TEST(LastLogits, EqualTheLastRealRowOfAllLogits) {

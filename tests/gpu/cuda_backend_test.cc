@@ -1222,7 +1222,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(ModelCase{"tiny-gpt2", DType::kF32}, ModelCase{"tiny-gpt2", DType::kBF16},
                       ModelCase{"tiny-llama", DType::kF32}, ModelCase{"tiny-llama", DType::kBF16},
                       ModelCase{"tiny-llama-variant", DType::kF32},
-                      ModelCase{"tiny-llama-variant", DType::kBF16}),
+                      ModelCase{"tiny-llama-variant", DType::kBF16},
+                      ModelCase{"tiny-pythia", DType::kF32}, ModelCase{"tiny-pythia", DType::kBF16}),
     [](const auto& info) {
       std::string name = info.param.model + "_" + DTypeLabel(info.param.dtype);
       std::replace(name.begin(), name.end(), '-', '_');

@@ -58,6 +58,51 @@ TEST(ModelConfig, Qwen2HasQkvBiasOnly) {
   EXPECT_EQ(c->sliding_window, 0);
 }
 
+// Pythia's config.json as transformers 4 wrote it (rotary_pct, rotary_emb_base at the top level);
+// the transformers 5 layout (rope_parameters.partial_rotary_factor) is the tiny-pythia fixture's.
+TEST(ModelConfig, GptNeoxInBothLayouts) {
+  auto v4 = ParseModelConfig(R"({"model_type":"gpt_neox","num_hidden_layers":6,"hidden_size":512,
+      "num_attention_heads":8,"intermediate_size":2048,"vocab_size":50304,
+      "max_position_embeddings":2048,"rotary_pct":0.25,"rotary_emb_base":10000,
+      "use_parallel_residual":true,"hidden_act":"gelu","layer_norm_eps":1e-05,
+      "tie_word_embeddings":false})", "pythia-70m");
+  ASSERT_TRUE(v4.ok()) << v4.status();
+  EXPECT_EQ(v4->d_head, 64);
+  EXPECT_EQ(v4->rotary_dim, 16);
+  EXPECT_DOUBLE_EQ(v4->rope_theta, 10000.0);
+  EXPECT_TRUE(v4->parallel_attn_mlp);
+  EXPECT_EQ(v4->act, Activation::kGeluExact);
+  EXPECT_EQ(v4->norm, NormKind::kLayerNorm);
+  EXPECT_TRUE(v4->qkv_bias && v4->o_bias && v4->mlp_bias);
+  EXPECT_FALSE(v4->tie_word_embeddings);
+
+  auto v5 = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-pythia-seq/config.json"), "v5");
+  ASSERT_TRUE(v5.ok()) << v5.status();
+  EXPECT_FALSE(v5->parallel_attn_mlp);
+  EXPECT_EQ(v5->d_head, 32);
+  EXPECT_EQ(v5->rotary_dim, 16);
+  EXPECT_DOUBLE_EQ(v5->rope_theta, 50000.0);
+  EXPECT_FALSE(v5->qkv_bias || v5->o_bias);
+
+  auto odd = ParseModelConfig(R"({"model_type":"gpt_neox","num_hidden_layers":1,"hidden_size":64,
+      "num_attention_heads":4,"intermediate_size":8,"vocab_size":10,"max_position_embeddings":8,
+      "rotary_pct":0.1})", "c");
+  EXPECT_EQ(odd.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(odd.status().message(), HasSubstr("rotary_pct"));
+  auto zero = ParseModelConfig(R"({"model_type":"gpt_neox","num_hidden_layers":1,"hidden_size":64,
+      "num_attention_heads":4,"intermediate_size":8,"vocab_size":10,"max_position_embeddings":8,
+      "rotary_pct":0})", "c");
+  EXPECT_THAT(zero.status().message(), HasSubstr("must be in (0, 1]"));
+}
+
+TEST(ModelConfig, UnknownArchitecturesAreNamed) {
+  auto c = ParseModelConfig(R"({"model_type":"mamba"})", "m/config.json");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(c.status().message(), HasSubstr("\"mamba\" is not supported"));
+  EXPECT_THAT(c.status().message(), HasSubstr("gpt_neox"));
+}
+
 TEST(ModelConfig, ErrorsNameTheFileAndKey) {
   auto missing = ParseModelConfig(R"({"model_type":"llama","hidden_size":64})", "dir/config.json");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);

@@ -271,7 +271,7 @@ def hf_references(name: str, model, eager, inputs: dict, tol_internal: float) ->
         r.logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1), reduction="none"
     ).view(ids.shape[0], ids.shape[1] - 1)
     # HF's last hidden state is after the final norm; logits are exactly lm_head of it.
-    check(f"{name} logits==lm_head(hidden_states[-1])", model.lm_head(r.hidden_states[-1]), r.logits, TIGHT)
+    check(f"{name} logits==lm_head(hidden_states[-1])", model.get_output_embeddings()(r.hidden_states[-1]), r.logits, TIGHT)
 
     for side in ("right", "left"):
         ids_p = inputs[f"{side}.input_ids"]
@@ -302,6 +302,39 @@ def hf_references(name: str, model, eager, inputs: dict, tol_internal: float) ->
 # --------------------------------------------------------------------------------------------
 
 
+# The HookedTransformerConfig fields every reference model shares: float64 on the CPU, per-head
+# results, no processing.
+TL_COMMON = dict(
+    dtype=torch.float64,
+    device="cpu",
+    use_attn_result=True,
+    use_split_qkv_input=False,
+    use_hook_mlp_in=False,
+    default_prepend_bos=False,
+    init_weights=False,
+)
+
+
+def load_converted(tl, state: dict):
+    """Loads TL's converted state dict into `tl` as it is, in float64, and returns `tl` in eval mode.
+
+    (TL's load_and_process_state_dict with every processing flag off would be equivalent, except
+    that TL 3.9's ProcessWeights casts every non-float32 tensor to float32 and back, which rounds
+    the float64 rotary sin/cos buffers.)"""
+    own = tl.state_dict()
+    for k in sorted(set(own) - set(state)):
+        leaf = k.rsplit(".", 1)[-1]
+        if leaf in ("rotary_sin", "rotary_cos", "mask", "IGNORE"):
+            state[k] = own[k]  # buffers TL computes itself
+        elif leaf in ("b_U", "b_in", "b_out", "b_O", "b_Q", "b_K", "b_V", "_b_K", "_b_V"):
+            assert torch.count_nonzero(own[k]) == 0, k
+            state[k] = own[k]  # biases absent from the HF model: zero
+        else:
+            raise RuntimeError(f"TL parameter {k} has no value in the converted state dict")
+    tl.load_state_dict({k: v.to(torch.float64) for k, v in state.items()}, strict=True)
+    return tl.eval()
+
+
 def tl_model(hf_model):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import (
@@ -310,15 +343,7 @@ def tl_model(hf_model):
     )
 
     c = hf_model.config
-    common = dict(
-        dtype=torch.float64,
-        device="cpu",
-        use_attn_result=True,
-        use_split_qkv_input=False,
-        use_hook_mlp_in=False,
-        default_prepend_bos=False,
-        init_weights=False,
-    )
+    common = TL_COMMON
     if c.model_type == "gpt2":
         cfg = HookedTransformerConfig(
             d_model=c.n_embd,
@@ -368,23 +393,7 @@ def tl_model(hf_model):
     else:
         raise ValueError(c.model_type)
     tl = HookedTransformer(cfg)
-    state = convert(hf_model, cfg)
-    # Load the raw converted weights directly. (TL's load_and_process_state_dict with every
-    # processing flag off would be equivalent, except that TL 3.9's ProcessWeights casts every
-    # non-float32 tensor to float32 and back, which rounds the float64 rotary sin/cos buffers.)
-    own = tl.state_dict()
-    for k in sorted(set(own) - set(state)):
-        leaf = k.rsplit(".", 1)[-1]
-        if leaf in ("rotary_sin", "rotary_cos", "mask", "IGNORE"):
-            state[k] = own[k]  # buffers TL computes itself
-        elif leaf in ("b_U", "b_in", "b_out", "b_O", "b_Q", "b_K", "b_V", "_b_K", "_b_V"):
-            assert torch.count_nonzero(own[k]) == 0, k
-            state[k] = own[k]  # biases absent from the HF model: zero
-        else:
-            raise RuntimeError(f"TL parameter {k} has no value in the converted state dict")
-    tl.load_state_dict({k: v.to(torch.float64) for k, v in state.items()}, strict=True)
-    tl.eval()
-    return tl
+    return load_converted(tl, convert(hf_model, cfg))
 
 
 def hf_llama_all_float64(model):
@@ -667,8 +676,12 @@ def main() -> None:
     (EXPECTED_DIR / "manifest.json").write_text(
         json.dumps({"versions": v, "tensors": listing}, indent=1, sort_keys=True) + "\n"
     )
-    total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
-    print(f"total size of tests/fixtures: {total} bytes")
+    # The other make_*_fixtures.py scripts add their own files; this budget is this script's.
+    written = [EXPECTED_DIR / "manifest.json", *FIXTURES.glob("configs/*")]
+    for name in built:
+        written += [EXPECTED_DIR / f"{name}.safetensors", *(MODELS_DIR / name).iterdir()]
+    total = sum(f.stat().st_size for f in written)
+    print(f"size of this script's fixtures: {total} bytes")
     assert total < 3_500_000, "fixtures grew past ~3 MB"
 
 

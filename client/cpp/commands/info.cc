@@ -44,6 +44,8 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
   out << absl::StrFormat("n_ctx         %d\n", m.n_ctx());
   out << absl::StrFormat("dtype         %s\n", client::DTypeName(m.dtype()));
   out << absl::StrFormat("device        %s\n", m.device());
+  if (m.rotary_dim() > 0) out << absl::StrFormat("rotary dim    %d\n", m.rotary_dim());
+  if (m.parallel_attn_mlp()) out << "block         attention and MLP in parallel (no resid_mid)\n";
   out << absl::StrFormat("tokenizer     %s\n", m.has_tokenizer() ? "yes" : "no");
   out << absl::StrFormat("hook points   %d\n", m.hook_points_size());
   for (const glassbox::v1::HookPoint& hook : m.hook_points()) {

@@ -86,6 +86,10 @@ class ModelInfo:
     dtype: str  # dtype of weights and activations on the server's device
     device: str  # "cpu" or "cuda:0"
     has_tokenizer: bool
+    #: Attention and MLP both read ``hook_resid_pre`` (GPT-NeoX); there is no ``hook_resid_mid``.
+    parallel_attn_mlp: bool = False
+    #: Features of each head that rotate: 0 with learned positions, ``d_head`` unless partial.
+    rotary_dim: int = 0
     #: Every hook point, in forward order. Empty in ``Client.models()``; ``Client.model(name)``
     #: and ``Client.model_info(name)`` fill it.
     hook_points: Tuple[HookPoint, ...] = ()
@@ -116,6 +120,8 @@ class ModelInfo:
             dtype=dtype_name(m.dtype),
             device=m.device,
             has_tokenizer=m.has_tokenizer,
+            parallel_attn_mlp=m.parallel_attn_mlp,
+            rotary_dim=m.rotary_dim,
             hook_points=tuple(HookPoint.from_proto(h) for h in m.hook_points),
         )
 

@@ -1,0 +1,168 @@
+"""Tiny reference models of the architectures beyond GPT-2 and Llama, with their expected values.
+
+The same recipe as make_fixtures.py (whose helpers this imports: seeded O(1) weights, the inputs,
+the HF references unpadded / right- / left-padded, the float64 computation and the storage
+format), for one model per architecture trait the engine must get right:
+
+  models/tiny-pythia/      GPTNeoXForCausalLM, 2 layers, d_model 64, 4 heads (d_head 16),
+                           d_mlp 160, exact GELU, parallel attention + MLP
+                           (use_parallel_residual), rotary on 4 of 16 features per head
+                           (partial_rotary_factor 0.25, base 10000), biases, untied embed_out.
+  models/tiny-pythia-seq/  GPTNeoXForCausalLM with use_parallel_residual=False (sequential
+                           block, hook_resid_mid present), 2 heads (d_head 32), rotary on 16 of 32
+                           features, no attention biases (attention_bias=False), rope base 5e4.
+  expected/<name>.safetensors  HF (eager and sdpa) logits / hidden states / attentions and
+                           TransformerLens's value at every hook point (unpadded.tl.*), stored as
+                           make_fixtures.py stores them.
+
+Re-run from the repository root with the reference venv (tests/reference/requirements.txt):
+
+    /work/venv-ref/bin/python tests/reference/make_arch_fixtures.py
+
+Deterministic: fixed seeds, single-threaded torch; byte-identical output with the same versions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_fixtures as mf  # noqa: E402
+
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
+
+
+def make_pythia(parallel: bool, heads: int, rotary_pct: float, bias: bool, base: float, seed: int):
+    cfg = GPTNeoXConfig(
+        hidden_size=64,
+        num_attention_heads=heads,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        vocab_size=mf.VOCAB,
+        max_position_embeddings=64,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        use_parallel_residual=parallel,
+        attention_bias=bias,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": base, "partial_rotary_factor": rotary_pct},
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(cfg)
+    mf.reinit_(model, seed=seed + 1000)
+    return model
+
+
+def tl_pythia(hf_model):
+    """TransformerLens's HookedTransformer for the HF model, from TL's own GPT-NeoX conversion."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_neox_weights
+
+    c = hf_model.config
+    d_head = c.hidden_size // c.num_attention_heads
+    rp = c.rope_parameters
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=d_head,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings,
+        eps=c.layer_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=int(d_head * rp["partial_rotary_factor"]),
+        rotary_base=rp["rope_theta"],
+        parallel_attn_mlp=c.use_parallel_residual,
+        original_architecture="GPTNeoXForCausalLM",
+        **mf.TL_COMMON,
+    )
+    tl = HookedTransformer(cfg)
+    if not c.attention_bias:
+        # TL's converter reads every bias; zero ones on a copy change nothing numerically.
+        hf_model = copy.deepcopy(hf_model)
+        for layer in hf_model.gpt_neox.layers:
+            for lin in (layer.attention.query_key_value, layer.attention.dense):
+                assert lin.bias is None
+                lin.bias = torch.nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype))
+    return mf.load_converted(tl, convert_neox_weights(hf_model, cfg))
+
+
+@torch.inference_mode()
+def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, torch.Tensor]:
+    tl = tl_pythia(hf_model)
+    ids = inputs["unpadded.input_ids"]
+    logits, cache = tl.run_with_cache(ids)
+    e = mf.check(f"{name} TL logits vs HF", logits, hf_out["unpadded.hf.logits"], mf.FP32_INTERNAL)
+    print(f"  {name}: TL vs HF logits norm-relative error {e:.2e}")
+    out = {"unpadded.tl.logits": logits}
+    for k, v in cache.items():
+        out[f"unpadded.tl.{k}"] = v
+    # The semantics the engine's parallel block relies on.
+    for l in range(tl.cfg.n_layers):
+        p = f"blocks.{l}."
+        mf.check(f"{name} HF hidden_states.{l} == resid_pre", cache[p + "hook_resid_pre"],
+                 hf_out[f"unpadded.hf.hidden_states.{l}"], mf.FP32_INTERNAL)
+        if tl.cfg.parallel_attn_mlp:
+            assert p + "hook_resid_mid" not in cache, "a parallel block has no resid_mid"
+            mf.check(f"{name} resid_post (parallel)", cache[p + "hook_resid_post"],
+                     cache[p + "hook_resid_pre"] + cache[p + "hook_attn_out"] + cache[p + "hook_mlp_out"],
+                     mf.TIGHT)
+        else:
+            mf.check(f"{name} resid_mid", cache[p + "hook_resid_mid"],
+                     cache[p + "hook_resid_pre"] + cache[p + "hook_attn_out"], mf.TIGHT)
+        # Partial rotary: the features past rotary_dim pass through unrotated.
+        r = tl.cfg.rotary_dim
+        assert torch.equal(cache[p + "attn.hook_rot_q"][..., r:], cache[p + "attn.hook_q"][..., r:])
+        assert not torch.equal(cache[p + "attn.hook_rot_q"][..., :r], cache[p + "attn.hook_q"][..., :r])
+    return out
+
+
+def build(name: str, model, seed_inputs: int, meta: dict) -> dict[str, torch.Tensor]:
+    from safetensors.torch import save_file
+
+    print(f"[{name}]")
+    model = model.eval()
+    d = mf.save_model(model, name, None)
+    loaded = {}
+    for impl in ("sdpa", "eager"):
+        m = type(model).from_pretrained(d, attn_implementation=impl, dtype=torch.float32).eval()
+        for (n1, p1), (n2, p2) in zip(model.state_dict().items(), m.state_dict().items()):
+            assert n1 == n2 and torch.equal(p1, p2), f"reload changed {n1}"
+        loaded[impl] = m.double()
+    ref, eager = loaded["sdpa"], loaded["eager"]
+    inputs = mf.make_inputs(seed_inputs)
+    tensors = dict(inputs)
+    # GPT-NeoX computes its rotary angles in float32 even in a float64 model.
+    hf_out = mf.hf_references(name, ref, eager, inputs, mf.FP32_INTERNAL)
+    tensors.update(hf_out)
+    tensors.update(tl_references(name, ref, inputs, hf_out))
+    tensors["hf.rope.inv_freq"] = ref.gpt_neox.rotary_emb.inv_freq
+    tensors = {k: mf.to_store(v) for k, v in sorted(tensors.items())}
+    path = mf.EXPECTED_DIR / f"{name}.safetensors"
+    save_file(tensors, str(path),
+              metadata={"glassbox.reference": json.dumps({"model": name, **meta}, sort_keys=True)})
+    print(f"  wrote {path.relative_to(mf.REPO)} ({len(tensors)} tensors, {path.stat().st_size} bytes)")
+    return tensors
+
+
+def main() -> None:
+    meta = {"versions": mf.versions()}
+    build("tiny-pythia", make_pythia(True, 4, 0.25, True, 10000.0, 1101), 3101, meta)
+    build("tiny-pythia-seq", make_pythia(False, 2, 0.5, False, 50000.0, 1102), 3102, meta)
+    total = sum(f.stat().st_size for f in mf.FIXTURES.rglob("*") if f.is_file())
+    print(f"total size of tests/fixtures: {total} bytes")
+
+
+if __name__ == "__main__":
+    main()
