@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds everything (the CUDA backend too
-# when nvcc is present, even without a GPU), runs every test, then runs each fuzz target for a
-# bounded time. Exits non-zero on any failure.
+# when nvcc is present, even without a GPU), runs every test, runs them again in a sanitizer
+# build, then runs each fuzz target for a bounded time. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,9 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 
 echo "== python client tests (against a live glassboxd)"
 GLASSBOX_SERVER_BIN="$PWD/build/server/service/glassboxd" bash client/python/run_tests.sh
+
+echo "== sanitizers (ASan + UBSan + LSan build of every test; tools/sanitize.sh)"
+bash tools/sanitize.sh
 
 echo "== container image and deploy/ (issue 10)"
 bash tools/container_smoke.sh
