@@ -60,6 +60,19 @@ HookRegistry::HookRegistry(const ModelConfig& c) {
     add(HookKind::kQ, l, b + "attn.hook_q", heads(c.n_heads), head_names);
     add(HookKind::kK, l, b + "attn.hook_k", heads(c.n_kv_heads), kv_names);
     add(HookKind::kV, l, b + "attn.hook_v", heads(c.n_kv_heads), kv_names);
+    if (c.qk_norm) {
+      // TransformerLens's attn.q_norm / attn.k_norm RMSNorms, per head.
+      const std::vector<std::string> q_scale_names = {"batch", "pos", "head_index", "1"};
+      const std::vector<std::string> k_scale_names = {"batch", "pos", "kv_head_index", "1"};
+      add(HookKind::kQNormScale, l, b + "attn.q_norm.hook_scale",
+          {Batch(), Pos(), Fixed(c.n_heads), Fixed(1)}, q_scale_names);
+      add(HookKind::kQNormNormalized, l, b + "attn.q_norm.hook_normalized", heads(c.n_heads),
+          head_names);
+      add(HookKind::kKNormScale, l, b + "attn.k_norm.hook_scale",
+          {Batch(), Pos(), Fixed(c.n_kv_heads), Fixed(1)}, k_scale_names);
+      add(HookKind::kKNormNormalized, l, b + "attn.k_norm.hook_normalized", heads(c.n_kv_heads),
+          kv_names);
+    }
     if (c.positional == PositionalKind::kRotary) {
       add(HookKind::kRotQ, l, b + "attn.hook_rot_q", heads(c.n_heads), head_names);
       add(HookKind::kRotK, l, b + "attn.hook_rot_k", heads(c.n_kv_heads), kv_names);

@@ -17,7 +17,8 @@ enum class HookKind : uint8_t {
   // model level
   kEmbed, kPosEmbed, kLnFinalScale, kLnFinalNormalized,
   // per block
-  kResidPre, kLn1Scale, kLn1Normalized, kQ, kK, kV, kRotQ, kRotK, kAttnScores, kPattern, kZ,
+  kResidPre, kLn1Scale, kLn1Normalized, kQ, kK, kV, kQNormScale, kQNormNormalized, kKNormScale,
+  kKNormNormalized, kRotQ, kRotK, kAttnScores, kPattern, kZ,
   kResult, kAttnOut, kResidMid, kLn2Scale, kLn2Normalized, kMlpPre, kMlpPreLinear, kMlpPost,
   kMlpOut, kResidPost,
 };

@@ -267,6 +267,8 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
       GB_ASSIGN_OR_RETURN(Tensor vb, r.GetHost(p + "self_attn.v_proj.bias", {kv_rows}));
       GB_ASSIGN_OR_RETURN(b.qkv_b, r.Place(ConcatRows({&qb, &kb, &vb})));
     }
+    GB_ASSIGN_OR_RETURN(b.q_norm_w, r.GetIf(c.qk_norm, p + "self_attn.q_norm.weight", {c.d_head}));
+    GB_ASSIGN_OR_RETURN(b.k_norm_w, r.GetIf(c.qk_norm, p + "self_attn.k_norm.weight", {c.d_head}));
     GB_ASSIGN_OR_RETURN(b.o_w, r.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
     GB_ASSIGN_OR_RETURN(b.o_b, r.GetIf(c.o_bias, p + "self_attn.o_proj.bias", {d}));
     GB_ASSIGN_OR_RETURN(b.gate_w, r.Get(p + "mlp.gate_proj.weight", {m, d}));

@@ -15,6 +15,7 @@ struct BlockWeights {
   Tensor ln1_w, ln1_b;  // biases stay undefined for RMSNorm
   Tensor qkv_w;         // [(n_heads + 2·n_kv_heads)·d_head, d_model]: rows q, then k, then v
   Tensor qkv_b;
+  Tensor q_norm_w, k_norm_w;  // [d_head]: per-head q/k RMSNorm weights (Qwen3 only)
   Tensor o_w;           // [d_model, n_heads·d_head]
   Tensor o_b;
   Tensor ln2_w, ln2_b;

@@ -87,6 +87,10 @@ class ForwardPass {
   // LayerNorm or RMSNorm per the config, emitting the scale and normalized hooks.
   absl::StatusOr<Tensor> Norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                               HookKind scale_kind, HookKind normalized_kind, int layer);
+  // RMSNorm over each head's features of x [batch, pos, heads, d_head] (Qwen3's q/k norms),
+  // emitting its scale [batch, pos, heads, 1] and normalized hooks.
+  absl::StatusOr<Tensor> HeadNorm(const Tensor& x, const Tensor& weight, HookKind scale_kind,
+                                  HookKind normalized_kind, int layer);
   absl::StatusOr<Tensor> Block(int layer, Tensor resid, const Tensor& mask,
                                const Tensor& positions);
   absl::StatusOr<Tensor> Attention(int layer, const BlockWeights& b, const Tensor& normalized,
@@ -136,6 +140,26 @@ absl::StatusOr<Tensor> ForwardPass::Norm(const Tensor& x, const Tensor& weight,
   return out;
 }
 
+absl::StatusOr<Tensor> ForwardPass::HeadNorm(const Tensor& x, const Tensor& weight,
+                                             HookKind scale_kind, HookKind normalized_kind,
+                                             int layer) {
+  const int64_t heads = x.dim(2), rows = tokens_ * heads;
+  const Tensor flat = x.Reshape({rows, c_.d_head});
+  GB_ASSIGN_OR_RETURN(Tensor out, New({rows, c_.d_head}));
+  Tensor scale, unweighted;
+  if (Touched(scale_kind, layer)) {
+    GB_ASSIGN_OR_RETURN(scale, New({rows, 1}));
+  }
+  if (Touched(normalized_kind, layer)) {
+    GB_ASSIGN_OR_RETURN(unweighted, New({rows, c_.d_head}));
+  }
+  GB_RETURN_IF_ERROR(be_.RmsNorm(flat, &weight, static_cast<float>(c_.norm_eps), out,
+                                 OutOrNull(scale), OutOrNull(unweighted)));
+  GB_RETURN_IF_ERROR(AtHook(scale_kind, layer, scale));
+  GB_RETURN_IF_ERROR(AtHook(normalized_kind, layer, unweighted));
+  return out.Reshape(x.shape());
+}
+
 absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
                                               const Tensor& normalized, const Tensor& mask,
                                               const Tensor& positions) {
@@ -149,6 +173,12 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
   GB_RETURN_IF_ERROR(AtHook(HookKind::kQ, layer, q));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kK, layer, k));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kV, layer, v));
+  if (c_.qk_norm) {
+    GB_ASSIGN_OR_RETURN(q, HeadNorm(q, b.q_norm_w, HookKind::kQNormScale,
+                                    HookKind::kQNormNormalized, layer));
+    GB_ASSIGN_OR_RETURN(k, HeadNorm(k, b.k_norm_w, HookKind::kKNormScale,
+                                    HookKind::kKNormNormalized, layer));
+  }
 
   if (c_.positional == PositionalKind::kRotary) {
     GB_ASSIGN_OR_RETURN(Tensor rot_q, New(q.shape()));

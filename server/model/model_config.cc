@@ -244,12 +244,19 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
     c.qkv_bias = true;
     c.o_bias = false;
     c.mlp_bias = false;
+  } else if (c.model_type == "qwen3") {
+    // Qwen3 drops Qwen2's q/k/v biases (attention_bias, default false, covers q/k/v/o) and
+    // normalises each head's q and k instead.
+    GB_ASSIGN_OR_RETURN(bool attention_bias, r.Bool("attention_bias", false));
+    c.qkv_bias = c.o_bias = attention_bias;
+    c.mlp_bias = false;
+    c.qk_norm = true;
   } else {
     GB_ASSIGN_OR_RETURN(bool attention_bias, r.Bool("attention_bias", false));
     GB_ASSIGN_OR_RETURN(c.mlp_bias, r.Bool("mlp_bias", false));
     c.qkv_bias = c.o_bias = attention_bias;
   }
-  if (c.model_type == "mistral" || c.model_type == "qwen2") {
+  if (c.model_type == "mistral" || c.model_type == "qwen2" || c.model_type == "qwen3") {
     GB_ASSIGN_OR_RETURN(bool use_sliding, r.Bool("use_sliding_window", c.model_type == "mistral"));
     if (use_sliding && r.Has("sliding_window")) {
       GB_ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window"));
@@ -277,14 +284,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     GB_RETURN_IF_ERROR(ParseGpt2(r, c));
   } else if (c.model_type == "gpt_neox") {
     GB_RETURN_IF_ERROR(ParseGptNeox(r, c));
-  } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2") {
+  } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2" ||
+             c.model_type == "qwen3") {
     GB_RETURN_IF_ERROR(ParseLlama(r, c));
   } else if (c.model_type.empty()) {
     return r.Error("model_type", "is missing; Glassbox needs it to pick the architecture");
   } else {
     return absl::UnimplementedError(absl::StrCat(
         label, ": model_type \"", c.model_type,
-        "\" is not supported (supported: gpt2, llama, mistral, qwen2, gpt_neox)"));
+        "\" is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, gpt_neox)"));
   }
   return c;
 }

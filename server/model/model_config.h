@@ -24,7 +24,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;  // as in config.json: "gpt2", "gpt_neox", "llama", "mistral", "qwen2"
+  std::string model_type;  // as in config.json: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3"
   int64_t n_layers = 0;
   int64_t d_model = 0;
   int64_t n_heads = 0;
@@ -48,6 +48,9 @@ struct ModelConfig {
   bool o_bias = true;
   bool mlp_bias = true;
   bool tie_word_embeddings = false;
+  // Qwen3: RMSNorm over each head's d_head features of q and k (weights [d_head]), after the
+  // projection and before rotary.
+  bool qk_norm = false;
   // GPT-NeoX use_parallel_residual: resid_post = resid_pre + attn(ln1(resid_pre)) +
   // mlp(ln2(resid_pre)), so there is no resid_mid.
   bool parallel_attn_mlp = false;

@@ -96,6 +96,18 @@ TEST(ModelConfig, GptNeoxInBothLayouts) {
   EXPECT_THAT(zero.status().message(), HasSubstr("must be in (0, 1]"));
 }
 
+TEST(ModelConfig, Qwen3HasQkNormAndExplicitHeadDim) {
+  auto c = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-qwen3/config.json"), "qwen3");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_EQ(c->d_head, 24);  // not hidden_size / num_attention_heads
+  EXPECT_EQ(c->rotary_dim, 24);
+  EXPECT_FALSE(c->qkv_bias || c->o_bias || c->mlp_bias);
+  EXPECT_EQ(c->sliding_window, 0);
+  EXPECT_TRUE(c->tie_word_embeddings);
+}
+
 TEST(ModelConfig, UnknownArchitecturesAreNamed) {
   auto c = ParseModelConfig(R"({"model_type":"mamba"})", "m/config.json");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kUnimplemented);

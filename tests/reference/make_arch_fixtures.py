@@ -11,6 +11,9 @@ format), for one model per architecture trait the engine must get right:
   models/tiny-pythia-seq/  GPTNeoXForCausalLM with use_parallel_residual=False (sequential
                            block, hook_resid_mid present), 2 heads (d_head 32), rotary on 16 of 32
                            features, no attention biases (attention_bias=False), rope base 5e4.
+  models/tiny-qwen3/       Qwen3ForCausalLM, 2 layers, d_model 64, 4 query heads, 2 kv heads,
+                           head_dim 24 (not d_model / heads), per-head q/k RMSNorm, SiLU-gated
+                           MLP, no biases, tied embeddings, rope_theta 1e6.
   expected/<name>.safetensors  HF (eager and sdpa) logits / hidden states / attentions and
                            TransformerLens's value at every hook point (unpadded.tl.*), stored as
                            make_fixtures.py stores them.
@@ -34,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_fixtures as mf  # noqa: E402
 
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 
 def make_pythia(parallel: bool, heads: int, rotary_pct: float, bias: bool, base: float, seed: int):
@@ -58,6 +61,61 @@ def make_pythia(parallel: bool, heads: int, rotary_pct: float, bias: bool, base:
     model = GPTNeoXForCausalLM(cfg)
     mf.reinit_(model, seed=seed + 1000)
     return model
+
+
+def make_qwen3(seed: int):
+    cfg = Qwen3Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        vocab_size=mf.VOCAB,
+        max_position_embeddings=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        attention_bias=False,
+        use_sliding_window=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(cfg)
+    mf.reinit_(model, seed=seed + 1000)
+    return model
+
+
+def tl_qwen3(hf_model):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_qwen3_weights
+
+    c = hf_model.config
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=c.head_dim,
+        n_heads=c.num_attention_heads,
+        n_key_value_heads=c.num_key_value_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings,
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=c.head_dim,
+        rotary_base=c.rope_parameters["rope_theta"],
+        final_rms=True,
+        gated_mlp=True,
+        use_qk_norm=True,
+        original_architecture="Qwen3ForCausalLM",
+        **mf.TL_COMMON,
+    )
+    return mf.load_converted(HookedTransformer(cfg), convert_qwen3_weights(hf_model, cfg))
 
 
 def tl_pythia(hf_model):
@@ -100,19 +158,29 @@ def tl_pythia(hf_model):
 
 @torch.inference_mode()
 def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, torch.Tensor]:
-    tl = tl_pythia(hf_model)
+    tl = {"gpt_neox": tl_pythia, "qwen3": tl_qwen3}[hf_model.config.model_type](hf_model)
     ids = inputs["unpadded.input_ids"]
     logits, cache = tl.run_with_cache(ids)
     e = mf.check(f"{name} TL logits vs HF", logits, hf_out["unpadded.hf.logits"], mf.FP32_INTERNAL)
     print(f"  {name}: TL vs HF logits norm-relative error {e:.2e}")
     out = {"unpadded.tl.logits": logits}
+    B, S = ids.shape
     for k, v in cache.items():
+        if ".attn.q_norm." in k or ".attn.k_norm." in k:
+            # TL runs the per-head norms on [batch * pos * heads, d_head]; the values are stored
+            # in the [batch, pos, heads, ...] shape the engine (and the rest of TL) uses.
+            v = v.reshape(B, S, -1, v.shape[-1])
         out[f"unpadded.tl.{k}"] = v
     # The semantics the engine's parallel block relies on.
     for l in range(tl.cfg.n_layers):
         p = f"blocks.{l}."
         mf.check(f"{name} HF hidden_states.{l} == resid_pre", cache[p + "hook_resid_pre"],
                  hf_out[f"unpadded.hf.hidden_states.{l}"], mf.FP32_INTERNAL)
+        if tl.cfg.use_qk_norm:
+            # hook_q is the raw projection; q_norm's hooks follow, then rotary.
+            q = cache[p + "attn.hook_q"]
+            scale = (q.pow(2).mean(-1, keepdim=True) + tl.cfg.eps).sqrt()
+            mf.check(f"{name} q_norm.hook_scale", out[f"unpadded.tl.{p}attn.q_norm.hook_scale"], scale, mf.TIGHT)
         if tl.cfg.parallel_attn_mlp:
             assert p + "hook_resid_mid" not in cache, "a parallel block has no resid_mid"
             mf.check(f"{name} resid_post (parallel)", cache[p + "hook_resid_post"],
@@ -143,11 +211,11 @@ def build(name: str, model, seed_inputs: int, meta: dict) -> dict[str, torch.Ten
     ref, eager = loaded["sdpa"], loaded["eager"]
     inputs = mf.make_inputs(seed_inputs)
     tensors = dict(inputs)
-    # GPT-NeoX computes its rotary angles in float32 even in a float64 model.
+    # GPT-NeoX and Qwen3 compute rotary angles (Qwen3 also RMSNorm) in float32 in a float64 model.
     hf_out = mf.hf_references(name, ref, eager, inputs, mf.FP32_INTERNAL)
     tensors.update(hf_out)
     tensors.update(tl_references(name, ref, inputs, hf_out))
-    tensors["hf.rope.inv_freq"] = ref.gpt_neox.rotary_emb.inv_freq
+    tensors["hf.rope.inv_freq"] = ref.base_model.rotary_emb.inv_freq
     tensors = {k: mf.to_store(v) for k, v in sorted(tensors.items())}
     path = mf.EXPECTED_DIR / f"{name}.safetensors"
     save_file(tensors, str(path),
@@ -160,6 +228,7 @@ def main() -> None:
     meta = {"versions": mf.versions()}
     build("tiny-pythia", make_pythia(True, 4, 0.25, True, 10000.0, 1101), 3101, meta)
     build("tiny-pythia-seq", make_pythia(False, 2, 0.5, False, 50000.0, 1102), 3102, meta)
+    build("tiny-qwen3", make_qwen3(1103), 3103, meta)
     total = sum(f.stat().st_size for f in mf.FIXTURES.rglob("*") if f.is_file())
     print(f"total size of tests/fixtures: {total} bytes")
 
