@@ -148,6 +148,17 @@ Tensor ConcatRows(std::initializer_list<const Tensor*> parts) {
   return out;
 }
 
+// Rows [begin, begin + count) of a host matrix, as a new tensor.
+Tensor SliceRows(const Tensor& m, int64_t begin, int64_t count) {
+  const int64_t row_bytes = m.nbytes() / m.dim(0);
+  Shape shape = m.shape();
+  shape[0] = count;
+  Tensor out = Tensor::EmptyHost(m.dtype(), shape);
+  std::memcpy(out.raw_data(), static_cast<const std::byte*>(m.raw_data()) + begin * row_bytes,
+              count * row_bytes);
+  return out;
+}
+
 absl::StatusOr<ModelWeights> LoadGpt2(const ModelConfig& c, const WeightReader& r) {
   ModelWeights w;
   const int64_t d = c.d_model, m = c.d_mlp;
@@ -250,6 +261,7 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
   ModelWeights w;
   const int64_t d = c.d_model, m = c.d_mlp;
   const int64_t q_rows = c.n_heads * c.d_head, kv_rows = c.n_kv_heads * c.d_head;
+  const bool fused = c.model_type == "phi3";
   GB_ASSIGN_OR_RETURN(w.embed, r.Get("embed_tokens.weight", {c.vocab_size, d}));
   // q, k and v are read on the host and fused into one matrix for a single GEMM per layer.
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -257,10 +269,15 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
     BlockWeights b;
     GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "input_layernorm.weight", {d}));
     GB_ASSIGN_OR_RETURN(b.ln2_w, r.Get(p + "post_attention_layernorm.weight", {d}));
-    GB_ASSIGN_OR_RETURN(Tensor q, r.GetHost(p + "self_attn.q_proj.weight", {q_rows, d}));
-    GB_ASSIGN_OR_RETURN(Tensor k, r.GetHost(p + "self_attn.k_proj.weight", {kv_rows, d}));
-    GB_ASSIGN_OR_RETURN(Tensor v, r.GetHost(p + "self_attn.v_proj.weight", {kv_rows, d}));
-    GB_ASSIGN_OR_RETURN(b.qkv_w, r.Place(ConcatRows({&q, &k, &v})));
+    if (fused) {
+      // Phi-3's qkv_proj already has the canonical rows: q, then k, then v.
+      GB_ASSIGN_OR_RETURN(b.qkv_w, r.Get(p + "self_attn.qkv_proj.weight", {q_rows + 2 * kv_rows, d}));
+    } else {
+      GB_ASSIGN_OR_RETURN(Tensor q, r.GetHost(p + "self_attn.q_proj.weight", {q_rows, d}));
+      GB_ASSIGN_OR_RETURN(Tensor k, r.GetHost(p + "self_attn.k_proj.weight", {kv_rows, d}));
+      GB_ASSIGN_OR_RETURN(Tensor v, r.GetHost(p + "self_attn.v_proj.weight", {kv_rows, d}));
+      GB_ASSIGN_OR_RETURN(b.qkv_w, r.Place(ConcatRows({&q, &k, &v})));
+    }
     if (c.qkv_bias) {
       GB_ASSIGN_OR_RETURN(Tensor qb, r.GetHost(p + "self_attn.q_proj.bias", {q_rows}));
       GB_ASSIGN_OR_RETURN(Tensor kb, r.GetHost(p + "self_attn.k_proj.bias", {kv_rows}));
@@ -271,9 +288,16 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
     GB_ASSIGN_OR_RETURN(b.k_norm_w, r.GetIf(c.qk_norm, p + "self_attn.k_norm.weight", {c.d_head}));
     GB_ASSIGN_OR_RETURN(b.o_w, r.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
     GB_ASSIGN_OR_RETURN(b.o_b, r.GetIf(c.o_bias, p + "self_attn.o_proj.bias", {d}));
-    GB_ASSIGN_OR_RETURN(b.gate_w, r.Get(p + "mlp.gate_proj.weight", {m, d}));
+    if (fused) {
+      // Phi-3's gate_up_proj: the gate's rows, then up's.
+      GB_ASSIGN_OR_RETURN(Tensor gate_up, r.GetHost(p + "mlp.gate_up_proj.weight", {2 * m, d}));
+      GB_ASSIGN_OR_RETURN(b.gate_w, r.Place(SliceRows(gate_up, 0, m)));
+      GB_ASSIGN_OR_RETURN(b.in_w, r.Place(SliceRows(gate_up, m, m)));
+    } else {
+      GB_ASSIGN_OR_RETURN(b.gate_w, r.Get(p + "mlp.gate_proj.weight", {m, d}));
+      GB_ASSIGN_OR_RETURN(b.in_w, r.Get(p + "mlp.up_proj.weight", {m, d}));
+    }
     GB_ASSIGN_OR_RETURN(b.gate_b, r.GetIf(c.mlp_bias, p + "mlp.gate_proj.bias", {m}));
-    GB_ASSIGN_OR_RETURN(b.in_w, r.Get(p + "mlp.up_proj.weight", {m, d}));
     GB_ASSIGN_OR_RETURN(b.in_b, r.GetIf(c.mlp_bias, p + "mlp.up_proj.bias", {m}));
     GB_ASSIGN_OR_RETURN(b.out_w, r.Get(p + "mlp.down_proj.weight", {d, m}));
     GB_ASSIGN_OR_RETURN(b.out_b, r.GetIf(c.mlp_bias, p + "mlp.down_proj.bias", {d}));

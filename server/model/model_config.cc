@@ -166,6 +166,32 @@ absl::Status ParseRope(const ConfigReader& r, ModelConfig& c,
       "depend on the sequence length"));
 }
 
+// How many of each head's features rotate: transformers 4 writes the fraction at the top level
+// (`legacy_key`: GPT-NeoX's rotary_pct, Phi-3's partial_rotary_factor), 5 writes
+// partial_rotary_factor into rope_parameters. HF rotates int(d_head * fraction) features.
+absl::Status ParsePartialRotary(const ConfigReader& r, absl::string_view legacy_key,
+                                ModelConfig& c) {
+  double fraction = 1.0;
+  std::string key(legacy_key);
+  auto params = r.root().find("rope_parameters");
+  if (params != r.root().end() && params->is_object() && params->contains("partial_rotary_factor")) {
+    ConfigReader p(*params, absl::StrCat(r.label(), ": rope_parameters"));
+    GB_ASSIGN_OR_RETURN(fraction, p.Number("partial_rotary_factor"));
+    key = "rope_parameters.partial_rotary_factor";
+  } else {
+    GB_ASSIGN_OR_RETURN(fraction, r.Number(legacy_key, 1.0));
+  }
+  if (!(fraction > 0.0 && fraction <= 1.0)) {
+    return r.Error(key, absl::StrCat("must be in (0, 1], got ", fraction));
+  }
+  c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.d_head) * fraction);
+  if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0) {
+    return r.Error(key, absl::StrCat("gives ", c.rotary_dim, " rotary features of d_head ",
+                                     c.d_head, "; Glassbox needs an even number >= 2"));
+  }
+  return absl::OkStatus();
+}
+
 // GPT-NeoX (Pythia): LayerNorm, one fused query_key_value projection interleaved by head,
 // rotary on the first rotary_pct of each head's features, an optionally parallel block, an
 // untied embed_out.
@@ -193,25 +219,7 @@ absl::Status ParseGptNeox(const ConfigReader& r, ModelConfig& c) {
   c.mlp_bias = true;
   c.attn_scale = 1.0 / std::sqrt(static_cast<double>(c.d_head));
   GB_RETURN_IF_ERROR(ParseRope(r, c, /*theta_key=*/"rotary_emb_base"));
-  // transformers 4 writes rotary_pct at the top level; 5 writes partial_rotary_factor into
-  // rope_parameters. HF rotates int(d_head * pct) features.
-  double pct = 1.0;
-  auto params = r.root().find("rope_parameters");
-  if (params != r.root().end() && params->is_object() && params->contains("partial_rotary_factor")) {
-    ConfigReader p(*params, absl::StrCat(r.label(), ": rope_parameters"));
-    GB_ASSIGN_OR_RETURN(pct, p.Number("partial_rotary_factor"));
-  } else {
-    GB_ASSIGN_OR_RETURN(pct, r.Number("rotary_pct", 1.0));
-  }
-  if (!(pct > 0.0 && pct <= 1.0)) {
-    return r.Error("rotary_pct", absl::StrCat("must be in (0, 1], got ", pct));
-  }
-  c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.d_head) * pct);
-  if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0) {
-    return r.Error("rotary_pct", absl::StrCat("gives ", c.rotary_dim, " rotary features of d_head ",
-                                              c.d_head, "; Glassbox needs an even number >= 2"));
-  }
-  return absl::OkStatus();
+  return ParsePartialRotary(r, "rotary_pct", c);
 }
 
 absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
@@ -244,6 +252,9 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
     c.qkv_bias = true;
     c.o_bias = false;
     c.mlp_bias = false;
+  } else if (c.model_type == "phi3") {
+    // Phi-3: no biases; q/k/v and gate/up are fused in the checkpoint (split at load).
+    c.qkv_bias = c.o_bias = c.mlp_bias = false;
   } else if (c.model_type == "qwen3") {
     // Qwen3 drops Qwen2's q/k/v biases (attention_bias, default false, covers q/k/v/o) and
     // normalises each head's q and k instead.
@@ -256,6 +267,9 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
     GB_ASSIGN_OR_RETURN(c.mlp_bias, r.Bool("mlp_bias", false));
     c.qkv_bias = c.o_bias = attention_bias;
   }
+  if (c.model_type == "phi3" && r.Has("sliding_window")) {
+    GB_ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window"));
+  }
   if (c.model_type == "mistral" || c.model_type == "qwen2" || c.model_type == "qwen3") {
     GB_ASSIGN_OR_RETURN(bool use_sliding, r.Bool("use_sliding_window", c.model_type == "mistral"));
     if (use_sliding && r.Has("sliding_window")) {
@@ -263,7 +277,9 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
     }
   }
   c.attn_scale = 1.0 / std::sqrt(static_cast<double>(c.d_head));
-  return ParseRope(r, c);
+  GB_RETURN_IF_ERROR(ParseRope(r, c));
+  if (c.model_type == "phi3") return ParsePartialRotary(r, "partial_rotary_factor", c);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -285,14 +301,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   } else if (c.model_type == "gpt_neox") {
     GB_RETURN_IF_ERROR(ParseGptNeox(r, c));
   } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2" ||
-             c.model_type == "qwen3") {
+             c.model_type == "qwen3" || c.model_type == "phi3") {
     GB_RETURN_IF_ERROR(ParseLlama(r, c));
   } else if (c.model_type.empty()) {
     return r.Error("model_type", "is missing; Glassbox needs it to pick the architecture");
   } else {
     return absl::UnimplementedError(absl::StrCat(
         label, ": model_type \"", c.model_type,
-        "\" is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, gpt_neox)"));
+        "\" is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, phi3, gpt_neox)"));
   }
   return c;
 }

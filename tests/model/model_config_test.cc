@@ -108,6 +108,26 @@ TEST(ModelConfig, Qwen3HasQkNormAndExplicitHeadDim) {
   EXPECT_TRUE(c->tie_word_embeddings);
 }
 
+TEST(ModelConfig, Phi3PartialRotaryWindowAndLongRope) {
+  const std::string base = R"("model_type":"phi3","num_hidden_layers":2,"hidden_size":64,
+      "num_attention_heads":4,"num_key_value_heads":2,"intermediate_size":96,"vocab_size":10,
+      "max_position_embeddings":64)";
+  auto v4 = ParseModelConfig("{" + base + R"(,"partial_rotary_factor":0.5,"sliding_window":32})", "v4");
+  ASSERT_TRUE(v4.ok()) << v4.status();
+  EXPECT_EQ(v4->rotary_dim, 8);
+  EXPECT_EQ(v4->sliding_window, 32);
+  EXPECT_FALSE(v4->qkv_bias || v4->o_bias || v4->mlp_bias);
+  auto v5 = ParseModelConfig("{" + base + R"(,"rope_parameters":{"rope_type":"default",
+      "rope_theta":10000.0,"partial_rotary_factor":0.75}})", "v5");
+  ASSERT_TRUE(v5.ok()) << v5.status();
+  EXPECT_EQ(v5->rotary_dim, 12);
+  EXPECT_EQ(v5->sliding_window, 0);
+  auto longrope = ParseModelConfig("{" + base + R"(,"rope_scaling":{"type":"longrope",
+      "short_factor":[1.0],"long_factor":[1.0]}})", "c");
+  EXPECT_EQ(longrope.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(longrope.status().message(), HasSubstr("longrope"));
+}
+
 TEST(ModelConfig, UnknownArchitecturesAreNamed) {
   auto c = ParseModelConfig(R"({"model_type":"mamba"})", "m/config.json");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kUnimplemented);

@@ -14,6 +14,9 @@ format), for one model per architecture trait the engine must get right:
   models/tiny-qwen3/       Qwen3ForCausalLM, 2 layers, d_model 64, 4 query heads, 2 kv heads,
                            head_dim 24 (not d_model / heads), per-head q/k RMSNorm, SiLU-gated
                            MLP, no biases, tied embeddings, rope_theta 1e6.
+  models/tiny-phi3/        Phi3ForCausalLM, 2 layers, d_model 64, 4 query heads, 2 kv heads,
+                           fused qkv_proj and gate_up_proj, d_mlp 96, no biases, untied lm_head,
+                           no sliding window (TransformerLens would emulate one differently).
   expected/<name>.safetensors  HF (eager and sdpa) logits / hidden states / attentions and
                            TransformerLens's value at every hook point (unpadded.tl.*), stored as
                            make_fixtures.py stores them.
@@ -37,7 +40,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_fixtures as mf  # noqa: E402
 
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 
 def make_pythia(parallel: bool, heads: int, rotary_pct: float, bias: bool, base: float, seed: int):
@@ -86,6 +96,66 @@ def make_qwen3(seed: int):
     model = Qwen3ForCausalLM(cfg)
     mf.reinit_(model, seed=seed + 1000)
     return model
+
+
+def make_phi3(seed: int):
+    cfg = Phi3Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        vocab_size=mf.VOCAB,
+        max_position_embeddings=64,
+        original_max_position_embeddings=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        sliding_window=None,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = Phi3ForCausalLM(cfg)
+    mf.reinit_(model, seed=seed + 1000)
+    return model
+
+
+def tl_phi3(hf_model):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_phi3_weights
+
+    c = hf_model.config
+    d_head = c.hidden_size // c.num_attention_heads
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=d_head,
+        n_heads=c.num_attention_heads,
+        n_key_value_heads=c.num_key_value_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings,
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=d_head,
+        rotary_base=c.rope_parameters["rope_theta"],
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture="Phi3ForCausalLM",
+        **mf.TL_COMMON,
+    )
+    state = convert_phi3_weights(hf_model, cfg)
+    # TL 3.9's converter also writes zero LayerNorm biases (sized d_vocab) that its RMSNorm does
+    # not have; they carry nothing.
+    for k in [k for k in state if k.endswith((".ln1.b", ".ln2.b", "ln_final.b"))]:
+        assert torch.count_nonzero(state.pop(k)) == 0, k
+    return mf.load_converted(HookedTransformer(cfg), state)
 
 
 def tl_qwen3(hf_model):
@@ -158,7 +228,7 @@ def tl_pythia(hf_model):
 
 @torch.inference_mode()
 def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, torch.Tensor]:
-    tl = {"gpt_neox": tl_pythia, "qwen3": tl_qwen3}[hf_model.config.model_type](hf_model)
+    tl = {"gpt_neox": tl_pythia, "qwen3": tl_qwen3, "phi3": tl_phi3}[hf_model.config.model_type](hf_model)
     ids = inputs["unpadded.input_ids"]
     logits, cache = tl.run_with_cache(ids)
     e = mf.check(f"{name} TL logits vs HF", logits, hf_out["unpadded.hf.logits"], mf.FP32_INTERNAL)
@@ -211,7 +281,7 @@ def build(name: str, model, seed_inputs: int, meta: dict) -> dict[str, torch.Ten
     ref, eager = loaded["sdpa"], loaded["eager"]
     inputs = mf.make_inputs(seed_inputs)
     tensors = dict(inputs)
-    # GPT-NeoX and Qwen3 compute rotary angles (Qwen3 also RMSNorm) in float32 in a float64 model.
+    # These models compute rotary angles (and RMSNorm) in float32 even in a float64 model.
     hf_out = mf.hf_references(name, ref, eager, inputs, mf.FP32_INTERNAL)
     tensors.update(hf_out)
     tensors.update(tl_references(name, ref, inputs, hf_out))
@@ -229,6 +299,7 @@ def main() -> None:
     build("tiny-pythia", make_pythia(True, 4, 0.25, True, 10000.0, 1101), 3101, meta)
     build("tiny-pythia-seq", make_pythia(False, 2, 0.5, False, 50000.0, 1102), 3102, meta)
     build("tiny-qwen3", make_qwen3(1103), 3103, meta)
+    build("tiny-phi3", make_phi3(1104), 3104, meta)
     total = sum(f.stat().st_size for f in mf.FIXTURES.rglob("*") if f.is_file())
     print(f"total size of tests/fixtures: {total} bytes")
 
