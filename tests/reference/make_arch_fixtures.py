@@ -124,32 +124,11 @@ def make_phi3(seed: int):
 
 
 def tl_phi3(hf_model):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions import convert_phi3_weights
 
     c = hf_model.config
-    d_head = c.hidden_size // c.num_attention_heads
-    cfg = HookedTransformerConfig(
-        d_model=c.hidden_size,
-        d_head=d_head,
-        n_heads=c.num_attention_heads,
-        n_key_value_heads=c.num_key_value_heads,
-        d_mlp=c.intermediate_size,
-        n_layers=c.num_hidden_layers,
-        n_ctx=c.max_position_embeddings,
-        eps=c.rms_norm_eps,
-        d_vocab=c.vocab_size,
-        act_fn=c.hidden_act,
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        rotary_adjacent_pairs=False,
-        rotary_dim=d_head,
-        rotary_base=c.rope_parameters["rope_theta"],
-        final_rms=True,
-        gated_mlp=True,
-        original_architecture="Phi3ForCausalLM",
-        **mf.TL_COMMON,
-    )
+    cfg = mf.tl_llama_like_config(c, c.hidden_size // c.num_attention_heads, "Phi3ForCausalLM")
     state = convert_phi3_weights(hf_model, cfg)
     # TL 3.9's converter also writes zero LayerNorm biases (sized d_vocab) that its RMSNorm does
     # not have; they carry nothing.
@@ -159,32 +138,11 @@ def tl_phi3(hf_model):
 
 
 def tl_qwen3(hf_model):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions import convert_qwen3_weights
 
-    c = hf_model.config
-    cfg = HookedTransformerConfig(
-        d_model=c.hidden_size,
-        d_head=c.head_dim,
-        n_heads=c.num_attention_heads,
-        n_key_value_heads=c.num_key_value_heads,
-        d_mlp=c.intermediate_size,
-        n_layers=c.num_hidden_layers,
-        n_ctx=c.max_position_embeddings,
-        eps=c.rms_norm_eps,
-        d_vocab=c.vocab_size,
-        act_fn=c.hidden_act,
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        rotary_adjacent_pairs=False,
-        rotary_dim=c.head_dim,
-        rotary_base=c.rope_parameters["rope_theta"],
-        final_rms=True,
-        gated_mlp=True,
-        use_qk_norm=True,
-        original_architecture="Qwen3ForCausalLM",
-        **mf.TL_COMMON,
-    )
+    cfg = mf.tl_llama_like_config(hf_model.config, hf_model.config.head_dim, "Qwen3ForCausalLM",
+                                  use_qk_norm=True)
     return mf.load_converted(HookedTransformer(cfg), convert_qwen3_weights(hf_model, cfg))
 
 

@@ -335,6 +335,37 @@ def load_converted(tl, state: dict):
     return tl.eval()
 
 
+def tl_llama_like_config(c, d_head: int, architecture: str, **extra):
+    """The HookedTransformerConfig of a Llama-shaped HF config `c`: RMSNorm, rotate-half rotary
+    on all of d_head, a gated MLP, GQA when the config has fewer kv heads."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=d_head,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings,
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        n_key_value_heads=(
+            c.num_key_value_heads if c.num_key_value_heads != c.num_attention_heads else None
+        ),
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=d_head,
+        rotary_base=c.rope_parameters["rope_theta"],
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture=architecture,
+        **TL_COMMON,
+        **extra,
+    )
+
+
 def tl_model(hf_model):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import (
@@ -365,30 +396,7 @@ def tl_model(hf_model):
         convert = convert_gpt2_weights
     elif c.model_type == "llama":
         assert c.rope_parameters["rope_type"] == "default"
-        d_head = c.hidden_size // c.num_attention_heads
-        cfg = HookedTransformerConfig(
-            d_model=c.hidden_size,
-            d_head=d_head,
-            n_heads=c.num_attention_heads,
-            d_mlp=c.intermediate_size,
-            n_layers=c.num_hidden_layers,
-            n_ctx=c.max_position_embeddings,
-            eps=c.rms_norm_eps,
-            d_vocab=c.vocab_size,
-            act_fn=c.hidden_act,
-            n_key_value_heads=(
-                c.num_key_value_heads if c.num_key_value_heads != c.num_attention_heads else None
-            ),
-            normalization_type="RMS",
-            positional_embedding_type="rotary",
-            rotary_adjacent_pairs=False,
-            rotary_dim=d_head,
-            rotary_base=c.rope_parameters["rope_theta"],
-            final_rms=True,
-            gated_mlp=True,
-            original_architecture="LlamaForCausalLM",
-            **common,
-        )
+        cfg = tl_llama_like_config(c, c.hidden_size // c.num_attention_heads, "LlamaForCausalLM")
         convert = convert_llama_weights
     else:
         raise ValueError(c.model_type)
