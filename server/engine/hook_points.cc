@@ -55,12 +55,22 @@ HookRegistry::HookRegistry(const ModelConfig& c) {
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string b = absl::StrCat("blocks.", l, ".");
     add(HookKind::kResidPre, l, b + "hook_resid_pre", resid(), resid_names);
-    add(HookKind::kLn1Scale, l, b + "ln1.hook_scale", scale(), scale_names);
-    add(HookKind::kLn1Normalized, l, b + "ln1.hook_normalized", resid(), resid_names);
+    // Pre-norm blocks normalise what enters attention and the MLP; post-norm blocks (OLMo-2)
+    // what leaves them, before hook_attn_out / hook_mlp_out (TransformerLens's order and names).
+    const bool post = c.norm_placement == NormPlacement::kPost;
+    auto ln1 = [&] {
+      add(HookKind::kLn1Scale, l, b + "ln1.hook_scale", scale(), scale_names);
+      add(HookKind::kLn1Normalized, l, b + "ln1.hook_normalized", resid(), resid_names);
+    };
+    auto ln2 = [&] {
+      add(HookKind::kLn2Scale, l, b + "ln2.hook_scale", scale(), scale_names);
+      add(HookKind::kLn2Normalized, l, b + "ln2.hook_normalized", resid(), resid_names);
+    };
+    if (!post) ln1();
     add(HookKind::kQ, l, b + "attn.hook_q", heads(c.n_heads), head_names);
     add(HookKind::kK, l, b + "attn.hook_k", heads(c.n_kv_heads), kv_names);
     add(HookKind::kV, l, b + "attn.hook_v", heads(c.n_kv_heads), kv_names);
-    if (c.qk_norm) {
+    if (c.qk_norm == QkNorm::kPerHead) {
       // TransformerLens's attn.q_norm / attn.k_norm RMSNorms, per head.
       const std::vector<std::string> q_scale_names = {"batch", "pos", "head_index", "1"};
       const std::vector<std::string> k_scale_names = {"batch", "pos", "kv_head_index", "1"};
@@ -72,6 +82,14 @@ HookRegistry::HookRegistry(const ModelConfig& c) {
           {Batch(), Pos(), Fixed(c.n_kv_heads), Fixed(1)}, k_scale_names);
       add(HookKind::kKNormNormalized, l, b + "attn.k_norm.hook_normalized", heads(c.n_kv_heads),
           kv_names);
+    } else if (c.qk_norm == QkNorm::kWhole) {
+      // Over the whole projection, before the split into heads (OLMo-2).
+      add(HookKind::kQNormScale, l, b + "attn.q_norm.hook_scale", scale(), scale_names);
+      add(HookKind::kQNormNormalized, l, b + "attn.q_norm.hook_normalized",
+          {Batch(), Pos(), Fixed(c.n_heads * c.d_head)}, {"batch", "pos", "q_features"});
+      add(HookKind::kKNormScale, l, b + "attn.k_norm.hook_scale", scale(), scale_names);
+      add(HookKind::kKNormNormalized, l, b + "attn.k_norm.hook_normalized",
+          {Batch(), Pos(), Fixed(c.n_kv_heads * c.d_head)}, {"batch", "pos", "kv_features"});
     }
     if (c.positional == PositionalKind::kRotary) {
       add(HookKind::kRotQ, l, b + "attn.hook_rot_q", heads(c.n_heads), head_names);
@@ -85,13 +103,14 @@ HookRegistry::HookRegistry(const ModelConfig& c) {
     add(HookKind::kResult, l, b + "attn.hook_result",
         {Batch(), Pos(), Fixed(c.n_heads), Fixed(c.d_model)},
         {"batch", "pos", "head_index", "d_model"});
+    if (post) ln1();
     add(HookKind::kAttnOut, l, b + "hook_attn_out", resid(), resid_names);
     if (!c.parallel_attn_mlp) add(HookKind::kResidMid, l, b + "hook_resid_mid", resid(), resid_names);
-    add(HookKind::kLn2Scale, l, b + "ln2.hook_scale", scale(), scale_names);
-    add(HookKind::kLn2Normalized, l, b + "ln2.hook_normalized", resid(), resid_names);
+    if (!post) ln2();
     add(HookKind::kMlpPre, l, b + "mlp.hook_pre", neurons(), neuron_names);
     if (c.gated_mlp) add(HookKind::kMlpPreLinear, l, b + "mlp.hook_pre_linear", neurons(), neuron_names);
     add(HookKind::kMlpPost, l, b + "mlp.hook_post", neurons(), neuron_names);
+    if (post) ln2();
     add(HookKind::kMlpOut, l, b + "hook_mlp_out", resid(), resid_names);
     add(HookKind::kResidPost, l, b + "hook_resid_post", resid(), resid_names);
   }

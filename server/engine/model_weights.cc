@@ -267,8 +267,14 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
     BlockWeights b;
-    GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "input_layernorm.weight", {d}));
-    GB_ASSIGN_OR_RETURN(b.ln2_w, r.Get(p + "post_attention_layernorm.weight", {d}));
+    if (c.norm_placement == NormPlacement::kPost) {
+      // OLMo-2's norms of the attention and MLP outputs.
+      GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "post_attention_layernorm.weight", {d}));
+      GB_ASSIGN_OR_RETURN(b.ln2_w, r.Get(p + "post_feedforward_layernorm.weight", {d}));
+    } else {
+      GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "input_layernorm.weight", {d}));
+      GB_ASSIGN_OR_RETURN(b.ln2_w, r.Get(p + "post_attention_layernorm.weight", {d}));
+    }
     if (fused) {
       // Phi-3's qkv_proj already has the canonical rows: q, then k, then v.
       GB_ASSIGN_OR_RETURN(b.qkv_w, r.Get(p + "self_attn.qkv_proj.weight", {q_rows + 2 * kv_rows, d}));
@@ -284,8 +290,11 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
       GB_ASSIGN_OR_RETURN(Tensor vb, r.GetHost(p + "self_attn.v_proj.bias", {kv_rows}));
       GB_ASSIGN_OR_RETURN(b.qkv_b, r.Place(ConcatRows({&qb, &kb, &vb})));
     }
-    GB_ASSIGN_OR_RETURN(b.q_norm_w, r.GetIf(c.qk_norm, p + "self_attn.q_norm.weight", {c.d_head}));
-    GB_ASSIGN_OR_RETURN(b.k_norm_w, r.GetIf(c.qk_norm, p + "self_attn.k_norm.weight", {c.d_head}));
+    if (c.qk_norm != QkNorm::kNone) {
+      const bool whole = c.qk_norm == QkNorm::kWhole;
+      GB_ASSIGN_OR_RETURN(b.q_norm_w, r.Get(p + "self_attn.q_norm.weight", {whole ? q_rows : c.d_head}));
+      GB_ASSIGN_OR_RETURN(b.k_norm_w, r.Get(p + "self_attn.k_norm.weight", {whole ? kv_rows : c.d_head}));
+    }
     GB_ASSIGN_OR_RETURN(b.o_w, r.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
     GB_ASSIGN_OR_RETURN(b.o_b, r.GetIf(c.o_bias, p + "self_attn.o_proj.bias", {d}));
     if (fused) {

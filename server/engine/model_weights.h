@@ -12,13 +12,13 @@
 namespace glassbox {
 
 struct BlockWeights {
-  Tensor ln1_w, ln1_b;  // biases stay undefined for RMSNorm
+  Tensor ln1_w, ln1_b;  // biases stay undefined for RMSNorm; post-norm blocks: of attn_out
   Tensor qkv_w;         // [(n_heads + 2·n_kv_heads)·d_head, d_model]: rows q, then k, then v
   Tensor qkv_b;
-  Tensor q_norm_w, k_norm_w;  // [d_head]: per-head q/k RMSNorm weights (Qwen3 only)
+  Tensor q_norm_w, k_norm_w;  // q/k RMSNorm: [d_head] per head, or over the whole projection
   Tensor o_w;           // [d_model, n_heads·d_head]
   Tensor o_b;
-  Tensor ln2_w, ln2_b;
+  Tensor ln2_w, ln2_b;    // post-norm blocks: of mlp_out
   Tensor in_w, in_b;      // [d_mlp, d_model]: GPT-2 c_fc, Llama up_proj
   Tensor gate_w, gate_b;  // [d_mlp, d_model]: Llama gate_proj (gated MLPs only)
   Tensor out_w, out_b;    // [d_model, d_mlp]

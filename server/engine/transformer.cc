@@ -87,9 +87,10 @@ class ForwardPass {
   // LayerNorm or RMSNorm per the config, emitting the scale and normalized hooks.
   absl::StatusOr<Tensor> Norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                               HookKind scale_kind, HookKind normalized_kind, int layer);
-  // RMSNorm over each head's features of x [batch, pos, heads, d_head] (Qwen3's q/k norms),
-  // emitting its scale [batch, pos, heads, 1] and normalized hooks.
-  absl::StatusOr<Tensor> HeadNorm(const Tensor& x, const Tensor& weight, HookKind scale_kind,
+  // The q or k RMSNorm of x [batch, pos, heads, d_head], over each head's features (Qwen3) or
+  // the whole projection (OLMo-2) as the weight's size says, emitting its scale and normalized
+  // hooks.
+  absl::StatusOr<Tensor> QkNormOf(const Tensor& x, const Tensor& weight, HookKind scale_kind,
                                   HookKind normalized_kind, int layer);
   absl::StatusOr<Tensor> Block(int layer, Tensor resid, const Tensor& mask,
                                const Tensor& positions);
@@ -140,18 +141,19 @@ absl::StatusOr<Tensor> ForwardPass::Norm(const Tensor& x, const Tensor& weight,
   return out;
 }
 
-absl::StatusOr<Tensor> ForwardPass::HeadNorm(const Tensor& x, const Tensor& weight,
+absl::StatusOr<Tensor> ForwardPass::QkNormOf(const Tensor& x, const Tensor& weight,
                                              HookKind scale_kind, HookKind normalized_kind,
                                              int layer) {
-  const int64_t heads = x.dim(2), rows = tokens_ * heads;
-  const Tensor flat = x.Reshape({rows, c_.d_head});
-  GB_ASSIGN_OR_RETURN(Tensor out, New({rows, c_.d_head}));
+  // Rows of the weight's width: each head's d_head features, or the whole projection.
+  const int64_t width = weight.numel(), rows = x.numel() / width;
+  const Tensor flat = x.Reshape({rows, width});
+  GB_ASSIGN_OR_RETURN(Tensor out, New({rows, width}));
   Tensor scale, unweighted;
   if (Touched(scale_kind, layer)) {
     GB_ASSIGN_OR_RETURN(scale, New({rows, 1}));
   }
   if (Touched(normalized_kind, layer)) {
-    GB_ASSIGN_OR_RETURN(unweighted, New({rows, c_.d_head}));
+    GB_ASSIGN_OR_RETURN(unweighted, New({rows, width}));
   }
   GB_RETURN_IF_ERROR(be_.RmsNorm(flat, &weight, static_cast<float>(c_.norm_eps), out,
                                  OutOrNull(scale), OutOrNull(unweighted)));
@@ -173,10 +175,10 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
   GB_RETURN_IF_ERROR(AtHook(HookKind::kQ, layer, q));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kK, layer, k));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kV, layer, v));
-  if (c_.qk_norm) {
-    GB_ASSIGN_OR_RETURN(q, HeadNorm(q, b.q_norm_w, HookKind::kQNormScale,
+  if (c_.qk_norm != QkNorm::kNone) {
+    GB_ASSIGN_OR_RETURN(q, QkNormOf(q, b.q_norm_w, HookKind::kQNormScale,
                                     HookKind::kQNormNormalized, layer));
-    GB_ASSIGN_OR_RETURN(k, HeadNorm(k, b.k_norm_w, HookKind::kKNormScale,
+    GB_ASSIGN_OR_RETURN(k, QkNormOf(k, b.k_norm_w, HookKind::kKNormScale,
                                     HookKind::kKNormNormalized, layer));
   }
 
@@ -225,7 +227,6 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
   GB_ASSIGN_OR_RETURN(Tensor attn_out, New({tokens_, c_.d_model}));
   GB_RETURN_IF_ERROR(be_.Linear(z.Reshape({tokens_, h * dh}), b.o_w, OrNull(b.o_b),
                                 Activation::kIdentity, attn_out));
-  GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnOut, layer, attn_out));
   return attn_out;
 }
 
@@ -268,39 +269,57 @@ absl::StatusOr<Tensor> ForwardPass::Mlp(int layer, const BlockWeights& b,
   GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpPost, layer, post));
   GB_ASSIGN_OR_RETURN(Tensor mlp_out, New({tokens_, c_.d_model}));
   GB_RETURN_IF_ERROR(be_.Linear(post, b.out_w, OrNull(b.out_b), Activation::kIdentity, mlp_out));
-  GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpOut, layer, mlp_out));
   return mlp_out;
 }
 
 absl::StatusOr<Tensor> ForwardPass::Block(int layer, Tensor resid, const Tensor& mask,
                                           const Tensor& positions) {
   const BlockWeights& b = w_.blocks[layer];
+  // Pre-norm blocks normalise what attention and the MLP read; post-norm blocks (OLMo-2) what
+  // they return, before hook_attn_out / hook_mlp_out, as TransformerLens does.
+  const bool post = c_.norm_placement == NormPlacement::kPost;
+  auto ln1 = [&](const Tensor& x) {
+    return Norm(x, b.ln1_w, b.ln1_b, HookKind::kLn1Scale, HookKind::kLn1Normalized, layer);
+  };
+  auto ln2 = [&](const Tensor& x) {
+    return Norm(x, b.ln2_w, b.ln2_b, HookKind::kLn2Scale, HookKind::kLn2Normalized, layer);
+  };
   GB_RETURN_IF_ERROR(AtHook(HookKind::kResidPre, layer, resid));
-  GB_ASSIGN_OR_RETURN(Tensor ln1, Norm(resid, b.ln1_w, b.ln1_b, HookKind::kLn1Scale,
-                                       HookKind::kLn1Normalized, layer));
-  GB_ASSIGN_OR_RETURN(Tensor attn_out, Attention(layer, b, ln1, mask, positions));
+  Tensor attn_in = resid;
+  if (!post) {
+    GB_ASSIGN_OR_RETURN(attn_in, ln1(resid));
+  }
+  GB_ASSIGN_OR_RETURN(Tensor attn_out, Attention(layer, b, attn_in, mask, positions));
+  if (post) {
+    GB_ASSIGN_OR_RETURN(attn_out, ln1(attn_out));
+  }
+  GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnOut, layer, attn_out));
   // Sums go to fresh tensors rather than in place, so a captured value is never overwritten.
+  GB_ASSIGN_OR_RETURN(Tensor resid_post, New({tokens_, c_.d_model}));
   if (c_.parallel_attn_mlp) {
     // Attention and MLP both read resid_pre; there is no resid_mid (TransformerLens
     // parallel_attn_mlp, HF GPT-NeoX use_parallel_residual).
-    GB_ASSIGN_OR_RETURN(Tensor ln2, Norm(resid, b.ln2_w, b.ln2_b, HookKind::kLn2Scale,
-                                         HookKind::kLn2Normalized, layer));
-    GB_ASSIGN_OR_RETURN(Tensor mlp_out, Mlp(layer, b, ln2));
+    GB_ASSIGN_OR_RETURN(Tensor mlp_in, ln2(resid));
+    GB_ASSIGN_OR_RETURN(Tensor mlp_out, Mlp(layer, b, mlp_in));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpOut, layer, mlp_out));
     GB_ASSIGN_OR_RETURN(Tensor partial, New({tokens_, c_.d_model}));
     GB_RETURN_IF_ERROR(be_.Add(attn_out, mlp_out, partial));
-    GB_ASSIGN_OR_RETURN(Tensor resid_post, New({tokens_, c_.d_model}));
     GB_RETURN_IF_ERROR(be_.Add(resid, partial, resid_post));
-    GB_RETURN_IF_ERROR(AtHook(HookKind::kResidPost, layer, resid_post));
-    return resid_post;
+  } else {
+    GB_ASSIGN_OR_RETURN(Tensor resid_mid, New({tokens_, c_.d_model}));
+    GB_RETURN_IF_ERROR(be_.Add(resid, attn_out, resid_mid));
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kResidMid, layer, resid_mid));
+    Tensor mlp_in = resid_mid;
+    if (!post) {
+      GB_ASSIGN_OR_RETURN(mlp_in, ln2(resid_mid));
+    }
+    GB_ASSIGN_OR_RETURN(Tensor mlp_out, Mlp(layer, b, mlp_in));
+    if (post) {
+      GB_ASSIGN_OR_RETURN(mlp_out, ln2(mlp_out));
+    }
+    GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpOut, layer, mlp_out));
+    GB_RETURN_IF_ERROR(be_.Add(resid_mid, mlp_out, resid_post));
   }
-  GB_ASSIGN_OR_RETURN(Tensor resid_mid, New({tokens_, c_.d_model}));
-  GB_RETURN_IF_ERROR(be_.Add(resid, attn_out, resid_mid));
-  GB_RETURN_IF_ERROR(AtHook(HookKind::kResidMid, layer, resid_mid));
-  GB_ASSIGN_OR_RETURN(Tensor ln2, Norm(resid_mid, b.ln2_w, b.ln2_b, HookKind::kLn2Scale,
-                                       HookKind::kLn2Normalized, layer));
-  GB_ASSIGN_OR_RETURN(Tensor mlp_out, Mlp(layer, b, ln2));
-  GB_ASSIGN_OR_RETURN(Tensor resid_post, New({tokens_, c_.d_model}));
-  GB_RETURN_IF_ERROR(be_.Add(resid_mid, mlp_out, resid_post));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kResidPost, layer, resid_post));
   return resid_post;
 }

@@ -255,13 +255,21 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
   } else if (c.model_type == "phi3") {
     // Phi-3: no biases; q/k/v and gate/up are fused in the checkpoint (split at load).
     c.qkv_bias = c.o_bias = c.mlp_bias = false;
+  } else if (c.model_type == "olmo2") {
+    // OLMo-2: norms after attention and the MLP instead of before, and q/k RMSNorm over the
+    // whole projection.
+    GB_ASSIGN_OR_RETURN(bool attention_bias, r.Bool("attention_bias", false));
+    c.qkv_bias = c.o_bias = attention_bias;
+    c.mlp_bias = false;
+    c.qk_norm = QkNorm::kWhole;
+    c.norm_placement = NormPlacement::kPost;
   } else if (c.model_type == "qwen3") {
     // Qwen3 drops Qwen2's q/k/v biases (attention_bias, default false, covers q/k/v/o) and
     // normalises each head's q and k instead.
     GB_ASSIGN_OR_RETURN(bool attention_bias, r.Bool("attention_bias", false));
     c.qkv_bias = c.o_bias = attention_bias;
     c.mlp_bias = false;
-    c.qk_norm = true;
+    c.qk_norm = QkNorm::kPerHead;
   } else {
     GB_ASSIGN_OR_RETURN(bool attention_bias, r.Bool("attention_bias", false));
     GB_ASSIGN_OR_RETURN(c.mlp_bias, r.Bool("mlp_bias", false));
@@ -301,14 +309,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   } else if (c.model_type == "gpt_neox") {
     GB_RETURN_IF_ERROR(ParseGptNeox(r, c));
   } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2" ||
-             c.model_type == "qwen3" || c.model_type == "phi3") {
+             c.model_type == "qwen3" || c.model_type == "phi3" || c.model_type == "olmo2") {
     GB_RETURN_IF_ERROR(ParseLlama(r, c));
   } else if (c.model_type.empty()) {
     return r.Error("model_type", "is missing; Glassbox needs it to pick the architecture");
   } else {
     return absl::UnimplementedError(absl::StrCat(
         label, ": model_type \"", c.model_type,
-        "\" is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, phi3, gpt_neox)"));
+        "\" is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, phi3, olmo2, gpt_neox)"));
   }
   return c;
 }

@@ -12,6 +12,8 @@ namespace glassbox {
 
 enum class NormKind : uint8_t { kLayerNorm, kRmsNorm };
 enum class PositionalKind : uint8_t { kLearned, kRotary };
+enum class QkNorm : uint8_t { kNone, kPerHead, kWhole };
+enum class NormPlacement : uint8_t { kPre, kPost };
 
 // HF rope_scaling. Only the kinds whose frequencies do not depend on the sequence length.
 struct RopeScaling {
@@ -24,7 +26,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;  // as in config.json: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3"
+  std::string model_type;  // as in config.json: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2"
   int64_t n_layers = 0;
   int64_t d_model = 0;
   int64_t n_heads = 0;
@@ -48,9 +50,13 @@ struct ModelConfig {
   bool o_bias = true;
   bool mlp_bias = true;
   bool tie_word_embeddings = false;
-  // Qwen3: RMSNorm over each head's d_head features of q and k (weights [d_head]), after the
-  // projection and before rotary.
-  bool qk_norm = false;
+  // RMSNorm of q and k after the projection and before rotary: over each head's d_head features
+  // (Qwen3, weights [d_head]) or over the whole projection (OLMo-2, weights [n_heads·d_head] and
+  // [n_kv_heads·d_head]).
+  QkNorm qk_norm = QkNorm::kNone;
+  // Where the block's norms sit: before attention and the MLP (GPT-2, Llama), or after them, on
+  // their outputs before the residual add (OLMo-2; TransformerLens still calls them ln1, ln2).
+  NormPlacement norm_placement = NormPlacement::kPre;
   // GPT-NeoX use_parallel_residual: resid_post = resid_pre + attn(ln1(resid_pre)) +
   // mlp(ln2(resid_pre)), so there is no resid_mid.
   bool parallel_attn_mlp = false;

@@ -72,6 +72,25 @@ TEST(BadCheckpoint, MissingTensorIsNamed) {
   EXPECT_THAT(model.status().message(), HasSubstr("h.1.mlp.c_fc.bias"));
 }
 
+// Each family's own tensors are required and named when missing: the ones no other family has.
+TEST(BadCheckpoint, MissingFamilyTensorsAreNamed) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"tiny-pythia", "gpt_neox.layers.1.attention.query_key_value.weight"},
+      {"tiny-pythia", "embed_out.weight"},
+      {"tiny-qwen3", "model.layers.0.self_attn.k_norm.weight"},
+      {"tiny-phi3", "model.layers.1.mlp.gate_up_proj.weight"},
+      {"tiny-olmo2", "model.layers.0.post_feedforward_layernorm.weight"},
+      {"tiny-olmo2", "model.layers.1.self_attn.q_norm.weight"},
+  };
+  for (const auto& [fixture, tensor] : cases) {
+    SCOPED_TRACE(tensor);
+    BrokenModel broken(fixture, [&](auto& tensors, auto&) { Drop(tensors, tensor); });
+    auto model = Load(broken.dir());
+    EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(model.status().message(), HasSubstr("'" + tensor + "'"));
+  }
+}
+
 TEST(BadCheckpoint, WrongShapeIsNamedWithBothShapes) {
   BrokenModel broken("tiny-llama", [](auto& tensors, auto& storage) {
     for (auto& t : tensors) {

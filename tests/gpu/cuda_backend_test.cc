@@ -1225,7 +1225,8 @@ INSTANTIATE_TEST_SUITE_P(
                       ModelCase{"tiny-llama-variant", DType::kBF16},
                       ModelCase{"tiny-pythia", DType::kF32}, ModelCase{"tiny-pythia", DType::kBF16},
                       ModelCase{"tiny-qwen3", DType::kF32}, ModelCase{"tiny-qwen3", DType::kBF16},
-                      ModelCase{"tiny-phi3", DType::kF32}, ModelCase{"tiny-phi3", DType::kBF16}),
+                      ModelCase{"tiny-phi3", DType::kF32}, ModelCase{"tiny-phi3", DType::kBF16},
+                      ModelCase{"tiny-olmo2", DType::kF32}, ModelCase{"tiny-olmo2", DType::kBF16}),
     [](const auto& info) {
       std::string name = info.param.model + "_" + DTypeLabel(info.param.dtype);
       std::replace(name.begin(), name.end(), '-', '_');

@@ -100,7 +100,7 @@ TEST(ModelConfig, Qwen3HasQkNormAndExplicitHeadDim) {
   auto c = ParseModelConfig(
       ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-qwen3/config.json"), "qwen3");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_TRUE(c->qk_norm);
+  EXPECT_EQ(c->qk_norm, QkNorm::kPerHead);
   EXPECT_EQ(c->d_head, 24);  // not hidden_size / num_attention_heads
   EXPECT_EQ(c->rotary_dim, 24);
   EXPECT_FALSE(c->qkv_bias || c->o_bias || c->mlp_bias);
@@ -126,6 +126,16 @@ TEST(ModelConfig, Phi3PartialRotaryWindowAndLongRope) {
       "short_factor":[1.0],"long_factor":[1.0]}})", "c");
   EXPECT_EQ(longrope.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(longrope.status().message(), HasSubstr("longrope"));
+}
+
+TEST(ModelConfig, Olmo2HasPostNormsAndWholeQkNorm) {
+  auto c = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-olmo2/config.json"), "olmo2");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->norm_placement, NormPlacement::kPost);
+  EXPECT_EQ(c->qk_norm, QkNorm::kWhole);
+  EXPECT_EQ(c->norm, NormKind::kRmsNorm);
+  EXPECT_FALSE(c->qkv_bias || c->o_bias || c->mlp_bias || c->tie_word_embeddings);
 }
 
 TEST(ModelConfig, UnknownArchitecturesAreNamed) {

@@ -17,6 +17,9 @@ format), for one model per architecture trait the engine must get right:
   models/tiny-phi3/        Phi3ForCausalLM, 2 layers, d_model 64, 4 query heads, 2 kv heads,
                            fused qkv_proj and gate_up_proj, d_mlp 96, no biases, untied lm_head,
                            no sliding window (TransformerLens would emulate one differently).
+  models/tiny-olmo2/       Olmo2ForCausalLM, 2 layers, d_model 64, 4 heads, norms after attention
+                           and the MLP (no input norm), q/k RMSNorm over the whole projection,
+                           SiLU-gated MLP d_mlp 96, no biases, untied lm_head, rope_theta 5e5.
   expected/<name>.safetensors  HF (eager and sdpa) logits / hidden states / attentions and
                            TransformerLens's value at every hook point (unpadded.tl.*), stored as
                            make_fixtures.py stores them.
@@ -42,11 +45,27 @@ import make_fixtures as mf  # noqa: E402
 
 from transformers import (  # noqa: E402
     GPTNeoXConfig,
+    Olmo2Config,
+    Olmo2ForCausalLM,
     GPTNeoXForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+)
+
+
+# The shape the Llama-like reference models share; each adds what its family varies.
+LLAMA_LIKE = dict(
+    hidden_size=64,
+    num_attention_heads=4,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    vocab_size=mf.VOCAB,
+    max_position_embeddings=64,
+    hidden_act="silu",
+    bos_token_id=1,
+    eos_token_id=2,
 )
 
 
@@ -75,22 +94,14 @@ def make_pythia(parallel: bool, heads: int, rotary_pct: float, bias: bool, base:
 
 def make_qwen3(seed: int):
     cfg = Qwen3Config(
-        hidden_size=64,
-        num_attention_heads=4,
+        **LLAMA_LIKE,
         num_key_value_heads=2,
         head_dim=24,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        vocab_size=mf.VOCAB,
-        max_position_embeddings=64,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
-        hidden_act="silu",
         attention_bias=False,
         use_sliding_window=False,
-        bos_token_id=1,
-        eos_token_id=2,
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
@@ -100,21 +111,13 @@ def make_qwen3(seed: int):
 
 def make_phi3(seed: int):
     cfg = Phi3Config(
-        hidden_size=64,
-        num_attention_heads=4,
+        **LLAMA_LIKE,
         num_key_value_heads=2,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        vocab_size=mf.VOCAB,
-        max_position_embeddings=64,
         original_max_position_embeddings=64,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
-        hidden_act="silu",
         sliding_window=None,
-        bos_token_id=1,
-        eos_token_id=2,
         pad_token_id=0,
     )
     torch.manual_seed(seed)
@@ -135,6 +138,31 @@ def tl_phi3(hf_model):
     for k in [k for k in state if k.endswith((".ln1.b", ".ln2.b", "ln_final.b"))]:
         assert torch.count_nonzero(state.pop(k)) == 0, k
     return mf.load_converted(HookedTransformer(cfg), state)
+
+
+def make_olmo2(seed: int):
+    cfg = Olmo2Config(
+        **LLAMA_LIKE,
+        num_key_value_heads=4,  # TL 3.9's OLMo-2 conversion assumes no GQA, as OLMo-2 has none
+        rope_parameters={"rope_type": "default", "rope_theta": 5e5},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = Olmo2ForCausalLM(cfg)
+    mf.reinit_(model, seed=seed + 1000)
+    return model
+
+
+def tl_olmo2(hf_model):
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_olmo2_weights
+
+    c = hf_model.config
+    cfg = mf.tl_llama_like_config(c, c.hidden_size // c.num_attention_heads, "Olmo2ForCausalLM")
+    return mf.load_converted(HookedTransformer(cfg), convert_olmo2_weights(hf_model, cfg))
 
 
 def tl_qwen3(hf_model):
@@ -186,7 +214,7 @@ def tl_pythia(hf_model):
 
 @torch.inference_mode()
 def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, torch.Tensor]:
-    tl = {"gpt_neox": tl_pythia, "qwen3": tl_qwen3, "phi3": tl_phi3}[hf_model.config.model_type](hf_model)
+    tl = {"gpt_neox": tl_pythia, "qwen3": tl_qwen3, "phi3": tl_phi3, "olmo2": tl_olmo2}[hf_model.config.model_type](hf_model)
     ids = inputs["unpadded.input_ids"]
     logits, cache = tl.run_with_cache(ids)
     e = mf.check(f"{name} TL logits vs HF", logits, hf_out["unpadded.hf.logits"], mf.FP32_INTERNAL)
@@ -194,7 +222,7 @@ def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, 
     out = {"unpadded.tl.logits": logits}
     B, S = ids.shape
     for k, v in cache.items():
-        if ".attn.q_norm." in k or ".attn.k_norm." in k:
+        if (".attn.q_norm." in k or ".attn.k_norm." in k) and v.dim() == 2:
             # TL runs the per-head norms on [batch * pos * heads, d_head]; the values are stored
             # in the [batch, pos, heads, ...] shape the engine (and the rest of TL) uses.
             v = v.reshape(B, S, -1, v.shape[-1])
@@ -204,6 +232,12 @@ def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, 
         p = f"blocks.{l}."
         mf.check(f"{name} HF hidden_states.{l} == resid_pre", cache[p + "hook_resid_pre"],
                  hf_out[f"unpadded.hf.hidden_states.{l}"], mf.FP32_INTERNAL)
+        if hf_model.config.model_type == "olmo2":
+            # Post-norm: ln1 normalises attention's output before hook_attn_out (no input norm).
+            a = cache[p + "attn.hook_result"].sum(2)
+            scale = (a.pow(2).mean(-1, keepdim=True) + tl.cfg.eps).sqrt()
+            mf.check(f"{name} post-norm ln1.hook_scale", cache[p + "ln1.hook_scale"], scale, mf.TIGHT)
+            assert cache[p + "attn.q_norm.hook_scale"].shape == (B, S, 1)
         if tl.cfg.use_qk_norm:
             # hook_q is the raw projection; q_norm's hooks follow, then rotary.
             q = cache[p + "attn.hook_q"]
@@ -258,6 +292,7 @@ def main() -> None:
     build("tiny-pythia-seq", make_pythia(False, 2, 0.5, False, 50000.0, 1102), 3102, meta)
     build("tiny-qwen3", make_qwen3(1103), 3103, meta)
     build("tiny-phi3", make_phi3(1104), 3104, meta)
+    build("tiny-olmo2", make_olmo2(1105), 3105, meta)
     total = sum(f.stat().st_size for f in mf.FIXTURES.rglob("*") if f.is_file())
     print(f"total size of tests/fixtures: {total} bytes")
 
