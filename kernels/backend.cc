@@ -65,10 +65,12 @@ absl::Status Backend::Rotary(const Tensor& x, const Tensor& cos, const Tensor& s
 
 absl::Status Backend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const Tensor& key_mask, float scale, Tensor& z, Tensor* scores,
-                                Tensor* pattern) {
+                                Tensor* pattern, const AttentionOptions& options) {
   GB_ASSIGN_OR_RETURN(const AttentionDims d,
                       CheckAttention(target_, q, k, v, key_mask, z, scores, pattern));
-  return d.empty ? absl::OkStatus() : DoAttention(d, q, k, v, key_mask, scale, z, scores, pattern);
+  GB_RETURN_IF_ERROR(CheckAttentionOptions(target_, options.window, options.softcap));
+  return d.empty ? absl::OkStatus()
+                 : DoAttention(d, q, k, v, key_mask, scale, z, scores, pattern, options);
 }
 
 absl::Status Backend::Add(const Tensor& a, const Tensor& b, Tensor& out) {
@@ -84,6 +86,16 @@ absl::Status Backend::Mul(const Tensor& a, const Tensor& b, Tensor& out) {
 absl::Status Backend::Activate(Activation act, const Tensor& x, Tensor& out) {
   GB_ASSIGN_OR_RETURN(const int64_t n, CheckActivate(target_, x, out));
   return n == 0 ? absl::OkStatus() : DoActivate(n, act, x, out);
+}
+
+absl::Status Backend::Scale(const Tensor& x, float factor, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const int64_t n, CheckScale(target_, x, factor, out));
+  return n == 0 ? absl::OkStatus() : DoScale(n, x, factor, out);
+}
+
+absl::Status Backend::SoftCap(const Tensor& x, float cap, Tensor& out) {
+  GB_ASSIGN_OR_RETURN(const int64_t n, CheckSoftCap(target_, x, cap, out));
+  return n == 0 ? absl::OkStatus() : DoSoftCap(n, x, cap, out);
 }
 
 absl::Status Backend::SplitQkv(const Tensor& qkv, Tensor& q, Tensor& k, Tensor& v) {

@@ -40,6 +40,16 @@
 
 namespace glassbox {
 
+// How attention masks and shapes its scores beyond the causal and padding masks.
+struct AttentionOptions {
+  // > 0: query i sees only keys j with i - j < window (Mistral's and Gemma's sliding window;
+  // indices within the row, which for real tokens equal position differences).
+  int64_t window = 0;
+  // > 0: scores = softcap * tanh(scores / softcap) after scaling and before masking (Gemma 2's
+  // attn_logit_softcapping).
+  float softcap = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -95,13 +105,19 @@ class Backend {
   // (softmax, 0 where masked) are written only when non-null. A query with no visible key (a
   // padding position before any real token) gets a zero pattern row and zero output. H, Hkv and
   // Dh must be positive with Hkv dividing H; B = 0 or S = 0: nothing to do.
+  // `options` (window >= 0, softcap >= 0 and finite) add a sliding window and soft-capping.
   absl::Status Attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
-                         float scale, Tensor& z, Tensor* scores, Tensor* pattern);
+                         float scale, Tensor& z, Tensor* scores, Tensor* pattern,
+                         const AttentionOptions& options = {});
 
   // ---- elementwise (equal element counts; rank 0 and empty are fine) ----
   absl::Status Add(const Tensor& a, const Tensor& b, Tensor& out);
   absl::Status Mul(const Tensor& a, const Tensor& b, Tensor& out);
   absl::Status Activate(Activation act, const Tensor& x, Tensor& out);
+  // out = factor · x, factor finite (Gemma's sqrt(d_model) embedding normaliser).
+  absl::Status Scale(const Tensor& x, float factor, Tensor& out);
+  // out = cap · tanh(x / cap), cap > 0 and finite (Gemma-2's final-logit soft cap).
+  absl::Status SoftCap(const Tensor& x, float cap, Tensor& out);
 
   // ---- reshaping ----
   // Splits fused projections qkv [T, (Hq + 2·Hkv)·Dh] into q [T, Hq·Dh], k and v [T, Hkv·Dh].
@@ -158,10 +174,13 @@ class Backend {
                                 Tensor& out) = 0;
   virtual absl::Status DoAttention(const AttentionDims& d, const Tensor& q, const Tensor& k,
                                    const Tensor& v, const Tensor& key_mask, float scale, Tensor& z,
-                                   Tensor* scores, Tensor* pattern) = 0;
+                                   Tensor* scores, Tensor* pattern,
+                                   const AttentionOptions& options) = 0;
   virtual absl::Status DoAdd(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) = 0;
   virtual absl::Status DoMul(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) = 0;
   virtual absl::Status DoActivate(int64_t n, Activation act, const Tensor& x, Tensor& out) = 0;
+  virtual absl::Status DoScale(int64_t n, const Tensor& x, float factor, Tensor& out) = 0;
+  virtual absl::Status DoSoftCap(int64_t n, const Tensor& x, float cap, Tensor& out) = 0;
   virtual absl::Status DoSplitQkv(const SplitQkvDims& d, const Tensor& qkv, Tensor& q, Tensor& k,
                                   Tensor& v) = 0;
   virtual absl::Status DoCrossEntropy(const RowsDims& d, const Tensor& logits,

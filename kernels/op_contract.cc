@@ -1,5 +1,6 @@
 #include "kernels/op_contract.h"
 
+#include <cmath>
 #include <initializer_list>
 #include <utility>
 
@@ -292,6 +293,13 @@ absl::StatusOr<RotaryDims> CheckRotary(const OpTarget& target, const Tensor& x, 
   return d;
 }
 
+absl::Status CheckAttentionOptions(const OpTarget& target, int64_t window, float softcap) {
+  const Checker check(target, "Attention");
+  GB_RETURN_IF_ERROR(check.Require(window >= 0, absl::StrCat("window is ", window)));
+  return check.Require(std::isfinite(softcap) && softcap >= 0,
+                       absl::StrCat("softcap is ", softcap));
+}
+
 absl::StatusOr<AttentionDims> CheckAttention(const OpTarget& target, const Tensor& q,
                                              const Tensor& k, const Tensor& v,
                                              const Tensor& key_mask, const Tensor& z,
@@ -343,13 +351,36 @@ absl::StatusOr<int64_t> CheckMul(const OpTarget& target, const Tensor& a, const 
   return CheckBinary(target, "Mul", a, b, out);
 }
 
-absl::StatusOr<int64_t> CheckActivate(const OpTarget& target, const Tensor& x, const Tensor& out) {
-  const Checker check(target, "Activate");
+namespace {
+
+// One floating input and an output of its dtype and element count.
+absl::StatusOr<int64_t> CheckUnary(const Checker& check, const Tensor& x, const Tensor& out) {
   GB_RETURN_IF_ERROR(check.Present({{&x, "x"}, {&out, "out"}}));
   GB_RETURN_IF_ERROR(check.Floating({{&x, "x"}}));
   GB_RETURN_IF_ERROR(check.DTypeIs(x.dtype(), {{&out, "out"}}, "x"));
   GB_RETURN_IF_ERROR(check.Elements(&out, x.numel(), "out"));
   return x.numel();
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> CheckActivate(const OpTarget& target, const Tensor& x, const Tensor& out) {
+  return CheckUnary(Checker(target, "Activate"), x, out);
+}
+
+absl::StatusOr<int64_t> CheckScale(const OpTarget& target, const Tensor& x, float factor,
+                                   const Tensor& out) {
+  const Checker check(target, "Scale");
+  GB_RETURN_IF_ERROR(check.Require(std::isfinite(factor), absl::StrCat("factor is ", factor)));
+  return CheckUnary(check, x, out);
+}
+
+absl::StatusOr<int64_t> CheckSoftCap(const OpTarget& target, const Tensor& x, float cap,
+                                     const Tensor& out) {
+  const Checker check(target, "SoftCap");
+  GB_RETURN_IF_ERROR(
+      check.Require(std::isfinite(cap) && cap > 0, absl::StrCat("cap is ", cap)));
+  return CheckUnary(check, x, out);
 }
 
 absl::StatusOr<SplitQkvDims> CheckSplitQkv(const OpTarget& target, const Tensor& qkv,

@@ -105,11 +105,19 @@ absl::StatusOr<AttentionDims> CheckAttention(const OpTarget& target, const Tenso
                                              const Tensor& key_mask, const Tensor& z,
                                              const Tensor* scores, const Tensor* pattern);
 
+// A window < 0 or a negative or non-finite softcap is a caller bug.
+absl::Status CheckAttentionOptions(const OpTarget& target, int64_t window, float softcap);
+
 absl::StatusOr<int64_t> CheckAdd(const OpTarget& target, const Tensor& a, const Tensor& b,
                                  const Tensor& out);
 absl::StatusOr<int64_t> CheckMul(const OpTarget& target, const Tensor& a, const Tensor& b,
                                  const Tensor& out);
 absl::StatusOr<int64_t> CheckActivate(const OpTarget& target, const Tensor& x, const Tensor& out);
+// As Activate's, plus a finite factor / a positive finite cap.
+absl::StatusOr<int64_t> CheckScale(const OpTarget& target, const Tensor& x, float factor,
+                                   const Tensor& out);
+absl::StatusOr<int64_t> CheckSoftCap(const OpTarget& target, const Tensor& x, float cap,
+                                     const Tensor& out);
 
 absl::StatusOr<SplitQkvDims> CheckSplitQkv(const OpTarget& target, const Tensor& qkv,
                                            const Tensor& q, const Tensor& k, const Tensor& v);

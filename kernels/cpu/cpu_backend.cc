@@ -250,7 +250,8 @@ absl::Status CpuBackend::DoRotary(const RotaryDims& d, const Tensor& x, const Te
 
 absl::Status CpuBackend::DoAttention(const AttentionDims& d, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& key_mask, float scale,
-                                     Tensor& z, Tensor* scores, Tensor* pattern) {
+                                     Tensor& z, Tensor* scores, Tensor* pattern,
+                                     const AttentionOptions& options) {
   const int64_t batch = d.batch, seq = d.seq, heads = d.heads, d_head = d.d_head;
   const int64_t kv_heads = d.kv_heads, group = heads / kv_heads;
   const float kNegInf = -std::numeric_limits<float>::infinity();
@@ -276,7 +277,9 @@ absl::Status CpuBackend::DoAttention(const AttentionDims& d, const Tensor& q, co
         float* row = probs.data() + i * seq;
         float max_score = kNegInf;
         for (int64_t j = 0; j < seq; ++j) {
-          if (j > i || mask[j] == 0) row[j] = kNegInf;
+          if (options.softcap > 0) row[j] = options.softcap * std::tanh(row[j] / options.softcap);
+          const bool outside_window = options.window > 0 && i - j >= options.window;
+          if (j > i || mask[j] == 0 || outside_window) row[j] = kNegInf;
           max_score = std::max(max_score, row[j]);
         }
         if (scores)
@@ -323,6 +326,22 @@ absl::Status CpuBackend::DoActivate(int64_t n, Activation act, const Tensor& x, 
   float* o = out.data<float>();
 #pragma omp parallel for if (n > (1 << 14))
   for (int64_t i = 0; i < n; ++i) o[i] = ApplyActivation(act, in[i]);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::DoScale(int64_t n, const Tensor& x, float factor, Tensor& out) {
+  const float* in = x.data<float>();
+  float* o = out.data<float>();
+#pragma omp parallel for if (n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i) o[i] = in[i] * factor;
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::DoSoftCap(int64_t n, const Tensor& x, float cap, Tensor& out) {
+  const float* in = x.data<float>();
+  float* o = out.data<float>();
+#pragma omp parallel for if (n > (1 << 14))
+  for (int64_t i = 0; i < n; ++i) o[i] = cap * std::tanh(in[i] / cap);
   return absl::OkStatus();
 }
 

@@ -99,7 +99,10 @@ __global__ void __launch_bounds__(kThreads) FlashAttentionKernel(AttentionArgs a
 #pragma unroll
     for (int qi = 0; qi < kQueriesPerWarp; ++qi) {
       const int64_t i = q0 + warp * kQueriesPerWarp + qi;
-      const float score = (key_visible && j <= i && i < seq) ? s[qi] * a.scale : -INFINITY;
+      const bool in_window = a.window == 0 || i - j < a.window;
+      float raw = s[qi] * a.scale;
+      if (a.softcap > 0) raw = a.softcap * tanhf(raw / a.softcap);
+      const float score = (key_visible && j <= i && in_window && i < seq) ? raw : -INFINITY;
       const float m_new = fmaxf(m[qi], WarpMax(score));
       if (m_new == -INFINITY) {  // nothing visible yet for this query (warp-uniform)
         p[qi] = 0;

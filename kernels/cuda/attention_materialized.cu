@@ -1,11 +1,13 @@
 // Attention with the score matrix materialised, for layers whose hook_attn_scores or hook_pattern
 // is captured or edited. Three passes over a chunk of (batch, head) pairs, through an f32 work
 // buffer [bh_count, seq, seq] that the caller sizes:
-//   1. ScoresKernel: work[i, j] = scale * q_i . k_j for j <= i (64 x 64 tiles, 4 x 4 per thread;
-//      tiles wholly above the diagonal are skipped and never read).
+//   1. ScoresKernel: work[i, j] = scale * q_i . k_j, soft-capped when asked, for j <= i
+//      (64 x 64 tiles, 4 x 4 per thread; tiles wholly above the diagonal are skipped and never
+//      read).
 //   2. MaskedSoftmaxKernel: one block per query row; the single place that decides visibility
-//      (j <= i and key_mask[j] != 0). Writes scores (-inf where masked) and pattern (0 where
-//      masked; an all-zero row for a query with no visible key) and leaves P in work.
+//      (j <= i, key_mask[j] != 0 and, with a sliding window, i - j < window). Writes scores
+//      (-inf where masked) and pattern (0 where masked; an all-zero row for a query with no
+//      visible key) and leaves P in work.
 //   3. PatternValueKernel: z = P . V over the causal range, 32 queries x 128 columns per block.
 // Same semantics as the CPU reference, all arithmetic in f32.
 #include "kernels/cuda/device_math.cuh"
@@ -78,7 +80,10 @@ __global__ void __launch_bounds__(kThreads) ScoresKernel(AttentionArgs a, float*
 #pragma unroll
     for (int y = 0; y < 4; ++y) {
       const int64_t j = j0 + tx + 16 * y;
-      if (i < seq && j <= i) w[i * seq + j] = acc[x][y] * a.scale;
+      if (i < seq && j <= i) {
+        const float raw = acc[x][y] * a.scale;
+        w[i * seq + j] = a.softcap > 0 ? a.softcap * tanhf(raw / a.softcap) : raw;
+      }
     }
   }
 }
@@ -90,7 +95,9 @@ __global__ void MaskedSoftmaxKernel(AttentionArgs a, float* work, int64_t bh_beg
   const int32_t* mask = a.key_mask + (bh / a.heads) * seq;
   float* row = work + (bh_local * seq + i) * seq;
   // Entries j > i of `row` were never written: read only visible ones.
-  auto visible = [&](int64_t j) { return j <= i && mask[j] != 0; };
+  auto visible = [&](int64_t j) {
+    return j <= i && mask[j] != 0 && (a.window == 0 || i - j < a.window);
+  };
 
   float max_score = -INFINITY;
   for (int64_t j = threadIdx.x; j < seq; j += blockDim.x) {

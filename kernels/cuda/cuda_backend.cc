@@ -316,7 +316,8 @@ absl::Status CudaBackend::DoRotary(const RotaryDims& d, const Tensor& x, const T
 
 absl::Status CudaBackend::DoAttention(const AttentionDims& d, const Tensor& q, const Tensor& k,
                                       const Tensor& v, const Tensor& key_mask, float scale,
-                                      Tensor& z, Tensor* scores, Tensor* pattern) {
+                                      Tensor& z, Tensor* scores, Tensor* pattern,
+                                      const AttentionOptions& options) {
   DeviceGuard guard(device_);
   GB_RETURN_IF_ERROR(guard.status());
   cuda::AttentionArgs a;
@@ -334,6 +335,8 @@ absl::Status CudaBackend::DoAttention(const AttentionDims& d, const Tensor& q, c
   a.kv_heads = d.kv_heads;
   a.d_head = d.d_head;
   a.scale = scale;
+  a.window = options.window;
+  a.softcap = options.softcap;
 
   if (scores == nullptr && pattern == nullptr && options_.flash_attention) {
     const cudaError_t err = cuda::LaunchFlashAttention(a, Stream(stream_));
@@ -377,6 +380,20 @@ absl::Status CudaBackend::DoActivate(int64_t n, Activation act, const Tensor& x,
   GB_RETURN_IF_ERROR(guard.status());
   return Launched("Activate", cuda::LaunchActivate(x.dtype(), act, x.raw_data(), out.raw_data(), n,
                                                    Stream(stream_)));
+}
+
+absl::Status CudaBackend::DoScale(int64_t n, const Tensor& x, float factor, Tensor& out) {
+  DeviceGuard guard(device_);
+  GB_RETURN_IF_ERROR(guard.status());
+  return Launched("Scale", cuda::LaunchScale(x.dtype(), x.raw_data(), factor, out.raw_data(), n,
+                                             Stream(stream_)));
+}
+
+absl::Status CudaBackend::DoSoftCap(int64_t n, const Tensor& x, float cap, Tensor& out) {
+  DeviceGuard guard(device_);
+  GB_RETURN_IF_ERROR(guard.status());
+  return Launched("SoftCap", cuda::LaunchSoftCap(x.dtype(), x.raw_data(), cap, out.raw_data(), n,
+                                                 Stream(stream_)));
 }
 
 // ---- reshaping ----

@@ -97,10 +97,13 @@ class CudaBackend final : public Backend {
                         const Tensor& positions, int rotary_dim, Tensor& out) override;
   absl::Status DoAttention(const AttentionDims& d, const Tensor& q, const Tensor& k,
                            const Tensor& v, const Tensor& key_mask, float scale, Tensor& z,
-                           Tensor* scores, Tensor* pattern) override;
+                           Tensor* scores, Tensor* pattern,
+                           const AttentionOptions& options) override;
   absl::Status DoAdd(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) override;
   absl::Status DoMul(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) override;
   absl::Status DoActivate(int64_t n, Activation act, const Tensor& x, Tensor& out) override;
+  absl::Status DoScale(int64_t n, const Tensor& x, float factor, Tensor& out) override;
+  absl::Status DoSoftCap(int64_t n, const Tensor& x, float cap, Tensor& out) override;
   absl::Status DoSplitQkv(const SplitQkvDims& d, const Tensor& qkv, Tensor& q, Tensor& k,
                           Tensor& v) override;
   absl::Status DoCrossEntropy(const RowsDims& d, const Tensor& logits, const Tensor& targets,

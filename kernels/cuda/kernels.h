@@ -40,6 +40,12 @@ cudaError_t LaunchMul(DType type, const void* a, const void* b, void* out, int64
                       cudaStream_t stream);
 cudaError_t LaunchActivate(DType type, Activation act, const void* x, void* out,
                            int64_t n, cudaStream_t stream);
+// out = factor · x.
+cudaError_t LaunchScale(DType type, const void* x, float factor, void* out, int64_t n,
+                        cudaStream_t stream);
+// out = cap · tanh(x / cap).
+cudaError_t LaunchSoftCap(DType type, const void* x, float cap, void* out, int64_t n,
+                          cudaStream_t stream);
 // In place on a row-major [rows, cols] matrix: y = act(y + bias[col]); bias may be absent.
 cudaError_t LaunchBiasActivation(DType type, void* y, int64_t rows, int64_t cols,
                                  AnyFloats bias, Activation act, cudaStream_t stream);
@@ -127,6 +133,8 @@ struct AttentionArgs {
   void* pattern = nullptr;               // [batch, heads, seq, seq], optional
   int64_t batch = 0, seq = 0, heads = 0, kv_heads = 0, d_head = 0;
   float scale = 1;
+  int64_t window = 0;  // > 0: key j visible to query i only when i - j < window
+  float softcap = 0;   // > 0: score = softcap * tanh(score / softcap), before masking
 };
 
 // Online-softmax ("flash") attention writing z only. Returns cudaErrorNotSupported, without

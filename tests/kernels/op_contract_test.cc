@@ -7,6 +7,7 @@
 // Tensors on "the wrong device" for the CPU backend are host memory labelled CUDA: a backend that
 // failed to check the device would read valid memory and fail the test rather than crash it.
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <ostream>
@@ -303,6 +304,21 @@ std::vector<Case> Cases() {
          Tensor pattern = e.F({1, 2, 4, 3});
          return e.be.Attention(e.F({1, 4, 2, 8}), e.F({1, 4, 1, 8}), e.F({1, 4, 1, 8}), e.I({1, 4}), 1, z, nullptr, &pattern);
        }},
+      {"Attention_NegativeWindow", kBug,
+       [](Env& e) {
+         Tensor z = e.F({1, 4, 2, 8});
+         return e.be.Attention(e.F({1, 4, 2, 8}), e.F({1, 4, 1, 8}), e.F({1, 4, 1, 8}), e.I({1, 4}), 1, z, nullptr, nullptr, {.window = -1});
+       }},
+      {"Attention_NanSoftcap", kBug,
+       [](Env& e) {
+         Tensor z = e.F({1, 4, 2, 8});
+         return e.be.Attention(e.F({1, 4, 2, 8}), e.F({1, 4, 1, 8}), e.F({1, 4, 1, 8}), e.I({1, 4}), 1, z, nullptr, nullptr, {.softcap = std::nanf("")});
+       }},
+      {"Attention_WindowAndSoftcap", kOk,
+       [](Env& e) {
+         Tensor z = e.F({1, 4, 2, 8});
+         return e.be.Attention(e.F({1, 4, 2, 8}), e.F({1, 4, 1, 8}), e.F({1, 4, 1, 8}), e.I({1, 4}), 1, z, nullptr, nullptr, {.window = 2, .softcap = 50});
+       }},
       {"Attention_NoBatch", kOk,
        [](Env& e) {
          Tensor z = e.F({0, 4, 2, 8});
@@ -326,6 +342,18 @@ std::vector<Case> Cases() {
        [](Env& e) { Tensor out = e.F({3}); return e.be.Activate(A::kRelu, e.F({4}), out); }},
       {"Activate_IntegerInput", kBug,
        [](Env& e) { Tensor out = e.I({4}); return e.be.Activate(A::kRelu, e.I({4}), out); }},
+      {"Scale_InfiniteFactor", kBug,
+       [](Env& e) { Tensor out = e.F({4}); return e.be.Scale(e.F({4}), INFINITY, out); }},
+      {"Scale_NumelMismatch", kBug,
+       [](Env& e) { Tensor out = e.F({3}); return e.be.Scale(e.F({4}), 2, out); }},
+      {"Scale_Empty", kOk,
+       [](Env& e) { Tensor out = e.F({0}); return e.be.Scale(e.F({0}), 2, out); }},
+      {"SoftCap_ZeroCap", kBug,
+       [](Env& e) { Tensor out = e.F({4}); return e.be.SoftCap(e.F({4}), 0, out); }},
+      {"SoftCap_IntegerInput", kBug,
+       [](Env& e) { Tensor out = e.I({4}); return e.be.SoftCap(e.I({4}), 30, out); }},
+      {"SoftCap_RankZero", kOk,
+       [](Env& e) { Tensor out = e.F({}); return e.be.SoftCap(e.F({}), 30, out); }},
 
       // ---- SplitQkv ----
       {"SplitQkv_Rank0", kBug,
