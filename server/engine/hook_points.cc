@@ -56,16 +56,16 @@ HookRegistry::HookRegistry(const ModelConfig& c) {
     const std::string b = absl::StrCat("blocks.", l, ".");
     add(HookKind::kResidPre, l, b + "hook_resid_pre", resid(), resid_names);
     // Pre-norm blocks normalise what enters attention and the MLP; post-norm blocks (OLMo-2)
-    // what leaves them, before hook_attn_out / hook_mlp_out (TransformerLens's order and names).
+    // what leaves them, before hook_attn_out / hook_mlp_out (TransformerLens's order and names);
+    // Gemma-2 does both, its post-norms named ln1_post / ln2_post.
     const bool post = c.norm_placement == NormPlacement::kPost;
-    auto ln1 = [&] {
-      add(HookKind::kLn1Scale, l, b + "ln1.hook_scale", scale(), scale_names);
-      add(HookKind::kLn1Normalized, l, b + "ln1.hook_normalized", resid(), resid_names);
+    const bool both = c.norm_placement == NormPlacement::kPreAndPost;
+    auto norm = [&](HookKind scale_kind, HookKind normalized_kind, const std::string& name) {
+      add(scale_kind, l, b + name + ".hook_scale", scale(), scale_names);
+      add(normalized_kind, l, b + name + ".hook_normalized", resid(), resid_names);
     };
-    auto ln2 = [&] {
-      add(HookKind::kLn2Scale, l, b + "ln2.hook_scale", scale(), scale_names);
-      add(HookKind::kLn2Normalized, l, b + "ln2.hook_normalized", resid(), resid_names);
-    };
+    auto ln1 = [&] { norm(HookKind::kLn1Scale, HookKind::kLn1Normalized, "ln1"); };
+    auto ln2 = [&] { norm(HookKind::kLn2Scale, HookKind::kLn2Normalized, "ln2"); };
     if (!post) ln1();
     add(HookKind::kQ, l, b + "attn.hook_q", heads(c.n_heads), head_names);
     add(HookKind::kK, l, b + "attn.hook_k", heads(c.n_kv_heads), kv_names);
@@ -104,6 +104,7 @@ HookRegistry::HookRegistry(const ModelConfig& c) {
         {Batch(), Pos(), Fixed(c.n_heads), Fixed(c.d_model)},
         {"batch", "pos", "head_index", "d_model"});
     if (post) ln1();
+    if (both) norm(HookKind::kLn1PostScale, HookKind::kLn1PostNormalized, "ln1_post");
     add(HookKind::kAttnOut, l, b + "hook_attn_out", resid(), resid_names);
     if (!c.parallel_attn_mlp) add(HookKind::kResidMid, l, b + "hook_resid_mid", resid(), resid_names);
     if (!post) ln2();
@@ -111,6 +112,7 @@ HookRegistry::HookRegistry(const ModelConfig& c) {
     if (c.gated_mlp) add(HookKind::kMlpPreLinear, l, b + "mlp.hook_pre_linear", neurons(), neuron_names);
     add(HookKind::kMlpPost, l, b + "mlp.hook_post", neurons(), neuron_names);
     if (post) ln2();
+    if (both) norm(HookKind::kLn2PostScale, HookKind::kLn2PostNormalized, "ln2_post");
     add(HookKind::kMlpOut, l, b + "hook_mlp_out", resid(), resid_names);
     add(HookKind::kResidPost, l, b + "hook_resid_post", resid(), resid_names);
   }

@@ -19,8 +19,8 @@ enum class HookKind : uint8_t {
   // per block
   kResidPre, kLn1Scale, kLn1Normalized, kQ, kK, kV, kQNormScale, kQNormNormalized, kKNormScale,
   kKNormNormalized, kRotQ, kRotK, kAttnScores, kPattern, kZ,
-  kResult, kAttnOut, kResidMid, kLn2Scale, kLn2Normalized, kMlpPre, kMlpPreLinear, kMlpPost,
-  kMlpOut, kResidPost,
+  kResult, kLn1PostScale, kLn1PostNormalized, kAttnOut, kResidMid, kLn2Scale, kLn2Normalized,
+  kMlpPre, kMlpPreLinear, kMlpPost, kLn2PostScale, kLn2PostNormalized, kMlpOut, kResidPost,
 };
 
 // One dimension of a hook's shape: a symbol bound per request (batch, pos) or a model constant.

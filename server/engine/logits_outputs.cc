@@ -25,6 +25,15 @@ absl::StatusOr<Tensor> ToHost(Backend& backend, const Tensor& t, Shape shape) {
   return host;
 }
 
+// Replaces `logits` by cap · tanh(logits / cap) when cap > 0 (Gemma-2's final soft cap).
+absl::Status SoftCapped(Backend& backend, float cap, Tensor& logits) {
+  if (cap <= 0) return absl::OkStatus();
+  GB_ASSIGN_OR_RETURN(Tensor capped, backend.Allocate(logits.dtype(), logits.shape()));
+  GB_RETURN_IF_ERROR(backend.SoftCap(logits, cap, capped));
+  logits = capped;
+  return absl::OkStatus();
+}
+
 Shape Append(Shape lead, int64_t n) {
   lead.push_back(n);
   return lead;
@@ -93,6 +102,7 @@ absl::StatusOr<LogitsOutputs> ComputeLogitsOutputs(Backend& backend, const Unemb
     GB_ASSIGN_OR_RETURN(all, backend.Allocate(DType::kF32, {batch * seq, vocab}));
     GB_RETURN_IF_ERROR(
         backend.Linear(*in.normalized, *in.unembed, nullptr, Activation::kIdentity, all));
+    GB_RETURN_IF_ERROR(SoftCapped(backend, in.softcap, all));
   }
   if (need_last) {
     GB_ASSIGN_OR_RETURN(last, backend.Allocate(DType::kF32, {batch, vocab}));
@@ -105,6 +115,7 @@ absl::StatusOr<LogitsOutputs> ComputeLogitsOutputs(Backend& backend, const Unemb
                                                         {batch, in.normalized->dim(-1)}));
       GB_RETURN_IF_ERROR(backend.Embedding(*in.normalized, *in.last_index, rows));
       GB_RETURN_IF_ERROR(backend.Linear(rows, *in.unembed, nullptr, Activation::kIdentity, last));
+      GB_RETURN_IF_ERROR(SoftCapped(backend, in.softcap, last));
     }
   }
 

@@ -54,6 +54,7 @@ struct UnembedInputs {
   const Tensor* last_index = nullptr;    // i32 [batch]: row of each sequence's last real token
   const Tensor* next_targets = nullptr;  // i32 [batch * pos]: the next real token, or -1
   int64_t batch = 0, seq = 0, vocab = 0;
+  float softcap = 0;  // > 0: logits = softcap · tanh(logits / softcap) (Gemma-2)
 };
 
 absl::StatusOr<LogitsOutputs> ComputeLogitsOutputs(Backend& backend, const UnembedInputs& in,

@@ -30,28 +30,17 @@ class WeightReader {
 
   // The same, left on the host (in the target dtype) for the caller to combine before Place().
   absl::StatusOr<Tensor> GetHost(absl::string_view name, Shape shape, bool transpose = false) const {
-    const TensorView* view = FindView(name);
-    if (view == nullptr) {
-      std::vector<std::string> tried;
-      for (const std::string& p : prefixes_) tried.push_back(absl::StrCat("'", p, name, "'"));
-      return absl::InvalidArgumentError(absl::StrCat(
-          "checkpoint is missing tensor ", absl::StrJoin(tried, " / "),
-          " that config.json implies"));
+    GB_ASSIGN_OR_RETURN(Tensor host, GetHostF32(name, std::move(shape), transpose));
+    return InTargetDtype(host);
+  }
+
+  // A norm weight [size]; with `offset` (Gemma's RMSNorm scales by 1 + w) it is stored as 1 + w.
+  absl::StatusOr<Tensor> GetNorm(absl::string_view name, int64_t size, bool offset) const {
+    GB_ASSIGN_OR_RETURN(Tensor host, GetHostF32(name, {size}));
+    if (offset) {
+      for (int64_t i = 0; i < size; ++i) host.data<float>()[i] += 1.0f;
     }
-    Shape stored = shape;
-    if (transpose) std::swap(stored[0], stored[1]);
-    if (view->shape != stored) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", view->name, "' has shape ", ShapeToString(view->shape),
-          " but config.json implies ", ShapeToString(stored)));
-    }
-    GB_ASSIGN_OR_RETURN(Tensor host, ToHostF32(*view));
-    if (transpose) host = Transposed(host);
-    host = host.Reshape(std::move(shape));
-    if (dtype_ == DType::kF32) return host;
-    Tensor converted = Tensor::EmptyHost(dtype_, host.shape());
-    CpuConvert(host, converted);
-    return converted;
+    return Place(InTargetDtype(host));
   }
 
   absl::StatusOr<Tensor> Place(const Tensor& host) const {
@@ -69,6 +58,35 @@ class WeightReader {
   }
 
  private:
+  absl::StatusOr<Tensor> GetHostF32(absl::string_view name, Shape shape,
+                                    bool transpose = false) const {
+    const TensorView* view = FindView(name);
+    if (view == nullptr) {
+      std::vector<std::string> tried;
+      for (const std::string& p : prefixes_) tried.push_back(absl::StrCat("'", p, name, "'"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint is missing tensor ", absl::StrJoin(tried, " / "),
+          " that config.json implies"));
+    }
+    Shape stored = shape;
+    if (transpose) std::swap(stored[0], stored[1]);
+    if (view->shape != stored) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", view->name, "' has shape ", ShapeToString(view->shape),
+          " but config.json implies ", ShapeToString(stored)));
+    }
+    GB_ASSIGN_OR_RETURN(Tensor host, ToHostF32(*view));
+    if (transpose) host = Transposed(host);
+    return host.Reshape(std::move(shape));
+  }
+
+  Tensor InTargetDtype(const Tensor& f32) const {
+    if (dtype_ == DType::kF32) return f32;
+    Tensor converted = Tensor::EmptyHost(dtype_, f32.shape());
+    CpuConvert(f32, converted);
+    return converted;
+  }
+
   const TensorView* FindView(absl::string_view name) const {
     for (const std::string& p : prefixes_) {
       if (const TensorView* v = checkpoint_.Find(absl::StrCat(p, name))) return v;
@@ -267,13 +285,23 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
     BlockWeights b;
+    const bool offset = c.norm_weight_offset;
+    // HF's names by placement: OLMo-2's post_attention_layernorm and post_feedforward_layernorm
+    // normalise the attention and MLP outputs; Gemma-2 has input_layernorm and
+    // pre_feedforward_layernorm before, post_attention_layernorm and post_feedforward_layernorm
+    // after; Llama's post_attention_layernorm is the norm before its MLP.
+    auto norm = [&](const char* name) { return r.GetNorm(p + name, d, offset); };
     if (c.norm_placement == NormPlacement::kPost) {
-      // OLMo-2's norms of the attention and MLP outputs.
-      GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "post_attention_layernorm.weight", {d}));
-      GB_ASSIGN_OR_RETURN(b.ln2_w, r.Get(p + "post_feedforward_layernorm.weight", {d}));
+      GB_ASSIGN_OR_RETURN(b.ln1_w, norm("post_attention_layernorm.weight"));
+      GB_ASSIGN_OR_RETURN(b.ln2_w, norm("post_feedforward_layernorm.weight"));
+    } else if (c.norm_placement == NormPlacement::kPreAndPost) {
+      GB_ASSIGN_OR_RETURN(b.ln1_w, norm("input_layernorm.weight"));
+      GB_ASSIGN_OR_RETURN(b.ln1_post_w, norm("post_attention_layernorm.weight"));
+      GB_ASSIGN_OR_RETURN(b.ln2_w, norm("pre_feedforward_layernorm.weight"));
+      GB_ASSIGN_OR_RETURN(b.ln2_post_w, norm("post_feedforward_layernorm.weight"));
     } else {
-      GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "input_layernorm.weight", {d}));
-      GB_ASSIGN_OR_RETURN(b.ln2_w, r.Get(p + "post_attention_layernorm.weight", {d}));
+      GB_ASSIGN_OR_RETURN(b.ln1_w, norm("input_layernorm.weight"));
+      GB_ASSIGN_OR_RETURN(b.ln2_w, norm("post_attention_layernorm.weight"));
     }
     if (fused) {
       // Phi-3's qkv_proj already has the canonical rows: q, then k, then v.
@@ -292,8 +320,10 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
     }
     if (c.qk_norm != QkNorm::kNone) {
       const bool whole = c.qk_norm == QkNorm::kWhole;
-      GB_ASSIGN_OR_RETURN(b.q_norm_w, r.Get(p + "self_attn.q_norm.weight", {whole ? q_rows : c.d_head}));
-      GB_ASSIGN_OR_RETURN(b.k_norm_w, r.Get(p + "self_attn.k_norm.weight", {whole ? kv_rows : c.d_head}));
+      GB_ASSIGN_OR_RETURN(b.q_norm_w, r.GetNorm(p + "self_attn.q_norm.weight",
+                                                whole ? q_rows : c.d_head, c.norm_weight_offset));
+      GB_ASSIGN_OR_RETURN(b.k_norm_w, r.GetNorm(p + "self_attn.k_norm.weight",
+                                                whole ? kv_rows : c.d_head, c.norm_weight_offset));
     }
     GB_ASSIGN_OR_RETURN(b.o_w, r.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
     GB_ASSIGN_OR_RETURN(b.o_b, r.GetIf(c.o_bias, p + "self_attn.o_proj.bias", {d}));
@@ -312,7 +342,7 @@ absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader&
     GB_ASSIGN_OR_RETURN(b.out_b, r.GetIf(c.mlp_bias, p + "mlp.down_proj.bias", {d}));
     w.blocks.push_back(std::move(b));
   }
-  GB_ASSIGN_OR_RETURN(w.ln_final_w, r.Get("norm.weight", {d}));
+  GB_ASSIGN_OR_RETURN(w.ln_final_w, r.GetNorm("norm.weight", d, c.norm_weight_offset));
   GB_RETURN_IF_ERROR(ReadUnembed(c, r, "lm_head.weight", w));
   GB_RETURN_IF_ERROR(PlaceRotaryTables(c, r, w));
   return w;

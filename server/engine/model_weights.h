@@ -19,6 +19,7 @@ struct BlockWeights {
   Tensor o_w;           // [d_model, n_heads·d_head]
   Tensor o_b;
   Tensor ln2_w, ln2_b;    // post-norm blocks: of mlp_out
+  Tensor ln1_post_w, ln2_post_w;  // pre-and-post blocks (Gemma-2): of attn_out and mlp_out
   Tensor in_w, in_b;      // [d_mlp, d_model]: GPT-2 c_fc, Llama up_proj
   Tensor gate_w, gate_b;  // [d_mlp, d_model]: Llama gate_proj (gated MLPs only)
   Tensor out_w, out_b;    // [d_model, d_mlp]
@@ -36,6 +37,7 @@ struct ModelWeights {
 // Reads every parameter the config implies, checks its shape, converts it to `dtype` and places
 // it on the backend. Names are HF's, with or without the "transformer." / "model." prefixes;
 // tensors HF itself ignores (GPT-2's attn.bias masks, rotary inv_freq buffers) are ignored.
+// Gemma's (1 + w) norm weights are stored as 1 + w, added in f32 before the dtype conversion.
 absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
                                               const SafetensorsCheckpoint& checkpoint,
                                               Backend& backend, DType dtype);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "base/float16.h"
 #include "base/status_macros.h"
 #include "server/engine/host_math.h"
 
@@ -114,6 +115,14 @@ class ForwardPass {
 };
 
 const Tensor* OrNull(const Tensor& t) { return t.defined() ? &t : nullptr; }
+
+// `value` as a float of `dtype` would hold it (f16 and bf16 round to nearest even).
+float RoundedTo(DType dtype, double value) {
+  const float f = static_cast<float>(value);
+  if (dtype == DType::kBF16) return BFloat16ToFloat(FloatToBFloat16(f));
+  if (dtype == DType::kF16) return HalfToFloat(FloatToHalf(f));
+  return f;
+}
 Tensor* OutOrNull(Tensor& t) { return t.defined() ? &t : nullptr; }
 
 absl::StatusOr<Tensor> ForwardPass::Norm(const Tensor& x, const Tensor& weight,
@@ -208,8 +217,10 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
   double scale = c_.attn_scale;
   if (c_.attn_scale_by_layer) scale /= static_cast<double>(layer + 1);
   GB_ASSIGN_OR_RETURN(Tensor z, New({batch_, seq_, h, dh}));
+  const AttentionOptions options{.window = c_.WindowOf(layer),
+                                 .softcap = static_cast<float>(c_.attn_softcap)};
   GB_RETURN_IF_ERROR(be_.Attention(q, k, v, mask, static_cast<float>(scale), z, OutOrNull(scores),
-                                   OutOrNull(pattern)));
+                                   OutOrNull(pattern), options));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnScores, layer, scores));
   if (scores_edited || pattern_edited) {
     GB_ASSIGN_OR_RETURN(z, AttendEdited(layer, scores, pattern, v, scores_edited));
@@ -276,8 +287,10 @@ absl::StatusOr<Tensor> ForwardPass::Block(int layer, Tensor resid, const Tensor&
                                           const Tensor& positions) {
   const BlockWeights& b = w_.blocks[layer];
   // Pre-norm blocks normalise what attention and the MLP read; post-norm blocks (OLMo-2) what
-  // they return, before hook_attn_out / hook_mlp_out, as TransformerLens does.
+  // they return, before hook_attn_out / hook_mlp_out, as TransformerLens does; Gemma-2 both
+  // (ln1 / ln2 before, ln1_post / ln2_post after).
   const bool post = c_.norm_placement == NormPlacement::kPost;
+  const bool both = c_.norm_placement == NormPlacement::kPreAndPost;
   auto ln1 = [&](const Tensor& x) {
     return Norm(x, b.ln1_w, b.ln1_b, HookKind::kLn1Scale, HookKind::kLn1Normalized, layer);
   };
@@ -292,6 +305,9 @@ absl::StatusOr<Tensor> ForwardPass::Block(int layer, Tensor resid, const Tensor&
   GB_ASSIGN_OR_RETURN(Tensor attn_out, Attention(layer, b, attn_in, mask, positions));
   if (post) {
     GB_ASSIGN_OR_RETURN(attn_out, ln1(attn_out));
+  } else if (both) {
+    GB_ASSIGN_OR_RETURN(attn_out, Norm(attn_out, b.ln1_post_w, Tensor(), HookKind::kLn1PostScale,
+                                       HookKind::kLn1PostNormalized, layer));
   }
   GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnOut, layer, attn_out));
   // Sums go to fresh tensors rather than in place, so a captured value is never overwritten.
@@ -316,6 +332,9 @@ absl::StatusOr<Tensor> ForwardPass::Block(int layer, Tensor resid, const Tensor&
     GB_ASSIGN_OR_RETURN(Tensor mlp_out, Mlp(layer, b, mlp_in));
     if (post) {
       GB_ASSIGN_OR_RETURN(mlp_out, ln2(mlp_out));
+    } else if (both) {
+      GB_ASSIGN_OR_RETURN(mlp_out, Norm(mlp_out, b.ln2_post_w, Tensor(), HookKind::kLn2PostScale,
+                                        HookKind::kLn2PostNormalized, layer));
     }
     GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpOut, layer, mlp_out));
     GB_RETURN_IF_ERROR(be_.Add(resid_mid, mlp_out, resid_post));
@@ -330,6 +349,12 @@ absl::StatusOr<ForwardOutput> ForwardPass::Run(const Tensor& ids, const Tensor& 
                                                const ForwardOptions& options) {
   GB_ASSIGN_OR_RETURN(Tensor resid, New({tokens_, c_.d_model}));
   GB_RETURN_IF_ERROR(be_.Embedding(w_.embed, ids, resid));
+  if (c_.embed_scale != 1) {
+    // HF multiplies by the normaliser rounded to the activations' dtype (Gemma's sqrt(d_model)).
+    GB_ASSIGN_OR_RETURN(Tensor scaled, New({tokens_, c_.d_model}));
+    GB_RETURN_IF_ERROR(be_.Scale(resid, RoundedTo(dtype_, c_.embed_scale), scaled));
+    resid = scaled;
+  }
   GB_RETURN_IF_ERROR(AtHook(HookKind::kEmbed, -1, resid));
   if (c_.positional == PositionalKind::kLearned) {
     GB_ASSIGN_OR_RETURN(Tensor pos_embed, New({tokens_, c_.d_model}));
@@ -361,7 +386,8 @@ absl::StatusOr<ForwardOutput> ForwardPass::Run(const Tensor& ids, const Tensor& 
   if (!request.any()) return out;
   return ComputeLogitsOutputs(be_, {.normalized = &normalized, .unembed = &w_.unembed,
                                     .last_index = &last_index, .next_targets = &targets,
-                                    .batch = batch_, .seq = seq_, .vocab = c_.vocab_size},
+                                    .batch = batch_, .seq = seq_, .vocab = c_.vocab_size,
+                                    .softcap = static_cast<float>(c_.final_softcap)},
                               request);
 }
 
@@ -456,11 +482,6 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
       return absl::InvalidArgumentError(absl::StrCat("sequence ", b, " has ", real,
                                                      " tokens; the model's context is ",
                                                      config_.n_ctx));
-    }
-    if (config_.sliding_window > 0 && real > config_.sliding_window) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequence ", b, " has ", real, " tokens, more than the sliding attention window (",
-          config_.sliding_window, "), which Glassbox does not implement yet"));
     }
     last_index.data<int32_t>()[b] = static_cast<int32_t>(b * seq + std::max(last, 0));
   }

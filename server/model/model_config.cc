@@ -222,6 +222,56 @@ absl::Status ParseGptNeox(const ConfigReader& r, ModelConfig& c) {
   return ParsePartialRotary(r, "rotary_pct", c);
 }
 
+// Which layers use c.sliding_window (already parsed; nothing to do when 0): transformers 5
+// writes "layer_types" ("sliding_attention" / "full_attention" per layer); without it, Qwen2 and
+// Qwen3 slide from layer max_window_layers on (HF's rule), Gemma-2 in even layers, and Mistral
+// and Phi-3 in every layer.
+absl::Status ParseSlidingLayers(const ConfigReader& r, ModelConfig& c) {
+  if (c.sliding_window == 0) return absl::OkStatus();
+  c.sliding_layers.assign(c.n_layers, true);
+  if (r.Has("layer_types")) {
+    const json& types = r.root().at("layer_types");
+    if (!types.is_array() || static_cast<int64_t>(types.size()) != c.n_layers) {
+      return r.Error("layer_types", absl::StrCat("must list one type per layer (", c.n_layers, ")"));
+    }
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const json& t = types[l];
+      if (t == "sliding_attention") continue;
+      if (t != "full_attention") {
+        return r.Error("layer_types", absl::StrCat("has ", t.dump(), " at layer ", l,
+                                                   " (supported: sliding_attention, full_attention)"));
+      }
+      c.sliding_layers[l] = false;
+    }
+    return absl::OkStatus();
+  }
+  if (c.model_type == "qwen2" || c.model_type == "qwen3") {
+    GB_ASSIGN_OR_RETURN(int64_t first, r.Int("max_window_layers", 0));
+    for (int64_t l = 0; l < c.n_layers; ++l) c.sliding_layers[l] = l >= first;
+  } else if (c.model_type == "gemma2") {
+    for (int64_t l = 0; l < c.n_layers; ++l) c.sliding_layers[l] = l % 2 == 0;  // local first
+  }
+  return absl::OkStatus();
+}
+
+// Gemma-2's traits on top of the Llama-like ones ParseLlama reads.
+absl::Status ParseGemma2(const ConfigReader& r, ModelConfig& c) {
+  GB_ASSIGN_OR_RETURN(bool attention_bias, r.Bool("attention_bias", false));
+  c.qkv_bias = c.o_bias = attention_bias;
+  c.mlp_bias = false;
+  c.norm_placement = NormPlacement::kPreAndPost;
+  c.norm_weight_offset = true;
+  c.embed_scale = std::sqrt(static_cast<double>(c.d_model));
+  GB_ASSIGN_OR_RETURN(c.attn_softcap, r.Number("attn_logit_softcapping", 0));
+  GB_ASSIGN_OR_RETURN(c.final_softcap, r.Number("final_logit_softcapping", 0));
+  if (c.attn_softcap < 0) return r.Error("attn_logit_softcapping", "must not be negative");
+  if (c.final_softcap < 0) return r.Error("final_logit_softcapping", "must not be negative");
+  if (r.Has("sliding_window")) {
+    GB_ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
   GB_ASSIGN_OR_RETURN(c.n_layers, r.PositiveInt("num_hidden_layers"));
   GB_ASSIGN_OR_RETURN(c.d_model, r.PositiveInt("hidden_size"));
@@ -231,8 +281,11 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
   GB_ASSIGN_OR_RETURN(c.n_ctx, r.PositiveInt("max_position_embeddings"));
   GB_ASSIGN_OR_RETURN(c.d_mlp, r.PositiveInt("intermediate_size"));
   GB_ASSIGN_OR_RETURN(c.norm_eps, r.Number("rms_norm_eps", 1e-6));
-  GB_ASSIGN_OR_RETURN(c.act, ParseActivation(r, "hidden_act", "silu"));
-  GB_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
+  const bool gemma = c.model_type == "gemma2";
+  // Gemma's MLP reads hidden_activation (its hidden_act is a legacy field HF ignores).
+  GB_ASSIGN_OR_RETURN(c.act, gemma ? ParseActivation(r, "hidden_activation", "gelu_pytorch_tanh")
+                                   : ParseActivation(r, "hidden_act", "silu"));
+  GB_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", gemma));
   if (c.n_heads % c.n_kv_heads != 0) {
     return r.Error("num_key_value_heads",
                    absl::StrCat("must divide num_attention_heads (", c.n_heads, ")"));
@@ -284,7 +337,14 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
       GB_ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window"));
     }
   }
+  if (gemma) GB_RETURN_IF_ERROR(ParseGemma2(r, c));
+  GB_RETURN_IF_ERROR(ParseSlidingLayers(r, c));
   c.attn_scale = 1.0 / std::sqrt(static_cast<double>(c.d_head));
+  if (gemma) {
+    GB_ASSIGN_OR_RETURN(double query_scalar, r.Number("query_pre_attn_scalar", 256));
+    if (!(query_scalar > 0)) return r.Error("query_pre_attn_scalar", "must be positive");
+    c.attn_scale = 1.0 / std::sqrt(query_scalar);
+  }
   GB_RETURN_IF_ERROR(ParseRope(r, c));
   if (c.model_type == "phi3") return ParsePartialRotary(r, "partial_rotary_factor", c);
   return absl::OkStatus();
@@ -309,14 +369,16 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   } else if (c.model_type == "gpt_neox") {
     GB_RETURN_IF_ERROR(ParseGptNeox(r, c));
   } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2" ||
-             c.model_type == "qwen3" || c.model_type == "phi3" || c.model_type == "olmo2") {
+             c.model_type == "qwen3" || c.model_type == "phi3" || c.model_type == "olmo2" ||
+             c.model_type == "gemma2") {
     GB_RETURN_IF_ERROR(ParseLlama(r, c));
   } else if (c.model_type.empty()) {
     return r.Error("model_type", "is missing; Glassbox needs it to pick the architecture");
   } else {
     return absl::UnimplementedError(absl::StrCat(
         label, ": model_type \"", c.model_type,
-        "\" is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, phi3, olmo2, gpt_neox)"));
+        "\" is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, phi3, olmo2, gemma2, "
+        "gpt_neox)"));
   }
   return c;
 }

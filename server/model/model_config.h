@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
@@ -13,7 +14,7 @@ namespace glassbox {
 enum class NormKind : uint8_t { kLayerNorm, kRmsNorm };
 enum class PositionalKind : uint8_t { kLearned, kRotary };
 enum class QkNorm : uint8_t { kNone, kPerHead, kWhole };
-enum class NormPlacement : uint8_t { kPre, kPost };
+enum class NormPlacement : uint8_t { kPre, kPost, kPreAndPost };
 
 // HF rope_scaling. Only the kinds whose frequencies do not depend on the sequence length.
 struct RopeScaling {
@@ -26,7 +27,9 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;  // as in config.json: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2"
+  // As in config.json: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
+  // "olmo2", "gemma2".
+  std::string model_type;
   int64_t n_layers = 0;
   int64_t d_model = 0;
   int64_t n_heads = 0;
@@ -38,6 +41,9 @@ struct ModelConfig {
 
   NormKind norm = NormKind::kLayerNorm;
   double norm_eps = 1e-5;
+  // Gemma's RMSNorm multiplies by (1 + weight); the loader folds the 1 into every norm weight,
+  // so the engine's norms are the plain ones.
+  bool norm_weight_offset = false;
 
   PositionalKind positional = PositionalKind::kLearned;
   double rope_theta = 10000.0;
@@ -54,16 +60,33 @@ struct ModelConfig {
   // (Qwen3, weights [d_head]) or over the whole projection (OLMo-2, weights [n_heads·d_head] and
   // [n_kv_heads·d_head]).
   QkNorm qk_norm = QkNorm::kNone;
-  // Where the block's norms sit: before attention and the MLP (GPT-2, Llama), or after them, on
-  // their outputs before the residual add (OLMo-2; TransformerLens still calls them ln1, ln2).
+  // Where the block's norms sit: before attention and the MLP (GPT-2, Llama); after them, on
+  // their outputs before the residual add (OLMo-2; TransformerLens still calls them ln1, ln2);
+  // or both (Gemma-2: ln1 and ln2 before, ln1_post and ln2_post after).
   NormPlacement norm_placement = NormPlacement::kPre;
   // GPT-NeoX use_parallel_residual: resid_post = resid_pre + attn(ln1(resid_pre)) +
   // mlp(ln2(resid_pre)), so there is no resid_mid.
   bool parallel_attn_mlp = false;
 
+  // Gemma: the embedding is multiplied by sqrt(d_model) (in the activations' dtype, as HF does)
+  // before hook_embed; 1 elsewhere.
+  double embed_scale = 1;
+  // Gemma-2's tanh soft caps, cap · tanh(x / cap): of the attention scores (before the mask and
+  // hook_attn_scores) and of the logits; 0 = none.
+  double attn_softcap = 0;
+  double final_softcap = 0;
+
   double attn_scale = 0;              // multiplies q·k; 1/sqrt(d_head) unless the config says otherwise
   bool attn_scale_by_layer = false;   // GPT-2 scale_attn_by_inverse_layer_idx: also / (layer + 1)
-  int64_t sliding_window = 0;         // Mistral; 0 = none
+  // Sliding-window attention: a query sees the `sliding_window` most recent keys (itself
+  // included) in the layers marked in `sliding_layers`; 0 = none anywhere.
+  int64_t sliding_window = 0;
+  std::vector<bool> sliding_layers;  // n_layers entries when sliding_window > 0
+
+  // The attention window of `layer`: 0 when it attends to every earlier key.
+  int64_t WindowOf(int layer) const {
+    return sliding_window > 0 && sliding_layers[layer] ? sliding_window : 0;
+  }
   std::string torch_dtype;            // informational: the checkpoint's declared dtype
 };
 

@@ -28,6 +28,11 @@ void FillModelInfo(const ServedModel& served, bool with_hooks, glassbox::v1::Mod
   info->set_has_tokenizer(served.tokenizer != nullptr);
   info->set_parallel_attn_mlp(c.parallel_attn_mlp);
   info->set_rotary_dim(c.positional == PositionalKind::kRotary ? c.rotary_dim : 0);
+  info->set_attn_softcap(c.attn_softcap);
+  info->set_final_softcap(c.final_softcap);
+  if (c.sliding_window > 0) {
+    for (int layer = 0; layer < c.n_layers; ++layer) info->add_attention_windows(c.WindowOf(layer));
+  }
   if (!with_hooks) return;
   for (const HookInfo& hook : served.model->hooks().hooks()) {
     auto* point = info->add_hook_points();

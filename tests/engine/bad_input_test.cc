@@ -81,6 +81,8 @@ TEST(BadCheckpoint, MissingFamilyTensorsAreNamed) {
       {"tiny-phi3", "model.layers.1.mlp.gate_up_proj.weight"},
       {"tiny-olmo2", "model.layers.0.post_feedforward_layernorm.weight"},
       {"tiny-olmo2", "model.layers.1.self_attn.q_norm.weight"},
+      {"tiny-gemma2", "model.layers.1.pre_feedforward_layernorm.weight"},
+      {"tiny-gemma2", "model.layers.0.post_attention_layernorm.weight"},
   };
   for (const auto& [fixture, tensor] : cases) {
     SCOPED_TRACE(tensor);

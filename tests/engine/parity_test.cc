@@ -116,7 +116,7 @@ TEST_P(ParityTest, CapturingDoesNotChangeLogits) {
 INSTANTIATE_TEST_SUITE_P(Models, ParityTest,
                          ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-pythia",
                                            "tiny-pythia-seq", "tiny-qwen3", "tiny-phi3",
-                                           "tiny-olmo2"),
+                                           "tiny-olmo2", "tiny-mistral", "tiny-gemma2"),
                          [](const auto& info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');
@@ -170,7 +170,8 @@ INSTANTIATE_TEST_SUITE_P(
     Models, HfParityTest,
     ::testing::Combine(::testing::Values("tiny-gpt2", "tiny-llama", "tiny-llama-variant",
                                          "tiny-pythia", "tiny-pythia-seq", "tiny-qwen3",
-                                         "tiny-phi3", "tiny-olmo2"),
+                                         "tiny-phi3", "tiny-olmo2", "tiny-mistral",
+                                         "tiny-gemma2"),
                        ::testing::Values("unpadded", "right", "left")),
     [](const auto& info) {
       std::string name = std::get<0>(info.param) + "_" + std::get<1>(info.param);

@@ -747,6 +747,7 @@ struct AttentionCase {
   Outputs outputs;
   DType dtype;
   bool plain;  // materialised path, chunked one (batch, head) pair at a time
+  AttentionOptions options = {};
 };
 
 class AttentionTest : public GpuParamTest<AttentionCase> {};
@@ -784,14 +785,16 @@ TEST_P(AttentionTest, MatchesCpu) {
   Tensor scores = Tensor::EmptyHost(DType::kF32, square);
   Tensor pattern = Tensor::EmptyHost(DType::kF32, square);
   ASSERT_OK(cpu_.Attention(q, k, v, IntsHost(mask, {c.batch, c.seq}), scale, z,
-                           want_scores ? &scores : nullptr, want_pattern ? &pattern : nullptr));
+                           want_scores ? &scores : nullptr, want_pattern ? &pattern : nullptr,
+                           c.options));
 
   Tensor z_dev = Poisoned(be, c.dtype, q.shape());
   Tensor scores_dev = want_scores ? Poisoned(be, c.dtype, square) : Tensor();
   Tensor pattern_dev = want_pattern ? Poisoned(be, c.dtype, square) : Tensor();
   ASSERT_OK(be.Attention(Upload(be, q, c.dtype), Upload(be, k, c.dtype), Upload(be, v, c.dtype),
                          UploadInts(be, mask, {c.batch, c.seq}), scale, z_dev,
-                         want_scores ? &scores_dev : nullptr, want_pattern ? &pattern_dev : nullptr));
+                         want_scores ? &scores_dev : nullptr, want_pattern ? &pattern_dev : nullptr,
+                         c.options));
   const double tolerance = Tolerance(c.dtype, true);
   ExpectClose(Download(be, z_dev), z, tolerance, "z");
   if (want_scores) {
@@ -820,6 +823,18 @@ std::vector<AttentionCase> AttentionCases() {
     }
     cases.push_back({s[0], s[1], s[2], s[3], s[4], MaskKind::kLeftPadding, Outputs::kZ, DType::kF16, false});
     cases.push_back({s[0], s[1], s[2], s[3], s[4], MaskKind::kHoles, Outputs::kBoth, DType::kF16, false});
+    // Sliding windows (one key, a few, longer than the sequence) and Gemma-2's soft cap, on both
+    // the flash and the materialised kernels.
+    for (AttentionOptions options : {AttentionOptions{.window = 1}, AttentionOptions{.window = 5},
+                                     AttentionOptions{.window = 512}, AttentionOptions{.softcap = 2},
+                                     AttentionOptions{.window = 3, .softcap = 1.5f}}) {
+      for (bool plain : {false, true}) {
+        cases.push_back({s[0], s[1], s[2], s[3], s[4], MaskKind::kLeftPadding,
+                         plain ? Outputs::kBoth : Outputs::kZ, DType::kF32, plain, options});
+        cases.push_back({s[0], s[1], s[2], s[3], s[4], MaskKind::kHoles, Outputs::kBoth,
+                         DType::kBF16, plain, options});
+      }
+    }
   }
   return cases;
 }
@@ -831,7 +846,9 @@ std::string AttentionName(const ::testing::TestParamInfo<AttentionCase>& info) {
   return "b" + std::to_string(c.batch) + "s" + std::to_string(c.seq) + "h" + std::to_string(c.heads) +
          "kv" + std::to_string(c.kv_heads) + "dh" + std::to_string(c.d_head) + "_" +
          masks[static_cast<int>(c.mask)] + "_" + outputs[static_cast<int>(c.outputs)] + "_" +
-         DTypeLabel(c.dtype) + (c.plain ? "_materialised" : "");
+         DTypeLabel(c.dtype) + (c.plain ? "_materialised" : "") +
+         (c.options.window > 0 ? "_window" + std::to_string(c.options.window) : "") +
+         (c.options.softcap > 0 ? "_softcap" + std::to_string(static_cast<int>(c.options.softcap * 10)) : "");
 }
 
 void PrintTo(const AttentionCase& c, std::ostream* os) {
@@ -899,6 +916,20 @@ TEST_F(GpuTest, AddMulActivateMatchCpu) {
         Tensor out = Poisoned(gpu(), dtype, {n});
         ASSERT_OK(gpu().Activate(act, a_dev, out));
         ExpectClose(Download(gpu(), out), expected, tolerance, "Activate " + ActLabel(act));
+      }
+      {
+        Tensor expected = Tensor::EmptyHost(DType::kF32, {n});
+        ASSERT_OK(cpu_.Scale(a, 6.5f, expected));
+        Tensor out = Poisoned(gpu(), dtype, {n});
+        ASSERT_OK(gpu().Scale(a_dev, 6.5f, out));
+        ExpectClose(Download(gpu(), out), expected, tolerance, "Scale");
+      }
+      {
+        Tensor expected = Tensor::EmptyHost(DType::kF32, {n});
+        ASSERT_OK(cpu_.SoftCap(a, 1.5f, expected));
+        Tensor out = Poisoned(gpu(), dtype, {n});
+        ASSERT_OK(gpu().SoftCap(a_dev, 1.5f, out));
+        ExpectClose(Download(gpu(), out), expected, tolerance, "SoftCap");
       }
     }
   }
@@ -1226,7 +1257,11 @@ INSTANTIATE_TEST_SUITE_P(
                       ModelCase{"tiny-pythia", DType::kF32}, ModelCase{"tiny-pythia", DType::kBF16},
                       ModelCase{"tiny-qwen3", DType::kF32}, ModelCase{"tiny-qwen3", DType::kBF16},
                       ModelCase{"tiny-phi3", DType::kF32}, ModelCase{"tiny-phi3", DType::kBF16},
-                      ModelCase{"tiny-olmo2", DType::kF32}, ModelCase{"tiny-olmo2", DType::kBF16}),
+                      ModelCase{"tiny-olmo2", DType::kF32}, ModelCase{"tiny-olmo2", DType::kBF16},
+                      ModelCase{"tiny-mistral", DType::kF32},
+                      ModelCase{"tiny-mistral", DType::kBF16},
+                      ModelCase{"tiny-gemma2", DType::kF32},
+                      ModelCase{"tiny-gemma2", DType::kBF16}),
     [](const auto& info) {
       std::string name = info.param.model + "_" + DTypeLabel(info.param.dtype);
       std::replace(name.begin(), name.end(), '-', '_');

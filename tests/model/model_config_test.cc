@@ -1,5 +1,6 @@
 #include "server/model/model_config.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -136,6 +137,87 @@ TEST(ModelConfig, Olmo2HasPostNormsAndWholeQkNorm) {
   EXPECT_EQ(c->qk_norm, QkNorm::kWhole);
   EXPECT_EQ(c->norm, NormKind::kRmsNorm);
   EXPECT_FALSE(c->qkv_bias || c->o_bias || c->mlp_bias || c->tie_word_embeddings);
+}
+
+TEST(ModelConfig, Gemma2SoftCapsNormsAndAlternatingWindows) {
+  auto c = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-gemma2/config.json"), "gemma2");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->norm_placement, NormPlacement::kPreAndPost);
+  EXPECT_TRUE(c->norm_weight_offset);
+  EXPECT_EQ(c->act, Activation::kGeluTanh);
+  EXPECT_TRUE(c->gated_mlp);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_FALSE(c->qkv_bias || c->o_bias || c->mlp_bias);
+  EXPECT_DOUBLE_EQ(c->embed_scale, 8.0);                       // sqrt(64)
+  EXPECT_DOUBLE_EQ(c->attn_scale, 1.0 / std::sqrt(20.0));      // query_pre_attn_scalar
+  EXPECT_EQ(c->d_head, 24);
+  EXPECT_DOUBLE_EQ(c->attn_softcap, 2.0);
+  EXPECT_DOUBLE_EQ(c->final_softcap, 15.0);
+  EXPECT_EQ(c->WindowOf(0), 4);
+  EXPECT_EQ(c->WindowOf(1), 0);
+
+  // Without layer_types (transformers 4 configs): even layers slide.
+  auto legacy = ParseModelConfig(R"({"model_type":"gemma2","num_hidden_layers":3,"hidden_size":64,
+      "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"intermediate_size":96,
+      "vocab_size":10,"max_position_embeddings":64,"sliding_window":8})", "g");
+  ASSERT_TRUE(legacy.ok()) << legacy.status();
+  EXPECT_EQ(legacy->WindowOf(0), 8);
+  EXPECT_EQ(legacy->WindowOf(1), 0);
+  EXPECT_EQ(legacy->WindowOf(2), 8);
+  EXPECT_DOUBLE_EQ(legacy->attn_scale, 1.0 / 16.0);  // query_pre_attn_scalar defaults to 256
+  EXPECT_DOUBLE_EQ(legacy->attn_softcap, 0.0);
+
+  auto negative = ParseModelConfig(R"({"model_type":"gemma2","num_hidden_layers":1,"hidden_size":64,
+      "num_attention_heads":4,"head_dim":16,"intermediate_size":96,"vocab_size":10,
+      "max_position_embeddings":64,"final_logit_softcapping":-1})", "g/config.json");
+  EXPECT_EQ(negative.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(negative.status().message(), HasSubstr("final_logit_softcapping"));
+}
+
+TEST(ModelConfig, SlidingWindowLayers) {
+  const std::string base = R"("num_hidden_layers":3,"hidden_size":64,"num_attention_heads":4,
+      "num_key_value_heads":2,"intermediate_size":96,"vocab_size":10,"max_position_embeddings":64)";
+  auto mistral = ParseModelConfig(R"({"model_type":"mistral",)" + base + R"(,"sliding_window":4})", "m");
+  ASSERT_TRUE(mistral.ok()) << mistral.status();
+  for (int l = 0; l < 3; ++l) EXPECT_EQ(mistral->WindowOf(l), 4) << l;
+
+  // Mistral's null window and Qwen2's use_sliding_window=false both mean full attention.
+  auto none = ParseModelConfig(R"({"model_type":"mistral",)" + base + R"(,"sliding_window":null})", "m");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->WindowOf(0), 0);
+  auto qwen_off = ParseModelConfig(
+      R"({"model_type":"qwen2",)" + base + R"(,"sliding_window":4,"use_sliding_window":false})", "q");
+  ASSERT_TRUE(qwen_off.ok()) << qwen_off.status();
+  EXPECT_EQ(qwen_off->WindowOf(2), 0);
+
+  // HF's Qwen rule without layer_types: layers from max_window_layers on slide.
+  auto qwen = ParseModelConfig(R"({"model_type":"qwen2",)" + base +
+                                   R"(,"sliding_window":4,"use_sliding_window":true,"max_window_layers":2})",
+                               "q");
+  ASSERT_TRUE(qwen.ok()) << qwen.status();
+  EXPECT_EQ(qwen->WindowOf(0), 0);
+  EXPECT_EQ(qwen->WindowOf(1), 0);
+  EXPECT_EQ(qwen->WindowOf(2), 4);
+
+  // transformers 5 layer_types wins over the rule.
+  auto typed = ParseModelConfig(R"({"model_type":"qwen3",)" + base + R"(,"head_dim":16,
+      "sliding_window":4,"use_sliding_window":true,"max_window_layers":0,
+      "layer_types":["full_attention","sliding_attention","full_attention"]})", "q");
+  ASSERT_TRUE(typed.ok()) << typed.status();
+  EXPECT_EQ(typed->WindowOf(0), 0);
+  EXPECT_EQ(typed->WindowOf(1), 4);
+  EXPECT_EQ(typed->WindowOf(2), 0);
+
+  auto short_types = ParseModelConfig(R"({"model_type":"mistral",)" + base +
+                                          R"(,"sliding_window":4,"layer_types":["full_attention"]})",
+                                      "m/config.json");
+  EXPECT_EQ(short_types.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(short_types.status().message(), HasSubstr("one type per layer (3)"));
+  auto odd_type = ParseModelConfig(R"({"model_type":"mistral",)" + base + R"(,"sliding_window":4,
+      "layer_types":["full_attention","chunked_attention","full_attention"]})", "m/config.json");
+  EXPECT_EQ(odd_type.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(odd_type.status().message(), HasSubstr("\"chunked_attention\" at layer 1"));
 }
 
 TEST(ModelConfig, UnknownArchitecturesAreNamed) {

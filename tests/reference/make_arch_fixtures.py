@@ -20,6 +20,13 @@ format), for one model per architecture trait the engine must get right:
   models/tiny-olmo2/       Olmo2ForCausalLM, 2 layers, d_model 64, 4 heads, norms after attention
                            and the MLP (no input norm), q/k RMSNorm over the whole projection,
                            SiLU-gated MLP d_mlp 96, no biases, untied lm_head, rope_theta 5e5.
+  models/tiny-mistral/     MistralForCausalLM, 2 layers, d_model 64, 4 query heads, 1 kv head,
+                           sliding_window 4 (shorter than the 11-token inputs), rope_theta 1e4.
+  models/tiny-gemma2/      Gemma2ForCausalLM, 2 layers (sliding window 4, then global), d_model
+                           64, 4 heads of 24, 2 kv heads, (1 + w) RMSNorms before and after
+                           attention and the MLP, tanh-GELU gated MLP d_mlp 96, embedding scaled
+                           by sqrt(64), query_pre_attn_scalar 20, attention and final soft caps 2
+                           and 3, tied embeddings.
   expected/<name>.safetensors  HF (eager and sdpa) logits / hidden states / attentions and
                            TransformerLens's value at every hook point (unpadded.tl.*), stored as
                            make_fixtures.py stores them.
@@ -44,7 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_fixtures as mf  # noqa: E402
 
 from transformers import (  # noqa: E402
+    Gemma2Config,
+    Gemma2ForCausalLM,
     GPTNeoXConfig,
+    MistralConfig,
+    MistralForCausalLM,
     Olmo2Config,
     Olmo2ForCausalLM,
     GPTNeoXForCausalLM,
@@ -53,6 +64,14 @@ from transformers import (  # noqa: E402
     Qwen3Config,
     Qwen3ForCausalLM,
 )
+
+
+def seeded(model_class, cfg, seed: int):
+    """model_class(cfg) built under `seed`, its weights then redrawn by mf.reinit_."""
+    torch.manual_seed(seed)
+    model = model_class(cfg)
+    mf.reinit_(model, seed=seed + 1000)
+    return model
 
 
 # The shape the Llama-like reference models share; each adds what its family varies.
@@ -86,10 +105,7 @@ def make_pythia(parallel: bool, heads: int, rotary_pct: float, bias: bool, base:
         bos_token_id=0,
         eos_token_id=0,
     )
-    torch.manual_seed(seed)
-    model = GPTNeoXForCausalLM(cfg)
-    mf.reinit_(model, seed=seed + 1000)
-    return model
+    return seeded(GPTNeoXForCausalLM, cfg, seed)
 
 
 def make_qwen3(seed: int):
@@ -103,10 +119,7 @@ def make_qwen3(seed: int):
         attention_bias=False,
         use_sliding_window=False,
     )
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(cfg)
-    mf.reinit_(model, seed=seed + 1000)
-    return model
+    return seeded(Qwen3ForCausalLM, cfg, seed)
 
 
 def make_phi3(seed: int):
@@ -120,10 +133,7 @@ def make_phi3(seed: int):
         sliding_window=None,
         pad_token_id=0,
     )
-    torch.manual_seed(seed)
-    model = Phi3ForCausalLM(cfg)
-    mf.reinit_(model, seed=seed + 1000)
-    return model
+    return seeded(Phi3ForCausalLM, cfg, seed)
 
 
 def tl_phi3(hf_model):
@@ -150,10 +160,7 @@ def make_olmo2(seed: int):
         attention_bias=False,
         pad_token_id=0,
     )
-    torch.manual_seed(seed)
-    model = Olmo2ForCausalLM(cfg)
-    mf.reinit_(model, seed=seed + 1000)
-    return model
+    return seeded(Olmo2ForCausalLM, cfg, seed)
 
 
 def tl_olmo2(hf_model):
@@ -163,6 +170,72 @@ def tl_olmo2(hf_model):
     c = hf_model.config
     cfg = mf.tl_llama_like_config(c, c.hidden_size // c.num_attention_heads, "Olmo2ForCausalLM")
     return mf.load_converted(HookedTransformer(cfg), convert_olmo2_weights(hf_model, cfg))
+
+
+def make_mistral(seed: int):
+    cfg = MistralConfig(
+        **LLAMA_LIKE,
+        num_key_value_heads=1,
+        sliding_window=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
+    return seeded(MistralForCausalLM, cfg, seed)
+
+
+def tl_mistral(hf_model):
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_mistral_weights
+
+    c = hf_model.config
+    cfg = mf.tl_llama_like_config(c, c.hidden_size // c.num_attention_heads, "MistralForCausalLM",
+                                  use_local_attn=True, window_size=c.sliding_window,
+                                  attn_types=["local"] * c.num_hidden_layers)
+    return mf.load_converted(HookedTransformer(cfg), convert_mistral_weights(hf_model, cfg))
+
+
+def make_gemma2(seed: int):
+    # Soft caps small enough to bend these random models' scores and logits; head_dim and
+    # query_pre_attn_scalar both differ from d_model / n_heads; layer 0 slides, layer 1 is global.
+    cfg = Gemma2Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        vocab_size=mf.VOCAB,
+        max_position_embeddings=64,
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=20,
+        sliding_window=4,
+        attn_logit_softcapping=2.0,
+        final_logit_softcapping=15.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return seeded(Gemma2ForCausalLM, cfg, seed)
+
+
+def tl_gemma2(hf_model):
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
+
+    c = hf_model.config
+    cfg = mf.tl_llama_like_config(
+        c, c.head_dim, "Gemma2ForCausalLM",
+        use_local_attn=True, window_size=c.sliding_window,
+        attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
+        attn_scale=c.query_pre_attn_scalar ** 0.5,
+        attn_scores_soft_cap=c.attn_logit_softcapping,
+        output_logits_soft_cap=c.final_logit_softcapping,
+        use_normalization_before_and_after=True)
+    return mf.load_converted(HookedTransformer(cfg), convert_gemma_weights(hf_model, cfg))
 
 
 def tl_qwen3(hf_model):
@@ -214,7 +287,8 @@ def tl_pythia(hf_model):
 
 @torch.inference_mode()
 def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, torch.Tensor]:
-    tl = {"gpt_neox": tl_pythia, "qwen3": tl_qwen3, "phi3": tl_phi3, "olmo2": tl_olmo2}[hf_model.config.model_type](hf_model)
+    tl = {"gpt_neox": tl_pythia, "qwen3": tl_qwen3, "phi3": tl_phi3, "olmo2": tl_olmo2,
+          "mistral": tl_mistral, "gemma2": tl_gemma2}[hf_model.config.model_type](hf_model)
     ids = inputs["unpadded.input_ids"]
     logits, cache = tl.run_with_cache(ids)
     e = mf.check(f"{name} TL logits vs HF", logits, hf_out["unpadded.hf.logits"], mf.FP32_INTERNAL)
@@ -265,12 +339,14 @@ def build(name: str, model, seed_inputs: int, meta: dict) -> dict[str, torch.Ten
     model = model.eval()
     d = mf.save_model(model, name, None)
     loaded = {}
-    for impl in ("sdpa", "eager"):
+    # Gemma-2's soft cap has no sdpa path in HF: its eager run is the reference for everything.
+    impls = ("eager",) if model.config.model_type == "gemma2" else ("sdpa", "eager")
+    for impl in impls:
         m = type(model).from_pretrained(d, attn_implementation=impl, dtype=torch.float32).eval()
         for (n1, p1), (n2, p2) in zip(model.state_dict().items(), m.state_dict().items()):
             assert n1 == n2 and torch.equal(p1, p2), f"reload changed {n1}"
         loaded[impl] = m.double()
-    ref, eager = loaded["sdpa"], loaded["eager"]
+    ref, eager = loaded.get("sdpa", loaded["eager"]), loaded["eager"]
     inputs = mf.make_inputs(seed_inputs)
     tensors = dict(inputs)
     # These models compute rotary angles (and RMSNorm) in float32 even in a float64 model.
@@ -293,6 +369,8 @@ def main() -> None:
     build("tiny-qwen3", make_qwen3(1103), 3103, meta)
     build("tiny-phi3", make_phi3(1104), 3104, meta)
     build("tiny-olmo2", make_olmo2(1105), 3105, meta)
+    build("tiny-mistral", make_mistral(1106), 3106, meta)
+    build("tiny-gemma2", make_gemma2(1107), 3107, meta)
     total = sum(f.stat().st_size for f in mf.FIXTURES.rglob("*") if f.is_file())
     print(f"total size of tests/fixtures: {total} bytes")
 

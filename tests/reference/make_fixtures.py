@@ -270,22 +270,35 @@ def hf_references(name: str, model, eager, inputs: dict, tol_internal: float) ->
     out["unpadded.hf.loss_per_token"] = F.cross_entropy(
         r.logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1), reduction="none"
     ).view(ids.shape[0], ids.shape[1] - 1)
-    # HF's last hidden state is after the final norm; logits are exactly lm_head of it.
-    check(f"{name} logits==lm_head(hidden_states[-1])", model.get_output_embeddings()(r.hidden_states[-1]), r.logits, TIGHT)
+    # HF's last hidden state is after the final norm; logits are exactly lm_head of it (soft-capped
+    # where the model caps them).
+    unembedded = model.get_output_embeddings()(r.hidden_states[-1])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        print(f"  {name}: |logits| before the soft cap {cap}: mean {unembedded.abs().mean():.2f}")
+        unembedded = cap * torch.tanh(unembedded / cap)
+    check(f"{name} logits==lm_head(hidden_states[-1])", unembedded, r.logits, TIGHT)
 
     for side in ("right", "left"):
         ids_p = inputs[f"{side}.input_ids"]
         mask = inputs[f"{side}.attention_mask"]
         pos = inputs[f"{side}.position_ids"]
         rp = hf_forward(model, ids_p, mask, pos)
-        out[f"{side}.hf.logits"] = rp.logits
-        for i, h in enumerate(rp.hidden_states):
-            out[f"{side}.hf.hidden_states.{i}"] = h
+        logits, hidden = rp.logits.clone(), [h.clone() for h in rp.hidden_states]
         # Each real token must equal a run of its sequence alone, unpadded, default positions.
         for b in range(ids_p.shape[0]):
             real = mask[b].bool()
             alone = hf_forward(model, ids_p[b, real][None])
-            assert torch.isfinite(rp.logits[b, real]).all()
+            if not torch.isfinite(rp.logits[b, real]).all():
+                # HF eager gives a padding query whose sliding window holds only padding a NaN
+                # row, and the next global layer spreads it to real tokens through NaN · 0 in
+                # pattern · v (Gemma-2). The reference for the real tokens is then the row alone;
+                # the engine compares real tokens only.
+                print(f"  {name} {side}[{b}]: HF's padded run is NaN at real tokens; using the row alone")
+                logits[b, real] = alone.logits[0]
+                for i in range(n_layer + 1):
+                    hidden[i][b, real] = alone.hidden_states[0 + i][0]
+                continue
             check(f"{name} {side}[{b}] logits vs alone", rp.logits[b, real], alone.logits[0], tol_internal)
             for i in range(n_layer + 1):
                 check(
@@ -294,6 +307,9 @@ def hf_references(name: str, model, eager, inputs: dict, tol_internal: float) ->
                     alone.hidden_states[i][0],
                     tol_internal,
                 )
+        out[f"{side}.hf.logits"] = logits
+        for i, h in enumerate(hidden):
+            out[f"{side}.hf.hidden_states.{i}"] = h
     return out
 
 
@@ -349,7 +365,7 @@ def tl_llama_like_config(c, d_head: int, architecture: str, **extra):
         n_ctx=c.max_position_embeddings,
         eps=c.rms_norm_eps,
         d_vocab=c.vocab_size,
-        act_fn=c.hidden_act,
+        act_fn=getattr(c, "hidden_activation", None) or c.hidden_act,
         n_key_value_heads=(
             c.num_key_value_heads if c.num_key_value_heads != c.num_attention_heads else None
         ),

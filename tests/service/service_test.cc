@@ -337,6 +337,40 @@ TEST_F(ServiceTest, ModelsInfoAndErrors) {
   }
 }
 
+// The block-shape fields a client reasons with: Pythia's parallel block and partial rotary,
+// Mistral's and Gemma-2's per-layer windows and soft caps, GPT-2's learned positions.
+TEST(ModelInfoTest, ReportsBlockShapeAndWindows) {
+  auto store = ModelStore::Load({{"gpt2", FixturePath("models/tiny-gpt2")},
+                                 {"pythia", FixturePath("models/tiny-pythia")},
+                                 {"mistral", FixturePath("models/tiny-mistral")},
+                                 {"gemma2", FixturePath("models/tiny-gemma2")}},
+                                std::make_shared<CpuBackend>(), "cpu");
+  ASSERT_TRUE(store.ok()) << store.status();
+  InProcessServer server(*std::move(store), ServiceLimits{});
+  auto stub = pb::Glassbox::NewStub(server.channel());
+  auto info = [&](const std::string& model) {
+    grpc::ClientContext context;
+    pb::GetModelInfoRequest request;
+    request.set_model(model);
+    pb::ModelInfo got;
+    EXPECT_TRUE(stub->GetModelInfo(&context, request, &got).ok());
+    return got;
+  };
+  const pb::ModelInfo gpt2 = info("gpt2"), pythia = info("pythia"), mistral = info("mistral");
+  EXPECT_FALSE(gpt2.parallel_attn_mlp());
+  EXPECT_EQ(gpt2.rotary_dim(), 0);
+  EXPECT_EQ(gpt2.attention_windows_size(), 0);
+  EXPECT_TRUE(pythia.parallel_attn_mlp());
+  EXPECT_EQ(pythia.rotary_dim(), 4);
+  EXPECT_EQ(mistral.rotary_dim(), 16);
+  EXPECT_THAT(mistral.attention_windows(), ::testing::ElementsAre(4, 4));
+  EXPECT_EQ(mistral.attn_softcap(), 0);
+  const pb::ModelInfo gemma2 = info("gemma2");
+  EXPECT_THAT(gemma2.attention_windows(), ::testing::ElementsAre(4, 0));
+  EXPECT_EQ(gemma2.attn_softcap(), 2);
+  EXPECT_EQ(gemma2.final_softcap(), 15);
+}
+
 // A corpus of bad requests, each with its status code and a phrase of its message; then a good
 // request still succeeds.
 TEST_F(ServiceTest, BadRequestCorpus) {

@@ -45,6 +45,14 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
   out << absl::StrFormat("dtype         %s\n", client::DTypeName(m.dtype()));
   out << absl::StrFormat("device        %s\n", m.device());
   if (m.rotary_dim() > 0) out << absl::StrFormat("rotary dim    %d\n", m.rotary_dim());
+  if (m.attention_windows_size() > 0) {
+    out << absl::StrFormat("windows       %s (per layer; 0 = full attention)\n",
+                           absl::StrJoin(m.attention_windows(), " "));
+  }
+  if (m.attn_softcap() > 0 || m.final_softcap() > 0) {
+    out << absl::StrFormat("soft caps     attention %g, logits %g (0 = none)\n", m.attn_softcap(),
+                           m.final_softcap());
+  }
   if (m.parallel_attn_mlp()) out << "block         attention and MLP in parallel (no resid_mid)\n";
   out << absl::StrFormat("tokenizer     %s\n", m.has_tokenizer() ? "yes" : "no");
   out << absl::StrFormat("hook points   %d\n", m.hook_points_size());

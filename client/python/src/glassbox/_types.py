@@ -90,6 +90,13 @@ class ModelInfo:
     parallel_attn_mlp: bool = False
     #: Features of each head that rotate: 0 with learned positions, ``d_head`` unless partial.
     rotary_dim: int = 0
+    #: Per layer, how many recent keys (the query included) a query attends to; 0 means all
+    #: earlier keys. Empty when no layer has a sliding window.
+    attention_windows: Tuple[int, ...] = ()
+    #: Gemma-2's tanh soft caps ``cap * tanh(x / cap)`` of the attention scores (before the mask,
+    #: so ``hook_attn_scores`` holds capped scores) and of the logits; 0 means none.
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
     #: Every hook point, in forward order. Empty in ``Client.models()``; ``Client.model(name)``
     #: and ``Client.model_info(name)`` fill it.
     hook_points: Tuple[HookPoint, ...] = ()
@@ -122,6 +129,9 @@ class ModelInfo:
             has_tokenizer=m.has_tokenizer,
             parallel_attn_mlp=m.parallel_attn_mlp,
             rotary_dim=m.rotary_dim,
+            attention_windows=tuple(m.attention_windows),
+            attn_softcap=m.attn_softcap,
+            final_softcap=m.final_softcap,
             hook_points=tuple(HookPoint.from_proto(h) for h in m.hook_points),
         )
 
