@@ -350,6 +350,19 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
   return absl::OkStatus();
 }
 
+absl::Status ParseEosTokens(const ConfigReader& r, ModelConfig& c) {
+  if (!r.Has("eos_token_id")) return absl::OkStatus();
+  const json& eos = r.root().at("eos_token_id");
+  const json list = eos.is_array() ? eos : json::array({eos});
+  for (const json& id : list) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0) {
+      return r.Error("eos_token_id", "must be a token id or a list of them, got " + eos.dump());
+    }
+    c.eos_token_ids.push_back(id.get<int32_t>());
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view label) {
@@ -364,6 +377,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   ModelConfig c;
   GB_ASSIGN_OR_RETURN(c.model_type, r.String("model_type", ""));
   GB_ASSIGN_OR_RETURN(c.torch_dtype, r.String("torch_dtype", ""));
+  GB_RETURN_IF_ERROR(ParseEosTokens(r, c));
   if (c.model_type == "gpt2") {
     GB_RETURN_IF_ERROR(ParseGpt2(r, c));
   } else if (c.model_type == "gpt_neox") {

@@ -88,6 +88,8 @@ struct ModelConfig {
     return sliding_window > 0 && sliding_layers[layer] ? sliding_window : 0;
   }
   std::string torch_dtype;            // informational: the checkpoint's declared dtype
+  // config.json's eos_token_id (a number or a list); generation stops at these by default.
+  std::vector<int32_t> eos_token_ids;
 };
 
 // Parses config.json text. `label` (the file path) prefixes error messages.

@@ -1,0 +1,133 @@
+#include "server/engine/generate.h"
+
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+
+namespace glassbox {
+namespace {
+
+absl::Status Validate(const Transformer& model, const std::vector<std::vector<int32_t>>& prompts,
+                      const HookPlan& plan, const GenerateParams& params) {
+  const ModelConfig& c = model.config();
+  if (prompts.empty()) return absl::InvalidArgumentError("generation needs at least one prompt");
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    if (prompts[r].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt ", r, " is empty"));
+    }
+    if (static_cast<int64_t>(prompts[r].size()) >= c.n_ctx) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt ", r, " has ", prompts[r].size(), " tokens; the model's context is ", c.n_ctx,
+          ", leaving no room to generate"));
+    }
+  }
+  if (params.max_new_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_new_tokens is ", params.max_new_tokens, "; it must be >= 1"));
+  }
+  GB_RETURN_IF_ERROR(ValidateSamplingParams(params.sampling));
+  for (int32_t t : params.stop_tokens) {
+    if (t < 0 || t >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("stop token ", t,
+                                                     " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  if (params.top_logprobs < 0 || params.top_logprobs > c.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("top_logprobs ", params.top_logprobs,
+                                                   " is outside [0, ", c.vocab_size, "]"));
+  }
+  if (!plan.CapturedIds().empty()) {
+    return absl::UnimplementedError("captures during generation are not implemented yet");
+  }
+  return absl::OkStatus();
+}
+
+// The k most likely (token, log-prob) pairs, ties to the lower id.
+std::vector<std::pair<int32_t, float>> TopLogProbs(const std::vector<float>& logprobs, int64_t k) {
+  std::vector<int32_t> ids(logprobs.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int32_t a, int32_t b) {
+    return logprobs[a] > logprobs[b] || (logprobs[a] == logprobs[b] && a < b);
+  });
+  std::vector<std::pair<int32_t, float>> top;
+  for (int64_t i = 0; i < k; ++i) top.emplace_back(ids[i], logprobs[ids[i]]);
+  return top;
+}
+
+}  // namespace
+
+absl::StatusOr<GenerateResult> Generate(const Transformer& model,
+                                        const std::vector<std::vector<int32_t>>& prompts,
+                                        const HookPlan& plan, const GenerateParams& params,
+                                        const StepCallback& on_step) {
+  GB_RETURN_IF_ERROR(Validate(model, prompts, plan, params));
+  const ModelConfig& c = model.config();
+  const int64_t rows = static_cast<int64_t>(prompts.size());
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+
+  // Each row's sequence, left-padded to a common length; finished rows grow by padding.
+  std::vector<std::vector<int32_t>> tokens(rows), mask(rows), history(prompts);
+  for (int64_t r = 0; r < rows; ++r) {
+    const size_t pad = longest - prompts[r].size();
+    tokens[r].assign(pad, 0);
+    mask[r].assign(pad, 0);
+    tokens[r].insert(tokens[r].end(), prompts[r].begin(), prompts[r].end());
+    mask[r].insert(mask[r].end(), prompts[r].size(), 1);
+  }
+  std::vector<std::mt19937_64> rngs;
+  for (int64_t r = 0; r < rows; ++r) rngs.emplace_back(params.sampling.seed + r);
+
+  GenerateResult result;
+  result.generated.resize(rows);
+  result.finish.assign(rows, FinishReason::kLength);
+  std::vector<bool> done(rows, false);
+  const ForwardOptions options{.logits = LogitsMode::kLast, .cancelled = params.cancelled};
+  for (int64_t step = 0; step < params.max_new_tokens; ++step) {
+    const int64_t width = static_cast<int64_t>(tokens[0].size());
+    Tensor ids = Tensor::EmptyHost(DType::kI32, {rows, width});
+    Tensor attention = Tensor::EmptyHost(DType::kI32, {rows, width});
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(tokens[r].begin(), tokens[r].end(), ids.data<int32_t>() + r * width);
+      std::copy(mask[r].begin(), mask[r].end(), attention.data<int32_t>() + r * width);
+    }
+    GB_ASSIGN_OR_RETURN(ForwardOutput out, model.Forward({.tokens = ids, .attention_mask = attention},
+                                                         plan, nullptr, options));
+    GeneratedStep emitted{.step = step, .tokens = std::vector<int32_t>(rows, -1),
+                          .logprobs = std::vector<float>(rows, 0), .top = {}};
+    emitted.top.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      int32_t next = 0;
+      if (!done[r]) {
+        const std::span<const float> logits(out.logits.data<float>() + r * c.vocab_size,
+                                            static_cast<size_t>(c.vocab_size));
+        next = ChooseToken(params.sampling, logits, history[r], rngs[r]);
+        const std::vector<float> logprobs = LogSoftmax(logits);
+        emitted.tokens[r] = next;
+        emitted.logprobs[r] = logprobs[next];
+        if (params.top_logprobs > 0) emitted.top[r] = TopLogProbs(logprobs, params.top_logprobs);
+        result.generated[r].push_back(next);
+        history[r].push_back(next);
+        const bool stop = std::find(params.stop_tokens.begin(), params.stop_tokens.end(), next) !=
+                          params.stop_tokens.end();
+        if (stop) {
+          done[r] = true;
+          result.finish[r] = FinishReason::kStopToken;
+        } else if (static_cast<int64_t>(history[r].size()) >= c.n_ctx) {
+          done[r] = true;
+          result.finish[r] = FinishReason::kContext;
+        }
+      }
+      tokens[r].push_back(next);
+      mask[r].push_back(emitted.tokens[r] >= 0 ? 1 : 0);
+    }
+    if (on_step) GB_RETURN_IF_ERROR(on_step(emitted));
+    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+  }
+  return result;
+}
+
+}  // namespace glassbox

@@ -1,0 +1,60 @@
+// Autoregressive generation with the hooked forward pass: every step runs the plan (its
+// interventions, SAE splices and steering) over the whole sequence so far, so an edit applies
+// to prompt and generated positions alike, at every step, exactly as a Run over that sequence
+// would apply it. There is no KV cache yet: each step recomputes the sequence (see
+// docs/generation.md).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/engine/hook_plan.h"
+#include "server/engine/sampling.h"
+#include "server/engine/transformer.h"
+
+namespace glassbox {
+
+struct GenerateParams {
+  int64_t max_new_tokens = 16;
+  SamplingParams sampling;
+  // A row stops after producing one of these (included in its output).
+  std::vector<int32_t> stop_tokens;
+  // Per step, the top_logprobs most likely tokens and their log-probs (0 = none).
+  int64_t top_logprobs = 0;
+  const std::atomic<bool>* cancelled = nullptr;  // checked between steps and layers
+};
+
+enum class FinishReason : uint8_t { kLength, kStopToken, kContext };
+
+// One step's new token per row. Rows that already finished have token -1.
+struct GeneratedStep {
+  int64_t step = 0;
+  std::vector<int32_t> tokens;
+  // log p(token) under the model (log_softmax of the raw logits, before any sampling
+  // processor), 0 for finished rows.
+  std::vector<float> logprobs;
+  // [rows][top_logprobs] (token, log-prob), most likely first; empty for finished rows.
+  std::vector<std::vector<std::pair<int32_t, float>>> top;
+};
+
+struct GenerateResult {
+  std::vector<std::vector<int32_t>> generated;  // per row, the new tokens only
+  std::vector<FinishReason> finish;
+};
+
+// Called after each step, on the generating thread; an error stops the generation with it.
+using StepCallback = std::function<absl::Status(const GeneratedStep&)>;
+
+// Generates from `prompts` (rows of token ids, each non-empty; batched left-padded, so every row
+// equals its run alone). Each row's seed stream is seeded by params.sampling.seed + row. A row
+// stops at a stop token, at max_new_tokens, or when it reaches the model's context (n_ctx).
+// `plan` must not capture (per-step captures are not implemented yet).
+absl::StatusOr<GenerateResult> Generate(const Transformer& model,
+                                        const std::vector<std::vector<int32_t>>& prompts,
+                                        const HookPlan& plan, const GenerateParams& params,
+                                        const StepCallback& on_step);
+
+}  // namespace glassbox

@@ -1,0 +1,212 @@
+// Generation against HF transformers' generate (tests/reference/make_generation_fixtures.py):
+// greedy continuations token for token, unsteered and with a steering vector added at
+// blocks.1.hook_resid_pre at every step, the three prompts batched (left-padded) together while
+// HF ran each alone. Then stopping, seeds and bad parameters.
+#include "server/engine/generate.h"
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/util/test_util.h"
+
+namespace glassbox {
+namespace {
+
+using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::ReadAllTensors;
+using ::testing::HasSubstr;
+
+constexpr int kRows = 3;
+constexpr int kSteerLayer = 1;
+constexpr float kCoefficient = 4.0f;
+
+std::string ModelDir(const std::string& name) {
+  return name == "demo" ? std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"
+                        : FixturePath("models/" + name);
+}
+
+std::vector<int32_t> Ids(const Tensor& t) {
+  return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + t.numel());
+}
+
+class GenerateTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto model = Transformer::Load(ModelDir(GetParam()), std::make_shared<CpuBackend>(), DType::kF32);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *std::move(model);
+    expected_ = ReadAllTensors(FixturePath("expected/generation.safetensors"));
+    for (int r = 0; r < kRows; ++r) {
+      prompts_.push_back(Ids(expected_.at(GetParam() + ".prompt." + std::to_string(r))));
+    }
+    params_.max_new_tokens = 12;
+    params_.stop_tokens = model_->config().eos_token_ids;
+  }
+
+  void ExpectRowsEqual(const GenerateResult& got, const std::string& kind) {
+    for (int r = 0; r < kRows; ++r) {
+      SCOPED_TRACE("row " + std::to_string(r));
+      EXPECT_EQ(got.generated[r], Ids(expected_.at(GetParam() + "." + kind + "." + std::to_string(r))));
+    }
+  }
+
+  std::unique_ptr<Transformer> model_;
+  std::map<std::string, Tensor> expected_;
+  std::vector<std::vector<int32_t>> prompts_;
+  GenerateParams params_;
+};
+
+TEST_P(GenerateTest, GreedyEqualsHfGenerate) {
+  HookPlan plan(model_->hooks());
+  auto got = Generate(*model_, prompts_, plan, params_, nullptr);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectRowsEqual(*got, "greedy");
+}
+
+TEST_P(GenerateTest, SteeredEqualsHfGenerateWithAForwardHook) {
+  HookPlan plan(model_->hooks());
+  Intervention steer{.hook = model_->hooks().Find(HookKind::kResidPre, kSteerLayer),
+                     .kind = InterventionKind::kAdd,
+                     .coefficient = kCoefficient,
+                     .value = expected_.at(GetParam() + ".steer")};
+  ASSERT_TRUE(plan.AddIntervention(steer).ok());
+  auto got = Generate(*model_, prompts_, plan, params_, nullptr);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectRowsEqual(*got, "steered");
+}
+
+TEST_P(GenerateTest, StepsStreamEveryTokenWithItsLogProb) {
+  HookPlan plan(model_->hooks());
+  params_.top_logprobs = 3;
+  std::vector<std::vector<int32_t>> streamed(kRows);
+  auto got = Generate(*model_, prompts_, plan, params_, [&](const GeneratedStep& step) {
+    for (int r = 0; r < kRows; ++r) {
+      if (step.tokens[r] < 0) continue;
+      streamed[r].push_back(step.tokens[r]);
+      // Greedy picks the most likely token, so it heads the top list with the same log-prob.
+      EXPECT_EQ(step.top[r][0].first, step.tokens[r]);
+      EXPECT_FLOAT_EQ(step.top[r][0].second, step.logprobs[r]);
+      EXPECT_GE(step.top[r][0].second, step.top[r][1].second);
+      EXPECT_LT(step.logprobs[r], 0);
+    }
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(streamed, got->generated);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GenerateTest,
+                         ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-mistral", "tiny-gemma2",
+                                           "demo"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+class GenerateBehaviourTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto model = Transformer::Load(FixturePath("models/tiny-llama"), std::make_shared<CpuBackend>(),
+                                   DType::kF32);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *std::move(model);
+  }
+  std::unique_ptr<Transformer> model_;
+};
+
+TEST_F(GenerateBehaviourTest, StopTokenEndsOnlyItsRow) {
+  HookPlan plan(model_->hooks());
+  GenerateParams params{.max_new_tokens = 6};
+  auto free_run = Generate(*model_, {{5, 6, 7}, {9, 10}}, plan, params, nullptr);
+  ASSERT_TRUE(free_run.ok()) << free_run.status();
+  // Stop row 0 at its second token: row 1 carries on unchanged.
+  params.stop_tokens = {free_run->generated[0][1]};
+  auto stopped = Generate(*model_, {{5, 6, 7}, {9, 10}}, plan, params, nullptr);
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_EQ(stopped->generated[0],
+            std::vector<int32_t>(free_run->generated[0].begin(), free_run->generated[0].begin() + 2));
+  EXPECT_EQ(stopped->finish[0], FinishReason::kStopToken);
+  if (std::find(free_run->generated[1].begin(), free_run->generated[1].end(),
+                params.stop_tokens[0]) == free_run->generated[1].end()) {
+    EXPECT_EQ(stopped->generated[1], free_run->generated[1]);
+    EXPECT_EQ(stopped->finish[1], FinishReason::kLength);
+  }
+}
+
+TEST_F(GenerateBehaviourTest, SeedsReproduceAndDiffer) {
+  HookPlan plan(model_->hooks());
+  GenerateParams params{.max_new_tokens = 16};
+  params.sampling = {.temperature = 1.5, .top_k = 50, .top_p = 0.95, .seed = 7};
+  auto a = Generate(*model_, {{5, 6, 7}}, plan, params, nullptr);
+  auto b = Generate(*model_, {{5, 6, 7}}, plan, params, nullptr);
+  params.sampling.seed = 8;
+  auto c = Generate(*model_, {{5, 6, 7}}, plan, params, nullptr);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(a->generated, b->generated);
+  EXPECT_NE(a->generated, c->generated);
+}
+
+TEST_F(GenerateBehaviourTest, ContextLimitEndsTheRow) {
+  HookPlan plan(model_->hooks());
+  const int64_t n_ctx = model_->config().n_ctx;
+  std::vector<int32_t> prompt(n_ctx - 2, 5);
+  auto got = Generate(*model_, {prompt}, plan, {.max_new_tokens = 10}, nullptr);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->generated[0].size(), 2u);
+  EXPECT_EQ(got->finish[0], FinishReason::kContext);
+}
+
+TEST_F(GenerateBehaviourTest, BadParametersAreNamed) {
+  HookPlan plan(model_->hooks());
+  auto error = [&](std::vector<std::vector<int32_t>> prompts, GenerateParams params) {
+    return Generate(*model_, prompts, plan, params, nullptr).status();
+  };
+  const std::vector<std::vector<int32_t>> ok_prompt = {{1, 2}};
+  struct Case {
+    absl::Status status;
+    std::string phrase;
+  };
+  const Case cases[] = {
+      {error({}, {}), "at least one prompt"},
+      {error({{1}, {}}, {}), "prompt 1 is empty"},
+      {error({std::vector<int32_t>(model_->config().n_ctx, 1)}, {}), "leaving no room"},
+      {error(ok_prompt, {.max_new_tokens = 0}), "max_new_tokens is 0"},
+      {error(ok_prompt, {.sampling = {.temperature = -1}}), "temperature is -1"},
+      {error(ok_prompt, {.sampling = {.top_p = 0}}), "top_p is 0"},
+      {error(ok_prompt, {.sampling = {.top_p = 1.5}}), "top_p is 1.5"},
+      {error(ok_prompt, {.sampling = {.repetition_penalty = 0}}), "repetition_penalty"},
+      {error(ok_prompt, {.stop_tokens = {300}}), "stop token 300 is outside the vocabulary"},
+      {error(ok_prompt, {.top_logprobs = 301}), "top_logprobs 301"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.phrase);
+    EXPECT_EQ(c.status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(c.status.message(), HasSubstr(c.phrase));
+  }
+  HookPlan capturing(model_->hooks());
+  ASSERT_TRUE(capturing.Capture("blocks.0.hook_resid_pre").ok());
+  EXPECT_EQ(Generate(*model_, ok_prompt, capturing, {}, nullptr).status().code(),
+            absl::StatusCode::kUnimplemented);
+}
+
+TEST_F(GenerateBehaviourTest, CancelledStopsTheGeneration) {
+  HookPlan plan(model_->hooks());
+  std::atomic<bool> cancelled{false};
+  GenerateParams params{.max_new_tokens = 10, .cancelled = &cancelled};
+  int steps = 0;
+  auto got = Generate(*model_, {{1, 2}}, plan, params, [&](const GeneratedStep&) {
+    if (++steps == 2) cancelled = true;
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(steps, 2);
+}
+
+}  // namespace
+}  // namespace glassbox
