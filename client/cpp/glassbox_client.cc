@@ -157,6 +157,23 @@ absl::StatusOr<RunResult> Client::Run(const glassbox::v1::RunRequest& request) {
   return result;
 }
 
+namespace {
+
+// Our side gave up on a server stream (a malformed stream or a callback error): stop the
+// server's work, then drain so that the call finishes cleanly, and return `failure`.
+template <typename Response>
+absl::Status CancelAndDrain(grpc::ClientContext& context, grpc::ClientReader<Response>& reader,
+                            absl::Status failure) {
+  context.TryCancel();
+  Response ignored;
+  while (reader.Read(&ignored)) {
+  }
+  (void)reader.Finish();
+  return failure;
+}
+
+}  // namespace
+
 absl::Status Client::RunStreaming(const glassbox::v1::RunRequest& request, RunCallbacks callbacks) {
   grpc::ClientContext context;
   PrepareContext(context);
@@ -169,17 +186,49 @@ absl::Status Client::RunStreaming(const glassbox::v1::RunRequest& request, RunCa
     failure = assembler.Add(response);
     if (!failure.ok()) break;
   }
-  if (!failure.ok()) {
-    // Our side gave up (bad stream or a callback error): stop the server's work, then drain
-    // so that the call can finish cleanly.
-    context.TryCancel();
-    while (reader->Read(&response)) {
-    }
-    (void)reader->Finish();
-    return failure;
-  }
+  if (!failure.ok()) return CancelAndDrain(context, *reader, failure);
   GB_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
   return assembler.Finish();
+}
+
+absl::StatusOr<Client::GenerateResult> Client::Generate(
+    const glassbox::v1::GenerateRequest& request,
+    const std::function<absl::Status(const glassbox::v1::GenerateStep&)>& on_step) {
+  grpc::ClientContext context;
+  PrepareContext(context);
+  std::unique_ptr<grpc::ClientReader<glassbox::v1::GenerateResponse>> reader =
+      stub_->Generate(&context, request);
+  GenerateResult result;
+  bool have_header = false, have_summary = false;
+  glassbox::v1::GenerateResponse response;
+  absl::Status failure;
+  while (failure.ok() && reader->Read(&response)) {
+    switch (response.kind_case()) {
+      case glassbox::v1::GenerateResponse::kHeader:
+        have_header = true;
+        result.header = response.header();
+        break;
+      case glassbox::v1::GenerateResponse::kStep:
+        if (!have_header) {
+          failure = absl::InternalError("malformed Generate stream: a step before the header");
+        } else if (on_step) {
+          failure = on_step(response.step());
+        }
+        break;
+      case glassbox::v1::GenerateResponse::kSummary:
+        have_summary = true;
+        result.summary = response.summary();
+        break;
+      default:
+        failure = absl::InternalError("malformed Generate stream: an empty message");
+    }
+  }
+  if (!failure.ok()) return CancelAndDrain(context, *reader, failure);
+  GB_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+  if (!have_header || !have_summary) {
+    return absl::InternalError("malformed Generate stream: no header or no summary");
+  }
+  return result;
 }
 
 absl::StatusOr<std::vector<glassbox::v1::SaeInfo>> Client::ListSaes(const std::string& model) {

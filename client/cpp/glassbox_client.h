@@ -18,6 +18,7 @@
 #include <grpcpp/client_context.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -83,6 +84,17 @@ class Client {
   // to `callbacks`, so that captures larger than memory can go straight to disk. A callback
   // error cancels the call and is returned.
   absl::Status RunStreaming(const glassbox::v1::RunRequest& request, RunCallbacks callbacks);
+
+  // Generation (docs/generation.md): `on_step` sees each step as it arrives (a callback error
+  // cancels the call and is returned); the result is the header (the prompts as they ran) and
+  // the summary (each row's new tokens, text and finish reason).
+  struct GenerateResult {
+    glassbox::v1::Header header;
+    glassbox::v1::GenerateSummary summary;
+  };
+  absl::StatusOr<GenerateResult> Generate(
+      const glassbox::v1::GenerateRequest& request,
+      const std::function<absl::Status(const glassbox::v1::GenerateStep&)>& on_step = nullptr);
 
   // Server-side analyses (definitions in docs/methods.md; docs/patching.md, docs/analyses.md). Each
   // response is checked before it is returned (arrays.h: every array well formed, shapes

@@ -136,33 +136,12 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
   if (!executor_.Submit([job] { job->Execute(); })) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
   }
-  // Relay chunks as the worker produces them. Polling lets a cancelled or expired call stop the
-  // worker even while nothing is flowing.
   int64_t bytes_sent = 0;
-  bool client_gone = false;
-  for (;;) {
-    bool timed_out = false;
-    auto item = job->channel().Pop(50ms, &timed_out);
-    if (context->IsCancelled()) {
-      client_gone = true;
-      break;
-    }
-    if (timed_out) continue;
-    if (!item) break;
-    bytes_sent += static_cast<int64_t>(item->chunk().data().size());
-    if (!writer->Write(*item)) {
-      client_gone = true;
-      break;
-    }
-  }
-  if (client_gone) job->Cancel();
-  job->WaitDone();
-  if (client_gone) {
-    const bool expired = context->deadline() <= std::chrono::system_clock::now();
-    return expired ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed during the run")
-                   : grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the run");
-  }
-  if (!job->status().ok()) return ToGrpcStatus(job->status());
+  const grpc::Status relayed =
+      Relay<glassbox::v1::RunResponse>(context, writer, *job, "the run", [&](const auto& item) {
+        bytes_sent += static_cast<int64_t>(item.chunk().data().size());
+      });
+  if (!relayed.ok()) return relayed;
 
   glassbox::v1::RunResponse summary_message;
   auto* summary = summary_message.mutable_summary();

@@ -38,6 +38,9 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
                           glassbox::v1::DetokenizeResponse* response) override;
   grpc::Status Run(grpc::ServerContext* context, const glassbox::v1::RunRequest* request,
                    grpc::ServerWriter<glassbox::v1::RunResponse>* writer) override;
+  // generate_handler.cc
+  grpc::Status Generate(grpc::ServerContext* context, const glassbox::v1::GenerateRequest* request,
+                        grpc::ServerWriter<glassbox::v1::GenerateResponse>* writer) override;
 
   // Cached runs (RunRequest.keep, INTERVENTION_PATCH_CACHED).
   grpc::Status ListCachedRuns(grpc::ServerContext* context,

@@ -116,8 +116,7 @@ absl::Status RunJob::StreamOutputs(const ForwardOutput& out) {
   return absl::OkStatus();
 }
 
-absl::Status RunJob::RunForward() {
-  if (cancelled_) return absl::CancelledError("cancelled while queued");
+absl::Status RunJob::Work() {
   const Transformer& model = *plan_.model->model;
   HookPlan hook_plan(model.hooks());
   for (const ResolvedCapture& rc : plan_.captures) {
@@ -127,9 +126,7 @@ absl::Status RunJob::RunForward() {
   if (plan_.keep) {
     for (HookId id : plan_.keep->hooks) hook_plan.CaptureId(id);
   }
-  for (const Intervention& edit : plan_.interventions) GB_RETURN_IF_ERROR(hook_plan.AddIntervention(edit));
-  for (const auto& [hook, splice] : plan_.splices)
-    GB_RETURN_IF_ERROR(hook_plan.AddSaeSplice(hook, splice));
+  GB_RETURN_IF_ERROR(AddEdits(plan_, hook_plan));
   const ForwardOptions options = OutputOptions(plan_, &cancelled_);
   StreamingSink sink(*this);
   const auto start = std::chrono::steady_clock::now();
@@ -138,21 +135,6 @@ absl::Status RunJob::RunForward() {
   forward_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!out.ok()) return out.status();
   return StreamOutputs(*out);
-}
-
-void RunJob::Execute() {
-  queue_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - created_).count();
-  absl::Status status = RunForward();
-  channel_.Finish();
-  std::lock_guard lock(mu_);
-  status_ = status;
-  done_ = true;
-  done_cv_.notify_all();
-}
-
-void RunJob::WaitDone() {
-  std::unique_lock lock(mu_);
-  done_cv_.wait(lock, [&] { return done_; });
 }
 
 }  // namespace glassbox

@@ -294,4 +294,14 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
   return plan;
 }
 
+absl::Status AddEdits(const RunPlan& plan, HookPlan& hook_plan) {
+  for (const Intervention& edit : plan.interventions) {
+    GB_RETURN_IF_ERROR(hook_plan.AddIntervention(edit));
+  }
+  for (const auto& [hook, splice] : plan.splices) {
+    GB_RETURN_IF_ERROR(hook_plan.AddSaeSplice(hook, splice));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace glassbox

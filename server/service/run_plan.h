@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "glassbox/v1/glassbox.pb.h"
 #include "server/engine/capture.h"
+#include "server/engine/hook_plan.h"
 #include "server/engine/intervention.h"
 #include "server/engine/sae_hooks.h"
 #include "server/service/model_store.h"
@@ -81,6 +82,9 @@ struct RunPlan : Batch {
 absl::StatusOr<RunPlan> BuildRunPlan(const glassbox::v1::RunRequest& request,
                                      const ModelStore& store, const ServiceLimits& limits,
                                      const CacheAccess& cache = {});
+
+// The plan's interventions (SAE steering included) and splices, added to `hook_plan` in order.
+absl::Status AddEdits(const RunPlan& plan, HookPlan& hook_plan);
 
 glassbox::v1::DType ToProtoDType(DType dtype);
 // Whether a pass with stop_at_layer (-1: the whole model) reaches the hook.

@@ -470,6 +470,43 @@ TEST(CliParseTest, SweepKindsAndMetrics) {
   EXPECT_EQ(metric->token_a(), 9);
 }
 
+TEST(CliParseTest, Generate) {
+  absl::StatusOr<Invocation> inv = Parse(
+      {"--server", "s", "generate", "--model", "m", "--text", "Once", "--max_new_tokens", "7",
+       "--temperature", "0.8", "--top_k", "40", "--top_p", "0.9", "--seed", "3", "--stop_tokens",
+       "5,6", "--nostop_at_eos", "--intervene", "add:blocks.1.hook_resid_pre:value=1,2:coef=3"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "generate");
+  const auto& request = Request<v1::GenerateRequest>(*inv);
+  EXPECT_EQ(request.model(), "m");
+  EXPECT_THAT(request.inputs().texts(), ElementsAre("Once"));
+  EXPECT_EQ(request.max_new_tokens(), 7);
+  EXPECT_DOUBLE_EQ(request.sampling().temperature(), 0.8);
+  EXPECT_EQ(request.sampling().top_k(), 40);
+  EXPECT_DOUBLE_EQ(request.sampling().top_p(), 0.9);
+  EXPECT_FALSE(request.sampling().has_repetition_penalty());
+  EXPECT_EQ(request.sampling().seed(), 3u);
+  EXPECT_THAT(request.stop_token_ids(), ElementsAre(5, 6));
+  EXPECT_FALSE(request.stop_at_eos());
+  ASSERT_EQ(request.interventions_size(), 1);
+  EXPECT_EQ(request.interventions(0).hook(), "blocks.1.hook_resid_pre");
+
+  inv = Parse({"--server", "s", "generate", "--model", "m", "--tokens", "1,2"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::GenerateRequest>(*inv).max_new_tokens(), 20);
+  EXPECT_EQ(Request<v1::GenerateRequest>(*inv).sampling().temperature(), 0);  // greedy
+  EXPECT_FALSE(Request<v1::GenerateRequest>(*inv).has_stop_at_eos());
+
+  ExpectUsageError({"--server", "s", "generate", "--model", "m"}, "generate needs inputs");
+  ExpectUsageError({"--server", "s", "generate", "--model", "m", "--tokens", "1",
+                    "--temperature", "hot"},
+                   "--temperature must be a number");
+  ExpectUsageError({"--server", "s", "generate", "--model", "m", "--tokens", "1",
+                    "--max_new_tokens", "0"},
+                   "--max_new_tokens: 0 is out of range");
+  EXPECT_THAT(UsageText(), HasSubstr("generate --model MODEL"));
+}
+
 TEST(CliParseTest, LogitLens) {
   absl::StatusOr<Invocation> inv =
       Parse({"--server", "s", "logit-lens", "--model", "m", "--tokens", "1,2,3", "--top_k", "3",

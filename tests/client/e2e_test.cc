@@ -594,6 +594,30 @@ TEST_F(EndToEndTest, CliLogitLens) {
   std::filesystem::remove(path);
 }
 
+// `glassbox generate` on three ragged rows equals HF generate of each row alone; the summary
+// lines carry the ids.
+TEST_F(EndToEndTest, CliGenerateEqualsHfGenerate) {
+  const ExpectedValues expected("generation");
+  std::vector<std::string> args = {"generate", "--model", "tiny-llama", "--max_new_tokens", "12"};
+  std::vector<std::vector<int32_t>> continuations;
+  for (int r = 0; r < 3; ++r) {
+    const std::vector<int32_t> prompt = expected.IntRows("tiny-llama.prompt." + std::to_string(r))[0];
+    args.push_back("--tokens");
+    args.push_back(absl::StrJoin(prompt, ","));
+    continuations.push_back(expected.IntRows("tiny-llama.greedy." + std::to_string(r))[0]);
+  }
+  ProcessResult r = Cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (int row = 0; row < 3; ++row) {
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("(row ", row, ": ", continuations[row].size(),
+                                              " new tokens [", absl::StrJoin(continuations[row], ","),
+                                              "]")));
+  }
+  r = Cli({"generate", "--model", "tiny-llama", "--tokens", "1,2", "--top_p", "0"});
+  EXPECT_EQ(r.exit_code, 3) << r.out;
+  EXPECT_THAT(r.err, HasSubstr("top_p is 0"));
+}
+
 TEST_F(EndToEndTest, CliDirectLogitAttribution) {
   const ExpectedValues inputs("tiny-gpt2");
   const ExpectedValues expected("tiny-gpt2.analyses");

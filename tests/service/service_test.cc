@@ -4,12 +4,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstring>
+#include <functional>
 #include <thread>
 
 #include "base/float16.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/engine/generate.h"
 #include "server/service/glassbox_service.h"
 #include "tests/service/service_harness.h"
 #include "tests/util/test_util.h"
@@ -335,6 +337,127 @@ TEST_F(ServiceTest, ModelsInfoAndErrors) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
     EXPECT_THAT(s.error_message(), HasSubstr("no tokenizer"));
   }
+}
+
+// Generate streams a header, one step per new token and a summary equal to the engine's own
+// generation; bad requests are refused before any work with precise messages.
+TEST_F(ServiceTest, GenerateStreamsStepsAndASummary) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  pb::GenerateRequest request;
+  request.set_model("llama");
+  AddIds(request.mutable_inputs()->add_token_ids(), {5, 6, 7});
+  AddIds(request.mutable_inputs()->add_token_ids(), {9});
+  request.set_max_new_tokens(6);
+  request.set_stop_at_eos(false);
+  request.set_top_logprobs(2);
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, request);
+  pb::GenerateResponse response;
+  std::vector<std::vector<int32_t>> streamed(2);
+  int headers = 0, steps = 0, summaries = 0;
+  pb::GenerateSummary summary;
+  while (reader->Read(&response)) {
+    if (response.has_header()) {
+      ++headers;
+      EXPECT_THAT(response.header().sequence_lengths(), ::testing::ElementsAre(3, 1));
+    } else if (response.has_step()) {
+      EXPECT_EQ(response.step().step(), steps++);
+      ASSERT_EQ(response.step().tokens_size(), 2);
+      ASSERT_EQ(response.step().top_size(), 2);
+      for (int r = 0; r < 2; ++r) streamed[r].push_back(response.step().tokens(r));
+    } else {
+      ++summaries;
+      summary = response.summary();
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(headers, 1);
+  EXPECT_EQ(steps, 6);
+  EXPECT_EQ(summaries, 1);
+  ASSERT_EQ(summary.sequences_size(), 2);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_THAT(summary.sequences(r).tokens(), ::testing::ElementsAreArray(streamed[r]));
+    EXPECT_EQ(summary.sequences(r).finish_reason(), pb::FINISH_REASON_LENGTH);
+  }
+
+  // The same through the engine directly.
+  const ServedModel& served = **server_->store().Find("llama");
+  HookPlan plan(served.model->hooks());
+  auto direct = Generate(*served.model, {{5, 6, 7}, {9}}, plan, {.max_new_tokens = 6}, nullptr);
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  EXPECT_EQ(direct->generated, streamed);
+}
+
+TEST_F(ServiceTest, GenerateRefusesBadRequests) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  auto refused = [&](const std::function<void(pb::GenerateRequest&)>& edit) {
+    pb::GenerateRequest request;
+    request.set_model("llama");
+    AddIds(request.mutable_inputs()->add_token_ids(), {1, 2});
+    request.set_max_new_tokens(3);
+    edit(request);
+    grpc::ClientContext context;
+    auto reader = stub->Generate(&context, request);
+    pb::GenerateResponse response;
+    while (reader->Read(&response)) {
+    }
+    return reader->Finish();
+  };
+  struct Case {
+    std::function<void(pb::GenerateRequest&)> edit;
+    std::string phrase;
+  };
+  const Case cases[] = {
+      {[](auto& r) { r.set_max_new_tokens(0); }, "max_new_tokens is 0"},
+      {[](auto& r) { r.mutable_sampling()->set_temperature(-1); }, "temperature is -1"},
+      {[](auto& r) { r.mutable_sampling()->set_top_p(1.5); }, "top_p is 1.5"},
+      {[](auto& r) { r.add_stop_token_ids(300); }, "stop token 300"},
+      {[](auto& r) { r.set_model("nope"); }, "nope"},
+      {[](auto& r) {
+         auto* in = r.add_interventions();
+         in->set_hook("blocks.0.hook_resid_pre");
+         in->set_kind(pb::INTERVENTION_ZERO);
+         in->add_positions(-1);
+       },
+       "position -1 is negative"},
+      {[](auto& r) {
+         auto* in = r.add_interventions();
+         in->set_hook("blocks.0.hook_resid_pre");
+         in->set_kind(pb::INTERVENTION_ADD);
+         for (int i = 0; i < 5; ++i) in->add_value(1);
+       },
+       "blocks.0.hook_resid_pre"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.phrase);
+    const grpc::Status status = refused(c.edit);
+    EXPECT_NE(status.error_code(), grpc::StatusCode::OK);
+    EXPECT_THAT(status.error_message(), HasSubstr(c.phrase));
+  }
+}
+
+// A client that goes away mid-generation stops it; the server carries on serving.
+TEST_F(ServiceTest, CancelledGenerationFreesTheWorker) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  pb::GenerateRequest request;
+  request.set_model("llama");
+  AddIds(request.mutable_inputs()->add_token_ids(), {1, 2});
+  request.set_max_new_tokens(60);
+  request.set_stop_at_eos(false);
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, request);
+  pb::GenerateResponse response;
+  int steps = 0;
+  while (reader->Read(&response)) {
+    if (response.has_step() && ++steps == 2) context.TryCancel();
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(steps, 60);
+  pb::RunRequest run;
+  run.set_model("llama");
+  AddIds(run.mutable_inputs()->add_token_ids(), {1, 2, 3});
+  run.mutable_outputs()->set_logits(pb::LOGITS_LAST);
+  EXPECT_TRUE(Run(run).status.ok());
 }
 
 // The block-shape fields a client reasons with: Pythia's parallel block and partial rotary,

@@ -11,7 +11,7 @@ namespace glassbox::cli {
 // One line per command (each defined in client/cpp/commands/), in the order of the usage text's
 // command list.
 extern const Command kModelsCommand, kInfoCommand, kTokenizeCommand, kDetokenizeCommand,
-    kRunCommand, kPatchCommand, kLogitLensCommand, kDlaCommand, kAttnNormsCommand, kSaesCommand,
+    kRunCommand, kGenerateCommand, kPatchCommand, kLogitLensCommand, kDlaCommand, kAttnNormsCommand, kSaesCommand,
     kSaeEncodeCommand, kCachedCommand, kReleaseCommand;
 
 namespace {
@@ -22,6 +22,7 @@ constexpr const Command* kCommands[] = {
     &kTokenizeCommand,
     &kDetokenizeCommand,
     &kRunCommand,
+    &kGenerateCommand,
     &kPatchCommand,
     &kLogitLensCommand,
     &kDlaCommand,

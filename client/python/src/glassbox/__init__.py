@@ -49,6 +49,7 @@ from ._errors import (
     Unimplemented,
     Unknown,
 )
+from ._generate import GeneratedSequence, GenerationStep, GenerationStream
 from ._heads import HeadDetection, copy_losses, repeated_random_tokens
 from ._interventions import (
     Add,
@@ -101,6 +102,9 @@ __all__ = [
     "Capture",
     "RunResult",
     "RunStream",
+    "GenerationStep",
+    "GenerationStream",
+    "GeneratedSequence",
     "RunHeader",
     "RunSummary",
     "TensorInfo",

@@ -32,6 +32,7 @@ from ._analyses import (
     sweep_kind,
 )
 from ._cache import ActivationCache
+from ._generate import GeneratedSequence, GenerationStream, generation_request, sampling_proto
 from ._heads import HeadDetection, repeated_random_tokens, score_heads
 from ._interventions import Interventions, intervention_protos
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
@@ -108,6 +109,25 @@ def _keep_proto(cache_as: Optional[str], hooks: NamesFilter, ttl_s: Optional[int
     if ttl_s is not None and (not _is_int(ttl_s) or ttl_s <= 0):
         raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
     return pb.KeepActivations(name=cache_as, hooks=names, ttl_seconds=int(ttl_s or 0))
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(verbose: bool, total: int) -> Any:
+    """A tqdm bar when ``verbose`` and tqdm is installed; otherwise nothing is shown."""
+    if not verbose:
+        return _NoProgress()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, desc="generating", unit="tok")
 
 
 def _to_numpy(value: Any) -> Any:
@@ -481,6 +501,96 @@ class Model:
             keep=_keep_proto(cache_as, cache_hooks, ttl_s),
         )
         return RunStream(self._transport.run(request, timeout=timeout), _output_names(request.outputs))
+
+    # ---- generation (docs/generation.md) ----
+
+    def generate_stream(
+        self,
+        input: Inputs,
+        max_new_tokens: int = 10,
+        *,
+        stop_at_eos: bool = True,
+        stop_tokens: Sequence[int] = (),
+        do_sample: bool = True,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        freq_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        interventions: Interventions = None,
+        saes: Splices = None,
+        sae_steering: Steering = None,
+        top_logprobs: int = 0,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> GenerationStream:
+        """Generation as an iterator of ``GenerationStep`` (one per step, as the server
+        produces them); the finished ``sequences`` are on the stream afterwards. Arguments are
+        ``generate``'s; ``top_logprobs`` adds the most likely alternatives of every step."""
+        proto_inputs = build_inputs(input, prepend_bos)
+        request = generation_request(
+            self.name, proto_inputs, max_new_tokens,
+            sampling_proto(do_sample, temperature, top_k, top_p, min_p, repetition_penalty, freq_penalty, seed),
+            stop_at_eos, stop_tokens, top_logprobs,
+        )
+        request.interventions.extend(intervention_protos(interventions, _batch_size(proto_inputs)))
+        request.sae_splices.extend(splice_protos(saes))
+        request.sae_steering.extend(steering_protos(sae_steering))
+        return GenerationStream(self._transport.generate(request, timeout=timeout))
+
+    def generate(
+        self,
+        input: Inputs,
+        max_new_tokens: int = 10,
+        *,
+        verbose: bool = False,
+        return_type: Literal["input", "str", "tokens", "sequences"] = "input",
+        **kwargs: Any,
+    ) -> Any:
+        """TransformerLens's ``generate``, run on the server, with ``Run``'s interventions,
+        SAE splices and SAE steering applied at every step.
+
+        ``input`` is a text, a list of texts, or token ids ([pos], [batch, pos] or a list of
+        rows; ragged rows are fine). Returns what ``return_type`` says: "input" (the default)
+        answers in the input's form: prompt and continuation as a string (a list for a list of
+        texts), or as token ids (an int64 [1, pos] array for one row, a list of arrays for
+        several); "str" and "tokens" force one form; "sequences" gives the
+        ``GeneratedSequence`` objects (prompt, new tokens, new text, finish reason).
+
+        Sampling follows TransformerLens's defaults (``do_sample=True``, ``temperature=1``);
+        ``do_sample=False`` is greedy, equal token for token to HF ``generate``. ``seed`` makes
+        sampling reproducible (row r uses seed + r). ``stop_at_eos`` stops a row at
+        config.json's EOS; ``stop_tokens`` adds more. Positions of interventions index real
+        tokens from 0 (prompt, then generated); negative positions are refused. ``verbose``
+        shows a progress bar (tqdm when installed).
+        """
+        with self.generate_stream(input, max_new_tokens, **kwargs) as stream:
+            bar = _progress(verbose, max_new_tokens)
+            for _ in stream:
+                bar.update(1)
+            bar.close()
+            sequences = stream.sequences
+        assert sequences is not None
+        if return_type == "sequences":
+            return sequences
+        texts_in = isinstance(input, str) or (
+            isinstance(input, Sequence) and bool(input) and all(isinstance(x, str) for x in input)
+        )
+        if return_type == "str" or (return_type == "input" and texts_in):
+            # A text prompt answers with itself plus the new text (no BOS the tokenizer added);
+            # token prompts are decoded whole.
+            prompts = [input] if isinstance(input, str) else list(input) if texts_in else None
+            if prompts is not None:
+                texts = [p + s.text for p, s in zip(prompts, sequences)]
+            else:
+                texts = [self.to_string(s.all_tokens) for s in sequences]
+            return texts[0] if len(texts) == 1 and (isinstance(input, str) or not texts_in) else texts
+        if return_type not in ("input", "tokens"):
+            raise ValueError(f"return_type must be 'input', 'str', 'tokens' or 'sequences', got {return_type!r}")
+        rows = [s.all_tokens for s in sequences]
+        return rows[0][None, :] if len(rows) == 1 else rows
 
     # ---- analyses (server-side; definitions in docs/methods.md) ----
 

@@ -118,6 +118,11 @@ class Transport:
         # A streaming call reports its errors while it is iterated; ServerStream converts them.
         return ServerStream(self._call(self._stub.Run, request, timeout))
 
+    def generate(
+        self, request: pb.GenerateRequest, *, timeout: Optional[float] = None
+    ) -> ServerStream[pb.GenerateResponse]:
+        return ServerStream(self._call(self._stub.Generate, request, timeout))
+
     def list_cached_runs(
         self, request: pb.ListCachedRunsRequest, *, timeout: Optional[float] = None
     ) -> pb.ListCachedRunsResponse:

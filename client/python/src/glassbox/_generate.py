@@ -1,0 +1,148 @@
+"""Generation: the Generate RPC's stream as Python objects (``Model.generate_stream``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ._proto.glassbox.v1 import glassbox_pb2 as pb
+from ._transport import ServerStream
+
+_FINISH = {
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_STOP_TOKEN: "stop_token",
+    pb.FINISH_REASON_CONTEXT: "context",
+}
+
+
+@dataclass(frozen=True)
+class GenerationStep:
+    """One step: the new token of each row (-1 for rows that already finished)."""
+
+    step: int
+    tokens: Tuple[int, ...]
+    #: log p(token) under the model's own distribution (raw logits), per row.
+    logprobs: Tuple[float, ...]
+    #: The text each token adds (empty without a tokenizer, or while a character is incomplete).
+    texts: Tuple[str, ...]
+    #: Per row, the ``top_logprobs`` most likely (token, log-prob) pairs, most likely first.
+    top: Tuple[Tuple[Tuple[int, float], ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class GeneratedSequence:
+    prompt: np.ndarray  # int64 prompt ids, as they ran
+    tokens: np.ndarray  # int64 new ids only
+    text: str  # the new text ("" without a tokenizer)
+    finish_reason: str  # "length", "stop_token" or "context"
+
+    @property
+    def all_tokens(self) -> np.ndarray:
+        """The prompt followed by the continuation."""
+        return np.concatenate([self.prompt, self.tokens])
+
+
+def sampling_proto(
+    do_sample: bool,
+    temperature: float,
+    top_k: Optional[int],
+    top_p: Optional[float],
+    min_p: Optional[float],
+    repetition_penalty: Optional[float],
+    freq_penalty: float,
+    seed: Optional[int],
+) -> "pb.Sampling":
+    """TransformerLens's keyword arguments as a Sampling message (greedy unless do_sample)."""
+    if not do_sample:
+        temperature = 0.0
+    elif not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
+    message = pb.Sampling(
+        temperature=float(temperature),
+        top_k=int(top_k or 0),
+        min_p=float(min_p or 0.0),
+        frequency_penalty=float(freq_penalty),
+        seed=int(seed or 0),
+    )
+    if top_p is not None:
+        message.top_p = float(top_p)
+    if repetition_penalty is not None:
+        message.repetition_penalty = float(repetition_penalty)
+    return message
+
+
+class GenerationStream(Iterator[GenerationStep]):
+    """The steps of one generation as they arrive; ``sequences`` once it is exhausted.
+
+    Leaving a ``with`` block early (or calling ``cancel()``) stops the generation on the server.
+    """
+
+    def __init__(self, responses: ServerStream["pb.GenerateResponse"]) -> None:
+        self._responses = responses
+        first = next(responses)
+        if first.WhichOneof("kind") != "header":
+            raise RuntimeError("malformed Generate stream: it must start with a header")
+        self.model: str = first.header.model
+        self.prompts: List[np.ndarray] = [np.asarray(t.ids, dtype=np.int64) for t in first.header.tokens]
+        self.sequences: Optional[List[GeneratedSequence]] = None
+        self.seconds: float = 0.0
+
+    def __iter__(self) -> "GenerationStream":
+        return self
+
+    def __next__(self) -> GenerationStep:
+        for message in self._responses:
+            kind = message.WhichOneof("kind")
+            if kind == "step":
+                s = message.step
+                top = tuple(tuple(zip(t.tokens, t.logprobs)) for t in s.top)
+                return GenerationStep(s.step, tuple(s.tokens), tuple(s.logprobs), tuple(s.texts), top)
+            if kind == "summary":
+                self.sequences = [
+                    GeneratedSequence(
+                        prompt=prompt,
+                        tokens=np.asarray(seq.tokens, dtype=np.int64),
+                        text=seq.text,
+                        finish_reason=_FINISH.get(seq.finish_reason, "unspecified"),
+                    )
+                    for prompt, seq in zip(self.prompts, message.summary.sequences)
+                ]
+                self.seconds = message.summary.timings.total_seconds
+            else:
+                raise RuntimeError(f"malformed Generate stream: unexpected {kind}")
+        raise StopIteration
+
+    def cancel(self) -> None:
+        self._responses.cancel()
+
+    def __enter__(self) -> "GenerationStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sequences is None:
+            self.cancel()
+
+
+def generation_request(
+    model: str,
+    inputs: "pb.Inputs",
+    max_new_tokens: int,
+    sampling: "pb.Sampling",
+    stop_at_eos: bool,
+    stop_tokens: Sequence[int],
+    top_logprobs: int,
+) -> "pb.GenerateRequest":
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    return pb.GenerateRequest(
+        model=model,
+        inputs=inputs,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        stop_at_eos=bool(stop_at_eos),
+        stop_token_ids=[int(t) for t in stop_tokens],
+        top_logprobs=int(top_logprobs),
+    )

@@ -1,0 +1,131 @@
+// GlassboxService::Generate: the request is validated as a Run of its prompts and edits (one
+// plan builder for both), then generated on the device's executor while this thread relays each
+// step to the client.
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "server/service/generate_job.h"
+#include "server/service/glassbox_service.h"
+#include "server/service/status_util.h"
+
+namespace glassbox {
+namespace {
+
+namespace pb = ::glassbox::v1;
+
+// Edits that would mean something else as the sequence grows are refused: a negative position
+// would follow the newest token (and leave earlier ones unedited at the next step), and a cached
+// run's value has the prompt's length.
+absl::Status CheckEditsForGeneration(const pb::GenerateRequest& request) {
+  for (int i = 0; i < request.interventions_size(); ++i) {
+    const pb::Intervention& in = request.interventions(i);
+    if (in.kind() == pb::INTERVENTION_PATCH_CACHED) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "interventions[", i, "]: PATCH_CACHED is not available in Generate (the cached value has "
+          "the prompt's length, not the growing sequence's)"));
+    }
+    for (int32_t p : in.positions()) {
+      if (p < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "interventions[", i, "]: position ", p, " is negative; in Generate positions index "
+            "real tokens from 0 (prompt then generated), or leave them empty for every position"));
+      }
+    }
+  }
+  for (int i = 0; i < request.sae_steering_size(); ++i) {
+    for (int32_t p : request.sae_steering(i).positions()) {
+      if (p < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sae_steering[", i, "]: position ", p, " is negative; in Generate positions index "
+            "real tokens from 0"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GenerateParams> ParamsOf(const pb::GenerateRequest& request, const ModelConfig& c) {
+  GenerateParams params;
+  params.max_new_tokens = request.max_new_tokens();
+  const pb::Sampling& s = request.sampling();
+  params.sampling = {.temperature = s.temperature(),
+                     .top_k = s.top_k(),
+                     .top_p = s.has_top_p() ? s.top_p() : 1.0,
+                     .min_p = s.min_p(),
+                     .repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0,
+                     .frequency_penalty = s.frequency_penalty(),
+                     .seed = s.seed()};
+  params.stop_tokens.assign(request.stop_token_ids().begin(), request.stop_token_ids().end());
+  if (!request.has_stop_at_eos() || request.stop_at_eos()) {
+    params.stop_tokens.insert(params.stop_tokens.end(), c.eos_token_ids.begin(), c.eos_token_ids.end());
+  }
+  params.top_logprobs = request.top_logprobs();
+  return params;
+}
+
+pb::FinishReason ToProto(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength: return pb::FINISH_REASON_LENGTH;
+    case FinishReason::kStopToken: return pb::FINISH_REASON_STOP_TOKEN;
+    case FinishReason::kContext: return pb::FINISH_REASON_CONTEXT;
+  }
+  return pb::FINISH_REASON_UNSPECIFIED;
+}
+
+}  // namespace
+
+grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
+                                       const pb::GenerateRequest* request,
+                                       grpc::ServerWriter<pb::GenerateResponse>* writer) {
+  const auto start = std::chrono::steady_clock::now();
+  if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  if (auto s = CheckEditsForGeneration(*request); !s.ok()) return ToGrpcStatus(s);
+  pb::RunRequest as_run;
+  as_run.set_model(request->model());
+  *as_run.mutable_inputs() = request->inputs();
+  *as_run.mutable_interventions() = request->interventions();
+  *as_run.mutable_sae_splices() = request->sae_splices();
+  *as_run.mutable_sae_steering() = request->sae_steering();
+  auto plan = BuildRunPlan(as_run, store_, limits_, CacheFor(context));
+  if (!plan.ok()) return ToGrpcStatus(plan.status());
+  auto params = ParamsOf(*request, plan->model->model->config());
+  if (!params.ok()) return ToGrpcStatus(params.status());
+
+  pb::GenerateResponse header_message;
+  auto* header = header_message.mutable_header();
+  header->set_model(request->model());
+  for (size_t r = 0; r < plan->rows.size(); ++r) {
+    header->add_sequence_lengths(plan->lengths[r]);
+    header->add_tokens()->mutable_ids()->Add(plan->rows[r].begin(), plan->rows[r].end());
+  }
+  if (!writer->Write(header_message)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away before the header");
+  }
+
+  auto job = std::make_shared<GenerateJob>(*std::move(plan), *std::move(params),
+                                           limits_.stream_buffer_bytes);
+  if (!executor_.Submit([job] { job->Execute(); })) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  }
+  const grpc::Status relayed = Relay<pb::GenerateResponse>(context, writer, *job, "the generation");
+  if (!relayed.ok()) return relayed;
+
+  pb::GenerateResponse summary_message;
+  auto* summary = summary_message.mutable_summary();
+  const GenerateResult& result = job->result();
+  for (size_t r = 0; r < result.generated.size(); ++r) {
+    auto* sequence = summary->add_sequences();
+    sequence->mutable_tokens()->Add(result.generated[r].begin(), result.generated[r].end());
+    if (r < job->texts().size()) sequence->set_text(job->texts()[r]);
+    sequence->set_finish_reason(ToProto(result.finish[r]));
+  }
+  summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
+  summary->mutable_timings()->set_forward_seconds(job->seconds());
+  summary->mutable_timings()->set_total_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  writer->Write(summary_message);
+  return grpc::Status::OK;
+}
+
+}  // namespace glassbox
