@@ -51,6 +51,11 @@ absl::Status Backend::RmsNorm(const Tensor& x, const Tensor* weight, float eps, 
   return d.empty ? absl::OkStatus() : DoRmsNorm(d, x, weight, eps, out, scale_out, unweighted_out);
 }
 
+absl::Status Backend::ScatterRows(const Tensor& src, const Tensor& rows, Tensor& table) {
+  GB_ASSIGN_OR_RETURN(const EmbeddingDims d, CheckScatterRows(target_, src, rows, table));
+  return d.empty ? absl::OkStatus() : DoScatterRows(d, src, rows, table);
+}
+
 absl::Status Backend::Embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
   GB_ASSIGN_OR_RETURN(const EmbeddingDims d, CheckEmbedding(target_, table, ids, out));
   return d.empty ? absl::OkStatus() : DoEmbedding(d, table, ids, out);
@@ -66,9 +71,10 @@ absl::Status Backend::Rotary(const Tensor& x, const Tensor& cos, const Tensor& s
 absl::Status Backend::Attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const Tensor& key_mask, float scale, Tensor& z, Tensor* scores,
                                 Tensor* pattern, const AttentionOptions& options) {
-  GB_ASSIGN_OR_RETURN(const AttentionDims d,
+  GB_ASSIGN_OR_RETURN(AttentionDims d,
                       CheckAttention(target_, q, k, v, key_mask, z, scores, pattern));
-  GB_RETURN_IF_ERROR(CheckAttentionOptions(target_, options.window, options.softcap));
+  GB_RETURN_IF_ERROR(CheckAttentionOptions(target_, options.window, options.softcap,
+                                           options.query_offset, d));
   return d.empty ? absl::OkStatus()
                  : DoAttention(d, q, k, v, key_mask, scale, z, scores, pattern, options);
 }

@@ -48,6 +48,10 @@ struct AttentionOptions {
   // > 0: scores = softcap * tanh(scores / softcap) after scaling and before masking (Gemma 2's
   // attn_logit_softcapping).
   float softcap = 0;
+  // Decoding with a KV cache: the Sq queries are keys [query_offset, query_offset + Sq) of the
+  // Sk keys, so query i sees keys j <= i + query_offset (and the window counts from there).
+  // 0 with Sq == Sk is plain causal self-attention.
+  int64_t query_offset = 0;
 };
 
 class Backend {
@@ -92,6 +96,10 @@ class Backend {
   // gather of rows of any dtype (out has the table's): the engine also gathers activation rows,
   // logits rows and per-token losses with it. table rank 2; T = 0 or D = 0: nothing to do.
   absl::Status Embedding(const Tensor& table, const Tensor& ids, Tensor& out);
+  // The inverse gather, in place: table[rows[t], :] = src[t, :] (rows i32, distinct, in range;
+  // any dtype, src has the table's). Writes a step's keys and values into a KV cache.
+  // table rank 2; T = 0 or D = 0: nothing to do.
+  absl::Status ScatterRows(const Tensor& src, const Tensor& rows, Tensor& table);
   // Rotate-half (GPT-NeoX / HF Llama) rotary embedding of the first rotary_dim features of each
   // head: x [T, H, Dh], positions [T] i32, cos/sin [n_ctx, rotary_dim / 2]. rotary_dim even in
   // [0, Dh]; x empty: nothing to do.
@@ -100,9 +108,10 @@ class Backend {
 
   // ---- attention ----
   // Causal self-attention with grouped KV heads (query head h reads KV head h / (H / Hkv)).
-  // q [B, S, H, Dh], k and v [B, S, Hkv, Dh], key_mask [B, S] i32 (0 = padding, never attended).
-  // z [B, S, H, Dh]. scores [B, H, S, S] (scaled, -inf where masked) and pattern [B, H, S, S]
-  // (softmax, 0 where masked) are written only when non-null. A query with no visible key (a
+  // q [B, Sq, H, Dh], k and v [B, Sk, Hkv, Dh] (Sk = Sq, or more with options.query_offset),
+  // key_mask [B, Sk] i32 (0 = padding, never attended). z [B, Sq, H, Dh]. scores
+  // [B, H, Sq, Sk] (scaled, -inf where masked) and pattern [B, H, Sq, Sk] (softmax, 0 where
+  // masked) are written only when non-null. A query with no visible key (a
   // padding position before any real token) gets a zero pattern row and zero output. H, Hkv and
   // Dh must be positive with Hkv dividing H; B = 0 or S = 0: nothing to do.
   // `options` (window >= 0, softcap >= 0 and finite) add a sliding window and soft-capping.
@@ -167,6 +176,8 @@ class Backend {
   virtual absl::Status DoRmsNorm(const RowsDims& d, const Tensor& x, const Tensor* weight,
                                  float eps, Tensor& out, Tensor* scale_out,
                                  Tensor* unweighted_out) = 0;
+  virtual absl::Status DoScatterRows(const EmbeddingDims& d, const Tensor& src, const Tensor& rows,
+                                     Tensor& table) = 0;
   virtual absl::Status DoEmbedding(const EmbeddingDims& d, const Tensor& table, const Tensor& ids,
                                    Tensor& out) = 0;
   virtual absl::Status DoRotary(const RotaryDims& d, const Tensor& x, const Tensor& cos,

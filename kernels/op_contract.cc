@@ -263,6 +263,19 @@ absl::StatusOr<EmbeddingDims> CheckEmbedding(const OpTarget& target, const Tenso
   return d;
 }
 
+absl::StatusOr<EmbeddingDims> CheckScatterRows(const OpTarget& target, const Tensor& src,
+                                               const Tensor& rows, const Tensor& table) {
+  const Checker check(target, "ScatterRows");
+  GB_RETURN_IF_ERROR(check.Present({{&src, "src"}, {&rows, "rows"}, {&table, "table"}}));
+  GB_RETURN_IF_ERROR(check.RankIs(table, 2, "table", "[rows, dim]"));
+  GB_RETURN_IF_ERROR(check.DTypeIs(DType::kI32, {{&rows, "rows"}}));
+  GB_RETURN_IF_ERROR(check.DTypeIs(table.dtype(), {{&src, "src"}}, "table"));
+  EmbeddingDims d{.tokens = rows.numel(), .vocab = table.dim(0), .dim = table.dim(1)};
+  GB_RETURN_IF_ERROR(check.Elements(&src, d.tokens * d.dim, "src"));
+  d.empty = d.tokens == 0 || d.dim == 0;
+  return d;
+}
+
 absl::StatusOr<RotaryDims> CheckRotary(const OpTarget& target, const Tensor& x, const Tensor& cos,
                                        const Tensor& sin, const Tensor& positions, int rotary_dim,
                                        const Tensor& out) {
@@ -293,11 +306,18 @@ absl::StatusOr<RotaryDims> CheckRotary(const OpTarget& target, const Tensor& x, 
   return d;
 }
 
-absl::Status CheckAttentionOptions(const OpTarget& target, int64_t window, float softcap) {
+absl::Status CheckAttentionOptions(const OpTarget& target, int64_t window, float softcap,
+                                   int64_t query_offset, AttentionDims& d) {
   const Checker check(target, "Attention");
   GB_RETURN_IF_ERROR(check.Require(window >= 0, absl::StrCat("window is ", window)));
-  return check.Require(std::isfinite(softcap) && softcap >= 0,
-                       absl::StrCat("softcap is ", softcap));
+  GB_RETURN_IF_ERROR(check.Require(std::isfinite(softcap) && softcap >= 0,
+                                   absl::StrCat("softcap is ", softcap)));
+  GB_RETURN_IF_ERROR(check.Require(
+      query_offset >= 0 && query_offset + d.seq <= d.kv_seq,
+      absl::StrCat("queries ", query_offset, "..", query_offset + d.seq, " do not lie within the ",
+                   d.kv_seq, " keys")));
+  d.query_offset = query_offset;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<AttentionDims> CheckAttention(const OpTarget& target, const Tensor& q,
@@ -322,19 +342,20 @@ absl::StatusOr<AttentionDims> CheckAttention(const OpTarget& target, const Tenso
                   .seq = q.dim(1),
                   .heads = q.dim(2),
                   .kv_heads = k.dim(2),
-                  .d_head = q.dim(3)};
+                  .d_head = q.dim(3),
+                  .kv_seq = k.dim(1)};
   GB_RETURN_IF_ERROR(check.Require(
       d.heads > 0 && d.kv_heads > 0 && d.heads % d.kv_heads == 0,
       absl::StrCat(d.heads, " query heads cannot share ", d.kv_heads,
                    " KV heads: both must be positive and kv_heads must divide heads")));
   GB_RETURN_IF_ERROR(check.Require(d.d_head > 0, "d_head must be positive"));
   GB_RETURN_IF_ERROR(check.Require(
-      k.dim(0) == d.batch && k.dim(1) == d.seq && k.dim(3) == d.d_head && v.shape() == k.shape(),
+      k.dim(0) == d.batch && k.dim(1) >= d.seq && k.dim(3) == d.d_head && v.shape() == k.shape(),
       absl::StrCat("q ", q.DebugString(), ", k ", k.DebugString(), " and v ", v.DebugString(),
                    " disagree")));
-  GB_RETURN_IF_ERROR(check.Elements(&key_mask, d.batch * d.seq, "key_mask"));
+  GB_RETURN_IF_ERROR(check.Elements(&key_mask, d.batch * d.kv_seq, "key_mask"));
   GB_RETURN_IF_ERROR(check.Elements(&z, q.numel(), "z"));
-  const int64_t squares = d.batch * d.heads * d.seq * d.seq;
+  const int64_t squares = d.batch * d.heads * d.seq * d.kv_seq;
   GB_RETURN_IF_ERROR(check.Elements(scores, squares, "scores"));
   GB_RETURN_IF_ERROR(check.Elements(pattern, squares, "pattern"));
   d.empty = d.batch == 0 || d.seq == 0;

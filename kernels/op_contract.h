@@ -56,6 +56,8 @@ struct RotaryDims {
 
 struct AttentionDims {
   int64_t batch = 0, seq = 0, heads = 0, kv_heads = 0, d_head = 0;
+  int64_t kv_seq = 0;        // keys per row (seq unless decoding with a cache)
+  int64_t query_offset = 0;  // the key index of query 0
   bool empty = false;
 };
 
@@ -96,6 +98,10 @@ absl::StatusOr<RowsDims> CheckRmsNorm(const OpTarget& target, const Tensor& x, c
 
 absl::StatusOr<EmbeddingDims> CheckEmbedding(const OpTarget& target, const Tensor& table,
                                              const Tensor& ids, const Tensor& out);
+// ScatterRows: the same shapes as Embedding's, with src in out's place (tokens = rows written).
+absl::StatusOr<EmbeddingDims> CheckScatterRows(const OpTarget& target, const Tensor& src,
+                                               const Tensor& rows, const Tensor& table);
+
 absl::StatusOr<RotaryDims> CheckRotary(const OpTarget& target, const Tensor& x, const Tensor& cos,
                                        const Tensor& sin, const Tensor& positions, int rotary_dim,
                                        const Tensor& out);
@@ -105,8 +111,10 @@ absl::StatusOr<AttentionDims> CheckAttention(const OpTarget& target, const Tenso
                                              const Tensor& key_mask, const Tensor& z,
                                              const Tensor* scores, const Tensor* pattern);
 
-// A window < 0 or a negative or non-finite softcap is a caller bug.
-absl::Status CheckAttentionOptions(const OpTarget& target, int64_t window, float softcap);
+// A window < 0, a negative or non-finite softcap, or queries that do not end within the keys
+// (query_offset < 0 or query_offset + Sq > Sk) is a caller bug; fills d.query_offset.
+absl::Status CheckAttentionOptions(const OpTarget& target, int64_t window, float softcap,
+                                   int64_t query_offset, AttentionDims& d);
 
 absl::StatusOr<int64_t> CheckAdd(const OpTarget& target, const Tensor& a, const Tensor& b,
                                  const Tensor& out);

@@ -218,6 +218,22 @@ absl::Status CpuBackend::DoEmbedding(const EmbeddingDims& d, const Tensor& table
   return absl::OkStatus();
 }
 
+absl::Status CpuBackend::DoScatterRows(const EmbeddingDims& d, const Tensor& src,
+                                       const Tensor& rows, Tensor& table) {
+  const size_t row_bytes = static_cast<size_t>(d.dim * DTypeSize(table.dtype()));
+  const auto* from = static_cast<const std::byte*>(src.raw_data());
+  auto* to = static_cast<std::byte*>(table.raw_data());
+  for (int64_t i = 0; i < d.tokens; ++i) {
+    const int32_t row = rows.data<int32_t>()[i];
+    if (row < 0 || row >= d.vocab) {
+      return absl::InternalError(
+          absl::StrCat("cpu ScatterRows: row ", row, " out of range [0, ", d.vocab, ")"));
+    }
+    std::memcpy(to + row * row_bytes, from + i * row_bytes, row_bytes);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CpuBackend::DoRotary(const RotaryDims& d, const Tensor& x, const Tensor& cos,
                                   const Tensor& sin, const Tensor& positions, int rotary_dim,
                                   Tensor& out) {
@@ -252,51 +268,53 @@ absl::Status CpuBackend::DoAttention(const AttentionDims& d, const Tensor& q, co
                                      const Tensor& v, const Tensor& key_mask, float scale,
                                      Tensor& z, Tensor* scores, Tensor* pattern,
                                      const AttentionOptions& options) {
-  const int64_t batch = d.batch, seq = d.seq, heads = d.heads, d_head = d.d_head;
-  const int64_t kv_heads = d.kv_heads, group = heads / kv_heads;
+  const int64_t batch = d.batch, seq = d.seq, keys = d.kv_seq, heads = d.heads;
+  const int64_t d_head = d.d_head, kv_heads = d.kv_heads, group = heads / kv_heads;
+  const int64_t offset = d.query_offset;
   const float kNegInf = -std::numeric_limits<float>::infinity();
   const int q_stride = static_cast<int>(heads * d_head),
             kv_stride = static_cast<int>(kv_heads * d_head);
-  const int n = static_cast<int>(seq), dh = static_cast<int>(d_head);
+  const int n = static_cast<int>(seq), nk = static_cast<int>(keys), dh = static_cast<int>(d_head);
   // Per (batch, head): S = scale·Q·Kᵀ and Z = P·V as two GEMMs reading the [B, S, H, Dh] layout
   // in place through leading dimensions. The masked upper triangle is computed and discarded:
   // still far cheaper than scalar dot products.
-  std::vector<float> probs(static_cast<size_t>(seq * seq));
+  std::vector<float> probs(static_cast<size_t>(seq * keys));
   for (int64_t b = 0; b < batch; ++b) {
-    const int32_t* mask = key_mask.data<int32_t>() + b * seq;
+    const int32_t* mask = key_mask.data<int32_t>() + b * keys;
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t kvh = h / group;
       const float* qh = q.data<float>() + b * seq * heads * d_head + h * d_head;
-      const float* kh = k.data<float>() + b * seq * kv_heads * d_head + kvh * d_head;
-      const float* vh = v.data<float>() + b * seq * kv_heads * d_head + kvh * d_head;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, dh, scale, qh, q_stride, kh,
-                  kv_stride, 0.0f, probs.data(), n);
-      const int64_t score_base = (b * heads + h) * seq * seq;
+      const float* kh = k.data<float>() + b * keys * kv_heads * d_head + kvh * d_head;
+      const float* vh = v.data<float>() + b * keys * kv_heads * d_head + kvh * d_head;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nk, dh, scale, qh, q_stride, kh,
+                  kv_stride, 0.0f, probs.data(), nk);
+      const int64_t score_base = (b * heads + h) * seq * keys;
 #pragma omp parallel for if (seq >= 256)
       for (int64_t i = 0; i < seq; ++i) {
-        float* row = probs.data() + i * seq;
+        float* row = probs.data() + i * keys;
+        const int64_t at = i + offset;  // the query's own key index
         float max_score = kNegInf;
-        for (int64_t j = 0; j < seq; ++j) {
+        for (int64_t j = 0; j < keys; ++j) {
           if (options.softcap > 0) row[j] = options.softcap * std::tanh(row[j] / options.softcap);
-          const bool outside_window = options.window > 0 && i - j >= options.window;
-          if (j > i || mask[j] == 0 || outside_window) row[j] = kNegInf;
+          const bool outside_window = options.window > 0 && at - j >= options.window;
+          if (j > at || mask[j] == 0 || outside_window) row[j] = kNegInf;
           max_score = std::max(max_score, row[j]);
         }
         if (scores)
-          std::memcpy(scores->data<float>() + score_base + i * seq, row, seq * sizeof(float));
+          std::memcpy(scores->data<float>() + score_base + i * keys, row, keys * sizeof(float));
         double denom = 0;
-        for (int64_t j = 0; j < seq; ++j) {
+        for (int64_t j = 0; j < keys; ++j) {
           row[j] = row[j] == kNegInf ? 0.0f : std::exp(row[j] - max_score);
           denom += row[j];
         }
         // A query with no visible key (padding before the first real token) keeps a zero row.
         const float inv = denom > 0 ? static_cast<float>(1.0 / denom) : 0.0f;
-        for (int64_t j = 0; j < seq; ++j) row[j] *= inv;
+        for (int64_t j = 0; j < keys; ++j) row[j] *= inv;
         if (pattern)
-          std::memcpy(pattern->data<float>() + score_base + i * seq, row, seq * sizeof(float));
+          std::memcpy(pattern->data<float>() + score_base + i * keys, row, keys * sizeof(float));
       }
       float* zh = z.data<float>() + b * seq * heads * d_head + h * d_head;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, dh, n, 1.0f, probs.data(), n, vh,
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, dh, nk, 1.0f, probs.data(), nk, vh,
                   kv_stride, 0.0f, zh, q_stride);
     }
   }

@@ -27,6 +27,8 @@ class CpuBackend final : public Backend {
   absl::Status DoRmsNorm(const RowsDims& d, const Tensor& x, const Tensor* weight, float eps,
                          Tensor& out, Tensor* scale_out, Tensor* unweighted_out) override;
   // Ids outside the table fail the call (INTERNAL), before anything is read.
+  absl::Status DoScatterRows(const EmbeddingDims& d, const Tensor& src, const Tensor& rows,
+                             Tensor& table) override;
   absl::Status DoEmbedding(const EmbeddingDims& d, const Tensor& table, const Tensor& ids,
                            Tensor& out) override;
   absl::Status DoRotary(const RotaryDims& d, const Tensor& x, const Tensor& cos, const Tensor& sin,

@@ -1,5 +1,6 @@
 // Causal attention with grouped KV heads and a key padding mask, by online softmax: the scores
-// never leave the chip. Used for every layer whose scores and pattern nobody asked for.
+// never leave the chip. Used for every layer whose scores and pattern nobody asked for, and for
+// decoding over cached keys (query i at key i + query_offset of kv_seq keys).
 //
 // One block = 8 warps = 32 queries of one (batch, head); each warp owns 4 queries. The block
 // walks the keys up to its last query in tiles of 32, staged in shared memory as f32. Lane l
@@ -41,14 +42,14 @@ __global__ void __launch_bounds__(kThreads) FlashAttentionKernel(AttentionArgs a
   int* key_ok = reinterpret_cast<int*>(v_s + kTileKeys * kMaxDh);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t seq = a.seq, dh = a.d_head;
+  const int64_t seq = a.seq, keys = a.kv_seq, offset = a.query_offset, dh = a.d_head;
   const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
   const int64_t kvh = h / (a.heads / a.kv_heads);
   const int64_t q_row = a.heads * dh, kv_row = a.kv_heads * dh;  // element strides between tokens
   const T* q = static_cast<const T*>(a.q) + b * seq * q_row + h * dh;
-  const T* k = static_cast<const T*>(a.k) + b * seq * kv_row + kvh * dh;
-  const T* v = static_cast<const T*>(a.v) + b * seq * kv_row + kvh * dh;
-  const int32_t* mask = a.key_mask + b * seq;
+  const T* k = static_cast<const T*>(a.k) + b * keys * kv_row + kvh * dh;
+  const T* v = static_cast<const T*>(a.v) + b * keys * kv_row + kvh * dh;
+  const int32_t* mask = a.key_mask + b * keys;
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kBlockQueries;
 
   for (int idx = threadIdx.x; idx < kBlockQueries * kMaxDh; idx += kThreads) {
@@ -67,19 +68,19 @@ __global__ void __launch_bounds__(kThreads) FlashAttentionKernel(AttentionArgs a
   }
 
   const int64_t q_end = q0 + kBlockQueries < seq ? q0 + kBlockQueries : seq;
-  const int64_t q_last = q_end - 1;  // causal: no key beyond the block's last query
+  const int64_t q_last = q_end - 1 + offset;  // causal: no key beyond the block's last query
   for (int64_t k0 = 0; k0 <= q_last; k0 += kTileKeys) {
     __syncthreads();  // the previous tile is consumed (and q_s is complete on the first pass)
     for (int idx = threadIdx.x; idx < kTileKeys * kMaxDh; idx += kThreads) {
       const int r = idx / kMaxDh, c = idx % kMaxDh;
       const int64_t j = k0 + r;
-      const bool in = j < seq && c < dh;
+      const bool in = j < keys && c < dh;
       k_s[r * kKStride + c] = in ? ToFloat(k[j * kv_row + c]) : 0.0f;
       v_s[r * kMaxDh + c] = in ? ToFloat(v[j * kv_row + c]) : 0.0f;
     }
     if (threadIdx.x < kTileKeys) {
       const int64_t j = k0 + threadIdx.x;
-      key_ok[threadIdx.x] = j < seq && mask[j] != 0;
+      key_ok[threadIdx.x] = j < keys && mask[j] != 0;
     }
     __syncthreads();
 
@@ -99,10 +100,11 @@ __global__ void __launch_bounds__(kThreads) FlashAttentionKernel(AttentionArgs a
 #pragma unroll
     for (int qi = 0; qi < kQueriesPerWarp; ++qi) {
       const int64_t i = q0 + warp * kQueriesPerWarp + qi;
-      const bool in_window = a.window == 0 || i - j < a.window;
+      const int64_t at = i + offset;  // the query's own key index
+      const bool in_window = a.window == 0 || at - j < a.window;
       float raw = s[qi] * a.scale;
       if (a.softcap > 0) raw = a.softcap * tanhf(raw / a.softcap);
-      const float score = (key_visible && j <= i && in_window && i < seq) ? raw : -INFINITY;
+      const float score = (key_visible && j <= at && in_window && i < seq) ? raw : -INFINITY;
       const float m_new = fmaxf(m[qi], WarpMax(score));
       if (m_new == -INFINITY) {  // nothing visible yet for this query (warp-uniform)
         p[qi] = 0;

@@ -291,6 +291,17 @@ absl::Status CudaBackend::DoEmbedding(const EmbeddingDims& d, const Tensor& tabl
                                         d.tokens, out.raw_data(), device_errors_, Stream(stream_)));
 }
 
+absl::Status CudaBackend::DoScatterRows(const EmbeddingDims& d, const Tensor& src,
+                                        const Tensor& rows, Tensor& table) {
+  DeviceGuard guard(device_);
+  GB_RETURN_IF_ERROR(guard.status());
+  return Launched("ScatterRows",
+                  cuda::LaunchScatterRows(static_cast<int>(DTypeSize(table.dtype())),
+                                          src.raw_data(), rows.data<int32_t>(), d.tokens, d.dim,
+                                          table.raw_data(), d.vocab, device_errors_,
+                                          Stream(stream_)));
+}
+
 absl::Status CudaBackend::DoRotary(const RotaryDims& d, const Tensor& x, const Tensor& cos,
                                    const Tensor& sin, const Tensor& positions, int rotary_dim,
                                    Tensor& out) {
@@ -337,11 +348,19 @@ absl::Status CudaBackend::DoAttention(const AttentionDims& d, const Tensor& q, c
   a.scale = scale;
   a.window = options.window;
   a.softcap = options.softcap;
+  a.kv_seq = d.kv_seq;
+  a.query_offset = d.query_offset;
 
   if (scores == nullptr && pattern == nullptr && options_.flash_attention) {
     const cudaError_t err = cuda::LaunchFlashAttention(a, Stream(stream_));
     if (err != cudaErrorNotSupported) return Launched("Attention (flash)", err);
     // Unsupported head size or shared memory: the materialised path below computes z too.
+  }
+  if (d.kv_seq != d.seq || d.query_offset != 0) {
+    return absl::UnimplementedError(absl::StrCat(
+        "cuda Attention: queries over cached keys need the flash kernel (no captured or edited "
+        "scores or pattern, d_head <= 256); got d_head ", d.d_head,
+        scores || pattern ? " with scores or pattern requested" : ""));
   }
   // Materialised path, in chunks of (batch, head) pairs whose f32 scores fit the budget.
   const int64_t pairs = d.batch * d.heads;

@@ -91,6 +91,8 @@ class CudaBackend final : public Backend {
                            Tensor* unweighted_out) override;
   absl::Status DoRmsNorm(const RowsDims& d, const Tensor& x, const Tensor* weight, float eps,
                          Tensor& out, Tensor* scale_out, Tensor* unweighted_out) override;
+  absl::Status DoScatterRows(const EmbeddingDims& d, const Tensor& src, const Tensor& rows,
+                             Tensor& table) override;
   absl::Status DoEmbedding(const EmbeddingDims& d, const Tensor& table, const Tensor& ids,
                            Tensor& out) override;
   absl::Status DoRotary(const RotaryDims& d, const Tensor& x, const Tensor& cos, const Tensor& sin,

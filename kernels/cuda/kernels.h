@@ -69,6 +69,11 @@ cudaError_t LaunchRmsNorm(const NormArgs& args, cudaStream_t stream);
 // ---- gathers and positions ----
 // out[i, :] = table[ids[i], :] for elements of `element_bytes` (2, 4 or 8) bytes. An id outside
 // [0, vocab) writes zeros and sets kDeviceErrorEmbeddingId.
+// table[rows[i], :] = src[i, :]; a row outside [0, table_rows) is skipped and sets
+// kDeviceErrorEmbeddingId.
+cudaError_t LaunchScatterRows(int element_bytes, const void* src, const int32_t* rows, int64_t n,
+                              int64_t dim, void* table, int64_t table_rows, int* device_errors,
+                              cudaStream_t stream);
 cudaError_t LaunchEmbedding(int element_bytes, const void* table, int64_t vocab, int64_t dim,
                             const int32_t* ids, int64_t n, void* out, int* device_errors,
                             cudaStream_t stream);
@@ -135,6 +140,10 @@ struct AttentionArgs {
   float scale = 1;
   int64_t window = 0;  // > 0: key j visible to query i only when i - j < window
   float softcap = 0;   // > 0: score = softcap * tanh(score / softcap), before masking
+  // Decoding with a KV cache: k, v and key_mask have kv_seq rows and query i sits at key
+  // i + query_offset (the flash kernel only; the materialised one needs kv_seq == seq).
+  int64_t kv_seq = 0;
+  int64_t query_offset = 0;
 };
 
 // Online-softmax ("flash") attention writing z only. Returns cudaErrorNotSupported, without

@@ -1,10 +1,12 @@
 #include "server/engine/generate.h"
 
 #include <algorithm>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "server/engine/kv_cache.h"
 
 namespace glassbox {
 namespace {
@@ -86,16 +88,34 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
   result.finish.assign(rows, FinishReason::kLength);
   std::vector<bool> done(rows, false);
   const ForwardOptions options{.logits = LogitsMode::kLast, .cancelled = params.cancelled};
+  std::optional<KvCache> cache;
+  if (params.use_kv_cache && CheckPlanForCache(plan).ok()) {
+    GB_ASSIGN_OR_RETURN(cache, KvCache::Create(model.backend(), c, model.dtype(), rows,
+                                               static_cast<int64_t>(longest) + params.max_new_tokens));
+  }
   for (int64_t step = 0; step < params.max_new_tokens; ++step) {
+    // The whole sequence so far, or over a cache the tokens it does not hold yet (the prompts,
+    // then each step's one token).
     const int64_t width = static_cast<int64_t>(tokens[0].size());
-    Tensor ids = Tensor::EmptyHost(DType::kI32, {rows, width});
-    Tensor attention = Tensor::EmptyHost(DType::kI32, {rows, width});
+    const int64_t from = cache ? cache->length() : 0;
+    Tensor ids = Tensor::EmptyHost(DType::kI32, {rows, width - from});
+    Tensor attention = Tensor::EmptyHost(DType::kI32, {rows, width - from});
     for (int64_t r = 0; r < rows; ++r) {
-      std::copy(tokens[r].begin(), tokens[r].end(), ids.data<int32_t>() + r * width);
-      std::copy(mask[r].begin(), mask[r].end(), attention.data<int32_t>() + r * width);
+      std::copy(tokens[r].begin() + from, tokens[r].end(), ids.data<int32_t>() + r * (width - from));
+      std::copy(mask[r].begin() + from, mask[r].end(), attention.data<int32_t>() + r * (width - from));
     }
-    GB_ASSIGN_OR_RETURN(ForwardOutput out, model.Forward({.tokens = ids, .attention_mask = attention},
-                                                         plan, nullptr, options));
+    auto forward = model.Forward(
+        {.tokens = ids, .attention_mask = attention, .cache = cache ? &*cache : nullptr}, plan,
+        nullptr, options);
+    if (!forward.ok() && cache && step == 0 &&
+        forward.status().code() == absl::StatusCode::kUnimplemented) {
+      // The backend cannot attend over cached keys here (CUDA without its flash kernel):
+      // recompute every step instead.
+      cache.reset();
+      --step;
+      continue;
+    }
+    GB_ASSIGN_OR_RETURN(ForwardOutput out, std::move(forward));
     GeneratedStep emitted{.step = step, .tokens = std::vector<int32_t>(rows, -1),
                           .logprobs = std::vector<float>(rows, 0), .top = {}};
     emitted.top.resize(rows);

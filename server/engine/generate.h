@@ -1,8 +1,9 @@
-// Autoregressive generation with the hooked forward pass: every step runs the plan (its
-// interventions, SAE splices and steering) over the whole sequence so far, so an edit applies
-// to prompt and generated positions alike, at every step, exactly as a Run over that sequence
-// would apply it. There is no KV cache yet: each step recomputes the sequence (see
-// docs/generation.md).
+// Autoregressive generation with the hooked forward pass: every step applies the plan (its
+// interventions, SAE splices and steering) to prompt and generated positions alike, exactly as
+// a Run over the sequence so far would. With a KV cache (the default) the prompt runs once and
+// each step runs only the new tokens; plans whose edits need the whole sequence (position
+// selectors, mean ablations, patches, attention scores or patterns) recompute it every step
+// instead, with the same results (see docs/generation.md).
 #pragma once
 
 #include <atomic>
@@ -25,6 +26,9 @@ struct GenerateParams {
   // Per step, the top_logprobs most likely tokens and their log-probs (0 = none).
   int64_t top_logprobs = 0;
   const std::atomic<bool>* cancelled = nullptr;  // checked between steps and layers
+  // Decode over a KV cache when the plan allows it; false recomputes every step (the reference
+  // the cached path is tested against).
+  bool use_kv_cache = true;
 };
 
 enum class FinishReason : uint8_t { kLength, kStopToken, kContext };

@@ -20,6 +20,10 @@ class ForwardPass {
         sink_(sink), batch_(batch), seq_(seq), tokens_(batch * seq) {}
 
   TokenLayout layout_;  // where each row's real tokens are, for position selectors
+  // Decoding: the cache the pass's keys and values go into (at `cache_slots_`, device i32
+  // [batch * seq]) and attention reads from.
+  KvCache* cache_ = nullptr;
+  Tensor cache_slots_;
 
   absl::StatusOr<ForwardOutput> Run(const Tensor& ids, const Tensor& mask,
                                     const Tensor& positions, const Tensor& last_index,
@@ -216,11 +220,25 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
   }
   double scale = c_.attn_scale;
   if (c_.attn_scale_by_layer) scale /= static_cast<double>(layer + 1);
+  AttentionOptions options{.window = c_.WindowOf(layer),
+                           .softcap = static_cast<float>(c_.attn_softcap)};
   GB_ASSIGN_OR_RETURN(Tensor z, New({batch_, seq_, h, dh}));
-  const AttentionOptions options{.window = c_.WindowOf(layer),
-                                 .softcap = static_cast<float>(c_.attn_softcap)};
-  GB_RETURN_IF_ERROR(be_.Attention(q, k, v, mask, static_cast<float>(scale), z, OutOrNull(scores),
-                                   OutOrNull(pattern), options));
+  if (cache_ != nullptr) {
+    // Decoding: this pass's keys and values join the cache, and the queries attend to all of it.
+    Tensor& keys = cache_->keys(layer);
+    Tensor& values = cache_->values(layer);
+    const int64_t slots = cache_->batch() * cache_->capacity();
+    Tensor key_rows = keys.Reshape({slots, hkv * dh});
+    Tensor value_rows = values.Reshape({slots, hkv * dh});
+    GB_RETURN_IF_ERROR(be_.ScatterRows(k.Reshape({tokens_, hkv * dh}), cache_slots_, key_rows));
+    GB_RETURN_IF_ERROR(be_.ScatterRows(v.Reshape({tokens_, hkv * dh}), cache_slots_, value_rows));
+    options.query_offset = cache_->length();
+    GB_RETURN_IF_ERROR(be_.Attention(q, keys, values, mask, static_cast<float>(scale), z, nullptr,
+                                     nullptr, options));
+  } else {
+    GB_RETURN_IF_ERROR(be_.Attention(q, k, v, mask, static_cast<float>(scale), z,
+                                     OutOrNull(scores), OutOrNull(pattern), options));
+  }
   GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnScores, layer, scores));
   if (scores_edited || pattern_edited) {
     GB_ASSIGN_OR_RETURN(z, AttendEdited(layer, scores, pattern, v, scores_edited));
@@ -391,7 +409,73 @@ absl::StatusOr<ForwardOutput> ForwardPass::Run(const Tensor& ids, const Tensor& 
                               request);
 }
 
+// What a pass over a KV cache cannot do: see ForwardInput::cache.
+absl::Status CheckCachedPass(const KvCache& cache, const HookPlan& plan,
+                             const ForwardOptions& options, int64_t batch, int64_t seq) {
+  GB_RETURN_IF_ERROR(CheckPlanForCache(plan));
+  if (cache.batch() != batch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the KV cache holds ", cache.batch(), " rows; the input has ", batch));
+  }
+  if (cache.length() + seq > cache.capacity()) {
+    return absl::InvalidArgumentError(absl::StrCat("the KV cache has ", cache.capacity() - cache.length(),
+                                                   " free slots; the input needs ", seq));
+  }
+  if (options.loss_per_token || options.stop_at_layer >= 0) {
+    return absl::InvalidArgumentError("a pass over a KV cache computes no loss and runs every layer");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::Status CheckPlanForCache(const HookPlan& plan) {
+  const HookRegistry& hooks = plan.registry();
+  for (HookId id = 0; id < hooks.size(); ++id) {
+    const HookInfo& info = hooks.info(id);
+    const bool square = info.kind == HookKind::kAttnScores || info.kind == HookKind::kPattern;
+    if (square && plan.Touches(id)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          info.name, " is not available in a pass over a KV cache (it needs the whole sequence)"));
+    }
+    for (const Intervention& edit : plan.Edits(id)) {
+      if (!IsPositionLocal(edit, info)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the edit at ", info.name, " selects positions or reads other positions; a pass "
+            "over a KV cache edits every new token alike"));
+      }
+    }
+    if (const SaeSplice* splice = plan.SaeSpliceAt(id)) {
+      for (const FeatureEdit& edit : splice->options.edits) {
+        if (!edit.tokens.empty()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "an SAE feature edit at ", info.name, " selects tokens; a pass over a KV cache "
+              "edits every new token alike"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool IsPositionLocal(const Intervention& edit, const HookInfo& info) {
+  if (!edit.select.positions.empty()) return false;
+  switch (edit.kind) {
+    case InterventionKind::kZero:
+    case InterventionKind::kScale:
+      return true;
+    case InterventionKind::kAdd:
+    case InterventionKind::kSet: {
+      // A value of one token's shape ([D] or [M, D]) broadcasts over positions; a [pos, ...] or
+      // full-shape value is indexed by position.
+      const int64_t per_token = info.dims.back().size *
+                                (info.dims.size() == 4 ? info.dims[2].size : 1);
+      return edit.value.numel() <= per_token;
+    }
+    default:
+      return false;
+  }
+}
 
 absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string& model_dir,
                                                                std::shared_ptr<Backend> backend,
@@ -450,12 +534,15 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
     std::fill_n(mask.data<int32_t>(), mask.numel(), 1);
   }
 
+  KvCache* cache = input.cache;
+  if (cache != nullptr) GB_RETURN_IF_ERROR(CheckCachedPass(*cache, plan, options, batch, seq));
+
   // Positions count real tokens only; ids, lengths and positions are checked before any work.
   Tensor positions = Tensor::EmptyHost(DType::kI32, tokens.shape());
   Tensor last_index = Tensor::EmptyHost(DType::kI32, {batch});
   Tensor targets = Tensor::EmptyHost(DType::kI32, {batch * seq});
   for (int64_t b = 0; b < batch; ++b) {
-    int32_t real = 0;
+    int32_t real = cache != nullptr ? cache->real_tokens(b) : 0;  // a cached row continues
     int32_t last = -1;
     for (int64_t s = 0; s < seq; ++s) {
       const int64_t i = b * seq + s;
@@ -498,12 +585,17 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
     return t;
   };
   GB_ASSIGN_OR_RETURN(Tensor ids_dev, upload(ids));
-  GB_ASSIGN_OR_RETURN(Tensor mask_dev, upload(mask));
+  // Attention reads the keys' mask: the new tokens', or with a cache every slot's.
+  GB_ASSIGN_OR_RETURN(Tensor mask_dev, upload(cache != nullptr ? cache->KeyMaskWith(mask) : mask));
   GB_ASSIGN_OR_RETURN(Tensor positions_dev, upload(positions));
   GB_ASSIGN_OR_RETURN(Tensor last_dev, upload(last_index));
   GB_ASSIGN_OR_RETURN(Tensor targets_dev, upload(targets));
   ForwardPass pass(config_, hooks_, weights_, *backend_, dtype_, plan, sink, batch, seq);
   pass.layout_ = TokenLayout::FromMask(mask);
+  if (cache != nullptr) {
+    pass.cache_ = cache;
+    GB_ASSIGN_OR_RETURN(pass.cache_slots_, upload(cache->NextSlots(seq)));
+  }
   if (plan.HasAnyEdits()) {
     for (HookId id = 0; id < hooks_.size(); ++id) {
       for (const Intervention& edit : plan.Edits(id)) {
@@ -511,7 +603,9 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
       }
     }
   }
-  return pass.Run(ids_dev, mask_dev, positions_dev, last_dev, targets_dev, options);
+  auto out = pass.Run(ids_dev, mask_dev, positions_dev, last_dev, targets_dev, options);
+  if (out.ok() && cache != nullptr) cache->Advance(mask);
+  return out;
 }
 
 }  // namespace glassbox

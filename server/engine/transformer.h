@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "server/engine/hook_plan.h"
 #include "server/engine/hook_points.h"
+#include "server/engine/kv_cache.h"
 #include "server/engine/logits_outputs.h"
 #include "server/engine/model_weights.h"
 #include "server/model/model_config.h"
@@ -23,6 +24,12 @@ struct ForwardInput {
   // means every token is real. Real tokens are numbered from position 0 whatever the padding, so
   // each sequence's values equal those of an unpadded run of it.
   Tensor attention_mask;
+  // Decoding: `tokens` continue the sequences whose keys and values the cache holds. They fill
+  // its next slots (so the cache must be this model's, with this batch and room for them), their
+  // positions continue each row's count, and they attend to every cached key. The plan may then
+  // not touch attention scores or patterns, nor edit with position selectors or edits that
+  // read other positions (mean ablations, patches): those need the whole sequence.
+  KvCache* cache = nullptr;
 };
 
 struct ForwardOptions {
@@ -59,6 +66,14 @@ class CaptureSink {
   // writes to it again, so a sink may keep it (sharing, not copying).
   virtual absl::Status OnCapture(HookId id, const HookInfo& info, const Tensor& value) = 0;
 };
+
+// Whether an edit treats every token alike and reads no other token (zero, scale, and add / set
+// of a one-token value, at every position): such edits give the same result whether the
+// sequence runs at once or token by token over a KV cache.
+bool IsPositionLocal(const Intervention& edit, const HookInfo& info);
+// OK when a pass over a KV cache can run `plan`: it touches no attention scores or patterns and
+// its edits are position-local (INVALID_ARGUMENT naming the first that is not).
+absl::Status CheckPlanForCache(const HookPlan& plan);
 
 class Transformer {
  public:

@@ -4,6 +4,7 @@
 // HF ran each alone. Then stopping, seeds and bad parameters.
 #include "server/engine/generate.h"
 
+#include <cmath>
 #include <map>
 #include <memory>
 #include <string>
@@ -137,6 +138,82 @@ TEST_F(GenerateBehaviourTest, StopTokenEndsOnlyItsRow) {
     EXPECT_EQ(stopped->generated[1], free_run->generated[1]);
     EXPECT_EQ(stopped->finish[1], FinishReason::kLength);
   }
+}
+
+// Decoding over the KV cache equals recomputing the sequence every step: the chosen tokens and
+// their log-probs (the logits at every step), on ragged rows, steered, with a sliding window.
+TEST_F(GenerateBehaviourTest, KvCacheEqualsRecomputingEveryStep) {
+  for (const std::string name : {"tiny-llama", "tiny-gpt2", "tiny-mistral", "tiny-gemma2"}) {
+    SCOPED_TRACE(name);
+    auto model = Transformer::Load(FixturePath("models/" + name), std::make_shared<CpuBackend>(),
+                                   DType::kF32);
+    ASSERT_TRUE(model.ok()) << model.status();
+    HookPlan plan((*model)->hooks());
+    Tensor direction = Tensor::EmptyHost(DType::kF32, {(*model)->config().d_model});
+    for (int64_t i = 0; i < direction.numel(); ++i) direction.data<float>()[i] = std::sin(i * 0.7f);
+    ASSERT_TRUE(plan.AddIntervention({.hook = (*model)->hooks().Find(HookKind::kResidPre, 1),
+                                      .kind = InterventionKind::kAdd,
+                                      .coefficient = 0.5f,
+                                      .value = direction})
+                    .ok());
+    ASSERT_TRUE(CheckPlanForCache(plan).ok());
+    std::vector<std::vector<float>> logprobs[2];
+    std::vector<std::vector<int32_t>> tokens[2];
+    for (bool cached : {false, true}) {
+      GenerateParams params{.max_new_tokens = 14, .top_logprobs = 5};
+      params.use_kv_cache = cached;
+      params.sampling = {.temperature = 0.9, .seed = 3};
+      auto got = Generate(**model, {{5, 6, 7, 8, 9, 10}, {11}, {12, 13, 14}}, plan, params,
+                          [&](const GeneratedStep& step) {
+                            std::vector<float> row;
+                            for (const auto& top : step.top) {
+                              for (const auto& [id, lp] : top) row.push_back(lp);
+                            }
+                            logprobs[cached].push_back(row);
+                            return absl::OkStatus();
+                          });
+      ASSERT_TRUE(got.ok()) << got.status();
+      tokens[cached] = got->generated;
+    }
+    EXPECT_EQ(tokens[0], tokens[1]);
+    ASSERT_EQ(logprobs[0].size(), logprobs[1].size());
+    for (size_t s = 0; s < logprobs[0].size(); ++s) {
+      ASSERT_EQ(logprobs[0][s].size(), logprobs[1][s].size());
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < logprobs[0][s].size(); ++i) {
+        diff += std::pow(logprobs[0][s][i] - logprobs[1][s][i], 2);
+        norm += std::pow(logprobs[0][s][i], 2);
+      }
+      EXPECT_LE(std::sqrt(diff / norm), 1e-5) << "step " << s;
+    }
+  }
+}
+
+TEST_F(GenerateBehaviourTest, PlansThatNeedTheWholeSequenceAreNotCached) {
+  HookPlan positions(model_->hooks());
+  ASSERT_TRUE(positions.AddIntervention({.hook = model_->hooks().Find(HookKind::kResidPre, 0),
+                                         .kind = InterventionKind::kZero,
+                                         .select = {.positions = {1}}})
+                  .ok());
+  EXPECT_THAT(CheckPlanForCache(positions).message(), HasSubstr("selects positions"));
+  HookPlan pattern(model_->hooks());
+  ASSERT_TRUE(pattern.AddIntervention({.hook = model_->hooks().Find(HookKind::kPattern, 1),
+                                       .kind = InterventionKind::kScale,
+                                       .coefficient = 0.5f})
+                  .ok());
+  EXPECT_THAT(CheckPlanForCache(pattern).message(), HasSubstr("hook_pattern"));
+  HookPlan mean(model_->hooks());
+  ASSERT_TRUE(mean.AddIntervention({.hook = model_->hooks().Find(HookKind::kMlpPost, 0),
+                                    .kind = InterventionKind::kMeanPos})
+                  .ok());
+  EXPECT_FALSE(CheckPlanForCache(mean).ok());
+  // Such plans still generate, recomputing each step, the same as without the cache.
+  GenerateParams params{.max_new_tokens = 5};
+  auto recomputed = Generate(*model_, {{5, 6, 7}}, positions, params, nullptr);
+  params.use_kv_cache = false;
+  auto reference = Generate(*model_, {{5, 6, 7}}, positions, params, nullptr);
+  ASSERT_TRUE(recomputed.ok() && reference.ok());
+  EXPECT_EQ(recomputed->generated, reference->generated);
 }
 
 TEST_F(GenerateBehaviourTest, SeedsReproduceAndDiffer) {

@@ -114,6 +114,39 @@ TEST_P(CpuAttentionTest, MatchesTheDefinition) {
   EXPECT_LE(RelativeError(z, want_z), 1e-6);
 }
 
+// Decoding with a KV cache: the last queries over all keys, placed by query_offset, equal the
+// last rows of the full causal attention, with windows and soft caps too.
+TEST_P(CpuAttentionTest, QueriesOverCachedKeysEqualTheFullRows) {
+  const Dims d{2, 11, 4, 2, 8};
+  const int64_t fresh = 3, offset = d.seq - fresh;
+  std::mt19937 rng(77);
+  const Tensor q = Random({d.batch, d.seq, d.heads, d.d_head}, rng);
+  const Tensor k = Random({d.batch, d.seq, d.kv_heads, d.d_head}, rng);
+  const Tensor v = Random({d.batch, d.seq, d.kv_heads, d.d_head}, rng);
+  Tensor key_mask = Tensor::EmptyHost(DType::kI32, {d.batch, d.seq});
+  for (int64_t i = 0; i < key_mask.numel(); ++i) key_mask.data<int32_t>()[i] = i == 2 ? 0 : 1;
+  CpuBackend cpu;
+  AttentionOptions options = GetParam().options;
+  Tensor z = Tensor::EmptyHost(DType::kF32, q.shape());
+  ASSERT_TRUE(cpu.Attention(q, k, v, key_mask, 0.7f, z, nullptr, nullptr, options).ok());
+
+  Tensor q_last = Tensor::EmptyHost(DType::kF32, {d.batch, fresh, d.heads, d.d_head});
+  const int64_t row = d.heads * d.d_head;
+  for (int64_t b = 0; b < d.batch; ++b) {
+    std::copy_n(q.data<float>() + (b * d.seq + offset) * row, fresh * row,
+                q_last.data<float>() + b * fresh * row);
+  }
+  options.query_offset = offset;
+  Tensor z_last = Tensor::EmptyHost(DType::kF32, q_last.shape());
+  ASSERT_TRUE(cpu.Attention(q_last, k, v, key_mask, 0.7f, z_last, nullptr, nullptr, options).ok());
+  for (int64_t b = 0; b < d.batch; ++b) {
+    for (int64_t i = 0; i < fresh * row; ++i) {
+      EXPECT_FLOAT_EQ(z_last.data<float>()[b * fresh * row + i],
+                      z.data<float>()[(b * d.seq + offset) * row + i]);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Options, CpuAttentionTest,
                          ::testing::Values(Case{"plain", {}}, Case{"window1", {.window = 1}},
                                            Case{"window4", {.window = 4}},

@@ -314,6 +314,47 @@ std::vector<Case> Cases() {
          Tensor z = e.F({1, 4, 2, 8});
          return e.be.Attention(e.F({1, 4, 2, 8}), e.F({1, 4, 1, 8}), e.F({1, 4, 1, 8}), e.I({1, 4}), 1, z, nullptr, nullptr, {.softcap = std::nanf("")});
        }},
+      {"Attention_QueriesOverCachedKeys", kOk,
+       [](Env& e) {
+         Tensor z = e.F({1, 1, 2, 8});
+         Tensor pattern = e.F({1, 2, 1, 4});
+         return e.be.Attention(e.F({1, 1, 2, 8}), e.F({1, 4, 1, 8}), e.F({1, 4, 1, 8}), e.I({1, 4}), 1, z, nullptr, &pattern, {.query_offset = 3});
+       }},
+      {"Attention_QueriesPastTheKeys", kBug,
+       [](Env& e) {
+         Tensor z = e.F({1, 2, 2, 8});
+         return e.be.Attention(e.F({1, 2, 2, 8}), e.F({1, 4, 1, 8}), e.F({1, 4, 1, 8}), e.I({1, 4}), 1, z, nullptr, nullptr, {.query_offset = 3});
+       }},
+      {"Attention_NegativeQueryOffset", kBug,
+       [](Env& e) {
+         Tensor z = e.F({1, 4, 2, 8});
+         return e.be.Attention(e.F({1, 4, 2, 8}), e.F({1, 4, 1, 8}), e.F({1, 4, 1, 8}), e.I({1, 4}), 1, z, nullptr, nullptr, {.query_offset = -1});
+       }},
+      {"Attention_FewerKeysThanQueries", kBug,
+       [](Env& e) {
+         Tensor z = e.F({1, 4, 2, 8});
+         return e.be.Attention(e.F({1, 4, 2, 8}), e.F({1, 2, 1, 8}), e.F({1, 2, 1, 8}), e.I({1, 2}), 1, z, nullptr, nullptr);
+       }},
+      {"ScatterRows_Ok", kOk,
+       [](Env& e) {
+         Tensor table = e.F({6, 4});
+         return e.be.ScatterRows(e.F({2, 4}), e.I({2}), table);
+       }},
+      {"ScatterRows_WidthMismatch", kBug,
+       [](Env& e) {
+         Tensor table = e.F({6, 4});
+         return e.be.ScatterRows(e.F({2, 3}), e.I({2}), table);
+       }},
+      {"ScatterRows_FloatRows", kBug,
+       [](Env& e) {
+         Tensor table = e.F({6, 4});
+         return e.be.ScatterRows(e.F({2, 4}), e.F({2}), table);
+       }},
+      {"ScatterRows_Empty", kOk,
+       [](Env& e) {
+         Tensor table = e.F({6, 4});
+         return e.be.ScatterRows(e.F({0, 4}), e.I({0}), table);
+       }},
       {"Attention_WindowAndSoftcap", kOk,
        [](Env& e) {
          Tensor z = e.F({1, 4, 2, 8});
