@@ -69,6 +69,9 @@ COPY deploy/config.json /etc/glassbox/config.json
 # Models and SAEs are mounted read-only from the host or a volume; nothing is baked in.
 VOLUME ["/models", "/saes"]
 USER glassbox:glassbox
+# OpenMP threads sleep between parallel regions instead of spinning against OpenBLAS's pool
+# (glassboxd sets this itself when it is unset).
+ENV OMP_WAIT_POLICY=PASSIVE
 EXPOSE 50051
 # glassboxd stops accepting work on SIGTERM, drains in-flight requests (--drain_seconds,
 # default 30) and exits 0: give it at least that long (docker stop -t 40, k8s grace 45 s).
