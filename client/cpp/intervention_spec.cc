@@ -41,6 +41,7 @@ constexpr KindName kKinds[] = {
     {"mean_pos", pb::INTERVENTION_MEAN_POS},
     {"patch_row", pb::INTERVENTION_PATCH_ROW},
     {"patch_cached", pb::INTERVENTION_PATCH_CACHED},
+    {"project_out", pb::INTERVENTION_PROJECT_OUT},
 };
 
 absl::StatusOr<std::vector<int32_t>> ParseInts(absl::string_view spec, absl::string_view key,
@@ -349,10 +350,12 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
   // What each kind needs and accepts, so that a spec that would be a silent no-op or would be
   // misread is a usage error here rather than a surprise later.
   const pb::InterventionKind k = in.kind();
-  const bool takes_coef = k == pb::INTERVENTION_SCALE || k == pb::INTERVENTION_ADD;
-  const bool takes_value = k == pb::INTERVENTION_ADD || k == pb::INTERVENTION_SET;
+  const bool takes_coef = k == pb::INTERVENTION_SCALE || k == pb::INTERVENTION_ADD ||
+                          k == pb::INTERVENTION_PROJECT_OUT;
+  const bool takes_value = k == pb::INTERVENTION_ADD || k == pb::INTERVENTION_SET ||
+                           k == pb::INTERVENTION_PROJECT_OUT;
   if (seen.contains("coef") && !takes_coef) {
-    return SpecError(spec, absl::StrCat("coef= applies to scale and add, not ", kind));
+    return SpecError(spec, absl::StrCat("coef= applies to scale, add and project_out, not ", kind));
   }
   if (k == pb::INTERVENTION_SCALE && !seen.contains("coef")) {
     return SpecError(spec, "scale needs coef=X (x[S] *= X)");
@@ -361,7 +364,7 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
     return SpecError(spec, absl::StrCat(kind, " needs value=V (numbers, @FILE.safetensors#NAME or @FILE.npy)"));
   }
   if (!takes_value && seen.contains("value")) {
-    return SpecError(spec, absl::StrCat("value= applies to add and set, not ", kind));
+    return SpecError(spec, absl::StrCat("value= applies to add, set and project_out, not ", kind));
   }
   if (k == pb::INTERVENTION_PATCH_ROW && !seen.contains("source_rows")) {
     return SpecError(spec, "patch_row needs source_rows=LIST (one source row per batch row)");

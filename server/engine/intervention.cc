@@ -1,6 +1,7 @@
 #include "server/engine/intervention.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -230,6 +231,25 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
   if (edit.kind == InterventionKind::kAdd || edit.kind == InterventionKind::kSet) {
     GB_RETURN_IF_ERROR(CheckValueSize(edit, info, v, batch, seq));
   }
+  if (edit.kind == InterventionKind::kProjectOut) {
+    if (attention) return Bad(info, "a direction is projected out of activations, not attention");
+    if (!edit.select.dims.empty()) {
+      return Bad(info, "projecting out a direction uses the whole last axis; leave dims empty");
+    }
+    const int64_t n = edit.value.defined() ? edit.value.numel() : 0;
+    if (n != v.d && n != v.m * v.d) {
+      return Bad(info, absl::StrCat("the direction has ", n, " elements; it must be [", v.d,
+                                    "] or one per head [", v.m, ",", v.d, "]"));
+    }
+    const float* u = edit.value.data<float>();
+    for (int64_t m = 0; m < n / v.d; ++m) {
+      double norm = 0;
+      for (int64_t d = 0; d < v.d; ++d) norm += double{u[m * v.d + d]} * u[m * v.d + d];
+      if (!(norm > 0) || !std::isfinite(norm)) {
+        return Bad(info, "the direction must be finite and non-zero");
+      }
+    }
+  }
   if (IsPatch(edit.kind)) GB_RETURN_IF_ERROR(CheckPatchSource(edit, info, v, batch, seq));
   return absl::OkStatus();
 }
@@ -271,6 +291,30 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
     return layout.real[b].empty() ? 0.0f : static_cast<float>(sum / static_cast<double>(layout.real[b].size()));
   };
 
+  if (edit.kind == InterventionKind::kProjectOut) {
+    // Per token (and head), along the whole last axis: x -= c (x . u) u with u the unit direction.
+    const int64_t per_head = value_n == v.m * v.d;
+    std::vector<double> unit(static_cast<size_t>(value_n));
+    for (int64_t m = 0; m < value_n / v.d; ++m) {
+      double norm = 0;
+      for (int64_t d = 0; d < v.d; ++d) norm += double{edit.value.data<float>()[m * v.d + d]} * edit.value.data<float>()[m * v.d + d];
+      norm = std::sqrt(norm);
+      for (int64_t d = 0; d < v.d; ++d) unit[m * v.d + d] = edit.value.data<float>()[m * v.d + d] / norm;
+    }
+    for (int32_t b : rows) {
+      for (const auto& [p, unused] : ResolvePositions(edit.select.positions, v.seq, edit, layout, b, b)) {
+        for (int32_t mi : heads) {
+          const double* u = unit.data() + (per_head ? mi * v.d : 0);
+          float* e = x + v.Offset(b, p, mi, 0);
+          double dot = 0;
+          for (int64_t d = 0; d < v.d; ++d) dot += e[d] * u[d];
+          for (int64_t d = 0; d < v.d; ++d) e[d] -= static_cast<float>(edit.coefficient * dot * u[d]);
+        }
+      }
+    }
+    return;
+  }
+
   for (int32_t b : rows) {
     const int32_t source_row = IsPatch(edit.kind) ? edit.source_rows[b] : b;
     const auto positions = ResolvePositions(edit.select.positions, v.seq, edit, layout, b, source_row);
@@ -292,6 +336,8 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
             case InterventionKind::kPatchFrom:
               e = edit.value.data<float>()[v.Offset(source_row, source_p, mi, source_d)];
               break;
+            case InterventionKind::kProjectOut:
+              break;  // handled above, per token
           }
         }
       }

@@ -28,6 +28,8 @@ enum class InterventionKind : uint8_t {
   kPatchRow,  // x[b, S] = x[source_rows[b], S]   (resample / patch from another batch item)
   kPatchFrom, // x[b, S] = value[source_rows[b], S], value = the same hook in another run
               //           ([source batch, pos, ...], unpadded): activation patching
+  kProjectOut,// x[S] -= coefficient * (x . u) u, u = value / |value| along the last axis:
+              //           directional ablation (Arditi et al., 2024); value [D] or [M, D]
 };
 
 // Which elements S an intervention touches; an empty list means all along that axis.

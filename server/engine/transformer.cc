@@ -463,6 +463,7 @@ bool IsPositionLocal(const Intervention& edit, const HookInfo& info) {
   switch (edit.kind) {
     case InterventionKind::kZero:
     case InterventionKind::kScale:
+    case InterventionKind::kProjectOut:  // a direction of one token's (or head's) shape
       return true;
     case InterventionKind::kAdd:
     case InterventionKind::kSet: {

@@ -81,10 +81,11 @@ absl::StatusOr<InterventionKind> FromProtoKind(glassbox::v1::InterventionKind ki
     case glassbox::v1::INTERVENTION_PATCH_ROW: return InterventionKind::kPatchRow;
     case glassbox::v1::INTERVENTION_PATCH_CACHED:
       return InterventionKind::kPatchFrom;
+    case glassbox::v1::INTERVENTION_PROJECT_OUT: return InterventionKind::kProjectOut;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": set kind (ZERO, SCALE, ADD, SET, ",
-                       "MEAN_BATCH, MEAN_POS, PATCH_ROW or PATCH_CACHED)"));
+                       "MEAN_BATCH, MEAN_POS, PATCH_ROW, PATCH_CACHED or PROJECT_OUT)"));
   }
 }
 

@@ -69,6 +69,13 @@ TEST(InterventionSpecTest, EveryKindAndSelector) {
   EXPECT_EQ(in->coefficient(), 4.0f);
   EXPECT_THAT(in->value(), ElementsAre(0.1f, -0.2f, 0.3f));
 
+  in = Parse("project_out:blocks.*.hook_resid_pre:value=1,0,2");
+  ASSERT_TRUE(in.ok()) << in.status();
+  EXPECT_EQ(in->kind(), pb::INTERVENTION_PROJECT_OUT);
+  EXPECT_THAT(in->value(), ElementsAre(1.0f, 0.0f, 2.0f));
+  EXPECT_FALSE(in->has_coefficient());
+  EXPECT_FALSE(Parse("project_out:blocks.0.hook_resid_pre").ok());  // needs the direction
+
   in = Parse("scale:blocks.1.attn.hook_v:heads=0:coef=0.5");
   ASSERT_TRUE(in.ok()) << in.status();
   EXPECT_EQ(in->kind(), pb::INTERVENTION_SCALE);
@@ -150,14 +157,14 @@ TEST(InterventionSpecTest, UsageErrors) {
   ExpectSpecError("zero:blocks.0.attn.hook_z:heads=x", "\"x\" is not an integer");
   ExpectSpecError("zero:blocks.0.attn.hook_z:heads=-1", "heads: -1 is negative");
   ExpectSpecError("zero:blocks.0.attn.hook_z:rows=-1", "rows: -1 is negative");
-  ExpectSpecError("zero:blocks.0.attn.hook_z:coef=2", "coef= applies to scale and add");
+  ExpectSpecError("zero:blocks.0.attn.hook_z:coef=2", "coef= applies to scale, add and project_out");
   ExpectSpecError("scale:blocks.0.attn.hook_z", "scale needs coef=X");
   ExpectSpecError("scale:blocks.0.attn.hook_z:coef=nan", "not a finite number");
   ExpectSpecError("add:blocks.0.hook_resid_pre:coef=2", "add needs value=V");
   ExpectSpecError("set:blocks.0.hook_resid_pre", "set needs value=V");
   ExpectSpecError("add:blocks.0.hook_resid_pre:value=1,,2", "is not a finite number");
   ExpectSpecError("add:blocks.0.hook_resid_pre:value=", "needs numbers or @FILE");
-  ExpectSpecError("zero:blocks.0.hook_resid_pre:value=1", "value= applies to add and set");
+  ExpectSpecError("zero:blocks.0.hook_resid_pre:value=1", "value= applies to add, set and project_out");
   ExpectSpecError("patch_row:blocks.0.hook_resid_pre", "patch_row needs source_rows=");
   ExpectSpecError("zero:blocks.0.hook_resid_pre:source_rows=1", "applies to patch_row");
   ExpectSpecError("patch_cached:blocks.0.hook_resid_pre", "patch_cached needs from=NAME");

@@ -134,6 +134,82 @@ TEST(Interventions, BadEditsAreRejectedWithTheReason) {
               HasSubstr("source row 3"));
 }
 
+// Directional ablation: the captured value is x - (x . u) u per token (u the unit direction,
+// computed here in double from the unedited capture), it has no component along u left, and
+// what flows on equals setting that value outright. One direction per head works on hook_z.
+TEST(Interventions, ProjectOutRemovesTheDirection) {
+  auto model = Transformer::Load(FixturePath("models/tiny-llama"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const HookRegistry& hooks = (*model)->hooks();
+  const Tensor ids = Tensor::FromHost(std::vector<int32_t>{4, 8, 15, 16, 23, 42}, {1, 6});
+  for (const std::string hook : {"blocks.1.hook_resid_pre", "blocks.0.attn.hook_z"}) {
+    SCOPED_TRACE(hook);
+    const HookInfo& info = hooks.info(*hooks.Resolve(hook));
+    const int64_t d = info.dims.back().size, m = info.dims.size() == 4 ? info.dims[2].size : 1;
+    Tensor direction = Tensor::EmptyHost(DType::kF32, m == 1 ? Shape{d} : Shape{m, d});
+    for (int64_t i = 0; i < direction.numel(); ++i) direction.data<float>()[i] = std::cos(1.3f * i) + 0.2f;
+
+    HookPlan clean(hooks);
+    ASSERT_TRUE(clean.Capture(hook).ok());
+    CollectingSink clean_sink;
+    ASSERT_TRUE((*model)->Forward({.tokens = ids}, clean, &clean_sink, {}).ok());
+    const Tensor x = clean_sink.values.at(hook);
+
+    HookPlan edited(hooks);
+    ASSERT_TRUE(edited.Capture(hook).ok());
+    ASSERT_TRUE(edited.AddIntervention({.hook = *hooks.Resolve(hook),
+                                        .kind = InterventionKind::kProjectOut,
+                                        .value = direction}).ok());
+    CollectingSink edited_sink;
+    auto out = (*model)->Forward({.tokens = ids}, edited, &edited_sink, {});
+    ASSERT_TRUE(out.ok()) << out.status();
+    const Tensor got = edited_sink.values.at(hook);
+
+    Tensor expected = Tensor::EmptyHost(DType::kF32, x.shape());
+    double worst_component = 0;
+    for (int64_t t = 0; t < x.numel() / (m * d); ++t) {
+      for (int64_t h = 0; h < m; ++h) {
+        const float* u_raw = direction.data<float>() + (m == 1 ? 0 : h * d);
+        double norm = 0, dot = 0, left = 0;
+        for (int64_t i = 0; i < d; ++i) norm += double{u_raw[i]} * u_raw[i];
+        norm = std::sqrt(norm);
+        const float* xi = x.data<float>() + (t * m + h) * d;
+        for (int64_t i = 0; i < d; ++i) dot += xi[i] * (u_raw[i] / norm);
+        for (int64_t i = 0; i < d; ++i) {
+          expected.data<float>()[(t * m + h) * d + i] = static_cast<float>(xi[i] - dot * u_raw[i] / norm);
+          left += got.data<float>()[(t * m + h) * d + i] * (u_raw[i] / norm);
+        }
+        worst_component = std::max(worst_component, std::abs(left));
+      }
+    }
+    EXPECT_LE(NormRelativeError(got, expected), 1e-6);
+    EXPECT_LT(worst_component, 1e-4);
+
+    HookPlan set(hooks);
+    ASSERT_TRUE(set.AddIntervention({.hook = *hooks.Resolve(hook), .kind = InterventionKind::kSet,
+                                     .value = expected}).ok());
+    auto set_out = (*model)->Forward({.tokens = ids}, set, nullptr, {});
+    ASSERT_TRUE(set_out.ok());
+    EXPECT_LE(NormRelativeError(out->logits, set_out->logits), 1e-6);
+  }
+
+  auto error = [&](Intervention edit) {
+    HookPlan p(hooks);
+    EXPECT_TRUE(p.AddIntervention(edit).ok());
+    return std::string((*model)->Forward({.tokens = ids}, p, nullptr, {}).status().message());
+  };
+  const HookId resid = *hooks.Resolve("blocks.0.hook_resid_pre");
+  EXPECT_THAT(error({.hook = resid, .kind = InterventionKind::kProjectOut,
+                     .value = Tensor::ZerosHost(DType::kF32, {64})}),
+              HasSubstr("finite and non-zero"));
+  EXPECT_THAT(error({.hook = resid, .kind = InterventionKind::kProjectOut,
+                     .value = Tensor::FromHost(std::vector<float>(5, 1.0f), {5})}),
+              HasSubstr("the direction has 5 elements"));
+  EXPECT_THAT(error({.hook = resid, .kind = InterventionKind::kProjectOut, .select = {.dims = {1}},
+                     .value = Tensor::FromHost(std::vector<float>(64, 1.0f), {64})}),
+              HasSubstr("leave dims empty"));
+}
+
 // Runs `tokens` (with `mask`, if defined) through tiny-gpt2 or tiny-llama with `edits`
 // ({hook name, edit}), capturing `captures`.
 struct EditedRun {

@@ -82,3 +82,20 @@ def test_bad_requests_are_precise(client: glassbox.Client) -> None:
         llama.generate([1, 2], max_new_tokens=2, temperature=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         llama.generate([1, 2], max_new_tokens=0)
+
+
+def test_project_out_during_generation(client: glassbox.Client) -> None:
+    demo = client.model("demo")
+    direction = np.cos(np.arange(demo.info.d_model) * 0.3).astype(np.float32)
+    ablate = glassbox.ProjectOut("blocks.*.hook_resid_pre", direction)
+    _, cache = demo.run_with_cache([[5, 6, 7, 8]], names_filter="blocks.2.hook_resid_pre",
+                                   interventions=ablate)
+    unit = direction / np.linalg.norm(direction)
+    assert np.abs(cache["blocks.2.hook_resid_pre"] @ unit).max() < 1e-4
+    plain = demo.generate([5, 6, 7, 8], max_new_tokens=10, do_sample=False, stop_at_eos=False)
+    ablated = demo.generate([5, 6, 7, 8], max_new_tokens=10, do_sample=False, stop_at_eos=False,
+                            interventions=ablate)
+    assert ablated.shape == plain.shape == (1, 14)
+    with pytest.raises(glassbox.InvalidArgument, match="non-zero"):
+        demo.generate([5, 6], max_new_tokens=2,
+                      interventions=glassbox.ProjectOut("blocks.0.hook_resid_pre", np.zeros(128)))

@@ -38,6 +38,7 @@ _KINDS = {
     "mean_pos": pb.INTERVENTION_MEAN_POS,
     "patch_rows": pb.INTERVENTION_PATCH_ROW,
     "patch_cached": pb.INTERVENTION_PATCH_CACHED,
+    "project_out": pb.INTERVENTION_PROJECT_OUT,
 }
 
 
@@ -66,7 +67,8 @@ class Intervention:
     ``Set``, ``MeanAblate`` or ``PatchRows``.
 
     Args:
-        kind: "zero", "scale", "add", "set", "mean_batch", "mean_pos" or "patch_rows".
+        kind: "zero", "scale", "add", "set", "mean_batch", "mean_pos", "patch_rows" or
+            "project_out".
         hook: hook name, glob, or get_act_name tuple such as ``("z", 0)``.
         rows, positions, heads, dims: the selection (None = all along that axis). ``dims`` are
             last-axis indices: neurons of mlp.hook_post, d_model features, d_head features;
@@ -112,7 +114,7 @@ class Intervention:
                 raise TypeError(f"{name}.coef must be a number, got {coef!r}")
             coef = float(coef)
         self.coef: Optional[float] = coef
-        if kind in ("add", "set"):
+        if kind in ("add", "set", "project_out"):
             if value is None:
                 raise ValueError(f"{name} needs a value")
             self.value: Optional[np.ndarray] = _float_array(value, f"{name}.value")
@@ -122,7 +124,7 @@ class Intervention:
             self.value = None
         if kind == "scale" and coef is None:
             raise ValueError(f"{name} needs coef")
-        if kind not in ("scale", "add") and coef is not None:
+        if kind not in ("scale", "add", "project_out") and coef is not None:
             raise ValueError(f"a {kind!r} intervention takes no coef")
         self.source_rows: Union[None, Tuple[int, ...], Dict[int, int]] = None
         if kind == "patch_rows":
@@ -263,6 +265,19 @@ class Set(Intervention):
     def __init__(self, hook: HookSpec, value: Any, *, rows: IndexSpec = None, positions: IndexSpec = None,
                  heads: IndexSpec = None, dims: IndexSpec = None) -> None:
         super().__init__("set", hook, value=value, rows=rows, positions=positions, heads=heads, dims=dims)
+
+
+class ProjectOut(Intervention):
+    """Directional ablation (Arditi et al., 2024): ``x -= coef * (x . u) u`` for every selected
+    token (and head), ``u = direction / |direction|`` along the whole last axis. ``direction``
+    is [D] or one per head [M, D]. ``coef=1`` removes the component; on
+    ``"blocks.*.hook_resid_pre"`` (every layer) it is the refusal-direction ablation, and it
+    works during ``generate``."""
+
+    def __init__(self, hook: HookSpec, direction: Any, coef: float = 1.0, *, rows: IndexSpec = None,
+                 positions: IndexSpec = None, heads: IndexSpec = None) -> None:
+        super().__init__("project_out", hook, value=direction, coef=coef, rows=rows, positions=positions,
+                         heads=heads)
 
 
 class MeanAblate(Intervention):
