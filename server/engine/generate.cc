@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "server/engine/host_math.h"
 #include "server/engine/kv_cache.h"
 
 namespace glassbox {
@@ -47,15 +48,14 @@ absl::Status Validate(const Transformer& model, const std::vector<std::vector<in
   return absl::OkStatus();
 }
 
-// The k most likely (token, log-prob) pairs, ties to the lower id.
-std::vector<std::pair<int32_t, float>> TopLogProbs(const std::vector<float>& logprobs, int64_t k) {
-  std::vector<int32_t> ids(logprobs.size());
-  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
-  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int32_t a, int32_t b) {
-    return logprobs[a] > logprobs[b] || (logprobs[a] == logprobs[b] && a < b);
-  });
+// The k most likely (token, log-prob) pairs, ties to the lower id (host_math's TopK).
+std::vector<std::pair<int32_t, float>> TopLogProbs(const std::vector<float>& logprobs, int64_t k,
+                                                   std::vector<int32_t>& scratch) {
+  std::vector<float> values(k);
+  std::vector<int32_t> ids(k);
+  TopK(logprobs.data(), static_cast<int64_t>(logprobs.size()), k, values.data(), ids.data(), scratch);
   std::vector<std::pair<int32_t, float>> top;
-  for (int64_t i = 0; i < k; ++i) top.emplace_back(ids[i], logprobs[ids[i]]);
+  for (int64_t i = 0; i < k; ++i) top.emplace_back(ids[i], values[i]);
   return top;
 }
 
@@ -87,6 +87,7 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
   result.generated.resize(rows);
   result.finish.assign(rows, FinishReason::kLength);
   std::vector<bool> done(rows, false);
+  std::vector<int32_t> top_scratch;
   const ForwardOptions options{.logits = LogitsMode::kLast, .cancelled = params.cancelled};
   std::optional<KvCache> cache;
   if (params.use_kv_cache && CheckPlanForCache(plan).ok()) {
@@ -128,7 +129,9 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
         const std::vector<float> logprobs = LogSoftmax(logits);
         emitted.tokens[r] = next;
         emitted.logprobs[r] = logprobs[next];
-        if (params.top_logprobs > 0) emitted.top[r] = TopLogProbs(logprobs, params.top_logprobs);
+        if (params.top_logprobs > 0) {
+          emitted.top[r] = TopLogProbs(logprobs, params.top_logprobs, top_scratch);
+        }
         result.generated[r].push_back(next);
         history[r].push_back(next);
         const bool stop = std::find(params.stop_tokens.begin(), params.stop_tokens.end(), next) !=

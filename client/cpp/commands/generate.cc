@@ -13,8 +13,7 @@
 #include "client/cpp/cli/command.h"
 #include "client/cpp/cli/errors.h"
 #include "client/cpp/cli/rows.h"
-#include "client/cpp/intervention_spec.h"
-#include "client/cpp/sae_spec.h"
+#include "client/cpp/commands/run_request.h"
 
 namespace glassbox::cli {
 namespace {
@@ -63,13 +62,7 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
   const RawCommandLine& raw = line.raw;
   // The prompts and edits are parsed as a run's, then moved into the GenerateRequest.
   glassbox::v1::RunRequest as_run;
-  GB_RETURN_IF_ERROR(ParseModelAndRows(line, as_run));
-  const ValueLoader load = line.env.load_value ? line.env.load_value : ValueLoader(&LoadValueFile);
-  for (const std::string& spec : raw.Values("intervene")) {
-    GB_ASSIGN_OR_RETURN(*as_run.add_interventions(), ParseInterventionSpec(spec, load));
-  }
-  GB_RETURN_IF_ERROR(AddSaeFlags(raw.Values("sae_splice"), raw.Values("sae_edit"),
-                                 raw.Values("sae_steer"), as_run));
+  GB_RETURN_IF_ERROR(ParseRowsAndEdits(line, as_run));
   GenerateRequest& request = invocation.request.emplace<GenerateRequest>();
   request.set_model(as_run.model());
   *request.mutable_inputs() = as_run.inputs();

@@ -152,15 +152,20 @@ absl::Status ParseKeep(const RawCommandLine& raw, glassbox::v1::RunRequest& requ
 
 }  // namespace
 
-absl::Status ParseRunRequest(const CommandLine& line, glassbox::v1::RunRequest& request) {
+absl::Status ParseRowsAndEdits(const CommandLine& line, glassbox::v1::RunRequest& request) {
   const RawCommandLine& raw = line.raw;
   GB_RETURN_IF_ERROR(ParseModelAndRows(line, request));
   const ValueLoader load = line.env.load_value ? line.env.load_value : ValueLoader(&LoadValueFile);
   for (const std::string& spec : raw.Values("intervene")) {
     GB_ASSIGN_OR_RETURN(*request.add_interventions(), ParseInterventionSpec(spec, load));
   }
-  GB_RETURN_IF_ERROR(AddSaeFlags(raw.Values("sae_splice"), raw.Values("sae_edit"),
-                                 raw.Values("sae_steer"), request));
+  return AddSaeFlags(raw.Values("sae_splice"), raw.Values("sae_edit"), raw.Values("sae_steer"),
+                     request);
+}
+
+absl::Status ParseRunRequest(const CommandLine& line, glassbox::v1::RunRequest& request) {
+  const RawCommandLine& raw = line.raw;
+  GB_RETURN_IF_ERROR(ParseRowsAndEdits(line, request));
   GB_RETURN_IF_ERROR(ParseCaptures(raw, request));
   GB_RETURN_IF_ERROR(ParseOutputs(raw, request));
   if (raw.Has("chunk_bytes")) {

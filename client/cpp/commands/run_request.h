@@ -10,4 +10,7 @@ namespace glassbox::cli {
 
 absl::Status ParseRunRequest(const CommandLine& line, glassbox::v1::RunRequest& request);
 
+// The part `glassbox generate` shares: the model, the rows, --intervene and the SAE flags.
+absl::Status ParseRowsAndEdits(const CommandLine& line, glassbox::v1::RunRequest& request);
+
 }  // namespace glassbox::cli
