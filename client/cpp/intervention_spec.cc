@@ -42,6 +42,8 @@ constexpr KindName kKinds[] = {
     {"patch_row", pb::INTERVENTION_PATCH_ROW},
     {"patch_cached", pb::INTERVENTION_PATCH_CACHED},
     {"project_out", pb::INTERVENTION_PROJECT_OUT},
+    {"orthogonal_decomp", pb::INTERVENTION_ORTHOGONAL_DECOMP},
+    {"projection_cap", pb::INTERVENTION_PROJECTION_CAP},
 };
 
 absl::StatusOr<std::vector<int32_t>> ParseInts(absl::string_view spec, absl::string_view key,
@@ -313,6 +315,12 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
     } else if (key == "coef") {
       GB_ASSIGN_OR_RETURN(float c, ParseFloat(spec, key, value));
       in.set_coefficient(c);
+    } else if (key == "min") {
+      GB_ASSIGN_OR_RETURN(float c, ParseFloat(spec, key, value));
+      in.set_projection_min(c);
+    } else if (key == "max") {
+      GB_ASSIGN_OR_RETURN(float c, ParseFloat(spec, key, value));
+      in.set_projection_max(c);
     } else if (key == "value") {
       if (value.empty()) return SpecError(spec, "value= needs numbers or @FILE");
       if (value[0] == '@') {
@@ -342,7 +350,8 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
       return SpecError(
           spec,
           absl::StrFormat(
-              "unknown key \"%s\" (rows, positions, heads, dims, coef, value, source_rows, from)",
+              "unknown key \"%s\" (rows, positions, heads, dims, coef, value, min, max, "
+              "source_rows, from)",
               key));
     }
   }
@@ -350,21 +359,37 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
   // What each kind needs and accepts, so that a spec that would be a silent no-op or would be
   // misread is a usage error here rather than a surprise later.
   const pb::InterventionKind k = in.kind();
+  const bool directional = k == pb::INTERVENTION_PROJECT_OUT ||
+                           k == pb::INTERVENTION_ORTHOGONAL_DECOMP ||
+                           k == pb::INTERVENTION_PROJECTION_CAP;
   const bool takes_coef = k == pb::INTERVENTION_SCALE || k == pb::INTERVENTION_ADD ||
-                          k == pb::INTERVENTION_PROJECT_OUT;
-  const bool takes_value = k == pb::INTERVENTION_ADD || k == pb::INTERVENTION_SET ||
-                           k == pb::INTERVENTION_PROJECT_OUT;
+                          k == pb::INTERVENTION_PROJECT_OUT ||
+                          k == pb::INTERVENTION_ORTHOGONAL_DECOMP;
+  const bool takes_value = k == pb::INTERVENTION_ADD || k == pb::INTERVENTION_SET || directional;
   if (seen.contains("coef") && !takes_coef) {
-    return SpecError(spec, absl::StrCat("coef= applies to scale, add and project_out, not ", kind));
+    return SpecError(spec, absl::StrCat("coef= applies to scale, add, project_out and "
+                                        "orthogonal_decomp, not ", kind));
   }
   if (k == pb::INTERVENTION_SCALE && !seen.contains("coef")) {
     return SpecError(spec, "scale needs coef=X (x[S] *= X)");
+  }
+  if (k == pb::INTERVENTION_ORTHOGONAL_DECOMP && !seen.contains("coef")) {
+    return SpecError(spec, "orthogonal_decomp needs coef=X (the component along value becomes X times itself)");
+  }
+  const bool bounds = seen.contains("min") || seen.contains("max");
+  if (bounds && k != pb::INTERVENTION_PROJECTION_CAP) {
+    return SpecError(spec, absl::StrCat("min= and max= apply to projection_cap, not ", kind));
+  }
+  if (k == pb::INTERVENTION_PROJECTION_CAP && !bounds) {
+    return SpecError(spec, "projection_cap needs min=X, max=X or both (the bounds of x . u)");
   }
   if (takes_value && !seen.contains("value")) {
     return SpecError(spec, absl::StrCat(kind, " needs value=V (numbers, @FILE.safetensors#NAME or @FILE.npy)"));
   }
   if (!takes_value && seen.contains("value")) {
-    return SpecError(spec, absl::StrCat("value= applies to add, set and project_out, not ", kind));
+    return SpecError(spec, absl::StrCat("value= applies to add, set and the directional kinds "
+                                        "(project_out, orthogonal_decomp, projection_cap), not ",
+                                        kind));
   }
   if (k == pb::INTERVENTION_PATCH_ROW && !seen.contains("source_rows")) {
     return SpecError(spec, "patch_row needs source_rows=LIST (one source row per batch row)");
@@ -393,6 +418,8 @@ std::string FormatIntervention(const pb::Intervention& in, int max_values) {
   list("heads", in.heads());
   list("dims", in.dims());
   if (in.has_coefficient()) absl::StrAppend(&text, ":coef=", in.coefficient());
+  if (in.has_projection_min()) absl::StrAppend(&text, ":min=", in.projection_min());
+  if (in.has_projection_max()) absl::StrAppend(&text, ":max=", in.projection_max());
   if (in.value_size() > 0) {
     std::vector<std::string> shown;
     for (int i = 0; i < in.value_size() && i < max_values; ++i) {

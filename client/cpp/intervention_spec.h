@@ -2,11 +2,13 @@
 //
 //   KIND:HOOK[:KEY=VALUE]...
 //
-//   KIND   zero | scale | add | set | mean_batch | mean_pos | patch_row | patch_cached
+//   KIND   zero | scale | add | set | mean_batch | mean_pos | patch_row | patch_cached |
+//          project_out | orthogonal_decomp | projection_cap
 //   HOOK   a hook name or glob: blocks.0.attn.hook_z, 'blocks.*.hook_resid_pre'
 //   KEY    rows=LIST  positions=LIST (or pos=)  heads=LIST  dims=LIST    the selectors
 //          coef=X (or coefficient=)            scale and add (default 1 for add)
-//          value=V                              add and set
+//          value=V                              add, set; the direction of the last three
+//          min=X max=X                          projection_cap: the bounds of x . u
 //          source_rows=LIST                     patch_row, patch_cached: one source row per batch
 //          row from=NAME                            patch_cached: the run kept as NAME (run
 //          --cache_as)

@@ -177,7 +177,9 @@ std::vector<Tensor> ApplyCapture(const ResolvedCapture& capture, const Tensor& v
       const int64_t inner = NumElements(std::span(shape).subspan(axis + 1));
       const int64_t per_row = NumElements(std::span(shape).subspan(1, axis - 1));
       const int64_t outer = NumElements(std::span(shape).subspan(0, axis));
-      Tensor out = Tensor::ZerosHost(DType::kF32, capture.outputs[0].shape);
+      Shape reduced = shape;
+      reduced.erase(reduced.begin() + axis);
+      Tensor out = Tensor::ZerosHost(DType::kF32, reduced);
       for (int64_t o = 0; o < outer; ++o) {
         const int64_t b = o / std::max<int64_t>(per_row, 1);
         std::vector<double> sum(inner, 0.0);
@@ -197,7 +199,7 @@ std::vector<Tensor> ApplyCapture(const ResolvedCapture& capture, const Tensor& v
     }
     case CaptureReduction::kNorm: {
       const int64_t last = shape.back(), rows = t.numel() / std::max<int64_t>(last, 1);
-      Tensor out = Tensor::EmptyHost(DType::kF32, capture.outputs[0].shape);
+      Tensor out = Tensor::EmptyHost(DType::kF32, Shape(shape.begin(), shape.end() - 1));
       for (int64_t r = 0; r < rows; ++r) {
         double sum = 0;
         for (int64_t j = 0; j < last; ++j) {
@@ -212,8 +214,10 @@ std::vector<Tensor> ApplyCapture(const ResolvedCapture& capture, const Tensor& v
     case CaptureReduction::kTopK: {
       const int64_t last = shape.back(), rows = t.numel() / std::max<int64_t>(last, 1);
       const int64_t k = spec.k;
-      Tensor values = Tensor::EmptyHost(DType::kF32, capture.outputs[0].shape);
-      Tensor indices = Tensor::EmptyHost(DType::kI32, capture.outputs[1].shape);
+      Shape top = shape;
+      top.back() = k;
+      Tensor values = Tensor::EmptyHost(DType::kF32, top);
+      Tensor indices = Tensor::EmptyHost(DType::kI32, top);
       std::vector<int32_t> scratch;
       for (int64_t r = 0; r < rows; ++r) {
         TopK(t.data<float>() + r * last, last, k, values.data<float>() + r * k,

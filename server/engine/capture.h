@@ -61,7 +61,9 @@ absl::StatusOr<ResolvedCapture> ResolveCaptureAt(HookId id, const HookInfo& info
                                                  const CaptureSpec& spec, int64_t batch,
                                                  int64_t padded_length, int32_t shortest);
 
-// Cuts a captured host f32 value (the hook's full shape) down to the capture's outputs.
+// Cuts a captured host f32 value down to the capture's outputs. The value has the hook's full
+// shape for the request's batch and padded length, or (generation steps) fewer query positions
+// and keys: the outputs' shapes follow the value's.
 std::vector<Tensor> ApplyCapture(const ResolvedCapture& capture, const Tensor& value,
                                  const std::vector<int32_t>& sequence_lengths);
 

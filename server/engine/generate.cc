@@ -8,6 +8,7 @@
 #include "base/status_macros.h"
 #include "server/engine/host_math.h"
 #include "server/engine/kv_cache.h"
+#include "server/engine/step_capture.h"
 
 namespace glassbox {
 namespace {
@@ -42,10 +43,42 @@ absl::Status Validate(const Transformer& model, const std::vector<std::vector<in
     return absl::InvalidArgumentError(absl::StrCat("top_logprobs ", params.top_logprobs,
                                                    " is outside [0, ", c.vocab_size, "]"));
   }
-  if (!plan.CapturedIds().empty()) {
-    return absl::UnimplementedError("captures during generation are not implemented yet");
+  if (!params.stop_strings.empty() && !params.append_text) {
+    return absl::FailedPreconditionError("stop strings need the model's tokenizer");
+  }
+  for (const std::string& stop : params.stop_strings) {
+    if (stop.empty()) return absl::InvalidArgumentError("a stop string is empty");
   }
   return absl::OkStatus();
+}
+
+// Host copies of what the plan captures during one step's pass, in forward order.
+class StepSink : public CaptureSink {
+ public:
+  explicit StepSink(Backend& backend) : backend_(backend) {}
+  absl::Status OnCapture(HookId id, const HookInfo& info, const Tensor& value) override {
+    GB_ASSIGN_OR_RETURN(Tensor host, CopyToHostF32(backend_, value));
+    // A copy: the host value may alias a buffer the pass goes on to reuse.
+    Tensor kept = Tensor::EmptyHost(DType::kF32, host.shape());
+    std::copy_n(host.data<float>(), host.numel(), kept.data<float>());
+    values.push_back({.hook = id, .info = info, .value = std::move(kept)});
+    return absl::OkStatus();
+  }
+  std::vector<StepCapture> values;
+
+ private:
+  Backend& backend_;
+};
+
+// Whether `text` now ends in a stop string that its last `added` bytes helped complete.
+bool CompletesStopString(const std::string& text, size_t added,
+                         const std::vector<std::string>& stops) {
+  for (const std::string& stop : stops) {
+    // Only matches ending in the new bytes are new: earlier text was checked before.
+    const size_t from = text.size() >= added + stop.size() ? text.size() - added - stop.size() + 1 : 0;
+    if (added > 0 && text.find(stop, from) != std::string::npos) return true;
+  }
+  return false;
 }
 
 // The k most likely (token, log-prob) pairs, ties to the lower id (host_math's TopK).
@@ -85,6 +118,7 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
 
   GenerateResult result;
   result.generated.resize(rows);
+  result.texts.resize(rows);
   result.finish.assign(rows, FinishReason::kLength);
   std::vector<bool> done(rows, false);
   std::vector<int32_t> top_scratch;
@@ -105,9 +139,10 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
       std::copy(tokens[r].begin() + from, tokens[r].end(), ids.data<int32_t>() + r * (width - from));
       std::copy(mask[r].begin() + from, mask[r].end(), attention.data<int32_t>() + r * (width - from));
     }
+    StepSink sink(model.backend());
     auto forward = model.Forward(
         {.tokens = ids, .attention_mask = attention, .cache = cache ? &*cache : nullptr}, plan,
-        nullptr, options);
+        &sink, options);
     if (!forward.ok() && cache && step == 0 &&
         forward.status().code() == absl::StatusCode::kUnimplemented) {
       // The backend cannot attend over cached keys here (CUDA without its flash kernel):
@@ -118,8 +153,23 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
     }
     GB_ASSIGN_OR_RETURN(ForwardOutput out, std::move(forward));
     GeneratedStep emitted{.step = step, .tokens = std::vector<int32_t>(rows, -1),
-                          .logprobs = std::vector<float>(rows, 0), .top = {}};
+                          .logprobs = std::vector<float>(rows, 0), .top = {}, .texts = {},
+                          .captures = {}, .capture_lengths = {}};
     emitted.top.resize(rows);
+    emitted.texts.resize(rows);
+    if (!sink.values.empty()) {
+      StepLayout layout{.whole_prompt = step == 0 && params.capture_prompt};
+      for (int64_t r = 0; r < rows; ++r) {
+        layout.pad.push_back(static_cast<int64_t>(longest - prompts[r].size()));
+        layout.lengths.push_back(layout.whole_prompt ? static_cast<int32_t>(prompts[r].size())
+                                                     : done[r] ? 0 : 1);
+      }
+      for (StepCapture& captured : sink.values) {
+        captured.value = CutStepCapture(captured.info, captured.value, layout);
+      }
+      emitted.captures = std::move(sink.values);
+      emitted.capture_lengths = layout.lengths;
+    }
     for (int64_t r = 0; r < rows; ++r) {
       int32_t next = 0;
       if (!done[r]) {
@@ -134,11 +184,18 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
         }
         result.generated[r].push_back(next);
         history[r].push_back(next);
+        if (params.append_text) {
+          GB_ASSIGN_OR_RETURN(emitted.texts[r], params.append_text(r, next));
+          result.texts[r] += emitted.texts[r];
+        }
         const bool stop = std::find(params.stop_tokens.begin(), params.stop_tokens.end(), next) !=
                           params.stop_tokens.end();
         if (stop) {
           done[r] = true;
           result.finish[r] = FinishReason::kStopToken;
+        } else if (CompletesStopString(result.texts[r], emitted.texts[r].size(), params.stop_strings)) {
+          done[r] = true;
+          result.finish[r] = FinishReason::kStopString;
         } else if (static_cast<int64_t>(history[r].size()) >= c.n_ctx) {
           done[r] = true;
           result.finish[r] = FinishReason::kContext;

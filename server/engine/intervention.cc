@@ -181,6 +181,11 @@ int32_t TokenLayout::Index(int64_t b, int32_t p) const {
   return i >= 0 && i < n ? row[i] : -1;
 }
 
+bool IsDirectional(InterventionKind kind) {
+  return kind == InterventionKind::kProjectOut || kind == InterventionKind::kOrthogonalDecomp ||
+         kind == InterventionKind::kProjectionCap;
+}
+
 bool IsEditableHook(HookKind kind) {
   switch (kind) {
     case HookKind::kLn1Scale:
@@ -231,10 +236,10 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
   if (edit.kind == InterventionKind::kAdd || edit.kind == InterventionKind::kSet) {
     GB_RETURN_IF_ERROR(CheckValueSize(edit, info, v, batch, seq));
   }
-  if (edit.kind == InterventionKind::kProjectOut) {
-    if (attention) return Bad(info, "a direction is projected out of activations, not attention");
+  if (IsDirectional(edit.kind)) {
+    if (attention) return Bad(info, "directional edits act on activations, not attention");
     if (!edit.select.dims.empty()) {
-      return Bad(info, "projecting out a direction uses the whole last axis; leave dims empty");
+      return Bad(info, "a directional edit uses the whole last axis; leave dims empty");
     }
     const int64_t n = edit.value.defined() ? edit.value.numel() : 0;
     if (n != v.d && n != v.m * v.d) {
@@ -247,6 +252,16 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
       for (int64_t d = 0; d < v.d; ++d) norm += double{u[m * v.d + d]} * u[m * v.d + d];
       if (!(norm > 0) || !std::isfinite(norm)) {
         return Bad(info, "the direction must be finite and non-zero");
+      }
+    }
+      if (edit.kind == InterventionKind::kProjectionCap) {
+      if (std::isnan(edit.projection_min) || std::isnan(edit.projection_max) ||
+          (std::isinf(edit.projection_min) && std::isinf(edit.projection_max))) {
+        return Bad(info, "a projection cap needs projection_min or projection_max (or both), finite");
+      }
+      if (edit.projection_min > edit.projection_max) {
+        return Bad(info, absl::StrCat("projection_min ", edit.projection_min,
+                                      " is above projection_max ", edit.projection_max));
       }
     }
   }
@@ -291,8 +306,17 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
     return layout.real[b].empty() ? 0.0f : static_cast<float>(sum / static_cast<double>(layout.real[b].size()));
   };
 
-  if (edit.kind == InterventionKind::kProjectOut) {
-    // Per token (and head), along the whole last axis: x -= c (x . u) u with u the unit direction.
+  if (IsDirectional(edit.kind)) {
+    // Per token (and head), along the whole last axis: the component x . u along the unit
+    // direction u becomes f(x . u), the rest of x is kept.
+    auto change_along = [&](double dot) {
+      switch (edit.kind) {
+        case InterventionKind::kProjectOut: return -edit.coefficient * dot;
+        case InterventionKind::kOrthogonalDecomp: return (edit.coefficient - 1.0) * dot;
+        default:
+          return std::clamp(dot, double{edit.projection_min}, double{edit.projection_max}) - dot;
+      }
+    };
     const int64_t per_head = value_n == v.m * v.d;
     std::vector<double> unit(static_cast<size_t>(value_n));
     for (int64_t m = 0; m < value_n / v.d; ++m) {
@@ -308,7 +332,8 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
           float* e = x + v.Offset(b, p, mi, 0);
           double dot = 0;
           for (int64_t d = 0; d < v.d; ++d) dot += e[d] * u[d];
-          for (int64_t d = 0; d < v.d; ++d) e[d] -= static_cast<float>(edit.coefficient * dot * u[d]);
+          const double change = change_along(dot);
+          for (int64_t d = 0; d < v.d; ++d) e[d] += static_cast<float>(change * u[d]);
         }
       }
     }
@@ -337,6 +362,8 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
               e = edit.value.data<float>()[v.Offset(source_row, source_p, mi, source_d)];
               break;
             case InterventionKind::kProjectOut:
+            case InterventionKind::kOrthogonalDecomp:
+            case InterventionKind::kProjectionCap:
               break;  // handled above, per token
           }
         }

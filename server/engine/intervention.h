@@ -9,6 +9,7 @@
 // key_pos], where `positions` select queries and `dims` keys, both counted in real tokens.
 #pragma once
 
+#include <limits>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -30,7 +31,14 @@ enum class InterventionKind : uint8_t {
               //           ([source batch, pos, ...], unpadded): activation patching
   kProjectOut,// x[S] -= coefficient * (x . u) u, u = value / |value| along the last axis:
               //           directional ablation (Arditi et al., 2024); value [D] or [M, D]
+  // Neuronpedia's steering methods, on the component along u as kProjectOut's:
+  kOrthogonalDecomp,  // x[S] = (I - P) x + coefficient P x, P = u u^T
+  kProjectionCap,     // x[S] += (clamp(x . u, projection_min, projection_max) - x . u) u
 };
+
+// Whether the edit acts on each token's component along a direction (kProjectOut,
+// kOrthogonalDecomp, kProjectionCap): value is the direction, dims must be empty.
+bool IsDirectional(InterventionKind kind);
 
 // Which elements S an intervention touches; an empty list means all along that axis.
 struct InterventionSelector {
@@ -58,6 +66,9 @@ struct Intervention {
   // of ragged rows). Negative positions then count from the source row's own last token, and a
   // selected position must be real there. Empty: the source rows are unpadded.
   std::vector<int32_t> source_lengths;
+  // For kProjectionCap: the bounds of x . u (at least one finite).
+  float projection_min = -std::numeric_limits<float>::infinity();
+  float projection_max = std::numeric_limits<float>::infinity();
 };
 
 // Whether the forward pass can edit this hook: the value flows on as a tensor. Norm scales and

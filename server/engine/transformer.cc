@@ -464,6 +464,8 @@ bool IsPositionLocal(const Intervention& edit, const HookInfo& info) {
     case InterventionKind::kZero:
     case InterventionKind::kScale:
     case InterventionKind::kProjectOut:  // a direction of one token's (or head's) shape
+    case InterventionKind::kOrthogonalDecomp:
+    case InterventionKind::kProjectionCap:
       return true;
     case InterventionKind::kAdd:
     case InterventionKind::kSet: {

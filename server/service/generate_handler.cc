@@ -33,6 +33,39 @@ absl::Status CheckEditsForGeneration(const pb::GenerateRequest& request) {
       }
     }
   }
+  for (int i = 0; i < request.sae_splices_size(); ++i) {
+    const pb::SaeSplice& splice = request.sae_splices(i);
+    for (int j = 0; j < splice.edits_size(); ++j) {
+      if (splice.edits(j).rows_size() > 0 || splice.edits(j).positions_size() > 0) {
+        return absl::UnimplementedError(absl::StrCat(
+            "sae_splices[", i, "].edits[", j, "]: feature edits that select rows or positions are "
+            "not available in Generate yet; leave them empty to edit every token, or steer chosen "
+            "positions with sae_steering"));
+      }
+    }
+  }
+  for (int i = 0; i < request.captures_size(); ++i) {
+    if (request.captures(i).positions_size() > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "captures[", i, "] \"", request.captures(i).hook(), "\": positions are not available "
+          "in Generate (each step reports the position that chose its token; capture_prompt adds "
+          "the prompt); leave them empty"));
+    }
+  }
+  constexpr int kMaxStopStrings = 16;
+  constexpr size_t kMaxStopStringBytes = 256;
+  if (request.stop_strings_size() > kMaxStopStrings) {
+    return absl::InvalidArgumentError(absl::StrCat("stop_strings has ", request.stop_strings_size(),
+                                                   " entries; at most ", kMaxStopStrings));
+  }
+  for (int i = 0; i < request.stop_strings_size(); ++i) {
+    const size_t n = request.stop_strings(i).size();
+    if (n == 0 || n > kMaxStopStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("stop_strings[", i, "] has ", n,
+                                                     " bytes; each must have 1 to ",
+                                                     kMaxStopStringBytes));
+    }
+  }
   for (int i = 0; i < request.sae_steering_size(); ++i) {
     for (int32_t p : request.sae_steering(i).positions()) {
       if (p < 0) {
@@ -61,6 +94,8 @@ absl::StatusOr<GenerateParams> ParamsOf(const pb::GenerateRequest& request, cons
     params.stop_tokens.insert(params.stop_tokens.end(), c.eos_token_ids.begin(), c.eos_token_ids.end());
   }
   params.top_logprobs = request.top_logprobs();
+  params.stop_strings.assign(request.stop_strings().begin(), request.stop_strings().end());
+  params.capture_prompt = request.capture_prompt();
   return params;
 }
 
@@ -69,8 +104,19 @@ pb::FinishReason ToProto(FinishReason reason) {
     case FinishReason::kLength: return pb::FINISH_REASON_LENGTH;
     case FinishReason::kStopToken: return pb::FINISH_REASON_STOP_TOKEN;
     case FinishReason::kContext: return pb::FINISH_REASON_CONTEXT;
+    case FinishReason::kStopString: return pb::FINISH_REASON_STOP_STRING;
   }
   return pb::FINISH_REASON_UNSPECIFIED;
+}
+
+void AddSequences(const GenerateResult& result,
+                  google::protobuf::RepeatedPtrField<pb::GeneratedSequence>* sequences) {
+  for (size_t r = 0; r < result.generated.size(); ++r) {
+    auto* sequence = sequences->Add();
+    sequence->mutable_tokens()->Add(result.generated[r].begin(), result.generated[r].end());
+    sequence->set_text(result.texts[r]);
+    sequence->set_finish_reason(ToProto(result.finish[r]));
+  }
 }
 
 }  // namespace
@@ -87,10 +133,16 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   *as_run.mutable_interventions() = request->interventions();
   *as_run.mutable_sae_splices() = request->sae_splices();
   *as_run.mutable_sae_steering() = request->sae_steering();
+  *as_run.mutable_captures() = request->captures();
   auto plan = BuildRunPlan(as_run, store_, limits_, CacheFor(context));
   if (!plan.ok()) return ToGrpcStatus(plan.status());
   auto params = ParamsOf(*request, plan->model->model->config());
   if (!params.ok()) return ToGrpcStatus(params.status());
+  if (!params->stop_strings.empty() && plan->model->tokenizer == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("stop_strings need a tokenizer; model \"", request->model(),
+                                     "\" has none (stop on token ids with stop_token_ids)"));
+  }
 
   pb::GenerateResponse header_message;
   auto* header = header_message.mutable_header();
@@ -104,7 +156,7 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   }
 
   auto job = std::make_shared<GenerateJob>(*std::move(plan), *std::move(params),
-                                           limits_.stream_buffer_bytes);
+                                           request->include_unsteered(), limits_);
   if (!executor_.Submit([job] { job->Execute(); })) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
   }
@@ -113,13 +165,11 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
 
   pb::GenerateResponse summary_message;
   auto* summary = summary_message.mutable_summary();
-  const GenerateResult& result = job->result();
-  for (size_t r = 0; r < result.generated.size(); ++r) {
-    auto* sequence = summary->add_sequences();
-    sequence->mutable_tokens()->Add(result.generated[r].begin(), result.generated[r].end());
-    if (r < job->texts().size()) sequence->set_text(job->texts()[r]);
-    sequence->set_finish_reason(ToProto(result.finish[r]));
+  AddSequences(job->steered(), summary->mutable_sequences());
+  if (request->include_unsteered()) {
+    AddSequences(job->unsteered(), summary->mutable_unsteered_sequences());
   }
+  summary->set_bytes_sent(job->bytes_sent());
   summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
   summary->mutable_timings()->set_forward_seconds(job->seconds());
   summary->mutable_timings()->set_total_seconds(

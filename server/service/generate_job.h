@@ -1,5 +1,6 @@
-// The part of a Generate call that runs on the device's worker: the engine's Generate, each
-// step turned into a GenerateStep message (with the text it adds) and queued for the gRPC thread.
+// The part of a Generate call that runs on the device's worker: the engine's Generate (twice
+// with include_unsteered), each step turned into a GenerateStep message (the text it adds, its
+// captures cut as the request asked) and queued for the gRPC thread.
 #pragma once
 
 #include <string>
@@ -15,27 +16,38 @@ namespace glassbox {
 
 class GenerateJob : public StreamingJob<glassbox::v1::GenerateResponse> {
  public:
-  GenerateJob(RunPlan plan, GenerateParams params, size_t buffer_bytes)
-      : StreamingJob(buffer_bytes), plan_(std::move(plan)), params_(std::move(params)) {
+  GenerateJob(RunPlan plan, GenerateParams params, bool include_unsteered,
+              const ServiceLimits& limits)
+      : StreamingJob(limits.stream_buffer_bytes),
+        plan_(std::move(plan)),
+        params_(std::move(params)),
+        include_unsteered_(include_unsteered),
+        max_response_bytes_(limits.max_response_bytes) {
     params_.cancelled = &cancelled_;
   }
 
   const RunPlan& plan() const { return plan_; }
-  // Valid after WaitDone.
-  const GenerateResult& result() const { return result_; }
-  const std::vector<std::string>& texts() const { return texts_; }
+  // Valid after WaitDone; unsteered() only with include_unsteered.
+  const GenerateResult& steered() const { return steered_; }
+  const GenerateResult& unsteered() const { return unsteered_; }
   double seconds() const { return seconds_; }
+  int64_t bytes_sent() const { return bytes_sent_; }
 
  private:
   absl::Status Work() override;
-  absl::Status OnStep(const GeneratedStep& step);
+  // One generation: the steered one with the request's edits, or the unsteered one without.
+  absl::StatusOr<GenerateResult> GenerateOnce(bool unsteered);
+  absl::Status OnStep(const GeneratedStep& step, bool unsteered);
 
   RunPlan plan_;
   GenerateParams params_;
+  bool include_unsteered_;
+  int64_t max_response_bytes_;
   std::vector<std::vector<int32_t>> generated_;  // so far, per row, for incremental text
   std::vector<std::string> texts_;               // decoded so far, per row
-  GenerateResult result_;
+  GenerateResult steered_, unsteered_;
   double seconds_ = 0;
+  int64_t bytes_sent_ = 0;
 };
 
 }  // namespace glassbox

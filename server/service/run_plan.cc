@@ -82,10 +82,13 @@ absl::StatusOr<InterventionKind> FromProtoKind(glassbox::v1::InterventionKind ki
     case glassbox::v1::INTERVENTION_PATCH_CACHED:
       return InterventionKind::kPatchFrom;
     case glassbox::v1::INTERVENTION_PROJECT_OUT: return InterventionKind::kProjectOut;
+    case glassbox::v1::INTERVENTION_ORTHOGONAL_DECOMP: return InterventionKind::kOrthogonalDecomp;
+    case glassbox::v1::INTERVENTION_PROJECTION_CAP: return InterventionKind::kProjectionCap;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": set kind (ZERO, SCALE, ADD, SET, ",
-                       "MEAN_BATCH, MEAN_POS, PATCH_ROW, PATCH_CACHED or PROJECT_OUT)"));
+                       "MEAN_BATCH, MEAN_POS, PATCH_ROW, PATCH_CACHED, PROJECT_OUT, ORTHOGONAL_DECOMP or "
+                       "PROJECTION_CAP)"));
   }
 }
 
@@ -108,6 +111,13 @@ absl::Status AddInterventions(const glassbox::v1::RunRequest& request, const Cac
                                     {static_cast<int64_t>(in.value_size())});
     }
     edit.source_rows.assign(in.source_rows().begin(), in.source_rows().end());
+    if (in.has_projection_min()) edit.projection_min = in.projection_min();
+    if (in.has_projection_max()) edit.projection_max = in.projection_max();
+    if ((in.has_projection_min() || in.has_projection_max()) &&
+        in.kind() != glassbox::v1::INTERVENTION_PROJECTION_CAP) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": projection_min / projection_max apply to PROJECTION_CAP only"));
+    }
     auto ids = hooks.Match(in.hook());
     if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", ids.status().message()));
     for (HookId id : *ids) {

@@ -496,6 +496,13 @@ TEST(CliParseTest, Generate) {
   EXPECT_EQ(Request<v1::GenerateRequest>(*inv).max_new_tokens(), 20);
   EXPECT_EQ(Request<v1::GenerateRequest>(*inv).sampling().temperature(), 0);  // greedy
   EXPECT_FALSE(Request<v1::GenerateRequest>(*inv).has_stop_at_eos());
+  EXPECT_FALSE(Request<v1::GenerateRequest>(*inv).include_unsteered());
+
+  inv = Parse({"--server", "s", "generate", "--model", "m", "--text", "Hi", "--stop_string", ".",
+               "--stop_string", "\n\n", "--unsteered"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_THAT(Request<v1::GenerateRequest>(*inv).stop_strings(), ElementsAre(".", "\n\n"));
+  EXPECT_TRUE(Request<v1::GenerateRequest>(*inv).include_unsteered());
 
   ExpectUsageError({"--server", "s", "generate", "--model", "m"}, "generate needs inputs");
   ExpectUsageError({"--server", "s", "generate", "--model", "m", "--tokens", "1",

@@ -613,6 +613,15 @@ TEST_F(EndToEndTest, CliGenerateEqualsHfGenerate) {
                                               " new tokens [", absl::StrJoin(continuations[row], ","),
                                               "]")));
   }
+  // --unsteered adds the continuation without edits: with none, it is the same greedy one.
+  args.push_back("--unsteered");
+  r = Cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (int row = 0; row < 3; ++row) {
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("(unsteered row ", row, ": ", continuations[row].size(),
+                                              " new tokens [", absl::StrJoin(continuations[row], ","),
+                                              "]")));
+  }
   r = Cli({"generate", "--model", "tiny-llama", "--tokens", "1,2", "--top_p", "0"});
   EXPECT_EQ(r.exit_code, 3) << r.out;
   EXPECT_THAT(r.err, HasSubstr("top_p is 0"));

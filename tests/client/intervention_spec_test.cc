@@ -75,6 +75,16 @@ TEST(InterventionSpecTest, EveryKindAndSelector) {
   EXPECT_THAT(in->value(), ElementsAre(1.0f, 0.0f, 2.0f));
   EXPECT_FALSE(in->has_coefficient());
   EXPECT_FALSE(Parse("project_out:blocks.0.hook_resid_pre").ok());  // needs the direction
+  in = Parse("orthogonal_decomp:blocks.2.hook_resid_post:value=1,2:coef=-0.5");
+  ASSERT_TRUE(in.ok()) << in.status();
+  EXPECT_EQ(in->kind(), pb::INTERVENTION_ORTHOGONAL_DECOMP);
+  EXPECT_FLOAT_EQ(in->coefficient(), -0.5f);
+  in = Parse("projection_cap:blocks.2.hook_resid_post:value=1,2:max=3.5");
+  ASSERT_TRUE(in.ok()) << in.status();
+  EXPECT_EQ(in->kind(), pb::INTERVENTION_PROJECTION_CAP);
+  EXPECT_FALSE(in->has_projection_min());
+  EXPECT_FLOAT_EQ(in->projection_max(), 3.5f);
+  EXPECT_EQ(FormatIntervention(*in, 4), "projection_cap:blocks.2.hook_resid_post:max=3.5:value=1,2");
 
   in = Parse("scale:blocks.1.attn.hook_v:heads=0:coef=0.5");
   ASSERT_TRUE(in.ok()) << in.status();
@@ -157,14 +167,17 @@ TEST(InterventionSpecTest, UsageErrors) {
   ExpectSpecError("zero:blocks.0.attn.hook_z:heads=x", "\"x\" is not an integer");
   ExpectSpecError("zero:blocks.0.attn.hook_z:heads=-1", "heads: -1 is negative");
   ExpectSpecError("zero:blocks.0.attn.hook_z:rows=-1", "rows: -1 is negative");
-  ExpectSpecError("zero:blocks.0.attn.hook_z:coef=2", "coef= applies to scale, add and project_out");
+  ExpectSpecError("zero:blocks.0.attn.hook_z:coef=2", "coef= applies to scale, add, project_out");
   ExpectSpecError("scale:blocks.0.attn.hook_z", "scale needs coef=X");
   ExpectSpecError("scale:blocks.0.attn.hook_z:coef=nan", "not a finite number");
   ExpectSpecError("add:blocks.0.hook_resid_pre:coef=2", "add needs value=V");
   ExpectSpecError("set:blocks.0.hook_resid_pre", "set needs value=V");
   ExpectSpecError("add:blocks.0.hook_resid_pre:value=1,,2", "is not a finite number");
   ExpectSpecError("add:blocks.0.hook_resid_pre:value=", "needs numbers or @FILE");
-  ExpectSpecError("zero:blocks.0.hook_resid_pre:value=1", "value= applies to add, set and project_out");
+  ExpectSpecError("zero:blocks.0.hook_resid_pre:value=1", "value= applies to add, set and the directional");
+  ExpectSpecError("orthogonal_decomp:blocks.0.hook_resid_pre:value=1", "orthogonal_decomp needs coef=X");
+  ExpectSpecError("projection_cap:blocks.0.hook_resid_pre:value=1", "projection_cap needs min=X, max=X");
+  ExpectSpecError("add:blocks.0.hook_resid_pre:value=1:max=2", "min= and max= apply to projection_cap");
   ExpectSpecError("patch_row:blocks.0.hook_resid_pre", "patch_row needs source_rows=");
   ExpectSpecError("zero:blocks.0.hook_resid_pre:source_rows=1", "applies to patch_row");
   ExpectSpecError("patch_cached:blocks.0.hook_resid_pre", "patch_cached needs from=NAME");

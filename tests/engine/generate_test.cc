@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -18,7 +20,9 @@
 namespace glassbox {
 namespace {
 
+using ::glassbox::testing::CollectingSink;
 using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::ReadAllTensors;
 using ::testing::HasSubstr;
 
@@ -266,10 +270,120 @@ TEST_F(GenerateBehaviourTest, BadParametersAreNamed) {
     EXPECT_EQ(c.status.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(c.status.message(), HasSubstr(c.phrase));
   }
-  HookPlan capturing(model_->hooks());
-  ASSERT_TRUE(capturing.Capture("blocks.0.hook_resid_pre").ok());
-  EXPECT_EQ(Generate(*model_, ok_prompt, capturing, {}, nullptr).status().code(),
-            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(error(ok_prompt, {.stop_strings = {"x"}}).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// A stop string ends its row once the row's text contains it, also when it spans tokens; the
+// token that completes it is kept. Text here is a fake detokenizer: token t adds "<t>".
+TEST_F(GenerateBehaviourTest, StopStringEndsItsRowAcrossTokens) {
+  HookPlan plan(model_->hooks());
+  GenerateParams params{.max_new_tokens = 8};
+  params.append_text = [](int64_t, int32_t token) -> absl::StatusOr<std::string> {
+    return absl::StrCat("<", token, ">");
+  };
+  const std::vector<std::vector<int32_t>> prompts = {{5, 6, 7}, {9, 10}};
+  auto free_run = Generate(*model_, prompts, plan, params, nullptr);
+  ASSERT_TRUE(free_run.ok()) << free_run.status();
+  const std::vector<int32_t>& row0 = free_run->generated[0];
+  EXPECT_EQ(free_run->texts[0], absl::StrCat("<", row0[0], "><", row0[1], ">", free_run->texts[0].substr(
+                                                 absl::StrCat("<", row0[0], "><", row0[1], ">").size())));
+  // Tokens 2 and 3 of row 0, across the token boundary: "3><row0[3]".
+  const std::string stop = absl::StrCat(row0[2], "><", row0[3]);
+  const size_t first = free_run->texts[0].find(stop);
+  size_t end = 0, kept = 0;  // tokens up to the one whose text completes the first match
+  for (int32_t t : row0) {
+    end += absl::StrCat("<", t, ">").size();
+    ++kept;
+    if (end >= first + stop.size()) break;
+  }
+  params.stop_strings = {stop};
+  auto stopped = Generate(*model_, prompts, plan, params, nullptr);
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_EQ(stopped->generated[0], std::vector<int32_t>(row0.begin(), row0.begin() + kept));
+  EXPECT_EQ(stopped->finish[0], FinishReason::kStopString);
+  EXPECT_LE(kept, 4u);
+  if (free_run->texts[1].find(stop) == std::string::npos) {
+    EXPECT_EQ(stopped->generated[1], free_run->generated[1]);
+    EXPECT_EQ(stopped->finish[1], FinishReason::kLength);
+  }
+}
+
+// Per-step captures are what a forward pass over the row's whole sequence computes at the
+// position that chose each token (step 0: every prompt position with capture_prompt), with
+// each row numbered from its first real token; over the KV cache and recomputing alike, on
+// ragged rows with a steering edit. hook_pattern (never cached) is compared key by key.
+TEST_F(GenerateBehaviourTest, StepCapturesEqualAForwardOverTheSequence) {
+  const HookRegistry& hooks = model_->hooks();
+  Tensor direction = Tensor::EmptyHost(DType::kF32, {model_->config().d_model});
+  for (int64_t i = 0; i < direction.numel(); ++i) direction.data<float>()[i] = std::cos(i * 0.3f);
+  const std::vector<std::vector<int32_t>> prompts = {{5, 6, 7, 8, 9, 10}, {11}, {12, 13, 14}};
+  const int64_t longest = 6, steps = 5;
+  for (const std::string hook : {"blocks.1.hook_resid_mid", "blocks.0.attn.hook_q", "blocks.1.attn.hook_pattern"}) {
+    for (bool cached : {true, false}) {
+      SCOPED_TRACE(hook + (cached ? " cached" : " recomputed"));
+      HookPlan plan(hooks);
+      ASSERT_TRUE(plan.Capture(hook).ok());
+      ASSERT_TRUE(plan.AddIntervention({.hook = hooks.Find(HookKind::kResidPre, 1),
+                                        .kind = InterventionKind::kAdd,
+                                        .value = direction})
+                      .ok());
+      GenerateParams params{.max_new_tokens = steps, .capture_prompt = true};
+      params.use_kv_cache = cached;
+      std::vector<Tensor> reported;
+      std::vector<std::vector<int32_t>> lengths;
+      auto got = Generate(*model_, prompts, plan, params, [&](const GeneratedStep& step) {
+        EXPECT_EQ(step.captures.size(), 1u);
+        if (step.captures.empty()) return absl::OkStatus();
+        reported.push_back(step.captures[0].value);
+        lengths.push_back(step.capture_lengths);
+        return absl::OkStatus();
+      });
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_EQ(reported.size(), static_cast<size_t>(steps));
+      EXPECT_EQ(lengths[0], (std::vector<int32_t>{6, 1, 3}));
+      EXPECT_EQ(lengths[1], (std::vector<int32_t>{1, 1, 1}));
+      const bool pattern = absl::StrContains(hook, "pattern");
+      for (int r = 0; r < 3; ++r) {
+        std::vector<int32_t> sequence = prompts[r];
+        sequence.insert(sequence.end(), got->generated[r].begin(), got->generated[r].end());
+        const int64_t n = static_cast<int64_t>(sequence.size());
+        CollectingSink sink;
+        ASSERT_TRUE(model_->Forward({.tokens = Tensor::FromHost(sequence, {1, n})}, plan, &sink, {}).ok());
+        const Tensor& full = sink.values.at(hook);  // [1, n, ...] or [1, head, n, n]
+        const int64_t len = static_cast<int64_t>(prompts[r].size());
+        for (int64_t s = 0; s < steps; ++s) {
+          const Tensor& v = reported[s];
+          const int64_t queries = s == 0 ? longest : 1;
+          ASSERT_EQ(v.dim(0), 3);
+          std::vector<float> got_values, want_values;
+          for (int64_t q = 0; q < queries; ++q) {
+            const bool real = s == 0 ? q < len : true;
+            const int64_t p = s == 0 ? q : len + s - 1;  // the row's own position
+            if (pattern) {
+              const int64_t heads = v.dim(1), keys = v.dim(3);
+              ASSERT_EQ(v.dim(2), queries);
+              for (int64_t h = 0; h < heads; ++h) {
+                for (int64_t k = 0; k < keys; ++k) {
+                  got_values.push_back(v.data<float>()[((r * heads + h) * queries + q) * keys + k]);
+                  want_values.push_back(real && k < n ? full.data<float>()[(h * n + p) * n + k] : 0.0f);
+                }
+              }
+            } else {
+              ASSERT_EQ(v.dim(1), queries);
+              const int64_t inner = v.numel() / (3 * queries);
+              for (int64_t i = 0; i < inner; ++i) {
+                got_values.push_back(v.data<float>()[(r * queries + q) * inner + i]);
+                want_values.push_back(real ? full.data<float>()[p * inner + i] : 0.0f);
+              }
+            }
+          }
+          const Tensor a = Tensor::FromHost(got_values, {static_cast<int64_t>(got_values.size())});
+          const Tensor b = Tensor::FromHost(want_values, {static_cast<int64_t>(want_values.size())});
+          EXPECT_LE(NormRelativeError(a, b), 1e-5) << "row " << r << " step " << s;
+        }
+      }
+    }
+  }
 }
 
 TEST_F(GenerateBehaviourTest, CancelledStopsTheGeneration) {

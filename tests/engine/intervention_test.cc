@@ -3,7 +3,9 @@
 // tests/reference/make_intervention_fixtures.py.
 #include "server/engine/intervention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "gmock/gmock.h"
@@ -208,6 +210,95 @@ TEST(Interventions, ProjectOutRemovesTheDirection) {
   EXPECT_THAT(error({.hook = resid, .kind = InterventionKind::kProjectOut, .select = {.dims = {1}},
                      .value = Tensor::FromHost(std::vector<float>(64, 1.0f), {64})}),
               HasSubstr("leave dims empty"));
+}
+
+// Neuronpedia's steering methods change only each token's component p = x . u along the unit
+// direction u: orthogonal decomposition makes it c·p, a projection cap clamp(p, lo, hi). The
+// captured value is checked against that formula computed in double from the unedited capture.
+TEST(Interventions, SteeringMethodsChangeOnlyTheComponentAlongTheDirection) {
+  auto model = Transformer::Load(FixturePath("models/tiny-llama"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const HookRegistry& hooks = (*model)->hooks();
+  const Tensor ids = Tensor::FromHost(std::vector<int32_t>{4, 8, 15, 16, 23, 42}, {1, 6});
+  const std::string hook = "blocks.1.hook_resid_pre";
+  const HookId id = *hooks.Resolve(hook);
+  const int64_t d = hooks.info(id).dims.back().size;
+  Tensor direction = Tensor::EmptyHost(DType::kF32, {d});
+  for (int64_t i = 0; i < d; ++i) direction.data<float>()[i] = std::sin(0.7f * i) - 0.1f;
+
+  HookPlan clean(hooks);
+  ASSERT_TRUE(clean.Capture(hook).ok());
+  CollectingSink clean_sink;
+  ASSERT_TRUE((*model)->Forward({.tokens = ids}, clean, &clean_sink, {}).ok());
+  const Tensor x = clean_sink.values.at(hook);
+  std::vector<double> unit(d);
+  double norm = 0;
+  for (int64_t i = 0; i < d; ++i) norm += double{direction.data<float>()[i]} * direction.data<float>()[i];
+  for (int64_t i = 0; i < d; ++i) unit[i] = direction.data<float>()[i] / std::sqrt(norm);
+  // The projections span both signs, so that the caps below bind on some tokens and not others.
+  std::vector<double> projections;
+  for (int64_t t = 0; t < x.numel() / d; ++t) {
+    double p = 0;
+    for (int64_t i = 0; i < d; ++i) p += x.data<float>()[t * d + i] * unit[i];
+    projections.push_back(p);
+  }
+  std::vector<double> sorted = projections;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[sorted.size() / 2];
+
+  struct Case {
+    std::string name;
+    Intervention edit;
+    std::function<double(double)> along;
+  };
+  const float lo = static_cast<float>(median - 0.01), hi = static_cast<float>(median + 0.01);
+  const std::vector<Case> cases = {
+      {"orthogonal decomposition x2.5", {.hook = id, .kind = InterventionKind::kOrthogonalDecomp, .coefficient = 2.5f, .value = direction},
+       [](double p) { return 2.5 * p; }},
+      {"orthogonal decomposition x-1", {.hook = id, .kind = InterventionKind::kOrthogonalDecomp, .coefficient = -1.0f, .value = direction},
+       [](double p) { return -p; }},
+      {"cap above", {.hook = id, .kind = InterventionKind::kProjectionCap, .value = direction, .projection_max = hi},
+       [&](double p) { return std::min(p, double{hi}); }},
+      {"cap below", {.hook = id, .kind = InterventionKind::kProjectionCap, .value = direction, .projection_min = lo},
+       [&](double p) { return std::max(p, double{lo}); }},
+      {"cap both", {.hook = id, .kind = InterventionKind::kProjectionCap, .value = direction, .projection_min = lo, .projection_max = hi},
+       [&](double p) { return std::clamp(p, double{lo}, double{hi}); }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    HookPlan edited(hooks);
+    ASSERT_TRUE(edited.Capture(hook).ok());
+    ASSERT_TRUE(edited.AddIntervention(c.edit).ok());
+    CollectingSink sink;
+    auto out = (*model)->Forward({.tokens = ids}, edited, &sink, {});
+    ASSERT_TRUE(out.ok()) << out.status();
+    const Tensor got = sink.values.at(hook);
+    Tensor expected = Tensor::EmptyHost(DType::kF32, x.shape());
+    int changed = 0;
+    for (int64_t t = 0; t < x.numel() / d; ++t) {
+      const double p = projections[t], q = c.along(p);
+      changed += std::abs(q - p) > 1e-6;
+      for (int64_t i = 0; i < d; ++i) {
+        expected.data<float>()[t * d + i] = static_cast<float>(x.data<float>()[t * d + i] + (q - p) * unit[i]);
+      }
+    }
+    EXPECT_GT(changed, 0);
+    EXPECT_LE(NormRelativeError(got, expected), 1e-6);
+  }
+
+  auto error = [&](Intervention edit) {
+    HookPlan p(hooks);
+    EXPECT_TRUE(p.AddIntervention(edit).ok());
+    return std::string((*model)->Forward({.tokens = ids}, p, nullptr, {}).status().message());
+  };
+  EXPECT_THAT(error({.hook = id, .kind = InterventionKind::kProjectionCap, .value = direction}),
+              HasSubstr("needs projection_min or projection_max"));
+  EXPECT_THAT(error({.hook = id, .kind = InterventionKind::kProjectionCap, .value = direction,
+                     .projection_min = 2, .projection_max = 1}),
+              HasSubstr("projection_min 2 is above projection_max 1"));
+  EXPECT_THAT(error({.hook = id, .kind = InterventionKind::kOrthogonalDecomp,
+                     .value = Tensor::ZerosHost(DType::kF32, {d})}),
+              HasSubstr("finite and non-zero"));
 }
 
 // Runs `tokens` (with `mask`, if defined) through tiny-gpt2 or tiny-llama with `edits`

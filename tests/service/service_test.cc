@@ -3,6 +3,7 @@
 // while the server keeps serving.
 #include <grpcpp/grpcpp.h>
 
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -427,12 +428,137 @@ TEST_F(ServiceTest, GenerateRefusesBadRequests) {
          for (int i = 0; i < 5; ++i) in->add_value(1);
        },
        "blocks.0.hook_resid_pre"},
+      {[](auto& r) {
+         auto* c = r.add_captures();
+         c->set_hook("blocks.0.hook_resid_pre");
+         c->add_positions(0);
+       },
+       "captures[0] \"blocks.0.hook_resid_pre\": positions are not available in Generate"},
+      {[](auto& r) { r.add_captures()->set_hook("blocks.9.hook_nope"); }, "blocks.9.hook_nope"},
+      {[](auto& r) {
+         auto* edit = r.add_sae_splices()->add_edits();
+         edit->set_kind(pb::FEATURE_EDIT_CLAMP);
+         edit->add_features(0);
+         edit->add_positions(1);
+       },
+       "sae_splices[0].edits[0]: feature edits that select rows or positions are not available"},
+      {[](auto& r) { r.add_stop_strings("\n"); }, "stop_strings need a tokenizer"},
+      {[](auto& r) { r.add_stop_strings(""); }, "stop_strings[0] has 0 bytes"},
+      {[](auto& r) {
+         for (int i = 0; i < 17; ++i) r.add_stop_strings("x");
+       },
+       "stop_strings has 17 entries; at most 16"},
+      {[](auto& r) {
+         auto* in = r.add_interventions();
+         in->set_hook("blocks.0.hook_resid_pre");
+         in->set_kind(pb::INTERVENTION_PROJECTION_CAP);
+         for (int i = 0; i < 64; ++i) in->add_value(1);
+       },
+       "needs projection_min or projection_max"},
+      {[](auto& r) {
+         auto* in = r.add_interventions();
+         in->set_hook("blocks.0.hook_resid_pre");
+         in->set_kind(pb::INTERVENTION_ADD);
+         in->set_projection_max(1);
+         for (int i = 0; i < 64; ++i) in->add_value(1);
+       },
+       "projection_min / projection_max apply to PROJECTION_CAP only"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.phrase);
     const grpc::Status status = refused(c.edit);
     EXPECT_NE(status.error_code(), grpc::StatusCode::OK);
     EXPECT_THAT(status.error_message(), HasSubstr(c.phrase));
+  }
+}
+
+// Per-step captures (cut as the request asks: heads, reductions, dtype) and the unsteered
+// continuation streamed after the steered one, each equal to the engine's own generation.
+TEST_F(ServiceTest, GenerateStreamsCapturesAndTheUnsteeredContinuation) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  const ServedModel& served = **server_->store().Find("llama");
+  const int64_t d_model = served.model->config().d_model;
+  pb::GenerateRequest request;
+  request.set_model("llama");
+  AddIds(request.mutable_inputs()->add_token_ids(), {5, 6, 7});
+  AddIds(request.mutable_inputs()->add_token_ids(), {9});
+  request.set_max_new_tokens(4);
+  request.set_stop_at_eos(false);
+  request.set_capture_prompt(true);
+  request.set_include_unsteered(true);
+  auto* resid = request.add_captures();
+  resid->set_hook("blocks.1.hook_resid_pre");
+  auto* z = request.add_captures();
+  z->set_hook("blocks.0.attn.hook_z");
+  z->add_heads(1);
+  z->set_reduction(pb::REDUCTION_NORM);
+  z->set_dtype(pb::DTYPE_F16);
+  auto* steer = request.add_interventions();
+  steer->set_hook("blocks.0.hook_resid_pre");
+  steer->set_kind(pb::INTERVENTION_ADD);
+  steer->set_coefficient(8);
+  for (int64_t i = 0; i < d_model; ++i) steer->add_value(std::sin(0.9f * i));
+
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, request);
+  pb::GenerateResponse response;
+  std::vector<std::vector<int32_t>> streamed[2] = {std::vector<std::vector<int32_t>>(2),
+                                                   std::vector<std::vector<int32_t>>(2)};
+  std::vector<pb::StepTensor> steered_resid;
+  pb::GenerateSummary summary;
+  int64_t payload = 0;
+  while (reader->Read(&response)) {
+    if (response.has_step()) {
+      const pb::GenerateStep& step = response.step();
+      const bool unsteered = step.unsteered();
+      for (int r = 0; r < 2; ++r) streamed[unsteered][r].push_back(step.tokens(r));
+      // In forward order: layer 0's hook_z before layer 1's resid_pre.
+      ASSERT_EQ(step.captures_size(), 2);
+      const int64_t queries = step.step() == 0 ? 3 : 1;
+      EXPECT_EQ(step.captures(0).name(), "blocks.0.attn.hook_z");
+      EXPECT_THAT(step.captures(0).shape(), ::testing::ElementsAre(2, queries, 1));
+      EXPECT_EQ(step.captures(0).dtype(), pb::DTYPE_F16);
+      EXPECT_EQ(step.captures(0).data().size(), 2u * queries * 1 * 2);
+      EXPECT_EQ(step.captures(1).name(), "blocks.1.hook_resid_pre");
+      EXPECT_THAT(step.captures(1).shape(), ::testing::ElementsAre(2, queries, d_model));
+      EXPECT_EQ(step.captures(1).dtype(), pb::DTYPE_F32);
+      for (const pb::StepTensor& t : step.captures()) payload += static_cast<int64_t>(t.data().size());
+      if (!unsteered) steered_resid.push_back(step.captures(1));
+    } else if (response.has_summary()) {
+      summary = response.summary();
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(summary.sequences_size(), 2);
+  ASSERT_EQ(summary.unsteered_sequences_size(), 2);
+  EXPECT_EQ(summary.bytes_sent(), payload);
+
+  // The engine with and without the edit gives the same tokens and (steered) captures.
+  HookPlan plain(served.model->hooks());
+  auto unsteered = Generate(*served.model, {{5, 6, 7}, {9}}, plain, {.max_new_tokens = 4}, nullptr);
+  ASSERT_TRUE(unsteered.ok()) << unsteered.status();
+  EXPECT_EQ(unsteered->generated, streamed[1]);
+  HookPlan edited(served.model->hooks());
+  ASSERT_TRUE(edited.Capture("blocks.1.hook_resid_pre").ok());
+  Tensor value = Tensor::EmptyHost(DType::kF32, {d_model});
+  for (int64_t i = 0; i < d_model; ++i) value.data<float>()[i] = std::sin(0.9f * i);
+  ASSERT_TRUE(edited.AddIntervention({.hook = *served.model->hooks().Resolve("blocks.0.hook_resid_pre"),
+                                      .kind = InterventionKind::kAdd, .coefficient = 8, .value = value})
+                  .ok());
+  std::vector<Tensor> direct_resid;
+  auto steered = Generate(*served.model, {{5, 6, 7}, {9}}, edited,
+                          {.max_new_tokens = 4, .capture_prompt = true}, [&](const GeneratedStep& step) {
+                            direct_resid.push_back(step.captures.at(0).value);
+                            return absl::OkStatus();
+                          });
+  ASSERT_TRUE(steered.ok()) << steered.status();
+  EXPECT_EQ(steered->generated, streamed[0]);
+  EXPECT_NE(steered->generated, unsteered->generated);
+  ASSERT_EQ(direct_resid.size(), steered_resid.size());
+  for (size_t s = 0; s < direct_resid.size(); ++s) {
+    ASSERT_EQ(steered_resid[s].data().size(), direct_resid[s].nbytes());
+    EXPECT_EQ(std::memcmp(steered_resid[s].data().data(), direct_resid[s].raw_data(),
+                          direct_resid[s].nbytes()), 0) << "step " << s;
   }
 }
 

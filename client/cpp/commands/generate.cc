@@ -37,6 +37,10 @@ constexpr Flag kFlags[] = {
     {"stop_tokens", FlagKind::kRepeated, "--stop_tokens IDS", "a row stops after one of these"},
     {"stop_at_eos", FlagKind::kBool, "--stop_at_eos, --nostop_at_eos",
      "stop at the model's EOS token (default yes)"},
+    {"stop_string", FlagKind::kRepeated, "--stop_string TEXT",
+     "a row stops once its text contains TEXT (repeatable; needs a tokenizer)"},
+    {"unsteered", FlagKind::kBool, "--unsteered",
+     "also print the continuation without the edits, from the same prompt and seed"},
     {"intervene", FlagKind::kRepeated, "", ""},
     {"sae_splice", FlagKind::kRepeated, "", ""},
     {"sae_edit", FlagKind::kRepeated, "", ""},
@@ -94,6 +98,11 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
                       ParseIntList("stop_tokens", raw.Values("stop_tokens"), 0));
   request.mutable_stop_token_ids()->Add(stops.begin(), stops.end());
   if (raw.Has("stop_at_eos")) request.set_stop_at_eos(raw.IsTrue("stop_at_eos"));
+  for (const std::string& stop : raw.Values("stop_string")) {
+    if (stop.empty()) return UsageError("--stop_string needs a non-empty TEXT");
+    request.add_stop_strings(stop);
+  }
+  request.set_include_unsteered(raw.Has("unsteered") && raw.IsTrue("unsteered"));
   return absl::OkStatus();
 }
 
@@ -102,7 +111,26 @@ std::string FinishName(glassbox::v1::FinishReason reason) {
     case glassbox::v1::FINISH_REASON_LENGTH: return "max_new_tokens";
     case glassbox::v1::FINISH_REASON_STOP_TOKEN: return "a stop token";
     case glassbox::v1::FINISH_REASON_CONTEXT: return "the model's context";
+    case glassbox::v1::FINISH_REASON_STOP_STRING: return "a stop string";
     default: return "unknown";
+  }
+}
+
+// Each row's continuation and why it stopped; `label` names the steered or unsteered set.
+void PrintSequences(const GenerateRequest& request,
+                    const google::protobuf::RepeatedPtrField<glassbox::v1::GeneratedSequence>& sequences,
+                    bool text_shown, std::string_view label, std::ostream& out) {
+  for (int r = 0; r < sequences.size(); ++r) {
+    const glassbox::v1::GeneratedSequence& s = sequences[r];
+    if (!text_shown) {
+      const std::string prompt =
+          r < request.inputs().texts_size() ? request.inputs().texts(r) : std::string();
+      out << absl::StrFormat("%srow %d: %s%s\n", label, r, prompt,
+                             s.text().empty() ? absl::StrJoin(s.tokens(), ",") : s.text());
+    }
+    out << absl::StrFormat("  (%srow %d: %d new tokens [%s]; stopped by %s)\n", label, r,
+                           s.tokens_size(), absl::StrJoin(s.tokens(), ","),
+                           FinishName(s.finish_reason()));
   }
 }
 
@@ -110,29 +138,27 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
                  std::ostream& err) {
   const GenerateRequest& request = Request<GenerateRequest>(invocation);
   const bool one_row = request.inputs().texts_size() + request.inputs().token_ids_size() == 1;
-  bool streamed_text = false;
+  // One row's text streams as it arrives: the steered continuation, then (--unsteered) the
+  // unsteered one on a line of its own.
+  bool streamed[2] = {false, false};
   auto on_step = [&](const glassbox::v1::GenerateStep& step) -> absl::Status {
     if (one_row && step.texts_size() == 1) {
-      // The prompt first, then each token's text as it arrives.
-      if (!streamed_text && request.inputs().texts_size() == 1) out << request.inputs().texts(0);
+      const int set = step.unsteered() ? 1 : 0;
+      if (!streamed[set]) {
+        if (set == 1) out << (streamed[0] ? "\n" : "") << "unsteered: ";
+        if (request.inputs().texts_size() == 1) out << request.inputs().texts(0);
+      }
       out << step.texts(0) << std::flush;
-      streamed_text = true;
+      streamed[set] = true;
     }
     return absl::OkStatus();
   };
   GB_ASSIGN_OR_RETURN(client::Client::GenerateResult result, client.Generate(request, on_step));
-  if (streamed_text) out << "\n";
-  const auto& sequences = result.summary.sequences();
-  for (int r = 0; r < sequences.size(); ++r) {
-    const glassbox::v1::GeneratedSequence& s = sequences[r];
-    if (!(one_row && streamed_text)) {
-      const std::string prompt =
-          r < request.inputs().texts_size() ? request.inputs().texts(r) : std::string();
-      out << absl::StrFormat("row %d: %s%s\n", r, prompt,
-                             s.text().empty() ? absl::StrJoin(s.tokens(), ",") : s.text());
-    }
-    out << absl::StrFormat("  (row %d: %d new tokens [%s]; stopped by %s)\n", r, s.tokens_size(),
-                           absl::StrJoin(s.tokens(), ","), FinishName(s.finish_reason()));
+  if (streamed[0] || streamed[1]) out << "\n";
+  PrintSequences(request, result.summary.sequences(), one_row && streamed[0], "", out);
+  if (request.include_unsteered()) {
+    PrintSequences(request, result.summary.unsteered_sequences(), one_row && streamed[1],
+                   "unsteered ", out);
   }
   out << absl::StrFormat("%.3f s\n", result.summary.timings().total_seconds());
   return absl::OkStatus();
@@ -146,7 +172,8 @@ extern constinit const Command kGenerateCommand = {
     .synopsis = "generate --model MODEL (--text TEXT | --tokens IDS)...\n"
                 "[--max_new_tokens 20] [--temperature 0] [--top_k N] [--top_p P]\n"
                 "[--min_p P] [--repetition_penalty R] [--seed N] [--stop_tokens IDS]\n"
-                "[--nostop_at_eos] [--intervene SPEC]... [--sae_splice ...]",
+                "[--nostop_at_eos] [--stop_string TEXT]... [--unsteered]\n"
+                "[--intervene SPEC]... [--sae_splice ...]",
     .summary = "continue each row (greedy unless --temperature), with edits at every step",
     .flags = kFlags,
     .flags_heading = "Generate flags:",

@@ -100,6 +100,10 @@ Interventions (--intervene KIND:HOOK[:KEY=VALUE]...; docs/interventions.md):
          patch_cached x[b, S] = c[source_rows[b], S], c = the run kept as NAME (--cache_as) at
                      the same hook  (needs from=NAME; source_rows default: row b, or row 0 of a
                      one-row cached run; positions count from 0 in both runs)
+         project_out x[t] -= coef (x[t] . u) u, u = value/|value|  (needs value=V; coef default 1)
+         orthogonal_decomp  x[t] = (I - uu^T) x[t] + coef (x[t] . u) u  (needs value=V, coef=X)
+         projection_cap     x[t] += (clamp(x[t] . u, min, max) - x[t] . u) u
+                     (needs value=V and min=X, max=X or both)
   HOOK   a hook name or glob (blocks.0.attn.hook_z, 'blocks.*.hook_resid_pre')
   S      the selection: rows=LIST positions=LIST (negative: from each row's end; also pos=)
          heads=LIST dims=LIST (last axis: neuron / d_model / d_head index); omitted = all

@@ -99,3 +99,80 @@ def test_project_out_during_generation(client: glassbox.Client) -> None:
     with pytest.raises(glassbox.InvalidArgument, match="non-zero"):
         demo.generate([5, 6], max_new_tokens=2,
                       interventions=glassbox.ProjectOut("blocks.0.hook_resid_pre", np.zeros(128)))
+
+
+def test_stop_strings_end_a_row_in_its_text(client: glassbox.Client) -> None:
+    demo = client.model("demo")
+    prompt = "Once upon a time"
+    free = demo.generate(prompt, max_new_tokens=16, do_sample=False, stop_at_eos=False,
+                         return_type="sequences")[0]
+    assert len(free.text) > 4
+    stop = free.text[2:4]  # two characters inside the continuation, perhaps across tokens
+    (stopped,) = demo.generate(prompt, max_new_tokens=16, do_sample=False, stop_at_eos=False,
+                               stop_strings=[stop], return_type="sequences")
+    assert stopped.finish_reason == "stop_string"
+    assert stop in stopped.text and free.text.startswith(stopped.text)
+    # It stopped at the first token whose text completes the stop string, not later.
+    assert stop not in demo.to_string(stopped.tokens[:-1].tolist())
+    llama = client.model("tiny-llama")
+    with pytest.raises(glassbox.FailedPrecondition, match="stop_strings need a tokenizer"):
+        llama.generate([1, 2], max_new_tokens=2, stop_strings=["x"])
+
+
+def test_per_step_captures_equal_a_run_over_the_sequence(client: glassbox.Client) -> None:
+    demo = client.model("demo")
+    hook = "blocks.1.hook_resid_post"
+    steer = glassbox.Add("blocks.0.hook_resid_post", np.sin(np.arange(demo.info.d_model)).astype(np.float32))
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    with demo.generate_stream(prompts, max_new_tokens=5, do_sample=False, stop_at_eos=False,
+                              captures=[hook], capture_prompt=True, interventions=steer) as stream:
+        steps = list(stream)
+    assert stream.sequences is not None
+    for r, sequence in enumerate(stream.sequences):
+        _, cache = demo.run_with_cache([sequence.all_tokens.tolist()], names_filter=hook, interventions=steer)
+        full = cache[hook][0]  # [pos, d_model]
+        n = len(prompts[r])
+        np.testing.assert_allclose(steps[0].captures[hook][r, :n], full[:n], rtol=1e-4, atol=1e-4)
+        assert not steps[0].captures[hook][r, n:].any()  # right-padded
+        for s, step in enumerate(steps[1:], start=1):
+            assert step.captures[hook].shape == (2, 1, demo.info.d_model)
+            np.testing.assert_allclose(step.captures[hook][r, 0], full[n + s - 1], rtol=1e-4, atol=1e-4)
+    with pytest.raises(glassbox.InvalidArgument, match="positions are not available in Generate"):
+        demo.generate([5, 6], max_new_tokens=2, captures=[glassbox.Capture(hook, positions=[0])])
+
+
+def test_steered_and_unsteered_side_by_side(client: glassbox.Client) -> None:
+    demo = client.model("demo")
+    direction = np.cos(np.arange(demo.info.d_model) * 0.7).astype(np.float32)
+    steer = glassbox.Add("blocks.1.hook_resid_pre", direction, coef=20.0)
+    kwargs = dict(max_new_tokens=8, temperature=0.8, seed=3, stop_at_eos=False)
+    steered, unsteered = demo.generate("Once upon a time", interventions=steer, include_unsteered=True, **kwargs)
+    assert steered == demo.generate("Once upon a time", interventions=steer, **kwargs)
+    assert unsteered == demo.generate("Once upon a time", **kwargs)
+    assert steered != unsteered
+
+
+@pytest.mark.parametrize("method", ["orthogonal_decomp", "projection_cap"])
+def test_neuronpedia_steering_methods_follow_their_formulas(client: glassbox.Client, method: str) -> None:
+    demo = client.model("demo")
+    hook = "blocks.1.hook_resid_pre"
+    direction = np.sin(np.arange(demo.info.d_model) * 0.4 + 0.3).astype(np.float32)
+    unit = direction.astype(np.float64) / np.linalg.norm(direction)
+    _, clean = demo.run_with_cache([[5, 6, 7, 8, 9]], names_filter=hook)
+    x = clean[hook].astype(np.float64)
+    p = x @ unit
+    if method == "orthogonal_decomp":
+        edit = glassbox.OrthogonalDecomp(hook, direction, coef=3.0)
+        q = 3.0 * p
+    else:
+        cap = float(np.median(p))
+        edit = glassbox.ProjectionCap(hook, direction, max=cap)
+        q = np.minimum(p, cap)
+    _, edited = demo.run_with_cache([[5, 6, 7, 8, 9]], names_filter=hook, interventions=edit)
+    expected = x + (q - p)[..., None] * unit
+    np.testing.assert_allclose(edited[hook], expected, rtol=1e-5, atol=1e-5)
+    # They are position-local, so generation runs them over the KV cache at every step.
+    out = demo.generate([5, 6, 7], max_new_tokens=4, do_sample=False, stop_at_eos=False, interventions=edit)
+    assert out.shape == (1, 7)
+    with pytest.raises(ValueError, match="needs projection_min, projection_max or both"):
+        glassbox.ProjectionCap(hook, direction)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
+from ._stream import decode_tensor
 from ._transport import ServerStream
 
 _FINISH = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_STOP_TOKEN: "stop_token",
     pb.FINISH_REASON_CONTEXT: "context",
+    pb.FINISH_REASON_STOP_STRING: "stop_string",
 }
 
 
@@ -30,6 +32,13 @@ class GenerationStep:
     texts: Tuple[str, ...]
     #: Per row, the ``top_logprobs`` most likely (token, log-prob) pairs, most likely first.
     top: Tuple[Tuple[Tuple[int, float], ...], ...] = ()
+    #: The captures of this step by hook name (``"<hook>.indices"`` for top-k indices):
+    #: [batch, 1, ...] at the position that chose this step's token ([batch, head, 1, key_pos]
+    #: for patterns and scores); at step 0 with ``capture_prompt`` every prompt position,
+    #: right-padded. Rows that already finished hold zeros.
+    captures: Dict[str, np.ndarray] = field(default_factory=dict)
+    #: True for the steps of the continuation without edits (``include_unsteered``).
+    unsteered: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class GeneratedSequence:
     prompt: np.ndarray  # int64 prompt ids, as they ran
     tokens: np.ndarray  # int64 new ids only
     text: str  # the new text ("" without a tokenizer)
-    finish_reason: str  # "length", "stop_token" or "context"
+    finish_reason: str  # "length", "stop_token", "stop_string" or "context"
 
     @property
     def all_tokens(self) -> np.ndarray:
@@ -88,6 +97,8 @@ class GenerationStream(Iterator[GenerationStep]):
         self.model: str = first.header.model
         self.prompts: List[np.ndarray] = [np.asarray(t.ids, dtype=np.int64) for t in first.header.tokens]
         self.sequences: Optional[List[GeneratedSequence]] = None
+        #: With ``include_unsteered``: the continuations without edits, from the same seed.
+        self.unsteered_sequences: Optional[List[GeneratedSequence]] = None
         self.seconds: float = 0.0
 
     def __iter__(self) -> "GenerationStream":
@@ -99,21 +110,28 @@ class GenerationStream(Iterator[GenerationStep]):
             if kind == "step":
                 s = message.step
                 top = tuple(tuple(zip(t.tokens, t.logprobs)) for t in s.top)
-                return GenerationStep(s.step, tuple(s.tokens), tuple(s.logprobs), tuple(s.texts), top)
+                captures = {t.name: decode_tensor(t.dtype, t.data, tuple(t.shape)) for t in s.captures}
+                return GenerationStep(s.step, tuple(s.tokens), tuple(s.logprobs), tuple(s.texts), top,
+                                      captures, s.unsteered)
             if kind == "summary":
-                self.sequences = [
-                    GeneratedSequence(
-                        prompt=prompt,
-                        tokens=np.asarray(seq.tokens, dtype=np.int64),
-                        text=seq.text,
-                        finish_reason=_FINISH.get(seq.finish_reason, "unspecified"),
-                    )
-                    for prompt, seq in zip(self.prompts, message.summary.sequences)
-                ]
+                self.sequences = self._sequences(message.summary.sequences)
+                if message.summary.unsteered_sequences:
+                    self.unsteered_sequences = self._sequences(message.summary.unsteered_sequences)
                 self.seconds = message.summary.timings.total_seconds
             else:
                 raise RuntimeError(f"malformed Generate stream: unexpected {kind}")
         raise StopIteration
+
+    def _sequences(self, sequences: Sequence["pb.GeneratedSequence"]) -> List[GeneratedSequence]:
+        return [
+            GeneratedSequence(
+                prompt=prompt,
+                tokens=np.asarray(seq.tokens, dtype=np.int64),
+                text=seq.text,
+                finish_reason=_FINISH.get(seq.finish_reason, "unspecified"),
+            )
+            for prompt, seq in zip(self.prompts, sequences)
+        ]
 
     def cancel(self) -> None:
         self._responses.cancel()
@@ -134,6 +152,9 @@ def generation_request(
     stop_at_eos: bool,
     stop_tokens: Sequence[int],
     top_logprobs: int,
+    stop_strings: Sequence[str] = (),
+    capture_prompt: bool = False,
+    include_unsteered: bool = False,
 ) -> "pb.GenerateRequest":
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
@@ -145,4 +166,7 @@ def generation_request(
         stop_at_eos=bool(stop_at_eos),
         stop_token_ids=[int(t) for t in stop_tokens],
         top_logprobs=int(top_logprobs),
+        stop_strings=[str(x) for x in ([stop_strings] if isinstance(stop_strings, str) else stop_strings)],
+        capture_prompt=bool(capture_prompt),
+        include_unsteered=bool(include_unsteered),
     )

@@ -39,7 +39,10 @@ _KINDS = {
     "patch_rows": pb.INTERVENTION_PATCH_ROW,
     "patch_cached": pb.INTERVENTION_PATCH_CACHED,
     "project_out": pb.INTERVENTION_PROJECT_OUT,
+    "orthogonal_decomp": pb.INTERVENTION_ORTHOGONAL_DECOMP,
+    "projection_cap": pb.INTERVENTION_PROJECTION_CAP,
 }
+_DIRECTIONAL = ("project_out", "orthogonal_decomp", "projection_cap")
 
 
 def _hook_name(hook: HookSpec) -> str:
@@ -67,8 +70,8 @@ class Intervention:
     ``Set``, ``MeanAblate`` or ``PatchRows``.
 
     Args:
-        kind: "zero", "scale", "add", "set", "mean_batch", "mean_pos", "patch_rows" or
-            "project_out".
+        kind: "zero", "scale", "add", "set", "mean_batch", "mean_pos", "patch_rows",
+            "patch_cached", "project_out", "orthogonal_decomp" or "projection_cap".
         hook: hook name, glob, or get_act_name tuple such as ``("z", 0)``.
         rows, positions, heads, dims: the selection (None = all along that axis). ``dims`` are
             last-axis indices: neurons of mlp.hook_post, d_model features, d_head features;
@@ -82,6 +85,7 @@ class Intervention:
             {row: source row} that patches only those rows. "patch_cached": the cached row of
             each batch row (None: row b, or row 0 of a one-row cached run).
         cached_run: "patch_cached": the name the source run was kept under (``cache_as``).
+        projection_min, projection_max: "projection_cap": the bounds of ``x . u``.
     """
 
     kind: str
@@ -99,6 +103,8 @@ class Intervention:
         value: Any = None,
         source_rows: Union[None, Sequence[int], Mapping[int, int]] = None,
         cached_run: Optional[str] = None,
+        projection_min: Optional[float] = None,
+        projection_max: Optional[float] = None,
     ) -> None:
         if kind not in _KINDS:
             raise ValueError(f"intervention kind must be one of {sorted(_KINDS)}, got {kind!r}")
@@ -114,7 +120,7 @@ class Intervention:
                 raise TypeError(f"{name}.coef must be a number, got {coef!r}")
             coef = float(coef)
         self.coef: Optional[float] = coef
-        if kind in ("add", "set", "project_out"):
+        if kind in ("add", "set") + _DIRECTIONAL:
             if value is None:
                 raise ValueError(f"{name} needs a value")
             self.value: Optional[np.ndarray] = _float_array(value, f"{name}.value")
@@ -124,8 +130,23 @@ class Intervention:
             self.value = None
         if kind == "scale" and coef is None:
             raise ValueError(f"{name} needs coef")
-        if kind not in ("scale", "add", "project_out") and coef is not None:
+        if kind == "orthogonal_decomp" and coef is None:
+            raise ValueError(f"{name} needs coef")
+        if kind not in ("scale", "add", "project_out", "orthogonal_decomp") and coef is not None:
             raise ValueError(f"a {kind!r} intervention takes no coef")
+        bounds = []
+        for bound, what in ((projection_min, "projection_min"), (projection_max, "projection_max")):
+            if bound is not None:
+                if kind != "projection_cap":
+                    raise ValueError(f"a {kind!r} intervention takes no {what}")
+                if isinstance(bound, bool) or not isinstance(bound, (int, float, np.integer, np.floating)):
+                    raise TypeError(f"{name}.{what} must be a number, got {bound!r}")
+                bound = float(bound)
+            bounds.append(bound)
+        if kind == "projection_cap" and bounds == [None, None]:
+            raise ValueError(f"{name} needs projection_min, projection_max or both")
+        self.projection_min: Optional[float] = bounds[0]
+        self.projection_max: Optional[float] = bounds[1]
         self.source_rows: Union[None, Tuple[int, ...], Dict[int, int]] = None
         if kind == "patch_rows":
             if source_rows is None:
@@ -185,13 +206,17 @@ class Intervention:
             message.coefficient = self.coef
         if self.value is not None:
             message.value.extend(self.value.ravel().tolist())
+        if self.projection_min is not None:
+            message.projection_min = self.projection_min
+        if self.projection_max is not None:
+            message.projection_max = self.projection_max
         return message
 
     def _fields(self) -> Tuple[Any, ...]:
         value = None if self.value is None else (self.value.shape, self.value.tobytes())
         source = tuple(sorted(self.source_rows.items())) if isinstance(self.source_rows, dict) else self.source_rows
         return (self.kind, self.hook, self.rows, self.positions, self.heads, self.dims, self.coef, value, source,
-                self.cached_run)
+                self.cached_run, self.projection_min, self.projection_max)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Intervention):
@@ -211,6 +236,10 @@ class Intervention:
             parts.append(f"value=<{list(self.value.shape)} float32>")
         if self.coef is not None:
             parts.append(f"coef={self.coef!r}")
+        if self.projection_min is not None:
+            parts.append(f"min={self.projection_min!r}")
+        if self.projection_max is not None:
+            parts.append(f"max={self.projection_max!r}")
         if self.cached_run is not None:
             parts.insert(parts.index(repr(self.hook)) + 1, repr(self.cached_run))
         if self.source_rows is not None:
@@ -278,6 +307,29 @@ class ProjectOut(Intervention):
                  positions: IndexSpec = None, heads: IndexSpec = None) -> None:
         super().__init__("project_out", hook, value=direction, coef=coef, rows=rows, positions=positions,
                          heads=heads)
+
+
+class OrthogonalDecomp(Intervention):
+    """Neuronpedia's ``ORTHOGONAL_DECOMP`` steering: ``x = (I - P) x + coef * P x`` per selected
+    token (and head), ``P = u u^T``, ``u = direction / |direction|``: the component along the
+    direction is scaled by ``coef`` and the rest is kept (``coef=0`` is ``ProjectOut``)."""
+
+    def __init__(self, hook: HookSpec, direction: Any, coef: float, *, rows: IndexSpec = None,
+                 positions: IndexSpec = None, heads: IndexSpec = None) -> None:
+        super().__init__("orthogonal_decomp", hook, value=direction, coef=coef, rows=rows, positions=positions,
+                         heads=heads)
+
+
+class ProjectionCap(Intervention):
+    """Neuronpedia's ``PROJECTION_CAP`` steering: the projection ``p = x . u`` of each selected
+    token (and head) onto ``u = direction / |direction|`` is clamped into ``[min, max]``:
+    ``x += (clamp(p, min, max) - p) u``. Give ``min``, ``max`` or both."""
+
+    def __init__(self, hook: HookSpec, direction: Any, *, min: Optional[float] = None,
+                 max: Optional[float] = None, rows: IndexSpec = None, positions: IndexSpec = None,
+                 heads: IndexSpec = None) -> None:
+        super().__init__("projection_cap", hook, value=direction, projection_min=min, projection_max=max,
+                         rows=rows, positions=positions, heads=heads)
 
 
 class MeanAblate(Intervention):

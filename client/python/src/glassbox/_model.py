@@ -523,18 +523,33 @@ class Model:
         saes: Splices = None,
         sae_steering: Steering = None,
         top_logprobs: int = 0,
+        stop_strings: Sequence[str] = (),
+        captures: NamesFilter = None,
+        capture_prompt: bool = False,
+        include_unsteered: bool = False,
         prepend_bos: Optional[bool] = None,
         timeout: Optional[float] = None,
     ) -> GenerationStream:
         """Generation as an iterator of ``GenerationStep`` (one per step, as the server
         produces them); the finished ``sequences`` are on the stream afterwards. Arguments are
-        ``generate``'s; ``top_logprobs`` adds the most likely alternatives of every step."""
+        ``generate``'s, and:
+
+        - ``top_logprobs``: the most likely alternatives of every step.
+        - ``captures``: hooks (names, globs, ``Capture`` objects without positions, or a
+          predicate) reported with every step in ``GenerationStep.captures``: the position
+          that chose the step's token; ``capture_prompt`` makes step 0 report every prompt
+          position (what the KV cache was filled with).
+        - ``include_unsteered``: after the steered continuation, the one without any
+          intervention, splice or steering from the same prompts and seed; its steps have
+          ``unsteered=True`` and the stream's ``unsteered_sequences`` holds it.
+        """
         proto_inputs = build_inputs(input, prepend_bos)
         request = generation_request(
             self.name, proto_inputs, max_new_tokens,
             sampling_proto(do_sample, temperature, top_k, top_p, min_p, repetition_penalty, freq_penalty, seed),
-            stop_at_eos, stop_tokens, top_logprobs,
+            stop_at_eos, stop_tokens, top_logprobs, stop_strings, capture_prompt, include_unsteered,
         )
+        request.captures.extend(c.to_proto() for c in self._captures(captures, None))
         request.interventions.extend(intervention_protos(interventions, _batch_size(proto_inputs)))
         request.sae_splices.extend(splice_protos(saes))
         request.sae_steering.extend(steering_protos(sae_steering))
@@ -562,17 +577,29 @@ class Model:
         Sampling follows TransformerLens's defaults (``do_sample=True``, ``temperature=1``);
         ``do_sample=False`` is greedy, equal token for token to HF ``generate``. ``seed`` makes
         sampling reproducible (row r uses seed + r). ``stop_at_eos`` stops a row at
-        config.json's EOS; ``stop_tokens`` adds more. Positions of interventions index real
-        tokens from 0 (prompt, then generated); negative positions are refused. ``verbose``
-        shows a progress bar (tqdm when installed).
+        config.json's EOS; ``stop_tokens`` adds more; ``stop_strings`` stops a row once its
+        text contains one (HF ``stop_strings``; the completing token is kept). Positions of
+        interventions index real tokens from 0 (prompt, then generated); negative positions are refused. ``verbose``
+        shows a progress bar (tqdm when installed). With ``include_unsteered=True`` it returns
+        a pair (steered, unsteered), each in the form above: the second continuation runs
+        without any edit from the same prompts and seed (Neuronpedia's steered vs default).
         """
+        unsteered = bool(kwargs.get("include_unsteered", False))
         with self.generate_stream(input, max_new_tokens, **kwargs) as stream:
-            bar = _progress(verbose, max_new_tokens)
+            bar = _progress(verbose, max_new_tokens * (2 if unsteered else 1))
             for _ in stream:
                 bar.update(1)
             bar.close()
             sequences = stream.sequences
         assert sequences is not None
+        if unsteered:
+            assert stream.unsteered_sequences is not None
+            return (self._generated_as(input, return_type, sequences),
+                    self._generated_as(input, return_type, stream.unsteered_sequences))
+        return self._generated_as(input, return_type, sequences)
+
+    def _generated_as(self, input: Inputs, return_type: str, sequences: List[GeneratedSequence]) -> Any:
+        """``generate``'s answer in the form ``return_type`` asks for."""
         if return_type == "sequences":
             return sequences
         texts_in = isinstance(input, str) or (
