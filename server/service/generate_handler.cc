@@ -48,9 +48,14 @@ absl::Status CheckEditsForGeneration(const pb::GenerateRequest& request) {
     if (request.captures(i).positions_size() > 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "captures[", i, "] \"", request.captures(i).hook(), "\": positions are not available "
-          "in Generate (each step reports the position that chose its token; capture_prompt adds "
-          "the prompt); leave them empty"));
+          "in Generate (each step reports the position that chose its token, capture_prompt adds "
+          "the prompt, capture_at_end reports every position); leave them empty"));
     }
+  }
+  if (request.capture_prompt() && request.capture_at_end()) {
+    return absl::InvalidArgumentError(
+        "capture_prompt and capture_at_end exclude each other: capture_at_end already reports "
+        "every prompt position");
   }
   constexpr int kMaxStopStrings = 16;
   constexpr size_t kMaxStopStringBytes = 256;
@@ -156,7 +161,8 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   }
 
   auto job = std::make_shared<GenerateJob>(*std::move(plan), *std::move(params),
-                                           request->include_unsteered(), limits_);
+                                           request->include_unsteered(),
+                                           request->capture_at_end(), limits_);
   if (!executor_.Submit([job] { job->Execute(); })) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
   }

@@ -16,12 +16,15 @@ namespace glassbox {
 
 class GenerateJob : public StreamingJob<glassbox::v1::GenerateResponse> {
  public:
-  GenerateJob(RunPlan plan, GenerateParams params, bool include_unsteered,
+  // With capture_at_end, the plan's captures are reported once, over the finished sequences,
+  // instead of with every step.
+  GenerateJob(RunPlan plan, GenerateParams params, bool include_unsteered, bool capture_at_end,
               const ServiceLimits& limits)
       : StreamingJob(limits.stream_buffer_bytes),
         plan_(std::move(plan)),
         params_(std::move(params)),
         include_unsteered_(include_unsteered),
+        capture_at_end_(capture_at_end),
         max_response_bytes_(limits.max_response_bytes) {
     params_.cancelled = &cancelled_;
   }
@@ -38,10 +41,18 @@ class GenerateJob : public StreamingJob<glassbox::v1::GenerateResponse> {
   // One generation: the steered one with the request's edits, or the unsteered one without.
   absl::StatusOr<GenerateResult> GenerateOnce(bool unsteered);
   absl::Status OnStep(const GeneratedStep& step, bool unsteered);
+  // capture_at_end: one forward pass over each row's prompt and continuation, its captures cut
+  // as the request asked and pushed as one GenerateCaptures message.
+  absl::Status CaptureAtEnd(const HookPlan& hook_plan, const GenerateResult& result,
+                            bool unsteered);
+  // Adds the outputs of every capture of `hook` that the request asked for; counts the bytes.
+  absl::Status AddCaptures(HookId hook, const Tensor& value, const std::vector<int32_t>& lengths,
+                           google::protobuf::RepeatedPtrField<glassbox::v1::StepTensor>* out);
 
   RunPlan plan_;
   GenerateParams params_;
   bool include_unsteered_;
+  bool capture_at_end_;
   int64_t max_response_bytes_;
   std::vector<std::vector<int32_t>> generated_;  // so far, per row, for incremental text
   std::vector<std::string> texts_;               // decoded so far, per row

@@ -434,6 +434,11 @@ TEST_F(ServiceTest, GenerateRefusesBadRequests) {
          c->add_positions(0);
        },
        "captures[0] \"blocks.0.hook_resid_pre\": positions are not available in Generate"},
+      {[](auto& r) {
+         r.set_capture_prompt(true);
+         r.set_capture_at_end(true);
+       },
+       "capture_prompt and capture_at_end exclude each other"},
       {[](auto& r) { r.add_captures()->set_hook("blocks.9.hook_nope"); }, "blocks.9.hook_nope"},
       {[](auto& r) {
          auto* edit = r.add_sae_splices()->add_edits();
@@ -559,6 +564,62 @@ TEST_F(ServiceTest, GenerateStreamsCapturesAndTheUnsteeredContinuation) {
     ASSERT_EQ(steered_resid[s].data().size(), direct_resid[s].nbytes());
     EXPECT_EQ(std::memcmp(steered_resid[s].data().data(), direct_resid[s].raw_data(),
                           direct_resid[s].nbytes()), 0) << "step " << s;
+  }
+}
+
+// capture_at_end reports the captures once per continuation, over the finished sequences:
+// byte for byte what a Run of those sequences with the same edits streams.
+TEST_F(ServiceTest, GenerateCapturesAtTheEndEqualARunOfTheSequences) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  pb::GenerateRequest request;
+  request.set_model("llama");
+  AddIds(request.mutable_inputs()->add_token_ids(), {5, 6, 7});
+  AddIds(request.mutable_inputs()->add_token_ids(), {9});
+  request.set_max_new_tokens(5);
+  request.set_stop_at_eos(false);
+  request.set_capture_at_end(true);
+  request.set_include_unsteered(true);
+  request.add_captures()->set_hook("blocks.1.attn.hook_pattern");
+  request.add_captures()->set_hook("blocks.0.hook_resid_post");
+  auto* scale = request.add_interventions();
+  scale->set_hook("blocks.0.mlp.hook_post");
+  scale->set_kind(pb::INTERVENTION_SCALE);
+  scale->set_coefficient(3);
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, request);
+  pb::GenerateResponse response;
+  std::vector<pb::GenerateCaptures> finals;
+  pb::GenerateSummary summary;
+  while (reader->Read(&response)) {
+    if (response.has_step()) EXPECT_EQ(response.step().captures_size(), 0);
+    if (response.has_final_captures()) finals.push_back(response.final_captures());
+    if (response.has_summary()) summary = response.summary();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(finals.size(), 2u);
+  EXPECT_FALSE(finals[0].unsteered());
+  EXPECT_TRUE(finals[1].unsteered());
+  for (int set = 0; set < 2; ++set) {
+    SCOPED_TRACE(set == 0 ? "steered" : "unsteered");
+    const auto& sequences = set == 0 ? summary.sequences() : summary.unsteered_sequences();
+    pb::RunRequest run;
+    run.set_model("llama");
+    const std::vector<std::vector<int32_t>> prompts = {{5, 6, 7}, {9}};
+    for (int r = 0; r < 2; ++r) {
+      auto* row = run.mutable_inputs()->add_token_ids();
+      row->mutable_ids()->Add(prompts[r].begin(), prompts[r].end());
+      row->mutable_ids()->Add(sequences[r].tokens().begin(), sequences[r].tokens().end());
+      EXPECT_EQ(finals[set].sequence_lengths(r), row->ids_size());
+    }
+    *run.mutable_captures() = request.captures();
+    if (set == 0) *run.mutable_interventions() = request.interventions();
+    Received expected = Run(run);
+    ASSERT_TRUE(expected.status.ok()) << expected.status.error_message();
+    ASSERT_EQ(finals[set].captures_size(), 2);
+    for (const pb::StepTensor& t : finals[set].captures()) {
+      SCOPED_TRACE(t.name());
+      EXPECT_EQ(t.data(), expected.bytes.at(t.name()));
+    }
   }
 }
 

@@ -137,6 +137,15 @@ def test_per_step_captures_equal_a_run_over_the_sequence(client: glassbox.Client
         for s, step in enumerate(steps[1:], start=1):
             assert step.captures[hook].shape == (2, 1, demo.info.d_model)
             np.testing.assert_allclose(step.captures[hook][r, 0], full[n + s - 1], rtol=1e-4, atol=1e-4)
+    with demo.generate_stream(prompts, max_new_tokens=5, do_sample=False, stop_at_eos=False,
+                              captures=[hook], capture_at_end=True, interventions=steer) as stream:
+        assert all(not step.captures for step in stream)
+    assert stream.sequences is not None
+    at_end = stream.final_captures[hook]  # [batch, longest sequence, d_model], right-padded
+    for r, sequence in enumerate(stream.sequences):
+        _, cache = demo.run_with_cache([sequence.all_tokens.tolist()], names_filter=hook, interventions=steer)
+        n = len(sequence.all_tokens)
+        np.testing.assert_allclose(at_end[r, :n], cache[hook][0], rtol=1e-4, atol=1e-4)
     with pytest.raises(glassbox.InvalidArgument, match="positions are not available in Generate"):
         demo.generate([5, 6], max_new_tokens=2, captures=[glassbox.Capture(hook, positions=[0])])
 

@@ -99,6 +99,10 @@ class GenerationStream(Iterator[GenerationStep]):
         self.sequences: Optional[List[GeneratedSequence]] = None
         #: With ``include_unsteered``: the continuations without edits, from the same seed.
         self.unsteered_sequences: Optional[List[GeneratedSequence]] = None
+        #: With ``capture_at_end``: the captures over each finished sequence (prompt and
+        #: continuation, right-padded), by hook name; ``unsteered_captures`` for the other one.
+        self.final_captures: Dict[str, np.ndarray] = {}
+        self.unsteered_captures: Dict[str, np.ndarray] = {}
         self.seconds: float = 0.0
 
     def __iter__(self) -> "GenerationStream":
@@ -113,6 +117,14 @@ class GenerationStream(Iterator[GenerationStep]):
                 captures = {t.name: decode_tensor(t.dtype, t.data, tuple(t.shape)) for t in s.captures}
                 return GenerationStep(s.step, tuple(s.tokens), tuple(s.logprobs), tuple(s.texts), top,
                                       captures, s.unsteered)
+            if kind == "final_captures":
+                f = message.final_captures
+                captures = {t.name: decode_tensor(t.dtype, t.data, tuple(t.shape)) for t in f.captures}
+                if f.unsteered:
+                    self.unsteered_captures = captures
+                else:
+                    self.final_captures = captures
+                continue
             if kind == "summary":
                 self.sequences = self._sequences(message.summary.sequences)
                 if message.summary.unsteered_sequences:
@@ -155,6 +167,7 @@ def generation_request(
     stop_strings: Sequence[str] = (),
     capture_prompt: bool = False,
     include_unsteered: bool = False,
+    capture_at_end: bool = False,
 ) -> "pb.GenerateRequest":
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
@@ -169,4 +182,5 @@ def generation_request(
         stop_strings=[str(x) for x in ([stop_strings] if isinstance(stop_strings, str) else stop_strings)],
         capture_prompt=bool(capture_prompt),
         include_unsteered=bool(include_unsteered),
+        capture_at_end=bool(capture_at_end),
     )

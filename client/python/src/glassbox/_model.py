@@ -527,6 +527,7 @@ class Model:
         captures: NamesFilter = None,
         capture_prompt: bool = False,
         include_unsteered: bool = False,
+        capture_at_end: bool = False,
         prepend_bos: Optional[bool] = None,
         timeout: Optional[float] = None,
     ) -> GenerationStream:
@@ -538,7 +539,9 @@ class Model:
         - ``captures``: hooks (names, globs, ``Capture`` objects without positions, or a
           predicate) reported with every step in ``GenerationStep.captures``: the position
           that chose the step's token; ``capture_prompt`` makes step 0 report every prompt
-          position (what the KV cache was filled with).
+          position (what the KV cache was filled with). ``capture_at_end`` reports them once
+          instead, over each finished sequence (every position, the last token included) in
+          the stream's ``final_captures``: a ``run_with_cache`` of the output, in one request.
         - ``include_unsteered``: after the steered continuation, the one without any
           intervention, splice or steering from the same prompts and seed; its steps have
           ``unsteered=True`` and the stream's ``unsteered_sequences`` holds it.
@@ -548,6 +551,7 @@ class Model:
             self.name, proto_inputs, max_new_tokens,
             sampling_proto(do_sample, temperature, top_k, top_p, min_p, repetition_penalty, freq_penalty, seed),
             stop_at_eos, stop_tokens, top_logprobs, stop_strings, capture_prompt, include_unsteered,
+            capture_at_end,
         )
         request.captures.extend(c.to_proto() for c in self._captures(captures, None))
         request.interventions.extend(intervention_protos(interventions, _batch_size(proto_inputs)))
