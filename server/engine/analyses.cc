@@ -1,5 +1,6 @@
 #include "server/engine/analyses.h"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <numeric>
@@ -48,6 +49,9 @@ absl::Status CheckTokens(const Transformer& model, const std::vector<int32_t>& t
 
 }  // namespace
 
+// The logit lens unembeds at most this many logits at once (64 MiB of f32).
+constexpr int64_t kLensChunkLogits = int64_t{16} << 20;
+
 absl::StatusOr<LogitLensResult> RunLogitLens(const Transformer& model, const LogitLensRequest& request) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
@@ -70,35 +74,42 @@ absl::StatusOr<LogitLensResult> RunLogitLens(const Transformer& model, const Log
   for (int64_t l = 0; l < layers; ++l) {
     const std::string name = l < c.n_layers ? absl::StrCat("blocks.", l, ".hook_resid_pre") : last_post;
     result.labels.push_back(l < c.n_layers ? absl::StrCat(l, "_pre") : "final_post");
-    // The final norm recomputed on this layer's residual, then the unembedding, on the backend.
-    const Tensor& host = sink.values.at(name);
-    GB_ASSIGN_OR_RETURN(Tensor x, be.Allocate(model.dtype(), {rows, c.d_model}));
-    if (model.dtype() == DType::kF32) {
-      GB_RETURN_IF_ERROR(be.CopyFromHost(host.Reshape({rows, c.d_model}), x));
-    } else {
-      GB_ASSIGN_OR_RETURN(Tensor staged, be.Allocate(DType::kF32, {rows, c.d_model}));
-      GB_RETURN_IF_ERROR(be.CopyFromHost(host.Reshape({rows, c.d_model}), staged));
-      GB_RETURN_IF_ERROR(be.Convert(staged, x));
-    }
-    GB_ASSIGN_OR_RETURN(Tensor normalized, be.Allocate(model.dtype(), {rows, c.d_model}));
-    const float eps = static_cast<float>(c.norm_eps);
-    const Tensor* bias = w.ln_final_b.defined() ? &w.ln_final_b : nullptr;
-    if (c.norm == NormKind::kLayerNorm) {
-      GB_RETURN_IF_ERROR(be.LayerNorm(x, &w.ln_final_w, bias, eps, normalized, nullptr, nullptr));
-    } else {
-      GB_RETURN_IF_ERROR(be.RmsNorm(x, &w.ln_final_w, eps, normalized, nullptr, nullptr));
-    }
-    GB_ASSIGN_OR_RETURN(Tensor logits, be.Allocate(DType::kF32, {rows, vocab}));
-    GB_RETURN_IF_ERROR(be.Linear(normalized, w.unembed, nullptr, Activation::kIdentity, logits));
-    GB_ASSIGN_OR_RETURN(Tensor log_probs, be.Allocate(DType::kF32, {rows, vocab}));
-    GB_RETURN_IF_ERROR(be.LogSoftmax(logits, log_probs));
-    GB_ASSIGN_OR_RETURN(Tensor lp, CopyToHostF32(be, log_probs));
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = lp.data<float>() + r * vocab;
-      TopK(row, vocab, k, result.top_log_probs.data<float>() + (l * rows + r) * k,
-           result.top_tokens.data<int32_t>() + (l * rows + r) * k, order);
-      for (int64_t j = 0; j < n_targets; ++j) {
-        result.target_log_probs.data<float>()[(l * rows + r) * n_targets + j] = row[request.target_tokens[j]];
+    // The final norm recomputed on this layer's residual, then the unembedding, on the backend,
+    // a chunk of rows at a time: [rows, vocab] logits for a long batch would not fit.
+    const Tensor all = sink.values.at(name).Reshape({rows, c.d_model});
+    const int64_t chunk = std::max<int64_t>(1, kLensChunkLogits / vocab);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t n = std::min(chunk, rows - r0);
+      const Tensor host = all.Slice0(r0, r0 + n);
+      GB_ASSIGN_OR_RETURN(Tensor x, be.Allocate(model.dtype(), {n, c.d_model}));
+      if (model.dtype() == DType::kF32) {
+        GB_RETURN_IF_ERROR(be.CopyFromHost(host, x));
+      } else {
+        GB_ASSIGN_OR_RETURN(Tensor staged, be.Allocate(DType::kF32, {n, c.d_model}));
+        GB_RETURN_IF_ERROR(be.CopyFromHost(host, staged));
+        GB_RETURN_IF_ERROR(be.Convert(staged, x));
+      }
+      GB_ASSIGN_OR_RETURN(Tensor normalized, be.Allocate(model.dtype(), {n, c.d_model}));
+      const float eps = static_cast<float>(c.norm_eps);
+      const Tensor* bias = w.ln_final_b.defined() ? &w.ln_final_b : nullptr;
+      if (c.norm == NormKind::kLayerNorm) {
+        GB_RETURN_IF_ERROR(be.LayerNorm(x, &w.ln_final_w, bias, eps, normalized, nullptr, nullptr));
+      } else {
+        GB_RETURN_IF_ERROR(be.RmsNorm(x, &w.ln_final_w, eps, normalized, nullptr, nullptr));
+      }
+      GB_ASSIGN_OR_RETURN(Tensor logits, be.Allocate(DType::kF32, {n, vocab}));
+      GB_RETURN_IF_ERROR(be.Linear(normalized, w.unembed, nullptr, Activation::kIdentity, logits));
+      GB_ASSIGN_OR_RETURN(Tensor log_probs, be.Allocate(DType::kF32, {n, vocab}));
+      GB_RETURN_IF_ERROR(be.LogSoftmax(logits, log_probs));
+      GB_ASSIGN_OR_RETURN(Tensor lp, CopyToHostF32(be, log_probs));
+      for (int64_t i = 0; i < n; ++i) {
+        const float* row = lp.data<float>() + i * vocab;
+        const int64_t out = l * rows + r0 + i;
+        TopK(row, vocab, k, result.top_log_probs.data<float>() + out * k,
+             result.top_tokens.data<int32_t>() + out * k, order);
+        for (int64_t j = 0; j < n_targets; ++j) {
+          result.target_log_probs.data<float>()[out * n_targets + j] = row[request.target_tokens[j]];
+        }
       }
     }
   }
@@ -108,9 +119,8 @@ absl::StatusOr<LogitLensResult> RunLogitLens(const Transformer& model, const Log
 absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, const DlaRequest& request) {
   const ModelConfig& c = model.config();
   Backend& be = model.backend();
-  std::vector<int32_t> tokens = {request.token};
-  if (request.minus_token) tokens.push_back(*request.minus_token);
-  GB_RETURN_IF_ERROR(CheckTokens(model, tokens, "token"));
+  GB_RETURN_IF_ERROR(CheckTokens(model, {request.token}, "token"));
+  if (request.minus_token) GB_RETURN_IF_ERROR(CheckTokens(model, {*request.minus_token}, "minus_token"));
   const int64_t batch = request.tokens.dim(0), seq = request.tokens.dim(1), d = c.d_model;
   Tensor mask = request.attention_mask;
   if (!mask.defined()) {

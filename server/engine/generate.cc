@@ -125,8 +125,10 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
   const ForwardOptions options{.logits = LogitsMode::kLast, .cancelled = params.cancelled};
   std::optional<KvCache> cache;
   if (params.use_kv_cache && CheckPlanForCache(plan).ok()) {
-    GB_ASSIGN_OR_RETURN(cache, KvCache::Create(model.backend(), c, model.dtype(), rows,
-                                               static_cast<int64_t>(longest) + params.max_new_tokens));
+    // Rows stop at the model's context, so the cache never needs more slots than it has.
+    const int64_t capacity =
+        std::min<int64_t>(static_cast<int64_t>(longest) + params.max_new_tokens, c.n_ctx);
+    GB_ASSIGN_OR_RETURN(cache, KvCache::Create(model.backend(), c, model.dtype(), rows, capacity));
   }
   for (int64_t step = 0; step < params.max_new_tokens; ++step) {
     // The whole sequence so far, or over a cache the tokens it does not hold yet (the prompts,

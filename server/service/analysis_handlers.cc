@@ -95,7 +95,15 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
     case pb::PatchingMetric::LOGIT_DIFF: metric.kind = PatchingMetric::Kind::kLogitDiff; break;
     case pb::PatchingMetric::LOG_PROB: metric.kind = PatchingMetric::Kind::kLogProb; break;
     case pb::PatchingMetric::LOSS: metric.kind = PatchingMetric::Kind::kLoss; break;
-    default: return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown metric kind");
+    default:
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("metric.kind ", request->metric().kind(),
+                                       " is unknown; use LOGIT_DIFF, LOG_PROB or LOSS"));
+  }
+  if (request->max_rows_per_pass() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("max_rows_per_pass is ", request->max_rows_per_pass(),
+                                     "; it must be >= 0 (0 = the server's choice)"));
   }
   // One pass holds at most the server's token budget.
   const int64_t seq = clean->tokens.dim(1);
@@ -127,11 +135,27 @@ grpc::Status GlassboxService::LogitLens(grpc::ServerContext*, const pb::LogitLen
   if (!served.ok()) return ToGrpcStatus(served.status());
   auto batch = BuildBatch(request->inputs(), **served, limits_);
   if (!batch.ok()) return ToGrpcStatus(batch.status());
+  const ModelConfig& c = (*served)->model->config();
+  const int64_t top_k = request->top_k() != 0 ? request->top_k() : 5;
+  if (top_k < 1 || top_k > c.vocab_size) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("top_k is ", request->top_k(), "; it must be in [1, ",
+                                     c.vocab_size, "] (0 = 5)"));
+  }
+  // Per layer and token: k log-probs and k token ids, and one log-prob per target.
+  const int64_t bytes = (c.n_layers + 1) * batch->tokens.numel() *
+                        (2 * top_k + request->target_tokens_size()) * 4;
+  if (bytes > limits_.max_response_bytes) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("the logit lens would take ", bytes, " bytes; this server allows ",
+                                     limits_.max_response_bytes,
+                                     " (--max_response_bytes): ask for a smaller top_k or fewer tokens"));
+  }
   LogitLensResult result;
   absl::Status status = OnDevice([&]() -> absl::Status {
     GB_ASSIGN_OR_RETURN(result, RunLogitLens(*(*served)->model,
                                              {.tokens = batch->tokens, .attention_mask = batch->attention_mask,
-                                              .top_k = request->top_k() > 0 ? request->top_k() : 5,
+                                              .top_k = static_cast<int32_t>(top_k),
                                               .target_tokens = {request->target_tokens().begin(),
                                                                 request->target_tokens().end()}}));
     return absl::OkStatus();

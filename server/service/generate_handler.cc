@@ -1,6 +1,7 @@
 // GlassboxService::Generate: the request is validated as a Run of its prompts and edits (one
 // plan builder for both), then generated on the device's executor while this thread relays each
 // step to the client.
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -141,8 +142,24 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   *as_run.mutable_captures() = request->captures();
   auto plan = BuildRunPlan(as_run, store_, limits_, CacheFor(context));
   if (!plan.ok()) return ToGrpcStatus(plan.status());
-  auto params = ParamsOf(*request, plan->model->model->config());
+  const ModelConfig& config = plan->model->model->config();
+  auto params = ParamsOf(*request, config);
   if (!params.ok()) return ToGrpcStatus(params.status());
+  // The token budget holds the finished batch: every row padded to the longest prompt plus the
+  // new tokens, at most the model's context.
+  int64_t longest = 0;
+  for (const auto& row : plan->rows) longest = std::max<int64_t>(longest, std::ssize(row));
+  const int64_t rows = std::ssize(plan->rows);
+  const int64_t final_length =
+      std::min<int64_t>(longest + std::max(request->max_new_tokens(), 0), config.n_ctx);
+  if (rows * final_length > limits_.max_tokens_per_request) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the generation would hold ", rows * final_length, " tokens (", rows,
+                     " rows x ", final_length, ", prompt and new tokens); this server allows ",
+                     limits_.max_tokens_per_request,
+                     " per request (--max_tokens): generate fewer tokens or fewer rows"));
+  }
   if (!params->stop_strings.empty() && plan->model->tokenizer == nullptr) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         absl::StrCat("stop_strings need a tokenizer; model \"", request->model(),

@@ -1,5 +1,8 @@
 // The SAE RPCs: list the SAEs the server holds, encode a model's activations at an SAE's hook,
 // decode feature activations. Splicing and steering are part of Run (run_plan_sae.cc).
+#include <algorithm>
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "server/engine/sae_encode.h"
@@ -54,6 +57,11 @@ absl::Status ReadDecodeInput(const pb::SaeDecodeRequest& request, int64_t d_sae,
       return absl::InvalidArgumentError(absl::StrCat("dense has ", request.dense_size(),
                                                      " values, not a multiple of d_sae = ", d_sae));
     }
+    for (int i = 0; i < request.dense_size(); ++i) {
+      if (!std::isfinite(request.dense(i))) {
+        return absl::InvalidArgumentError(absl::StrCat("dense[", i, "] is not finite"));
+      }
+    }
     const int64_t n = request.dense_size() / d_sae;
     dense = Tensor::FromHost(std::span<const float>(request.dense().data(), request.dense_size()),
                              {n, d_sae});
@@ -76,6 +84,11 @@ absl::Status ReadDecodeInput(const pb::SaeDecodeRequest& request, int64_t d_sae,
     if (request.indices(i) < 0 || request.indices(i) >= d_sae) {
       return absl::InvalidArgumentError(
           absl::StrCat("feature index ", request.indices(i), " is outside [0, ", d_sae, ")"));
+    }
+  }
+  for (int i = 0; i < nnz; ++i) {
+    if (!std::isfinite(request.values(i))) {
+      return absl::InvalidArgumentError(absl::StrCat("values[", i, "] is not finite"));
     }
   }
   sparse.d_sae = d_sae;
@@ -140,6 +153,14 @@ grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
     return absl::OkStatus();
   });
   if (!status.ok()) return ToGrpcStatus(status);
+  // Sparse activations are sized by what fired: check them once they are known.
+  const int64_t sparse_bytes = static_cast<int64_t>(result.acts.indices.size()) * 8;
+  if (sparse_bytes + dense_bytes > limits_.max_response_bytes) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the active features take ", sparse_bytes, " bytes; this server allows ",
+                     limits_.max_response_bytes, " (--max_response_bytes): set top_k or send fewer tokens"));
+  }
   for (size_t r = 0; r < batch->rows.size(); ++r) {
     response->add_sequence_lengths(batch->lengths[r]);
     response->add_tokens()->mutable_ids()->Add(batch->rows[r].begin(), batch->rows[r].end());
@@ -171,6 +192,16 @@ grpc::Status GlassboxService::SaeDecode(grpc::ServerContext*, const pb::SaeDecod
         absl::StrCat("SAE \"", request->sae(), "\" normalises with ", SaeNormalizationName(norm),
                      ", which needs the input's statistics to decode; splice it in a Run "
                      "and capture hook_sae_recons or hook_sae_output instead"));
+  }
+  // Rows cost d_in floats each whatever they hold: bound them before decoding.
+  const int64_t rows = request->dense_size() > 0 ? request->dense_size() / sae.d_sae()
+                                                 : std::max(0, request->offsets_size() - 1);
+  const int64_t bytes = rows * sae.d_in() * 4;
+  if (bytes > limits_.max_response_bytes) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("decoding ", rows, " rows would take ", bytes,
+                                     " bytes; this server allows ", limits_.max_response_bytes,
+                                     " (--max_response_bytes): decode fewer rows per request"));
   }
   SparseActs sparse;
   Tensor dense;

@@ -5,6 +5,7 @@
 #include "server/engine/generate.h"
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -240,6 +241,17 @@ TEST_F(GenerateBehaviourTest, ContextLimitEndsTheRow) {
   auto got = Generate(*model_, {prompt}, plan, {.max_new_tokens = 10}, nullptr);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->generated[0].size(), 2u);
+  EXPECT_EQ(got->finish[0], FinishReason::kContext);
+}
+
+// max_new_tokens is the client's number: the KV cache is sized by the context, not by it.
+TEST_F(GenerateBehaviourTest, HugeMaxNewTokensStopsAtTheContext) {
+  HookPlan plan(model_->hooks());
+  const int64_t n_ctx = model_->config().n_ctx;
+  auto got = Generate(*model_, {{1, 2, 3}}, plan,
+                      {.max_new_tokens = std::numeric_limits<int32_t>::max()}, nullptr);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(static_cast<int64_t>(got->generated[0].size()), n_ctx - 3);
   EXPECT_EQ(got->finish[0], FinishReason::kContext);
 }
 

@@ -26,8 +26,8 @@ class InProcessServer {
     builder.RegisterService(&service_);
     server_ = builder.BuildAndStart();
     EXPECT_NE(port, 0);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                                   grpc::InsecureChannelCredentials());
+    target_ = "127.0.0.1:" + std::to_string(port);
+    channel_ = grpc::CreateChannel(target_, grpc::InsecureChannelCredentials());
   }
   ~InProcessServer() {
     server_->Shutdown();
@@ -36,12 +36,14 @@ class InProcessServer {
 
   const ModelStore& store() const { return *store_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  const std::string& target() const { return target_; }  // host:port, for a channel of one's own
 
  private:
   std::unique_ptr<ModelStore> store_;
   Executor executor_;
   GlassboxService service_;
   std::unique_ptr<grpc::Server> server_;
+  std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
 };
 
