@@ -62,37 +62,49 @@ struct GpuState {
   std::shared_ptr<CudaBackend> plain;
 };
 
+// The device as the probe and the backend find it.
+GpuState* MakeGpuState() {
+  auto* s = new GpuState;
+  const CudaProbe probe = ProbeCuda();
+  if (probe.device_count == 0) {
+    s->skip_reason = probe.detail.rfind("no CUDA device", 0) == 0 ? probe.detail
+                                                                   : "no CUDA device: " + probe.detail;
+    return s;
+  }
+  auto backend = CudaBackend::Create(0);
+  if (!backend.ok()) {
+    // An old GPU is a reason to skip; anything else on a machine with a device is a failure.
+    if (backend.status().code() == absl::StatusCode::kFailedPrecondition) {
+      s->skip_reason = std::string(backend.status().message());
+    } else {
+      s->failure = backend.status().ToString();
+    }
+    return s;
+  }
+  s->backend = *backend;
+  auto plain = CudaBackend::Create(0, {.gemm_activation_epilogues = false,
+                                       .flash_attention = false,
+                                       .attention_work_bytes = 1,
+                                       .top_k_work_bytes = 1});
+  if (!plain.ok()) {
+    s->failure = plain.status().ToString();
+    return s;
+  }
+  s->plain = *plain;
+  std::fprintf(stderr, "[cuda_backend_test] %s; testing on %s\n", probe.detail.c_str(),
+               s->backend->name().c_str());
+  return s;
+}
+
+// A skip becomes a failure under GLASSBOX_REQUIRE_GPU (tools/gpu_bundle/run.sh sets it): on the
+// GPU machine, a device the backend cannot use must not pass as "no device".
 const GpuState& Gpu() {
   static const GpuState* state = [] {
-    auto* s = new GpuState;
-    const CudaProbe probe = ProbeCuda();
-    if (probe.device_count == 0) {
-      s->skip_reason = probe.detail.rfind("no CUDA device", 0) == 0 ? probe.detail
-                                                                     : "no CUDA device: " + probe.detail;
-      return s;
+    auto* s = MakeGpuState();
+    if (!s->skip_reason.empty() && ::glassbox::testing::GpuRequired()) {
+      s->failure = "GLASSBOX_REQUIRE_GPU is set, but: " + s->skip_reason;
+      s->skip_reason.clear();
     }
-    auto backend = CudaBackend::Create(0);
-    if (!backend.ok()) {
-      // An old GPU is a reason to skip; anything else on a machine with a device is a failure.
-      if (backend.status().code() == absl::StatusCode::kFailedPrecondition) {
-        s->skip_reason = std::string(backend.status().message());
-      } else {
-        s->failure = backend.status().ToString();
-      }
-      return s;
-    }
-    s->backend = *backend;
-    auto plain = CudaBackend::Create(0, {.gemm_activation_epilogues = false,
-                                         .flash_attention = false,
-                                         .attention_work_bytes = 1,
-                                         .top_k_work_bytes = 1});
-    if (!plain.ok()) {
-      s->failure = plain.status().ToString();
-      return s;
-    }
-    s->plain = *plain;
-    std::fprintf(stderr, "[cuda_backend_test] %s; testing on %s\n", probe.detail.c_str(),
-                 s->backend->name().c_str());
     return s;
   }();
   return *state;

@@ -19,6 +19,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_probe.h"
+#include "tests/util/test_util.h"
 
 namespace glassbox {
 namespace {
@@ -504,6 +505,10 @@ const Backends& GetBackends() {
       b->cuda_skip_reason = std::string(cuda.status().message());  // an old GPU
     } else {
       b->cuda_failure = cuda.status().ToString();
+    }
+    if (!b->cuda_skip_reason.empty() && ::glassbox::testing::GpuRequired()) {
+      b->cuda_failure = "GLASSBOX_REQUIRE_GPU is set, but: " + b->cuda_skip_reason;
+      b->cuda_skip_reason.clear();
     }
     return b;
   }();

@@ -1,6 +1,7 @@
 #include "tests/util/test_util.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -60,8 +61,18 @@ double NormRelativeError(const Tensor& actual, const Tensor& expected) {
   return std::sqrt(diff / ref);
 }
 
-std::string FixturePath(const std::string& relative) {
-  return std::string(GLASSBOX_FIXTURES_DIR) + "/" + relative;
+std::string FixturesDir() {
+  // Read at run time so a binary copied elsewhere (tools/gpu_bundle.sh) finds the fixtures that
+  // travelled with it; the build-time path is only the default.
+  const char* dir = std::getenv("GLASSBOX_FIXTURES_DIR");
+  return dir != nullptr && *dir != '\0' ? std::string(dir) : std::string(GLASSBOX_FIXTURES_DIR);
+}
+
+std::string FixturePath(const std::string& relative) { return FixturesDir() + "/" + relative; }
+
+bool GpuRequired() {
+  const char* value = std::getenv("GLASSBOX_REQUIRE_GPU");
+  return value != nullptr && *value != '\0' && std::string(value) != "0";
 }
 
 }  // namespace glassbox::testing

@@ -29,6 +29,12 @@ class CollectingSink : public CaptureSink {
   std::map<std::string, Tensor> values;
 };
 
+// The committed fixtures: $GLASSBOX_FIXTURES_DIR when set, else tests/fixtures of the source tree.
+std::string FixturesDir();
 std::string FixturePath(const std::string& relative);
+
+// True when $GLASSBOX_REQUIRE_GPU is set (non-empty, not "0"): the GPU suites then fail instead of
+// skipping when no usable CUDA device is found.
+bool GpuRequired();
 
 }  // namespace glassbox::testing
