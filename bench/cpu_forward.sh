@@ -14,7 +14,7 @@ export OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads"
 # Each side in its own default: torch with OpenMP's, Glassbox as glassboxd runs it.
 ours_policy="${OMP_WAIT_POLICY:-PASSIVE}"
 
-ninja -C "$build" cpu_forward_bench >/dev/null
+ninja -C "$build" forward_bench >/dev/null
 if [ ! -f "$model_dir/model.safetensors" ]; then
   "$python" bench/torch_cpu_forward.py --save-model "$model_dir" --repeats 1 --warmup 0 >/dev/null
 fi
@@ -24,7 +24,7 @@ for shape in "1 128" "4 128" "1 512"; do
   for capture in "" "--capture-resid"; do
     torch=$("$python" bench/torch_cpu_forward.py --model-dir "$model_dir" --threads "$threads" \
               --batch "$1" --seq "$2" $capture | tail -n 1)
-    ours=$(OMP_WAIT_POLICY="$ours_policy" "$build/bench/cpu_forward_bench" --model "$model_dir" --batch "$1" --seq "$2" \
+    ours=$(OMP_WAIT_POLICY="$ours_policy" "$build/bench/forward_bench" --model "$model_dir" --batch "$1" --seq "$2" \
               ${capture:+--capture_resid} | tail -n 1)
     "$python" - "$torch" "$ours" "$1" "$2" "${capture:+yes}" <<'PY'
 import json, sys
