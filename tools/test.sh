@@ -20,6 +20,9 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 echo "== python client tests (against a live glassboxd)"
 GLASSBOX_SERVER_BIN="$PWD/build/server/service/glassboxd" bash client/python/run_tests.sh
 
+echo "== GPU bundle (issue 20): built from build/, its size, run.sh without a GPU and behind a fake one"
+bash tools/gpu_bundle/ci_check.sh build
+
 echo "== sanitizers (ASan + UBSan + LSan build of every test; tools/sanitize.sh)"
 bash tools/sanitize.sh
 
