@@ -1,27 +1,22 @@
 #include "kernels/cuda/caching_allocator.h"
 
-#include <cuda_runtime.h>
-
+#include <algorithm>
 #include <bit>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "base/status_macros.h"
-#include "kernels/cuda/cuda_status.h"
 
 namespace glassbox {
 
-using cuda_internal::CudaStatus;
-using cuda_internal::DeviceGuard;
-
-std::shared_ptr<CachingDeviceAllocator> CachingDeviceAllocator::Create(int device) {
-  return std::shared_ptr<CachingDeviceAllocator>(new CachingDeviceAllocator(device));
+std::shared_ptr<CachingDeviceAllocator> CachingDeviceAllocator::Create(
+    std::unique_ptr<DeviceMemory> memory) {
+  return std::shared_ptr<CachingDeviceAllocator>(new CachingDeviceAllocator(std::move(memory)));
 }
 
 CachingDeviceAllocator::~CachingDeviceAllocator() {
   // Every block in use holds a reference to this allocator, so only cached blocks remain. At
   // process exit the CUDA runtime may already be unloading; its errors are not worth reporting.
-  FreeCached().IgnoreError();
+  EmptyCache().IgnoreError();
 }
 
 size_t CachingDeviceAllocator::BlockSize(size_t bytes) {
@@ -47,28 +42,30 @@ absl::StatusOr<std::shared_ptr<Storage>> CachingDeviceAllocator::Allocate(size_t
     }
   }
   if (block == nullptr) {
-    DeviceGuard guard(device_);
-    GB_RETURN_IF_ERROR(guard.status());
-    cudaError_t err = cudaMalloc(&block, block_bytes);
-    if (err == cudaErrorMemoryAllocation) {
-      cudaGetLastError();  // out-of-memory is not sticky; clear it before retrying
-      GB_RETURN_IF_ERROR(FreeCached());
-      err = cudaMalloc(&block, block_bytes);
+    absl::StatusOr<void*> fresh = memory_->Malloc(block_bytes);
+    if (absl::IsResourceExhausted(fresh.status())) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.oom_retries;
+      }
+      if (absl::Status trimmed = EmptyCache(); !trimmed.ok()) return trimmed;
+      fresh = memory_->Malloc(block_bytes);
     }
-    if (err != cudaSuccess) {
-      cudaGetLastError();
+    if (!fresh.ok()) {
       const Stats s = stats();
-      return absl::Status(
-          CudaStatus(err, "").code(),
-          absl::StrCat("cuda: cannot allocate ", block_bytes, " bytes of device memory (",
-                       s.bytes_in_use, " bytes in use by tensors): ", cudaGetErrorString(err)));
+      return absl::Status(fresh.status().code(),
+                          absl::StrCat("cannot allocate ", block_bytes, " bytes of device memory (",
+                                       s.bytes_in_use, " bytes in use by tensors, ",
+                                       s.bytes_cached, " cached): ", fresh.status().message()));
     }
+    block = *fresh;
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.device_mallocs;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.bytes_in_use += static_cast<int64_t>(block_bytes);
+    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
   }
   std::shared_ptr<CachingDeviceAllocator> self = shared_from_this();
   return std::make_shared<Storage>(
@@ -83,32 +80,35 @@ void CachingDeviceAllocator::Release(void* block, size_t block_bytes) {
   stats_.bytes_cached += static_cast<int64_t>(block_bytes);
 }
 
-absl::Status CachingDeviceAllocator::FreeCached() {
-  std::unordered_map<size_t, std::vector<void*>> blocks;
+absl::Status CachingDeviceAllocator::Trim(int64_t keep_bytes) {
+  // Take the blocks to free out of the lists under the lock, free them without it (a device
+  // free may synchronise, and other threads keep allocating from what stays cached).
+  std::vector<std::pair<void*, size_t>> to_free;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    blocks.swap(free_blocks_);
-  }
-  if (blocks.empty()) return absl::OkStatus();
-  DeviceGuard guard(device_);
-  absl::Status status = guard.status();
-  int64_t freed = 0, freed_bytes = 0;
-  for (const auto& [size, list] : blocks) {
-    for (void* block : list) {
-      // cudaFree synchronises with the device, so no queued kernel still uses the block.
-      const cudaError_t err = cudaFree(block);
-      if (err != cudaSuccess && status.ok()) status = CudaStatus(err, "cudaFree");
-      ++freed;
-      freed_bytes += static_cast<int64_t>(size);
+    std::vector<size_t> sizes;
+    for (const auto& [size, list] : free_blocks_) {
+      if (!list.empty()) sizes.push_back(size);
     }
+    std::sort(sizes.begin(), sizes.end(), std::greater<>());
+    for (size_t size : sizes) {
+      std::vector<void*>& list = free_blocks_[size];
+      while (!list.empty() && stats_.bytes_cached > keep_bytes) {
+        to_free.emplace_back(list.back(), size);
+        list.pop_back();
+        stats_.bytes_cached -= static_cast<int64_t>(size);
+      }
+      if (list.empty()) free_blocks_.erase(size);
+      if (stats_.bytes_cached <= keep_bytes) break;
+    }
+    stats_.device_frees += static_cast<int64_t>(to_free.size());
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  stats_.device_frees += freed;
-  stats_.bytes_cached -= freed_bytes;
+  absl::Status status;
+  for (const auto& [block, size] : to_free) {
+    if (absl::Status freed = memory_->Free(block); !freed.ok() && status.ok()) status = freed;
+  }
   return status;
 }
-
-absl::Status CachingDeviceAllocator::EmptyCache() { return FreeCached(); }
 
 CachingDeviceAllocator::Stats CachingDeviceAllocator::stats() const {
   std::lock_guard<std::mutex> lock(mu_);

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "kernels/cuda/cuda_device_memory.h"
 #include "kernels/cuda/cuda_probe.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gemm.h"
@@ -85,7 +86,7 @@ absl::StatusOr<std::shared_ptr<CudaBackend>> CudaBackend::Create(int device,
                                  options.gemm_activation_epilogues);
   if (!gemm.ok()) return gemm.status();
   backend->gemm_ = *std::move(gemm);
-  backend->allocator_ = CachingDeviceAllocator::Create(device);
+  backend->allocator_ = CachingDeviceAllocator::Create(CreateCudaDeviceMemory(device));
   GB_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&backend->device_errors_, sizeof(int)),
                                 "cudaMalloc(device error word)"));
   GB_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(backend->device_errors_, 0, sizeof(int), stream),

@@ -25,12 +25,16 @@ cudaDataType_t CudaType(DType t) {
   }
 }
 
-// The largest power of two (at most 256) dividing every argument: the alignment cuBLASLt may
-// assume for an operand at `ptr` whose rows and batches start `ld_bytes` / `stride_bytes` apart.
-uint32_t Alignment(const void* ptr, int64_t ld_bytes, int64_t stride_bytes) {
-  uint64_t bits = reinterpret_cast<uintptr_t>(ptr) | 256u | static_cast<uint64_t>(ld_bytes);
-  if (stride_bytes != 0) bits |= static_cast<uint64_t>(stride_bytes);
-  return static_cast<uint32_t>(bits & (~bits + 1));  // lowest set bit
+cublasLtEpilogue_t LtEpilogue(GemmEpilogue e) {
+  switch (e) {
+    case GemmEpilogue::kBias: return CUBLASLT_EPILOGUE_BIAS;
+    case GemmEpilogue::kRelu: return CUBLASLT_EPILOGUE_RELU;
+    case GemmEpilogue::kReluBias: return CUBLASLT_EPILOGUE_RELU_BIAS;
+    case GemmEpilogue::kGelu: return CUBLASLT_EPILOGUE_GELU;
+    case GemmEpilogue::kGeluBias: return CUBLASLT_EPILOGUE_GELU_BIAS;
+    case GemmEpilogue::kNone: break;
+  }
+  return CUBLASLT_EPILOGUE_DEFAULT;
 }
 
 template <typename T, cublasStatus_t (*Destroy)(T)>
@@ -77,18 +81,9 @@ GemmRunner::~GemmRunner() {
 }
 
 absl::Status GemmRunner::Run(const GemmProblem& p) {
-  if (p.rows == 0 || p.cols == 0 || p.batch == 0) return absl::OkStatus();
-  const bool single_dense_output = p.batch == 1 && p.ldo == p.cols;
-  if ((p.bias != nullptr || p.act != Activation::kIdentity) && !single_dense_output) {
-    return absl::InternalError("cuda GEMM: bias and activation need one dense output matrix");
-  }
-  if (p.out_type != DType::kF32 && p.out_type != p.input_type) {
-    return absl::InternalError(absl::StrCat("cuda GEMM: no ", DTypeName(p.input_type), " x ",
-                                            DTypeName(p.input_type), " -> ",
-                                            DTypeName(p.out_type), " product"));
-  }
-  const auto act = p.act;
-  if (p.inner == 0) {  // an empty sum: zeros, then bias and activation
+  GB_ASSIGN_OR_RETURN(const GemmPlan plan, PlanGemm(p, allow_activation_epilogues_));
+  if (plan.empty) return absl::OkStatus();
+  if (plan.empty_sum) {  // zeros, then bias and activation
     const size_t es = static_cast<size_t>(DTypeSize(p.out_type));
     for (int64_t b = 0; b < p.batch; ++b) {
       GB_RETURN_IF_ERROR(CudaStatus(
@@ -96,56 +91,36 @@ absl::Status GemmRunner::Run(const GemmProblem& p) {
                             p.cols * es, p.rows, stream_),
           "GEMM cudaMemset2DAsync"));
     }
-    return CudaStatus(cuda::LaunchBiasActivation(p.out_type, p.out,
-                                                 p.rows, p.cols, AnyOf(p.bias, p.bias_type), act,
-                                                 stream_),
+    return CudaStatus(cuda::LaunchBiasActivation(p.out_type, p.out, p.rows, p.cols,
+                                                 AnyOf(p.bias, p.bias_type), p.act, stream_),
                       "GEMM bias/activation kernel");
   }
-
-  bool bias_in_epilogue = p.bias != nullptr && p.bias_type == p.out_type &&
-                          reinterpret_cast<uintptr_t>(p.bias) % 16 == 0;
-  bool act_in_epilogue = false;
-  if (allow_activation_epilogues_ && (p.bias == nullptr || bias_in_epilogue)) {
-    act_in_epilogue = p.act == Activation::kRelu ||
-                      (p.act == Activation::kGeluTanh && p.out_type != DType::kF32);
-  }
+  bool ran = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    bool ran = false;
-    GB_RETURN_IF_ERROR(RunLt(p, bias_in_epilogue, act_in_epilogue, &ran));
+    GB_RETURN_IF_ERROR(RunLt(p, plan, &ran));
     if (ran) {
       ++lt_calls_;
     } else {
       GB_RETURN_IF_ERROR(RunFallback(p));
       ++fallback_calls_;
-      bias_in_epilogue = act_in_epilogue = false;
     }
   }
-  const cuda::AnyFloats bias = bias_in_epilogue ? cuda::AnyFloats{} : AnyOf(p.bias, p.bias_type);
-  const Activation rest = act_in_epilogue ? Activation::kIdentity : act;
-  return CudaStatus(cuda::LaunchBiasActivation(p.out_type, p.out,
-                                               p.rows, p.cols, bias, rest, stream_),
+  // The fallback has no epilogue: the kernel then applies bias and activation both.
+  const bool bias_after = ran ? plan.bias_after : p.bias != nullptr;
+  const Activation act_after = ran ? plan.act_after : p.act;
+  if (!bias_after && act_after == Activation::kIdentity) return absl::OkStatus();
+  const cuda::AnyFloats bias = bias_after ? AnyOf(p.bias, p.bias_type) : cuda::AnyFloats{};
+  return CudaStatus(cuda::LaunchBiasActivation(p.out_type, p.out, p.rows, p.cols, bias,
+                                               act_after, stream_),
                     "GEMM bias/activation kernel");
 }
 
-absl::Status GemmRunner::RunLt(const GemmProblem& p, bool bias_in_epilogue, bool act_in_epilogue,
-                               bool* ran) {
+absl::Status GemmRunner::RunLt(const GemmProblem& p, const GemmPlan& plan, bool* ran) {
   *ran = false;
-  const int64_t in_es = DTypeSize(p.input_type), out_es = DTypeSize(p.out_type);
-  const uint32_t align_w = Alignment(p.w, p.ldw * in_es, p.batch > 1 ? p.stride_w * in_es : 0);
-  const uint32_t align_x = Alignment(p.x, p.ldx * in_es, p.batch > 1 ? p.stride_x * in_es : 0);
-  const uint32_t align_o = Alignment(p.out, p.ldo * out_es, p.batch > 1 ? p.stride_o * out_es : 0);
-
-  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  const bool relu = act_in_epilogue && p.act == Activation::kRelu;
-  const bool gelu = act_in_epilogue && p.act == Activation::kGeluTanh;
-  if (bias_in_epilogue) {
-    epilogue = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
-  } else if (relu) {
-    epilogue = CUBLASLT_EPILOGUE_RELU;
-  } else if (gelu) {
-    epilogue = CUBLASLT_EPILOGUE_GELU;
-  }
+  const uint32_t align_w = plan.align_w, align_x = plan.align_x, align_o = plan.align_out;
+  const cublasLtEpilogue_t epilogue = LtEpilogue(plan.epilogue);
+  const bool bias_in_epilogue = p.bias != nullptr && !plan.bias_after;
 
   // Column-major view: D^T [cols, rows] = W [cols, inner] . X^T [inner, rows], with W stored as
   // a column-major [inner, cols] matrix (ld = ldw) used transposed.
@@ -195,7 +170,8 @@ absl::Status GemmRunner::RunLt(const GemmProblem& p, bool bias_in_epilogue, bool
   const std::array<int64_t, 18> key = {
       p.rows, p.cols, p.inner, p.batch, p.ldx, p.stride_x, p.ldw, p.stride_w, p.ldo, p.stride_o,
       static_cast<int64_t>(p.input_type), static_cast<int64_t>(p.out_type),
-      static_cast<int64_t>(epilogue), align_x, align_w, align_o, 0, 0};
+      static_cast<int64_t>(epilogue), align_x, align_w, align_o,
+      static_cast<int64_t>(plan.reduce_in_compute_type_only), 0};
   auto it = algo_cache_.find(key);
   if (it == algo_cache_.end()) {
     LtHandle<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy> pref;
@@ -206,6 +182,16 @@ absl::Status GemmRunner::RunLt(const GemmProblem& p, bool bias_in_epilogue, bool
         cublasLtMatmulPreferenceSetAttribute(pref.handle, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                              &workspace, sizeof(workspace)),
         "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)"));
+    // Split-K partial sums in f32 (or no split): INPLACE and OUTPUT_TYPE would add them in a
+    // bf16/f16 output, breaking gemm.h's f32-accumulation promise.
+    const uint32_t reductions =
+        plan.reduce_in_compute_type_only
+            ? uint32_t{CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE}
+            : uint32_t{CUBLASLT_REDUCTION_SCHEME_MASK};
+    GB_RETURN_IF_ERROR(CublasStatus(
+        cublasLtMatmulPreferenceSetAttribute(pref.handle, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                             &reductions, sizeof(reductions)),
+        "cublasLtMatmulPreferenceSetAttribute(REDUCTION_SCHEME_MASK)"));
     const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_w},
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_x},

@@ -16,37 +16,16 @@
 #include "absl/status/statusor.h"
 #include "base/dtype.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/gemm_plan.h"
 
 struct cublasLtContext;
 struct cublasContext;
 
 namespace glassbox::cuda_internal {
 
-// out[b][t, n] = act(sum_k x[b][t, k] * w[b][n, k] + bias[n]) for b < batch, all row-major with
-// leading dimensions (elements between rows) and batch strides (elements between matrices).
-struct GemmProblem {
-  int64_t rows = 0;   // t
-  int64_t cols = 0;   // n
-  int64_t inner = 0;  // k
-  int64_t batch = 1;
-  const void* x = nullptr;
-  int64_t ldx = 0, stride_x = 0;
-  const void* w = nullptr;
-  int64_t ldw = 0, stride_w = 0;
-  void* out = nullptr;
-  int64_t ldo = 0, stride_o = 0;
-  DType input_type = DType::kF32;  // x and w
-  DType out_type = DType::kF32;    // f32, or input_type
-  const void* bias = nullptr;      // [cols]; batch == 1 and ldo == cols when set
-  DType bias_type = DType::kF32;
-  Activation act = Activation::kIdentity;  // batch == 1 and ldo == cols unless kIdentity
-};
-
 class GemmRunner {
  public:
-  // `allow_activation_epilogues`: let cuBLASLt apply ReLU (exact) and, for f16/bf16 outputs,
-  // GELU-tanh (its GELU is the tanh form; its rounding error is far below a half-precision
-  // output's, but not guaranteed below f32's, so f32 outputs take the separate kernel).
+  // `allow_activation_epilogues`: see PlanGemm (gemm_plan.h).
   static absl::StatusOr<std::unique_ptr<GemmRunner>> Create(int device, cudaStream_t stream,
                                                             size_t workspace_bytes,
                                                             bool allow_activation_epilogues);
@@ -62,8 +41,7 @@ class GemmRunner {
 
  private:
   GemmRunner() = default;
-  absl::Status RunLt(const GemmProblem& p, bool bias_in_epilogue, bool act_in_epilogue,
-                     bool* ran);
+  absl::Status RunLt(const GemmProblem& p, const GemmPlan& plan, bool* ran);
   absl::Status RunFallback(const GemmProblem& p);
 
   cudaStream_t stream_ = nullptr;
