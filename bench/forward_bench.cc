@@ -18,6 +18,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_format.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "server/engine/transformer.h"
@@ -117,12 +118,25 @@ int Main() {
   double total = 0;
   for (double t : times) total += t;
   std::sort(times.begin(), times.end());
+  // On CUDA, which paths the GEMMs and attention took over all passes (warm-up included): a
+  // fallback GEMM or a materialised attention here means the figure is not the fast path's.
+  std::string paths;
+  if (device == "cuda") {
+    auto counts = CudaPathCounts(**backend);
+    if (!counts.ok()) return Fail(counts.status());
+    paths = absl::StrFormat(
+        ", \"gemm_lt\":%d, \"gemm_fallback\":%d, \"attention_flash\":%d, "
+        "\"attention_materialized\":%d",
+        counts->gemm_lt, counts->gemm_fallback, counts->attention_flash,
+        counts->attention_materialized);
+  }
   std::printf("{\"impl\":\"glassbox\", \"tokens_per_s\":%.1f, \"batch\":%d, \"seq\":%d, "
               "\"capture_resid\":%s, \"device\":\"%s\", \"dtype\":\"%s\", \"logits\":\"%s\", "
-              "\"ms_per_forward_median\":%.3f, \"load_s\":%.2f}\n",
+              "\"ms_per_forward_median\":%.3f, \"load_s\":%.2f%s}\n",
               static_cast<double>(times.size()) * batch * seq / total, batch, seq,
               absl::GetFlag(FLAGS_capture_resid) ? "true" : "false", device.c_str(),
-              DTypeName(*dtype), logits.c_str(), 1000 * times[times.size() / 2], load_s);
+              DTypeName(*dtype), logits.c_str(), 1000 * times[times.size() / 2], load_s,
+              paths.c_str());
   return 0;
 }
 

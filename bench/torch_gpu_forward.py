@@ -202,7 +202,8 @@ def main(argv=None) -> int:
     print(f"# {report['gpu']}; torch {torch.__version__}, transformers {transformers.__version__}; "
           f"bf16 GEMM peak measured: {peak:.0f} TFLOP/s", flush=True)
     header = (f"{'model':<11} {'batch':>5} {'seq':>5} {'mode':<6} {'hf_tok/s':>11} {'gb_tok/s':>11} "
-              f"{'ratio':>7} {'hf_mfu':>7} {'gb_mfu':>7} {'gb_ms/layer':>11} {'gb_ms@32L':>9}")
+              f"{'ratio':>7} {'hf_mfu':>7} {'gb_mfu':>7} {'gb_ms/layer':>11} {'gb_ms@32L':>9} "
+              f"{'slow_paths':>10}")
     print(header, flush=True)
     for name in args.models.split(","):
         model, path = build_model(name, args, dtype)
@@ -228,9 +229,12 @@ def main(argv=None) -> int:
                 row["ratio"] = ours["tokens_per_s"] / theirs["tokens_per_s"]
                 row["hf_mfu"], row["glassbox_mfu"] = mfu(theirs), mfu(ours)
                 per_layer = ours["ms_per_forward_median"] / layers
+                # Fallback GEMMs / materialised attentions over the run: both 0 on the fast path.
+                slow = f"{ours.get('gemm_fallback', '?')}/{ours.get('attention_materialized', '?')}"
                 print(f"{name:<11} {batch:>5} {seq:>5} {row['mode']:<6} {theirs['tokens_per_s']:>11.0f} "
                       f"{ours['tokens_per_s']:>11.0f} {row['ratio']:>6.2f}x {row['hf_mfu']:>7.1%} "
-                      f"{row['glassbox_mfu']:>7.1%} {per_layer:>11.3f} {per_layer * 32:>9.1f}", flush=True)
+                      f"{row['glassbox_mfu']:>7.1%} {per_layer:>11.3f} {per_layer * 32:>9.1f} "
+                      f"{slow:>10}", flush=True)
             report["rows"].append(row)
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) ScoresKernel(AttentionArgs a, float*
 }
 
 template <typename T>
-__global__ void MaskedSoftmaxKernel(AttentionArgs a, float* work, int64_t bh_begin) {
+__global__ void __launch_bounds__(kRowBlockMaxThreads) MaskedSoftmaxKernel(AttentionArgs a, float* work, int64_t bh_begin) {
   __shared__ float scratch[32];
   const int64_t seq = a.seq, i = blockIdx.x, bh_local = blockIdx.y, bh = bh_begin + bh_local;
   const int32_t* mask = a.key_mask + (bh / a.heads) * seq;

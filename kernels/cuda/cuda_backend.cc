@@ -87,13 +87,14 @@ absl::StatusOr<std::shared_ptr<CudaBackend>> CudaBackend::Create(int device,
   if (!gemm.ok()) return gemm.status();
   backend->gemm_ = *std::move(gemm);
   backend->allocator_ = CachingDeviceAllocator::Create(CreateCudaDeviceMemory(device));
-  GB_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&backend->device_errors_, sizeof(int)),
-                                "cudaMalloc(device error word)"));
-  GB_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(backend->device_errors_, 0, sizeof(int), stream),
-                                "cudaMemsetAsync(device error word)"));
-  GB_RETURN_IF_ERROR(CudaStatus(cudaMallocHost(&backend->host_errors_, sizeof(int)),
-                                "cudaMallocHost(error word)"));
-  *backend->host_errors_ = 0;
+  constexpr size_t kWordBytes = sizeof(int) * kErrorWords;
+  GB_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&backend->device_errors_, kWordBytes),
+                                "cudaMalloc(device error words)"));
+  GB_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(backend->device_errors_, 0, kWordBytes, stream),
+                                "cudaMemsetAsync(device error words)"));
+  GB_RETURN_IF_ERROR(CudaStatus(cudaMallocHost(&backend->host_errors_, kWordBytes),
+                                "cudaMallocHost(error words)"));
+  std::fill_n(backend->host_errors_, kErrorWords, 0);
   GB_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize"));
   return backend;
 }
@@ -117,21 +118,52 @@ absl::StatusOr<std::shared_ptr<Backend>> CreateCudaBackend(int device, CudaBacke
   return std::shared_ptr<Backend>(*std::move(backend));
 }
 
-int64_t CudaBackend::gemm_lt_calls() const { return gemm_->lt_calls(); }
-int64_t CudaBackend::gemm_fallback_calls() const { return gemm_->fallback_calls(); }
+absl::StatusOr<CudaBackend::PathCounts> CudaPathCounts(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  if (cuda == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(backend.name(), " is not a CUDA backend"));
+  }
+  return cuda->path_counts();
+}
+
+CudaBackend::PathCounts CudaBackend::path_counts() const {
+  return {.gemm_lt = gemm_->lt_calls(),
+          .gemm_fallback = gemm_->fallback_calls(),
+          .attention_flash = attention_flash_calls_.load(),
+          .attention_materialized = attention_materialized_calls_.load()};
+}
+
+absl::StatusOr<int*> CudaBackend::ThreadErrorWord() {
+  const ThreadSlots::Slot slot = error_slots_->ForThisThread();
+  int* word = device_errors_ + slot.index;
+  if (slot.fresh) {
+    // A thread that exited may have left a raised bit here; it was not this thread's.
+    GB_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(word, 0, sizeof(int), Stream(stream_)),
+                                  "cudaMemsetAsync(device error word)"));
+  }
+  return word;
+}
 
 absl::Status CudaBackend::WaitAndCheck(const char* what) {
-  std::lock_guard<std::mutex> lock(errors_mu_);
-  GB_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(host_errors_, device_errors_, sizeof(int),
-                                                cudaMemcpyDeviceToHost, Stream(stream_)),
-                                "cudaMemcpyAsync(device error word)"));
+  GB_ASSIGN_OR_RETURN(int* word, ThreadErrorWord());
+  const ptrdiff_t index = word - device_errors_;
+  int* host = host_errors_ + index;
+  // Private words are read and cleared by their one thread; the shared one by one at a time.
+  std::unique_lock<std::mutex> lock(shared_word_mu_, std::defer_lock);
+  if (index == 0) lock.lock();
+  GB_RETURN_IF_ERROR(CudaStatus(
+      cudaMemcpyAsync(host, word, sizeof(int), cudaMemcpyDeviceToHost, Stream(stream_)),
+      "cudaMemcpyAsync(device error word)"));
   GB_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(Stream(stream_)), what));
-  const int errors = *host_errors_;
+  const int errors = *host;
   if (errors == 0) return absl::OkStatus();
-  *host_errors_ = 0;
-  GB_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(device_errors_, 0, sizeof(int), Stream(stream_)),
+  *host = 0;
+  GB_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(word, 0, sizeof(int), Stream(stream_)),
                                 "cudaMemsetAsync(device error word)"));
-  std::string message = "cuda: ops queued since the last synchronisation met invalid input:";
+  std::string message = absl::StrCat("cuda: ops queued by ",
+                                     index == 0 ? "this thread (or others sharing its error word)"
+                                                : "this thread",
+                                     " since its last synchronisation met invalid input:");
   if (errors & cuda::kDeviceErrorEmbeddingId)
     absl::StrAppend(&message, " Embedding id out of range;");
   if (errors & cuda::kDeviceErrorRotaryPosition) {
@@ -286,20 +318,22 @@ absl::Status CudaBackend::DoEmbedding(const EmbeddingDims& d, const Tensor& tabl
                                       const Tensor& ids, Tensor& out) {
   DeviceGuard guard(device_);
   GB_RETURN_IF_ERROR(guard.status());
+  GB_ASSIGN_OR_RETURN(int* errors, ThreadErrorWord());
   return Launched("Embedding",
                   cuda::LaunchEmbedding(static_cast<int>(DTypeSize(table.dtype())),
                                         table.raw_data(), d.vocab, d.dim, ids.data<int32_t>(),
-                                        d.tokens, out.raw_data(), device_errors_, Stream(stream_)));
+                                        d.tokens, out.raw_data(), errors, Stream(stream_)));
 }
 
 absl::Status CudaBackend::DoScatterRows(const EmbeddingDims& d, const Tensor& src,
                                         const Tensor& rows, Tensor& table) {
   DeviceGuard guard(device_);
   GB_RETURN_IF_ERROR(guard.status());
+  GB_ASSIGN_OR_RETURN(int* errors, ThreadErrorWord());
   return Launched("ScatterRows",
                   cuda::LaunchScatterRows(static_cast<int>(DTypeSize(table.dtype())),
                                           src.raw_data(), rows.data<int32_t>(), d.tokens, d.dim,
-                                          table.raw_data(), d.vocab, device_errors_,
+                                          table.raw_data(), d.vocab, errors,
                                           Stream(stream_)));
 }
 
@@ -308,6 +342,7 @@ absl::Status CudaBackend::DoRotary(const RotaryDims& d, const Tensor& x, const T
                                    Tensor& out) {
   DeviceGuard guard(device_);
   GB_RETURN_IF_ERROR(guard.status());
+  GB_ASSIGN_OR_RETURN(int* errors, ThreadErrorWord());
   cuda::RotaryArgs a;
   a.type = x.dtype();
   a.x = x.raw_data();
@@ -320,7 +355,7 @@ absl::Status CudaBackend::DoRotary(const RotaryDims& d, const Tensor& x, const T
   a.d_head = d.d_head;
   a.rotary_dim = rotary_dim;
   a.n_ctx = d.n_ctx;
-  a.device_errors = device_errors_;
+  a.device_errors = errors;
   return Launched("Rotary", cuda::LaunchRotary(a, Stream(stream_)));
 }
 
@@ -354,7 +389,10 @@ absl::Status CudaBackend::DoAttention(const AttentionDims& d, const Tensor& q, c
 
   if (scores == nullptr && pattern == nullptr && options_.flash_attention) {
     const cudaError_t err = cuda::LaunchFlashAttention(a, Stream(stream_));
-    if (err != cudaErrorNotSupported) return Launched("Attention (flash)", err);
+    if (err != cudaErrorNotSupported) {
+      ++attention_flash_calls_;
+      return Launched("Attention (flash)", err);
+    }
     // Unsupported head size or shared memory: the materialised path below computes z too.
   }
   if (d.kv_seq != d.seq || d.query_offset != 0) {
@@ -370,6 +408,7 @@ absl::Status CudaBackend::DoAttention(const AttentionDims& d, const Tensor& q, c
       static_cast<int64_t>(options_.attention_work_bytes) / std::max<int64_t>(pair_bytes, 1), 1,
       std::min<int64_t>(pairs, 65535));
   GB_ASSIGN_OR_RETURN(Tensor work, Allocate(DType::kF32, {chunk, d.seq, d.seq}));
+  ++attention_materialized_calls_;
   for (int64_t begin = 0; begin < pairs; begin += chunk) {
     const int64_t count = std::min(chunk, pairs - begin);
     GB_RETURN_IF_ERROR(Launched(
@@ -467,11 +506,12 @@ absl::Status CudaBackend::DoGatherColumns(const GatherColumnsDims& d, const Tens
                                           const Tensor& columns, const Tensor* shift, Tensor& out) {
   DeviceGuard guard(device_);
   GB_RETURN_IF_ERROR(guard.status());
+  GB_ASSIGN_OR_RETURN(int* errors, ThreadErrorWord());
   return Launched(
       "GatherColumns",
       cuda::LaunchGatherColumns(x.dtype(), x.raw_data(), d.rows, d.cols, columns.data<int32_t>(),
                                 d.count, shift ? shift->data<float>() : nullptr, out.data<float>(),
-                                device_errors_, Stream(stream_)));
+                                errors, Stream(stream_)));
 }
 
 absl::Status CudaBackend::DoTopK(const TopKDims& d, const Tensor& x, Tensor& values,

@@ -12,6 +12,7 @@
 // builds without nvcc link cuda_backend_disabled.cc, whose CreateCudaBackend says so.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -22,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/caching_allocator.h"
+#include "kernels/cuda/thread_slots.h"
 
 struct CUstream_st;
 
@@ -61,7 +63,9 @@ class CudaBackend final : public Backend {
   //   change; they belong here and in a CopyToHostAsync that hands back an event.
   // - An Embedding id, a Rotary position or a GatherColumns column outside its range cannot fail
   //   the call that is merely queued: it writes zeros and the next CopyToHost / Synchronize
-  //   returns INTERNAL naming the op.
+  //   *of the thread that queued it* returns INTERNAL naming the op. Each thread has its own
+  //   device error word (up to kErrorWords - 1 threads at once; beyond that they share one), so
+  //   concurrent requests never receive each other's errors.
 
   // ---- CUDA-specific ----
   // Waits for all queued work; reports device errors and invalid inputs seen by kernels.
@@ -71,9 +75,18 @@ class CudaBackend final : public Backend {
   CachingDeviceAllocator::Stats allocator_stats() const { return allocator_->stats(); }
   int device_index() const { return device_; }
   const CudaBackendOptions& options() const { return options_; }
-  // GEMMs served by cuBLASLt and by the cublasGemmStridedBatchedEx fallback so far.
-  int64_t gemm_lt_calls() const;
-  int64_t gemm_fallback_calls() const;
+  // Which implementation each GEMM and attention call took, counted since Create. The fast
+  // paths are cuBLASLt and the flash kernel; the benchmark prints these and the GPU tests assert
+  // them, so a silent fall to a slow path shows.
+  struct PathCounts {
+    int64_t gemm_lt = 0;        // cuBLASLt
+    int64_t gemm_fallback = 0;  // cublasGemmStridedBatchedEx + a bias/activation kernel
+    int64_t attention_flash = 0;
+    int64_t attention_materialized = 0;  // scores/pattern wanted, or flash unsupported
+  };
+  PathCounts path_counts() const;
+
+  static constexpr int kErrorWords = 1024;
 
  private:
   CudaBackend(int device, CudaBackendOptions options);
@@ -116,9 +129,11 @@ class CudaBackend final : public Backend {
                                const Tensor* shift, Tensor& out) override;
   // Rows are sorted in chunks within options().top_k_work_bytes (kernels/cuda/topk.cu).
   absl::Status DoTopK(const TopKDims& d, const Tensor& x, Tensor& values, Tensor& indices) override;
-  // Queues a copy of the device error word, waits for the stream, and turns a raised bit into
-  // an error (clearing it).
+  // Queues a copy of the calling thread's device error word, waits for the stream, and turns a
+  // raised bit into an error (clearing it).
   absl::Status WaitAndCheck(const char* what);
+  // The calling thread's device error word, cleared (on the stream) on the thread's first use.
+  absl::StatusOr<int*> ThreadErrorWord();
   // Runs a product into `out`: directly when cuBLAS writes its dtype, else through f32.
   absl::Status RunGemm(cuda_internal::GemmProblem& p, Tensor& out);
 
@@ -128,13 +143,21 @@ class CudaBackend final : public Backend {
   CUstream_st* stream_ = nullptr;
   std::unique_ptr<cuda_internal::GemmRunner> gemm_;
   std::shared_ptr<CachingDeviceAllocator> allocator_;
-  int* device_errors_ = nullptr;  // device word of kDeviceError* bits
-  int* host_errors_ = nullptr;    // pinned host copy, read after a wait
-  std::mutex errors_mu_;
+  // kErrorWords words of kDeviceError* bits, one per thread slot (slot 0 shared), and their
+  // pinned host copies, read after a wait.
+  std::shared_ptr<ThreadSlots> error_slots_ = ThreadSlots::Create(kErrorWords);
+  int* device_errors_ = nullptr;
+  int* host_errors_ = nullptr;
+  std::mutex shared_word_mu_;  // serialises the waits that read slot 0
+  std::atomic<int64_t> attention_flash_calls_{0}, attention_materialized_calls_{0};
 };
 
 // The backend as the engine sees it; see CudaBackend::Create.
 absl::StatusOr<std::shared_ptr<Backend>> CreateCudaBackend(int device,
                                                            CudaBackendOptions options = {});
+
+// `backend`'s path counts when it is a CUDA backend (INVALID_ARGUMENT otherwise; in builds
+// without CUDA, FAILED_PRECONDITION), for callers that hold it as a Backend.
+absl::StatusOr<CudaBackend::PathCounts> CudaPathCounts(const Backend& backend);
 
 }  // namespace glassbox

@@ -9,4 +9,8 @@ absl::StatusOr<std::shared_ptr<Backend>> CreateCudaBackend(int device, CudaBacke
       "this build has no CUDA backend (configured without nvcc); use the CPU backend");
 }
 
+absl::StatusOr<CudaBackend::PathCounts> CudaPathCounts(const Backend&) {
+  return absl::FailedPreconditionError("this build has no CUDA backend (configured without nvcc)");
+}
+
 }  // namespace glassbox

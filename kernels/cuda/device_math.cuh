@@ -89,11 +89,16 @@ __device__ __forceinline__ float BlockMax(float v, float* scratch) {
   return WarpMax(v);
 }
 
+// The most threads RowBlockThreads picks. Every kernel launched with RowBlockThreads declares
+// __launch_bounds__(kRowBlockMaxThreads): without it nvcc may use more than 64 registers per
+// thread and a 1024-thread launch then fails ("too many resources requested").
+constexpr int kRowBlockMaxThreads = 1024;
+
 // Threads for a one-block-per-row kernel: about four elements per thread, a multiple of 32,
-// between 32 and 1024.
+// between 32 and kRowBlockMaxThreads.
 inline int RowBlockThreads(int64_t cols) {
   int threads = 32;
-  while (threads < 1024 && threads * 4 < cols) threads *= 2;
+  while (threads < kRowBlockMaxThreads && threads * 4 < cols) threads *= 2;
   return threads;
 }
 

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -36,8 +37,8 @@ class GemmRunner {
   absl::Status Run(const GemmProblem& p);
 
   // How many products went through each path (for tests and logs).
-  int64_t lt_calls() const { return lt_calls_; }
-  int64_t fallback_calls() const { return fallback_calls_; }
+  int64_t lt_calls() const { return lt_calls_.load(); }
+  int64_t fallback_calls() const { return fallback_calls_.load(); }
 
  private:
   GemmRunner() = default;
@@ -59,7 +60,7 @@ class GemmRunner {
   };
   std::mutex mu_;  // guards the cache and serialises use of the handles
   std::map<std::array<int64_t, 18>, CachedAlgo> algo_cache_;
-  int64_t lt_calls_ = 0, fallback_calls_ = 0;
+  std::atomic<int64_t> lt_calls_{0}, fallback_calls_{0};  // read by other threads
 };
 
 }  // namespace glassbox::cuda_internal

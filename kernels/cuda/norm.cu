@@ -7,7 +7,7 @@ namespace glassbox::cuda {
 namespace {
 
 template <typename T>
-__global__ void LayerNormKernel(NormArgs a) {
+__global__ void __launch_bounds__(kRowBlockMaxThreads) LayerNormKernel(NormArgs a) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x, cols = a.cols;
   const T* x = static_cast<const T*>(a.x) + row * cols;
@@ -43,7 +43,7 @@ __global__ void LayerNormKernel(NormArgs a) {
 }
 
 template <typename T>
-__global__ void RmsNormKernel(NormArgs a) {
+__global__ void __launch_bounds__(kRowBlockMaxThreads) RmsNormKernel(NormArgs a) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x, cols = a.cols;
   const T* x = static_cast<const T*>(a.x) + row * cols;

@@ -8,7 +8,6 @@ namespace glassbox::cuda {
 namespace {
 
 constexpr int64_t kMaxRows = 2147483647LL;
-constexpr int kMaxThreads = 1024;  // RowBlockThreads' upper bound
 
 // log(sum_j exp(x_j)) for one row, computed by the whole block.
 template <typename T>
@@ -23,7 +22,7 @@ __device__ float RowLogSumExp(const T* x, int64_t cols, float* scratch) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kMaxThreads) LogSoftmaxKernel(const T* x, T* out, int64_t cols) {
+__global__ void __launch_bounds__(kRowBlockMaxThreads) LogSoftmaxKernel(const T* x, T* out, int64_t cols) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const T* in = x + row * cols;
@@ -33,7 +32,7 @@ __global__ void __launch_bounds__(kMaxThreads) LogSoftmaxKernel(const T* x, T* o
 }
 
 template <typename T, typename Loss>
-__global__ void __launch_bounds__(kMaxThreads) CrossEntropyKernel(const T* logits, const int32_t* targets, Loss* loss, int64_t vocab) {
+__global__ void __launch_bounds__(kRowBlockMaxThreads) CrossEntropyKernel(const T* logits, const int32_t* targets, Loss* loss, int64_t vocab) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const int32_t target = targets[row];
@@ -47,7 +46,7 @@ __global__ void __launch_bounds__(kMaxThreads) CrossEntropyKernel(const T* logit
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kMaxThreads) LogSumExpKernel(const T* x, float* lse, int64_t cols) {
+__global__ void __launch_bounds__(kRowBlockMaxThreads) LogSumExpKernel(const T* x, float* lse, int64_t cols) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const float log_sum = RowLogSumExp(x + row * cols, cols, scratch);

@@ -17,6 +17,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -668,6 +669,35 @@ TEST_F(GpuTest, EmbeddingIdOutOfRangeIsReportedAtTheNextSync) {
   EXPECT_OK(gpu().Synchronize());
 }
 
+// Each thread has its own error word: an invalid id queued by one thread is reported to that
+// thread's next synchronisation only, never to another thread (another request) synchronising
+// first; a thread that exits with an error unreported leaves nothing for the next owner.
+TEST_F(GpuTest, DeviceErrorsAreReportedToTheThreadThatQueuedTheOp) {
+  const Tensor table = Upload(gpu(), FilledHost({10, 4}, 1.0f), DType::kF32);
+  const Tensor bad_ids = UploadInts(gpu(), {1, 10, -1}, {3});
+  Tensor out = Poisoned(gpu(), DType::kF32, {3, 4});
+  ASSERT_OK(gpu().Embedding(table, bad_ids, out));  // queued by this thread, not yet waited for
+  absl::Status other_thread;
+  std::thread([&] {
+    Tensor mine = Poisoned(gpu(), DType::kF32, {3, 4});
+    other_thread = gpu().Embedding(table, UploadInts(gpu(), {0, 1, 2}, {3}), mine);
+    if (other_thread.ok()) other_thread = gpu().Synchronize();
+  }).join();
+  EXPECT_OK(other_thread);  // the stream waited on this thread's bad op, but it was not theirs
+  const absl::Status mine = gpu().Synchronize();
+  EXPECT_EQ(mine.code(), absl::StatusCode::kInternal) << mine;
+  EXPECT_NE(mine.message().find("Embedding id out of range"), std::string::npos) << mine;
+
+  std::thread([&] {  // exits with its error never reported
+    Tensor lost = Poisoned(gpu(), DType::kF32, {3, 4});
+    EXPECT_OK(gpu().Embedding(table, bad_ids, lost));
+  }).join();
+  absl::Status next_owner;
+  std::thread([&] { next_owner = gpu().Synchronize(); }).join();
+  EXPECT_OK(next_owner);
+  EXPECT_OK(gpu().Synchronize());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rotary.
 
@@ -1136,6 +1166,18 @@ class WholeModelTest : public GpuParamTest<ModelCase> {
     expected_ = ReadAllTensors(FixturePath("expected/" + c.model + ".safetensors"));
   }
 
+  int64_t layers() const { return cpu_model_->config().n_layers; }
+
+  // A forward pass without captured or edited scores/patterns: every attention on the flash
+  // kernel and every GEMM on cuBLASLt, or a silent slow path fails the test.
+  void ExpectFastPaths(const CudaBackend::PathCounts& before, const CudaBackend::PathCounts& after) {
+    EXPECT_EQ(after.attention_flash - before.attention_flash, layers());
+    EXPECT_EQ(after.attention_materialized, before.attention_materialized)
+        << "an attention was materialised without being asked for";
+    EXPECT_GT(after.gemm_lt, before.gemm_lt);
+    EXPECT_EQ(after.gemm_fallback, before.gemm_fallback) << "a GEMM left cuBLASLt";
+  }
+
   std::unique_ptr<Transformer> cpu_model_, gpu_model_;
   std::map<std::string, Tensor> expected_;
 };
@@ -1161,8 +1203,14 @@ TEST_P(WholeModelTest, EveryHookMatchesCpu) {
     CollectingSink cpu_sink, gpu_sink;
     auto cpu_out = cpu_model_->Forward(input, cpu_plan, &cpu_sink, options);
     ASSERT_TRUE(cpu_out.ok()) << cpu_out.status();
+    const CudaBackend::PathCounts before = gpu().path_counts();
     auto gpu_out = gpu_model_->Forward(input, gpu_plan, &gpu_sink, options);
     ASSERT_TRUE(gpu_out.ok()) << gpu_out.status();
+    // Patterns captured: every layer materialises its scores, and says so.
+    const CudaBackend::PathCounts after = gpu().path_counts();
+    EXPECT_EQ(after.attention_materialized - before.attention_materialized, layers());
+    EXPECT_EQ(after.attention_flash, before.attention_flash);
+    EXPECT_EQ(after.gemm_fallback, before.gemm_fallback) << "a GEMM left cuBLASLt";
 
     EXPECT_EQ(gpu_sink.order, cpu_sink.order);
     for (const std::string& name : cpu_sink.order) {
@@ -1195,8 +1243,10 @@ TEST_P(WholeModelTest, FlashPathMatchesCpuAndHf) {
     CollectingSink cpu_sink, gpu_sink;
     auto cpu_out = cpu_model_->Forward(input, cpu_plan, &cpu_sink, {.logits = LogitsMode::kAll});
     ASSERT_TRUE(cpu_out.ok()) << cpu_out.status();
+    const CudaBackend::PathCounts before = gpu().path_counts();
     auto gpu_out = gpu_model_->Forward(input, gpu_plan, &gpu_sink, {.logits = LogitsMode::kAll});
     ASSERT_TRUE(gpu_out.ok()) << gpu_out.status();
+    ExpectFastPaths(before, gpu().path_counts());
     for (const std::string& name : cpu_sink.order) {
       ExpectClose(Download(gpu(), gpu_sink.values.at(name)), cpu_sink.values.at(name), tolerance(), name);
     }
