@@ -79,11 +79,14 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
                                             const pb::PatchingSweepRequest* request,
                                             pb::PatchingSweepResponse* response) {
   const auto start = std::chrono::steady_clock::now();
+  auto caller = Admit(context, CallKind::kDevice);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const ServiceLimits& limits = caller->limits();
   auto served = store_.Find(request->model());
   if (!served.ok()) return ToGrpcStatus(served.status());
-  auto clean = BuildBatch(request->clean(), **served, limits_);
+  auto clean = BuildBatch(request->clean(), **served, limits);
   if (!clean.ok()) return ToGrpcStatus(absl::Status(clean.status().code(), absl::StrCat("clean: ", clean.status().message())));
-  auto corrupted = BuildBatch(request->corrupted(), **served, limits_);
+  auto corrupted = BuildBatch(request->corrupted(), **served, limits);
   if (!corrupted.ok()) {
     return ToGrpcStatus(absl::Status(corrupted.status().code(), absl::StrCat("corrupted: ", corrupted.status().message())));
   }
@@ -108,7 +111,13 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   // One pass holds at most the server's token budget.
   const int64_t seq = clean->tokens.dim(1);
   int64_t rows = request->max_rows_per_pass() > 0 ? request->max_rows_per_pass() : 256;
-  rows = std::max<int64_t>(clean->tokens.dim(0), std::min(rows, limits_.max_tokens_per_request / seq));
+  rows =
+      std::max<int64_t>(clean->tokens.dim(0), std::min(rows, limits.max_tokens_per_request / seq));
+  // Counted as --max_tokens counts them: each input's padded batch once.
+  const int64_t tokens = clean->tokens.numel() + corrupted->tokens.numel();
+  if (absl::Status charged = caller->ChargeTokens(tokens); !charged.ok()) {
+    return ToGrpcStatus(charged);
+  }
   std::atomic<bool> cancelled{false};
   PatchingResult result;
   absl::Status status = OnDevice([&]() -> absl::Status {
@@ -129,11 +138,15 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status GlassboxService::LogitLens(grpc::ServerContext*, const pb::LogitLensRequest* request,
+grpc::Status GlassboxService::LogitLens(grpc::ServerContext* context,
+                                        const pb::LogitLensRequest* request,
                                         pb::LogitLensResponse* response) {
+  auto caller = Admit(context, CallKind::kDevice);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const ServiceLimits& limits = caller->limits();
   auto served = store_.Find(request->model());
   if (!served.ok()) return ToGrpcStatus(served.status());
-  auto batch = BuildBatch(request->inputs(), **served, limits_);
+  auto batch = BuildBatch(request->inputs(), **served, limits);
   if (!batch.ok()) return ToGrpcStatus(batch.status());
   const ModelConfig& c = (*served)->model->config();
   const int64_t top_k = request->top_k() != 0 ? request->top_k() : 5;
@@ -145,11 +158,14 @@ grpc::Status GlassboxService::LogitLens(grpc::ServerContext*, const pb::LogitLen
   // Per layer and token: k log-probs and k token ids, and one log-prob per target.
   const int64_t bytes = (c.n_layers + 1) * batch->tokens.numel() *
                         (2 * top_k + request->target_tokens_size()) * 4;
-  if (bytes > limits_.max_response_bytes) {
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("the logit lens would take ", bytes, " bytes; this server allows ",
-                                     limits_.max_response_bytes,
-                                     " (--max_response_bytes): ask for a smaller top_k or fewer tokens"));
+  if (bytes > limits.max_response_bytes) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the logit lens would take ", bytes, " bytes; ", limits.ResponseBytesAllowed(),
+                     ": ask for a smaller top_k or fewer tokens"));
+  }
+  if (absl::Status charged = caller->ChargeTokens(batch->tokens.numel()); !charged.ok()) {
+    return ToGrpcStatus(charged);
   }
   LogitLensResult result;
   absl::Status status = OnDevice([&]() -> absl::Status {
@@ -169,13 +185,19 @@ grpc::Status GlassboxService::LogitLens(grpc::ServerContext*, const pb::LogitLen
   return grpc::Status::OK;
 }
 
-grpc::Status GlassboxService::DirectLogitAttribution(grpc::ServerContext*,
-                                                     const pb::DirectLogitAttributionRequest* request,
-                                                     pb::DirectLogitAttributionResponse* response) {
+grpc::Status GlassboxService::DirectLogitAttribution(
+    grpc::ServerContext* context, const pb::DirectLogitAttributionRequest* request,
+    pb::DirectLogitAttributionResponse* response) {
+  auto caller = Admit(context, CallKind::kDevice);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const ServiceLimits& limits = caller->limits();
   auto served = store_.Find(request->model());
   if (!served.ok()) return ToGrpcStatus(served.status());
-  auto batch = BuildBatch(request->inputs(), **served, limits_);
+  auto batch = BuildBatch(request->inputs(), **served, limits);
   if (!batch.ok()) return ToGrpcStatus(batch.status());
+  if (absl::Status charged = caller->ChargeTokens(batch->tokens.numel()); !charged.ok()) {
+    return ToGrpcStatus(charged);
+  }
   DlaRequest dla{.tokens = batch->tokens, .attention_mask = batch->attention_mask,
                  .position = request->has_position() ? request->position() : -1,
                  .token = request->token()};
@@ -193,20 +215,27 @@ grpc::Status GlassboxService::DirectLogitAttribution(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status GlassboxService::AttentionNorms(grpc::ServerContext*, const pb::AttentionNormsRequest* request,
+grpc::Status GlassboxService::AttentionNorms(grpc::ServerContext* context,
+                                             const pb::AttentionNormsRequest* request,
                                              pb::AttentionNormsResponse* response) {
+  auto caller = Admit(context, CallKind::kDevice);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const ServiceLimits& limits = caller->limits();
   auto served = store_.Find(request->model());
   if (!served.ok()) return ToGrpcStatus(served.status());
-  auto batch = BuildBatch(request->inputs(), **served, limits_);
+  auto batch = BuildBatch(request->inputs(), **served, limits);
   if (!batch.ok()) return ToGrpcStatus(batch.status());
   const ModelConfig& c = (*served)->model->config();
   const int64_t seq = batch->tokens.dim(1);
   const int64_t layers = request->layers_size() > 0 ? request->layers_size() : c.n_layers;
   const int64_t bytes = layers * batch->tokens.dim(0) * (2 * c.n_heads + 1) * seq * seq * 4;
-  if (bytes > limits_.max_response_bytes) {
+  if (bytes > limits.max_response_bytes) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("the attention norms would take ", bytes, " bytes; this server allows ",
-                                     limits_.max_response_bytes, " (--max_response_bytes): ask for fewer layers"));
+                        absl::StrCat("the attention norms would take ", bytes, " bytes; ",
+                                     limits.ResponseBytesAllowed(), ": ask for fewer layers"));
+  }
+  if (absl::Status charged = caller->ChargeTokens(batch->tokens.numel()); !charged.ok()) {
+    return ToGrpcStatus(charged);
   }
   std::vector<AttentionNormsLayer> result;
   absl::Status status = OnDevice([&]() -> absl::Status {

@@ -132,6 +132,9 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
                                        grpc::ServerWriter<pb::GenerateResponse>* writer) {
   const auto start = std::chrono::steady_clock::now();
   if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  auto caller = Admit(context, CallKind::kDevice);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const ServiceLimits& limits = caller->limits();
   if (auto s = CheckEditsForGeneration(*request); !s.ok()) return ToGrpcStatus(s);
   pb::RunRequest as_run;
   as_run.set_model(request->model());
@@ -140,7 +143,7 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   *as_run.mutable_sae_splices() = request->sae_splices();
   *as_run.mutable_sae_steering() = request->sae_steering();
   *as_run.mutable_captures() = request->captures();
-  auto plan = BuildRunPlan(as_run, store_, limits_, CacheFor(context));
+  auto plan = BuildRunPlan(as_run, store_, limits, caller->cache());
   if (!plan.ok()) return ToGrpcStatus(plan.status());
   const ModelConfig& config = plan->model->model->config();
   auto params = ParamsOf(*request, config);
@@ -152,18 +155,22 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   const int64_t rows = std::ssize(plan->rows);
   const int64_t final_length =
       std::min<int64_t>(longest + std::max(request->max_new_tokens(), 0), config.n_ctx);
-  if (rows * final_length > limits_.max_tokens_per_request) {
+  if (rows * final_length > limits.max_tokens_per_request) {
     return grpc::Status(
         grpc::StatusCode::RESOURCE_EXHAUSTED,
         absl::StrCat("the generation would hold ", rows * final_length, " tokens (", rows,
                      " rows x ", final_length, ", prompt and new tokens); this server allows ",
-                     limits_.max_tokens_per_request,
+                     limits.max_tokens_per_request,
                      " per request (--max_tokens): generate fewer tokens or fewer rows"));
   }
   if (!params->stop_strings.empty() && plan->model->tokenizer == nullptr) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         absl::StrCat("stop_strings need a tokenizer; model \"", request->model(),
                                      "\" has none (stop on token ids with stop_token_ids)"));
+  }
+  // Counted as --max_tokens counts them: the finished batch.
+  if (absl::Status charged = caller->ChargeTokens(rows * final_length); !charged.ok()) {
+    return ToGrpcStatus(charged);
   }
 
   pb::GenerateResponse header_message;
@@ -178,8 +185,8 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   }
 
   auto job = std::make_shared<GenerateJob>(*std::move(plan), *std::move(params),
-                                           request->include_unsteered(),
-                                           request->capture_at_end(), limits_);
+                                           request->include_unsteered(), request->capture_at_end(),
+                                           limits);
   if (!executor_.Submit([job] { job->Execute(); })) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
   }

@@ -31,8 +31,8 @@ absl::Status GenerateJob::AddCaptures(
   if (bytes_sent_ > max_response_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the captures reached ", bytes_sent_, " bytes, over the server's max_response_bytes (",
-        max_response_bytes_, "); capture fewer hooks, select heads, reduce, or generate fewer "
-        "tokens"));
+        max_response_bytes_, ", ", max_response_bytes_source_,
+        "); capture fewer hooks, select heads, reduce, or generate fewer tokens"));
   }
   return absl::OkStatus();
 }

@@ -25,7 +25,8 @@ class GenerateJob : public StreamingJob<glassbox::v1::GenerateResponse> {
         params_(std::move(params)),
         include_unsteered_(include_unsteered),
         capture_at_end_(capture_at_end),
-        max_response_bytes_(limits.max_response_bytes) {
+        max_response_bytes_(limits.max_response_bytes),
+        max_response_bytes_source_(limits.max_response_bytes_source) {
     params_.cancelled = &cancelled_;
   }
 
@@ -54,6 +55,7 @@ class GenerateJob : public StreamingJob<glassbox::v1::GenerateResponse> {
   bool include_unsteered_;
   bool capture_at_end_;
   int64_t max_response_bytes_;
+  std::string max_response_bytes_source_;
   std::vector<std::vector<int32_t>> generated_;  // so far, per row, for incremental text
   std::vector<std::string> texts_;               // decoded so far, per row
   GenerateResult steered_, unsteered_;

@@ -54,23 +54,31 @@ absl::StatusOr<const Tokenizer*> TokenizerOf(const ServedModel& served) {
 
 }  // namespace
 
-grpc::Status GlassboxService::ListModels(grpc::ServerContext*, const glassbox::v1::ListModelsRequest*,
+grpc::Status GlassboxService::ListModels(grpc::ServerContext* context,
+                                         const glassbox::v1::ListModelsRequest*,
                                          glassbox::v1::ListModelsResponse* response) {
+  auto caller = Admit(context, CallKind::kHost);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   for (const auto& [name, served] : store_.models()) FillModelInfo(*served, false, response->add_models());
   return grpc::Status::OK;
 }
 
-grpc::Status GlassboxService::GetModelInfo(grpc::ServerContext*,
+grpc::Status GlassboxService::GetModelInfo(grpc::ServerContext* context,
                                            const glassbox::v1::GetModelInfoRequest* request,
                                            glassbox::v1::ModelInfo* response) {
+  auto caller = Admit(context, CallKind::kHost);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto served = store_.Find(request->model());
   if (!served.ok()) return ToGrpcStatus(served.status());
   FillModelInfo(**served, true, response);
   return grpc::Status::OK;
 }
 
-grpc::Status GlassboxService::Tokenize(grpc::ServerContext*, const glassbox::v1::TokenizeRequest* request,
+grpc::Status GlassboxService::Tokenize(grpc::ServerContext* context,
+                                       const glassbox::v1::TokenizeRequest* request,
                                        glassbox::v1::TokenizeResponse* response) {
+  auto caller = Admit(context, CallKind::kHost);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto served = store_.Find(request->model());
   if (!served.ok()) return ToGrpcStatus(served.status());
   auto tokenizer = TokenizerOf(**served);
@@ -86,9 +94,11 @@ grpc::Status GlassboxService::Tokenize(grpc::ServerContext*, const glassbox::v1:
   return grpc::Status::OK;
 }
 
-grpc::Status GlassboxService::Detokenize(grpc::ServerContext*,
+grpc::Status GlassboxService::Detokenize(grpc::ServerContext* context,
                                          const glassbox::v1::DetokenizeRequest* request,
                                          glassbox::v1::DetokenizeResponse* response) {
+  auto caller = Admit(context, CallKind::kHost);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto served = store_.Find(request->model());
   if (!served.ok()) return ToGrpcStatus(served.status());
   auto tokenizer = TokenizerOf(**served);
@@ -107,9 +117,14 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
                                   grpc::ServerWriter<glassbox::v1::RunResponse>* writer) {
   const auto start = std::chrono::steady_clock::now();
   if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
-  const CacheAccess cache = CacheFor(context);
-  auto plan = BuildRunPlan(*request, store_, limits_, cache);
+  auto caller = Admit(context, CallKind::kDevice);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const CacheAccess& cache = caller->cache();
+  auto plan = BuildRunPlan(*request, store_, caller->limits(), cache);
   if (!plan.ok()) return ToGrpcStatus(plan.status());
+  if (absl::Status charged = caller->ChargeTokens(plan->tokens.numel()); !charged.ok()) {
+    return ToGrpcStatus(charged);
+  }
 
   glassbox::v1::RunResponse header_message;
   auto* header = header_message.mutable_header();
@@ -166,11 +181,13 @@ namespace glassbox {
 grpc::Status GlassboxService::ListCachedRuns(grpc::ServerContext* context,
                                              const glassbox::v1::ListCachedRunsRequest*,
                                              glassbox::v1::ListCachedRunsResponse* response) {
-  const CacheAccess cache = CacheFor(context);
-  for (const auto& run : run_cache_.List(cache.owner))
+  auto caller = Admit(context, CallKind::kHost);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const CacheAccess& cache = caller->cache();
+  for (const auto& run : cache.admin ? run_cache_.ListAll() : run_cache_.List(cache.owner))
     FillCachedRunInfo(*run, response->add_runs());
   response->set_used_bytes(run_cache_.UsageOf(cache.owner).bytes);
-  response->set_max_bytes(run_cache_.limits().max_bytes);
+  response->set_max_bytes(run_cache_.MaxBytesFor(cache.quota_bytes));
   response->set_max_entries(run_cache_.limits().max_entries);
   return grpc::Status::OK;
 }
@@ -178,7 +195,10 @@ grpc::Status GlassboxService::ListCachedRuns(grpc::ServerContext* context,
 grpc::Status GlassboxService::ReleaseCachedRun(grpc::ServerContext* context,
                                                const glassbox::v1::ReleaseCachedRunRequest* request,
                                                glassbox::v1::ReleaseCachedRunResponse* response) {
-  auto released = run_cache_.Release(CacheFor(context).owner, request->name());
+  auto caller = Admit(context, CallKind::kHost);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const auto [owner, name] = caller->cache().Locate(request->name());
+  auto released = run_cache_.Release(owner, name);
   if (!released.ok()) return ToGrpcStatus(released.status());
   response->set_released_bytes(*released);
   return grpc::Status::OK;

@@ -1,5 +1,6 @@
-// The gRPC handlers. They authenticate (later), validate and translate requests, queue forward
-// passes on the device's executor, and stream results back with bounded buffering.
+// The gRPC handlers. They admit the caller (API key and quotas, caller.h), validate and translate
+// requests, queue forward passes on the device's executor, and stream results back with bounded
+// buffering.
 #pragma once
 
 #include <atomic>
@@ -7,6 +8,8 @@
 #include <memory>
 
 #include "glassbox/v1/glassbox.grpc.pb.h"
+#include "server/service/api_keys.h"
+#include "server/service/caller.h"
 #include "server/service/executor.h"
 #include "server/service/model_store.h"
 #include "server/service/run_plan.h"
@@ -15,13 +18,17 @@ namespace glassbox {
 
 class GlassboxService final : public glassbox::v1::Glassbox::Service {
  public:
-  // `clock` is the cached runs' clock (tests pass a fake one to expire them).
+  // `clock` is the cached runs' and the quotas' clock (tests pass a fake one). `keys` null: every
+  // RPC is open and every caller is one anonymous owner; otherwise each needs a key of `keys`,
+  // which must outlive the service (it may be reloaded meanwhile).
   GlassboxService(const ModelStore& store, Executor& executor, ServiceLimits limits,
-                  RunCache::Clock clock = &absl::Now)
+                  RunCache::Clock clock = &absl::Now, const ApiKeyStore* keys = nullptr)
       : store_(store),
         executor_(executor),
-        limits_(limits),
-        run_cache_(limits.cache, std::move(clock)) {}
+        limits_(std::move(limits)),
+        run_cache_(limits_.cache, clock),
+        quotas_(clock),
+        gatekeeper_(keys, &quotas_, &limits_, &run_cache_) {}
 
   // New runs are refused with UNAVAILABLE; in-flight ones finish.
   void StartDraining() { draining_ = true; }
@@ -74,9 +81,10 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
                          glassbox::v1::SaeDecodeResponse* response) override;
 
  private:
-  // The caller's view of the cache. Budgets are per owner; until the service authenticates
-  // (API keys), every caller is the owner "".
-  CacheAccess CacheFor(const grpc::ServerContext*) { return {&run_cache_, ""}; }
+  // Every handler starts here: UNAUTHENTICATED or RESOURCE_EXHAUSTED before any other check.
+  absl::StatusOr<Caller> Admit(const grpc::ServerContext* context, CallKind kind) const {
+    return gatekeeper_.Admit(context->client_metadata(), kind);
+  }
 
   // Runs `work` on the device's worker and waits for it; UNAVAILABLE while draining.
   absl::Status OnDevice(const std::function<absl::Status()>& work);
@@ -85,6 +93,8 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
   Executor& executor_;
   const ServiceLimits limits_;
   RunCache run_cache_;
+  QuotaTracker quotas_;
+  Gatekeeper gatekeeper_;
   std::atomic<bool> draining_{false};
 };
 

@@ -1,7 +1,9 @@
-// glassboxd: loads models once and serves them over gRPC until SIGTERM, then drains.
+// glassboxd: loads models once and serves them over gRPC until SIGTERM, then drains. With
+// --api_keys every RPC needs a key from that file, which SIGHUP re-reads.
 //
 //   glassboxd --model gpt2=/models/gpt2 --model llama=/models/llama --listen 0.0.0.0:50051
 //   glassboxd --model gpt2=/models/gpt2 --sae res6=/saes/gpt2-res-6@gpt2
+//   glassboxd --model gpt2=/models/gpt2 --api_keys /etc/glassbox/keys.json
 //   glassboxd --config /etc/glassbox/config.json
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -34,15 +36,19 @@ ABSL_FLAG(std::string, dtype, "auto", "weights and activations: auto (bf16 on CU
 ABSL_FLAG(std::string, config, "",
           "JSON config file: {\"models\": {NAME: DIR}, \"saes\": {NAME: "
           "\"PATH@MODEL[:HOOK]\" or {\"path\", \"model\", \"hook\", "
-          "\"norm_scaling_factor\"}}, \"listen\": ADDR, \"limits\": {...}}; "
-          "flags given on the command line win");
+          "\"norm_scaling_factor\"}}, \"listen\": ADDR, \"api_keys\": FILE, \"limits\": "
+          "{...}}; flags given on the command line win");
+ABSL_FLAG(std::string, api_keys, "",
+          "JSON file of API keys: {\"keys\": [{\"name\", \"key\", \"admin\", \"quota\": "
+          "{...}}]}; every RPC but health then needs \"authorization: Bearer KEY\". Re-read on "
+          "SIGHUP. Unset: the server is open to anyone who reaches it");
 ABSL_FLAG(int64_t, max_batch, 1024, "most rows in one Run");
 ABSL_FLAG(int64_t, max_tokens, 1 << 16, "most (padded) tokens in one Run");
 ABSL_FLAG(int64_t, max_response_bytes, int64_t{8} << 30, "most tensor bytes one Run may stream");
 ABSL_FLAG(int64_t, stream_buffer_bytes, 16 << 20, "bytes buffered per stream before the worker waits for the reader");
 ABSL_FLAG(int64_t, cache_max_bytes, int64_t{1} << 30,
-          "bytes of cached runs (RunRequest.keep) the server holds; one budget for all clients "
-          "until API keys land, then per key");
+          "bytes of cached runs (RunRequest.keep) each API key may hold (one budget for all "
+          "clients without --api_keys); a key's cache_bytes quota may lower it");
 ABSL_FLAG(int64_t, cache_max_entries, 64,
           "cached runs the server holds (per key, as --cache_max_bytes)");
 ABSL_FLAG(int64_t, cache_default_ttl_s, 600, "time-to-live of a cached run that asks for none");
@@ -106,6 +112,7 @@ struct ServerSettings {
   std::vector<ModelSpec> models;
   std::vector<SaeSpec> saes;
   std::string listen;
+  std::string api_keys;  // the keys file; empty: open
   ServiceLimits limits;
 };
 
@@ -127,6 +134,7 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
                                         const std::set<std::string>& given) {
   ServerSettings s;
   s.listen = absl::GetFlag(FLAGS_listen);
+  s.api_keys = absl::GetFlag(FLAGS_api_keys);
   s.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   s.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens);
   s.limits.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
@@ -164,6 +172,13 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
     // The config file fills in what the command line did not say.
     if (!given.count("listen") && json.contains("listen") && json["listen"].is_string()) {
       s.listen = json["listen"].get<std::string>();
+    }
+    if (json.contains("api_keys")) {
+      if (!json["api_keys"].is_string() || json["api_keys"].get<std::string>().empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": \"api_keys\" must be the path of a keys file"));
+      }
+      if (!given.count("api_keys")) s.api_keys = json["api_keys"].get<std::string>();
     }
     if (json.contains("limits") && json["limits"].is_object()) {
       const auto& l = json["limits"];
@@ -242,13 +257,45 @@ absl::StatusOr<ChosenBackend> ChooseBackend() {
   return ChosenBackend{std::make_shared<CpuBackend>(), "cpu", dtype};
 }
 
+// The keys file, or null for an open server; either way one line of the log says which.
+absl::StatusOr<std::unique_ptr<ApiKeyStore>> LoadKeys(const std::string& path) {
+  if (path.empty()) {
+    std::fprintf(stderr,
+                 "glassboxd: no --api_keys: the server is open, every client that reaches it may "
+                 "call every RPC\n");
+    return nullptr;
+  }
+  GB_ASSIGN_OR_RETURN(std::unique_ptr<ApiKeyStore> keys, ApiKeyStore::Load(path));
+  std::fprintf(stderr,
+               "glassboxd: API keys: %zu from %s (%zu admin); every RPC but health needs "
+               "\"authorization: Bearer KEY\"; SIGHUP re-reads the file\n",
+               keys->size(), path.c_str(), keys->admins());
+  return keys;
+}
+
+// SIGHUP: re-read the keys file. A file that does not parse leaves the keys in use.
+void ReloadKeys(ApiKeyStore* keys) {
+  if (keys == nullptr) {
+    std::fprintf(stderr, "glassboxd: SIGHUP received; no --api_keys file to re-read\n");
+    return;
+  }
+  if (absl::Status reloaded = keys->Reload(); !reloaded.ok()) {
+    std::fprintf(stderr, "glassboxd: SIGHUP: keeping the API keys in use (%zu): %s\n", keys->size(),
+                 std::string(reloaded.message()).c_str());
+    return;
+  }
+  std::fprintf(stderr, "glassboxd: SIGHUP: reloaded API keys: %zu from %s (%zu admin)\n",
+               keys->size(), keys->path().c_str(), keys->admins());
+}
+
 int Main(int argc, char** argv) {
-  // Block the shutdown signals before any thread exists, so every thread inherits the mask and
-  // only the sigwait below sees them.
+  // Block the shutdown and reload signals before any thread exists, so every thread inherits the
+  // mask and only the sigwait below sees them.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   std::vector<std::string> model_args = TakeRepeatedArgs(argc, argv, "model");
@@ -261,6 +308,12 @@ int Main(int argc, char** argv) {
   auto settings = Settings(model_args, sae_args, GivenFlags(argc, argv));
   if (!settings.ok()) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(settings.status().message()).c_str());
+    return 2;
+  }
+  auto keys = LoadKeys(settings->api_keys);
+  if (!keys.ok()) {
+    std::fprintf(stderr, "glassboxd: --api_keys: %s\n",
+                 std::string(keys.status().message()).c_str());
     return 2;
   }
   auto backend = ChooseBackend();
@@ -298,7 +351,7 @@ int Main(int argc, char** argv) {
   }
 
   Executor executor;
-  GlassboxService service(**store, executor, settings->limits);
+  GlassboxService service(**store, executor, settings->limits, &absl::Now, keys->get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -317,7 +370,11 @@ int Main(int argc, char** argv) {
   std::fprintf(stderr, "glassboxd: listening on %s:%d\n", host.c_str(), port);
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  for (;;) {
+    sigwait(&signals, &signal_number);
+    if (signal_number != SIGHUP) break;
+    ReloadKeys(keys->get());
+  }
   std::fprintf(stderr, "glassboxd: %s received; draining (up to %d s)\n",
                signal_number == SIGTERM ? "SIGTERM" : "SIGINT", absl::GetFlag(FLAGS_drain_seconds));
   server->GetHealthCheckService()->SetServingStatus(false);

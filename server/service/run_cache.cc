@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "server/service/quota.h"
 
 namespace glassbox {
 namespace {
@@ -78,11 +79,30 @@ absl::Status RunCache::NotFound(const Owner& owner, const std::string& name) con
                    names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
 }
 
-absl::Status RunCache::Fits(const Owner& owner, const std::string& name, int64_t bytes) const {
+int64_t RunCache::MaxBytesFor(std::optional<int64_t> quota_bytes) const {
+  return quota_bytes ? std::min(*quota_bytes, limits_.max_bytes) : limits_.max_bytes;
+}
+
+absl::Status RunCache::Fits(const std::string& owner_key, const Owner& owner,
+                            const std::string& name, int64_t bytes,
+                            std::optional<int64_t> quota_bytes) const {
   int64_t used = owner.bytes, entries = static_cast<int64_t>(owner.entries.size());
   if (auto it = owner.entries.find(name); it != owner.entries.end()) {
     used -= it->second->nbytes();
     --entries;
+  }
+  if (quota_bytes && *quota_bytes < limits_.max_bytes && used + bytes > *quota_bytes) {
+    absl::Time next = absl::InfiniteFuture();
+    for (const auto& [n, run] : owner.entries) next = std::min(next, run->expires);
+    const std::string refill =
+        owner.entries.empty()
+            ? "no run is kept, so this one can never fit: keep fewer hooks or fewer rows"
+            : absl::StrCat("it refills as runs are released (ReleaseCachedRun) or expire ",
+                           "(the next in ", RefillText(next - clock_()), ")");
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cache_bytes quota of ", *quota_bytes, " for key \"", owner_key,
+                     "\" is used up: keeping run \"", name, "\" needs ", MiB(bytes),
+                     " and the key's cached runs hold ", MiB(used), "; ", refill));
   }
   if (used + bytes > limits_.max_bytes) {
     return absl::ResourceExhaustedError(
@@ -100,24 +120,29 @@ absl::Status RunCache::Fits(const Owner& owner, const std::string& name, int64_t
   return absl::OkStatus();
 }
 
-absl::Status RunCache::CheckFits(const std::string& owner, const std::string& name, int64_t bytes) {
+absl::Status RunCache::CheckFits(const std::string& owner, const std::string& name, int64_t bytes,
+                                 std::optional<int64_t> quota_bytes) {
   absl::MutexLock lock(&mu_);
   EvictExpired(clock_());
-  return Fits(owners_[owner], name, bytes);
+  return Fits(owner, owners_[owner], name, bytes, quota_bytes);
 }
 
 absl::StatusOr<std::shared_ptr<const CachedRun>> RunCache::Put(const std::string& owner_key,
-                                                               CachedRun run, absl::Duration ttl) {
+                                                               CachedRun run, absl::Duration ttl,
+                                                               std::optional<int64_t> quota_bytes) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = clock_();
   EvictExpired(now);
   Owner& owner = owners_[owner_key];
   const int64_t bytes = run.nbytes();
-  if (absl::Status fits = Fits(owner, run.name, bytes); !fits.ok()) return fits;
+  if (absl::Status fits = Fits(owner_key, owner, run.name, bytes, quota_bytes); !fits.ok()) {
+    return fits;
+  }
   if (auto it = owner.entries.find(run.name); it != owner.entries.end()) {
     owner.bytes -= it->second->nbytes();
     owner.entries.erase(it);
   }
+  run.owner = owner_key;
   run.created = now;
   run.expires = now + ttl;
   auto stored = std::make_shared<const CachedRun>(std::move(run));
@@ -153,6 +178,16 @@ std::vector<std::shared_ptr<const CachedRun>> RunCache::List(const std::string& 
   EvictExpired(clock_());
   std::vector<std::shared_ptr<const CachedRun>> runs;
   for (const auto& [name, run] : owners_[owner_key].entries) runs.push_back(run);
+  return runs;
+}
+
+std::vector<std::shared_ptr<const CachedRun>> RunCache::ListAll() {
+  absl::MutexLock lock(&mu_);
+  EvictExpired(clock_());
+  std::vector<std::shared_ptr<const CachedRun>> runs;
+  for (const auto& [key, owner] : owners_) {
+    for (const auto& [name, run] : owner.entries) runs.push_back(run);
+  }
   return runs;
 }
 

@@ -1,9 +1,11 @@
 // Activations a Run asked the server to keep (RunRequest.keep) under a name, so that later runs
 // can patch from them (INTERVENTION_PATCH_CACHED) without sending them back and forth.
 //
-// One cache is shared by every request, guarded by one mutex. Budgets (bytes and entries) are
-// per owner: the API key once the service authenticates; until then every client is the owner
-// "" and all share one budget and one namespace. Entries expire after their time-to-live; an
+// One cache is shared by every request, guarded by one mutex. Names, budgets (bytes and
+// entries) and visibility are per owner: the name of the caller's API key, or "" for every
+// client of a server without keys (one budget and one namespace, as before keys existed). An
+// owner may be held to fewer bytes than the server's --cache_max_bytes (its key's cache_bytes
+// quota), passed with each keep. Entries expire after their time-to-live; an
 // expired entry is dropped at the next access to the cache (any call below), so its memory
 // comes back as soon as anyone uses the cache. The clock is injectable for tests.
 #pragma once
@@ -12,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +34,7 @@ struct RunCacheLimits {
 };
 
 struct CachedRun {
+  std::string owner;  // set by Put
   std::string name;
   std::string model;
   std::vector<int32_t> lengths;          // real tokens per row
@@ -53,11 +57,15 @@ class RunCache {
   absl::StatusOr<absl::Duration> TtlFor(int64_t ttl_seconds) const;
 
   // RESOURCE_EXHAUSTED, naming the limit and the current usage, when an entry of `bytes` named
-  // `name` would not fit `owner`'s budget (an entry it replaces frees its bytes first).
-  absl::Status CheckFits(const std::string& owner, const std::string& name, int64_t bytes);
+  // `name` would not fit `owner`'s budget (an entry it replaces frees its bytes first). The byte
+  // budget is the server's max_bytes, or `quota_bytes` (the owner's key's cache_bytes) when that
+  // is smaller; the message then names the quota and when the next run expires.
+  absl::Status CheckFits(const std::string& owner, const std::string& name, int64_t bytes,
+                         std::optional<int64_t> quota_bytes = std::nullopt);
   // Stores `run` (replacing an entry of the same name) with its created/expires set from now.
-  absl::StatusOr<std::shared_ptr<const CachedRun>> Put(const std::string& owner, CachedRun run,
-                                                       absl::Duration ttl);
+  absl::StatusOr<std::shared_ptr<const CachedRun>> Put(
+      const std::string& owner, CachedRun run, absl::Duration ttl,
+      std::optional<int64_t> quota_bytes = std::nullopt);
   // NOT_FOUND saying whether the name expired or never existed (or was released).
   absl::StatusOr<std::shared_ptr<const CachedRun>> Get(const std::string& owner,
                                                        const std::string& name);
@@ -65,6 +73,10 @@ class RunCache {
   absl::StatusOr<int64_t> Release(const std::string& owner, const std::string& name);
   // Live entries, by name.
   std::vector<std::shared_ptr<const CachedRun>> List(const std::string& owner);
+  // Every owner's live entries, by owner, then name (what an admin key lists).
+  std::vector<std::shared_ptr<const CachedRun>> ListAll();
+  // The byte budget of an owner whose key has `quota_bytes`.
+  int64_t MaxBytesFor(std::optional<int64_t> quota_bytes) const;
 
   struct Usage {
     int64_t bytes = 0;
@@ -84,7 +96,8 @@ class RunCache {
   void EvictExpired(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status NotFound(const Owner& owner, const std::string& name) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Fits(const Owner& owner, const std::string& name, int64_t bytes) const
+  absl::Status Fits(const std::string& owner_key, const Owner& owner, const std::string& name,
+                    int64_t bytes, std::optional<int64_t> quota_bytes) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RunCacheLimits limits_;

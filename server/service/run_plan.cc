@@ -296,9 +296,8 @@ absl::StatusOr<RunPlan> BuildRunPlan(const RunRequest& request, const ModelStore
   for (const OutputTensorInfo& t : plan.tensors) plan.total_bytes += t.nbytes();
   if (plan.total_bytes > limits.max_response_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the response would carry ", plan.total_bytes, " bytes; this server allows ",
-        limits.max_response_bytes, " (--max_response_bytes). Select positions/heads, use a "
-        "reduction or a 16-bit dtype, or split the batch"));
+        "the response would carry ", plan.total_bytes, " bytes; ", limits.ResponseBytesAllowed(),
+        ". Select positions/heads, use a reduction or a 16-bit dtype, or split the batch"));
   }
   plan.chunk_bytes = request.chunk_bytes() == 0 ? limits.default_chunk_bytes
                                                 : std::min(request.chunk_bytes(), limits.max_chunk_bytes);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "glassbox/v1/glassbox.pb.h"
 #include "server/engine/capture.h"
 #include "server/engine/hook_plan.h"
@@ -22,16 +23,34 @@ struct ServiceLimits {
   int64_t max_batch = 1024;
   int64_t max_tokens_per_request = 1 << 16;
   int64_t max_response_bytes = int64_t{8} << 30;
+  // What set max_response_bytes, for RESOURCE_EXHAUSTED messages: the flag, or a key's quota
+  // when that is smaller (Caller::limits).
+  std::string max_response_bytes_source = "--max_response_bytes";
   uint32_t default_chunk_bytes = 1 << 20;
   uint32_t max_chunk_bytes = 4 << 20;
   size_t stream_buffer_bytes = size_t{16} << 20;  // per stream, between worker and writer
   RunCacheLimits cache;
+
+  // "this server allows N (--max_response_bytes)", or the key's quota: what a response over the
+  // limit is told.
+  std::string ResponseBytesAllowed() const {
+    return absl::StrCat("this server allows ", max_response_bytes, " (", max_response_bytes_source,
+                        ")");
+  }
 };
 
-// Where a request finds cached runs: the server's cache and the caller's budget owner.
+// Where a request finds cached runs: the server's cache, the caller's namespace and budget.
 struct CacheAccess {
   RunCache* cache = nullptr;  // null: keep and PATCH_CACHED are refused
-  std::string owner;
+  std::string owner;          // the caller's key name; "" on a server without keys
+  // An admin key reaches every owner's runs, naming another owner's as "OWNER/NAME".
+  bool admin = false;
+  std::optional<int64_t> quota_bytes;  // the key's cache_bytes quota
+
+  // The (owner, name) a request's cached-run name refers to. Only an admin's "OWNER/NAME" leaves
+  // the caller's namespace; anyone else's is looked up as it is in their own, where it does not
+  // exist (names have no '/'), so it is NOT_FOUND like any unknown name.
+  std::pair<std::string, std::string> Locate(const std::string& name) const;
 };
 
 // What RunRequest.keep asks to store once the run succeeds.

@@ -18,13 +18,20 @@ int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
 
 }  // namespace
 
+std::pair<std::string, std::string> CacheAccess::Locate(const std::string& name) const {
+  if (const size_t slash = name.find('/'); admin && slash != std::string::npos) {
+    return {name.substr(0, slash), name.substr(slash + 1)};
+  }
+  return {owner, name};
+}
+
 absl::Status ResolveCachedPatch(const glassbox::v1::Intervention& in, const HookInfo& info,
                                 const RunPlan& plan, const CacheAccess& cache, Intervention& edit) {
   const std::string where = absl::StrCat("intervention at ", info.name,
                                          " (patch from cached run \"", in.cached_run(), "\")");
   if (cache.cache == nullptr) return NoCache(where);
-  GB_ASSIGN_OR_RETURN(std::shared_ptr<const CachedRun> run,
-                      cache.cache->Get(cache.owner, in.cached_run()));
+  const auto [owner, name] = cache.Locate(in.cached_run());
+  GB_ASSIGN_OR_RETURN(std::shared_ptr<const CachedRun> run, cache.cache->Get(owner, name));
   if (run->model != plan.model->name) {
     return absl::FailedPreconditionError(absl::StrCat(where, ": it was cached from model \"",
                                                       run->model, "\", and this run is on \"",
@@ -106,13 +113,14 @@ absl::Status AddKeep(const glassbox::v1::RunRequest& request, const CacheAccess&
     return absl::InvalidArgumentError(
         "keep: no hooks to keep; name them in keep.hooks or capture them in this request");
   }
-  GB_RETURN_IF_ERROR(cache.cache->CheckFits(cache.owner, kept.name, kept.bytes));
+  GB_RETURN_IF_ERROR(cache.cache->CheckFits(cache.owner, kept.name, kept.bytes, cache.quota_bytes));
   plan.keep = std::move(kept);
   return absl::OkStatus();
 }
 
 void FillCachedRunInfo(const CachedRun& run, glassbox::v1::CachedRunInfo* info) {
   info->set_name(run.name);
+  info->set_owner(run.owner);
   info->set_model(run.model);
   for (const auto& [hook, value] : run.values) info->add_hooks(hook);
   info->mutable_sequence_lengths()->Add(run.lengths.begin(), run.lengths.end());
@@ -127,8 +135,9 @@ absl::StatusOr<glassbox::v1::CachedRunInfo> StoreKept(const RunPlan& plan, const
                 .model = plan.model->name,
                 .lengths = plan.lengths,
                 .values = std::move(values)};
-  GB_ASSIGN_OR_RETURN(std::shared_ptr<const CachedRun> stored,
-                      cache.cache->Put(cache.owner, std::move(run), plan.keep->ttl));
+  GB_ASSIGN_OR_RETURN(
+      std::shared_ptr<const CachedRun> stored,
+      cache.cache->Put(cache.owner, std::move(run), plan.keep->ttl, cache.quota_bytes));
   glassbox::v1::CachedRunInfo info;
   FillCachedRunInfo(*stored, &info);
   return info;

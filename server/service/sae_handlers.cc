@@ -101,8 +101,11 @@ absl::Status ReadDecodeInput(const pb::SaeDecodeRequest& request, int64_t d_sae,
 
 }  // namespace
 
-grpc::Status GlassboxService::ListSaes(grpc::ServerContext*, const pb::ListSaesRequest* request,
+grpc::Status GlassboxService::ListSaes(grpc::ServerContext* context,
+                                       const pb::ListSaesRequest* request,
                                        pb::ListSaesResponse* response) {
+  auto caller = Admit(context, CallKind::kHost);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (!request->model().empty()) {
     if (auto model = store_.Find(request->model()); !model.ok())
       return ToGrpcStatus(model.status());
@@ -118,6 +121,9 @@ grpc::Status GlassboxService::ListSaes(grpc::ServerContext*, const pb::ListSaesR
 grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
                                         const pb::SaeEncodeRequest* request,
                                         pb::SaeEncodeResponse* response) {
+  auto caller = Admit(context, CallKind::kDevice);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const ServiceLimits& limits = caller->limits();
   auto served = store_.FindSae(request->sae());
   if (!served.ok()) return ToGrpcStatus(served.status());
   const ServedSae& sae = **served;
@@ -131,14 +137,16 @@ grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
                         absl::StrCat("top_k must be in [0, ", sae.sae->d_sae(),
                                      "] (0 = every nonzero feature), got ", request->top_k()));
   }
-  auto batch = BuildBatch(request->inputs(), *sae.served_model, limits_);
+  auto batch = BuildBatch(request->inputs(), *sae.served_model, limits);
   if (!batch.ok()) return ToGrpcStatus(batch.status());
   const int64_t dense_bytes = request->dense() ? batch->tokens.numel() * sae.sae->d_sae() * 4 : 0;
-  if (dense_bytes > limits_.max_response_bytes) {
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("dense activations would take ", dense_bytes, " bytes; this server allows ",
-                     limits_.max_response_bytes, " (--max_response_bytes): ask for sparse ones"));
+  if (dense_bytes > limits.max_response_bytes) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("dense activations would take ", dense_bytes, " bytes; ",
+                                     limits.ResponseBytesAllowed(), ": ask for sparse ones"));
+  }
+  if (absl::Status charged = caller->ChargeTokens(batch->tokens.numel()); !charged.ok()) {
+    return ToGrpcStatus(charged);
   }
   std::atomic<bool> cancelled{false};
   SaeEncodeResult result;
@@ -155,11 +163,11 @@ grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
   if (!status.ok()) return ToGrpcStatus(status);
   // Sparse activations are sized by what fired: check them once they are known.
   const int64_t sparse_bytes = static_cast<int64_t>(result.acts.indices.size()) * 8;
-  if (sparse_bytes + dense_bytes > limits_.max_response_bytes) {
+  if (sparse_bytes + dense_bytes > limits.max_response_bytes) {
     return grpc::Status(
         grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("the active features take ", sparse_bytes, " bytes; this server allows ",
-                     limits_.max_response_bytes, " (--max_response_bytes): set top_k or send fewer tokens"));
+        absl::StrCat("the active features take ", sparse_bytes, " bytes; ",
+                     limits.ResponseBytesAllowed(), ": set top_k or send fewer tokens"));
   }
   for (size_t r = 0; r < batch->rows.size(); ++r) {
     response->add_sequence_lengths(batch->lengths[r]);
@@ -180,8 +188,12 @@ grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status GlassboxService::SaeDecode(grpc::ServerContext*, const pb::SaeDecodeRequest* request,
+grpc::Status GlassboxService::SaeDecode(grpc::ServerContext* context,
+                                        const pb::SaeDecodeRequest* request,
                                         pb::SaeDecodeResponse* response) {
+  auto caller = Admit(context, CallKind::kHost);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const ServiceLimits& limits = caller->limits();
   auto served = store_.FindSae(request->sae());
   if (!served.ok()) return ToGrpcStatus(served.status());
   const Sae& sae = *(*served)->sae;
@@ -197,11 +209,11 @@ grpc::Status GlassboxService::SaeDecode(grpc::ServerContext*, const pb::SaeDecod
   const int64_t rows = request->dense_size() > 0 ? request->dense_size() / sae.d_sae()
                                                  : std::max(0, request->offsets_size() - 1);
   const int64_t bytes = rows * sae.d_in() * 4;
-  if (bytes > limits_.max_response_bytes) {
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("decoding ", rows, " rows would take ", bytes,
-                                     " bytes; this server allows ", limits_.max_response_bytes,
-                                     " (--max_response_bytes): decode fewer rows per request"));
+  if (bytes > limits.max_response_bytes) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("decoding ", rows, " rows would take ", bytes, " bytes; ",
+                     limits.ResponseBytesAllowed(), ": decode fewer rows per request"));
   }
   SparseActs sparse;
   Tensor dense;

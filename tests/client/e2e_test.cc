@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -864,6 +865,42 @@ TEST_F(EndToEndTest, BadRequestsGetDocumentedExitCodesAndTheServerStaysUp) {
 
   r = Cli({"models"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+// The CLI against a glassboxd with API keys: no key is refused saying how to pass one, --api_key
+// (or $GLASSBOX_API_KEY) is sent, and `cached` shows each run's owner, every key's to an admin.
+TEST(EndToEndApiKeys, CliSendsTheKeyAndShowsOwners) {
+  const std::string keys = (std::filesystem::path(::testing::TempDir()) /
+                            absl::StrCat("client_e2e_", getpid(), "_keys.json"))
+                               .string();
+  {
+    std::ofstream out(keys);
+    out << R"({"keys": [{"name": "alice", "key": "alice-key"},
+                        {"name": "ops", "key": "ops-key", "admin": true}]})";
+  }
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(
+      {GLASSBOXD_PATH, "--model", absl::StrCat("tiny-gpt2=", kFixtures, "/models/tiny-gpt2"),
+       "--api_keys", keys, "--listen", "127.0.0.1:0", "--device", "cpu"},
+      "glassboxd: listening on ", absl::Seconds(30));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {GLASSBOX_CLI_PATH, "--server", (*server)->address()});
+    return RunProcess(args);
+  };
+  ProcessResult r = cli({"models"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--api_key KEY or $GLASSBOX_API_KEY"));
+  r = cli({"--api_key", "alice-key", "run", "--model", "tiny-gpt2", "--tokens", "1,2,3",
+           "--cache_as", "mine", "--cache_hook", "hook_embed"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = cli({"--api_key", "ops-key", "cached"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("1 cached runs, 0 of"));  // the bytes are the admin's own
+  EXPECT_THAT(r.out, HasSubstr("owner"));
+  EXPECT_THAT(r.out, HasSubstr("alice"));
+  EXPECT_THAT(r.out, HasSubstr("mine"));
+  EXPECT_EQ((*server)->Stop(), 0) << (*server)->log();
+  std::filesystem::remove(keys);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 // model (a tokenizer, for texts, Tokenize/Detokenize and stop strings), SAEs on gpt2 and llama,
 // small limits (so that limit cases are cheap) and a clock the test can move (cache expiry).
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
@@ -144,10 +145,13 @@ class BadRequestCorpusTest : public ::testing::Test {
                                    {"demo", std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"}},
                                   std::make_shared<CpuBackend>(), "cpu");
     ASSERT_TRUE(store.ok()) << store.status();
-    // A layer_norm copy of res1_standard: SaeDecode refuses input-dependent normalisations.
+    // A layer_norm copy of res1_standard: SaeDecode refuses input-dependent normalisations. One
+    // per process: ctest runs the cases in parallel processes, and one rewriting the file while
+    // another loads it crashed the loader.
     const std::string saes = FixturePath("saes/service/");
-    const std::filesystem::path ln_dir =
-        std::filesystem::path(::testing::TempDir()) / "bad_request_corpus_ln_res1";
+    ln_dir_ = std::filesystem::path(::testing::TempDir()) /
+              ("bad_request_corpus_ln_res1_" + std::to_string(getpid()));
+    const std::filesystem::path& ln_dir = ln_dir_;
     std::filesystem::create_directories(ln_dir);
     std::filesystem::copy_file(saes + "res1_standard/sae_weights.safetensors",
                                ln_dir / "sae_weights.safetensors",
@@ -200,6 +204,7 @@ class BadRequestCorpusTest : public ::testing::Test {
     delete counts_;
     delete stub_;
     delete server_;
+    std::filesystem::remove_all(ln_dir_);
   }
 
   static std::chrono::system_clock::time_point Deadline() {
@@ -296,6 +301,7 @@ class BadRequestCorpusTest : public ::testing::Test {
   }
 
   static inline std::atomic<int64_t> clock_skew_s_{0};
+  static inline std::filesystem::path ln_dir_;
   static inline InProcessServer* server_ = nullptr;
   static inline pb::Glassbox::Stub* stub_ = nullptr;
   static inline std::map<std::string, int>* counts_ = nullptr;

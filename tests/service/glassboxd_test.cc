@@ -1,5 +1,6 @@
 // glassboxd as a process: it reports ready, answers the standard health check, serves, and on
-// SIGTERM finishes the run in flight, refuses new ones and exits 0.
+// SIGTERM finishes the run in flight, refuses new ones and exits 0. With --api_keys (or the
+// config's "api_keys") it needs a key on every RPC but health and re-reads the file on SIGHUP.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -7,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -146,6 +148,8 @@ TEST(Glassboxd, HealthServeAndDrainOnSigterm) {
   EXPECT_TRUE(summary);
   EXPECT_EQ(server.WaitExit(20), 0) << server.log();
   EXPECT_NE(server.log().find("draining"), std::string::npos) << server.log();
+  EXPECT_NE(server.log().find("glassboxd: no --api_keys: the server is open"), std::string::npos)
+      << server.log();
 }
 
 TEST(Glassboxd, BadFlagsExitWithAMessage) {
@@ -202,6 +206,93 @@ TEST(Glassboxd, LoadsSaesFromFlagsAndConfig) {
       << server.log();
   server.Signal(SIGTERM);
   EXPECT_EQ(server.WaitExit(20), 0) << server.log();
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::trunc) << text;
+}
+
+grpc::Status ListModelsAs(const std::shared_ptr<grpc::Channel>& channel, const std::string& key) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  if (!key.empty()) context.AddMetadata("authorization", "Bearer " + key);
+  pb::ListModelsResponse models;
+  return pb::Glassbox::NewStub(channel)->ListModels(&context, {}, &models);
+}
+
+// Keys named by the config file; health open; SIGHUP revokes and adds keys, and a file that does
+// not parse keeps the ones in use. No key appears in the log.
+TEST(Glassboxd, ApiKeysFromTheConfigReloadOnSighup) {
+  const std::string keys = ::testing::TempDir() + "/glassboxd_api_keys.json";
+  const std::string config = ::testing::TempDir() + "/glassboxd_api_keys_config.json";
+  WriteFile(keys, R"({"keys": [{"name": "alice", "key": "alice-key"},
+                               {"name": "root", "key": "root-key", "admin": true}]})");
+  WriteFile(config, R"({"api_keys": ")" + keys + R"("})");
+  ServerProcess server({"--model", "gpt2=" + testing::FixturePath("models/tiny-gpt2"), "--config",
+                        config, "--listen", "127.0.0.1:0", "--device", "cpu"});
+  ASSERT_FALSE(server.address().empty()) << server.log();
+  EXPECT_NE(server.log().find("glassboxd: API keys: 2 from " + keys + " (1 admin)"),
+            std::string::npos)
+      << server.log();
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(Health(channel, ""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(Health(channel, "glassbox.v1.Glassbox"), HealthCheckResponse::SERVING);
+  EXPECT_EQ(ListModelsAs(channel, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(ListModelsAs(channel, "alice-key").ok());
+
+  WriteFile(keys, R"({"keys": [{"name": "carol", "key": "carol-key"}]})");
+  server.Signal(SIGHUP);
+  grpc::Status alice = ListModelsAs(channel, "alice-key");
+  for (int i = 0; i < 100 && alice.ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    alice = ListModelsAs(channel, "alice-key");
+  }
+  EXPECT_EQ(alice.error_code(), grpc::StatusCode::UNAUTHENTICATED) << alice.error_message();
+  EXPECT_TRUE(ListModelsAs(channel, "carol-key").ok());
+
+  WriteFile(keys, R"({"keys": [{"name": "carol", "key": "carol-key", "admin": "no"}]})");
+  server.Signal(SIGHUP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_TRUE(ListModelsAs(channel, "carol-key").ok());
+
+  server.Signal(SIGTERM);
+  ASSERT_EQ(server.WaitExit(20), 0) << server.log();
+  EXPECT_NE(server.log().find("glassboxd: SIGHUP: reloaded API keys: 1 from " + keys),
+            std::string::npos)
+      << server.log();
+  EXPECT_NE(server.log().find("glassboxd: SIGHUP: keeping the API keys in use (1): " + keys +
+                              R"(: keys[0] ("carol").admin must be true or false)"),
+            std::string::npos)
+      << server.log();
+  for (const char* secret : {"alice-key", "root-key", "carol-key"}) {
+    EXPECT_EQ(server.log().find(secret), std::string::npos) << server.log();
+  }
+}
+
+// A keys file that does not load stops the start, saying why.
+TEST(Glassboxd, BadKeysFileStopsTheStart) {
+  const std::string gpt2 = "gpt2=" + testing::FixturePath("models/tiny-gpt2");
+  const std::string keys = ::testing::TempDir() + "/glassboxd_bad_api_keys.json";
+  WriteFile(keys,
+            R"({"keys": [{"name": "alice", "key": "k", "quota": {"request_per_minute": 5}}]})");
+  ServerProcess typo({"--model", gpt2, "--api_keys", keys, "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(typo.WaitExit(10), 2);
+  EXPECT_NE(typo.log().find(R"(keys[0] ("alice").quota has an unknown field "request_per_minute")"),
+            std::string::npos)
+      << typo.log();
+
+  ServerProcess missing(
+      {"--model", gpt2, "--api_keys", keys + ".missing", "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(missing.WaitExit(10), 2);
+  EXPECT_NE(missing.log().find("--api_keys: cannot open"), std::string::npos) << missing.log();
+
+  const std::string config = ::testing::TempDir() + "/glassboxd_bad_api_keys_config.json";
+  WriteFile(config, R"({"api_keys": ["keys.json"]})");
+  ServerProcess bad_config({"--model", gpt2, "--config", config, "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(bad_config.WaitExit(10), 2);
+  EXPECT_NE(bad_config.log().find(R"("api_keys" must be the path of a keys file)"),
+            std::string::npos)
+      << bad_config.log();
 }
 
 }  // namespace

@@ -12,12 +12,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/service/fake_clock.h"
 #include "tests/service/service_harness.h"
 #include "tests/util/test_util.h"
 
 namespace glassbox {
 namespace {
 
+using ::glassbox::testing::FakeClock;
 using ::glassbox::testing::FixturePath;
 using ::glassbox::testing::InProcessServer;
 using ::glassbox::testing::ReadAllTensors;
@@ -27,21 +29,6 @@ using ::glassbox::testing::RunRequestFor;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 namespace pb = ::glassbox::v1;
-
-// A clock the test moves by hand.
-class FakeClock {
- public:
-  absl::Time Now() const {
-    return absl::FromUnixSeconds(1'700'000'000) + absl::Seconds(offset_.load());
-  }
-  void Advance(int64_t seconds) { offset_ += seconds; }
-  RunCache::Clock AsClock() {
-    return [this] { return Now(); };
-  }
-
- private:
-  std::atomic<int64_t> offset_{0};
-};
 
 CachedRun RunOfBytes(const std::string& name, int64_t bytes) {
   CachedRun run{.name = name, .model = "m", .lengths = {1}};
@@ -90,6 +77,45 @@ TEST(RunCache, BudgetsPerOwnerAndReplacement) {
   ASSERT_TRUE(cache.Put("", RunOfBytes("a", 600), absl::Seconds(10)).ok());
   EXPECT_EQ(cache.UsageOf("").bytes, 600);
   EXPECT_EQ(cache.List("").size(), 1u);
+}
+
+// An API key's cache_bytes below the server's budget: its own message, naming the quota, the key
+// and when the next run expires; the server's budget still binds when it is the smaller.
+TEST(RunCache, KeyQuotaBelowTheServerBudget) {
+  FakeClock clock;
+  RunCache cache({.max_bytes = 1000, .max_entries = 4}, clock.AsClock());
+  ASSERT_TRUE(cache.Put("alice", RunOfBytes("a", 400), absl::Seconds(90), 600).ok());
+  const absl::Status over = cache.CheckFits("alice", "b", 400, 600);
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(over.message(),
+              AllOf(HasSubstr(R"(cache_bytes quota of 600 for key "alice" is used up)"),
+                    HasSubstr("needs 400 bytes"), HasSubstr("hold 400 bytes"),
+                    HasSubstr("(the next in 90 s)")));
+  EXPECT_EQ(cache.Put("alice", RunOfBytes("b", 400), absl::Seconds(10), 600).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(cache.CheckFits("alice", "a", 600, 600).ok());  // replaces its own 400 bytes
+  const absl::Status never = cache.CheckFits("bob", "b", 400, 200);
+  EXPECT_THAT(never.message(), HasSubstr("no run is kept, so this one can never fit"));
+  // A quota above the server's budget changes nothing: the flag's message.
+  EXPECT_THAT(cache.CheckFits("alice", "b", 800, 5000).message(), HasSubstr("--cache_max_bytes"));
+  EXPECT_EQ(cache.MaxBytesFor(600), 600);
+  EXPECT_EQ(cache.MaxBytesFor(5000), 1000);
+  EXPECT_EQ(cache.MaxBytesFor(std::nullopt), 1000);
+}
+
+// Entries know their owner; ListAll (an admin's list) has every owner's, by owner then name.
+TEST(RunCache, OwnersAndListAll) {
+  RunCache cache({.max_bytes = 1000, .max_entries = 4});
+  ASSERT_TRUE(cache.Put("bob", RunOfBytes("x", 4), absl::Seconds(10)).ok());
+  ASSERT_TRUE(cache.Put("alice", RunOfBytes("y", 4), absl::Seconds(10)).ok());
+  ASSERT_TRUE(cache.Put("alice", RunOfBytes("x", 4), absl::Seconds(10)).ok());
+  std::vector<std::string> all;
+  for (const auto& run : cache.ListAll()) all.push_back(run->owner + "/" + run->name);
+  EXPECT_THAT(all, ::testing::ElementsAre("alice/x", "alice/y", "bob/x"));
+  ASSERT_EQ(cache.List("bob").size(), 1u);
+  EXPECT_EQ(cache.List("bob")[0]->owner, "bob");
+  // The same name in another namespace is another run.
+  EXPECT_EQ(cache.Get("bob", "y").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(RunCache, ConcurrentPutGetRelease) {

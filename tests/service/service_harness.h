@@ -17,9 +17,10 @@ namespace glassbox::testing {
 // Owns the store, executor, service and server; serves until destroyed.
 class InProcessServer {
  public:
+  // `keys` (not owned) turns on API keys, as glassboxd --api_keys does.
   InProcessServer(std::unique_ptr<ModelStore> store, const ServiceLimits& limits,
-                  RunCache::Clock clock = &absl::Now)
-      : store_(std::move(store)), service_(*store_, executor_, limits, std::move(clock)) {
+                  RunCache::Clock clock = &absl::Now, const ApiKeyStore* keys = nullptr)
+      : store_(std::move(store)), service_(*store_, executor_, limits, std::move(clock), keys) {
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -35,6 +36,8 @@ class InProcessServer {
   }
 
   const ModelStore& store() const { return *store_; }
+  // The device's queue, for tests that hold it (a job that waits keeps later ones queued).
+  Executor& executor() { return executor_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   const std::string& target() const { return target_; }  // host:port, for a channel of one's own
 

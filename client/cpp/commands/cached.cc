@@ -1,4 +1,5 @@
 // `glassbox cached`: the runs kept on the server (run --cache_as), their bytes and expiry.
+#include <algorithm>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -25,13 +26,19 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
   out << absl::StrFormat("%d cached runs, %d of %d bytes, at most %d runs\n", response.runs_size(),
                          response.used_bytes(), response.max_bytes(), response.max_entries());
   if (response.runs().empty()) return absl::OkStatus();
+  // A server with API keys says whose each run is (an admin key lists every key's, which it
+  // names as OWNER/NAME); without keys the column would be empty.
+  const bool owners = std::any_of(response.runs().begin(), response.runs().end(),
+                                  [](const auto& run) { return !run.owner().empty(); });
   std::vector<std::vector<std::string>> table = {
       {"name", "model", "rows", "bytes", "expires", "hooks"}};
+  if (owners) table[0].insert(table[0].begin(), "owner");
   for (const glassbox::v1::CachedRunInfo& run : response.runs()) {
     table.push_back({run.name(), run.model(), absl::StrCat(run.sequence_lengths_size()),
                      absl::StrCat(run.nbytes()),
                      absl::FormatTime(absl::FromUnixMillis(run.expires_unix_ms())),
                      absl::StrJoin(run.hooks(), ",")});
+    if (owners) table.back().insert(table.back().begin(), run.owner());
   }
   PrintTable(table, out, 2, "");
   return absl::OkStatus();

@@ -60,20 +60,10 @@ class Server:
         self.log = log
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
-    binary = _server_binary()
-    models = FIXTURES / "models"
-    command = [
-        str(binary),
-        "--model", f"tiny-gpt2={models / 'tiny-gpt2'}",
-        "--model", f"tiny-llama={models / 'tiny-llama'}",
-        "--model", f"demo={DEMO_MODEL}",
-        "--sae", f"res1={FIXTURES / 'saes' / 'service' / 'res1_standard'}@tiny-gpt2",
-        "--sae", f"z0={FIXTURES / 'saes' / 'service' / 'z0_jumprelu'}@tiny-gpt2",
-        "--listen", "127.0.0.1:0",
-        "--device", "cpu",
-    ]
+def start_glassboxd(args: List[str]) -> Server:
+    """Starts glassboxd with ``args`` (its models, flags; --listen and --device are added) and
+    waits until it listens; fails the test if it does not."""
+    command = [str(_server_binary()), *args, "--listen", "127.0.0.1:0", "--device", "cpu"]
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -104,9 +94,12 @@ def server() -> Iterator[Server]:
         match = _READY.search(line)
         if match:
             address = match.group(1)
+    return Server(process, address, log)
 
-    yield Server(process, address, log)
 
+def stop_glassboxd(server: Server) -> None:
+    """SIGTERM, then the exit must be 0 (and the server must not have died before)."""
+    process, log = server.process, server.log
     if process.poll() is not None:
         pytest.fail(f"glassboxd died during the tests (exit {process.returncode}):\n{''.join(log)}")
     process.send_signal(signal.SIGTERM)
@@ -116,6 +109,20 @@ def server() -> Iterator[Server]:
         process.kill()
         pytest.fail(f"glassboxd did not exit within {_SHUTDOWN_SECONDS}s of SIGTERM:\n{''.join(log)}")
     assert code == 0, f"glassboxd exited with {code} after SIGTERM:\n{''.join(log)}"
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    models = FIXTURES / "models"
+    server = start_glassboxd([
+        "--model", f"tiny-gpt2={models / 'tiny-gpt2'}",
+        "--model", f"tiny-llama={models / 'tiny-llama'}",
+        "--model", f"demo={DEMO_MODEL}",
+        "--sae", f"res1={FIXTURES / 'saes' / 'service' / 'res1_standard'}@tiny-gpt2",
+        "--sae", f"z0={FIXTURES / 'saes' / 'service' / 'z0_jumprelu'}@tiny-gpt2",
+    ])
+    yield server
+    stop_glassboxd(server)
 
 
 @pytest.fixture(scope="session")

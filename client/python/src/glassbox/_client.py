@@ -54,9 +54,10 @@ class Client:
         return [SaeInfo.from_proto(s) for s in self.transport.list_saes(pb.ListSaesRequest()).saes]
 
     def cached_runs(self) -> List[CachedRun]:
-        """The runs kept on the server (``Model.run(..., cache_as=NAME)``), by name. Budgets are
-        the server's (--cache_max_bytes / --cache_max_entries), shared by all clients until the
-        server authenticates with API keys."""
+        """The runs kept on the server (``Model.run(..., cache_as=NAME)``), by name. On a server
+        with API keys they are this key's (an admin key's: every key's, by owner); budgets are
+        per key (--cache_max_bytes, or the key's cache_bytes quota, and --cache_max_entries).
+        Without keys all clients share one namespace and one budget."""
         response = self.transport.list_cached_runs(pb.ListCachedRunsRequest())
         return [CachedRun.from_proto(r) for r in response.runs]
 

@@ -241,7 +241,9 @@ class Timings:
 @dataclass(frozen=True)
 class CachedRun:
     """A run kept on the server (``Model.run(..., cache_as=NAME)``) for later runs to patch
-    from with ``PatchFromCache``. Times are Unix seconds."""
+    from with ``PatchFromCache``. Times are Unix seconds. ``owner`` is the name of the API key
+    that kept it ("" on a server without keys); an admin key lists every key's runs and names
+    another key's as "OWNER/NAME"."""
 
     name: str
     model: str
@@ -250,12 +252,14 @@ class CachedRun:
     nbytes: int
     created: float
     expires: float
+    owner: str = ""
 
     @classmethod
     def from_proto(cls, info: "pb.CachedRunInfo") -> "CachedRun":
         return cls(name=info.name, model=info.model, hooks=tuple(info.hooks),
                    sequence_lengths=tuple(info.sequence_lengths), nbytes=int(info.nbytes),
-                   created=info.created_unix_ms / 1000.0, expires=info.expires_unix_ms / 1000.0)
+                   created=info.created_unix_ms / 1000.0, expires=info.expires_unix_ms / 1000.0,
+                   owner=info.owner)
 
 
 @dataclass(frozen=True)
