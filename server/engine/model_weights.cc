@@ -275,6 +275,38 @@ absl::StatusOr<ModelWeights> LoadGptNeox(const ModelConfig& c, const WeightReade
   return w;
 }
 
+// GPT-J: one ln_1 feeds attention and the MLP (ln2 gets the same weights, as in
+// TransformerLens), q/k/v without biases fused here, an lm_head with a bias.
+absl::StatusOr<ModelWeights> LoadGptj(const ModelConfig& c, const WeightReader& r) {
+  ModelWeights w;
+  const int64_t d = c.d_model, m = c.d_mlp, rows = c.n_heads * c.d_head;
+  GB_ASSIGN_OR_RETURN(w.embed, r.Get("wte.weight", {c.vocab_size, d}));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("h.", l, ".");
+    BlockWeights b;
+    GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "ln_1.weight", {d}));
+    GB_ASSIGN_OR_RETURN(b.ln1_b, r.Get(p + "ln_1.bias", {d}));
+    b.ln2_w = b.ln1_w;
+    b.ln2_b = b.ln1_b;
+    GB_ASSIGN_OR_RETURN(Tensor q, r.GetHost(p + "attn.q_proj.weight", {rows, d}));
+    GB_ASSIGN_OR_RETURN(Tensor k, r.GetHost(p + "attn.k_proj.weight", {rows, d}));
+    GB_ASSIGN_OR_RETURN(Tensor v, r.GetHost(p + "attn.v_proj.weight", {rows, d}));
+    GB_ASSIGN_OR_RETURN(b.qkv_w, r.Place(ConcatRows({&q, &k, &v})));
+    GB_ASSIGN_OR_RETURN(b.o_w, r.Get(p + "attn.out_proj.weight", {d, rows}));
+    GB_ASSIGN_OR_RETURN(b.in_w, r.Get(p + "mlp.fc_in.weight", {m, d}));
+    GB_ASSIGN_OR_RETURN(b.in_b, r.Get(p + "mlp.fc_in.bias", {m}));
+    GB_ASSIGN_OR_RETURN(b.out_w, r.Get(p + "mlp.fc_out.weight", {d, m}));
+    GB_ASSIGN_OR_RETURN(b.out_b, r.Get(p + "mlp.fc_out.bias", {d}));
+    w.blocks.push_back(std::move(b));
+  }
+  GB_ASSIGN_OR_RETURN(w.ln_final_w, r.Get("ln_f.weight", {d}));
+  GB_ASSIGN_OR_RETURN(w.ln_final_b, r.Get("ln_f.bias", {d}));
+  GB_RETURN_IF_ERROR(ReadUnembed(c, r, "lm_head.weight", w));
+  GB_ASSIGN_OR_RETURN(w.unembed_b, r.Get("lm_head.bias", {c.vocab_size}));
+  GB_RETURN_IF_ERROR(PlaceRotaryTables(c, r, w));
+  return w;
+}
+
 absl::StatusOr<ModelWeights> LoadLlama(const ModelConfig& c, const WeightReader& r) {
   ModelWeights w;
   const int64_t d = c.d_model, m = c.d_mlp;
@@ -397,6 +429,10 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
                                               Backend& backend, DType dtype) {
   if (config.model_type == "gpt2") {
     return LoadGpt2(config, WeightReader(checkpoint, {"", "transformer."}, backend, dtype));
+  }
+  if (config.model_type == "gptj") {
+    // GPTJForCausalLM saves "transformer.*" plus "lm_head.weight" and "lm_head.bias".
+    return LoadGptj(config, WeightReader(checkpoint, {"transformer.", ""}, backend, dtype));
   }
   if (config.model_type == "gpt_neox") {
     // GPTNeoXForCausalLM saves "gpt_neox.*" plus "embed_out.weight".

@@ -31,6 +31,7 @@ struct ModelWeights {
   std::vector<BlockWeights> blocks;
   Tensor ln_final_w, ln_final_b;
   Tensor unembed;    // [vocab, d_model]; shares storage with embed when tied
+  Tensor unembed_b;  // [vocab] where the config has unembed_bias (GPT-J), else undefined
   Tensor rope_cos, rope_sin;  // [n_ctx, rotary_dim / 2] for rotary models
 };
 

@@ -94,7 +94,9 @@ absl::StatusOr<Activation> ParseActivation(const ConfigReader& r, absl::string_v
                           "quick_gelu, relu, silu)");
 }
 
-absl::Status ParseGpt2(const ConfigReader& r, ModelConfig& c) {
+// The shape keys GPT-2 and GPT-J share (n_layer, n_embd, n_head, n_positions, n_inner, ...),
+// with one head size for queries, keys and values.
+absl::Status ParseGpt2StyleShape(const ConfigReader& r, ModelConfig& c) {
   GB_ASSIGN_OR_RETURN(c.n_layers, r.PositiveInt("n_layer"));
   GB_ASSIGN_OR_RETURN(c.d_model, r.PositiveInt("n_embd"));
   GB_ASSIGN_OR_RETURN(c.n_heads, r.PositiveInt("n_head"));
@@ -103,14 +105,19 @@ absl::Status ParseGpt2(const ConfigReader& r, ModelConfig& c) {
   GB_ASSIGN_OR_RETURN(c.d_mlp, r.PositiveInt("n_inner", 4 * c.d_model));
   GB_ASSIGN_OR_RETURN(c.norm_eps, r.Number("layer_norm_epsilon", 1e-5));
   GB_ASSIGN_OR_RETURN(c.act, ParseActivation(r, "activation_function", "gelu_new"));
-  GB_ASSIGN_OR_RETURN(bool scale_attn, r.Bool("scale_attn_weights", true));
-  GB_ASSIGN_OR_RETURN(c.attn_scale_by_layer, r.Bool("scale_attn_by_inverse_layer_idx", false));
   if (c.d_model % c.n_heads != 0) {
     return r.Error("n_head", absl::StrCat("must divide n_embd (", c.d_model, ")"));
   }
   c.n_kv_heads = c.n_heads;
   c.d_head = c.d_model / c.n_heads;
   c.norm = NormKind::kLayerNorm;
+  return absl::OkStatus();
+}
+
+absl::Status ParseGpt2(const ConfigReader& r, ModelConfig& c) {
+  GB_RETURN_IF_ERROR(ParseGpt2StyleShape(r, c));
+  GB_ASSIGN_OR_RETURN(bool scale_attn, r.Bool("scale_attn_weights", true));
+  GB_ASSIGN_OR_RETURN(c.attn_scale_by_layer, r.Bool("scale_attn_by_inverse_layer_idx", false));
   c.positional = PositionalKind::kLearned;
   c.gated_mlp = false;
   c.qkv_bias = c.o_bias = c.mlp_bias = true;
@@ -220,6 +227,31 @@ absl::Status ParseGptNeox(const ConfigReader& r, ModelConfig& c) {
   c.attn_scale = 1.0 / std::sqrt(static_cast<double>(c.d_head));
   GB_RETURN_IF_ERROR(ParseRope(r, c, /*theta_key=*/"rotary_emb_base"));
   return ParsePartialRotary(r, "rotary_pct", c);
+}
+
+// GPT-J: LayerNorm, separate q/k/v projections without biases, rotary on the first rotary_dim
+// features of each head in adjacent pairs (base 10000, fixed in HF), one ln_1 feeding attention
+// and the MLP in parallel, an untied lm_head with a bias.
+absl::Status ParseGptj(const ConfigReader& r, ModelConfig& c) {
+  GB_RETURN_IF_ERROR(ParseGpt2StyleShape(r, c));
+  GB_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
+  // Required: with a null rotary_dim HF builds its sin/cos table over n_embd features, which
+  // matches no head (every published GPT-J sets it).
+  GB_ASSIGN_OR_RETURN(c.rotary_dim, r.PositiveInt("rotary_dim"));
+  if (c.rotary_dim > c.d_head || c.rotary_dim % 2 != 0) {
+    return r.Error("rotary_dim", absl::StrCat("must be even and at most the head size ", c.d_head,
+                                              ", got ", c.rotary_dim));
+  }
+  c.rotary_adjacent_pairs = true;
+  c.rope_theta = 10000.0;
+  c.positional = PositionalKind::kRotary;
+  c.parallel_attn_mlp = true;
+  c.gated_mlp = false;
+  c.qkv_bias = c.o_bias = false;
+  c.mlp_bias = true;
+  c.unembed_bias = true;  // even when tied: the bias is lm_head's own
+  c.attn_scale = 1.0 / std::sqrt(static_cast<double>(c.d_head));
+  return absl::OkStatus();
 }
 
 // Which layers use c.sliding_window (already parsed; nothing to do when 0): transformers 5
@@ -382,6 +414,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     GB_RETURN_IF_ERROR(ParseGpt2(r, c));
   } else if (c.model_type == "gpt_neox") {
     GB_RETURN_IF_ERROR(ParseGptNeox(r, c));
+  } else if (c.model_type == "gptj") {
+    GB_RETURN_IF_ERROR(ParseGptj(r, c));
   } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2" ||
              c.model_type == "qwen3" || c.model_type == "phi3" || c.model_type == "olmo2" ||
              c.model_type == "gemma2") {
@@ -391,8 +425,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   } else {
     return absl::UnimplementedError(absl::StrCat(
         label, ": model_type \"", c.model_type,
-        "\" is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, phi3, olmo2, gemma2, "
-        "gpt_neox)"));
+        "\" is not supported (supported: gpt2, gpt_neox, gptj, llama, mistral, qwen2, qwen3, phi3, "
+        "olmo2, gemma2)"));
   }
   return c;
 }

@@ -27,8 +27,8 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  // As in config.json: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
-  // "olmo2", "gemma2".
+  // As in config.json: "gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3",
+  // "phi3", "olmo2", "gemma2".
   std::string model_type;
   int64_t n_layers = 0;
   int64_t d_model = 0;
@@ -48,6 +48,9 @@ struct ModelConfig {
   PositionalKind positional = PositionalKind::kLearned;
   double rope_theta = 10000.0;
   int64_t rotary_dim = 0;  // features per head that rotate (d_head unless partial rotary)
+  // GPT-J rotates features (2j, 2j + 1) together (rotate_every_two; TransformerLens's
+  // rotary_adjacent_pairs); every other family (j, j + rotary_dim / 2).
+  bool rotary_adjacent_pairs = false;
   RopeScaling rope_scaling;
 
   Activation act = Activation::kGeluTanh;
@@ -56,6 +59,7 @@ struct ModelConfig {
   bool o_bias = true;
   bool mlp_bias = true;
   bool tie_word_embeddings = false;
+  bool unembed_bias = false;  // GPT-J's lm_head has a bias (TransformerLens's b_U)
   // RMSNorm of q and k after the projection and before rotary: over each head's d_head features
   // (Qwen3, weights [d_head]) or over the whole projection (OLMo-2, weights [n_heads·d_head] and
   // [n_kv_heads·d_head]).
@@ -65,7 +69,8 @@ struct ModelConfig {
   // or both (Gemma-2: ln1 and ln2 before, ln1_post and ln2_post after).
   NormPlacement norm_placement = NormPlacement::kPre;
   // GPT-NeoX use_parallel_residual: resid_post = resid_pre + attn(ln1(resid_pre)) +
-  // mlp(ln2(resid_pre)), so there is no resid_mid.
+  // mlp(ln2(resid_pre)), so there is no resid_mid. GPT-J too, with one ln_1 for both: its loader
+  // gives ln2 ln1's weights, as TransformerLens does, so ln2's hooks repeat ln1's values.
   bool parallel_attn_mlp = false;
 
   // Gemma: the embedding is multiplied by sqrt(d_model) (in the activations' dtype, as HF does)

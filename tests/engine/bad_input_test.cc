@@ -83,6 +83,9 @@ TEST(BadCheckpoint, MissingFamilyTensorsAreNamed) {
       {"tiny-olmo2", "model.layers.1.self_attn.q_norm.weight"},
       {"tiny-gemma2", "model.layers.1.pre_feedforward_layernorm.weight"},
       {"tiny-gemma2", "model.layers.0.post_attention_layernorm.weight"},
+      {"tiny-gptj", "transformer.h.1.attn.q_proj.weight"},
+      {"tiny-gptj", "lm_head.bias"},
+      {"tiny-qwen2", "model.layers.0.self_attn.v_proj.bias"},
   };
   for (const auto& [fixture, tensor] : cases) {
     SCOPED_TRACE(tensor);
@@ -159,7 +162,7 @@ TEST(BadCheckpoint, UnknownModelTypeIsUnimplemented) {
   auto model = Load(broken.dir());
   EXPECT_EQ(model.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(model.status().message(), HasSubstr("mamba"));
-  EXPECT_THAT(model.status().message(), HasSubstr("gpt2, llama"));
+  EXPECT_THAT(model.status().message(), HasSubstr("gpt2, gpt_neox, gptj, llama"));
 }
 
 TEST(BadCheckpoint, MalformedConfigIsInvalid) {

@@ -109,6 +109,46 @@ TEST(ModelConfig, Qwen3HasQkNormAndExplicitHeadDim) {
   EXPECT_TRUE(c->tie_word_embeddings);
 }
 
+TEST(ModelConfig, GptjIsParallelWithAdjacentPairRotaryAndAnUnembedBias) {
+  auto c = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-gptj/config.json"), "gptj");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->norm, NormKind::kLayerNorm);
+  EXPECT_TRUE(c->parallel_attn_mlp);
+  EXPECT_TRUE(c->rotary_adjacent_pairs);
+  EXPECT_EQ(c->d_head, 16);
+  EXPECT_EQ(c->rotary_dim, 8);
+  EXPECT_EQ(c->d_mlp, 96);
+  EXPECT_TRUE(c->unembed_bias);
+  EXPECT_FALSE(c->qkv_bias || c->o_bias);
+  EXPECT_TRUE(c->mlp_bias);
+  EXPECT_FALSE(c->tie_word_embeddings);
+
+  const std::string base = R"("model_type":"gptj","n_layer":2,"n_embd":64,"n_head":4,
+      "vocab_size":10,"n_positions":64)";
+  auto missing = ParseModelConfig("{" + base + "}", "c");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(missing.status().message(), HasSubstr("\"rotary_dim\" is required"));
+  auto odd = ParseModelConfig("{" + base + R"(,"rotary_dim":7})", "c");
+  EXPECT_THAT(odd.status().message(), HasSubstr("must be even and at most the head size 16"));
+  auto wide = ParseModelConfig("{" + base + R"(,"rotary_dim":32})", "c");
+  EXPECT_THAT(wide.status().message(), HasSubstr("got 32"));
+  auto full = ParseModelConfig("{" + base + R"(,"rotary_dim":16})", "c");
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->d_mlp, 256);  // n_inner absent: 4 · n_embd
+}
+
+TEST(ModelConfig, Qwen2HasQkvBiasesOnly) {
+  auto c = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-qwen2/config.json"), "qwen2");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qkv_bias);
+  EXPECT_FALSE(c->o_bias || c->mlp_bias);
+  EXPECT_EQ(c->n_kv_heads, 2);
+  EXPECT_EQ(c->sliding_window, 0);
+  EXPECT_FALSE(c->rotary_adjacent_pairs);
+}
+
 TEST(ModelConfig, Phi3PartialRotaryWindowAndLongRope) {
   const std::string base = R"("model_type":"phi3","num_hidden_layers":2,"hidden_size":64,
       "num_attention_heads":4,"num_key_value_heads":2,"intermediate_size":96,"vocab_size":10,
