@@ -2,11 +2,13 @@
 // fix, never a crash.
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "base/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/engine/capture.h"
 #include "server/engine/transformer.h"
 #include "tests/util/test_util.h"
 
@@ -230,6 +232,21 @@ TEST_F(BadRequestTest, StopAtLayerCapturesOnlyEarlierHooks) {
   ForwardInput input{.tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3}, {1, 3})};
   ASSERT_TRUE(model_->Forward(input, plan, &sink, {.logits = LogitsMode::kNone, .stop_at_layer = 1}).ok());
   EXPECT_EQ(sink.order, std::vector<std::string>{"blocks.0.hook_resid_pre"});
+}
+
+// Positions at the ends of int32 are refused like any other out of range (INT32_MIN once
+// passed the check through a 32-bit negation and read before the capture's buffer; request_fuzz
+// found it).
+TEST_F(BadRequestTest, CapturePositionsAtTheEndsOfInt32AreOutsideTheInputs) {
+  for (const int32_t p : {std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max(),
+                          -4, 3}) {
+    SCOPED_TRACE(p);
+    auto resolved = ResolveCaptures(model_->hooks(),
+                                    {{.hook = "blocks.0.hook_resid_post", .positions = {p}}},
+                                    /*sequence_lengths=*/{3}, /*padded_length=*/3);
+    EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(resolved.status().message(), HasSubstr("position " + std::to_string(p)));
+  }
 }
 
 TEST(Glob, MatchesTransformerLensStyleNames) {
