@@ -224,6 +224,17 @@ absl::Status PlaceRotaryTables(const ModelConfig& c, const WeightReader& r, Mode
   ComputeRotaryTables(c, cos, sin);
   GB_ASSIGN_OR_RETURN(w.rope_cos, r.Place(cos));
   GB_ASSIGN_OR_RETURN(w.rope_sin, r.Place(sin));
+  if (c.rope_local_theta > 0) {
+    // Tables of their own: on the CPU, Place() keeps the host tensor itself.
+    ModelConfig local = c;
+    local.rope_theta = c.rope_local_theta;
+    local.rope_scaling = {};
+    Tensor local_cos = Tensor::EmptyHost(DType::kF32, cos.shape());
+    Tensor local_sin = Tensor::EmptyHost(DType::kF32, sin.shape());
+    ComputeRotaryTables(local, local_cos, local_sin);
+    GB_ASSIGN_OR_RETURN(w.rope_cos_local, r.Place(local_cos));
+    GB_ASSIGN_OR_RETURN(w.rope_sin_local, r.Place(local_sin));
+  }
   return absl::OkStatus();
 }
 
@@ -437,6 +448,12 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
   if (config.model_type == "gpt_neox") {
     // GPTNeoXForCausalLM saves "gpt_neox.*" plus "embed_out.weight".
     return LoadGptNeox(config, WeightReader(checkpoint, {"gpt_neox.", ""}, backend, dtype));
+  }
+  if (config.text_tower) {
+    // Gemma3ForConditionalGeneration: transformers saves the text tower as
+    // "language_model.model.*" (and holds it as "model.language_model.*"); lm_head is tied.
+    return LoadLlama(config, WeightReader(checkpoint, {"language_model.model.", "model.language_model."},
+                                          backend, dtype));
   }
   // Llama-family checkpoints: LlamaForCausalLM saves "model.*" plus "lm_head.weight"; a bare
   // LlamaModel saves the same names without "model.".

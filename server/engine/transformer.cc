@@ -201,10 +201,12 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
     const int rotary_dim = static_cast<int>(c_.rotary_dim);
     const RotaryStyle style =
         c_.rotary_adjacent_pairs ? RotaryStyle::kAdjacentPairs : RotaryStyle::kHalf;
-    GB_RETURN_IF_ERROR(
-        be_.Rotary(q, w_.rope_cos, w_.rope_sin, positions, rotary_dim, rot_q, style));
-    GB_RETURN_IF_ERROR(
-        be_.Rotary(k, w_.rope_cos, w_.rope_sin, positions, rotary_dim, rot_k, style));
+    // Gemma-3's sliding layers have their own base.
+    const bool local = w_.rope_cos_local.defined() && c_.WindowOf(layer) > 0;
+    const Tensor& cos = local ? w_.rope_cos_local : w_.rope_cos;
+    const Tensor& sin = local ? w_.rope_sin_local : w_.rope_sin;
+    GB_RETURN_IF_ERROR(be_.Rotary(q, cos, sin, positions, rotary_dim, rot_q, style));
+    GB_RETURN_IF_ERROR(be_.Rotary(k, cos, sin, positions, rotary_dim, rot_k, style));
     GB_RETURN_IF_ERROR(AtHook(HookKind::kRotQ, layer, rot_q));
     GB_RETURN_IF_ERROR(AtHook(HookKind::kRotK, layer, rot_k));
     q = rot_q;

@@ -28,7 +28,7 @@ struct RopeScaling {
 
 struct ModelConfig {
   // As in config.json: "gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3",
-  // "phi3", "olmo2", "gemma2".
+  // "phi3", "olmo2", "gemma2", "gemma3_text" (Gemma3ForCausalLM).
   std::string model_type;
   int64_t n_layers = 0;
   int64_t d_model = 0;
@@ -52,6 +52,9 @@ struct ModelConfig {
   // rotary_adjacent_pairs); every other family (j, j + rotary_dim / 2).
   bool rotary_adjacent_pairs = false;
   RopeScaling rope_scaling;
+  // Gemma-3: the sliding-window layers rotate with their own base and no scaling (rope_theta and
+  // rope_scaling are the global layers'); 0 = every layer uses rope_theta.
+  double rope_local_theta = 0;
 
   Activation act = Activation::kGeluTanh;
   bool gated_mlp = false;  // act(x·W_gate) * (x·W_in), as Llama
@@ -92,6 +95,9 @@ struct ModelConfig {
   int64_t WindowOf(int layer) const {
     return sliding_window > 0 && sliding_layers[layer] ? sliding_window : 0;
   }
+  // The config was a multimodal Gemma-3's (model_type "gemma3", Gemma3ForConditionalGeneration):
+  // its text_config was read, and the text tower's weights sit under "language_model.model.".
+  bool text_tower = false;
   std::string torch_dtype;            // informational: the checkpoint's declared dtype
   // config.json's eos_token_id (a number or a list); generation stops at these by default.
   std::vector<int32_t> eos_token_ids;

@@ -1,5 +1,6 @@
 // Bad checkpoints and bad requests: each is a precise status with a message that says what to
 // fix, never a crash.
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -88,6 +89,8 @@ TEST(BadCheckpoint, MissingFamilyTensorsAreNamed) {
       {"tiny-gptj", "transformer.h.1.attn.q_proj.weight"},
       {"tiny-gptj", "lm_head.bias"},
       {"tiny-qwen2", "model.layers.0.self_attn.v_proj.bias"},
+      {"tiny-gemma3", "model.layers.1.self_attn.q_norm.weight"},
+      {"tiny-gemma3", "model.layers.0.post_feedforward_layernorm.weight"},
   };
   for (const auto& [fixture, tensor] : cases) {
     SCOPED_TRACE(tensor);
@@ -155,6 +158,50 @@ TEST(BadCheckpoint, TruncatedSafetensorsIsRejected) {
   auto model = Load(broken.dir());
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(model.status().message(), HasSubstr("model.safetensors"));
+}
+
+// A multimodal Gemma-3 (Gemma3ForConditionalGeneration) is served by its text tower: the
+// text_config is read and the weights under language_model.model.; the vision tower and the
+// projector are ignored. Laid out as transformers saves one, from tiny-gemma3's own weights, it
+// gives tiny-gemma3's logits exactly.
+TEST(Gemma3Multimodal, TextTowerServesTheTextModel) {
+  BrokenModel multimodal(
+      "tiny-gemma3",
+      [](auto& tensors, auto& storage) {
+        for (auto& t : tensors) {
+          t.name = "language_model." + t.name;  // model.layers... -> language_model.model.layers...
+        }
+        storage.emplace_back(std::vector<std::byte>(4 * 8 * 3));
+        tensors.push_back({"vision_tower.vision_model.embeddings.patch_embedding.weight",
+                           SafetensorsDtype::kF32, {8, 3}, storage.back()});
+        storage.emplace_back(std::vector<std::byte>(4 * 16));
+        tensors.push_back({"multi_modal_projector.mm_soft_emb_norm.weight", SafetensorsDtype::kF32,
+                           {16}, storage.back()});
+      },
+      [](std::string& config) {
+        config = R"({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                     "tie_word_embeddings": true, "vision_config": {"hidden_size": 8},
+                     "text_config": )" + config + "}";
+      });
+  auto tower = Load(multimodal.dir());
+  ASSERT_TRUE(tower.ok()) << tower.status();
+  EXPECT_TRUE((*tower)->config().text_tower);
+  auto text = Load(FixturePath("models/tiny-gemma3"));
+  ASSERT_TRUE(text.ok()) << text.status();
+  const ForwardInput input{.tokens = Tensor::FromHost(std::vector<int32_t>{5, 17, 42, 99, 7}, {1, 5})};
+  HookPlan tower_plan((*tower)->hooks()), text_plan((*text)->hooks());
+  auto a = (*tower)->Forward(input, tower_plan, nullptr, {.logits = LogitsMode::kAll});
+  auto b = (*text)->Forward(input, text_plan, nullptr, {.logits = LogitsMode::kAll});
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  ASSERT_EQ(a->logits.nbytes(), b->logits.nbytes());
+  EXPECT_EQ(std::memcmp(a->logits.raw_data(), b->logits.raw_data(), a->logits.nbytes()), 0);
+
+  BrokenModel no_text("tiny-gemma3", nullptr, [](std::string& config) {
+    config = R"({"model_type": "gemma3"})";
+  });
+  auto refused = Load(no_text.dir());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("text_config"));
 }
 
 TEST(BadCheckpoint, UnknownModelTypeIsUnimplemented) {

@@ -1333,7 +1333,9 @@ INSTANTIATE_TEST_SUITE_P(
                       ModelCase{"tiny-gemma2", DType::kF32},
                       ModelCase{"tiny-gemma2", DType::kBF16},
                       ModelCase{"tiny-qwen2", DType::kF32}, ModelCase{"tiny-qwen2", DType::kBF16},
-                      ModelCase{"tiny-gptj", DType::kF32}, ModelCase{"tiny-gptj", DType::kBF16}),
+                      ModelCase{"tiny-gptj", DType::kF32}, ModelCase{"tiny-gptj", DType::kBF16},
+                      ModelCase{"tiny-gemma3", DType::kF32},
+                      ModelCase{"tiny-gemma3", DType::kBF16}),
     [](const auto& info) {
       std::string name = info.param.model + "_" + DTypeLabel(info.param.dtype);
       std::replace(name.begin(), name.end(), '-', '_');

@@ -138,6 +138,43 @@ TEST(ModelConfig, GptjIsParallelWithAdjacentPairRotaryAndAnUnembedBias) {
   EXPECT_EQ(full->d_mlp, 256);  // n_inner absent: 4 · n_embd
 }
 
+TEST(ModelConfig, Gemma3HasTwoRopeBasesAndAWindowPattern) {
+  auto c = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-gemma3/config.json"), "gemma3");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->qk_norm, QkNorm::kPerHead);
+  EXPECT_TRUE(c->norm_weight_offset);
+  EXPECT_EQ(c->norm_placement, NormPlacement::kPreAndPost);
+  EXPECT_DOUBLE_EQ(c->rope_theta, 1e6);
+  EXPECT_DOUBLE_EQ(c->rope_local_theta, 1e4);
+  EXPECT_EQ(c->WindowOf(0), 4);
+  EXPECT_EQ(c->WindowOf(1), 0);
+  EXPECT_EQ(c->attn_softcap, 0);
+  EXPECT_EQ(c->final_softcap, 0);
+  EXPECT_DOUBLE_EQ(c->attn_scale, 1 / std::sqrt(20.0));
+
+  // transformers 4's layout: the global base and scaling at the top level, the local base beside
+  // them, the pattern instead of layer_types (every sixth layer global by default).
+  const std::string base = R"("model_type":"gemma3_text","num_hidden_layers":7,"hidden_size":64,
+      "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"intermediate_size":96,
+      "vocab_size":10,"max_position_embeddings":64,"sliding_window":8)";
+  auto v4 = ParseModelConfig("{" + base + R"(,"rope_theta":1000000.0,"rope_local_base_freq":10000.0,
+      "rope_scaling":{"rope_type":"linear","factor":8.0}})", "v4");
+  ASSERT_TRUE(v4.ok()) << v4.status();
+  EXPECT_DOUBLE_EQ(v4->rope_local_theta, 1e4);
+  EXPECT_EQ(v4->rope_scaling.kind, RopeScaling::Kind::kLinear);
+  for (int l = 0; l < 7; ++l) EXPECT_EQ(v4->WindowOf(l), l == 5 ? 0 : 8) << "layer " << l;
+
+  auto one_entry = ParseModelConfig(
+      "{" + base + R"(,"rope_parameters":{"rope_type":"default","rope_theta":10000.0}})", "c");
+  EXPECT_EQ(one_entry.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(one_entry.status().message(), HasSubstr("\"sliding_attention\""));
+  auto scaled_local = ParseModelConfig("{" + base + R"(,"rope_parameters":{
+      "full_attention":{"rope_type":"default","rope_theta":1000000.0},
+      "sliding_attention":{"rope_type":"linear","factor":2.0,"rope_theta":10000.0}}})", "c");
+  EXPECT_THAT(scaled_local.status().message(), HasSubstr("scales only its global layers"));
+}
+
 TEST(ModelConfig, Qwen2HasQkvBiasesOnly) {
   auto c = ParseModelConfig(
       ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-qwen2/config.json"), "qwen2");

@@ -34,6 +34,11 @@ format), for one model per architecture trait the engine must get right:
                            the first 8 features of each head in adjacent pairs (rotate_every_two),
                            one ln_1 feeding attention and the MLP in parallel, no attention
                            biases, gelu_new MLP d_mlp 96 with biases, untied lm_head with a bias.
+  models/tiny-gemma3/       Gemma3ForCausalLM (text), 2 layers (sliding window 4, then global:
+                           sliding_window_pattern 2), d_model 64, 4 heads of 24, 2 kv
+                           heads, (1 + w) RMSNorms before and after attention and the MLP and on
+                           each head's q and k, rope base 1e4 in the sliding layers and 1e6 in
+                           the global one, query_pre_attn_scalar 20, no soft caps, tied embeddings.
   expected/<name>.safetensors  HF (eager and sdpa) logits / hidden states / attentions and
                            TransformerLens's value at every hook point (unpadded.tl.*), stored as
                            make_fixtures.py stores them.
@@ -64,6 +69,8 @@ from transformers import (  # noqa: E402
     Qwen2ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPTNeoXConfig,
     MistralConfig,
     MistralForCausalLM,
@@ -316,6 +323,52 @@ def tl_gemma2(hf_model):
     return mf.load_converted(HookedTransformer(cfg), convert_gemma_weights(hf_model, cfg))
 
 
+def make_gemma3(seed: int):
+    # Two layers: one sliding (rope base 1e4), then one global (1e6).
+    cfg = Gemma3TextConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        vocab_size=mf.VOCAB,
+        max_position_embeddings=64,
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=20,
+        sliding_window=4,
+        sliding_window_pattern=2,
+        rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return seeded(Gemma3ForCausalLM, cfg, seed)
+
+
+def tl_gemma3(hf_model):
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
+
+    c = hf_model.config
+    rp = c.rope_parameters
+    cfg = mf.tl_llama_like_config(
+        c, c.head_dim, "Gemma3ForCausalLM",
+        use_local_attn=True, window_size=c.sliding_window,
+        attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
+        attn_scale=c.query_pre_attn_scalar ** 0.5,
+        use_normalization_before_and_after=True,
+        use_qk_norm=True,
+        rotary_base=rp["full_attention"]["rope_theta"],
+        rotary_base_local=rp["sliding_attention"]["rope_theta"])
+    return mf.load_converted(HookedTransformer(cfg), convert_gemma_weights(hf_model, cfg))
+
+
 def tl_qwen3(hf_model):
     from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions import convert_qwen3_weights
@@ -366,7 +419,7 @@ def tl_pythia(hf_model):
 @torch.inference_mode()
 def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, torch.Tensor]:
     tl = {"gpt_neox": tl_pythia, "gptj": tl_gptj, "qwen2": tl_qwen2, "qwen3": tl_qwen3, "phi3": tl_phi3, "olmo2": tl_olmo2,
-          "mistral": tl_mistral, "gemma2": tl_gemma2}[hf_model.config.model_type](hf_model)
+          "mistral": tl_mistral, "gemma2": tl_gemma2, "gemma3_text": tl_gemma3}[hf_model.config.model_type](hf_model)
     ids = inputs["unpadded.input_ids"]
     logits, cache = tl.run_with_cache(ids)
     e = mf.check(f"{name} TL logits vs HF", logits, hf_out["unpadded.hf.logits"], mf.FP32_INTERNAL)
@@ -432,7 +485,11 @@ def build(name: str, model, seed_inputs: int, meta: dict) -> dict[str, torch.Ten
     hf_out = mf.hf_references(name, ref, eager, inputs, mf.FP32_INTERNAL)
     tensors.update(hf_out)
     tensors.update(tl_references(name, ref, inputs, hf_out))
-    if model.config.model_type == "gptj":
+    if model.config.model_type == "gemma3_text":
+        # One inverse-frequency buffer per layer type.
+        for kind in ("sliding_attention", "full_attention"):
+            tensors[f"hf.rope.{kind}.inv_freq"] = getattr(ref.model.rotary_emb, f"{kind}_inv_freq")
+    elif model.config.model_type == "gptj":
         # GPT-J keeps a sin|cos table per attention layer instead of a rotary_emb module.
         half = model.config.rotary_dim // 2
         tensors["hf.rope.sin"] = ref.transformer.h[0].attn.embed_positions[:, :half]
@@ -458,6 +515,7 @@ def main() -> None:
     build("tiny-gemma2", make_gemma2(1107), 3107, meta)
     build("tiny-qwen2", make_qwen2(1108), 3108, meta)
     build("tiny-gptj", make_gptj(1109), 3109, meta)
+    build("tiny-gemma3", make_gemma3(1110), 3110, meta)
     total = sum(f.stat().st_size for f in mf.FIXTURES.rglob("*") if f.is_file())
     print(f"total size of tests/fixtures: {total} bytes")
 
