@@ -280,92 +280,75 @@ def tl_mistral(hf_model):
     return mf.load_converted(HookedTransformer(cfg), convert_mistral_weights(hf_model, cfg))
 
 
+# The shape the Gemma reference models share: head_dim and query_pre_attn_scalar both differ
+# from d_model / n_heads; layer 0 slides (window 4), layer 1 is global.
+GEMMA_LIKE = dict(
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=24,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    vocab_size=mf.VOCAB,
+    max_position_embeddings=64,
+    hidden_activation="gelu_pytorch_tanh",
+    query_pre_attn_scalar=20,
+    sliding_window=4,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
 def make_gemma2(seed: int):
-    # Soft caps small enough to bend these random models' scores and logits; head_dim and
-    # query_pre_attn_scalar both differ from d_model / n_heads; layer 0 slides, layer 1 is global.
+    # Soft caps small enough to bend these random models' scores and logits.
     cfg = Gemma2Config(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=24,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        vocab_size=mf.VOCAB,
-        max_position_embeddings=64,
-        hidden_activation="gelu_pytorch_tanh",
-        query_pre_attn_scalar=20,
-        sliding_window=4,
+        **GEMMA_LIKE,
         attn_logit_softcapping=2.0,
         final_logit_softcapping=15.0,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
     )
     return seeded(Gemma2ForCausalLM, cfg, seed)
 
 
-def tl_gemma2(hf_model):
-    from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
-
-    c = hf_model.config
-    cfg = mf.tl_llama_like_config(
-        c, c.head_dim, "Gemma2ForCausalLM",
-        use_local_attn=True, window_size=c.sliding_window,
-        attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
-        attn_scale=c.query_pre_attn_scalar ** 0.5,
-        attn_scores_soft_cap=c.attn_logit_softcapping,
-        output_logits_soft_cap=c.final_logit_softcapping,
-        use_normalization_before_and_after=True)
-    return mf.load_converted(HookedTransformer(cfg), convert_gemma_weights(hf_model, cfg))
-
-
 def make_gemma3(seed: int):
-    # Two layers: one sliding (rope base 1e4), then one global (1e6).
+    # The sliding layer rotates with base 1e4, the global one with 1e6.
     cfg = Gemma3TextConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=24,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        vocab_size=mf.VOCAB,
-        max_position_embeddings=64,
-        hidden_activation="gelu_pytorch_tanh",
-        query_pre_attn_scalar=20,
-        sliding_window=4,
+        **GEMMA_LIKE,
         sliding_window_pattern=2,
         rope_parameters={
             "full_attention": {"rope_type": "default", "rope_theta": 1e6},
             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
         },
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
     )
     return seeded(Gemma3ForCausalLM, cfg, seed)
 
 
-def tl_gemma3(hf_model):
+def tl_gemma(hf_model):
+    """TransformerLens's HookedTransformer for a Gemma-2 or Gemma-3 model, from TL's own
+    conversion (Gemma-3 adds per-head q/k norms and a second rope base)."""
     from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
 
     c = hf_model.config
-    rp = c.rope_parameters
+    if c.model_type == "gemma2":
+        extra = dict(attn_scores_soft_cap=c.attn_logit_softcapping,
+                     output_logits_soft_cap=c.final_logit_softcapping)
+        architecture = "Gemma2ForCausalLM"
+    else:
+        rp = c.rope_parameters
+        extra = dict(use_qk_norm=True, rotary_base=rp["full_attention"]["rope_theta"],
+                     rotary_base_local=rp["sliding_attention"]["rope_theta"])
+        architecture = "Gemma3ForCausalLM"
     cfg = mf.tl_llama_like_config(
-        c, c.head_dim, "Gemma3ForCausalLM",
+        c, c.head_dim, architecture,
         use_local_attn=True, window_size=c.sliding_window,
         attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
         attn_scale=c.query_pre_attn_scalar ** 0.5,
         use_normalization_before_and_after=True,
-        use_qk_norm=True,
-        rotary_base=rp["full_attention"]["rope_theta"],
-        rotary_base_local=rp["sliding_attention"]["rope_theta"])
+        **extra)
     return mf.load_converted(HookedTransformer(cfg), convert_gemma_weights(hf_model, cfg))
 
 
@@ -419,7 +402,7 @@ def tl_pythia(hf_model):
 @torch.inference_mode()
 def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, torch.Tensor]:
     tl = {"gpt_neox": tl_pythia, "gptj": tl_gptj, "qwen2": tl_qwen2, "qwen3": tl_qwen3, "phi3": tl_phi3, "olmo2": tl_olmo2,
-          "mistral": tl_mistral, "gemma2": tl_gemma2, "gemma3_text": tl_gemma3}[hf_model.config.model_type](hf_model)
+          "mistral": tl_mistral, "gemma2": tl_gemma, "gemma3_text": tl_gemma}[hf_model.config.model_type](hf_model)
     ids = inputs["unpadded.input_ids"]
     logits, cache = tl.run_with_cache(ids)
     e = mf.check(f"{name} TL logits vs HF", logits, hf_out["unpadded.hf.logits"], mf.FP32_INTERNAL)
