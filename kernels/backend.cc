@@ -62,9 +62,10 @@ absl::Status Backend::Embedding(const Tensor& table, const Tensor& ids, Tensor& 
 }
 
 absl::Status Backend::Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
-                             const Tensor& positions, int rotary_dim, Tensor& out) {
-  GB_ASSIGN_OR_RETURN(const RotaryDims d,
-                      CheckRotary(target_, x, cos, sin, positions, rotary_dim, out));
+                             const Tensor& positions, int rotary_dim, Tensor& out,
+                             RotaryStyle style) {
+  GB_ASSIGN_OR_RETURN(RotaryDims d, CheckRotary(target_, x, cos, sin, positions, rotary_dim, out));
+  d.style = style;
   return d.empty ? absl::OkStatus() : DoRotary(d, x, cos, sin, positions, rotary_dim, out);
 }
 

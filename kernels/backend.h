@@ -100,11 +100,12 @@ class Backend {
   // any dtype, src has the table's). Writes a step's keys and values into a KV cache.
   // table rank 2; T = 0 or D = 0: nothing to do.
   absl::Status ScatterRows(const Tensor& src, const Tensor& rows, Tensor& table);
-  // Rotate-half (GPT-NeoX / HF Llama) rotary embedding of the first rotary_dim features of each
-  // head: x [T, H, Dh], positions [T] i32, cos/sin [n_ctx, rotary_dim / 2]. rotary_dim even in
-  // [0, Dh]; x empty: nothing to do.
+  // Rotary embedding of the first rotary_dim features of each head, the pairs chosen by `style`
+  // (rotate-half by default; GPT-J's adjacent pairs): x [T, H, Dh], positions [T] i32, cos/sin
+  // [n_ctx, rotary_dim / 2]. rotary_dim even in [0, Dh]; x empty: nothing to do.
   absl::Status Rotary(const Tensor& x, const Tensor& cos, const Tensor& sin,
-                      const Tensor& positions, int rotary_dim, Tensor& out);
+                      const Tensor& positions, int rotary_dim, Tensor& out,
+                      RotaryStyle style = RotaryStyle::kHalf);
 
   // ---- attention ----
   // Causal self-attention with grouped KV heads (query head h reads KV head h / (H / Hkv)).

@@ -49,8 +49,14 @@ struct EmbeddingDims {
   bool empty = false;
 };
 
+// Which features of a head rotate together by the angle of table column j: (j, j + rotary_dim / 2)
+// in rotate-half (GPT-NeoX, HF Llama and most others), (2j, 2j + 1) in adjacent pairs (GPT-J's
+// rotate_every_two; TransformerLens's rotary_adjacent_pairs).
+enum class RotaryStyle : uint8_t { kHalf, kAdjacentPairs };
+
 struct RotaryDims {
   int64_t tokens = 0, heads = 0, d_head = 0, half = 0, n_ctx = 0;
+  RotaryStyle style = RotaryStyle::kHalf;
   bool empty = false;
 };
 

@@ -253,10 +253,13 @@ absl::Status CpuBackend::DoRotary(const RotaryDims& d, const Tensor& x, const Te
     for (int64_t h = 0; h < heads; ++h) {
       const float* in = x.data<float>() + (i * heads + h) * d_head;
       float* o = out.data<float>() + (i * heads + h) * d_head;
+      // Features a and b of pair j rotate by angle j: (j, j + half) or (2j, 2j + 1).
+      const bool adjacent = d.style == RotaryStyle::kAdjacentPairs;
       for (int64_t j = 0; j < half; ++j) {
-        const float x1 = in[j], x2 = in[j + half];
-        o[j] = x1 * c[j] - x2 * s[j];
-        o[j + half] = x2 * c[j] + x1 * s[j];
+        const int64_t a = adjacent ? 2 * j : j, b = adjacent ? 2 * j + 1 : j + half;
+        const float x1 = in[a], x2 = in[b];
+        o[a] = x1 * c[j] - x2 * s[j];
+        o[b] = x2 * c[j] + x1 * s[j];
       }
       for (int64_t j = rotary_dim; j < d_head; ++j) o[j] = in[j];
     }

@@ -355,6 +355,7 @@ absl::Status CudaBackend::DoRotary(const RotaryDims& d, const Tensor& x, const T
   a.d_head = d.d_head;
   a.rotary_dim = rotary_dim;
   a.n_ctx = d.n_ctx;
+  a.adjacent_pairs = d.style == RotaryStyle::kAdjacentPairs;
   a.device_errors = errors;
   return Launched("Rotary", cuda::LaunchRotary(a, Stream(stream_)));
 }

@@ -86,6 +86,7 @@ struct RotaryArgs {
   AnyFloats sin;
   const int32_t* positions = nullptr;    // [tokens]
   int64_t tokens = 0, heads = 0, d_head = 0, rotary_dim = 0, n_ctx = 0;
+  bool adjacent_pairs = false;           // pairs (2j, 2j + 1) instead of (j, j + rotary_dim / 2)
   int* device_errors = nullptr;
 };
 cudaError_t LaunchRotary(const RotaryArgs& args, cudaStream_t stream);

@@ -1,7 +1,9 @@
-// Rotate-half rotary embedding (GPT-NeoX / HF Llama) of the first rotary_dim features of each
-// head, the remaining features copied through. One thread per (token, head, j) with j below
-// d_head - rotary_dim / 2: threads j < half rotate the pair (j, j + half), the others copy
-// feature j + half. Each thread reads its elements before writing them, so out may equal x.
+// Rotary embedding of the first rotary_dim features of each head, the remaining features copied
+// through; pair j is (j, j + half) in rotate-half (GPT-NeoX / HF Llama) and (2j, 2j + 1) in
+// adjacent pairs (GPT-J). One thread per (token, head, j) with j below d_head - half: threads
+// j < half rotate pair j, the others copy feature j + half (every feature at or past
+// rotary_dim, in both styles). Each thread reads its elements before writing them, so out may
+// equal x.
 #include "kernels/cuda/device_math.cuh"
 
 namespace glassbox::cuda {
@@ -26,17 +28,19 @@ __global__ void RotaryKernel(RotaryArgs a) {
       o[j + half] = in[j + half];
       continue;
     }
+    const int64_t first = a.adjacent_pairs ? 2 * j : j;
+    const int64_t second = a.adjacent_pairs ? 2 * j + 1 : j + half;
     const int32_t pos = a.positions[token];
     if (pos < 0 || pos >= a.n_ctx) {
       atomicOr(a.device_errors, kDeviceErrorRotaryPosition);
-      o[j] = FromFloat<T>(0.0f);
-      o[j + half] = FromFloat<T>(0.0f);
+      o[first] = FromFloat<T>(0.0f);
+      o[second] = FromFloat<T>(0.0f);
       continue;
     }
     const float c = LoadAny(a.cos, pos * half + j), s = LoadAny(a.sin, pos * half + j);
-    const float x1 = ToFloat(in[j]), x2 = ToFloat(in[j + half]);
-    o[j] = FromFloat<T>(x1 * c - x2 * s);
-    o[j + half] = FromFloat<T>(x2 * c + x1 * s);
+    const float x1 = ToFloat(in[first]), x2 = ToFloat(in[second]);
+    o[first] = FromFloat<T>(x1 * c - x2 * s);
+    o[second] = FromFloat<T>(x2 * c + x1 * s);
   }
 }
 

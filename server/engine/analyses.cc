@@ -98,7 +98,10 @@ absl::StatusOr<LogitLensResult> RunLogitLens(const Transformer& model, const Log
         GB_RETURN_IF_ERROR(be.RmsNorm(x, &w.ln_final_w, eps, normalized, nullptr, nullptr));
       }
       GB_ASSIGN_OR_RETURN(Tensor logits, be.Allocate(DType::kF32, {n, vocab}));
-      GB_RETURN_IF_ERROR(be.Linear(normalized, w.unembed, nullptr, Activation::kIdentity, logits));
+      // The logit lens unembeds as the model does, b_U included (TransformerLens's unembed).
+      const Tensor* unembed_bias = w.unembed_b.defined() ? &w.unembed_b : nullptr;
+      GB_RETURN_IF_ERROR(
+          be.Linear(normalized, w.unembed, unembed_bias, Activation::kIdentity, logits));
       GB_ASSIGN_OR_RETURN(Tensor log_probs, be.Allocate(DType::kF32, {n, vocab}));
       GB_RETURN_IF_ERROR(be.LogSoftmax(logits, log_probs));
       GB_ASSIGN_OR_RETURN(Tensor lp, CopyToHostF32(be, log_probs));
@@ -145,6 +148,13 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
   GB_ASSIGN_OR_RETURN(Tensor unembed, CopyToHostF32(be, w.unembed));
   GB_ASSIGN_OR_RETURN(Tensor norm_w, CopyToHostF32(be, w.ln_final_w));
   GB_ASSIGN_OR_RETURN(Tensor norm_b, CopyToHostF32(be, w.ln_final_b));
+  GB_ASSIGN_OR_RETURN(Tensor unembed_b, CopyToHostF32(be, w.unembed_b));
+  // GPT-J's b_U adds the same to the logit (difference) at every position: a constant.
+  double unembed_bias = 0;
+  if (unembed_b.defined()) {
+    unembed_bias = unembed_b.data<float>()[request.token];
+    if (request.minus_token) unembed_bias -= unembed_b.data<float>()[*request.minus_token];
+  }
   std::vector<double> direction(d), raw_direction(d);
   for (int64_t i = 0; i < d; ++i) {
     raw_direction[i] = unembed.data<float>()[request.token * d + i];
@@ -219,7 +229,7 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
     // The model's own logit (difference) from the final residual, for the caller's check.
     const float* final_resid = row_of(sink.values.at(absl::StrCat("blocks.", c.n_layers - 1, ".hook_resid_post")), b, 1, 0);
     const double mean = center ? std::accumulate(final_resid, final_resid + d, 0.0) / static_cast<double>(d) : 0.0;
-    double logit = 0, constant = 0;
+    double logit = unembed_bias, constant = unembed_bias;
     for (int64_t i = 0; i < d; ++i) {
       const double bias = norm_b.defined() ? norm_b.data<float>()[i] : 0.0;
       logit += ((final_resid[i] - mean) / s) * direction[i] + bias * raw_direction[i];

@@ -66,7 +66,8 @@ absl::StatusOr<ResolvedCapture> ResolveCaptureAt(HookId id, const HookInfo& info
     if (rc.position_axis < 0)
       return SpecError(spec, absl::StrCat(info.name, " has no position axis"));
     for (int32_t p : spec.positions) {
-      if (p >= padded_length || -p > shortest) {
+      // -p in 64 bits: INT32_MIN has no 32-bit negation (found by request_fuzz).
+      if (p >= padded_length || -int64_t{p} > shortest) {
         return SpecError(spec, absl::StrCat("position ", p, " is outside the inputs (longest row ",
                                             padded_length, " tokens, shortest ", shortest, ")"));
       }

@@ -101,7 +101,7 @@ absl::StatusOr<LogitsOutputs> ComputeLogitsOutputs(Backend& backend, const Unemb
   if (need_all) {
     GB_ASSIGN_OR_RETURN(all, backend.Allocate(DType::kF32, {batch * seq, vocab}));
     GB_RETURN_IF_ERROR(
-        backend.Linear(*in.normalized, *in.unembed, nullptr, Activation::kIdentity, all));
+        backend.Linear(*in.normalized, *in.unembed, in.unembed_bias, Activation::kIdentity, all));
     GB_RETURN_IF_ERROR(SoftCapped(backend, in.softcap, all));
   }
   if (need_last) {
@@ -114,7 +114,8 @@ absl::StatusOr<LogitsOutputs> ComputeLogitsOutputs(Backend& backend, const Unemb
       GB_ASSIGN_OR_RETURN(Tensor rows, backend.Allocate(in.normalized->dtype(),
                                                         {batch, in.normalized->dim(-1)}));
       GB_RETURN_IF_ERROR(backend.Embedding(*in.normalized, *in.last_index, rows));
-      GB_RETURN_IF_ERROR(backend.Linear(rows, *in.unembed, nullptr, Activation::kIdentity, last));
+      GB_RETURN_IF_ERROR(
+          backend.Linear(rows, *in.unembed, in.unembed_bias, Activation::kIdentity, last));
       GB_RETURN_IF_ERROR(SoftCapped(backend, in.softcap, last));
     }
   }

@@ -51,6 +51,7 @@ struct LogitsOutputs {
 struct UnembedInputs {
   const Tensor* normalized = nullptr;    // ln_final output [batch * pos, d_model]
   const Tensor* unembed = nullptr;       // [vocab, d_model]
+  const Tensor* unembed_bias = nullptr;  // [vocab] (GPT-J's b_U), or null
   const Tensor* last_index = nullptr;    // i32 [batch]: row of each sequence's last real token
   const Tensor* next_targets = nullptr;  // i32 [batch * pos]: the next real token, or -1
   int64_t batch = 0, seq = 0, vocab = 0;

@@ -224,6 +224,17 @@ absl::Status PlaceRotaryTables(const ModelConfig& c, const WeightReader& r, Mode
   ComputeRotaryTables(c, cos, sin);
   GB_ASSIGN_OR_RETURN(w.rope_cos, r.Place(cos));
   GB_ASSIGN_OR_RETURN(w.rope_sin, r.Place(sin));
+  if (c.rope_local_theta > 0) {
+    // Tables of their own: on the CPU, Place() keeps the host tensor itself.
+    ModelConfig local = c;
+    local.rope_theta = c.rope_local_theta;
+    local.rope_scaling = {};
+    Tensor local_cos = Tensor::EmptyHost(DType::kF32, cos.shape());
+    Tensor local_sin = Tensor::EmptyHost(DType::kF32, sin.shape());
+    ComputeRotaryTables(local, local_cos, local_sin);
+    GB_ASSIGN_OR_RETURN(w.rope_cos_local, r.Place(local_cos));
+    GB_ASSIGN_OR_RETURN(w.rope_sin_local, r.Place(local_sin));
+  }
   return absl::OkStatus();
 }
 
@@ -271,6 +282,38 @@ absl::StatusOr<ModelWeights> LoadGptNeox(const ModelConfig& c, const WeightReade
   GB_ASSIGN_OR_RETURN(w.ln_final_w, r.Get("final_layer_norm.weight", {d}));
   GB_ASSIGN_OR_RETURN(w.ln_final_b, r.Get("final_layer_norm.bias", {d}));
   GB_RETURN_IF_ERROR(ReadUnembed(c, r, "embed_out.weight", w));
+  GB_RETURN_IF_ERROR(PlaceRotaryTables(c, r, w));
+  return w;
+}
+
+// GPT-J: one ln_1 feeds attention and the MLP (ln2 gets the same weights, as in
+// TransformerLens), q/k/v without biases fused here, an lm_head with a bias.
+absl::StatusOr<ModelWeights> LoadGptj(const ModelConfig& c, const WeightReader& r) {
+  ModelWeights w;
+  const int64_t d = c.d_model, m = c.d_mlp, rows = c.n_heads * c.d_head;
+  GB_ASSIGN_OR_RETURN(w.embed, r.Get("wte.weight", {c.vocab_size, d}));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("h.", l, ".");
+    BlockWeights b;
+    GB_ASSIGN_OR_RETURN(b.ln1_w, r.Get(p + "ln_1.weight", {d}));
+    GB_ASSIGN_OR_RETURN(b.ln1_b, r.Get(p + "ln_1.bias", {d}));
+    b.ln2_w = b.ln1_w;
+    b.ln2_b = b.ln1_b;
+    GB_ASSIGN_OR_RETURN(Tensor q, r.GetHost(p + "attn.q_proj.weight", {rows, d}));
+    GB_ASSIGN_OR_RETURN(Tensor k, r.GetHost(p + "attn.k_proj.weight", {rows, d}));
+    GB_ASSIGN_OR_RETURN(Tensor v, r.GetHost(p + "attn.v_proj.weight", {rows, d}));
+    GB_ASSIGN_OR_RETURN(b.qkv_w, r.Place(ConcatRows({&q, &k, &v})));
+    GB_ASSIGN_OR_RETURN(b.o_w, r.Get(p + "attn.out_proj.weight", {d, rows}));
+    GB_ASSIGN_OR_RETURN(b.in_w, r.Get(p + "mlp.fc_in.weight", {m, d}));
+    GB_ASSIGN_OR_RETURN(b.in_b, r.Get(p + "mlp.fc_in.bias", {m}));
+    GB_ASSIGN_OR_RETURN(b.out_w, r.Get(p + "mlp.fc_out.weight", {d, m}));
+    GB_ASSIGN_OR_RETURN(b.out_b, r.Get(p + "mlp.fc_out.bias", {d}));
+    w.blocks.push_back(std::move(b));
+  }
+  GB_ASSIGN_OR_RETURN(w.ln_final_w, r.Get("ln_f.weight", {d}));
+  GB_ASSIGN_OR_RETURN(w.ln_final_b, r.Get("ln_f.bias", {d}));
+  GB_RETURN_IF_ERROR(ReadUnembed(c, r, "lm_head.weight", w));
+  GB_ASSIGN_OR_RETURN(w.unembed_b, r.Get("lm_head.bias", {c.vocab_size}));
   GB_RETURN_IF_ERROR(PlaceRotaryTables(c, r, w));
   return w;
 }
@@ -398,9 +441,19 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
   if (config.model_type == "gpt2") {
     return LoadGpt2(config, WeightReader(checkpoint, {"", "transformer."}, backend, dtype));
   }
+  if (config.model_type == "gptj") {
+    // GPTJForCausalLM saves "transformer.*" plus "lm_head.weight" and "lm_head.bias".
+    return LoadGptj(config, WeightReader(checkpoint, {"transformer.", ""}, backend, dtype));
+  }
   if (config.model_type == "gpt_neox") {
     // GPTNeoXForCausalLM saves "gpt_neox.*" plus "embed_out.weight".
     return LoadGptNeox(config, WeightReader(checkpoint, {"gpt_neox.", ""}, backend, dtype));
+  }
+  if (config.text_tower) {
+    // Gemma3ForConditionalGeneration: transformers saves the text tower as
+    // "language_model.model.*" (and holds it as "model.language_model.*"); lm_head is tied.
+    return LoadLlama(config, WeightReader(checkpoint, {"language_model.model.", "model.language_model."},
+                                          backend, dtype));
   }
   // Llama-family checkpoints: LlamaForCausalLM saves "model.*" plus "lm_head.weight"; a bare
   // LlamaModel saves the same names without "model.".

@@ -31,7 +31,10 @@ struct ModelWeights {
   std::vector<BlockWeights> blocks;
   Tensor ln_final_w, ln_final_b;
   Tensor unembed;    // [vocab, d_model]; shares storage with embed when tied
+  Tensor unembed_b;  // [vocab] where the config has unembed_bias (GPT-J), else undefined
   Tensor rope_cos, rope_sin;  // [n_ctx, rotary_dim / 2] for rotary models
+  // Gemma-3's sliding-window layers (config rope_local_theta > 0): the same shape, their base.
+  Tensor rope_cos_local, rope_sin_local;
 };
 
 // Reads every parameter the config implies, checks its shape, converts it to `dtype` and places

@@ -199,8 +199,14 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
     GB_ASSIGN_OR_RETURN(Tensor rot_q, New(q.shape()));
     GB_ASSIGN_OR_RETURN(Tensor rot_k, New(k.shape()));
     const int rotary_dim = static_cast<int>(c_.rotary_dim);
-    GB_RETURN_IF_ERROR(be_.Rotary(q, w_.rope_cos, w_.rope_sin, positions, rotary_dim, rot_q));
-    GB_RETURN_IF_ERROR(be_.Rotary(k, w_.rope_cos, w_.rope_sin, positions, rotary_dim, rot_k));
+    const RotaryStyle style =
+        c_.rotary_adjacent_pairs ? RotaryStyle::kAdjacentPairs : RotaryStyle::kHalf;
+    // Gemma-3's sliding layers have their own base.
+    const bool local = w_.rope_cos_local.defined() && c_.WindowOf(layer) > 0;
+    const Tensor& cos = local ? w_.rope_cos_local : w_.rope_cos;
+    const Tensor& sin = local ? w_.rope_sin_local : w_.rope_sin;
+    GB_RETURN_IF_ERROR(be_.Rotary(q, cos, sin, positions, rotary_dim, rot_q, style));
+    GB_RETURN_IF_ERROR(be_.Rotary(k, cos, sin, positions, rotary_dim, rot_k, style));
     GB_RETURN_IF_ERROR(AtHook(HookKind::kRotQ, layer, rot_q));
     GB_RETURN_IF_ERROR(AtHook(HookKind::kRotK, layer, rot_k));
     q = rot_q;
@@ -403,6 +409,7 @@ absl::StatusOr<ForwardOutput> ForwardPass::Run(const Tensor& ids, const Tensor& 
   const LogitsRequest request = options.logits_request();
   if (!request.any()) return out;
   return ComputeLogitsOutputs(be_, {.normalized = &normalized, .unembed = &w_.unembed,
+                                    .unembed_bias = w_.unembed_b.defined() ? &w_.unembed_b : nullptr,
                                     .last_index = &last_index, .next_targets = &targets,
                                     .batch = batch_, .seq = seq_, .vocab = c_.vocab_size,
                                     .softcap = static_cast<float>(c_.final_softcap)},

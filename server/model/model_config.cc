@@ -94,7 +94,9 @@ absl::StatusOr<Activation> ParseActivation(const ConfigReader& r, absl::string_v
                           "quick_gelu, relu, silu)");
 }
 
-absl::Status ParseGpt2(const ConfigReader& r, ModelConfig& c) {
+// The shape keys GPT-2 and GPT-J share (n_layer, n_embd, n_head, n_positions, n_inner, ...),
+// with one head size for queries, keys and values.
+absl::Status ParseGpt2StyleShape(const ConfigReader& r, ModelConfig& c) {
   GB_ASSIGN_OR_RETURN(c.n_layers, r.PositiveInt("n_layer"));
   GB_ASSIGN_OR_RETURN(c.d_model, r.PositiveInt("n_embd"));
   GB_ASSIGN_OR_RETURN(c.n_heads, r.PositiveInt("n_head"));
@@ -103,14 +105,19 @@ absl::Status ParseGpt2(const ConfigReader& r, ModelConfig& c) {
   GB_ASSIGN_OR_RETURN(c.d_mlp, r.PositiveInt("n_inner", 4 * c.d_model));
   GB_ASSIGN_OR_RETURN(c.norm_eps, r.Number("layer_norm_epsilon", 1e-5));
   GB_ASSIGN_OR_RETURN(c.act, ParseActivation(r, "activation_function", "gelu_new"));
-  GB_ASSIGN_OR_RETURN(bool scale_attn, r.Bool("scale_attn_weights", true));
-  GB_ASSIGN_OR_RETURN(c.attn_scale_by_layer, r.Bool("scale_attn_by_inverse_layer_idx", false));
   if (c.d_model % c.n_heads != 0) {
     return r.Error("n_head", absl::StrCat("must divide n_embd (", c.d_model, ")"));
   }
   c.n_kv_heads = c.n_heads;
   c.d_head = c.d_model / c.n_heads;
   c.norm = NormKind::kLayerNorm;
+  return absl::OkStatus();
+}
+
+absl::Status ParseGpt2(const ConfigReader& r, ModelConfig& c) {
+  GB_RETURN_IF_ERROR(ParseGpt2StyleShape(r, c));
+  GB_ASSIGN_OR_RETURN(bool scale_attn, r.Bool("scale_attn_weights", true));
+  GB_ASSIGN_OR_RETURN(c.attn_scale_by_layer, r.Bool("scale_attn_by_inverse_layer_idx", false));
   c.positional = PositionalKind::kLearned;
   c.gated_mlp = false;
   c.qkv_bias = c.o_bias = c.mlp_bias = true;
@@ -222,6 +229,31 @@ absl::Status ParseGptNeox(const ConfigReader& r, ModelConfig& c) {
   return ParsePartialRotary(r, "rotary_pct", c);
 }
 
+// GPT-J: LayerNorm, separate q/k/v projections without biases, rotary on the first rotary_dim
+// features of each head in adjacent pairs (base 10000, fixed in HF), one ln_1 feeding attention
+// and the MLP in parallel, an untied lm_head with a bias.
+absl::Status ParseGptj(const ConfigReader& r, ModelConfig& c) {
+  GB_RETURN_IF_ERROR(ParseGpt2StyleShape(r, c));
+  GB_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
+  // Required: with a null rotary_dim HF builds its sin/cos table over n_embd features, which
+  // matches no head (every published GPT-J sets it).
+  GB_ASSIGN_OR_RETURN(c.rotary_dim, r.PositiveInt("rotary_dim"));
+  if (c.rotary_dim > c.d_head || c.rotary_dim % 2 != 0) {
+    return r.Error("rotary_dim", absl::StrCat("must be even and at most the head size ", c.d_head,
+                                              ", got ", c.rotary_dim));
+  }
+  c.rotary_adjacent_pairs = true;
+  c.rope_theta = 10000.0;
+  c.positional = PositionalKind::kRotary;
+  c.parallel_attn_mlp = true;
+  c.gated_mlp = false;
+  c.qkv_bias = c.o_bias = false;
+  c.mlp_bias = true;
+  c.unembed_bias = true;  // even when tied: the bias is lm_head's own
+  c.attn_scale = 1.0 / std::sqrt(static_cast<double>(c.d_head));
+  return absl::OkStatus();
+}
+
 // Which layers use c.sliding_window (already parsed; nothing to do when 0): transformers 5
 // writes "layer_types" ("sliding_attention" / "full_attention" per layer); without it, Qwen2 and
 // Qwen3 slide from layer max_window_layers on (HF's rule), Gemma-2 in even layers, and Mistral
@@ -250,7 +282,42 @@ absl::Status ParseSlidingLayers(const ConfigReader& r, ModelConfig& c) {
     for (int64_t l = 0; l < c.n_layers; ++l) c.sliding_layers[l] = l >= first;
   } else if (c.model_type == "gemma2") {
     for (int64_t l = 0; l < c.n_layers; ++l) c.sliding_layers[l] = l % 2 == 0;  // local first
+  } else if (c.model_type == "gemma3_text") {
+    // HF: every sliding_window_pattern-th layer is global, the others slide.
+    GB_ASSIGN_OR_RETURN(int64_t pattern, r.PositiveInt("sliding_window_pattern", 6));
+    for (int64_t l = 0; l < c.n_layers; ++l) c.sliding_layers[l] = (l + 1) % pattern != 0;
   }
+  return absl::OkStatus();
+}
+
+// Gemma-3's two rope bases. transformers 5 writes rope_parameters with one entry per layer type
+// ({"full_attention": {...}, "sliding_attention": {...}}); transformers 4 wrote rope_theta (the
+// global base), rope_local_base_freq and rope_scaling (of the global layers) at the top level.
+absl::Status ParseGemma3Rope(const ConfigReader& r, ModelConfig& c) {
+  auto params = r.root().find("rope_parameters");
+  if (params == r.root().end() || params->is_null()) {
+    GB_RETURN_IF_ERROR(ParseRope(r, c));
+    GB_ASSIGN_OR_RETURN(c.rope_local_theta, r.Number("rope_local_base_freq", 10000.0));
+  } else {
+    if (!params->is_object() || !params->contains("full_attention") ||
+        !params->contains("sliding_attention")) {
+      return r.Error("rope_parameters",
+                     "must have a \"full_attention\" and a \"sliding_attention\" entry (Gemma-3)");
+    }
+    // Each entry has the layout ParseRope reads at the top of rope_parameters.
+    const json global = {{"rope_parameters", params->at("full_attention")}};
+    GB_RETURN_IF_ERROR(ParseRope(ConfigReader(global, absl::StrCat(r.label(), " (full_attention)")), c));
+    ModelConfig local;
+    const json sliding = {{"rope_parameters", params->at("sliding_attention")}};
+    GB_RETURN_IF_ERROR(
+        ParseRope(ConfigReader(sliding, absl::StrCat(r.label(), " (sliding_attention)")), local));
+    if (local.rope_scaling.kind != RopeScaling::Kind::kNone) {
+      return r.Error("rope_parameters.sliding_attention",
+                     "has a rope scaling; Gemma-3 scales only its global layers");
+    }
+    c.rope_local_theta = local.rope_theta;
+  }
+  if (!(c.rope_local_theta > 0)) return r.Error("rope_local_base_freq", "must be positive");
   return absl::OkStatus();
 }
 
@@ -281,7 +348,8 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
   GB_ASSIGN_OR_RETURN(c.n_ctx, r.PositiveInt("max_position_embeddings"));
   GB_ASSIGN_OR_RETURN(c.d_mlp, r.PositiveInt("intermediate_size"));
   GB_ASSIGN_OR_RETURN(c.norm_eps, r.Number("rms_norm_eps", 1e-6));
-  const bool gemma = c.model_type == "gemma2";
+  const bool gemma3 = c.model_type == "gemma3_text";
+  const bool gemma = c.model_type == "gemma2" || gemma3;
   // Gemma's MLP reads hidden_activation (its hidden_act is a legacy field HF ignores).
   GB_ASSIGN_OR_RETURN(c.act, gemma ? ParseActivation(r, "hidden_activation", "gelu_pytorch_tanh")
                                    : ParseActivation(r, "hidden_act", "silu"));
@@ -316,6 +384,10 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
     c.mlp_bias = false;
     c.qk_norm = QkNorm::kWhole;
     c.norm_placement = NormPlacement::kPost;
+  } else if (gemma3) {
+    // Gemma-3: Gemma-2's block plus a (1 + w) RMSNorm of each head's q and k (ParseGemma2 sets
+    // the rest).
+    c.qk_norm = QkNorm::kPerHead;
   } else if (c.model_type == "qwen3") {
     // Qwen3 drops Qwen2's q/k/v biases (attention_bias, default false, covers q/k/v/o) and
     // normalises each head's q and k instead.
@@ -345,7 +417,7 @@ absl::Status ParseLlama(const ConfigReader& r, ModelConfig& c) {
     if (!(query_scalar > 0)) return r.Error("query_pre_attn_scalar", "must be positive");
     c.attn_scale = 1.0 / std::sqrt(query_scalar);
   }
-  GB_RETURN_IF_ERROR(ParseRope(r, c));
+  GB_RETURN_IF_ERROR(gemma3 ? ParseGemma3Rope(r, c) : ParseRope(r, c));
   if (c.model_type == "phi3") return ParsePartialRotary(r, "partial_rotary_factor", c);
   return absl::OkStatus();
 }
@@ -376,23 +448,44 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   ConfigReader r(root, label);
   ModelConfig c;
   GB_ASSIGN_OR_RETURN(c.model_type, r.String("model_type", ""));
+  if (c.model_type == "gemma3") {
+    // A multimodal Gemma-3: Glassbox serves its text tower (the vision tower is not read).
+    auto text = root.find("text_config");
+    if (text == root.end() || !text->is_object()) {
+      return r.Error("text_config", "must be an object: a multimodal Gemma-3 describes its text tower there");
+    }
+    json text_config = *text;
+    if (!text_config.contains("model_type")) text_config["model_type"] = "gemma3_text";
+    if (text_config["model_type"] != "gemma3_text") {
+      return r.Error("text_config", "must describe a gemma3_text model, got model_type " +
+                                        text_config["model_type"].dump());
+    }
+    for (const char* key : {"eos_token_id", "tie_word_embeddings"}) {
+      if (!text_config.contains(key) && root.contains(key)) text_config[key] = root[key];
+    }
+    GB_ASSIGN_OR_RETURN(c, ParseModelConfig(text_config.dump(), absl::StrCat(label, ": text_config")));
+    c.text_tower = true;
+    return c;
+  }
   GB_ASSIGN_OR_RETURN(c.torch_dtype, r.String("torch_dtype", ""));
   GB_RETURN_IF_ERROR(ParseEosTokens(r, c));
   if (c.model_type == "gpt2") {
     GB_RETURN_IF_ERROR(ParseGpt2(r, c));
   } else if (c.model_type == "gpt_neox") {
     GB_RETURN_IF_ERROR(ParseGptNeox(r, c));
+  } else if (c.model_type == "gptj") {
+    GB_RETURN_IF_ERROR(ParseGptj(r, c));
   } else if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2" ||
              c.model_type == "qwen3" || c.model_type == "phi3" || c.model_type == "olmo2" ||
-             c.model_type == "gemma2") {
+             c.model_type == "gemma2" || c.model_type == "gemma3_text") {
     GB_RETURN_IF_ERROR(ParseLlama(r, c));
   } else if (c.model_type.empty()) {
     return r.Error("model_type", "is missing; Glassbox needs it to pick the architecture");
   } else {
     return absl::UnimplementedError(absl::StrCat(
         label, ": model_type \"", c.model_type,
-        "\" is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, phi3, olmo2, gemma2, "
-        "gpt_neox)"));
+        "\" is not supported (supported: gpt2, gpt_neox, gptj, llama, mistral, qwen2, qwen3, phi3, "
+        "olmo2, gemma2, gemma3_text)"));
   }
   return c;
 }

@@ -27,8 +27,8 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  // As in config.json: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
-  // "olmo2", "gemma2".
+  // As in config.json: "gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3",
+  // "phi3", "olmo2", "gemma2", "gemma3_text" (Gemma3ForCausalLM).
   std::string model_type;
   int64_t n_layers = 0;
   int64_t d_model = 0;
@@ -48,7 +48,13 @@ struct ModelConfig {
   PositionalKind positional = PositionalKind::kLearned;
   double rope_theta = 10000.0;
   int64_t rotary_dim = 0;  // features per head that rotate (d_head unless partial rotary)
+  // GPT-J rotates features (2j, 2j + 1) together (rotate_every_two; TransformerLens's
+  // rotary_adjacent_pairs); every other family (j, j + rotary_dim / 2).
+  bool rotary_adjacent_pairs = false;
   RopeScaling rope_scaling;
+  // Gemma-3: the sliding-window layers rotate with their own base and no scaling (rope_theta and
+  // rope_scaling are the global layers'); 0 = every layer uses rope_theta.
+  double rope_local_theta = 0;
 
   Activation act = Activation::kGeluTanh;
   bool gated_mlp = false;  // act(x·W_gate) * (x·W_in), as Llama
@@ -56,6 +62,7 @@ struct ModelConfig {
   bool o_bias = true;
   bool mlp_bias = true;
   bool tie_word_embeddings = false;
+  bool unembed_bias = false;  // GPT-J's lm_head has a bias (TransformerLens's b_U)
   // RMSNorm of q and k after the projection and before rotary: over each head's d_head features
   // (Qwen3, weights [d_head]) or over the whole projection (OLMo-2, weights [n_heads·d_head] and
   // [n_kv_heads·d_head]).
@@ -65,7 +72,8 @@ struct ModelConfig {
   // or both (Gemma-2: ln1 and ln2 before, ln1_post and ln2_post after).
   NormPlacement norm_placement = NormPlacement::kPre;
   // GPT-NeoX use_parallel_residual: resid_post = resid_pre + attn(ln1(resid_pre)) +
-  // mlp(ln2(resid_pre)), so there is no resid_mid.
+  // mlp(ln2(resid_pre)), so there is no resid_mid. GPT-J too, with one ln_1 for both: its loader
+  // gives ln2 ln1's weights, as TransformerLens does, so ln2's hooks repeat ln1's values.
   bool parallel_attn_mlp = false;
 
   // Gemma: the embedding is multiplied by sqrt(d_model) (in the activations' dtype, as HF does)
@@ -87,6 +95,9 @@ struct ModelConfig {
   int64_t WindowOf(int layer) const {
     return sliding_window > 0 && sliding_layers[layer] ? sliding_window : 0;
   }
+  // The config was a multimodal Gemma-3's (model_type "gemma3", Gemma3ForConditionalGeneration):
+  // its text_config was read, and the text tower's weights sit under "language_model.model.".
+  bool text_tower = false;
   std::string torch_dtype;            // informational: the checkpoint's declared dtype
   // config.json's eos_token_id (a number or a list); generation stops at these by default.
   std::vector<int32_t> eos_token_ids;

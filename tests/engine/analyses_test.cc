@@ -2,6 +2,7 @@
 // (tests/reference/make_analysis_fixtures.py).
 #include "server/engine/analyses.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "gtest/gtest.h"
@@ -95,6 +96,48 @@ TEST_P(AnalysesTest, AttentionNormsEqualTheDefinition) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, AnalysesTest, ::testing::Values("tiny-gpt2", "tiny-llama"));
+
+// GPT-J's unembedding has a bias (b_U): the logit lens adds it as the model does, so its last
+// layer is HF's own log-softmax, and DLA counts it in the residual constant, so the components
+// still sum to HF's logit difference.
+TEST(UnembedBias, LogitLensAndDlaAccountForIt) {
+  auto model = Transformer::Load(FixturePath("models/tiny-gptj"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const auto inputs = ReadAllTensors(FixturePath("expected/tiny-gptj.safetensors"));
+  const Tensor& ids = inputs.at("unpadded.input_ids");
+  const Tensor& logits = inputs.at("unpadded.hf.logits");
+  const int64_t batch = logits.dim(0), seq = logits.dim(1), vocab = logits.dim(2);
+
+  auto lens = RunLogitLens(**model, {.tokens = ids, .target_tokens = {17, 42}});
+  ASSERT_TRUE(lens.ok()) << lens.status();
+  const int64_t layers = static_cast<int64_t>(lens->labels.size());
+  Tensor ours = Tensor::EmptyHost(DType::kF32, {batch * seq, 2});
+  Tensor expected = Tensor::EmptyHost(DType::kF32, {batch * seq, 2});
+  for (int64_t r = 0; r < batch * seq; ++r) {
+    const float* row = logits.data<float>() + r * vocab;
+    double total = 0;
+    const double top = *std::max_element(row, row + vocab);
+    for (int64_t v = 0; v < vocab; ++v) total += std::exp(row[v] - top);
+    for (int j = 0; j < 2; ++j) {
+      expected.data<float>()[r * 2 + j] =
+          static_cast<float>(row[j == 0 ? 17 : 42] - top - std::log(total));
+      ours.data<float>()[r * 2 + j] =
+          lens->target_log_probs.data<float>()[((layers - 1) * batch * seq + r) * 2 + j];
+    }
+  }
+  EXPECT_LE(NormRelativeError(ours, expected), 1e-5);
+
+  auto dla = RunDirectLogitAttribution(**model, {.tokens = ids, .token = 17, .minus_token = 42});
+  ASSERT_TRUE(dla.ok()) << dla.status();
+  for (int64_t row = 0; row < batch; ++row) {
+    double sum = dla->residual_constant.data<float>()[row];
+    for (int64_t c = 0; c < dla->attributions.dim(0); ++c) {
+      sum += dla->attributions.data<float>()[c * batch + row];
+    }
+    const float* last = logits.data<float>() + (row * seq + seq - 1) * vocab;
+    EXPECT_NEAR(sum, last[17] - last[42], 1e-4 * (1 + std::abs(last[17] - last[42])));
+  }
+}
 
 }  // namespace
 }  // namespace glassbox

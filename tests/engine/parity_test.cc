@@ -1,5 +1,5 @@
-// The engine against the real libraries: tiny random GPT-2, Llama, GPT-NeoX (Pythia), Qwen3,
-// Phi-3 and OLMo-2 checkpoints written by transformers' save_pretrained, with HF's logits / hidden states /
+// The engine against the real libraries: tiny random GPT-2, Llama, GPT-NeoX (Pythia), GPT-J,
+// Qwen2, Qwen3, Phi-3, OLMo-2, Mistral, Gemma-2 and Gemma-3 checkpoints written by transformers' save_pretrained, with HF's logits / hidden states /
 // attentions and TransformerLens's value at every hook point recorded by
 // tests/reference/make_fixtures.py and make_arch_fixtures.py.
 #include <cmath>
@@ -116,7 +116,8 @@ TEST_P(ParityTest, CapturingDoesNotChangeLogits) {
 INSTANTIATE_TEST_SUITE_P(Models, ParityTest,
                          ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-pythia",
                                            "tiny-pythia-seq", "tiny-qwen3", "tiny-phi3",
-                                           "tiny-olmo2", "tiny-mistral", "tiny-gemma2"),
+                                           "tiny-olmo2", "tiny-mistral", "tiny-gemma2",
+                                           "tiny-qwen2", "tiny-gptj", "tiny-gemma3"),
                          [](const auto& info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');
@@ -171,7 +172,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values("tiny-gpt2", "tiny-llama", "tiny-llama-variant",
                                          "tiny-pythia", "tiny-pythia-seq", "tiny-qwen3",
                                          "tiny-phi3", "tiny-olmo2", "tiny-mistral",
-                                         "tiny-gemma2"),
+                                         "tiny-gemma2", "tiny-qwen2", "tiny-gptj",
+                                         "tiny-gemma3"),
                        ::testing::Values("unpadded", "right", "left")),
     [](const auto& info) {
       std::string name = std::get<0>(info.param) + "_" + std::get<1>(info.param);

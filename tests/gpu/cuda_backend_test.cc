@@ -705,11 +705,13 @@ struct RotaryCase {
   int64_t t, heads, d_head, rotary_dim;
   DType dtype, table_dtype;
   bool in_place;
+  RotaryStyle style = RotaryStyle::kHalf;
 };
 
 void PrintTo(const RotaryCase& c, std::ostream* os) {
   *os << "t=" << c.t << " heads=" << c.heads << " d_head=" << c.d_head << " rotary_dim=" << c.rotary_dim
-      << " " << DTypeName(c.dtype) << " tables " << DTypeName(c.table_dtype) << (c.in_place ? " in place" : "");
+      << " " << DTypeName(c.dtype) << " tables " << DTypeName(c.table_dtype) << (c.in_place ? " in place" : "")
+      << (c.style == RotaryStyle::kAdjacentPairs ? " adjacent pairs" : "");
 }
 
 class RotaryTest : public GpuParamTest<RotaryCase> {};
@@ -736,12 +738,14 @@ TEST_P(RotaryTest, MatchesCpu) {
   positions[0] = n_ctx - 1;
 
   Tensor expected = Tensor::EmptyHost(DType::kF32, x.shape());
-  ASSERT_OK(cpu_.Rotary(x, cos, sin, IntsHost(positions, {c.t}), static_cast<int>(c.rotary_dim), expected));
+  ASSERT_OK(cpu_.Rotary(x, cos, sin, IntsHost(positions, {c.t}), static_cast<int>(c.rotary_dim), expected,
+                        c.style));
 
   Tensor x_dev = Upload(gpu(), x, c.dtype);
   Tensor out = c.in_place ? x_dev : Poisoned(gpu(), c.dtype, x.shape());
   ASSERT_OK(gpu().Rotary(x_dev, Upload(gpu(), cos, c.table_dtype), Upload(gpu(), sin, c.table_dtype),
-                         UploadInts(gpu(), positions, {c.t}), static_cast<int>(c.rotary_dim), out));
+                         UploadInts(gpu(), positions, {c.t}), static_cast<int>(c.rotary_dim), out,
+                         c.style));
   ExpectClose(Download(gpu(), out), expected, Tolerance(c.dtype, false), "Rotary");
 }
 
@@ -755,6 +759,9 @@ std::vector<RotaryCase> RotaryCases() {
     }
     cases.push_back({s[0], s[1], s[2], s[3], DType::kBF16, DType::kBF16, false});
     cases.push_back({s[0], s[1], s[2], s[3], DType::kF32, DType::kF32, true});
+    // GPT-J's adjacent pairs, out of place and in place.
+    cases.push_back({s[0], s[1], s[2], s[3], DType::kBF16, DType::kF32, false, RotaryStyle::kAdjacentPairs});
+    cases.push_back({s[0], s[1], s[2], s[3], DType::kF32, DType::kF32, true, RotaryStyle::kAdjacentPairs});
   }
   return cases;
 }
@@ -763,7 +770,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RotaryTest, ::testing::ValuesIn(RotaryCases()),
   const RotaryCase& c = info.param;
   return "t" + std::to_string(c.t) + "h" + std::to_string(c.heads) + "dh" + std::to_string(c.d_head) +
          "rd" + std::to_string(c.rotary_dim) + "_" + DTypeLabel(c.dtype) + "_tables" +
-         DTypeLabel(c.table_dtype) + (c.in_place ? "_inplace" : "");
+         DTypeLabel(c.table_dtype) + (c.in_place ? "_inplace" : "") +
+         (c.style == RotaryStyle::kAdjacentPairs ? "_adjacent" : "");
 });
 
 TEST_F(GpuTest, RotaryPositionOutsideTheTableIsReported) {
@@ -1323,7 +1331,11 @@ INSTANTIATE_TEST_SUITE_P(
                       ModelCase{"tiny-mistral", DType::kF32},
                       ModelCase{"tiny-mistral", DType::kBF16},
                       ModelCase{"tiny-gemma2", DType::kF32},
-                      ModelCase{"tiny-gemma2", DType::kBF16}),
+                      ModelCase{"tiny-gemma2", DType::kBF16},
+                      ModelCase{"tiny-qwen2", DType::kF32}, ModelCase{"tiny-qwen2", DType::kBF16},
+                      ModelCase{"tiny-gptj", DType::kF32}, ModelCase{"tiny-gptj", DType::kBF16},
+                      ModelCase{"tiny-gemma3", DType::kF32},
+                      ModelCase{"tiny-gemma3", DType::kBF16}),
     [](const auto& info) {
       std::string name = info.param.model + "_" + DTypeLabel(info.param.dtype);
       std::replace(name.begin(), name.end(), '-', '_');

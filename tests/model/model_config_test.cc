@@ -109,6 +109,83 @@ TEST(ModelConfig, Qwen3HasQkNormAndExplicitHeadDim) {
   EXPECT_TRUE(c->tie_word_embeddings);
 }
 
+TEST(ModelConfig, GptjIsParallelWithAdjacentPairRotaryAndAnUnembedBias) {
+  auto c = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-gptj/config.json"), "gptj");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->norm, NormKind::kLayerNorm);
+  EXPECT_TRUE(c->parallel_attn_mlp);
+  EXPECT_TRUE(c->rotary_adjacent_pairs);
+  EXPECT_EQ(c->d_head, 16);
+  EXPECT_EQ(c->rotary_dim, 8);
+  EXPECT_EQ(c->d_mlp, 96);
+  EXPECT_TRUE(c->unembed_bias);
+  EXPECT_FALSE(c->qkv_bias || c->o_bias);
+  EXPECT_TRUE(c->mlp_bias);
+  EXPECT_FALSE(c->tie_word_embeddings);
+
+  const std::string base = R"("model_type":"gptj","n_layer":2,"n_embd":64,"n_head":4,
+      "vocab_size":10,"n_positions":64)";
+  auto missing = ParseModelConfig("{" + base + "}", "c");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(missing.status().message(), HasSubstr("\"rotary_dim\" is required"));
+  auto odd = ParseModelConfig("{" + base + R"(,"rotary_dim":7})", "c");
+  EXPECT_THAT(odd.status().message(), HasSubstr("must be even and at most the head size 16"));
+  auto wide = ParseModelConfig("{" + base + R"(,"rotary_dim":32})", "c");
+  EXPECT_THAT(wide.status().message(), HasSubstr("got 32"));
+  auto full = ParseModelConfig("{" + base + R"(,"rotary_dim":16})", "c");
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->d_mlp, 256);  // n_inner absent: 4 · n_embd
+}
+
+TEST(ModelConfig, Gemma3HasTwoRopeBasesAndAWindowPattern) {
+  auto c = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-gemma3/config.json"), "gemma3");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->qk_norm, QkNorm::kPerHead);
+  EXPECT_TRUE(c->norm_weight_offset);
+  EXPECT_EQ(c->norm_placement, NormPlacement::kPreAndPost);
+  EXPECT_DOUBLE_EQ(c->rope_theta, 1e6);
+  EXPECT_DOUBLE_EQ(c->rope_local_theta, 1e4);
+  EXPECT_EQ(c->WindowOf(0), 4);
+  EXPECT_EQ(c->WindowOf(1), 0);
+  EXPECT_EQ(c->attn_softcap, 0);
+  EXPECT_EQ(c->final_softcap, 0);
+  EXPECT_DOUBLE_EQ(c->attn_scale, 1 / std::sqrt(20.0));
+
+  // transformers 4's layout: the global base and scaling at the top level, the local base beside
+  // them, the pattern instead of layer_types (every sixth layer global by default).
+  const std::string base = R"("model_type":"gemma3_text","num_hidden_layers":7,"hidden_size":64,
+      "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"intermediate_size":96,
+      "vocab_size":10,"max_position_embeddings":64,"sliding_window":8)";
+  auto v4 = ParseModelConfig("{" + base + R"(,"rope_theta":1000000.0,"rope_local_base_freq":10000.0,
+      "rope_scaling":{"rope_type":"linear","factor":8.0}})", "v4");
+  ASSERT_TRUE(v4.ok()) << v4.status();
+  EXPECT_DOUBLE_EQ(v4->rope_local_theta, 1e4);
+  EXPECT_EQ(v4->rope_scaling.kind, RopeScaling::Kind::kLinear);
+  for (int l = 0; l < 7; ++l) EXPECT_EQ(v4->WindowOf(l), l == 5 ? 0 : 8) << "layer " << l;
+
+  auto one_entry = ParseModelConfig(
+      "{" + base + R"(,"rope_parameters":{"rope_type":"default","rope_theta":10000.0}})", "c");
+  EXPECT_EQ(one_entry.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(one_entry.status().message(), HasSubstr("\"sliding_attention\""));
+  auto scaled_local = ParseModelConfig("{" + base + R"(,"rope_parameters":{
+      "full_attention":{"rope_type":"default","rope_theta":1000000.0},
+      "sliding_attention":{"rope_type":"linear","factor":2.0,"rope_theta":10000.0}}})", "c");
+  EXPECT_THAT(scaled_local.status().message(), HasSubstr("scales only its global layers"));
+}
+
+TEST(ModelConfig, Qwen2HasQkvBiasesOnly) {
+  auto c = ParseModelConfig(
+      ReadFile(std::string(GLASSBOX_FIXTURES_DIR) + "/models/tiny-qwen2/config.json"), "qwen2");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qkv_bias);
+  EXPECT_FALSE(c->o_bias || c->mlp_bias);
+  EXPECT_EQ(c->n_kv_heads, 2);
+  EXPECT_EQ(c->sliding_window, 0);
+  EXPECT_FALSE(c->rotary_adjacent_pairs);
+}
+
 TEST(ModelConfig, Phi3PartialRotaryWindowAndLongRope) {
   const std::string base = R"("model_type":"phi3","num_hidden_layers":2,"hidden_size":64,
       "num_attention_heads":4,"num_key_value_heads":2,"intermediate_size":96,"vocab_size":10,

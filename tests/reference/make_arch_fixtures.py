@@ -27,6 +27,18 @@ format), for one model per architecture trait the engine must get right:
                            attention and the MLP, tanh-GELU gated MLP d_mlp 96, embedding scaled
                            by sqrt(64), query_pre_attn_scalar 20, attention and final soft caps 2
                            and 3, tied embeddings.
+  models/tiny-qwen2/       Qwen2ForCausalLM, 2 layers, d_model 64, 4 query heads, 2 kv heads,
+                           q/k/v biases (no o_proj or MLP bias), SiLU-gated MLP d_mlp 96, untied
+                           lm_head, rope_theta 1e6, no sliding window.
+  models/tiny-gptj/        GPTJForCausalLM, 2 layers, d_model 64, 4 heads (d_head 16), rotary on
+                           the first 8 features of each head in adjacent pairs (rotate_every_two),
+                           one ln_1 feeding attention and the MLP in parallel, no attention
+                           biases, gelu_new MLP d_mlp 96 with biases, untied lm_head with a bias.
+  models/tiny-gemma3/       Gemma3ForCausalLM (text), 2 layers (sliding window 4, then global:
+                           sliding_window_pattern 2), d_model 64, 4 heads of 24, 2 kv
+                           heads, (1 + w) RMSNorms before and after attention and the MLP and on
+                           each head's q and k, rope base 1e4 in the sliding layers and 1e6 in
+                           the global one, query_pre_attn_scalar 20, no soft caps, tied embeddings.
   expected/<name>.safetensors  HF (eager and sdpa) logits / hidden states / attentions and
                            TransformerLens's value at every hook point (unpadded.tl.*), stored as
                            make_fixtures.py stores them.
@@ -51,8 +63,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_fixtures as mf  # noqa: E402
 
 from transformers import (  # noqa: E402
+    GPTJConfig,
+    GPTJForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPTNeoXConfig,
     MistralConfig,
     MistralForCausalLM,
@@ -120,6 +138,73 @@ def make_qwen3(seed: int):
         use_sliding_window=False,
     )
     return seeded(Qwen3ForCausalLM, cfg, seed)
+
+
+def make_qwen2(seed: int):
+    cfg = Qwen2Config(
+        **LLAMA_LIKE,
+        num_key_value_heads=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+    )
+    return seeded(Qwen2ForCausalLM, cfg, seed)
+
+
+def tl_qwen2(hf_model):
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_qwen2_weights
+
+    c = hf_model.config
+    cfg = mf.tl_llama_like_config(c, c.hidden_size // c.num_attention_heads, "Qwen2ForCausalLM")
+    return mf.load_converted(HookedTransformer(cfg), convert_qwen2_weights(hf_model, cfg))
+
+
+def make_gptj(seed: int):
+    cfg = GPTJConfig(
+        vocab_size=mf.VOCAB,
+        n_positions=64,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        rotary_dim=8,
+        n_inner=96,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return seeded(GPTJForCausalLM, cfg, seed)
+
+
+def tl_gptj(hf_model):
+    """TransformerLens's HookedTransformer for the HF model, from TL's own GPT-J conversion (which
+    ties ln2 to ln1: GPT-J's one ln_1 feeds both attention and the MLP)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gptj_weights
+
+    c = hf_model.config
+    cfg = HookedTransformerConfig(
+        d_model=c.n_embd,
+        d_head=c.n_embd // c.n_head,
+        n_heads=c.n_head,
+        d_mlp=c.n_inner,
+        n_layers=c.n_layer,
+        n_ctx=c.n_positions,
+        eps=c.layer_norm_epsilon,
+        d_vocab=c.vocab_size,
+        act_fn=c.activation_function,
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=True,
+        rotary_dim=c.rotary_dim,
+        parallel_attn_mlp=True,
+        original_architecture="GPTJForCausalLM",
+        **mf.TL_COMMON,
+    )
+    return mf.load_converted(HookedTransformer(cfg), convert_gptj_weights(hf_model, cfg))
 
 
 def make_phi3(seed: int):
@@ -195,46 +280,75 @@ def tl_mistral(hf_model):
     return mf.load_converted(HookedTransformer(cfg), convert_mistral_weights(hf_model, cfg))
 
 
+# The shape the Gemma reference models share: head_dim and query_pre_attn_scalar both differ
+# from d_model / n_heads; layer 0 slides (window 4), layer 1 is global.
+GEMMA_LIKE = dict(
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=24,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    vocab_size=mf.VOCAB,
+    max_position_embeddings=64,
+    hidden_activation="gelu_pytorch_tanh",
+    query_pre_attn_scalar=20,
+    sliding_window=4,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
 def make_gemma2(seed: int):
-    # Soft caps small enough to bend these random models' scores and logits; head_dim and
-    # query_pre_attn_scalar both differ from d_model / n_heads; layer 0 slides, layer 1 is global.
+    # Soft caps small enough to bend these random models' scores and logits.
     cfg = Gemma2Config(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=24,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        vocab_size=mf.VOCAB,
-        max_position_embeddings=64,
-        hidden_activation="gelu_pytorch_tanh",
-        query_pre_attn_scalar=20,
-        sliding_window=4,
+        **GEMMA_LIKE,
         attn_logit_softcapping=2.0,
         final_logit_softcapping=15.0,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
     )
     return seeded(Gemma2ForCausalLM, cfg, seed)
 
 
-def tl_gemma2(hf_model):
+def make_gemma3(seed: int):
+    # The sliding layer rotates with base 1e4, the global one with 1e6.
+    cfg = Gemma3TextConfig(
+        **GEMMA_LIKE,
+        sliding_window_pattern=2,
+        rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    )
+    return seeded(Gemma3ForCausalLM, cfg, seed)
+
+
+def tl_gemma(hf_model):
+    """TransformerLens's HookedTransformer for a Gemma-2 or Gemma-3 model, from TL's own
+    conversion (Gemma-3 adds per-head q/k norms and a second rope base)."""
     from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
 
     c = hf_model.config
+    if c.model_type == "gemma2":
+        extra = dict(attn_scores_soft_cap=c.attn_logit_softcapping,
+                     output_logits_soft_cap=c.final_logit_softcapping)
+        architecture = "Gemma2ForCausalLM"
+    else:
+        rp = c.rope_parameters
+        extra = dict(use_qk_norm=True, rotary_base=rp["full_attention"]["rope_theta"],
+                     rotary_base_local=rp["sliding_attention"]["rope_theta"])
+        architecture = "Gemma3ForCausalLM"
     cfg = mf.tl_llama_like_config(
-        c, c.head_dim, "Gemma2ForCausalLM",
+        c, c.head_dim, architecture,
         use_local_attn=True, window_size=c.sliding_window,
         attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
         attn_scale=c.query_pre_attn_scalar ** 0.5,
-        attn_scores_soft_cap=c.attn_logit_softcapping,
-        output_logits_soft_cap=c.final_logit_softcapping,
-        use_normalization_before_and_after=True)
+        use_normalization_before_and_after=True,
+        **extra)
     return mf.load_converted(HookedTransformer(cfg), convert_gemma_weights(hf_model, cfg))
 
 
@@ -287,8 +401,8 @@ def tl_pythia(hf_model):
 
 @torch.inference_mode()
 def tl_references(name: str, hf_model, inputs: dict, hf_out: dict) -> dict[str, torch.Tensor]:
-    tl = {"gpt_neox": tl_pythia, "qwen3": tl_qwen3, "phi3": tl_phi3, "olmo2": tl_olmo2,
-          "mistral": tl_mistral, "gemma2": tl_gemma2}[hf_model.config.model_type](hf_model)
+    tl = {"gpt_neox": tl_pythia, "gptj": tl_gptj, "qwen2": tl_qwen2, "qwen3": tl_qwen3, "phi3": tl_phi3, "olmo2": tl_olmo2,
+          "mistral": tl_mistral, "gemma2": tl_gemma, "gemma3_text": tl_gemma}[hf_model.config.model_type](hf_model)
     ids = inputs["unpadded.input_ids"]
     logits, cache = tl.run_with_cache(ids)
     e = mf.check(f"{name} TL logits vs HF", logits, hf_out["unpadded.hf.logits"], mf.FP32_INTERNAL)
@@ -339,8 +453,9 @@ def build(name: str, model, seed_inputs: int, meta: dict) -> dict[str, torch.Ten
     model = model.eval()
     d = mf.save_model(model, name, None)
     loaded = {}
-    # Gemma-2's soft cap has no sdpa path in HF: its eager run is the reference for everything.
-    impls = ("eager",) if model.config.model_type == "gemma2" else ("sdpa", "eager")
+    # Gemma-2's soft cap has no sdpa path in HF, and GPT-J has none at all: their eager runs are
+    # the reference for everything.
+    impls = ("eager",) if model.config.model_type in ("gemma2", "gptj") else ("sdpa", "eager")
     for impl in impls:
         m = type(model).from_pretrained(d, attn_implementation=impl, dtype=torch.float32).eval()
         for (n1, p1), (n2, p2) in zip(model.state_dict().items(), m.state_dict().items()):
@@ -353,7 +468,17 @@ def build(name: str, model, seed_inputs: int, meta: dict) -> dict[str, torch.Ten
     hf_out = mf.hf_references(name, ref, eager, inputs, mf.FP32_INTERNAL)
     tensors.update(hf_out)
     tensors.update(tl_references(name, ref, inputs, hf_out))
-    tensors["hf.rope.inv_freq"] = ref.base_model.rotary_emb.inv_freq
+    if model.config.model_type == "gemma3_text":
+        # One inverse-frequency buffer per layer type.
+        for kind in ("sliding_attention", "full_attention"):
+            tensors[f"hf.rope.{kind}.inv_freq"] = getattr(ref.model.rotary_emb, f"{kind}_inv_freq")
+    elif model.config.model_type == "gptj":
+        # GPT-J keeps a sin|cos table per attention layer instead of a rotary_emb module.
+        half = model.config.rotary_dim // 2
+        tensors["hf.rope.sin"] = ref.transformer.h[0].attn.embed_positions[:, :half]
+        tensors["hf.rope.cos"] = ref.transformer.h[0].attn.embed_positions[:, half:]
+    else:
+        tensors["hf.rope.inv_freq"] = ref.base_model.rotary_emb.inv_freq
     tensors = {k: mf.to_store(v) for k, v in sorted(tensors.items())}
     path = mf.EXPECTED_DIR / f"{name}.safetensors"
     save_file(tensors, str(path),
@@ -371,6 +496,9 @@ def main() -> None:
     build("tiny-olmo2", make_olmo2(1105), 3105, meta)
     build("tiny-mistral", make_mistral(1106), 3106, meta)
     build("tiny-gemma2", make_gemma2(1107), 3107, meta)
+    build("tiny-qwen2", make_qwen2(1108), 3108, meta)
+    build("tiny-gptj", make_gptj(1109), 3109, meta)
+    build("tiny-gemma3", make_gemma3(1110), 3110, meta)
     total = sum(f.stat().st_size for f in mf.FIXTURES.rglob("*") if f.is_file())
     print(f"total size of tests/fixtures: {total} bytes")
 

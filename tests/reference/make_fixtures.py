@@ -356,6 +356,8 @@ def tl_llama_like_config(c, d_head: int, architecture: str, **extra):
     on all of d_head, a gated MLP, GQA when the config has fewer kv heads."""
     from transformer_lens import HookedTransformerConfig
 
+    # Gemma-3 keeps one rope base per layer type; the others one at the top of rope_parameters.
+    rotary_base = extra.pop("rotary_base") if "rotary_base" in extra else c.rope_parameters["rope_theta"]
     return HookedTransformerConfig(
         d_model=c.hidden_size,
         d_head=d_head,
@@ -373,7 +375,7 @@ def tl_llama_like_config(c, d_head: int, architecture: str, **extra):
         positional_embedding_type="rotary",
         rotary_adjacent_pairs=False,
         rotary_dim=d_head,
-        rotary_base=c.rope_parameters["rope_theta"],
+        rotary_base=rotary_base,
         final_rms=True,
         gated_mlp=True,
         original_architecture=architecture,
