@@ -27,7 +27,13 @@ void FillModelInfo(const ServedModel& served, bool with_hooks, glassbox::v1::Mod
   info->set_device(served.device);
   info->set_has_tokenizer(served.tokenizer != nullptr);
   info->set_parallel_attn_mlp(c.parallel_attn_mlp);
-  info->set_rotary_dim(c.positional == PositionalKind::kRotary ? c.rotary_dim : 0);
+  if (c.positional == PositionalKind::kRotary) {
+    info->set_rotary_dim(c.rotary_dim);
+    info->set_rotary_adjacent_pairs(c.rotary_adjacent_pairs);
+    info->set_rope_theta(c.rope_theta);
+    info->set_rope_local_theta(c.rope_local_theta);
+  }
+  info->set_unembed_bias(c.unembed_bias);
   info->set_attn_softcap(c.attn_softcap);
   info->set_final_softcap(c.final_softcap);
   if (c.sliding_window > 0) {

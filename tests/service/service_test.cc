@@ -653,7 +653,9 @@ TEST(ModelInfoTest, ReportsBlockShapeAndWindows) {
   auto store = ModelStore::Load({{"gpt2", FixturePath("models/tiny-gpt2")},
                                  {"pythia", FixturePath("models/tiny-pythia")},
                                  {"mistral", FixturePath("models/tiny-mistral")},
-                                 {"gemma2", FixturePath("models/tiny-gemma2")}},
+                                 {"gemma2", FixturePath("models/tiny-gemma2")},
+                                 {"gptj", FixturePath("models/tiny-gptj")},
+                                 {"gemma3", FixturePath("models/tiny-gemma3")}},
                                 std::make_shared<CpuBackend>(), "cpu");
   ASSERT_TRUE(store.ok()) << store.status();
   InProcessServer server(*std::move(store), ServiceLimits{});
@@ -679,6 +681,18 @@ TEST(ModelInfoTest, ReportsBlockShapeAndWindows) {
   EXPECT_THAT(gemma2.attention_windows(), ::testing::ElementsAre(4, 0));
   EXPECT_EQ(gemma2.attn_softcap(), 2);
   EXPECT_EQ(gemma2.final_softcap(), 15);
+  EXPECT_FALSE(gemma2.rotary_adjacent_pairs() || gemma2.unembed_bias());
+  EXPECT_EQ(gemma2.rope_local_theta(), 0);
+  const pb::ModelInfo gptj = info("gptj"), gemma3 = info("gemma3");
+  EXPECT_TRUE(gptj.rotary_adjacent_pairs());
+  EXPECT_TRUE(gptj.unembed_bias());
+  EXPECT_TRUE(gptj.parallel_attn_mlp());
+  EXPECT_EQ(gptj.rotary_dim(), 8);
+  EXPECT_EQ(gptj.rope_theta(), 10000);
+  EXPECT_EQ(gemma3.rope_theta(), 1e6);
+  EXPECT_EQ(gemma3.rope_local_theta(), 1e4);
+  EXPECT_THAT(gemma3.attention_windows(), ::testing::ElementsAre(4, 0));
+  EXPECT_EQ(gpt2.rope_theta(), 0);
 }
 
 // A client that cancels mid-stream stops its run; the server then serves others normally.

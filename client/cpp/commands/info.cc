@@ -45,6 +45,12 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
   out << absl::StrFormat("dtype         %s\n", client::DTypeName(m.dtype()));
   out << absl::StrFormat("device        %s\n", m.device());
   if (m.rotary_dim() > 0) out << absl::StrFormat("rotary dim    %d\n", m.rotary_dim());
+  if (m.rotary_adjacent_pairs()) out << "rotary pairs  adjacent (2j, 2j+1), as GPT-J\n";
+  if (m.rope_local_theta() > 0) {
+    out << absl::StrFormat("rope bases    %g (global layers), %g (sliding-window layers)\n",
+                           m.rope_theta(), m.rope_local_theta());
+  }
+  if (m.unembed_bias()) out << "unembed       with a bias (b_U)\n";
   if (m.attention_windows_size() > 0) {
     out << absl::StrFormat("windows       %s (per layer; 0 = full attention)\n",
                            absl::StrJoin(m.attention_windows(), " "));

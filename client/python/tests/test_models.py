@@ -51,3 +51,11 @@ def test_model_info_has_hook_points_in_forward_order(client):
     k = llama.info.hook_point("blocks.0.attn.hook_k")
     assert k.dim_names == ("batch", "pos", "kv_head_index", "d_head")
     assert k.shape == (None, None, 2, 16)
+
+
+def test_model_info_describes_the_rotary_embedding(client):
+    gpt2, llama = client.model("tiny-gpt2").info, client.model("tiny-llama").info
+    assert (gpt2.rotary_dim, gpt2.rope_theta) == (0, 0.0)  # learned positions
+    assert (llama.rotary_dim, llama.rope_theta, llama.rope_local_theta) == (16, 10000.0, 0.0)
+    assert llama.rotary_adjacent_pairs is False
+    assert gpt2.unembed_bias is False and llama.unembed_bias is False

@@ -97,6 +97,14 @@ class ModelInfo:
     #: so ``hook_attn_scores`` holds capped scores) and of the logits; 0 means none.
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
+    #: Rotary models: features (2j, 2j + 1) rotate together (GPT-J; TransformerLens's
+    #: ``rotary_adjacent_pairs``) instead of (j, j + rotary_dim / 2).
+    rotary_adjacent_pairs: bool = False
+    #: The rotary base, and Gemma-3's second base of its sliding-window layers (0: one base).
+    rope_theta: float = 0.0
+    rope_local_theta: float = 0.0
+    #: The unembedding adds a bias (GPT-J's ``lm_head``; TransformerLens's ``b_U``).
+    unembed_bias: bool = False
     #: Every hook point, in forward order. Empty in ``Client.models()``; ``Client.model(name)``
     #: and ``Client.model_info(name)`` fill it.
     hook_points: Tuple[HookPoint, ...] = ()
@@ -132,6 +140,10 @@ class ModelInfo:
             attention_windows=tuple(m.attention_windows),
             attn_softcap=m.attn_softcap,
             final_softcap=m.final_softcap,
+            rotary_adjacent_pairs=m.rotary_adjacent_pairs,
+            rope_theta=m.rope_theta,
+            rope_local_theta=m.rope_local_theta,
+            unembed_bias=m.unembed_bias,
             hook_points=tuple(HookPoint.from_proto(h) for h in m.hook_points),
         )
 
