@@ -29,6 +29,7 @@
 #include "kernels/cuda/cuda_probe.h"
 #include "nlohmann/json.hpp"
 #include "server/service/glassbox_service.h"
+#include "server/service/server_credentials.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address to serve on; port 0 picks a free port");
 ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda");
@@ -36,12 +37,18 @@ ABSL_FLAG(std::string, dtype, "auto", "weights and activations: auto (bf16 on CU
 ABSL_FLAG(std::string, config, "",
           "JSON config file: {\"models\": {NAME: DIR}, \"saes\": {NAME: "
           "\"PATH@MODEL[:HOOK]\" or {\"path\", \"model\", \"hook\", "
-          "\"norm_scaling_factor\"}}, \"listen\": ADDR, \"api_keys\": FILE, \"limits\": "
+          "\"norm_scaling_factor\"}}, \"listen\": ADDR, \"api_keys\": FILE, \"tls_cert\" / \"tls_key\" / \"tls_client_ca\": FILE, \"limits\": "
           "{...}}; flags given on the command line win");
 ABSL_FLAG(std::string, api_keys, "",
           "JSON file of API keys: {\"keys\": [{\"name\", \"key\", \"admin\", \"quota\": "
           "{...}}]}; every RPC but health then needs \"authorization: Bearer KEY\". Re-read on "
           "SIGHUP. Unset: the server is open to anyone who reaches it");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain to serve TLS with (with --tls_key); unset: plaintext");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM root certificates: with it, every client must present a certificate they signed "
+          "(mutual TLS)");
 ABSL_FLAG(int64_t, max_batch, 1024, "most rows in one Run");
 ABSL_FLAG(int64_t, max_tokens, 1 << 16, "most (padded) tokens in one Run");
 ABSL_FLAG(int64_t, max_response_bytes, int64_t{8} << 30, "most tensor bytes one Run may stream");
@@ -113,6 +120,7 @@ struct ServerSettings {
   std::vector<SaeSpec> saes;
   std::string listen;
   std::string api_keys;  // the keys file; empty: open
+  TlsFiles tls;
   ServiceLimits limits;
 };
 
@@ -135,6 +143,9 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   ServerSettings s;
   s.listen = absl::GetFlag(FLAGS_listen);
   s.api_keys = absl::GetFlag(FLAGS_api_keys);
+  s.tls = {.cert = absl::GetFlag(FLAGS_tls_cert),
+           .key = absl::GetFlag(FLAGS_tls_key),
+           .client_ca = absl::GetFlag(FLAGS_tls_client_ca)};
   s.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   s.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens);
   s.limits.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
@@ -179,6 +190,14 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
             absl::StrCat(path, ": \"api_keys\" must be the path of a keys file"));
       }
       if (!given.count("api_keys")) s.api_keys = json["api_keys"].get<std::string>();
+    }
+    for (auto [key, field] : {std::pair{"tls_cert", &s.tls.cert}, std::pair{"tls_key", &s.tls.key},
+                              std::pair{"tls_client_ca", &s.tls.client_ca}}) {
+      if (!json.contains(key)) continue;
+      if (!json[key].is_string() || json[key].get<std::string>().empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" must be a file path"));
+      }
+      if (!given.count(key)) *field = json[key].get<std::string>();
     }
     if (json.contains("limits") && json["limits"].is_object()) {
       const auto& l = json["limits"];
@@ -316,6 +335,12 @@ int Main(int argc, char** argv) {
                  std::string(keys.status().message()).c_str());
     return 2;
   }
+  auto credentials = MakeServerCredentials(settings->tls);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "glassboxd: %s\n", std::string(credentials.status().message()).c_str());
+    return 2;
+  }
+  std::fprintf(stderr, "glassboxd: transport: %s\n", DescribeTransport(settings->tls).c_str());
   auto backend = ChooseBackend();
   if (!backend.ok()) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(backend.status().message()).c_str());
@@ -356,7 +381,7 @@ int Main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(settings->listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(settings->listen, *credentials, &port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {

@@ -1,6 +1,7 @@
 // glassboxd as a process: it reports ready, answers the standard health check, serves, and on
 // SIGTERM finishes the run in flight, refuses new ones and exits 0. With --api_keys (or the
-// config's "api_keys") it needs a key on every RPC but health and re-reads the file on SIGHUP.
+// config's "api_keys") it needs a key on every RPC but health and re-reads the file on SIGHUP;
+// with --tls_cert / --tls_key it serves TLS, and with --tls_client_ca mutual TLS.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -293,6 +294,88 @@ TEST(Glassboxd, BadKeysFileStopsTheStart) {
   EXPECT_NE(bad_config.log().find(R"("api_keys" must be the path of a keys file)"),
             std::string::npos)
       << bad_config.log();
+}
+
+// The TLS test certificates (tests/fixtures/tls/make_certs.sh): a CA, a server certificate for
+// localhost / 127.0.0.1 and a client certificate, both signed by it.
+std::string TlsFile(const std::string& name) { return testing::FixturePath("tls/" + name); }
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// ListModels over TLS trusting the test CA, presenting the client certificate when asked.
+grpc::Status ListModelsOverTls(const std::string& address, bool client_certificate) {
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadText(TlsFile("ca.pem"));
+  if (client_certificate) {
+    ssl.pem_cert_chain = ReadText(TlsFile("client.pem"));
+    ssl.pem_private_key = ReadText(TlsFile("client.key"));
+  }
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride("localhost");
+  auto channel = grpc::CreateCustomChannel(address, grpc::SslCredentials(ssl), args);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  pb::ListModelsResponse response;
+  return pb::Glassbox::NewStub(channel)->ListModels(&context, {}, &response);
+}
+
+grpc::Status ListModelsInPlaintext(const std::string& address) {
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  pb::ListModelsResponse response;
+  return pb::Glassbox::NewStub(channel)->ListModels(&context, {}, &response);
+}
+
+TEST(Glassboxd, ServesTlsAndMutualTls) {
+  const std::string gpt2 = "gpt2=" + testing::FixturePath("models/tiny-gpt2");
+  {
+    ServerProcess server({"--model", gpt2, "--listen", "127.0.0.1:0", "--device", "cpu",
+                          "--tls_cert", TlsFile("server.pem"), "--tls_key", TlsFile("server.key")});
+    ASSERT_FALSE(server.address().empty()) << server.log();
+    EXPECT_NE(server.log().find("glassboxd: transport: TLS with " + TlsFile("server.pem")),
+              std::string::npos)
+        << server.log();
+    EXPECT_TRUE(ListModelsOverTls(server.address(), /*client_certificate=*/false).ok());
+    EXPECT_FALSE(ListModelsInPlaintext(server.address()).ok());
+  }
+  {
+    // The same from the config file, with client certificates required.
+    const std::string config = ::testing::TempDir() + "/glassboxd_mtls_config.json";
+    WriteFile(config, R"({"tls_cert": ")" + TlsFile("server.pem") + R"(", "tls_key": ")" +
+                          TlsFile("server.key") + R"(", "tls_client_ca": ")" + TlsFile("ca.pem") +
+                          R"("})");
+    ServerProcess server({"--model", gpt2, "--listen", "127.0.0.1:0", "--device", "cpu",
+                          "--config", config});
+    ASSERT_FALSE(server.address().empty()) << server.log();
+    EXPECT_NE(server.log().find("glassboxd: transport: mutual TLS"), std::string::npos)
+        << server.log();
+    EXPECT_TRUE(ListModelsOverTls(server.address(), /*client_certificate=*/true).ok());
+    EXPECT_FALSE(ListModelsOverTls(server.address(), /*client_certificate=*/false).ok());
+    EXPECT_FALSE(ListModelsInPlaintext(server.address()).ok());
+  }
+}
+
+TEST(Glassboxd, BadTlsFilesStopTheStart) {
+  const std::string gpt2 = "gpt2=" + testing::FixturePath("models/tiny-gpt2");
+  ServerProcess no_key({"--model", gpt2, "--listen", "127.0.0.1:0", "--tls_cert",
+                        TlsFile("server.pem")});
+  EXPECT_EQ(no_key.WaitExit(10), 2);
+  EXPECT_NE(no_key.log().find("TLS needs both --tls_cert"), std::string::npos) << no_key.log();
+
+  ServerProcess not_pem({"--model", gpt2, "--listen", "127.0.0.1:0", "--tls_cert",
+                         TlsFile("server.pem"), "--tls_key", TlsFile("make_certs.sh")});
+  EXPECT_EQ(not_pem.WaitExit(10), 2);
+  EXPECT_NE(not_pem.log().find("--tls_key: " + TlsFile("make_certs.sh") + " holds no PEM block"),
+            std::string::npos)
+      << not_pem.log();
+
+  ServerProcess missing({"--model", gpt2, "--listen", "127.0.0.1:0", "--tls_cert",
+                         TlsFile("server.pem"), "--tls_key", TlsFile("nope.key")});
+  EXPECT_EQ(missing.WaitExit(10), 2);
+  EXPECT_NE(missing.log().find("--tls_key: cannot open"), std::string::npos) << missing.log();
 }
 
 }  // namespace

@@ -1,0 +1,38 @@
+"""A glassboxd serving TLS (--tls_cert / --tls_key): ``glassbox.connect(root_certificates=...)``
+reaches it, a plaintext client does not (docs/service.md, "TLS"). The certificates are the
+committed test ones (tests/fixtures/tls/make_certs.sh), issued for localhost and 127.0.0.1."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from _helpers import FIXTURES
+from conftest import Server, start_glassboxd, stop_glassboxd
+
+import glassbox
+
+TLS = FIXTURES / "tls"
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[Server]:
+    server = start_glassboxd([
+        "--model", f"tiny-gpt2={FIXTURES / 'models' / 'tiny-gpt2'}",
+        "--tls_cert", str(TLS / "server.pem"), "--tls_key", str(TLS / "server.key"),
+    ])
+    yield server
+    stop_glassboxd(server)
+
+
+def test_tls_client_trusting_the_ca_is_served(tls_server: Server) -> None:
+    for roots in (TLS / "ca.pem", (TLS / "ca.pem").read_bytes()):
+        with glassbox.connect(tls_server.address, root_certificates=roots, timeout=30) as client:
+            assert [m.name for m in client.models()] == ["tiny-gpt2"]
+
+
+def test_plaintext_client_is_not_served(tls_server: Server) -> None:
+    with glassbox.connect(tls_server.address, timeout=5) as client:
+        with pytest.raises(glassbox.GlassboxError):
+            client.models()
