@@ -32,6 +32,11 @@ SweepShape ShapeOf(SweepKind kind) {
   return {HookKind::kResidPre, true, false};
 }
 
+// Heads a by-head sweep of `kind` patches: the kv heads for k and v.
+int64_t HeadsOf(const ModelConfig& c, SweepKind kind) {
+  return kind == SweepKind::kKAllPos || kind == SweepKind::kVAllPos ? c.n_kv_heads : c.n_heads;
+}
+
 // Keeps host f32 copies of captured values by layer.
 class LayerValues : public CaptureSink {
  public:
@@ -96,6 +101,12 @@ double Mean(const std::vector<double>& v, size_t begin, size_t count) {
 
 }  // namespace
 
+int64_t SweepCells(const ModelConfig& config, SweepKind kind, int64_t positions) {
+  const SweepShape shape = ShapeOf(kind);
+  return config.n_layers * (shape.by_position ? positions : 1) *
+         (shape.by_head ? HeadsOf(config, kind) : 1);
+}
+
 absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
                                                 const PatchingRequest& request) {
   const ModelConfig& c = model.config();
@@ -123,8 +134,7 @@ absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
         "this model has no hook_resid_mid (its attention and MLP run in parallel); sweep "
         "resid_pre, resid_post, attn_out or mlp_out instead");
   }
-  const int64_t heads = request.kind == SweepKind::kKAllPos || request.kind == SweepKind::kVAllPos
-                            ? c.n_kv_heads : c.n_heads;
+  const int64_t heads = HeadsOf(c, request.kind);
 
   // The clean run, keeping the swept hook at every layer.
   HookPlan clean_plan(hooks);

@@ -51,6 +51,11 @@ struct PatchingResult {
   int forward_passes = 0;
 };
 
+// The cells a sweep of `kind` patches over inputs of `positions` tokens: layers x positions,
+// layers x heads or layers x positions x heads (kv heads for the k and v sweeps). Each cell is
+// one patched copy of the corrupted batch, so this is what a sweep costs; the service bounds it.
+int64_t SweepCells(const ModelConfig& config, SweepKind kind, int64_t positions);
+
 absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
                                                 const PatchingRequest& request);
 

@@ -110,6 +110,14 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   }
   // One pass holds at most the server's token budget.
   const int64_t seq = clean->tokens.dim(1);
+  const int64_t cells = SweepCells((*served)->model->config(), *kind, seq);
+  if (cells > limits.max_sweep_cells) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the sweep patches ", cells, " cells (", pb::SweepKind_Name(request->kind()),
+                     " over ", seq, " positions); this server allows ", limits.max_sweep_cells,
+                     " (--max_sweep_cells): sweep fewer positions, or heads over all positions"));
+  }
   int64_t rows = request->max_rows_per_pass() > 0 ? request->max_rows_per_pass() : 256;
   rows =
       std::max<int64_t>(clean->tokens.dim(0), std::min(rows, limits.max_tokens_per_request / seq));

@@ -134,6 +134,8 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
   auto caller = Admit(context, CallKind::kDevice);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto stream = streams_.Acquire();
+  if (!stream.ok()) return ToGrpcStatus(stream.status());
   const ServiceLimits& limits = caller->limits();
   if (auto s = CheckEditsForGeneration(*request); !s.ok()) return ToGrpcStatus(s);
   pb::RunRequest as_run;

@@ -125,6 +125,8 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
   if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
   auto caller = Admit(context, CallKind::kDevice);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto stream = streams_.Acquire();
+  if (!stream.ok()) return ToGrpcStatus(stream.status());
   const CacheAccess& cache = caller->cache();
   auto plan = BuildRunPlan(*request, store_, caller->limits(), cache);
   if (!plan.ok()) return ToGrpcStatus(plan.status());

@@ -13,6 +13,7 @@
 #include "server/service/executor.h"
 #include "server/service/model_store.h"
 #include "server/service/run_plan.h"
+#include "server/service/stream_limit.h"
 
 namespace glassbox {
 
@@ -28,7 +29,8 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
         limits_(std::move(limits)),
         run_cache_(limits_.cache, clock),
         quotas_(clock),
-        gatekeeper_(keys, &quotas_, &limits_, &run_cache_) {}
+        gatekeeper_(keys, &quotas_, &limits_, &run_cache_),
+        streams_(limits_.max_concurrent_streams) {}
 
   // New runs are refused with UNAVAILABLE; in-flight ones finish.
   void StartDraining() { draining_ = true; }
@@ -95,6 +97,7 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
   RunCache run_cache_;
   QuotaTracker quotas_;
   Gatekeeper gatekeeper_;
+  StreamLimit streams_;
   std::atomic<bool> draining_{false};
 };
 

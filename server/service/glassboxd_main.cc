@@ -53,6 +53,10 @@ ABSL_FLAG(int64_t, max_batch, 1024, "most rows in one Run");
 ABSL_FLAG(int64_t, max_tokens, 1 << 16, "most (padded) tokens in one Run");
 ABSL_FLAG(int64_t, max_response_bytes, int64_t{8} << 30, "most tensor bytes one Run may stream");
 ABSL_FLAG(int64_t, stream_buffer_bytes, 16 << 20, "bytes buffered per stream before the worker waits for the reader");
+ABSL_FLAG(int64_t, max_concurrent_streams, 256,
+          "Run and Generate streams open at once; past it a new one is RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_sweep_cells, 1 << 18,
+          "cells one PatchingSweep may patch (layers x positions x heads, as its kind has them)");
 ABSL_FLAG(int64_t, cache_max_bytes, int64_t{1} << 30,
           "bytes of cached runs (RunRequest.keep) each API key may hold (one budget for all "
           "clients without --api_keys); a key's cache_bytes quota may lower it");
@@ -150,6 +154,8 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   s.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens);
   s.limits.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
   s.limits.stream_buffer_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_stream_buffer_bytes));
+  s.limits.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  s.limits.max_sweep_cells = absl::GetFlag(FLAGS_max_sweep_cells);
   int64_t default_ttl_s = absl::GetFlag(FLAGS_cache_default_ttl_s);
   int64_t max_ttl_s = absl::GetFlag(FLAGS_cache_max_ttl_s);
   s.limits.cache.max_bytes = absl::GetFlag(FLAGS_cache_max_bytes);
@@ -213,7 +219,14 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
       from_file("cache_max_entries", "cache_max_entries", s.limits.cache.max_entries);
       from_file("cache_default_ttl_s", "cache_default_ttl_s", default_ttl_s);
       from_file("cache_max_ttl_s", "cache_max_ttl_s", max_ttl_s);
+      from_file("max_concurrent_streams", "max_concurrent_streams",
+                s.limits.max_concurrent_streams);
+      from_file("max_sweep_cells", "max_sweep_cells", s.limits.max_sweep_cells);
     }
+  }
+  if (s.limits.max_concurrent_streams < 1 || s.limits.max_sweep_cells < 1) {
+    return absl::InvalidArgumentError(
+        "--max_concurrent_streams and --max_sweep_cells must be at least 1");
   }
   if (default_ttl_s <= 0 || max_ttl_s < default_ttl_s || s.limits.cache.max_bytes < 0 ||
       s.limits.cache.max_entries < 0) {

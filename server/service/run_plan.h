@@ -29,6 +29,8 @@ struct ServiceLimits {
   uint32_t default_chunk_bytes = 1 << 20;
   uint32_t max_chunk_bytes = 4 << 20;
   size_t stream_buffer_bytes = size_t{16} << 20;  // per stream, between worker and writer
+  int64_t max_concurrent_streams = 256;           // Run and Generate streams open at once
+  int64_t max_sweep_cells = 1 << 18;              // cells one PatchingSweep patches
   RunCacheLimits cache;
 
   // "this server allows N (--max_response_bytes)", or the key's quota: what a response over the

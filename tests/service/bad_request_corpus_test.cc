@@ -174,6 +174,7 @@ class BadRequestCorpusTest : public ::testing::Test {
     limits.max_tokens_per_request = 64;
     limits.max_response_bytes = 16 << 10;
     limits.stream_buffer_bytes = 64 << 10;
+    limits.max_sweep_cells = 64;
     limits.cache.max_bytes = 32 << 10;
     limits.cache.max_entries = 4;
     limits.cache.max_ttl = absl::Hours(1);
@@ -756,6 +757,15 @@ TEST_F(BadRequestCorpusTest, PatchingSweep) {
       {"resid_mid of a parallel block", [](auto& r) { r.set_model("pythia"); r.set_kind(pb::SWEEP_RESID_MID); }, kInvalid, "this model has no hook_resid_mid (its attention and MLP run in parallel)"},
       {"negative max_rows_per_pass", [](auto& r) { r.set_max_rows_per_pass(-1); }, kInvalid, "max_rows_per_pass is -1; it must be >= 0 (0 = the server's choice)"},
       {"over the batch limit", [](auto& r) { for (int b = 0; b < 8; ++b) { AddRow(r.mutable_clean(), {1, 2, 3}); AddRow(r.mutable_corrupted(), {1, 2, 3}); } }, kExhausted, "clean: the batch has 9 rows; this server allows 8 (--max_batch)"},
+      {"over the cell limit",
+       [](auto& r) {
+         r.set_kind(pb::SWEEP_HEAD_OUT_BY_POS);  // 2 layers x 12 positions x 4 heads
+         r.clear_clean();
+         r.clear_corrupted();
+         AddRow(r.mutable_clean(), {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12});
+         AddRow(r.mutable_corrupted(), {12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1});
+       },
+       kExhausted, "the sweep patches 96 cells (SWEEP_HEAD_OUT_BY_POS over 12 positions); this server allows 64 (--max_sweep_cells)"},
   };
   Check<pb::PatchingSweepRequest>("PatchingSweep", GoodSweep, Call(&pb::Glassbox::Stub::PatchingSweep), cases);
 }

@@ -720,6 +720,55 @@ TEST_F(ServiceTest, CancelledClientStopsItsRun) {
   EXPECT_TRUE(Run(after).status.ok());
 }
 
+// --max_concurrent_streams: while one Run's reader holds its stream open, a second stream on a
+// server allowing one is refused at once; once the first has finished, streams are served again.
+TEST(StreamLimitTest, AStreamPastTheBoundIsRefusedUntilOneFinishes) {
+  auto store = ModelStore::Load({{"gpt2", FixturePath("models/tiny-gpt2")}},
+                                std::make_shared<CpuBackend>(), "cpu");
+  ASSERT_TRUE(store.ok()) << store.status();
+  ServiceLimits limits;
+  limits.stream_buffer_bytes = 4 << 10;
+  limits.max_concurrent_streams = 1;
+  InProcessServer server(*std::move(store), limits);
+  auto stub = pb::Glassbox::NewStub(server.channel());
+  pb::RunRequest request;
+  request.set_model("gpt2");
+  for (int b = 0; b < 2; ++b) AddIds(request.mutable_inputs()->add_token_ids(), {1, 2, 3, 4, 5, 6, 7, 8});
+  request.add_captures()->set_hook("*");
+  request.set_chunk_bytes(256);
+  grpc::ClientContext context;
+  auto reader = stub->Run(&context, request);
+  pb::RunResponse response;
+  ASSERT_TRUE(reader->Read(&response));  // the header: the first stream is open
+
+  pb::RunRequest small;
+  small.set_model("gpt2");
+  AddIds(small.mutable_inputs()->add_token_ids(), {1, 2});
+  small.mutable_outputs()->set_logits(pb::LOGITS_LAST);
+  const Received refused = ReadRun(server.channel(), small);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.status.error_message(),
+              ::testing::HasSubstr("1 streams (Run, Generate) are open; this server allows 1 at "
+                                   "once (--max_concurrent_streams)"));
+  {
+    grpc::ClientContext generate_context;
+    pb::GenerateRequest generate;
+    generate.set_model("gpt2");
+    AddIds(generate.mutable_inputs()->add_token_ids(), {1, 2});
+    generate.set_max_new_tokens(1);
+    auto generated = stub->Generate(&generate_context, generate);
+    pb::GenerateResponse step;
+    while (generated->Read(&step)) {
+    }
+    EXPECT_EQ(generated->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+
+  while (reader->Read(&response)) {
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(ReadRun(server.channel(), small).status.ok());
+}
+
 // A reader that does not read holds its own run back: the worker blocks on the bounded buffer
 // instead of queueing the whole response in memory.
 TEST_F(ServiceTest, SlowReaderIsBoundedAndStillGetsEverything) {
