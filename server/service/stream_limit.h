@@ -36,9 +36,9 @@ class StreamLimit {
     const int64_t before = open_.fetch_add(1);
     if (before >= max_open_) {
       open_.fetch_sub(1);
-      return absl::ResourceExhaustedError(absl::StrCat(
-          before, " streams (Run, Generate) are open; this server allows ", max_open_,
-          " at once (--max_concurrent_streams); retry when one has finished"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(before, " streams (Run, Generate) are open; this server allows ", max_open_,
+                       " at once (--max_concurrent_streams); retry when one has finished"));
     }
     return Slot(&open_);
   }
