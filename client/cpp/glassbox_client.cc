@@ -17,10 +17,21 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
                                                         ClientOptions options) {
   if (address.empty()) return absl::InvalidArgumentError("no server address given");
   std::shared_ptr<grpc::ChannelCredentials> credentials;
-  if (options.tls || !options.tls_root_cert_path.empty()) {
+  const bool client_cert =
+      !options.tls_client_cert_path.empty() || !options.tls_client_key_path.empty();
+  if (client_cert &&
+      (options.tls_client_cert_path.empty() || options.tls_client_key_path.empty())) {
+    return absl::InvalidArgumentError(
+        "a client certificate needs both its chain (tls_client_cert) and its key (tls_client_key)");
+  }
+  if (options.tls || !options.tls_root_cert_path.empty() || client_cert) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls_root_cert_path.empty()) {
       GB_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFileToString(options.tls_root_cert_path));
+    }
+    if (client_cert) {
+      GB_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFileToString(options.tls_client_cert_path));
+      GB_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFileToString(options.tls_client_key_path));
     }
     credentials = grpc::SslCredentials(ssl);
   } else {

@@ -43,6 +43,10 @@ struct ClientOptions {
   // empty means the system's roots.
   bool tls = false;
   std::string tls_root_cert_path;
+  // A client certificate chain and its private key (PEM files), for servers that require one
+  // (glassboxd --tls_client_ca: mutual TLS). Both or neither; either implies TLS.
+  std::string tls_client_cert_path;
+  std::string tls_client_key_path;
   // Deadline of each call, counted from its start. Infinite: none.
   absl::Duration deadline = absl::InfiniteDuration();
   // When positive, Connect waits this long for the channel to become ready and fails with

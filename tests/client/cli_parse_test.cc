@@ -64,6 +64,14 @@ TEST(CliParseTest, TlsAndTimeout) {
   ASSERT_TRUE(inv.ok()) << inv.status();
   EXPECT_TRUE(inv->client.tls);
   EXPECT_EQ(inv->client.deadline, absl::Minutes(2));
+  inv = Parse({"--server", "s:1", "--tls_client_cert", "c.pem", "--tls_client_key", "c.key",
+               "models"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_TRUE(inv->client.tls);
+  EXPECT_EQ(inv->client.tls_client_cert_path, "c.pem");
+  EXPECT_EQ(inv->client.tls_client_key_path, "c.key");
+  ExpectUsageError({"--server", "s:1", "--tls_client_cert", "c.pem", "models"},
+                   "--tls_client_cert and --tls_client_key go together");
   ExpectUsageError({"--server", "s:1", "--timeout", "soon", "models"}, "not a duration");
   ExpectUsageError({"--server", "s:1", "--timeout", "0", "models"}, "positive");
 }

@@ -903,5 +903,31 @@ TEST(EndToEndApiKeys, CliSendsTheKeyAndShowsOwners) {
   std::filesystem::remove(keys);
 }
 
+// The CLI against a mutual-TLS glassboxd: --tls_root_cert with --tls_client_cert /
+// --tls_client_key is served; without the client certificate, or in plaintext, it is not.
+TEST(EndToEndTls, CliPresentsAClientCertificate) {
+  const std::string tls = absl::StrCat(kFixtures, "/tls/");
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(
+      {GLASSBOXD_PATH, "--model", absl::StrCat("tiny-gpt2=", kFixtures, "/models/tiny-gpt2"),
+       "--tls_cert", tls + "server.pem", "--tls_key", tls + "server.key", "--tls_client_ca",
+       tls + "ca.pem", "--listen", "127.0.0.1:0", "--device", "cpu"},
+      "glassboxd: listening on ", absl::Seconds(30));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(),
+                {GLASSBOX_CLI_PATH, "--server", (*server)->address(), "--timeout", "10"});
+    return RunProcess(args);
+  };
+  ProcessResult r = cli({"--tls_root_cert", tls + "ca.pem", "--tls_client_cert", tls + "client.pem",
+                         "--tls_client_key", tls + "client.key", "models"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("tiny-gpt2"));
+  r = cli({"--tls_root_cert", tls + "ca.pem", "models"});
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  r = cli({"models"});
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_EQ((*server)->Stop(), 0) << (*server)->log();
+}
+
 }  // namespace
 }  // namespace glassbox::testing

@@ -1,9 +1,11 @@
 #include "client/cpp/cli/global_flags.h"
 
 #include <optional>
+#include <utility>
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
 #include "base/status_macros.h"
@@ -21,6 +23,11 @@ constexpr Flag kFlags[] = {
     {"tls", FlagKind::kBool, "--tls", "connect with TLS, trusting the system's root certificates"},
     {"tls_root_cert", FlagKind::kValue, "--tls_root_cert FILE",
      "connect with TLS, trusting the root certificates in this PEM file"},
+    {"tls_client_cert", FlagKind::kValue, "--tls_client_cert FILE",
+     "with --tls_client_key: present this PEM certificate chain\n(servers that require client "
+     "certificates)"},
+    {"tls_client_key", FlagKind::kValue, "--tls_client_key FILE",
+     "the PEM private key of --tls_client_cert"},
     {"timeout", FlagKind::kValue, "--timeout DURATION",
      "deadline of the call: seconds, or \"30s\", \"2m\" (default: none)"},
 };
@@ -55,6 +62,17 @@ absl::Status ParseGlobalFlags(const RawCommandLine& raw, const Environment& env,
     if (cert->empty()) return UsageError("--tls_root_cert needs a file name");
     options.tls_root_cert_path = *cert;
     options.tls = true;
+  }
+  for (auto [flag, path] : {std::pair{"tls_client_cert", &options.tls_client_cert_path},
+                            std::pair{"tls_client_key", &options.tls_client_key_path}}) {
+    if (std::optional<std::string> value = raw.Value(flag)) {
+      if (value->empty()) return UsageError(absl::StrCat("--", flag, " needs a file name"));
+      *path = *value;
+      options.tls = true;
+    }
+  }
+  if (options.tls_client_cert_path.empty() != options.tls_client_key_path.empty()) {
+    return UsageError("--tls_client_cert and --tls_client_key go together");
   }
   if (std::optional<std::string> timeout = raw.Value("timeout")) {
     GB_ASSIGN_OR_RETURN(options.deadline, ParseTimeout(*timeout));

@@ -89,6 +89,8 @@ def connect(
     tls: bool = False,
     root_certificates: Union[None, bytes, str, "os.PathLike[str]"] = None,
     timeout: Optional[float] = None,
+    certificate_chain: Union[None, bytes, str, "os.PathLike[str]"] = None,
+    private_key: Union[None, bytes, str, "os.PathLike[str]"] = None,
 ) -> Client:
     """Opens a connection to a Glassbox server at ``address`` ("host:port").
 
@@ -99,9 +101,13 @@ def connect(
             unless ``root_certificates`` is given.
         root_certificates: PEM bytes, PEM text, or a path to a PEM file.
         timeout: default deadline in seconds for every call (None: no deadline).
+        certificate_chain, private_key: the client certificate and its key (PEM, as
+            ``root_certificates``; both or neither; either implies TLS), for a server started
+            with ``--tls_client_ca`` (mutual TLS).
 
     The channel connects lazily: an unreachable server shows up as ``Unavailable`` on the
     first call.
     """
-    channel = open_channel(address, tls or root_certificates is not None, root_certificates)
+    use_tls = tls or root_certificates is not None or certificate_chain is not None or private_key is not None
+    channel = open_channel(address, use_tls, root_certificates, certificate_chain, private_key)
     return Client(channel, bearer_metadata(api_key), timeout, address)

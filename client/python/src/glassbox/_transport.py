@@ -38,13 +38,27 @@ def _read_certificates(value: Certificates) -> bytes:
         return f.read()
 
 
-def open_channel(address: str, tls: bool = False, root_certificates: Optional[Certificates] = None) -> grpc.Channel:
+def open_channel(
+    address: str,
+    tls: bool = False,
+    root_certificates: Optional[Certificates] = None,
+    certificate_chain: Optional[Certificates] = None,
+    private_key: Optional[Certificates] = None,
+) -> grpc.Channel:
     """A channel to ``address`` ("host:port"): TLS verified by ``root_certificates`` (None: the
-    system's roots) when ``tls``, else plaintext. It connects lazily, on the first call."""
+    system's roots) when ``tls``, else plaintext; ``certificate_chain`` and ``private_key`` (both
+    or neither) are the client certificate a mutual-TLS server asks for. It connects lazily, on
+    the first call."""
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("a client certificate needs both certificate_chain and private_key")
     if not tls:
         return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
-    roots = _read_certificates(root_certificates) if root_certificates is not None else None
-    return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots), options=_CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_certificates(root_certificates) if root_certificates is not None else None,
+        private_key=_read_certificates(private_key) if private_key is not None else None,
+        certificate_chain=_read_certificates(certificate_chain) if certificate_chain is not None else None,
+    )
+    return grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
 
 
 def bearer_metadata(api_key: Optional[str]) -> Metadata:
