@@ -55,6 +55,9 @@ ABSL_FLAG(int64_t, max_response_bytes, int64_t{8} << 30, "most tensor bytes one 
 ABSL_FLAG(int64_t, stream_buffer_bytes, 16 << 20, "bytes buffered per stream before the worker waits for the reader");
 ABSL_FLAG(int64_t, max_concurrent_streams, 256,
           "Run and Generate streams open at once; past it a new one is RESOURCE_EXHAUSTED");
+ABSL_FLAG(int32_t, max_request_bytes, 4 << 20,
+          "largest request message gRPC accepts (intervention values and patch sources travel in "
+          "it); larger ones are RESOURCE_EXHAUSTED before the service sees them");
 ABSL_FLAG(int64_t, max_sweep_cells, 1 << 18,
           "cells one PatchingSweep may patch (layers x positions x heads, as its kind has them)");
 ABSL_FLAG(int64_t, cache_max_bytes, int64_t{1} << 30,
@@ -348,6 +351,10 @@ int Main(int argc, char** argv) {
                  std::string(keys.status().message()).c_str());
     return 2;
   }
+  if (absl::GetFlag(FLAGS_max_request_bytes) < 1) {
+    std::fprintf(stderr, "glassboxd: --max_request_bytes must be at least 1\n");
+    return 2;
+  }
   auto credentials = MakeServerCredentials(settings->tls);
   if (!credentials.ok()) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(credentials.status().message()).c_str());
@@ -395,6 +402,7 @@ int Main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(settings->listen, *credentials, &port);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_request_bytes));
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {

@@ -177,6 +177,35 @@ TEST(Glassboxd, BadFlagsExitWithAMessage) {
   EXPECT_NE(bad_spec.log().find("NAME=PATH@MODEL"), std::string::npos) << bad_spec.log();
 }
 
+// --max_request_bytes bounds the request messages gRPC accepts: a larger one is
+// RESOURCE_EXHAUSTED before the service sees it, and the server goes on serving.
+TEST(Glassboxd, RequestsOverMaxRequestBytesAreRefused) {
+  ServerProcess server({"--model", "gpt2=" + testing::FixturePath("models/tiny-gpt2"), "--listen",
+                        "127.0.0.1:0", "--device", "cpu", "--max_request_bytes", "65536"});
+  ASSERT_FALSE(server.address().empty()) << server.log();
+  auto stub = pb::Glassbox::NewStub(
+      grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+  auto detokenize = [&](int ids) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    pb::DetokenizeRequest request;
+    request.set_model("gpt2");
+    for (int i = 0; i < ids; ++i) request.add_ids(i % 300);
+    pb::DetokenizeResponse response;
+    return stub->Detokenize(&context, request, &response);
+  };
+  const grpc::Status big = detokenize(80000);  // ~125 KB of varints
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << big.error_message();
+  // The model has no tokenizer: a small request gets past gRPC to the service's own answer.
+  EXPECT_EQ(detokenize(3).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  ServerProcess zero({"--model", "gpt2=" + testing::FixturePath("models/tiny-gpt2"), "--listen",
+                      "127.0.0.1:0", "--max_request_bytes", "0"});
+  EXPECT_EQ(zero.WaitExit(10), 2);
+  EXPECT_NE(zero.log().find("--max_request_bytes must be at least 1"), std::string::npos)
+      << zero.log();
+}
+
 // SAEs from --sae and from the config file are loaded, attached and listed.
 TEST(Glassboxd, LoadsSaesFromFlagsAndConfig) {
   const std::string config = ::testing::TempDir() + "/glassboxd_saes.json";
