@@ -49,10 +49,10 @@ int Main() {
     std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
     return 1;
   }
-  Executor executor;
+  Scheduler scheduler;
   ServiceLimits limits;
   limits.max_tokens_per_request = 1 << 22;
-  GlassboxService service(**store, executor, limits);
+  GlassboxService service(**store, scheduler, limits);
   RawStreamService raw;
   grpc::ServerBuilder builder;
   int port = 0;
@@ -155,7 +155,7 @@ int Main() {
   }
   std::printf("small runs (1 x 8 tokens, last logits): %.0f requests/s (sequential, one client)\n", n / Seconds(start));
   server->Shutdown();
-  executor.Shutdown();
+  scheduler.Shutdown();
   return 0;
 }
 

@@ -36,7 +36,7 @@
 #include "google/protobuf/message.h"
 #include "google/protobuf/stubs/logging.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "server/service/executor.h"
+#include "server/scheduler/scheduler.h"
 #include "server/service/glassbox_service.h"
 #include "server/service/model_store.h"
 
@@ -60,7 +60,7 @@ using Rng = std::mt19937;
 
 struct Server {
   std::unique_ptr<ModelStore> store;
-  Executor executor;
+  Scheduler scheduler;
   std::unique_ptr<GlassboxService> service;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<pb::Glassbox::Stub> stub;
@@ -89,7 +89,7 @@ Server* StartServer() {
   limits.stream_buffer_bytes = 64 << 10;
   limits.cache.max_bytes = 64 << 10;
   limits.cache.max_entries = 4;
-  s->service = std::make_unique<GlassboxService>(*s->store, s->executor, limits);
+  s->service = std::make_unique<GlassboxService>(*s->store, s->scheduler, limits);
   grpc::ServerBuilder builder;
   builder.RegisterService(s->service.get());
   s->server = builder.BuildAndStart();

@@ -265,6 +265,12 @@ absl::StatusOr<glassbox::v1::ListCachedRunsResponse> Client::ListCachedRuns() {
       &NoCheck<glassbox::v1::ListCachedRunsResponse>);
 }
 
+absl::StatusOr<glassbox::v1::GetQueueResponse> Client::GetQueue() {
+  return Unary<glassbox::v1::GetQueueResponse>(&glassbox::v1::Glassbox::Stub::GetQueue,
+                                               glassbox::v1::GetQueueRequest(),
+                                               &NoCheck<glassbox::v1::GetQueueResponse>);
+}
+
 absl::StatusOr<int64_t> Client::ReleaseCachedRun(const std::string& name) {
   glassbox::v1::ReleaseCachedRunRequest request;
   request.set_name(name);

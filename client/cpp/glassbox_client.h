@@ -130,6 +130,10 @@ class Client {
   absl::StatusOr<glassbox::v1::ListCachedRunsResponse> ListCachedRuns();
   absl::StatusOr<int64_t> ReleaseCachedRun(const std::string& name);
 
+  // The device queue and per-key usage (docs/service.md, "The scheduler"); admin keys only on a
+  // server with keys.
+  absl::StatusOr<glassbox::v1::GetQueueResponse> GetQueue();
+
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   glassbox::v1::Glassbox::Stub& stub() { return *stub_; }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "base/status_macros.h"
@@ -69,6 +70,34 @@ Tensor AttendValues(const Tensor& pattern, const Tensor& v) {
     }
   }
   return z;
+}
+
+Tensor SliceHost(const Tensor& t, std::span<const int64_t> starts, std::span<const int64_t> counts) {
+  const Shape& shape = t.shape();
+  const size_t rank = shape.size();
+  Tensor out = Tensor::EmptyHost(t.dtype(), Shape(counts.begin(), counts.end()));
+  if (out.numel() == 0) return out;
+  const int64_t elem = DTypeSize(t.dtype());
+  // Element strides of the source; the innermost axis is copied as one contiguous run.
+  std::vector<int64_t> stride(rank, 1);
+  for (size_t i = rank; i-- > 1;) stride[i - 1] = stride[i] * shape[i];
+  const int64_t run_bytes = (rank == 0 ? 1 : counts[rank - 1]) * elem;
+  const auto* src = static_cast<const char*>(t.raw_data());
+  auto* dst = static_cast<char*>(out.raw_data());
+  std::vector<int64_t> index(rank, 0);  // over the outer axes of the block
+  for (;;) {
+    int64_t offset = rank == 0 ? 0 : starts[rank - 1];
+    for (size_t i = 0; i + 1 < rank; ++i) offset += (starts[i] + index[i]) * stride[i];
+    std::memcpy(dst, src + offset * elem, static_cast<size_t>(run_bytes));
+    dst += run_bytes;
+    size_t axis = rank < 2 ? 0 : rank - 1;
+    for (; axis > 0; --axis) {
+      if (++index[axis - 1] < counts[axis - 1]) break;
+      index[axis - 1] = 0;
+    }
+    if (axis == 0) break;
+  }
+  return out;
 }
 
 }  // namespace glassbox

@@ -3,6 +3,7 @@
 // edited score or pattern.
 #pragma once
 
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -30,5 +31,9 @@ Tensor AttentionSoftmax(const Tensor& scores);
 // pattern [batch, H, q, k], v [batch, k, H_kv, d_head] (grouped-query attention when H_kv < H),
 // both host f32; z is [batch, q, H, d_head].
 Tensor AttendValues(const Tensor& pattern, const Tensor& v);
+
+// The block [starts[i], starts[i] + counts[i]) along every axis of a host tensor of any dtype, as
+// a new contiguous tensor. The ranges must lie inside the shape.
+Tensor SliceHost(const Tensor& t, std::span<const int64_t> starts, std::span<const int64_t> counts);
 
 }  // namespace glassbox

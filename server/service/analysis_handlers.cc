@@ -1,5 +1,5 @@
 // The analysis RPCs: translate the request, run the engine's analysis on the device's
-// executor, and return its arrays.
+// scheduler, and return its arrays.
 #include <chrono>
 #include <future>
 
@@ -65,13 +65,17 @@ absl::Status CheckPairs(const Batch& clean, const Batch& corrupted) {
 
 }  // namespace
 
-absl::Status GlassboxService::OnDevice(const std::function<absl::Status()>& work) {
+absl::Status GlassboxService::OnDevice(const Caller& caller, std::string rpc, std::string model,
+                                       int64_t tokens, const std::function<absl::Status()>& work) {
   if (draining_) return absl::UnavailableError("the server is shutting down");
   auto done = std::make_shared<std::promise<absl::Status>>();
   std::future<absl::Status> result = done->get_future();
-  if (!executor_.Submit([done, &work] { done->set_value(work()); })) {
-    return absl::UnavailableError("the server is shutting down");
-  }
+  auto task = std::make_shared<FunctionTask>(
+      TaskInfo{.owner = caller.cache().owner, .rpc = std::move(rpc), .model = std::move(model),
+               .tokens = tokens},
+      [done, &work] { done->set_value(work()); },
+      [done](const absl::Status& why) { done->set_value(why); });
+  if (auto queued = scheduler_.Submit(task); !queued.ok()) return queued.status();
   return result.get();
 }
 
@@ -128,7 +132,7 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   }
   std::atomic<bool> cancelled{false};
   PatchingResult result;
-  absl::Status status = OnDevice([&]() -> absl::Status {
+  absl::Status status = OnDevice(*caller, "PatchingSweep", request->model(), tokens, [&]() -> absl::Status {
     if (context->IsCancelled()) return absl::CancelledError("cancelled while queued");
     GB_ASSIGN_OR_RETURN(result, RunPatchingSweep(*(*served)->model,
                                                  {.clean = clean->tokens, .corrupted = corrupted->tokens,
@@ -176,7 +180,7 @@ grpc::Status GlassboxService::LogitLens(grpc::ServerContext* context,
     return ToGrpcStatus(charged);
   }
   LogitLensResult result;
-  absl::Status status = OnDevice([&]() -> absl::Status {
+  absl::Status status = OnDevice(*caller, "LogitLens", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
     GB_ASSIGN_OR_RETURN(result, RunLogitLens(*(*served)->model,
                                              {.tokens = batch->tokens, .attention_mask = batch->attention_mask,
                                               .top_k = static_cast<int32_t>(top_k),
@@ -211,7 +215,7 @@ grpc::Status GlassboxService::DirectLogitAttribution(
                  .token = request->token()};
   if (request->has_minus_token()) dla.minus_token = request->minus_token();
   DlaResult result;
-  absl::Status status = OnDevice([&]() -> absl::Status {
+  absl::Status status = OnDevice(*caller, "DirectLogitAttribution", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
     GB_ASSIGN_OR_RETURN(result, RunDirectLogitAttribution(*(*served)->model, dla));
     return absl::OkStatus();
   });
@@ -246,7 +250,7 @@ grpc::Status GlassboxService::AttentionNorms(grpc::ServerContext* context,
     return ToGrpcStatus(charged);
   }
   std::vector<AttentionNormsLayer> result;
-  absl::Status status = OnDevice([&]() -> absl::Status {
+  absl::Status status = OnDevice(*caller, "AttentionNorms", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
     GB_ASSIGN_OR_RETURN(result, RunAttentionNorms(*(*served)->model,
                                                   {.tokens = batch->tokens, .attention_mask = batch->attention_mask,
                                                    .layers = {request->layers().begin(), request->layers().end()}}));

@@ -1,5 +1,5 @@
 // GlassboxService::Generate: the request is validated as a Run of its prompts and edits (one
-// plan builder for both), then generated on the device's executor while this thread relays each
+// plan builder for both), then generated on the device's scheduler while this thread relays each
 // step to the client.
 #include <algorithm>
 #include <chrono>
@@ -182,15 +182,18 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
     header->add_sequence_lengths(plan->lengths[r]);
     header->add_tokens()->mutable_ids()->Add(plan->rows[r].begin(), plan->rows[r].end());
   }
-  if (!writer->Write(header_message)) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away before the header");
-  }
-
-  auto job = std::make_shared<GenerateJob>(*std::move(plan), *std::move(params),
+  TaskInfo task{.owner = caller->cache().owner, .rpc = "Generate", .model = request->model(),
+                .tokens = rows * final_length};
+  auto job = std::make_shared<GenerateJob>(std::move(task), *std::move(plan), *std::move(params),
                                            request->include_unsteered(), request->capture_at_end(),
                                            limits);
-  if (!executor_.Submit([job] { job->Execute(); })) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  if (auto queued = GenerateJob::Submit(scheduler_, job); !queued.ok()) {
+    return ToGrpcStatus(queued.status());
+  }
+  if (!writer->Write(header_message)) {
+    job->Cancel();
+    job->WaitDone();
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away before the header");
   }
   const grpc::Status relayed = Relay<pb::GenerateResponse>(context, writer, *job, "the generation");
   if (!relayed.ok()) return relayed;

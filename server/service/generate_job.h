@@ -18,9 +18,9 @@ class GenerateJob : public StreamingJob<glassbox::v1::GenerateResponse> {
  public:
   // With capture_at_end, the plan's captures are reported once, over the finished sequences,
   // instead of with every step.
-  GenerateJob(RunPlan plan, GenerateParams params, bool include_unsteered, bool capture_at_end,
-              const ServiceLimits& limits)
-      : StreamingJob(limits.stream_buffer_bytes),
+  GenerateJob(TaskInfo info, RunPlan plan, GenerateParams params, bool include_unsteered,
+              bool capture_at_end, const ServiceLimits& limits)
+      : StreamingJob(std::move(info), limits.stream_buffer_bytes),
         plan_(std::move(plan)),
         params_(std::move(params)),
         include_unsteered_(include_unsteered),

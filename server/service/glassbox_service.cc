@@ -1,6 +1,7 @@
 #include "server/service/glassbox_service.h"
 
 #include <chrono>
+#include <climits>
 
 #include "absl/strings/str_cat.h"
 #include "server/service/run_job.h"
@@ -134,6 +135,11 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
     return ToGrpcStatus(charged);
   }
 
+  const int64_t rows = static_cast<int64_t>(plan->rows.size());
+  const int64_t padded = plan->tokens.dim(1);
+  TaskInfo task{.owner = cache.owner, .rpc = "Run", .model = request->model(),
+                .tokens = plan->tokens.numel(), .memory_bytes = EstimateRunBytes(*plan),
+                .batch_key = RunBatchKey(*plan), .rows = rows, .padded_length = padded};
   glassbox::v1::RunResponse header_message;
   auto* header = header_message.mutable_header();
   header->set_model(request->model());
@@ -151,13 +157,15 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
     info->set_dtype(ToProtoDType(t.dtype));
     info->set_nbytes(t.nbytes());
   }
-  if (!writer->Write(header_message)) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away before the header");
-  }
 
-  auto job = std::make_shared<RunJob>(*std::move(plan), limits_.stream_buffer_bytes);
-  if (!executor_.Submit([job] { job->Execute(); })) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  auto job = std::make_shared<RunJob>(std::move(task), *std::move(plan), limits_.stream_buffer_bytes);
+  auto position = RunJob::Submit(scheduler_, job);
+  if (!position.ok()) return ToGrpcStatus(position.status());
+  header->set_queue_position(static_cast<int32_t>(std::min<int64_t>(*position, INT32_MAX)));
+  if (!writer->Write(header_message)) {
+    job->Cancel();
+    job->WaitDone();
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away before the header");
   }
   int64_t bytes_sent = 0;
   const grpc::Status relayed =
@@ -176,6 +184,7 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
   summary->set_bytes_sent(bytes_sent);
   summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
   summary->mutable_timings()->set_forward_seconds(job->forward_seconds());
+  summary->mutable_timings()->set_batch_requests(job->batch_requests());
   summary->mutable_timings()->set_total_seconds(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   writer->Write(summary_message);

@@ -1,5 +1,5 @@
 // The gRPC handlers. They admit the caller (API key and quotas, caller.h), validate and translate
-// requests, queue forward passes on the device's executor, and stream results back with bounded
+// requests, queue forward passes on the device's scheduler, and stream results back with bounded
 // buffering.
 #pragma once
 
@@ -8,9 +8,9 @@
 #include <memory>
 
 #include "glassbox/v1/glassbox.grpc.pb.h"
+#include "server/scheduler/scheduler.h"
 #include "server/service/api_keys.h"
 #include "server/service/caller.h"
-#include "server/service/executor.h"
 #include "server/service/model_store.h"
 #include "server/service/run_plan.h"
 #include "server/service/stream_limit.h"
@@ -22,10 +22,10 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
   // `clock` is the cached runs' and the quotas' clock (tests pass a fake one). `keys` null: every
   // RPC is open and every caller is one anonymous owner; otherwise each needs a key of `keys`,
   // which must outlive the service (it may be reloaded meanwhile).
-  GlassboxService(const ModelStore& store, Executor& executor, ServiceLimits limits,
+  GlassboxService(const ModelStore& store, Scheduler& scheduler, ServiceLimits limits,
                   RunCache::Clock clock = &absl::Now, const ApiKeyStore* keys = nullptr)
       : store_(store),
-        executor_(executor),
+        scheduler_(scheduler),
         limits_(std::move(limits)),
         run_cache_(limits_.cache, clock),
         quotas_(clock),
@@ -59,7 +59,7 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
                                 const glassbox::v1::ReleaseCachedRunRequest* request,
                                 glassbox::v1::ReleaseCachedRunResponse* response) override;
 
-  // Analyses (analysis_handlers.cc): validated here, computed on the device's executor.
+  // Analyses (analysis_handlers.cc): validated here, computed on the device's scheduler.
   grpc::Status PatchingSweep(grpc::ServerContext* context,
                              const glassbox::v1::PatchingSweepRequest* request,
                              glassbox::v1::PatchingSweepResponse* response) override;
@@ -82,17 +82,23 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
                          const glassbox::v1::SaeDecodeRequest* request,
                          glassbox::v1::SaeDecodeResponse* response) override;
 
+  // The device queue and per-key usage (admin keys only on a server with keys).
+  grpc::Status GetQueue(grpc::ServerContext* context, const glassbox::v1::GetQueueRequest* request,
+                        glassbox::v1::GetQueueResponse* response) override;
+
  private:
   // Every handler starts here: UNAUTHENTICATED or RESOURCE_EXHAUSTED before any other check.
   absl::StatusOr<Caller> Admit(const grpc::ServerContext* context, CallKind kind) const {
     return gatekeeper_.Admit(context->client_metadata(), kind);
   }
 
-  // Runs `work` on the device's worker and waits for it; UNAVAILABLE while draining.
-  absl::Status OnDevice(const std::function<absl::Status()>& work);
+  // Queues `work` on the device's scheduler as the caller's, costing `tokens`, and waits for it;
+  // UNAVAILABLE while draining.
+  absl::Status OnDevice(const Caller& caller, std::string rpc, std::string model, int64_t tokens,
+                        const std::function<absl::Status()>& work);
 
   const ModelStore& store_;
-  Executor& executor_;
+  Scheduler& scheduler_;
   const ServiceLimits limits_;
   RunCache run_cache_;
   QuotaTracker quotas_;

@@ -67,6 +67,14 @@ ABSL_FLAG(int64_t, cache_max_entries, 64,
           "cached runs the server holds (per key, as --cache_max_bytes)");
 ABSL_FLAG(int64_t, cache_default_ttl_s, 600, "time-to-live of a cached run that asks for none");
 ABSL_FLAG(int64_t, cache_max_ttl_s, 86400, "longest time-to-live a cached run may ask for");
+ABSL_FLAG(int64_t, max_batch_tokens, 16384,
+          "dynamic batching: most rows x padded length when queued Runs of different requests "
+          "share one forward pass; 0 runs every request alone");
+ABSL_FLAG(int64_t, fair_share_quantum, 2048,
+          "tokens each API key's turn adds to its share (deficit round robin between keys)");
+ABSL_FLAG(int64_t, memory_budget_bytes, 0,
+          "estimated device memory one forward pass may use; a request estimated above it is "
+          "RESOURCE_EXHAUSTED, merging stops below it; 0: unlimited");
 ABSL_FLAG(int, drain_seconds, 30, "on SIGTERM, how long in-flight runs may take to finish");
 
 namespace glassbox {
@@ -129,6 +137,7 @@ struct ServerSettings {
   std::string api_keys;  // the keys file; empty: open
   TlsFiles tls;
   ServiceLimits limits;
+  SchedulerOptions scheduler;
 };
 
 // Names of the flags present in argv ("--name" or "--name=value"), so that the config file
@@ -158,6 +167,9 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   s.limits.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
   s.limits.stream_buffer_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_stream_buffer_bytes));
   s.limits.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  s.scheduler.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  s.scheduler.quantum_tokens = absl::GetFlag(FLAGS_fair_share_quantum);
+  s.scheduler.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget_bytes);
   s.limits.max_sweep_cells = absl::GetFlag(FLAGS_max_sweep_cells);
   int64_t default_ttl_s = absl::GetFlag(FLAGS_cache_default_ttl_s);
   int64_t max_ttl_s = absl::GetFlag(FLAGS_cache_max_ttl_s);
@@ -225,7 +237,16 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
       from_file("max_concurrent_streams", "max_concurrent_streams",
                 s.limits.max_concurrent_streams);
       from_file("max_sweep_cells", "max_sweep_cells", s.limits.max_sweep_cells);
+      from_file("max_batch_tokens", "max_batch_tokens", s.scheduler.max_batch_tokens);
+      from_file("fair_share_quantum", "fair_share_quantum", s.scheduler.quantum_tokens);
+      from_file("memory_budget_bytes", "memory_budget_bytes", s.scheduler.memory_budget_bytes);
     }
+  }
+  if (s.scheduler.max_batch_tokens < 0 || s.scheduler.quantum_tokens < 1 ||
+      s.scheduler.memory_budget_bytes < 0) {
+    return absl::InvalidArgumentError(
+        "--max_batch_tokens and --memory_budget_bytes must be at least 0, --fair_share_quantum "
+        "at least 1");
   }
   if (s.limits.max_concurrent_streams < 1 || s.limits.max_sweep_cells < 1) {
     return absl::InvalidArgumentError(
@@ -250,6 +271,7 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   if (s.models.empty()) {
     return absl::InvalidArgumentError("no models: pass --model NAME=DIR (repeatable) or --config FILE");
   }
+  s.scheduler.max_batch_rows = s.limits.max_batch;  // a merged pass holds no more than one Run may
   return s;
 }
 
@@ -395,8 +417,19 @@ int Main(int argc, char** argv) {
     }
   }
 
-  Executor executor;
-  GlassboxService service(**store, executor, settings->limits, &absl::Now, keys->get());
+  Scheduler scheduler(settings->scheduler);
+  std::fprintf(stderr,
+               "glassboxd: scheduler: fair share between keys (quantum %lld tokens), %s, memory "
+               "budget %s\n",
+               static_cast<long long>(settings->scheduler.quantum_tokens),
+               settings->scheduler.max_batch_tokens > 0
+                   ? absl::StrCat("runs merged up to ", settings->scheduler.max_batch_tokens,
+                                  " batch tokens").c_str()
+                   : "every request alone",
+               settings->scheduler.memory_budget_bytes > 0
+                   ? absl::StrCat(settings->scheduler.memory_budget_bytes, " bytes").c_str()
+                   : "unlimited");
+  GlassboxService service(**store, scheduler, settings->limits, &absl::Now, keys->get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -427,7 +460,7 @@ int Main(int argc, char** argv) {
   service.StartDraining();
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
-  executor.Shutdown();
+  scheduler.Shutdown();
   std::fprintf(stderr, "glassboxd: stopped\n");
   return 0;
 }

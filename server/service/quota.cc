@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -93,8 +94,9 @@ void QuotaTracker::DropOldTokens(KeyState& state, absl::Time now) {
 }
 
 absl::Status QuotaTracker::ChargeTokens(const ApiKey& key, int64_t tokens) {
-  if (!key.quota.tokens_per_day || tokens <= 0) return absl::OkStatus();
-  const int64_t limit = *key.quota.tokens_per_day;
+  if (tokens <= 0) return absl::OkStatus();
+  // Keys without the quota are counted too, for GetQueue's usage; nothing is refused.
+  const int64_t limit = key.quota.tokens_per_day.value_or(std::numeric_limits<int64_t>::max() / 2);
   if (tokens > limit) {
     return absl::ResourceExhaustedError(absl::StrCat(
         QuotaOf("tokens_per_day", limit, key), " cannot hold this request: it needs ", tokens,
@@ -134,6 +136,17 @@ QuotaTracker::Usage QuotaTracker::UsageOf(const std::string& key_name) {
   KeyState& state = keys_[key_name];
   DropOldTokens(state, clock_());
   return {state.runs_in_flight, state.tokens_sum};
+}
+
+std::map<std::string, QuotaTracker::Usage> QuotaTracker::AllUsage() {
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, Usage> usage;
+  const absl::Time now = clock_();
+  for (auto& [name, state] : keys_) {
+    DropOldTokens(state, now);
+    usage[name] = {state.runs_in_flight, state.tokens_sum};
+  }
+  return usage;
 }
 
 }  // namespace glassbox

@@ -62,7 +62,8 @@ class QuotaTracker {
   // max_concurrent_runs: a slot while fewer than the limit are held.
   absl::StatusOr<RunSlot> StartRun(const ApiKey& key);
   // tokens_per_day: adds `tokens` when the last 24 h's and these fit the limit; a request larger
-  // than the whole limit is refused as one that can never fit.
+  // than the whole limit is refused as one that can never fit. Keys without the quota are
+  // counted as well (UsageOf), never refused.
   absl::Status ChargeTokens(const ApiKey& key, int64_t tokens);
 
   struct Usage {
@@ -70,6 +71,8 @@ class QuotaTracker {
     int64_t tokens_last_day = 0;
   };
   Usage UsageOf(const std::string& key_name);
+  // Every key counted so far, by name.
+  std::map<std::string, Usage> AllUsage();
 
  private:
   friend class RunSlot;

@@ -899,6 +899,16 @@ TEST(EndToEndApiKeys, CliSendsTheKeyAndShowsOwners) {
   EXPECT_THAT(r.out, HasSubstr("owner"));
   EXPECT_THAT(r.out, HasSubstr("alice"));
   EXPECT_THAT(r.out, HasSubstr("mine"));
+  // The queue and every key's usage are for admins.
+  r = cli({"--api_key", "ops-key", "queue"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("0 running, 0 queued; "));
+  EXPECT_THAT(r.out, HasSubstr("tokens_24h"));
+  EXPECT_THAT(r.out, HasSubstr("alice"));
+  r = cli({"--api_key", "alice-key", "queue"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, HasSubstr("PERMISSION_DENIED"));
+  EXPECT_THAT(r.err, HasSubstr("needs an admin key"));
   EXPECT_EQ((*server)->Stop(), 0) << (*server)->log();
   std::filesystem::remove(keys);
 }

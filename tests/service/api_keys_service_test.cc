@@ -261,13 +261,7 @@ TEST_F(ApiKeysServiceTest, RequestsPerMinute) {
 
 // A run queued behind a held device holds the key's one slot; a cancelled run gives it back.
 TEST_F(ApiKeysServiceTest, MaxConcurrentRuns) {
-  std::promise<void> started, unblock;
-  std::shared_future<void> gate = unblock.get_future().share();
-  ASSERT_TRUE(server_->executor().Submit([&started, gate] {
-    started.set_value();
-    gate.wait();
-  }));
-  started.get_future().wait();
+  const std::function<void()> release = server_->HoldDevice();
 
   auto context = As("conc-key");
   auto reader = stub_->Run(context.get(), RunOf(3));
@@ -292,7 +286,7 @@ TEST_F(ApiKeysServiceTest, MaxConcurrentRuns) {
   EXPECT_TRUE(stub_->ListModels(As("conc-key").get(), {}, &models).ok());
 
   context->TryCancel();
-  unblock.set_value();
+  release();
   EXPECT_EQ(reader->Finish().error_code(), Code::CANCELLED);
   // The server's handler may still be finishing the cancelled run: its slot comes back when it
   // returns.

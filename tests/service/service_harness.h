@@ -4,6 +4,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <string>
@@ -14,13 +16,16 @@
 
 namespace glassbox::testing {
 
-// Owns the store, executor, service and server; serves until destroyed.
+// Owns the store, scheduler, service and server; serves until destroyed.
 class InProcessServer {
  public:
   // `keys` (not owned) turns on API keys, as glassboxd --api_keys does.
   InProcessServer(std::unique_ptr<ModelStore> store, const ServiceLimits& limits,
-                  RunCache::Clock clock = &absl::Now, const ApiKeyStore* keys = nullptr)
-      : store_(std::move(store)), service_(*store_, executor_, limits, std::move(clock), keys) {
+                  RunCache::Clock clock = &absl::Now, const ApiKeyStore* keys = nullptr,
+                  SchedulerOptions scheduler = {})
+      : store_(std::move(store)),
+        scheduler_(scheduler),
+        service_(*store_, scheduler_, limits, std::move(clock), keys) {
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -32,18 +37,35 @@ class InProcessServer {
   }
   ~InProcessServer() {
     server_->Shutdown();
-    executor_.Shutdown();
+    scheduler_.Shutdown();
   }
 
   const ModelStore& store() const { return *store_; }
-  // The device's queue, for tests that hold it (a job that waits keeps later ones queued).
-  Executor& executor() { return executor_; }
+  // The device's queue, for tests that hold it (a task that waits keeps later ones queued).
+  Scheduler& scheduler() { return scheduler_; }
+  // Occupies the device's worker until the returned function is called: later work stays
+  // queued. Returns once the worker holds.
+  std::function<void()> HoldDevice() {
+    auto started = std::make_shared<std::promise<void>>();
+    auto unblock = std::make_shared<std::promise<void>>();
+    std::shared_future<void> gate = unblock->get_future().share();
+    auto task = std::make_shared<FunctionTask>(
+        TaskInfo{.owner = "(test)", .rpc = "hold"},
+        [started, gate] {
+          started->set_value();
+          gate.wait();
+        },
+        [](const absl::Status&) {});
+    EXPECT_TRUE(scheduler_.Submit(task).ok());
+    started->get_future().wait();
+    return [unblock] { unblock->set_value(); };
+  }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   const std::string& target() const { return target_; }  // host:port, for a channel of one's own
 
  private:
   std::unique_ptr<ModelStore> store_;
-  Executor executor_;
+  Scheduler scheduler_;
   GlassboxService service_;
   std::unique_ptr<grpc::Server> server_;
   std::string target_;

@@ -12,7 +12,7 @@ namespace glassbox::cli {
 // command list.
 extern const Command kModelsCommand, kInfoCommand, kTokenizeCommand, kDetokenizeCommand,
     kRunCommand, kGenerateCommand, kPatchCommand, kLogitLensCommand, kDlaCommand, kAttnNormsCommand, kSaesCommand,
-    kSaeEncodeCommand, kCachedCommand, kReleaseCommand;
+    kSaeEncodeCommand, kCachedCommand, kReleaseCommand, kQueueCommand;
 
 namespace {
 
@@ -31,6 +31,7 @@ constexpr const Command* kCommands[] = {
     &kSaeEncodeCommand,
     &kCachedCommand,
     &kReleaseCommand,
+    &kQueueCommand,
 };
 
 const Flag* FindIn(std::span<const Flag> flags, std::string_view name) {

@@ -50,3 +50,29 @@ def test_cached_runs_belong_to_their_key(keyed_server: Server) -> None:
         with pytest.raises(glassbox.NotFound, match='no cached run "clean"'):
             bob.release_cached_run("clean")
         assert alice.release_cached_run("clean") > 0
+
+
+def test_the_queue_is_for_admin_keys(tmp_path_factory: pytest.TempPathFactory) -> None:
+    keys = tmp_path_factory.mktemp("queue_keys") / "keys.json"
+    keys.write_text(json.dumps({"keys": [
+        {"name": "alice", "key": "alice-key"},
+        {"name": "ops", "key": "ops-key", "admin": True},
+    ]}))
+    server = start_glassboxd([
+        "--model", f"tiny-gpt2={FIXTURES / 'models' / 'tiny-gpt2'}", "--api_keys", str(keys),
+    ])
+    try:
+        with glassbox.connect(server.address, api_key="alice-key", timeout=60) as alice, \
+                glassbox.connect(server.address, api_key="ops-key", timeout=60) as ops:
+            result = alice.model("tiny-gpt2").run(np.array([[1, 2, 3, 4]], dtype=np.int32))
+            assert result.timings.batch_requests == 1
+            with pytest.raises(glassbox.PermissionDenied, match="admin key"):
+                alice.queue()
+            status = ops.queue()
+            assert status.queued == () and status.running == ()
+            assert status.passes >= 1 and status.requests_run >= 1 and status.largest_batch >= 1
+            usage = {u.name: u for u in status.usage}
+            assert usage["alice"].tokens_last_day == 4
+            assert usage["alice"].runs_in_flight == 0
+    finally:
+        stop_glassboxd(server)

@@ -11,7 +11,7 @@ from ._model import Model
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
 from ._saes import SaeInfo
 from ._transport import Metadata, Transport, bearer_metadata, open_channel
-from ._types import CachedRun, ModelInfo
+from ._types import CachedRun, ModelInfo, QueueStatus
 
 
 class Client:
@@ -65,6 +65,12 @@ class Client:
         """Frees a cached run now; returns its bytes. ``glassbox.NotFound`` when it expired or
         never existed."""
         return int(self.transport.release_cached_run(pb.ReleaseCachedRunRequest(name=name)).released_bytes)
+
+    def queue(self) -> QueueStatus:
+        """What the server's device is running and has queued, and each key's usage
+        (docs/service.md, "The scheduler"). On a server with API keys, admin keys only
+        (``PermissionDenied`` otherwise)."""
+        return QueueStatus.from_proto(self.transport.get_queue(pb.GetQueueRequest()))
 
     def model(self, name: str) -> Model:
         """A handle on one model. Unknown name: NotFound."""

@@ -135,6 +135,7 @@ class RunStreamDecoder:
             tokens=tuple(np.asarray(row.ids, dtype=np.int64) for row in header.tokens),
             sequence_lengths=np.asarray(header.sequence_lengths, dtype=np.int64),
             tensors=tuple(infos),
+            queue_position=int(header.queue_position),
         )
 
     def _add_chunk(self, chunk: "pb.TensorChunk") -> Optional[Tuple[TensorInfo, np.ndarray]]:
@@ -182,7 +183,8 @@ class RunStreamDecoder:
             raise MalformedStream(f"the summary arrived before tensors {missing} were complete")
         t = summary.timings
         self.summary = RunSummary(
-            timings=Timings(t.queue_seconds, t.forward_seconds, t.total_seconds),
+            timings=Timings(t.queue_seconds, t.forward_seconds, t.total_seconds,
+                            batch_requests=int(t.batch_requests) or 1),
             bytes_sent=int(summary.bytes_sent),
             kept=CachedRun.from_proto(summary.kept) if summary.HasField("kept") else None,
         )

@@ -147,6 +147,9 @@ class Transport:
     ) -> pb.ReleaseCachedRunResponse:
         return self._unary(self._stub.ReleaseCachedRun, request, timeout)
 
+    def get_queue(self, request: pb.GetQueueRequest, *, timeout: Optional[float] = None) -> pb.GetQueueResponse:
+        return self._unary(self._stub.GetQueue, request, timeout)
+
     # ---- analyses ----
 
     def patching_sweep(

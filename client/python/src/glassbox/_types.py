@@ -241,6 +241,8 @@ class RunHeader:
     tokens: Tuple[np.ndarray, ...]  # per row, unpadded, int64
     sequence_lengths: np.ndarray  # [batch] real tokens per row
     tensors: Tuple[TensorInfo, ...]  # in stream order (forward order, then outputs)
+    #: Requests queued ahead of this one on the device when it arrived (0: it ran next).
+    queue_position: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,62 @@ class Timings:
     queue_seconds: float = 0.0
     forward_seconds: float = 0.0
     total_seconds: float = 0.0
+    #: Requests that shared the forward pass (the server's dynamic batching); 1 when alone.
+    batch_requests: int = 1
+
+
+@dataclass(frozen=True)
+class QueuedRequest:
+    """A request the device is running or has queued (``Client.queue()``)."""
+
+    owner: str  # the API key's name ("" on a server without keys)
+    rpc: str
+    model: str
+    tokens: int  # padded tokens: the fair-share cost
+    estimated_bytes: int
+    waited_seconds: float  # 0 for running requests
+    batchable: bool  # may share a forward pass with others
+
+    @classmethod
+    def from_proto(cls, r: "pb.QueuedRequest") -> "QueuedRequest":
+        return cls(owner=r.owner, rpc=r.rpc, model=r.model, tokens=int(r.tokens),
+                   estimated_bytes=int(r.estimated_bytes), waited_seconds=r.waited_seconds,
+                   batchable=r.batchable)
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """What one API key has used (``Client.queue()``)."""
+
+    name: str
+    runs_in_flight: int
+    tokens_last_day: int
+    queued: int
+    cached_bytes: int
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """The server's device queue and per-key usage: ``Client.queue()``."""
+
+    running: Tuple[QueuedRequest, ...]  # the pass on the device (several when merged)
+    queued: Tuple[QueuedRequest, ...]  # in the order fair share considers them
+    passes: int  # forward passes since the server started
+    requests_run: int
+    largest_batch: int  # the most requests one pass has held
+    usage: Tuple[KeyUsage, ...]  # every key the server has seen, by name
+
+    @classmethod
+    def from_proto(cls, r: "pb.GetQueueResponse") -> "QueueStatus":
+        return cls(
+            running=tuple(QueuedRequest.from_proto(q) for q in r.running),
+            queued=tuple(QueuedRequest.from_proto(q) for q in r.queued),
+            passes=int(r.passes), requests_run=int(r.requests_run),
+            largest_batch=int(r.largest_batch),
+            usage=tuple(KeyUsage(name=u.name, runs_in_flight=int(u.runs_in_flight),
+                                 tokens_last_day=int(u.tokens_last_day), queued=int(u.queued),
+                                 cached_bytes=int(u.cached_bytes)) for u in r.usage),
+        )
 
 
 @dataclass(frozen=True)
