@@ -65,18 +65,37 @@ absl::Status CheckPairs(const Batch& clean, const Batch& corrupted) {
 
 }  // namespace
 
-absl::Status GlassboxService::OnDevice(const Caller& caller, std::string rpc, std::string model,
-                                       int64_t tokens, const std::function<absl::Status()>& work) {
+absl::Status GlassboxService::OnDevice(const grpc::ServerContext* context, const Caller& caller,
+                                       std::string rpc, std::string model, int64_t tokens,
+                                       const std::function<absl::Status()>& work) {
   if (draining_) return absl::UnavailableError("the server is shutting down");
+  metrics_.Annotate(context, [&](RequestRecord& r) {
+    r.model = model;
+    r.tokens = tokens;
+  });
   auto done = std::make_shared<std::promise<absl::Status>>();
   std::future<absl::Status> result = done->get_future();
+  const auto queued_at = std::chrono::steady_clock::now();
+  double queue_seconds = 0, run_seconds = 0;
   auto task = std::make_shared<FunctionTask>(
       TaskInfo{.owner = caller.cache().owner, .rpc = std::move(rpc), .model = std::move(model),
                .tokens = tokens},
-      [done, &work] { done->set_value(work()); },
+      [&, done, queued_at] {
+        const auto start = std::chrono::steady_clock::now();
+        queue_seconds = std::chrono::duration<double>(start - queued_at).count();
+        absl::Status status = work();
+        run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        done->set_value(std::move(status));
+      },
       [done](const absl::Status& why) { done->set_value(why); });
   if (auto queued = scheduler_.Submit(task); !queued.ok()) return queued.status();
-  return result.get();
+  absl::Status status = result.get();
+  metrics_.Annotate(context, [&](RequestRecord& r) {
+    r.queue_seconds = queue_seconds;
+    r.run_seconds = run_seconds;
+    r.batch_requests = 1;
+  });
+  return status;
 }
 
 grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
@@ -132,7 +151,7 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   }
   std::atomic<bool> cancelled{false};
   PatchingResult result;
-  absl::Status status = OnDevice(*caller, "PatchingSweep", request->model(), tokens, [&]() -> absl::Status {
+  absl::Status status = OnDevice(context, *caller, "PatchingSweep", request->model(), tokens, [&]() -> absl::Status {
     if (context->IsCancelled()) return absl::CancelledError("cancelled while queued");
     GB_ASSIGN_OR_RETURN(result, RunPatchingSweep(*(*served)->model,
                                                  {.clean = clean->tokens, .corrupted = corrupted->tokens,
@@ -180,7 +199,7 @@ grpc::Status GlassboxService::LogitLens(grpc::ServerContext* context,
     return ToGrpcStatus(charged);
   }
   LogitLensResult result;
-  absl::Status status = OnDevice(*caller, "LogitLens", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
+  absl::Status status = OnDevice(context, *caller, "LogitLens", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
     GB_ASSIGN_OR_RETURN(result, RunLogitLens(*(*served)->model,
                                              {.tokens = batch->tokens, .attention_mask = batch->attention_mask,
                                               .top_k = static_cast<int32_t>(top_k),
@@ -215,7 +234,7 @@ grpc::Status GlassboxService::DirectLogitAttribution(
                  .token = request->token()};
   if (request->has_minus_token()) dla.minus_token = request->minus_token();
   DlaResult result;
-  absl::Status status = OnDevice(*caller, "DirectLogitAttribution", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
+  absl::Status status = OnDevice(context, *caller, "DirectLogitAttribution", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
     GB_ASSIGN_OR_RETURN(result, RunDirectLogitAttribution(*(*served)->model, dla));
     return absl::OkStatus();
   });
@@ -250,7 +269,7 @@ grpc::Status GlassboxService::AttentionNorms(grpc::ServerContext* context,
     return ToGrpcStatus(charged);
   }
   std::vector<AttentionNormsLayer> result;
-  absl::Status status = OnDevice(*caller, "AttentionNorms", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
+  absl::Status status = OnDevice(context, *caller, "AttentionNorms", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
     GB_ASSIGN_OR_RETURN(result, RunAttentionNorms(*(*served)->model,
                                                   {.tokens = batch->tokens, .attention_mask = batch->attention_mask,
                                                    .layers = {request->layers().begin(), request->layers().end()}}));

@@ -205,6 +205,14 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
     AddSequences(job->unsteered(), summary->mutable_unsteered_sequences());
   }
   summary->set_bytes_sent(job->bytes_sent());
+  metrics_.Annotate(context, [&](RequestRecord& r) {
+    r.model = request->model();
+    r.tokens = rows * final_length;
+    r.queue_seconds = job->queue_seconds();
+    r.run_seconds = job->seconds();
+    r.bytes = job->bytes_sent();
+    r.batch_requests = 1;
+  });
   summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
   summary->mutable_timings()->set_forward_seconds(job->seconds());
   summary->mutable_timings()->set_total_seconds(

@@ -182,6 +182,14 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
     *summary->mutable_kept() = *std::move(kept);
   }
   summary->set_bytes_sent(bytes_sent);
+  metrics_.Annotate(context, [&](RequestRecord& r) {
+    r.model = request->model();
+    r.tokens = job->plan().tokens.numel();
+    r.queue_seconds = job->queue_seconds();
+    r.run_seconds = job->forward_seconds();
+    r.bytes = bytes_sent;
+    r.batch_requests = job->batch_requests();
+  });
   summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
   summary->mutable_timings()->set_forward_seconds(job->forward_seconds());
   summary->mutable_timings()->set_batch_requests(job->batch_requests());

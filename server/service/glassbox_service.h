@@ -11,6 +11,7 @@
 #include "server/scheduler/scheduler.h"
 #include "server/service/api_keys.h"
 #include "server/service/caller.h"
+#include "server/service/metrics.h"
 #include "server/service/model_store.h"
 #include "server/service/run_plan.h"
 #include "server/service/stream_limit.h"
@@ -34,6 +35,11 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
 
   // New runs are refused with UNAVAILABLE; in-flight ones finish.
   void StartDraining() { draining_ = true; }
+
+  // What every RPC annotates for the request observer (request_observer.h), and the Prometheus
+  // exposition of it with the scheduler's and the cache's gauges (queue_handler.cc).
+  ServiceMetrics& metrics() { return metrics_; }
+  std::string MetricsText();
 
   grpc::Status ListModels(grpc::ServerContext* context, const glassbox::v1::ListModelsRequest* request,
                           glassbox::v1::ListModelsResponse* response) override;
@@ -89,12 +95,17 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
  private:
   // Every handler starts here: UNAUTHENTICATED or RESOURCE_EXHAUSTED before any other check.
   absl::StatusOr<Caller> Admit(const grpc::ServerContext* context, CallKind kind) const {
-    return gatekeeper_.Admit(context->client_metadata(), kind);
+    absl::StatusOr<Caller> caller = gatekeeper_.Admit(context->client_metadata(), kind);
+    if (caller.ok() && caller->key() != nullptr) {
+      metrics_.Annotate(context, [&](RequestRecord& r) { r.key = caller->key()->name; });
+    }
+    return caller;
   }
 
   // Queues `work` on the device's scheduler as the caller's, costing `tokens`, and waits for it;
   // UNAVAILABLE while draining.
-  absl::Status OnDevice(const Caller& caller, std::string rpc, std::string model, int64_t tokens,
+  absl::Status OnDevice(const grpc::ServerContext* context, const Caller& caller, std::string rpc,
+                        std::string model, int64_t tokens,
                         const std::function<absl::Status()>& work);
 
   const ModelStore& store_;
@@ -105,6 +116,7 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
   Gatekeeper gatekeeper_;
   StreamLimit streams_;
   std::atomic<bool> draining_{false};
+  mutable ServiceMetrics metrics_;
 };
 
 }  // namespace glassbox

@@ -29,6 +29,8 @@
 #include "kernels/cuda/cuda_probe.h"
 #include "nlohmann/json.hpp"
 #include "server/service/glassbox_service.h"
+#include "server/service/metrics_http.h"
+#include "server/service/request_observer.h"
 #include "server/service/server_credentials.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address to serve on; port 0 picks a free port");
@@ -75,6 +77,9 @@ ABSL_FLAG(int64_t, fair_share_quantum, 2048,
 ABSL_FLAG(int64_t, memory_budget_bytes, 0,
           "estimated device memory one forward pass may use; a request estimated above it is "
           "RESOURCE_EXHAUSTED, merging stops below it; 0: unlimited");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT to serve Prometheus metrics on (GET /metrics over HTTP); empty: off");
+ABSL_FLAG(bool, request_log, true, "log one JSON line per request on stderr");
 ABSL_FLAG(int, drain_seconds, 30, "on SIGTERM, how long in-flight runs may take to finish");
 
 namespace glassbox {
@@ -135,6 +140,7 @@ struct ServerSettings {
   std::vector<SaeSpec> saes;
   std::string listen;
   std::string api_keys;  // the keys file; empty: open
+  std::string metrics_listen;  // empty: no metrics endpoint
   TlsFiles tls;
   ServiceLimits limits;
   SchedulerOptions scheduler;
@@ -159,6 +165,7 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   ServerSettings s;
   s.listen = absl::GetFlag(FLAGS_listen);
   s.api_keys = absl::GetFlag(FLAGS_api_keys);
+  s.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   s.tls = {.cert = absl::GetFlag(FLAGS_tls_cert),
            .key = absl::GetFlag(FLAGS_tls_key),
            .client_ca = absl::GetFlag(FLAGS_tls_client_ca)};
@@ -213,10 +220,11 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
       if (!given.count("api_keys")) s.api_keys = json["api_keys"].get<std::string>();
     }
     for (auto [key, field] : {std::pair{"tls_cert", &s.tls.cert}, std::pair{"tls_key", &s.tls.key},
-                              std::pair{"tls_client_ca", &s.tls.client_ca}}) {
+                              std::pair{"tls_client_ca", &s.tls.client_ca},
+                              std::pair{"metrics_listen", &s.metrics_listen}}) {
       if (!json.contains(key)) continue;
       if (!json[key].is_string() || json[key].get<std::string>().empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" must be a file path"));
+        return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" must be a non-empty string (a file path; HOST:PORT for metrics_listen)"));
       }
       if (!given.count(key)) *field = json[key].get<std::string>();
     }
@@ -437,6 +445,24 @@ int Main(int argc, char** argv) {
   builder.AddListeningPort(settings->listen, *credentials, &port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_request_bytes));
   builder.RegisterService(&service);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
+  observers.push_back(std::make_unique<RequestObserverFactory>(&service.metrics(),
+                                                               absl::GetFlag(FLAGS_request_log)));
+  builder.experimental().SetInterceptorCreators(std::move(observers));
+  std::unique_ptr<MetricsHttpServer> metrics;
+  if (!settings->metrics_listen.empty()) {
+    auto started = MetricsHttpServer::Start(settings->metrics_listen,
+                                            [&service] { return service.MetricsText(); });
+    if (!started.ok()) {
+      std::fprintf(stderr, "glassboxd: %s\n", std::string(started.status().message()).c_str());
+      return 1;
+    }
+    metrics = *std::move(started);
+    const std::string metrics_host =
+        settings->metrics_listen.substr(0, settings->metrics_listen.rfind(':'));
+    std::fprintf(stderr, "glassboxd: metrics on http://%s:%d/metrics\n", metrics_host.c_str(),
+                 metrics->port());
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     std::fprintf(stderr, "glassboxd: cannot listen on %s\n", settings->listen.c_str());

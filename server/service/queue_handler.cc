@@ -59,4 +59,20 @@ grpc::Status GlassboxService::GetQueue(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+std::string GlassboxService::MetricsText() {
+  const Scheduler::Stats stats = scheduler_.GetStats();
+  int64_t cache_bytes = 0;
+  for (const auto& run : run_cache_.ListAll()) cache_bytes += run->nbytes();
+  return metrics_.Exposition({
+      {"glassbox_queue_length", "Requests queued for the device.",
+       static_cast<double>(stats.queued.size())},
+      {"glassbox_running_requests", "Requests in the forward pass on the device now.",
+       static_cast<double>(stats.running.size())},
+      {"glassbox_forward_passes_total", "Forward passes the device ran (a merged pass once).",
+       static_cast<double>(stats.passes), "counter"},
+      {"glassbox_cache_bytes", "Bytes of runs kept on the server (RunRequest.keep), all keys.",
+       static_cast<double>(cache_bytes)},
+  });
+}
+
 }  // namespace glassbox

@@ -150,7 +150,7 @@ grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
   }
   std::atomic<bool> cancelled{false};
   SaeEncodeResult result;
-  absl::Status status = OnDevice(*caller, "SaeEncode", sae.served_model->name, batch->tokens.numel(), [&]() -> absl::Status {
+  absl::Status status = OnDevice(context, *caller, "SaeEncode", sae.served_model->name, batch->tokens.numel(), [&]() -> absl::Status {
     if (context->IsCancelled()) return absl::CancelledError("cancelled while queued");
     GB_ASSIGN_OR_RETURN(result, RunSaeEncode(*sae.served_model->model, *sae.sae, sae.hook,
                                              {.tokens = batch->tokens,

@@ -13,6 +13,7 @@
 
 #include "gtest/gtest.h"
 #include "server/service/glassbox_service.h"
+#include "server/service/request_observer.h"
 
 namespace glassbox::testing {
 
@@ -30,6 +31,10 @@ class InProcessServer {
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(&service_);
+    // The request observer glassboxd installs, without the log: every test goes through it.
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
+    observers.push_back(std::make_unique<RequestObserverFactory>(&service_.metrics(), false));
+    builder.experimental().SetInterceptorCreators(std::move(observers));
     server_ = builder.BuildAndStart();
     EXPECT_NE(port, 0);
     target_ = "127.0.0.1:" + std::to_string(port);
