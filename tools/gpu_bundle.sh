@@ -29,7 +29,10 @@ if [ -z "$build" ]; then
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGLASSBOX_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
 fi
-if ! ninja -C "$build" -t targets all | grep -q '^cuda_backend_test:'; then
+# Captured first: under pipefail, grep -q quitting at its first match can kill ninja with SIGPIPE
+# while it still lists targets, and the pipeline then fails although the target is there.
+targets=$(ninja -C "$build" -t targets all)
+if ! grep -q '^cuda_backend_test:' <<<"$targets"; then
   echo "gpu_bundle.sh: $build has no CUDA backend (configured without nvcc); the bundle needs one" >&2
   exit 1
 fi
@@ -58,7 +61,8 @@ for b in "$stage"/bin/*; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// {prin
       *) cp -L "$lib" "$stage/lib/$name" ;;
     esac
   done
-if ldd "$build/tests/gpu/cuda_backend_test" | grep -q "not found"; then
+libraries=$(ldd "$build/tests/gpu/cuda_backend_test")
+if grep -q "not found" <<<"$libraries"; then
   echo "gpu_bundle.sh: a library of the test binary is missing here:" >&2
   ldd "$build/tests/gpu/cuda_backend_test" | grep "not found" >&2
   exit 1
