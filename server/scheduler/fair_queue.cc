@@ -17,10 +17,8 @@ absl::Status FairQueue::Push(std::shared_ptr<Task> task) {
         "capture less"));
   }
   Flow& flow = flows_[info.owner];
-  if (flow.tasks.empty()) {
-    flow.deficit = std::min<int64_t>(flow.deficit, 0);  // a returning flow keeps its debt only
-    ring_.push_back(info.owner);
-  }
+  // A flow that left the ring kept only its debt (RetireFlow); it rejoins at the end.
+  if (flow.tasks.empty()) ring_.push_back(info.owner);
   flow.tasks.push_back(std::move(task));
   ++size_;
   return absl::OkStatus();

@@ -123,15 +123,25 @@ class MergedRun : public CaptureSink {
     RunJob* job;
     int32_t offset = 0, rows = 0;
     int64_t seq = 0;
-    absl::Status status;
-    bool live = true;
+    absl::Status status;  // not OK once the run has left the pass
+    bool live() const { return status.ok(); }
   };
 
   void Fail(Member& m, absl::Status status) {
-    if (!m.live) return;
-    m.live = false;
+    if (!m.live()) return;
     m.status = std::move(status);
     m.job->LeaveMerged();
+  }
+
+  // The block [starts, starts + counts) of a host tensor: a view when only rows are cut (the
+  // common case: a run of the longest padded length), else a copy.
+  static Tensor Cut(const Tensor& t, const std::vector<int64_t>& starts,
+                    const std::vector<int64_t>& counts) {
+    for (size_t i = 1; i < counts.size(); ++i) {
+      if (starts[i] != 0 || counts[i] != t.dim(static_cast<int>(i)))
+        return SliceHost(t, starts, counts);
+    }
+    return t.Slice0(starts[0], starts[0] + counts[0]);
   }
 
   // Whether the pass is one run's own batch, unchanged.
@@ -140,7 +150,7 @@ class MergedRun : public CaptureSink {
   void Pass() {
     const Member* lead = nullptr;
     for (const Member& m : members_) {
-      if (m.live && lead == nullptr) lead = &m;
+      if (m.live() && lead == nullptr) lead = &m;
     }
     const RunPlan& lead_plan = lead->job->plan();
     const Transformer& model = *lead_plan.model->model;
@@ -151,7 +161,7 @@ class MergedRun : public CaptureSink {
       tokens = Tensor::ZerosHost(DType::kI32, {batch_, seq_});
       mask = Tensor::ZerosHost(DType::kI32, {batch_, seq_});
       for (const Member& m : members_) {
-        if (!m.live) continue;
+        if (!m.live()) continue;
         const RunPlan& plan = m.job->plan();
         for (int32_t r = 0; r < m.rows; ++r) {
           const int64_t to = (m.offset + r) * seq_, from = r * m.seq;
@@ -164,7 +174,7 @@ class MergedRun : public CaptureSink {
     HookPlan hook_plan(model.hooks());
     absl::Status edits = absl::OkStatus();
     for (const Member& m : members_) {
-      if (!m.live) continue;
+      if (!m.live()) continue;
       const RunPlan& plan = m.job->plan();
       for (const ResolvedCapture& rc : plan.captures) {
         // hook_sae_* captures (ids past the registry) travel with their splice instead.
@@ -196,7 +206,7 @@ class MergedRun : public CaptureSink {
       m.job->batch_requests_ = live_;
     }
     for (Member& m : members_) {
-      if (!m.live) continue;
+      if (!m.live()) continue;
       if (!out.ok()) {
         Fail(m, out.status());
       } else if (absl::Status s = m.job->StreamOutputs(Alone() ? *out : OutputsOf(m, *out));
@@ -209,7 +219,7 @@ class MergedRun : public CaptureSink {
   absl::Status OnCapture(HookId id, const HookInfo& info, const Tensor& value) override {
     Tensor host;
     for (Member& m : members_) {
-      if (!m.live || !m.job->Wants(id)) continue;
+      if (!m.live() || !m.job->Wants(id)) continue;
       if (!host.defined()) {
         GB_ASSIGN_OR_RETURN(host, CopyToHostF32(*backend_, value));
       }
@@ -218,7 +228,7 @@ class MergedRun : public CaptureSink {
       if (!delivered.ok()) Fail(m, delivered);
     }
     for (const Member& m : members_) {
-      if (m.live) return absl::OkStatus();
+      if (m.live()) return absl::OkStatus();
     }
     return absl::CancelledError("every run of the pass was cancelled");
   }
@@ -234,7 +244,7 @@ class MergedRun : public CaptureSink {
         counts[i] = m.seq;
       }
     }
-    return SliceHost(host, starts, counts);
+    return Cut(host, starts, counts);
   }
 
   // [batch, ...] outputs cut to the member's rows, and [batch, pos, ...] ones also to its padded
@@ -246,7 +256,7 @@ class MergedRun : public CaptureSink {
       starts[0] = m.offset;
       counts[0] = m.rows;
       if (positions >= 0) counts[1] = positions;
-      return SliceHost(t, starts, counts);
+      return Cut(t, starts, counts);
     };
     const auto by_position = [&](const Tensor& t) {
       return t.defined() && t.rank() == 3 ? m.seq : -1;

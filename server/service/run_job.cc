@@ -14,15 +14,13 @@ RunJob::RunJob(TaskInfo info, RunPlan plan, size_t buffer_bytes)
   for (const ResolvedCapture& rc : plan_.captures) ids = std::max(ids, rc.hook + 1);
   by_hook_.resize(ids);
   keep_.resize(ids, 0);
-  wants_.resize(ids, 0);
   int next_id = 0;
   for (size_t i = 0; i < plan_.captures.size(); ++i) {
     by_hook_[plan_.captures[i].hook].push_back({i, next_id});
-    wants_[plan_.captures[i].hook] = 1;
     next_id += static_cast<int>(plan_.captures[i].outputs.size());
   }
   if (plan_.keep) {
-    for (HookId id : plan_.keep->hooks) keep_[id] = wants_[id] = 1;
+    for (HookId id : plan_.keep->hooks) keep_[id] = 1;
   }
 }
 

@@ -40,7 +40,9 @@ class RunJob : public StreamingJob<glassbox::v1::RunResponse> {
   void OnCancel() override;
 
   // Whether the pass must deliver hook `id`'s value to this job (captured or kept).
-  bool Wants(HookId id) const { return id < static_cast<HookId>(wants_.size()) && wants_[id]; }
+  bool Wants(HookId id) const {
+    return id < static_cast<HookId>(keep_.size()) && (keep_[id] || !by_hook_[id].empty());
+  }
   // Hook `id`'s value over this job's rows and padded length (host f32): kept, cut down to the
   // captures and streamed.
   absl::Status Deliver(HookId id, const HookInfo& info, const Tensor& host);
@@ -54,7 +56,6 @@ class RunJob : public StreamingJob<glassbox::v1::RunResponse> {
   RunPlan plan_;
   std::vector<std::vector<std::pair<size_t, int>>> by_hook_;  // hook -> (capture, first tensor id)
   std::vector<uint8_t> keep_;                                 // hook -> kept for RunRequest.keep
-  std::vector<uint8_t> wants_;                                // hook -> captured or kept
   double forward_seconds_ = 0;
   int batch_requests_ = 1;
   std::map<std::string, Tensor> kept_;  // written by the worker, read after WaitDone
