@@ -22,7 +22,7 @@ RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       g++ cmake ninja-build pkg-config ccache \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
-      libabsl-dev libopenblas-dev nlohmann-json3-dev libpcre2-dev libonig-dev \
+      libabsl-dev libopenblas-dev nlohmann-json3-dev libpcre2-dev libonig-dev libutf8proc-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the two targets need, so edits to docs, tests or deploy/ keep the compile cached.

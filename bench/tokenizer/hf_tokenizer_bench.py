@@ -7,17 +7,18 @@
                                                           tokenizer test corpus, repeated
 """
 
+import gzip
 import json
 import os
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORPUS = os.path.join(HERE, "..", "..", "tests", "tokenizer", "fixtures", "corpus.json")
+CORPUS = os.path.join(HERE, "..", "..", "tests", "tokenizer", "fixtures", "corpus.json.gz")
 
 
 def write_text(out, megabytes):
-    with open(CORPUS, encoding="utf-8") as f:
+    with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
         strings = json.load(f)["strings"]
     # One document per line; newlines inside documents become extra lines, which is fine.
     lines = [s.replace("\r", "") for s in strings if s.strip()]

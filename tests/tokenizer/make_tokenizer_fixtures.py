@@ -2,18 +2,21 @@
 """Records HF `tokenizers` outputs for the tokenizer differential test.
 
 Builds a deterministic corpus (seeded) and writes, under tests/tokenizer/fixtures/:
-  corpus.json        {"seed", "strings": [...]}
-  <name>.json        one per real tokenizer (gpt2, llama2, llama3, models/demo's): for every
+  corpus.json.gz     {"seed", "strings": [...]}
+  <name>.json.gz     one per tokenizer (gpt2, llama2, llama3, models/demo's, and the family
+                     tokenizers pythia, qwen2, gemma2, gemma3 written under families/): for every
                      corpus string the ids with and without special tokens, decode() of the ids with special tokens
                      (and with skip_special_tokens where that differs), ids with split_special_tokens for strings holding '<',
                      and decode([id]) for every id that occurs (TransformerLens's to_str_tokens).
 
-The committed fixtures let CI run the test without PyPI `tokenizers`. Regenerate with
-  python3 -m venv /work/venv-tok && /work/venv-tok/bin/pip install tokenizers
-  /work/venv-tok/bin/python tests/tokenizer/make_tokenizer_fixtures.py
+The committed fixtures let CI run the test without PyPI `tokenizers`. Regenerate with the
+reference environment (tests/reference/requirements.txt: transformers, which brings tokenizers
+and builds the family tokenizers):
+  /work/venv-ref/bin/python tests/tokenizer/make_tokenizer_fixtures.py
 """
 
 import argparse
+import gzip
 import json
 import os
 import random
@@ -130,6 +133,16 @@ BASE = [
     "\U0001F469\u200D\u2764\uFE0F\u200D\U0001F48B\u200D\U0001F468 kiss",
     "\U0001F3F4\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F Scotland tag flag",
     "1\uFE0F\u20E3 keycap #\uFE0F\u20E3",
+    # Unicode normalization (NFC / NFKC families): composed and decomposed forms, reordering
+    # of marks, Hangul jamo, compatibility characters, and marks assigned after Unicode 9.0
+    # (HF's tables), which HF leaves in place where current tables would reorder them.
+    "e\u0301 \u00e9 a\u030a \u00e5 o\u0308\u0304 \u022b A\u0323\u0302 \u1eac",
+    "q\u0307\u0323 q\u0323\u0307 \u1e0b\u0323 d\u0307\u0323 \u0344 \u0958 \u2126 \u212b",
+    "\u1100\u1161 \u1100\u1161\u11a8 \uac00\u11a8 \u1112\u1161\u11ab\u1100\u1173\u11af",
+    "\ufb01 \u2460 \u33cf \uff21 \u210c \u00bd \u2075 \u00aa \u1e9b\u0323 \u3300 \ufe30 \u0149",
+    "a\u1df6\u0316 a\u09fe\u0316 a\U00010d24\u0316 a\u0316\u0d3b b\U0001e130\u0316 c\u1ac1\u0316",
+    "\U00011935\U00011930 \U00011938 \u0b47\u0b3e \u0b4b \U0001109a \U00011099\U000110ba",
+    "x\u0301\u0301\u0301\u0316\u0316 \u0300\u0301 leading marks \u05b0\u05b1\u05b2",
 ]
 
 WORDS_EN = ("the of and to in is was for on that with as by at from his her they have not be are "
@@ -258,6 +271,118 @@ def load_demo():
     return Tokenizer.from_file(os.path.join(HERE, "..", "..", "models", "demo", "tokenizer.json"))
 
 
+# ---------------------------------------------------------------------------------------------
+# Family tokenizers. No published Pythia, Qwen or Gemma vocabulary can be had here, so each is
+# built by transformers' own tokenizer class for that family (its exact normalizer,
+# pre-tokenizer, BPE options, decoder, post-processor and added tokens) over a small vocabulary
+# that HF `tokenizers` trains with the same pipeline on a seeded text sample, and saved with
+# save_pretrained: what a checkpoint of the family ships, only with fewer merges. Mistral and
+# Phi-3 ship Llama-2's SentencePiece pipeline and GPT-J GPT-2's, which the real vocabularies
+# above cover.
+
+FAMILY_VOCAB_SIZE = 1200
+
+
+def training_texts(seed):
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(3000):
+        words = [rng.choice(WORDS_EN + FRAGMENTS) for _ in range(rng.randint(3, 25))]
+        texts.append(rng.choice([" ", " ", " ", "  ", "\n", ", "]).join(words))
+    for _ in range(300):
+        texts.append("".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 8))))
+    return texts
+
+
+def train_bpe(pre_tokenizer, normalizer, special_tokens, byte_level, limit_alphabet=None):
+    """Vocab and merges learned by HF's BpeTrainer with a family's pipeline."""
+    from tokenizers import trainers
+    tok = Tokenizer(models.BPE(byte_fallback=not byte_level))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    options = {"limit_alphabet": limit_alphabet} if limit_alphabet else {}
+    trainer = trainers.BpeTrainer(
+        vocab_size=FAMILY_VOCAB_SIZE, special_tokens=special_tokens, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if byte_level else [], **options)
+    tok.train_from_iterator(training_texts(SEED), trainer)
+    model = json.loads(tok.to_str())["model"]
+    return model["vocab"], [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+                            for m in model["merges"]]
+
+
+def save_family(tok, name, out):
+    directory = os.path.join(out, "families", name)
+    os.makedirs(directory, exist_ok=True)
+    tok.save_pretrained(directory)
+    for extra in ("special_tokens_map.json", "chat_template.jinja"):
+        path = os.path.join(directory, extra)
+        if os.path.exists(path):
+            os.remove(path)
+    return Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+
+
+def build_pythia(out):
+    # GPT-NeoX-20B's tokenizer (Pythia): NFC, byte-level BPE, <|endoftext|> and <|padding|>, and
+    # runs of 2..24 spaces as normalized, non-special added tokens, as the real one has.
+    from tokenizers import normalizers as tn
+    from transformers import GPTNeoXTokenizer
+    vocab, merges = train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), tn.NFC(),
+                              ["<|endoftext|>", "<|padding|>"], byte_level=True)
+    tok = GPTNeoXTokenizer(vocab=vocab, merges=merges)
+    tok.add_tokens([AddedToken(" " * n, normalized=True, special=False, lstrip=False, rstrip=False)
+                    for n in range(24, 1, -1)])
+    return save_family(tok, "pythia", out)
+
+
+def build_qwen2(out):
+    # Qwen2 / Qwen2.5 / Qwen3: NFC, Qwen's split regex then byte-level BPE, no BOS, chat tokens.
+    from tokenizers import normalizers as tn
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+    from tokenizers import Regex
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    vocab, merges = train_bpe(pre, tn.NFC(), ["<|endoftext|>"], byte_level=True)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tok.add_tokens([AddedToken(t, special=True) for t in
+                    ("<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|box_start|>")])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in
+                    ("<tool_call>", "</tool_call>", "<think>", "</think>")])
+    return save_family(tok, "qwen2", out)
+
+
+def gemma_vocab(specials):
+    # SentencePiece layout: the special tokens, the 256 byte tokens, then learned pieces over a
+    # small alphabet, so most non-Latin text falls back to bytes.
+    from tokenizers import normalizers as tn
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    vocab, merges = train_bpe(pre_tokenizers.Split("\u2581", "merged_with_next"),
+                              tn.Replace(" ", "\u2581"), specials + byte_tokens,
+                              byte_level=False, limit_alphabet=120)
+    return vocab, merges
+
+
+def build_gemma2(out, name="gemma2", pre_tokenizer_none=True):
+    # Gemma / Gemma-2: spaces replaced by U+2581 by the normalizer, BPE with byte fallback and
+    # fused unknowns, a <bos> template, Replace + ByteFallback + Fuse decoding; Gemma-2's
+    # published tokenizer.json has no pre-tokenizer, Gemma-3's splits on " " (merged with the
+    # previous piece), which transformers 5 builds for both.
+    from transformers import GemmaTokenizer
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    vocab, merges = gemma_vocab(specials)
+    tok = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
+    extra = ["<start_of_turn>", "<end_of_turn>"]
+    if name == "gemma3":
+        extra += ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+    tok.add_tokens([AddedToken(t, special=True) for t in extra])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in
+                    ("<table>", "</table>", "<h1>", "\n\n\n", "\t\t")])
+    if pre_tokenizer_none:
+        tok.backend_tokenizer.pre_tokenizer = None
+    return save_family(tok, name, out)
+
+
 def random_id_decodes(tok, rng, count=300):
     """Decoding arbitrary id sequences exercises partial UTF-8 and byte-fallback runs."""
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
@@ -300,6 +425,14 @@ def record(tok, corpus):
             "random_decodes": random_id_decodes(tok, random.Random(SEED + vocab_size))}
 
 
+def write_json_gz(path, data):
+    # gzip without a timestamp, so that regenerating gives byte-identical files.
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
+                                                 filename="", compresslevel=9) as f:
+        f.write(text.encode("utf-8"))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shared", default=os.environ.get("GLASSBOX_SHARED_DIR", DEFAULT_SHARED))
@@ -310,24 +443,24 @@ def main():
     corpus = build_corpus(random.Random(SEED),
                           [load_gpt2(args.shared), load_json(args.shared, "llama3")])
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "corpus.json"), "w", encoding="utf-8") as f:
-        json.dump({"seed": SEED, "tokenizers_version": tokenizers.__version__, "strings": corpus},
-                  f, ensure_ascii=False, separators=(",", ":"))
-        f.write("\n")
+    write_json_gz(os.path.join(args.out, "corpus.json.gz"),
+                  {"seed": SEED, "tokenizers_version": tokenizers.__version__, "strings": corpus})
     loaders = {
         "gpt2": lambda: load_gpt2(args.shared),
         "llama2": lambda: load_json(args.shared, "llama2"),
         "llama3": lambda: load_json(args.shared, "llama3"),
         "demo": load_demo,
+        "pythia": lambda: build_pythia(args.out),
+        "qwen2": lambda: build_qwen2(args.out),
+        "gemma2": lambda: build_gemma2(args.out),
+        "gemma3": lambda: build_gemma2(args.out, "gemma3", pre_tokenizer_none=False),
     }
     for name, load in loaders.items():
         if args.only and name not in args.only:
             continue
         data = record(load(), corpus)
         data["tokenizers_version"] = tokenizers.__version__
-        with open(os.path.join(args.out, name + ".json"), "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
-            f.write("\n")
+        write_json_gz(os.path.join(args.out, name + ".json.gz"), data)
         print(f"{name}: {len(corpus)} strings, {len(data['token_strings'])} token strings",
               file=sys.stderr)
 

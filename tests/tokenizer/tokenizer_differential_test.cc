@@ -1,10 +1,9 @@
-// Differential test against HF `tokenizers`: for every corpus string and each real tokenizer
-// (GPT-2, Llama-2, Llama-3 and the shipped demo model's), our ids, decoded text and per-token
-// strings must equal the recorded HF outputs exactly.
+// Differential test against HF `tokenizers`: for every corpus string and each tokenizer (the
+// real GPT-2, Llama-2 and Llama-3 vocabularies, the shipped demo model's, and the Pythia, Qwen2,
+// Gemma-2 and Gemma-3 pipelines built by transformers' own classes over small vocabularies),
+// our ids, decoded text and per-token strings must equal the recorded HF outputs exactly.
 #include <cstdint>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -14,23 +13,32 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/model/tokenizer/tokenizer.h"
+#include "zlib.h"
 
 namespace glassbox {
 namespace {
 
 using nlohmann::json;
 
-json ReadJson(const std::string& path) {
-  std::ifstream in(path);
-  EXPECT_TRUE(in) << "cannot open " << path;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return json::parse(ss.str());
+// The recorded outputs are gzipped JSON (a tenth of the size).
+json ReadJsonGz(const std::string& path) {
+  gzFile in = gzopen(path.c_str(), "rb");
+  if (in == nullptr) {
+    ADD_FAILURE() << "cannot open " << path;
+    return json();
+  }
+  std::string text;
+  char buffer[1 << 16];
+  int n;
+  while ((n = gzread(in, buffer, sizeof(buffer))) > 0) text.append(buffer, n);
+  EXPECT_EQ(n, 0) << "cannot inflate " << path;
+  gzclose(in);
+  return json::parse(text);
 }
 
 const std::vector<std::string>& Corpus() {
   static const auto* corpus =
-      new std::vector<std::string>(ReadJson(GLASSBOX_TOKENIZER_FIXTURES_DIR "/corpus.json")
+      new std::vector<std::string>(ReadJsonGz(GLASSBOX_TOKENIZER_FIXTURES_DIR "/corpus.json.gz")
                                        .at("strings")
                                        .get<std::vector<std::string>>());
   return *corpus;
@@ -47,6 +55,10 @@ Case SharedTokenizer(const std::string& name) {
   return {name, absl::StrCat(GLASSBOX_SHARED_DIR, "/data/tokenizers/", name)};
 }
 
+Case FamilyTokenizer(const std::string& name) {
+  return {name, absl::StrCat(GLASSBOX_TOKENIZER_FIXTURES_DIR, "/families/", name)};
+}
+
 class DifferentialTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
@@ -54,7 +66,7 @@ class DifferentialTest : public ::testing::TestWithParam<Case> {
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = *std::move(tok);
     expected_ =
-        ReadJson(absl::StrCat(GLASSBOX_TOKENIZER_FIXTURES_DIR, "/", GetParam().name, ".json"));
+        ReadJsonGz(absl::StrCat(GLASSBOX_TOKENIZER_FIXTURES_DIR, "/", GetParam().name, ".json.gz"));
     ASSERT_EQ(expected_.at("entries").size(), Corpus().size());
   }
 
@@ -200,7 +212,9 @@ TEST_P(DifferentialTest, StrTokensMatchHf) {
 INSTANTIATE_TEST_SUITE_P(RealTokenizers, DifferentialTest,
                          ::testing::Values(SharedTokenizer("gpt2"), SharedTokenizer("llama2"),
                                            SharedTokenizer("llama3"),
-                                           Case{"demo", GLASSBOX_DEMO_MODEL_DIR}),
+                                           Case{"demo", GLASSBOX_DEMO_MODEL_DIR},
+                                           FamilyTokenizer("pythia"), FamilyTokenizer("qwen2"),
+                                           FamilyTokenizer("gemma2"), FamilyTokenizer("gemma3")),
                          [](const auto& info) { return info.param.name; });
 
 }  // namespace

@@ -16,8 +16,8 @@ class Normalizer {
   virtual void Normalize(std::string* text) const = 0;
 };
 
-// Supported: Sequence, Prepend, Replace, Strip. Others (NFC/NFKC/NFD/NFKD, Lowercase,
-// BertNormalizer, Precompiled, ...) are rejected with UNIMPLEMENTED naming the type, so that a
+// Supported: Sequence, Prepend, Replace, Strip, NFC, NFD, NFKC, NFKD (with HF's Unicode 9.0
+// tables). Others (Lowercase, BertNormalizer, Precompiled, ...) are rejected with UNIMPLEMENTED naming the type, so that a
 // tokenizer is never loaded with a silently different normalisation. May throw
 // nlohmann::json::exception on malformed fields.
 absl::StatusOr<std::unique_ptr<Normalizer>> NormalizerFromJson(const nlohmann::json& j);
