@@ -1,12 +1,15 @@
 // SAEs over gRPC, in-process on a loopback port: two sae_lens-saved SAEs attached to the tiny
 // GPT-2 fixture (a standard one at blocks.1.hook_resid_pre, a jumprelu hook_z one at
-// blocks.0.attn.hook_z). Encode equals the engine's Sae::Encode on a plain Run's capture and
-// sae_lens; spliced runs (with and without the error term, with feature edits) and decoder
-// steering equal HookedSAETransformer (tests/reference/make_sae_service_fixtures.py); every
-// bad request gets a precise status.
+// blocks.0.attn.hook_z) and a Gemma Scope params.npz on tiny Gemma-2's blocks.0.hook_resid_post.
+// Encode equals the engine's Sae::Encode on a plain Run's capture and sae_lens; spliced runs
+// (with and without the error term, with feature edits) and decoder steering equal
+// HookedSAETransformer (tests/reference/make_sae_service_fixtures.py); every bad request gets a
+// precise status.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cstring>
+#include <iostream>
 
 #include "base/safetensors.h"
 #include "gmock/gmock.h"
@@ -32,14 +35,20 @@ using ::testing::HasSubstr;
 namespace pb = ::glassbox::v1;
 
 constexpr double kTolerance = 1e-5;  // norm-relative, f32 engine vs float64 references
-const char* const kSaes[] = {"res1_standard", "z0_jumprelu"};
+const char* const kSaes[] = {"res1_standard", "z0_jumprelu", "gemma_scope_res0"};
+
+// The served model each SAE reads (its fixture's inputs are the model's committed ones).
+std::string ModelOf(const std::string& sae) {
+  return sae == "gemma_scope_res0" ? "gemma2" : "gpt2";
+}
 
 class SaeServiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto store = ModelStore::Load(
-        {{"gpt2", FixturePath("models/tiny-gpt2")}, {"llama", FixturePath("models/tiny-llama")}},
-        std::make_shared<CpuBackend>(), "cpu");
+    auto store = ModelStore::Load({{"gpt2", FixturePath("models/tiny-gpt2")},
+                                   {"llama", FixturePath("models/tiny-llama")},
+                                   {"gemma2", FixturePath("models/tiny-gemma2")}},
+                                  std::make_shared<CpuBackend>(), "cpu");
     ASSERT_TRUE(store.ok()) << store.status();
     const std::string dir = FixturePath("saes/service/");
     // res1_standard's weights also go on llama (whose blocks.1.hook_resid_pre is as wide), to
@@ -48,6 +57,10 @@ class SaeServiceTest : public ::testing::Test {
         (*store)
             ->LoadSaes({{.name = "res1_standard", .path = dir + "res1_standard", .model = "gpt2"},
                         {.name = "z0_jumprelu", .path = dir + "z0_jumprelu", .model = "gpt2"},
+                        {.name = "gemma_scope_res0",
+                         .path = dir + "gemma_scope_res0",
+                         .model = "gemma2",
+                         .hook = "blocks.0.hook_resid_post"},
                         {.name = "on_llama", .path = dir + "res1_standard", .model = "llama"}})
             .ok());
     ServiceLimits limits;
@@ -56,11 +69,16 @@ class SaeServiceTest : public ::testing::Test {
     server_ = new InProcessServer(*std::move(store), limits);
     store_ = &server_->store();
     stub_ = pb::Glassbox::NewStub(server_->channel()).release();
-    expected_ = new std::map<std::string, Tensor>(
-        ReadAllTensors(FixturePath("expected/tiny-gpt2.saes.safetensors")));
-    auto file = SafetensorsFile::Open(FixturePath("expected/tiny-gpt2.saes.safetensors"));
-    ASSERT_TRUE(file.ok());
-    cases_ = new nlohmann::json(nlohmann::json::parse((*file)->metadata().at("cases")));
+    // The reference values of both models' SAEs; their names keep the keys apart.
+    expected_ = new std::map<std::string, Tensor>();
+    cases_ = new nlohmann::json(nlohmann::json::object());
+    for (const char* model : {"tiny-gpt2", "tiny-gemma2"}) {
+      const std::string path = FixturePath(std::string("expected/") + model + ".saes.safetensors");
+      expected_->merge(ReadAllTensors(path));
+      auto file = SafetensorsFile::Open(path);
+      ASSERT_TRUE(file.ok());
+      cases_->update(nlohmann::json::parse((*file)->metadata().at("cases")));
+    }
   }
   static void TearDownTestSuite() {
     delete stub_;
@@ -72,10 +90,10 @@ class SaeServiceTest : public ::testing::Test {
   static const Tensor& Expected(const std::string& name) { return expected_->at(name); }
   static const nlohmann::json& Case(const std::string& sae) { return (*cases_)[sae]; }
 
-  // The committed input batch [3, 11], optionally with row 1 cut to `row1_length` tokens.
-  static pb::Inputs Inputs(int row1_length = 11) {
-    const Tensor ids =
-        ReadAllTensors(FixturePath("expected/tiny-gpt2.safetensors")).at("unpadded.input_ids");
+  // A model's committed input batch [3, 11], optionally with row 1 cut to `row1_length` tokens.
+  static pb::Inputs Inputs(const std::string& model = "gpt2", int row1_length = 11) {
+    const Tensor ids = ReadAllTensors(FixturePath("expected/tiny-" + model + ".safetensors"))
+                           .at("unpadded.input_ids");
     pb::Inputs inputs;
     for (int64_t b = 0; b < ids.dim(0); ++b) {
       auto* row = inputs.add_token_ids();
@@ -104,8 +122,8 @@ class SaeServiceTest : public ::testing::Test {
 
   static pb::RunRequest SpliceRequest(const std::string& sae, bool use_error_term) {
     pb::RunRequest request;
-    request.set_model("gpt2");
-    *request.mutable_inputs() = Inputs();
+    request.set_model(ModelOf(sae));
+    *request.mutable_inputs() = Inputs(ModelOf(sae));
     request.mutable_outputs()->set_logits(pb::LOGITS_ALL);
     auto* splice = request.add_sae_splices();
     splice->set_sae(sae);
@@ -131,15 +149,20 @@ class SaeServiceTest : public ::testing::Test {
   // Every tensor the reference has under `prefix` (logits and hook_sae_* values) equals ours.
   static void ExpectEqualsReference(const Received& got, const std::string& prefix) {
     int compared = 0;
+    double worst = 0;
     for (const auto& [name, value] : *expected_) {
       if (name.rfind(prefix, 0) != 0) continue;
       const std::string ours = name.substr(prefix.size());
       SCOPED_TRACE(name);
       ASSERT_TRUE(got.bytes.count(ours)) << "missing " << ours;
-      EXPECT_LE(NormRelativeError(Get(got, ours), value), kTolerance);
+      const double error = NormRelativeError(Get(got, ours), value);
+      EXPECT_LE(error, kTolerance);
+      worst = std::max(worst, error);
       ++compared;
     }
     EXPECT_GE(compared, 6) << prefix;  // logits and the hook_sae_* points
+    std::cout << prefix << " " << compared << " tensors, worst norm-relative error " << worst
+              << "\n";
   }
 
   static inline InProcessServer* server_;
@@ -173,10 +196,27 @@ TEST_F(SaeServiceTest, ListsSaesWithTheirMetadata) {
 
   grpc::ClientContext all_context;
   ASSERT_TRUE(stub_->ListSaes(&all_context, {}, &response).ok());
-  EXPECT_EQ(response.saes_size(), 3);
+  EXPECT_EQ(response.saes_size(), 4);
   grpc::ClientContext bad;
   request.set_model("gpt5");
   EXPECT_EQ(stub_->ListSaes(&bad, request, &response).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(SaeServiceTest, GemmaScopeNpzIsServedOnGemma2) {
+  grpc::ClientContext context;
+  pb::ListSaesRequest request;
+  request.set_model("gemma2");
+  pb::ListSaesResponse response;
+  ASSERT_TRUE(stub_->ListSaes(&context, request, &response).ok());
+  ASSERT_EQ(response.saes_size(), 1);
+  const pb::SaeInfo& g = response.saes(0);
+  EXPECT_EQ(g.name(), "gemma_scope_res0");
+  EXPECT_EQ(g.hook(), "blocks.0.hook_resid_post");
+  EXPECT_EQ(g.architecture(), "jumprelu");
+  EXPECT_EQ(g.d_in(), 64);
+  EXPECT_EQ(g.d_sae(), 128);
+  EXPECT_EQ(g.normalization(), "none");
+  EXPECT_FALSE(g.reshape_hook_z());
 }
 
 TEST_F(SaeServiceTest, EncodeEqualsEngineOnCapturedActivationsAndSaeLens) {
@@ -185,8 +225,8 @@ TEST_F(SaeServiceTest, EncodeEqualsEngineOnCapturedActivationsAndSaeLens) {
     const std::string hook = Case(name)["hook"];
     // The engine's own Sae::Encode on the hook's value from a plain Run.
     pb::RunRequest plain;
-    plain.set_model("gpt2");
-    *plain.mutable_inputs() = Inputs();
+    plain.set_model(ModelOf(name));
+    *plain.mutable_inputs() = Inputs(ModelOf(name));
     plain.add_captures()->set_hook(hook);
     Received run = Run(plain);
     ASSERT_TRUE(run.status.ok()) << run.status.error_message();
@@ -198,7 +238,7 @@ TEST_F(SaeServiceTest, EncodeEqualsEngineOnCapturedActivationsAndSaeLens) {
 
     pb::SaeEncodeRequest request;
     request.set_sae(name);
-    *request.mutable_inputs() = Inputs();
+    *request.mutable_inputs() = Inputs(ModelOf(name));
     request.set_dense(true);
     pb::SaeEncodeResponse response;
     grpc::ClientContext context;
@@ -240,7 +280,7 @@ TEST_F(SaeServiceTest, EncodeEqualsEngineOnCapturedActivationsAndSaeLens) {
     // Top-3 of a ragged batch: row 1 cut to 7 tokens; each token's 3 largest, descending.
     request.set_dense(false);
     request.set_top_k(3);
-    *request.mutable_inputs() = Inputs(7);
+    *request.mutable_inputs() = Inputs(ModelOf(name), 7);
     grpc::ClientContext top_context;
     pb::SaeEncodeResponse top;
     ASSERT_TRUE(stub_->SaeEncode(&top_context, request, &top).ok());
@@ -304,8 +344,8 @@ TEST_F(SaeServiceTest, DecoderSteeringEqualsAddingTheDirection) {
     SCOPED_TRACE(name);
     const auto& steer = Case(name)["steer"];
     pb::RunRequest request;
-    request.set_model("gpt2");
-    *request.mutable_inputs() = Inputs();
+    request.set_model(ModelOf(name));
+    *request.mutable_inputs() = Inputs(ModelOf(name));
     request.mutable_outputs()->set_logits(pb::LOGITS_ALL);
     auto* s = request.add_sae_steering();
     s->set_sae(name);
@@ -375,7 +415,8 @@ TEST_F(SaeServiceTest, BadSaeRequests) {
   const std::vector<Case> cases = {
       {"unknown SAE", [](auto& r) { r.mutable_sae_splices(0)->set_sae("res9"); },
        grpc::StatusCode::NOT_FOUND,
-       "no SAE named \"res9\"; this server has: on_llama, res1_standard, z0_jumprelu"},
+       "no SAE named \"res9\"; this server has: gemma_scope_res0, on_llama, res1_standard, "
+       "z0_jumprelu"},
       {"SAE of another model", [](auto& r) { r.mutable_sae_splices(0)->set_sae("on_llama"); },
        grpc::StatusCode::INVALID_ARGUMENT, "attached to model \"llama\", not \"gpt2\""},
       {"two SAEs at one hook", [](auto& r) { r.add_sae_splices()->set_sae("res1_standard"); },
