@@ -691,6 +691,22 @@ const TensorView* SafetensorsFile::Find(std::string_view name) const {
   return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
+bool SafetensorsFile::ReleasePages(const TensorView& view) const {
+  const auto* begin = static_cast<const std::byte*>(mapping_);
+  if (begin == nullptr || view.bytes.data() < begin ||
+      view.bytes.data() + view.bytes.size() > begin + mapping_size_) {
+    return false;
+  }
+  // Only pages wholly inside the tensor: a neighbour sharing a page keeps it.
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(view.bytes.data()) + page - 1) / page * page;
+  const uintptr_t last =
+      (reinterpret_cast<uintptr_t>(view.bytes.data()) + view.bytes.size()) / page * page;
+  // Advice only: a failure leaves the pages resident, which costs memory but nothing else.
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  return true;
+}
+
 // ---- SafetensorsCheckpoint ----
 
 absl::StatusOr<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::string& path) {
@@ -789,6 +805,12 @@ absl::StatusOr<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::str
 const TensorView* SafetensorsCheckpoint::Find(std::string_view name) const {
   const auto it = by_name_.find(name);
   return it == by_name_.end() ? nullptr : it->second;
+}
+
+void SafetensorsCheckpoint::ReleasePages(const TensorView& view) const {
+  for (const auto& file : files_) {
+    if (file->ReleasePages(view)) return;
+  }
 }
 
 std::vector<std::string> SafetensorsCheckpoint::Names() const {

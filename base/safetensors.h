@@ -78,6 +78,12 @@ class SafetensorsFile {
   const TensorView* Find(std::string_view name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
+  // Drops the whole pages of `view` from this process's resident set (MADV_DONTNEED) once its
+  // values have been copied out; they stay in the page cache and fault back in if read again.
+  // A loader that converts tensor by tensor so never holds the file and its converted copy at
+  // once. False (and nothing done) when `view` is not in this file's mapping.
+  bool ReleasePages(const TensorView& view) const;
+
  private:
   SafetensorsFile() = default;
   void Unmap();
@@ -106,6 +112,8 @@ class SafetensorsCheckpoint {
   size_t size() const { return by_name_.size(); }
   // The files, in the order they were opened (the sorted shard names for a sharded checkpoint).
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  // SafetensorsFile::ReleasePages on the file holding `view`.
+  void ReleasePages(const TensorView& view) const;
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;

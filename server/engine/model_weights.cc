@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -76,6 +77,9 @@ class WeightReader {
           " but config.json implies ", ShapeToString(stored)));
     }
     GB_ASSIGN_OR_RETURN(Tensor host, ToHostF32(*view));
+    // The checkpoint's pages of this tensor are not read again: dropping them now keeps the
+    // load's peak near the converted weights instead of the weights plus the whole file.
+    checkpoint_.ReleasePages(*view);
     if (transpose) host = Transposed(host);
     return host.Reshape(std::move(shape));
   }
@@ -458,6 +462,27 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
   // Llama-family checkpoints: LlamaForCausalLM saves "model.*" plus "lm_head.weight"; a bare
   // LlamaModel saves the same names without "model.".
   return LoadLlama(config, WeightReader(checkpoint, {"model.", ""}, backend, dtype));
+}
+
+int64_t ModelWeightsBytes(const ModelWeights& w) {
+  std::set<const void*> seen;
+  int64_t bytes = 0;
+  auto count = [&](const Tensor& t) {
+    if (t.defined() && seen.insert(t.raw_data()).second) bytes += static_cast<int64_t>(t.nbytes());
+  };
+  for (const Tensor* t : {&w.embed, &w.pos_embed, &w.ln_final_w, &w.ln_final_b, &w.unembed,
+                          &w.unembed_b, &w.rope_cos, &w.rope_sin, &w.rope_cos_local,
+                          &w.rope_sin_local}) {
+    count(*t);
+  }
+  for (const BlockWeights& b : w.blocks) {
+    for (const Tensor* t : {&b.ln1_w, &b.ln1_b, &b.qkv_w, &b.qkv_b, &b.q_norm_w, &b.k_norm_w,
+                            &b.o_w, &b.o_b, &b.ln2_w, &b.ln2_b, &b.ln1_post_w, &b.ln2_post_w,
+                            &b.in_w, &b.in_b, &b.gate_w, &b.gate_b, &b.out_w, &b.out_b}) {
+      count(*t);
+    }
+  }
+  return bytes;
 }
 
 }  // namespace glassbox

@@ -45,6 +45,9 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
                                               const SafetensorsCheckpoint& checkpoint,
                                               Backend& backend, DType dtype);
 
+// Bytes of every distinct tensor of `weights` (tied embeddings counted once), wherever they live.
+int64_t ModelWeightsBytes(const ModelWeights& weights);
+
 // Rotary cos/sin tables exactly as HF computes them (inv_freq and angles in f32, with the
 // config's rope_scaling), as host f32 tensors [n_ctx, rotary_dim / 2].
 void ComputeRotaryTables(const ModelConfig& config, Tensor& cos, Tensor& sin);

@@ -1,5 +1,9 @@
 #include "server/engine/transformer.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -501,6 +505,12 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
     return absl::Status(weights.status().code(),
                         absl::StrCat(model_dir, ": ", weights.status().message()));
   }
+#ifdef __GLIBC__
+  // The conversion's temporaries (f32 copies before transposes, concatenations and dtype
+  // conversion) are freed by now, but glibc keeps the heap they grew: 7% of a 1B model's
+  // weights that a long-running server would never use again.
+  malloc_trim(0);
+#endif
   return std::unique_ptr<Transformer>(
       new Transformer(std::move(config), *std::move(weights), std::move(backend), dtype));
 }

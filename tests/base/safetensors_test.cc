@@ -1,4 +1,3 @@
-#include "base/float16.h"
 #include "base/safetensors.h"
 
 #include <sys/stat.h>
@@ -12,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/dtype.h"
+#include "base/float16.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -200,6 +200,45 @@ TEST(SafetensorsRoundTripTest, EveryDtypeThroughFile) {
   file->reset();
   ASSERT_NE(moved.Find("layer.0.f32"), nullptr);
   EXPECT_EQ(FromBytes<float>(moved.Find("layer.0.f32")->bytes), all.f32);
+}
+
+// Releasing a tensor's pages after reading it only drops them from the resident set: the values
+// fault back in unchanged, neighbours are untouched, and views outside the mapping are refused.
+TEST(SafetensorsFileTest, ReleasedPagesReadBackUnchanged) {
+  std::vector<float> big(300000), small = {1.5f, -2.25f, 3.0f};
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i) * 0.5f - 7.0f;
+  const std::string path = TestDir() + "/big.safetensors";
+  auto bytes = [](const std::vector<float>& v) {
+    return std::span<const std::byte>(reinterpret_cast<const std::byte*>(v.data()),
+                                      v.size() * sizeof(float));
+  };
+  const auto big_bytes = bytes(big), small_bytes = bytes(small);
+  ASSERT_TRUE(
+      WriteSafetensors(
+          path, std::vector<TensorToWrite>{{"a", SafetensorsDtype::kF32, {3}, small_bytes},
+                                           {"big", SafetensorsDtype::kF32, {300000}, big_bytes},
+                                           {"z", SafetensorsDtype::kF32, {3}, small_bytes}})
+          .ok());
+  auto checkpoint = SafetensorsCheckpoint::Open(path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const TensorView* view = checkpoint->Find("big");
+  ASSERT_NE(view, nullptr);
+  EXPECT_EQ(FromBytes<float>(view->bytes), big);
+  EXPECT_TRUE(checkpoint->files()[0]->ReleasePages(*view));
+  checkpoint->ReleasePages(*view);  // Twice is harmless.
+  EXPECT_EQ(FromBytes<float>(view->bytes), big);
+  EXPECT_EQ(FromBytes<float>(checkpoint->Find("a")->bytes), small);
+  EXPECT_EQ(FromBytes<float>(checkpoint->Find("z")->bytes), small);
+
+  // A view parsed from memory is not in the file's mapping and is left alone.
+  const std::string image = MakeImage(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}})",
+                                      std::string(reinterpret_cast<const char*>(small.data()), 12));
+  auto parsed = ParseSafetensors(
+      std::span<const std::byte>(reinterpret_cast<const std::byte*>(image.data()), image.size()),
+      "memory");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(checkpoint->files()[0]->ReleasePages((*parsed)[0]));
+  EXPECT_EQ(FromBytes<float>((*parsed)[0].bytes), small);
 }
 
 TEST(SafetensorsRoundTripTest, Metadata) {
