@@ -8,6 +8,7 @@
 #include "base/status_macros.h"
 #include "server/service/generate_job.h"
 #include "server/service/glassbox_service.h"
+#include "server/service/job_stream.h"
 #include "server/service/status_util.h"
 
 namespace glassbox {
@@ -127,17 +128,19 @@ void AddSequences(const GenerateResult& result,
 
 }  // namespace
 
-grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
-                                       const pb::GenerateRequest* request,
-                                       grpc::ServerWriter<pb::GenerateResponse>* writer) {
+grpc::ServerWriteReactor<pb::GenerateResponse>* GlassboxService::Generate(
+    grpc::CallbackServerContext* context, const pb::GenerateRequest* request) {
+  using Response = pb::GenerateResponse;
   const auto start = std::chrono::steady_clock::now();
-  if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
-  auto caller = Admit(context, CallKind::kDevice);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (draining_) return Refuse<Response>(absl::UnavailableError("the server is shutting down"));
+  auto admitted = Admit(context, CallKind::kDevice);
+  if (!admitted.ok()) return Refuse<Response>(admitted.status());
+  // The caller's run slot is held until the stream ends: the summary (kept by the stream) owns it.
+  auto caller = std::make_shared<const Caller>(*std::move(admitted));
   auto stream = streams_.Acquire();
-  if (!stream.ok()) return ToGrpcStatus(stream.status());
+  if (!stream.ok()) return Refuse<Response>(stream.status());
   const ServiceLimits& limits = caller->limits();
-  if (auto s = CheckEditsForGeneration(*request); !s.ok()) return ToGrpcStatus(s);
+  if (auto s = CheckEditsForGeneration(*request); !s.ok()) return Refuse<Response>(s);
   pb::RunRequest as_run;
   as_run.set_model(request->model());
   *as_run.mutable_inputs() = request->inputs();
@@ -146,10 +149,10 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   *as_run.mutable_sae_steering() = request->sae_steering();
   *as_run.mutable_captures() = request->captures();
   auto plan = BuildRunPlan(as_run, store_, limits, caller->cache());
-  if (!plan.ok()) return ToGrpcStatus(plan.status());
+  if (!plan.ok()) return Refuse<Response>(plan.status());
   const ModelConfig& config = plan->model->model->config();
   auto params = ParamsOf(*request, config);
-  if (!params.ok()) return ToGrpcStatus(params.status());
+  if (!params.ok()) return Refuse<Response>(params.status());
   // The token budget holds the finished batch: every row padded to the longest prompt plus the
   // new tokens, at most the model's context.
   int64_t longest = 0;
@@ -158,21 +161,20 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   const int64_t final_length =
       std::min<int64_t>(longest + std::max(request->max_new_tokens(), 0), config.n_ctx);
   if (rows * final_length > limits.max_tokens_per_request) {
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
+    return Refuse<Response>(absl::ResourceExhaustedError(
         absl::StrCat("the generation would hold ", rows * final_length, " tokens (", rows,
                      " rows x ", final_length, ", prompt and new tokens); this server allows ",
                      limits.max_tokens_per_request,
-                     " per request (--max_tokens): generate fewer tokens or fewer rows"));
+                     " per request (--max_tokens): generate fewer tokens or fewer rows")));
   }
   if (!params->stop_strings.empty() && plan->model->tokenizer == nullptr) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("stop_strings need a tokenizer; model \"", request->model(),
-                                     "\" has none (stop on token ids with stop_token_ids)"));
+    return Refuse<Response>(absl::FailedPreconditionError(
+        absl::StrCat("stop_strings need a tokenizer; model \"", request->model(),
+                     "\" has none (stop on token ids with stop_token_ids)")));
   }
   // Counted as --max_tokens counts them: the finished batch.
   if (absl::Status charged = caller->ChargeTokens(rows * final_length); !charged.ok()) {
-    return ToGrpcStatus(charged);
+    return Refuse<Response>(charged);
   }
 
   pb::GenerateResponse header_message;
@@ -187,38 +189,36 @@ grpc::Status GlassboxService::Generate(grpc::ServerContext* context,
   auto job = std::make_shared<GenerateJob>(std::move(task), *std::move(plan), *std::move(params),
                                            request->include_unsteered(), request->capture_at_end(),
                                            limits);
+  auto summarize = [this, context, job, caller, start, rows, final_length,
+                    include_unsteered = request->include_unsteered(),
+                    model = request->model()]() -> absl::StatusOr<Response> {
+    Response summary_message;
+    auto* summary = summary_message.mutable_summary();
+    AddSequences(job->steered(), summary->mutable_sequences());
+    if (include_unsteered) AddSequences(job->unsteered(), summary->mutable_unsteered_sequences());
+    summary->set_bytes_sent(job->bytes_sent());
+    metrics_.Annotate(context, [&](RequestRecord& r) {
+      r.model = model;
+      r.tokens = rows * final_length;
+      r.queue_seconds = job->queue_seconds();
+      r.run_seconds = job->seconds();
+      r.bytes = job->bytes_sent();
+      r.batch_requests = 1;
+    });
+    summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
+    summary->mutable_timings()->set_forward_seconds(job->seconds());
+    summary->mutable_timings()->set_total_seconds(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return summary_message;
+  };
+  auto* reactor = new JobStream<Response>(context, job, *std::move(stream), "the generation",
+                                          std::move(summarize));
   if (auto queued = GenerateJob::Submit(scheduler_, job); !queued.ok()) {
-    return ToGrpcStatus(queued.status());
+    reactor->Refuse(queued.status());
+    return reactor;
   }
-  if (!writer->Write(header_message)) {
-    job->Cancel();
-    job->WaitDone();
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away before the header");
-  }
-  const grpc::Status relayed = Relay<pb::GenerateResponse>(context, writer, *job, "the generation");
-  if (!relayed.ok()) return relayed;
-
-  pb::GenerateResponse summary_message;
-  auto* summary = summary_message.mutable_summary();
-  AddSequences(job->steered(), summary->mutable_sequences());
-  if (request->include_unsteered()) {
-    AddSequences(job->unsteered(), summary->mutable_unsteered_sequences());
-  }
-  summary->set_bytes_sent(job->bytes_sent());
-  metrics_.Annotate(context, [&](RequestRecord& r) {
-    r.model = request->model();
-    r.tokens = rows * final_length;
-    r.queue_seconds = job->queue_seconds();
-    r.run_seconds = job->seconds();
-    r.bytes = job->bytes_sent();
-    r.batch_requests = 1;
-  });
-  summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
-  summary->mutable_timings()->set_forward_seconds(job->seconds());
-  summary->mutable_timings()->set_total_seconds(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  writer->Write(summary_message);
-  return grpc::Status::OK;
+  reactor->Begin(std::move(header_message));
+  return reactor;
 }
 
 }  // namespace glassbox

@@ -88,10 +88,7 @@ absl::Status GenerateJob::CaptureAtEnd(const HookPlan& hook_plan, const Generate
     GB_RETURN_IF_ERROR(AddCaptures(hook, value, lengths, out->mutable_captures()));
   }
   const size_t bytes = message.ByteSizeLong();
-  if (!channel_.Push(std::move(message), bytes)) {
-    return absl::CancelledError("the client went away during generation");
-  }
-  return absl::OkStatus();
+  return Emit(std::move(message), bytes);
 }
 
 absl::Status GenerateJob::OnStep(const GeneratedStep& step, bool unsteered) {
@@ -118,10 +115,7 @@ absl::Status GenerateJob::OnStep(const GeneratedStep& step, bool unsteered) {
     }
   }
   const size_t bytes = message.ByteSizeLong();
-  if (!channel_.Push(std::move(message), bytes)) {
-    return absl::CancelledError("the client went away during generation");
-  }
-  return absl::OkStatus();
+  return Emit(std::move(message), bytes);
 }
 
 absl::StatusOr<GenerateResult> GenerateJob::GenerateOnce(bool unsteered) {

@@ -20,7 +20,7 @@ class GenerateJob : public StreamingJob<glassbox::v1::GenerateResponse> {
   // instead of with every step.
   GenerateJob(TaskInfo info, RunPlan plan, GenerateParams params, bool include_unsteered,
               bool capture_at_end, const ServiceLimits& limits)
-      : StreamingJob(std::move(info), limits.stream_buffer_bytes),
+      : StreamingJob(std::move(info), limits.stream_buffer_bytes, limits.stream_stall),
         plan_(std::move(plan)),
         params_(std::move(params)),
         include_unsteered_(include_unsteered),

@@ -4,6 +4,7 @@
 #include <climits>
 
 #include "absl/strings/str_cat.h"
+#include "server/service/job_stream.h"
 #include "server/service/run_job.h"
 #include "server/service/status_util.h"
 
@@ -120,19 +121,22 @@ grpc::Status GlassboxService::Detokenize(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::v1::RunRequest* request,
-                                  grpc::ServerWriter<glassbox::v1::RunResponse>* writer) {
+grpc::ServerWriteReactor<glassbox::v1::RunResponse>* GlassboxService::Run(
+    grpc::CallbackServerContext* context, const glassbox::v1::RunRequest* request) {
+  using Response = glassbox::v1::RunResponse;
   const auto start = std::chrono::steady_clock::now();
-  if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
-  auto caller = Admit(context, CallKind::kDevice);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (draining_) return Refuse<Response>(absl::UnavailableError("the server is shutting down"));
+  auto admitted = Admit(context, CallKind::kDevice);
+  if (!admitted.ok()) return Refuse<Response>(admitted.status());
+  // The caller's run slot is held until the stream ends: the summary (kept by the stream) owns it.
+  auto caller = std::make_shared<const Caller>(*std::move(admitted));
   auto stream = streams_.Acquire();
-  if (!stream.ok()) return ToGrpcStatus(stream.status());
+  if (!stream.ok()) return Refuse<Response>(stream.status());
   const CacheAccess& cache = caller->cache();
   auto plan = BuildRunPlan(*request, store_, caller->limits(), cache);
-  if (!plan.ok()) return ToGrpcStatus(plan.status());
+  if (!plan.ok()) return Refuse<Response>(plan.status());
   if (absl::Status charged = caller->ChargeTokens(plan->tokens.numel()); !charged.ok()) {
-    return ToGrpcStatus(charged);
+    return Refuse<Response>(charged);
   }
 
   const int64_t rows = static_cast<int64_t>(plan->rows.size());
@@ -140,7 +144,7 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
   TaskInfo task{.owner = cache.owner, .rpc = "Run", .model = request->model(),
                 .tokens = plan->tokens.numel(), .memory_bytes = EstimateRunBytes(*plan),
                 .batch_key = RunBatchKey(*plan), .rows = rows, .padded_length = padded};
-  glassbox::v1::RunResponse header_message;
+  Response header_message;
   auto* header = header_message.mutable_header();
   header->set_model(request->model());
   for (size_t r = 0; r < plan->rows.size(); ++r) {
@@ -158,45 +162,47 @@ grpc::Status GlassboxService::Run(grpc::ServerContext* context, const glassbox::
     info->set_nbytes(t.nbytes());
   }
 
-  auto job = std::make_shared<RunJob>(std::move(task), *std::move(plan), limits_.stream_buffer_bytes);
+  auto job = std::make_shared<RunJob>(std::move(task), *std::move(plan),
+                                      limits_.stream_buffer_bytes, limits_.stream_stall);
+  // The stream and its summary share this: bytes counted as they are written.
+  auto bytes_sent = std::make_shared<int64_t>(0);
+  auto summarize = [this, context, job, bytes_sent, start, caller,
+                    model = request->model()]() -> absl::StatusOr<Response> {
+    Response summary_message;
+    auto* summary = summary_message.mutable_summary();
+    if (job->plan().keep) {
+      auto kept = StoreKept(job->plan(), caller->cache(), job->TakeKept());
+      if (!kept.ok()) return kept.status();
+      *summary->mutable_kept() = *std::move(kept);
+    }
+    summary->set_bytes_sent(*bytes_sent);
+    metrics_.Annotate(context, [&](RequestRecord& r) {
+      r.model = model;
+      r.tokens = job->plan().tokens.numel();
+      r.queue_seconds = job->queue_seconds();
+      r.run_seconds = job->forward_seconds();
+      r.bytes = *bytes_sent;
+      r.batch_requests = job->batch_requests();
+    });
+    auto* timings = summary->mutable_timings();
+    timings->set_queue_seconds(job->queue_seconds());
+    timings->set_forward_seconds(job->forward_seconds());
+    timings->set_batch_requests(job->batch_requests());
+    timings->set_total_seconds(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return summary_message;
+  };
+  auto* reactor = new JobStream<Response>(
+      context, job, *std::move(stream), "the run", std::move(summarize),
+      [bytes_sent](const Response& item) { *bytes_sent += std::ssize(item.chunk().data()); });
   auto position = RunJob::Submit(scheduler_, job);
-  if (!position.ok()) return ToGrpcStatus(position.status());
+  if (!position.ok()) {
+    reactor->Refuse(position.status());
+    return reactor;
+  }
   header->set_queue_position(static_cast<int32_t>(std::min<int64_t>(*position, INT32_MAX)));
-  if (!writer->Write(header_message)) {
-    job->Cancel();
-    job->WaitDone();
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away before the header");
-  }
-  int64_t bytes_sent = 0;
-  const grpc::Status relayed =
-      Relay<glassbox::v1::RunResponse>(context, writer, *job, "the run", [&](const auto& item) {
-        bytes_sent += static_cast<int64_t>(item.chunk().data().size());
-      });
-  if (!relayed.ok()) return relayed;
-
-  glassbox::v1::RunResponse summary_message;
-  auto* summary = summary_message.mutable_summary();
-  if (job->plan().keep) {
-    auto kept = StoreKept(job->plan(), cache, job->TakeKept());
-    if (!kept.ok()) return ToGrpcStatus(kept.status());
-    *summary->mutable_kept() = *std::move(kept);
-  }
-  summary->set_bytes_sent(bytes_sent);
-  metrics_.Annotate(context, [&](RequestRecord& r) {
-    r.model = request->model();
-    r.tokens = job->plan().tokens.numel();
-    r.queue_seconds = job->queue_seconds();
-    r.run_seconds = job->forward_seconds();
-    r.bytes = bytes_sent;
-    r.batch_requests = job->batch_requests();
-  });
-  summary->mutable_timings()->set_queue_seconds(job->queue_seconds());
-  summary->mutable_timings()->set_forward_seconds(job->forward_seconds());
-  summary->mutable_timings()->set_batch_requests(job->batch_requests());
-  summary->mutable_timings()->set_total_seconds(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  writer->Write(summary_message);
-  return grpc::Status::OK;
+  reactor->Begin(std::move(header_message));
+  return reactor;
 }
 
 }  // namespace glassbox

@@ -18,7 +18,12 @@
 
 namespace glassbox {
 
-class GlassboxService final : public glassbox::v1::Glassbox::Service {
+// Run and Generate use gRPC's callback API (job_stream.h: no thread waits on a stream); the
+// unary RPCs the synchronous one.
+using GlassboxServiceBase = glassbox::v1::Glassbox::WithCallbackMethod_Run<
+    glassbox::v1::Glassbox::WithCallbackMethod_Generate<glassbox::v1::Glassbox::Service>>;
+
+class GlassboxService final : public GlassboxServiceBase {
  public:
   // `clock` is the cached runs' and the quotas' clock (tests pass a fake one). `keys` null: every
   // RPC is open and every caller is one anonymous owner; otherwise each needs a key of `keys`,
@@ -51,11 +56,11 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
   grpc::Status Detokenize(grpc::ServerContext* context,
                           const glassbox::v1::DetokenizeRequest* request,
                           glassbox::v1::DetokenizeResponse* response) override;
-  grpc::Status Run(grpc::ServerContext* context, const glassbox::v1::RunRequest* request,
-                   grpc::ServerWriter<glassbox::v1::RunResponse>* writer) override;
+  grpc::ServerWriteReactor<glassbox::v1::RunResponse>* Run(
+      grpc::CallbackServerContext* context, const glassbox::v1::RunRequest* request) override;
   // generate_handler.cc
-  grpc::Status Generate(grpc::ServerContext* context, const glassbox::v1::GenerateRequest* request,
-                        grpc::ServerWriter<glassbox::v1::GenerateResponse>* writer) override;
+  grpc::ServerWriteReactor<glassbox::v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const glassbox::v1::GenerateRequest* request) override;
 
   // Cached runs (RunRequest.keep, INTERVENTION_PATCH_CACHED).
   grpc::Status ListCachedRuns(grpc::ServerContext* context,
@@ -94,7 +99,7 @@ class GlassboxService final : public glassbox::v1::Glassbox::Service {
 
  private:
   // Every handler starts here: UNAUTHENTICATED or RESOURCE_EXHAUSTED before any other check.
-  absl::StatusOr<Caller> Admit(const grpc::ServerContext* context, CallKind kind) const {
+  absl::StatusOr<Caller> Admit(const grpc::ServerContextBase* context, CallKind kind) const {
     absl::StatusOr<Caller> caller = gatekeeper_.Admit(context->client_metadata(), kind);
     if (caller.ok() && caller->key() != nullptr) {
       metrics_.Annotate(context, [&](RequestRecord& r) { r.key = caller->key()->name; });

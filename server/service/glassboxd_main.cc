@@ -55,6 +55,9 @@ ABSL_FLAG(int64_t, max_batch, 1024, "most rows in one Run");
 ABSL_FLAG(int64_t, max_tokens, 1 << 16, "most (padded) tokens in one Run");
 ABSL_FLAG(int64_t, max_response_bytes, int64_t{8} << 30, "most tensor bytes one Run may stream");
 ABSL_FLAG(int64_t, stream_buffer_bytes, 16 << 20, "bytes buffered per stream before the worker waits for the reader");
+ABSL_FLAG(double, stream_stall_seconds, 10,
+          "how long the device's worker waits for a reader whose stream buffer is full before it "
+          "gives that stream up (RESOURCE_EXHAUSTED) and goes on with everyone else's work");
 ABSL_FLAG(int64_t, max_concurrent_streams, 256,
           "Run and Generate streams open at once; past it a new one is RESOURCE_EXHAUSTED");
 ABSL_FLAG(int32_t, max_request_bytes, 4 << 20,
@@ -173,6 +176,7 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   s.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens);
   s.limits.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
   s.limits.stream_buffer_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_stream_buffer_bytes));
+  s.limits.stream_stall = absl::Seconds(absl::GetFlag(FLAGS_stream_stall_seconds));
   s.limits.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   s.scheduler.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   s.scheduler.quantum_tokens = absl::GetFlag(FLAGS_fair_share_quantum);
@@ -248,6 +252,10 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
       from_file("max_batch_tokens", "max_batch_tokens", s.scheduler.max_batch_tokens);
       from_file("fair_share_quantum", "fair_share_quantum", s.scheduler.quantum_tokens);
       from_file("memory_budget_bytes", "memory_budget_bytes", s.scheduler.memory_budget_bytes);
+      if (!given.count("stream_stall_seconds") && l.contains("stream_stall_seconds") &&
+          l["stream_stall_seconds"].is_number()) {
+        s.limits.stream_stall = absl::Seconds(l["stream_stall_seconds"].get<double>());
+      }
     }
   }
   if (s.scheduler.max_batch_tokens < 0 || s.scheduler.quantum_tokens < 1 ||
@@ -259,6 +267,9 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   if (s.limits.max_concurrent_streams < 1 || s.limits.max_sweep_cells < 1) {
     return absl::InvalidArgumentError(
         "--max_concurrent_streams and --max_sweep_cells must be at least 1");
+  }
+  if (s.limits.stream_stall <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--stream_stall_seconds must be positive");
   }
   if (default_ttl_s <= 0 || max_ttl_s < default_ttl_s || s.limits.cache.max_bytes < 0 ||
       s.limits.cache.max_entries < 0) {

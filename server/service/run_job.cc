@@ -7,8 +7,8 @@
 
 namespace glassbox {
 
-RunJob::RunJob(TaskInfo info, RunPlan plan, size_t buffer_bytes)
-    : StreamingJob(std::move(info), buffer_bytes), plan_(std::move(plan)) {
+RunJob::RunJob(TaskInfo info, RunPlan plan, size_t buffer_bytes, absl::Duration stall)
+    : StreamingJob(std::move(info), buffer_bytes, stall), plan_(std::move(plan)) {
   // hook_sae_* captures have ids past the registry's (AddSaeSplices).
   HookId ids = plan_.model->model->hooks().size();
   for (const ResolvedCapture& rc : plan_.captures) ids = std::max(ids, rc.hook + 1);
@@ -52,9 +52,7 @@ absl::Status RunJob::Stream(int tensor_id, const Tensor& host) {
     chunk->set_offset(offset);
     chunk->set_data(bytes + offset, n);
     chunk->set_last(offset + n == total);
-    if (!channel_.Push(std::move(response), static_cast<size_t>(n) + 64)) {
-      return absl::CancelledError("the client stopped reading the stream");
-    }
+    GB_RETURN_IF_ERROR(Emit(std::move(response), static_cast<size_t>(n) + 64));
     offset += n;
   } while (offset < total);
   return absl::OkStatus();

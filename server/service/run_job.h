@@ -22,7 +22,7 @@ struct MergedCancel;
 
 class RunJob : public StreamingJob<glassbox::v1::RunResponse> {
  public:
-  RunJob(TaskInfo info, RunPlan plan, size_t buffer_bytes);
+  RunJob(TaskInfo info, RunPlan plan, size_t buffer_bytes, absl::Duration stall);
 
   const RunPlan& plan() const { return plan_; }
   double forward_seconds() const { return forward_seconds_; }

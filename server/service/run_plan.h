@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/strings/str_cat.h"
 #include "glassbox/v1/glassbox.pb.h"
 #include "server/engine/capture.h"
@@ -29,6 +30,8 @@ struct ServiceLimits {
   uint32_t default_chunk_bytes = 1 << 20;
   uint32_t max_chunk_bytes = 4 << 20;
   size_t stream_buffer_bytes = size_t{16} << 20;  // per stream, between worker and writer
+  // How long the device's worker waits for a reader whose buffer is full before giving up on it.
+  absl::Duration stream_stall = absl::Seconds(10);
   int64_t max_concurrent_streams = 256;           // Run and Generate streams open at once
   int64_t max_sweep_cells = 1 << 18;              // cells one PatchingSweep patches
   RunCacheLimits cache;

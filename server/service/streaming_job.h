@@ -1,9 +1,7 @@
 // What every streaming RPC's job shares: a task queued on the device's scheduler that produces
-// responses into a bounded channel, which the gRPC thread relays to the client (Relay below).
+// responses into a bounded channel, which a gRPC reactor writes to the client (job_stream.h).
 // A client that goes away or a passed deadline cancels the work between layers.
 #pragma once
-
-#include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <chrono>
@@ -16,17 +14,20 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/scheduler/scheduler.h"
 #include "server/service/bounded_channel.h"
-#include "server/service/status_util.h"
 
 namespace glassbox {
 
 template <typename Response>
 class StreamingJob : public Task {
  public:
-  StreamingJob(TaskInfo info, size_t buffer_bytes) : Task(std::move(info)), channel_(buffer_bytes) {}
+  // `buffer_bytes` are buffered for the client before the worker waits, at most `stall` (see
+  // Emit).
+  StreamingJob(TaskInfo info, size_t buffer_bytes, absl::Duration stall)
+      : Task(std::move(info)), channel_(buffer_bytes), buffer_bytes_(buffer_bytes), stall_(stall) {}
 
   // Queues the job on `scheduler` (which must outlive it); Cancel then also withdraws it from
   // the queue. Returns the queue position, or why it was not queued.
@@ -73,19 +74,43 @@ class StreamingJob : public Task {
   void Started() {
     queue_seconds_ = absl::ToDoubleSeconds(absl::Now() - enqueued());
   }
-  // The channel is finished and the job marked done with `status` (exactly once).
+  // The job is marked done with `status`, then the channel finished (exactly once): a consumer
+  // that sees the channel finished can read status() at once.
   void Complete(const absl::Status& status) {
+    {
+      std::lock_guard lock(mu_);
+      status_ = status;
+      done_ = true;
+      done_cv_.notify_all();
+    }
     channel_.Finish();
-    std::lock_guard lock(mu_);
-    status_ = status;
-    done_ = true;
-    done_cv_.notify_all();
+  }
+
+  // Queues `item` (`bytes` of it) for the client. The worker serves every caller of the device,
+  // so it waits for a slow reader only `stall`: past that the reader's stream is given up
+  // (RESOURCE_EXHAUSTED, what it had buffered dropped) and the pass goes on for the others.
+  absl::Status Emit(Response item, size_t bytes) {
+    switch (channel_.Push(std::move(item), bytes, stall_)) {
+      case BoundedChannel<Response>::PushResult::kQueued:
+        return absl::OkStatus();
+      case BoundedChannel<Response>::PushResult::kClosed:
+        return absl::CancelledError("the client went away");
+      case BoundedChannel<Response>::PushResult::kStalled:
+        channel_.Drop();
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the client read nothing for ", absl::FormatDuration(stall_), " while its stream's ",
+            buffer_bytes_ >> 20, " MiB buffer was full; the device serves other callers and "
+            "does not wait longer for one reader (--stream_stall_seconds, --stream_buffer_bytes)"));
+    }
+    return absl::InternalError("unknown push result");
   }
 
   std::atomic<bool> cancelled_{false};
   BoundedChannel<Response> channel_;
 
  private:
+  const size_t buffer_bytes_;
+  const absl::Duration stall_;
   Scheduler* scheduler_ = nullptr;
   double queue_seconds_ = 0;
   absl::Status status_;
@@ -93,41 +118,5 @@ class StreamingJob : public Task {
   std::condition_variable done_cv_;
   bool done_ = false;
 };
-
-// Relays `job`'s responses to `writer` until the job has finished (`on_item` sees each one
-// first). Polling lets a cancelled or expired call stop the worker even while nothing flows.
-// Returns CANCELLED or DEADLINE_EXCEEDED (naming `what`, e.g. "the run") when the client went
-// away, the job's own error, or OK.
-template <typename Response>
-grpc::Status Relay(grpc::ServerContext* context, grpc::ServerWriter<Response>* writer,
-                   StreamingJob<Response>& job, const std::string& what,
-                   const std::function<void(const Response&)>& on_item = nullptr) {
-  using namespace std::chrono_literals;
-  bool client_gone = false;
-  for (;;) {
-    bool timed_out = false;
-    auto item = job.channel().Pop(50ms, &timed_out);
-    if (context->IsCancelled()) {
-      client_gone = true;
-      break;
-    }
-    if (timed_out) continue;
-    if (!item) break;
-    if (on_item) on_item(*item);
-    if (!writer->Write(*item)) {
-      client_gone = true;
-      break;
-    }
-  }
-  if (client_gone) job.Cancel();
-  job.WaitDone();
-  if (client_gone) {
-    const bool expired = context->deadline() <= std::chrono::system_clock::now();
-    return expired ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                  "the deadline passed during " + what)
-                   : grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled " + what);
-  }
-  return ToGrpcStatus(job.status());
-}
 
 }  // namespace glassbox

@@ -769,6 +769,50 @@ TEST(StreamLimitTest, AStreamPastTheBoundIsRefusedUntilOneFinishes) {
   EXPECT_TRUE(ReadRun(server.channel(), small).status.ok());
 }
 
+// A reader that stops reading while its buffer is full holds the device's worker at most
+// --stream_stall_seconds: then its stream is given up (RESOURCE_EXHAUSTED) and the worker goes on
+// with the next caller's run, which completes while the stalled reader still has not read.
+TEST(StreamStallTest, AStalledReaderIsGivenUpAndTheOthersGoOn) {
+  auto store = ModelStore::Load({{"gpt2", FixturePath("models/tiny-gpt2")}},
+                                std::make_shared<CpuBackend>(), "cpu");
+  ASSERT_TRUE(store.ok()) << store.status();
+  ServiceLimits limits;
+  limits.stream_buffer_bytes = 4 << 10;
+  limits.stream_stall = absl::Milliseconds(300);
+  InProcessServer server(*std::move(store), limits);
+  // The stalled client's transport takes 64 KiB it has not read (no window growth), so the
+  // server's writes, then its buffer, then the worker wait on it.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 10);
+  auto stub = pb::Glassbox::NewStub(
+      grpc::CreateCustomChannel(server.target(), grpc::InsecureChannelCredentials(), args));
+  pb::RunRequest request;
+  request.set_model("gpt2");
+  for (int b = 0; b < 4; ++b) {
+    auto* row = request.mutable_inputs()->add_token_ids();
+    for (int i = 0; i < 16; ++i) row->add_ids(1 + (b * 16 + i) % 40);
+  }
+  request.add_captures()->set_hook("*");  // ~1.7 MB
+  request.set_chunk_bytes(1024);
+  grpc::ClientContext context;
+  auto stalled = stub->Run(&context, request);
+  pb::RunResponse response;
+  ASSERT_TRUE(stalled->Read(&response));  // the header; then nothing is read for a while
+
+  pb::RunRequest small;
+  small.set_model("gpt2");
+  AddIds(small.mutable_inputs()->add_token_ids(), {1, 2});
+  small.mutable_outputs()->set_logits(pb::LOGITS_LAST);
+  EXPECT_TRUE(ReadRun(server.channel(), small).status.ok());
+
+  while (stalled->Read(&response)) {
+  }
+  const grpc::Status status = stalled->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("--stream_stall_seconds"));
+}
+
 // A reader that does not read holds its own run back: the worker blocks on the bounded buffer
 // instead of queueing the whole response in memory.
 TEST_F(ServiceTest, SlowReaderIsBoundedAndStillGetsEverything) {

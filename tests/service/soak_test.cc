@@ -8,6 +8,12 @@
 // GLASSBOX_SOAK_SECONDS sets the soak's length (default 12; `GLASSBOX_SOAK_SECONDS=300
 // build/tests/soak_test` for minutes). Under AddressSanitizer the quarantine holds freed memory
 // by design, so there RSS is reported but not compared (LeakSanitizer checks leaks instead).
+//
+// The load test (issue 19) is bounded in count instead: 64 clients each send
+// GLASSBOX_LOAD_REQUESTS (default 1000) mixed requests — runs with captures, tokenize, patching
+// sweeps, SAE encodes, generations, and runs that cancel or whose deadline passes in the queue
+// or mid-run — and every request must end as its kind says it may (no unexpected status), with
+// the server's resident memory back near its baseline afterwards.
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -218,6 +224,125 @@ void Mix(const InProcessServer& server, const std::string& target, int threads, 
     });
   }
   for (std::thread& w : workers) w.join();
+}
+
+// A request that must succeed; any other status fails the test and counts as `refused`.
+void ExpectOk(Tally& tally, const grpc::Status& status) {
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  ++(status.ok() ? tally.ok : tally.refused);
+}
+
+// One of the load test's requests; a status its kind does not allow fails the test.
+void OneLoadRequest(pb::Glassbox::Stub& stub, std::mt19937& rng, Tally& tally) {
+  ++tally.requests;
+  const uint32_t kind = rng() % 20;
+  if (kind < 7) {  // a run with captures, read to the end
+    grpc::ClientContext context;
+    auto reader = stub.Run(&context, CaptureRun(rng));
+    pb::RunResponse response;
+    ExpectOk(tally, Drain(reader, response, 0, nullptr));
+  } else if (kind < 10) {  // tokenize and detokenize on the demo model
+    grpc::ClientContext context;
+    pb::TokenizeRequest r;
+    r.set_model("demo");
+    r.set_text(rng() % 2 ? "When Mary and John went to the store, John gave a drink to"
+                          : "The capital of France is");
+    pb::TokenizeResponse response;
+    ExpectOk(tally, stub.Tokenize(&context, r, &response));
+  } else if (kind < 12) {  // a patching sweep
+    grpc::ClientContext context;
+    pb::PatchingSweepRequest r;
+    r.set_model("gpt2");
+    auto* clean = r.mutable_clean()->add_token_ids();
+    auto* corrupted = r.mutable_corrupted()->add_token_ids();
+    for (int i = 0; i < 5; ++i) {
+      clean->add_ids(1 + rng() % 250);
+      corrupted->add_ids(1 + rng() % 250);
+    }
+    r.set_kind(rng() % 2 ? pb::SWEEP_RESID_PRE : pb::SWEEP_HEAD_OUT_ALL_POS);
+    r.mutable_metric()->set_token_a(7);
+    r.mutable_metric()->set_token_b(8);
+    pb::PatchingSweepResponse response;
+    ExpectOk(tally, stub.PatchingSweep(&context, r, &response));
+  } else if (kind < 15) {  // an SAE encode
+    grpc::ClientContext context;
+    pb::SaeEncodeRequest r;
+    r.set_sae("res1");
+    auto* row = r.mutable_inputs()->add_token_ids();
+    for (int i = 0; i < 6; ++i) row->add_ids(1 + rng() % 250);
+    r.set_top_k(8);
+    pb::SaeEncodeResponse response;
+    ExpectOk(tally, stub.SaeEncode(&context, r, &response));
+  } else if (kind < 17) {  // a generation read to the end
+    grpc::ClientContext context;
+    auto reader = stub.Generate(&context, Generation(rng));
+    pb::GenerateResponse response;
+    ExpectOk(tally, Drain(reader, response, 0, nullptr));
+  } else if (kind < 19) {  // a deadline that passes in the queue or mid-run (or never)
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::microseconds(100 + rng() % 20000));
+    auto reader = stub.Run(&context, CaptureRun(rng));
+    pb::RunResponse response;
+    Count(tally, Drain(reader, response, 0, nullptr));
+  } else {  // cancelled after a few messages
+    grpc::ClientContext context;
+    auto reader = stub.Run(&context, CaptureRun(rng));
+    pb::RunResponse response;
+    Count(tally, Drain(reader, response, 1 + rng() % 3, &context));
+  }
+}
+
+TEST(LoadTest, SixtyFourClientsOfMixedRequestsEndAsExpected) {
+  const char* env = std::getenv("GLASSBOX_LOAD_REQUESTS");
+  const int per_client = env != nullptr ? std::atoi(env) : 1000;
+  constexpr int kClients = 64;
+  auto store = ModelStore::Load({{"gpt2", FixturePath("models/tiny-gpt2")},
+                                 {"llama", FixturePath("models/tiny-llama")},
+                                 {"demo", FixturePath("../../models/demo")}},
+                                std::make_shared<CpuBackend>(), "cpu");
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)
+                  ->LoadSaes({{.name = "res1", .path = FixturePath("saes/service/res1_standard"),
+                               .model = "gpt2"}})
+                  .ok());
+  InProcessServer server(*std::move(store), ServiceLimits{});
+
+  // Each client has its own channel (its own connection), as 64 notebooks would.
+  auto run_clients = [&](int requests, uint32_t seed, Tally& tally) {
+    std::vector<std::thread> clients;
+    for (int c = 0; c < kClients; ++c) {
+      clients.emplace_back([&, c] {
+        auto channel = grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials());
+        auto stub = pb::Glassbox::NewStub(channel);
+        std::mt19937 rng(seed + c);
+        for (int i = 0; i < requests; ++i) OneLoadRequest(*stub, rng, tally);
+      });
+    }
+    for (std::thread& t : clients) t.join();
+  };
+  Tally warm;
+  run_clients(std::max(1, per_client / 20), 1, warm);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int64_t rss_before = ResidentBytes();
+
+  Tally tally;
+  const auto start = Clock::now();
+  run_clients(per_client, 5000, tally);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int64_t rss_after = ResidentBytes();
+  std::cout << "load: " << tally.requests << " requests from " << kClients << " clients in "
+            << seconds << " s (" << tally.requests / seconds << " req/s): " << tally.ok << " ok, "
+            << tally.cancelled << " cancelled, " << tally.deadline << " past their deadline, "
+            << tally.refused << " unexpected; RSS " << MiB(rss_before) << " -> " << MiB(rss_after)
+            << " MiB" << std::endl;
+  EXPECT_EQ(tally.requests, int64_t{kClients} * per_client);
+  EXPECT_EQ(tally.refused, 0);
+  EXPECT_GT(tally.deadline, 0) << "no deadline passed: the test did not exercise one";
+#ifndef GLASSBOX_SOAK_UNDER_ASAN
+  EXPECT_LE(rss_after, rss_before + rss_before / 10 + (int64_t{32} << 20)) << "resident memory grew";
+#endif
 }
 
 TEST(SoakTest, MemoryAndDescriptorsReturnToBaseline) {
