@@ -22,7 +22,7 @@ RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       g++ cmake ninja-build pkg-config ccache \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
-      libabsl-dev libopenblas-dev nlohmann-json3-dev libpcre2-dev libonig-dev libutf8proc-dev \
+      libabsl-dev libdnnl-dev nlohmann-json3-dev libpcre2-dev libonig-dev libutf8proc-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the two targets need, so edits to docs, tests or deploy/ keep the compile cached.
@@ -69,9 +69,6 @@ COPY deploy/config.json /etc/glassbox/config.json
 # Models and SAEs are mounted read-only from the host or a volume; nothing is baked in.
 VOLUME ["/models", "/saes"]
 USER glassbox:glassbox
-# OpenMP threads sleep between parallel regions instead of spinning against OpenBLAS's pool
-# (glassboxd sets this itself when it is unset).
-ENV OMP_WAIT_POLICY=PASSIVE
 EXPOSE 50051
 # glassboxd stops accepting work on SIGTERM, drains in-flight requests (--drain_seconds,
 # default 30) and exits 0: give it at least that long (docker stop -t 40, k8s grace 45 s).

@@ -10,9 +10,7 @@ python="${PYTHON:-/work/venv-ref/bin/python}"
 build="${BUILD:-build}"
 threads="${1:-$(nproc)}"
 model_dir="${MODEL_DIR:-$build/bench-gpt2-small}"
-export OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads"
-# Each side in its own default: torch with OpenMP's, Glassbox as glassboxd runs it.
-ours_policy="${OMP_WAIT_POLICY:-PASSIVE}"
+export OMP_NUM_THREADS="$threads"
 
 ninja -C "$build" forward_bench >/dev/null
 if [ ! -f "$model_dir/model.safetensors" ]; then
@@ -24,7 +22,7 @@ for shape in "1 128" "4 128" "1 512"; do
   for capture in "" "--capture-resid"; do
     torch=$("$python" bench/torch_cpu_forward.py --model-dir "$model_dir" --threads "$threads" \
               --batch "$1" --seq "$2" $capture | tail -n 1)
-    ours=$(OMP_WAIT_POLICY="$ours_policy" "$build/bench/forward_bench" --model "$model_dir" --batch "$1" --seq "$2" \
+    ours=$("$build/bench/forward_bench" --model "$model_dir" --batch "$1" --seq "$2" \
               ${capture:+--capture_resid} | tail -n 1)
     "$python" - "$torch" "$ours" "$1" "$2" "${capture:+yes}" <<'PY'
 import json, sys

@@ -3,11 +3,12 @@
 // it beside PyTorch's figure from the same run.
 //
 //   forward_bench --model DIR --batch 1 --seq 128 [--capture_resid] [--device cuda --dtype bf16]
+//                 [--profile]
 //
 // --capture_resid captures every blocks.*.hook_resid_post and, as the server does for a client,
 // delivers it to host memory (on the CPU backend the capture already is host memory). --logits
 // all (the default, like a plain HF forward) or last (like HF's logits_to_keep=1). CPU threads:
-// OMP_NUM_THREADS and OPENBLAS_NUM_THREADS (the runner sets both).
+// OMP_NUM_THREADS (one OpenMP pool for the loops and oneDNN).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/op_profile.h"
 #include "server/engine/transformer.h"
 
 ABSL_FLAG(std::string, model, "", "HuggingFace model directory");
@@ -31,6 +33,8 @@ ABSL_FLAG(int, batch, 1, "sequences per forward pass");
 ABSL_FLAG(int, seq, 128, "tokens per sequence");
 ABSL_FLAG(int, warmup, 3, "untimed forward passes");
 ABSL_FLAG(int, repeats, 10, "timed forward passes");
+ABSL_FLAG(bool, profile, false,
+          "print where the timed passes spent their time, by backend op, on stderr");
 ABSL_FLAG(bool, capture_resid, false,
           "capture every blocks.*.hook_resid_post into host memory, as a researcher would");
 
@@ -108,6 +112,7 @@ int Main() {
     return Fail(absl::InvalidArgumentError("--warmup must be >= 0 and --repeats >= 1"));
   }
   for (int i = 0; i < warmup + repeats; ++i) {
+    OpProfile::Enable(absl::GetFlag(FLAGS_profile) && i >= warmup);
     HostSink sink((*model)->backend());
     const auto start = std::chrono::steady_clock::now();
     auto out = (*model)->Forward(input, plan, &sink, options);
@@ -117,6 +122,7 @@ int Main() {
   }
   double total = 0;
   for (double t : times) total += t;
+  if (absl::GetFlag(FLAGS_profile)) std::fprintf(stderr, "%s", OpProfile::Report(total).c_str());
   std::sort(times.begin(), times.end());
   // On CUDA, which paths the GEMMs and attention took over all passes (warm-up included): a
   // fallback GEMM or a materialised attention here means the figure is not the fast path's.

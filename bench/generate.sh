@@ -12,10 +12,7 @@ python="${PYTHON:-/work/venv-ref/bin/python}"
 build="${BUILD:-build}"
 threads="${1:-$(nproc)}"
 small_dir="$build/bench-gpt2-small"
-export OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads"
-# Each side in its own default: torch with OpenMP's, Glassbox as glassboxd runs it (OpenMP
-# threads sleep between regions instead of spinning against OpenBLAS's pool).
-ours_policy="${OMP_WAIT_POLICY:-PASSIVE}"
+export OMP_NUM_THREADS="$threads"
 
 ninja -C "$build" generate_bench >/dev/null
 if [ ! -f "$small_dir/model.safetensors" ]; then
@@ -30,9 +27,9 @@ for model in "demo models/demo" "gpt2-small $small_dir"; do
     for steer in "" "--steer"; do
       hf=$("$python" bench/hf_generate.py --model-dir "$dir" --threads "$threads" --batch "$batch" \
              --prompt 16 --new 64 $steer | tail -n 1)
-      ours=$(OMP_WAIT_POLICY="$ours_policy" "$build/bench/generate_bench" --model "$dir" --batch "$batch" --prompt 16 \
+      ours=$("$build/bench/generate_bench" --model "$dir" --batch "$batch" --prompt 16 \
                --new_tokens 64 $steer | tail -n 1)
-      plain=$(OMP_WAIT_POLICY="$ours_policy" "$build/bench/generate_bench" --model "$dir" --batch "$batch" --prompt 16 \
+      plain=$("$build/bench/generate_bench" --model "$dir" --batch "$batch" --prompt 16 \
                 --new_tokens 64 --repeats 1 --no_cache $steer | tail -n 1)
       "$python" - "$hf" "$ours" "$plain" "$name" "$batch" "${steer:+yes}" <<'PY'
 import json, sys

@@ -3,7 +3,7 @@
 // The prompts and the steering direction are what bench/hf_generate.py uses (seeded the same).
 //
 //   generate_bench --model DIR --batch 1 --prompt 16 --new 64 [--steer] [--no_cache]
-// Thread count: OMP_NUM_THREADS and OPENBLAS_NUM_THREADS (the runner sets both).
+// Thread count: OMP_NUM_THREADS (one OpenMP pool for the loops and oneDNN).
 #include <chrono>
 #include <cmath>
 #include <cstdio>

@@ -10,7 +10,7 @@ python="${PYTHON:-/work/venv-ref/bin/python}"
 build="${BUILD:-build}"
 threads="${1:-$(nproc)}"
 model_dir="${MODEL_DIR:-$build/bench-gpt2-small}"
-export OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads"
+export OMP_NUM_THREADS="$threads"
 ninja -C "$build" patching_bench >/dev/null
 if [ ! -f "$model_dir/model.safetensors" ]; then
   "$python" bench/torch_cpu_forward.py --save-model "$model_dir" --repeats 1 --warmup 0 >/dev/null

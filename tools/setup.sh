@@ -7,7 +7,7 @@ debian_packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libgtest-dev libgmock-dev
-  libopenblas-dev nlohmann-json3-dev libpcre2-dev libonig-dev libutf8proc-dev zlib1g-dev
+  libdnnl-dev nlohmann-json3-dev libpcre2-dev libonig-dev libutf8proc-dev zlib1g-dev
   clang libclang-rt-14-dev  # libFuzzer for the fuzz targets
   python3-venv
 )

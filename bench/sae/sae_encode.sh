@@ -7,9 +7,8 @@
 #
 #   bash bench/sae/sae_encode.sh [path/to/sae_encode_bench] [python with sae_lens]
 #
-# Env: THREADS (default: nproc) for OpenBLAS/OpenMP and torch alike; OMP_WAIT_POLICY (PASSIVE:
-# idle libgomp threads otherwise spin beside OpenBLAS's GEMM threads, ~10% of the CPU on 2 cores;
-# torch's threads see the same setting); TOKENS per call (512);
+# Env: THREADS (default: nproc) for OpenMP (Glassbox's loops and oneDNN) and torch alike; TOKENS
+# per call (512);
 # ARCH (standard); ROUNDS (3); MIN_SECONDS / MIN_ITERS per measurement (2 / 2); CONFIGS to
 # override the list ("768x24576 4096x65536 ...").
 set -euo pipefail
@@ -23,13 +22,12 @@ rounds="${ROUNDS:-3}"
 min_seconds="${MIN_SECONDS:-2}"
 min_iters="${MIN_ITERS:-2}"
 configs="${CONFIGS:-768x24576 768x65536 4096x24576 4096x65536}"
-export OPENBLAS_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 echo "# $(lscpu | sed -n 's/^Model name: *//p'), $threads threads, $tokens tokens per call," \
-     "$arch, $rounds rounds, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, load $(cut -d' ' -f1-3 /proc/loadavg)"
+     "$arch, $rounds rounds, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-default}, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for config in $configs; do
   d_in=${config%x*}
   d_sae=${config#*x}

@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+
+#include "base/activation.h"
 
 namespace glassbox {
 
@@ -36,6 +39,41 @@ inline float RationalTanh(float x) {
 inline float GeluTanh(float x) {
   constexpr float kSqrt2OverPi = 0.7978845608028654f;
   return 0.5f * x * (1.0f + RationalTanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+
+// One value; shared by the CPU ops and by tests.
+inline float ApplyActivation(Activation act, float x) {
+  switch (act) {
+    case Activation::kIdentity:
+      return x;
+    case Activation::kGeluTanh:
+      return GeluTanh(x);
+    case Activation::kGeluExact:
+      return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f));
+    case Activation::kGeluQuick:
+      return x / (1.0f + std::exp(-1.702f * x));
+    case Activation::kRelu:
+      return x > 0 ? x : 0;
+    case Activation::kSilu:
+      return x / (1.0f + std::exp(-x));
+  }
+  return x;
+}
+
+// out[i] = act(in[i] + bias[i]) for i < n (bias may be null; out may be in). The activation is
+// chosen outside the loop so that the tanh GELU loop, the hot one, vectorizes.
+inline void ActivateRun(Activation act, const float* in, const float* bias, float* out, int64_t n) {
+  if (act == Activation::kGeluTanh) {
+    if (bias == nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) out[i] = GeluTanh(in[i]);
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) out[i] = GeluTanh(in[i] + bias[i]);
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = ApplyActivation(act, bias ? in[i] + bias[i] : in[i]);
 }
 
 }  // namespace glassbox

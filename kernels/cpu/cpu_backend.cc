@@ -1,7 +1,5 @@
 #include "kernels/cpu/cpu_backend.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -12,6 +10,7 @@
 #include "base/float16.h"
 #include "base/status_macros.h"
 #include "kernels/cpu/activations.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/row_reductions.h"
 #include "kernels/op_contract.h"
 
@@ -37,50 +36,9 @@ float ReadAsFloat(const Tensor& t, int64_t i) {
   return 0;
 }
 
-// out[i] = act(in[i] + bias[i]) for i < n (bias may be null; out may be in). The activation is
-// chosen outside the loop so that the tanh GELU loop, the hot one, vectorizes.
-void ActivateRun(Activation act, const float* in, const float* bias, float* out, int64_t n) {
-  if (act == Activation::kGeluTanh) {
-    if (bias == nullptr) {
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) out[i] = GeluTanh(in[i]);
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) out[i] = GeluTanh(in[i] + bias[i]);
-    }
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) out[i] = ApplyActivation(act, bias ? in[i] + bias[i] : in[i]);
-}
-
-// y[rows, cols] = act(y + bias[col]) in place; bias may be null.
-void BiasActivation(float* y, int64_t rows, int64_t cols, const float* bias, Activation act) {
-  if (bias == nullptr && act == Activation::kIdentity) return;
-#pragma omp parallel for
-  for (int64_t r = 0; r < rows; ++r) ActivateRun(act, y + r * cols, bias, y + r * cols, cols);
-}
-
 }  // namespace
 
 CpuBackend::CpuBackend() : Backend(kTarget) {}
-
-float ApplyActivation(Activation act, float x) {
-  switch (act) {
-    case Activation::kIdentity:
-      return x;
-    case Activation::kGeluTanh:
-      return GeluTanh(x);
-    case Activation::kGeluExact:
-      return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f));
-    case Activation::kGeluQuick:
-      return x / (1.0f + std::exp(-1.702f * x));
-    case Activation::kRelu:
-      return x > 0 ? x : 0;
-    case Activation::kSilu:
-      return x / (1.0f + std::exp(-x));
-  }
-  return x;
-}
 
 absl::StatusOr<Tensor> CpuBackend::DoAllocate(DType dtype, Shape shape) {
   return Tensor::EmptyHost(dtype, std::move(shape));
@@ -125,17 +83,8 @@ absl::Status CpuBackend::DoConvert(int64_t n, const Tensor& src, Tensor& out) {
 
 absl::Status CpuBackend::DoLinear(const LinearDims& d, const Tensor& x, const Tensor& w,
                                   const Tensor* bias, Activation act, Tensor& out) {
-  float* y = out.data<float>();
-  if (d.inner == 0) {
-    std::fill_n(y, out.numel(), 0.0f);  // an empty sum (BLAS rejects k = 0)
-  } else {
-    const int t = static_cast<int>(d.rows), n = static_cast<int>(d.cols),
-              k = static_cast<int>(d.inner);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, n, k, 1.0f, x.data<float>(), k,
-                w.data<float>(), k, 0.0f, y, n);
-  }
-  BiasActivation(y, d.rows, d.cols, bias ? bias->data<float>() : nullptr, act);
-  return absl::OkStatus();
+  return cpu::Linear(d.rows, d.cols, d.inner, x.data<float>(), w.data<float>(),
+                     bias ? bias->data<float>() : nullptr, act, out.data<float>());
 }
 
 absl::Status CpuBackend::DoHeadProjection(const HeadProjectionDims& d, const Tensor& z,
@@ -151,9 +100,9 @@ absl::Status CpuBackend::DoHeadProjection(const HeadProjectionDims& d, const Ten
   const int width = static_cast<int>(d.heads * d.d_head),
             out_stride = static_cast<int>(d.heads * d.cols);
   for (int64_t h = 0; h < d.heads; ++h) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, n, dh, 1.0f, z.data<float>() + h * dh,
-                width, w.data<float>() + h * dh, width, 0.0f, out.data<float>() + h * n,
-                out_stride);
+    GB_RETURN_IF_ERROR(cpu::Sgemm(/*trans_b=*/true, t, n, dh, 1.0f, z.data<float>() + h * dh,
+                                  width, w.data<float>() + h * dh, width, 0.0f,
+                                  out.data<float>() + h * n, out_stride));
   }
   return absl::OkStatus();
 }
@@ -300,8 +249,8 @@ absl::Status CpuBackend::DoAttention(const AttentionDims& d, const Tensor& q, co
       const float* qh = q.data<float>() + b * seq * heads * d_head + h * d_head;
       const float* kh = k.data<float>() + b * keys * kv_heads * d_head + kvh * d_head;
       const float* vh = v.data<float>() + b * keys * kv_heads * d_head + kvh * d_head;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nk, dh, scale, qh, q_stride, kh,
-                  kv_stride, 0.0f, probs.data(), nk);
+      GB_RETURN_IF_ERROR(cpu::Sgemm(/*trans_b=*/true, n, nk, dh, scale, qh, q_stride, kh,
+                                    kv_stride, 0.0f, probs.data(), nk));
       const int64_t score_base = (b * heads + h) * seq * keys;
 #pragma omp parallel for if (seq >= 256)
       for (int64_t i = 0; i < seq; ++i) {
@@ -328,8 +277,8 @@ absl::Status CpuBackend::DoAttention(const AttentionDims& d, const Tensor& q, co
           std::memcpy(pattern->data<float>() + score_base + i * keys, row, keys * sizeof(float));
       }
       float* zh = z.data<float>() + b * seq * heads * d_head + h * d_head;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, dh, nk, 1.0f, probs.data(), nk, vh,
-                  kv_stride, 0.0f, zh, q_stride);
+      GB_RETURN_IF_ERROR(cpu::Sgemm(/*trans_b=*/false, n, dh, nk, 1.0f, probs.data(), nk, vh,
+                                    kv_stride, 0.0f, zh, q_stride));
     }
   }
   return absl::OkStatus();

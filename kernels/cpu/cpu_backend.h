@@ -1,9 +1,10 @@
-// The reference backend: plain loops (OpenMP across rows) and OpenBLAS for GEMM, f32 throughout
+// The reference backend: plain loops (OpenMP across rows) and oneDNN for GEMM, f32 throughout
 // with f32 accumulation (f64 where a reduction over a long axis would otherwise drift). Every
 // CUDA kernel is tested against this.
 #pragma once
 
 #include "kernels/backend.h"
+#include "kernels/cpu/activations.h"  // ApplyActivation, for tests
 
 namespace glassbox {
 
@@ -53,7 +54,5 @@ class CpuBackend final : public Backend {
   absl::Status DoTopK(const TopKDims& d, const Tensor& x, Tensor& values, Tensor& indices) override;
 };
 
-// Applies `act` to one value; shared by the CPU ops and by tests.
-float ApplyActivation(Activation act, float x);
 
 }  // namespace glassbox

@@ -505,14 +505,4 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace glassbox
 
-int main(int argc, char** argv) {
-  // OpenBLAS (its own thread pool) and the CPU backend's OpenMP loops share the cores; OpenMP
-  // threads that spin between parallel regions starve OpenBLAS's, and a decode step of small
-  // GEMMs ran several times slower (bench/generate.sh). libgomp reads OMP_WAIT_POLICY as it
-  // loads, before main, so an unset policy is set by executing ourselves once more.
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
-  }
-  return glassbox::Main(argc, argv);
-}
+int main(int argc, char** argv) { return glassbox::Main(argc, argv); }

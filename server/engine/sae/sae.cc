@@ -1,7 +1,5 @@
 #include "server/engine/sae/sae.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -11,7 +9,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/check.h"
 #include "base/status_macros.h"
+#include "kernels/cpu/gemm.h"
 #include "server/engine/sae/sae_stats.h"
 
 namespace glassbox {
@@ -272,9 +272,10 @@ void Sae::PrepareInput(const float* x, int64_t n, float* sae_in, float* scale,
 void Sae::EncodeRows(const float* sae_in, int64_t n, float* pre, float* post) const {
   if (n == 0) return;
   const int64_t d = d_in(), f = d_sae();
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n),
-              static_cast<int>(f), static_cast<int>(d), 1.0f, sae_in, static_cast<int>(d),
-              weights_.W_enc.data<float>(), static_cast<int>(f), 0.0f, pre, static_cast<int>(f));
+  // Shapes were checked at load; oneDNN fails only on invalid arguments.
+  const absl::Status gemm = cpu::Sgemm(/*trans_b=*/false, n, f, d, 1.0f, sae_in, d,
+                                       weights_.W_enc.data<float>(), f, 0.0f, pre, f);
+  GB_CHECK(gemm.ok(), "%s", gemm.ToString().c_str());
   const SaeArchitecture arch = config_.architecture;
   const float* b_enc = weights_.b_enc.defined() ? weights_.b_enc.data<float>() : nullptr;
   switch (arch) {
@@ -378,9 +379,9 @@ void Sae::DecodeRows(const float* acts, int64_t n, float* recons) const {
       }
       a = scaled.data();
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n),
-                static_cast<int>(d), static_cast<int>(f), 1.0f, a, static_cast<int>(f), w_dec,
-                static_cast<int>(d), 0.0f, recons, static_cast<int>(d));
+    const absl::Status gemm =
+        cpu::Sgemm(/*trans_b=*/false, n, d, f, 1.0f, a, f, w_dec, d, 0.0f, recons, d);
+    GB_CHECK(gemm.ok(), "%s", gemm.ToString().c_str());
     for (int64_t r = 0; r < n; ++r) {
       for (int64_t j = 0; j < d; ++j) recons[r * d + j] += b_dec[j];
     }

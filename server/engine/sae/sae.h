@@ -11,7 +11,7 @@
 // Inputs are host f32 tensors whose last axis is d_in ([..., d_in]); a hook_z SAE also takes
 // [..., n_heads, d_head] with n_heads·d_head = d_in. Every row (token) is independent, so work is
 // done in tiles of tokens (bounded scratch memory) and the dense [tokens, d_sae] activations are
-// only materialised when the caller asks for them. GEMMs run on OpenBLAS; the decoder exploits
+// only materialised when the caller asks for them. GEMMs run on oneDNN (kernels/cpu/gemm.h); the decoder exploits
 // sparsity (it sums the rows of W_dec of the active features).
 //
 // A Sae is immutable once built: every method is const and safe to call from many threads.

@@ -1,0 +1,125 @@
+#include "kernels/cpu/gemm.h"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/activations.h"
+#include "oneapi/dnnl/dnnl.hpp"
+
+namespace glassbox::cpu {
+namespace {
+
+// Below this many rows a fused matmul primitive is slower than oneDNN's sgemm (whose kernels
+// for a few rows are GEMV-like) followed by the epilogue pass, which is then small.
+constexpr int64_t kFusedMinRows = 16;
+
+absl::Status DnnlError(dnnl_status_t status, const char* what) {
+  return absl::InternalError(absl::StrCat("oneDNN ", what, " failed with status ", status));
+}
+
+// Linear-layer primitives by shape, built once: building one costs 0.5-4 ms, running one for a
+// few tokens tens of microseconds. Shapes are few per model (its projections at the token
+// counts it is asked for); past kMaxEntries the cache starts over.
+class LinearPrimitives {
+ public:
+  static LinearPrimitives& Get() {
+    static auto* primitives = new LinearPrimitives();
+    return *primitives;
+  }
+
+  const dnnl::engine& engine() const { return engine_; }
+
+  dnnl::matmul Find(int64_t m, int64_t n, int64_t k, bool bias) {
+    const Key key{m, n, k, bias};
+    std::lock_guard lock(mu_);
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+    if (cache_.size() >= kMaxEntries) cache_.clear();
+    using dt = dnnl::memory::data_type;
+    using tag = dnnl::memory::format_tag;
+    // Weights [n, k] row-major are the [k, n] matrix oneDNN multiplies by, column-major ("ba").
+    const dnnl::memory::desc src({m, k}, dt::f32, tag::ab), wei({k, n}, dt::f32, tag::ba),
+        dst({m, n}, dt::f32, tag::ab), bia({1, n}, dt::f32, tag::ab);
+    const auto desc =
+        bias ? dnnl::matmul::desc(src, wei, bia, dst) : dnnl::matmul::desc(src, wei, dst);
+    dnnl::matmul primitive(dnnl::matmul::primitive_desc(desc, engine_));
+    cache_.emplace(key, primitive);
+    return primitive;
+  }
+
+ private:
+  using Key = std::tuple<int64_t, int64_t, int64_t, bool>;
+  static constexpr size_t kMaxEntries = 512;
+
+  dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
+  std::mutex mu_;
+  std::map<Key, dnnl::matmul> cache_;
+};
+
+}  // namespace
+
+absl::Status Sgemm(bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                   int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return absl::OkStatus();
+  if (k == 0) {  // An empty sum: oneDNN, like BLAS, wants k >= 1.
+    for (int64_t i = 0; i < m; ++i) {
+      float* row = c + i * ldc;
+      if (beta == 0.0f) {
+        std::fill_n(row, n, 0.0f);
+      } else {
+        for (int64_t j = 0; j < n; ++j) row[j] *= beta;
+      }
+    }
+    return absl::OkStatus();
+  }
+  const dnnl_status_t status =
+      dnnl_sgemm('N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  return status == dnnl_success ? absl::OkStatus() : DnnlError(status, "sgemm");
+}
+
+absl::Status Linear(int64_t m, int64_t n, int64_t k, const float* x, const float* w,
+                    const float* bias, Activation act, float* y) {
+  if (m < kFusedMinRows || k == 0) {
+    if (absl::Status s = Sgemm(/*trans_b=*/true, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n); !s.ok()) {
+      return s;
+    }
+    BiasActivation(y, m, n, bias, act);
+    return absl::OkStatus();
+  }
+  LinearPrimitives& primitives = LinearPrimitives::Get();
+  try {
+    dnnl::matmul primitive = primitives.Find(m, n, k, bias != nullptr);
+    using dt = dnnl::memory::data_type;
+    using tag = dnnl::memory::format_tag;
+    const dnnl::engine& engine = primitives.engine();
+    // oneDNN takes non-const handles; it only reads src, weights and bias.
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory({{m, k}, dt::f32, tag::ab}, engine, const_cast<float*>(x))},
+        {DNNL_ARG_WEIGHTS, dnnl::memory({{k, n}, dt::f32, tag::ba}, engine, const_cast<float*>(w))},
+        {DNNL_ARG_DST, dnnl::memory({{m, n}, dt::f32, tag::ab}, engine, y)}};
+    if (bias != nullptr) {
+      args.emplace(DNNL_ARG_BIAS,
+                   dnnl::memory({{1, n}, dt::f32, tag::ab}, engine, const_cast<float*>(bias)));
+    }
+    dnnl::stream stream(engine);
+    primitive.execute(stream, args);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return DnnlError(e.status, "matmul");
+  }
+  // The activation is the backend's own (ActivateRun), not a oneDNN post-op: a pass that captures
+  // hook_pre computes Linear without it and then Activate, and must get the very same values.
+  BiasActivation(y, m, n, nullptr, act);
+  return absl::OkStatus();
+}
+
+void BiasActivation(float* y, int64_t rows, int64_t cols, const float* bias, Activation act) {
+  if (bias == nullptr && act == Activation::kIdentity) return;
+#pragma omp parallel for if (rows * cols >= 16384)
+  for (int64_t r = 0; r < rows; ++r) ActivateRun(act, y + r * cols, bias, y + r * cols, cols);
+}
+
+}  // namespace glassbox::cpu

@@ -1,0 +1,28 @@
+// Single-precision matrix products on the CPU, through oneDNN (chosen by measurement over
+// OpenBLAS and BLIS: bench/gemm/gemm_libraries.sh). Row-major throughout. oneDNN runs on OpenMP,
+// the same thread pool as the CPU backend's own loops, so there is one pool for everything.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "base/activation.h"
+
+namespace glassbox::cpu {
+
+// c[m, n] = alpha · a[m, k] · op(b) + beta · c, op(b) = b[n, k]ᵀ (trans_b) or b[k, n]. k = 0
+// gives beta · c (an empty sum).
+absl::Status Sgemm(bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                   int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
+// The linear layer y[m, n] = act(x[m, k] · w[n, k]ᵀ + bias[n]) (bias may be null): the bias is
+// added inside the product (a oneDNN matmul, built once per shape) where that pays, the
+// activation in a pass over y (the same one Activate applies, so that capturing hook_pre, which
+// splits the two, changes no value).
+absl::Status Linear(int64_t m, int64_t n, int64_t k, const float* x, const float* w,
+                    const float* bias, Activation act, float* y);
+
+// y[rows, cols] = act(y + bias[col]) in place (bias may be null).
+void BiasActivation(float* y, int64_t rows, int64_t cols, const float* bias, Activation act);
+
+}  // namespace glassbox::cpu
