@@ -35,6 +35,35 @@ inline float RationalTanh(float x) {
   return p / q;
 }
 
+// exp(x) without libm, inline so that loops over it vectorize (softmax rows): Cephes' expf,
+// exp(x) = 2^n exp(r) with n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two, so r is
+// exact) and a degree-6 polynomial for exp(r) on [-ln2/2, ln2/2]; 2^n goes straight into the
+// exponent bits. Relative error below 3e-7 for x in [-87.3, 88] (tests/kernels/
+// cpu_activation_test.cc checks it against double exp); below -87.3 it is 0 (exp is subnormal
+// there), above 88 it stays exp(88). Softmax only exponentiates s - max <= 0.
+inline float VectorExp(float x) {
+  const float clamped = std::min(std::max(x, -87.3365447f), 88.0f);
+  // round(x log2 e) with the 1.5 * 2^23 trick: adding it leaves the rounded integer in the low
+  // mantissa bits (round to nearest even, the default mode), and vectorizes everywhere.
+  constexpr float kShift = 12582912.0f;
+  const float shifted = clamped * 1.44269504088896341f + kShift;
+  const float n = shifted - kShift;
+  float r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // n is in [-126, 127]
+  float two_to_n;
+  static_assert(sizeof(two_to_n) == sizeof(bits));
+  __builtin_memcpy(&two_to_n, &bits, sizeof(two_to_n));
+  return x < -87.3365447f ? 0.0f : p * two_to_n;
+}
+
 // HF's gelu_new / gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 inline float GeluTanh(float x) {
   constexpr float kSqrt2OverPi = 0.7978845608028654f;

@@ -10,6 +10,7 @@
 #include "base/float16.h"
 #include "base/status_macros.h"
 #include "kernels/cpu/activations.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/row_reductions.h"
 #include "kernels/op_contract.h"
@@ -231,57 +232,15 @@ absl::Status CpuBackend::DoAttention(const AttentionDims& d, const Tensor& q, co
                                      const Tensor& v, const Tensor& key_mask, float scale,
                                      Tensor& z, Tensor* scores, Tensor* pattern,
                                      const AttentionOptions& options) {
-  const int64_t batch = d.batch, seq = d.seq, keys = d.kv_seq, heads = d.heads;
-  const int64_t d_head = d.d_head, kv_heads = d.kv_heads, group = heads / kv_heads;
-  const int64_t offset = d.query_offset;
-  const float kNegInf = -std::numeric_limits<float>::infinity();
-  const int q_stride = static_cast<int>(heads * d_head),
-            kv_stride = static_cast<int>(kv_heads * d_head);
-  const int n = static_cast<int>(seq), nk = static_cast<int>(keys), dh = static_cast<int>(d_head);
-  // Per (batch, head): S = scale·Q·Kᵀ and Z = P·V as two GEMMs reading the [B, S, H, Dh] layout
-  // in place through leading dimensions. The masked upper triangle is computed and discarded:
-  // still far cheaper than scalar dot products.
-  std::vector<float> probs(static_cast<size_t>(seq * keys));
-  for (int64_t b = 0; b < batch; ++b) {
-    const int32_t* mask = key_mask.data<int32_t>() + b * keys;
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t kvh = h / group;
-      const float* qh = q.data<float>() + b * seq * heads * d_head + h * d_head;
-      const float* kh = k.data<float>() + b * keys * kv_heads * d_head + kvh * d_head;
-      const float* vh = v.data<float>() + b * keys * kv_heads * d_head + kvh * d_head;
-      GB_RETURN_IF_ERROR(cpu::Sgemm(/*trans_b=*/true, n, nk, dh, scale, qh, q_stride, kh,
-                                    kv_stride, 0.0f, probs.data(), nk));
-      const int64_t score_base = (b * heads + h) * seq * keys;
-#pragma omp parallel for if (seq >= 256)
-      for (int64_t i = 0; i < seq; ++i) {
-        float* row = probs.data() + i * keys;
-        const int64_t at = i + offset;  // the query's own key index
-        float max_score = kNegInf;
-        for (int64_t j = 0; j < keys; ++j) {
-          if (options.softcap > 0) row[j] = options.softcap * std::tanh(row[j] / options.softcap);
-          const bool outside_window = options.window > 0 && at - j >= options.window;
-          if (j > at || mask[j] == 0 || outside_window) row[j] = kNegInf;
-          max_score = std::max(max_score, row[j]);
-        }
-        if (scores)
-          std::memcpy(scores->data<float>() + score_base + i * keys, row, keys * sizeof(float));
-        double denom = 0;
-        for (int64_t j = 0; j < keys; ++j) {
-          row[j] = row[j] == kNegInf ? 0.0f : std::exp(row[j] - max_score);
-          denom += row[j];
-        }
-        // A query with no visible key (padding before the first real token) keeps a zero row.
-        const float inv = denom > 0 ? static_cast<float>(1.0 / denom) : 0.0f;
-        for (int64_t j = 0; j < keys; ++j) row[j] *= inv;
-        if (pattern)
-          std::memcpy(pattern->data<float>() + score_base + i * keys, row, keys * sizeof(float));
-      }
-      float* zh = z.data<float>() + b * seq * heads * d_head + h * d_head;
-      GB_RETURN_IF_ERROR(cpu::Sgemm(/*trans_b=*/false, n, dh, nk, 1.0f, probs.data(), nk, vh,
-                                    kv_stride, 0.0f, zh, q_stride));
-    }
-  }
-  return absl::OkStatus();
+  // z always from the blocked kernel, so that a captured pattern changes nothing downstream;
+  // scores and the pattern only when a hook wants them (kernels/cpu/attention.h).
+  GB_RETURN_IF_ERROR(cpu::AttendBlocked(d, q.data<float>(), k.data<float>(), v.data<float>(),
+                                        key_mask.data<int32_t>(), scale, options,
+                                        z.data<float>()));
+  if (scores == nullptr && pattern == nullptr) return absl::OkStatus();
+  return cpu::MaterializeScores(d, q.data<float>(), k.data<float>(), key_mask.data<int32_t>(),
+                                scale, options, scores ? scores->data<float>() : nullptr,
+                                pattern ? pattern->data<float>() : nullptr);
 }
 
 absl::Status CpuBackend::DoAdd(int64_t n, const Tensor& a, const Tensor& b, Tensor& out) {

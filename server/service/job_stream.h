@@ -71,7 +71,7 @@ class JobStream final : public grpc::ServerWriteReactor<Response> {
   }
 
   // The job could not be queued.
-  void Refuse(const absl::Status& status) { this->Finish(ToGrpcStatus(status)); }
+  void Refuse(const absl::Status& status) { End(ToGrpcStatus(status)); }
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
@@ -166,28 +166,42 @@ class JobStream final : public grpc::ServerWriteReactor<Response> {
       absl::StatusOr<Response> summary = summarize_();
       if (summary.ok()) {
         current_ = *std::move(summary);
+        Release();
         this->StartWriteAndFinish(&current_, grpc::WriteOptions(), grpc::Status::OK);
         return;
       }
       status = summary.status();
     }
-    this->Finish(ToGrpcStatus(status));
+    End(ToGrpcStatus(status));
+  }
+
+  // What the call holds for its duration (its stream slot, the caller's run slot inside the
+  // summary's captures) is given back before the client can learn that the call ended: a client
+  // that starts its next stream as soon as this one finishes must find them free.
+  void Release() {
+    slot_.reset();
+    summarize_ = nullptr;
+    observe_ = nullptr;
+  }
+
+  void End(const grpc::Status& status) {
+    Release();
+    this->Finish(status);
   }
 
   void FinishCancelled() {
     const bool expired = context_->deadline() <= std::chrono::system_clock::now();
-    this->Finish(expired
-                     ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                    "the deadline passed during " + what_)
-                     : grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled " + what_));
+    End(expired ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                               "the deadline passed during " + what_)
+                : grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled " + what_));
   }
 
   grpc::CallbackServerContext* const context_;
   const std::shared_ptr<StreamingJob<Response>> job_;
-  const StreamLimit::Slot slot_;
+  std::optional<StreamLimit::Slot> slot_;
   const std::string what_;
-  const Summarize summarize_;
-  const Observe observe_;
+  Summarize summarize_;
+  Observe observe_;
   const std::shared_ptr<Shared> shared_;
   Response current_;  // The message being written.
   // Guarded by shared_->mu. busy_: one thread owns the stream's next step (a write in flight,

@@ -1,6 +1,7 @@
 // The CPU backend's rational tanh against double-precision tanh on a dense grid, and the tanh
 // GELU built on it against the formula in double: what lets the backend drop libm's tanhf.
 #include <cmath>
+#include <limits>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/activations.h"
@@ -36,6 +37,21 @@ TEST(CpuActivationTest, GeluTanhMatchesTheFormulaInDouble) {
   }
   EXPECT_LT(worst, 5e-7) << "at x = " << worst_at;
   EXPECT_EQ(ApplyActivation(Activation::kGeluTanh, 0.75f), GeluTanh(0.75f));
+}
+
+TEST(CpuActivationTest, VectorExpIsWithin3e7OfExp) {
+  double worst = 0, worst_at = 0;
+  for (double x = -87.3; x <= 88; x += 1.0 / 1024) {
+    const double xf = static_cast<float>(x);
+    const double exact = std::exp(xf);
+    const double err = std::abs(double{VectorExp(static_cast<float>(x))} - exact) / exact;
+    if (err > worst) worst = err, worst_at = x;
+  }
+  EXPECT_LT(worst, 3e-7) << "at x = " << worst_at;
+  EXPECT_EQ(VectorExp(0.0f), 1.0f);
+  EXPECT_EQ(VectorExp(-100.0f), 0.0f);
+  EXPECT_EQ(VectorExp(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_TRUE(std::isfinite(VectorExp(1000.0f)));
 }
 
 }  // namespace
