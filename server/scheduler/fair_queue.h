@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -32,6 +33,8 @@ struct SchedulerOptions {
   // Estimated device memory one pass may use; 0: unlimited. A task estimated above it is refused
   // when queued (it could never run); merging stops where the next task would pass it.
   int64_t memory_budget_bytes = 0;
+  // Runs first on the worker thread (e.g. to size its thread pool: the device's work runs there).
+  std::function<void()> worker_init;
 };
 
 class FairQueue {

@@ -58,6 +58,7 @@ size_t Scheduler::queued() const {
 }
 
 void Scheduler::Work() {
+  if (options_.worker_init) options_.worker_init();
   for (;;) {
     std::vector<std::shared_ptr<Task>> batch;
     {

@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -55,6 +56,9 @@ ABSL_FLAG(int64_t, max_batch, 1024, "most rows in one Run");
 ABSL_FLAG(int64_t, max_tokens, 1 << 16, "most (padded) tokens in one Run");
 ABSL_FLAG(int64_t, max_response_bytes, int64_t{8} << 30, "most tensor bytes one Run may stream");
 ABSL_FLAG(int64_t, stream_buffer_bytes, 16 << 20, "bytes buffered per stream before the worker waits for the reader");
+ABSL_FLAG(int, cpu_threads, 0,
+          "threads of the one OpenMP pool the device's work runs on (the CPU backend's loops and "
+          "oneDNN's matrix products); 0: OMP_NUM_THREADS, else every core");
 ABSL_FLAG(double, stream_stall_seconds, 10,
           "how long the device's worker waits for a reader whose stream buffer is full before it "
           "gives that stream up (RESOURCE_EXHAUSTED) and goes on with everyone else's work");
@@ -181,6 +185,11 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   s.scheduler.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   s.scheduler.quantum_tokens = absl::GetFlag(FLAGS_fair_share_quantum);
   s.scheduler.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget_bytes);
+  if (const int threads = absl::GetFlag(FLAGS_cpu_threads); threads > 0) {
+    s.scheduler.worker_init = [threads] { omp_set_num_threads(threads); };
+  } else if (threads < 0) {
+    return absl::InvalidArgumentError("--cpu_threads must be >= 0 (0: OMP_NUM_THREADS or every core)");
+  }
   s.limits.max_sweep_cells = absl::GetFlag(FLAGS_max_sweep_cells);
   int64_t default_ttl_s = absl::GetFlag(FLAGS_cache_default_ttl_s);
   int64_t max_ttl_s = absl::GetFlag(FLAGS_cache_max_ttl_s);

@@ -195,7 +195,9 @@ int64_t Sae::ResidentBytes() const {
 }
 
 int64_t Sae::TileRows() const {
-  constexpr int64_t kScratchBytes = 32 << 20;
+  // Bigger tiles read W_enc fewer times per call: 128 MiB of scratch gave 597 tok/s against
+  // 529 with 32 MiB at d_in 4096 x d_sae 65536 (bench/sae/sae_encode.sh).
+  constexpr int64_t kScratchBytes = 128 << 20;
   return std::clamp<int64_t>(kScratchBytes / (4 * config_.d_sae), 16, 1024);
 }
 
