@@ -22,8 +22,10 @@ absl::Status DnnlError(dnnl_status_t status, const char* what) {
 }
 
 // Linear-layer primitives by shape, built once: building one costs 0.5-4 ms, running one for a
-// few tokens tens of microseconds. Shapes are few per model (its projections at the token
-// counts it is asked for); past kMaxEntries the cache starts over.
+// few tokens tens of microseconds, so each shape (a model's projections at a token count) is
+// kept. A primitive holds ~100 KB (its JIT code): the least recently used go beyond
+// kMaxEntries, so a server asked for every token count keeps ~13 MB. oneDNN's own primitive
+// cache would hold 1024 more, so it is turned off: this one decides.
 class LinearPrimitives {
  public:
   static LinearPrimitives& Get() {
@@ -36,8 +38,18 @@ class LinearPrimitives {
   dnnl::matmul Find(int64_t m, int64_t n, int64_t k, bool bias) {
     const Key key{m, n, k, bias};
     std::lock_guard lock(mu_);
-    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
-    if (cache_.size() >= kMaxEntries) cache_.clear();
+    ++clock_;
+    if (auto it = cache_.find(key); it != cache_.end()) {
+      it->second.last_used = clock_;
+      return it->second.primitive;
+    }
+    if (cache_.size() >= kMaxEntries) {
+      auto oldest = cache_.begin();
+      for (auto it = cache_.begin(); it != cache_.end(); ++it) {
+        if (it->second.last_used < oldest->second.last_used) oldest = it;
+      }
+      cache_.erase(oldest);
+    }
     using dt = dnnl::memory::data_type;
     using tag = dnnl::memory::format_tag;
     // Weights [n, k] row-major are the [k, n] matrix oneDNN multiplies by, column-major ("ba").
@@ -46,17 +58,24 @@ class LinearPrimitives {
     const auto desc =
         bias ? dnnl::matmul::desc(src, wei, bia, dst) : dnnl::matmul::desc(src, wei, dst);
     dnnl::matmul primitive(dnnl::matmul::primitive_desc(desc, engine_));
-    cache_.emplace(key, primitive);
+    cache_.emplace(key, Entry{primitive, clock_});
     return primitive;
   }
 
  private:
   using Key = std::tuple<int64_t, int64_t, int64_t, bool>;
-  static constexpr size_t kMaxEntries = 512;
+  struct Entry {
+    dnnl::matmul primitive;
+    uint64_t last_used;
+  };
+  static constexpr size_t kMaxEntries = 128;
+
+  LinearPrimitives() { dnnl::set_primitive_cache_capacity(0); }
 
   dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
   std::mutex mu_;
-  std::map<Key, dnnl::matmul> cache_;
+  uint64_t clock_ = 0;
+  std::map<Key, Entry> cache_;
 };
 
 }  // namespace
