@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/activations.h"
 #include "oneapi/dnnl/dnnl.hpp"
+#include "oneapi/dnnl/dnnl_version.h"
 
 namespace glassbox::cpu {
 namespace {
@@ -55,9 +56,14 @@ class LinearPrimitives {
     // Weights [n, k] row-major are the [k, n] matrix oneDNN multiplies by, column-major ("ba").
     const dnnl::memory::desc src({m, k}, dt::f32, tag::ab), wei({k, n}, dt::f32, tag::ba),
         dst({m, n}, dt::f32, tag::ab), bia({1, n}, dt::f32, tag::ab);
+#if DNNL_VERSION_MAJOR >= 3  // Ubuntu 24.04's oneDNN: primitive descriptors built directly.
+    dnnl::matmul primitive(bias ? dnnl::matmul::primitive_desc(engine_, src, wei, bia, dst)
+                                : dnnl::matmul::primitive_desc(engine_, src, wei, dst));
+#else  // Debian 12's oneDNN 2.6: through an operation descriptor.
     const auto desc =
         bias ? dnnl::matmul::desc(src, wei, bia, dst) : dnnl::matmul::desc(src, wei, dst);
     dnnl::matmul primitive(dnnl::matmul::primitive_desc(desc, engine_));
+#endif
     cache_.emplace(key, Entry{primitive, clock_});
     return primitive;
   }
