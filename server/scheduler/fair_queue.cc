@@ -16,6 +16,11 @@ absl::Status FairQueue::Push(std::shared_ptr<Task> task) {
         " (--memory_budget_bytes); it can never run here: send fewer rows or tokens, or "
         "capture less"));
   }
+  if (info.background) {
+    background_.push_back(std::move(task));
+    ++size_;
+    return absl::OkStatus();
+  }
   Flow& flow = flows_[info.owner];
   // A flow that left the ring kept only its debt (RetireFlow); it rejoins at the end.
   if (flow.tasks.empty()) ring_.push_back(info.owner);
@@ -25,6 +30,14 @@ absl::Status FairQueue::Push(std::shared_ptr<Task> task) {
 }
 
 bool FairQueue::Remove(const Task* task) {
+  if (task->info().background) {
+    auto it = std::find_if(background_.begin(), background_.end(),
+                           [&](const auto& t) { return t.get() == task; });
+    if (it == background_.end()) return false;
+    background_.erase(it);
+    --size_;
+    return true;
+  }
   auto flow = flows_.find(task->info().owner);
   if (flow == flows_.end()) return false;
   auto& tasks = flow->second.tasks;
@@ -119,6 +132,13 @@ void FairQueue::MergeInto(std::vector<std::shared_ptr<Task>>& batch) {
 std::vector<std::shared_ptr<Task>> FairQueue::PopBatch() {
   std::vector<std::shared_ptr<Task>> batch;
   std::shared_ptr<Task> first = PopNext();
+  if (!first && !background_.empty()) {
+    first = std::move(background_.front());
+    background_.pop_front();
+    --size_;
+    batch.push_back(std::move(first));
+    return batch;
+  }
   if (!first) return batch;
   batch.push_back(std::move(first));
   if (!batch.front()->info().batch_key.empty() && options_.max_batch_tokens > 0) MergeInto(batch);
@@ -131,6 +151,7 @@ std::vector<const Task*> FairQueue::Queued() const {
     const Flow& flow = flows_.at(ring_[(cursor_ + step) % ring_.size()]);
     for (const auto& task : flow.tasks) queued.push_back(task.get());
   }
+  for (const auto& task : background_) queued.push_back(task.get());
   return queued;
 }
 

@@ -10,6 +10,9 @@
 // x longest padded length), max_batch_rows, max_batch_tasks and the memory budget. Each merged
 // task is charged to its own flow's deficit, which may go below zero: that flow then waits its
 // turns out, so batching does not buy anyone a larger share.
+//
+// Background tasks (TaskInfo::background) wait in a FIFO of their own, served only when no flow
+// has a task queued, and never merged.
 #pragma once
 
 #include <cstdint>
@@ -51,7 +54,8 @@ class FairQueue {
 
   size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
-  // Every queued task, flow by flow in turn order, each flow's in FIFO order.
+  // Every queued task, flow by flow in turn order, each flow's in FIFO order, then the
+  // background tasks.
   std::vector<const Task*> Queued() const;
   const SchedulerOptions& options() const { return options_; }
 
@@ -69,6 +73,7 @@ class FairQueue {
   SchedulerOptions options_;
   std::map<std::string, Flow> flows_;
   std::vector<std::string> ring_;  // owners with queued tasks, in turn order
+  std::deque<std::shared_ptr<Task>> background_;
   size_t cursor_ = 0;              // the flow whose turn it is
   bool in_turn_ = false;           // whether ring_[cursor_] has had this turn's quantum
   size_t size_ = 0;

@@ -23,6 +23,9 @@ struct TaskInfo {
   std::string batch_key;
   int64_t rows = 0;
   int64_t padded_length = 0;
+  // Background work (a dataset scan's batches) runs only when no other task is queued, in FIFO
+  // order: an interactive request waits at most for the one background pass on the device.
+  bool background = false;
 };
 
 class Task {

@@ -198,5 +198,34 @@ TEST(FairQueueTest, QueuedListsFlowsInTurnOrder) {
   EXPECT_THAT(names, ElementsAre("a1", "a2", "b1"));
 }
 
+// Background work (scan batches) waits while anyone has interactive work queued, is served in
+// arrival order when no one has, is never merged, and can be withdrawn.
+TEST(FairQueueTest, BackgroundTasksRunOnlyWhenNothingElseIsQueued) {
+  FairQueue queue({.quantum_tokens = 10});
+  auto background = [](std::string name) {
+    return std::make_shared<NamedTask>(
+        std::move(name), TaskInfo{.owner = "carol", .rpc = "Scan", .tokens = 1000,
+                                  .batch_key = "m", .rows = 4, .padded_length = 64,
+                                  .background = true});
+  };
+  auto s1 = background("s1"), s2 = background("s2"), s3 = background("s3");
+  for (const auto& t : {std::shared_ptr<Task>(s1), std::shared_ptr<Task>(s2)})
+    ASSERT_TRUE(queue.Push(t).ok());
+  ASSERT_TRUE(queue.Push(Make("a1", "alice", 10, "m")).ok());
+  ASSERT_TRUE(queue.Push(Make("b1", "bob", 10)).ok());
+  ASSERT_TRUE(queue.Push(s3).ok());
+  EXPECT_EQ(queue.size(), 5u);
+  std::vector<std::string> names;
+  for (const Task* t : queue.Queued()) names.push_back(static_cast<const NamedTask*>(t)->name());
+  EXPECT_THAT(names, ElementsAre("a1", "b1", "s1", "s2", "s3"));
+  EXPECT_THAT(Names(queue.PopBatch()), ElementsAre("a1"));  // not merged with a scan's batch
+  EXPECT_THAT(Names(queue.PopBatch()), ElementsAre("b1"));
+  EXPECT_THAT(Names(queue.PopBatch()), ElementsAre("s1"));
+  ASSERT_TRUE(queue.Push(Make("a2", "alice", 10)).ok());  // arrives while scans wait
+  EXPECT_TRUE(queue.Remove(s2.get()));
+  EXPECT_FALSE(queue.Remove(s2.get()));
+  EXPECT_THAT(Drain(queue), ElementsAre(ElementsAre("a2"), ElementsAre("s3")));
+}
+
 }  // namespace
 }  // namespace glassbox
