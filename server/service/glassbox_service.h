@@ -14,6 +14,7 @@
 #include "server/service/metrics.h"
 #include "server/service/model_store.h"
 #include "server/service/run_plan.h"
+#include "server/service/scan_jobs.h"
 #include "server/service/stream_limit.h"
 
 namespace glassbox {
@@ -21,7 +22,8 @@ namespace glassbox {
 // Run and Generate use gRPC's callback API (job_stream.h: no thread waits on a stream); the
 // unary RPCs the synchronous one.
 using GlassboxServiceBase = glassbox::v1::Glassbox::WithCallbackMethod_Run<
-    glassbox::v1::Glassbox::WithCallbackMethod_Generate<glassbox::v1::Glassbox::Service>>;
+    glassbox::v1::Glassbox::WithCallbackMethod_Generate<
+        glassbox::v1::Glassbox::WithCallbackMethod_WatchJob<glassbox::v1::Glassbox::Service>>>;
 
 class GlassboxService final : public GlassboxServiceBase {
  public:
@@ -37,6 +39,9 @@ class GlassboxService final : public GlassboxServiceBase {
         quotas_(clock),
         gatekeeper_(keys, &quotas_, &limits_, &run_cache_),
         streams_(limits_.max_concurrent_streams) {}
+
+  // The dataset-scan jobs the job RPCs reach (UNIMPLEMENTED without); must outlive the service.
+  void SetScanJobs(ScanJobs* jobs) { scan_jobs_ = jobs; }
 
   // New runs are refused with UNAVAILABLE; in-flight ones finish.
   void StartDraining() { draining_ = true; }
@@ -97,7 +102,28 @@ class GlassboxService final : public GlassboxServiceBase {
   grpc::Status GetQueue(grpc::ServerContext* context, const glassbox::v1::GetQueueRequest* request,
                         glassbox::v1::GetQueueResponse* response) override;
 
+  // Dataset scans (job_handlers.cc).
+  grpc::Status StartScan(grpc::ServerContext* context,
+                         const glassbox::v1::StartScanRequest* request,
+                         glassbox::v1::JobInfo* response) override;
+  grpc::ServerWriteReactor<glassbox::v1::JobInfo>* WatchJob(
+      grpc::CallbackServerContext* context, const glassbox::v1::WatchJobRequest* request) override;
+  grpc::Status CancelJob(grpc::ServerContext* context,
+                         const glassbox::v1::CancelJobRequest* request,
+                         glassbox::v1::JobInfo* response) override;
+  grpc::Status ListJobs(grpc::ServerContext* context, const glassbox::v1::ListJobsRequest* request,
+                        glassbox::v1::ListJobsResponse* response) override;
+  grpc::Status GetScanResults(grpc::ServerContext* context,
+                              const glassbox::v1::GetScanResultsRequest* request,
+                              glassbox::v1::ScanResults* response) override;
+  grpc::Status ScoreExplanation(grpc::ServerContext* context,
+                                const glassbox::v1::ScoreExplanationRequest* request,
+                                glassbox::v1::ScoreExplanationResponse* response) override;
+
  private:
+  // The caller's jobs, or UNIMPLEMENTED when this service runs none.
+  absl::StatusOr<std::pair<ScanJobs*, JobCaller>> JobsFor(const grpc::ServerContextBase* context);
+
   // Every handler starts here: UNAUTHENTICATED or RESOURCE_EXHAUSTED before any other check.
   absl::StatusOr<Caller> Admit(const grpc::ServerContextBase* context, CallKind kind) const {
     absl::StatusOr<Caller> caller = gatekeeper_.Admit(context->client_metadata(), kind);
@@ -121,6 +147,7 @@ class GlassboxService final : public GlassboxServiceBase {
   Gatekeeper gatekeeper_;
   StreamLimit streams_;
   std::atomic<bool> draining_{false};
+  ScanJobs* scan_jobs_ = nullptr;
   mutable ServiceMetrics metrics_;
 };
 

@@ -87,6 +87,20 @@ ABSL_FLAG(int64_t, memory_budget_bytes, 0,
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT to serve Prometheus metrics on (GET /metrics over HTTP); empty: off");
 ABSL_FLAG(bool, request_log, true, "log one JSON line per request on stderr");
+ABSL_FLAG(std::string, jobs_dir, "",
+          "where scan jobs keep their records, checkpoints and results, and resume from after a "
+          "restart; empty: jobs live in memory only");
+ABSL_FLAG(std::string, corpus_dir, "",
+          "the directory scan corpora may be read from (paths are confined to it); empty: "
+          "uploaded documents only");
+ABSL_FLAG(double, scan_checkpoint_seconds, 30, "how often a running scan writes its checkpoint");
+ABSL_FLAG(int64_t, scan_max_contexts, int64_t{1} << 20, "most contexts one scan reads");
+ABSL_FLAG(int64_t, scan_max_state_bytes, int64_t{4} << 30,
+          "most memory one scan's records and statistics may take (estimated at the start)");
+ABSL_FLAG(int64_t, scan_max_jobs_per_key, 16, "scans one key may have queued or running");
+ABSL_FLAG(int64_t, scan_replay_bytes, int64_t{1} << 30,
+          "memory a scan may keep its first pass's target activations in, so that its second pass "
+          "does not run the model again");
 ABSL_FLAG(int, drain_seconds, 30, "on SIGTERM, how long in-flight runs may take to finish");
 
 namespace glassbox {
@@ -151,6 +165,7 @@ struct ServerSettings {
   TlsFiles tls;
   ServiceLimits limits;
   SchedulerOptions scheduler;
+  ScanJobsOptions jobs;
 };
 
 // Names of the flags present in argv ("--name" or "--name=value"), so that the config file
@@ -176,6 +191,13 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
   s.tls = {.cert = absl::GetFlag(FLAGS_tls_cert),
            .key = absl::GetFlag(FLAGS_tls_key),
            .client_ca = absl::GetFlag(FLAGS_tls_client_ca)};
+  s.jobs = {.jobs_dir = absl::GetFlag(FLAGS_jobs_dir),
+            .corpus_dir = absl::GetFlag(FLAGS_corpus_dir),
+            .checkpoint_seconds = absl::GetFlag(FLAGS_scan_checkpoint_seconds),
+            .max_contexts = absl::GetFlag(FLAGS_scan_max_contexts),
+            .max_state_bytes = absl::GetFlag(FLAGS_scan_max_state_bytes),
+            .max_jobs_per_owner = absl::GetFlag(FLAGS_scan_max_jobs_per_key),
+            .replay_bytes = absl::GetFlag(FLAGS_scan_replay_bytes)};
   s.limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   s.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens);
   s.limits.max_response_bytes = absl::GetFlag(FLAGS_max_response_bytes);
@@ -234,7 +256,9 @@ absl::StatusOr<ServerSettings> Settings(const std::vector<std::string>& model_ar
     }
     for (auto [key, field] : {std::pair{"tls_cert", &s.tls.cert}, std::pair{"tls_key", &s.tls.key},
                               std::pair{"tls_client_ca", &s.tls.client_ca},
-                              std::pair{"metrics_listen", &s.metrics_listen}}) {
+                              std::pair{"metrics_listen", &s.metrics_listen},
+                              std::pair{"jobs_dir", &s.jobs.jobs_dir},
+                              std::pair{"corpus_dir", &s.jobs.corpus_dir}}) {
       if (!json.contains(key)) continue;
       if (!json[key].is_string() || json[key].get<std::string>().empty()) {
         return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" must be a non-empty string (a file path; HOST:PORT for metrics_listen)"));
@@ -458,6 +482,19 @@ int Main(int argc, char** argv) {
                    ? absl::StrCat(settings->scheduler.memory_budget_bytes, " bytes").c_str()
                    : "unlimited");
   GlassboxService service(**store, scheduler, settings->limits, &absl::Now, keys->get());
+  ScanJobs scan_jobs(**store, scheduler, settings->jobs);
+  if (absl::Status recovered = scan_jobs.Recover(); !recovered.ok()) {
+    std::fprintf(stderr, "glassboxd: %s\n", std::string(recovered.message()).c_str());
+    return 1;
+  }
+  service.SetScanJobs(&scan_jobs);
+  std::fprintf(stderr, "glassboxd: scan jobs: %s, corpora %s\n",
+               settings->jobs.jobs_dir.empty()
+                   ? "in memory (no --jobs_dir: they do not survive a restart)"
+                   : absl::StrCat("kept in ", settings->jobs.jobs_dir).c_str(),
+               settings->jobs.corpus_dir.empty()
+                   ? "uploaded only (no --corpus_dir)"
+                   : absl::StrCat("read from ", settings->jobs.corpus_dir).c_str());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -504,6 +541,7 @@ int Main(int argc, char** argv) {
                signal_number == SIGTERM ? "SIGTERM" : "SIGINT", absl::GetFlag(FLAGS_drain_seconds));
   server->GetHealthCheckService()->SetServingStatus(false);
   service.StartDraining();
+  scan_jobs.Stop();  // a running scan stops between batches, resumable from its checkpoint
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
   scheduler.Shutdown();

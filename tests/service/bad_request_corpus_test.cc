@@ -7,6 +7,9 @@
 // tokenizer), the tiny Pythia fixture (parallel attention and MLP: no hook_resid_mid), the demo
 // model (a tokenizer, for texts, Tokenize/Detokenize and stop strings), SAEs on gpt2 and llama,
 // small limits (so that limit cases are cheap) and a clock the test can move (cache expiry).
+// The dataset-scan RPCs need a service with ScanJobs (GlassboxService::SetScanJobs), which the
+// shared harness does not make: a second in-process server (ScanRpcServer) serves them, made the
+// first time a scan table runs; the first server answers them UNIMPLEMENTED.
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -15,20 +18,26 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <iostream>
 #include <iterator>
 #include <limits>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/scheduler/scheduler.h"
 #include "server/service/glassbox_service.h"
+#include "server/service/request_observer.h"
+#include "server/service/scan_jobs.h"
 #include "tests/service/service_harness.h"
 #include "tests/util/test_util.h"
 
@@ -57,7 +66,9 @@ const char* const kRpcs[] = {"ListModels",     "GetModelInfo",     "Tokenize",
                              "Detokenize",     "Run",              "Generate",
                              "ListCachedRuns", "ReleaseCachedRun", "PatchingSweep",
                              "LogitLens",      "DirectLogitAttribution", "AttentionNorms",
-                             "ListSaes",       "SaeEncode",        "SaeDecode"};
+                             "ListSaes",       "SaeEncode",        "SaeDecode",
+                             "StartScan",      "WatchJob",         "CancelJob",
+                             "ListJobs",       "GetScanResults",   "ScoreExplanation"};
 
 // ---- request building ----
 
@@ -126,6 +137,63 @@ pb::FeatureEdit* AddFeatureEdit(pb::RunRequest& r, int32_t feature) {
   return e;
 }
 
+// ---- the dataset-scan server ----
+
+// A GlassboxService with ScanJobs on a loopback port: the demo model (tokenizer, BOS) and the
+// tiny GPT-2 (no tokenizer) with an SAE, jobs in memory, corpus files under `corpus_dir`.
+class ScanRpcServer {
+ public:
+  ScanRpcServer(std::unique_ptr<ModelStore> store, ScanJobsOptions options)
+      : store_(std::move(store)),
+        jobs_(*store_, scheduler_, std::move(options)),
+        service_(*store_, scheduler_, ServiceLimits()) {
+    service_.SetScanJobs(&jobs_);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service_);
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
+    observers.push_back(std::make_unique<RequestObserverFactory>(&service_.metrics(), false));
+    builder.experimental().SetInterceptorCreators(std::move(observers));
+    server_ = builder.BuildAndStart();
+    EXPECT_NE(port, 0);
+    stub_ = pb::Glassbox::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  }
+  ~ScanRpcServer() {
+    server_->Shutdown();
+    jobs_.Stop();
+    scheduler_.Shutdown();
+  }
+
+  pb::Glassbox::Stub& stub() { return *stub_; }
+
+  // Occupies the device's worker until the returned function is called.
+  std::function<void()> HoldDevice() {
+    auto started = std::make_shared<std::promise<void>>();
+    auto unblock = std::make_shared<std::promise<void>>();
+    std::shared_future<void> gate = unblock->get_future().share();
+    auto task = std::make_shared<FunctionTask>(
+        TaskInfo{.owner = "(test)", .rpc = "hold"},
+        [started, gate] {
+          started->set_value();
+          gate.wait();
+        },
+        [](const absl::Status&) {});
+    EXPECT_TRUE(scheduler_.Submit(task).ok());
+    started->get_future().wait();
+    return [unblock] { unblock->set_value(); };
+  }
+
+ private:
+  std::unique_ptr<ModelStore> store_;
+  Scheduler scheduler_;
+  ScanJobs jobs_;  // outlives the service
+  GlassboxService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<pb::Glassbox::Stub> stub_;
+};
+
 // ---- the corpus machinery ----
 
 template <typename Request>
@@ -190,6 +258,9 @@ class BadRequestCorpusTest : public ::testing::Test {
   }
 
   static void TearDownTestSuite() {
+    delete scans_;
+    scans_ = nullptr;
+    if (!scan_dir_.empty()) std::filesystem::remove_all(scan_dir_);
     std::ostringstream table;
     int total = 0;
     table << "bad-request corpus:";
@@ -301,11 +372,121 @@ class BadRequestCorpusTest : public ::testing::Test {
     }
   }
 
+  // ---- the scan server ----
+
+  // The scan server, made on first use with a finished and a cancelled job.
+  static ScanRpcServer& Scans() {
+    if (scans_ != nullptr) return *scans_;
+    scan_dir_ = std::filesystem::path(::testing::TempDir()) /
+                ("bad_request_corpus_scan_" + std::to_string(getpid()));
+    const std::filesystem::path corpus = scan_dir_ / "corpus";
+    std::filesystem::create_directories(corpus);
+    std::string text;
+    for (int i = 0; i < 8; ++i) text += "Alice and Bob went to the market to buy apples.\n";
+    std::ofstream(corpus / "docs.txt") << text;
+    std::ofstream(corpus / "empty.txt");
+    std::ofstream(corpus / "notes.md") << text;
+    std::ofstream(scan_dir_ / "outside.txt") << text;
+    std::filesystem::create_symlink(scan_dir_ / "outside.txt", corpus / "link.txt");
+
+    auto store = ModelStore::Load({{"gpt2", FixturePath("models/tiny-gpt2")},
+                                   {"demo", std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"}},
+                                  std::make_shared<CpuBackend>(), "cpu");
+    EXPECT_TRUE(store.ok()) << store.status();
+    absl::Status loaded = (*store)->LoadSaes({{.name = "res1_standard",
+                                               .path = FixturePath("saes/service/res1_standard"),
+                                               .model = "gpt2"}});
+    EXPECT_TRUE(loaded.ok()) << loaded;
+    ScanJobsOptions options;
+    options.corpus_dir = corpus.string();
+    options.max_state_bytes = 1 << 20;
+    options.max_jobs_per_owner = 1000;  // every good StartScan after a case leaves a job
+    scans_ = new ScanRpcServer(*std::move(store), options);
+
+    // A finished job, and one cancelled before it could run.
+    grpc::Status started = StartScan(GoodScan(), &finished_job_);
+    EXPECT_TRUE(started.ok()) << started.error_message();
+    EXPECT_EQ(WatchToEnd(finished_job_), pb::JOB_SUCCEEDED);
+    std::function<void()> release = scans_->HoldDevice();
+    started = StartScan(GoodScan(), &cancelled_job_);
+    EXPECT_TRUE(started.ok()) << started.error_message();
+    pb::CancelJobRequest cancel;
+    cancel.set_job_id(cancelled_job_);
+    grpc::Status cancelled = CallScan(&pb::Glassbox::Stub::CancelJob)(cancel);
+    EXPECT_TRUE(cancelled.ok()) << cancelled.error_message();
+    release();
+    EXPECT_EQ(WatchToEnd(cancelled_job_), pb::JOB_CANCELLED);
+    return *scans_;
+  }
+
+  // A good StartScan: the demo model over an uploaded text, two neurons.
+  static pb::StartScanRequest GoodScan() {
+    pb::StartScanRequest r;
+    r.set_model("demo");
+    r.mutable_corpus()->mutable_documents()->add_texts(
+        "Alice and Bob went to the market. They bought apples, pears and bread, then walked home.");
+    r.set_context_length(8);
+    r.set_logit_k(-1);
+    auto* n = r.add_targets()->mutable_neurons();
+    n->set_hook("blocks.0.mlp.hook_post");
+    n->add_indices(1);
+    n->add_indices(2);
+    return r;
+  }
+
+  static grpc::Status StartScan(const pb::StartScanRequest& request, std::string* id) {
+    grpc::ClientContext context;
+    context.set_deadline(Deadline());
+    pb::JobInfo info;
+    grpc::Status status = Scans().stub().StartScan(&context, request, &info);
+    *id = info.job_id();
+    return status;
+  }
+
+  // Watches `id` to its end: the last state streamed.
+  static pb::JobState WatchToEnd(const std::string& id) {
+    grpc::ClientContext context;
+    context.set_deadline(Deadline());
+    pb::WatchJobRequest r;
+    r.set_job_id(id);
+    auto reader = scans_->stub().WatchJob(&context, r);
+    pb::JobInfo info;
+    pb::JobState last = pb::JOB_STATE_UNSPECIFIED;
+    while (reader->Read(&info)) last = info.state();
+    grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return last;
+  }
+
+  template <typename Request, typename Response>
+  static std::function<grpc::Status(const Request&)> CallScan(Unary<Request, Response> method) {
+    return [method](const Request& request) {
+      grpc::ClientContext context;
+      context.set_deadline(Deadline());
+      Response response;
+      return (Scans().stub().*method)(&context, request, &response);
+    };
+  }
+
+  // WatchJob read to its end, on the scan server or (scans = false) the first one.
+  static grpc::Status CallWatch(const pb::WatchJobRequest& request, bool scans = true) {
+    grpc::ClientContext context;
+    context.set_deadline(Deadline());
+    auto reader = scans ? Scans().stub().WatchJob(&context, request) : stub_->WatchJob(&context, request);
+    pb::JobInfo info;
+    while (reader->Read(&info)) {
+    }
+    return reader->Finish();
+  }
+
   static inline std::atomic<int64_t> clock_skew_s_{0};
   static inline std::filesystem::path ln_dir_;
   static inline InProcessServer* server_ = nullptr;
   static inline pb::Glassbox::Stub* stub_ = nullptr;
   static inline std::map<std::string, int>* counts_ = nullptr;
+  static inline ScanRpcServer* scans_ = nullptr;
+  static inline std::filesystem::path scan_dir_;
+  static inline std::string finished_job_, cancelled_job_;
 };
 
 // ---- the corpus ----
@@ -898,6 +1079,276 @@ TEST_F(BadRequestCorpusTest, SaeDecode) {
       {"too many rows for the byte limit", [](auto& r) { for (int i = 0; i < 100; ++i) r.add_offsets(3); }, kExhausted, "decoding 102 rows would take 26112 bytes; this server allows 16384 (--max_response_bytes)"},
   };
   Check<pb::SaeDecodeRequest>("SaeDecode", good, Call(&pb::Glassbox::Stub::SaeDecode), cases);
+}
+
+// ---- dataset scans ----
+
+pb::NeuronTargets* AddNeuronTarget(pb::ScanTarget* t, const std::string& hook,
+                                   std::initializer_list<int32_t> indices) {
+  auto* n = t->mutable_neurons();
+  n->set_hook(hook);
+  for (int32_t i : indices) n->add_indices(i);
+  return n;
+}
+
+pb::DirectionTarget* AddDirectionTarget(pb::ScanTarget* t, const std::string& hook, int width) {
+  auto* d = t->mutable_direction();
+  d->set_hook(hook);
+  for (int i = 0; i < width; ++i) d->add_vector(1.0f / (1 + i));
+  return d;
+}
+
+pb::SaeFeatureTargets* AddSaeTarget(pb::ScanTarget* t, const std::string& sae,
+                                    std::initializer_list<int32_t> features) {
+  auto* f = t->mutable_sae_features();
+  f->set_sae(sae);
+  for (int32_t i : features) f->add_features(i);
+  return f;
+}
+
+TEST_F(BadRequestCorpusTest, StartScan) {
+  Expect("StartScan", "a server without scan jobs", Call(&pb::Glassbox::Stub::StartScan)(GoodScan()),
+         kUnimplemented, "this server runs no scan jobs");
+  Scans();
+  const std::vector<Case<pb::StartScanRequest>> cases = {
+      // Model and targets.
+      {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope"; this server has: demo, gpt2)"},
+      {"no targets", [](auto& r) { r.clear_targets(); }, kInvalid, "a scan needs targets: neurons (a hook and indices), SAE features or directions"},
+      {"target without a kind", [](auto& r) { r.add_targets(); }, kInvalid, "targets[1] sets no kind"},
+      {"unknown hook", [](auto& r) { AddNeuronTarget(r.add_targets(), "blocks.0.mlp.hook_postt", {0}); }, kInvalid, R"(unknown hook point "blocks.0.mlp.hook_postt")"},
+      {"layer past the model", [](auto& r) { AddNeuronTarget(r.add_targets(), "blocks.4.mlp.hook_post", {0}); }, kInvalid, R"(unknown hook point "blocks.4.mlp.hook_post")"},
+      {"neuron = d_mlp", [](auto& r) { AddNeuronTarget(r.add_targets(), "blocks.1.mlp.hook_post", {512}); }, kInvalid, "target index 512 at blocks.1.mlp.hook_post is out of range [0, 512)"},
+      {"negative neuron", [](auto& r) { r.mutable_targets(0)->mutable_neurons()->set_indices(0, -1); }, kInvalid, "target index -1 at blocks.0.mlp.hook_post is out of range [0, 512)"},
+      {"neuron listed twice", [](auto& r) { r.mutable_targets(0)->mutable_neurons()->add_indices(1); }, kInvalid, "target index 1 at blocks.0.mlp.hook_post is listed twice"},
+      {"hook without an activation per token", [](auto& r) { AddNeuronTarget(r.add_targets(), "blocks.0.attn.hook_pattern", {0}); }, kInvalid, "blocks.0.attn.hook_pattern has no activation per token ([batch, pos, ...])"},
+      {"direction of the wrong width", [](auto& r) { AddDirectionTarget(r.add_targets(), "blocks.0.hook_resid_post", 127); }, kInvalid, "directions at blocks.0.hook_resid_post must be f32 [n, 128]"},
+      {"empty direction", [](auto& r) { AddDirectionTarget(r.add_targets(), "blocks.2.hook_resid_mid", 0); }, kInvalid, "directions at blocks.2.hook_resid_mid must be f32 [n, 128]"},
+      {"unknown SAE", [](auto& r) { AddSaeTarget(r.add_targets(), "nope", {0}); }, kNotFound, R"(no SAE named "nope"; this server has: res1_standard)"},
+      {"SAE of another model", [](auto& r) { AddSaeTarget(r.add_targets(), "res1_standard", {0}); }, kInvalid, R"(SAE "res1_standard" is attached to model "gpt2", not "demo")"},
+
+      // Options.
+      {"context_length past n_ctx", [](auto& r) { r.set_context_length(129); }, kInvalid, "context_length 129 must be in [1, 128] (n_ctx)"},
+      {"negative context_length", [](auto& r) { r.set_context_length(-3); }, kInvalid, "context_length -3 must be in [1, 128] (n_ctx)"},
+      {"a context of BOS alone", [](auto& r) { r.set_context_length(1); }, kInvalid, "the first counted position 1 leaves no position of a context of 1 tokens to count"},
+      {"top_k past 1000", [](auto& r) { r.set_top_k(1001); }, kInvalid, "top_k is 1001; it must be in [0, 1000]"},
+      {"random_k below -1", [](auto& r) { r.set_random_k(-2); }, kInvalid, "random_k is -2; it must be in [0, 1000]"},
+      {"quantile_bins past 100", [](auto& r) { r.set_quantile_bins(101); }, kInvalid, "quantile_bins is 101; it must be in [0, 100]"},
+      {"per_quantile_k below -1", [](auto& r) { r.set_per_quantile_k(-2); }, kInvalid, "per_quantile_k is -2; it must be in [0, 1000]"},
+      {"histogram_bins past 10000", [](auto& r) { r.set_histogram_bins(10001); }, kInvalid, "histogram_bins is 10001; it must be in [0, 10000]"},
+      {"window_before below -1", [](auto& r) { r.set_window_before(-2); }, kInvalid, "window_before and window_after must be >= -1"},
+      {"window_after below -1", [](auto& r) { r.set_window_after(kIntMin); }, kInvalid, "window_before and window_after must be >= -1"},
+      {"logit_k past 1000", [](auto& r) { r.set_logit_k(1001); }, kInvalid, "logit_k must be in [-1, 1000] (0: 10, -1: none)"},
+      {"logit_k below -1", [](auto& r) { r.set_logit_k(-2); }, kInvalid, "logit_k must be in [-1, 1000]"},
+      {"negative batch_contexts", [](auto& r) { r.set_batch_contexts(-1); }, kInvalid, "batch_contexts must be >= 0 (0: chosen by the server)"},
+
+      // The corpus.
+      {"no corpus", [](auto& r) { r.clear_corpus(); }, kInvalid, "the corpus needs a path (under --corpus_dir) or documents"},
+      {"missing corpus file", [](auto& r) { r.mutable_corpus()->set_path("missing.txt"); }, kNotFound, R"(no corpus file "missing.txt")"},
+      {"corpus path with ..", [](auto& r) { r.mutable_corpus()->set_path("../outside.txt"); }, kInvalid, R"(corpus path "../outside.txt" may not contain "..")"},
+      {"absolute corpus path", [](auto& r) { r.mutable_corpus()->set_path("/etc/passwd"); }, kInvalid, R"(corpus path "/etc/passwd" must be relative to the server's corpus directory)"},
+      {"symlink out of the corpus directory", [](auto& r) { r.mutable_corpus()->set_path("link.txt"); }, kInvalid, R"(corpus path "link.txt" leads outside the corpus directory (through a symlink))"},
+      {"unknown corpus format", [](auto& r) { r.mutable_corpus()->set_path("notes.md"); }, kInvalid, R"(corpus "notes.md": the corpus must be .jsonl (a JSON object per line), .txt (a document per line) or .npy (token ids))"},
+      {"empty corpus file", [](auto& r) { r.mutable_corpus()->set_path("empty.txt"); }, kInvalid, R"(corpus "empty.txt" gives no whole context of 8 tokens: send more text or a shorter context_length)"},
+      {"text too short for a context", [](auto& r) { r.mutable_corpus()->mutable_documents()->set_texts(0, "Hi"); }, kInvalid, "the uploaded corpus gives no whole context of 8 tokens"},
+      {"token id = vocab", [](auto& r) { auto* s = r.mutable_corpus()->mutable_documents()->add_token_sequences(); s->add_ids(5); s->add_ids(1024); }, kInvalid, "documents.token_sequences[0]: token id 1024 is outside the vocabulary [0, 1024)"},
+      {"negative token id", [](auto& r) { r.mutable_corpus()->mutable_documents()->add_token_sequences()->add_ids(-5); }, kInvalid, "documents.token_sequences[0]: token id -5 is outside the vocabulary"},
+      {"negative max_contexts", [](auto& r) { r.mutable_corpus()->set_max_contexts(-1); }, kInvalid, "corpus.max_contexts must be >= 0"},
+      {"model without BOS", [](auto& r) { r.set_model("gpt2"); }, kPrecondition, R"(model "gpt2" has no BOS token to open contexts with; set no_bos to scan raw token runs)"},
+      {"text for a model without a tokenizer", [](auto& r) { r.set_model("gpt2"); r.set_no_bos(true); }, kPrecondition, "the model has no tokenizer: send the corpus as token ids (.npy or token_sequences)"},
+
+      // Limits.
+      {"records over the memory limit", [](auto& r) { r.mutable_targets(0)->mutable_neurons()->clear_indices(); }, kExhausted, "bytes of records for 512 targets; the server allows 1048576 (--scan_max_state_bytes)"},
+  };
+  Check<pb::StartScanRequest>("StartScan", GoodScan, CallScan(&pb::Glassbox::Stub::StartScan), cases);
+  // A corpus file under --corpus_dir is a good request too.
+  pb::StartScanRequest from_file = GoodScan();
+  from_file.mutable_corpus()->set_path("docs.txt");
+  ExpectServes("StartScan", "a corpus file", CallScan(&pb::Glassbox::Stub::StartScan)(from_file));
+}
+
+TEST_F(BadRequestCorpusTest, WatchJob) {
+  pb::WatchJobRequest elsewhere;
+  elsewhere.set_job_id("scan-000000000001");
+  Expect("WatchJob", "a server without scan jobs", CallWatch(elsewhere, /*scans=*/false),
+         kUnimplemented, "this server runs no scan jobs");
+  Scans();
+  auto good = [] {
+    pb::WatchJobRequest r;
+    r.set_job_id(finished_job_);
+    return r;
+  };
+  const std::vector<Case<pb::WatchJobRequest>> cases = {
+      {"unknown job", [](auto& r) { r.set_job_id("scan-000000000000"); }, kNotFound, R"(no job "scan-000000000000")"},
+      {"empty job id", [](auto& r) { r.set_job_id(""); }, kNotFound, R"(no job "")"},
+      {"job ids are case-sensitive", [](auto& r) { r.set_job_id(absl::AsciiStrToUpper(r.job_id())); }, kNotFound, "no job \"SCAN-"},
+      {"job id with a trailing space", [](auto& r) { r.set_job_id(r.job_id() + " "); }, kNotFound, "no job \"scan-"},
+  };
+  Check<pb::WatchJobRequest>("WatchJob", good, [](const pb::WatchJobRequest& r) { return CallWatch(r); },
+                             cases);
+  // Watching the cancelled job ends with its state, OK.
+  ExpectServes("WatchJob", "a cancelled job", CallWatch([] {
+                 pb::WatchJobRequest r;
+                 r.set_job_id(cancelled_job_);
+                 return r;
+               }()));
+}
+
+TEST_F(BadRequestCorpusTest, CancelJob) {
+  pb::CancelJobRequest elsewhere;
+  elsewhere.set_job_id("scan-000000000001");
+  Expect("CancelJob", "a server without scan jobs", Call(&pb::Glassbox::Stub::CancelJob)(elsewhere),
+         kUnimplemented, "this server runs no scan jobs");
+  Scans();
+  // Cancelling a job that has ended answers its info and changes nothing.
+  auto good = [] {
+    pb::CancelJobRequest r;
+    r.set_job_id(finished_job_);
+    return r;
+  };
+  const std::vector<Case<pb::CancelJobRequest>> cases = {
+      {"unknown job", [](auto& r) { r.set_job_id("scan-000000000000"); }, kNotFound, R"(no job "scan-000000000000")"},
+      {"empty job id", [](auto& r) { r.set_job_id(""); }, kNotFound, R"(no job "")"},
+      {"job ids are case-sensitive", [](auto& r) { r.set_job_id(absl::AsciiStrToUpper(r.job_id())); }, kNotFound, "no job \"SCAN-"},
+  };
+  Check<pb::CancelJobRequest>("CancelJob", good, CallScan(&pb::Glassbox::Stub::CancelJob), cases);
+  pb::GetScanResultsRequest results;
+  results.set_job_id(finished_job_);
+  ExpectServes("CancelJob", "cancelling a finished job (its results remain)",
+               CallScan(&pb::Glassbox::Stub::GetScanResults)(results));
+}
+
+TEST_F(BadRequestCorpusTest, ListJobs) {
+  Expect("ListJobs", "a server without scan jobs", Call(&pb::Glassbox::Stub::ListJobs)(pb::ListJobsRequest()),
+         kUnimplemented, "this server runs no scan jobs");
+  Scans();
+  ExpectServes("ListJobs", "nothing (the good request)",
+               CallScan(&pb::Glassbox::Stub::ListJobs)(pb::ListJobsRequest()));
+}
+
+TEST_F(BadRequestCorpusTest, GetScanResults) {
+  pb::GetScanResultsRequest elsewhere;
+  elsewhere.set_job_id("scan-000000000001");
+  Expect("GetScanResults", "a server without scan jobs",
+         Call(&pb::Glassbox::Stub::GetScanResults)(elsewhere), kUnimplemented,
+         "this server runs no scan jobs");
+  Scans();
+  auto good = [] {
+    pb::GetScanResultsRequest r;
+    r.set_job_id(finished_job_);
+    return r;
+  };
+  const std::vector<Case<pb::GetScanResultsRequest>> cases = {
+      {"unknown job", [](auto& r) { r.set_job_id("scan-000000000000"); }, kNotFound, R"(no job "scan-000000000000")"},
+      {"empty job id", [](auto& r) { r.set_job_id(""); }, kNotFound, R"(no job "")"},
+      {"a cancelled job", [](auto& r) { r.set_job_id(cancelled_job_); }, kPrecondition, "job \"" + cancelled_job_ + "\" is JOB_CANCELLED; results exist once it has succeeded (WatchJob waits for it)"},
+      {"negative target_offset", [](auto& r) { r.set_target_offset(-1); }, kInvalid, "target_offset and target_limit must be >= 0"},
+      {"negative target_limit", [](auto& r) { r.set_target_limit(-5); }, kInvalid, "target_offset and target_limit must be >= 0"},
+      {"page over the limit", [](auto& r) { r.set_target_limit(1025); }, kInvalid, "target_limit 1025 is above 1024 per page; read the results in pages"},
+  };
+  Check<pb::GetScanResultsRequest>("GetScanResults", good, CallScan(&pb::Glassbox::Stub::GetScanResults),
+                                   cases);
+  // An offset past the last target is an empty page, not an error.
+  pb::GetScanResultsRequest past = good();
+  past.set_target_offset(100);
+  ExpectServes("GetScanResults", "an offset past the targets",
+               CallScan(&pb::Glassbox::Stub::GetScanResults)(past));
+}
+
+// ---- scoring explanations ----
+
+// A good ScoreExplanation: neuron 5 of the demo model's blocks.1.mlp.hook_post over two excerpts,
+// with the ablation score.
+pb::ScoreExplanationRequest GoodScore() {
+  pb::ScoreExplanationRequest r;
+  r.set_model("demo");
+  AddNeuronTarget(r.mutable_target(), "blocks.1.mlp.hook_post", {5});
+  auto* a = r.add_excerpts();
+  for (int32_t t : {0, 2, 3, 4}) a->add_tokens(t);
+  for (float s : {0.0f, 1.0f, 2.0f, 3.0f}) a->add_simulated(s);
+  auto* b = r.add_excerpts();
+  for (int32_t t : {5, 6, 7}) b->add_tokens(t);
+  for (float s : {3.0f, 2.0f, 1.0f}) b->add_simulated(s);
+  b->set_random(true);
+  r.set_ablation(true);
+  return r;
+}
+
+void SetExcerpt(pb::ScoredExcerpt* e, int n) {
+  e->clear_tokens();
+  e->clear_simulated();
+  for (int i = 0; i < n; ++i) {
+    e->add_tokens(1 + i % 250);
+    e->add_simulated(static_cast<float>(i % 7));
+  }
+}
+
+TEST_F(BadRequestCorpusTest, ScoreExplanation) {
+  const std::vector<Case<pb::ScoreExplanationRequest>> cases = {
+      // The target.
+      {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope")"},
+      {"no target", [](auto& r) { r.clear_target(); }, kInvalid, "ScoreExplanation scores one unit: a neuron (one index), an SAE feature (one index) or a direction"},
+      {"two neurons", [](auto& r) { r.mutable_target()->mutable_neurons()->add_indices(6); }, kInvalid, "ScoreExplanation scores one unit"},
+      {"every neuron", [](auto& r) { r.mutable_target()->mutable_neurons()->clear_indices(); }, kInvalid, "ScoreExplanation scores one unit"},
+      {"two SAE features", [](auto& r) { AddSaeTarget(r.mutable_target(), "res1_standard", {1, 2}); r.set_ablation(false); }, kInvalid, "ScoreExplanation scores one unit"},
+      {"unknown hook", [](auto& r) { r.mutable_target()->mutable_neurons()->set_hook("blocks.1.mlp.hook_poster"); }, kInvalid, R"(unknown hook point "blocks.1.mlp.hook_poster")"},
+      {"neuron = d_mlp", [](auto& r) { r.mutable_target()->mutable_neurons()->set_indices(0, 512); }, kInvalid, "target index 512 at blocks.1.mlp.hook_post is out of range [0, 512)"},
+      {"negative neuron", [](auto& r) { r.mutable_target()->mutable_neurons()->set_indices(0, -1); }, kInvalid, "target index -1 at blocks.1.mlp.hook_post is out of range [0, 512)"},
+      {"hook without an activation per token", [](auto& r) { r.mutable_target()->mutable_neurons()->set_hook("blocks.1.attn.hook_pattern"); }, kInvalid, "blocks.1.attn.hook_pattern has no activation per token"},
+      {"unknown SAE", [](auto& r) { AddSaeTarget(r.mutable_target(), "nope", {0}); }, kNotFound, R"(no SAE named "nope"; this server has: ln_res1, on_llama, res1_standard, z0_jumprelu)"},
+      {"SAE of another model", [](auto& r) { AddSaeTarget(r.mutable_target(), "res1_standard", {0}); }, kInvalid, R"(SAE "res1_standard" is attached to model "gpt2", not "demo")"},
+      {"direction of the wrong width", [](auto& r) { AddDirectionTarget(r.mutable_target(), "blocks.1.hook_resid_post", 64); r.set_ablation(false); }, kInvalid, "directions at blocks.1.hook_resid_post must be f32 [n, 128]"},
+      {"empty direction", [](auto& r) { AddDirectionTarget(r.mutable_target(), "blocks.1.hook_resid_post", 0); r.set_ablation(false); }, kInvalid, "directions at blocks.1.hook_resid_post must be f32 [n, 128]"},
+
+      // The ablation score needs an editable neuron.
+      {"ablation of a direction", [](auto& r) { AddDirectionTarget(r.mutable_target(), "blocks.1.hook_resid_post", 128); }, kInvalid, "the ablation score replaces a neuron's activation: it needs a neuron target at an editable hook (e.g. blocks.L.mlp.hook_post), not blocks.1.hook_resid_post"},
+      {"ablation at a hook that is not editable", [](auto& r) { r.mutable_target()->mutable_neurons()->set_hook("blocks.0.ln2.hook_normalized"); }, kInvalid, "it needs a neuron target at an editable hook (e.g. blocks.L.mlp.hook_post), not blocks.0.ln2.hook_normalized"},
+
+      // The excerpts.
+      {"no excerpts", [](auto& r) { r.clear_excerpts(); }, kInvalid, "no excerpts to score"},
+      {"an empty excerpt", [](auto& r) { r.mutable_excerpts(0)->clear_tokens(); r.mutable_excerpts(0)->clear_simulated(); }, kInvalid, "excerpts[0] has no tokens"},
+      {"fewer simulated than tokens", [](auto& r) { r.mutable_excerpts(1)->mutable_simulated()->RemoveLast(); }, kInvalid, "excerpts[1] has 3 tokens and 2 simulated activations"},
+      {"more simulated than tokens", [](auto& r) { r.mutable_excerpts(0)->add_simulated(1); }, kInvalid, "excerpts[0] has 4 tokens and 5 simulated activations"},
+      {"simulated without tokens", [](auto& r) { r.add_excerpts()->add_simulated(1); }, kInvalid, "excerpts[2] has no tokens"},
+      {"NaN simulated", [](auto& r) { r.mutable_excerpts(0)->set_simulated(2, kNan); }, kInvalid, "excerpts[0] simulates a non-finite activation"},
+      {"infinite simulated", [](auto& r) { r.mutable_excerpts(1)->set_simulated(0, -kInf); }, kInvalid, "excerpts[1] simulates a non-finite activation"},
+      {"token id = vocab", [](auto& r) { r.mutable_excerpts(1)->set_tokens(2, 1024); }, kInvalid, "excerpts[1] has token id 1024 outside the vocabulary [0, 1024)"},
+      {"negative token id", [](auto& r) { r.mutable_excerpts(0)->set_tokens(0, -1); }, kInvalid, "excerpts[0] has token id -1 outside the vocabulary [0, 1024)"},
+      {"INT32_MIN token id", [](auto& r) { r.mutable_excerpts(0)->set_tokens(0, kIntMin); }, kInvalid, "excerpts[0] has token id -2147483648 outside the vocabulary"},
+      {"over the token budget", [](auto& r) { for (int i = 0; i < 3; ++i) SetExcerpt(r.add_excerpts(), 30); }, kExhausted, "the excerpts hold 97 tokens; this server allows 64 per request (--max_tokens)"},
+      {"one excerpt over the token budget", [](auto& r) { SetExcerpt(r.mutable_excerpts(0), 129); }, kExhausted, "the excerpts hold 132 tokens; this server allows 64 per request (--max_tokens)"},
+  };
+  Check<pb::ScoreExplanationRequest>("ScoreExplanation", GoodScore,
+                                     Call(&pb::Glassbox::Stub::ScoreExplanation), cases);
+  // A direction and the correlation scores alone are good requests too.
+  pb::ScoreExplanationRequest direction = GoodScore();
+  AddDirectionTarget(direction.mutable_target(), "blocks.1.hook_resid_post", 128);
+  direction.set_ablation(false);
+  ExpectServes("ScoreExplanation", "a direction", Call(&pb::Glassbox::Stub::ScoreExplanation)(direction));
+}
+
+// The same on gpt2 (n_ctx 32), whose SAEs give the SAE cases. ScoreExplanation resolves its
+// target through ResolveScan with a StartScanRequest that leaves context_length at 0, i.e. 64,
+// which ValidateScanPlan refuses for a model whose n_ctx is below 64: every request on such a
+// model is INVALID_ARGUMENT "context_length 64 must be in [1, 32] (n_ctx)" (scan_handlers.cc,
+// ScoreExplanation's `as_scan`). These expectations hold once that is fixed.
+TEST_F(BadRequestCorpusTest, ScoreExplanationOnASmallContextModel) {
+  auto good = [] {
+    pb::ScoreExplanationRequest r = GoodScore();
+    r.set_model("gpt2");
+    return r;
+  };
+  const std::vector<Case<pb::ScoreExplanationRequest>> cases = {
+      {"SAE feature = d_sae", [](auto& r) { AddSaeTarget(r.mutable_target(), "res1_standard", {128}); r.set_ablation(false); }, kInvalid, "target index 128 at blocks.1.hook_resid_pre is out of range [0, 128)"},
+      {"ablation of an SAE feature", [](auto& r) { AddSaeTarget(r.mutable_target(), "res1_standard", {3}); }, kInvalid, "it needs a neuron target at an editable hook (e.g. blocks.L.mlp.hook_post), not blocks.1.hook_resid_pre"},
+      {"token id = vocab", [](auto& r) { r.mutable_excerpts(1)->set_tokens(2, 300); }, kInvalid, "excerpts[1] has token id 300 outside the vocabulary [0, 300)"},
+      {"excerpt longer than the context", [](auto& r) { SetExcerpt(r.mutable_excerpts(0), 33); }, kInvalid, "an excerpt of 33 tokens is longer than n_ctx 32"},
+  };
+  Check<pb::ScoreExplanationRequest>("ScoreExplanation", good,
+                                     Call(&pb::Glassbox::Stub::ScoreExplanation), cases);
+  pb::ScoreExplanationRequest feature = good();
+  AddSaeTarget(feature.mutable_target(), "res1_standard", {3});
+  feature.set_ablation(false);
+  ExpectServes("ScoreExplanation", "an SAE feature", Call(&pb::Glassbox::Stub::ScoreExplanation)(feature));
 }
 
 }  // namespace
