@@ -1,5 +1,7 @@
 #include "client/cpp/cli.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -95,6 +97,7 @@ int Main(int argc, char** argv) {
               << Synopsis() << "\nRun 'glassbox --help' for all flags and the exit codes.\n";
     return kExitUsage;
   }
+  invocation->progress_in_place = isatty(STDERR_FILENO) == 1;
   return Execute(*invocation, std::cout, std::cerr);
 }
 

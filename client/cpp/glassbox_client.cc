@@ -271,6 +271,78 @@ absl::StatusOr<glassbox::v1::GetQueueResponse> Client::GetQueue() {
                                                &NoCheck<glassbox::v1::GetQueueResponse>);
 }
 
+absl::StatusOr<glassbox::v1::JobInfo> Client::StartScan(
+    const glassbox::v1::StartScanRequest& request) {
+  return Unary<glassbox::v1::JobInfo>(&glassbox::v1::Glassbox::Stub::StartScan, request,
+                                      &NoCheck<glassbox::v1::JobInfo>);
+}
+
+absl::StatusOr<glassbox::v1::JobInfo> Client::WatchJob(
+    const std::string& job_id,
+    const std::function<absl::Status(const glassbox::v1::JobInfo&)>& on_update) {
+  grpc::ClientContext context;
+  PrepareContext(context);
+  glassbox::v1::WatchJobRequest request;
+  request.set_job_id(job_id);
+  std::unique_ptr<grpc::ClientReader<glassbox::v1::JobInfo>> reader =
+      stub_->WatchJob(&context, request);
+  glassbox::v1::JobInfo info, last;
+  bool seen = false;
+  absl::Status failure;
+  while (failure.ok() && reader->Read(&info)) {
+    if (info.job_id() != job_id) {
+      failure = absl::InternalError(absl::StrFormat(
+          "malformed WatchJob stream: job \"%s\" arrived watching \"%s\"", info.job_id(), job_id));
+    } else if (seen && JobEnded(last.state())) {
+      failure = absl::InternalError(
+          absl::StrFormat("malformed WatchJob stream: an update after the final state (%s)",
+                          JobStateName(last.state())));
+    } else {
+      seen = true;
+      last = info;
+      if (on_update) failure = on_update(info);
+    }
+  }
+  if (!failure.ok()) return CancelAndDrain(context, *reader, failure);
+  GB_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+  if (!seen || !JobEnded(last.state())) {
+    return absl::InternalError(
+        absl::StrFormat("malformed WatchJob stream: it ended while the job was %s",
+                        seen ? JobStateName(last.state()) : std::string_view("unreported")));
+  }
+  return last;
+}
+
+absl::StatusOr<glassbox::v1::JobInfo> Client::CancelJob(const std::string& job_id) {
+  glassbox::v1::CancelJobRequest request;
+  request.set_job_id(job_id);
+  return Unary<glassbox::v1::JobInfo>(&glassbox::v1::Glassbox::Stub::CancelJob, request,
+                                      &NoCheck<glassbox::v1::JobInfo>);
+}
+
+absl::StatusOr<std::vector<glassbox::v1::JobInfo>> Client::ListJobs() {
+  GB_ASSIGN_OR_RETURN(auto response,
+                      Unary<glassbox::v1::ListJobsResponse>(
+                          &glassbox::v1::Glassbox::Stub::ListJobs, glassbox::v1::ListJobsRequest(),
+                          &NoCheck<glassbox::v1::ListJobsResponse>));
+  return std::vector<glassbox::v1::JobInfo>(response.jobs().begin(), response.jobs().end());
+}
+
+absl::StatusOr<glassbox::v1::ScanResults> Client::GetScanResults(
+    const glassbox::v1::GetScanResultsRequest& request) {
+  return Unary<glassbox::v1::ScanResults>(&glassbox::v1::Glassbox::Stub::GetScanResults, request,
+                                          &CheckScanResults);
+}
+
+absl::StatusOr<glassbox::v1::ScoreExplanationResponse> Client::ScoreExplanation(
+    const glassbox::v1::ScoreExplanationRequest& request) {
+  GB_ASSIGN_OR_RETURN(auto response, Unary<glassbox::v1::ScoreExplanationResponse>(
+                                         &glassbox::v1::Glassbox::Stub::ScoreExplanation, request,
+                                         &NoCheck<glassbox::v1::ScoreExplanationResponse>));
+  GB_RETURN_IF_ERROR(CheckScoreExplanationResponse(request, response));
+  return response;
+}
+
 absl::StatusOr<int64_t> Client::ReleaseCachedRun(const std::string& name) {
   glassbox::v1::ReleaseCachedRunRequest request;
   request.set_name(name);

@@ -1,7 +1,7 @@
 // C++ client for a Glassbox server (glassboxd): model listing and info, tokenization, hooked
 // forward passes (with interventions) whose captured tensors stream back and are reassembled
 // here, and the server-side analyses (patching sweeps, logit lens, direct logit attribution,
-// attention norms).
+// attention norms), SAEs, and dataset-scan jobs.
 //
 //   glassbox::client::ClientOptions options;
 //   options.api_key = key;
@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/cpp/arrays.h"
+#include "client/cpp/jobs.h"
 #include "client/cpp/run_stream.h"
 #include "client/cpp/status_conversion.h"
 #include "client/cpp/tensor_decode.h"
@@ -133,6 +134,34 @@ class Client {
   // The device queue and per-key usage (docs/service.md, "The scheduler"); admin keys only on a
   // server with keys.
   absl::StatusOr<glassbox::v1::GetQueueResponse> GetQueue();
+
+  // Dataset scans (docs/scans.md): jobs that run a corpus through the model on the server, at a
+  // lower priority than interactive requests, keeping per target (neuron, SAE feature,
+  // direction) its statistics and top-activating contexts. A job belongs to the key that
+  // started it (an admin key sees every key's); an unknown or another key's job is NOT_FOUND.
+  //
+  // Queues a scan; the JobInfo has the job's id, its targets and tokens_total.
+  absl::StatusOr<glassbox::v1::JobInfo> StartScan(const glassbox::v1::StartScanRequest& request);
+  // Follows the job until it ends: `on_update` sees its state now and at each change (the latest
+  // only, never a backlog), the final state last; a callback error cancels the watch (not the
+  // job) and is returned. Returns the final state (succeeded, failed or cancelled); a stream
+  // that ends before the job does, or that carries another job, is INTERNAL.
+  absl::StatusOr<glassbox::v1::JobInfo> WatchJob(
+      const std::string& job_id,
+      const std::function<absl::Status(const glassbox::v1::JobInfo&)>& on_update = nullptr);
+  // Asks the job to stop: a queued job is cancelled at once, a running one within its current
+  // batch; an ended job is left as it is. Returns its state after the request.
+  absl::StatusOr<glassbox::v1::JobInfo> CancelJob(const std::string& job_id);
+  // The caller's jobs (every key's for an admin key), oldest first.
+  absl::StatusOr<std::vector<glassbox::v1::JobInfo>> ListJobs();
+  // A page of a succeeded scan's targets (FAILED_PRECONDITION before it has succeeded), checked
+  // (jobs.h: CheckScanResults) before it is returned.
+  absl::StatusOr<glassbox::v1::ScanResults> GetScanResults(
+      const glassbox::v1::GetScanResultsRequest& request);
+  // Scores an explanation of one unit by its simulated activations on excerpts (docs/methods.md,
+  // "Scoring explanations"); the response has a row of true activations per excerpt.
+  absl::StatusOr<glassbox::v1::ScoreExplanationResponse> ScoreExplanation(
+      const glassbox::v1::ScoreExplanationRequest& request);
 
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   glassbox::v1::Glassbox::Stub& stub() { return *stub_; }

@@ -244,6 +244,36 @@ absl::StatusOr<float> ParseSpecFloat(absl::string_view flag, absl::string_view s
   return value;
 }
 
+absl::StatusOr<std::vector<float>> ParseSpecValues(absl::string_view flag, absl::string_view spec,
+                                                   absl::string_view text,
+                                                   const ValueLoader& load) {
+  if (text.empty()) return SpecError(flag, spec, "value= needs numbers or @FILE");
+  std::vector<float> values;
+  if (text[0] == '@') {
+    std::string path(text.substr(1));
+    std::string name;
+    // "#NAME" after a .safetensors file names the tensor; a '#' elsewhere is part of the file
+    // name.
+    if (const size_t hash = path.rfind('#');
+        hash != std::string::npos &&
+        absl::EndsWithIgnoreCase(absl::string_view(path).substr(0, hash), ".safetensors")) {
+      name = path.substr(hash + 1);
+      path.resize(hash);
+      if (name.empty()) return SpecError(flag, spec, "value=@FILE#NAME has an empty NAME");
+    }
+    if (path.empty()) return SpecError(flag, spec, "value=@ needs a file name");
+    absl::StatusOr<std::vector<float>> loaded = load(path, name);
+    if (!loaded.ok()) return SpecError(flag, spec, loaded.status().message());
+    if (loaded->empty()) return SpecError(flag, spec, absl::StrCat(path, ": the value is empty"));
+    return *std::move(loaded);
+  }
+  for (absl::string_view piece : absl::StrSplit(text, ',')) {
+    GB_ASSIGN_OR_RETURN(float v, ParseSpecFloat(flag, spec, "value", piece));
+    values.push_back(v);
+  }
+  return values;
+}
+
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseSpecKeys(
     absl::string_view flag, absl::string_view spec, const std::vector<std::string>& parts,
     size_t first) {
@@ -322,30 +352,8 @@ absl::StatusOr<pb::Intervention> ParseInterventionSpec(absl::string_view spec,
       GB_ASSIGN_OR_RETURN(float c, ParseFloat(spec, key, value));
       in.set_projection_max(c);
     } else if (key == "value") {
-      if (value.empty()) return SpecError(spec, "value= needs numbers or @FILE");
-      if (value[0] == '@') {
-        std::string path = value.substr(1);
-        std::string name;
-        // "#NAME" after a .safetensors file names the tensor; a '#' elsewhere is part of the
-        // file name.
-        if (const size_t hash = path.rfind('#');
-            hash != std::string::npos &&
-            absl::EndsWithIgnoreCase(absl::string_view(path).substr(0, hash), ".safetensors")) {
-          name = path.substr(hash + 1);
-          path.resize(hash);
-          if (name.empty()) return SpecError(spec, "value=@FILE#NAME has an empty NAME");
-        }
-        if (path.empty()) return SpecError(spec, "value=@ needs a file name");
-        absl::StatusOr<std::vector<float>> loaded = load(path, name);
-        if (!loaded.ok()) return SpecError(spec, loaded.status().message());
-        if (loaded->empty()) return SpecError(spec, absl::StrCat(path, ": the value is empty"));
-        in.mutable_value()->Add(loaded->begin(), loaded->end());
-      } else {
-        for (absl::string_view piece : absl::StrSplit(value, ',')) {
-          GB_ASSIGN_OR_RETURN(float v, ParseFloat(spec, "value", piece));
-          in.add_value(v);
-        }
-      }
+      GB_ASSIGN_OR_RETURN(std::vector<float> v, ParseSpecValues("intervene", spec, value, load));
+      in.mutable_value()->Add(v.begin(), v.end());
     } else {
       return SpecError(
           spec,

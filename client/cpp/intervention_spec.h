@@ -56,6 +56,9 @@ absl::StatusOr<std::vector<int32_t>> ParseSpecInts(absl::string_view flag, absl:
                                                    bool allow_negative);
 absl::StatusOr<float> ParseSpecFloat(absl::string_view flag, absl::string_view spec,
                                      absl::string_view key, absl::string_view text);
+// A value V: numbers ("0.5,-1") or @FILE.safetensors#NAME / @FILE.npy read by `load`.
+absl::StatusOr<std::vector<float>> ParseSpecValues(absl::string_view flag, absl::string_view spec,
+                                                   absl::string_view text, const ValueLoader& load);
 // The KEY=VALUE parts parts[first..], in order: keys lower-cased, aliases folded (pos and
 // position -> positions, row -> rows, head -> heads, feature -> features, coefficient(s) and
 // coefs -> coef); a part without '=' or a key given twice is an error.

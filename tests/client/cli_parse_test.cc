@@ -1,6 +1,7 @@
 // The glassbox command line, parsed without a server: what each command turns into, every
 // usage error, and the status -> exit code table.
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include "client/cpp/cli.h"
@@ -590,6 +591,289 @@ TEST(CliParseTest, AttnNorms) {
                     "-1"},
                    "out of range");
   ExpectUsageError({"--server", "s", "attn-norms", "--tokens", "1"}, "attn-norms needs --model");
+}
+
+TEST(CliParseTest, ScanWithEverything) {
+  Environment env;
+  env.server = "s";
+  std::string asked;
+  env.load_value = [&](const std::string& path,
+                       const std::string& name) -> absl::StatusOr<std::vector<float>> {
+    asked = path + "|" + name;
+    return std::vector<float>{0.5, -1};
+  };
+  absl::StatusOr<Invocation> inv = Parse({"scan",
+                                          "gpt2",
+                                          "--corpus",
+                                          "web/pile.jsonl",
+                                          "--text_field",
+                                          "content",
+                                          "--max_contexts",
+                                          "5000",
+                                          "--neurons",
+                                          "blocks.5.mlp.hook_post:7,0-2,10",
+                                          "--neurons",
+                                          "blocks.6.mlp.hook_post",
+                                          "--sae-features",
+                                          "res6:3",
+                                          "--sae_features",
+                                          "res7",
+                                          "--direction",
+                                          "blocks.6.hook_resid_post:value=@dir.npy:name=honesty",
+                                          "--direction",
+                                          "hook_embed:value=1,2",
+                                          "--context-length",
+                                          "128",
+                                          "--nobos",
+                                          "--top_k",
+                                          "50",
+                                          "--random_k",
+                                          "0",
+                                          "--quantile_bins",
+                                          "4",
+                                          "--per_quantile_k",
+                                          "3",
+                                          "--histogram_bins",
+                                          "0",
+                                          "--logit_k",
+                                          "5",
+                                          "--window_before",
+                                          "12",
+                                          "--window_after",
+                                          "4",
+                                          "--seed",
+                                          "9",
+                                          "--batch_contexts",
+                                          "32",
+                                          "--detach"},
+                                         env);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "scan");
+  EXPECT_TRUE(inv->detach);
+  const v1::StartScanRequest& r = Request<v1::StartScanRequest>(*inv);
+  EXPECT_EQ(r.model(), "gpt2");
+  EXPECT_EQ(r.corpus().path(), "web/pile.jsonl");
+  EXPECT_FALSE(r.corpus().has_documents());
+  EXPECT_EQ(r.corpus().text_field(), "content");
+  EXPECT_EQ(r.corpus().max_contexts(), 5000);
+  // Neurons, then SAE features, then directions, each in command-line order.
+  ASSERT_EQ(r.targets_size(), 6);
+  EXPECT_EQ(r.targets(0).neurons().hook(), "blocks.5.mlp.hook_post");
+  EXPECT_THAT(r.targets(0).neurons().indices(), ElementsAre(7, 0, 1, 2, 10));
+  EXPECT_EQ(r.targets(1).neurons().hook(), "blocks.6.mlp.hook_post");
+  EXPECT_THAT(r.targets(1).neurons().indices(), ElementsAre());  // every neuron
+  EXPECT_EQ(r.targets(2).sae_features().sae(), "res6");
+  EXPECT_THAT(r.targets(2).sae_features().features(), ElementsAre(3));
+  EXPECT_EQ(r.targets(3).sae_features().sae(), "res7");
+  EXPECT_TRUE(r.targets(3).sae_features().features().empty());
+  EXPECT_EQ(r.targets(4).direction().hook(), "blocks.6.hook_resid_post");
+  EXPECT_EQ(r.targets(4).direction().name(), "honesty");
+  EXPECT_THAT(r.targets(4).direction().vector(), ElementsAre(0.5f, -1.0f));
+  EXPECT_EQ(asked, "dir.npy|");
+  EXPECT_EQ(r.targets(5).direction().hook(), "hook_embed");
+  EXPECT_EQ(r.targets(5).direction().name(), "");
+  EXPECT_THAT(r.targets(5).direction().vector(), ElementsAre(1.0f, 2.0f));
+  EXPECT_EQ(r.context_length(), 128);
+  EXPECT_TRUE(r.no_bos());
+  EXPECT_EQ(r.top_k(), 50);
+  EXPECT_EQ(r.random_k(), -1);  // 0 on the command line: none
+  EXPECT_EQ(r.quantile_bins(), 4);
+  EXPECT_EQ(r.per_quantile_k(), 3);
+  EXPECT_EQ(r.histogram_bins(), -1);
+  EXPECT_EQ(r.logit_k(), 5);
+  EXPECT_EQ(r.window_before(), 12);
+  EXPECT_EQ(r.window_after(), 4);
+  EXPECT_EQ(r.seed(), 9u);
+  EXPECT_EQ(r.batch_contexts(), 32);
+}
+
+TEST(CliParseTest, ScanDefaultsAndUploadedDocuments) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s", "scan", "demo", "--text", "Alice went home.", "--tokens", "0,5,6",
+             "--text", "Bob too.", "--neurons", "blocks.0.mlp.hook_post:3"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_FALSE(inv->detach);
+  const v1::StartScanRequest& r = Request<v1::StartScanRequest>(*inv);
+  EXPECT_EQ(r.model(), "demo");
+  EXPECT_EQ(r.corpus().path(), "");
+  EXPECT_THAT(r.corpus().documents().texts(), ElementsAre("Alice went home.", "Bob too."));
+  ASSERT_EQ(r.corpus().documents().token_sequences_size(), 1);
+  EXPECT_THAT(r.corpus().documents().token_sequences(0).ids(), ElementsAre(0, 5, 6));
+  EXPECT_EQ(r.corpus().max_contexts(), 0);
+  // Unset options are 0: the server's defaults.
+  EXPECT_EQ(r.context_length(), 0);
+  EXPECT_FALSE(r.no_bos());
+  EXPECT_EQ(r.top_k(), 0);
+  EXPECT_EQ(r.random_k(), 0);
+  EXPECT_EQ(r.quantile_bins(), 0);
+  EXPECT_EQ(r.per_quantile_k(), 0);
+  EXPECT_EQ(r.histogram_bins(), 0);
+  EXPECT_EQ(r.logit_k(), 0);
+  EXPECT_EQ(r.window_before(), 0);
+  EXPECT_EQ(r.window_after(), 0);
+  EXPECT_EQ(r.seed(), 0u);
+  EXPECT_EQ(r.batch_contexts(), 0);
+  inv = Parse({"--server", "s", "scan", "demo", "--text", "x", "--neurons", "h:1", "--bos"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_FALSE(Request<v1::StartScanRequest>(*inv).no_bos());
+}
+
+TEST(CliParseTest, ScanUsageErrors) {
+  const std::vector<std::string> scan = {"--server", "s", "scan", "demo"};
+  auto with = [&](std::vector<std::string> more) {
+    std::vector<std::string> args = scan;
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+  };
+  ExpectUsageError({"--server", "s", "scan", "--text", "x", "--neurons", "h"},
+                   "scan takes 1 argument: glassbox scan MODEL");
+  ExpectUsageError({"--server", "s", "scan", "", "--text", "x", "--neurons", "h"},
+                   "scan needs a MODEL");
+  ExpectUsageError(with({"--neurons", "h"}), "scan needs a corpus: --corpus PATH");
+  ExpectUsageError(with({"--corpus", "c.txt", "--text", "x", "--neurons", "h"}),
+                   "scan reads one corpus: --corpus PATH or documents uploaded as --text / "
+                   "--tokens, not both");
+  ExpectUsageError(with({"--corpus", "", "--neurons", "h"}), "--corpus needs a file name");
+  ExpectUsageError(with({"--tokens", "", "--neurons", "h"}), "--tokens: \"\" has an empty entry");
+  ExpectUsageError(with({"--tokens", "1,-2", "--neurons", "h"}),
+                   "--tokens: -2 is out of range [0, 2147483647]");
+  ExpectUsageError(with({"--corpus", "c.txt", "--text_field", "body", "--neurons", "h"}),
+                   "--text_field applies to a --corpus .jsonl file");
+  ExpectUsageError(with({"--corpus", "c.jsonl", "--text_field", "", "--neurons", "h"}),
+                   "--text_field needs a field name");
+  ExpectUsageError(with({"--text", "x", "--max_contexts", "0", "--neurons", "h"}),
+                   "--max_contexts: 0 is out of range [1, ");
+  ExpectUsageError(with({"--text", "x"}),
+                   "scan needs targets: --neurons HOOK[:LIST], --sae_features SAE[:LIST] or "
+                   "--direction HOOK:value=V");
+  ExpectUsageError(with({"--text", "x", "--neurons", ":3"}), "--neurons \":3\": needs a hook name");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h:"}),
+                   "--neurons \"h:\": no indices after ':' (leave \":LIST\" out for every one)");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h:1,,2"}),
+                   "--neurons \"h:1,,2\": an empty entry in the list");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h:x"}),
+                   "--neurons \"h:x\": \"x\" is not an index");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h:-3"}),
+                   "--neurons \"h:-3\": \"-3\": indices are >= 0");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h:5-2"}),
+                   "--neurons \"h:5-2\": the range 5-2 runs backwards");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h:1-x"}),
+                   "--neurons \"h:1-x\": \"1-x\" is not a range K-L");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h:0-2000000000"}),
+                   "the range 0-2000000000 holds more than 1048576 indices");
+  ExpectUsageError(with({"--text", "x", "--sae_features", ":1"}),
+                   "--sae_features \":1\": needs an SAE name");
+  ExpectUsageError(with({"--text", "x", "--direction", "hook_embed"}),
+                   "--direction \"hook_embed\": needs value=V");
+  ExpectUsageError(with({"--text", "x", "--direction", ":value=1"}),
+                   "--direction \":value=1\": expected HOOK:value=V[:name=NAME]");
+  ExpectUsageError(with({"--text", "x", "--direction", "hook_embed:value=1:scale=2"}),
+                   "--direction \"hook_embed:value=1:scale=2\": unknown key \"scale\" (value, "
+                   "name)");
+  ExpectUsageError(with({"--text", "x", "--direction", "hook_embed:value=a"}),
+                   "--direction \"hook_embed:value=a\": value: \"a\" is not a finite number");
+  ExpectUsageError(with({"--text", "x", "--direction", "hook_embed:value=1:name="}),
+                   "name= needs a name");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h", "--context_length", "0"}),
+                   "--context_length: 0 is out of range [1, 2147483647]");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h", "--top_k", "-1"}),
+                   "--top_k: -1 is out of range [0, 2147483647]");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h", "--top_k", "many"}),
+                   "--top_k: \"many\" is not an integer");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h", "--per_quantile_k", "0"}),
+                   "--per_quantile_k: 0 is out of range [1, ");
+  ExpectUsageError(
+      with({"--text", "x", "--neurons", "h", "--quantile_bins", "0", "--per_quantile_k", "2"}),
+      "--per_quantile_k applies to quantile bins, which --quantile_bins 0 leaves out");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h", "--window_before", "0"}),
+                   "--window_before: 0 is out of range [1, ");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h", "--seed", "-1"}),
+                   "--seed: -1 is out of range [0, ");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h", "--batch_contexts", "0"}),
+                   "--batch_contexts: 0 is out of range [1, ");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h", "--detach=maybe"}),
+                   "--detach: \"maybe\" is not true or false");
+  ExpectUsageError(with({"--text", "x", "--neurons", "h", "--capture", "x"}),
+                   "--capture is not a flag of the scan command");
+  ExpectUsageError({"--server", "s", "run", "--model", "m", "--tokens", "1", "--neurons", "h"},
+                   "--neurons is not a flag of the run command");
+}
+
+TEST(CliParseTest, Job) {
+  absl::StatusOr<Invocation> inv = Parse({"--server", "s", "job", "list"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "job");
+  EXPECT_EQ(inv->request.type(), typeid(v1::ListJobsRequest));
+  EXPECT_FALSE(inv->json);
+  inv = Parse({"--server", "s", "job", "list", "--json"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_TRUE(inv->json);
+
+  inv = Parse({"--server", "s", "job", "watch", "scan-1"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::WatchJobRequest>(*inv).job_id(), "scan-1");
+  inv = Parse({"--server", "s", "job", "cancel", "scan-2"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::CancelJobRequest>(*inv).job_id(), "scan-2");
+
+  inv = Parse({"--server", "s", "job", "results", "scan-3"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).job_id(), "scan-3");
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).target_offset(), 0);
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).target_limit(), 0);  // the server's
+  EXPECT_EQ(inv->top, 5);
+  EXPECT_FALSE(inv->json);
+  inv = Parse({"--server", "s", "job", "results", "scan-3", "--offset", "64", "--limit", "16",
+               "--top", "0"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).target_offset(), 64);
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).target_limit(), 16);
+  EXPECT_EQ(inv->top, 0);
+  inv = Parse({"--server", "s", "job", "results", "scan-3", "--json"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_TRUE(inv->json);
+}
+
+TEST(CliParseTest, JobUsageErrors) {
+  ExpectUsageError({"--server", "s", "job"},
+                   "job needs a subcommand: list, watch ID, cancel ID or results ID");
+  ExpectUsageError({"--server", "s", "job", "show", "x"},
+                   "unknown job subcommand \"show\" (job list, watch ID, cancel ID or results ID)");
+  ExpectUsageError({"--server", "s", "job", "list", "x"}, "job list takes no arguments (got 1)");
+  ExpectUsageError({"--server", "s", "job", "watch"},
+                   "job watch takes 1 argument: glassbox job watch ID (got 0)");
+  ExpectUsageError({"--server", "s", "job", "cancel", "a", "b"},
+                   "job cancel takes 1 argument: glassbox job cancel ID (got 2)");
+  ExpectUsageError({"--server", "s", "job", "results", ""}, "job results needs a job ID");
+  ExpectUsageError({"--server", "s", "job", "results", "x", "--offset", "-1"},
+                   "--offset: -1 is out of range [0, ");
+  ExpectUsageError({"--server", "s", "job", "results", "x", "--limit", "0"},
+                   "--limit: 0 is out of range [1, ");
+  ExpectUsageError({"--server", "s", "job", "results", "x", "--top", "-2"},
+                   "--top: -2 is out of range [0, ");
+  ExpectUsageError({"--server", "s", "job", "results", "x", "--top", "3", "--json"},
+                   "--top applies to the text output; --json prints every record");
+  ExpectUsageError({"--server", "s", "job", "list", "--offset", "3"},
+                   "--offset applies to job results only");
+  ExpectUsageError({"--server", "s", "job", "watch", "x", "--limit", "3"},
+                   "--limit applies to job results only");
+  ExpectUsageError({"--server", "s", "job", "cancel", "x", "--json"},
+                   "--json applies to job list and job results only");
+  ExpectUsageError({"--server", "s", "job", "list", "--detach"},
+                   "--detach is not a flag of the job command");
+  ExpectUsageError({"--server", "s", "models", "--json"},
+                   "--json is not a flag of the models command");
+}
+
+TEST(CliParseTest, UsageListsScanAndJob) {
+  const std::string usage = UsageText();
+  EXPECT_THAT(usage, HasSubstr("glassbox [global flags] scan MODEL (--corpus PATH | "));
+  EXPECT_THAT(usage, HasSubstr("glassbox [global flags] job list [--json]\n"));
+  EXPECT_THAT(usage, HasSubstr("results ID [--offset N] [--limit N] [--top 5] [--json]\n"));
+  EXPECT_THAT(usage, HasSubstr("Scan flags"));
+  EXPECT_THAT(usage, HasSubstr("  --neurons HOOK[:LIST]"));
+  EXPECT_THAT(usage, HasSubstr("  --detach "));
+  EXPECT_THAT(usage, HasSubstr("Job flags:\n  --offset N"));
 }
 
 TEST(CliExitCodeTest, ServerStatusesMapToDocumentedCodes) {

@@ -33,6 +33,7 @@ using client::ReceivedTensor;
 using client::RunResult;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 constexpr double kTolerance = 1e-5;  // fp32 server vs float64 references, as in parity_test
@@ -909,8 +910,138 @@ TEST(EndToEndApiKeys, CliSendsTheKeyAndShowsOwners) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.err, HasSubstr("PERMISSION_DENIED"));
   EXPECT_THAT(r.err, HasSubstr("needs an admin key"));
+  // Scan jobs are the key's; an admin key lists them with their owner.
+  r = cli({"--api_key", "alice-key", "scan", "tiny-gpt2", "--tokens", "1,2,3,4,5,6,7,8", "--nobos",
+           "--context_length", "4", "--neurons", "blocks.0.mlp.hook_post:0"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = r.out.substr(0, r.out.find(' '));
+  r = cli({"--api_key", "ops-key", "job", "list"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("job "));
+  EXPECT_THAT(r.out, HasSubstr("\n" + job + "  alice  succeeded  tiny-gpt2 "));
   EXPECT_EQ((*server)->Stop(), 0) << (*server)->log();
   std::filesystem::remove(keys);
+}
+
+// `glassbox scan` and `glassbox job` against a glassboxd that runs scan jobs (--jobs_dir,
+// --corpus_dir) on the demo model, which has a tokenizer and a BOS token: documents uploaded with
+// --text and watched to the end, a corpus file scanned detached and then watched, the results as
+// text and JSON, the job list, and the jobs still there after a restart.
+TEST(EndToEndScans, CliScansAndReadsTheResults) {
+  const std::filesystem::path root =
+      std::filesystem::path(::testing::TempDir()) / absl::StrCat("client_e2e_", getpid(), "_scans");
+  std::filesystem::remove_all(root);
+  std::filesystem::create_directories(root / "jobs");
+  std::filesystem::create_directories(root / "corpus");
+  {
+    std::ofstream corpus(root / "corpus" / "stories.txt");
+    corpus << "Alice went to the market. Alice saw a red key at the market. She took the key "
+              "home.\n"
+              "When Mary and John went to the store, John gave a drink to Mary.\n"
+              "The capital of Norway is Oslo. The capital of France is Paris.\n"
+              "Count the months: November December January February\n";
+  }
+  const std::vector<std::string> server_args = {
+      GLASSBOXD_PATH, "--model", absl::StrCat("demo=", kFixtures, "/../../models/demo"),
+      "--jobs_dir", (root / "jobs").string(), "--corpus_dir", (root / "corpus").string(),
+      "--listen", "127.0.0.1:0", "--device", "cpu"};
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(server_args, "glassboxd: listening on ", absl::Seconds(30));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {GLASSBOX_CLI_PATH, "--server", (*server)->address()});
+    return RunProcess(args);
+  };
+
+  // Uploaded documents; the CLI follows the scan to its end.
+  ProcessResult r =
+      cli({"scan", "demo", "--text",
+           "Alice went to the market. Alice saw a red key at the market. She took the key home.",
+           "--text", "When Mary and John went to the store, John gave a drink to Mary.", "--text",
+           "The capital of Norway is Oslo. The capital of France is Paris. Count the months: "
+           "November December January February",
+           "--neurons", "blocks.0.mlp.hook_post:0-3", "--context_length", "16", "--top_k", "3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << (*server)->log();
+  const std::string id = r.out.substr(0, r.out.find(' '));
+  EXPECT_THAT(id, StartsWith("scan-"));
+  EXPECT_THAT(r.out, HasSubstr(" succeeded: 4 targets, 128 tokens in 2 passes, "));
+  EXPECT_THAT(r.out, HasSubstr("results: glassbox job results " + id + "\n"));
+  EXPECT_THAT(r.err, StartsWith("started " + id +
+                                ": 4 targets, 4 contexts, 128 tokens in 2 "
+                                "passes"));
+  EXPECT_THAT(r.err, HasSubstr("\n" + id + ": pass "));  // progress, a line each (no terminal)
+
+  r = cli({"job", "results", id});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith(id + " on demo: targets 0-3 of 4 (4 contexts, 128 tokens)\n"));
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_THAT(r.out, HasSubstr(absl::StrFormat("\n[%d] blocks.0.mlp.hook_post[%d] (neuron)\n"
+                                                 "  mean ",
+                                                 t, t)));
+  }
+  EXPECT_THAT(r.out, HasSubstr("firing "));
+  EXPECT_THAT(r.out, HasSubstr("of 60 tokens\n"));  // 4 contexts of 15 tokens after BOS
+  EXPECT_THAT(r.out, HasSubstr("  logits up:   "));
+  EXPECT_THAT(r.out, HasSubstr("  top 3 of 3 (activation  context:position  window, max in "));
+  EXPECT_THAT(r.out, HasSubstr("<|endoftext|>"));  // the windows as text
+  EXPECT_THAT(r.out, HasSubstr("[["));
+  EXPECT_THAT(r.out, Not(HasSubstr("more:")));
+
+  r = cli({"job", "results", id, "--json", "--offset", "3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"targets_total\":\"4\""));
+  EXPECT_THAT(r.out, HasSubstr("\"name\":\"blocks.0.mlp.hook_post[3]\""));
+  EXPECT_THAT(r.out, HasSubstr("\"top\":[{\"context\":"));
+  EXPECT_THAT(r.out, Not(HasSubstr("blocks.0.mlp.hook_post[2]")));
+
+  // A corpus file under --corpus_dir, detached, then watched.
+  r = cli({"scan", "demo", "--corpus", "stories.txt", "--neurons", "blocks.1.hook_resid_post:0,5",
+           "--context_length", "16", "--detach"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_THAT(r.out, StartsWith("scan-"));
+  const std::string file_id = r.out.substr(0, r.out.size() - 1);
+  EXPECT_EQ(r.out, file_id + "\n");
+  EXPECT_THAT(r.err, StartsWith("queued " + file_id + ": 2 targets, "));
+  r = cli({"job", "watch", file_id});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith(file_id + " succeeded: 2 targets, "));
+  r = cli({"job", "results", file_id, "--top", "1", "--limit", "1", "--offset", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith(file_id + " on demo: target 1 of 2 "));
+  EXPECT_THAT(r.out, HasSubstr("\n[1] blocks.1.hook_resid_post[5] (neuron)\n"));
+  EXPECT_THAT(r.out, HasSubstr("  top 1 of "));
+  r = cli({"job", "cancel", file_id});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, file_id + " had already ended: succeeded\n");
+
+  r = cli({"job", "list"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("job "));
+  EXPECT_THAT(r.out, HasSubstr("\n" + id + "  succeeded  demo "));
+  EXPECT_THAT(r.out, HasSubstr("\n" + file_id + "  succeeded  demo "));
+
+  // What the server rejects exits 3.
+  r = cli({"scan", "demo", "--corpus", "../stories.txt", "--neurons", "blocks.0.mlp.hook_post"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT: corpus path \"../stories.txt\" may not contain"));
+  r = cli({"scan", "demo", "--text", "Alice went home.", "--neurons", "blocks.9.mlp.hook_post"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  r = cli({"job", "results", "scan-000000000000"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_THAT(r.err, StartsWith("glassbox: NOT_FOUND: "));
+  EXPECT_EQ((*server)->Stop(), 0) << (*server)->log();
+
+  // The jobs and their results live in --jobs_dir: a new server has them.
+  server = ServerProcess::Start(server_args, "glassboxd: listening on ", absl::Seconds(30));
+  ASSERT_TRUE(server.ok()) << server.status();
+  r = cli({"job", "list"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\n" + id + "  succeeded  demo "));
+  r = cli({"job", "results", file_id, "--offset", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\n[1] blocks.1.hook_resid_post[5] (neuron)\n"));
+  EXPECT_EQ((*server)->Stop(), 0) << (*server)->log();
+  std::filesystem::remove_all(root);
 }
 
 // The CLI against a mutual-TLS glassboxd: --tls_root_cert with --tls_client_cert /

@@ -354,6 +354,180 @@ grpc::Status FakeGlassboxService::DirectLogitAttribution(
   return grpc::Status::OK;
 }
 
+namespace {
+
+using glassbox::v1::JobInfo;
+
+JobInfo Job(const std::string& id, glassbox::v1::JobState state, int32_t pass,
+            int64_t tokens_done) {
+  JobInfo info;
+  info.set_job_id(id);
+  info.set_model("tiny");
+  info.set_state(state);
+  info.set_current_pass(pass);
+  info.set_passes(2);
+  info.set_contexts_done((tokens_done / 8) % 4);
+  info.set_contexts_total(4);
+  info.set_tokens_done(tokens_done);
+  info.set_tokens_total(64);
+  info.set_targets(3);
+  if (state == glassbox::v1::JOB_RUNNING && tokens_done > 0) {
+    info.set_tokens_per_second(32);
+    info.set_eta_seconds(static_cast<double>(64 - tokens_done) / 32);
+  }
+  info.set_elapsed_seconds(tokens_done / 32.0);
+  info.set_created_unix_seconds(1700000000);
+  return info;
+}
+
+glassbox::v1::ScanRecord MakeRecord(int64_t context, int32_t position, float value,
+                                    std::vector<int32_t> tokens, std::vector<std::string> strings) {
+  glassbox::v1::ScanRecord record;
+  record.set_context(context);
+  record.set_position(position);
+  record.set_value(value);
+  record.set_window_start(1);
+  record.mutable_tokens()->Add(tokens.begin(), tokens.end());
+  for (const std::string& s : strings) record.add_token_strings(s);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    record.add_activations(static_cast<int>(i) + 1 == position ? value : 0.5f);
+  }
+  return record;
+}
+
+grpc::Status NoJob(const std::string& id) {
+  return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("no job \"", id, "\""));
+}
+
+}  // namespace
+
+glassbox::v1::StartScanRequest FakeGlassboxService::last_scan_request() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return scan_request_;
+}
+
+grpc::Status FakeGlassboxService::StartScan(grpc::ServerContext* context,
+                                            const glassbox::v1::StartScanRequest* request,
+                                            JobInfo* response) {
+  Record(context);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    scan_request_ = *request;
+  }
+  const std::string& model = request->model();
+  if (model == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no model \"missing\"");
+  const std::string id = model == "failing"       ? "scan-failed"
+                         : model == "cancelled"   ? "scan-cancelled"
+                         : model == "unwatchable" ? "malformed"
+                                                  : "scan-1";
+  *response = Job(id, glassbox::v1::JOB_QUEUED, 1, 0);
+  response->set_model(model);
+  int64_t targets = 0;
+  for (const auto& target : request->targets()) targets += target.neurons().indices_size();
+  response->set_targets(targets);
+  return grpc::Status::OK;
+}
+
+grpc::Status FakeGlassboxService::WatchJob(grpc::ServerContext* context,
+                                           const glassbox::v1::WatchJobRequest* request,
+                                           grpc::ServerWriter<JobInfo>* writer) {
+  Record(context);
+  const std::string& id = request->job_id();
+  std::vector<JobInfo> updates;
+  if (id == "scan-1") {
+    updates = {Job(id, glassbox::v1::JOB_QUEUED, 1, 0), Job(id, glassbox::v1::JOB_RUNNING, 1, 16),
+               Job(id, glassbox::v1::JOB_RUNNING, 1, 32), Job(id, glassbox::v1::JOB_RUNNING, 2, 48),
+               Job(id, glassbox::v1::JOB_SUCCEEDED, 2, 64)};
+    updates.back().set_elapsed_seconds(1.5);
+  } else if (id == "scan-failed") {
+    updates = {Job(id, glassbox::v1::JOB_RUNNING, 1, 16), Job(id, glassbox::v1::JOB_FAILED, 1, 16)};
+    updates.back().set_error("out of device memory");
+  } else if (id == "scan-cancelled") {
+    updates = {Job(id, glassbox::v1::JOB_RUNNING, 1, 16),
+               Job(id, glassbox::v1::JOB_CANCELLED, 1, 24)};
+  } else if (id == "malformed") {
+    updates = {Job(id, glassbox::v1::JOB_RUNNING, 1, 16)};
+  } else {
+    return NoJob(id);
+  }
+  for (const JobInfo& info : updates) {
+    if (!writer->Write(info)) return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status FakeGlassboxService::CancelJob(grpc::ServerContext* context,
+                                            const glassbox::v1::CancelJobRequest* request,
+                                            JobInfo* response) {
+  Record(context);
+  const std::string& id = request->job_id();
+  if (id == "scan-1") {
+    *response = Job(id, glassbox::v1::JOB_CANCELLED, 1, 16);
+  } else if (id == "scan-done") {
+    *response = Job(id, glassbox::v1::JOB_SUCCEEDED, 2, 64);
+  } else if (id == "scan-running") {
+    *response = Job(id, glassbox::v1::JOB_RUNNING, 1, 16);
+  } else {
+    return NoJob(id);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status FakeGlassboxService::ListJobs(grpc::ServerContext* context,
+                                           const glassbox::v1::ListJobsRequest*,
+                                           glassbox::v1::ListJobsResponse* response) {
+  Record(context);
+  *response->add_jobs() = Job("scan-1", glassbox::v1::JOB_SUCCEEDED, 2, 64);
+  JobInfo& failed = *response->add_jobs() = Job("scan-2", glassbox::v1::JOB_FAILED, 1, 0);
+  failed.set_error("corpus line 3 is not UTF-8");
+  return grpc::Status::OK;
+}
+
+grpc::Status FakeGlassboxService::GetScanResults(grpc::ServerContext* context,
+                                                 const glassbox::v1::GetScanResultsRequest* request,
+                                                 glassbox::v1::ScanResults* response) {
+  Record(context);
+  const std::string& id = request->job_id();
+  if (id == "scan-running") {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "job \"scan-running\" is JOB_RUNNING; results exist once it has succeeded");
+  }
+  if (id != "scan-1" && id != "malformed") return NoJob(id);
+  *response->mutable_job() = Job(id, glassbox::v1::JOB_SUCCEEDED, 2, 64);
+  response->set_targets_total(3);
+  const int64_t limit = request->target_limit() > 0 ? request->target_limit() : 64;
+  for (int64_t t = request->target_offset();
+       t < std::min<int64_t>(3, request->target_offset() + limit); ++t) {
+    glassbox::v1::ScanTargetResult& target = *response->add_targets();
+    target.set_index(t);
+    target.set_kind("neuron");
+    target.set_hook("blocks.0.hook_resid_post");
+    target.set_unit(static_cast<int32_t>(t));
+    target.set_name(absl::StrCat("blocks.0.hook_resid_post[", t, "]"));
+    glassbox::v1::ScanTargetStats& stats = *target.mutable_stats();
+    stats.set_count(60);
+    stats.set_mean(0.25 + t);
+    stats.set_variance(0.5);
+    stats.set_max(3.5f);
+    stats.set_min(-1);
+    stats.set_firing_frequency(0.125);
+    stats.set_nonzero(30);
+    *target.add_top() = MakeRecord(2, 2, 3.5f, {84, 99, 115}, {"The", " cat", " sat\n"});
+    *target.add_top() = MakeRecord(0, 3, 1.25f, {5, 6, 7}, {});
+    glassbox::v1::ScanLogit& up = *target.add_top_logits();
+    up.set_token(99);
+    up.set_token_string(" cat");
+    up.set_value(0.75f);
+    glassbox::v1::ScanLogit& down = *target.add_bottom_logits();
+    down.set_token(7);
+    down.set_value(-0.5f);
+  }
+  if (id == "malformed" && !response->targets().empty()) {
+    response->mutable_targets(0)->mutable_top(0)->mutable_activations()->RemoveLast();
+  }
+  return grpc::Status::OK;
+}
+
 bool FakeGlassboxService::last_run_cancelled() const {
   std::lock_guard<std::mutex> lock(mu_);
   return run_cancelled_;

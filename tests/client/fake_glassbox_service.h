@@ -14,6 +14,20 @@
 // attribution {0.1, -3, 2, 0.5, -0.2, 1}[c] + b for row b, constant 0.25, logit their sum.
 // Both answer model "malformed" with arrays whose sizes contradict their shapes, and "missing"
 // with NOT_FOUND. LogitLens and AttentionNorms are not faked (UNIMPLEMENTED).
+//
+// Scan jobs. StartScan: model "missing" -> NOT_FOUND; otherwise a QUEUED job of 2 passes over
+// 4 contexts of 8 tokens (64 tokens) with one target per neuron index given, named by the model:
+// "failing" -> "scan-failed", "cancelled" -> "scan-cancelled", "unwatchable" -> "malformed",
+// anything else -> "scan-1". WatchJob streams, by job: "scan-1": queued; pass 1 at 16 and at 32
+// tokens; pass 2 at 48; SUCCEEDED (64 tokens, 1.5 s). "scan-failed": running, then FAILED
+// ("out of device memory"). "scan-cancelled": running, then CANCELLED. "malformed": running,
+// then the stream ends. Others: NOT_FOUND. CancelJob: "scan-1" -> CANCELLED, "scan-done" ->
+// SUCCEEDED, "scan-running" -> RUNNING, others NOT_FOUND. ListJobs: scan-1 (succeeded) and
+// scan-2 (failed: "corpus line 3 is not UTF-8"). GetScanResults: "scan-1" has 3 targets
+// blocks.0.hook_resid_post[t] (t = 0, 1, 2; paged by target_offset / target_limit), each with
+// stats, two top records (the first with token strings 'The', ' cat', ' sat', max at ' cat'; the
+// second with ids only) and one logit each way; "malformed" -> a record with fewer activations
+// than tokens; "scan-running" -> FAILED_PRECONDITION; others NOT_FOUND.
 #pragma once
 
 #include <grpcpp/server.h>
@@ -51,12 +65,27 @@ class FakeGlassboxService final : public glassbox::v1::Glassbox::Service {
       grpc::ServerContext* context, const glassbox::v1::DirectLogitAttributionRequest* request,
       glassbox::v1::DirectLogitAttributionResponse* response) override;
 
+  grpc::Status StartScan(grpc::ServerContext* context,
+                         const glassbox::v1::StartScanRequest* request,
+                         glassbox::v1::JobInfo* response) override;
+  grpc::Status WatchJob(grpc::ServerContext* context, const glassbox::v1::WatchJobRequest* request,
+                        grpc::ServerWriter<glassbox::v1::JobInfo>* writer) override;
+  grpc::Status CancelJob(grpc::ServerContext* context,
+                         const glassbox::v1::CancelJobRequest* request,
+                         glassbox::v1::JobInfo* response) override;
+  grpc::Status ListJobs(grpc::ServerContext* context, const glassbox::v1::ListJobsRequest* request,
+                        glassbox::v1::ListJobsResponse* response) override;
+  grpc::Status GetScanResults(grpc::ServerContext* context,
+                              const glassbox::v1::GetScanResultsRequest* request,
+                              glassbox::v1::ScanResults* response) override;
+
   // What the last call carried.
   std::optional<std::string> last_authorization() const;
   glassbox::v1::RunRequest last_run_request() const;
   glassbox::v1::TokenizeRequest last_tokenize_request() const;
   glassbox::v1::PatchingSweepRequest last_patching_request() const;
   glassbox::v1::DirectLogitAttributionRequest last_dla_request() const;
+  glassbox::v1::StartScanRequest last_scan_request() const;
   // Whether the last Run saw its context cancelled while it was streaming.
   bool last_run_cancelled() const;
 
@@ -71,6 +100,7 @@ class FakeGlassboxService final : public glassbox::v1::Glassbox::Service {
   glassbox::v1::TokenizeRequest tokenize_request_;
   glassbox::v1::PatchingSweepRequest patching_request_;
   glassbox::v1::DirectLogitAttributionRequest dla_request_;
+  glassbox::v1::StartScanRequest scan_request_;
   bool run_cancelled_ = false;
   std::vector<glassbox::v1::RunResponse> script_;
 };

@@ -28,6 +28,7 @@ using client::ReceivedTensor;
 using client::RunResult;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 ClientOptions WithApiKey(const std::string& key) {
@@ -455,6 +456,213 @@ TEST_F(FakeServerTest, CliExitCodes) {
               "--out", "/nonexistent-dir/x.safetensors"});
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("/nonexistent-dir/x.safetensors"));
+}
+
+// ---- dataset-scan jobs ----
+
+TEST_F(FakeServerTest, ScanJobsThroughTheLibrary) {
+  std::unique_ptr<Client> client = Connect();
+  glassbox::v1::StartScanRequest request;
+  request.set_model("tiny");
+  request.mutable_corpus()->mutable_documents()->add_texts("hello");
+  glassbox::v1::NeuronTargets& neurons = *request.add_targets()->mutable_neurons();
+  neurons.add_indices(0);
+  neurons.add_indices(1);
+  absl::StatusOr<glassbox::v1::JobInfo> started = client->StartScan(request);
+  ASSERT_TRUE(started.ok()) << started.status();
+  EXPECT_EQ(started->job_id(), "scan-1");
+  EXPECT_EQ(started->state(), glassbox::v1::JOB_QUEUED);
+  EXPECT_EQ(started->targets(), 2);
+  EXPECT_EQ(server_.service().last_scan_request().corpus().documents().texts(0), "hello");
+
+  std::vector<int64_t> seen;
+  absl::StatusOr<glassbox::v1::JobInfo> ended =
+      client->WatchJob("scan-1", [&](const glassbox::v1::JobInfo& info) {
+        seen.push_back(info.tokens_done());
+        return absl::OkStatus();
+      });
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->state(), glassbox::v1::JOB_SUCCEEDED);
+  EXPECT_THAT(seen, ElementsAre(0, 16, 32, 48, 64));
+  // Without a callback, only the final state; a failed job is a result, not an error.
+  ended = client->WatchJob("scan-failed");
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->state(), glassbox::v1::JOB_FAILED);
+  EXPECT_EQ(ended->error(), "out of device memory");
+  // A callback error cancels the watch and is returned.
+  int calls = 0;
+  ended = client->WatchJob("scan-1", [&](const glassbox::v1::JobInfo&) {
+    ++calls;
+    return absl::AbortedError("seen enough");
+  });
+  EXPECT_EQ(ended.status(), absl::AbortedError("seen enough"));
+  EXPECT_EQ(calls, 1);
+  // A stream that ends before the job does is malformed; an unknown job keeps its code.
+  ended = client->WatchJob("malformed");
+  EXPECT_EQ(ended.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(ended.status().message()),
+              HasSubstr("malformed WatchJob stream: it ended while the job was running"));
+  EXPECT_EQ(client->WatchJob("nope").status().code(), absl::StatusCode::kNotFound);
+
+  absl::StatusOr<glassbox::v1::JobInfo> cancelled = client->CancelJob("scan-1");
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), glassbox::v1::JOB_CANCELLED);
+  EXPECT_EQ(client->CancelJob("nope").status().code(), absl::StatusCode::kNotFound);
+
+  absl::StatusOr<std::vector<glassbox::v1::JobInfo>> jobs = client->ListJobs();
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  ASSERT_EQ(jobs->size(), 2u);
+  EXPECT_EQ((*jobs)[1].error(), "corpus line 3 is not UTF-8");
+
+  glassbox::v1::GetScanResultsRequest page;
+  page.set_job_id("scan-1");
+  page.set_target_offset(1);
+  page.set_target_limit(1);
+  absl::StatusOr<glassbox::v1::ScanResults> results = client->GetScanResults(page);
+  ASSERT_TRUE(results.ok()) << results.status();
+  EXPECT_EQ(results->targets_total(), 3);
+  ASSERT_EQ(results->targets_size(), 1);
+  EXPECT_EQ(results->targets(0).name(), "blocks.0.hook_resid_post[1]");
+  page.set_job_id("malformed");
+  results = client->GetScanResults(page);
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(results.status().message()),
+              HasSubstr("target 1 (blocks.0.hook_resid_post[1]) top[0] has 3 tokens and 2 "
+                        "activations"));
+  page.set_job_id("scan-running");
+  EXPECT_EQ(client->GetScanResults(page).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(FakeServerTest, CliScanShowsProgressThenTheSummary) {
+  const std::string server = server_.address();
+  CliOutput r = RunCli({"--server", server, "scan", "tiny", "--tokens", "1,2,3", "--neurons",
+                        "blocks.0.hook_resid_post:0-2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "scan-1 succeeded: 3 targets, 64 tokens in 2 passes, 1.5s\n"
+            "results: glassbox job results scan-1\n");
+  // One line per update (stderr is no terminal here), thinned out: the second update of pass 1
+  // came too soon after the first.
+  EXPECT_EQ(r.err,
+            "started scan-1: 3 targets, 4 contexts, 64 tokens in 2 passes (Ctrl-C stops watching, "
+            "not the scan: glassbox job cancel scan-1)\n"
+            "scan-1: queued, 64 tokens to scan for 3 targets\n"
+            "scan-1: pass 1/2, 16/64 tokens (25%), 32 tokens/s, ETA 1.5s\n"
+            "scan-1: pass 2/2, 48/64 tokens (75%), 32 tokens/s, ETA 0.5s\n");
+  EXPECT_THAT(server_.service().last_scan_request().targets(0).neurons().indices(),
+              ElementsAre(0, 1, 2));
+
+  // The exit code is the job's outcome.
+  r = RunCli({"--server", server, "scan", "failing", "--text", "x", "--neurons", "h"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_THAT(
+      r.err, HasSubstr("glassbox: ABORTED: scan-failed failed after 0.5s: out of device memory\n"));
+  r = RunCli({"--server", server, "scan", "cancelled", "--text", "x", "--neurons", "h"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("glassbox: CANCELLED: scan-cancelled was cancelled after "));
+  EXPECT_THAT(r.err, HasSubstr("(pass 1/2, 24/64 tokens)\n"));
+  r = RunCli({"--server", server, "scan", "unwatchable", "--text", "x", "--neurons", "h"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("glassbox: INTERNAL: malformed WatchJob stream"));
+  r = RunCli({"--server", server, "scan", "missing", "--text", "x", "--neurons", "h"});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_THAT(r.err, StartsWith("glassbox: NOT_FOUND: no model \"missing\""));
+
+  // --detach: the id alone on stdout, for scripts.
+  r = RunCli({"--server", server, "scan", "tiny", "--text", "x", "--neurons", "h:4", "--detach"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "scan-1\n");
+  EXPECT_EQ(r.err,
+            "queued scan-1: 1 targets, 4 contexts, 64 tokens in 2 passes; follow it with "
+            "`glassbox job watch scan-1`\n");
+}
+
+TEST_F(FakeServerTest, CliJobListWatchCancel) {
+  const std::string server = server_.address();
+  CliOutput r = RunCli({"--server", server, "job", "list"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("job     state      model  targets  pass  tokens  done  elapsed"));
+  EXPECT_THAT(r.out, HasSubstr("\nscan-1  succeeded  tiny         3   2/2   64/64  100%     2.0s"));
+  EXPECT_THAT(r.out, HasSubstr("\nscan-2  failed     tiny         3   1/2    0/64    0%     0.0s"));
+  EXPECT_THAT(r.out, HasSubstr("\nscan-2 failed: corpus line 3 is not UTF-8\n"));
+  r = RunCli({"--server", server, "job", "list", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("{\"jobs\":[{\"job_id\":\"scan-1\",\"owner\":\"\""));
+  EXPECT_THAT(r.out, HasSubstr("\"state\":\"JOB_FAILED\""));
+
+  r = RunCli({"--server", server, "job", "watch", "scan-1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "scan-1 succeeded: 3 targets, 64 tokens in 2 passes, 1.5s\n"
+            "results: glassbox job results scan-1\n");
+  EXPECT_THAT(r.err, StartsWith("scan-1: queued, 64 tokens to scan for 3 targets\n"));
+  r = RunCli({"--server", server, "job", "watch", "scan-failed"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("glassbox: ABORTED: scan-failed failed after 0.5s"));
+  r = RunCli({"--server", server, "job", "watch", "nope"});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_EQ(r.err, "glassbox: NOT_FOUND: no job \"nope\"\n");
+
+  r = RunCli({"--server", server, "job", "cancel", "scan-1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "cancelled scan-1\n");
+  r = RunCli({"--server", server, "job", "cancel", "scan-running"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "cancelling scan-running: it stops within its current batch\n");
+  r = RunCli({"--server", server, "job", "cancel", "scan-done"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "scan-done had already ended: succeeded\n");
+  r = RunCli({"--server", server, "job", "cancel", "nope"});
+  EXPECT_EQ(r.code, 3);
+}
+
+TEST_F(FakeServerTest, CliJobResults) {
+  const std::string server = server_.address();
+  CliOutput r = RunCli({"--server", server, "job", "results", "scan-1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("scan-1 on tiny: targets 0-2 of 3 (4 contexts, 64 tokens)\n\n"
+                                "[0] blocks.0.hook_resid_post[0] (neuron)\n"
+                                "  mean 0.25  var 0.5  max 3.5  min -1  firing 12.50% of 60 "
+                                "tokens\n"
+                                "  logits up:   ' cat' 0.7500\n"
+                                "  logits down: 7 -0.5000\n"
+                                "  top 2 of 2 (activation  context:position  window, max in [[ "
+                                "]]):\n"
+                                // Token strings with the max marked, control characters
+                                // escaped; ids when there are no strings.
+                                "    3.5000  2:2  The[[ cat]] sat\\n\n"
+                                "    1.2500  0:3  5 6 [[7]]\n\n"
+                                "[1] blocks.0.hook_resid_post[1] (neuron)\n"
+                                "  mean 1.25  "));
+  EXPECT_THAT(r.out, Not(HasSubstr("more:")));
+
+  r = RunCli({"--server", server, "job", "results", "scan-1", "--limit", "1", "--top", "1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("scan-1 on tiny: target 0 of 3 "));
+  EXPECT_THAT(r.out, HasSubstr("  top 1 of 2 "));
+  EXPECT_THAT(r.out, Not(HasSubstr("[[7]]")));
+  EXPECT_THAT(r.out, HasSubstr("\nmore: glassbox job results scan-1 --offset 1\n"));
+  r = RunCli({"--server", server, "job", "results", "scan-1", "--offset", "3"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "scan-1 on tiny: no targets from 3 (3 in all)\n");
+
+  r = RunCli({"--server", server, "job", "results", "scan-1", "--offset", "2", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("{\"job\":{\"job_id\":\"scan-1\""));
+  EXPECT_THAT(r.out, HasSubstr("\"targets_total\":\"3\""));
+  EXPECT_THAT(r.out, HasSubstr("\"name\":\"blocks.0.hook_resid_post[2]\""));
+  EXPECT_THAT(r.out, HasSubstr("\"token_strings\":[\"The\",\" cat\",\" sat\\n\"]"));
+  EXPECT_THAT(r.out, Not(HasSubstr("hook_resid_post[1]")));
+
+  r = RunCli({"--server", server, "job", "results", "malformed"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, StartsWith("glassbox: INTERNAL: malformed GetScanResults response: target 0 "
+                                "(blocks.0.hook_resid_post[0]) top[0] has 3 tokens and 2 "
+                                "activations"));
+  r = RunCli({"--server", server, "job", "results", "scan-running"});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_THAT(r.err, StartsWith("glassbox: FAILED_PRECONDITION: "));
 }
 
 // ---- the glassbox binary ----

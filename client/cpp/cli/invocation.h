@@ -38,9 +38,15 @@ struct Invocation {
   std::any request;
   // How the answer is shown, beside the request.
   int32_t position = -1;          // logit-lens, dla: the position shown; negative from the end
-  int32_t top = 10;               // dla: components printed per row; 0 = all
+  int32_t top = 10;               // dla: components printed per row; job results: records
+                                  // per target; 0 = all
   bool print_normalized = false;  // patch: the normalised matrix instead of the raw metric
   std::string out_path;           // where to write the results ("" = nowhere)
+  bool json = false;              // job list, job results: the response as JSON
+  bool detach = false;            // scan: print the job id and return without watching it
+  // Where job progress goes: rewritten in place (stderr is a terminal: Main sets it) or one line
+  // per update.
+  bool progress_in_place = false;
 };
 
 // The invocation's request as the message type its command sends; a different type is a

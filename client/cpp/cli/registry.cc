@@ -12,7 +12,7 @@ namespace glassbox::cli {
 // command list.
 extern const Command kModelsCommand, kInfoCommand, kTokenizeCommand, kDetokenizeCommand,
     kRunCommand, kGenerateCommand, kPatchCommand, kLogitLensCommand, kDlaCommand, kAttnNormsCommand, kSaesCommand,
-    kSaeEncodeCommand, kCachedCommand, kReleaseCommand, kQueueCommand;
+    kSaeEncodeCommand, kCachedCommand, kReleaseCommand, kQueueCommand, kScanCommand, kJobCommand;
 
 namespace {
 
@@ -32,6 +32,8 @@ constexpr const Command* kCommands[] = {
     &kCachedCommand,
     &kReleaseCommand,
     &kQueueCommand,
+    &kScanCommand,
+    &kJobCommand,
 };
 
 const Flag* FindIn(std::span<const Flag> flags, std::string_view name) {

@@ -24,7 +24,8 @@ logit-lens, dla and attn-norms tokenize --text rows first (Tokenize) and send th
 
 Exit codes:
   0  success
-  1  any other failure (writing the output file, authentication, a malformed response, ...)
+  1  any other failure (writing the output file, authentication, a malformed response, ...),
+     and a scan job that failed or was cancelled (scan, job watch)
   2  usage error: the command line is wrong (including an --intervene SPEC or value file that
      cannot be read, or a --position outside a row)
   3  the server rejected the request: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION or
