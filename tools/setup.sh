@@ -10,6 +10,7 @@ debian_packages=(
   libdnnl-dev nlohmann-json3-dev libpcre2-dev libonig-dev libutf8proc-dev zlib1g-dev
   clang libclang-rt-14-dev  # libFuzzer for the fuzz targets
   python3-venv
+  chromium  # headless browser for the Python client's dashboard test (GLASSBOX_REQUIRE_BROWSER=1)
 )
 
 missing=()

@@ -18,6 +18,7 @@ echo "== tests"
 ctest --test-dir build --output-on-failure -j "$jobs"
 
 echo "== python client tests (against a live glassboxd)"
+export GLASSBOX_REQUIRE_BROWSER=1  # the dashboard test must find chromium (tools/setup.sh installs it)
 GLASSBOX_SERVER_BIN="$PWD/build/server/service/glassboxd" bash client/python/run_tests.sh
 
 echo "== GPU bundle (issue 20): built from build/, its size, run.sh without a GPU and behind a fake one"

@@ -12,9 +12,9 @@ The generated modules land in glassbox/_proto/glassbox/v1/ (the proto's own path
 package). protoc writes absolute imports ("from glassbox.v1 import glassbox_pb2") that would
 resolve against this package, so they are rewritten to relative ones.
 
-The runtime dependencies are declared here rather than in pyproject.toml because generated code
-checks at import time that grpcio and protobuf are at least as new as the generator; the lower
-bounds are taken from the generator that actually ran.
+The runtime dependencies (grpcio, protobuf, numpy, tqdm) are declared here rather than in
+pyproject.toml because generated code checks at import time that grpcio and protobuf are at
+least as new as the generator; the lower bounds are taken from the generator that actually ran.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def runtime_requirements() -> list:
         # The gencode accepts a runtime of the same major version or the next one.
         f"protobuf>={protobuf_version},<{protobuf_major + 2}",
         "numpy>=1.21",
+        "tqdm>=4.62",  # ScanJob.wait's progress bar
     ]
 
 

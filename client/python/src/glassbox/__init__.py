@@ -13,8 +13,13 @@ analyses run on the server (``patching_sweep``, ``logit_lens``, ``direct_logit_a
 ``attention_norms``; ``detect_heads`` scores induction, duplicate-token and previous-token heads
 from captured patterns). SAEs loaded with the server: ``model.saes()``, ``model.sae_encode``,
 ``model.sae_decode``, and ``run(..., saes=[SaeSplice(name, edits=[FeatureEdit(...)])],
-sae_steering=[SaeSteer(...)])``. Every server error is a ``GlassboxError`` subclass carrying the gRPC
-status ``code`` and ``message``.
+sae_steering=[SaeSteer(...)])``. Dataset scans run as server-side jobs: ``model.start_scan(corpus,
+neurons=...)`` returns a ``ScanJob`` (``wait()``, ``all_results()``: ``ScanTargetResult``s with
+top, sampled and quantile records, statistics and a histogram); ``client.jobs()`` lists them.
+``job.write_dashboards(dir)`` / ``dashboard_html`` render them as static HTML pages;
+``to_neuronpedia_json`` and ``to_neuron_explainer_records`` export them.
+Every server error is a ``GlassboxError`` subclass carrying the gRPC status ``code`` and
+``message``.
 """
 
 from ._analyses import (
@@ -29,6 +34,7 @@ from ._analyses import (
 )
 from ._cache import ActivationCache, get_act_name
 from ._client import Client, connect
+from ._dashboard import dashboard_html, to_neuron_explainer_records, to_neuronpedia_json, write_dashboards
 from ._errors import (
     Aborted,
     AlreadyExists,
@@ -67,6 +73,19 @@ from ._interventions import (
 )
 from ._model import Model, RunResult
 from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
+from ._scans import (
+    ExplanationScore,
+    JobCancelled,
+    JobFailed,
+    JobInfo,
+    ScanJob,
+    ScanLogit,
+    ScanQuantile,
+    ScanRecord,
+    ScanStats,
+    ScanTargetResult,
+    ScoredExcerpt,
+)
 from ._stream import RunStream
 from ._types import (
     CachedRun,
@@ -92,7 +111,9 @@ for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture",
               "Intervention", "Zero", "Scale", "Add", "Set", "MeanAblate", "PatchRows", "PatchFromCache", "CachedRun",
               "LogitDiff", "LogProb", "Loss", "PatchingResult", "LogitLensResult",
               "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer",
-              "HeadDetection", "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats"):
+              "HeadDetection", "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats",
+              "ScanJob", "JobInfo", "ScanTargetResult", "ScanRecord", "ScanQuantile", "ScanStats",
+              "ScanLogit", "ScoredExcerpt", "ExplanationScore"):
     globals()[_name].__module__ = __name__
 for _cls in list(globals().values()):
     if isinstance(_cls, type) and issubclass(_cls, GlassboxError):
@@ -151,6 +172,19 @@ __all__ = [
     "FeatureEdit",
     "SaeEncoding",
     "SaeStats",
+    "ScanJob",
+    "JobInfo",
+    "ScanTargetResult",
+    "ScanRecord",
+    "ScanQuantile",
+    "ScanStats",
+    "ScanLogit",
+    "ScoredExcerpt",
+    "ExplanationScore",
+    "dashboard_html",
+    "write_dashboards",
+    "to_neuronpedia_json",
+    "to_neuron_explainer_records",
     "GlassboxError",
     "Cancelled",
     "Unknown",
@@ -169,4 +203,6 @@ __all__ = [
     "DataLoss",
     "Unauthenticated",
     "MalformedStream",
+    "JobFailed",
+    "JobCancelled",
 ]

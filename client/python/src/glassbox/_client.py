@@ -10,6 +10,7 @@ import grpc
 from ._model import Model
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
 from ._saes import SaeInfo
+from ._scans import JobInfo, ScanJob
 from ._transport import Metadata, Transport, bearer_metadata, open_channel
 from ._types import CachedRun, ModelInfo, QueueStatus
 
@@ -71,6 +72,18 @@ class Client:
         (docs/service.md, "The scheduler"). On a server with API keys, admin keys only
         (``PermissionDenied`` otherwise)."""
         return QueueStatus.from_proto(self.transport.get_queue(pb.GetQueueRequest()))
+
+    def jobs(self) -> List[JobInfo]:
+        """The server's jobs (dataset scans), oldest first: this key's, or every key's for an
+        admin key. Ended jobs stay listed (and, with ``--jobs_dir``, survive restarts)."""
+        return [JobInfo.from_proto(j) for j in self.transport.list_jobs(pb.ListJobsRequest()).jobs]
+
+    def job(self, job_id: str) -> ScanJob:
+        """A handle on job ``job_id`` (``JobInfo.job_id``, ``ScanJob.id``), e.g. to wait for a
+        scan started in another session. ``NotFound`` unless it exists and is the caller's."""
+        job = ScanJob(self.transport, job_id)
+        job.info()  # NotFound now rather than on first use
+        return job
 
     def model(self, name: str) -> Model:
         """A handle on one model. Unknown name: NotFound."""

@@ -45,6 +45,17 @@ from ._saes import (
     splice_protos,
     steering_protos,
 )
+from ._scans import (
+    Corpus,
+    DirectionSpec,
+    ExplanationScore,
+    NeuronSpec,
+    SaeFeatureSpec,
+    ScanJob,
+    ScoredExcerpt,
+    scan_request,
+    score_request,
+)
 from ._stream import RunStream
 from ._transport import HasTransport
 from ._types import CachedRun, Capture, IndexSpec, ModelInfo, RunHeader, Timings, indices
@@ -870,6 +881,107 @@ class Model:
         vectors = decode_array(response.vectors)
         assert vectors is not None
         return vectors.reshape(*leading, vectors.shape[-1]) if leading is not None else vectors
+
+    # ---- dataset scans (server-side jobs; definitions in docs/scans.md) ----
+
+    def start_scan(
+        self,
+        corpus: Corpus,
+        *,
+        neurons: NeuronSpec = None,
+        sae_features: SaeFeatureSpec = None,
+        directions: DirectionSpec = None,
+        context_length: int = 64,
+        max_contexts: Optional[int] = None,
+        text_field: str = "text",
+        no_bos: bool = False,
+        top_k: int = 20,
+        random_k: int = 20,
+        quantile_bins: int = 10,
+        per_quantile_k: int = 5,
+        histogram_bins: int = 50,
+        window_before: Optional[int] = None,
+        window_after: Optional[int] = None,
+        logit_k: int = 10,
+        seed: int = 0,
+        batch_contexts: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> ScanJob:
+        """Starts a dataset scan: a job on the server that runs ``corpus`` through the model at
+        a lower priority than interactive requests and keeps, for every target, its top
+        contexts, sampled contexts, quantile samples, statistics and a histogram. Returns at
+        once with a ``ScanJob``; ``job.wait()`` follows it, ``job.all_results()`` reads it.
+
+        Args:
+            corpus: a path (str) relative to the server's ``--corpus_dir`` (.jsonl: a JSON
+                object per line, its ``text_field``; .txt: a document per line; .npy: int32 or
+                int64 token ids, 1-D a stream, 2-D contexts of ``context_length``); or
+                documents uploaded with the request: a list of texts, or token ids (a list of
+                ints is one document; a list of token lists or a 2-D array, one per row).
+                Documents are tokenized without special tokens and joined by BOS; each context
+                is BOS + the next ``context_length - 1`` tokens; a partial last context is
+                dropped. With ``no_bos`` contexts are plain runs of ``context_length`` tokens
+                (so 2-D rows of that length are scanned exactly as given).
+            neurons: ``{hook: indices}`` (an int, a list, or None for every index of the
+                hook's last axes), a hook name or a list of them (every neuron), e.g.
+                ``{"blocks.1.mlp.hook_post": [0, 5]}``.
+            sae_features: ``{sae: features or None}``, an SAE name or names (``Model.saes()``).
+            directions: ``{name: (hook, vector)}``: the activation is the hook's value · vector.
+            context_length: tokens per context, BOS included (at most ``cfg.n_ctx``).
+            max_contexts: scan only the first contexts (None: all, up to the server's
+                ``--scan_max_contexts``).
+            no_bos: no BOS: position 0 is counted like the others.
+            top_k, random_k: top records (value descending, ties to the lower context) and
+                uniformly sampled records per target; 0: none.
+            quantile_bins, per_quantile_k: equal-width bins over (0, max] of the contexts'
+                max activation, and the records sampled in each; 0 bins: none.
+            histogram_bins: bins over the nonzero activations; 0: none. Quantiles and the
+                histogram cost a second pass over the corpus.
+            window_before, window_after: tokens a record keeps before and after its max (None:
+                to the context's edge).
+            logit_k: the tokens each target's output direction promotes and suppresses most
+                (``ScanTargetResult.top_logits`` / ``bottom_logits``); 0: none.
+            seed: the sampled records' seed.
+            batch_contexts: contexts per forward pass (None: the server's choice).
+
+        Targets are numbered neurons first, then SAE features, then directions, each in the
+        order given; ``ScanTargetResult.index`` is that number. Errors come at once:
+        ``NotFound`` (a corpus file, an SAE), ``InvalidArgument`` (a path outside the corpus
+        directory, a corpus that gives no whole context, a line that is not UTF-8, a bad hook
+        or index), ``FailedPrecondition`` (a path on a server without ``--corpus_dir``),
+        ``ResourceExhausted`` (the server's scan limits).
+        """
+        request = scan_request(
+            self.name, corpus, neurons=neurons, sae_features=sae_features, directions=directions,
+            context_length=context_length, max_contexts=max_contexts, text_field=text_field,
+            no_bos=no_bos, top_k=top_k, random_k=random_k, quantile_bins=quantile_bins,
+            per_quantile_k=per_quantile_k, histogram_bins=histogram_bins,
+            window_before=window_before, window_after=window_after, logit_k=logit_k, seed=seed,
+            batch_contexts=batch_contexts,
+        )
+        info = self._transport.start_scan(request, timeout=timeout)
+        return ScanJob(self._transport, info.job_id)
+
+    def score_explanation(
+        self,
+        excerpts: Sequence[ScoredExcerpt],
+        *,
+        neuron: Optional[Tuple[str, int]] = None,
+        sae_feature: Optional[Tuple[str, int]] = None,
+        direction: Optional[Tuple[str, Any]] = None,
+        ablation: bool = False,
+        mean_activation: Optional[float] = None,
+        timeout: Optional[float] = None,
+    ) -> ExplanationScore:
+        """Scores an explanation of one target by its simulated activations on ``excerpts``
+        (Bills et al. 2023; docs/methods.md): the correlation of the simulation with the true
+        activations, and for a neuron with ``ablation`` the ablation score (the neuron set to
+        the calibrated simulation against set to ``mean_activation``, by default the true
+        activations' mean). Name one target: ``neuron=(hook, index)``,
+        ``sae_feature=(sae, feature)`` or ``direction=(hook, vector)``."""
+        request = score_request(self.name, excerpts, neuron=neuron, sae_feature=sae_feature,
+                                direction=direction, ablation=ablation, mean_activation=mean_activation)
+        return ExplanationScore.from_proto(self._transport.score_explanation(request, timeout=timeout), bool(ablation))
 
     def _captures(self, spec: NamesFilter, stop_at_layer: Optional[int]) -> List[Capture]:
         if spec is None:

@@ -88,7 +88,8 @@ class ServerStream(Iterator[Response]):
 
 class Transport:
     """One method per RPC of glassbox.v1.Glassbox, each taking the request message and
-    returning the response (an iterator of them for ``run``).
+    returning the response (an iterator of them for the streaming ``run``, ``generate`` and
+    ``watch_job``).
 
     ``timeout`` is the default deadline in seconds (None: none); a call's ``timeout=`` overrides
     it. ``metadata`` goes with every call.
@@ -180,6 +181,30 @@ class Transport:
 
     def sae_decode(self, request: pb.SaeDecodeRequest, *, timeout: Optional[float] = None) -> pb.SaeDecodeResponse:
         return self._unary(self._stub.SaeDecode, request, timeout)
+
+    # ---- dataset scans (jobs) ----
+
+    def start_scan(self, request: pb.StartScanRequest, *, timeout: Optional[float] = None) -> pb.JobInfo:
+        return self._unary(self._stub.StartScan, request, timeout)
+
+    def watch_job(self, request: pb.WatchJobRequest, *, timeout: Optional[float] = None) -> ServerStream[pb.JobInfo]:
+        return ServerStream(self._call(self._stub.WatchJob, request, timeout))
+
+    def cancel_job(self, request: pb.CancelJobRequest, *, timeout: Optional[float] = None) -> pb.JobInfo:
+        return self._unary(self._stub.CancelJob, request, timeout)
+
+    def list_jobs(self, request: pb.ListJobsRequest, *, timeout: Optional[float] = None) -> pb.ListJobsResponse:
+        return self._unary(self._stub.ListJobs, request, timeout)
+
+    def get_scan_results(
+        self, request: pb.GetScanResultsRequest, *, timeout: Optional[float] = None
+    ) -> pb.ScanResults:
+        return self._unary(self._stub.GetScanResults, request, timeout)
+
+    def score_explanation(
+        self, request: pb.ScoreExplanationRequest, *, timeout: Optional[float] = None
+    ) -> pb.ScoreExplanationResponse:
+        return self._unary(self._stub.ScoreExplanation, request, timeout)
 
 
 class HasTransport(Protocol):
