@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <unistd.h>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -61,6 +62,7 @@ using Rng = std::mt19937;
 struct Server {
   std::unique_ptr<ModelStore> store;
   Scheduler scheduler;
+  std::unique_ptr<ScanJobs> jobs;
   std::unique_ptr<GlassboxService> service;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<pb::Glassbox::Stub> stub;
@@ -90,6 +92,20 @@ Server* StartServer() {
   limits.cache.max_bytes = 64 << 10;
   limits.cache.max_entries = 4;
   s->service = std::make_unique<GlassboxService>(*s->store, s->scheduler, limits);
+  // Scan jobs in memory over a corpus directory of one small file; small limits keep the jobs
+  // the fuzzer starts cheap (they run in the background meanwhile).
+  const std::filesystem::path corpus =
+      std::filesystem::temp_directory_path() / ("request_fuzz_corpus." + std::to_string(getpid()));
+  std::filesystem::create_directories(corpus);
+  std::ofstream(corpus / "corpus.jsonl")
+      << "{\"text\": \"Alice and Bob went to the park. Bob gave a ball to Alice.\"}\n"
+         "{\"text\": \"The capital of Norway is Oslo. 15 20 25 30 35 40\"}\n";
+  s->jobs = std::make_unique<ScanJobs>(
+      *s->store, s->scheduler,
+      ScanJobsOptions{.corpus_dir = corpus.string(), .max_contexts = 16,
+                      .max_state_bytes = 8 << 20, .max_jobs_per_owner = 4,
+                      .max_result_targets = 64, .replay_bytes = 4 << 20});
+  s->service->SetScanJobs(s->jobs.get());
   grpc::ServerBuilder builder;
   builder.RegisterService(s->service.get());
   s->server = builder.BuildAndStart();
@@ -262,6 +278,49 @@ const std::vector<Rpc>& Rpcs() {
          });
        },
        Unary(&S::SaeDecode)},
+      // Dataset scans (appended, so that the seeds of the RPCs above keep their index).
+      {"StartScan",
+       [] {
+         return Good<pb::StartScanRequest>([](auto& r) {
+           r.set_model("demo");
+           r.mutable_corpus()->set_path("corpus.jsonl");
+           r.mutable_corpus()->set_max_contexts(4);
+           auto* neurons = r.add_targets()->mutable_neurons();
+           neurons->set_hook("blocks.1.mlp.hook_post");
+           for (int32_t i : {0, 5}) neurons->add_indices(i);
+           r.set_context_length(16);
+         });
+       },
+       Unary(&S::StartScan)},
+      {"WatchJob",
+       [] { return Good<pb::WatchJobRequest>([](auto& r) { r.set_job_id("scan-000000000000"); }); },
+       Streaming(&S::WatchJob)},
+      {"CancelJob",
+       [] { return Good<pb::CancelJobRequest>([](auto& r) { r.set_job_id("scan-000000000000"); }); },
+       Unary(&S::CancelJob)},
+      {"ListJobs", [] { return Good<pb::ListJobsRequest>([](auto&) {}); }, Unary(&S::ListJobs)},
+      {"GetScanResults",
+       [] {
+         return Good<pb::GetScanResultsRequest>([](auto& r) {
+           r.set_job_id("scan-000000000000");
+           r.set_target_limit(2);
+         });
+       },
+       Unary(&S::GetScanResults)},
+      {"ScoreExplanation",
+       [] {
+         return Good<pb::ScoreExplanationRequest>([](auto& r) {
+           r.set_model("demo");
+           auto* neurons = r.mutable_target()->mutable_neurons();
+           neurons->set_hook("blocks.1.mlp.hook_post");
+           neurons->add_indices(3);
+           auto* excerpt = r.add_excerpts();
+           for (int32_t id : {0, 5, 17, 300}) excerpt->add_tokens(id);
+           for (float v : {0.0f, 0.5f, 1.0f, 0.0f}) excerpt->add_simulated(v);
+           r.set_ablation(true);
+         });
+       },
+       Unary(&S::ScoreExplanation)},
   };
   return *rpcs;
 }
@@ -365,7 +424,10 @@ std::string EdgeString(Rng& rng, const std::string& current) {
                                                   "../../etc/passwd",
                                                   std::string(300, 'x'),
                                                   "\xe2\x80\x8b zero-width",
-                                                  "the cat sat on the"};
+                                                  "the cat sat on the",
+                                                  "corpus.jsonl",
+                                                  "scan-000000000000",
+                                                  "res1_standard"};
   switch (rng() % 4) {
     case 0:
       if (!current.empty()) {  // change one character (to ASCII: proto3 strings must be UTF-8,

@@ -191,7 +191,10 @@ void TargetAccumulator::ObserveFirstPass(const float* acts, int64_t first_contex
       }
     }
     const int64_t context = first_context + c;
-    const auto [at, best] = ContextMax(a, o);
+    // Plain names, not a structured binding: the lambdas below capture them (clang < 16 cannot).
+    const std::pair<int32_t, float> max_at = ContextMax(a, o);
+    const int32_t at = max_at.first;
+    const float best = max_at.second;
     const ScanRecord probe{.context = context, .value = best};
     Offer(top_, o.top_k, probe, BetterTop,
           [&] { return MakeRecord(a, context, at, best, 0, o); });
@@ -227,7 +230,9 @@ void TargetAccumulator::ObserveSecondPass(const float* acts, int64_t first_conte
       }
     }
     if (q_bins == 0) continue;
-    const auto [at, best] = ContextMax(a, o);
+    const std::pair<int32_t, float> max_at = ContextMax(a, o);
+    const int32_t at = max_at.first;
+    const float best = max_at.second;
     if (!(best > 0)) continue;
     const int64_t bin = std::min<int64_t>(static_cast<int64_t>(best * q_scale), q_bins - 1);
     const int64_t context = first_context + c;
