@@ -23,15 +23,20 @@ absl::StatusOr<std::pair<ScanJobs*, JobCaller>> GlassboxService::JobsFor(
 grpc::Status GlassboxService::StartScan(grpc::ServerContext* context,
                                         const pb::StartScanRequest* request,
                                         pb::JobInfo* response) {
-  auto jobs = JobsFor(context);
-  if (!jobs.ok()) return ToGrpcStatus(jobs.status());
+  absl::StatusOr<Caller> caller = Admit(context, CallKind::kHost);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (scan_jobs_ == nullptr)
+    return ToGrpcStatus(absl::UnimplementedError("this server runs no scan jobs"));
   if (draining_) return ToGrpcStatus(absl::UnavailableError("the server is shutting down"));
+  const JobCaller who{.owner = caller->cache().owner, .admin = caller->cache().admin};
   metrics_.Annotate(context, [&](RequestRecord& r) { r.model = request->model(); });
-  auto info = jobs->first->Start(jobs->second, *request);
+  // A scan's tokens (both passes) count against the key's tokens_per_day like a Run's.
+  auto info = scan_jobs_->Start(who, *request,
+                                [&](int64_t tokens) { return caller->ChargeTokens(tokens); });
   if (!info.ok()) return ToGrpcStatus(info.status());
   if (context->IsCancelled()) {
     // The caller gave up while the corpus was read: it will never learn the job's id.
-    (void)jobs->first->Cancel(jobs->second, info->job_id());
+    (void)scan_jobs_->Cancel(who, info->job_id());
     return grpc::Status(grpc::StatusCode::CANCELLED, "the call ended before the scan was queued");
   }
   *response = *std::move(info);

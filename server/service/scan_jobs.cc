@@ -158,7 +158,8 @@ absl::Status ScanJobs::Prepare(Job& job) const {
 }
 
 absl::StatusOr<pb::JobInfo> ScanJobs::Start(const JobCaller& caller,
-                                            const pb::StartScanRequest& request) {
+                                            const pb::StartScanRequest& request,
+                                            const std::function<absl::Status(int64_t)>& charge) {
   auto job = std::make_shared<Job>();
   *job->stored.mutable_request() = request;
   GB_RETURN_IF_ERROR(Prepare(*job));
@@ -181,6 +182,7 @@ absl::StatusOr<pb::JobInfo> ScanJobs::Start(const JobCaller& caller,
   info.set_tokens_total(passes * contexts * len);
   info.set_targets(job->scan.targets);
   info.set_created_unix_seconds(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+  if (charge) GB_RETURN_IF_ERROR(charge(info.tokens_total()));
   {
     std::lock_guard lock(mu_);
     if (stopping_) return absl::UnavailableError("the server is shutting down");

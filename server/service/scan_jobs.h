@@ -60,7 +60,10 @@ class ScanJobs {
   // Stops the runner between batches; the running job stays resumable on disk.
   void Stop();
 
-  absl::StatusOr<pb::JobInfo> Start(const JobCaller& caller, const pb::StartScanRequest& request);
+  // `charge`, when given, is asked for the job's tokens (both passes) once the request is known
+  // good and before the job is queued (the caller's tokens_per_day quota); its error refuses it.
+  absl::StatusOr<pb::JobInfo> Start(const JobCaller& caller, const pb::StartScanRequest& request,
+                                    const std::function<absl::Status(int64_t)>& charge = nullptr);
   // NOT_FOUND for a job that does not exist or is not the caller's.
   absl::StatusOr<pb::JobInfo> Info(const JobCaller& caller, const std::string& id) const;
   absl::StatusOr<pb::JobInfo> Cancel(const JobCaller& caller, const std::string& id);

@@ -69,9 +69,12 @@ class ApiKeysServiceTest : public ::testing::Test {
     limits.cache = {.max_bytes = 64 << 10, .max_entries = 8};
     clock_ = new FakeClock;
     server_ = new InProcessServer(*std::move(store), limits, clock_->AsClock(), keys_);
+    jobs_ = new ScanJobs(server_->store(), server_->scheduler(), {});
+    server_->service().SetScanJobs(jobs_);
     stub_ = pb::Glassbox::NewStub(server_->channel()).release();
   }
   static void TearDownTestSuite() {
+    delete jobs_;  // its runner waits on the scheduler, which the server owns
     delete stub_;
     delete server_;
     delete clock_;
@@ -177,6 +180,7 @@ class ApiKeysServiceTest : public ::testing::Test {
   static inline ApiKeyStore* keys_ = nullptr;
   static inline FakeClock* clock_ = nullptr;
   static inline InProcessServer* server_ = nullptr;
+  static inline ScanJobs* jobs_ = nullptr;
   static inline pb::Glassbox::Stub* stub_ = nullptr;
 };
 
@@ -297,6 +301,38 @@ TEST_F(ApiKeysServiceTest, MaxConcurrentRuns) {
   }
   EXPECT_TRUE(after.ok()) << after.error_message();
   EXPECT_TRUE(LogitLens("conc-key").ok());  // and a finished one gives it back too
+}
+
+// A scan's tokens (every context, both passes when it has two) count against tokens_per_day
+// when it is started; one that does not fit is refused before it is queued.
+TEST_F(ApiKeysServiceTest, ScansChargeTokensPerDay) {
+  clock_->Advance(24 * 3600 + 60);  // whatever other tests of this process spent has gone
+  pb::StartScanRequest scan;
+  scan.set_model("gpt2");
+  scan.set_context_length(4);
+  scan.set_no_bos(true);
+  scan.set_quantile_bins(-1);
+  scan.set_histogram_bins(-1);  // one pass: 2 contexts x 4 tokens = 8 tokens
+  auto* docs = scan.mutable_corpus()->mutable_documents()->add_token_sequences();
+  for (int32_t id : {1, 2, 3, 4, 5, 6, 7, 8}) docs->add_ids(id);
+  auto* neurons = scan.add_targets()->mutable_neurons();
+  neurons->set_hook("blocks.0.mlp.hook_post");
+  neurons->add_indices(0);
+  pb::JobInfo info;
+  auto context = As("tokens-key");
+  ASSERT_TRUE(stub_->StartScan(context.get(), scan, &info).ok());
+  EXPECT_EQ(info.tokens_total(), 8);
+  context = As("tokens-key");
+  grpc::Status refused = stub_->StartScan(context.get(), scan, &info);
+  EXPECT_EQ(refused.error_code(), Code::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(),
+              HasSubstr("tokens_per_day quota of 10 for key \"tokens\" is used up: this request "
+                        "needs 8 tokens and 8 were spent"));
+  pb::ListJobsResponse jobs;
+  context = As("tokens-key");
+  ASSERT_TRUE(stub_->ListJobs(context.get(), {}, &jobs).ok());
+  EXPECT_EQ(jobs.jobs_size(), 1);  // the refused scan was never queued
+  clock_->Advance(24 * 3600 + 60);  // and leaves the key's day to the other tests
 }
 
 // Tokens are counted as --max_tokens counts them (Generate: prompt and new tokens), once a

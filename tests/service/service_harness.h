@@ -46,6 +46,7 @@ class InProcessServer {
   }
 
   const ModelStore& store() const { return *store_; }
+  GlassboxService& service() { return service_; }
   // The device's queue, for tests that hold it (a task that waits keeps later ones queued).
   Scheduler& scheduler() { return scheduler_; }
   // Occupies the device's worker until the returned function is called: later work stays
