@@ -832,13 +832,31 @@ TEST(CliParseTest, Job) {
   inv = Parse({"--server", "s", "job", "results", "scan-3", "--json"});
   ASSERT_TRUE(inv.ok()) << inv.status();
   EXPECT_TRUE(inv->json);
+  EXPECT_EQ(inv->out_path, "");
+
+  // dashboard: the targets to write (limit 0 = all) and the directory.
+  inv = Parse({"--server", "s", "job", "dashboard", "scan-4", "--out", "dash"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "job");
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).job_id(), "scan-4");
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).target_offset(), 0);
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).target_limit(), 0);
+  EXPECT_EQ(inv->out_path, "dash");
+  EXPECT_FALSE(inv->json);
+  inv = Parse({"--server", "s", "job", "dashboard", "scan-4", "--offset", "100", "--limit", "200",
+               "--out", "/tmp/d"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).target_offset(), 100);
+  EXPECT_EQ(Request<v1::GetScanResultsRequest>(*inv).target_limit(), 200);
+  EXPECT_EQ(inv->out_path, "/tmp/d");
 }
 
 TEST(CliParseTest, JobUsageErrors) {
   ExpectUsageError({"--server", "s", "job"},
-                   "job needs a subcommand: list, watch ID, cancel ID or results ID");
+                   "job needs a subcommand: list, watch ID, cancel ID, results ID or dashboard ID");
   ExpectUsageError({"--server", "s", "job", "show", "x"},
-                   "unknown job subcommand \"show\" (job list, watch ID, cancel ID or results ID)");
+                   "unknown job subcommand \"show\" (job list, watch ID, cancel ID, results ID or "
+                   "dashboard ID)");
   ExpectUsageError({"--server", "s", "job", "list", "x"}, "job list takes no arguments (got 1)");
   ExpectUsageError({"--server", "s", "job", "watch"},
                    "job watch takes 1 argument: glassbox job watch ID (got 0)");
@@ -854,13 +872,31 @@ TEST(CliParseTest, JobUsageErrors) {
   ExpectUsageError({"--server", "s", "job", "results", "x", "--top", "3", "--json"},
                    "--top applies to the text output; --json prints every record");
   ExpectUsageError({"--server", "s", "job", "list", "--offset", "3"},
-                   "--offset applies to job results only");
+                   "--offset applies to job results and job dashboard only");
   ExpectUsageError({"--server", "s", "job", "watch", "x", "--limit", "3"},
-                   "--limit applies to job results only");
+                   "--limit applies to job results and job dashboard only");
   ExpectUsageError({"--server", "s", "job", "cancel", "x", "--json"},
                    "--json applies to job list and job results only");
   ExpectUsageError({"--server", "s", "job", "list", "--detach"},
                    "--detach is not a flag of the job command");
+  ExpectUsageError({"--server", "s", "job", "dashboard", "x"},
+                   "job dashboard needs --out DIR: the directory to write the pages to");
+  ExpectUsageError({"--server", "s", "job", "dashboard", "x", "--out", ""},
+                   "--out needs a directory name");
+  ExpectUsageError({"--server", "s", "job", "dashboard", "--out", "d"},
+                   "job dashboard takes 1 argument: glassbox job dashboard ID (got 0)");
+  ExpectUsageError({"--server", "s", "job", "dashboard", "", "--out", "d"},
+                   "job dashboard needs a job ID");
+  ExpectUsageError({"--server", "s", "job", "dashboard", "x", "--out", "d", "--limit", "0"},
+                   "--limit: 0 is out of range [1, ");
+  ExpectUsageError({"--server", "s", "job", "dashboard", "x", "--out", "d", "--top", "3"},
+                   "--top applies to job results only");
+  ExpectUsageError({"--server", "s", "job", "dashboard", "x", "--out", "d", "--json"},
+                   "--json applies to job list and job results only");
+  ExpectUsageError({"--server", "s", "job", "results", "x", "--out", "d"},
+                   "--out applies to job dashboard only");
+  ExpectUsageError({"--server", "s", "job", "list", "--out", "d"},
+                   "--out applies to job dashboard only");
   ExpectUsageError({"--server", "s", "models", "--json"},
                    "--json is not a flag of the models command");
 }
@@ -870,6 +906,8 @@ TEST(CliParseTest, UsageListsScanAndJob) {
   EXPECT_THAT(usage, HasSubstr("glassbox [global flags] scan MODEL (--corpus PATH | "));
   EXPECT_THAT(usage, HasSubstr("glassbox [global flags] job list [--json]\n"));
   EXPECT_THAT(usage, HasSubstr("results ID [--offset N] [--limit N] [--top 5] [--json]\n"));
+  EXPECT_THAT(usage, HasSubstr("dashboard ID --out DIR [--offset N] [--limit N]\n"));
+  EXPECT_THAT(usage, HasSubstr("  --out DIR "));
   EXPECT_THAT(usage, HasSubstr("Scan flags"));
   EXPECT_THAT(usage, HasSubstr("  --neurons HOOK[:LIST]"));
   EXPECT_THAT(usage, HasSubstr("  --detach "));

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -993,6 +994,40 @@ TEST(EndToEndScans, CliScansAndReadsTheResults) {
   EXPECT_THAT(r.out, HasSubstr("\"name\":\"blocks.0.mlp.hook_post[3]\""));
   EXPECT_THAT(r.out, HasSubstr("\"top\":[{\"context\":"));
   EXPECT_THAT(r.out, Not(HasSubstr("blocks.0.mlp.hook_post[2]")));
+
+  // The results as static HTML dashboards: a page per target and an index linking them.
+  const std::filesystem::path dashboards = root / "dashboards";
+  r = cli({"job", "dashboard", id, "--out", dashboards.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, (dashboards / "index.html").string() + "\n");
+  EXPECT_EQ(r.err, id + ": wrote 4/4 target pages\n");
+  auto read = [](const std::filesystem::path& path) {
+    std::ifstream file(path);
+    return std::string(std::istreambuf_iterator<char>(file), {});
+  };
+  const std::string index = read(dashboards / "index.html");
+  EXPECT_THAT(index, HasSubstr("<p>4 targets</p>"));
+  for (int t = 0; t < 4; ++t) {
+    const std::string page = absl::StrFormat("%05d_blocks.0.mlp.hook_post_%d_.html", t, t);
+    EXPECT_TRUE(std::filesystem::exists(dashboards / page)) << page;
+    EXPECT_THAT(index, HasSubstr("<a href=\"" + page + "\">"));
+  }
+  const std::string first = read(dashboards / "00000_blocks.0.mlp.hook_post_0_.html");
+  EXPECT_THAT(first, HasSubstr("<h1 class=\"target-name\" data-index=\"0\">"
+                               "blocks.0.mlp.hook_post[0]</h1>"));
+  EXPECT_THAT(first, HasSubstr("<span class=\"tok max\" data-act=\""));
+  EXPECT_THAT(first, HasSubstr("<span class=\"tok\" data-act=\""));
+  EXPECT_THAT(first, Not(HasSubstr("<|endoftext|>")));  // token text escaped
+  EXPECT_THAT(first, Not(HasSubstr("<script")));
+  // A part of the targets, fetched in pages no larger than asked.
+  r = cli({"job", "dashboard", id, "--out", (root / "part").string(), "--offset", "1", "--limit",
+           "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, id + ": wrote 2/2 target pages\n");
+  EXPECT_TRUE(std::filesystem::exists(root / "part" / "00001_blocks.0.mlp.hook_post_1_.html"));
+  EXPECT_TRUE(std::filesystem::exists(root / "part" / "00002_blocks.0.mlp.hook_post_2_.html"));
+  EXPECT_FALSE(std::filesystem::exists(root / "part" / "00003_blocks.0.mlp.hook_post_3_.html"));
+  EXPECT_THAT(read(root / "part" / "index.html"), HasSubstr("<p>2 targets</p>"));
 
   // A corpus file under --corpus_dir, detached, then watched.
   r = cli({"scan", "demo", "--corpus", "stories.txt", "--neurons", "blocks.1.hook_resid_post:0,5",

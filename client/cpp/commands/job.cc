@@ -1,10 +1,13 @@
-// `glassbox job list | watch ID | cancel ID | results ID`: the server's dataset-scan jobs
-// (started by `glassbox scan`): list them, follow one to its end, cancel one, and print a
-// finished scan's targets (statistics and top-activating contexts) as text or JSON.
+// `glassbox job list | watch ID | cancel ID | results ID | dashboard ID`: the server's
+// dataset-scan jobs (started by `glassbox scan`): list them, follow one to its end, cancel one,
+// print a finished scan's targets (statistics and top-activating contexts) as text or JSON, and
+// write them as static HTML dashboards (client/cpp/dashboard.h).
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
 #include <any>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -22,6 +25,7 @@
 #include "client/cpp/cli/job_progress.h"
 #include "client/cpp/cli/table.h"
 #include "client/cpp/cli/tokens.h"
+#include "client/cpp/dashboard.h"
 #include "client/cpp/jobs.h"
 
 namespace glassbox::cli {
@@ -30,29 +34,43 @@ namespace {
 namespace pb = ::glassbox::v1;
 
 constexpr Flag kFlags[] = {
-    {"offset", FlagKind::kValue, "--offset N", "results: the first target of the page (default 0)"},
+    {"offset", FlagKind::kValue, "--offset N", "results, dashboard: the first target (default 0)"},
     {"limit", FlagKind::kValue, "--limit N",
-     "results: targets in the page (default: the server's, 64)"},
+     "results: targets in the page (default: the server's, 64); dashboard:\n"
+     "targets written (default: all)"},
     {"top", FlagKind::kValue, "--top N",
      "results: records and logit effects printed per target (default 5;\n"
      "0 = all)"},
     {"json", FlagKind::kBool, "--json",
      "list, results: print the response as JSON (the proto's field names)"},
+    {"out", FlagKind::kValue, "--out DIR",
+     "dashboard: the directory the pages are written to (created if needed)"},
 };
 
 constexpr char kNotes[] =
     "  job results prints per target its statistics and top-activating contexts, the window\n"
     "  around each record's max with the max token in [[ ]]; --json prints the whole page\n"
-    "  (random and quantile records, histogram and logit effects too).\n";
+    "  (random and quantile records, histogram and logit effects too).\n"
+    "  job dashboard writes a static HTML page per target (its records shaded by activation,\n"
+    "  histogram, logit effects; no script, nothing external) and DIR/index.html linking them,\n"
+    "  fetching the results 64 targets at a time; it prints the index's path.\n";
 
-constexpr char kSubcommands[] = "list, watch ID, cancel ID or results ID";
+constexpr char kSubcommands[] = "list, watch ID, cancel ID, results ID or dashboard ID";
+
+// Results pages a dashboard is fetched in: the server's largest.
+constexpr int64_t kDashboardPage = 64;
 
 // Flags that only some subcommands take.
 absl::Status CheckFlags(const RawCommandLine& raw, std::string_view sub) {
-  for (std::string_view flag : {"offset", "limit", "top"}) {
-    if (raw.Has(flag) && sub != "results") {
-      return UsageError(absl::StrFormat("--%s applies to job results only", flag));
+  for (std::string_view flag : {"offset", "limit"}) {
+    if (raw.Has(flag) && sub != "results" && sub != "dashboard") {
+      return UsageError(
+          absl::StrFormat("--%s applies to job results and job dashboard only", flag));
     }
+  }
+  if (raw.Has("top") && sub != "results") return UsageError("--top applies to job results only");
+  if (raw.Has("out") && sub != "dashboard") {
+    return UsageError("--out applies to job dashboard only");
   }
   if (raw.Has("json") && sub != "results" && sub != "list") {
     return UsageError("--json applies to job list and job results only");
@@ -72,7 +90,7 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
       return UsageError(absl::StrFormat("job list takes no arguments (got %d)", given));
     }
     invocation.request = pb::ListJobsRequest();
-  } else if (sub == "watch" || sub == "cancel" || sub == "results") {
+  } else if (sub == "watch" || sub == "cancel" || sub == "results" || sub == "dashboard") {
     if (given != 1) {
       return UsageError(
           absl::StrFormat("job %s takes 1 argument: glassbox job %s ID (got %d)", sub, sub, given));
@@ -84,6 +102,8 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
     } else if (sub == "cancel") {
       invocation.request.emplace<pb::CancelJobRequest>().set_job_id(id);
     } else {
+      // results: the page asked for; dashboard: the targets to write (limit 0 = all), fetched
+      // page by page.
       pb::GetScanResultsRequest& request = invocation.request.emplace<pb::GetScanResultsRequest>();
       request.set_job_id(id);
       if (std::optional<std::string> offset = raw.Value("offset")) {
@@ -94,10 +114,18 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
         GB_ASSIGN_OR_RETURN(int64_t n, ParseInt("limit", *limit, 1, INT64_MAX));
         request.set_target_limit(n);
       }
-      if (raw.Has("top") && raw.IsTrue("json")) {
-        return UsageError("--top applies to the text output; --json prints every record");
+      if (sub == "dashboard") {
+        if (!raw.Has("out")) {
+          return UsageError("job dashboard needs --out DIR: the directory to write the pages to");
+        }
+        invocation.out_path = raw.Value("out").value_or("");
+        if (invocation.out_path.empty()) return UsageError("--out needs a directory name");
+      } else {
+        if (raw.Has("top") && raw.IsTrue("json")) {
+          return UsageError("--top applies to the text output; --json prints every record");
+        }
+        GB_ASSIGN_OR_RETURN(invocation.top, ParseInt32Flag(raw, "top", "5", 0));
       }
-      GB_ASSIGN_OR_RETURN(invocation.top, ParseInt32Flag(raw, "top", "5", 0));
     }
   } else {
     return UsageError(absl::StrFormat("unknown job subcommand \"%s\" (job %s)", sub, kSubcommands));
@@ -303,12 +331,72 @@ absl::Status Results(const Invocation& invocation, client::Client& client, std::
   return absl::OkStatus();
 }
 
+// ---- job dashboard ----
+
+absl::Status WriteText(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  file << text;
+  file.close();
+  if (!file) {
+    return MarkLocal(absl::PermissionDeniedError(absl::StrCat("cannot write ", path.string())));
+  }
+  return absl::OkStatus();
+}
+
+// Fetches the targets asked for page by page, writing each target's page as it comes (a
+// progress line on `err` per results page), then index.html; prints the index's path.
+absl::Status Dashboard(const Invocation& invocation, client::Client& client, std::ostream& out,
+                       std::ostream& err) {
+  const pb::GetScanResultsRequest& asked = Request<pb::GetScanResultsRequest>(invocation);
+  const std::filesystem::path dir(invocation.out_path);
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) {
+    return MarkLocal(absl::PermissionDeniedError(
+        absl::StrFormat("cannot create directory %s: %s", dir.string(), error.message())));
+  }
+  const int64_t first = asked.target_offset();
+  std::vector<client::DashboardEntry> entries;
+  int64_t end = first;  // the first target not fetched yet
+  for (;;) {
+    int64_t limit = kDashboardPage;
+    if (asked.target_limit() > 0) limit = std::min(limit, first + asked.target_limit() - end);
+    if (limit <= 0) break;
+    pb::GetScanResultsRequest request;
+    request.set_job_id(asked.job_id());
+    request.set_target_offset(end);
+    request.set_target_limit(limit);
+    GB_ASSIGN_OR_RETURN(pb::ScanResults page, client.GetScanResults(request));
+    for (const pb::ScanTargetResult& target : page.targets()) {
+      client::DashboardEntry entry = client::DashboardEntryOf(target);
+      GB_RETURN_IF_ERROR(WriteText(dir / entry.file, client::DashboardHtml(target)));
+      entries.push_back(std::move(entry));
+    }
+    end += page.targets_size();
+    const int64_t last = asked.target_limit() > 0
+                             ? std::min(page.targets_total(), first + asked.target_limit())
+                             : page.targets_total();
+    err << absl::StrFormat("%s: wrote %d/%d target pages\n", asked.job_id(), end - first,
+                           std::max<int64_t>(last - first, 0));
+    if (page.targets().empty() || end >= last) break;
+  }
+  const std::filesystem::path index = dir / "index.html";
+  GB_RETURN_IF_ERROR(
+      WriteText(index, client::DashboardIndexHtml(absl::StrCat("Scan ", asked.job_id()), entries)));
+  out << index.string() << "\n";
+  return absl::OkStatus();
+}
+
 absl::Status Run(const Invocation& invocation, client::Client& client, std::ostream& out,
                  std::ostream& err) {
   const std::type_info& type = invocation.request.type();
   if (type == typeid(pb::ListJobsRequest)) return List(invocation, client, out);
   if (type == typeid(pb::CancelJobRequest)) return Cancel(invocation, client, out);
-  if (type == typeid(pb::GetScanResultsRequest)) return Results(invocation, client, out);
+  if (type == typeid(pb::GetScanResultsRequest)) {
+    // Only job dashboard has an --out.
+    if (!invocation.out_path.empty()) return Dashboard(invocation, client, out, err);
+    return Results(invocation, client, out);
+  }
   return WatchToEnd(client, Request<pb::WatchJobRequest>(invocation).job_id(),
                     invocation.progress_in_place, out, err);
 }
@@ -318,15 +406,17 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
 extern constinit const Command kJobCommand = {
     .name = "job",
     .more_operands = true,
-    .brief = "job list | watch ID | cancel ID | results ID",
+    .brief = "job list | watch ID | cancel ID | results ID | dashboard ID",
     .synopsis =
         "job list [--json]\n"
         "watch ID\n"
         "cancel ID\n"
-        "results ID [--offset N] [--limit N] [--top 5] [--json]",
+        "results ID [--offset N] [--limit N] [--top 5] [--json]\n"
+        "dashboard ID --out DIR [--offset N] [--limit N]",
     .summary =
         "the scans you started (all keys' for an admin key): list them, follow one to its\n"
-        "end (exit code as for scan), cancel one, print a finished one's targets",
+        "end (exit code as for scan), cancel one, print a finished one's targets or write\n"
+        "them as HTML dashboards",
     .flags = kFlags,
     .flags_heading = "Job flags:",
     .flags_notes = kNotes,
