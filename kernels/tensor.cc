@@ -38,21 +38,23 @@ Tensor Tensor::EmptyHost(DType dtype, Shape shape) {
 
 Tensor Tensor::ZerosHost(DType dtype, Shape shape) {
   Tensor t = EmptyHost(dtype, std::move(shape));
-  std::memset(t.raw_data(), 0, t.nbytes());
+  if (t.nbytes() > 0) std::memset(t.raw_data(), 0, t.nbytes());
   return t;
 }
 
 Tensor Tensor::FromHost(std::span<const float> values, Shape shape) {
   Tensor t = EmptyHost(DType::kF32, std::move(shape));
   GB_CHECK(static_cast<size_t>(t.numel()) == values.size());
-  std::memcpy(t.raw_data(), values.data(), t.nbytes());
+  // An empty span's data() may be null, which memcpy may not be given even for 0 bytes.
+  if (t.nbytes() > 0) std::memcpy(t.raw_data(), values.data(), t.nbytes());
   return t;
 }
 
 Tensor Tensor::FromHost(std::span<const int32_t> values, Shape shape) {
   Tensor t = EmptyHost(DType::kI32, std::move(shape));
   GB_CHECK(static_cast<size_t>(t.numel()) == values.size());
-  std::memcpy(t.raw_data(), values.data(), t.nbytes());
+  // An empty span's data() may be null, which memcpy may not be given even for 0 bytes.
+  if (t.nbytes() > 0) std::memcpy(t.raw_data(), values.data(), t.nbytes());
   return t;
 }
 

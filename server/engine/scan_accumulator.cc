@@ -74,7 +74,8 @@ void Put(std::string& out, const T& value) {
 template <typename T>
 void PutVector(std::string& out, const std::vector<T>& values) {
   Put<int64_t>(out, static_cast<int64_t>(values.size()));
-  out.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
+  if (!values.empty())
+    out.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
 }
 template <typename T>
 absl::Status Get(absl::string_view& in, T& value) {
@@ -90,7 +91,8 @@ absl::Status GetVector(absl::string_view& in, std::vector<T>& values) {
   if (n < 0 || static_cast<uint64_t>(n) > in.size() / sizeof(T))
     return absl::DataLossError("scan state has a vector longer than the file");
   values.resize(n);
-  std::memcpy(values.data(), in.data(), n * sizeof(T));
+  // An empty vector's data() may be null, which memcpy may not be given even for 0 bytes.
+  if (n > 0) std::memcpy(values.data(), in.data(), n * sizeof(T));
   in.remove_prefix(n * sizeof(T));
   return absl::OkStatus();
 }
