@@ -16,6 +16,8 @@
 // fuzz/seeds/request/ was made).
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -28,8 +30,11 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <vector>
 
 #include "glassbox/v1/glassbox.grpc.pb.h"
@@ -150,6 +155,39 @@ Call Streaming(std::unique_ptr<grpc::ClientReader<Response>> (pb::Glassbox::Stub
     }
     return reader->Finish();
   };
+}
+
+// The job a request names by the placeholder id is the last one StartScan started: the fuzzer
+// could not guess a job's random id, and WatchJob, CancelJob and GetScanResults should reach a
+// real job, running or ended.
+constexpr char kPlaceholderJob[] = "scan-000000000000";
+std::string& LastJobId() {
+  static auto* id = new std::string;
+  return *id;
+}
+
+Call StartScanCall() {
+  return [](pb::Glassbox::Stub& stub, const Message& m) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    pb::JobInfo job;
+    grpc::Status status =
+        stub.StartScan(&context, static_cast<const pb::StartScanRequest&>(m), &job);
+    if (status.ok()) LastJobId() = job.job_id();
+    return status;
+  };
+}
+
+void NameLastJob(Message& request) {
+  const FieldDescriptor* field = request.GetDescriptor()->FindFieldByName("job_id");
+  if (field == nullptr || field->is_repeated() || field->type() != FieldDescriptor::TYPE_STRING ||
+      LastJobId().empty()) {
+    return;
+  }
+  const Reflection* reflection = request.GetReflection();
+  if (reflection->GetString(request, field) == kPlaceholderJob) {
+    reflection->SetString(&request, field, LastJobId());
+  }
 }
 
 void AddRow(pb::Inputs* inputs, std::initializer_list<int32_t> ids) {
@@ -291,18 +329,18 @@ const std::vector<Rpc>& Rpcs() {
            r.set_context_length(16);
          });
        },
-       Unary(&S::StartScan)},
+       StartScanCall()},
       {"WatchJob",
-       [] { return Good<pb::WatchJobRequest>([](auto& r) { r.set_job_id("scan-000000000000"); }); },
+       [] { return Good<pb::WatchJobRequest>([](auto& r) { r.set_job_id(kPlaceholderJob); }); },
        Streaming(&S::WatchJob)},
       {"CancelJob",
-       [] { return Good<pb::CancelJobRequest>([](auto& r) { r.set_job_id("scan-000000000000"); }); },
+       [] { return Good<pb::CancelJobRequest>([](auto& r) { r.set_job_id(kPlaceholderJob); }); },
        Unary(&S::CancelJob)},
       {"ListJobs", [] { return Good<pb::ListJobsRequest>([](auto&) {}); }, Unary(&S::ListJobs)},
       {"GetScanResults",
        [] {
          return Good<pb::GetScanResultsRequest>([](auto& r) {
-           r.set_job_id("scan-000000000000");
+           r.set_job_id(kPlaceholderJob);
            r.set_target_limit(2);
          });
        },
@@ -644,6 +682,53 @@ void WriteSeeds(const std::string& dir) {
   }
 }
 
+// ---- background jobs and exit ----
+
+// A scan job runs on the scheduler's worker after StartScan has answered. When libFuzzer exits,
+// the static destructors free oneDNN's JIT kernels, and a batch still running would jump into
+// freed code, so every job must end before an exit. Fuzzing for -max_total_time, the harness stops
+// starting jobs and waits for them a few seconds before the end (until then jobs overlap the
+// requests that follow, as in a server); otherwise (replaying files, -runs) after each input.
+struct ExitPlan {
+  std::optional<std::chrono::steady_clock::time_point> quiet_from;  // with -max_total_time
+  bool quiet = false;                                               // jobs ended, none started
+};
+ExitPlan& TheExitPlan() {
+  static auto* plan = new ExitPlan;
+  return *plan;
+}
+
+void PlanExit(int argc, char** argv) {
+  constexpr std::string_view kFlag = "-max_total_time=";
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (!arg.starts_with(kFlag)) continue;
+    const int seconds = std::atoi(arg.substr(kFlag.size()).data());
+    if (seconds <= 0) continue;
+    TheExitPlan().quiet_from = std::chrono::steady_clock::now() +
+                               std::chrono::seconds(seconds - std::min(5, seconds / 4));
+  }
+}
+
+void WaitForJobs() {
+  pb::Glassbox::Stub& stub = *TheServer().stub;
+  for (int tries = 0; tries < 6000; ++tries) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    pb::ListJobsResponse response;
+    if (grpc::Status s = stub.ListJobs(&context, pb::ListJobsRequest(), &response); !s.ok()) {
+      Fail("ListJobs failed while waiting for the jobs: " + s.error_message());
+    }
+    bool active = false;
+    for (const pb::JobInfo& job : response.jobs()) {
+      active |= job.state() == pb::JOB_QUEUED || job.state() == pb::JOB_RUNNING;
+    }
+    if (!active) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  Fail("scan jobs were still running 60 s after the last was started");
+}
+
 // Requests that reached each RPC, and how many it served: a fuzzer whose inputs are all refused
 // at the first check would test little, so the run says how deep it got.
 struct Tally {
@@ -666,7 +751,7 @@ void PrintTally() {
 }  // namespace
 }  // namespace glassbox
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
+extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
   if (const char* dir = std::getenv("GLASSBOX_FUZZ_WRITE_SEEDS")) {
     glassbox::WriteSeeds(dir);
     std::exit(0);
@@ -676,6 +761,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   google::protobuf::SetLogHandler(
       [](google::protobuf::LogLevel, const char*, int, const std::string&) {});
   glassbox::TheServer();
+  glassbox::PlanExit(*argc, *argv);
   std::atexit(glassbox::PrintTally);
   return 0;
 }
@@ -690,15 +776,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto& rpcs = glassbox::Rpcs();
   const size_t index = data[0] % rpcs.size();
   const auto& rpc = rpcs[index];
+  glassbox::ExitPlan& exit_plan = glassbox::TheExitPlan();
+  if (exit_plan.quiet_from && std::chrono::steady_clock::now() >= *exit_plan.quiet_from &&
+      !exit_plan.quiet) {
+    glassbox::WaitForJobs();
+    exit_plan.quiet = true;
+  }
+  if (exit_plan.quiet && std::string_view(rpc.name) == "StartScan") return 0;
   std::unique_ptr<google::protobuf::Message> request = rpc.good();
   request->Clear();
   // Bytes that are not a message of this type never reach the server (gRPC would refuse them
   // before the service); the parser itself is fuzzed here.
   if (!request->ParseFromArray(data + 1, static_cast<int>(size - 1))) return 0;
+  glassbox::NameLastJob(*request);
   const grpc::Status status = rpc.call(*glassbox::TheServer().stub, *request);
   glassbox::Tally& tally = glassbox::Tallies()[index];
   ++tally.sent;
   if (status.ok()) ++tally.served;
+  if (!exit_plan.quiet_from) glassbox::WaitForJobs();
   switch (status.error_code()) {
     case grpc::StatusCode::UNKNOWN:
     case grpc::StatusCode::INTERNAL:

@@ -40,8 +40,16 @@ for fuzzer in build-fuzz/fuzz/*_fuzz; do
   corpus="build-fuzz/corpus/$name"
   mkdir -p "$corpus"
   seeds="fuzz/seeds/${name%_fuzz}"
-  echo "-- $name"
-  "$fuzzer" -max_total_time="$fuzz_seconds" -print_final_stats=1 "$corpus" \
-    $( [ -d "$seeds" ] && echo "$seeds" ) 2>&1 | tail -n 12
+  log="build-fuzz/$name.log"
+  echo "-- $name (log: $log)"
+  # UBSan halts too: undefined behaviour is a finding, not a warning.
+  if ! UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "$fuzzer" -max_total_time="$fuzz_seconds" \
+      -print_final_stats=1 "$corpus" $( [ -d "$seeds" ] && echo "$seeds" ) >"$log" 2>&1; then
+    # The report (with its stack) first, then the crashing input libFuzzer wrote.
+    grep -m1 -A60 -E '==ERROR|runtime error|deadly signal|request_fuzz: ' "$log" || true
+    tail -n 12 "$log"
+    exit 1
+  fi
+  tail -n 12 "$log"
 done
 echo "fuzz: all targets ran ${fuzz_seconds}s without a crash"

@@ -32,8 +32,10 @@ bool EarlierDrawn(const ScanRecord& a, const ScanRecord& b) {
 ScanRecord MakeRecord(const float* context_acts, int64_t context, int32_t position, float value,
                       uint64_t priority, const ScanOptions& o) {
   const int32_t start = o.window_before < 0 ? 0 : std::max(0, position - o.window_before);
-  const int32_t end = o.window_after < 0 ? o.context_length
-                                         : std::min(o.context_length, position + o.window_after + 1);
+  // In 64 bits: a window of INT32_MAX positions means "to the context's end".
+  const auto end = static_cast<int32_t>(
+      o.window_after < 0 ? o.context_length
+                         : std::min<int64_t>(o.context_length, int64_t{position} + o.window_after + 1));
   return {.context = context, .position = position, .value = value, .priority = priority,
           .window_start = start,
           .activations = std::vector<float>(context_acts + start, context_acts + end)};

@@ -44,8 +44,9 @@ absl::Status WriteAtomically(const fs::path& path, const std::string& bytes) {
 int64_t EstimateStateBytes(const ScanOptions& o, int64_t targets) {
   const int64_t window = (o.window_before < 0 || o.window_after < 0)
                              ? o.context_length
-                             : std::min<int64_t>(o.context_length, o.window_before + o.window_after + 1);
-  const int64_t records = o.top_k + o.random_k + int64_t{o.quantile_bins} * o.per_quantile_k;
+                             : std::min<int64_t>(o.context_length, int64_t{o.window_before} + o.window_after + 1);
+  const int64_t records =
+      int64_t{o.top_k} + o.random_k + int64_t{o.quantile_bins} * o.per_quantile_k;
   const int64_t per_target = sizeof(TargetAccumulator) + records * (sizeof(ScanRecord) + window * 4) +
                              int64_t{o.histogram_bins} * 8;
   return per_target * targets;
@@ -556,8 +557,9 @@ absl::Status ScanJobs::FillResults(Job& job_ref, const pb::JobInfo& info, int64_
   }
   *results.mutable_job() = info;
   results.set_targets_total(job->scan.targets);
-  const int64_t end = std::min(job->scan.targets, offset + limit);
-  for (int64_t t = offset; t < end; ++t) {
+  const int64_t begin = std::min(offset, job->scan.targets);  // no offset + limit: it may overflow
+  const int64_t end = begin + std::min(limit, job->scan.targets - begin);
+  for (int64_t t = begin; t < end; ++t) {
     *results.add_targets() = TargetResult(job->scan, job->state->targets[t], t, job->contexts,
                                           job->scan.served->tokenizer.get());
   }
