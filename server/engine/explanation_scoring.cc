@@ -9,6 +9,7 @@
 #include "server/engine/host_math.h"
 #include "server/engine/intervention.h"
 #include "server/engine/sae_encode.h"
+#include "server/engine/sae_hooks.h"
 
 namespace glassbox {
 namespace {
@@ -56,6 +57,79 @@ void LogSoftmaxRows(Tensor& logits) {
     const float lse = static_cast<float>(m + std::log(sum));
     for (int64_t j = 0; j < vocab; ++j) row[j] -= lse;
   }
+}
+
+// The target unit's activation replaced by `wanted[r][p]` at every real position of the chunk's
+// rows, nothing else changed, as edits added to `plan`:
+// - a neuron: set (kSet of that element);
+// - an SAE feature: the SAE spliced in with its error term, the feature clamped token by token,
+//   so the hook's value moves by (wanted - f_i(x)) along the feature's decoder row (and through
+//   the SAE's own normalisation, where it has one);
+// - a direction v: x += (wanted - x.v) v / |v|^2, so that x.v becomes `wanted`.
+absl::Status ReplaceUnit(const Transformer& model, const ScanTargetGroup& group, int32_t unit,
+                         const std::vector<std::vector<float>>& wanted,
+                         const std::vector<std::vector<float>>& truth, int64_t longest,
+                         const TokenLayout& layout, HookPlan& plan) {
+  const HookInfo& info = model.hooks().info(group.hook);
+  const int64_t n = static_cast<int64_t>(wanted.size());
+  int64_t width = 1;
+  for (size_t d = 2; d < info.dims.size(); ++d) width *= info.dims[d].size;
+  switch (group.kind) {
+    case ScanTargetGroup::Kind::kSaeFeatures: {
+      SaeSplice splice{.sae = group.sae, .options = {.use_error_term = true}};
+      for (int64_t r = 0; r < n; ++r) {
+        for (size_t p = 0; p < wanted[r].size(); ++p) {
+          splice.options.edits.push_back({.kind = FeatureEditKind::kClamp,
+                                          .features = {unit},
+                                          .value = wanted[r][p],
+                                          .tokens = {r * longest + static_cast<int64_t>(p)}});
+        }
+      }
+      return plan.AddSaeSplice(group.hook, std::move(splice));
+    }
+    case ScanTargetGroup::Kind::kNeurons:
+    case ScanTargetGroup::Kind::kDirections: {
+      Tensor value = Tensor::ZerosHost(DType::kF32, info.ShapeFor(n, longest));
+      float* out = value.data<float>();
+      Intervention edit{.hook = group.hook};
+      if (group.kind == ScanTargetGroup::Kind::kNeurons) {
+        for (int64_t r = 0; r < n; ++r) {
+          for (size_t p = 0; p < wanted[r].size(); ++p) {
+            out[(r * longest + static_cast<int64_t>(p)) * width + unit] = wanted[r][p];
+          }
+        }
+        // The unit counts across the hook's trailing axes; at a head hook ([.., head, d_head])
+        // the edit selects the head and the index within it.
+        edit.kind = InterventionKind::kSet;
+        if (info.dims.size() == 4) {
+          const int32_t d_head = static_cast<int32_t>(info.dims[3].size);
+          edit.select = {.heads = {unit / d_head}, .dims = {unit % d_head}};
+        } else {
+          edit.select = {.dims = {unit}};
+        }
+      } else {
+        const float* v = group.directions.data<float>() + int64_t{unit} * width;
+        double norm2 = 0;
+        for (int64_t i = 0; i < width; ++i) norm2 += double{v[i]} * v[i];
+        if (norm2 == 0) return absl::InvalidArgumentError("the direction is zero: its activation cannot be set");
+        for (int64_t r = 0; r < n; ++r) {
+          for (size_t p = 0; p < wanted[r].size(); ++p) {
+            const double scale = (double{wanted[r][p]} - truth[r][p]) / norm2;
+            float* x = out + (r * longest + static_cast<int64_t>(p)) * width;
+            for (int64_t i = 0; i < width; ++i) x[i] = static_cast<float>(scale * v[i]);
+          }
+        }
+        edit.kind = InterventionKind::kAdd;
+      }
+      edit.value = std::move(value);
+      GB_RETURN_IF_ERROR(ValidateIntervention(edit, info, n, longest, layout));
+      return plan.AddIntervention(std::move(edit));
+    }
+    case ScanTargetGroup::Kind::kHeadNorms:
+    case ScanTargetGroup::Kind::kAttentionTo:
+      break;
+  }
+  return absl::InvalidArgumentError("a head's norm or attention cannot be set");
 }
 
 }  // namespace
@@ -112,15 +186,23 @@ absl::StatusOr<ExplanationScores> ScoreExplanation(const Transformer& model,
                                                    " tokens is longer than n_ctx ",
                                                    model.config().n_ctx));
   const bool ablate = request.ablation;
-  if (ablate && (group.kind != ScanTargetGroup::Kind::kNeurons || !IsEditableHook(info.kind)))
+  const bool spliced = group.kind == ScanTargetGroup::Kind::kSaeFeatures;
+  const bool head = group.kind == ScanTargetGroup::Kind::kHeadNorms ||
+                    group.kind == ScanTargetGroup::Kind::kAttentionTo;
+  if (ablate && (head || (!spliced && !IsEditableHook(info.kind))))
     return absl::InvalidArgumentError(absl::StrCat(
-        "the ablation score replaces a neuron's activation: it needs a neuron target at an "
-        "editable hook (e.g. blocks.L.mlp.hook_post), not ", info.name));
+        "the ablation score replaces the unit's activation: it needs a neuron or direction at an "
+        "editable hook (e.g. blocks.L.mlp.hook_post) or an SAE feature, not ",
+        head ? "a head's norm or attention at " : "", info.name));
+  if (ablate && group.kind == ScanTargetGroup::Kind::kDirections) {
+    const int64_t width = group.directions.dim(1);
+    const float* v = group.directions.data<float>() + int64_t{unit} * width;
+    if (std::all_of(v, v + width, [](float x) { return x == 0.0f; }))
+      return absl::InvalidArgumentError("the direction is zero: its activation cannot be set");
+  }
   const int64_t vocab = model.config().vocab_size;
   const int64_t rows_per_pass =
       ablate ? std::max<int64_t>(1, kLogitValues / (longest * vocab)) : 64;
-  int64_t width = 1;  // the values of one token: [batch, pos, ...] checked by the caller
-  for (size_t d = 2; d < info.dims.size(); ++d) width *= info.dims[d].size;
 
   ExplanationScores scores;
   std::vector<double> sim_all, true_all, sim_random, true_random;
@@ -138,7 +220,7 @@ absl::StatusOr<ExplanationScores> ScoreExplanation(const Transformer& model,
     if (!ablate) options.stop_at_layer = StopAtLayerReaching(info, model.config());
     GB_ASSIGN_OR_RETURN(ForwardOutput out,
                         model.Forward({.tokens = tokens, .attention_mask = mask}, plan, &sink, options));
-    GB_ASSIGN_OR_RETURN(Tensor acts, GroupActivations(group, sink.value_.Reshape({static_cast<int64_t>(n) * longest, width})));
+    GB_ASSIGN_OR_RETURN(Tensor acts, GroupActivations(group, info, sink.value_));
     const int64_t full = acts.dim(1);
     for (size_t r = 0; r < n; ++r) {
       const ScoredExcerpt& e = request.excerpts[first + r];
@@ -172,37 +254,28 @@ absl::StatusOr<ExplanationScores> ScoreExplanation(const Transformer& model,
   scores.intercept = mt - scores.slope * ms;
   const float mean = request.mean_activation.value_or(static_cast<float>(mt));
 
-  // Passes 2 and 3: the neuron set to the calibrated simulation, then to the mean, at every real
-  // position; JSD against the clean distributions, averaged over every real position.
+  // Passes 2 and 3: the unit set to the calibrated simulation, then to the mean, at every real
+  // position (ReplaceUnit); JSD against the clean distributions, averaged over every real
+  // position.
   double jsd_sim = 0, jsd_mean = 0;
   for (size_t first = 0, chunk = 0; first < total; first += rows_per_pass, ++chunk) {
     const size_t n = std::min<size_t>(rows_per_pass, total - first);
     auto [tokens, mask] = PadRows(request.excerpts, first, n, longest);
     const TokenLayout layout = TokenLayout::FromMask(mask);
+    std::vector<std::vector<float>> truth(scores.true_activations.begin() + first,
+                                          scores.true_activations.begin() + first + n);
     for (int replacement = 0; replacement < 2; ++replacement) {
-      Tensor value = Tensor::ZerosHost(DType::kF32, info.ShapeFor(static_cast<int64_t>(n), longest));
+      std::vector<std::vector<float>> wanted(n);
       for (size_t r = 0; r < n; ++r) {
         const ScoredExcerpt& e = request.excerpts[first + r];
-        for (size_t p = 0; p < e.tokens.size(); ++p) {
-          value.data<float>()[(r * longest + p) * width + unit] =
-              replacement == 0 ? static_cast<float>(scores.slope * e.simulated[p] + scores.intercept)
-                               : mean;
+        for (float simulated : e.simulated) {
+          wanted[r].push_back(replacement == 0
+                                  ? static_cast<float>(scores.slope * simulated + scores.intercept)
+                                  : mean);
         }
       }
       HookPlan plan(model.hooks());
-      // The unit counts across the hook's trailing axes; at a head hook ([.., head, d_head])
-      // the edit selects the head and the index within it.
-      InterventionSelector select;
-      if (info.dims.size() == 4) {
-        const int32_t d_head = static_cast<int32_t>(info.dims[3].size);
-        select = {.heads = {unit / d_head}, .dims = {unit % d_head}};
-      } else {
-        select = {.dims = {unit}};
-      }
-      Intervention edit{.hook = group.hook, .kind = InterventionKind::kSet,
-                        .select = std::move(select), .value = std::move(value)};
-      GB_RETURN_IF_ERROR(ValidateIntervention(edit, info, static_cast<int64_t>(n), longest, layout));
-      GB_RETURN_IF_ERROR(plan.AddIntervention(std::move(edit)));
+      GB_RETURN_IF_ERROR(ReplaceUnit(model, group, unit, wanted, truth, longest, layout, plan));
       GB_ASSIGN_OR_RETURN(ForwardOutput out,
                           model.Forward({.tokens = tokens, .attention_mask = mask}, plan, nullptr,
                                         {.logits = LogitsMode::kAll, .cancelled = request.cancelled}));

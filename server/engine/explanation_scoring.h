@@ -1,7 +1,7 @@
-// Scoring an explanation of a neuron or feature by its simulated activations (Bills et al. 2023,
-// "Language models can explain neurons in language models"; docs/methods.md, "Scoring
-// explanations"): correlation scores against the true activations, and the ablation score, from
-// batched forward passes with the neuron replaced.
+// Scoring an explanation of a scan target (a neuron, SAE feature, direction or head) by its
+// simulated activations (Bills et al. 2023, "Language models can explain neurons in language
+// models"; docs/methods.md, "Scoring explanations"): correlation scores against the true
+// activations, and the ablation score, from batched forward passes with the unit replaced.
 #pragma once
 
 #include <atomic>
@@ -23,7 +23,7 @@ struct ScoredExcerpt {
 struct ExplanationScoreRequest {
   TargetUnit target;
   std::vector<ScoredExcerpt> excerpts;
-  bool ablation = false;                 // neurons only
+  bool ablation = false;                 // neurons, SAE features and directions (not heads)
   std::optional<float> mean_activation;  // unset: the mean true activation over the excerpts
   const std::atomic<bool>* cancelled = nullptr;
 };

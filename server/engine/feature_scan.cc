@@ -1,6 +1,7 @@
 #include "server/engine/feature_scan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 
@@ -47,12 +48,60 @@ int64_t TokenWidth(const HookInfo& info) {
 
 }  // namespace
 
-absl::StatusOr<Tensor> GroupActivations(const ScanTargetGroup& group, const Tensor& x) {
+namespace {
+
+// [tokens, heads]: each head's query rows of the pattern [batch, head, query, key] at one key.
+Tensor AttentionTo(const ScanTargetGroup& group, const Tensor& pattern) {
+  const int64_t batch = pattern.dim(0), heads = pattern.dim(1), len = pattern.dim(2),
+                keys = pattern.dim(3);
+  Tensor out = Tensor::EmptyHost(DType::kF32, {batch * len, heads});
+  const float* p = pattern.data<float>();
+  float* o = out.data<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t q = 0; q < len; ++q) {
+      const int64_t key = group.key_position >= 0 ? group.key_position : q - group.key_offset;
+      for (int64_t h = 0; h < heads; ++h) {
+        o[(b * len + q) * heads + h] =
+            key >= 0 && key < keys ? p[((b * heads + h) * len + q) * keys + key] : 0.0f;
+      }
+    }
+  }
+  return out;
+}
+
+// [tokens, heads]: the L2 norm of each head's d values of x [tokens, heads * d].
+Tensor HeadNorms(const Tensor& x, int64_t heads) {
+  const int64_t n = x.dim(0), d = x.dim(1) / heads;
+  Tensor out = Tensor::EmptyHost(DType::kF32, {n, heads});
+  const float* xs = x.data<float>();
+  float* o = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* v = xs + (t * heads + h) * d;
+      double sum = 0;
+      for (int64_t i = 0; i < d; ++i) sum += double{v[i]} * v[i];
+      o[t * heads + h] = static_cast<float>(std::sqrt(sum));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<Tensor> GroupActivations(const ScanTargetGroup& group, const HookInfo& info,
+                                         const Tensor& value) {
+  if (group.kind == ScanTargetGroup::Kind::kAttentionTo) return AttentionTo(group, value);
+  const int64_t tokens = value.dim(0) * value.dim(1);
+  if (tokens == 0) return Tensor::ZerosHost(DType::kF32, {0, group.Width(info)});
+  const Tensor x = value.Reshape({tokens, value.numel() / tokens});
   switch (group.kind) {
     case ScanTargetGroup::Kind::kNeurons:
       return x;
     case ScanTargetGroup::Kind::kSaeFeatures:
       return group.sae->Encode(x);
+    case ScanTargetGroup::Kind::kHeadNorms:
+      return HeadNorms(x, group.Width(info));
     case ScanTargetGroup::Kind::kDirections: {
       const int64_t n = x.dim(0), d = x.dim(1), k = group.directions.dim(0);
       Tensor out = Tensor::EmptyHost(DType::kF32, {n, k});
@@ -69,6 +118,8 @@ absl::StatusOr<Tensor> GroupActivations(const ScanTargetGroup& group, const Tens
       }
       return out;
     }
+    case ScanTargetGroup::Kind::kAttentionTo:
+      break;
   }
   return absl::InternalError("unknown scan target kind");
 }
@@ -78,6 +129,8 @@ int64_t ScanTargetGroup::Width(const HookInfo& info) const {
     case Kind::kNeurons: return TokenWidth(info);
     case Kind::kSaeFeatures: return sae != nullptr ? sae->d_sae() : 0;
     case Kind::kDirections: return directions.defined() ? directions.dim(0) : 0;
+    case Kind::kHeadNorms: return info.dims.size() == 4 ? info.dims[2].size : 0;
+    case Kind::kAttentionTo: return info.dims.size() == 4 ? info.dims[1].size : 0;
   }
   return 0;
 }
@@ -109,10 +162,27 @@ absl::Status ValidateScanPlan(const Transformer& model, const ScanPlan& plan) {
     if (g.hook < 0 || g.hook >= model.hooks().size())
       return absl::InvalidArgumentError("a scan target names no hook of the model");
     const HookInfo& info = model.hooks().info(g.hook);
-    if (!IsPerToken(info))
+    if (g.kind == ScanTargetGroup::Kind::kAttentionTo) {
+      if (info.kind != HookKind::kPattern)
+        return absl::InvalidArgumentError(absl::StrCat(
+            "attention targets read blocks.L.attn.hook_pattern, not ", info.name));
+      if ((g.key_position >= 0) == (g.key_offset >= 0))
+        return absl::InvalidArgumentError(
+            "an attention target needs one key: a key position or a key offset (>= 0)");
+      const int32_t key = std::max(g.key_position, g.key_offset);
+      if (key >= o.context_length)
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the attention target's key ", g.key_position >= 0 ? "position " : "offset ", key,
+            " is outside a context of ", o.context_length, " tokens"));
+    } else if (!IsPerToken(info)) {
       return absl::InvalidArgumentError(absl::StrCat(
           info.name, " has no activation per token ([batch, pos, ...]); a scan reads hooks such "
                      "as blocks.L.mlp.hook_post, hook_resid_post or hook_z"));
+    }
+    if (g.kind == ScanTargetGroup::Kind::kHeadNorms && info.dims.size() != 4)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "head norms read a per-head hook [batch, pos, head, d] such as "
+          "blocks.L.attn.hook_result (the head's output) or hook_z, not ", info.name));
     const int64_t width = TokenWidth(info);
     if (g.kind == ScanTargetGroup::Kind::kSaeFeatures) {
       if (g.sae == nullptr) return absl::InvalidArgumentError("an SAE target has no SAE");
@@ -257,12 +327,12 @@ absl::Status ScanContexts(const Transformer& model, const ScanPlan& plan, const 
   int64_t target0 = 0;
   for (const ScanTargetGroup& g : plan.groups) {
     const HookInfo& info = model.hooks().info(g.hook);
-    const int64_t width = TokenWidth(info), full = g.Width(info), count = g.size(info);
-    const Tensor x = captured.values.at(g.hook).Reshape({tokens, width});
+    const int64_t full = g.Width(info), count = g.size(info);
+    const Tensor& value = captured.values.at(g.hook);
     const int64_t chunk_contexts = std::max<int64_t>(1, kChunkValues / (len * full));
     for (int64_t c0 = 0; c0 < n; c0 += chunk_contexts) {
       const int64_t cn = std::min(chunk_contexts, n - c0), rows = cn * len;
-      GB_ASSIGN_OR_RETURN(Tensor acts, GroupActivations(g, x.Slice0(c0 * len, c0 * len + rows)));
+      GB_ASSIGN_OR_RETURN(Tensor acts, GroupActivations(g, info, value.Slice0(c0, c0 + cn)));
       const float* a = acts.data<float>();
       const int64_t tiles = (count + kTile - 1) / kTile;
 #pragma omp parallel for schedule(dynamic)

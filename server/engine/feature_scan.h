@@ -21,34 +21,45 @@ namespace glassbox {
 // Targets read from one hook.
 struct ScanTargetGroup {
   enum class Kind : uint8_t {
-    kNeurons,     // the hook's last axis: [batch, pos, d] -> value[..., index]
-    kSaeFeatures, // the SAE's encoding of the hook's value
-    kDirections,  // value · direction
+    kNeurons,      // the hook's trailing axes: [batch, pos, d...] -> value[..., index]
+    kSaeFeatures,  // the SAE's encoding of the hook's value
+    kDirections,   // value · direction
+    kHeadNorms,    // per head, the L2 norm of its slice: [batch, pos, head, d] (hook_result: the
+                   // head's write into the residual stream)
+    kAttentionTo,  // per head, the attention a query pays to one key: hook_pattern
+                   // [batch, head, query, key] at key = key_position, or query - key_offset
   };
   Kind kind = Kind::kNeurons;
   HookId hook = -1;
-  std::vector<int32_t> indices;  // neurons or features; empty: all of them
+  std::vector<int32_t> indices;  // neurons, features or heads; empty: all of them
   const Sae* sae = nullptr;      // kSaeFeatures; outlives the scan
   Tensor directions;             // kDirections: host f32 [n, d]
+  // kAttentionTo: exactly one is >= 0. A key the query cannot see (after it, or before the
+  // context) gives 0, as the pattern does.
+  int32_t key_position = -1;
+  int32_t key_offset = -1;
 
-  // The group's width before selection: d, d_sae or the number of directions.
+  // The group's width before selection: d, d_sae, the number of directions or of heads.
   int64_t Width(const HookInfo& info) const;
   int64_t size(const HookInfo& info) const {
     return indices.empty() ? Width(info) : static_cast<int64_t>(indices.size());
   }
 };
 
-// The group's activations of the token rows x [tokens, hook width] (host f32): [tokens, Width()],
-// every unit of the group (indices are not applied).
-absl::StatusOr<Tensor> GroupActivations(const ScanTargetGroup& group, const Tensor& x);
+// The group's activations of `value`, the hook's captured value for whole rows (host f32, the
+// hook's shape: [batch, pos, ...], or [batch, head, query, key] for kAttentionTo):
+// [batch * pos, Width()], every unit of the group (indices are not applied).
+absl::StatusOr<Tensor> GroupActivations(const ScanTargetGroup& group, const HookInfo& info,
+                                         const Tensor& value);
 
 struct ScanPlan {
   std::vector<ScanTargetGroup> groups;  // targets are numbered group by group
   ScanOptions options;
 };
 
-// INVALID_ARGUMENT unless every group reads a [batch, pos, d] hook, its indices are in range and
-// distinct, its SAE or directions fit the hook's width, and the options are usable.
+// INVALID_ARGUMENT unless every group reads a hook its kind can read ([batch, pos, ...]; a head
+// hook for kHeadNorms, hook_pattern for kAttentionTo), its indices are in range and distinct, its
+// SAE, directions or key fit, and the options are usable.
 absl::Status ValidateScanPlan(const Transformer& model, const ScanPlan& plan);
 int64_t ScanTargetCount(const Transformer& model, const ScanPlan& plan);
 

@@ -81,6 +81,9 @@ absl::StatusOr<std::pair<Tensor, std::vector<bool>>> OutputDirections(
           defined[i] = true;
         }
         break;
+      case ScanTargetGroup::Kind::kHeadNorms:  // a norm, an attention weight: no one direction
+      case ScanTargetGroup::Kind::kAttentionTo:
+        break;
     }
   }
   return std::pair{out, defined};

@@ -1,5 +1,7 @@
 // The dataset-scan RPCs: thin translations onto ScanJobs (scan_jobs.h), which owns the jobs; and
 // ScoreExplanation, which scores an explanation of one scan target on the device.
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "server/engine/explanation_scoring.h"
 #include "server/service/glassbox_service.h"
@@ -100,15 +102,22 @@ grpc::Status GlassboxService::ScoreExplanation(grpc::ServerContext* context,
   const pb::ScanTarget& target = request->target();
   const bool one_unit = (target.has_neurons() && target.neurons().indices_size() == 1) ||
                         (target.has_sae_features() && target.sae_features().features_size() == 1) ||
-                        target.has_direction();
+                        target.has_direction() ||
+                        (target.has_heads() && target.heads().heads_size() == 1);
   if (!one_unit)
     return ToGrpcStatus(absl::InvalidArgumentError(
-        "ScoreExplanation scores one unit: a neuron (one index), an SAE feature (one index) or a "
-        "direction"));
-  // The target resolved as a scan's would be; contexts play no part here.
+        "ScoreExplanation scores one unit: a neuron (one index), an SAE feature (one index), a "
+        "direction or a head (one index)"));
+  // The target resolved as a scan's would be, over contexts as long as the longest excerpt (an
+  // attention target's key must fit in it).
+  int32_t longest = 1;
+  for (const pb::ScoredExcerpt& e : request->excerpts()) longest = std::max(longest, e.tokens_size());
   pb::StartScanRequest as_scan;
   as_scan.set_model(request->model());
-  as_scan.set_context_length(1);
+  if (auto served = store_.Find(request->model()); served.ok()) {
+    longest = std::min<int32_t>(longest, static_cast<int32_t>((*served)->model->config().n_ctx));
+  }
+  as_scan.set_context_length(longest);
   as_scan.set_no_bos(true);
   *as_scan.add_targets() = target;
   auto scan = ResolveScan(store_, as_scan);

@@ -59,7 +59,7 @@ absl::StatusOr<ResolvedScan> ResolveScan(const ModelStore& store,
                             : std::max(1, 4096 / std::max(1, o.context_length));
   if (request.targets_size() == 0)
     return absl::InvalidArgumentError(
-        "a scan needs targets: neurons (a hook and indices), SAE features or directions");
+        "a scan needs targets: neurons (a hook and indices), SAE features, directions or attention heads");
   for (int i = 0; i < request.targets_size(); ++i) {
     const pb::ScanTarget& t = request.targets(i);
     ScanTargetGroup group;
@@ -93,6 +93,45 @@ absl::StatusOr<ResolvedScan> ResolveScan(const ModelStore& store,
                                             {1, d.vector_size()});
         about = {.kind = "direction", .hook = d.hook(),
                  .direction_name = d.name().empty() ? absl::StrCat("direction ", i) : d.name()};
+        break;
+      }
+      case pb::ScanTarget::kHeads: {
+        const pb::HeadTargets& h = t.heads();
+        if (h.layer() < 0 || h.layer() >= model.config().n_layers)
+          return absl::InvalidArgumentError(absl::StrCat("targets[", i, "].heads.layer ", h.layer(),
+                                                         " is out of range [0, ",
+                                                         model.config().n_layers, ")"));
+        const std::string block = absl::StrCat("blocks.", h.layer(), ".attn.");
+        std::string hook;
+        switch (h.measure()) {
+          case pb::HeadTargets::OUTPUT_NORM:
+            group.kind = ScanTargetGroup::Kind::kHeadNorms;
+            hook = block + "hook_result";
+            about = {.kind = "head_output_norm", .measure = "output norm"};
+            break;
+          case pb::HeadTargets::ATTENTION_TO_POSITION:
+          case pb::HeadTargets::ATTENTION_TO_OFFSET: {
+            if (h.key() < 0)
+              return absl::InvalidArgumentError(
+                  absl::StrCat("targets[", i, "].heads.key is ", h.key(), "; it must be >= 0"));
+            const bool position = h.measure() == pb::HeadTargets::ATTENTION_TO_POSITION;
+            group.kind = ScanTargetGroup::Kind::kAttentionTo;
+            (position ? group.key_position : group.key_offset) = h.key();
+            hook = block + "hook_pattern";
+            about = {.kind = "head_attention",
+                     .measure = position ? absl::StrCat("attention to position ", h.key())
+                                         : absl::StrCat("attention to ", h.key(), " back")};
+            break;
+          }
+          default:
+            return absl::InvalidArgumentError(absl::StrCat(
+                "targets[", i, "].heads.measure ", h.measure(),
+                " is unknown; use OUTPUT_NORM, ATTENTION_TO_POSITION or ATTENTION_TO_OFFSET"));
+        }
+        GB_ASSIGN_OR_RETURN(group.hook, model.hooks().Resolve(hook));
+        group.indices.assign(h.heads().begin(), h.heads().end());
+        about.hook = hook;
+        about.layer = h.layer();
         break;
       }
       case pb::ScanTarget::KIND_NOT_SET:
@@ -161,8 +200,10 @@ pb::ScanTargetResult TargetResult(const ResolvedScan& scan, const TargetAccumula
   out.set_hook(about.hook);
   out.set_sae(about.sae);
   out.set_unit(unit);
-  out.set_name(about.kind == "direction" ? about.direction_name
+  out.set_name(about.kind == "direction"     ? about.direction_name
                : about.kind == "sae_feature" ? absl::StrCat(about.sae, "[", unit, "]")
+               : about.layer >= 0            ? absl::StrCat("L", about.layer, "H", unit, " ",
+                                                            about.measure)
                                              : absl::StrCat(about.hook, "[", unit, "]"));
   const Moments& m = target.moments();
   pb::ScanTargetStats& stats = *out.mutable_stats();

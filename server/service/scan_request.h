@@ -20,10 +20,12 @@ struct ResolvedScan {
   ScanPlan plan;
   // Per group: what clients see of its targets.
   struct Group {
-    std::string kind;  // "neuron", "sae_feature", "direction"
+    std::string kind;  // ScanTargetResult.kind
     std::string hook;
     std::string sae;
     std::string direction_name;
+    int32_t layer = -1;     // heads
+    std::string measure;    // heads: "output norm", "attention to position 0", ...
   };
   std::vector<Group> groups;
   int64_t targets = 0;

@@ -622,6 +622,12 @@ TEST(CliParseTest, ScanWithEverything) {
                                           "blocks.6.hook_resid_post:value=@dir.npy:name=honesty",
                                           "--direction",
                                           "hook_embed:value=1,2",
+                                          "--heads",
+                                          "3",
+                                          "--heads",
+                                          "1:key_offset=1:0,2",
+                                          "--heads",
+                                          "0:1:key_position=0",
                                           "--context-length",
                                           "128",
                                           "--nobos",
@@ -656,8 +662,8 @@ TEST(CliParseTest, ScanWithEverything) {
   EXPECT_FALSE(r.corpus().has_documents());
   EXPECT_EQ(r.corpus().text_field(), "content");
   EXPECT_EQ(r.corpus().max_contexts(), 5000);
-  // Neurons, then SAE features, then directions, each in command-line order.
-  ASSERT_EQ(r.targets_size(), 6);
+  // Neurons, then SAE features, then directions, then heads, each in command-line order.
+  ASSERT_EQ(r.targets_size(), 9);
   EXPECT_EQ(r.targets(0).neurons().hook(), "blocks.5.mlp.hook_post");
   EXPECT_THAT(r.targets(0).neurons().indices(), ElementsAre(7, 0, 1, 2, 10));
   EXPECT_EQ(r.targets(1).neurons().hook(), "blocks.6.mlp.hook_post");
@@ -673,6 +679,17 @@ TEST(CliParseTest, ScanWithEverything) {
   EXPECT_EQ(r.targets(5).direction().hook(), "hook_embed");
   EXPECT_EQ(r.targets(5).direction().name(), "");
   EXPECT_THAT(r.targets(5).direction().vector(), ElementsAre(1.0f, 2.0f));
+  // Heads last: every head's output norm, attention one back, attention to position 0.
+  EXPECT_EQ(r.targets(6).heads().layer(), 3);
+  EXPECT_TRUE(r.targets(6).heads().heads().empty());
+  EXPECT_EQ(r.targets(6).heads().measure(), v1::HeadTargets::OUTPUT_NORM);
+  EXPECT_EQ(r.targets(7).heads().layer(), 1);
+  EXPECT_THAT(r.targets(7).heads().heads(), ElementsAre(0, 2));
+  EXPECT_EQ(r.targets(7).heads().measure(), v1::HeadTargets::ATTENTION_TO_OFFSET);
+  EXPECT_EQ(r.targets(7).heads().key(), 1);
+  EXPECT_THAT(r.targets(8).heads().heads(), ElementsAre(1));
+  EXPECT_EQ(r.targets(8).heads().measure(), v1::HeadTargets::ATTENTION_TO_POSITION);
+  EXPECT_EQ(r.targets(8).heads().key(), 0);
   EXPECT_EQ(r.context_length(), 128);
   EXPECT_TRUE(r.no_bos());
   EXPECT_EQ(r.top_k(), 50);
@@ -744,8 +761,19 @@ TEST(CliParseTest, ScanUsageErrors) {
   ExpectUsageError(with({"--text", "x", "--max_contexts", "0", "--neurons", "h"}),
                    "--max_contexts: 0 is out of range [1, ");
   ExpectUsageError(with({"--text", "x"}),
-                   "scan needs targets: --neurons HOOK[:LIST], --sae_features SAE[:LIST] or "
-                   "--direction HOOK:value=V");
+                   "scan needs targets: --neurons HOOK[:LIST], --sae_features SAE[:LIST], "
+                   "--direction HOOK:value=V or --heads LAYER[:LIST]");
+  ExpectUsageError(with({"--text", "x", "--heads", "L1"}),
+                   "--heads \"L1\": needs a layer number (>= 0) first");
+  ExpectUsageError(with({"--text", "x", "--heads", "-1"}), "needs a layer number (>= 0) first");
+  ExpectUsageError(with({"--text", "x", "--heads", "1:0:2"}), "--heads \"1:0:2\": two lists of heads");
+  ExpectUsageError(with({"--text", "x", "--heads", "1:key=2"}),
+                   "unknown key \"key\" (key_position, key_offset)");
+  ExpectUsageError(with({"--text", "x", "--heads", "1:key_position=0:key_offset=1"}),
+                   "one key: key_position=P or key_offset=K");
+  ExpectUsageError(with({"--text", "x", "--heads", "1:key_offset=-1"}),
+                   "key_offset= needs a number >= 0");
+  ExpectUsageError(with({"--text", "x", "--heads", "1:"}), "no indices after ':'");
   ExpectUsageError(with({"--text", "x", "--neurons", ":3"}), "--neurons \":3\": needs a hook name");
   ExpectUsageError(with({"--text", "x", "--neurons", "h:"}),
                    "--neurons \"h:\": no indices after ':' (leave \":LIST\" out for every one)");

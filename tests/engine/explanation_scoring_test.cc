@@ -23,6 +23,7 @@
 #include "server/engine/hook_plan.h"
 #include "server/engine/host_math.h"
 #include "server/engine/intervention.h"
+#include "server/engine/sae/sae.h"
 #include "tests/util/test_util.h"
 
 namespace glassbox {
@@ -91,7 +92,10 @@ struct Target {
   std::string hook;
   int32_t unit = 0;
   std::vector<float> direction;  // non-empty: a direction target (unit 0)
+  bool sae_feature = false;      // feature `unit` of the test's SAE (at kSaeHook)
 };
+
+constexpr char kSaeHook[] = "blocks.1.hook_resid_post";
 
 struct Reference {
   std::vector<std::vector<float>> truth;
@@ -106,8 +110,32 @@ class ExplanationScoringTest : public ::testing::Test {
     auto model = Transformer::Load(DemoDir(), std::make_shared<CpuBackend>());
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = model->release();
+    // A standard (ReLU, unnormalised) SAE of random weights: its decoding is linear, so setting
+    // feature i to a moves the hook's value by (a - f_i) W_dec[i] (the reference's edit).
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    auto random = [&](Shape shape, float scale) {
+      Tensor t = Tensor::EmptyHost(DType::kF32, std::move(shape));
+      for (float& v : t.span<float>()) v = scale * normal(rng);
+      return t;
+    };
+    const int64_t d = model_->config().d_model;
+    SaeConfig config;
+    config.d_in = d;
+    config.d_sae = 32;
+    config.hook_name = kSaeHook;
+    SaeWeights w{.W_enc = random({d, 32}, 0.2f), .W_dec = random({32, d}, 0.3f),
+                 .b_enc = random({32}, 0.5f), .b_dec = random({d}, 0.1f)};
+    sae_decoder_ = new Tensor(w.W_dec);
+    auto sae = Sae::Create(config, std::move(w));
+    ASSERT_TRUE(sae.ok()) << sae.status();
+    sae_ = sae->release();
   }
-  static void TearDownTestSuite() { delete model_; }
+  static void TearDownTestSuite() {
+    delete sae_;
+    delete sae_decoder_;
+    delete model_;
+  }
 
   static HookId Hook(const std::string& name) {
     absl::StatusOr<HookId> id = model_->hooks().Resolve(name);
@@ -174,6 +202,44 @@ class ExplanationScoringTest : public ::testing::Test {
                         .value = std::move(value)};
   }
 
+  // The hook's value moved by scale[p] * u at every position p: x + (a - x.v) v / |v|^2 sets a
+  // direction's activation to a; x + (a - f_i) W_dec[i] an SAE feature's, with the error term.
+  static Intervention AddAlong(const std::string& hook, const std::vector<float>& u,
+                               const std::vector<double>& scale) {
+    const int64_t len = static_cast<int64_t>(scale.size()), width = static_cast<int64_t>(u.size());
+    const HookId id = Hook(hook);
+    Tensor value = Tensor::ZerosHost(DType::kF32, model_->hooks().info(id).ShapeFor(1, len));
+    for (int64_t p = 0; p < len; ++p) {
+      for (int64_t i = 0; i < width; ++i) {
+        value.data<float>()[p * width + i] = static_cast<float>(scale[p] * u[i]);
+      }
+    }
+    return Intervention{.hook = id, .kind = InterventionKind::kAdd, .value = std::move(value)};
+  }
+
+  // The edit that puts `values` on the target at every position of one excerpt.
+  static Intervention SetTarget(const Target& target, int64_t width, const std::vector<float>& truth,
+                                const std::vector<float>& values) {
+    if (!target.sae_feature && target.direction.empty()) {
+      return SetNeuron(target.hook, target.unit, width, values);
+    }
+    std::vector<float> u;
+    double norm2 = 1;
+    if (target.sae_feature) {
+      const float* row = sae_decoder_->data<float>() + int64_t{target.unit} * width;
+      u.assign(row, row + width);
+    } else {
+      u = target.direction;
+      norm2 = 0;
+      for (float v : u) norm2 += double{v} * v;
+    }
+    std::vector<double> scale(values.size());
+    for (size_t p = 0; p < values.size(); ++p) {
+      scale[p] = (double{values[p]} - truth[p]) / norm2;
+    }
+    return AddAlong(target.hook, u, scale);
+  }
+
   static Reference ComputeReference(const Target& target,
                                     const std::vector<ScoredExcerpt>& excerpts, bool ablation,
                                     std::optional<float> mean_activation) {
@@ -186,7 +252,12 @@ class ExplanationScoringTest : public ::testing::Test {
       std::vector<float> truth(e.tokens.size());
       for (size_t p = 0; p < e.tokens.size(); ++p) {
         const float* x = alone.value.data() + p * alone.width;
-        if (target.direction.empty()) {
+        if (target.sae_feature) {
+          absl::StatusOr<Tensor> f = sae_->Encode(
+              Tensor::FromHost(std::span<const float>(x, alone.width), {1, alone.width}));
+          EXPECT_TRUE(f.ok()) << f.status();
+          truth[p] = f->data<float>()[target.unit];
+        } else if (target.direction.empty()) {
           truth[p] = x[target.unit];
         } else {
           double dot = 0;
@@ -226,14 +297,25 @@ class ExplanationScoringTest : public ::testing::Test {
       for (int64_t p = 0; p < len; ++p) {
         calibrated[p] = static_cast<float>(ref.slope * e.simulated[p] + ref.intercept);
       }
-      const Alone with_sim = RunAlone(
-          target.hook, e.tokens, SetNeuron(target.hook, target.unit, clean[i].width, calibrated));
-      const Alone with_mean = RunAlone(target.hook, e.tokens,
-                                       SetNeuron(target.hook, target.unit, clean[i].width, means));
+      const int64_t width = clean[i].width;
+      const Alone with_sim = RunAlone(target.hook, e.tokens,
+                                      SetTarget(target, width, ref.truth[i], calibrated));
+      const Alone with_mean =
+          RunAlone(target.hook, e.tokens, SetTarget(target, width, ref.truth[i], means));
       for (int64_t p = 0; p < len; ++p) {
-        // The edit took: the captured value is the one set.
-        EXPECT_EQ(with_sim.value[p * clean[i].width + target.unit], calibrated[p]);
-        EXPECT_EQ(with_mean.value[p * clean[i].width + target.unit], mean);
+        // The edit took: the captured value is the one set (a direction's, to rounding).
+        if (!target.direction.empty()) {
+          double sim_dot = 0, mean_dot = 0;
+          for (int64_t j = 0; j < width; ++j) {
+            sim_dot += double{with_sim.value[p * width + j]} * target.direction[j];
+            mean_dot += double{with_mean.value[p * width + j]} * target.direction[j];
+          }
+          EXPECT_NEAR(sim_dot, calibrated[p], 1e-4 * (1 + std::abs(calibrated[p])));
+          EXPECT_NEAR(mean_dot, mean, 1e-4 * (1 + std::abs(mean)));
+        } else if (!target.sae_feature) {
+          EXPECT_EQ(with_sim.value[p * width + target.unit], calibrated[p]);
+          EXPECT_EQ(with_mean.value[p * width + target.unit], mean);
+        }
         jsd_sim += Jsd(clean[i].log_probs[p], with_sim.log_probs[p]);
         jsd_mean += Jsd(clean[i].log_probs[p], with_mean.log_probs[p]);
         ++positions;
@@ -252,7 +334,11 @@ class ExplanationScoringTest : public ::testing::Test {
                                      std::optional<float> mean_activation) {
     ScanTargetGroup group;
     group.hook = Hook(target.hook);
-    if (target.direction.empty()) {
+    if (target.sae_feature) {
+      group.kind = ScanTargetGroup::Kind::kSaeFeatures;
+      group.sae = sae_;
+      group.indices = {target.unit};
+    } else if (target.direction.empty()) {
       group.kind = ScanTargetGroup::Kind::kNeurons;
       group.indices = {target.unit};
     } else {
@@ -358,6 +444,8 @@ class ExplanationScoringTest : public ::testing::Test {
   }
 
   static inline Transformer* model_ = nullptr;
+  static inline Sae* sae_ = nullptr;
+  static inline Tensor* sae_decoder_ = nullptr;  // the SAE's W_dec [d_sae, d_model]
 };
 
 const Target kNeuron{.hook = "blocks.2.mlp.hook_post", .unit = 100};
@@ -437,6 +525,42 @@ TEST_F(ExplanationScoringTest, DirectionTarget) {
   ExpectMatchesReference(direction, excerpts, /*ablation=*/false, std::nullopt);
 }
 
+TEST_F(ExplanationScoringTest, DirectionWithAblation) {
+  std::mt19937 rng(18);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Target direction{.hook = "blocks.2.hook_resid_mid"};
+  for (int i = 0; i < model_->config().d_model; ++i) direction.direction.push_back(0.3f * normal(rng));
+  std::vector<ScoredExcerpt> excerpts = Excerpts({7, 12, 5}, {false, false, true}, 19);
+  SimulateFromTruth(direction, excerpts, 20);
+  ExpectMatchesReference(direction, excerpts, /*ablation=*/true, std::nullopt);
+  ExpectMatchesReference(direction, excerpts, /*ablation=*/true, 2.0f);
+}
+
+TEST_F(ExplanationScoringTest, SaeFeatureWithAblation) {
+  // Two features that fire on some tokens and not on others (one that never fires would leave
+  // nothing to ablate: both JSDs 0 up to rounding).
+  const std::vector<ScoredExcerpt> excerpts = Excerpts({9, 6, 13}, {false, true, true}, 30);
+  std::vector<int32_t> features;
+  for (int32_t f = 0; f < 32 && features.size() < 2; ++f) {
+    const Reference ref = ComputeReference({.hook = kSaeHook, .unit = f, .sae_feature = true},
+                                           excerpts, false, std::nullopt);
+    int64_t fired = 0, tokens = 0;
+    for (const auto& row : ref.truth) {
+      for (float v : row) fired += v > 0, ++tokens;
+    }
+    if (fired > 2 && fired < tokens - 2) features.push_back(f);
+  }
+  ASSERT_EQ(features.size(), 2u) << "the random SAE has too few features that fire sometimes";
+  for (int32_t feature : features) {
+    SCOPED_TRACE(feature);
+    const Target target{.hook = kSaeHook, .unit = feature, .sae_feature = true};
+    std::vector<ScoredExcerpt> simulated = excerpts;
+    SimulateFromTruth(target, simulated, 40 + feature);
+    ExpectMatchesReference(target, simulated, /*ablation=*/true, std::nullopt);
+    ExpectMatchesReference(target, simulated, /*ablation=*/true, 0.75f);
+  }
+}
+
 TEST_F(ExplanationScoringTest, ConstantSimulation) {
   // No correlation to speak of (NaN); the calibration is the mean, so both ablations set the
   // neuron to the same value and the score is 0.
@@ -460,6 +584,8 @@ TEST_F(ExplanationScoringTest, BadRequests) {
                             .directions = Tensor::ZerosHost(DType::kF32, {1, 128})};
   ScanTargetGroup normalized{.kind = ScanTargetGroup::Kind::kNeurons,
                              .hook = Hook("blocks.0.ln1.hook_normalized")};
+  ScanTargetGroup head{.kind = ScanTargetGroup::Kind::kHeadNorms,
+                       .hook = Hook("blocks.0.attn.hook_result")};
   const std::vector<ScoredExcerpt> good = Excerpts({4, 3}, {false, true}, 12);
   struct Case {
     std::string name;
@@ -471,9 +597,12 @@ TEST_F(ExplanationScoringTest, BadRequests) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float inf = std::numeric_limits<float>::infinity();
   const std::vector<Case> cases = {
-      {"ablation of a direction", &direction, [](auto&) {}, true,
-       "the ablation score replaces a neuron's activation: it needs a neuron target at an editable "
-       "hook (e.g. blocks.L.mlp.hook_post), not blocks.1.hook_resid_post"},
+      {"ablation of a zero direction", &direction, [](auto&) {}, true,
+       "the direction is zero: its activation cannot be set"},
+      {"ablation of a head's norm", &head, [](auto&) {}, true,
+       "the ablation score replaces the unit's activation: it needs a neuron or direction at an "
+       "editable hook (e.g. blocks.L.mlp.hook_post) or an SAE feature, not a head's norm or "
+       "attention at blocks.0.attn.hook_result"},
       {"ablation at a hook that cannot be edited", &normalized, [](auto&) {}, true,
        "not blocks.0.ln1.hook_normalized"},
       {"fewer simulated than tokens", &neuron, [](auto& e) { e[1].simulated.pop_back(); }, false,

@@ -704,6 +704,37 @@ class FeatureScanTest : public ::testing::Test {
             full_acts.assign(encoded->data<float>(), encoded->data<float>() + rows * full);
             break;
           }
+          case ScanTargetGroup::Kind::kHeadNorms: {  // [rows, head, d]
+            full = value->dim(2);
+            const int64_t d = value->dim(3);
+            full_acts.resize(rows * full);
+            for (int64_t r = 0; r < rows; ++r) {
+              for (int64_t h = 0; h < full; ++h) {
+                double sum = 0;
+                for (int64_t i = 0; i < d; ++i) {
+                  const double v = value->data<float>()[(r * full + h) * d + i];
+                  sum += v * v;
+                }
+                full_acts[r * full + h] = static_cast<float>(std::sqrt(sum));
+              }
+            }
+            break;
+          }
+          case ScanTargetGroup::Kind::kAttentionTo: {  // [batch, head, query, key]
+            full = value->dim(1);
+            full_acts.assign(rows * full, 0.0f);
+            for (int64_t b = 0; b < bn; ++b) {
+              for (int64_t h = 0; h < full; ++h) {
+                for (int64_t q = 0; q < len; ++q) {
+                  const int64_t k = g.key_position >= 0 ? g.key_position : q - g.key_offset;
+                  if (k < 0 || k > q) continue;  // not visible: 0
+                  full_acts[(b * len + q) * full + h] =
+                      value->data<float>()[((b * full + h) * len + q) * len + k];
+                }
+              }
+            }
+            break;
+          }
         }
         const int64_t count = g.indices.empty() ? full : static_cast<int64_t>(g.indices.size());
         for (int64_t j = 0; j < count; ++j) {
@@ -803,6 +834,36 @@ TEST_F(FeatureScanTest, NeuronsDirectionsAndSaeFeaturesEqualBruteForce) {
   EXPECT_EQ(ScanTargetCount(*model_, plan), 21 + 64 + 5 + 8 + 2);
   const Tensor contexts = RandomContexts(23, 12, rng);
   ExpectScanMatchesBruteForce(plan, contexts, {8, 9, 6});
+}
+
+TEST_F(FeatureScanTest, HeadOutputNormsAndAttentionToAKeyEqualBruteForce) {
+  std::mt19937 rng(31);
+  ScanPlan plan;
+  plan.groups.push_back({.kind = ScanTargetGroup::Kind::kHeadNorms,
+                         .hook = Hook("blocks.1.attn.hook_result"), .indices = {3, 0}});
+  plan.groups.push_back({.kind = ScanTargetGroup::Kind::kHeadNorms,
+                         .hook = Hook("blocks.0.attn.hook_z")});  // every head
+  plan.groups.push_back({.kind = ScanTargetGroup::Kind::kAttentionTo,
+                         .hook = Hook("blocks.0.attn.hook_pattern"), .key_position = 0});
+  plan.groups.push_back({.kind = ScanTargetGroup::Kind::kAttentionTo,
+                         .hook = Hook("blocks.1.attn.hook_pattern"), .indices = {2, 1},
+                         .key_offset = 1});
+  plan.groups.push_back({.kind = ScanTargetGroup::Kind::kAttentionTo,
+                         .hook = Hook("blocks.1.attn.hook_pattern"), .indices = {0},
+                         .key_position = 3});  // 0 before query 3
+  plan.options.context_length = 10;
+  plan.options.top_k = 3;
+  plan.options.random_k = 4;
+  plan.options.quantile_bins = 4;
+  plan.options.per_quantile_k = 2;
+  plan.options.histogram_bins = 12;
+  plan.options.window_before = 2;
+  plan.options.window_after = 2;
+  plan.options.seed = 5;
+  const int64_t heads = model_->config().n_heads;
+  EXPECT_EQ(ScanTargetCount(*model_, plan), 2 + heads + heads + 2 + 1);
+  const Tensor contexts = RandomContexts(19, 10, rng);
+  ExpectScanMatchesBruteForce(plan, contexts, {7, 5, 7});
 }
 
 TEST_F(FeatureScanTest, EarlyHooksWholeWindowsBosCounted) {
@@ -1103,6 +1164,38 @@ TEST_F(FeatureScanTest, ValidateScanPlanNamesTheProblem) {
     plan.groups.back().indices = {8};
     expect_invalid(plan, "differs from blocks.0.attn.hook_z's width 64");
   }
+  // Head targets.
+  auto with = [&](ScanTargetGroup group) {
+    ScanPlan plan = valid();
+    plan.groups.push_back(std::move(group));
+    return plan;
+  };
+  using Kind = ScanTargetGroup::Kind;
+  EXPECT_TRUE(ValidateScanPlan(*model_, with({.kind = Kind::kAttentionTo,
+                                              .hook = Hook("blocks.1.attn.hook_pattern"),
+                                              .key_offset = 31}))
+                  .ok());
+  expect_invalid(with({.kind = Kind::kHeadNorms, .hook = Hook("blocks.1.hook_resid_post")}),
+                 "head norms read a per-head hook [batch, pos, head, d] such as "
+                 "blocks.L.attn.hook_result (the head's output) or hook_z, not "
+                 "blocks.1.hook_resid_post");
+  expect_invalid(with({.kind = Kind::kHeadNorms, .hook = Hook("blocks.1.attn.hook_result"),
+                       .indices = {4}}),
+                 "target index 4 at blocks.1.attn.hook_result is out of range [0, 4)");
+  expect_invalid(with({.kind = Kind::kAttentionTo, .hook = Hook("blocks.1.attn.hook_z"),
+                       .key_position = 0}),
+                 "attention targets read blocks.L.attn.hook_pattern, not blocks.1.attn.hook_z");
+  expect_invalid(with({.kind = Kind::kAttentionTo, .hook = Hook("blocks.1.attn.hook_pattern")}),
+                 "needs one key");
+  expect_invalid(with({.kind = Kind::kAttentionTo, .hook = Hook("blocks.1.attn.hook_pattern"),
+                       .key_position = 0, .key_offset = 1}),
+                 "needs one key");
+  expect_invalid(with({.kind = Kind::kAttentionTo, .hook = Hook("blocks.1.attn.hook_pattern"),
+                       .key_position = 32}),
+                 "the attention target's key position 32 is outside a context of 32 tokens");
+  expect_invalid(with({.kind = Kind::kAttentionTo, .hook = Hook("blocks.1.attn.hook_pattern"),
+                       .key_offset = 40}),
+                 "key offset 40 is outside");
 }
 
 }  // namespace

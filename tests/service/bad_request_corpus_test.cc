@@ -1098,6 +1098,16 @@ pb::DirectionTarget* AddDirectionTarget(pb::ScanTarget* t, const std::string& ho
   return d;
 }
 
+pb::HeadTargets* AddHeadTarget(pb::ScanTarget* t, int32_t layer, pb::HeadTargets::Measure measure,
+                              int32_t key, std::initializer_list<int32_t> heads) {
+  auto* h = t->mutable_heads();
+  h->set_layer(layer);
+  h->set_measure(measure);
+  h->set_key(key);
+  for (int32_t i : heads) h->add_heads(i);
+  return h;
+}
+
 pb::SaeFeatureTargets* AddSaeTarget(pb::ScanTarget* t, const std::string& sae,
                                     std::initializer_list<int32_t> features) {
   auto* f = t->mutable_sae_features();
@@ -1113,7 +1123,7 @@ TEST_F(BadRequestCorpusTest, StartScan) {
   const std::vector<Case<pb::StartScanRequest>> cases = {
       // Model and targets.
       {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope"; this server has: demo, gpt2)"},
-      {"no targets", [](auto& r) { r.clear_targets(); }, kInvalid, "a scan needs targets: neurons (a hook and indices), SAE features or directions"},
+      {"no targets", [](auto& r) { r.clear_targets(); }, kInvalid, "a scan needs targets: neurons (a hook and indices), SAE features, directions or attention heads"},
       {"target without a kind", [](auto& r) { r.add_targets(); }, kInvalid, "targets[1] sets no kind"},
       {"unknown hook", [](auto& r) { AddNeuronTarget(r.add_targets(), "blocks.0.mlp.hook_postt", {0}); }, kInvalid, R"(unknown hook point "blocks.0.mlp.hook_postt")"},
       {"layer past the model", [](auto& r) { AddNeuronTarget(r.add_targets(), "blocks.4.mlp.hook_post", {0}); }, kInvalid, R"(unknown hook point "blocks.4.mlp.hook_post")"},
@@ -1123,6 +1133,14 @@ TEST_F(BadRequestCorpusTest, StartScan) {
       {"hook without an activation per token", [](auto& r) { AddNeuronTarget(r.add_targets(), "blocks.0.attn.hook_pattern", {0}); }, kInvalid, "blocks.0.attn.hook_pattern has no activation per token ([batch, pos, ...])"},
       {"direction of the wrong width", [](auto& r) { AddDirectionTarget(r.add_targets(), "blocks.0.hook_resid_post", 127); }, kInvalid, "directions at blocks.0.hook_resid_post must be f32 [n, 128]"},
       {"empty direction", [](auto& r) { AddDirectionTarget(r.add_targets(), "blocks.2.hook_resid_mid", 0); }, kInvalid, "directions at blocks.2.hook_resid_mid must be f32 [n, 128]"},
+      {"heads of a layer past the model", [](auto& r) { AddHeadTarget(r.add_targets(), 4, pb::HeadTargets::OUTPUT_NORM, 0, {}); }, kInvalid, "targets[1].heads.layer 4 is out of range [0, 4)"},
+      {"heads of a negative layer", [](auto& r) { AddHeadTarget(r.add_targets(), -1, pb::HeadTargets::OUTPUT_NORM, 0, {0}); }, kInvalid, "targets[1].heads.layer -1 is out of range [0, 4)"},
+      {"head = n_heads", [](auto& r) { AddHeadTarget(r.add_targets(), 1, pb::HeadTargets::OUTPUT_NORM, 0, {4}); }, kInvalid, "target index 4 at blocks.1.attn.hook_result is out of range [0, 4)"},
+      {"head listed twice", [](auto& r) { AddHeadTarget(r.add_targets(), 1, pb::HeadTargets::ATTENTION_TO_POSITION, 0, {2, 2}); }, kInvalid, "target index 2 at blocks.1.attn.hook_pattern is listed twice"},
+      {"negative attention key", [](auto& r) { AddHeadTarget(r.add_targets(), 0, pb::HeadTargets::ATTENTION_TO_OFFSET, -1, {}); }, kInvalid, "targets[1].heads.key is -1; it must be >= 0"},
+      {"attention key past the context", [](auto& r) { AddHeadTarget(r.add_targets(), 0, pb::HeadTargets::ATTENTION_TO_POSITION, 8, {}); }, kInvalid, "the attention target's key position 8 is outside a context of 8 tokens"},
+      {"attention offset past the context", [](auto& r) { AddHeadTarget(r.add_targets(), 0, pb::HeadTargets::ATTENTION_TO_OFFSET, 9, {}); }, kInvalid, "the attention target's key offset 9 is outside a context of 8 tokens"},
+      {"unknown head measure", [](auto& r) { AddHeadTarget(r.add_targets(), 0, static_cast<pb::HeadTargets::Measure>(7), 0, {}); }, kInvalid, "targets[1].heads.measure 7 is unknown; use OUTPUT_NORM, ATTENTION_TO_POSITION or ATTENTION_TO_OFFSET"},
       {"unknown SAE", [](auto& r) { AddSaeTarget(r.add_targets(), "nope", {0}); }, kNotFound, R"(no SAE named "nope"; this server has: res1_standard)"},
       {"SAE of another model", [](auto& r) { AddSaeTarget(r.add_targets(), "res1_standard", {0}); }, kInvalid, R"(SAE "res1_standard" is attached to model "gpt2", not "demo")"},
 
@@ -1286,7 +1304,7 @@ TEST_F(BadRequestCorpusTest, ScoreExplanation) {
   const std::vector<Case<pb::ScoreExplanationRequest>> cases = {
       // The target.
       {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope")"},
-      {"no target", [](auto& r) { r.clear_target(); }, kInvalid, "ScoreExplanation scores one unit: a neuron (one index), an SAE feature (one index) or a direction"},
+      {"no target", [](auto& r) { r.clear_target(); }, kInvalid, "ScoreExplanation scores one unit: a neuron (one index), an SAE feature (one index), a direction or a head (one index)"},
       {"two neurons", [](auto& r) { r.mutable_target()->mutable_neurons()->add_indices(6); }, kInvalid, "ScoreExplanation scores one unit"},
       {"every neuron", [](auto& r) { r.mutable_target()->mutable_neurons()->clear_indices(); }, kInvalid, "ScoreExplanation scores one unit"},
       {"two SAE features", [](auto& r) { AddSaeTarget(r.mutable_target(), "res1_standard", {1, 2}); r.set_ablation(false); }, kInvalid, "ScoreExplanation scores one unit"},
@@ -1298,10 +1316,13 @@ TEST_F(BadRequestCorpusTest, ScoreExplanation) {
       {"SAE of another model", [](auto& r) { AddSaeTarget(r.mutable_target(), "res1_standard", {0}); }, kInvalid, R"(SAE "res1_standard" is attached to model "gpt2", not "demo")"},
       {"direction of the wrong width", [](auto& r) { AddDirectionTarget(r.mutable_target(), "blocks.1.hook_resid_post", 64); r.set_ablation(false); }, kInvalid, "directions at blocks.1.hook_resid_post must be f32 [n, 128]"},
       {"empty direction", [](auto& r) { AddDirectionTarget(r.mutable_target(), "blocks.1.hook_resid_post", 0); r.set_ablation(false); }, kInvalid, "directions at blocks.1.hook_resid_post must be f32 [n, 128]"},
+      {"every head", [](auto& r) { AddHeadTarget(r.mutable_target(), 1, pb::HeadTargets::OUTPUT_NORM, 0, {}); r.set_ablation(false); }, kInvalid, "ScoreExplanation scores one unit"},
+      {"attention key past the longest excerpt", [](auto& r) { AddHeadTarget(r.mutable_target(), 1, pb::HeadTargets::ATTENTION_TO_POSITION, 4, {0}); r.set_ablation(false); }, kInvalid, "the attention target's key position 4 is outside a context of 4 tokens"},
 
       // The ablation score needs an editable neuron.
-      {"ablation of a direction", [](auto& r) { AddDirectionTarget(r.mutable_target(), "blocks.1.hook_resid_post", 128); }, kInvalid, "the ablation score replaces a neuron's activation: it needs a neuron target at an editable hook (e.g. blocks.L.mlp.hook_post), not blocks.1.hook_resid_post"},
-      {"ablation at a hook that is not editable", [](auto& r) { r.mutable_target()->mutable_neurons()->set_hook("blocks.0.ln2.hook_normalized"); }, kInvalid, "it needs a neuron target at an editable hook (e.g. blocks.L.mlp.hook_post), not blocks.0.ln2.hook_normalized"},
+      {"ablation of a head", [](auto& r) { AddHeadTarget(r.mutable_target(), 1, pb::HeadTargets::OUTPUT_NORM, 0, {2}); }, kInvalid, "the ablation score replaces the unit's activation: it needs a neuron or direction at an editable hook (e.g. blocks.L.mlp.hook_post) or an SAE feature, not a head's norm or attention at blocks.1.attn.hook_result"},
+      {"ablation at a hook that is not editable", [](auto& r) { r.mutable_target()->mutable_neurons()->set_hook("blocks.0.ln2.hook_normalized"); }, kInvalid, "or an SAE feature, not blocks.0.ln2.hook_normalized"},
+      {"ablation of a zero direction", [](auto& r) { auto* d = AddDirectionTarget(r.mutable_target(), "blocks.1.hook_resid_post", 128); for (float& v : *d->mutable_vector()) v = 0; }, kInvalid, "the direction is zero: its activation cannot be set"},
 
       // The excerpts.
       {"no excerpts", [](auto& r) { r.clear_excerpts(); }, kInvalid, "no excerpts to score"},
@@ -1324,13 +1345,17 @@ TEST_F(BadRequestCorpusTest, ScoreExplanation) {
   AddDirectionTarget(direction.mutable_target(), "blocks.1.hook_resid_post", 128);
   direction.set_ablation(false);
   ExpectServes("ScoreExplanation", "a direction", Call(&pb::Glassbox::Stub::ScoreExplanation)(direction));
+  direction.set_ablation(true);
+  ExpectServes("ScoreExplanation", "a direction's ablation", Call(&pb::Glassbox::Stub::ScoreExplanation)(direction));
+  pb::ScoreExplanationRequest head = GoodScore();
+  AddHeadTarget(head.mutable_target(), 1, pb::HeadTargets::ATTENTION_TO_OFFSET, 1, {3});
+  head.set_ablation(false);
+  ExpectServes("ScoreExplanation", "a head", Call(&pb::Glassbox::Stub::ScoreExplanation)(head));
 }
 
-// The same on gpt2 (n_ctx 32), whose SAEs give the SAE cases. ScoreExplanation resolves its
-// target through ResolveScan with a StartScanRequest that leaves context_length at 0, i.e. 64,
-// which ValidateScanPlan refuses for a model whose n_ctx is below 64: every request on such a
-// model is INVALID_ARGUMENT "context_length 64 must be in [1, 32] (n_ctx)" (scan_handlers.cc,
-// ScoreExplanation's `as_scan`). These expectations hold once that is fixed.
+// The same on gpt2 (n_ctx 32), whose SAEs give the SAE cases: ScoreExplanation resolves its target
+// as a scan of contexts as long as the longest excerpt, cut to n_ctx, so an excerpt past n_ctx is
+// refused by the scoring itself, not as a scan's context_length.
 TEST_F(BadRequestCorpusTest, ScoreExplanationOnASmallContextModel) {
   auto good = [] {
     pb::ScoreExplanationRequest r = GoodScore();
@@ -1339,7 +1364,6 @@ TEST_F(BadRequestCorpusTest, ScoreExplanationOnASmallContextModel) {
   };
   const std::vector<Case<pb::ScoreExplanationRequest>> cases = {
       {"SAE feature = d_sae", [](auto& r) { AddSaeTarget(r.mutable_target(), "res1_standard", {128}); r.set_ablation(false); }, kInvalid, "target index 128 at blocks.1.hook_resid_pre is out of range [0, 128)"},
-      {"ablation of an SAE feature", [](auto& r) { AddSaeTarget(r.mutable_target(), "res1_standard", {3}); }, kInvalid, "it needs a neuron target at an editable hook (e.g. blocks.L.mlp.hook_post), not blocks.1.hook_resid_pre"},
       {"token id = vocab", [](auto& r) { r.mutable_excerpts(1)->set_tokens(2, 300); }, kInvalid, "excerpts[1] has token id 300 outside the vocabulary [0, 300)"},
       {"excerpt longer than the context", [](auto& r) { SetExcerpt(r.mutable_excerpts(0), 33); }, kInvalid, "an excerpt of 33 tokens is longer than n_ctx 32"},
   };
@@ -1349,6 +1373,8 @@ TEST_F(BadRequestCorpusTest, ScoreExplanationOnASmallContextModel) {
   AddSaeTarget(feature.mutable_target(), "res1_standard", {3});
   feature.set_ablation(false);
   ExpectServes("ScoreExplanation", "an SAE feature", Call(&pb::Glassbox::Stub::ScoreExplanation)(feature));
+  feature.set_ablation(true);
+  ExpectServes("ScoreExplanation", "an SAE feature's ablation", Call(&pb::Glassbox::Stub::ScoreExplanation)(feature));
 }
 
 }  // namespace

@@ -540,6 +540,52 @@ TEST_F(ScanJobsTest, UploadedTokenScanEqualsTheEngineRunDirectly) {
   EXPECT_EQ(paged->targets_size(), 0);
 }
 
+TEST_F(ScanJobsTest, HeadTargetsAreNamedAndEqualTheEngine) {
+  pb::StartScanRequest request = TokenScan(RandomDocs(20, 5, 40, 8), 12);
+  SmallOptions(request);
+  auto add = [&](int32_t layer, pb::HeadTargets::Measure measure, int32_t key,
+                 std::vector<int32_t> heads) {
+    auto* h = request.add_targets()->mutable_heads();
+    h->set_layer(layer);
+    h->set_measure(measure);
+    h->set_key(key);
+    for (int32_t i : heads) h->add_heads(i);
+  };
+  add(2, pb::HeadTargets::OUTPUT_NORM, 0, {3, 1});
+  add(1, pb::HeadTargets::ATTENTION_TO_POSITION, 0, {0});
+  add(0, pb::HeadTargets::ATTENTION_TO_OFFSET, 1, {});  // every head
+  AddNeurons(request, "blocks.1.mlp.hook_post", {7});
+
+  const std::vector<pb::ScanTargetResult> expected = RunEngine(request);
+  ASSERT_EQ(expected.size(), 8u);
+  ScanJobs jobs(*store_, *scheduler_, Options());
+  const pb::JobInfo info = RunToEnd(jobs, kAlice, request);
+  ASSERT_EQ(info.state(), pb::JOB_SUCCEEDED) << info.error();
+  const pb::ScanResults results = AllResults(jobs, kAlice, info.job_id());
+  ExpectSameTargets(results.targets(), expected, "job vs engine");
+  ASSERT_EQ(results.targets_size(), 8);
+  EXPECT_EQ(results.targets(0).name(), "L2H3 output norm");
+  EXPECT_EQ(results.targets(0).kind(), "head_output_norm");
+  EXPECT_EQ(results.targets(0).hook(), "blocks.2.attn.hook_result");
+  EXPECT_EQ(results.targets(0).unit(), 3);
+  EXPECT_EQ(results.targets(2).name(), "L1H0 attention to position 0");
+  EXPECT_EQ(results.targets(2).kind(), "head_attention");
+  EXPECT_EQ(results.targets(2).hook(), "blocks.1.attn.hook_pattern");
+  EXPECT_EQ(results.targets(6).name(), "L0H3 attention to 1 back");
+  EXPECT_EQ(results.targets(7).name(), "blocks.1.mlp.hook_post[7]");
+  for (int i = 0; i < 7; ++i) {
+    const pb::ScanTargetResult& t = results.targets(i);
+    SCOPED_TRACE(t.name());
+    EXPECT_EQ(t.top_logits_size(), 0);  // a norm or an attention weight has no output direction
+    EXPECT_GT(t.stats().max(), 0);
+    EXPECT_GE(t.stats().min(), 0);
+    if (t.kind() == "head_attention") {
+      EXPECT_LE(t.stats().max(), 1.0f);
+    }
+  }
+  EXPECT_EQ(results.targets(7).top_logits_size(), 10);
+}
+
 TEST_F(ScanJobsTest, OnePassRawContextScanEqualsTheEngine) {
   // no_bos, no second pass (no quantiles, no histogram), no logit effects, windows to the edges.
   pb::StartScanRequest request = TokenScan(RandomDocs(10, 10, 60, 3), 8);

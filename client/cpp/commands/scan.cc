@@ -47,6 +47,10 @@ constexpr Flag kFlags[] = {
     {"direction", FlagKind::kRepeated, "--direction HOOK:value=V[:name=NAME]",
      "the projection onto a direction at a hook (V: the hook's width in\n"
      "numbers, @FILE.npy or @FILE.safetensors#NAME); repeatable"},
+    {"heads", FlagKind::kRepeated, "--heads LAYER[:LIST][:key_position=P|:key_offset=K]",
+     "attention heads of a layer (no LIST: every one): each head's output\n"
+     "norm, or the attention it pays to key position P (0: BOS) or to the\n"
+     "key K tokens back (1: the previous token); repeatable"},
     {"context_length", FlagKind::kValue, "--context_length N", "tokens per context (default 64)"},
     {"bos", FlagKind::kBool, "--nobos",
      "scan raw token runs; by default each context opens with the model's\n"
@@ -76,7 +80,7 @@ constexpr Flag kFlags[] = {
 
 constexpr char kNotes[] =
     "  Give at least one target. Targets are numbered neurons first, then SAE features, then\n"
-    "  directions, each in command-line order. Without --detach the scan's progress is shown on\n"
+    "  directions, then heads, each in command-line order. Without --detach the scan's progress is shown on\n"
     "  stderr until it ends; the exit code is then the job's (0 succeeded, 1 failed or\n"
     "  cancelled); Ctrl-C stops watching, not the scan (`glassbox job cancel ID`).\n";
 
@@ -164,6 +168,44 @@ absl::StatusOr<glassbox::v1::DirectionTarget> ParseDirection(const std::string& 
   return direction;
 }
 
+// "LAYER[:LIST][:key_position=P|:key_offset=K]".
+absl::StatusOr<glassbox::v1::HeadTargets> ParseHeads(absl::string_view spec) {
+  using glassbox::v1::HeadTargets;
+  const std::vector<absl::string_view> parts = absl::StrSplit(spec, ':');
+  HeadTargets heads;
+  int32_t layer = -1;
+  if (!absl::SimpleAtoi(parts[0], &layer) || layer < 0) {
+    return SpecError("heads", spec, "needs a layer number (>= 0) first");
+  }
+  heads.set_layer(layer);
+  bool listed = false, keyed = false;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const size_t eq = parts[i].find('=');
+    if (eq == absl::string_view::npos) {
+      if (listed) return SpecError("heads", spec, "two lists of heads");
+      GB_ASSIGN_OR_RETURN(std::vector<int32_t> units, ParseUnitList("heads", spec, parts[i]));
+      heads.mutable_heads()->Add(units.begin(), units.end());
+      listed = true;
+      continue;
+    }
+    const absl::string_view key = parts[i].substr(0, eq), value = parts[i].substr(eq + 1);
+    if (key != "key_position" && key != "key_offset") {
+      return SpecError("heads", spec,
+                       absl::StrFormat("unknown key \"%s\" (key_position, key_offset)", key));
+    }
+    if (keyed) return SpecError("heads", spec, "one key: key_position=P or key_offset=K");
+    int32_t k = -1;
+    if (!absl::SimpleAtoi(value, &k) || k < 0) {
+      return SpecError("heads", spec, absl::StrFormat("%s= needs a number >= 0", key));
+    }
+    heads.set_measure(key == "key_position" ? HeadTargets::ATTENTION_TO_POSITION
+                                            : HeadTargets::ATTENTION_TO_OFFSET);
+    heads.set_key(k);
+    keyed = true;
+  }
+  return heads;
+}
+
 absl::Status ParseTargets(const CommandLine& line, StartScanRequest& request) {
   const RawCommandLine& raw = line.raw;
   for (const std::string& spec : raw.Values("neurons")) {
@@ -182,10 +224,13 @@ absl::Status ParseTargets(const CommandLine& line, StartScanRequest& request) {
   for (const std::string& spec : raw.Values("direction")) {
     GB_ASSIGN_OR_RETURN(*request.add_targets()->mutable_direction(), ParseDirection(spec, load));
   }
+  for (const std::string& spec : raw.Values("heads")) {
+    GB_ASSIGN_OR_RETURN(*request.add_targets()->mutable_heads(), ParseHeads(spec));
+  }
   if (request.targets().empty()) {
     return UsageError(
-        "scan needs targets: --neurons HOOK[:LIST], --sae_features SAE[:LIST] or --direction "
-        "HOOK:value=V (each repeatable)");
+        "scan needs targets: --neurons HOOK[:LIST], --sae_features SAE[:LIST], --direction "
+        "HOOK:value=V or --heads LAYER[:LIST] (each repeatable)");
   }
   return absl::OkStatus();
 }
@@ -309,10 +354,12 @@ extern constinit const Command kScanCommand = {
     .synopsis =
         "scan MODEL (--corpus PATH | (--text TEXT | --tokens IDS)...)\n"
         "(--neurons HOOK[:LIST] | --sae_features SAE[:LIST] |\n"
-        " --direction HOOK:value=V[:name=NAME])... [scan flags] [--detach]",
+        " --direction HOOK:value=V[:name=NAME] | --heads LAYER[:LIST][:KEY])...\n"
+        "[scan flags] [--detach]",
     .summary =
-        "a dataset scan on the server (a job): per neuron, SAE feature or direction its\n"
-        "statistics and top-activating contexts; shows progress until it ends",
+        "a dataset scan on the server (a job): per neuron, SAE feature, direction or\n"
+        "attention head its statistics and top-activating contexts; shows progress until\n"
+        "it ends",
     .flags = kFlags,
     .flags_heading = "Scan flags (docs/scans.md; LIST: indices and ranges, 0,5,10-19):",
     .flags_notes = kNotes,

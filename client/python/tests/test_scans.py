@@ -295,6 +295,51 @@ def test_a_scan_equals_brute_force_over_captured_activations(demo, scans, capsys
     assert isinstance(first.top_logits, tuple) and isinstance(first.bottom_logits, tuple)
 
 
+def head_norms(result: np.ndarray) -> np.ndarray:
+    """||hook_result|| per head [.., head, d] -> [.., head], as the server computes it: a float64
+    sum of squares in feature order, its square root, then float32."""
+    acc = np.zeros(result.shape[:-1], dtype=np.float64)
+    for i in range(result.shape[-1]):
+        acc += result[..., i].astype(np.float64) ** 2
+    return np.sqrt(acc).astype(np.float32)
+
+
+def test_head_targets_equal_brute_force_over_captured_heads(demo):
+    length, batch = 20, 16
+    docs = random_documents(seed=21, count=50)
+    contexts = cut_contexts(docs, length)
+    options = dict(top_k=4, random_k=3, quantile_bins=3, per_quantile_k=2, histogram_bins=10, seed=9)
+    job = demo.start_scan(docs, heads=[glassbox.Heads(2, heads=[3, 0]), glassbox.Heads(1, key_position=0),
+                                       glassbox.Heads(0, heads=1, key_offset=1)],
+                          context_length=length, batch_contexts=batch, **options)
+    assert job.wait().state == "succeeded"
+    results = job.all_results()
+    assert [r.name for r in results] == (["L2H3 output norm", "L2H0 output norm"]
+                                         + [f"L1H{h} attention to position 0" for h in range(4)]
+                                         + ["L0H1 attention to 1 back"])
+    assert {r.kind for r in results} == {"head_output_norm", "head_attention"}
+    assert all(r.top_logits == () for r in results)
+
+    hooks = ["blocks.2.attn.hook_result", "blocks.1.attn.hook_pattern", "blocks.0.attn.hook_pattern"]
+    captured = capture(demo, contexts, hooks, batch)
+    norms = head_norms(captured[hooks[0]])  # [n, pos, head]
+    to_bos = captured[hooks[1]][:, :, :, 0]  # [n, head, query]
+    previous = np.zeros(contexts.shape, np.float32)
+    previous[:, 1:] = np.diagonal(captured[hooks[2]][:, 1], offset=-1, axis1=1, axis2=2)
+    columns = [norms[..., 3], norms[..., 0]] + [to_bos[:, h] for h in range(4)] + [previous]
+    for target, (got, acts) in enumerate(zip(results, columns)):
+        check_target(got, acts, contexts, target, options)
+
+    # The same unit scored: its true activations are the pattern's.
+    excerpt = glassbox.ScoredExcerpt(list(contexts[0]), [0.5] * length)
+    score = demo.score_explanation([excerpt], head=glassbox.Heads(1, heads=2, key_position=0))
+    np.testing.assert_array_equal(score.true_activations[0], to_bos[0, 2])
+    with pytest.raises(TypeError, match="one int head"):
+        demo.score_explanation([excerpt], head=glassbox.Heads(1, key_position=0))
+    with pytest.raises(glassbox.InvalidArgument, match="not a head's norm or attention"):
+        demo.score_explanation([excerpt], head=glassbox.Heads(1, heads=2), ablation=True)
+
+
 def test_sae_features_without_bos_equal_sae_encode(scans):
     gpt2 = scans.model("tiny-gpt2")  # no tokenizer, so no BOS: raw contexts, position 0 counted
     length, batch = 16, 8
@@ -489,9 +534,19 @@ def test_scan_requests_are_built_as_documented():
         (dict(neurons="h", max_contexts=0), ValueError, "max_contexts"),
         (dict(directions={"d": [1.0]}), TypeError, r"\(hook, vector\)"),
         (dict(neurons=3), TypeError, "neurons must be"),
+        (dict(heads=[(1, 2)]), TypeError, "heads must be a Heads"),
     ]:
         with pytest.raises(error, match=message):
             scan_request("m", ["text"], **kwargs)
+    heads = scan_request("m", ["t"], heads=[glassbox.Heads(1), glassbox.Heads(2, [0, 3], key_offset=1),
+                                            glassbox.Heads(0, 1, key_position=0)]).targets
+    assert [(h.heads.layer, list(h.heads.heads), h.heads.measure, h.heads.key) for h in heads] == [
+        (1, [], pb.HeadTargets.OUTPUT_NORM, 0), (2, [0, 3], pb.HeadTargets.ATTENTION_TO_OFFSET, 1),
+        (0, [1], pb.HeadTargets.ATTENTION_TO_POSITION, 0)]
+    for kwargs, message in [(dict(layer=-1), "layer"), (dict(layer=0, key_position=0, key_offset=1), "not both"),
+                            (dict(layer=0, key_offset=-2), "key_offset")]:
+        with pytest.raises(ValueError, match=message):
+            glassbox.Heads(**kwargs)
     with pytest.raises(TypeError, match="mixes texts and token ids"):
         scan_request("m", ["a", [1]], neurons="h")
     with pytest.raises(ValueError, match="empty"):

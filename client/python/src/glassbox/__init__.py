@@ -75,6 +75,7 @@ from ._model import Model, RunResult
 from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
 from ._scans import (
     ExplanationScore,
+    Heads,
     JobCancelled,
     JobFailed,
     JobInfo,
@@ -113,7 +114,7 @@ for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture",
               "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer",
               "HeadDetection", "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats",
               "ScanJob", "JobInfo", "ScanTargetResult", "ScanRecord", "ScanQuantile", "ScanStats",
-              "ScanLogit", "ScoredExcerpt", "ExplanationScore"):
+              "ScanLogit", "ScoredExcerpt", "ExplanationScore", "Heads"):
     globals()[_name].__module__ = __name__
 for _cls in list(globals().values()):
     if isinstance(_cls, type) and issubclass(_cls, GlassboxError):
@@ -181,6 +182,7 @@ __all__ = [
     "ScanLogit",
     "ScoredExcerpt",
     "ExplanationScore",
+    "Heads",
     "dashboard_html",
     "write_dashboards",
     "to_neuronpedia_json",

@@ -49,6 +49,8 @@ from ._scans import (
     Corpus,
     DirectionSpec,
     ExplanationScore,
+    Heads,
+    HeadSpec,
     NeuronSpec,
     SaeFeatureSpec,
     ScanJob,
@@ -891,6 +893,7 @@ class Model:
         neurons: NeuronSpec = None,
         sae_features: SaeFeatureSpec = None,
         directions: DirectionSpec = None,
+        heads: HeadSpec = None,
         context_length: int = 64,
         max_contexts: Optional[int] = None,
         text_field: str = "text",
@@ -927,6 +930,10 @@ class Model:
                 ``{"blocks.1.mlp.hook_post": [0, 5]}``.
             sae_features: ``{sae: features or None}``, an SAE name or names (``Model.saes()``).
             directions: ``{name: (hook, vector)}``: the activation is the hook's value · vector.
+            heads: ``Heads(layer, heads=None)``, or a list of them: each head's output norm, or
+                with ``key_position`` / ``key_offset`` the attention it pays to that key (e.g.
+                ``Heads(1, key_offset=1)``: every head of layer 1, attention to the previous
+                token). No logit effects.
             context_length: tokens per context, BOS included (at most ``cfg.n_ctx``).
             max_contexts: scan only the first contexts (None: all, up to the server's
                 ``--scan_max_contexts``).
@@ -944,8 +951,8 @@ class Model:
             seed: the sampled records' seed.
             batch_contexts: contexts per forward pass (None: the server's choice).
 
-        Targets are numbered neurons first, then SAE features, then directions, each in the
-        order given; ``ScanTargetResult.index`` is that number. Errors come at once:
+        Targets are numbered neurons first, then SAE features, then directions, then heads, each
+        in the order given; ``ScanTargetResult.index`` is that number. Errors come at once:
         ``NotFound`` (a corpus file, an SAE), ``InvalidArgument`` (a path outside the corpus
         directory, a corpus that gives no whole context, a line that is not UTF-8, a bad hook
         or index), ``FailedPrecondition`` (a path on a server without ``--corpus_dir``),
@@ -953,7 +960,7 @@ class Model:
         """
         request = scan_request(
             self.name, corpus, neurons=neurons, sae_features=sae_features, directions=directions,
-            context_length=context_length, max_contexts=max_contexts, text_field=text_field,
+            heads=heads, context_length=context_length, max_contexts=max_contexts, text_field=text_field,
             no_bos=no_bos, top_k=top_k, random_k=random_k, quantile_bins=quantile_bins,
             per_quantile_k=per_quantile_k, histogram_bins=histogram_bins,
             window_before=window_before, window_after=window_after, logit_k=logit_k, seed=seed,
@@ -969,18 +976,21 @@ class Model:
         neuron: Optional[Tuple[str, int]] = None,
         sae_feature: Optional[Tuple[str, int]] = None,
         direction: Optional[Tuple[str, Any]] = None,
+        head: Optional[Heads] = None,
         ablation: bool = False,
         mean_activation: Optional[float] = None,
         timeout: Optional[float] = None,
     ) -> ExplanationScore:
         """Scores an explanation of one target by its simulated activations on ``excerpts``
         (Bills et al. 2023; docs/methods.md): the correlation of the simulation with the true
-        activations, and for a neuron with ``ablation`` the ablation score (the neuron set to
-        the calibrated simulation against set to ``mean_activation``, by default the true
-        activations' mean). Name one target: ``neuron=(hook, index)``,
-        ``sae_feature=(sae, feature)`` or ``direction=(hook, vector)``."""
+        activations, and with ``ablation`` (a neuron, SAE feature or direction) the ablation
+        score (the unit set to the calibrated simulation against set to ``mean_activation``, by
+        default the true activations' mean). Name one target: ``neuron=(hook, index)``,
+        ``sae_feature=(sae, feature)``, ``direction=(hook, vector)`` or ``head=Heads(layer, head, ...)``
+        (one head)."""
         request = score_request(self.name, excerpts, neuron=neuron, sae_feature=sae_feature,
-                                direction=direction, ablation=ablation, mean_activation=mean_activation)
+                                direction=direction, head=head, ablation=ablation,
+                                mean_activation=mean_activation)
         return ExplanationScore.from_proto(self._transport.score_explanation(request, timeout=timeout), bool(ablation))
 
     def _captures(self, spec: NamesFilter, stop_at_layer: Optional[int]) -> List[Capture]:

@@ -47,6 +47,47 @@ SaeFeatureSpec = Union[None, str, Sequence[str], Mapping[str, IndexSpec]]
 DirectionSpec = Optional[Mapping[str, Tuple[str, Any]]]
 JobState = Literal["unspecified", "queued", "running", "succeeded", "failed", "cancelled"]
 
+
+@dataclass(frozen=True)
+class Heads:
+    """Attention heads of one layer as scan targets (TransformerLens's ``L{layer}H{head}``).
+
+    By default each head's output norm: the L2 norm of its write into the residual stream
+    (``blocks.{layer}.attn.hook_result``) at every token. With ``key_position``, the attention
+    each query pays to that key position (0: BOS); with ``key_offset``, to the key that many
+    tokens before it (1: the previous token). A key the query cannot see gives 0, as the pattern
+    does. ``heads``: an int, a list of ints or None (every head).
+    """
+
+    layer: int
+    heads: IndexSpec = None
+    key_position: Optional[int] = None
+    key_offset: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.layer) or self.layer < 0:
+            raise ValueError(f"Heads.layer must be an int >= 0, got {self.layer!r}")
+        if self.key_position is not None and self.key_offset is not None:
+            raise ValueError("Heads takes key_position or key_offset, not both")
+        for name in ("key_position", "key_offset"):
+            key = getattr(self, name)
+            if key is not None and (not _is_int(key) or key < 0):
+                raise ValueError(f"Heads.{name} must be an int >= 0, got {key!r}")
+
+    def to_proto(self) -> "pb.HeadTargets":
+        heads = _units(self.heads, f"Heads(layer={self.layer}).heads")
+        if self.key_position is not None:
+            return pb.HeadTargets(layer=int(self.layer), heads=heads, key=int(self.key_position),
+                                  measure=pb.HeadTargets.ATTENTION_TO_POSITION)
+        if self.key_offset is not None:
+            return pb.HeadTargets(layer=int(self.layer), heads=heads, key=int(self.key_offset),
+                                  measure=pb.HeadTargets.ATTENTION_TO_OFFSET)
+        return pb.HeadTargets(layer=int(self.layer), heads=heads, measure=pb.HeadTargets.OUTPUT_NORM)
+
+
+#: Heads: one ``Heads`` or a list of them.
+HeadSpec = Union[None, Heads, Sequence[Heads]]
+
 _STATES: Dict[int, JobState] = {
     pb.JOB_STATE_UNSPECIFIED: "unspecified",
     pb.JOB_QUEUED: "queued",
@@ -491,8 +532,9 @@ def _vector(value: Any, where: str) -> List[float]:
 
 
 def target_protos(neurons: NeuronSpec = None, sae_features: SaeFeatureSpec = None,
-                  directions: DirectionSpec = None) -> List["pb.ScanTarget"]:
-    """The targets in job order: neurons, SAE features, directions, each in the order given."""
+                  directions: DirectionSpec = None, heads: HeadSpec = None) -> List["pb.ScanTarget"]:
+    """The targets in job order: neurons, SAE features, directions, heads, each in the order
+    given."""
     out = [pb.ScanTarget(neurons=pb.NeuronTargets(hook=hook, indices=units))
            for hook, units in _groups(neurons, "neurons")]
     out += [pb.ScanTarget(sae_features=pb.SaeFeatureTargets(sae=sae, features=units))
@@ -505,8 +547,14 @@ def target_protos(neurons: NeuronSpec = None, sae_features: SaeFeatureSpec = Non
                 raise TypeError(f"directions[{name!r}] must be (hook, vector), got {spec!r}")
             out.append(pb.ScanTarget(direction=pb.DirectionTarget(
                 name=str(name), hook=spec[0], vector=_vector(spec[1], f"directions[{name!r}]"))))
+    if heads is not None:
+        groups = [heads] if isinstance(heads, Heads) else list(heads)
+        for group in groups:
+            if not isinstance(group, Heads):
+                raise TypeError(f"heads must be a Heads or a list of them, got {group!r}")
+            out.append(pb.ScanTarget(heads=group.to_proto()))
     if not out:
-        raise ValueError("a scan needs targets: neurons=, sae_features= or directions=")
+        raise ValueError("a scan needs targets: neurons=, sae_features=, directions= or heads=")
     return out
 
 
@@ -533,6 +581,7 @@ def scan_request(
     neurons: NeuronSpec = None,
     sae_features: SaeFeatureSpec = None,
     directions: DirectionSpec = None,
+    heads: HeadSpec = None,
     context_length: int = 64,
     max_contexts: Optional[int] = None,
     text_field: str = "text",
@@ -560,7 +609,7 @@ def scan_request(
     return pb.StartScanRequest(
         model=model,
         corpus=corpus_proto(corpus, max_contexts, text_field),
-        targets=target_protos(neurons, sae_features, directions),
+        targets=target_protos(neurons, sae_features, directions, heads),
         context_length=int(context_length),
         no_bos=bool(no_bos),
         top_k=_count(top_k, "top_k", 1000),
@@ -626,14 +675,15 @@ def score_request(
     neuron: Optional[Tuple[str, int]] = None,
     sae_feature: Optional[Tuple[str, int]] = None,
     direction: Optional[Tuple[str, Any]] = None,
+    head: Optional[Heads] = None,
     ablation: bool = False,
     mean_activation: Optional[float] = None,
 ) -> "pb.ScoreExplanationRequest":
     """The ScoreExplanationRequest of ``Model.score_explanation``."""
-    given = [t for t in (neuron, sae_feature, direction) if t is not None]
+    given = [t for t in (neuron, sae_feature, direction, head) if t is not None]
     if len(given) != 1:
-        raise ValueError("name exactly one target: neuron=(hook, index), sae_feature=(sae, feature) "
-                         "or direction=(hook, vector)")
+        raise ValueError("name exactly one target: neuron=(hook, index), sae_feature=(sae, feature), "
+                         "direction=(hook, vector) or head=Heads(layer, head)")
     for spec, what in ((neuron, "neuron"), (sae_feature, "sae_feature"), (direction, "direction")):
         if spec is not None and not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)):
             raise TypeError(f"{what} must be a (name, {'vector' if what == 'direction' else 'index'}) tuple, got {spec!r}")
@@ -645,9 +695,12 @@ def score_request(
         if not _is_int(sae_feature[1]):
             raise TypeError(f"sae_feature=(sae, feature) takes one int feature, got {sae_feature[1]!r}")
         target = pb.ScanTarget(sae_features=pb.SaeFeatureTargets(sae=sae_feature[0], features=[int(sae_feature[1])]))
-    else:
-        assert direction is not None
+    elif direction is not None:
         target = pb.ScanTarget(direction=pb.DirectionTarget(hook=direction[0], vector=_vector(direction[1], "direction")))
+    else:
+        if not isinstance(head, Heads) or not _is_int(head.heads):
+            raise TypeError(f"head must be Heads(layer, head) with one int head, got {head!r}")
+        target = pb.ScanTarget(heads=head.to_proto())
     protos = []
     for i, excerpt in enumerate(excerpts):
         if not isinstance(excerpt, ScoredExcerpt):
