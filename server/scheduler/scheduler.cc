@@ -1,6 +1,7 @@
 #include "server/scheduler/scheduler.h"
 
 #include <algorithm>
+#include <future>
 
 namespace glassbox {
 
@@ -79,6 +80,19 @@ void Scheduler::Work() {
     std::lock_guard lock(mu_);
     running_.clear();
   }
+}
+
+absl::Status RunOnWorker(Scheduler& scheduler, TaskInfo info,
+                         const std::function<absl::Status()>& work) {
+  auto done = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> result = done->get_future();
+  auto task = std::make_shared<FunctionTask>(
+      std::move(info), [&work, done] { done->set_value(work()); },
+      [done](const absl::Status& why) { done->set_value(why); });
+  if (absl::StatusOr<int64_t> queued = scheduler.Submit(std::move(task)); !queued.ok()) {
+    return queued.status();
+  }
+  return result.get();
 }
 
 }  // namespace glassbox

@@ -81,4 +81,10 @@ class FunctionTask : public Task {
   std::function<void(const absl::Status&)> abandon_;
 };
 
+// Runs `work` alone on the scheduler's worker (a FunctionTask) and waits for it: returns its
+// status, why it was abandoned, or why it could not be queued. `work` may read and write the
+// caller's locals: the caller blocks until it has run or never will.
+absl::Status RunOnWorker(Scheduler& scheduler, TaskInfo info,
+                         const std::function<absl::Status()>& work);
+
 }  // namespace glassbox

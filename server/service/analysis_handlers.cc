@@ -1,7 +1,6 @@
 // The analysis RPCs: translate the request, run the engine's analysis on the device's
 // scheduler, and return its arrays.
 #include <chrono>
-#include <future>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -73,23 +72,19 @@ absl::Status GlassboxService::OnDevice(const grpc::ServerContext* context, const
     r.model = model;
     r.tokens = tokens;
   });
-  auto done = std::make_shared<std::promise<absl::Status>>();
-  std::future<absl::Status> result = done->get_future();
   const auto queued_at = std::chrono::steady_clock::now();
   double queue_seconds = 0, run_seconds = 0;
-  auto task = std::make_shared<FunctionTask>(
-      TaskInfo{.owner = caller.cache().owner, .rpc = std::move(rpc), .model = std::move(model),
-               .tokens = tokens},
-      [&, done, queued_at] {
+  absl::Status status = RunOnWorker(
+      scheduler_,
+      {.owner = caller.cache().owner, .rpc = std::move(rpc), .model = std::move(model),
+       .tokens = tokens},
+      [&] {
         const auto start = std::chrono::steady_clock::now();
         queue_seconds = std::chrono::duration<double>(start - queued_at).count();
-        absl::Status status = work();
+        absl::Status done = work();
         run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        done->set_value(std::move(status));
-      },
-      [done](const absl::Status& why) { done->set_value(why); });
-  if (auto queued = scheduler_.Submit(task); !queued.ok()) return queued.status();
-  absl::Status status = result.get();
+        return done;
+      });
   metrics_.Annotate(context, [&](RequestRecord& r) {
     r.queue_seconds = queue_seconds;
     r.run_seconds = run_seconds;

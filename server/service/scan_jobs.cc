@@ -5,7 +5,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -425,22 +424,17 @@ void ScanJobs::Execute(const std::shared_ptr<Job>& job) {
 }
 
 absl::Status ScanJobs::RunBatchOnDevice(Job& job, const Tensor& batch) {
-  auto done = std::make_shared<std::promise<absl::Status>>();
-  std::future<absl::Status> result = done->get_future();
   const pb::JobInfo info = [&] {
     std::lock_guard lock(mu_);
     return job.stored.info();
   }();
-  auto task = std::make_shared<FunctionTask>(
-      TaskInfo{.owner = info.owner(), .rpc = "Scan", .model = info.model(),
-               .tokens = batch.numel(), .background = true},
-      [&, done] {
-        done->set_value(ScanContexts(*job.scan.served->model, job.scan.plan, batch, *job.state,
-                                     &job.cancelled, job.replay.get()));
-      },
-      [done](const absl::Status& why) { done->set_value(why); });
-  GB_RETURN_IF_ERROR(scheduler_.Submit(task).status());
-  return result.get();
+  return RunOnWorker(scheduler_,
+                     {.owner = info.owner(), .rpc = "Scan", .model = info.model(),
+                      .tokens = batch.numel(), .background = true},
+                     [&] {
+                       return ScanContexts(*job.scan.served->model, job.scan.plan, batch,
+                                           *job.state, &job.cancelled, job.replay.get());
+                     });
 }
 
 absl::Status ScanJobs::Scan(const std::shared_ptr<Job>& job_ptr) {
@@ -567,14 +561,9 @@ absl::Status ScanJobs::FillResults(Job& job_ref, const pb::JobInfo& info, int64_
   const int32_t asked = job->stored.request().logit_k();
   const int64_t k = asked == 0 ? 10 : asked < 0 ? 0 : asked;
   if (k == 0 || results.targets_size() == 0) return absl::OkStatus();
-  auto done = std::make_shared<std::promise<absl::Status>>();
-  std::future<absl::Status> finished = done->get_future();
-  auto task = std::make_shared<FunctionTask>(
-      TaskInfo{.owner = info.owner(), .rpc = "GetScanResults", .model = info.model()},
-      [&, done] { done->set_value(AddLogitEffects(job->scan, k, results)); },
-      [done](const absl::Status& why) { done->set_value(why); });
-  GB_RETURN_IF_ERROR(scheduler_.Submit(task).status());
-  return finished.get();
+  return RunOnWorker(scheduler_,
+                     {.owner = info.owner(), .rpc = "GetScanResults", .model = info.model()},
+                     [&] { return AddLogitEffects(job->scan, k, results); });
 }
 
 void ScanJobs::KeepResultsOf(const std::shared_ptr<Job>& job) const {

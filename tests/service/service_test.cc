@@ -591,7 +591,9 @@ TEST_F(ServiceTest, GenerateCapturesAtTheEndEqualARunOfTheSequences) {
   std::vector<pb::GenerateCaptures> finals;
   pb::GenerateSummary summary;
   while (reader->Read(&response)) {
-    if (response.has_step()) EXPECT_EQ(response.step().captures_size(), 0);
+    if (response.has_step()) {
+      EXPECT_EQ(response.step().captures_size(), 0);
+    }
     if (response.has_final_captures()) finals.push_back(response.final_captures());
     if (response.has_summary()) summary = response.summary();
   }
