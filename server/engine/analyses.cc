@@ -8,30 +8,17 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/engine/host_captures.h"
 #include "server/engine/host_math.h"
 
 namespace glassbox {
 namespace {
 
-// Host copies of captured values by hook name.
-class HostSink : public CaptureSink {
- public:
-  explicit HostSink(Backend& backend) : backend_(backend) {}
-  absl::Status OnCapture(HookId, const HookInfo& info, const Tensor& value) override {
-    GB_ASSIGN_OR_RETURN(values[info.name], CopyToHostF32(backend_, value));
-    return absl::OkStatus();
-  }
-  std::map<std::string, Tensor> values;
-
- private:
-  Backend& backend_;
-};
-
-absl::StatusOr<HostSink> RunCapturing(const Transformer& model, const Tensor& tokens,
+absl::StatusOr<HostCaptures> RunCapturing(const Transformer& model, const Tensor& tokens,
                                       const Tensor& mask, const std::vector<std::string>& hooks) {
   HookPlan plan(model.hooks());
   for (const std::string& h : hooks) GB_RETURN_IF_ERROR(plan.Capture(h));
-  HostSink sink(model.backend());
+  HostCaptures sink(model.backend());
   GB_RETURN_IF_ERROR(model.Forward({.tokens = tokens, .attention_mask = mask}, plan, &sink,
                                    {.logits = LogitsMode::kNone}).status());
   return sink;
@@ -61,7 +48,7 @@ absl::StatusOr<LogitLensResult> RunLogitLens(const Transformer& model, const Log
   }
   GB_RETURN_IF_ERROR(CheckTokens(model, request.target_tokens, "target token"));
   const std::string last_post = absl::StrCat("blocks.", c.n_layers - 1, ".hook_resid_post");
-  GB_ASSIGN_OR_RETURN(HostSink sink, RunCapturing(model, request.tokens, request.attention_mask,
+  GB_ASSIGN_OR_RETURN(HostCaptures sink, RunCapturing(model, request.tokens, request.attention_mask,
                                                   {"blocks.*.hook_resid_pre", last_post}));
   const int64_t batch = request.tokens.dim(0), seq = request.tokens.dim(1), rows = batch * seq;
   const int64_t layers = c.n_layers + 1, k = request.top_k, vocab = c.vocab_size;
@@ -76,7 +63,7 @@ absl::StatusOr<LogitLensResult> RunLogitLens(const Transformer& model, const Log
     result.labels.push_back(l < c.n_layers ? absl::StrCat(l, "_pre") : "final_post");
     // The final norm recomputed on this layer's residual, then the unembedding, on the backend,
     // a chunk of rows at a time: [rows, vocab] logits for a long batch would not fit.
-    const Tensor all = sink.values.at(name).Reshape({rows, c.d_model});
+    const Tensor all = sink.at(name).Reshape({rows, c.d_model});
     const int64_t chunk = std::max<int64_t>(1, kLensChunkLogits / vocab);
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
       const int64_t n = std::min(chunk, rows - r0);
@@ -142,7 +129,7 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
   std::vector<std::string> hooks = {"hook_embed", "blocks.*.attn.hook_result", "blocks.*.hook_mlp_out",
                                     "blocks.*.hook_resid_post", "ln_final.hook_scale"};
   if (c.positional == PositionalKind::kLearned) hooks.push_back("hook_pos_embed");
-  GB_ASSIGN_OR_RETURN(HostSink sink, RunCapturing(model, request.tokens, mask, hooks));
+  GB_ASSIGN_OR_RETURN(HostCaptures sink, RunCapturing(model, request.tokens, mask, hooks));
   // Direction in the residual stream: w_f ∘ (W_U[t] − W_U[t2]).
   const ModelWeights& w = model.weights();
   GB_ASSIGN_OR_RETURN(Tensor unembed, CopyToHostF32(be, w.unembed));
@@ -162,7 +149,7 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
     direction[i] = raw_direction[i] * norm_w.data<float>()[i];
   }
   const bool center = c.norm == NormKind::kLayerNorm;
-  const Tensor& scale = sink.values.at("ln_final.hook_scale");  // [batch, pos, 1]
+  const Tensor& scale = sink.at("ln_final.hook_scale");  // [batch, pos, 1]
 
   // Components in order, each a function giving y_c for row b at the chosen position.
   struct Component {
@@ -174,12 +161,12 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
     return t.data<float>() + ((b * seq + index[b]) * stride_heads + head) * d;
   };
   components.push_back({"embed", [&](int64_t b, std::vector<double>& y) {
-                          const float* v = row_of(sink.values.at("hook_embed"), b, 1, 0);
+                          const float* v = row_of(sink.at("hook_embed"), b, 1, 0);
                           y.assign(v, v + d);
                         }});
-  if (sink.values.count("hook_pos_embed")) {
+  if (sink.has("hook_pos_embed")) {
     components.push_back({"pos_embed", [&](int64_t b, std::vector<double>& y) {
-                            const float* v = row_of(sink.values.at("hook_pos_embed"), b, 1, 0);
+                            const float* v = row_of(sink.at("hook_pos_embed"), b, 1, 0);
                             y.assign(v, v + d);
                           }});
   }
@@ -195,7 +182,7 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
     const std::string result = absl::StrCat("blocks.", l, ".attn.hook_result");
     for (int64_t h = 0; h < c.n_heads; ++h) {
       components.push_back({absl::StrCat("L", l, "H", h), [&, result, h](int64_t b, std::vector<double>& y) {
-                              const float* v = row_of(sink.values.at(result), b, c.n_heads, h);
+                              const float* v = row_of(sink.at(result), b, c.n_heads, h);
                               y.assign(v, v + d);
                             }});
     }
@@ -206,7 +193,7 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
     }
     const std::string mlp = absl::StrCat("blocks.", l, ".hook_mlp_out");
     components.push_back({absl::StrCat("L", l, ".mlp_out"), [&, mlp](int64_t b, std::vector<double>& y) {
-                            const float* v = row_of(sink.values.at(mlp), b, 1, 0);
+                            const float* v = row_of(sink.at(mlp), b, 1, 0);
                             y.assign(v, v + d);
                           }});
   }
@@ -227,7 +214,7 @@ absl::StatusOr<DlaResult> RunDirectLogitAttribution(const Transformer& model, co
       result.attributions.data<float>()[ci * batch + b] = static_cast<float>(dot / s);
     }
     // The model's own logit (difference) from the final residual, for the caller's check.
-    const float* final_resid = row_of(sink.values.at(absl::StrCat("blocks.", c.n_layers - 1, ".hook_resid_post")), b, 1, 0);
+    const float* final_resid = row_of(sink.at(absl::StrCat("blocks.", c.n_layers - 1, ".hook_resid_post")), b, 1, 0);
     const double mean = center ? std::accumulate(final_resid, final_resid + d, 0.0) / static_cast<double>(d) : 0.0;
     double logit = unembed_bias, constant = unembed_bias;
     for (int64_t i = 0; i < d; ++i) {
@@ -259,13 +246,13 @@ absl::StatusOr<std::vector<AttentionNormsLayer>> RunAttentionNorms(const Transfo
     hooks.push_back(absl::StrCat("blocks.", l, ".attn.hook_pattern"));
     hooks.push_back(absl::StrCat("blocks.", l, ".attn.hook_v"));
   }
-  GB_ASSIGN_OR_RETURN(HostSink sink, RunCapturing(model, request.tokens, request.attention_mask, hooks));
+  GB_ASSIGN_OR_RETURN(HostCaptures sink, RunCapturing(model, request.tokens, request.attention_mask, hooks));
   const int64_t batch = request.tokens.dim(0), seq = request.tokens.dim(1);
   const int64_t heads = c.n_heads, group = c.n_heads / c.n_kv_heads, dh = c.d_head, d = c.d_model;
   std::vector<AttentionNormsLayer> out;
   for (int l : layers) {
-    const Tensor& pattern = sink.values.at(absl::StrCat("blocks.", l, ".attn.hook_pattern"));
-    const Tensor& v = sink.values.at(absl::StrCat("blocks.", l, ".attn.hook_v"));  // [B, S, Hkv, Dh]
+    const Tensor& pattern = sink.at(absl::StrCat("blocks.", l, ".attn.hook_pattern"));
+    const Tensor& v = sink.at(absl::StrCat("blocks.", l, ".attn.hook_v"));  // [B, S, Hkv, Dh]
     // f_h(u_j) = v_j^{kv(h)} W_O^h for every (b, j, h): expand v to query heads, then project.
     Tensor expanded = Tensor::EmptyHost(DType::kF32, {batch, seq, heads, dh});
     for (int64_t bj = 0; bj < batch * seq; ++bj) {

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
-#include "server/engine/host_math.h"
+#include "server/engine/host_captures.h"
 #include "server/engine/intervention.h"
 #include "server/engine/sae_encode.h"
 #include "server/engine/sae_hooks.h"
@@ -17,19 +17,6 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // Logits held at once per pass: rows x positions x vocab f32 (128 MiB).
 constexpr int64_t kLogitValues = int64_t{32} << 20;
-
-class OneHook : public CaptureSink {
- public:
-  explicit OneHook(Backend& backend) : backend_(backend) {}
-  absl::Status OnCapture(HookId, const HookInfo&, const Tensor& value) override {
-    GB_ASSIGN_OR_RETURN(value_, CopyToHostF32(backend_, value));
-    return absl::OkStatus();
-  }
-  Tensor value_;
-
- private:
-  Backend& backend_;
-};
 
 // Excerpts [first, first + n) right-padded: tokens and mask [n, longest].
 std::pair<Tensor, Tensor> PadRows(const std::vector<ScoredExcerpt>& excerpts, size_t first,
@@ -214,13 +201,13 @@ absl::StatusOr<ExplanationScores> ScoreExplanation(const Transformer& model,
     auto [tokens, mask] = PadRows(request.excerpts, first, n, longest);
     HookPlan plan(model.hooks());
     plan.CaptureId(group.hook);
-    OneHook sink(model.backend());
+    HostCaptures sink(model.backend());
     ForwardOptions options{.logits = ablate ? LogitsMode::kAll : LogitsMode::kNone,
                            .cancelled = request.cancelled};
     if (!ablate) options.stop_at_layer = StopAtLayerReaching(info, model.config());
     GB_ASSIGN_OR_RETURN(ForwardOutput out,
                         model.Forward({.tokens = tokens, .attention_mask = mask}, plan, &sink, options));
-    GB_ASSIGN_OR_RETURN(Tensor acts, GroupActivations(group, info, sink.value_));
+    GB_ASSIGN_OR_RETURN(Tensor acts, GroupActivations(group, info, sink.at(group.hook)));
     const int64_t full = acts.dim(1);
     for (size_t r = 0; r < n; ++r) {
       const ScoredExcerpt& e = request.excerpts[first + r];

@@ -8,7 +8,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
-#include "server/engine/host_math.h"
+#include "server/engine/host_captures.h"
 #include "server/engine/sae_encode.h"
 
 namespace glassbox {
@@ -19,20 +19,6 @@ constexpr char kStateMagic[8] = {'G', 'B', 'S', 'C', 'A', 'N', '1', '\0'};
 constexpr int64_t kChunkValues = int64_t{8} << 20;
 // Targets transposed together: 16 f32 are one cache line of a row of activations.
 constexpr int64_t kTile = 16;
-
-// The captured values of the scan's hooks, on the host.
-class HookValues : public CaptureSink {
- public:
-  explicit HookValues(Backend& backend) : backend_(backend) {}
-  absl::Status OnCapture(HookId id, const HookInfo&, const Tensor& value) override {
-    GB_ASSIGN_OR_RETURN(values[id], CopyToHostF32(backend_, value));
-    return absl::OkStatus();
-  }
-  std::map<HookId, Tensor> values;
-
- private:
-  Backend& backend_;
-};
 
 // [batch, pos, ...]: the hooks a scan can read, one activation vector per token.
 bool IsPerToken(const HookInfo& info) {
@@ -318,7 +304,7 @@ absl::Status ScanContexts(const Transformer& model, const ScanPlan& plan, const 
     const int stop = StopAtLayerReaching(model.hooks().info(g.hook), model.config());
     stop_at = stop < 0 || stop_at < 0 ? -1 : std::max(stop_at, stop);
   }
-  HookValues captured(model.backend());
+  HostCaptures captured(model.backend());
   GB_RETURN_IF_ERROR(model
                          .Forward({.tokens = contexts}, hook_plan, &captured,
                                   {.logits = LogitsMode::kNone, .stop_at_layer = stop_at,
@@ -328,7 +314,7 @@ absl::Status ScanContexts(const Transformer& model, const ScanPlan& plan, const 
   for (const ScanTargetGroup& g : plan.groups) {
     const HookInfo& info = model.hooks().info(g.hook);
     const int64_t full = g.Width(info), count = g.size(info);
-    const Tensor& value = captured.values.at(g.hook);
+    const Tensor& value = captured.at(g.hook);
     const int64_t chunk_contexts = std::max<int64_t>(1, kChunkValues / (len * full));
     for (int64_t c0 = 0; c0 < n; c0 += chunk_contexts) {
       const int64_t cn = std::min(chunk_contexts, n - c0), rows = cn * len;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "server/engine/host_captures.h"
 #include "server/engine/host_math.h"
 #include "server/engine/kv_cache.h"
 #include "server/engine/step_capture.h"
@@ -51,24 +52,6 @@ absl::Status Validate(const Transformer& model, const std::vector<std::vector<in
   }
   return absl::OkStatus();
 }
-
-// Host copies of what the plan captures during one step's pass, in forward order.
-class StepSink : public CaptureSink {
- public:
-  explicit StepSink(Backend& backend) : backend_(backend) {}
-  absl::Status OnCapture(HookId id, const HookInfo& info, const Tensor& value) override {
-    GB_ASSIGN_OR_RETURN(Tensor host, CopyToHostF32(backend_, value));
-    // A copy: the host value may alias a buffer the pass goes on to reuse.
-    Tensor kept = Tensor::EmptyHost(DType::kF32, host.shape());
-    std::copy_n(host.data<float>(), host.numel(), kept.data<float>());
-    values.push_back({.hook = id, .info = info, .value = std::move(kept)});
-    return absl::OkStatus();
-  }
-  std::vector<StepCapture> values;
-
- private:
-  Backend& backend_;
-};
 
 // Whether `text` now ends in a stop string that its last `added` bytes helped complete.
 bool CompletesStopString(const std::string& text, size_t added,
@@ -141,7 +124,7 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
       std::copy(tokens[r].begin() + from, tokens[r].end(), ids.data<int32_t>() + r * (width - from));
       std::copy(mask[r].begin() + from, mask[r].end(), attention.data<int32_t>() + r * (width - from));
     }
-    StepSink sink(model.backend());
+    HostCaptures sink(model.backend(), /*copy_host_values=*/true);
     auto forward = model.Forward(
         {.tokens = ids, .attention_mask = attention, .cache = cache ? &*cache : nullptr}, plan,
         &sink, options);
@@ -159,17 +142,18 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model,
                           .captures = {}, .capture_lengths = {}};
     emitted.top.resize(rows);
     emitted.texts.resize(rows);
-    if (!sink.values.empty()) {
+    if (!sink.values().empty()) {
       StepLayout layout{.whole_prompt = step == 0 && params.capture_prompt};
       for (int64_t r = 0; r < rows; ++r) {
         layout.pad.push_back(static_cast<int64_t>(longest - prompts[r].size()));
         layout.lengths.push_back(layout.whole_prompt ? static_cast<int32_t>(prompts[r].size())
                                                      : done[r] ? 0 : 1);
       }
-      for (StepCapture& captured : sink.values) {
-        captured.value = CutStepCapture(captured.info, captured.value, layout);
+      for (HostCaptures::Value& captured : sink.TakeValues()) {
+        emitted.captures.push_back(
+            {.hook = captured.id, .info = captured.info,
+             .value = CutStepCapture(captured.info, captured.value, layout)});
       }
-      emitted.captures = std::move(sink.values);
       emitted.capture_lengths = layout.lengths;
     }
     for (int64_t r = 0; r < rows; ++r) {

@@ -3,7 +3,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
-#include "server/engine/host_math.h"
+#include "server/engine/host_captures.h"
 
 namespace glassbox {
 namespace {
@@ -36,20 +36,6 @@ SweepShape ShapeOf(SweepKind kind) {
 int64_t HeadsOf(const ModelConfig& c, SweepKind kind) {
   return kind == SweepKind::kKAllPos || kind == SweepKind::kVAllPos ? c.n_kv_heads : c.n_heads;
 }
-
-// Keeps host f32 copies of captured values by layer.
-class LayerValues : public CaptureSink {
- public:
-  explicit LayerValues(Backend& backend) : backend_(backend) {}
-  absl::Status OnCapture(HookId, const HookInfo& info, const Tensor& value) override {
-    GB_ASSIGN_OR_RETURN(by_layer[info.layer], CopyToHostF32(backend_, value));
-    return absl::OkStatus();
-  }
-  std::map<int, Tensor> by_layer;
-
- private:
-  Backend& backend_;
-};
 
 // The metric of each row, from the outputs MetricOptions asked for: last-position logits
 // [rows, vocab] for the logit difference, log p(token_a) at the last position [rows, 1] (log-probs
@@ -139,7 +125,7 @@ absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
   // The clean run, keeping the swept hook at every layer.
   HookPlan clean_plan(hooks);
   for (int l = 0; l < c.n_layers; ++l) clean_plan.CaptureId(hooks.Find(shape.hook, l));
-  LayerValues clean_values(model.backend());
+  HostCaptures clean_values(model.backend());
   const ForwardOptions options = MetricOptions(request.metric, request.cancelled);
   GB_ASSIGN_OR_RETURN(ForwardOutput clean_out, model.Forward({.tokens = clean}, clean_plan, &clean_values, options));
   HookPlan empty(hooks);
@@ -192,7 +178,7 @@ absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
       for (int64_t b = 0; b < pairs; ++b) patch.select.rows.push_back(static_cast<int32_t>(i * pairs + b));
       if (shape.by_position) patch.select.positions = {cell.pos};
       if (shape.by_head) patch.select.heads = {cell.head};
-      patch.value = clean_values.by_layer.at(cell.layer);
+      patch.value = clean_values.at(patch.hook);
       patch.source_rows = source_rows;
       GB_RETURN_IF_ERROR(plan.AddIntervention(std::move(patch)));
     }

@@ -4,27 +4,12 @@
 #include <numeric>
 
 #include "base/status_macros.h"
-#include "server/engine/host_math.h"
+#include "server/engine/host_captures.h"
 #include "server/engine/intervention.h"
 #include "server/engine/sae/sae_stats.h"
 
 namespace glassbox {
 namespace {
-
-// Holds the one hook value the pass captures, on the host.
-class KeepSink : public CaptureSink {
- public:
-  explicit KeepSink(Backend& backend) : backend_(backend) {}
-  absl::Status OnCapture(HookId, const HookInfo&, const Tensor& value) override {
-    GB_ASSIGN_OR_RETURN(value_, CopyToHostF32(backend_, value));
-    return absl::OkStatus();
-  }
-  const Tensor& value() const { return value_; }
-
- private:
-  Backend& backend_;
-  Tensor value_;
-};
 
 // Keeps the k largest activations of each row (descending value, ties by lower index).
 SparseActs TopKPerRow(const SparseActs& all, int64_t k) {
@@ -60,7 +45,7 @@ absl::StatusOr<SaeEncodeResult> RunSaeEncode(const Transformer& model, const Sae
   if (options.top_k < 0) return absl::InvalidArgumentError("top_k must be >= 0");
   HookPlan plan(model.hooks());
   plan.CaptureId(hook);
-  KeepSink sink(model.backend());
+  HostCaptures sink(model.backend());
   const HookInfo& info = model.hooks().info(hook);
   GB_RETURN_IF_ERROR(
       model
@@ -80,7 +65,7 @@ absl::StatusOr<SaeEncodeResult> RunSaeEncode(const Transformer& model, const Sae
   const int64_t n = static_cast<int64_t>(real.size());
   Tensor x = Tensor::EmptyHost(DType::kF32, {n, d_in});
   for (int64_t t = 0; t < n; ++t) {
-    std::copy_n(sink.value().data<float>() + real[t] * d_in, d_in, x.data<float>() + t * d_in);
+    std::copy_n(sink.at(hook).data<float>() + real[t] * d_in, d_in, x.data<float>() + t * d_in);
   }
   SaeNormState norm;
   GB_ASSIGN_OR_RETURN(SparseActs all, sae.EncodeSparse(x, {}, &norm));

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "server/engine/capture.h"
-#include "server/engine/host_math.h"
+#include "server/engine/host_captures.h"
 
 namespace glassbox {
 
@@ -37,27 +37,6 @@ absl::Status GenerateJob::AddCaptures(
   return absl::OkStatus();
 }
 
-namespace {
-
-// Host copies of what a pass captures, in forward order.
-class HostSink : public CaptureSink {
- public:
-  explicit HostSink(Backend& backend) : backend_(backend) {}
-  absl::Status OnCapture(HookId id, const HookInfo& info, const Tensor& value) override {
-    GB_ASSIGN_OR_RETURN(Tensor host, CopyToHostF32(backend_, value));
-    Tensor kept = Tensor::EmptyHost(DType::kF32, host.shape());
-    std::copy_n(host.data<float>(), host.numel(), kept.data<float>());
-    values.emplace_back(id, std::move(kept));
-    return absl::OkStatus();
-  }
-  std::vector<std::pair<HookId, Tensor>> values;
-
- private:
-  Backend& backend_;
-};
-
-}  // namespace
-
 absl::Status GenerateJob::CaptureAtEnd(const HookPlan& hook_plan, const GenerateResult& result,
                                        bool unsteered) {
   const Transformer& model = *plan_.model->model;
@@ -76,7 +55,7 @@ absl::Status GenerateJob::CaptureAtEnd(const HookPlan& hook_plan, const Generate
     std::copy(result.generated[r].begin(), result.generated[r].end(), t);
     std::fill_n(mask.data<int32_t>() + r * longest, lengths[r], 1);
   }
-  HostSink sink(model.backend());
+  HostCaptures sink(model.backend(), /*copy_host_values=*/true);
   GB_RETURN_IF_ERROR(model.Forward({.tokens = tokens, .attention_mask = mask}, hook_plan, &sink,
                                    {.logits = LogitsMode::kNone, .cancelled = &cancelled_})
                          .status());
@@ -84,8 +63,8 @@ absl::Status GenerateJob::CaptureAtEnd(const HookPlan& hook_plan, const Generate
   auto* out = message.mutable_final_captures();
   out->mutable_sequence_lengths()->Add(lengths.begin(), lengths.end());
   out->set_unsteered(unsteered);
-  for (const auto& [hook, value] : sink.values) {
-    GB_RETURN_IF_ERROR(AddCaptures(hook, value, lengths, out->mutable_captures()));
+  for (const HostCaptures::Value& captured : sink.values()) {
+    GB_RETURN_IF_ERROR(AddCaptures(captured.id, captured.value, lengths, out->mutable_captures()));
   }
   const size_t bytes = message.ByteSizeLong();
   return Emit(std::move(message), bytes);
