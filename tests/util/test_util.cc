@@ -27,6 +27,12 @@ std::map<std::string, Tensor> ReadAllTensors(const std::string& path) {
         out[view.name] = t;
         break;
       }
+      case SafetensorsDtype::kI32: {
+        Tensor t = Tensor::EmptyHost(DType::kI32, view.shape);
+        std::memcpy(t.raw_data(), src, n * 4);
+        out[view.name] = t;
+        break;
+      }
       case SafetensorsDtype::kI64: {
         Tensor t = Tensor::EmptyHost(DType::kI32, view.shape);
         for (int64_t i = 0; i < n; ++i) {

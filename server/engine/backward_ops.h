@@ -1,0 +1,41 @@
+// The backward of the forward pass's ops with respect to their inputs (never their weights), on
+// host f32 values: what a gradient needs. Each takes the gradient arriving at the op's output
+// and what the forward pass captured there (TransformerLens's hook values), and returns the
+// gradients at the op's hook points and input. Plain CPU references, written for clarity; the
+// CUDA backend will get its own kernels checked against these.
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "base/activation.h"
+#include "kernels/tensor.h"
+
+namespace glassbox::backward {
+
+// LayerNorm (centered) or RMSNorm over the last axis: x̂ = (x − mean(x)) / scale (or x / scale),
+// scale = sqrt(mean(x̂ numerator²) + eps), y = x̂ · w (+ b). From dy, the gradients at
+// hook_normalized (x̂), at hook_scale ([.., 1]) and at x. `weight` [d] may be undefined (1).
+struct NormGrads {
+  Tensor normalized, scale, input;
+};
+NormGrads NormBackward(const Tensor& dy, const Tensor& normalized, const Tensor& scale,
+                       const Tensor& weight, bool centered);
+
+// y = act(x) elementwise: dx = dy · act'(x).
+Tensor ActivationBackward(Activation act, const Tensor& dy, const Tensor& x);
+// act'(x), in double.
+double ActivationDerivative(Activation act, double x);
+
+// Attention of one layer, TransformerLens's shapes: q [B, S, H, Dh], k and v [B, S, Hkv, Dh]
+// (query head h reads kv head h / (H / Hkv)), pattern [B, H, S, S] (0 where a key is not
+// visible), z[b, s, h] = Σ_t pattern[b, h, s, t] v[b, t, h'], scores = scale · q · k. From dz
+// [B, S, H, Dh], the gradients at hook_pattern, hook_attn_scores, hook_q, hook_k and hook_v.
+struct AttentionGrads {
+  Tensor pattern, scores, q, k, v;
+};
+AttentionGrads AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, const Tensor& pattern, double scale);
+
+// y = x · wᵀ (+ b) with w [n, k], x and y flattened to rows: dx [rows, k] = dy [rows, n] · w.
+absl::StatusOr<Tensor> LinearInputBackward(const Tensor& dy, const Tensor& w);
+
+}  // namespace glassbox::backward

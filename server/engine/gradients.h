@@ -1,0 +1,48 @@
+// Gradients of a scalar metric of the logits with respect to the activations at the model's hook
+// points (TransformerLens's backward hooks): one forward pass that captures every hook, then the
+// backward of each block from the captured values (backward_ops.h), on the host in f32.
+//
+// So far for GPT-2-style blocks: a LayerNorm or RMSNorm before attention and before the MLP,
+// learned positions, an ungated MLP, grouped or full attention, no soft-capping and no sliding
+// window; rows without padding; no interventions. Anything else is UNIMPLEMENTED, by name.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/engine/transformer.h"
+
+namespace glassbox {
+
+// The metric of each row, at one position: a logit, a logit difference, or a log-probability.
+struct GradientMetric {
+  enum class Kind : uint8_t { kLogit, kLogitDiff, kLogProb };
+  Kind kind = Kind::kLogitDiff;
+  int32_t position = -1;  // negative: from the end (-1 is the last token)
+  int32_t token_a = 0;    // the logit, the log-probability's token, or the difference's minuend
+  int32_t token_b = 0;    // kLogitDiff: subtracted
+};
+
+struct GradientRequest {
+  Tensor tokens;  // [batch, seq] i32, host; every token real
+  GradientMetric metric;
+  std::vector<HookId> hooks;  // the gradients wanted
+  const std::atomic<bool>* cancelled = nullptr;
+};
+
+struct GradientResult {
+  std::vector<double> metric;  // each row's value
+  // d(metric of row b) / d(hook value of row b), for each requested hook in order: host f32,
+  // the hook's shape. Rows do not interact, so one backward of the sum gives every row's.
+  std::vector<Tensor> gradients;
+};
+
+// UNIMPLEMENTED when the model's blocks are not of the supported kind (see above).
+absl::Status CheckGradientsSupported(const ModelConfig& config);
+
+absl::StatusOr<GradientResult> ComputeGradients(const Transformer& model,
+                                                const GradientRequest& request);
+
+}  // namespace glassbox

@@ -1,0 +1,149 @@
+// Gradients at every hook point against TransformerLens's backward hooks on the same weights in
+// float64 (torch autograd; tests/reference/make_gradient_fixtures.py), for three metrics of the
+// logits, on the tiny GPT-2 fixture and the demo model.
+#include "server/engine/gradients.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/util/test_util.h"
+
+namespace glassbox {
+namespace {
+
+using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::NormRelativeError;
+using ::glassbox::testing::ReadAllTensors;
+using ::testing::HasSubstr;
+
+std::string ModelDir(const std::string& name) {
+  return name == "demo" ? std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"
+                        : FixturePath("models/" + name);
+}
+
+// The metrics the fixture script computed (its "metrics" metadata).
+struct MetricCase {
+  std::string name;
+  GradientMetric metric;
+};
+const std::vector<MetricCase>& Metrics() {
+  static const auto* cases = new std::vector<MetricCase>{
+      {"logit_diff", {.kind = GradientMetric::Kind::kLogitDiff, .position = 6, .token_a = 17, .token_b = 42}},
+      {"log_prob", {.kind = GradientMetric::Kind::kLogProb, .position = 3, .token_a = 29}},
+      {"logit", {.kind = GradientMetric::Kind::kLogit, .position = -2, .token_a = 8}},  // 5 of 7
+  };
+  return *cases;
+}
+
+class GradientsTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GradientsTest, EveryHookEqualsTransformerLensAutograd) {
+  auto model = Transformer::Load(ModelDir(GetParam()), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const auto expected = ReadAllTensors(FixturePath("expected/" + GetParam() + ".gradients.safetensors"));
+  const Tensor& tokens = expected.at("tokens");
+  int metrics = 0;
+  for (const MetricCase& c : Metrics()) {
+    if (!expected.count(c.name + ".value")) continue;  // the demo file holds logit_diff only
+    ++metrics;
+    SCOPED_TRACE(c.name);
+    // Every hook the reference has a gradient for.
+    std::vector<HookId> hooks;
+    std::vector<std::string> names;
+    const std::string prefix = c.name + ".grad.";
+    for (const auto& [key, value] : expected) {
+      if (!absl::StartsWith(key, prefix)) continue;
+      const std::string name = key.substr(prefix.size());
+      // TransformerLens 3's unembedding hooks (its input is ln_final's output) have no Glassbox
+      // hook point; every other one must.
+      if (absl::StartsWith(name, "unembed.")) continue;
+      absl::StatusOr<HookId> id = (*model)->hooks().Resolve(name);
+      ASSERT_TRUE(id.ok()) << id.status();
+      names.push_back(name);
+      hooks.push_back(*id);
+    }
+    ASSERT_EQ(static_cast<int>(hooks.size()), (*model)->hooks().size());  // every hook point
+    absl::StatusOr<GradientResult> got =
+        ComputeGradients(**model, {.tokens = tokens, .metric = c.metric, .hooks = hooks});
+    ASSERT_TRUE(got.ok()) << got.status();
+    const Tensor& values = expected.at(c.name + ".value");
+    ASSERT_EQ(got->metric.size(), 2u);
+    for (int b = 0; b < 2; ++b) {
+      EXPECT_NEAR(got->metric[b], values.data<float>()[b], 1e-4 * (1 + std::abs(values.data<float>()[b])));
+    }
+    double worst = 0, worst_torch = 0;
+    std::string worst_hook;
+    int zero = 0;
+    for (size_t i = 0; i < hooks.size(); ++i) {
+      SCOPED_TRACE(names[i]);
+      const Tensor& want = expected.at(prefix + names[i]);
+      const Tensor& have = got->gradients[i];
+      ASSERT_EQ(have.shape(), want.shape());
+      double norm = 0;
+      for (float v : want.span<float>()) norm += double{v} * v;
+      if (norm == 0) {  // a hook the metric does not depend on (after its position, say)
+        for (float v : have.span<float>()) ASSERT_EQ(v, 0.0f);
+        ++zero;
+        continue;
+      }
+      // Against float64: 1e-5, or twice what torch's own float32 autograd reaches at this hook
+      // (the forward in f32 bounds every f32 gradient; 8e-6 at the demo model's worst hook).
+      const double error = NormRelativeError(have, want);
+      const double torch_f32 = expected.at(c.name + ".f32_error." + names[i]).data<float>()[0];
+      EXPECT_LE(error, std::max(1e-5, 2 * torch_f32)) << "torch f32: " << torch_f32;
+      if (error > worst) worst = error, worst_hook = names[i], worst_torch = torch_f32;
+    }
+    std::printf("%s %s: %zu hooks (%d with no gradient), worst norm-relative error %.2g at %s "
+                "(torch float32 autograd there: %.2g)\n",
+                GetParam().c_str(), c.name.c_str(), hooks.size(), zero, worst, worst_hook.c_str(),
+                worst_torch);
+  }
+  EXPECT_GE(metrics, 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GradientsTest, ::testing::Values("tiny-gpt2", "demo"),
+                         [](const auto& info) { return info.param == "tiny-gpt2" ? std::string("tiny_gpt2") : info.param; });
+
+TEST(GradientsErrorsTest, BadRequestsAreRefusedPrecisely) {
+  auto model = Transformer::Load(FixturePath("models/tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3, 4}, {1, 4});
+  auto expect = [&](GradientRequest request, absl::StatusCode code, const std::string& phrase) {
+    absl::StatusOr<GradientResult> got = ComputeGradients(**model, request);
+    EXPECT_EQ(got.status().code(), code) << phrase << ": " << got.status();
+    EXPECT_THAT(std::string(got.status().message()), HasSubstr(phrase));
+  };
+  expect({.tokens = tokens, .metric = {.position = 4}}, absl::StatusCode::kInvalidArgument,
+         "the metric's position 4 is outside rows of 4 tokens");
+  expect({.tokens = tokens, .metric = {.position = -5}}, absl::StatusCode::kInvalidArgument,
+         "position -5");
+  expect({.tokens = tokens, .metric = {.token_a = 300}}, absl::StatusCode::kInvalidArgument,
+         "the metric's token 300 is outside the vocabulary [0, 300)");
+  expect({.tokens = tokens, .metric = {.token_b = -1}}, absl::StatusCode::kInvalidArgument,
+         "token -1");
+  expect({.tokens = tokens, .hooks = {9999}}, absl::StatusCode::kInvalidArgument,
+         "a hook the model does not have");
+  expect({.tokens = Tensor::FromHost(std::vector<int32_t>{}, {1, 0})},
+         absl::StatusCode::kInvalidArgument, "not empty");
+
+  ModelConfig llama = (*model)->config();
+  llama.model_type = "llama";
+  llama.positional = PositionalKind::kRotary;
+  llama.gated_mlp = true;
+  const absl::Status status = CheckGradientsSupported(llama);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("model type \"llama\" has rotary positions, a gated MLP"));
+  EXPECT_TRUE(CheckGradientsSupported((*model)->config()).ok());
+}
+
+}  // namespace
+}  // namespace glassbox
