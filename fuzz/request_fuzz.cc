@@ -359,6 +359,20 @@ const std::vector<Rpc>& Rpcs() {
          });
        },
        Unary(&S::ScoreExplanation)},
+      {"Gradients",
+       [] {
+         return Good<pb::GradientsRequest>([](auto& r) {
+           r.set_model("demo");
+           AddRow(r.mutable_inputs(), {0, 5, 17, 300});
+           AddRow(r.mutable_inputs(), {2, 9, 40, 7});
+           r.mutable_metric()->set_kind(pb::GradientMetric::LOG_PROB);
+           r.mutable_metric()->set_token_a(11);
+           r.mutable_metric()->set_position(2);
+           r.add_hooks("blocks.*.hook_resid_pre");
+           r.add_hooks("blocks.1.attn.hook_pattern");
+         });
+       },
+       Unary(&S::Gradients)},
   };
   return *rpcs;
 }

@@ -90,6 +90,20 @@ absl::Status CheckPatchingSweepResponse(const pb::PatchingSweepResponse& respons
   return SameShape(response.normalized(), "normalized", response.values(), "values");
 }
 
+absl::Status CheckGradientsResponse(const pb::GradientsResponse& response) {
+  for (const pb::HookGradient& g : response.gradients()) {
+    const std::string what = absl::StrCat("gradients[", g.hook(), "]");
+    const int rank = g.gradient().shape_size();
+    if (rank < 2) return Malformed(what, absl::StrFormat("has %d dimensions, expected 2 or more", rank));
+    GB_RETURN_IF_ERROR(CheckArray(g.gradient(), what, ArrayKind::kFloat, rank));
+    if (g.gradient().shape(0) != response.metric_size()) {
+      return Malformed(what, absl::StrFormat("has %d rows for %d metric values",
+                                             g.gradient().shape(0), response.metric_size()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckLogitLensResponse(const pb::LogitLensResponse& response) {
   GB_RETURN_IF_ERROR(
       CheckArray(response.top_log_probs(), "top_log_probs", ArrayKind::kFloat, 4));

@@ -42,6 +42,8 @@ std::vector<int64_t> ArrayShape(const glassbox::v1::Array& array);
 // the arrays' shapes consistent with each other and with the labels. INTERNAL otherwise.
 absl::Status CheckPatchingSweepResponse(const glassbox::v1::PatchingSweepResponse& response);
 absl::Status CheckLogitLensResponse(const glassbox::v1::LogitLensResponse& response);
+// Every gradient a float array of at least [batch, ...], batch = the metric's entries.
+absl::Status CheckGradientsResponse(const glassbox::v1::GradientsResponse& response);
 absl::Status CheckDirectLogitAttributionResponse(
     const glassbox::v1::DirectLogitAttributionResponse& response);
 absl::Status CheckAttentionNormsResponse(const glassbox::v1::AttentionNormsResponse& response);

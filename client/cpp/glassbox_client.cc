@@ -143,6 +143,12 @@ absl::StatusOr<glassbox::v1::PatchingSweepResponse> Client::PatchingSweep(
                                                     request, &CheckPatchingSweepResponse);
 }
 
+absl::StatusOr<glassbox::v1::GradientsResponse> Client::Gradients(
+    const glassbox::v1::GradientsRequest& request) {
+  return Unary<glassbox::v1::GradientsResponse>(&glassbox::v1::Glassbox::Stub::Gradients, request,
+                                                &CheckGradientsResponse);
+}
+
 absl::StatusOr<glassbox::v1::LogitLensResponse> Client::LogitLens(
     const glassbox::v1::LogitLensRequest& request) {
   return Unary<glassbox::v1::LogitLensResponse>(&glassbox::v1::Glassbox::Stub::LogitLens, request,

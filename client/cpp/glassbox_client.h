@@ -111,6 +111,9 @@ class Client {
   // Top-k tokens and target log-probs of the accumulated residual stream, per layer.
   absl::StatusOr<glassbox::v1::LogitLensResponse> LogitLens(
       const glassbox::v1::LogitLensRequest& request);
+  // d(metric of each row's logits) / d(activations) at the requested hooks (docs/gradients.md).
+  absl::StatusOr<glassbox::v1::GradientsResponse> Gradients(
+      const glassbox::v1::GradientsRequest& request);
   // Per-component contributions to a logit (difference) at one position.
   absl::StatusOr<glassbox::v1::DirectLogitAttributionResponse> DirectLogitAttribution(
       const glassbox::v1::DirectLogitAttributionRequest& request);

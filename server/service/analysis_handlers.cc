@@ -6,6 +6,7 @@
 #include "base/status_macros.h"
 #include "server/engine/analyses.h"
 #include "server/engine/patching.h"
+#include "server/service/array_proto.h"
 #include "server/service/glassbox_service.h"
 #include "server/service/status_util.h"
 
@@ -13,17 +14,6 @@ namespace glassbox {
 namespace {
 
 namespace pb = ::glassbox::v1;
-
-void ToArray(const Tensor& t, const std::vector<std::string>& dim_names, pb::Array* array) {
-  if (!t.defined()) return;
-  array->mutable_shape()->Add(t.shape().begin(), t.shape().end());
-  for (const std::string& d : dim_names) array->add_dim_names(d);
-  if (t.dtype() == DType::kI32) {
-    array->mutable_indices()->Add(t.data<int32_t>(), t.data<int32_t>() + t.numel());
-  } else {
-    array->mutable_values()->Add(t.data<float>(), t.data<float>() + t.numel());
-  }
-}
 
 absl::StatusOr<SweepKind> FromProtoSweep(pb::SweepKind kind) {
   switch (kind) {

@@ -119,6 +119,9 @@ class GlassboxService final : public GlassboxServiceBase {
   grpc::Status ScoreExplanation(grpc::ServerContext* context,
                                 const glassbox::v1::ScoreExplanationRequest* request,
                                 glassbox::v1::ScoreExplanationResponse* response) override;
+  grpc::Status Gradients(grpc::ServerContext* context,
+                         const glassbox::v1::GradientsRequest* request,
+                         glassbox::v1::GradientsResponse* response) override;
 
  private:
   // The caller's jobs, or UNIMPLEMENTED when this service runs none.

@@ -523,6 +523,42 @@ TEST(CliParseTest, Generate) {
   EXPECT_THAT(UsageText(), HasSubstr("generate --model MODEL"));
 }
 
+TEST(CliParseTest, Grad) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s", "grad", "--model", "m", "--tokens", "1,2,3", "--tokens", "4,5,6",
+             "--metric", "logit_diff:17:42", "--position", "-2", "--hooks",
+             "blocks.*.hook_resid_pre", "--hooks", "hook_embed", "--out", "g.safetensors"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "grad");
+  const v1::GradientsRequest& r = Request<v1::GradientsRequest>(*inv);
+  EXPECT_EQ(r.model(), "m");
+  EXPECT_EQ(r.inputs().token_ids_size(), 2);
+  EXPECT_EQ(r.metric().kind(), v1::GradientMetric::LOGIT_DIFF);
+  EXPECT_EQ(r.metric().token_a(), 17);
+  EXPECT_EQ(r.metric().token_b(), 42);
+  EXPECT_EQ(r.metric().position(), -2);
+  EXPECT_THAT(r.hooks(), ElementsAre("blocks.*.hook_resid_pre", "hook_embed"));
+  EXPECT_EQ(inv->out_path, "g.safetensors");
+  inv = Parse({"--server", "s", "grad", "--model", "m", "--text", "Hi", "--metric", "log_prob:7",
+               "--hooks", "hook_embed"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::GradientsRequest>(*inv).metric().kind(), v1::GradientMetric::LOG_PROB);
+  EXPECT_EQ(Request<v1::GradientsRequest>(*inv).metric().position(), -1);
+  auto with = [](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--server", "s", "grad", "--model", "m", "--tokens", "1,2"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  ExpectUsageError(with({"--hooks", "h"}), "grad needs --metric logit_diff:A:B, logit:T or log_prob:T");
+  ExpectUsageError(with({"--metric", "logit:3"}), "grad needs --hooks HOOK");
+  ExpectUsageError(with({"--metric", "loss", "--hooks", "h"}),
+                   "--metric \"loss\": the kind is logit_diff, logit or log_prob");
+  ExpectUsageError(with({"--metric", "logit_diff:3", "--hooks", "h"}),
+                   "--metric \"logit_diff:3\": expected logit_diff:A:B");
+  ExpectUsageError(with({"--metric", "logit:3:4", "--hooks", "h"}), "expected logit:T");
+  ExpectUsageError(with({"--metric", "logit:-3", "--hooks", "h"}), "tokens are ids >= 0");
+}
+
 TEST(CliParseTest, LogitLens) {
   absl::StatusOr<Invocation> inv =
       Parse({"--server", "s", "logit-lens", "--model", "m", "--tokens", "1,2,3", "--top_k", "3",

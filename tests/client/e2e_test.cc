@@ -558,6 +558,41 @@ TEST_F(EndToEndTest, CliPatchEqualsTransformerLensPatching) {
   EXPECT_GT(sweep->forward_passes(), 0);
 }
 
+TEST_F(EndToEndTest, CliGrad) {
+  const ExpectedValues expected("tiny-gpt2.gradients");
+  // The fixture's two rows of 7 tokens (i32).
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
+      SafetensorsFile::Open(absl::StrCat(kFixtures, "/expected/tiny-gpt2.gradients.safetensors"));
+  ASSERT_TRUE(file.ok()) << file.status();
+  const TensorView* tokens = (*file)->Find("tokens");
+  ASSERT_NE(tokens, nullptr);
+  std::vector<int32_t> ids(tokens->numel());
+  std::memcpy(ids.data(), tokens->bytes.data(), ids.size() * sizeof(int32_t));
+  const std::vector<std::vector<int32_t>> rows = {{ids.begin(), ids.begin() + 7},
+                                                  {ids.begin() + 7, ids.end()}};
+  const std::string path = TempPath("grad.safetensors");
+  ProcessResult r = Cli({"grad", "--model", "tiny-gpt2", "--tokens", Join(rows, 0), "--tokens",
+                         Join(rows, 1), "--metric", "logit_diff:17:42", "--hooks",
+                         "blocks.*.hook_resid_pre", "--hooks", "blocks.1.attn.hook_pattern",
+                         "--out", path});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("row 1: metric "));
+  EXPECT_THAT(r.out, HasSubstr("  blocks.1.attn.hook_pattern "));
+  std::unique_ptr<SafetensorsFile> out = OpenOutput(path);
+  ASSERT_NE(out, nullptr);
+  for (const std::string hook :
+       {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_pattern"}) {
+    const Reference got = ReadOutput(*out, hook);
+    const Reference want = expected.Get("logit_diff.grad." + hook);
+    EXPECT_EQ(got.shape, want.shape) << hook;
+    EXPECT_LT(NormRelativeError(got.values, want.values), kTolerance) << hook;
+  }
+  const Reference metric = ReadOutput(*out, "metric");
+  const Reference want = expected.Get("logit_diff.value");
+  ASSERT_EQ(metric.values.size(), 2u);
+  for (int b = 0; b < 2; ++b) EXPECT_NEAR(metric.values[b], want.values[b], 1e-4);
+}
+
 TEST_F(EndToEndTest, CliLogitLens) {
   const ExpectedValues inputs("tiny-gpt2");
   const ExpectedValues expected("tiny-gpt2.analyses");

@@ -68,7 +68,8 @@ const char* const kRpcs[] = {"ListModels",     "GetModelInfo",     "Tokenize",
                              "LogitLens",      "DirectLogitAttribution", "AttentionNorms",
                              "ListSaes",       "SaeEncode",        "SaeDecode",
                              "StartScan",      "WatchJob",         "CancelJob",
-                             "ListJobs",       "GetScanResults",   "ScoreExplanation"};
+                             "ListJobs",       "GetScanResults",   "ScoreExplanation",
+                             "Gradients"};
 
 // ---- request building ----
 
@@ -971,6 +972,37 @@ TEST_F(BadRequestCorpusTest, LogitLens) {
       {"response over the byte limit", [](auto& r) { r.set_top_k(300); }, kExhausted, "the logit lens would take 21600 bytes; this server allows 16384 (--max_response_bytes)"},
   };
   Check<pb::LogitLensRequest>("LogitLens", good, Call(&pb::Glassbox::Stub::LogitLens), cases);
+}
+
+TEST_F(BadRequestCorpusTest, Gradients) {
+  auto good = [] {
+    pb::GradientsRequest r;
+    r.set_model("gpt2");
+    AddRow(r.mutable_inputs(), {1, 2, 3});
+    AddRow(r.mutable_inputs(), {4, 5, 6});
+    r.mutable_metric()->set_token_a(5);
+    r.mutable_metric()->set_token_b(6);
+    r.add_hooks("blocks.0.hook_resid_pre");
+    return r;
+  };
+  const std::vector<Case<pb::GradientsRequest>> cases = {
+      {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope")"},
+      {"a model the backward does not cover", [](auto& r) { r.set_model("llama"); }, kUnimplemented, R"(gradients are implemented for GPT-2-style blocks so far; model type "llama" has rotary positions, a gated MLP)"},
+      {"no inputs", [](auto& r) { r.clear_inputs(); }, kInvalid, "inputs: give exactly one of texts or token_ids"},
+      {"token past the vocabulary", [](auto& r) { r.mutable_inputs()->mutable_token_ids(0)->set_ids(1, 300); }, kInvalid, "token id 300 is outside the vocabulary [0, 300)"},
+      {"rows of different lengths", [](auto& r) { r.mutable_inputs()->mutable_token_ids(1)->add_ids(7); }, kInvalid, "gradients take rows of one length for now (padding is not supported)"},
+      {"unknown metric kind", [](auto& r) { r.mutable_metric()->set_kind(static_cast<pb::GradientMetric::Kind>(7)); }, kInvalid, "metric.kind 7 is unknown; use LOGIT_DIFF, LOGIT or LOG_PROB"},
+      {"position past the row", [](auto& r) { r.mutable_metric()->set_position(3); }, kInvalid, "the metric's position 3 is outside rows of 3 tokens"},
+      {"position before the row", [](auto& r) { r.mutable_metric()->set_position(-4); }, kInvalid, "the metric's position -4 is outside rows of 3 tokens"},
+      {"INT32_MIN position", [](auto& r) { r.mutable_metric()->set_position(kIntMin); }, kInvalid, "the metric's position -2147483648 is outside"},
+      {"token = vocab", [](auto& r) { r.mutable_metric()->set_token_a(300); }, kInvalid, "the metric's token 300 is outside the vocabulary [0, 300)"},
+      {"negative token", [](auto& r) { r.mutable_metric()->set_token_b(-1); }, kInvalid, "the metric's token -1 is outside the vocabulary [0, 300)"},
+      {"no hooks", [](auto& r) { r.clear_hooks(); }, kInvalid, "name the hooks whose gradients you want (names, or globs such as blocks.*.hook_resid_pre)"},
+      {"unknown hook", [](auto& r) { r.add_hooks("blocks.9.hook_resid_pre"); }, kInvalid, R"(unknown hook point "blocks.9.hook_resid_pre")"},
+      {"glob that matches nothing", [](auto& r) { r.add_hooks("blocks.*.hook_nothing"); }, kInvalid, "blocks.*.hook_nothing"},
+      {"response over the byte limit", [](auto& r) { r.clear_inputs(); AddRowOf(r.mutable_inputs(), 32); r.add_hooks("blocks.*.attn.hook_result"); }, kExhausted, "the gradients would take 73728 bytes; this server allows 16384 (--max_response_bytes): ask for fewer hooks or fewer tokens"},
+  };
+  Check<pb::GradientsRequest>("Gradients", good, Call(&pb::Glassbox::Stub::Gradients), cases);
 }
 
 TEST_F(BadRequestCorpusTest, DirectLogitAttribution) {

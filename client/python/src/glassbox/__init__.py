@@ -71,6 +71,7 @@ from ._interventions import (
     Zero,
     zero_heads,
 )
+from ._gradients import GradientResult, Logit
 from ._model import Model, RunResult
 from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
 from ._scans import (
@@ -114,7 +115,7 @@ for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture",
               "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer",
               "HeadDetection", "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats",
               "ScanJob", "JobInfo", "ScanTargetResult", "ScanRecord", "ScanQuantile", "ScanStats",
-              "ScanLogit", "ScoredExcerpt", "ExplanationScore", "Heads"):
+              "ScanLogit", "ScoredExcerpt", "ExplanationScore", "Heads", "GradientResult", "Logit"):
     globals()[_name].__module__ = __name__
 for _cls in list(globals().values()):
     if isinstance(_cls, type) and issubclass(_cls, GlassboxError):
@@ -183,6 +184,8 @@ __all__ = [
     "ScoredExcerpt",
     "ExplanationScore",
     "Heads",
+    "GradientResult",
+    "Logit",
     "dashboard_html",
     "write_dashboards",
     "to_neuronpedia_json",

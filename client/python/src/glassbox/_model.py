@@ -33,6 +33,8 @@ from ._analyses import (
 )
 from ._cache import ActivationCache
 from ._generate import GeneratedSequence, GenerationStream, generation_request, sampling_proto
+from ._gradients import GradientMetric, GradientResult, hook_names
+from ._gradients import metric_proto as gradient_metric_proto
 from ._heads import HeadDetection, repeated_random_tokens, score_heads
 from ._interventions import Interventions, intervention_protos
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
@@ -749,6 +751,32 @@ class Model:
             target_tokens=tuple(targets),
             target_log_probs=decode_array(response.target_log_probs) if targets else None,
         )
+
+    def gradients(
+        self,
+        input: Inputs,
+        metric: GradientMetric,
+        hooks: Union[str, Sequence[str]],
+        *,
+        position: int = -1,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> GradientResult:
+        """Gradients of ``metric`` of each row's logits at ``position`` with respect to the
+        activations at ``hooks`` (names or globs such as ``"blocks.*.hook_resid_pre"``), as
+        TransformerLens's backward hooks give them (torch autograd); docs/gradients.md.
+
+        ``metric``: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Logit(token)``, tokens as ids or
+        one-token strings; ``position`` counts from 0, negative from the end (-1: the last
+        token). Rows must have one length (no padding yet). Returns a ``GradientResult``:
+        ``result.metric`` [batch] and ``result["blocks.0.hook_resid_pre"]`` in the hook's
+        shape; row b's gradient is that of row b's own metric.
+        """
+        request = pb.GradientsRequest(
+            model=self.name, inputs=build_inputs(input, prepend_bos),
+            metric=gradient_metric_proto(metric, position, self.to_single_token),
+            hooks=hook_names(hooks))
+        return GradientResult.from_proto(self._transport.gradients(request, timeout=timeout))
 
     def direct_logit_attribution(
         self,

@@ -161,6 +161,9 @@ class Transport:
     def logit_lens(self, request: pb.LogitLensRequest, *, timeout: Optional[float] = None) -> pb.LogitLensResponse:
         return self._unary(self._stub.LogitLens, request, timeout)
 
+    def gradients(self, request: pb.GradientsRequest, *, timeout: Optional[float] = None) -> pb.GradientsResponse:
+        return self._unary(self._stub.Gradients, request, timeout)
+
     def direct_logit_attribution(
         self, request: pb.DirectLogitAttributionRequest, *, timeout: Optional[float] = None
     ) -> pb.DirectLogitAttributionResponse:

@@ -1,0 +1,151 @@
+// `glassbox grad`: the gradient of a metric of each row's logits at one position with respect to
+// the activations at chosen hook points (docs/gradients.md); printed as the gradient's L2 norm at
+// each position, hook by hook, and written whole with --out.
+#include <cmath>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "base/status_macros.h"
+#include "client/cpp/cli/command.h"
+#include "client/cpp/cli/errors.h"
+#include "client/cpp/cli/out_file.h"
+#include "client/cpp/cli/rows.h"
+#include "client/cpp/cli/table.h"
+
+namespace glassbox::cli {
+namespace {
+
+using glassbox::v1::GradientMetric;
+using glassbox::v1::GradientsRequest;
+
+constexpr Flag kFlags[] = {
+    kModelFlag,
+    kTextFlag,
+    kTokensFlag,
+    kPrependBosFlag,
+    {"metric", FlagKind::kValue, "--metric KIND:TOKENS",
+     "logit_diff:A:B (logit A − logit B), logit:T or log_prob:T, at\n"
+     "--position of each row"},
+    {"position", FlagKind::kValue, "--position P",
+     "the metric's position (default -1, each row's last token)"},
+    {"hooks", FlagKind::kRepeated, "--hooks HOOK",
+     "a hook name or glob whose gradient is wanted (repeatable), e.g.\n"
+     "'blocks.*.hook_resid_pre'"},
+    {"out", FlagKind::kValue, "--out FILE",
+     "every gradient in full (\"<hook>\", the hook's shape) and \"metric\" [batch]"},
+};
+
+absl::StatusOr<GradientMetric> ParseMetric(absl::string_view spec) {
+  const std::vector<absl::string_view> parts = absl::StrSplit(spec, ':');
+  GradientMetric metric;
+  const bool diff = parts[0] == "logit_diff";
+  if (parts[0] == "logit_diff") {
+    metric.set_kind(GradientMetric::LOGIT_DIFF);
+  } else if (parts[0] == "logit") {
+    metric.set_kind(GradientMetric::LOGIT);
+  } else if (parts[0] == "log_prob") {
+    metric.set_kind(GradientMetric::LOG_PROB);
+  } else {
+    return UsageError(absl::StrFormat(
+        "--metric \"%s\": the kind is logit_diff, logit or log_prob", spec));
+  }
+  if (parts.size() != (diff ? 3u : 2u)) {
+    return UsageError(absl::StrFormat("--metric \"%s\": expected %s", spec,
+                                      diff ? "logit_diff:A:B" : absl::StrCat(parts[0], ":T")));
+  }
+  int32_t a = -1, b = -1;
+  if (!absl::SimpleAtoi(parts[1], &a) || a < 0 || (diff && (!absl::SimpleAtoi(parts[2], &b) || b < 0))) {
+    return UsageError(absl::StrFormat("--metric \"%s\": tokens are ids >= 0", spec));
+  }
+  metric.set_token_a(a);
+  if (diff) metric.set_token_b(b);
+  return metric;
+}
+
+absl::Status Parse(const CommandLine& line, Invocation& invocation) {
+  GradientsRequest& request = invocation.request.emplace<GradientsRequest>();
+  GB_RETURN_IF_ERROR(ParseModelAndRows(line, request));
+  const std::optional<std::string> metric = line.raw.Value("metric");
+  if (!metric.has_value()) {
+    return UsageError("grad needs --metric logit_diff:A:B, logit:T or log_prob:T");
+  }
+  GB_ASSIGN_OR_RETURN(*request.mutable_metric(), ParseMetric(*metric));
+  GB_ASSIGN_OR_RETURN(invocation.position,
+                      ParseInt32Flag(line.raw, "position", "-1", INT32_MIN));
+  request.mutable_metric()->set_position(invocation.position);
+  for (const std::string& hook : line.raw.Values("hooks")) request.add_hooks(hook);
+  if (request.hooks().empty()) {
+    return UsageError("grad needs --hooks HOOK (a name or glob, repeatable)");
+  }
+  return ParseOutPath(line, invocation);
+}
+
+absl::Status Run(const Invocation& invocation, client::Client& client, std::ostream& out,
+                 std::ostream&) {
+  GradientsRequest request = Request<GradientsRequest>(invocation);
+  GB_ASSIGN_OR_RETURN(TokenRows rows,
+                      ResolveRows(client, request.model(), *request.mutable_inputs()));
+  GB_ASSIGN_OR_RETURN(glassbox::v1::GradientsResponse response, client.Gradients(request));
+  GB_RETURN_IF_ERROR(CheckResponseRows(response.metric_size(), rows.size()));
+  out << absl::StrFormat(
+      "gradients on %s of the metric at position %d of each row; each cell is the L2 norm of "
+      "d metric / d activation at one position (summed over the hook's other axes)\n",
+      request.model(), invocation.position);
+  for (int b = 0; b < response.metric_size(); ++b) {
+    out << absl::StrFormat("row %d: metric %s\n", b, Number(response.metric(b)));
+    std::vector<std::vector<std::string>> table;
+    std::vector<std::string> header = {"hook"};
+    const int64_t seq = static_cast<int64_t>(rows[b].size());
+    for (int64_t p = 0; p < seq; ++p) header.push_back(absl::StrCat("pos ", p));
+    table.push_back(header);
+    for (const glassbox::v1::HookGradient& g : response.gradients()) {
+      const glassbox::v1::Array& a = g.gradient();
+      std::vector<std::string> cells = {g.hook()};
+      // [batch, pos, ...] hooks have a norm per position; patterns and scores ([batch, head,
+      // query, key]) per query position.
+      const bool square = a.shape_size() == 4 && a.dim_names_size() == 4 && a.dim_names(1) == "head_index";
+      int64_t per_row = 1;
+      for (int d = 1; d < a.shape_size(); ++d) per_row *= a.shape(d);
+      const float* row = a.values().data() + b * per_row;
+      std::vector<double> norms(seq, 0.0);
+      for (int64_t i = 0; i < per_row; ++i) {
+        const int64_t p = square ? (i / a.shape(3)) % a.shape(2) : i / (per_row / a.shape(1));
+        if (p < seq) norms[p] += double{row[i]} * row[i];
+      }
+      for (double n : norms) cells.push_back(Number(std::sqrt(n)));
+      table.push_back(std::move(cells));
+    }
+    PrintTable(table, out);
+  }
+  return WriteOutFile(invocation, request.model(), request, out, [&](SafetensorsBuilder& file) {
+    const int64_t rows_out = response.metric_size();
+    file.AddFloats("metric", {rows_out},
+                   std::vector<float>(response.metric().begin(), response.metric().end()));
+    for (const glassbox::v1::HookGradient& g : response.gradients()) {
+      file.AddArray(g.hook(), g.gradient());
+    }
+    file.AddTokenRows(rows);
+  });
+}
+
+}  // namespace
+
+extern constinit const Command kGradCommand = {
+    .name = "grad",
+    .brief = "grad --model MODEL ... --metric KIND:TOKENS --hooks HOOK...",
+    .synopsis = "grad --model MODEL (--text TEXT | --tokens IDS)...\n"
+                "--metric (logit_diff:A:B | logit:T | log_prob:T) [--position -1]\n"
+                "--hooks HOOK... [--out FILE.safetensors]",
+    .summary = "the gradient of a logit metric at chosen hook points (per-position norms)",
+    .flags = kFlags,
+    .flags_heading = "Grad flags:",
+    .parse = Parse,
+    .run = Run,
+};
+
+}  // namespace glassbox::cli
