@@ -373,6 +373,20 @@ const std::vector<Rpc>& Rpcs() {
          });
        },
        Unary(&S::Gradients)},
+      {"IntegratedGradients",
+       [] {
+         return Good<pb::IntegratedGradientsRequest>([](auto& r) {
+           r.set_model("demo");
+           AddRow(r.mutable_inputs(), {0, 5, 17, 300});
+           r.mutable_metric()->set_token_a(11);
+           r.mutable_metric()->set_token_b(12);
+           r.set_hook("blocks.1.attn.hook_z");
+           r.set_steps(3);
+           r.mutable_baseline()->add_shape(32);
+           for (int i = 0; i < 32; ++i) r.mutable_baseline()->add_values(0.25f);
+         });
+       },
+       Unary(&S::IntegratedGradients)},
   };
   return *rpcs;
 }

@@ -104,6 +104,20 @@ absl::Status CheckGradientsResponse(const pb::GradientsResponse& response) {
   return absl::OkStatus();
 }
 
+absl::Status CheckIntegratedGradientsResponse(const pb::IntegratedGradientsResponse& response) {
+  const pb::Array& a = response.attributions();
+  const int rank = a.shape_size();
+  if (rank < 2) return Malformed("attributions", absl::StrFormat("has %d dimensions, expected 2 or more", rank));
+  GB_RETURN_IF_ERROR(CheckArray(a, "attributions", ArrayKind::kFloat, rank));
+  if (a.shape(0) != response.metric_size() || a.shape(0) != response.baseline_metric_size()) {
+    return Malformed("attributions",
+                     absl::StrFormat("has %d rows for %d metric and %d baseline metric values",
+                                     a.shape(0), response.metric_size(),
+                                     response.baseline_metric_size()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckLogitLensResponse(const pb::LogitLensResponse& response) {
   GB_RETURN_IF_ERROR(
       CheckArray(response.top_log_probs(), "top_log_probs", ArrayKind::kFloat, 4));

@@ -44,6 +44,8 @@ absl::Status CheckPatchingSweepResponse(const glassbox::v1::PatchingSweepRespons
 absl::Status CheckLogitLensResponse(const glassbox::v1::LogitLensResponse& response);
 // Every gradient a float array of at least [batch, ...], batch = the metric's entries.
 absl::Status CheckGradientsResponse(const glassbox::v1::GradientsResponse& response);
+absl::Status CheckIntegratedGradientsResponse(
+    const glassbox::v1::IntegratedGradientsResponse& response);
 absl::Status CheckDirectLogitAttributionResponse(
     const glassbox::v1::DirectLogitAttributionResponse& response);
 absl::Status CheckAttentionNormsResponse(const glassbox::v1::AttentionNormsResponse& response);

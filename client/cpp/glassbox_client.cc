@@ -149,6 +149,13 @@ absl::StatusOr<glassbox::v1::GradientsResponse> Client::Gradients(
                                                 &CheckGradientsResponse);
 }
 
+absl::StatusOr<glassbox::v1::IntegratedGradientsResponse> Client::IntegratedGradients(
+    const glassbox::v1::IntegratedGradientsRequest& request) {
+  return Unary<glassbox::v1::IntegratedGradientsResponse>(
+      &glassbox::v1::Glassbox::Stub::IntegratedGradients, request,
+      &CheckIntegratedGradientsResponse);
+}
+
 absl::StatusOr<glassbox::v1::LogitLensResponse> Client::LogitLens(
     const glassbox::v1::LogitLensRequest& request) {
   return Unary<glassbox::v1::LogitLensResponse>(&glassbox::v1::Glassbox::Stub::LogitLens, request,

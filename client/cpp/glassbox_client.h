@@ -114,6 +114,8 @@ class Client {
   // d(metric of each row's logits) / d(activations) at the requested hooks (docs/gradients.md).
   absl::StatusOr<glassbox::v1::GradientsResponse> Gradients(
       const glassbox::v1::GradientsRequest& request);
+  absl::StatusOr<glassbox::v1::IntegratedGradientsResponse> IntegratedGradients(
+      const glassbox::v1::IntegratedGradientsRequest& request);
   // Per-component contributions to a logit (difference) at one position.
   absl::StatusOr<glassbox::v1::DirectLogitAttributionResponse> DirectLogitAttribution(
       const glassbox::v1::DirectLogitAttributionRequest& request);

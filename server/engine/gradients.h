@@ -1,6 +1,7 @@
 // Gradients of a scalar metric of the logits with respect to the activations at the model's hook
-// points (TransformerLens's backward hooks): one forward pass that captures every hook, then the
-// backward of each block from the captured values (backward_ops.h), on the host in f32.
+// points (TransformerLens's backward hooks): one forward pass that captures what the backward
+// reads, then the backward of each block from the captured values (backward_ops.h), on the host in
+// f32.
 //
 // So far for GPT-2-style blocks: a LayerNorm or RMSNorm before attention and before the MLP,
 // learned positions, an ungated MLP, grouped or full attention, no soft-capping and no sliding
@@ -12,15 +13,17 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/engine/intervention.h"
 #include "server/engine/transformer.h"
 
 namespace glassbox {
 
-// The metric of each row, at one position: a logit, a logit difference, or a log-probability.
+// The metric of each row: a logit, a logit difference or a log-probability at one position, or
+// the row's mean next-token loss (over positions 0 .. seq-2, each predicting the next token).
 struct GradientMetric {
-  enum class Kind : uint8_t { kLogit, kLogitDiff, kLogProb };
+  enum class Kind : uint8_t { kLogit, kLogitDiff, kLogProb, kLoss };
   Kind kind = Kind::kLogitDiff;
-  int32_t position = -1;  // negative: from the end (-1 is the last token)
+  int32_t position = -1;  // negative: from the end (-1 is the last token); unused by kLoss
   int32_t token_a = 0;    // the logit, the log-probability's token, or the difference's minuend
   int32_t token_b = 0;    // kLogitDiff: subtracted
 };
@@ -44,5 +47,30 @@ absl::Status CheckGradientsSupported(const ModelConfig& config);
 
 absl::StatusOr<GradientResult> ComputeGradients(const Transformer& model,
                                                 const GradientRequest& request);
+
+// What the analyses built on gradients (attribution patching, integrated gradients) need from one
+// pass: the metric, the forward values at some hooks and, unless `backward` is false, the
+// gradients at others.
+struct ForwardBackwardRequest {
+  Tensor tokens;  // as GradientRequest's
+  GradientMetric metric;
+  // Edits in the forward pass. The backward does not differentiate them: a gradient is right at
+  // an edited hook and downstream of it (the values the edits produced are what the backward
+  // reads), not upstream, where an edit that sets values would have cut the gradient.
+  std::vector<Intervention> interventions;
+  std::vector<HookId> values;     // forward values kept
+  std::vector<HookId> gradients;  // gradients computed
+  bool backward = true;
+  const std::atomic<bool>* cancelled = nullptr;
+};
+
+struct ForwardBackwardResult {
+  std::vector<double> metric;
+  std::vector<Tensor> values;     // host f32, per requested hook in order
+  std::vector<Tensor> gradients;  // host f32, per requested hook in order (empty without backward)
+};
+
+absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& model,
+                                                         const ForwardBackwardRequest& request);
 
 }  // namespace glassbox

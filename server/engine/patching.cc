@@ -1,18 +1,10 @@
 #include "server/engine/patching.h"
 
-
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "server/engine/host_captures.h"
 
 namespace glassbox {
-namespace {
-
-struct SweepShape {
-  HookKind hook;
-  bool by_position;
-  bool by_head;
-};
 
 SweepShape ShapeOf(SweepKind kind) {
   switch (kind) {
@@ -28,14 +20,17 @@ SweepShape ShapeOf(SweepKind kind) {
     case SweepKind::kVAllPos: return {HookKind::kV, false, true};
     // The head's whole [query, key] pattern, as transformer_lens's layer_head_pattern_patch_setter.
     case SweepKind::kPatternAllPos: return {HookKind::kPattern, false, true};
+    // One neuron at every position.
+    case SweepKind::kMlpPostAllPos: return {HookKind::kMlpPost, false, false, true};
   }
   return {HookKind::kResidPre, true, false};
 }
 
-// Heads a by-head sweep of `kind` patches: the kv heads for k and v.
 int64_t HeadsOf(const ModelConfig& c, SweepKind kind) {
   return kind == SweepKind::kKAllPos || kind == SweepKind::kVAllPos ? c.n_kv_heads : c.n_heads;
 }
+
+namespace {
 
 // The metric of each row, from the outputs MetricOptions asked for: last-position logits
 // [rows, vocab] for the logit difference, log p(token_a) at the last position [rows, 1] (log-probs
@@ -87,14 +82,34 @@ double Mean(const std::vector<double>& v, size_t begin, size_t count) {
 
 }  // namespace
 
-int64_t SweepCells(const ModelConfig& config, SweepKind kind, int64_t positions) {
+Shape SweepResultShape(const ModelConfig& c, SweepKind kind, int64_t seq,
+                       std::vector<std::string>* dim_names) {
   const SweepShape shape = ShapeOf(kind);
-  return config.n_layers * (shape.by_position ? positions : 1) *
-         (shape.by_head ? HeadsOf(config, kind) : 1);
+  Shape out = {c.n_layers};
+  *dim_names = {"layer"};
+  if (shape.by_position) {
+    out.push_back(seq);
+    dim_names->push_back("pos");
+  }
+  if (shape.by_head) {
+    out.push_back(HeadsOf(c, kind));
+    dim_names->push_back("head");
+  }
+  if (shape.by_unit) {
+    out.push_back(c.d_mlp);
+    dim_names->push_back("neuron");
+  }
+  return out;
 }
 
-absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
-                                                const PatchingRequest& request) {
+int64_t SweepCells(const ModelConfig& config, SweepKind kind, int64_t positions) {
+  std::vector<std::string> names;
+  int64_t cells = 1;
+  for (int64_t d : SweepResultShape(config, kind, positions, &names)) cells *= d;
+  return cells;
+}
+
+absl::Status CheckPatchingRequest(const Transformer& model, const PatchingRequest& request) {
   const ModelConfig& c = model.config();
   const Tensor& clean = request.clean;
   const Tensor& corrupted = request.corrupted;
@@ -103,7 +118,6 @@ absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
     return absl::InvalidArgumentError(
         "patching needs clean and corrupted token tensors of the same shape [pairs, pos]");
   }
-  const int64_t pairs = clean.dim(0), seq = clean.dim(1);
   if (request.metric.kind != PatchingMetric::Kind::kLoss) {
     for (int32_t t : {request.metric.token_a, request.metric.token_b}) {
       if (t < 0 || t >= c.vocab_size) {
@@ -112,14 +126,24 @@ absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
       }
     }
   }
-  const SweepShape shape = ShapeOf(request.kind);
-  const HookRegistry& hooks = model.hooks();
-  if (hooks.Find(shape.hook, 0) < 0) {
+  if (model.hooks().Find(ShapeOf(request.kind).hook, 0) < 0) {
     // Only resid_mid can be missing: a parallel attention + MLP block has none.
     return absl::InvalidArgumentError(
         "this model has no hook_resid_mid (its attention and MLP run in parallel); sweep "
         "resid_pre, resid_post, attn_out or mlp_out instead");
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
+                                                const PatchingRequest& request) {
+  GB_RETURN_IF_ERROR(CheckPatchingRequest(model, request));
+  const ModelConfig& c = model.config();
+  const Tensor& clean = request.clean;
+  const Tensor& corrupted = request.corrupted;
+  const int64_t pairs = clean.dim(0), seq = clean.dim(1);
+  const SweepShape shape = ShapeOf(request.kind);
+  const HookRegistry& hooks = model.hooks();
   const int64_t heads = HeadsOf(c, request.kind);
 
   // The clean run, keeping the swept hook at every layer.
@@ -141,21 +165,15 @@ absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
     int layer;
     int32_t pos;
     int32_t head;
+    int32_t unit;
   };
   std::vector<Cell> cells;
-  Shape out_shape = {c.n_layers};
-  result.dim_names = {"layer"};
-  if (shape.by_position) {
-    out_shape.push_back(seq);
-    result.dim_names.push_back("pos");
-  }
-  if (shape.by_head) {
-    out_shape.push_back(heads);
-    result.dim_names.push_back("head");
-  }
+  const Shape out_shape = SweepResultShape(c, request.kind, seq, &result.dim_names);
   for (int l = 0; l < c.n_layers; ++l) {
     for (int32_t p = 0; p < (shape.by_position ? seq : 1); ++p) {
-      for (int32_t h = 0; h < (shape.by_head ? heads : 1); ++h) cells.push_back({l, p, h});
+      for (int32_t h = 0; h < (shape.by_head ? heads : 1); ++h) {
+        for (int32_t u = 0; u < (shape.by_unit ? c.d_mlp : 1); ++u) cells.push_back({l, p, h, u});
+      }
     }
   }
 
@@ -178,6 +196,7 @@ absl::StatusOr<PatchingResult> RunPatchingSweep(const Transformer& model,
       for (int64_t b = 0; b < pairs; ++b) patch.select.rows.push_back(static_cast<int32_t>(i * pairs + b));
       if (shape.by_position) patch.select.positions = {cell.pos};
       if (shape.by_head) patch.select.heads = {cell.head};
+      if (shape.by_unit) patch.select.dims = {cell.unit};
       patch.value = clean_values.at(patch.hook);
       patch.source_rows = source_rows;
       GB_RETURN_IF_ERROR(plan.AddIntervention(std::move(patch)));

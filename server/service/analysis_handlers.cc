@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "server/engine/analyses.h"
+#include "server/engine/attribution_patching.h"
+#include "server/engine/gradients.h"
 #include "server/engine/patching.h"
 #include "server/service/array_proto.h"
 #include "server/service/glassbox_service.h"
@@ -28,6 +30,7 @@ absl::StatusOr<SweepKind> FromProtoSweep(pb::SweepKind kind) {
     case pb::SWEEP_K_ALL_POS: return SweepKind::kKAllPos;
     case pb::SWEEP_V_ALL_POS: return SweepKind::kVAllPos;
     case pb::SWEEP_ATTN_HEAD_PATTERN_ALL_POS: return SweepKind::kPatternAllPos;
+    case pb::SWEEP_MLP_POST_ALL_POS: return SweepKind::kMlpPostAllPos;
     default:
       return absl::InvalidArgumentError("set kind: which activation to sweep (SWEEP_RESID_PRE, ...)");
   }
@@ -116,21 +119,41 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
                         absl::StrCat("max_rows_per_pass is ", request->max_rows_per_pass(),
                                      "; it must be >= 0 (0 = the server's choice)"));
   }
-  // One pass holds at most the server's token budget.
-  const int64_t seq = clean->tokens.dim(1);
-  const int64_t cells = SweepCells((*served)->model->config(), *kind, seq);
-  if (cells > limits.max_sweep_cells) {
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("the sweep patches ", cells, " cells (", pb::SweepKind_Name(request->kind()),
-                     " over ", seq, " positions); this server allows ", limits.max_sweep_cells,
-                     " (--max_sweep_cells): sweep fewer positions, or heads over all positions"));
+  const bool attribution = request->method() == pb::PATCHING_ATTRIBUTION;
+  if (!attribution && request->method() != pb::PATCHING_EXACT) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("method ", request->method(),
+                                     " is unknown; use PATCHING_EXACT or PATCHING_ATTRIBUTION"));
   }
-  int64_t rows = request->max_rows_per_pass() > 0 ? request->max_rows_per_pass() : 256;
-  rows =
-      std::max<int64_t>(clean->tokens.dim(0), std::min(rows, limits.max_tokens_per_request / seq));
-  // Counted as --max_tokens counts them: each input's padded batch once.
-  const int64_t tokens = clean->tokens.numel() + corrupted->tokens.numel();
+  const ModelConfig& config = (*served)->model->config();
+  const int64_t seq = clean->tokens.dim(1);
+  int64_t rows = 0;
+  // Counted as --max_tokens counts them: each input's padded batch once; attribution patching's
+  // backward pass counts as two more passes over the corrupted batch.
+  int64_t tokens = clean->tokens.numel() + corrupted->tokens.numel();
+  if (attribution) {
+    if (absl::Status s = CheckGradientsSupported(config); !s.ok()) {
+      return ToGrpcStatus(absl::Status(
+          s.code(), absl::StrCat("attribution patching needs gradients: ", s.message(),
+                                 "; use method PATCHING_EXACT")));
+    }
+    tokens += 2 * corrupted->tokens.numel();
+  } else {
+    // An exact sweep's cost grows with its cells: the server bounds them.
+    const int64_t cells = SweepCells(config, *kind, seq);
+    if (cells > limits.max_sweep_cells) {
+      return grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("the sweep patches ", cells, " cells (", pb::SweepKind_Name(request->kind()),
+                       " over ", seq, " positions); this server allows ", limits.max_sweep_cells,
+                       " (--max_sweep_cells): sweep fewer positions, heads over all positions, "
+                       "or estimate the sweep with method PATCHING_ATTRIBUTION"));
+    }
+    // One pass holds at most the server's token budget.
+    rows = request->max_rows_per_pass() > 0 ? request->max_rows_per_pass() : 256;
+    rows = std::max<int64_t>(clean->tokens.dim(0),
+                             std::min(rows, limits.max_tokens_per_request / seq));
+  }
   if (absl::Status charged = caller->ChargeTokens(tokens); !charged.ok()) {
     return ToGrpcStatus(charged);
   }
@@ -138,10 +161,14 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   PatchingResult result;
   absl::Status status = OnDevice(context, *caller, "PatchingSweep", request->model(), tokens, [&]() -> absl::Status {
     if (context->IsCancelled()) return absl::CancelledError("cancelled while queued");
-    GB_ASSIGN_OR_RETURN(result, RunPatchingSweep(*(*served)->model,
-                                                 {.clean = clean->tokens, .corrupted = corrupted->tokens,
-                                                  .kind = *kind, .metric = metric,
-                                                  .max_rows_per_pass = rows, .cancelled = &cancelled}));
+    const PatchingRequest sweep{.clean = clean->tokens, .corrupted = corrupted->tokens,
+                                .kind = *kind, .metric = metric,
+                                .max_rows_per_pass = rows, .cancelled = &cancelled};
+    if (attribution) {
+      GB_ASSIGN_OR_RETURN(result, RunAttributionPatching(*(*served)->model, sweep));
+    } else {
+      GB_ASSIGN_OR_RETURN(result, RunPatchingSweep(*(*served)->model, sweep));
+    }
     return absl::OkStatus();
   });
   if (!status.ok()) return ToGrpcStatus(status);
@@ -150,6 +177,7 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   response->set_clean_metric(result.clean_metric);
   response->set_corrupted_metric(result.corrupted_metric);
   response->set_forward_passes(result.forward_passes);
+  response->set_backward_passes(result.backward_passes);
   response->set_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return grpc::Status::OK;
 }

@@ -122,6 +122,9 @@ class GlassboxService final : public GlassboxServiceBase {
   grpc::Status Gradients(grpc::ServerContext* context,
                          const glassbox::v1::GradientsRequest* request,
                          glassbox::v1::GradientsResponse* response) override;
+  grpc::Status IntegratedGradients(grpc::ServerContext* context,
+                                   const glassbox::v1::IntegratedGradientsRequest* request,
+                                   glassbox::v1::IntegratedGradientsResponse* response) override;
 
  private:
   // The caller's jobs, or UNIMPLEMENTED when this service runs none.

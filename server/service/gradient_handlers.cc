@@ -1,11 +1,13 @@
-// Gradients: a metric of each row's logits, differentiated at the requested hook points
-// (server/engine/gradients.h) on the device's worker.
+// Gradients and IntegratedGradients: a metric of each row's logits, differentiated at the
+// requested hook points (server/engine/gradients.h, integrated_gradients.h) on the device's
+// worker.
 #include <algorithm>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "server/engine/gradients.h"
+#include "server/engine/integrated_gradients.h"
 #include "server/service/array_proto.h"
 #include "server/service/glassbox_service.h"
 #include "server/service/status_util.h"
@@ -23,9 +25,10 @@ absl::StatusOr<GradientMetric> FromProto(const pb::GradientMetric& m) {
     case pb::GradientMetric::LOGIT_DIFF: out.kind = GradientMetric::Kind::kLogitDiff; break;
     case pb::GradientMetric::LOGIT: out.kind = GradientMetric::Kind::kLogit; break;
     case pb::GradientMetric::LOG_PROB: out.kind = GradientMetric::Kind::kLogProb; break;
+    case pb::GradientMetric::LOSS: out.kind = GradientMetric::Kind::kLoss; break;
     default:
       return absl::InvalidArgumentError(absl::StrCat(
-          "metric.kind ", m.kind(), " is unknown; use LOGIT_DIFF, LOGIT or LOG_PROB"));
+          "metric.kind ", m.kind(), " is unknown; use LOGIT_DIFF, LOGIT, LOG_PROB or LOSS"));
   }
   return out;
 }
@@ -49,6 +52,31 @@ absl::StatusOr<std::vector<HookId>> ResolveHooks(const HookRegistry& hooks,
   return ids;
 }
 
+// The checks every gradient RPC makes before its own: a model the backward covers, rows of one
+// length, a known metric.
+struct GradientCall {
+  const Transformer* model = nullptr;
+  Batch batch;
+  GradientMetric metric;
+};
+
+absl::StatusOr<GradientCall> PrepareGradientCall(const ModelStore& store, const ServiceLimits& limits,
+                                                 const std::string& model_name,
+                                                 const pb::Inputs& inputs,
+                                                 const pb::GradientMetric& metric) {
+  GB_ASSIGN_OR_RETURN(auto served, store.Find(model_name));
+  GradientCall call{.model = served->model.get()};
+  GB_RETURN_IF_ERROR(CheckGradientsSupported(call.model->config()));
+  GB_ASSIGN_OR_RETURN(call.batch, BuildBatch(inputs, *served, limits));
+  const std::vector<int32_t>& lengths = call.batch.lengths;
+  if (std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) != lengths.end())
+    return absl::InvalidArgumentError(
+        "gradients take rows of one length for now (padding is not supported); send rows of "
+        "equal length or one request per length");
+  GB_ASSIGN_OR_RETURN(call.metric, FromProto(metric));
+  return call;
+}
+
 }  // namespace
 
 grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
@@ -57,22 +85,13 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   auto caller = Admit(context, CallKind::kDevice);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   const ServiceLimits& limits = caller->limits();
-  auto served = store_.Find(request->model());
-  if (!served.ok()) return ToGrpcStatus(served.status());
-  const Transformer& model = *(*served)->model;
-  if (absl::Status s = CheckGradientsSupported(model.config()); !s.ok()) return ToGrpcStatus(s);
-  auto batch = BuildBatch(request->inputs(), **served, limits);
-  if (!batch.ok()) return ToGrpcStatus(batch.status());
-  if (std::adjacent_find(batch->lengths.begin(), batch->lengths.end(),
-                         std::not_equal_to<>()) != batch->lengths.end())
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "gradients take rows of one length for now (padding is not supported); "
-                        "send rows of equal length or one request per length");
-  auto metric = FromProto(request->metric());
-  if (!metric.ok()) return ToGrpcStatus(metric.status());
+  auto call = PrepareGradientCall(store_, limits, request->model(), request->inputs(),
+                                  request->metric());
+  if (!call.ok()) return ToGrpcStatus(call.status());
+  const Transformer& model = *call->model;
   auto hooks = ResolveHooks(model.hooks(), request->hooks());
   if (!hooks.ok()) return ToGrpcStatus(hooks.status());
-  const int64_t rows = batch->tokens.dim(0), seq = batch->tokens.dim(1);
+  const int64_t rows = call->batch.tokens.dim(0), seq = call->batch.tokens.dim(1);
   int64_t bytes = 0;
   for (HookId id : *hooks) bytes += NumElements(model.hooks().info(id).ShapeFor(rows, seq)) * 4;
   if (bytes > limits.max_response_bytes)
@@ -81,13 +100,14 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
                                      limits.ResponseBytesAllowed(),
                                      ": ask for fewer hooks or fewer tokens"));
   // A backward pass costs about two forward passes: the tokens count three times.
-  const int64_t tokens = batch->tokens.numel();
+  const int64_t tokens = call->batch.tokens.numel();
   if (absl::Status charged = caller->ChargeTokens(3 * tokens); !charged.ok()) {
     return ToGrpcStatus(charged);
   }
   absl::StatusOr<GradientResult> result;
   absl::Status status = OnDevice(context, *caller, "Gradients", request->model(), tokens, [&] {
-    result = ComputeGradients(model, {.tokens = batch->tokens, .metric = *metric, .hooks = *hooks});
+    result = ComputeGradients(model, {.tokens = call->batch.tokens, .metric = call->metric,
+                                      .hooks = *hooks});
     return result.status();
   });
   if (!status.ok()) return ToGrpcStatus(status);
@@ -98,6 +118,74 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
     out.set_hook(info.name);
     ToArray(result->gradients[i], info.dim_names, out.mutable_gradient());
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::IntegratedGradients(grpc::ServerContext* context,
+                                                  const pb::IntegratedGradientsRequest* request,
+                                                  pb::IntegratedGradientsResponse* response) {
+  auto caller = Admit(context, CallKind::kDevice);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const ServiceLimits& limits = caller->limits();
+  auto call = PrepareGradientCall(store_, limits, request->model(), request->inputs(),
+                                  request->metric());
+  if (!call.ok()) return ToGrpcStatus(call.status());
+  const Transformer& model = *call->model;
+  auto resolved = model.hooks().Resolve(request->hook());
+  if (!resolved.ok()) return ToGrpcStatus(resolved.status());
+  const HookId hook = *resolved;
+  IntegratedGradientsRequest ig{.tokens = call->batch.tokens, .metric = call->metric,
+                                .hook = hook};
+  switch (request->method()) {
+    case pb::IntegratedGradientsRequest::INTEGRATED_GRADIENTS: break;
+    case pb::IntegratedGradientsRequest::INPUT_X_GRADIENT:
+      ig.method = IntegratedGradientsRequest::Method::kInputTimesGradient;
+      break;
+    default:
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("method ", request->method(),
+                                       " is unknown; use INTEGRATED_GRADIENTS or INPUT_X_GRADIENT"));
+  }
+  if (request->steps() != 0) ig.steps = request->steps();
+  const bool integrated = ig.method == IntegratedGradientsRequest::Method::kIntegratedGradients;
+  if (integrated && (ig.steps < 1 || ig.steps > 1024)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("steps is ", ig.steps, "; it must be in [1, 1024] (0 = 20)"));
+  }
+  auto baseline = FloatArrayToTensor(request->baseline(), "baseline");
+  if (!baseline.ok()) return ToGrpcStatus(baseline.status());
+  ig.baseline = *std::move(baseline);
+  const int64_t rows = call->batch.tokens.dim(0), seq = call->batch.tokens.dim(1);
+  const int64_t bytes = NumElements(model.hooks().info(hook).ShapeFor(rows, seq)) * 4;
+  if (bytes > limits.max_response_bytes)
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("the attributions would take ", bytes, " bytes; ",
+                                     limits.ResponseBytesAllowed(), ": send fewer tokens"));
+  // Each path point is a forward and a backward pass over the batch (three passes' worth), plus
+  // the plain and baseline runs.
+  const int64_t tokens = call->batch.tokens.numel();
+  const int64_t passes = integrated ? 3 * int64_t{ig.steps} + 2 : 4;
+  if (absl::Status charged = caller->ChargeTokens(passes * tokens); !charged.ok()) {
+    return ToGrpcStatus(charged);
+  }
+  ig.max_rows_per_pass = std::max<int64_t>(rows, limits.max_tokens_per_request / seq);
+  std::atomic<bool> cancelled{false};
+  ig.cancelled = &cancelled;
+  absl::StatusOr<IntegratedGradientsResult> result;
+  absl::Status status =
+      OnDevice(context, *caller, "IntegratedGradients", request->model(), tokens, [&] {
+        if (context->IsCancelled()) return absl::CancelledError("cancelled while queued");
+        result = ComputeIntegratedGradients(model, ig);
+        return result.status();
+      });
+  if (!status.ok()) return ToGrpcStatus(status);
+  ToArray(result->attributions, model.hooks().info(hook).dim_names,
+          response->mutable_attributions());
+  response->mutable_metric()->Add(result->metric.begin(), result->metric.end());
+  response->mutable_baseline_metric()->Add(result->baseline_metric.begin(),
+                                           result->baseline_metric.end());
+  response->set_forward_passes(result->forward_passes);
+  response->set_backward_passes(result->backward_passes);
   return grpc::Status::OK;
 }
 

@@ -427,7 +427,7 @@ TEST(CliParseTest, Patch) {
   ExpectUsageError(with_pair({"--metric", "loss"}), "patch needs --kind");
   ExpectUsageError(with_pair({"--kind", "pattern_by_pos", "--metric", "loss"}),
                    "--kind: \"pattern_by_pos\" is not one of resid_pre, resid_mid, resid_post, "
-                   "attn_out, mlp_out, head_out, head_out_by_pos, q, k, v, pattern");
+                   "attn_out, mlp_out, head_out, head_out_by_pos, q, k, v, pattern, mlp_post");
   ExpectUsageError(with_pair({"--kind", "q"}), "patch needs --metric");
   ExpectUsageError(with_pair({"--kind", "q", "--metric", "kl"}), "--metric: \"kl\" is not one of");
   ExpectUsageError(with_pair({"--kind", "q", "--metric", "logit_diff:1"}),
@@ -469,7 +469,8 @@ TEST(CliParseTest, SweepKindsAndMetrics) {
   EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS), "pattern");
   EXPECT_EQ(SweepKindNames(),
             "resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_out_by_pos, q, "
-            "k, v, pattern");
+            "k, v, pattern, mlp_post");
+  EXPECT_EQ(ParseSweepKind("mlp_post_all_pos"), glassbox::v1::SWEEP_MLP_POST_ALL_POS);
   EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_HEAD_OUT_ALL_POS), "head_out");
   EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_HEAD_OUT_BY_POS), "head_out_by_pos");
 
@@ -523,6 +524,34 @@ TEST(CliParseTest, Generate) {
   EXPECT_THAT(UsageText(), HasSubstr("generate --model MODEL"));
 }
 
+TEST(CliParseTest, AttributionPatching) {
+  const std::vector<std::string> rest = {"--model", "m", "--clean-tokens", "1,2",
+                                         "--corrupted-tokens", "1,3", "--kind", "mlp_post",
+                                         "--metric", "logit_diff:1,2"};
+  auto parse = [&](std::vector<std::string> head, std::vector<std::string> tail = {}) {
+    head.insert(head.end(), rest.begin(), rest.end());
+    head.insert(head.end(), tail.begin(), tail.end());
+    return Parse(head);
+  };
+  absl::StatusOr<Invocation> inv = parse({"--server", "s", "attrib-patch"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "attrib-patch");
+  EXPECT_EQ(Request<v1::PatchingSweepRequest>(*inv).method(), v1::PATCHING_ATTRIBUTION);
+  EXPECT_EQ(Request<v1::PatchingSweepRequest>(*inv).kind(), v1::SWEEP_MLP_POST_ALL_POS);
+  inv = parse({"--server", "s", "patch"}, {"--method", "attribution"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::PatchingSweepRequest>(*inv).method(), v1::PATCHING_ATTRIBUTION);
+  inv = parse({"--server", "s", "patch"}, {"--method", "exact"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::PatchingSweepRequest>(*inv).method(), v1::PATCHING_EXACT);
+  std::vector<std::string> args = {"--server", "s", "patch"};
+  args.insert(args.end(), rest.begin(), rest.end());
+  args.insert(args.end(), {"--method", "linear"});
+  ExpectUsageError(args, "--method: \"linear\" is not exact or attribution");
+  args[2] = "attrib-patch";
+  ExpectUsageError(args, "attrib-patch is patch --method attribution: drop --method");
+}
+
 TEST(CliParseTest, Grad) {
   absl::StatusOr<Invocation> inv =
       Parse({"--server", "s", "grad", "--model", "m", "--tokens", "1,2,3", "--tokens", "4,5,6",
@@ -549,14 +578,49 @@ TEST(CliParseTest, Grad) {
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   };
-  ExpectUsageError(with({"--hooks", "h"}), "grad needs --metric logit_diff:A:B, logit:T or log_prob:T");
+  inv = Parse({"--server", "s", "grad", "--model", "m", "--text", "Hi", "--metric", "loss",
+               "--hooks", "hook_embed"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::GradientsRequest>(*inv).metric().kind(), v1::GradientMetric::LOSS);
+  ExpectUsageError(with({"--hooks", "h"}),
+                   "grad needs --metric logit_diff:A:B, logit:T, log_prob:T or loss");
   ExpectUsageError(with({"--metric", "logit:3"}), "grad needs --hooks HOOK");
-  ExpectUsageError(with({"--metric", "loss", "--hooks", "h"}),
-                   "--metric \"loss\": the kind is logit_diff, logit or log_prob");
+  ExpectUsageError(with({"--metric", "kl", "--hooks", "h"}),
+                   "--metric \"kl\": the kind is logit_diff, logit, log_prob or loss");
+  ExpectUsageError(with({"--metric", "loss:3", "--hooks", "h"}), "loss takes no tokens");
   ExpectUsageError(with({"--metric", "logit_diff:3", "--hooks", "h"}),
                    "--metric \"logit_diff:3\": expected logit_diff:A:B");
   ExpectUsageError(with({"--metric", "logit:3:4", "--hooks", "h"}), "expected logit:T");
   ExpectUsageError(with({"--metric", "logit:-3", "--hooks", "h"}), "tokens are ids >= 0");
+}
+
+TEST(CliParseTest, IntegratedGradients) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"--server", "s", "ig", "--model", "m", "--tokens", "1,2,3", "--metric",
+             "logit_diff:17:42", "--hook", "blocks.0.attn.hook_z", "--steps", "64", "--out",
+             "ig.safetensors"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  const v1::IntegratedGradientsRequest& r = Request<v1::IntegratedGradientsRequest>(*inv);
+  EXPECT_EQ(r.hook(), "blocks.0.attn.hook_z");
+  EXPECT_EQ(r.steps(), 64);
+  EXPECT_EQ(r.method(), v1::IntegratedGradientsRequest::INTEGRATED_GRADIENTS);
+  EXPECT_EQ(r.metric().token_b(), 42);
+  EXPECT_EQ(r.metric().position(), -1);
+  inv = Parse({"--server", "s", "ig", "--model", "m", "--text", "Hi", "--metric", "loss",
+               "--method", "input_x_grad"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::IntegratedGradientsRequest>(*inv).hook(), "hook_embed");
+  EXPECT_EQ(Request<v1::IntegratedGradientsRequest>(*inv).method(),
+            v1::IntegratedGradientsRequest::INPUT_X_GRADIENT);
+  auto with = [](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--server", "s", "ig", "--model", "m", "--tokens", "1,2"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  ExpectUsageError(with({}), "ig needs --metric logit_diff:A:B, logit:T, log_prob:T or loss");
+  ExpectUsageError(with({"--metric", "loss", "--steps", "0"}), "--steps");
+  ExpectUsageError(with({"--metric", "loss", "--method", "shap"}),
+                   "--method: \"shap\" is not ig or input_x_grad");
 }
 
 TEST(CliParseTest, LogitLens) {

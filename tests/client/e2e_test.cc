@@ -68,15 +68,21 @@ class ExpectedValues {
     return ref;
   }
 
-  // An i64 tensor as rows of i32 (a 1-d tensor is one row).
+  // An i64 or i32 tensor as rows of i32 (a 1-d tensor is one row).
   std::vector<std::vector<int32_t>> IntRows(const std::string& name) const {
     std::vector<std::vector<int32_t>> rows;
     const TensorView* view = file_ ? file_->Find(name) : nullptr;
     EXPECT_NE(view, nullptr) << "no reference tensor " << name;
     if (view == nullptr) return rows;
-    EXPECT_EQ(view->dtype, SafetensorsDtype::kI64);
     std::vector<int64_t> ids(view->numel());
-    std::memcpy(ids.data(), view->bytes.data(), ids.size() * sizeof(int64_t));
+    if (view->dtype == SafetensorsDtype::kI32) {
+      std::vector<int32_t> narrow(view->numel());
+      std::memcpy(narrow.data(), view->bytes.data(), narrow.size() * sizeof(int32_t));
+      ids.assign(narrow.begin(), narrow.end());
+    } else {
+      EXPECT_EQ(view->dtype, SafetensorsDtype::kI64);
+      std::memcpy(ids.data(), view->bytes.data(), ids.size() * sizeof(int64_t));
+    }
     const int64_t width = view->shape.size() == 1 ? view->shape[0] : view->shape[1];
     for (size_t b = 0; b * width < ids.size(); ++b) {
       rows.emplace_back(ids.begin() + b * width, ids.begin() + (b + 1) * width);
@@ -556,6 +562,57 @@ TEST_F(EndToEndTest, CliPatchEqualsTransformerLensPatching) {
                               expected.Get("resid_pre.values").values),
             kTolerance);
   EXPECT_GT(sweep->forward_passes(), 0);
+}
+
+TEST_F(EndToEndTest, CliAttribPatchEqualsTorchAtP) {
+  const ExpectedValues expected("tiny-gpt2.attribution");
+  const std::vector<std::vector<int32_t>> clean = expected.IntRows("clean");
+  const std::vector<std::vector<int32_t>> corrupted = expected.IntRows("corrupted");
+  const std::string path = TempPath("atp.safetensors");
+  std::vector<std::string> args = {"attrib-patch", "--model", "tiny-gpt2"};
+  for (size_t b = 0; b < clean.size(); ++b) {
+    args.insert(args.end(),
+                {"--clean-tokens", Join(clean, b), "--corrupted-tokens", Join(corrupted, b)});
+  }
+  args.insert(args.end(),
+              {"--kind", "mlp_post", "--metric", "logit_diff:17,42", "--normalized", "--out", path});
+  ProcessResult r = Cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("attribution patching (AtP estimate of the sweep) mlp_post"));
+  EXPECT_THAT(r.out, HasSubstr("2 forward and 1 backward passes"));
+  EXPECT_THAT(r.out, HasSubstr("the 20 largest of 512 cells:"));
+  std::unique_ptr<SafetensorsFile> out = OpenOutput(path);
+  ASSERT_NE(out, nullptr);
+  const Reference values = ReadOutput(*out, "values");
+  EXPECT_THAT(values.shape, ElementsAre(2, 256));
+  const float span = ReadOutput(*out, "clean_metric").values[0] -
+                     ReadOutput(*out, "corrupted_metric").values[0];
+  std::vector<float> estimate = ReadOutput(*out, "normalized").values;
+  for (float& v : estimate) v *= span;
+  EXPECT_LT(NormRelativeError(estimate, expected.Get("logit_diff.mlp_post_all_pos.atp").values),
+            2e-5);
+  std::filesystem::remove(path);
+}
+
+TEST_F(EndToEndTest, CliIntegratedGradientsEqualTorch) {
+  const ExpectedValues expected("tiny-gpt2.integrated_gradients");
+  const std::vector<std::vector<int32_t>> rows = expected.IntRows("tokens");
+  const std::string path = TempPath("ig.safetensors");
+  ProcessResult r = Cli({"ig", "--model", "tiny-gpt2", "--tokens", Join(rows, 0), "--tokens",
+                         Join(rows, 1), "--metric", "logit_diff:17:42", "--hook",
+                         "blocks.0.mlp.hook_post", "--steps", "16", "--out", path});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("integrated gradients at blocks.0.mlp.hook_post on tiny-gpt2"));
+  EXPECT_THAT(r.out, HasSubstr("attributions sum to"));
+  std::unique_ptr<SafetensorsFile> out = OpenOutput(path);
+  ASSERT_NE(out, nullptr);
+  EXPECT_LT(NormRelativeError(ReadOutput(*out, "attributions").values,
+                              expected.Get("blocks.0.mlp.hook_post.ig16").values),
+            2e-5);
+  EXPECT_LT(NormRelativeError(ReadOutput(*out, "baseline_metric").values,
+                              expected.Get("blocks.0.mlp.hook_post.baseline_metric").values),
+            kTolerance);
+  std::filesystem::remove(path);
 }
 
 TEST_F(EndToEndTest, CliGrad) {

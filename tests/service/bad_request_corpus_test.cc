@@ -69,7 +69,7 @@ const char* const kRpcs[] = {"ListModels",     "GetModelInfo",     "Tokenize",
                              "ListSaes",       "SaeEncode",        "SaeDecode",
                              "StartScan",      "WatchJob",         "CancelJob",
                              "ListJobs",       "GetScanResults",   "ScoreExplanation",
-                             "Gradients"};
+                             "Gradients",      "IntegratedGradients"};
 
 // ---- request building ----
 
@@ -948,6 +948,10 @@ TEST_F(BadRequestCorpusTest, PatchingSweep) {
          AddRow(r.mutable_corrupted(), {12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1});
        },
        kExhausted, "the sweep patches 96 cells (SWEEP_HEAD_OUT_BY_POS over 12 positions); this server allows 64 (--max_sweep_cells)"},
+      {"exact neurons over the cell limit", [](auto& r) { r.set_kind(pb::SWEEP_MLP_POST_ALL_POS); }, kExhausted, "the sweep patches 512 cells (SWEEP_MLP_POST_ALL_POS over 3 positions)"},
+      {"unknown method enum", [](auto& r) { r.set_method(static_cast<pb::PatchingMethod>(5)); }, kInvalid, "method 5 is unknown; use PATCHING_EXACT or PATCHING_ATTRIBUTION"},
+      {"attribution on a rotary model", [](auto& r) { r.set_model("llama"); r.set_method(pb::PATCHING_ATTRIBUTION); }, kUnimplemented, "attribution patching needs gradients: gradients are implemented for GPT-2-style blocks so far"},
+      {"attribution on a parallel block's resid_mid", [](auto& r) { r.set_model("pythia"); r.set_kind(pb::SWEEP_RESID_MID); r.set_method(pb::PATCHING_ATTRIBUTION); }, kUnimplemented, "attribution patching needs gradients"},
   };
   Check<pb::PatchingSweepRequest>("PatchingSweep", GoodSweep, Call(&pb::Glassbox::Stub::PatchingSweep), cases);
 }
@@ -991,7 +995,7 @@ TEST_F(BadRequestCorpusTest, Gradients) {
       {"no inputs", [](auto& r) { r.clear_inputs(); }, kInvalid, "inputs: give exactly one of texts or token_ids"},
       {"token past the vocabulary", [](auto& r) { r.mutable_inputs()->mutable_token_ids(0)->set_ids(1, 300); }, kInvalid, "token id 300 is outside the vocabulary [0, 300)"},
       {"rows of different lengths", [](auto& r) { r.mutable_inputs()->mutable_token_ids(1)->add_ids(7); }, kInvalid, "gradients take rows of one length for now (padding is not supported)"},
-      {"unknown metric kind", [](auto& r) { r.mutable_metric()->set_kind(static_cast<pb::GradientMetric::Kind>(7)); }, kInvalid, "metric.kind 7 is unknown; use LOGIT_DIFF, LOGIT or LOG_PROB"},
+      {"unknown metric kind", [](auto& r) { r.mutable_metric()->set_kind(static_cast<pb::GradientMetric::Kind>(7)); }, kInvalid, "metric.kind 7 is unknown; use LOGIT_DIFF, LOGIT, LOG_PROB or LOSS"},
       {"position past the row", [](auto& r) { r.mutable_metric()->set_position(3); }, kInvalid, "the metric's position 3 is outside rows of 3 tokens"},
       {"position before the row", [](auto& r) { r.mutable_metric()->set_position(-4); }, kInvalid, "the metric's position -4 is outside rows of 3 tokens"},
       {"INT32_MIN position", [](auto& r) { r.mutable_metric()->set_position(kIntMin); }, kInvalid, "the metric's position -2147483648 is outside"},
@@ -1003,6 +1007,49 @@ TEST_F(BadRequestCorpusTest, Gradients) {
       {"response over the byte limit", [](auto& r) { r.clear_inputs(); AddRowOf(r.mutable_inputs(), 32); r.add_hooks("blocks.*.attn.hook_result"); }, kExhausted, "the gradients would take 73728 bytes; this server allows 16384 (--max_response_bytes): ask for fewer hooks or fewer tokens"},
   };
   Check<pb::GradientsRequest>("Gradients", good, Call(&pb::Glassbox::Stub::Gradients), cases);
+}
+
+TEST_F(BadRequestCorpusTest, IntegratedGradients) {
+  auto good = [] {
+    pb::IntegratedGradientsRequest r;
+    r.set_model("gpt2");
+    AddRow(r.mutable_inputs(), {1, 2, 3});
+    r.mutable_metric()->set_token_a(5);
+    r.mutable_metric()->set_token_b(6);
+    r.set_hook("hook_embed");
+    r.set_steps(4);
+    return r;
+  };
+  auto baseline = [](pb::IntegratedGradientsRequest& r, std::vector<int64_t> shape, int values) {
+    r.mutable_baseline()->mutable_shape()->Add(shape.begin(), shape.end());
+    for (int i = 0; i < values; ++i) r.mutable_baseline()->add_values(0.5f);
+  };
+  const std::vector<Case<pb::IntegratedGradientsRequest>> cases = {
+      {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope")"},
+      {"a model the backward does not cover", [](auto& r) { r.set_model("llama"); }, kUnimplemented, R"(model type "llama" has rotary positions)"},
+      {"no inputs", [](auto& r) { r.clear_inputs(); }, kInvalid, "inputs: give exactly one of texts or token_ids"},
+      {"rows of different lengths", [](auto& r) { AddRow(r.mutable_inputs(), {1, 2}); }, kInvalid, "gradients take rows of one length for now"},
+      {"unknown metric kind", [](auto& r) { r.mutable_metric()->set_kind(static_cast<pb::GradientMetric::Kind>(9)); }, kInvalid, "metric.kind 9 is unknown"},
+      {"metric token past the vocabulary", [](auto& r) { r.mutable_metric()->set_token_a(300); }, kInvalid, "the metric's token 300 is outside the vocabulary [0, 300)"},
+      {"loss on one token", [](auto& r) { r.clear_inputs(); AddRow(r.mutable_inputs(), {1}); r.mutable_metric()->set_kind(pb::GradientMetric::LOSS); }, kInvalid, "the loss metric needs rows of at least 2 tokens"},
+      {"no hook", [](auto& r) { r.clear_hook(); }, kInvalid, R"(unknown hook point "")"},
+      {"unknown hook", [](auto& r) { r.set_hook("blocks.7.hook_resid_pre"); }, kInvalid, R"(unknown hook point "blocks.7.hook_resid_pre")"},
+      {"a glob", [](auto& r) { r.set_hook("blocks.*.hook_resid_pre"); }, kInvalid, R"(unknown hook point "blocks.*.hook_resid_pre")"},
+      {"a hook that cannot be edited", [](auto& r) { r.set_hook("blocks.0.ln1.hook_scale"); }, kInvalid, "blocks.0.ln1.hook_scale can be captured but not edited, so no path can run through it"},
+      {"unknown method", [](auto& r) { r.set_method(static_cast<pb::IntegratedGradientsRequest::Method>(4)); }, kInvalid, "method 4 is unknown; use INTEGRATED_GRADIENTS or INPUT_X_GRADIENT"},
+      {"negative steps", [](auto& r) { r.set_steps(-1); }, kInvalid, "steps is -1; it must be in [1, 1024] (0 = 20)"},
+      {"too many steps", [](auto& r) { r.set_steps(1025); }, kInvalid, "steps is 1025; it must be in [1, 1024]"},
+      {"INT32_MIN steps", [](auto& r) { r.set_steps(kIntMin); }, kInvalid, "steps is -2147483648"},
+      {"baseline of the wrong width", [&](auto& r) { baseline(r, {3}, 3); }, kInvalid, "the baseline has shape [3]; hook_embed takes [64] (its last axis, for every row and position) or its full shape [1,3,64]"},
+      {"baseline shape without its values", [&](auto& r) { baseline(r, {64}, 10); }, kInvalid, "baseline: shape [64] does not hold its 10 values"},
+      {"baseline values without a shape", [&](auto& r) { baseline(r, {}, 64); }, kInvalid, "baseline: shape [] does not hold its 64 values"},
+      {"baseline with a zero dimension", [&](auto& r) { baseline(r, {0, 64}, 0); }, kInvalid, "has a dimension outside [1, 2^31]"},
+      {"baseline with a huge shape", [&](auto& r) { baseline(r, {1LL << 40, 1LL << 40}, 1); }, kInvalid, "has a dimension outside [1, 2^31]"},
+      {"baseline of indices", [](auto& r) { r.mutable_baseline()->add_shape(1); r.mutable_baseline()->add_indices(3); }, kInvalid, "baseline takes float values, not indices"},
+      {"attributions over the byte limit", [](auto& r) { r.clear_inputs(); AddRowOf(r.mutable_inputs(), 32); r.set_hook("blocks.0.mlp.hook_post"); }, kExhausted, "the attributions would take 32768 bytes; this server allows 16384 (--max_response_bytes): send fewer tokens"},
+  };
+  Check<pb::IntegratedGradientsRequest>("IntegratedGradients", good,
+                                        Call(&pb::Glassbox::Stub::IntegratedGradients), cases);
 }
 
 TEST_F(BadRequestCorpusTest, DirectLogitAttribution) {

@@ -266,6 +266,42 @@ TEST_F(ServiceTest, GradientsOverGrpcEqualTransformerLensAutograd) {
   EXPECT_THAT(s.error_message(), ::testing::HasSubstr("rotary positions"));
 }
 
+TEST_F(ServiceTest, IntegratedGradientsOverGrpcEqualTorch) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  auto expected = ReadAllTensors(FixturePath("expected/tiny-gpt2.integrated_gradients.safetensors"));
+  pb::IntegratedGradientsRequest request;
+  request.set_model("gpt2");
+  *request.mutable_inputs() = InputsOf(expected.at("tokens"));
+  request.mutable_metric()->set_token_a(17);
+  request.mutable_metric()->set_token_b(42);
+  request.set_hook("blocks.0.attn.hook_z");
+  request.set_steps(16);
+  pb::IntegratedGradientsResponse response;
+  grpc::ClientContext context;
+  grpc::Status s = stub->IntegratedGradients(&context, request, &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_THAT(response.attributions().dim_names(),
+              ::testing::ElementsAre("batch", "pos", "head_index", "d_head"));
+  EXPECT_LE(NormRelativeError(FromArray(response.attributions()),
+                              expected.at("blocks.0.attn.hook_z.ig16")),
+            2e-5);
+  ASSERT_EQ(response.baseline_metric_size(), 2);
+  EXPECT_NEAR(response.baseline_metric(1),
+              expected.at("blocks.0.attn.hook_z.baseline_metric").data<float>()[1], 1e-4);
+  // The path's 32 rows go in passes of at most --max_tokens tokens.
+  EXPECT_GE(response.backward_passes(), 1);
+  EXPECT_EQ(response.forward_passes(), response.backward_passes() + 2);
+
+  request.set_method(pb::IntegratedGradientsRequest::INPUT_X_GRADIENT);
+  request.set_hook("hook_embed");
+  grpc::ClientContext ixg;
+  s = stub->IntegratedGradients(&ixg, request, &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_LE(NormRelativeError(FromArray(response.attributions()),
+                              expected.at("hook_embed.input_x_grad")),
+            2e-5);
+}
+
 TEST_F(ServiceTest, AnalysesOverGrpc) {
   auto stub = pb::Glassbox::NewStub(*channel_);
   auto patching = ReadAllTensors(FixturePath("expected/tiny-gpt2.patching.safetensors"));
@@ -290,6 +326,30 @@ TEST_F(ServiceTest, AnalysesOverGrpc) {
     ASSERT_TRUE(s.ok()) << s.error_message();
     EXPECT_THAT(response.values().dim_names(), ::testing::ElementsAre("layer", "head"));
     EXPECT_LE(NormRelativeError(FromArray(response.values()), patching.at("pattern_all_pos.values")), 1e-5);
+
+    // Attribution patching: the same request estimated from 2 forward and 1 backward passes,
+    // equal to (clean - corrupted) . grad from torch (the engine test checks every kind).
+    auto atp = ReadAllTensors(FixturePath("expected/tiny-gpt2.attribution.safetensors"));
+    request.set_method(pb::PATCHING_ATTRIBUTION);
+    request.set_kind(pb::SWEEP_HEAD_OUT_ALL_POS);
+    grpc::ClientContext atp_context;
+    s = stub->PatchingSweep(&atp_context, request, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(response.forward_passes(), 2);
+    EXPECT_EQ(response.backward_passes(), 1);
+    Tensor estimate = FromArray(response.normalized());
+    for (float& v : estimate.span<float>()) {
+      v *= static_cast<float>(response.clean_metric() - response.corrupted_metric());
+    }
+    EXPECT_LE(NormRelativeError(estimate, atp.at("logit_diff.head_out_all_pos.atp")), 2e-5);
+
+    request.set_model("llama");
+    grpc::ClientContext llama_atp;
+    s = stub->PatchingSweep(&llama_atp, request, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_THAT(s.error_message(), ::testing::HasSubstr("attribution patching needs gradients"));
+    request.set_model("gpt2");
+    request.set_method(pb::PATCHING_EXACT);
 
     request.mutable_corrupted()->mutable_token_ids(0)->add_ids(1);
     grpc::ClientContext bad;

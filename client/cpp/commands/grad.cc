@@ -16,6 +16,7 @@
 #include "client/cpp/cli/out_file.h"
 #include "client/cpp/cli/rows.h"
 #include "client/cpp/cli/table.h"
+#include "client/cpp/commands/gradient_spec.h"
 
 namespace glassbox::cli {
 namespace {
@@ -28,11 +29,8 @@ constexpr Flag kFlags[] = {
     kTextFlag,
     kTokensFlag,
     kPrependBosFlag,
-    {"metric", FlagKind::kValue, "--metric KIND:TOKENS",
-     "logit_diff:A:B (logit A − logit B), logit:T or log_prob:T, at\n"
-     "--position of each row"},
-    {"position", FlagKind::kValue, "--position P",
-     "the metric's position (default -1, each row's last token)"},
+    kGradientMetricFlag,
+    kGradientPositionFlag,
     {"hooks", FlagKind::kRepeated, "--hooks HOOK",
      "a hook name or glob whose gradient is wanted (repeatable), e.g.\n"
      "'blocks.*.hook_resid_pre'"},
@@ -40,44 +38,11 @@ constexpr Flag kFlags[] = {
      "every gradient in full (\"<hook>\", the hook's shape) and \"metric\" [batch]"},
 };
 
-absl::StatusOr<GradientMetric> ParseMetric(absl::string_view spec) {
-  const std::vector<absl::string_view> parts = absl::StrSplit(spec, ':');
-  GradientMetric metric;
-  const bool diff = parts[0] == "logit_diff";
-  if (parts[0] == "logit_diff") {
-    metric.set_kind(GradientMetric::LOGIT_DIFF);
-  } else if (parts[0] == "logit") {
-    metric.set_kind(GradientMetric::LOGIT);
-  } else if (parts[0] == "log_prob") {
-    metric.set_kind(GradientMetric::LOG_PROB);
-  } else {
-    return UsageError(absl::StrFormat(
-        "--metric \"%s\": the kind is logit_diff, logit or log_prob", spec));
-  }
-  if (parts.size() != (diff ? 3u : 2u)) {
-    return UsageError(absl::StrFormat("--metric \"%s\": expected %s", spec,
-                                      diff ? "logit_diff:A:B" : absl::StrCat(parts[0], ":T")));
-  }
-  int32_t a = -1, b = -1;
-  if (!absl::SimpleAtoi(parts[1], &a) || a < 0 || (diff && (!absl::SimpleAtoi(parts[2], &b) || b < 0))) {
-    return UsageError(absl::StrFormat("--metric \"%s\": tokens are ids >= 0", spec));
-  }
-  metric.set_token_a(a);
-  if (diff) metric.set_token_b(b);
-  return metric;
-}
-
 absl::Status Parse(const CommandLine& line, Invocation& invocation) {
   GradientsRequest& request = invocation.request.emplace<GradientsRequest>();
   GB_RETURN_IF_ERROR(ParseModelAndRows(line, request));
-  const std::optional<std::string> metric = line.raw.Value("metric");
-  if (!metric.has_value()) {
-    return UsageError("grad needs --metric logit_diff:A:B, logit:T or log_prob:T");
-  }
-  GB_ASSIGN_OR_RETURN(*request.mutable_metric(), ParseMetric(*metric));
-  GB_ASSIGN_OR_RETURN(invocation.position,
-                      ParseInt32Flag(line.raw, "position", "-1", INT32_MIN));
-  request.mutable_metric()->set_position(invocation.position);
+  GB_RETURN_IF_ERROR(
+      ParseGradientMetricFlags(line, "grad", *request.mutable_metric(), invocation));
   for (const std::string& hook : line.raw.Values("hooks")) request.add_hooks(hook);
   if (request.hooks().empty()) {
     return UsageError("grad needs --hooks HOOK (a name or glob, repeatable)");
@@ -139,7 +104,7 @@ extern constinit const Command kGradCommand = {
     .name = "grad",
     .brief = "grad --model MODEL ... --metric KIND:TOKENS --hooks HOOK...",
     .synopsis = "grad --model MODEL (--text TEXT | --tokens IDS)...\n"
-                "--metric (logit_diff:A:B | logit:T | log_prob:T) [--position -1]\n"
+                "--metric (logit_diff:A:B | logit:T | log_prob:T | loss) [--position -1]\n"
                 "--hooks HOOK... [--out FILE.safetensors]",
     .summary = "the gradient of a logit metric at chosen hook points (per-position norms)",
     .flags = kFlags,

@@ -1,8 +1,13 @@
 // `glassbox patch`: an activation-patching sweep (clean vs corrupted, batched on the server);
-// prints the metric per cell, rows = layers.
+// prints the metric per cell, rows = layers. `glassbox attrib-patch` (or `patch --method
+// attribution`): the same sweep estimated by attribution patching.
+#include <algorithm>
+#include <any>
+#include <cmath>
 #include <optional>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -34,7 +39,11 @@ constexpr Flag kFlags[] = {
      "resid_pre, resid_mid, resid_post, attn_out, mlp_out ([layer, pos]);\n"
      "head_out ([layer, head], hook_z at all positions);\n"
      "head_out_by_pos ([layer, pos, head]); q, k, v ([layer, head]);\n"
-     "pattern ([layer, head], hook_pattern: every query and key)"},
+     "pattern ([layer, head], hook_pattern: every query and key);\n"
+     "mlp_post ([layer, neuron], one neuron at every position)"},
+    {"method", FlagKind::kValue, "--method METHOD",
+     "exact (default: a patched forward pass per cell) or attribution\n"
+     "(AtP: (clean - corrupted) . gradient, 2 forward + 1 backward passes)"},
     {"metric", FlagKind::kValue, "--metric METRIC",
      "logit_diff:A,B (logit[A] - logit[B] at the last position),\n"
      "log_prob:A (log p(A) at the last position), loss (mean next-token\n"
@@ -89,6 +98,14 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
     return UsageError("patch needs --metric (logit_diff:A,B, log_prob:A or loss)");
   }
   GB_ASSIGN_OR_RETURN(*request.mutable_metric(), ParsePatchingMetric(*metric));
+  if (const std::optional<std::string> method = raw.Value("method"); method.has_value()) {
+    if (*method == "attribution" || *method == "atp") {
+      request.set_method(glassbox::v1::PATCHING_ATTRIBUTION);
+    } else if (*method != "exact") {
+      return UsageError(
+          absl::StrFormat("--method: \"%s\" is not exact or attribution", *method));
+    }
+  }
   invocation.print_normalized = raw.IsTrue("normalized");
   if (raw.Has("max_rows_per_pass")) {
     GB_ASSIGN_OR_RETURN(int32_t rows, ParseInt32Flag(raw, "max_rows_per_pass", "", 1));
@@ -139,25 +156,61 @@ void PrintMatrix(const glassbox::v1::Array& shown, std::ostream& out) {
   PrintTable(table, out);
 }
 
+// A [layer, neuron] map is too wide for a table: its largest cells, by |normalized effect|.
+void PrintTopNeurons(const glassbox::v1::Array& shown, const glassbox::v1::Array& normalized,
+                     std::ostream& out) {
+  constexpr int64_t kShown = 20;
+  const int64_t layers = shown.shape(0), neurons = shown.shape(1);
+  std::vector<std::pair<int64_t, int64_t>> cells;
+  for (int64_t l = 0; l < layers; ++l) {
+    for (int64_t n = 0; n < neurons; ++n) cells.emplace_back(l, n);
+  }
+  auto effect = [&](const std::pair<int64_t, int64_t>& c) {
+    return std::abs(client::FloatAt(normalized, {c.first, c.second}));
+  };
+  const int64_t count = std::min<int64_t>(kShown, static_cast<int64_t>(cells.size()));
+  std::partial_sort(cells.begin(), cells.begin() + count, cells.end(),
+                    [&](const auto& a, const auto& b) { return effect(a) > effect(b); });
+  out << absl::StrFormat("the %d largest of %d cells:\n", count, cells.size());
+  std::vector<std::vector<std::string>> table = {{"layer", "neuron", "value"}};
+  for (int64_t i = 0; i < count; ++i) {
+    table.push_back({absl::StrCat(cells[i].first), absl::StrCat(cells[i].second),
+                     Number(client::FloatAt(shown, {cells[i].first, cells[i].second}))});
+  }
+  PrintTable(table, out);
+}
+
 absl::Status Run(const Invocation& invocation, client::Client& client, std::ostream& out,
                  std::ostream& err) {
   const PatchingSweepRequest& request = Request<PatchingSweepRequest>(invocation);
   GB_ASSIGN_OR_RETURN(glassbox::v1::PatchingSweepResponse response,
                       client.PatchingSweep(request));
   const int pairs = InputRows(request.clean());
-  out << absl::StrFormat("patching sweep %s on %s: %d prompt pair%s, metric %s\n",
+  const bool attribution = request.method() == glassbox::v1::PATCHING_ATTRIBUTION;
+  out << absl::StrFormat("%s %s on %s: %d prompt pair%s, metric %s\n",
+                         attribution ? "attribution patching (AtP estimate of the sweep)"
+                                     : "patching sweep",
                          SweepKindName(request.kind()), request.model(), pairs,
                          pairs == 1 ? "" : "s", MetricString(request.metric()));
-  out << absl::StrFormat("clean %.4f, corrupted %.4f; %d forward passes, %.3f s\n",
-                         response.clean_metric(), response.corrupted_metric(),
-                         response.forward_passes(), response.seconds());
+  const std::string passes =
+      response.backward_passes() > 0
+          ? absl::StrFormat("%d forward and %d backward passes", response.forward_passes(),
+                            response.backward_passes())
+          : absl::StrFormat("%d forward passes", response.forward_passes());
+  out << absl::StrFormat("clean %.4f, corrupted %.4f; %s, %.3f s\n", response.clean_metric(),
+                         response.corrupted_metric(), passes, response.seconds());
   const glassbox::v1::Array& shown =
       invocation.print_normalized ? response.normalized() : response.values();
   out << (invocation.print_normalized
               ? "normalized effect (m - m_corrupted) / (m_clean - m_corrupted)"
               : "metric m with the cell's clean activation patched into the corrupted run")
+      << (attribution ? " (estimated)" : "")
       << absl::StrFormat(", [%s]:\n", absl::StrJoin(shown.dim_names(), ", "));
-  PrintMatrix(shown, out);
+  if (request.kind() == glassbox::v1::SWEEP_MLP_POST_ALL_POS) {
+    PrintTopNeurons(shown, response.normalized(), out);
+  } else {
+    PrintMatrix(shown, out);
+  }
   return WriteOutFile(invocation, request.model(), request, out, [&](SafetensorsBuilder& file) {
     file.AddArray("values", response.values());
     file.AddArray("normalized", response.normalized());
@@ -165,7 +218,17 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
     file.AddFloats("corrupted_metric", {1}, {static_cast<float>(response.corrupted_metric())});
     file.AddLabels("glassbox.dim_names", response.values().dim_names());
     file.metadata["glassbox.forward_passes"] = absl::StrCat(response.forward_passes());
+    file.metadata["glassbox.method"] = attribution ? "attribution" : "exact";
   });
+}
+
+absl::Status ParseAttribution(const CommandLine& line, Invocation& invocation) {
+  if (line.raw.Has("method")) {
+    return UsageError("attrib-patch is patch --method attribution: drop --method");
+  }
+  GB_RETURN_IF_ERROR(Parse(line, invocation));
+  std::any_cast<PatchingSweepRequest>(&invocation.request)->set_method(glassbox::v1::PATCHING_ATTRIBUTION);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -177,13 +240,29 @@ extern constinit const Command kPatchCommand = {
                 "(--clean-text T --corrupted-text T |\n"
                 " --clean-tokens IDS --corrupted-tokens IDS)...\n"
                 "--kind KIND --metric METRIC [--normalized]\n"
-                "[--max_rows_per_pass N] [--out FILE.safetensors]",
+                "[--method exact|attribution] [--max_rows_per_pass N]\n"
+                "[--out FILE.safetensors]",
     .summary = "activation-patching sweep (clean vs corrupted, batched on the server): prints\n"
                "the metric per cell, rows = layers",
     .flags = kFlags,
     .flags_heading = "Patch flags (each --clean-* and --corrupted-* row pairs up with the one in "
                      "the same place;\nall rows must have the same number of tokens):",
     .parse = Parse,
+    .run = Run,
+};
+
+extern constinit const Command kAttribPatchCommand = {
+    .name = "attrib-patch",
+    .brief = "attrib-patch --model MODEL ...",
+    .synopsis = "attrib-patch --model MODEL\n"
+                "(--clean-text T --corrupted-text T |\n"
+                " --clean-tokens IDS --corrupted-tokens IDS)...\n"
+                "--kind KIND --metric METRIC [--normalized] [--out FILE.safetensors]",
+    .summary = "attribution patching: the patching sweep estimated from two forward passes and\n"
+               "one backward pass, (clean - corrupted) . gradient per cell",
+    .flags = kFlags,
+    .flags_heading = "Flags as patch's (--method is attribution):",
+    .parse = ParseAttribution,
     .run = Run,
 };
 

@@ -35,6 +35,8 @@ constexpr SweepName kSweepNames[] = {
     {"v_all_pos", glassbox::v1::SWEEP_V_ALL_POS},
     {"pattern", glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS},
     {"pattern_all_pos", glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS},
+    {"mlp_post", glassbox::v1::SWEEP_MLP_POST_ALL_POS},
+    {"mlp_post_all_pos", glassbox::v1::SWEEP_MLP_POST_ALL_POS},
 };
 
 }  // namespace

@@ -29,13 +29,68 @@ def test_gradients_equal_transformer_lens_autograd(gpt2: glassbox.Model) -> None
         assert result["blocks.1.attn.hook_z"].shape == (2, 7, 4, 16)
 
 
+def test_loss_gradient_gives_attribution_patching(gpt2: glassbox.Model) -> None:
+    """The loss metric: its value is the mean next-token loss of a plain run, and (clean -
+    corrupted) . its gradient at the corrupted run summed over the model dimension is attribution
+    patching's resid_pre map (torch float64, make_attribution_fixtures.py)."""
+    ref = reference("tiny-gpt2", "attribution")
+    clean, corrupted = ref["clean"].tolist(), ref["corrupted"].tolist()
+    result = gpt2.gradients(corrupted, glassbox.Loss(), "blocks.*.hook_resid_pre")
+    losses = gpt2.run(corrupted, logits="none", loss_per_token=True).loss_per_token.astype(np.float64)
+    np.testing.assert_allclose(result.metric, losses.mean(1), rtol=1e-5)
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    act_clean = gpt2.run(clean, captures=hooks, logits="none").cache
+    act_corrupted = gpt2.run(corrupted, captures=hooks, logits="none").cache
+    atp = np.stack([((act_clean[h] - act_corrupted[h]) * result[h]).sum(-1).mean(0) for h in hooks])
+    assert rel_error(atp, ref["loss.resid_pre.atp"]) < 2e-5
+
+
 def test_gradient_requests_are_checked(gpt2: glassbox.Model) -> None:
     assert metric_proto(glassbox.LogitDiff(3, 4), -1, int).position == -1
     with pytest.raises(TypeError, match="metric must be"):
-        gpt2.gradients([[1, 2, 3]], glassbox.Loss(), "hook_embed")
+        gpt2.gradients([[1, 2, 3]], lambda logits: logits, "hook_embed")
+    with pytest.raises(glassbox.InvalidArgument, match="at least 2 tokens"):
+        gpt2.gradients([[1]], glassbox.Loss(), "hook_embed")
     with pytest.raises(ValueError, match="hooks must be"):
         gpt2.gradients([[1, 2, 3]], glassbox.Logit(3), [])
     with pytest.raises(glassbox.InvalidArgument, match="rows of one length"):
         gpt2.gradients([[1, 2, 3], [4, 5]], glassbox.Logit(3), "hook_embed")
     with pytest.raises(glassbox.InvalidArgument, match="position 3 is outside rows of 3 tokens"):
         gpt2.gradients([[1, 2, 3]], glassbox.Logit(3), "hook_embed", position=3)
+
+
+@pytest.mark.parametrize("hook", ["hook_embed", "blocks.1.hook_resid_pre", "blocks.0.attn.hook_z",
+                                  "blocks.0.mlp.hook_post"])
+def test_integrated_gradients_equal_torch(gpt2: glassbox.Model, hook: str) -> None:
+    """The midpoint rule over 16 points from a zero baseline, and input x gradient, against torch
+    in float64 (tests/reference/make_integrated_gradients_fixtures.py)."""
+    ref = reference("tiny-gpt2", "integrated_gradients")
+    tokens = ref["tokens"].tolist()
+    ig = gpt2.integrated_gradients(tokens, glassbox.LogitDiff(17, 42), hook, steps=16)
+    assert ig.attributions.shape == ref[f"{hook}.ig16"].shape
+    assert rel_error(ig.attributions, ref[f"{hook}.ig16"]) <= 2e-5
+    np.testing.assert_allclose(ig.metric, ref[f"{hook}.metric"], atol=1e-4)
+    np.testing.assert_allclose(ig.baseline_metric, ref[f"{hook}.baseline_metric"], atol=1e-4)
+    assert ig.per_position().shape == (2, 7)
+    np.testing.assert_allclose(ig.per_position().sum(-1), ig.attributions.reshape(2, -1).astype(np.float64).sum(-1), rtol=1e-9)
+    ixg = gpt2.input_x_gradient(tokens, glassbox.LogitDiff(17, 42), hook)
+    assert ixg.method == "input_x_gradient" and ixg.backward_passes == 1
+    assert rel_error(np.asarray(ixg), ref[f"{hook}.input_x_grad"]) <= 2e-5
+
+
+def test_integrated_gradients_completeness_and_baselines(gpt2: glassbox.Model) -> None:
+    tokens = [[5, 9, 14, 3, 8]]
+    ig = gpt2.integrated_gradients(tokens, glassbox.LogProb(3), "hook_embed", steps=256)
+    assert abs(ig.completeness_gap[0]) < 1e-3 * max(1.0, abs(ig.metric[0] - ig.baseline_metric[0]))
+    # A baseline equal to the input: nothing to attribute.
+    x = gpt2.run(tokens, captures="hook_embed", logits="none").cache["hook_embed"]
+    same = gpt2.integrated_gradients(tokens, glassbox.LogProb(3), "hook_embed", steps=2, baseline=x)
+    assert np.all(same.attributions == 0)
+    with pytest.raises(glassbox.InvalidArgument, match="hook_embed takes \\[64\\]"):
+        gpt2.integrated_gradients(tokens, glassbox.LogProb(3), "hook_embed", baseline=np.ones(3))
+    with pytest.raises(glassbox.InvalidArgument, match="can be captured but not edited"):
+        gpt2.integrated_gradients(tokens, glassbox.LogProb(3), "blocks.0.ln1.hook_scale")
+    with pytest.raises(ValueError, match="steps must be"):
+        gpt2.integrated_gradients(tokens, glassbox.LogProb(3), steps=0)
+    with pytest.raises(ValueError, match="one hook name"):
+        gpt2.integrated_gradients(tokens, glassbox.LogProb(3), ["hook_embed"])

@@ -57,12 +57,16 @@ SWEEP_KINDS = {
     "k_all_pos": pb.SWEEP_K_ALL_POS,
     "v_all_pos": pb.SWEEP_V_ALL_POS,
     "pattern_all_pos": pb.SWEEP_ATTN_HEAD_PATTERN_ALL_POS,
+    "mlp_post_all_pos": pb.SWEEP_MLP_POST_ALL_POS,  # one neuron at every position
 }
+#: How a sweep is computed: one patched pass per cell, or attribution patching's estimate.
+PATCHING_METHODS = {"exact": pb.PATCHING_EXACT, "attribution": pb.PATCHING_ATTRIBUTION}
 # transformer_lens.patching's function names: get_act_patch_attn_head_out_all_pos,
 # get_act_patch_attn_head_q_all_pos, ...
 _SWEEP_ALIASES = {
     **{f"attn_{k}": k for k in ("head_out_all_pos", "head_out_by_pos")},
     **{f"attn_head_{k}": k for k in ("q_all_pos", "k_all_pos", "v_all_pos", "pattern_all_pos")},
+    "mlp_post": "mlp_post_all_pos",
 }
 
 
@@ -96,7 +100,8 @@ def decode_array(array: "pb.Array") -> Optional[np.ndarray]:
 
 @dataclass(frozen=True)
 class PatchingResult:
-    """An activation-patching sweep (``Model.patching_sweep``).
+    """An activation-patching sweep (``Model.patching_sweep``) or its attribution-patching
+    estimate (``Model.attribution_patching``; ``method`` says which).
 
     ``values`` is what transformer_lens.patching returns for the same metric (``raw``), or the
     normalised effect (m - m_corrupted) / (m_clean - m_corrupted) when the sweep was asked for
@@ -104,7 +109,7 @@ class PatchingResult:
     """
 
     kind: str
-    values: np.ndarray  # [layer, pos], [layer, head] or [layer, pos, head]
+    values: np.ndarray  # [layer, pos], [layer, head], [layer, pos, head] or [layer, neuron]
     dim_names: Tuple[str, ...]
     raw: np.ndarray
     normalized: np.ndarray
@@ -112,6 +117,8 @@ class PatchingResult:
     corrupted_metric: float
     forward_passes: int
     seconds: float  # server wall time
+    method: str = "exact"
+    backward_passes: int = 0
 
     def __array__(self, dtype=None, copy=None):  # noqa: ANN001 - numpy protocol
         return self.values if dtype is None else self.values.astype(dtype)
@@ -123,8 +130,9 @@ class PatchingResult:
     def __repr__(self) -> str:
         dims = ", ".join(f"{n}={s}" for n, s in zip(self.dim_names, self.values.shape))
         return (
-            f"PatchingResult({self.kind}: [{dims}], clean {self.clean_metric:.4g}, corrupted "
-            f"{self.corrupted_metric:.4g}, {self.forward_passes} passes, {self.seconds:.3f}s)"
+            f"PatchingResult({self.kind}{' (attribution)' if self.method == 'attribution' else ''}: "
+            f"[{dims}], clean {self.clean_metric:.4g}, corrupted {self.corrupted_metric:.4g}, "
+            f"{self.forward_passes} passes, {self.seconds:.3f}s)"
         )
 
 

@@ -1,6 +1,7 @@
 """Gradients of a metric of the logits at hook points (``Model.gradients``; docs/gradients.md).
 
-The request's metric reuses the patching metrics (``LogitDiff``, ``LogProb``) and adds ``Logit``;
+The request's metric reuses the patching metrics (``LogitDiff``, ``LogProb``, ``Loss``) and adds
+``Logit``;
 the result holds each row's metric value and one gradient array per hook, in the hook's
 TransformerLens shape.
 """
@@ -11,7 +12,7 @@ from typing import Dict, Iterator, Mapping, Tuple, Union
 
 import numpy as np
 
-from ._analyses import LogitDiff, LogProb, TokenSpec, decode_array
+from ._analyses import LogitDiff, LogProb, Loss, TokenSpec, decode_array
 from ._proto.glassbox.v1 import glassbox_pb2 as pb
 
 
@@ -22,7 +23,7 @@ class Logit:
     token: TokenSpec
 
 
-GradientMetric = Union[LogitDiff, LogProb, Logit]
+GradientMetric = Union[LogitDiff, LogProb, Logit, Loss]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,63 @@ class GradientResult(Mapping[str, np.ndarray]):
         return cls(metric=np.asarray(response.metric, dtype=np.float64), gradients=gradients)
 
 
+@dataclass(frozen=True)
+class IntegratedGradientsResult:
+    """``Model.integrated_gradients`` / ``Model.input_x_gradient``: ``attributions`` in the hook's
+    shape (``dim_names``), and per row the metric at the input (``metric``) and at the baseline
+    (``baseline_metric``). Completeness: a row's attributions sum to about ``metric -
+    baseline_metric`` (exactly in the limit of many steps; ``completeness_gap`` is the
+    difference). ``np.asarray(result)`` is ``attributions``."""
+
+    hook: str
+    method: str  # "integrated_gradients" or "input_x_gradient"
+    attributions: np.ndarray
+    dim_names: Tuple[str, ...]
+    metric: np.ndarray
+    baseline_metric: np.ndarray
+    forward_passes: int
+    backward_passes: int
+
+    def __array__(self, dtype=None, copy=None):  # noqa: ANN001 - numpy protocol
+        return self.attributions if dtype is None else self.attributions.astype(dtype)
+
+    def per_position(self) -> np.ndarray:
+        """[batch, pos]: each position's attribution summed over the hook's other axes (for
+        attention patterns and scores, over heads and keys: per query position)."""
+        a = self.attributions.astype(np.float64)
+        if len(self.dim_names) == 4 and self.dim_names[1] == "head_index":
+            return a.sum(axis=(1, 3))
+        return a.reshape(a.shape[0], a.shape[1], -1).sum(-1)
+
+    @property
+    def completeness_gap(self) -> np.ndarray:
+        """[batch]: sum of each row's attributions minus (metric - baseline_metric)."""
+        sums = self.attributions.reshape(self.attributions.shape[0], -1).astype(np.float64).sum(-1)
+        return sums - (self.metric - self.baseline_metric)
+
+    @classmethod
+    def from_proto(cls, hook: str, method: str,
+                   response: "pb.IntegratedGradientsResponse") -> "IntegratedGradientsResult":
+        attributions = decode_array(response.attributions)
+        assert attributions is not None
+        return cls(hook=hook, method=method, attributions=attributions,
+                   dim_names=tuple(response.attributions.dim_names),
+                   metric=np.asarray(response.metric, dtype=np.float64),
+                   baseline_metric=np.asarray(response.baseline_metric, dtype=np.float64),
+                   forward_passes=int(response.forward_passes),
+                   backward_passes=int(response.backward_passes))
+
+
+def baseline_array(baseline) -> "pb.Array":  # noqa: ANN001 - array-like or None
+    """The wire baseline: None is zeros (an empty Array); else float32 values with their shape."""
+    if baseline is None:
+        return pb.Array()
+    values = np.asarray(baseline, dtype=np.float32)
+    if values.ndim == 0:
+        raise ValueError("baseline must be an array: [d] (the hook's last axis) or the hook's full shape")
+    return pb.Array(shape=list(values.shape), values=values.ravel().tolist())
+
+
 def metric_proto(metric: GradientMetric, position: int, token_id) -> "pb.GradientMetric":
     """The wire metric; ``token_id`` turns a token spec (id or one-token string) into an id."""
     if isinstance(metric, LogitDiff):
@@ -62,8 +120,11 @@ def metric_proto(metric: GradientMetric, position: int, token_id) -> "pb.Gradien
         out = pb.GradientMetric(kind=pb.GradientMetric.LOG_PROB, token_a=token_id(metric.token))
     elif isinstance(metric, Logit):
         out = pb.GradientMetric(kind=pb.GradientMetric.LOGIT, token_a=token_id(metric.token))
+    elif isinstance(metric, Loss) or metric is Loss:
+        out = pb.GradientMetric(kind=pb.GradientMetric.LOSS)  # the row's mean next-token loss
     else:
-        raise TypeError(f"metric must be LogitDiff(a, b), LogProb(token) or Logit(token), got {metric!r}")
+        raise TypeError(
+            f"metric must be LogitDiff(a, b), LogProb(token), Logit(token) or Loss(), got {metric!r}")
     if not isinstance(position, (int, np.integer)) or isinstance(position, bool):
         raise TypeError(f"position must be an int (negative counts from the end), got {position!r}")
     out.position = int(position)

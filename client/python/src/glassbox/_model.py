@@ -26,6 +26,7 @@ from ._analyses import (
     LogProb,
     Loss,
     Metric,
+    PATCHING_METHODS,
     PatchingResult,
     TokenSpec,
     decode_array,
@@ -33,7 +34,13 @@ from ._analyses import (
 )
 from ._cache import ActivationCache
 from ._generate import GeneratedSequence, GenerationStream, generation_request, sampling_proto
-from ._gradients import GradientMetric, GradientResult, hook_names
+from ._gradients import (
+    GradientMetric,
+    GradientResult,
+    IntegratedGradientsResult,
+    baseline_array,
+    hook_names,
+)
 from ._gradients import metric_proto as gradient_metric_proto
 from ._heads import HeadDetection, repeated_random_tokens, score_heads
 from ._interventions import Interventions, intervention_protos
@@ -672,11 +679,13 @@ class Model:
         *,
         normalized: bool = False,
         max_rows_per_pass: int = 0,
+        method: str = "exact",
         prepend_bos: Optional[bool] = None,
         timeout: Optional[float] = None,
     ) -> PatchingResult:
         """Activation patching over every cell of a sweep, as transformer_lens.patching
-        defines it, run on the server as a few batched forward passes.
+        defines it, run on the server as a few batched forward passes (or, with
+        ``method="attribution"``, estimated: see ``attribution_patching``).
 
         For each cell, the corrupted input runs with that one activation replaced by its value
         in the clean run, and the metric is read from the patched logits (averaged over the
@@ -687,13 +696,17 @@ class Model:
             kind: "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out" ([layer, pos]);
                 "head_out_all_pos" ([layer, head]), "head_out_by_pos" ([layer, pos, head]) at
                 hook_z; "q_all_pos" ([layer, head]), "k_all_pos", "v_all_pos" ([layer, kv_head]);
-                "pattern_all_pos" ([layer, head]: the head's whole hook_pattern).
+                "pattern_all_pos" ([layer, head]: the head's whole hook_pattern);
+                "mlp_post_all_pos" ([layer, neuron]: one neuron of mlp.hook_post everywhere).
             metric: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Loss()``; tokens as ids or
                 one-token strings.
             normalized: make ``values`` (m - m_corrupted) / (m_clean - m_corrupted).
             max_rows_per_pass: rows per forward pass (0: the server's default).
+            method: "exact" or "attribution".
         """
         name, kind_enum = sweep_kind(kind)
+        if method not in PATCHING_METHODS:
+            raise ValueError(f"method must be one of {', '.join(PATCHING_METHODS)}; got {method!r}")
         request = pb.PatchingSweepRequest(
             model=self.name,
             clean=build_inputs(clean, prepend_bos),
@@ -701,6 +714,7 @@ class Model:
             kind=kind_enum,
             metric=self._metric_proto(metric),
             max_rows_per_pass=int(max_rows_per_pass),
+            method=PATCHING_METHODS[method],
         )
         response = self._transport.patching_sweep(request, timeout=timeout)
         raw = decode_array(response.values)
@@ -716,7 +730,30 @@ class Model:
             corrupted_metric=float(response.corrupted_metric),
             forward_passes=int(response.forward_passes),
             seconds=float(response.seconds),
+            method=method,
+            backward_passes=int(response.backward_passes),
         )
+
+    def attribution_patching(
+        self,
+        clean: Inputs,
+        corrupted: Inputs,
+        kind: str = "resid_pre",
+        metric: Metric = Loss(),
+        *,
+        normalized: bool = False,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> PatchingResult:
+        """Attribution patching (Nanda; Kramár et al., AtP): the whole ``patching_sweep`` of
+        ``kind`` estimated from two forward passes and one backward pass. Each cell's effect is
+        the first-order estimate sum over its elements of (clean - corrupted) * d metric / d
+        activation, the gradient taken on the corrupted run; ``values`` is m_corrupted plus it
+        (or, ``normalized``, it over m_clean - m_corrupted), so the result compares cell by
+        cell with the exact sweep. GPT-2-style models only so far (docs/gradients.md).
+        """
+        return self.patching_sweep(clean, corrupted, kind, metric, normalized=normalized,
+                                   method="attribution", prepend_bos=prepend_bos, timeout=timeout)
 
     def logit_lens(
         self,
@@ -777,6 +814,61 @@ class Model:
             metric=gradient_metric_proto(metric, position, self.to_single_token),
             hooks=hook_names(hooks))
         return GradientResult.from_proto(self._transport.gradients(request, timeout=timeout))
+
+    def integrated_gradients(
+        self,
+        input: Inputs,
+        metric: GradientMetric,
+        hook: str = "hook_embed",
+        *,
+        steps: int = 20,
+        baseline=None,  # noqa: ANN001 - array-like
+        position: int = -1,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> IntegratedGradientsResult:
+        """Integrated gradients (Sundararajan et al. 2017) of ``metric`` at one editable
+        ``hook`` (default: the token embeddings): (x - x') * the mean of d metric / d hook over
+        ``steps`` midpoints of the straight path from the baseline x' to the input's value x,
+        the hook's output replaced along it. ``baseline``: None (zeros), a [d] vector for every
+        row and position, or an array of the hook's full shape. Rows of one length; metrics as
+        ``gradients``. ``result.completeness_gap`` checks the sum against m(x) - m(x')."""
+        return self._integrated_gradients(input, metric, hook, "integrated_gradients", steps,
+                                          baseline, position, prepend_bos, timeout)
+
+    def input_x_gradient(
+        self,
+        input: Inputs,
+        metric: GradientMetric,
+        hook: str = "hook_embed",
+        *,
+        baseline=None,  # noqa: ANN001 - array-like
+        position: int = -1,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> IntegratedGradientsResult:
+        """Input x gradient: (x - x') * d metric / d hook at the input (one backward pass);
+        arguments as ``integrated_gradients``."""
+        return self._integrated_gradients(input, metric, hook, "input_x_gradient", 0, baseline,
+                                          position, prepend_bos, timeout)
+
+    def _integrated_gradients(self, input: Inputs, metric: GradientMetric, hook: str, method: str,
+                              steps: int, baseline, position: int,  # noqa: ANN001
+                              prepend_bos: Optional[bool],
+                              timeout: Optional[float]) -> IntegratedGradientsResult:
+        if not isinstance(hook, str) or not hook:
+            raise ValueError(f"hook must be one hook name, e.g. 'hook_embed', got {hook!r}")
+        if not _is_int(steps) or (method == "integrated_gradients" and not 1 <= steps <= 1024):
+            raise ValueError(f"steps must be an int in [1, 1024], got {steps!r}")
+        request = pb.IntegratedGradientsRequest(
+            model=self.name, inputs=build_inputs(input, prepend_bos),
+            metric=gradient_metric_proto(metric, position, self.to_single_token), hook=hook,
+            method=(pb.IntegratedGradientsRequest.INTEGRATED_GRADIENTS
+                    if method == "integrated_gradients"
+                    else pb.IntegratedGradientsRequest.INPUT_X_GRADIENT),
+            steps=int(steps), baseline=baseline_array(baseline))
+        response = self._transport.integrated_gradients(request, timeout=timeout)
+        return IntegratedGradientsResult.from_proto(hook, method, response)
 
     def direct_logit_attribution(
         self,

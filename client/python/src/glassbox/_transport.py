@@ -164,6 +164,11 @@ class Transport:
     def gradients(self, request: pb.GradientsRequest, *, timeout: Optional[float] = None) -> pb.GradientsResponse:
         return self._unary(self._stub.Gradients, request, timeout)
 
+    def integrated_gradients(
+        self, request: pb.IntegratedGradientsRequest, *, timeout: Optional[float] = None
+    ) -> pb.IntegratedGradientsResponse:
+        return self._unary(self._stub.IntegratedGradients, request, timeout)
+
     def direct_logit_attribution(
         self, request: pb.DirectLogitAttributionRequest, *, timeout: Optional[float] = None
     ) -> pb.DirectLogitAttributionResponse:

@@ -1,0 +1,69 @@
+#include "client/cpp/commands/gradient_spec.h"
+
+#include <climits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "base/status_macros.h"
+#include "client/cpp/cli/errors.h"
+#include "client/cpp/cli/flags.h"
+
+namespace glassbox::cli {
+
+using glassbox::v1::GradientMetric;
+
+absl::StatusOr<GradientMetric> ParseGradientMetric(absl::string_view spec) {
+  const std::vector<absl::string_view> parts = absl::StrSplit(spec, ':');
+  GradientMetric metric;
+  const bool diff = parts[0] == "logit_diff";
+  if (parts[0] == "loss") {
+    if (parts.size() != 1) {
+      return UsageError(absl::StrFormat("--metric \"%s\": loss takes no tokens", spec));
+    }
+    metric.set_kind(GradientMetric::LOSS);
+    return metric;
+  }
+  if (parts[0] == "logit_diff") {
+    metric.set_kind(GradientMetric::LOGIT_DIFF);
+  } else if (parts[0] == "logit") {
+    metric.set_kind(GradientMetric::LOGIT);
+  } else if (parts[0] == "log_prob") {
+    metric.set_kind(GradientMetric::LOG_PROB);
+  } else {
+    return UsageError(absl::StrFormat(
+        "--metric \"%s\": the kind is logit_diff, logit, log_prob or loss", spec));
+  }
+  if (parts.size() != (diff ? 3u : 2u)) {
+    return UsageError(absl::StrFormat("--metric \"%s\": expected %s", spec,
+                                      diff ? "logit_diff:A:B" : absl::StrCat(parts[0], ":T")));
+  }
+  int32_t a = -1, b = -1;
+  if (!absl::SimpleAtoi(parts[1], &a) || a < 0 ||
+      (diff && (!absl::SimpleAtoi(parts[2], &b) || b < 0))) {
+    return UsageError(absl::StrFormat("--metric \"%s\": tokens are ids >= 0", spec));
+  }
+  metric.set_token_a(a);
+  if (diff) metric.set_token_b(b);
+  return metric;
+}
+
+absl::Status ParseGradientMetricFlags(const CommandLine& line, std::string_view command,
+                                      GradientMetric& metric, Invocation& invocation) {
+  const std::optional<std::string> spec = line.raw.Value("metric");
+  if (!spec.has_value()) {
+    return UsageError(
+        absl::StrCat(absl::string_view(command.data(), command.size()),
+                     " needs --metric logit_diff:A:B, logit:T, log_prob:T or loss"));
+  }
+  GB_ASSIGN_OR_RETURN(metric, ParseGradientMetric(*spec));
+  GB_ASSIGN_OR_RETURN(invocation.position, ParseInt32Flag(line.raw, "position", "-1", INT32_MIN));
+  metric.set_position(invocation.position);
+  return absl::OkStatus();
+}
+
+}  // namespace glassbox::cli

@@ -1,0 +1,30 @@
+// The --metric flag of the gradient commands (grad, ig): a metric of each row's logits.
+#pragma once
+
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "client/cpp/cli/command.h"
+#include "glassbox/v1/glassbox.pb.h"
+
+namespace glassbox::cli {
+
+inline constexpr Flag kGradientMetricFlag = {
+    "metric", FlagKind::kValue, "--metric KIND:TOKENS",
+    "logit_diff:A:B (logit A − logit B), logit:T or log_prob:T, at\n"
+    "--position of each row; or loss (the row's mean next-token loss)"};
+inline constexpr Flag kGradientPositionFlag = {
+    "position", FlagKind::kValue, "--position P",
+    "the metric's position (default -1, each row's last token)"};
+
+// --metric (required) and --position into `metric`; the position also into
+// `invocation.position`. `command` names the command in the usage error.
+absl::Status ParseGradientMetricFlags(const CommandLine& line, std::string_view command,
+                                      glassbox::v1::GradientMetric& metric,
+                                      Invocation& invocation);
+
+// "logit_diff:A:B", "logit:T", "log_prob:T" or "loss"; a usage error naming the spec otherwise.
+absl::StatusOr<glassbox::v1::GradientMetric> ParseGradientMetric(absl::string_view spec);
+
+}  // namespace glassbox::cli
