@@ -387,6 +387,20 @@ const std::vector<Rpc>& Rpcs() {
          });
        },
        Unary(&S::IntegratedGradients)},
+      {"Jacobian",
+       [] {
+         return Good<pb::JacobianRequest>([](auto& r) {
+           r.set_model("demo");
+           AddRow(r.mutable_inputs(), {0, 5, 17, 300});
+           AddRow(r.mutable_inputs(), {0, 9, 40, 7});
+           r.set_in_hook("blocks.2.hook_resid_pre");
+           r.add_in_positions(1);
+           r.add_in_positions(-1);
+           r.set_out_hook("blocks.2.hook_resid_mid");
+           r.add_out_positions(-1);
+         });
+       },
+       Unary(&S::Jacobian)},
   };
   return *rpcs;
 }

@@ -7,164 +7,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
-#include "server/engine/backward_ops.h"
+#include "server/engine/backward_walk.h"
 #include "server/engine/hook_plan.h"
 #include "server/engine/host_captures.h"
 #include "server/engine/host_math.h"
 
 namespace glassbox {
 namespace {
-
-// The backward walk: the gradient at every hook, filled from the logits down.
-class Backward {
- public:
-  // Gradients are kept at the `wanted` hooks only; the walk itself needs none of them kept.
-  Backward(const Transformer& model, const HostCaptures& captured, int64_t batch, int64_t seq,
-           const std::vector<HookId>& wanted)
-      : model_(model),
-        c_(model.config()),
-        captured_(captured),
-        batch_(batch),
-        seq_(seq),
-        wanted_(model.hooks().size()),
-        grads_(model.hooks().size()) {
-    for (HookId id : wanted) wanted_[id] = true;
-  }
-
-  // `dlogits` [rows.size(), vocab] holds the gradient at the logits of the flattened rows
-  // `rows` (b * seq + position); every other row's is zero, so the unembedding's backward runs
-  // over those rows only.
-  absl::Status Run(const Tensor& dlogits, const std::vector<int64_t>& rows) {
-    const ModelWeights& w = model_.weights();
-    const bool centered = c_.norm == NormKind::kLayerNorm;
-    GB_ASSIGN_OR_RETURN(Tensor unembed, Host(w.unembed));
-    GB_ASSIGN_OR_RETURN(Tensor dy_rows, backward::LinearInputBackward(dlogits, unembed));
-    const int64_t d = c_.d_model;
-    Tensor dy = Tensor::ZerosHost(DType::kF32, {batch_ * seq_, d});
-    for (size_t i = 0; i < rows.size(); ++i) {
-      std::copy_n(dy_rows.data<float>() + i * d, d, dy.data<float>() + rows[i] * d);
-    }
-    GB_ASSIGN_OR_RETURN(Tensor d_resid,
-                        Norm(dy, HookKind::kLnFinalNormalized, HookKind::kLnFinalScale, -1,
-                             w.ln_final_w, centered));
-    for (int l = static_cast<int>(c_.n_layers) - 1; l >= 0; --l) {
-      GB_ASSIGN_OR_RETURN(d_resid, Block(l, std::move(d_resid), centered));
-    }
-    Set(HookKind::kEmbed, -1, d_resid);
-    Set(HookKind::kPosEmbed, -1, d_resid);
-    return absl::OkStatus();
-  }
-
-  const Tensor& gradient(HookId id) const { return grads_[id]; }
-
- private:
-  absl::StatusOr<Tensor> Host(const Tensor& t) const { return CopyToHostF32(model_.backend(), t); }
-  const Tensor& Captured(HookKind kind, int layer) const {
-    return captured_.at(model_.hooks().Find(kind, layer));
-  }
-  // Stores `grad` at the hook (when the model has it) in the hook's shape.
-  bool Wanted(HookKind kind, int layer) const {
-    const HookId id = model_.hooks().Find(kind, layer);
-    return id >= 0 && wanted_[id];
-  }
-  void Set(HookKind kind, int layer, const Tensor& grad) {
-    const HookId id = model_.hooks().Find(kind, layer);
-    if (id < 0 || !wanted_[id]) return;
-    grads_[id] = grad.Reshape(model_.hooks().info(id).ShapeFor(batch_, seq_));
-  }
-
-  // A norm's backward from the gradient at its output; returns the gradient at its input.
-  absl::StatusOr<Tensor> Norm(const Tensor& dy, HookKind normalized, HookKind scale, int layer,
-                              const Tensor& weight, bool centered) {
-    GB_ASSIGN_OR_RETURN(Tensor w, Host(weight));
-    backward::NormGrads g = backward::NormBackward(
-        dy.Reshape(Captured(normalized, layer).shape()), Captured(normalized, layer),
-        Captured(scale, layer), w, centered);
-    Set(normalized, layer, g.normalized);
-    Set(scale, layer, g.scale);
-    return g.input;
-  }
-
-  // Block `l` from the gradient at its hook_resid_post to the gradient at its hook_resid_pre.
-  absl::StatusOr<Tensor> Block(int l, Tensor d_post, bool centered) {
-    const BlockWeights& w = model_.weights().blocks[l];
-    const int64_t rows = batch_ * seq_, d = c_.d_model;
-    Set(HookKind::kResidPost, l, d_post);
-    Set(HookKind::kMlpOut, l, d_post);
-    // MLP: mlp_out = act(pre) · W_outᵀ + b, pre = ln2(resid_mid) · W_inᵀ + b.
-    GB_ASSIGN_OR_RETURN(Tensor out_w, Host(w.out_w));
-    GB_ASSIGN_OR_RETURN(Tensor d_act, backward::LinearInputBackward(d_post, out_w));
-    Set(HookKind::kMlpPost, l, d_act);
-    const Tensor& pre = Captured(HookKind::kMlpPre, l);
-    Tensor d_pre = backward::ActivationBackward(c_.act, d_act, pre);
-    Set(HookKind::kMlpPre, l, d_pre);
-    GB_ASSIGN_OR_RETURN(Tensor in_w, Host(w.in_w));
-    GB_ASSIGN_OR_RETURN(Tensor d_ln2, backward::LinearInputBackward(d_pre, in_w));
-    GB_ASSIGN_OR_RETURN(Tensor d_mid_norm, Norm(d_ln2, HookKind::kLn2Normalized,
-                                                HookKind::kLn2Scale, l, w.ln2_w, centered));
-    Tensor d_mid = Sum(d_post, d_mid_norm);
-    Set(HookKind::kResidMid, l, d_mid);
-    Set(HookKind::kAttnOut, l, d_mid);
-    // hook_result: attn_out = Σ_h result_h + b_O, so each head's result gets attn_out's gradient.
-    const int64_t heads = c_.n_heads, kv_heads = c_.n_kv_heads, dh = c_.d_head;
-    if (Wanted(HookKind::kResult, l)) {
-      Tensor d_result = Tensor::EmptyHost(DType::kF32, {rows, heads, d});
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t h = 0; h < heads; ++h) {
-          std::copy_n(d_mid.data<float>() + r * d, d,
-                      d_result.data<float>() + (r * heads + h) * d);
-        }
-      }
-      Set(HookKind::kResult, l, d_result);
-    }
-    // Attention: attn_out = z · W_Oᵀ + b.
-    GB_ASSIGN_OR_RETURN(Tensor o_w, Host(w.o_w));
-    GB_ASSIGN_OR_RETURN(Tensor d_z, backward::LinearInputBackward(d_mid, o_w));
-    const Tensor& q = Captured(HookKind::kQ, l);
-    Set(HookKind::kZ, l, d_z);
-    double scale = c_.attn_scale;
-    if (c_.attn_scale_by_layer) scale /= static_cast<double>(l + 1);
-    backward::AttentionGrads a = backward::AttentionBackward(
-        d_z.Reshape(q.shape()), q, Captured(HookKind::kK, l), Captured(HookKind::kV, l),
-        Captured(HookKind::kPattern, l), scale);
-    Set(HookKind::kPattern, l, a.pattern);
-    Set(HookKind::kAttnScores, l, a.scores);
-    Set(HookKind::kQ, l, a.q);
-    Set(HookKind::kK, l, a.k);
-    Set(HookKind::kV, l, a.v);
-    // q, k and v from one projection whose rows are q's, then k's, then v's.
-    const int64_t wq = heads * dh, wkv = kv_heads * dh, width = wq + 2 * wkv;
-    Tensor d_qkv = Tensor::EmptyHost(DType::kF32, {rows, width});
-    for (int64_t r = 0; r < rows; ++r) {
-      float* out = d_qkv.data<float>() + r * width;
-      std::copy_n(a.q.data<float>() + r * wq, wq, out);
-      std::copy_n(a.k.data<float>() + r * wkv, wkv, out + wq);
-      std::copy_n(a.v.data<float>() + r * wkv, wkv, out + wq + wkv);
-    }
-    GB_ASSIGN_OR_RETURN(Tensor qkv_w, Host(w.qkv_w));
-    GB_ASSIGN_OR_RETURN(Tensor d_ln1, backward::LinearInputBackward(d_qkv, qkv_w));
-    GB_ASSIGN_OR_RETURN(Tensor d_pre_norm, Norm(d_ln1, HookKind::kLn1Normalized,
-                                                HookKind::kLn1Scale, l, w.ln1_w, centered));
-    Tensor d_pre_resid = Sum(d_mid, d_pre_norm);
-    Set(HookKind::kResidPre, l, d_pre_resid);
-    return d_pre_resid;
-  }
-
-  static Tensor Sum(const Tensor& a, const Tensor& b) {
-    Tensor out = Tensor::EmptyHost(DType::kF32, a.shape());
-    for (int64_t i = 0; i < a.numel(); ++i) {
-      out.data<float>()[i] = a.data<float>()[i] + b.data<float>()[i];
-    }
-    return out;
-  }
-
-  const Transformer& model_;
-  const ModelConfig& c_;
-  const HostCaptures& captured_;
-  const int64_t batch_, seq_;
-  std::vector<bool> wanted_;   // by HookId
-  std::vector<Tensor> grads_;  // by HookId
-};
 
 }  // namespace
 
@@ -185,21 +34,6 @@ absl::Status CheckGradientsSupported(const ModelConfig& c) {
 }
 
 namespace {
-
-// The hooks whose forward values the backward walk reads.
-std::vector<HookId> BackwardInputs(const Transformer& model) {
-  const HookRegistry& hooks = model.hooks();
-  std::vector<HookId> ids = {hooks.Find(HookKind::kLnFinalNormalized, -1),
-                             hooks.Find(HookKind::kLnFinalScale, -1)};
-  for (int l = 0; l < model.config().n_layers; ++l) {
-    for (HookKind kind : {HookKind::kLn1Normalized, HookKind::kLn1Scale, HookKind::kLn2Normalized,
-                          HookKind::kLn2Scale, HookKind::kMlpPre, HookKind::kQ, HookKind::kK,
-                          HookKind::kV, HookKind::kPattern}) {
-      ids.push_back(hooks.Find(kind, l));
-    }
-  }
-  return ids;
-}
 
 absl::Status CheckMetric(const GradientMetric& m, int64_t seq, int64_t vocab) {
   if (m.kind != GradientMetric::Kind::kLoss && (m.position < -seq || m.position >= seq))
@@ -311,7 +145,7 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   // the last positions only, when the metric reads nothing else.
   HookPlan plan(model.hooks());
   if (request.backward) {
-    for (HookId id : BackwardInputs(model)) {
+    for (HookId id : BackwardInputs(model, model.config().n_layers - 1, /*final_norm=*/true)) {
       if (id >= 0) plan.CaptureId(id);
     }
   }
@@ -335,8 +169,8 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   if (!request.backward) return result;
   if (request.cancelled != nullptr && request.cancelled->load())
     return absl::CancelledError("cancelled before the backward pass");
-  Backward backward(model, captured, batch, seq, request.gradients);
-  GB_RETURN_IF_ERROR(backward.Run(metric.dlogits, metric.rows));
+  BackwardWalk backward(model, captured, batch, seq, request.gradients);
+  GB_RETURN_IF_ERROR(backward.FromLogits(metric.dlogits, metric.rows));
   for (HookId id : request.gradients) result.gradients.push_back(backward.gradient(id));
   return result;
 }

@@ -125,6 +125,8 @@ class GlassboxService final : public GlassboxServiceBase {
   grpc::Status IntegratedGradients(grpc::ServerContext* context,
                                    const glassbox::v1::IntegratedGradientsRequest* request,
                                    glassbox::v1::IntegratedGradientsResponse* response) override;
+  grpc::Status Jacobian(grpc::ServerContext* context, const glassbox::v1::JacobianRequest* request,
+                        glassbox::v1::JacobianResponse* response) override;
 
  private:
   // The caller's jobs, or UNIMPLEMENTED when this service runs none.

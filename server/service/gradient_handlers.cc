@@ -1,4 +1,4 @@
-// Gradients and IntegratedGradients: a metric of each row's logits, differentiated at the
+// Gradients, IntegratedGradients and Jacobian: a metric of each row's logits, differentiated at the
 // requested hook points (server/engine/gradients.h, integrated_gradients.h) on the device's
 // worker.
 #include <algorithm>
@@ -8,6 +8,7 @@
 #include "base/status_macros.h"
 #include "server/engine/gradients.h"
 #include "server/engine/integrated_gradients.h"
+#include "server/engine/jacobian.h"
 #include "server/service/array_proto.h"
 #include "server/service/glassbox_service.h"
 #include "server/service/status_util.h"
@@ -75,6 +76,15 @@ absl::StatusOr<GradientCall> PrepareGradientCall(const ModelStore& store, const 
         "equal length or one request per length");
   GB_ASSIGN_OR_RETURN(call.metric, FromProto(metric));
   return call;
+}
+
+// One position per row: `positions` has one per row, or one for every row.
+absl::StatusOr<std::vector<int32_t>> PerRow(const google::protobuf::RepeatedField<int32_t>& positions,
+                                            int64_t rows, const char* what) {
+  if (positions.size() == 1) return std::vector<int32_t>(rows, positions[0]);
+  if (positions.size() == rows) return std::vector<int32_t>(positions.begin(), positions.end());
+  return absl::InvalidArgumentError(absl::StrCat(what, " has ", positions.size(), " entries for ",
+                                                 rows, " rows: give one, or one per row"));
 }
 
 }  // namespace
@@ -186,6 +196,60 @@ grpc::Status GlassboxService::IntegratedGradients(grpc::ServerContext* context,
                                            result->baseline_metric.end());
   response->set_forward_passes(result->forward_passes);
   response->set_backward_passes(result->backward_passes);
+  return grpc::Status::OK;
+}
+
+grpc::Status GlassboxService::Jacobian(grpc::ServerContext* context,
+                                       const pb::JacobianRequest* request,
+                                       pb::JacobianResponse* response) {
+  auto caller = Admit(context, CallKind::kDevice);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  const ServiceLimits& limits = caller->limits();
+  // No metric: the preamble's default one (a logit difference of token 0) is never read.
+  auto call = PrepareGradientCall(store_, limits, request->model(), request->inputs(),
+                                  pb::GradientMetric());
+  if (!call.ok()) return ToGrpcStatus(call.status());
+  const Transformer& model = *call->model;
+  auto in = model.hooks().Resolve(request->in_hook());
+  if (!in.ok()) return ToGrpcStatus(in.status());
+  auto out = model.hooks().Resolve(request->out_hook());
+  if (!out.ok()) return ToGrpcStatus(out.status());
+  auto size = JacobianSize(model, *in, *out);
+  if (!size.ok()) return ToGrpcStatus(size.status());
+  const int64_t rows = call->batch.tokens.dim(0), seq = call->batch.tokens.dim(1);
+  auto in_positions = PerRow(request->in_positions(), rows, "in_positions");
+  if (!in_positions.ok()) return ToGrpcStatus(in_positions.status());
+  auto out_positions = PerRow(request->out_positions(), rows, "out_positions");
+  if (!out_positions.ok()) return ToGrpcStatus(out_positions.status());
+  const auto [n_out, n_in] = *size;
+  const int64_t bytes = rows * (n_out * n_in + n_out + n_in) * 4;
+  if (bytes > limits.max_response_bytes)
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("the Jacobian [", rows, ", ", n_out, ", ", n_in,
+                                     "] would take ", bytes, " bytes; ",
+                                     limits.ResponseBytesAllowed(), ": send fewer rows"));
+  // Each output element is a forward and a backward pass over the rows (three passes' worth).
+  const int64_t tokens = call->batch.tokens.numel();
+  if (absl::Status charged = caller->ChargeTokens(3 * n_out * tokens); !charged.ok()) {
+    return ToGrpcStatus(charged);
+  }
+  JacobianRequest jacobian{.tokens = call->batch.tokens, .in = *in,
+                           .in_positions = *std::move(in_positions), .out = *out,
+                           .out_positions = *std::move(out_positions),
+                           .max_rows_per_pass = std::max<int64_t>(rows, limits.max_tokens_per_request / seq)};
+  std::atomic<bool> cancelled{false};
+  jacobian.cancelled = &cancelled;
+  absl::StatusOr<JacobianResult> result;
+  absl::Status status = OnDevice(context, *caller, "Jacobian", request->model(), tokens, [&] {
+    if (context->IsCancelled()) return absl::CancelledError("cancelled while queued");
+    result = ComputeJacobian(model, jacobian);
+    return result.status();
+  });
+  if (!status.ok()) return ToGrpcStatus(status);
+  ToArray(result->jacobian, {"batch", "out", "in"}, response->mutable_jacobian());
+  ToArray(result->out_value, {"batch", "out"}, response->mutable_out_value());
+  ToArray(result->in_value, {"batch", "in"}, response->mutable_in_value());
+  response->set_passes(result->passes);
   return grpc::Status::OK;
 }
 

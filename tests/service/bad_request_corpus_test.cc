@@ -69,7 +69,8 @@ const char* const kRpcs[] = {"ListModels",     "GetModelInfo",     "Tokenize",
                              "ListSaes",       "SaeEncode",        "SaeDecode",
                              "StartScan",      "WatchJob",         "CancelJob",
                              "ListJobs",       "GetScanResults",   "ScoreExplanation",
-                             "Gradients",      "IntegratedGradients"};
+                             "Gradients",      "IntegratedGradients",
+                             "Jacobian"};
 
 // ---- request building ----
 
@@ -1050,6 +1051,36 @@ TEST_F(BadRequestCorpusTest, IntegratedGradients) {
   };
   Check<pb::IntegratedGradientsRequest>("IntegratedGradients", good,
                                         Call(&pb::Glassbox::Stub::IntegratedGradients), cases);
+}
+
+TEST_F(BadRequestCorpusTest, Jacobian) {
+  auto good = [] {
+    pb::JacobianRequest r;
+    r.set_model("gpt2");
+    AddRow(r.mutable_inputs(), {1, 2, 3});
+    r.set_in_hook("blocks.0.ln1.hook_scale");  // [64, 1] per row: under the byte limit
+    r.add_in_positions(1);
+    r.set_out_hook("blocks.1.hook_resid_post");
+    r.add_out_positions(-1);
+    return r;
+  };
+  const std::vector<Case<pb::JacobianRequest>> cases = {
+      {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope")"},
+      {"a model the backward does not cover", [](auto& r) { r.set_model("llama"); }, kUnimplemented, R"(model type "llama" has rotary positions)"},
+      {"no inputs", [](auto& r) { r.clear_inputs(); }, kInvalid, "inputs: give exactly one of texts or token_ids"},
+      {"rows of different lengths", [](auto& r) { AddRow(r.mutable_inputs(), {1, 2}); }, kInvalid, "gradients take rows of one length for now"},
+      {"unknown input hook", [](auto& r) { r.set_in_hook("blocks.5.hook_resid_pre"); }, kInvalid, R"(unknown hook point "blocks.5.hook_resid_pre")"},
+      {"no output hook", [](auto& r) { r.clear_out_hook(); }, kInvalid, R"(unknown hook point "")"},
+      {"output not in the residual stream", [](auto& r) { r.set_out_hook("blocks.1.attn.hook_z"); }, kInvalid, "a Jacobian's output is a residual-stream hook (hook_resid_pre, _mid or _post); blocks.1.attn.hook_z is not"},
+      {"input after the output", [](auto& r) { r.set_in_hook("blocks.1.mlp.hook_post"); r.set_out_hook("blocks.1.hook_resid_mid"); }, kInvalid, "blocks.1.mlp.hook_post comes after blocks.1.hook_resid_mid in the forward pass"},
+      {"input an attention pattern", [](auto& r) { r.set_in_hook("blocks.0.attn.hook_pattern"); }, kInvalid, "a Jacobian's input is a per-token activation at or below its output; blocks.0.attn.hook_pattern is not one"},
+      {"no input positions", [](auto& r) { r.clear_in_positions(); }, kInvalid, "in_positions has 0 entries for 1 rows: give one, or one per row"},
+      {"too many output positions", [](auto& r) { r.add_out_positions(0); r.add_out_positions(1); }, kInvalid, "out_positions has 3 entries for 1 rows"},
+      {"input position past the row", [](auto& r) { r.set_in_positions(0, 3); }, kInvalid, "in position 3 is outside rows of 3 tokens"},
+      {"INT32_MIN output position", [](auto& r) { r.set_out_positions(0, kIntMin); }, kInvalid, "out position -2147483648 is outside rows of 3 tokens"},
+      {"response over the byte limit", [](auto& r) { r.set_in_hook("blocks.0.mlp.hook_post"); r.set_out_hook("blocks.1.hook_resid_post"); }, kExhausted, "the Jacobian [1, 64, 256] would take 66816 bytes; this server allows 16384 (--max_response_bytes): send fewer rows"},
+  };
+  Check<pb::JacobianRequest>("Jacobian", good, Call(&pb::Glassbox::Stub::Jacobian), cases);
 }
 
 TEST_F(BadRequestCorpusTest, DirectLogitAttribution) {

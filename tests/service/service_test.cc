@@ -302,6 +302,28 @@ TEST_F(ServiceTest, IntegratedGradientsOverGrpcEqualTorch) {
             2e-5);
 }
 
+TEST_F(ServiceTest, JacobianOverGrpcEqualsTorch) {
+  auto stub = pb::Glassbox::NewStub(*channel_);
+  auto expected = ReadAllTensors(FixturePath("expected/tiny-gpt2.jacobians.safetensors"));
+  pb::JacobianRequest request;
+  request.set_model("gpt2");
+  *request.mutable_inputs() = InputsOf(expected.at("tokens"));
+  request.set_in_hook("blocks.0.attn.hook_z");
+  request.set_out_hook("blocks.1.hook_resid_mid");
+  for (int b = 0; b < 2; ++b) {
+    request.add_in_positions(expected.at("z_to_mid.p").data<int32_t>()[b]);
+    request.add_out_positions(expected.at("z_to_mid.q").data<int32_t>()[b]);
+  }
+  pb::JacobianResponse response;
+  grpc::ClientContext context;
+  grpc::Status s = stub->Jacobian(&context, request, &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_THAT(response.jacobian().shape(), ::testing::ElementsAre(2, 64, 64));
+  EXPECT_LE(NormRelativeError(FromArray(response.jacobian()), expected.at("z_to_mid.jacobian")), 1e-5);
+  EXPECT_THAT(response.in_value().shape(), ::testing::ElementsAre(2, 64));
+  EXPECT_GE(response.passes(), 1);
+}
+
 TEST_F(ServiceTest, AnalysesOverGrpc) {
   auto stub = pb::Glassbox::NewStub(*channel_);
   auto patching = ReadAllTensors(FixturePath("expected/tiny-gpt2.patching.safetensors"));

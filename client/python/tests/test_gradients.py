@@ -94,3 +94,27 @@ def test_integrated_gradients_completeness_and_baselines(gpt2: glassbox.Model) -
         gpt2.integrated_gradients(tokens, glassbox.LogProb(3), steps=0)
     with pytest.raises(ValueError, match="one hook name"):
         gpt2.integrated_gradients(tokens, glassbox.LogProb(3), ["hook_embed"])
+
+
+def test_jacobian_equals_torch(gpt2: glassbox.Model) -> None:
+    """d blocks.L.hook_resid_post / d blocks.0.hook_resid_pre and through a head's z, against
+    torch.autograd.functional.jacobian in float64 (tests/reference/make_jacobian_fixtures.py)."""
+    ref = reference("tiny-gpt2", "jacobians")
+    tokens = ref["tokens"].tolist()
+    for case, in_hook, out_hook in [("resid", "blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"),
+                                    ("z_to_mid", "blocks.0.attn.hook_z", "blocks.1.hook_resid_mid")]:
+        j = gpt2.jacobian(tokens, in_hook, out_hook, in_positions=ref[f"{case}.p"].tolist(),
+                          out_positions=ref[f"{case}.q"].tolist())
+        assert j.jacobian.shape == ref[f"{case}.jacobian"].shape
+        assert rel_error(j.jacobian, ref[f"{case}.jacobian"]) <= 1e-5
+        assert j.in_value.shape == (2, j.jacobian.shape[2]) and j.out_value.shape == (2, j.jacobian.shape[1])
+    # One position for every row; the same hook on both sides is the identity.
+    same = gpt2.jacobian(tokens, "blocks.1.hook_resid_pre", "blocks.1.hook_resid_pre", in_positions=-1, out_positions=-1)
+    np.testing.assert_array_equal(same.jacobian[0], np.eye(64, dtype=np.float32))
+    cached = gpt2.run(tokens, captures="blocks.1.hook_resid_pre", logits="none").cache["blocks.1.hook_resid_pre"]
+    # A pass over other batch shapes (rows repeated): equal to float32 rounding.
+    np.testing.assert_allclose(same.out_value, cached[:, -1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(glassbox.InvalidArgument, match="comes after"):
+        gpt2.jacobian(tokens, "blocks.1.hook_resid_post", "blocks.0.hook_resid_post")
+    with pytest.raises(TypeError, match="in_positions must be"):
+        gpt2.jacobian(tokens, "hook_embed", "blocks.0.hook_resid_post", in_positions="last")

@@ -71,7 +71,7 @@ from ._interventions import (
     Zero,
     zero_heads,
 )
-from ._gradients import GradientResult, IntegratedGradientsResult, Logit
+from ._gradients import GradientResult, IntegratedGradientsResult, JacobianResult, Logit
 from ._model import Model, RunResult
 from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
 from ._scans import (
@@ -115,7 +115,7 @@ for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture",
               "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer",
               "HeadDetection", "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats",
               "ScanJob", "JobInfo", "ScanTargetResult", "ScanRecord", "ScanQuantile", "ScanStats",
-              "ScanLogit", "ScoredExcerpt", "ExplanationScore", "Heads", "GradientResult", "IntegratedGradientsResult", "Logit"):
+              "ScanLogit", "ScoredExcerpt", "ExplanationScore", "Heads", "GradientResult", "IntegratedGradientsResult", "JacobianResult", "Logit"):
     globals()[_name].__module__ = __name__
 for _cls in list(globals().values()):
     if isinstance(_cls, type) and issubclass(_cls, GlassboxError):
@@ -186,6 +186,7 @@ __all__ = [
     "Heads",
     "GradientResult",
     "IntegratedGradientsResult",
+    "JacobianResult",
     "Logit",
     "dashboard_html",
     "write_dashboards",

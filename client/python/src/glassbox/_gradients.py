@@ -101,6 +101,38 @@ class IntegratedGradientsResult:
                    backward_passes=int(response.backward_passes))
 
 
+@dataclass(frozen=True)
+class JacobianResult:
+    """``Model.jacobian``: ``jacobian[b]`` = d out_hook[b, q_b] / d in_hook[b, p_b], [batch, out,
+    in] (both sides flattened over their trailing axes), with the values there: ``out_value``
+    [batch, out] and ``in_value`` [batch, in]. ``np.asarray(result)`` is ``jacobian``."""
+
+    in_hook: str
+    out_hook: str
+    jacobian: np.ndarray
+    in_value: np.ndarray
+    out_value: np.ndarray
+    passes: int
+
+    def __array__(self, dtype=None, copy=None):  # noqa: ANN001 - numpy protocol
+        return self.jacobian if dtype is None else self.jacobian.astype(dtype)
+
+    @classmethod
+    def from_proto(cls, in_hook: str, out_hook: str, response: "pb.JacobianResponse") -> "JacobianResult":
+        arrays = [decode_array(a) for a in (response.jacobian, response.in_value, response.out_value)]
+        assert all(a is not None for a in arrays)
+        return cls(in_hook=in_hook, out_hook=out_hook, jacobian=arrays[0], in_value=arrays[1],
+                   out_value=arrays[2], passes=int(response.passes))
+
+
+def positions_per_row(positions, name: str) -> list:  # noqa: ANN001 - int or sequence of ints
+    """One position for every row (an int) or one per row (a sequence), as the wire wants them."""
+    values = [positions] if isinstance(positions, (int, np.integer)) else list(positions)
+    if not values or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in values):
+        raise TypeError(f"{name} must be an int or a sequence of ints (one per row), got {positions!r}")
+    return [int(p) for p in values]
+
+
 def baseline_array(baseline) -> "pb.Array":  # noqa: ANN001 - array-like or None
     """The wire baseline: None is zeros (an empty Array); else float32 values with their shape."""
     if baseline is None:

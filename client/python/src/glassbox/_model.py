@@ -38,8 +38,10 @@ from ._gradients import (
     GradientMetric,
     GradientResult,
     IntegratedGradientsResult,
+    JacobianResult,
     baseline_array,
     hook_names,
+    positions_per_row,
 )
 from ._gradients import metric_proto as gradient_metric_proto
 from ._heads import HeadDetection, repeated_random_tokens, score_heads
@@ -851,6 +853,29 @@ class Model:
         arguments as ``integrated_gradients``."""
         return self._integrated_gradients(input, metric, hook, "input_x_gradient", 0, baseline,
                                           position, prepend_bos, timeout)
+
+    def jacobian(
+        self,
+        input: Inputs,
+        in_hook: str,
+        out_hook: str,
+        *,
+        in_positions: Union[int, Sequence[int]] = -1,
+        out_positions: Union[int, Sequence[int]] = -1,
+        prepend_bos: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> JacobianResult:
+        """The Jacobian of ``out_hook`` (a residual-stream hook: hook_resid_pre, _mid or _post)
+        at ``out_positions`` with respect to ``in_hook`` (any per-token hook at or below it) at
+        ``in_positions``, per row: ``result.jacobian`` [batch, out, in], torch's
+        ``jacrev`` of the forward pass from one hook to the other. Positions: one int for every
+        row or one per row; negative counts from the end. Rows of one length; GPT-2-style models
+        so far. What linear relational embeddings fit (``glassbox.lre``)."""
+        request = pb.JacobianRequest(
+            model=self.name, inputs=build_inputs(input, prepend_bos), in_hook=in_hook,
+            in_positions=positions_per_row(in_positions, "in_positions"), out_hook=out_hook,
+            out_positions=positions_per_row(out_positions, "out_positions"))
+        return JacobianResult.from_proto(in_hook, out_hook, self._transport.jacobian(request, timeout=timeout))
 
     def _integrated_gradients(self, input: Inputs, metric: GradientMetric, hook: str, method: str,
                               steps: int, baseline, position: int,  # noqa: ANN001

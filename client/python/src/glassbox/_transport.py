@@ -169,6 +169,9 @@ class Transport:
     ) -> pb.IntegratedGradientsResponse:
         return self._unary(self._stub.IntegratedGradients, request, timeout)
 
+    def jacobian(self, request: pb.JacobianRequest, *, timeout: Optional[float] = None) -> pb.JacobianResponse:
+        return self._unary(self._stub.Jacobian, request, timeout)
+
     def direct_logit_attribution(
         self, request: pb.DirectLogitAttributionRequest, *, timeout: Optional[float] = None
     ) -> pb.DirectLogitAttributionResponse:

@@ -1,0 +1,67 @@
+// The backward walk of a GPT-2-style model (gradients.h says which models): from a gradient at the
+// logits, or at a residual-stream hook, down through the blocks to the embeddings, filling the
+// gradient at every hook on the way from the values the forward pass captured there
+// (BackwardInputs) and the op backwards of backward_ops.h. On the host, in f32.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/engine/host_captures.h"
+#include "server/engine/transformer.h"
+
+namespace glassbox {
+
+// The hooks whose forward values a walk down from the output of block `top_layer` reads, and the
+// final norm's when `final_norm` (a walk from the logits).
+std::vector<HookId> BackwardInputs(const Transformer& model, int top_layer, bool final_norm);
+
+class BackwardWalk {
+ public:
+  // `captured` holds BackwardInputs' values of a pass over [batch, seq] rows. Gradients are kept
+  // at the `wanted` hooks only.
+  BackwardWalk(const Transformer& model, const HostCaptures& captured, int64_t batch, int64_t seq,
+               const std::vector<HookId>& wanted);
+
+  // `dlogits` [rows.size(), vocab] holds the gradient at the logits of the flattened rows `rows`
+  // (b * seq + position); every other row's is zero, so the unembedding's backward runs over
+  // those rows only. Walks down to the embeddings.
+  absl::Status FromLogits(const Tensor& dlogits, const std::vector<int64_t>& rows);
+
+  // `seed` [batch * seq, d_model] is the gradient at blocks.`layer`.hook_resid_{pre,mid,post}
+  // (`kind`); walks down through block `lowest_layer` (and to the embeddings when it is 0).
+  absl::Status FromResidual(HookKind kind, int layer, Tensor seed, int lowest_layer);
+
+  // The gradient at a wanted hook, in its shape; undefined for hooks the walk did not reach.
+  const Tensor& gradient(HookId id) const { return grads_[id]; }
+
+ private:
+  absl::StatusOr<Tensor> Host(const Tensor& t) const;
+  const Tensor& Captured(HookKind kind, int layer) const;
+  bool Wanted(HookKind kind, int layer) const;
+  // Stores `grad` at the hook (when the model has it and it is wanted) in the hook's shape.
+  void Set(HookKind kind, int layer, const Tensor& grad);
+
+  // A norm's backward from the gradient at its output; returns the gradient at its input.
+  absl::StatusOr<Tensor> Norm(const Tensor& dy, HookKind normalized, HookKind scale, int layer,
+                              const Tensor& weight);
+  // Block `l`'s MLP half: from the gradient at hook_resid_post to the one at hook_resid_mid.
+  absl::StatusOr<Tensor> MlpHalf(int l, const Tensor& d_post);
+  // Block `l`'s attention half: from the gradient at hook_resid_mid to the one at
+  // hook_resid_pre.
+  absl::StatusOr<Tensor> AttentionHalf(int l, const Tensor& d_mid);
+  // Blocks `top` down to `lowest` from the gradient at block `top`'s hook_resid_post, then the
+  // embeddings when `lowest` is 0.
+  absl::Status Down(int top, int lowest, Tensor d_post);
+
+  const Transformer& model_;
+  const ModelConfig& c_;
+  const HostCaptures& captured_;
+  const int64_t batch_, seq_;
+  const bool centered_;
+  std::vector<bool> wanted_;   // by HookId
+  std::vector<Tensor> grads_;  // by HookId
+};
+
+}  // namespace glassbox

@@ -1,0 +1,159 @@
+#include "server/engine/jacobian.h"
+
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "server/engine/backward_walk.h"
+#include "server/engine/gradients.h"
+#include "server/engine/hook_plan.h"
+#include "server/engine/host_captures.h"
+
+namespace glassbox {
+namespace {
+
+bool IsResidual(HookKind kind) {
+  return kind == HookKind::kResidPre || kind == HookKind::kResidMid ||
+         kind == HookKind::kResidPost;
+}
+
+// Where a hook sits in the forward order, for "at or below": (layer, stage). The embeddings come
+// first; within a block resid_pre, then the attention's hooks, resid_mid, the MLP's, resid_post.
+std::pair<int, int> Place(const HookInfo& info) {
+  if (info.layer < 0) return {-1, 0};
+  switch (info.kind) {
+    case HookKind::kResidPre: return {info.layer, 0};
+    case HookKind::kResidMid: return {info.layer, 2};
+    case HookKind::kResidPost: return {info.layer, 4};
+    case HookKind::kLn2Normalized:
+    case HookKind::kLn2Scale:
+    case HookKind::kMlpPre:
+    case HookKind::kMlpPost:
+    case HookKind::kMlpOut:
+      return {info.layer, 3};
+    default:  // the attention's hooks, its norm and attn_out
+      return {info.layer, 1};
+  }
+}
+
+int64_t ElementsAtOnePosition(const HookInfo& info, const ModelConfig& c) {
+  const Shape shape = info.ShapeFor(1, 1);
+  int64_t n = 1;
+  for (size_t d = 2; d < shape.size(); ++d) n *= shape[d];
+  return n;
+}
+
+absl::StatusOr<std::vector<int64_t>> Resolve(const std::vector<int32_t>& positions, int64_t batch,
+                                             int64_t seq, const char* what) {
+  if (static_cast<int64_t>(positions.size()) != batch)
+    return absl::InvalidArgumentError(absl::StrCat(what, " has ", positions.size(),
+                                                   " positions for ", batch, " rows: give one per row"));
+  std::vector<int64_t> out;
+  for (int32_t p : positions) {
+    if (p < -seq || p >= seq)
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " position ", p, " is outside rows of ", seq, " tokens"));
+    out.push_back(p >= 0 ? p : seq + p);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::pair<int64_t, int64_t>> JacobianSize(const Transformer& model, HookId in,
+                                                         HookId out) {
+  const HookRegistry& hooks = model.hooks();
+  if (in < 0 || in >= hooks.size() || out < 0 || out >= hooks.size())
+    return absl::InvalidArgumentError("a Jacobian needs two hooks the model has");
+  const HookInfo& from = hooks.info(in);
+  const HookInfo& to = hooks.info(out);
+  if (!IsResidual(to.kind))
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a Jacobian's output is a residual-stream hook (hook_resid_pre, _mid or _post); ",
+        to.name, " is not"));
+  if (from.kind == HookKind::kAttnScores || from.kind == HookKind::kPattern ||
+      from.kind == HookKind::kPosEmbed || from.kind == HookKind::kLnFinalNormalized ||
+      from.kind == HookKind::kLnFinalScale)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a Jacobian's input is a per-token activation at or below its output; ", from.name,
+        " is not one"));
+  if (Place(from) > Place(to))
+    return absl::InvalidArgumentError(absl::StrCat(from.name, " comes after ", to.name,
+                                                   " in the forward pass: nothing flows back"));
+  return std::make_pair(ElementsAtOnePosition(to, model.config()),
+                        ElementsAtOnePosition(from, model.config()));
+}
+
+absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
+                                               const JacobianRequest& request) {
+  GB_RETURN_IF_ERROR(CheckGradientsSupported(model.config()));
+  const Tensor& tokens = request.tokens;
+  if (tokens.rank() != 2 || tokens.dtype() != DType::kI32 || tokens.dim(0) < 1 || tokens.dim(1) < 1)
+    return absl::InvalidArgumentError("a Jacobian needs tokens as i32 [batch, seq], not empty");
+  GB_ASSIGN_OR_RETURN(auto size, JacobianSize(model, request.in, request.out));
+  const auto [n_out, n_in] = size;
+  const int64_t batch = tokens.dim(0), seq = tokens.dim(1);
+  GB_ASSIGN_OR_RETURN(std::vector<int64_t> p, Resolve(request.in_positions, batch, seq, "in"));
+  GB_ASSIGN_OR_RETURN(std::vector<int64_t> q, Resolve(request.out_positions, batch, seq, "out"));
+  if (request.max_rows_per_pass < 1) return absl::InvalidArgumentError("max_rows_per_pass must be >= 1");
+  const HookInfo& to = model.hooks().info(request.out);
+  const HookInfo& from = model.hooks().info(request.in);
+  const int lowest = std::max(from.layer, 0);
+
+  JacobianResult result;
+  result.jacobian = Tensor::ZerosHost(DType::kF32, {batch, n_out, n_in});
+  result.out_value = Tensor::EmptyHost(DType::kF32, {batch, n_out});
+  result.in_value = Tensor::EmptyHost(DType::kF32, {batch, n_in});
+  // Output elements per pass: each takes a copy of every row.
+  const int64_t per_pass = std::max<int64_t>(1, request.max_rows_per_pass / batch);
+  for (int64_t first = 0; first < n_out; first += per_pass) {
+    const int64_t count = std::min(per_pass, n_out - first);
+    const int64_t rows = count * batch;  // row r: element first + r / batch of row r % batch
+    Tensor repeated = Tensor::EmptyHost(DType::kI32, {rows, seq});
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy_n(tokens.data<int32_t>() + (r % batch) * seq, seq,
+                  repeated.data<int32_t>() + r * seq);
+    }
+    HookPlan plan(model.hooks());
+    for (HookId id : BackwardInputs(model, to.layer, /*final_norm=*/false)) plan.CaptureId(id);
+    plan.CaptureId(request.in);
+    plan.CaptureId(request.out);
+    HostCaptures captured(model.backend());
+    GB_RETURN_IF_ERROR(model
+                           .Forward({.tokens = repeated}, plan, &captured,
+                                    {.logits = LogitsMode::kNone,
+                                     .stop_at_layer = to.layer + 1,
+                                     .cancelled = request.cancelled})
+                           .status());
+    const int64_t d = model.config().d_model;
+    Tensor seed = Tensor::ZerosHost(DType::kF32, {rows * seq, d});
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t b = r % batch, element = first + r / batch;
+      seed.data<float>()[(r * seq + q[b]) * d + element] = 1;
+    }
+    BackwardWalk walk(model, captured, rows, seq, {request.in});
+    GB_RETURN_IF_ERROR(walk.FromResidual(to.kind, to.layer, std::move(seed), lowest));
+    const Tensor& grad = walk.gradient(request.in);
+    if (!grad.defined()) return absl::InternalError("the backward walk did not reach the input hook");
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t b = r % batch, element = first + r / batch;
+      std::copy_n(grad.data<float>() + (r * seq + p[b]) * n_in, n_in,
+                  result.jacobian.data<float>() + (b * n_out + element) * n_in);
+    }
+    if (first == 0) {  // the values, from the first copy of each row
+      const Tensor& out_value = captured.at(request.out);
+      const Tensor& in_value = captured.at(request.in);
+      for (int64_t b = 0; b < batch; ++b) {
+        std::copy_n(out_value.data<float>() + (b * seq + q[b]) * n_out, n_out,
+                    result.out_value.data<float>() + b * n_out);
+        std::copy_n(in_value.data<float>() + (b * seq + p[b]) * n_in, n_in,
+                    result.in_value.data<float>() + b * n_in);
+      }
+    }
+    ++result.passes;
+  }
+  return result;
+}
+
+}  // namespace glassbox

@@ -1,0 +1,117 @@
+// Jacobians between hooks against torch autograd in float64 on the same weights
+// (tests/reference/make_jacobian_fixtures.py), on the tiny GPT-2 fixture.
+#include "server/engine/jacobian.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/util/test_util.h"
+
+namespace glassbox {
+namespace {
+
+using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::NormRelativeError;
+using ::glassbox::testing::ReadAllTensors;
+using ::testing::HasSubstr;
+
+std::string ModelDir(const std::string& name) {
+  return name == "demo" ? std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"
+                        : FixturePath("models/" + name);
+}
+
+struct Case {
+  std::string name, in, out;
+};
+
+std::vector<Case> Cases(int last) {
+  const std::string top = "blocks." + std::to_string(last) + ".hook_resid_post";
+  return {{"resid", "blocks.0.hook_resid_pre", top},
+          {"embed_to_mid", "hook_embed", "blocks.1.hook_resid_mid"},
+          {"z_to_pre", "blocks.0.attn.hook_z", "blocks.1.hook_resid_pre"},  // exactly 0 (p != q)
+          {"z_to_mid", "blocks.0.attn.hook_z", "blocks.1.hook_resid_mid"},
+          {"same_hook", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_pre"},
+          {"earlier_position", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}};
+}
+
+std::vector<int32_t> Ints(const Tensor& t) {
+  return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + t.numel());
+}
+
+class JacobianTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(JacobianTest, EqualsTorchAutograd) {
+  auto model = Transformer::Load(ModelDir(GetParam()), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const auto expected =
+      ReadAllTensors(FixturePath("expected/" + GetParam() + ".jacobians.safetensors"));
+  const HookRegistry& hooks = (*model)->hooks();
+  for (const Case& c : Cases((*model)->config().n_layers - 1)) {
+    SCOPED_TRACE(c.name);
+    // A small pass size: the output elements run in several passes.
+    auto result = ComputeJacobian(
+        **model, {.tokens = expected.at("tokens"), .in = *hooks.Resolve(c.in),
+                  .in_positions = Ints(expected.at(c.name + ".p")), .out = *hooks.Resolve(c.out),
+                  .out_positions = Ints(expected.at(c.name + ".q")), .max_rows_per_pass = 40});
+    ASSERT_TRUE(result.ok()) << result.status();
+    const Tensor& want = expected.at(c.name + ".jacobian");
+    ASSERT_EQ(result->jacobian.shape(), want.shape());
+    EXPECT_GT(result->passes, 1);
+    if (c.name == "earlier_position" || c.name == "z_to_pre") {  // no path: exactly nothing
+      for (float v : result->jacobian.span<float>()) ASSERT_EQ(v, 0.0f);
+      continue;
+    }
+    const double error = NormRelativeError(result->jacobian, want);
+    const double f32 = expected.at(c.name + ".f32_error").data<float>()[0];
+    EXPECT_LE(error, std::max(1e-5, 2 * f32));
+    std::printf("%s %s: %s -> %s, [%lld, %lld] per row, norm-relative error %.2g (torch f32 %.2g)\n",
+                GetParam().c_str(), c.name.c_str(), c.in.c_str(), c.out.c_str(),
+                static_cast<long long>(want.dim(1)), static_cast<long long>(want.dim(2)), error, f32);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, JacobianTest, ::testing::Values("tiny-gpt2"));
+
+TEST(Jacobian, RejectsBadRequests) {
+  auto model = Transformer::Load(FixturePath("models/tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const HookRegistry& hooks = (*model)->hooks();
+  const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3}, {1, 3});
+  auto run = [&](std::string in, std::string out, std::vector<int32_t> p = {0},
+                 std::vector<int32_t> q = {-1}) {
+    return ComputeJacobian(**model, {.tokens = tokens, .in = *hooks.Resolve(in),
+                                     .in_positions = p, .out = *hooks.Resolve(out),
+                                     .out_positions = q})
+        .status();
+  };
+  EXPECT_THAT(run("hook_embed", "blocks.0.attn.hook_z").message(),
+              HasSubstr("output is a residual-stream hook"));
+  EXPECT_THAT(run("blocks.1.hook_resid_pre", "blocks.0.hook_resid_post").message(),
+              HasSubstr("comes after blocks.0.hook_resid_post"));
+  EXPECT_THAT(run("blocks.0.mlp.hook_post", "blocks.0.hook_resid_mid").message(),
+              HasSubstr("comes after"));
+  EXPECT_THAT(run("blocks.0.attn.hook_pattern", "blocks.1.hook_resid_pre").message(),
+              HasSubstr("is not one"));
+  EXPECT_THAT(run("hook_embed", "blocks.1.hook_resid_pre", {0, 1}).message(),
+              HasSubstr("give one per row"));
+  EXPECT_THAT(run("hook_embed", "blocks.1.hook_resid_pre", {3}).message(),
+              HasSubstr("in position 3 is outside rows of 3 tokens"));
+  EXPECT_THAT(run("hook_embed", "blocks.1.hook_resid_pre", {0}, {-4}).message(),
+              HasSubstr("out position -4"));
+  auto rotary = Transformer::Load(FixturePath("models/tiny-llama"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(rotary.ok());
+  EXPECT_EQ(ComputeJacobian(**rotary, {.tokens = tokens, .in = 0, .in_positions = {0}, .out = 1,
+                                       .out_positions = {0}})
+                .status()
+                .code(),
+            absl::StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace glassbox
