@@ -23,6 +23,7 @@ namespace {
 
 using ::glassbox::testing::CollectingSink;
 using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::ModelDir;
 using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::ReadAllTensors;
 using ::testing::HasSubstr;
@@ -30,11 +31,6 @@ using ::testing::HasSubstr;
 constexpr int kRows = 3;
 constexpr int kSteerLayer = 1;
 constexpr float kCoefficient = 4.0f;
-
-std::string ModelDir(const std::string& name) {
-  return name == "demo" ? std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"
-                        : FixturePath("models/" + name);
-}
 
 std::vector<int32_t> Ids(const Tensor& t) {
   return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + t.numel());

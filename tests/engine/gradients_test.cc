@@ -20,14 +20,10 @@ namespace glassbox {
 namespace {
 
 using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::ModelDir;
 using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::ReadAllTensors;
 using ::testing::HasSubstr;
-
-std::string ModelDir(const std::string& name) {
-  return name == "demo" ? std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"
-                        : FixturePath("models/" + name);
-}
 
 // The metrics the fixture script computed (its "metrics" metadata).
 struct MetricCase {

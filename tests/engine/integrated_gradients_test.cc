@@ -19,15 +19,11 @@ namespace glassbox {
 namespace {
 
 using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::ModelDir;
 using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::ReadAllTensors;
 using ::testing::HasSubstr;
 using Method = IntegratedGradientsRequest::Method;
-
-std::string ModelDir(const std::string& name) {
-  return name == "demo" ? std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"
-                        : FixturePath("models/" + name);
-}
 
 const GradientMetric kLogitDiff{.kind = GradientMetric::Kind::kLogitDiff, .token_a = 17,
                                 .token_b = 42};

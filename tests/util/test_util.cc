@@ -76,6 +76,11 @@ std::string FixturesDir() {
 
 std::string FixturePath(const std::string& relative) { return FixturesDir() + "/" + relative; }
 
+std::string ModelDir(const std::string& name) {
+  return name == "demo" ? std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"
+                        : FixturePath("models/" + name);
+}
+
 bool GpuRequired() {
   const char* value = std::getenv("GLASSBOX_REQUIRE_GPU");
   return value != nullptr && *value != '\0' && std::string(value) != "0";

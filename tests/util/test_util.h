@@ -32,6 +32,9 @@ class CollectingSink : public CaptureSink {
 // The committed fixtures: $GLASSBOX_FIXTURES_DIR when set, else tests/fixtures of the source tree.
 std::string FixturesDir();
 std::string FixturePath(const std::string& relative);
+// A model's directory by name: "demo" is the shipped models/demo, any other a fixture model
+// (tests/fixtures/models/<name>).
+std::string ModelDir(const std::string& name);
 
 // True when $GLASSBOX_REQUIRE_GPU is set (non-empty, not "0"): the GPU suites then fail instead of
 // skipping when no usable CUDA device is found.
