@@ -73,6 +73,7 @@ from ._interventions import (
 )
 from ._gradients import GradientResult, IntegratedGradientsResult, JacobianResult, Logit
 from ._model import Model, RunResult
+from . import lre
 from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
 from ._scans import (
     ExplanationScore,
@@ -188,6 +189,7 @@ __all__ = [
     "IntegratedGradientsResult",
     "JacobianResult",
     "Logit",
+    "lre",
     "dashboard_html",
     "write_dashboards",
     "to_neuronpedia_json",
