@@ -171,7 +171,12 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
     return absl::CancelledError("cancelled before the backward pass");
   BackwardWalk backward(model, captured, batch, seq, request.gradients);
   GB_RETURN_IF_ERROR(backward.FromLogits(metric.dlogits, metric.rows));
-  for (HookId id : request.gradients) result.gradients.push_back(backward.gradient(id));
+  for (HookId id : request.gradients) {
+    if (!backward.gradient(id).defined())
+      return absl::UnimplementedError(absl::StrCat("no gradient is computed at ",
+                                                   model.hooks().info(id).name, " yet"));
+    result.gradients.push_back(backward.gradient(id));
+  }
   return result;
 }
 

@@ -18,6 +18,34 @@ bool IsResidual(HookKind kind) {
          kind == HookKind::kResidPost;
 }
 
+// The hooks a Jacobian can start from: the per-token activations the backward walk fills (not
+// attention scores and patterns, which are per query and key, nor the final norm's).
+bool IsPerTokenInput(HookKind kind) {
+  switch (kind) {
+    case HookKind::kEmbed:
+    case HookKind::kPosEmbed:
+    case HookKind::kResidPre:
+    case HookKind::kLn1Scale:
+    case HookKind::kLn1Normalized:
+    case HookKind::kQ:
+    case HookKind::kK:
+    case HookKind::kV:
+    case HookKind::kZ:
+    case HookKind::kResult:
+    case HookKind::kAttnOut:
+    case HookKind::kResidMid:
+    case HookKind::kLn2Scale:
+    case HookKind::kLn2Normalized:
+    case HookKind::kMlpPre:
+    case HookKind::kMlpPost:
+    case HookKind::kMlpOut:
+    case HookKind::kResidPost:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // Where a hook sits in the forward order, for "at or below": (layer, stage). The embeddings come
 // first; within a block resid_pre, then the attention's hooks, resid_mid, the MLP's, resid_post.
 std::pair<int, int> Place(const HookInfo& info) {
@@ -37,7 +65,7 @@ std::pair<int, int> Place(const HookInfo& info) {
   }
 }
 
-int64_t ElementsAtOnePosition(const HookInfo& info, const ModelConfig& c) {
+int64_t ElementsAtOnePosition(const HookInfo& info) {
   const Shape shape = info.ShapeFor(1, 1);
   int64_t n = 1;
   for (size_t d = 2; d < shape.size(); ++d) n *= shape[d];
@@ -72,17 +100,15 @@ absl::StatusOr<std::pair<int64_t, int64_t>> JacobianSize(const Transformer& mode
     return absl::InvalidArgumentError(absl::StrCat(
         "a Jacobian's output is a residual-stream hook (hook_resid_pre, _mid or _post); ",
         to.name, " is not"));
-  if (from.kind == HookKind::kAttnScores || from.kind == HookKind::kPattern ||
-      from.kind == HookKind::kPosEmbed || from.kind == HookKind::kLnFinalNormalized ||
-      from.kind == HookKind::kLnFinalScale)
+  if (!IsPerTokenInput(from.kind))
     return absl::InvalidArgumentError(absl::StrCat(
         "a Jacobian's input is a per-token activation at or below its output; ", from.name,
         " is not one"));
   if (Place(from) > Place(to))
     return absl::InvalidArgumentError(absl::StrCat(from.name, " comes after ", to.name,
                                                    " in the forward pass: nothing flows back"));
-  return std::make_pair(ElementsAtOnePosition(to, model.config()),
-                        ElementsAtOnePosition(from, model.config()));
+  return std::make_pair(ElementsAtOnePosition(to),
+                        ElementsAtOnePosition(from));
 }
 
 absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,

@@ -74,6 +74,27 @@ TEST_P(JacobianTest, EqualsTorchAutograd) {
 
 INSTANTIATE_TEST_SUITE_P(Models, JacobianTest, ::testing::Values("tiny-gpt2"));
 
+// Every pair of hooks JacobianSize accepts is computed: the walk reaches every input it allows.
+TEST(Jacobian, EveryAcceptedPairIsComputed) {
+  auto model = Transformer::Load(FixturePath("models/tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const HookRegistry& hooks = (*model)->hooks();
+  const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{5, 9, 14}, {1, 3});
+  int computed = 0;
+  for (HookId in = 0; in < hooks.size(); ++in) {
+    for (HookId out = 0; out < hooks.size(); ++out) {
+      if (!JacobianSize(**model, in, out).ok()) continue;
+      SCOPED_TRACE(hooks.info(in).name + " -> " + hooks.info(out).name);
+      auto j = ComputeJacobian(**model, {.tokens = tokens, .in = in, .in_positions = {0},
+                                         .out = out, .out_positions = {-1},
+                                         .max_rows_per_pass = 256});
+      ASSERT_TRUE(j.ok()) << j.status();
+      ++computed;
+    }
+  }
+  EXPECT_GT(computed, 50);
+}
+
 TEST(Jacobian, RejectsBadRequests) {
   auto model = Transformer::Load(FixturePath("models/tiny-gpt2"), std::make_shared<CpuBackend>());
   ASSERT_TRUE(model.ok());
