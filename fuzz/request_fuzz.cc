@@ -393,7 +393,7 @@ const std::vector<Rpc>& Rpcs() {
            r.set_model("demo");
            AddRow(r.mutable_inputs(), {0, 5, 17, 300});
            AddRow(r.mutable_inputs(), {0, 9, 40, 7});
-           r.set_in_hook("blocks.2.hook_resid_pre");
+           r.set_in_hook("blocks.2.ln1.hook_scale");  // [128, 1] per row: a small response
            r.add_in_positions(1);
            r.add_in_positions(-1);
            r.set_out_hook("blocks.2.hook_resid_mid");
