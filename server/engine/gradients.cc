@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -35,13 +36,21 @@ absl::Status CheckGradientsSupported(const ModelConfig& c) {
 
 namespace {
 
-absl::Status CheckMetric(const GradientMetric& m, int64_t seq, int64_t vocab) {
-  if (m.kind != GradientMetric::Kind::kLoss && (m.position < -seq || m.position >= seq))
-    return absl::InvalidArgumentError(absl::StrCat("the metric's position ", m.position,
-                                                   " is outside rows of ", seq, " tokens"));
-  if (m.kind == GradientMetric::Kind::kLoss && seq < 2)
-    return absl::InvalidArgumentError(
-        "the loss metric needs rows of at least 2 tokens (each position predicts the next)");
+absl::Status CheckMetric(const GradientMetric& m, const std::vector<int64_t>& lengths,
+                         int64_t vocab) {
+  const bool ragged = std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) !=
+                      lengths.end();
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    const int64_t n = lengths[b];
+    const std::string row = ragged ? absl::StrCat(" (row ", b, ")") : "";
+    if (m.kind != GradientMetric::Kind::kLoss && (m.position < -n || m.position >= n))
+      return absl::InvalidArgumentError(absl::StrCat("the metric's position ", m.position,
+                                                     " is outside rows of ", n, " tokens", row));
+    if (m.kind == GradientMetric::Kind::kLoss && n < 2)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the loss metric needs rows of at least 2 tokens (each position predicts the next)",
+          row));
+  }
   for (int32_t token : {m.token_a, m.token_b}) {
     if (token < 0 || token >= vocab)
       return absl::InvalidArgumentError(absl::StrCat("the metric's token ", token,
@@ -66,25 +75,29 @@ struct MetricAtLogits {
   Tensor dlogits;  // [rows.size(), vocab]
 };
 
-// `logits` holds every position ([batch * seq, vocab]) or, when `last_only`, each row's last.
-MetricAtLogits EvaluateMetric(const GradientMetric& m, const Tensor& tokens, const Tensor& logits,
+// `logits` holds every position ([batch * seq, vocab]) or, when `last_only`, each row's last
+// real one.
+MetricAtLogits EvaluateMetric(const GradientMetric& m, const Tensor& tokens,
+                              const std::vector<int64_t>& lengths, const Tensor& logits,
                               bool last_only) {
   const int64_t batch = tokens.dim(0), seq = tokens.dim(1), vocab = logits.dim(-1);
   MetricAtLogits out;
   const bool loss = m.kind == GradientMetric::Kind::kLoss;
-  const int64_t p = m.position >= 0 ? m.position : seq + m.position;
+  std::vector<size_t> first(batch + 1, 0);  // row b's entries of out.rows: [first[b], first[b+1])
   for (int64_t b = 0; b < batch; ++b) {
+    const int64_t n = lengths[b];
     if (loss) {
-      for (int64_t t = 0; t + 1 < seq; ++t) out.rows.push_back(b * seq + t);
+      for (int64_t t = 0; t + 1 < n; ++t) out.rows.push_back(b * seq + t);
     } else {
-      out.rows.push_back(b * seq + p);
+      out.rows.push_back(b * seq + (m.position >= 0 ? m.position : n + m.position));
     }
+    first[b + 1] = out.rows.size();
   }
   out.dlogits = Tensor::ZerosHost(DType::kF32, {static_cast<int64_t>(out.rows.size()), vocab});
-  const int64_t per_row = static_cast<int64_t>(out.rows.size()) / batch;
   for (int64_t b = 0; b < batch; ++b) {
     double value = 0;
-    for (int64_t i = b * per_row; i < (b + 1) * per_row; ++i) {
+    const double count = static_cast<double>(first[b + 1] - first[b]);
+    for (size_t i = first[b]; i < first[b + 1]; ++i) {
       const int64_t row = out.rows[i];
       const float* x = logits.data<float>() + (last_only ? b : row) * vocab;
       float* d = out.dlogits.data<float>() + i * vocab;
@@ -106,12 +119,14 @@ MetricAtLogits EvaluateMetric(const GradientMetric& m, const Tensor& tokens, con
           break;
         }
         case GradientMetric::Kind::kLoss: {
-          // The mean over the row's positions of -log p(next token).
-          const double lse = LogSumExp(x, vocab), n = static_cast<double>(per_row);
+          // The mean over the row's real positions of -log p(next token).
+          const double lse = LogSumExp(x, vocab);
           const int32_t next = tokens.data<int32_t>()[row + 1];
-          value += (lse - x[next]) / n;
-          for (int64_t j = 0; j < vocab; ++j) d[j] = static_cast<float>(std::exp(x[j] - lse) / n);
-          d[next] -= static_cast<float>(1 / n);
+          value += (lse - x[next]) / count;
+          for (int64_t j = 0; j < vocab; ++j) {
+            d[j] = static_cast<float>(std::exp(x[j] - lse) / count);
+          }
+          d[next] -= static_cast<float>(1 / count);
           break;
         }
       }
@@ -132,8 +147,9 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
       tokens.dim(1) < 1)
     return absl::InvalidArgumentError("gradients need tokens as i32 [batch, seq], not empty");
   const int64_t batch = tokens.dim(0), seq = tokens.dim(1);
+  GB_ASSIGN_OR_RETURN(std::vector<int64_t> lengths, RowLengths(tokens, request.attention_mask));
   const GradientMetric& m = request.metric;
-  GB_RETURN_IF_ERROR(CheckMetric(m, seq, c.vocab_size));
+  GB_RETURN_IF_ERROR(CheckMetric(m, lengths, c.vocab_size));
   for (const std::vector<HookId>* ids : {&request.values, &request.gradients}) {
     for (HookId id : *ids) {
       if (id < 0 || id >= model.hooks().size())
@@ -153,15 +169,16 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   for (const Intervention& edit : request.interventions) {
     GB_RETURN_IF_ERROR(plan.AddIntervention(edit));
   }
-  const bool last_only =
-      m.kind != GradientMetric::Kind::kLoss && (m.position == -1 || m.position == seq - 1);
+  const bool unpadded = !request.attention_mask.defined();
+  const bool last_only = m.kind != GradientMetric::Kind::kLoss &&
+                         (m.position == -1 || (unpadded && m.position == seq - 1));
   HostCaptures captured(model.backend());
   GB_ASSIGN_OR_RETURN(
       ForwardOutput out,
-      model.Forward({.tokens = tokens}, plan, &captured,
+      model.Forward({.tokens = tokens, .attention_mask = request.attention_mask}, plan, &captured,
                     {.logits = last_only ? LogitsMode::kLast : LogitsMode::kAll,
                      .cancelled = request.cancelled}));
-  MetricAtLogits metric = EvaluateMetric(m, tokens, out.logits, last_only);
+  MetricAtLogits metric = EvaluateMetric(m, tokens, lengths, out.logits, last_only);
 
   ForwardBackwardResult result;
   result.metric = std::move(metric.values);
@@ -184,10 +201,32 @@ absl::StatusOr<GradientResult> ComputeGradients(const Transformer& model,
                                                 const GradientRequest& request) {
   GB_ASSIGN_OR_RETURN(ForwardBackwardResult r,
                       RunForwardBackward(model, {.tokens = request.tokens,
+                                                 .attention_mask = request.attention_mask,
                                                  .metric = request.metric,
                                                  .gradients = request.hooks,
                                                  .cancelled = request.cancelled}));
   return GradientResult{.metric = std::move(r.metric), .gradients = std::move(r.gradients)};
+}
+
+absl::StatusOr<std::vector<int64_t>> RowLengths(const Tensor& tokens, const Tensor& mask) {
+  const int64_t batch = tokens.dim(0), seq = tokens.dim(1);
+  if (!mask.defined()) return std::vector<int64_t>(batch, seq);
+  if (mask.dtype() != DType::kI32 || mask.shape() != tokens.shape())
+    return absl::InvalidArgumentError("the attention mask must be i32 of the tokens' shape");
+  std::vector<int64_t> lengths;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int32_t* row = mask.data<int32_t>() + b * seq;
+    int64_t n = 0;
+    while (n < seq && row[n] != 0) ++n;
+    for (int64_t t = n; t < seq; ++t) {
+      if (row[t] != 0)
+        return absl::InvalidArgumentError(
+            "gradients take right-padded rows: each row's real tokens first, then padding");
+    }
+    if (n == 0) return absl::InvalidArgumentError(absl::StrCat("row ", b, " has no real token"));
+    lengths.push_back(n);
+  }
+  return lengths;
 }
 
 }  // namespace glassbox

@@ -5,7 +5,7 @@
 //
 // So far for GPT-2-style blocks: a LayerNorm or RMSNorm before attention and before the MLP,
 // learned positions, an ungated MLP, grouped or full attention, no soft-capping and no sliding
-// window; rows without padding; no interventions. Anything else is UNIMPLEMENTED, by name.
+// window; rows unpadded or right-padded. Anything else is UNIMPLEMENTED, by name.
 #pragma once
 
 #include <atomic>
@@ -23,13 +23,16 @@ namespace glassbox {
 struct GradientMetric {
   enum class Kind : uint8_t { kLogit, kLogitDiff, kLogProb, kLoss };
   Kind kind = Kind::kLogitDiff;
-  int32_t position = -1;  // negative: from the end (-1 is the last token); unused by kLoss
+  int32_t position = -1;  // negative: from each row's end (-1: its last real token); not kLoss
   int32_t token_a = 0;    // the logit, the log-probability's token, or the difference's minuend
   int32_t token_b = 0;    // kLogitDiff: subtracted
 };
 
 struct GradientRequest {
-  Tensor tokens;  // [batch, seq] i32, host; every token real
+  Tensor tokens;  // [batch, seq] i32, host
+  // [batch, seq] i32, 1 for real tokens: right padding only (each row's real tokens first).
+  // Undefined: every token is real. Positions count each row's real tokens.
+  Tensor attention_mask;
   GradientMetric metric;
   std::vector<HookId> hooks;  // the gradients wanted
   const std::atomic<bool>* cancelled = nullptr;
@@ -52,7 +55,8 @@ absl::StatusOr<GradientResult> ComputeGradients(const Transformer& model,
 // pass: the metric, the forward values at some hooks and, unless `backward` is false, the
 // gradients at others.
 struct ForwardBackwardRequest {
-  Tensor tokens;  // as GradientRequest's
+  Tensor tokens;          // as GradientRequest's
+  Tensor attention_mask;  // as GradientRequest's
   GradientMetric metric;
   // Edits in the forward pass. The backward does not differentiate them: a gradient is right at
   // an edited hook and downstream of it (the values the edits produced are what the backward
@@ -72,5 +76,9 @@ struct ForwardBackwardResult {
 
 absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& model,
                                                          const ForwardBackwardRequest& request);
+
+// Each row's real tokens: `seq` each without a mask; INVALID_ARGUMENT for a mask that is not a
+// right padding of rows of at least one token.
+absl::StatusOr<std::vector<int64_t>> RowLengths(const Tensor& tokens, const Tensor& attention_mask);
 
 }  // namespace glassbox

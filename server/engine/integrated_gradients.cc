@@ -32,8 +32,9 @@ absl::StatusOr<Tensor> FullBaseline(const Tensor& baseline, const Shape& shape,
   return full;
 }
 
-// The batch `t` repeated `times` times, copy after copy.
+// The batch `t` repeated `times` times, copy after copy (undefined stays undefined).
 Tensor RepeatRows(const Tensor& t, int64_t times) {
+  if (!t.defined()) return t;
   Shape shape = t.shape();
   shape[0] *= times;
   Tensor out = Tensor::EmptyHost(t.dtype(), shape);
@@ -74,6 +75,7 @@ absl::StatusOr<IntegratedGradientsResult> ComputeIntegratedGradients(
   IntegratedGradientsResult result;
   GB_ASSIGN_OR_RETURN(ForwardBackwardResult plain,
                       RunForwardBackward(model, {.tokens = request.tokens,
+                                                 .attention_mask = request.attention_mask,
                                                  .metric = metric,
                                                  .values = {hook},
                                                  .gradients = {hook},
@@ -90,6 +92,7 @@ absl::StatusOr<IntegratedGradientsResult> ComputeIntegratedGradients(
   // m(x′): the hook replaced by the baseline.
   GB_ASSIGN_OR_RETURN(ForwardBackwardResult at_baseline,
                       RunForwardBackward(model, {.tokens = request.tokens,
+                                                 .attention_mask = request.attention_mask,
                                                  .metric = metric,
                                                  .interventions = {SetEverywhere(hook, baseline)},
                                                  .backward = false,
@@ -118,6 +121,7 @@ absl::StatusOr<IntegratedGradientsResult> ComputeIntegratedGradients(
       }
       GB_ASSIGN_OR_RETURN(ForwardBackwardResult step,
                           RunForwardBackward(model, {.tokens = RepeatRows(request.tokens, count),
+                                                     .attention_mask = RepeatRows(request.attention_mask, count),
                                                      .metric = metric,
                                                      .interventions = {SetEverywhere(hook, path)},
                                                      .gradients = {hook},

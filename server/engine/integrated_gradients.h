@@ -21,7 +21,8 @@ namespace glassbox {
 struct IntegratedGradientsRequest {
   enum class Method : uint8_t { kIntegratedGradients, kInputTimesGradient };
   Method method = Method::kIntegratedGradients;
-  Tensor tokens;  // [batch, seq] i32, host; every token real
+  Tensor tokens;          // [batch, seq] i32, host
+  Tensor attention_mask;  // as GradientRequest's: right padding, or undefined
   GradientMetric metric;
   HookId hook = -1;  // an editable hook
   // Host f32: undefined (zeros), [d] (the hook's last axis, for every row and position) or the

@@ -72,17 +72,19 @@ int64_t ElementsAtOnePosition(const HookInfo& info) {
   return n;
 }
 
-absl::StatusOr<std::vector<int64_t>> Resolve(const std::vector<int32_t>& positions, int64_t batch,
-                                             int64_t seq, const char* what) {
-  if (static_cast<int64_t>(positions.size()) != batch)
+absl::StatusOr<std::vector<int64_t>> Resolve(const std::vector<int32_t>& positions,
+                                             const std::vector<int64_t>& lengths, const char* what) {
+  if (positions.size() != lengths.size())
     return absl::InvalidArgumentError(absl::StrCat(what, " has ", positions.size(),
-                                                   " positions for ", batch, " rows: give one per row"));
+                                                   " positions for ", lengths.size(),
+                                                   " rows: give one per row"));
   std::vector<int64_t> out;
-  for (int32_t p : positions) {
-    if (p < -seq || p >= seq)
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    const int64_t p = positions[b], n = lengths[b];
+    if (p < -n || p >= n)
       return absl::InvalidArgumentError(
-          absl::StrCat(what, " position ", p, " is outside rows of ", seq, " tokens"));
-    out.push_back(p >= 0 ? p : seq + p);
+          absl::StrCat(what, " position ", p, " is outside rows of ", n, " tokens"));
+    out.push_back(p >= 0 ? p : n + p);
   }
   return out;
 }
@@ -120,8 +122,9 @@ absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
   GB_ASSIGN_OR_RETURN(auto size, JacobianSize(model, request.in, request.out));
   const auto [n_out, n_in] = size;
   const int64_t batch = tokens.dim(0), seq = tokens.dim(1);
-  GB_ASSIGN_OR_RETURN(std::vector<int64_t> p, Resolve(request.in_positions, batch, seq, "in"));
-  GB_ASSIGN_OR_RETURN(std::vector<int64_t> q, Resolve(request.out_positions, batch, seq, "out"));
+  GB_ASSIGN_OR_RETURN(std::vector<int64_t> lengths, RowLengths(tokens, request.attention_mask));
+  GB_ASSIGN_OR_RETURN(std::vector<int64_t> p, Resolve(request.in_positions, lengths, "in"));
+  GB_ASSIGN_OR_RETURN(std::vector<int64_t> q, Resolve(request.out_positions, lengths, "out"));
   if (request.max_rows_per_pass < 1) return absl::InvalidArgumentError("max_rows_per_pass must be >= 1");
   const HookInfo& to = model.hooks().info(request.out);
   const HookInfo& from = model.hooks().info(request.in);
@@ -137,9 +140,15 @@ absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
     const int64_t count = std::min(per_pass, n_out - first);
     const int64_t rows = count * batch;  // row r: element first + r / batch of row r % batch
     Tensor repeated = Tensor::EmptyHost(DType::kI32, {rows, seq});
+    Tensor mask;
+    if (request.attention_mask.defined()) mask = Tensor::EmptyHost(DType::kI32, {rows, seq});
     for (int64_t r = 0; r < rows; ++r) {
       std::copy_n(tokens.data<int32_t>() + (r % batch) * seq, seq,
                   repeated.data<int32_t>() + r * seq);
+      if (mask.defined()) {
+        std::copy_n(request.attention_mask.data<int32_t>() + (r % batch) * seq, seq,
+                    mask.data<int32_t>() + r * seq);
+      }
     }
     HookPlan plan(model.hooks());
     for (HookId id : BackwardInputs(model, to.layer, /*final_norm=*/false)) plan.CaptureId(id);
@@ -147,7 +156,7 @@ absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
     plan.CaptureId(request.out);
     HostCaptures captured(model.backend());
     GB_RETURN_IF_ERROR(model
-                           .Forward({.tokens = repeated}, plan, &captured,
+                           .Forward({.tokens = repeated, .attention_mask = mask}, plan, &captured,
                                     {.logits = LogitsMode::kNone,
                                      .stop_at_layer = to.layer + 1,
                                      .cancelled = request.cancelled})

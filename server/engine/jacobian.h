@@ -17,11 +17,12 @@
 namespace glassbox {
 
 struct JacobianRequest {
-  Tensor tokens;  // [batch, seq] i32, host; every token real
+  Tensor tokens;          // [batch, seq] i32, host
+  Tensor attention_mask;  // as GradientRequest's: right padding, or undefined
   HookId in = -1;
-  std::vector<int32_t> in_positions;  // per row; negative from the end
+  std::vector<int32_t> in_positions;  // per row; negative from the row's last real token
   HookId out = -1;                    // a residual-stream hook
-  std::vector<int32_t> out_positions; // per row; negative from the end
+  std::vector<int32_t> out_positions; // per row, as in_positions
   int64_t max_rows_per_pass = 64;     // repeated rows in one pass
   const std::atomic<bool>* cancelled = nullptr;
 };

@@ -53,11 +53,12 @@ absl::StatusOr<std::vector<HookId>> ResolveHooks(const HookRegistry& hooks,
   return ids;
 }
 
-// The checks every gradient RPC makes before its own: a model the backward covers, rows of one
-// length, a known metric.
+// The checks every gradient RPC makes before its own: a model the backward covers, inputs, a
+// known metric.
 struct GradientCall {
   const Transformer* model = nullptr;
   Batch batch;
+  Tensor mask;  // defined when the rows are ragged
   GradientMetric metric;
 };
 
@@ -69,11 +70,11 @@ absl::StatusOr<GradientCall> PrepareGradientCall(const ModelStore& store, const 
   GradientCall call{.model = served->model.get()};
   GB_RETURN_IF_ERROR(CheckGradientsSupported(call.model->config()));
   GB_ASSIGN_OR_RETURN(call.batch, BuildBatch(inputs, *served, limits));
+  // Rows of one length run unpadded; ragged ones right-padded (BuildBatch's layout) with a mask.
   const std::vector<int32_t>& lengths = call.batch.lengths;
-  if (std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) != lengths.end())
-    return absl::InvalidArgumentError(
-        "gradients take rows of one length for now (padding is not supported); send rows of "
-        "equal length or one request per length");
+  if (std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) != lengths.end()) {
+    call.mask = call.batch.attention_mask;
+  }
   GB_ASSIGN_OR_RETURN(call.metric, FromProto(metric));
   return call;
 }
@@ -116,8 +117,8 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   }
   absl::StatusOr<GradientResult> result;
   absl::Status status = OnDevice(context, *caller, "Gradients", request->model(), tokens, [&] {
-    result = ComputeGradients(model, {.tokens = call->batch.tokens, .metric = call->metric,
-                                      .hooks = *hooks});
+    result = ComputeGradients(model, {.tokens = call->batch.tokens, .attention_mask = call->mask,
+                                      .metric = call->metric, .hooks = *hooks});
     return result.status();
   });
   if (!status.ok()) return ToGrpcStatus(status);
@@ -144,8 +145,8 @@ grpc::Status GlassboxService::IntegratedGradients(grpc::ServerContext* context,
   auto resolved = model.hooks().Resolve(request->hook());
   if (!resolved.ok()) return ToGrpcStatus(resolved.status());
   const HookId hook = *resolved;
-  IntegratedGradientsRequest ig{.tokens = call->batch.tokens, .metric = call->metric,
-                                .hook = hook};
+  IntegratedGradientsRequest ig{.tokens = call->batch.tokens, .attention_mask = call->mask,
+                                .metric = call->metric, .hook = hook};
   switch (request->method()) {
     case pb::IntegratedGradientsRequest::INTEGRATED_GRADIENTS: break;
     case pb::IntegratedGradientsRequest::INPUT_X_GRADIENT:
@@ -233,7 +234,7 @@ grpc::Status GlassboxService::Jacobian(grpc::ServerContext* context,
   if (absl::Status charged = caller->ChargeTokens(3 * n_out * tokens); !charged.ok()) {
     return ToGrpcStatus(charged);
   }
-  JacobianRequest jacobian{.tokens = call->batch.tokens, .in = *in,
+  JacobianRequest jacobian{.tokens = call->batch.tokens, .attention_mask = call->mask, .in = *in,
                            .in_positions = *std::move(in_positions), .out = *out,
                            .out_positions = *std::move(out_positions),
                            .max_rows_per_pass = std::max<int64_t>(rows, limits.max_tokens_per_request / seq)};

@@ -143,3 +143,80 @@ TEST(GradientsErrorsTest, BadRequestsAreRefusedPrecisely) {
 
 }  // namespace
 }  // namespace glassbox
+
+namespace glassbox {
+namespace {
+
+// Right-padded rows: each row's metric and gradients at its real positions are those of the row
+// run alone (the gradients there are checked against torch above), 0 at its padding; a mask
+// that is not a right padding is refused.
+TEST(Gradients, RightPaddedRowsEqualEachRowAlone) {
+  auto model = Transformer::Load(ModelDir("tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const std::vector<std::vector<int32_t>> rows = {{5, 9, 14, 3, 8, 2, 7}, {11, 4, 6}};
+  Tensor tokens = Tensor::ZerosHost(DType::kI32, {2, 7});
+  Tensor mask = Tensor::ZerosHost(DType::kI32, {2, 7});
+  for (int b = 0; b < 2; ++b) {
+    for (size_t t = 0; t < rows[b].size(); ++t) {
+      tokens.data<int32_t>()[b * 7 + t] = rows[b][t];
+      mask.data<int32_t>()[b * 7 + t] = 1;
+    }
+  }
+  const HookRegistry& hooks = (*model)->hooks();
+  const std::vector<HookId> wanted = {*hooks.Resolve("hook_embed"),
+                                      *hooks.Resolve("blocks.1.attn.hook_pattern"),
+                                      *hooks.Resolve("blocks.0.mlp.hook_post")};
+  for (GradientMetric metric :
+       {GradientMetric{.kind = GradientMetric::Kind::kLogProb, .position = -2, .token_a = 3},
+        GradientMetric{.kind = GradientMetric::Kind::kLoss}}) {
+    auto both = ComputeGradients(**model, {.tokens = tokens, .attention_mask = mask,
+                                           .metric = metric, .hooks = wanted});
+    ASSERT_TRUE(both.ok()) << both.status();
+    for (int b = 0; b < 2; ++b) {
+      const int64_t n = static_cast<int64_t>(rows[b].size());
+      auto alone = ComputeGradients(
+          **model, {.tokens = Tensor::FromHost(rows[b], {1, n}), .metric = metric, .hooks = wanted});
+      ASSERT_TRUE(alone.ok()) << alone.status();
+      EXPECT_NEAR(both->metric[b], alone->metric[0], 1e-4);
+      for (size_t h = 0; h < wanted.size(); ++h) {
+        SCOPED_TRACE(hooks.info(wanted[h]).name);
+        const Tensor& g = both->gradients[h];
+        const Tensor& want = alone->gradients[h];
+        if (g.rank() == 4 && hooks.info(wanted[h]).kind == HookKind::kPattern) {
+          // [batch, head, query, key]: row b's real block is [:n, :n] of each head.
+          const int64_t heads = g.dim(1);
+          double diff = 0, norm = 0;
+          for (int64_t head = 0; head < heads; ++head) {
+            for (int64_t q = 0; q < n; ++q) {
+              for (int64_t k = 0; k < n; ++k) {
+                const float a = g.data<float>()[((b * heads + head) * 7 + q) * 7 + k];
+                const float w = want.data<float>()[(head * n + q) * n + k];
+                diff += (a - w) * (a - w);
+                norm += w * w;
+              }
+            }
+          }
+          EXPECT_LE(std::sqrt(diff / norm), 1e-5);
+          continue;
+        }
+        const int64_t per_pos = g.numel() / (2 * 7);
+        const float* row = g.data<float>() + b * 7 * per_pos;
+        double diff = 0, norm = 0;
+        for (int64_t i = 0; i < n * per_pos; ++i) {
+          diff += (row[i] - want.data<float>()[i]) * (row[i] - want.data<float>()[i]);
+          norm += want.data<float>()[i] * want.data<float>()[i];
+        }
+        EXPECT_LE(std::sqrt(diff / norm), 1e-5);
+        for (int64_t i = n * per_pos; i < 7 * per_pos; ++i) ASSERT_EQ(row[i], 0.0f);
+      }
+    }
+  }
+  Tensor left = Tensor::ZerosHost(DType::kI32, {2, 7});
+  for (int64_t i = 0; i < 14; ++i) left.data<int32_t>()[i] = i % 7 >= 4 ? 1 : 0;
+  auto refused = ComputeGradients(**model, {.tokens = tokens, .attention_mask = left,
+                                            .metric = {.token_a = 1}, .hooks = wanted});
+  EXPECT_THAT(refused.status().message(), HasSubstr("gradients take right-padded rows"));
+}
+
+}  // namespace
+}  // namespace glassbox

@@ -253,12 +253,20 @@ TEST_F(ServiceTest, GradientsOverGrpcEqualTransformerLensAutograd) {
               1e-5)
         << g.hook();
   }
-  // Rows of different lengths, and models the backward does not cover yet, are refused.
+  // Rows of different lengths run right-padded: the longer row's gradients are its own (row 1
+  // is unchanged, the metric at position 3 of each row's real tokens); a position past the
+  // shorter row is refused.
   request.mutable_inputs()->mutable_token_ids(0)->add_ids(3);
   grpc::ClientContext ragged;
   s = stub->Gradients(&ragged, request, &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_NEAR(response.metric(1), expected.at("log_prob.value").data<float>()[1], 1e-4);
+  EXPECT_THAT(response.gradients(0).gradient().shape(), ::testing::ElementsAre(2, 8, 64));
+  request.mutable_metric()->set_position(7);
+  grpc::ClientContext past;
+  s = stub->Gradients(&past, request, &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("rows of one length"));
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("the metric's position 7 is outside rows of 7 tokens (row 1)"));
   request.set_model("llama");
   grpc::ClientContext llama;
   s = stub->Gradients(&llama, request, &response);

@@ -29,6 +29,26 @@ def test_gradients_equal_transformer_lens_autograd(gpt2: glassbox.Model) -> None
         assert result["blocks.1.attn.hook_z"].shape == (2, 7, 4, 16)
 
 
+def test_ragged_rows_equal_their_own_gradients(gpt2: glassbox.Model) -> None:
+    """Rows of different lengths run right-padded: each row's metric and gradients at its real
+    positions are those of the row alone, and 0 at its padding."""
+    rows = [[5, 9, 14, 3, 8, 2, 7], [11, 4, 6]]
+    for metric in (glassbox.LogitDiff(17, 42), glassbox.Loss()):
+        both = gpt2.gradients(rows, metric, ["hook_embed", "blocks.1.attn.hook_z"])
+        for b, row in enumerate(rows):
+            alone = gpt2.gradients([row], metric, ["hook_embed", "blocks.1.attn.hook_z"])
+            assert both.metric[b] == pytest.approx(alone.metric[0], rel=1e-5, abs=1e-5)
+            for hook in alone:
+                assert rel_error(both[hook][b, :len(row)], alone[hook][0]) <= 1e-5, (metric, hook, b)
+                assert np.all(both[hook][b, len(row):] == 0)
+    j = gpt2.jacobian(rows, "hook_embed", "blocks.1.hook_resid_post", in_positions=[-3, 0], out_positions=-1)
+    alone = gpt2.jacobian([rows[1]], "hook_embed", "blocks.1.hook_resid_post", in_positions=0, out_positions=-1)
+    assert rel_error(j.jacobian[1], alone.jacobian[0]) <= 1e-5
+    ig = gpt2.integrated_gradients(rows, glassbox.Logit(3), steps=4)
+    ig_alone = gpt2.integrated_gradients([rows[1]], glassbox.Logit(3), steps=4)
+    assert rel_error(ig.attributions[1, :3], ig_alone.attributions[0]) <= 1e-5
+
+
 def test_loss_gradient_gives_attribution_patching(gpt2: glassbox.Model) -> None:
     """The loss metric: its value is the mean next-token loss of a plain run, and (clean -
     corrupted) . its gradient at the corrupted run summed over the model dimension is attribution
@@ -53,8 +73,8 @@ def test_gradient_requests_are_checked(gpt2: glassbox.Model) -> None:
         gpt2.gradients([[1]], glassbox.Loss(), "hook_embed")
     with pytest.raises(ValueError, match="hooks must be"):
         gpt2.gradients([[1, 2, 3]], glassbox.Logit(3), [])
-    with pytest.raises(glassbox.InvalidArgument, match="rows of one length"):
-        gpt2.gradients([[1, 2, 3], [4, 5]], glassbox.Logit(3), "hook_embed")
+    with pytest.raises(glassbox.InvalidArgument, match="position 2 is outside rows of 2 tokens \\(row 1\\)"):
+        gpt2.gradients([[1, 2, 3], [4, 5]], glassbox.Logit(3), "hook_embed", position=2)
     with pytest.raises(glassbox.InvalidArgument, match="position 3 is outside rows of 3 tokens"):
         gpt2.gradients([[1, 2, 3]], glassbox.Logit(3), "hook_embed", position=3)
 

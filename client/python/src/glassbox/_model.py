@@ -807,7 +807,8 @@ class Model:
 
         ``metric``: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Logit(token)``, tokens as ids or
         one-token strings; ``position`` counts from 0, negative from the end (-1: the last
-        token). Rows must have one length (no padding yet). Returns a ``GradientResult``:
+        token of each row). Rows may differ in length (right-padded; 0 gradient at the padding).
+        Returns a ``GradientResult``:
         ``result.metric`` [batch] and ``result["blocks.0.hook_resid_pre"]`` in the hook's
         shape; row b's gradient is that of row b's own metric.
         """
@@ -833,7 +834,7 @@ class Model:
         ``hook`` (default: the token embeddings): (x - x') * the mean of d metric / d hook over
         ``steps`` midpoints of the straight path from the baseline x' to the input's value x,
         the hook's output replaced along it. ``baseline``: None (zeros), a [d] vector for every
-        row and position, or an array of the hook's full shape. Rows of one length; metrics as
+        row and position, or an array of the hook's full shape. Rows and metrics as for
         ``gradients``. ``result.completeness_gap`` checks the sum against m(x) - m(x')."""
         return self._integrated_gradients(input, metric, hook, "integrated_gradients", steps,
                                           baseline, position, prepend_bos, timeout)
@@ -869,8 +870,8 @@ class Model:
         at ``out_positions`` with respect to ``in_hook`` (any per-token hook at or below it) at
         ``in_positions``, per row: ``result.jacobian`` [batch, out, in], torch's
         ``jacrev`` of the forward pass from one hook to the other. Positions: one int for every
-        row or one per row; negative counts from the end. Rows of one length; GPT-2-style models
-        so far. What linear relational embeddings fit (``glassbox.lre``)."""
+        row or one per row; negative counts from each row's last real token. Rows may differ in
+        length. GPT-2-style models so far. What linear relational embeddings fit (``glassbox.lre``)."""
         request = pb.JacobianRequest(
             model=self.name, inputs=build_inputs(input, prepend_bos), in_hook=in_hook,
             in_positions=positions_per_row(in_positions, "in_positions"), out_hook=out_hook,
