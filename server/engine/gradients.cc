@@ -76,10 +76,10 @@ struct MetricAtLogits {
 };
 
 // `logits` holds every position ([batch * seq, vocab]) or, when `last_only`, each row's last
-// real one.
+// real one. The gradient only `with_gradient` (a backward pass follows).
 MetricAtLogits EvaluateMetric(const GradientMetric& m, const Tensor& tokens,
                               const std::vector<int64_t>& lengths, const Tensor& logits,
-                              bool last_only) {
+                              bool last_only, bool with_gradient) {
   const int64_t batch = tokens.dim(0), seq = tokens.dim(1), vocab = logits.dim(-1);
   MetricAtLogits out;
   const bool loss = m.kind == GradientMetric::Kind::kLoss;
@@ -93,14 +93,16 @@ MetricAtLogits EvaluateMetric(const GradientMetric& m, const Tensor& tokens,
     }
     first[b + 1] = out.rows.size();
   }
-  out.dlogits = Tensor::ZerosHost(DType::kF32, {static_cast<int64_t>(out.rows.size()), vocab});
+  // Without a gradient, one scratch row takes the writes.
+  out.dlogits = Tensor::ZerosHost(
+      DType::kF32, {with_gradient ? static_cast<int64_t>(out.rows.size()) : 1, vocab});
   for (int64_t b = 0; b < batch; ++b) {
     double value = 0;
     const double count = static_cast<double>(first[b + 1] - first[b]);
     for (size_t i = first[b]; i < first[b + 1]; ++i) {
       const int64_t row = out.rows[i];
       const float* x = logits.data<float>() + (last_only ? b : row) * vocab;
-      float* d = out.dlogits.data<float>() + i * vocab;
+      float* d = out.dlogits.data<float>() + (with_gradient ? i : 0) * vocab;
       switch (m.kind) {
         case GradientMetric::Kind::kLogit:
           value = x[m.token_a];
@@ -178,7 +180,8 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
       model.Forward({.tokens = tokens, .attention_mask = request.attention_mask}, plan, &captured,
                     {.logits = last_only ? LogitsMode::kLast : LogitsMode::kAll,
                      .cancelled = request.cancelled}));
-  MetricAtLogits metric = EvaluateMetric(m, tokens, lengths, out.logits, last_only);
+  MetricAtLogits metric =
+      EvaluateMetric(m, tokens, lengths, out.logits, last_only, request.backward);
 
   ForwardBackwardResult result;
   result.metric = std::move(metric.values);

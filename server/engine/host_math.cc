@@ -100,4 +100,17 @@ Tensor SliceHost(const Tensor& t, std::span<const int64_t> starts, std::span<con
   return out;
 }
 
+Tensor RepeatRows(const Tensor& t, int64_t times) {
+  if (!t.defined()) return t;
+  Shape shape = t.shape();
+  shape[0] *= times;
+  Tensor out = Tensor::EmptyHost(t.dtype(), shape);
+  const int64_t bytes = t.numel() * DTypeSize(t.dtype());
+  for (int64_t i = 0; i < times; ++i) {
+    std::copy_n(static_cast<const char*>(t.raw_data()), bytes,
+                static_cast<char*>(out.raw_data()) + i * bytes);
+  }
+  return out;
+}
+
 }  // namespace glassbox

@@ -34,6 +34,10 @@ Tensor AttendValues(const Tensor& pattern, const Tensor& v);
 
 // The block [starts[i], starts[i] + counts[i]) along every axis of a host tensor of any dtype, as
 // a new contiguous tensor. The ranges must lie inside the shape.
+// The host batch `t` ([batch, ...]) repeated `times` times along the first axis, copy after copy:
+// row r of the result is row r % batch. Undefined stays undefined.
+Tensor RepeatRows(const Tensor& t, int64_t times);
+
 Tensor SliceHost(const Tensor& t, std::span<const int64_t> starts, std::span<const int64_t> counts);
 
 }  // namespace glassbox

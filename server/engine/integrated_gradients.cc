@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "server/engine/host_math.h"
 #include "server/engine/intervention.h"
 
 namespace glassbox {
@@ -30,20 +31,6 @@ absl::StatusOr<Tensor> FullBaseline(const Tensor& baseline, const Shape& shape,
     std::copy_n(baseline.data<float>(), d, full.data<float>() + i);
   }
   return full;
-}
-
-// The batch `t` repeated `times` times, copy after copy (undefined stays undefined).
-Tensor RepeatRows(const Tensor& t, int64_t times) {
-  if (!t.defined()) return t;
-  Shape shape = t.shape();
-  shape[0] *= times;
-  Tensor out = Tensor::EmptyHost(t.dtype(), shape);
-  const int64_t bytes = t.numel() * DTypeSize(t.dtype());
-  for (int64_t i = 0; i < times; ++i) {
-    std::copy_n(static_cast<const char*>(t.raw_data()), bytes,
-                static_cast<char*>(out.raw_data()) + i * bytes);
-  }
-  return out;
 }
 
 Intervention SetEverywhere(HookId hook, Tensor value) {

@@ -9,6 +9,7 @@
 #include "server/engine/gradients.h"
 #include "server/engine/hook_plan.h"
 #include "server/engine/host_captures.h"
+#include "server/engine/host_math.h"
 
 namespace glassbox {
 namespace {
@@ -139,17 +140,8 @@ absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
   for (int64_t first = 0; first < n_out; first += per_pass) {
     const int64_t count = std::min(per_pass, n_out - first);
     const int64_t rows = count * batch;  // row r: element first + r / batch of row r % batch
-    Tensor repeated = Tensor::EmptyHost(DType::kI32, {rows, seq});
-    Tensor mask;
-    if (request.attention_mask.defined()) mask = Tensor::EmptyHost(DType::kI32, {rows, seq});
-    for (int64_t r = 0; r < rows; ++r) {
-      std::copy_n(tokens.data<int32_t>() + (r % batch) * seq, seq,
-                  repeated.data<int32_t>() + r * seq);
-      if (mask.defined()) {
-        std::copy_n(request.attention_mask.data<int32_t>() + (r % batch) * seq, seq,
-                    mask.data<int32_t>() + r * seq);
-      }
-    }
+    const Tensor repeated = RepeatRows(tokens, count);
+    const Tensor mask = RepeatRows(request.attention_mask, count);
     HookPlan plan(model.hooks());
     for (HookId id : BackwardInputs(model, to.layer, /*final_norm=*/false)) plan.CaptureId(id);
     plan.CaptureId(request.in);

@@ -69,19 +69,9 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
     for (int64_t p = 0; p < seq; ++p) header.push_back(absl::StrCat("pos ", p));
     table.push_back(header);
     for (const glassbox::v1::HookGradient& g : response.gradients()) {
-      const glassbox::v1::Array& a = g.gradient();
       std::vector<std::string> cells = {g.hook()};
-      // [batch, pos, ...] hooks have a norm per position; patterns and scores ([batch, head,
-      // query, key]) per query position.
-      const bool square = a.shape_size() == 4 && a.dim_names_size() == 4 && a.dim_names(1) == "head_index";
-      int64_t per_row = 1;
-      for (int d = 1; d < a.shape_size(); ++d) per_row *= a.shape(d);
-      const float* row = a.values().data() + b * per_row;
-      std::vector<double> norms(seq, 0.0);
-      for (int64_t i = 0; i < per_row; ++i) {
-        const int64_t p = square ? (i / a.shape(3)) % a.shape(2) : i / (per_row / a.shape(1));
-        if (p < seq) norms[p] += double{row[i]} * row[i];
-      }
+      // A norm per position (per query position for patterns and scores).
+      const std::vector<double> norms = PositionSums(g.gradient(), b, seq, /*squared=*/true);
       for (double n : norms) cells.push_back(Number(std::sqrt(n)));
       table.push_back(std::move(cells));
     }

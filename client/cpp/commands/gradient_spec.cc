@@ -66,4 +66,18 @@ absl::Status ParseGradientMetricFlags(const CommandLine& line, std::string_view 
   return absl::OkStatus();
 }
 
+std::vector<double> PositionSums(const glassbox::v1::Array& a, int row, int64_t seq,
+                                 bool squared) {
+  const bool square = a.shape_size() == 4 && a.dim_names_size() == 4 && a.dim_names(1) == "head_index";
+  int64_t per_row = 1;
+  for (int d = 1; d < a.shape_size(); ++d) per_row *= a.shape(d);
+  const float* values = a.values().data() + row * per_row;
+  std::vector<double> sums(seq, 0.0);
+  for (int64_t i = 0; i < per_row; ++i) {
+    const int64_t p = square ? (i / a.shape(3)) % a.shape(2) : i / (per_row / a.shape(1));
+    if (p < seq) sums[p] += squared ? double{values[i]} * values[i] : values[i];
+  }
+  return sums;
+}
+
 }  // namespace glassbox::cli

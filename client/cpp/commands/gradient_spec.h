@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -26,5 +27,11 @@ absl::Status ParseGradientMetricFlags(const CommandLine& line, std::string_view 
 
 // "logit_diff:A:B", "logit:T", "log_prob:T" or "loss"; a usage error naming the spec otherwise.
 absl::StatusOr<glassbox::v1::GradientMetric> ParseGradientMetric(absl::string_view spec);
+
+// Row `row` of a [batch, pos, ...] array summed per position over its other axes (of a
+// [batch, head, query, key] pattern or scores array, per query position), `seq` positions;
+// `squared` sums the squares (take the root for a norm).
+std::vector<double> PositionSums(const glassbox::v1::Array& array, int row, int64_t seq,
+                                 bool squared);
 
 }  // namespace glassbox::cli

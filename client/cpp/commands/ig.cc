@@ -72,21 +72,13 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
       ig ? "integrated gradients" : "input x gradient", request.hook(), request.model(),
       ig ? absl::StrFormat(", %d steps", request.steps() > 0 ? request.steps() : 20) : "",
       response.forward_passes(), response.backward_passes());
-  // Per position: [batch, pos, ...] hooks sum over their other axes; patterns and scores
-  // ([batch, head, query, key]) per query position.
-  const bool square = a.shape_size() == 4 && a.dim_names_size() == 4 && a.dim_names(1) == "head_index";
-  int64_t per_row = 1;
-  for (int d = 1; d < a.shape_size(); ++d) per_row *= a.shape(d);
   for (int b = 0; b < response.metric_size(); ++b) {
     const int64_t seq = static_cast<int64_t>(rows[b].size());
-    std::vector<double> sums(seq, 0.0);
-    double total = 0;
-    const float* row = a.values().data() + b * per_row;
-    for (int64_t i = 0; i < per_row; ++i) {
-      const int64_t p = square ? (i / a.shape(3)) % a.shape(2) : i / (per_row / a.shape(1));
-      if (p < seq) sums[p] += row[i];
-      total += row[i];
-    }
+    const std::vector<double> sums = PositionSums(a, b, seq, /*squared=*/false);
+    double total = 0;  // padding included: 0 there
+    int64_t per_row = 1;
+    for (int d = 1; d < a.shape_size(); ++d) per_row *= a.shape(d);
+    for (int64_t i = 0; i < per_row; ++i) total += a.values(b * per_row + i);
     const double gap = response.metric(b) - response.baseline_metric(b);
     out << absl::StrFormat(
         "row %d: metric %s, at the baseline %s: difference %s; attributions sum to %s\n", b,
