@@ -44,6 +44,25 @@ NormGrads NormBackward(const Tensor& dy, const Tensor& normalized, const Tensor&
   return out;
 }
 
+double ActivationValue(Activation act, double x) {
+  constexpr double kSqrt2OverPi = 0.7978845608028654;
+  switch (act) {
+    case Activation::kIdentity:
+      return x;
+    case Activation::kGeluTanh:
+      return 0.5 * x * (1 + std::tanh(kSqrt2OverPi * (x + 0.044715 * x * x * x)));
+    case Activation::kGeluExact:
+      return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
+    case Activation::kGeluQuick:
+      return x / (1 + std::exp(-1.702 * x));
+    case Activation::kRelu:
+      return x > 0 ? x : 0;
+    case Activation::kSilu:
+      return x / (1 + std::exp(-x));
+  }
+  return x;
+}
+
 double ActivationDerivative(Activation act, double x) {
   constexpr double kSqrt2OverPi = 0.7978845608028654, kInvSqrt2Pi = 0.3989422804014327;
   switch (act) {
@@ -83,8 +102,51 @@ Tensor ActivationBackward(Activation act, const Tensor& dy, const Tensor& x) {
   return dx;
 }
 
+GatedGrads GatedActivationBackward(Activation act, const Tensor& dpost, const Tensor& gate,
+                                   const Tensor& linear) {
+  GatedGrads out{.gate = Tensor::EmptyHost(DType::kF32, gate.shape()),
+                 .linear = Tensor::EmptyHost(DType::kF32, linear.shape())};
+  const float* g = dpost.data<float>();
+  const float* a = gate.data<float>();
+  const float* b = linear.data<float>();
+  float* da = out.gate.data<float>();
+  float* db = out.linear.data<float>();
+  const int64_t n = gate.numel();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    da[i] = static_cast<float>(double{g[i]} * b[i] * ActivationDerivative(act, a[i]));
+    db[i] = static_cast<float>(double{g[i]} * ActivationValue(act, a[i]));
+  }
+  return out;
+}
+
+Tensor RotaryBackward(const Tensor& dy, const Tensor& cos, const Tensor& sin, int64_t rotary_dim,
+                      bool adjacent_pairs) {
+  const int64_t seq = dy.dim(1), heads = dy.dim(2), dh = dy.dim(3), half = rotary_dim / 2;
+  const int64_t tokens = dy.dim(0) * seq;
+  Tensor dx = Tensor::EmptyHost(DType::kF32, dy.shape());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < tokens; ++i) {
+    const float* c = cos.data<float>() + (i % seq) * half;
+    const float* s = sin.data<float>() + (i % seq) * half;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* g = dy.data<float>() + (i * heads + h) * dh;
+      float* o = dx.data<float>() + (i * heads + h) * dh;
+      // Forward: (a, b) -> (a c − b s, b c + a s); its transpose: (ga c + gb s, gb c − ga s).
+      for (int64_t j = 0; j < half; ++j) {
+        const int64_t a = adjacent_pairs ? 2 * j : j, b = adjacent_pairs ? 2 * j + 1 : j + half;
+        o[a] = static_cast<float>(double{g[a]} * c[j] + double{g[b]} * s[j]);
+        o[b] = static_cast<float>(double{g[b]} * c[j] - double{g[a]} * s[j]);
+      }
+      for (int64_t j = rotary_dim; j < dh; ++j) o[j] = g[j];
+    }
+  }
+  return dx;
+}
+
 AttentionGrads AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor& k,
-                                 const Tensor& v, const Tensor& pattern, double scale) {
+                                 const Tensor& v, const Tensor& pattern, double scale,
+                                 double softcap) {
   const int64_t batch = q.dim(0), seq = q.dim(1), heads = q.dim(2), dh = q.dim(3);
   const int64_t kv_heads = k.dim(2), group = heads / kv_heads;
   AttentionGrads out{.pattern = Tensor::EmptyHost(DType::kF32, pattern.shape()),
@@ -125,10 +187,16 @@ AttentionGrads AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor
       std::vector<double> dq(dh, 0.0);
       const float* qs = q.data<float>() + at(b, s, h, heads);
       for (int64_t t = 0; t < seq; ++t) {
-        const double ds = prow[t] * (dprow[t] - weighted);
+        double ds = prow[t] * (dprow[t] - weighted);
         dsrow[t] = static_cast<float>(ds);
         if (ds == 0) continue;
         const float* kt = k.data<float>() + at(b, t, hk, kv_heads);
+        if (softcap > 0) {  // through the cap: d/dx c·tanh(x/c) = 1 − tanh²(x/c)
+          double dot = 0;
+          for (int64_t i = 0; i < dh; ++i) dot += double{qs[i]} * kt[i];
+          const double th = std::tanh(scale * dot / softcap);
+          ds *= 1 - th * th;
+        }
         for (int64_t i = 0; i < dh; ++i) {
           dq[i] += ds * kt[i];
           dk[t * dh + i] += ds * qs[i];

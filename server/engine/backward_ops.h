@@ -22,18 +22,38 @@ NormGrads NormBackward(const Tensor& dy, const Tensor& normalized, const Tensor&
 
 // y = act(x) elementwise: dx = dy · act'(x).
 Tensor ActivationBackward(Activation act, const Tensor& dy, const Tensor& x);
-// act'(x), in double.
+// act(x) and act'(x), in double.
+double ActivationValue(Activation act, double x);
 double ActivationDerivative(Activation act, double x);
+
+// A gated MLP's post = act(gate) · linear, elementwise (Llama's SwiGLU, Gemma's GeGLU): from
+// dpost, the gradients at the gate (hook_pre) and at the linear half (hook_pre_linear).
+struct GatedGrads {
+  Tensor gate, linear;
+};
+GatedGrads GatedActivationBackward(Activation act, const Tensor& dpost, const Tensor& gate,
+                                   const Tensor& linear);
+
+// Rotary embedding of the first `rotary_dim` features of each head (rotate-half pairs, or GPT-J's
+// adjacent ones) is a rotation, so its backward is the rotation by the opposite angle. dy
+// [B, S, H, Dh] with token s of each row at position s (right-padded rows); cos and sin
+// [n_ctx, rotary_dim / 2], the forward pass's tables. Features past rotary_dim pass through.
+Tensor RotaryBackward(const Tensor& dy, const Tensor& cos, const Tensor& sin, int64_t rotary_dim,
+                      bool adjacent_pairs);
 
 // Attention of one layer, TransformerLens's shapes: q [B, S, H, Dh], k and v [B, S, Hkv, Dh]
 // (query head h reads kv head h / (H / Hkv)), pattern [B, H, S, S] (0 where a key is not
 // visible), z[b, s, h] = Σ_t pattern[b, h, s, t] v[b, t, h'], scores = scale · q · k. From dz
 // [B, S, H, Dh], the gradients at hook_pattern, hook_attn_scores, hook_q, hook_k and hook_v.
+// With `softcap` > 0 the scores are softcap · tanh(scale · q · k / softcap) (Gemma-2), their
+// gradient taken after the cap as TransformerLens's hook_attn_scores is. A sliding window needs
+// nothing: its hidden keys have a zero pattern, so no gradient.
 struct AttentionGrads {
   Tensor pattern, scores, q, k, v;
 };
 AttentionGrads AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor& k,
-                                 const Tensor& v, const Tensor& pattern, double scale);
+                                 const Tensor& v, const Tensor& pattern, double scale,
+                                 double softcap = 0);
 
 // y = x · wᵀ (+ b) with w [n, k], x and y flattened to rows: dx [rows, k] = dy [rows, n] · w.
 absl::StatusOr<Tensor> LinearInputBackward(const Tensor& dy, const Tensor& w);

@@ -25,10 +25,17 @@ std::vector<HookId> BackwardInputs(const Transformer& model, int top_layer, bool
   if (final_norm) {
     ids = {hooks.Find(HookKind::kLnFinalNormalized, -1), hooks.Find(HookKind::kLnFinalScale, -1)};
   }
+  // The scores read the rotated queries and keys when there are any.
+  const bool rotary = model.config().positional == PositionalKind::kRotary;
+  const HookKind q = rotary ? HookKind::kRotQ : HookKind::kQ;
+  const HookKind k = rotary ? HookKind::kRotK : HookKind::kK;
   for (int l = 0; l <= top_layer; ++l) {
-    for (HookKind kind : {HookKind::kLn1Normalized, HookKind::kLn1Scale, HookKind::kLn2Normalized,
-                          HookKind::kLn2Scale, HookKind::kMlpPre, HookKind::kQ, HookKind::kK,
-                          HookKind::kV, HookKind::kPattern}) {
+    for (HookKind kind :
+         {HookKind::kLn1Normalized, HookKind::kLn1Scale, HookKind::kLn2Normalized,
+          HookKind::kLn2Scale, HookKind::kLn1PostNormalized, HookKind::kLn1PostScale,
+          HookKind::kLn2PostNormalized, HookKind::kLn2PostScale, HookKind::kMlpPre,
+          HookKind::kMlpPreLinear, q, k, HookKind::kQNormNormalized, HookKind::kQNormScale,
+          HookKind::kKNormNormalized, HookKind::kKNormScale, HookKind::kV, HookKind::kPattern}) {
       ids.push_back(hooks.Find(kind, l));
     }
   }
@@ -58,8 +65,8 @@ absl::Status BackwardWalk::FromLogits(const Tensor& dlogits, const std::vector<i
   for (size_t i = 0; i < rows.size(); ++i) {
     std::copy_n(dy_rows.data<float>() + i * d, d, dy.data<float>() + rows[i] * d);
   }
-  GB_ASSIGN_OR_RETURN(Tensor d_resid, Norm(dy, HookKind::kLnFinalNormalized,
-                                           HookKind::kLnFinalScale, -1, w.ln_final_w));
+  GB_ASSIGN_OR_RETURN(Tensor d_resid, ModelNorm(dy, HookKind::kLnFinalNormalized,
+                                                HookKind::kLnFinalScale, -1, w.ln_final_w));
   return Down(static_cast<int>(c_.n_layers) - 1, 0, std::move(d_resid));
 }
 
@@ -68,8 +75,12 @@ absl::Status BackwardWalk::FromResidual(HookKind kind, int layer, Tensor seed, i
     case HookKind::kResidPost:
       return Down(layer, lowest_layer, std::move(seed));
     case HookKind::kResidMid: {
+      if (c_.parallel_attn_mlp)
+        return absl::InvalidArgumentError("a parallel block has no hook_resid_mid");
       if (layer < lowest_layer) return absl::OkStatus();
-      GB_ASSIGN_OR_RETURN(Tensor d_pre, AttentionHalf(layer, seed));
+      Set(HookKind::kResidMid, layer, seed);
+      GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(layer, seed));
+      Tensor d_pre = Sum(seed, through_attention);
       Set(HookKind::kResidPre, layer, d_pre);
       return Down(layer - 1, lowest_layer, std::move(d_pre));
     }
@@ -85,11 +96,21 @@ absl::Status BackwardWalk::FromResidual(HookKind kind, int layer, Tensor seed, i
 absl::Status BackwardWalk::Down(int top, int lowest, Tensor d_post) {
   for (int l = top; l >= lowest && l >= 0; --l) {
     Set(HookKind::kResidPost, l, d_post);
-    GB_ASSIGN_OR_RETURN(Tensor d_mid, MlpHalf(l, d_post));
-    GB_ASSIGN_OR_RETURN(d_post, AttentionHalf(l, d_mid));
+    GB_ASSIGN_OR_RETURN(Tensor through_mlp, MlpBranch(l, d_post));
+    if (c_.parallel_attn_mlp) {
+      // resid_post = resid_pre + attn_out + mlp_out, both branches reading resid_pre.
+      GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(l, d_post));
+      d_post = Sum(Sum(d_post, through_mlp), through_attention);
+    } else {
+      Tensor d_mid = Sum(d_post, through_mlp);
+      Set(HookKind::kResidMid, l, d_mid);
+      GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(l, d_mid));
+      d_post = Sum(d_mid, through_attention);
+    }
     Set(HookKind::kResidPre, l, d_post);
   }
   if (lowest <= 0) {
+    // hook_embed is after Gemma's scale by sqrt(d_model), as TransformerLens's is.
     Set(HookKind::kEmbed, -1, d_post);
     Set(HookKind::kPosEmbed, -1, d_post);
   }
@@ -116,77 +137,144 @@ void BackwardWalk::Set(HookKind kind, int layer, const Tensor& grad) {
 }
 
 absl::StatusOr<Tensor> BackwardWalk::Norm(const Tensor& dy, HookKind normalized, HookKind scale,
-                                          int layer, const Tensor& weight) {
-  GB_ASSIGN_OR_RETURN(Tensor w, Host(weight));
-  backward::NormGrads g = backward::NormBackward(
-      dy.Reshape(Captured(normalized, layer).shape()), Captured(normalized, layer),
-      Captured(scale, layer), w, centered_);
+                                          int layer, const Tensor& weight, bool centered) {
+  Tensor w;
+  if (weight.defined()) {
+    GB_ASSIGN_OR_RETURN(w, Host(weight));
+  }
+  const Tensor& x_hat = Captured(normalized, layer);
+  // Rows of the weight's width: the model's, each head's (per-head q/k norms) or the whole
+  // projection's.
+  const int64_t width = weight.defined() ? weight.numel() : x_hat.dim(-1);
+  const int64_t rows = x_hat.numel() / width;
+  backward::NormGrads g =
+      backward::NormBackward(dy.Reshape({rows, width}), x_hat.Reshape({rows, width}),
+                             Captured(scale, layer).Reshape({rows, 1}), w, centered);
   Set(normalized, layer, g.normalized);
   Set(scale, layer, g.scale);
   return g.input;
 }
 
-absl::StatusOr<Tensor> BackwardWalk::MlpHalf(int l, const Tensor& d_post) {
+absl::StatusOr<Tensor> BackwardWalk::MlpBranch(int l, const Tensor& d_out) {
   const BlockWeights& w = model_.weights().blocks[l];
-  Set(HookKind::kMlpOut, l, d_post);
-  // mlp_out = act(pre) · W_outᵀ + b, pre = ln2(resid_mid) · W_inᵀ + b.
+  const bool post = c_.norm_placement == NormPlacement::kPost;
+  const bool both = c_.norm_placement == NormPlacement::kPreAndPost;
+  Set(HookKind::kMlpOut, l, d_out);
+  // Post-norm blocks normalise the MLP's output with ln2; Gemma's with ln2_post.
+  Tensor d_raw = d_out;
+  if (post) {
+    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_out, HookKind::kLn2Normalized, HookKind::kLn2Scale, l,
+                                         w.ln2_w));
+  } else if (both) {
+    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_out, HookKind::kLn2PostNormalized,
+                                         HookKind::kLn2PostScale, l, w.ln2_post_w));
+  }
+  // raw = post · W_outᵀ + b; post = act(pre), or act(pre) · pre_linear when gated.
   GB_ASSIGN_OR_RETURN(Tensor out_w, Host(w.out_w));
-  GB_ASSIGN_OR_RETURN(Tensor d_act, backward::LinearInputBackward(d_post, out_w));
+  GB_ASSIGN_OR_RETURN(Tensor d_act, backward::LinearInputBackward(d_raw, out_w));
   Set(HookKind::kMlpPost, l, d_act);
-  Tensor d_pre = backward::ActivationBackward(c_.act, d_act, Captured(HookKind::kMlpPre, l));
-  Set(HookKind::kMlpPre, l, d_pre);
-  GB_ASSIGN_OR_RETURN(Tensor in_w, Host(w.in_w));
-  GB_ASSIGN_OR_RETURN(Tensor d_ln2, backward::LinearInputBackward(d_pre, in_w));
-  GB_ASSIGN_OR_RETURN(Tensor d_mid_norm,
-                      Norm(d_ln2, HookKind::kLn2Normalized, HookKind::kLn2Scale, l, w.ln2_w));
-  return Sum(d_post, d_mid_norm);
+  Tensor d_in;
+  if (c_.gated_mlp) {
+    backward::GatedGrads g =
+        backward::GatedActivationBackward(c_.act, d_act, Captured(HookKind::kMlpPre, l),
+                                          Captured(HookKind::kMlpPreLinear, l));
+    Set(HookKind::kMlpPre, l, g.gate);
+    Set(HookKind::kMlpPreLinear, l, g.linear);
+    GB_ASSIGN_OR_RETURN(Tensor gate_w, Host(w.gate_w));
+    GB_ASSIGN_OR_RETURN(Tensor in_w, Host(w.in_w));
+    GB_ASSIGN_OR_RETURN(Tensor through_gate, backward::LinearInputBackward(g.gate, gate_w));
+    GB_ASSIGN_OR_RETURN(Tensor through_linear, backward::LinearInputBackward(g.linear, in_w));
+    d_in = Sum(through_gate, through_linear);
+  } else {
+    Tensor d_pre = backward::ActivationBackward(c_.act, d_act, Captured(HookKind::kMlpPre, l));
+    Set(HookKind::kMlpPre, l, d_pre);
+    GB_ASSIGN_OR_RETURN(Tensor in_w, Host(w.in_w));
+    GB_ASSIGN_OR_RETURN(d_in, backward::LinearInputBackward(d_pre, in_w));
+  }
+  if (post) return d_in;  // the MLP reads the residual stream itself
+  return ModelNorm(d_in, HookKind::kLn2Normalized, HookKind::kLn2Scale, l, w.ln2_w);
 }
 
-absl::StatusOr<Tensor> BackwardWalk::AttentionHalf(int l, const Tensor& d_mid) {
+absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out) {
   const BlockWeights& w = model_.weights().blocks[l];
+  const bool post = c_.norm_placement == NormPlacement::kPost;
+  const bool both = c_.norm_placement == NormPlacement::kPreAndPost;
   const int64_t rows = batch_ * seq_, d = c_.d_model;
-  Set(HookKind::kResidMid, l, d_mid);
-  Set(HookKind::kAttnOut, l, d_mid);
-  // hook_result: attn_out = Σ_h result_h + b_O, so each head's result gets attn_out's gradient.
+  Set(HookKind::kAttnOut, l, d_out);
+  Tensor d_raw = d_out;
+  if (post) {
+    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_out, HookKind::kLn1Normalized, HookKind::kLn1Scale, l,
+                                         w.ln1_w));
+  } else if (both) {
+    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_out, HookKind::kLn1PostNormalized,
+                                         HookKind::kLn1PostScale, l, w.ln1_post_w));
+  }
+  // hook_result: raw = Σ_h result_h + b_O, so each head's result gets raw's gradient.
   const int64_t heads = c_.n_heads, kv_heads = c_.n_kv_heads, dh = c_.d_head;
   if (Wanted(HookKind::kResult, l)) {
     Tensor d_result = Tensor::EmptyHost(DType::kF32, {rows, heads, d});
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t h = 0; h < heads; ++h) {
-        std::copy_n(d_mid.data<float>() + r * d, d, d_result.data<float>() + (r * heads + h) * d);
+        std::copy_n(d_raw.data<float>() + r * d, d, d_result.data<float>() + (r * heads + h) * d);
       }
     }
     Set(HookKind::kResult, l, d_result);
   }
-  // Attention: attn_out = z · W_Oᵀ + b.
+  // Attention: raw = z · W_Oᵀ + b.
   GB_ASSIGN_OR_RETURN(Tensor o_w, Host(w.o_w));
-  GB_ASSIGN_OR_RETURN(Tensor d_z, backward::LinearInputBackward(d_mid, o_w));
-  const Tensor& q = Captured(HookKind::kQ, l);
+  GB_ASSIGN_OR_RETURN(Tensor d_z, backward::LinearInputBackward(d_raw, o_w));
+  const bool rotary = c_.positional == PositionalKind::kRotary;
+  const Tensor& q = Captured(rotary ? HookKind::kRotQ : HookKind::kQ, l);
+  const Tensor& k = Captured(rotary ? HookKind::kRotK : HookKind::kK, l);
   Set(HookKind::kZ, l, d_z);
   double scale = c_.attn_scale;
   if (c_.attn_scale_by_layer) scale /= static_cast<double>(l + 1);
   backward::AttentionGrads a = backward::AttentionBackward(
-      d_z.Reshape(q.shape()), q, Captured(HookKind::kK, l), Captured(HookKind::kV, l),
-      Captured(HookKind::kPattern, l), scale);
+      d_z.Reshape(q.shape()), q, k, Captured(HookKind::kV, l), Captured(HookKind::kPattern, l),
+      scale, c_.attn_softcap);
   Set(HookKind::kPattern, l, a.pattern);
   Set(HookKind::kAttnScores, l, a.scores);
-  Set(HookKind::kQ, l, a.q);
-  Set(HookKind::kK, l, a.k);
   Set(HookKind::kV, l, a.v);
+  GB_ASSIGN_OR_RETURN(Tensor d_q, QueryKeyPath(l, std::move(a.q), /*query=*/true));
+  GB_ASSIGN_OR_RETURN(Tensor d_k, QueryKeyPath(l, std::move(a.k), /*query=*/false));
   // q, k and v from one projection whose rows are q's, then k's, then v's.
   const int64_t wq = heads * dh, wkv = kv_heads * dh, width = wq + 2 * wkv;
   Tensor d_qkv = Tensor::EmptyHost(DType::kF32, {rows, width});
   for (int64_t r = 0; r < rows; ++r) {
     float* out = d_qkv.data<float>() + r * width;
-    std::copy_n(a.q.data<float>() + r * wq, wq, out);
-    std::copy_n(a.k.data<float>() + r * wkv, wkv, out + wq);
+    std::copy_n(d_q.data<float>() + r * wq, wq, out);
+    std::copy_n(d_k.data<float>() + r * wkv, wkv, out + wq);
     std::copy_n(a.v.data<float>() + r * wkv, wkv, out + wq + wkv);
   }
   GB_ASSIGN_OR_RETURN(Tensor qkv_w, Host(w.qkv_w));
-  GB_ASSIGN_OR_RETURN(Tensor d_ln1, backward::LinearInputBackward(d_qkv, qkv_w));
-  GB_ASSIGN_OR_RETURN(Tensor d_pre_norm,
-                      Norm(d_ln1, HookKind::kLn1Normalized, HookKind::kLn1Scale, l, w.ln1_w));
-  return Sum(d_mid, d_pre_norm);
+  GB_ASSIGN_OR_RETURN(Tensor d_in, backward::LinearInputBackward(d_qkv, qkv_w));
+  if (post) return d_in;  // attention reads the residual stream itself
+  return ModelNorm(d_in, HookKind::kLn1Normalized, HookKind::kLn1Scale, l, w.ln1_w);
+}
+
+absl::StatusOr<Tensor> BackwardWalk::QueryKeyPath(int l, Tensor d, bool query) {
+  const BlockWeights& w = model_.weights().blocks[l];
+  // Forward: hook_q -> q_norm (its scale and normalized hooks) -> rotary -> hook_rot_q.
+  if (c_.positional == PositionalKind::kRotary) {
+    Set(query ? HookKind::kRotQ : HookKind::kRotK, l, d);
+    // Gemma-3's sliding layers rotate with their own base.
+    const bool local = model_.weights().rope_cos_local.defined() && c_.WindowOf(l) > 0;
+    GB_ASSIGN_OR_RETURN(Tensor cos, Host(local ? model_.weights().rope_cos_local
+                                               : model_.weights().rope_cos));
+    GB_ASSIGN_OR_RETURN(Tensor sin, Host(local ? model_.weights().rope_sin_local
+                                               : model_.weights().rope_sin));
+    d = backward::RotaryBackward(d, cos, sin, c_.rotary_dim, c_.rotary_adjacent_pairs);
+  }
+  if (c_.qk_norm != QkNorm::kNone) {
+    const Shape shape = d.shape();
+    GB_ASSIGN_OR_RETURN(
+        Tensor d_in,
+        query ? Norm(d, HookKind::kQNormNormalized, HookKind::kQNormScale, l, w.q_norm_w, false)
+              : Norm(d, HookKind::kKNormNormalized, HookKind::kKNormScale, l, w.k_norm_w, false));
+    d = d_in.Reshape(shape);
+  }
+  Set(query ? HookKind::kQ : HookKind::kK, l, d);
+  return d;
 }
 
 }  // namespace glassbox

@@ -1,7 +1,9 @@
-// The backward walk of a GPT-2-style model (gradients.h says which models): from a gradient at the
-// logits, or at a residual-stream hook, down through the blocks to the embeddings, filling the
-// gradient at every hook on the way from the values the forward pass captured there
-// (BackwardInputs) and the op backwards of backward_ops.h. On the host, in f32.
+// The backward walk of the generic block, every architecture the forward pass runs (norms before,
+// after or around attention and the MLP, parallel blocks, rotary, gated MLPs, grouped kv heads,
+// q/k norms, soft caps, sliding windows): from a gradient at the logits, or at a residual-stream
+// hook, down through the blocks to the embeddings, filling the gradient at every hook on the way
+// from the values the forward pass captured there (BackwardInputs) and the op backwards of
+// backward_ops.h. On the host, in f32. Rows are right-padded: token s of a row is at position s.
 #pragma once
 
 #include <cstdint>
@@ -43,14 +45,22 @@ class BackwardWalk {
   // Stores `grad` at the hook (when the model has it and it is wanted) in the hook's shape.
   void Set(HookKind kind, int layer, const Tensor& grad);
 
-  // A norm's backward from the gradient at its output; returns the gradient at its input.
+  // A norm's backward from the gradient at its output; returns the gradient at its input, in the
+  // captured value's shape. `centered`: LayerNorm, else RMSNorm.
   absl::StatusOr<Tensor> Norm(const Tensor& dy, HookKind normalized, HookKind scale, int layer,
-                              const Tensor& weight);
-  // Block `l`'s MLP half: from the gradient at hook_resid_post to the one at hook_resid_mid.
-  absl::StatusOr<Tensor> MlpHalf(int l, const Tensor& d_post);
-  // Block `l`'s attention half: from the gradient at hook_resid_mid to the one at
-  // hook_resid_pre.
-  absl::StatusOr<Tensor> AttentionHalf(int l, const Tensor& d_mid);
+                              const Tensor& weight, bool centered);
+  absl::StatusOr<Tensor> ModelNorm(const Tensor& dy, HookKind normalized, HookKind scale,
+                                   int layer, const Tensor& weight) {
+    return Norm(dy, normalized, scale, layer, weight, centered_);
+  }
+  // Block `l`'s MLP branch: from the gradient at hook_mlp_out to the part of the gradient at the
+  // residual stream it reads that flows through the MLP.
+  absl::StatusOr<Tensor> MlpBranch(int l, const Tensor& d_out);
+  // Block `l`'s attention branch: the same from hook_attn_out.
+  absl::StatusOr<Tensor> AttentionBranch(int l, const Tensor& d_out);
+  // From the gradient at the rotated (or, without rotary, plain) queries or keys down to
+  // hook_q / hook_k, through rotary and the q/k norm, setting their hooks on the way.
+  absl::StatusOr<Tensor> QueryKeyPath(int l, Tensor d, bool query);
   // Blocks `top` down to `lowest` from the gradient at block `top`'s hook_resid_post, then the
   // embeddings when `lowest` is 0.
   absl::Status Down(int top, int lowest, Tensor d_post);

@@ -16,26 +16,6 @@
 namespace glassbox {
 namespace {
 
-}  // namespace
-
-absl::Status CheckGradientsSupported(const ModelConfig& c) {
-  std::vector<std::string> missing;
-  if (c.norm_placement != NormPlacement::kPre) missing.push_back("norms after attention or the MLP");
-  if (c.parallel_attn_mlp) missing.push_back("attention and MLP in parallel");
-  if (c.positional != PositionalKind::kLearned) missing.push_back("rotary positions");
-  if (c.gated_mlp) missing.push_back("a gated MLP");
-  if (c.qk_norm != QkNorm::kNone) missing.push_back("q/k norms");
-  if (c.attn_softcap != 0 || c.final_softcap != 0) missing.push_back("soft-capping");
-  if (c.sliding_window > 0) missing.push_back("sliding-window attention");
-  if (c.embed_scale != 1) missing.push_back("a scaled embedding");
-  if (missing.empty()) return absl::OkStatus();
-  return absl::UnimplementedError(absl::StrCat(
-      "gradients are implemented for GPT-2-style blocks so far; model type \"", c.model_type,
-      "\" has ", absl::StrJoin(missing, ", ")));
-}
-
-namespace {
-
 absl::Status CheckMetric(const GradientMetric& m, const std::vector<int64_t>& lengths,
                          int64_t vocab) {
   const bool ragged = std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) !=
@@ -138,12 +118,25 @@ MetricAtLogits EvaluateMetric(const GradientMetric& m, const Tensor& tokens,
   return out;
 }
 
+// Soft-capped logits (Gemma-2) are cap · tanh(raw / cap): the gradient at the unembedding's output
+// is the one at the logits times 1 − (logits / cap)². `logits` as EvaluateMetric read them.
+void ThroughFinalSoftcap(double cap, const Tensor& logits, bool last_only, MetricAtLogits& m) {
+  const int64_t vocab = logits.dim(-1);
+  for (size_t i = 0; i < m.rows.size(); ++i) {
+    const float* x = logits.data<float>() + (last_only ? i : m.rows[i]) * vocab;
+    float* d = m.dlogits.data<float>() + i * vocab;
+    for (int64_t j = 0; j < vocab; ++j) {
+      const double t = x[j] / cap;
+      d[j] = static_cast<float>(d[j] * (1 - t * t));
+    }
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& model,
                                                          const ForwardBackwardRequest& request) {
   const ModelConfig& c = model.config();
-  GB_RETURN_IF_ERROR(CheckGradientsSupported(c));
   const Tensor& tokens = request.tokens;
   if (tokens.rank() != 2 || tokens.dtype() != DType::kI32 || tokens.dim(0) < 1 ||
       tokens.dim(1) < 1)
@@ -189,6 +182,7 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   if (!request.backward) return result;
   if (request.cancelled != nullptr && request.cancelled->load())
     return absl::CancelledError("cancelled before the backward pass");
+  if (c.final_softcap > 0) ThroughFinalSoftcap(c.final_softcap, out.logits, last_only, metric);
   BackwardWalk backward(model, captured, batch, seq, request.gradients);
   GB_RETURN_IF_ERROR(backward.FromLogits(metric.dlogits, metric.rows));
   for (HookId id : request.gradients) {

@@ -3,9 +3,7 @@
 // reads, then the backward of each block from the captured values (backward_ops.h), on the host in
 // f32.
 //
-// So far for GPT-2-style blocks: a LayerNorm or RMSNorm before attention and before the MLP,
-// learned positions, an ungated MLP, grouped or full attention, no soft-capping and no sliding
-// window; rows unpadded or right-padded. Anything else is UNIMPLEMENTED, by name.
+// Every architecture the forward pass runs (backward_walk.h); rows unpadded or right-padded.
 #pragma once
 
 #include <atomic>
@@ -44,9 +42,6 @@ struct GradientResult {
   // the hook's shape. Rows do not interact, so one backward of the sum gives every row's.
   std::vector<Tensor> gradients;
 };
-
-// UNIMPLEMENTED when the model's blocks are not of the supported kind (see above).
-absl::Status CheckGradientsSupported(const ModelConfig& config);
 
 absl::StatusOr<GradientResult> ComputeGradients(const Transformer& model,
                                                 const GradientRequest& request);

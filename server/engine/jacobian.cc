@@ -31,14 +31,25 @@ bool IsPerTokenInput(HookKind kind) {
     case HookKind::kQ:
     case HookKind::kK:
     case HookKind::kV:
+    case HookKind::kQNormScale:
+    case HookKind::kQNormNormalized:
+    case HookKind::kKNormScale:
+    case HookKind::kKNormNormalized:
+    case HookKind::kRotQ:
+    case HookKind::kRotK:
     case HookKind::kZ:
     case HookKind::kResult:
+    case HookKind::kLn1PostScale:
+    case HookKind::kLn1PostNormalized:
     case HookKind::kAttnOut:
     case HookKind::kResidMid:
     case HookKind::kLn2Scale:
     case HookKind::kLn2Normalized:
     case HookKind::kMlpPre:
+    case HookKind::kMlpPreLinear:
     case HookKind::kMlpPost:
+    case HookKind::kLn2PostScale:
+    case HookKind::kLn2PostNormalized:
     case HookKind::kMlpOut:
     case HookKind::kResidPost:
       return true;
@@ -58,7 +69,10 @@ std::pair<int, int> Place(const HookInfo& info) {
     case HookKind::kLn2Normalized:
     case HookKind::kLn2Scale:
     case HookKind::kMlpPre:
+    case HookKind::kMlpPreLinear:
     case HookKind::kMlpPost:
+    case HookKind::kLn2PostNormalized:
+    case HookKind::kLn2PostScale:
     case HookKind::kMlpOut:
       return {info.layer, 3};
     default:  // the attention's hooks, its norm and attn_out
@@ -116,7 +130,6 @@ absl::StatusOr<std::pair<int64_t, int64_t>> JacobianSize(const Transformer& mode
 
 absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
                                                const JacobianRequest& request) {
-  GB_RETURN_IF_ERROR(CheckGradientsSupported(model.config()));
   const Tensor& tokens = request.tokens;
   if (tokens.rank() != 2 || tokens.dtype() != DType::kI32 || tokens.dim(0) < 1 || tokens.dim(1) < 1)
     return absl::InvalidArgumentError("a Jacobian needs tokens as i32 [batch, seq], not empty");

@@ -68,7 +68,6 @@ absl::StatusOr<GradientCall> PrepareGradientCall(const ModelStore& store, const 
                                                  const pb::GradientMetric& metric) {
   GB_ASSIGN_OR_RETURN(auto served, store.Find(model_name));
   GradientCall call{.model = served->model.get()};
-  GB_RETURN_IF_ERROR(CheckGradientsSupported(call.model->config()));
   GB_ASSIGN_OR_RETURN(call.batch, BuildBatch(inputs, *served, limits));
   // Rows of one length run unpadded; ragged ones right-padded (BuildBatch's layout) with a mask.
   const std::vector<int32_t>& lengths = call.batch.lengths;

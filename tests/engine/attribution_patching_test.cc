@@ -14,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/engine/gradients.h"
 #include "tests/util/test_util.h"
 
 namespace glassbox {
@@ -122,13 +123,49 @@ TEST_P(AttributionPatchingTest, ExactNeuronSweepEqualsOnePassPerNeuron) {
 
 INSTANTIATE_TEST_SUITE_P(Models, AttributionPatchingTest, ::testing::Values("tiny-gpt2", "demo"));
 
-TEST(AttributionPatching, ModelsWithoutGradientsAreUnimplemented) {
-  auto model = Transformer::Load(FixturePath("models/tiny-llama"), std::make_shared<CpuBackend>());
-  ASSERT_TRUE(model.ok());
-  const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3}, {1, 3});
-  auto result = RunAttributionPatching(**model, {.clean = tokens, .corrupted = tokens});
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(result.status().message(), HasSubstr("rotary"));
+// On the other architectures: each resid_pre cell is m(corrupted) + (clean − corrupted) · ∂m/∂x
+// at the corrupted run, from the values and gradients RunForwardBackward gives (those gradients
+// are checked against torch at every hook in gradients_test).
+TEST(AttributionPatching, ResidualCellsFollowTheDefinitionOnOtherArchitectures) {
+  for (const std::string name : {"tiny-llama", "tiny-pythia", "tiny-olmo2", "tiny-gemma2"}) {
+    SCOPED_TRACE(name);
+    auto model = Transformer::Load(ModelDir(name), std::make_shared<CpuBackend>());
+    ASSERT_TRUE(model.ok()) << model.status();
+    const Tensor clean = Tensor::FromHost(std::vector<int32_t>{5, 17, 42, 9, 100, 3}, {1, 6});
+    const Tensor corrupted = Tensor::FromHost(std::vector<int32_t>{5, 17, 61, 9, 100, 3}, {1, 6});
+    const PatchingMetric metric{.kind = PatchingMetric::Kind::kLogitDiff, .token_a = 9, .token_b = 100};
+    auto atp = RunAttributionPatching(**model, {.clean = clean, .corrupted = corrupted,
+                                                .kind = SweepKind::kResidPre, .metric = metric});
+    ASSERT_TRUE(atp.ok()) << atp.status();
+    const int layers = (*model)->config().n_layers;
+    const int64_t d = (*model)->config().d_model;
+    ASSERT_EQ(atp->values.shape(), (Shape{layers, 6}));
+    std::vector<HookId> hooks;
+    for (int l = 0; l < layers; ++l) {
+      hooks.push_back(*(*model)->hooks().Resolve("blocks." + std::to_string(l) + ".hook_resid_pre"));
+    }
+    const GradientMetric m{.kind = GradientMetric::Kind::kLogitDiff, .token_a = 9, .token_b = 100};
+    auto c = RunForwardBackward(**model, {.tokens = clean, .metric = m, .values = hooks, .backward = false});
+    auto r = RunForwardBackward(**model, {.tokens = corrupted, .metric = m, .values = hooks, .gradients = hooks});
+    ASSERT_TRUE(c.ok() && r.ok());
+    double diff = 0, norm = 0;
+    for (int l = 0; l < layers; ++l) {
+      for (int64_t pos = 0; pos < 6; ++pos) {
+        double est = 0;
+        for (int64_t i = 0; i < d; ++i) {
+          const int64_t at = pos * d + i;
+          est += (double{c->values[l].data<float>()[at]} - r->values[l].data<float>()[at]) *
+                 r->gradients[l].data<float>()[at];
+        }
+        const double want = r->metric[0] + est;
+        const double got = atp->values.data<float>()[l * 6 + pos];
+        diff += (got - want) * (got - want);
+        norm += est * est;
+      }
+    }
+    ASSERT_GT(norm, 0);
+    EXPECT_LE(std::sqrt(diff / norm), 1e-5);
+  }
 }
 
 TEST(AttributionPatching, RejectsMismatchedInputs) {

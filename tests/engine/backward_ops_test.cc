@@ -134,6 +134,7 @@ TEST(BackwardOpsTest, ActivationDerivativesMatchFiniteDifferences) {
 struct AttentionCase {
   int64_t batch = 2, seq = 5, heads = 4, kv_heads = 2, dh = 3;
   double scale = 0.4;
+  double softcap = 0;  // > 0: scores = softcap · tanh(scale · q · k / softcap)
 
   size_t Q() const { return batch * seq * heads * dh; }
   size_t KV() const { return batch * seq * kv_heads * dh; }
@@ -163,7 +164,9 @@ struct AttentionCase {
               dot += q[((b * seq + s) * heads + h) * dh + i] *
                      k[((b * seq + t) * kv_heads + h / group) * dh + i];
             }
-            out[((b * heads + h) * seq + s) * seq + t] = scale * dot;
+            const double raw = scale * dot;
+            out[((b * heads + h) * seq + s) * seq + t] =
+                softcap > 0 ? softcap * std::tanh(raw / softcap) : raw;
           }
         }
       }
@@ -191,10 +194,13 @@ struct AttentionCase {
 };
 
 TEST(BackwardOpsTest, AttentionBackwardMatchesFiniteDifferences) {
-  for (int64_t kv_heads : {4, 2, 1}) {  // full, grouped, multi-query
+  // Full, grouped and multi-query heads; the last soft-capped (Gemma-2) tightly enough to bend.
+  for (auto [kv_heads, softcap] : std::vector<std::pair<int64_t, double>>{{4, 0}, {2, 0}, {1, 0}, {2, 0.7}}) {
     SCOPED_TRACE(kv_heads);
+    SCOPED_TRACE(softcap);
     AttentionCase a;
     a.kv_heads = kv_heads;
+    a.softcap = softcap;
     std::mt19937 rng(3 + kv_heads);
     const Vec q = Random(a.Q(), rng), k = Random(a.KV(), rng), v = Random(a.KV(), rng);
     const Vec g = Random(a.Q(), rng);  // the gradient arriving at z
@@ -208,7 +214,7 @@ TEST(BackwardOpsTest, AttentionBackwardMatchesFiniteDifferences) {
     const AttentionGrads got = AttentionBackward(ToTensor(g, qs), ToTensor(q, qs), ToTensor(k, kvs),
                                                  ToTensor(v, kvs),
                                                  ToTensor(pattern, {a.batch, a.heads, a.seq, a.seq}),
-                                                 a.scale);
+                                                 a.scale, a.softcap);
     ExpectClose(got.q, NumericalGradient([&](const Vec& x) { return dot(g, a.Z(a.Pattern(a.Scores(x, k)), v)); }, q), 1e-5, "q");
     ExpectClose(got.k, NumericalGradient([&](const Vec& x) { return dot(g, a.Z(a.Pattern(a.Scores(q, x)), v)); }, k), 1e-5, "k");
     ExpectClose(got.v, NumericalGradient([&](const Vec& x) { return dot(g, a.Z(pattern, x)); }, v), 1e-5, "v");
@@ -216,6 +222,62 @@ TEST(BackwardOpsTest, AttentionBackwardMatchesFiniteDifferences) {
     Vec want_scores = NumericalGradient([&](const Vec& x) { return dot(g, a.Z(a.Pattern(x), v)); }, scores);
     ExpectClose(got.scores, want_scores, 1e-5, "scores");
     ExpectClose(got.pattern, NumericalGradient([&](const Vec& x) { return dot(g, a.Z(x, v)); }, pattern), 1e-5, "pattern");
+  }
+}
+
+TEST(BackwardOpsTest, GatedActivationBackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(5);
+  const Vec gate = Random(12, rng, 2.0), linear = Random(12, rng), g = Random(12, rng);
+  for (Activation act : {Activation::kSilu, Activation::kGeluTanh}) {
+    SCOPED_TRACE(static_cast<int>(act));
+    auto loss = [&](const Vec& a, const Vec& b) {
+      double s = 0;
+      for (size_t i = 0; i < a.size(); ++i) s += g[i] * ActivationValue(act, a[i]) * b[i];
+      return s;
+    };
+    const GatedGrads got = GatedActivationBackward(act, ToTensor(g, {3, 4}), ToTensor(gate, {3, 4}),
+                                                   ToTensor(linear, {3, 4}));
+    ExpectClose(got.gate, NumericalGradient([&](const Vec& x) { return loss(x, linear); }, gate), 1e-5, "gate");
+    ExpectClose(got.linear, NumericalGradient([&](const Vec& x) { return loss(gate, x); }, linear), 1e-5, "linear");
+  }
+}
+
+TEST(BackwardOpsTest, RotaryBackwardIsTheRotationsTranspose) {
+  // [B, S, H, Dh] = [2, 3, 2, 6], rotating 4 of the 6 features; angles j·θ_i per position.
+  const int64_t batch = 2, seq = 3, heads = 2, dh = 6, rotary_dim = 4, half = rotary_dim / 2;
+  std::mt19937 rng(6);
+  const Vec x = Random(batch * seq * heads * dh, rng), g = Random(x.size(), rng);
+  Vec cos(seq * half), sin(seq * half);
+  for (int64_t p = 0; p < seq; ++p) {
+    for (int64_t j = 0; j < half; ++j) {
+      cos[p * half + j] = std::cos(p * (0.7 + j));
+      sin[p * half + j] = std::sin(p * (0.7 + j));
+    }
+  }
+  for (bool adjacent : {false, true}) {
+    SCOPED_TRACE(adjacent);
+    auto rotate = [&](const Vec& in) {
+      Vec out = in;
+      for (int64_t r = 0; r < batch * seq * heads; ++r) {
+        const int64_t p = (r / heads) % seq;
+        for (int64_t j = 0; j < half; ++j) {
+          const int64_t a = adjacent ? 2 * j : j, b = adjacent ? 2 * j + 1 : j + half;
+          const double c = cos[p * half + j], s = sin[p * half + j];
+          out[r * dh + a] = in[r * dh + a] * c - in[r * dh + b] * s;
+          out[r * dh + b] = in[r * dh + b] * c + in[r * dh + a] * s;
+        }
+      }
+      return out;
+    };
+    auto loss = [&](const Vec& in) {
+      const Vec y = rotate(in);
+      double s = 0;
+      for (size_t i = 0; i < y.size(); ++i) s += g[i] * y[i];
+      return s;
+    };
+    const Tensor got = RotaryBackward(ToTensor(g, {batch, seq, heads, dh}), ToTensor(cos, {seq, half}),
+                                      ToTensor(sin, {seq, half}), rotary_dim, adjacent);
+    ExpectClose(got, NumericalGradient(loss, x), 1e-6, "x");
   }
 }
 

@@ -3,6 +3,7 @@
 #include "server/engine/jacobian.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -11,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/engine/gradients.h"
 #include "tests/util/test_util.h"
 
 namespace glassbox {
@@ -18,6 +20,8 @@ namespace {
 
 using ::glassbox::testing::FixturePath;
 using ::glassbox::testing::ModelDir;
+using ::glassbox::testing::OtherArchitectures;
+using ::glassbox::testing::ParamName;
 using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::ReadAllTensors;
 using ::testing::HasSubstr;
@@ -121,14 +125,53 @@ TEST(Jacobian, RejectsBadRequests) {
               HasSubstr("in position 3 is outside rows of 3 tokens"));
   EXPECT_THAT(run("hook_embed", "blocks.1.hook_resid_pre", {0}, {-4}).message(),
               HasSubstr("out position -4"));
-  auto rotary = Transformer::Load(FixturePath("models/tiny-llama"), std::make_shared<CpuBackend>());
-  ASSERT_TRUE(rotary.ok());
-  EXPECT_EQ(ComputeJacobian(**rotary, {.tokens = tokens, .in = 0, .in_positions = {0}, .out = 1,
-                                       .out_positions = {0}})
-                .status()
-                .code(),
-            absl::StatusCode::kUnimplemented);
 }
+
+// On every architecture: a logit difference at the last position reads the final block's
+// resid_post there only, so its gradient at hook_embed[p] is g_postᵀ · J, J = d resid_post[last] /
+// d hook_embed[p]. The gradients are checked against torch at every hook (gradients_test), so
+// this holds the Jacobian to them.
+class JacobianArchitectureTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(JacobianArchitectureTest, ChainsWithTheGradient) {
+  auto model = Transformer::Load(ModelDir(GetParam()), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const HookRegistry& hooks = (*model)->hooks();
+  const int64_t d = (*model)->config().d_model, seq = 6;
+  const Tensor tokens =
+      Tensor::FromHost(std::vector<int32_t>{5, 17, 42, 9, 100, 3, 77, 8, 250, 31, 64, 12}, {2, seq});
+  const HookId embed = *hooks.Resolve("hook_embed");
+  const HookId top = *hooks.Resolve(
+      "blocks." + std::to_string((*model)->config().n_layers - 1) + ".hook_resid_post");
+  auto grads = ComputeGradients(
+      **model, {.tokens = tokens,
+                .metric = {.kind = GradientMetric::Kind::kLogitDiff, .token_a = 17, .token_b = 42},
+                .hooks = {embed, top}});
+  ASSERT_TRUE(grads.ok()) << grads.status();
+  const std::vector<int32_t> p = {2, 5};
+  auto jac = ComputeJacobian(**model, {.tokens = tokens, .in = embed, .in_positions = p,
+                                       .out = top, .out_positions = {-1, -1}});
+  ASSERT_TRUE(jac.ok()) << jac.status();
+  ASSERT_EQ(jac->jacobian.shape(), (Shape{2, d, d}));
+  double diff = 0, norm = 0;
+  for (int64_t b = 0; b < 2; ++b) {
+    const float* g_post = grads->gradients[1].data<float>() + (b * seq + seq - 1) * d;
+    const float* g_embed = grads->gradients[0].data<float>() + (b * seq + p[b]) * d;
+    const float* j = jac->jacobian.data<float>() + b * d * d;
+    for (int64_t i = 0; i < d; ++i) {
+      double chained = 0;
+      for (int64_t o = 0; o < d; ++o) chained += double{g_post[o]} * j[o * d + i];
+      diff += (chained - g_embed[i]) * (chained - g_embed[i]);
+      norm += double{g_embed[i]} * g_embed[i];
+    }
+  }
+  ASSERT_GT(norm, 0);
+  EXPECT_LE(std::sqrt(diff / norm), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, JacobianArchitectureTest,
+                         ::testing::ValuesIn(OtherArchitectures()),
+                         [](const auto& info) { return ParamName(info.param); });
 
 }  // namespace
 }  // namespace glassbox

@@ -951,8 +951,7 @@ TEST_F(BadRequestCorpusTest, PatchingSweep) {
        kExhausted, "the sweep patches 96 cells (SWEEP_HEAD_OUT_BY_POS over 12 positions); this server allows 64 (--max_sweep_cells)"},
       {"exact neurons over the cell limit", [](auto& r) { r.set_kind(pb::SWEEP_MLP_POST_ALL_POS); }, kExhausted, "the sweep patches 512 cells (SWEEP_MLP_POST_ALL_POS over 3 positions)"},
       {"unknown method enum", [](auto& r) { r.set_method(static_cast<pb::PatchingMethod>(5)); }, kInvalid, "method 5 is unknown; use PATCHING_EXACT or PATCHING_ATTRIBUTION"},
-      {"attribution on a rotary model", [](auto& r) { r.set_model("llama"); r.set_method(pb::PATCHING_ATTRIBUTION); }, kUnimplemented, "attribution patching needs gradients: gradients are implemented for GPT-2-style blocks so far"},
-      {"attribution on a parallel block's resid_mid", [](auto& r) { r.set_model("pythia"); r.set_kind(pb::SWEEP_RESID_MID); r.set_method(pb::PATCHING_ATTRIBUTION); }, kUnimplemented, "attribution patching needs gradients"},
+      {"attribution on a parallel block's resid_mid", [](auto& r) { r.set_model("pythia"); r.set_kind(pb::SWEEP_RESID_MID); r.set_method(pb::PATCHING_ATTRIBUTION); }, kInvalid, "this model has no hook_resid_mid (its attention and MLP run in parallel)"},
   };
   Check<pb::PatchingSweepRequest>("PatchingSweep", GoodSweep, Call(&pb::Glassbox::Stub::PatchingSweep), cases);
 }
@@ -992,7 +991,6 @@ TEST_F(BadRequestCorpusTest, Gradients) {
   };
   const std::vector<Case<pb::GradientsRequest>> cases = {
       {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope")"},
-      {"a model the backward does not cover", [](auto& r) { r.set_model("llama"); }, kUnimplemented, R"(gradients are implemented for GPT-2-style blocks so far; model type "llama" has rotary positions, a gated MLP)"},
       {"no inputs", [](auto& r) { r.clear_inputs(); }, kInvalid, "inputs: give exactly one of texts or token_ids"},
       {"token past the vocabulary", [](auto& r) { r.mutable_inputs()->mutable_token_ids(0)->set_ids(1, 300); }, kInvalid, "token id 300 is outside the vocabulary [0, 300)"},
       {"position past the shorter of ragged rows", [](auto& r) { AddRow(r.mutable_inputs(), {1, 2}); r.mutable_metric()->set_position(2); }, kInvalid, "the metric's position 2 is outside rows of 2 tokens (row 2)"},
@@ -1027,7 +1025,6 @@ TEST_F(BadRequestCorpusTest, IntegratedGradients) {
   };
   const std::vector<Case<pb::IntegratedGradientsRequest>> cases = {
       {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope")"},
-      {"a model the backward does not cover", [](auto& r) { r.set_model("llama"); }, kUnimplemented, R"(model type "llama" has rotary positions)"},
       {"no inputs", [](auto& r) { r.clear_inputs(); }, kInvalid, "inputs: give exactly one of texts or token_ids"},
       {"loss on a one-token row among longer ones", [](auto& r) { AddRow(r.mutable_inputs(), {1}); r.mutable_metric()->set_kind(pb::GradientMetric::LOSS); }, kInvalid, "the loss metric needs rows of at least 2 tokens (each position predicts the next) (row 1)"},
       {"unknown metric kind", [](auto& r) { r.mutable_metric()->set_kind(static_cast<pb::GradientMetric::Kind>(9)); }, kInvalid, "metric.kind 9 is unknown"},
@@ -1066,7 +1063,6 @@ TEST_F(BadRequestCorpusTest, Jacobian) {
   };
   const std::vector<Case<pb::JacobianRequest>> cases = {
       {"unknown model", [](auto& r) { r.set_model("nope"); }, kNotFound, R"(no model named "nope")"},
-      {"a model the backward does not cover", [](auto& r) { r.set_model("llama"); }, kUnimplemented, R"(model type "llama" has rotary positions)"},
       {"no inputs", [](auto& r) { r.clear_inputs(); }, kInvalid, "inputs: give exactly one of texts or token_ids"},
       {"position past the shorter of ragged rows", [](auto& r) { AddRow(r.mutable_inputs(), {1}); }, kInvalid, "in position 1 is outside rows of 1 tokens"},
       {"unknown input hook", [](auto& r) { r.set_in_hook("blocks.5.hook_resid_pre"); }, kInvalid, R"(unknown hook point "blocks.5.hook_resid_pre")"},

@@ -1,5 +1,6 @@
 #include "tests/util/test_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -79,6 +80,16 @@ std::string FixturePath(const std::string& relative) { return FixturesDir() + "/
 std::string ModelDir(const std::string& name) {
   return name == "demo" ? std::string(GLASSBOX_FIXTURES_DIR) + "/../../models/demo"
                         : FixturePath("models/" + name);
+}
+
+std::vector<std::string> OtherArchitectures() {
+  return {"tiny-llama", "tiny-pythia", "tiny-pythia-seq", "tiny-gptj", "tiny-qwen3",
+          "tiny-olmo2", "tiny-mistral", "tiny-gemma2", "tiny-gemma3"};
+}
+
+std::string ParamName(std::string model) {
+  std::replace(model.begin(), model.end(), '-', '_');
+  return model;
 }
 
 bool GpuRequired() {

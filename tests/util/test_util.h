@@ -4,6 +4,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "kernels/tensor.h"
 #include "server/engine/transformer.h"
@@ -35,6 +36,11 @@ std::string FixturePath(const std::string& relative);
 // A model's directory by name: "demo" is the shipped models/demo, any other a fixture model
 // (tests/fixtures/models/<name>).
 std::string ModelDir(const std::string& name);
+// The tiny models of the architectures beyond GPT-2, one per trait the engine must get right
+// (tests/reference/make_arch_gradient_fixtures.py says which).
+std::vector<std::string> OtherArchitectures();
+// A model name as a gtest parameter name: "tiny-llama" -> "tiny_llama".
+std::string ParamName(std::string model);
 
 // True when $GLASSBOX_REQUIRE_GPU is set (non-empty, not "0"): the GPU suites then fail instead of
 // skipping when no usable CUDA device is found.

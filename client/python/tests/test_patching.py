@@ -151,9 +151,23 @@ def test_attribution_patching_tracks_the_exact_sweep(gpt2):
     assert neurons.dim_names == ("layer", "neuron") and neurons.kind == "mlp_post_all_pos"
 
 
-def test_attribution_patching_errors(gpt2, llama):
+def test_attribution_patching_on_a_rotary_model(llama):
+    """Gradients cover every architecture. Layer 0's resid_pre is the token embedding on a rotary
+    model, so where clean and corrupted share a token the estimate is exactly 0 (the value is
+    the corrupted metric), and at the one that differs it is not."""
     ref = reference("tiny-gpt2", "patching")
-    with pytest.raises(glassbox.Unimplemented, match="attribution patching needs gradients"):
-        llama.attribution_patching(ref["clean"], ref["corrupted"], "resid_pre", LogitDiff(1, 2))
+    clean, corrupted = ref["clean"], ref["corrupted"].copy()
+    corrupted[:, :] = clean
+    corrupted[:, 2] = (clean[:, 2] + 7) % 300
+    atp = llama.attribution_patching(clean, corrupted, "resid_pre", LogitDiff(1, 2))
+    assert atp.values.shape == (2, clean.shape[1]) and atp.backward_passes == 1
+    layer0 = atp.values[0]
+    same = [p for p in range(clean.shape[1]) if p != 2]
+    np.testing.assert_allclose(layer0[same], atp.corrupted_metric, rtol=0, atol=1e-6)
+    assert abs(layer0[2] - atp.corrupted_metric) > 1e-4
+
+
+def test_attribution_patching_errors(gpt2):
+    ref = reference("tiny-gpt2", "patching")
     with pytest.raises(ValueError, match="method must be one of exact, attribution"):
         gpt2.patching_sweep(ref["clean"], ref["corrupted"], "resid_pre", Loss(), method="linear")

@@ -752,7 +752,7 @@ class Model:
         the first-order estimate sum over its elements of (clean - corrupted) * d metric / d
         activation, the gradient taken on the corrupted run; ``values`` is m_corrupted plus it
         (or, ``normalized``, it over m_clean - m_corrupted), so the result compares cell by
-        cell with the exact sweep. GPT-2-style models only so far (docs/gradients.md).
+        cell with the exact sweep.
         """
         return self.patching_sweep(clean, corrupted, kind, metric, normalized=normalized,
                                    method="attribution", prepend_bos=prepend_bos, timeout=timeout)
@@ -871,7 +871,7 @@ class Model:
         ``in_positions``, per row: ``result.jacobian`` [batch, out, in], torch's
         ``jacrev`` of the forward pass from one hook to the other. Positions: one int for every
         row or one per row; negative counts from each row's last real token. Rows may differ in
-        length. GPT-2-style models so far. What linear relational embeddings fit (``glassbox.lre``)."""
+        length. What linear relational embeddings fit (``glassbox.lre``)."""
         request = pb.JacobianRequest(
             model=self.name, inputs=build_inputs(input, prepend_bos), in_hook=in_hook,
             in_positions=positions_per_row(in_positions, "in_positions"), out_hook=out_hook,
