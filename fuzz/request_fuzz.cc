@@ -401,6 +401,28 @@ const std::vector<Rpc>& Rpcs() {
          });
        },
        Unary(&S::Jacobian)},
+      // Gradients of an activation, through edits (appended: the seeds above keep their index).
+      {"GradientsOfADirectionThroughEdits",
+       [] {
+         return Good<pb::GradientsRequest>([](auto& r) {
+           r.set_model("demo");
+           AddRow(r.mutable_inputs(), {0, 5, 17, 300});
+           AddRow(r.mutable_inputs(), {2, 9, 40});
+           r.mutable_metric()->set_kind(pb::GradientMetric::DIRECTION);
+           r.mutable_metric()->set_hook("blocks.1.attn.hook_z");
+           for (int i = 0; i < 128; ++i) r.mutable_metric()->add_direction(i % 3 - 1.0f);
+           r.add_hooks("hook_embed");
+           auto* zero = r.add_interventions();
+           zero->set_hook("blocks.0.attn.hook_z");
+           zero->set_kind(pb::INTERVENTION_ZERO);
+           zero->add_heads(1);
+           auto* mean = r.add_interventions();
+           mean->set_hook("blocks.0.hook_resid_mid");
+           mean->set_kind(pb::INTERVENTION_MEAN_POS);
+           mean->add_positions(-1);
+         });
+       },
+       Unary(&S::Gradients)},
   };
   return *rpcs;
 }

@@ -44,7 +44,8 @@ std::vector<HookId> BackwardInputs(const Transformer& model, int top_layer, bool
 }
 
 BackwardWalk::BackwardWalk(const Transformer& model, const HostCaptures& captured, int64_t batch,
-                           int64_t seq, const std::vector<HookId>& wanted)
+                           int64_t seq, const std::vector<HookId>& wanted,
+                           const std::vector<Intervention>& edits, TokenLayout layout)
     : model_(model),
       c_(model.config()),
       captured_(captured),
@@ -52,8 +53,12 @@ BackwardWalk::BackwardWalk(const Transformer& model, const HostCaptures& capture
       seq_(seq),
       centered_(model.config().norm == NormKind::kLayerNorm),
       wanted_(model.hooks().size()),
-      grads_(model.hooks().size()) {
+      grads_(model.hooks().size()),
+      edits_(model.hooks().size()),
+      seeds_(model.hooks().size()),
+      layout_(std::move(layout)) {
   for (HookId id : wanted) wanted_[id] = true;
+  for (const Intervention& edit : edits) edits_[edit.hook].push_back(&edit);
 }
 
 absl::Status BackwardWalk::FromLogits(const Tensor& dlogits, const std::vector<int64_t>& rows) {
@@ -78,41 +83,43 @@ absl::Status BackwardWalk::FromResidual(HookKind kind, int layer, Tensor seed, i
       if (c_.parallel_attn_mlp)
         return absl::InvalidArgumentError("a parallel block has no hook_resid_mid");
       if (layer < lowest_layer) return absl::OkStatus();
-      Set(HookKind::kResidMid, layer, seed);
-      GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(layer, seed));
-      Tensor d_pre = Sum(seed, through_attention);
-      Set(HookKind::kResidPre, layer, d_pre);
-      return Down(layer - 1, lowest_layer, std::move(d_pre));
+      const Tensor d_mid = Through(HookKind::kResidMid, layer, seed);
+      GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(layer, d_mid));
+      return Down(layer - 1, lowest_layer,
+                  Through(HookKind::kResidPre, layer, Sum(d_mid, through_attention)));
     }
     case HookKind::kResidPre:
       // hook_resid_pre of block l is hook_resid_post of block l − 1 (the embeddings for 0).
-      Set(HookKind::kResidPre, layer, seed);
-      return Down(layer - 1, lowest_layer, std::move(seed));
+      return Down(layer - 1, lowest_layer, Through(HookKind::kResidPre, layer, seed));
     default:
       return absl::InvalidArgumentError("a backward walk starts at a residual-stream hook");
   }
 }
 
+absl::Status BackwardWalk::FromSeeds(int top_layer) {
+  return Down(top_layer, 0, Tensor::ZerosHost(DType::kF32, {batch_ * seq_, c_.d_model}));
+}
+
 absl::Status BackwardWalk::Down(int top, int lowest, Tensor d_post) {
   for (int l = top; l >= lowest && l >= 0; --l) {
-    Set(HookKind::kResidPost, l, d_post);
+    d_post = Through(HookKind::kResidPost, l, d_post);
     GB_ASSIGN_OR_RETURN(Tensor through_mlp, MlpBranch(l, d_post));
     if (c_.parallel_attn_mlp) {
       // resid_post = resid_pre + attn_out + mlp_out, both branches reading resid_pre.
       GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(l, d_post));
       d_post = Sum(Sum(d_post, through_mlp), through_attention);
     } else {
-      Tensor d_mid = Sum(d_post, through_mlp);
-      Set(HookKind::kResidMid, l, d_mid);
+      const Tensor d_mid = Through(HookKind::kResidMid, l, Sum(d_post, through_mlp));
       GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(l, d_mid));
       d_post = Sum(d_mid, through_attention);
     }
-    Set(HookKind::kResidPre, l, d_post);
+    d_post = Through(HookKind::kResidPre, l, d_post);
   }
   if (lowest <= 0) {
-    // hook_embed is after Gemma's scale by sqrt(d_model), as TransformerLens's is.
-    Set(HookKind::kEmbed, -1, d_post);
-    Set(HookKind::kPosEmbed, -1, d_post);
+    // hook_embed is after Gemma's scale by sqrt(d_model), as TransformerLens's is; resid_pre of
+    // block 0 is their sum.
+    Through(HookKind::kEmbed, -1, d_post);
+    Through(HookKind::kPosEmbed, -1, d_post);
   }
   return absl::OkStatus();
 }
@@ -134,6 +141,22 @@ void BackwardWalk::Set(HookKind kind, int layer, const Tensor& grad) {
   const HookId id = model_.hooks().Find(kind, layer);
   if (id < 0 || !wanted_[id]) return;
   grads_[id] = grad.Reshape(model_.hooks().info(id).ShapeFor(batch_, seq_));
+}
+
+Tensor BackwardWalk::Through(HookKind kind, int layer, const Tensor& arriving) {
+  const HookId id = model_.hooks().Find(kind, layer);
+  const Tensor grad = id >= 0 && seeds_[id].defined() ? Sum(arriving, seeds_[id].Reshape(arriving.shape()))
+                                                      : arriving;
+  Set(kind, layer, grad);
+  if (id < 0 || edits_[id].empty()) return grad;
+  // A copy: the gradient kept at the hook is the one at the edited value.
+  const HookInfo& info = model_.hooks().info(id);
+  Tensor before = Tensor::EmptyHost(DType::kF32, info.ShapeFor(batch_, seq_));
+  std::copy_n(grad.data<float>(), grad.numel(), before.data<float>());
+  for (auto edit = edits_[id].rbegin(); edit != edits_[id].rend(); ++edit) {
+    InterventionBackward(**edit, info, layout_, before);
+  }
+  return before.Reshape(grad.shape());
 }
 
 absl::StatusOr<Tensor> BackwardWalk::Norm(const Tensor& dy, HookKind normalized, HookKind scale,
@@ -159,35 +182,36 @@ absl::StatusOr<Tensor> BackwardWalk::MlpBranch(int l, const Tensor& d_out) {
   const BlockWeights& w = model_.weights().blocks[l];
   const bool post = c_.norm_placement == NormPlacement::kPost;
   const bool both = c_.norm_placement == NormPlacement::kPreAndPost;
-  Set(HookKind::kMlpOut, l, d_out);
   // Post-norm blocks normalise the MLP's output with ln2; Gemma's with ln2_post.
-  Tensor d_raw = d_out;
+  Tensor d_raw = Through(HookKind::kMlpOut, l, d_out);
   if (post) {
-    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_out, HookKind::kLn2Normalized, HookKind::kLn2Scale, l,
+    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn2Normalized, HookKind::kLn2Scale, l,
                                          w.ln2_w));
   } else if (both) {
-    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_out, HookKind::kLn2PostNormalized,
+    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn2PostNormalized,
                                          HookKind::kLn2PostScale, l, w.ln2_post_w));
   }
   // raw = post · W_outᵀ + b; post = act(pre), or act(pre) · pre_linear when gated.
   GB_ASSIGN_OR_RETURN(Tensor out_w, Host(w.out_w));
-  GB_ASSIGN_OR_RETURN(Tensor d_act, backward::LinearInputBackward(d_raw, out_w));
-  Set(HookKind::kMlpPost, l, d_act);
+  GB_ASSIGN_OR_RETURN(Tensor d_post, backward::LinearInputBackward(d_raw, out_w));
+  const Tensor d_act = Through(HookKind::kMlpPost, l, d_post);
   Tensor d_in;
   if (c_.gated_mlp) {
     backward::GatedGrads g =
         backward::GatedActivationBackward(c_.act, d_act, Captured(HookKind::kMlpPre, l),
                                           Captured(HookKind::kMlpPreLinear, l));
-    Set(HookKind::kMlpPre, l, g.gate);
-    Set(HookKind::kMlpPreLinear, l, g.linear);
     GB_ASSIGN_OR_RETURN(Tensor gate_w, Host(w.gate_w));
     GB_ASSIGN_OR_RETURN(Tensor in_w, Host(w.in_w));
-    GB_ASSIGN_OR_RETURN(Tensor through_gate, backward::LinearInputBackward(g.gate, gate_w));
-    GB_ASSIGN_OR_RETURN(Tensor through_linear, backward::LinearInputBackward(g.linear, in_w));
+    GB_ASSIGN_OR_RETURN(Tensor through_gate, backward::LinearInputBackward(
+                                                 Through(HookKind::kMlpPre, l, g.gate), gate_w));
+    GB_ASSIGN_OR_RETURN(Tensor through_linear,
+                        backward::LinearInputBackward(
+                            Through(HookKind::kMlpPreLinear, l, g.linear), in_w));
     d_in = Sum(through_gate, through_linear);
   } else {
-    Tensor d_pre = backward::ActivationBackward(c_.act, d_act, Captured(HookKind::kMlpPre, l));
-    Set(HookKind::kMlpPre, l, d_pre);
+    const Tensor d_pre = Through(
+        HookKind::kMlpPre, l,
+        backward::ActivationBackward(c_.act, d_act, Captured(HookKind::kMlpPre, l)));
     GB_ASSIGN_OR_RETURN(Tensor in_w, Host(w.in_w));
     GB_ASSIGN_OR_RETURN(d_in, backward::LinearInputBackward(d_pre, in_w));
   }
@@ -200,13 +224,12 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
   const bool post = c_.norm_placement == NormPlacement::kPost;
   const bool both = c_.norm_placement == NormPlacement::kPreAndPost;
   const int64_t rows = batch_ * seq_, d = c_.d_model;
-  Set(HookKind::kAttnOut, l, d_out);
-  Tensor d_raw = d_out;
+  Tensor d_raw = Through(HookKind::kAttnOut, l, d_out);
   if (post) {
-    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_out, HookKind::kLn1Normalized, HookKind::kLn1Scale, l,
+    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn1Normalized, HookKind::kLn1Scale, l,
                                          w.ln1_w));
   } else if (both) {
-    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_out, HookKind::kLn1PostNormalized,
+    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn1PostNormalized,
                                          HookKind::kLn1PostScale, l, w.ln1_post_w));
   }
   // hook_result: raw = Σ_h result_h + b_O, so each head's result gets raw's gradient.
@@ -222,11 +245,11 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
   }
   // Attention: raw = z · W_Oᵀ + b.
   GB_ASSIGN_OR_RETURN(Tensor o_w, Host(w.o_w));
-  GB_ASSIGN_OR_RETURN(Tensor d_z, backward::LinearInputBackward(d_raw, o_w));
+  GB_ASSIGN_OR_RETURN(Tensor z_grad, backward::LinearInputBackward(d_raw, o_w));
   const bool rotary = c_.positional == PositionalKind::kRotary;
   const Tensor& q = Captured(rotary ? HookKind::kRotQ : HookKind::kQ, l);
   const Tensor& k = Captured(rotary ? HookKind::kRotK : HookKind::kK, l);
-  Set(HookKind::kZ, l, d_z);
+  const Tensor d_z = Through(HookKind::kZ, l, z_grad);
   double scale = c_.attn_scale;
   if (c_.attn_scale_by_layer) scale /= static_cast<double>(l + 1);
   backward::AttentionGrads a = backward::AttentionBackward(
@@ -234,7 +257,7 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
       scale, c_.attn_softcap);
   Set(HookKind::kPattern, l, a.pattern);
   Set(HookKind::kAttnScores, l, a.scores);
-  Set(HookKind::kV, l, a.v);
+  const Tensor d_v = Through(HookKind::kV, l, a.v);
   GB_ASSIGN_OR_RETURN(Tensor d_q, QueryKeyPath(l, std::move(a.q), /*query=*/true));
   GB_ASSIGN_OR_RETURN(Tensor d_k, QueryKeyPath(l, std::move(a.k), /*query=*/false));
   // q, k and v from one projection whose rows are q's, then k's, then v's.
@@ -244,7 +267,7 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
     float* out = d_qkv.data<float>() + r * width;
     std::copy_n(d_q.data<float>() + r * wq, wq, out);
     std::copy_n(d_k.data<float>() + r * wkv, wkv, out + wq);
-    std::copy_n(a.v.data<float>() + r * wkv, wkv, out + wq + wkv);
+    std::copy_n(d_v.data<float>() + r * wkv, wkv, out + wq + wkv);
   }
   GB_ASSIGN_OR_RETURN(Tensor qkv_w, Host(w.qkv_w));
   GB_ASSIGN_OR_RETURN(Tensor d_in, backward::LinearInputBackward(d_qkv, qkv_w));
@@ -256,7 +279,7 @@ absl::StatusOr<Tensor> BackwardWalk::QueryKeyPath(int l, Tensor d, bool query) {
   const BlockWeights& w = model_.weights().blocks[l];
   // Forward: hook_q -> q_norm (its scale and normalized hooks) -> rotary -> hook_rot_q.
   if (c_.positional == PositionalKind::kRotary) {
-    Set(query ? HookKind::kRotQ : HookKind::kRotK, l, d);
+    d = Through(query ? HookKind::kRotQ : HookKind::kRotK, l, d);
     // Gemma-3's sliding layers rotate with their own base.
     const bool local = model_.weights().rope_cos_local.defined() && c_.WindowOf(l) > 0;
     GB_ASSIGN_OR_RETURN(Tensor cos, Host(local ? model_.weights().rope_cos_local
@@ -273,8 +296,7 @@ absl::StatusOr<Tensor> BackwardWalk::QueryKeyPath(int l, Tensor d, bool query) {
               : Norm(d, HookKind::kKNormNormalized, HookKind::kKNormScale, l, w.k_norm_w, false));
     d = d_in.Reshape(shape);
   }
-  Set(query ? HookKind::kQ : HookKind::kK, l, d);
-  return d;
+  return Through(query ? HookKind::kQ : HookKind::kK, l, d);
 }
 
 }  // namespace glassbox

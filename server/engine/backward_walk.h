@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/host_captures.h"
+#include "server/engine/intervention.h"
 #include "server/engine/transformer.h"
 
 namespace glassbox {
@@ -22,9 +23,11 @@ std::vector<HookId> BackwardInputs(const Transformer& model, int top_layer, bool
 class BackwardWalk {
  public:
   // `captured` holds BackwardInputs' values of a pass over [batch, seq] rows. Gradients are kept
-  // at the `wanted` hooks only.
+  // at the `wanted` hooks only. `edits` are the pass's interventions (CheckDifferentiable), whose
+  // backward the walk goes through; `layout` places the rows' real tokens for them.
   BackwardWalk(const Transformer& model, const HostCaptures& captured, int64_t batch, int64_t seq,
-               const std::vector<HookId>& wanted);
+               const std::vector<HookId>& wanted, const std::vector<Intervention>& edits = {},
+               TokenLayout layout = {});
 
   // `dlogits` [rows.size(), vocab] holds the gradient at the logits of the flattened rows `rows`
   // (b * seq + position); every other row's is zero, so the unembedding's backward runs over
@@ -35,6 +38,13 @@ class BackwardWalk {
   // (`kind`); walks down through block `lowest_layer` (and to the embeddings when it is 0).
   absl::Status FromResidual(HookKind kind, int layer, Tensor seed, int lowest_layer);
 
+  // A gradient arriving at a hook from outside the model's flow (a metric read there): added to
+  // what flows down to it. Before FromSeeds or the other walks.
+  void AddSeed(HookId id, Tensor seed) { seeds_[id] = std::move(seed); }
+  // Walks down from block `top_layer` (-1: the embeddings only) with nothing flowing in from above
+  // but the seeds.
+  absl::Status FromSeeds(int top_layer);
+
   // The gradient at a wanted hook, in its shape; undefined for hooks the walk did not reach.
   const Tensor& gradient(HookId id) const { return grads_[id]; }
 
@@ -44,6 +54,9 @@ class BackwardWalk {
   bool Wanted(HookKind kind, int layer) const;
   // Stores `grad` at the hook (when the model has it and it is wanted) in the hook's shape.
   void Set(HookKind kind, int layer, const Tensor& grad);
+  // Adds the hook's seed, Sets, then goes through the backward of the edits at the hook (last
+  // first): the gradient at the value before them, in `grad`'s shape.
+  Tensor Through(HookKind kind, int layer, const Tensor& arriving);
 
   // A norm's backward from the gradient at its output; returns the gradient at its input, in the
   // captured value's shape. `centered`: LayerNorm, else RMSNorm.
@@ -72,6 +85,9 @@ class BackwardWalk {
   const bool centered_;
   std::vector<bool> wanted_;   // by HookId
   std::vector<Tensor> grads_;  // by HookId
+  std::vector<std::vector<const Intervention*>> edits_;  // by HookId, in the pass's order
+  std::vector<Tensor> seeds_;                            // by HookId
+  TokenLayout layout_;
 };
 
 }  // namespace glassbox

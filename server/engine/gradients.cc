@@ -12,9 +12,15 @@
 #include "server/engine/hook_plan.h"
 #include "server/engine/host_captures.h"
 #include "server/engine/host_math.h"
+#include "server/engine/sae/feature_gradient.h"
 
 namespace glassbox {
 namespace {
+
+// The hooks a metric may read: token activations the backward walk passes through.
+bool IsMetricHookKind(HookKind kind) {
+  return IsEditableHook(kind) && EditAxesOf(kind) == EditAxes::kTokens;
+}
 
 absl::Status CheckMetric(const GradientMetric& m, const std::vector<int64_t>& lengths,
                          int64_t vocab) {
@@ -31,6 +37,7 @@ absl::Status CheckMetric(const GradientMetric& m, const std::vector<int64_t>& le
           "the loss metric needs rows of at least 2 tokens (each position predicts the next)",
           row));
   }
+  if (IsHookMetric(m.kind)) return absl::OkStatus();
   for (int32_t token : {m.token_a, m.token_b}) {
     if (token < 0 || token >= vocab)
       return absl::InvalidArgumentError(absl::StrCat("the metric's token ", token,
@@ -132,7 +139,60 @@ void ThroughFinalSoftcap(double cap, const Tensor& logits, bool last_only, Metri
   }
 }
 
+// A metric at a hook: each row's value, and the seed of the backward (its gradient at the hook,
+// the hook's shape: nonzero at each row's metric position only).
+struct MetricAtHook {
+  std::vector<double> values;
+  Tensor seed;
+};
+
+absl::StatusOr<MetricAtHook> EvaluateHookMetric(const GradientMetric& m, const HookInfo& info,
+                                                const Tensor& value,
+                                                const std::vector<int64_t>& lengths, int64_t seq) {
+  const int64_t batch = static_cast<int64_t>(lengths.size());
+  const int64_t per = value.numel() / (batch * seq);  // elements at one position
+  std::vector<int64_t> rows;  // b * seq + the metric's position in row b
+  for (int64_t b = 0; b < batch; ++b) {
+    rows.push_back(b * seq + (m.position >= 0 ? m.position : lengths[b] + m.position));
+  }
+  MetricAtHook out{.seed = Tensor::ZerosHost(DType::kF32, value.shape())};
+  float* seed = out.seed.data<float>();
+  const float* x = value.data<float>();
+  if (m.kind == GradientMetric::Kind::kDirection) {
+    if (!m.direction.defined() || m.direction.numel() != per)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the metric's direction has ", m.direction.defined() ? m.direction.numel() : 0,
+          " values; ", info.name, " has ", per, " at one position"));
+    const float* v = m.direction.data<float>();
+    for (int64_t r : rows) {
+      double dot = 0;
+      for (int64_t i = 0; i < per; ++i) dot += double{x[r * per + i]} * v[i];
+      out.values.push_back(dot);
+      std::copy_n(v, per, seed + r * per);
+    }
+    return out;
+  }
+  if (m.sae == nullptr || m.sae->d_in() != per)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the metric's SAE reads ", m.sae == nullptr ? 0 : m.sae->d_in(), " values per token; ",
+        info.name, " has ", per));
+  Tensor inputs = Tensor::EmptyHost(DType::kF32, {batch, per});
+  for (int64_t b = 0; b < batch; ++b) {
+    std::copy_n(x + rows[b] * per, per, inputs.data<float>() + b * per);
+  }
+  GB_ASSIGN_OR_RETURN(FeatureGradients f, FeatureInputGradients(*m.sae, inputs, m.feature));
+  for (int64_t b = 0; b < batch; ++b) {
+    std::copy_n(f.gradients.data<float>() + b * per, per, seed + rows[b] * per);
+  }
+  out.values = std::move(f.values);
+  return out;
+}
+
 }  // namespace
+
+bool IsHookMetric(GradientMetric::Kind kind) {
+  return kind == GradientMetric::Kind::kDirection || kind == GradientMetric::Kind::kSaeFeature;
+}
 
 absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& model,
                                                          const ForwardBackwardRequest& request) {
@@ -152,39 +212,79 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
     }
   }
 
+  // A metric at a hook starts the backward at the hook's block, without logits.
+  const bool at_hook = IsHookMetric(m.kind);
+  int top_layer = static_cast<int>(c.n_layers) - 1;
+  if (at_hook) {
+    if (m.hook < 0 || m.hook >= model.hooks().size())
+      return absl::InvalidArgumentError("the metric reads a hook the model does not have");
+    const HookInfo& info = model.hooks().info(m.hook);
+    if (!IsMetricHookKind(info.kind))
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a metric can read a token activation (the residual stream, attn_out, mlp_out, "
+          "hook_q/k/v/z, the MLP's pre/post, the embeddings); ", info.name, " is not one"));
+    top_layer = info.layer;
+  }
+
   // The forward pass, keeping what the backward reads and what the caller asked for. Logits at
   // the last positions only, when the metric reads nothing else.
   HookPlan plan(model.hooks());
   if (request.backward) {
-    for (HookId id : BackwardInputs(model, model.config().n_layers - 1, /*final_norm=*/true)) {
+    for (HookId id : BackwardInputs(model, top_layer, /*final_norm=*/!at_hook)) {
       if (id >= 0) plan.CaptureId(id);
     }
   }
+  if (at_hook) plan.CaptureId(m.hook);
   for (HookId id : request.values) plan.CaptureId(id);
   for (const Intervention& edit : request.interventions) {
     GB_RETURN_IF_ERROR(plan.AddIntervention(edit));
+    if (request.backward) {
+      GB_RETURN_IF_ERROR(CheckDifferentiable(edit, model.hooks().info(edit.hook)));
+    }
   }
   const bool unpadded = !request.attention_mask.defined();
   const bool last_only = m.kind != GradientMetric::Kind::kLoss &&
                          (m.position == -1 || (unpadded && m.position == seq - 1));
   HostCaptures captured(model.backend());
+  const LogitsMode logits = at_hook ? LogitsMode::kNone
+                                    : last_only ? LogitsMode::kLast : LogitsMode::kAll;
   GB_ASSIGN_OR_RETURN(
       ForwardOutput out,
       model.Forward({.tokens = tokens, .attention_mask = request.attention_mask}, plan, &captured,
-                    {.logits = last_only ? LogitsMode::kLast : LogitsMode::kAll,
-                     .cancelled = request.cancelled}));
-  MetricAtLogits metric =
-      EvaluateMetric(m, tokens, lengths, out.logits, last_only, request.backward);
+                    {.logits = logits, .cancelled = request.cancelled}));
+  MetricAtLogits metric;
+  MetricAtHook hook_metric;
+  if (at_hook) {
+    GB_ASSIGN_OR_RETURN(hook_metric, EvaluateHookMetric(m, model.hooks().info(m.hook),
+                                                        captured.at(m.hook), lengths, seq));
+  } else {
+    metric = EvaluateMetric(m, tokens, lengths, out.logits, last_only, request.backward);
+  }
 
   ForwardBackwardResult result;
-  result.metric = std::move(metric.values);
+  result.metric = at_hook ? std::move(hook_metric.values) : std::move(metric.values);
   for (HookId id : request.values) result.values.push_back(captured.at(id));
   if (!request.backward) return result;
   if (request.cancelled != nullptr && request.cancelled->load())
     return absl::CancelledError("cancelled before the backward pass");
-  if (c.final_softcap > 0) ThroughFinalSoftcap(c.final_softcap, out.logits, last_only, metric);
-  BackwardWalk backward(model, captured, batch, seq, request.gradients);
-  GB_RETURN_IF_ERROR(backward.FromLogits(metric.dlogits, metric.rows));
+  if (c.final_softcap > 0 && !at_hook) {
+    ThroughFinalSoftcap(c.final_softcap, out.logits, last_only, metric);
+  }
+  TokenLayout layout;
+  if (!request.interventions.empty()) {
+    layout = TokenLayout::FromMask(request.attention_mask.defined()
+                                       ? request.attention_mask
+                                       : Tensor::FromHost(std::vector<int32_t>(batch * seq, 1),
+                                                          {batch, seq}));
+  }
+  BackwardWalk backward(model, captured, batch, seq, request.gradients, request.interventions,
+                        std::move(layout));
+  if (at_hook) {
+    backward.AddSeed(m.hook, std::move(hook_metric.seed));
+    GB_RETURN_IF_ERROR(backward.FromSeeds(top_layer));
+  } else {
+    GB_RETURN_IF_ERROR(backward.FromLogits(metric.dlogits, metric.rows));
+  }
   for (HookId id : request.gradients) {
     if (!backward.gradient(id).defined())
       return absl::UnimplementedError(absl::StrCat("no gradient is computed at ",
@@ -200,6 +300,7 @@ absl::StatusOr<GradientResult> ComputeGradients(const Transformer& model,
                       RunForwardBackward(model, {.tokens = request.tokens,
                                                  .attention_mask = request.attention_mask,
                                                  .metric = request.metric,
+                                                 .interventions = request.interventions,
                                                  .gradients = request.hooks,
                                                  .cancelled = request.cancelled}));
   return GradientResult{.metric = std::move(r.metric), .gradients = std::move(r.gradients)};

@@ -12,19 +12,30 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/intervention.h"
+#include "server/engine/sae/sae.h"
 #include "server/engine/transformer.h"
 
 namespace glassbox {
 
 // The metric of each row: a logit, a logit difference or a log-probability at one position, or
-// the row's mean next-token loss (over positions 0 .. seq-2, each predicting the next token).
+// the row's mean next-token loss (over positions 0 .. seq-2, each predicting the next token); or
+// an activation at one position of a hook: its dot product with a direction, or the activation
+// of one feature of an SAE reading the hook (sae/feature_gradient.h). A metric at a hook needs
+// no logits: the backward starts at the hook's block.
 struct GradientMetric {
-  enum class Kind : uint8_t { kLogit, kLogitDiff, kLogProb, kLoss };
+  enum class Kind : uint8_t { kLogit, kLogitDiff, kLogProb, kLoss, kDirection, kSaeFeature };
   Kind kind = Kind::kLogitDiff;
   int32_t position = -1;  // negative: from each row's end (-1: its last real token); not kLoss
   int32_t token_a = 0;    // the logit, the log-probability's token, or the difference's minuend
   int32_t token_b = 0;    // kLogitDiff: subtracted
+  // kDirection and kSaeFeature: a token activation the backward passes through (the residual
+  // stream, attn_out, mlp_out, hook_q/k/v/z, hook_rot_*, the MLP's pre/post, the embeddings).
+  HookId hook = -1;
+  Tensor direction;         // kDirection: host f32, the hook's elements at one position
+  const Sae* sae = nullptr; // kSaeFeature: an SAE whose d_in is the hook's elements at a position
+  int32_t feature = 0;      // kSaeFeature
 };
+bool IsHookMetric(GradientMetric::Kind kind);
 
 struct GradientRequest {
   Tensor tokens;  // [batch, seq] i32, host
@@ -33,6 +44,8 @@ struct GradientRequest {
   Tensor attention_mask;
   GradientMetric metric;
   std::vector<HookId> hooks;  // the gradients wanted
+  // Edits of the forward pass, differentiated (ForwardBackwardRequest::interventions).
+  std::vector<Intervention> interventions;
   const std::atomic<bool>* cancelled = nullptr;
 };
 
@@ -53,9 +66,10 @@ struct ForwardBackwardRequest {
   Tensor tokens;          // as GradientRequest's
   Tensor attention_mask;  // as GradientRequest's
   GradientMetric metric;
-  // Edits in the forward pass. The backward does not differentiate them: a gradient is right at
-  // an edited hook and downstream of it (the values the edits produced are what the backward
-  // reads), not upstream, where an edit that sets values would have cut the gradient.
+  // Edits in the forward pass, differentiated as torch autograd would through the same edits in
+  // TransformerLens hooks: the gradient at an edited hook is the one at its edited value, and
+  // upstream of it the edit's backward applies (a zeroed or set element passes nothing back).
+  // With `backward`, each must pass CheckDifferentiable (UNIMPLEMENTED otherwise).
   std::vector<Intervention> interventions;
   std::vector<HookId> values;     // forward values kept
   std::vector<HookId> gradients;  // gradients computed

@@ -194,6 +194,14 @@ bool IsEditableHook(HookKind kind) {
     case HookKind::kLn2Normalized:
     case HookKind::kLnFinalScale:
     case HookKind::kLnFinalNormalized:
+    case HookKind::kLn1PostScale:
+    case HookKind::kLn1PostNormalized:
+    case HookKind::kLn2PostScale:
+    case HookKind::kLn2PostNormalized:
+    case HookKind::kQNormScale:
+    case HookKind::kQNormNormalized:
+    case HookKind::kKNormScale:
+    case HookKind::kKNormNormalized:
     case HookKind::kResult:
       return false;
     default:
@@ -365,6 +373,86 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
             case InterventionKind::kOrthogonalDecomp:
             case InterventionKind::kProjectionCap:
               break;  // handled above, per token
+          }
+        }
+      }
+    }
+  }
+}
+
+absl::Status CheckDifferentiable(const Intervention& edit, const HookInfo& info) {
+  if (EditAxesOf(info.kind) == EditAxes::kAttention)
+    return absl::UnimplementedError(absl::StrCat(
+        "gradients through an edit of ", info.name,
+        " are not implemented yet; edit a token activation (hook_z, hook_v, the residual stream)"));
+  if (edit.kind == InterventionKind::kProjectionCap)
+    return absl::UnimplementedError(absl::StrCat(
+        "gradients through PROJECTION_CAP at ", info.name,
+        " are not implemented: its slope depends on the value before the edit"));
+  return absl::OkStatus();
+}
+
+void InterventionBackward(const Intervention& edit, const HookInfo& info, const TokenLayout& layout,
+                          Tensor& grad) {
+  switch (edit.kind) {
+    case InterventionKind::kAdd:
+      return;
+    case InterventionKind::kScale:
+    case InterventionKind::kProjectOut:
+    case InterventionKind::kOrthogonalDecomp:
+      // Diagonal, or (I − P) and (I − P) + c P with P = u uᵀ: symmetric, so Aᵀ = A.
+      ApplyIntervention(edit, info, layout, grad);
+      return;
+    case InterventionKind::kZero:
+    case InterventionKind::kSet:
+    case InterventionKind::kPatchFrom: {
+      // A constant at the selected elements: nothing flows back through them.
+      Intervention zero = edit;
+      zero.kind = InterventionKind::kZero;
+      ApplyIntervention(zero, info, layout, grad);
+      return;
+    }
+    case InterventionKind::kProjectionCap:
+      return;  // refused by CheckDifferentiable
+    case InterventionKind::kMeanBatch:
+    case InterventionKind::kMeanPos:
+    case InterventionKind::kPatchRow:
+      break;
+  }
+  // Each selected element e was read from other elements: its gradient goes back to them, and
+  // none to e's own value before the edit.
+  const View v = ViewOf(EditAxes::kTokens, grad.shape());
+  Tensor arriving = Tensor::EmptyHost(DType::kF32, grad.shape());
+  std::copy_n(grad.data<float>(), grad.numel(), arriving.data<float>());
+  const float* out = arriving.data<float>();
+  float* g = grad.data<float>();
+  Intervention zero = edit;
+  zero.kind = InterventionKind::kZero;
+  ApplyIntervention(zero, info, layout, grad);
+  const std::vector<int32_t> rows = AllOr(edit.select.rows, v.batch);
+  const std::vector<int32_t> heads = AllOr(edit.select.heads, v.m);
+  const std::vector<int32_t> dims = AllOr(edit.select.dims, v.d);
+  for (int32_t b : rows) {
+    const int32_t source_row = IsPatch(edit.kind) ? edit.source_rows[b] : b;
+    for (const auto& [p, source_p] :
+         ResolvePositions(edit.select.positions, v.seq, edit, layout, b, source_row)) {
+      for (int32_t mi : heads) {
+        for (int32_t di : dims) {
+          const float arrived = out[v.Offset(b, p, mi, di)];
+          switch (edit.kind) {
+            case InterventionKind::kMeanBatch:
+              for (int64_t r = 0; r < v.batch; ++r) {
+                g[v.Offset(r, p, mi, di)] += arrived / static_cast<float>(v.batch);
+              }
+              break;
+            case InterventionKind::kMeanPos:
+              for (int32_t t : layout.real[b]) {
+                g[v.Offset(b, t, mi, di)] += arrived / static_cast<float>(layout.real[b].size());
+              }
+              break;
+            default:  // kPatchRow
+              g[v.Offset(source_row, source_p, mi, di)] += arrived;
+              break;
           }
         }
       }

@@ -100,4 +100,18 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
 void ApplyIntervention(const Intervention& edit, const HookInfo& info, const TokenLayout& layout,
                        Tensor& value);
 
+// OK when a backward pass can go through `edit`: every edit of token activations is an affine
+// map x' = A x + b but PROJECTION_CAP (whose slope depends on the value before the edit, which
+// no hook keeps); edits of attention scores and patterns are not differentiated yet.
+// UNIMPLEMENTED, naming the edit, otherwise.
+absl::Status CheckDifferentiable(const Intervention& edit, const HookInfo& info);
+
+// The backward of `edit`: `grad` [the hook's full shape, host f32], the gradient at the edited
+// value, becomes the one at the value before the edit, Aᵀ · grad, in place. Zeroing, setting and
+// patching from another run cut the gradient at the selected elements; scaling scales it; adding
+// passes it; projections are symmetric, so their backward is themselves; means and row patches
+// send each selected element's gradient back to the elements it was read from.
+void InterventionBackward(const Intervention& edit, const HookInfo& info, const TokenLayout& layout,
+                          Tensor& grad);
+
 }  // namespace glassbox

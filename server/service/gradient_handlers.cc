@@ -10,6 +10,7 @@
 #include "server/engine/integrated_gradients.h"
 #include "server/engine/jacobian.h"
 #include "server/service/array_proto.h"
+#include "server/service/run_plan.h"
 #include "server/service/glassbox_service.h"
 #include "server/service/status_util.h"
 
@@ -18,7 +19,9 @@ namespace {
 
 namespace pb = ::glassbox::v1;
 
-absl::StatusOr<GradientMetric> FromProto(const pb::GradientMetric& m) {
+// The metric, its hook and SAE resolved against the served model and its SAEs.
+absl::StatusOr<GradientMetric> FromProto(const pb::GradientMetric& m, const ModelStore& store,
+                                         const ServedModel& served) {
   GradientMetric out{.position = m.has_position() ? m.position() : -1,
                      .token_a = m.token_a(),
                      .token_b = m.token_b()};
@@ -27,9 +30,39 @@ absl::StatusOr<GradientMetric> FromProto(const pb::GradientMetric& m) {
     case pb::GradientMetric::LOGIT: out.kind = GradientMetric::Kind::kLogit; break;
     case pb::GradientMetric::LOG_PROB: out.kind = GradientMetric::Kind::kLogProb; break;
     case pb::GradientMetric::LOSS: out.kind = GradientMetric::Kind::kLoss; break;
+    case pb::GradientMetric::DIRECTION: {
+      out.kind = GradientMetric::Kind::kDirection;
+      if (m.hook().empty())
+        return absl::InvalidArgumentError("a DIRECTION metric needs metric.hook");
+      absl::StatusOr<HookId> hook = served.model->hooks().Resolve(m.hook());
+      if (!hook.ok())
+        return absl::InvalidArgumentError(absl::StrCat("metric.hook: ", hook.status().message()));
+      out.hook = *hook;
+      out.direction = Tensor::FromHost(
+          std::span<const float>(m.direction().data(), m.direction_size()),
+          {static_cast<int64_t>(m.direction_size())});
+      break;
+    }
+    case pb::GradientMetric::SAE_FEATURE: {
+      out.kind = GradientMetric::Kind::kSaeFeature;
+      GB_ASSIGN_OR_RETURN(const ServedSae* sae, store.FindSae(m.sae()));
+      if (sae->served_model != &served)
+        return absl::InvalidArgumentError(absl::StrCat("SAE \"", m.sae(), "\" reads model \"",
+                                                       sae->served_model->name,
+                                                       "\", not this one"));
+      out.hook = sae->hook;
+      out.sae = sae->sae.get();
+      out.feature = m.feature();
+      if (out.feature < 0 || out.feature >= sae->sae->d_sae())
+        return absl::InvalidArgumentError(absl::StrCat("metric.feature ", out.feature,
+                                                       " is outside SAE \"", m.sae(), "\"'s [0, ",
+                                                       sae->sae->d_sae(), ")"));
+      break;
+    }
     default:
       return absl::InvalidArgumentError(absl::StrCat(
-          "metric.kind ", m.kind(), " is unknown; use LOGIT_DIFF, LOGIT, LOG_PROB or LOSS"));
+          "metric.kind ", m.kind(),
+          " is unknown; use LOGIT_DIFF, LOGIT, LOG_PROB, LOSS, DIRECTION or SAE_FEATURE"));
   }
   return out;
 }
@@ -74,7 +107,7 @@ absl::StatusOr<GradientCall> PrepareGradientCall(const ModelStore& store, const 
   if (std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) != lengths.end()) {
     call.mask = call.batch.attention_mask;
   }
-  GB_ASSIGN_OR_RETURN(call.metric, FromProto(metric));
+  GB_ASSIGN_OR_RETURN(call.metric, FromProto(metric, store, *served));
   return call;
 }
 
@@ -101,6 +134,22 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   const Transformer& model = *call->model;
   auto hooks = ResolveHooks(model.hooks(), request->hooks());
   if (!hooks.ok()) return ToGrpcStatus(hooks.status());
+  // Edits are resolved as a Run's (globs, PATCH_CACHED from the caller's kept runs), then
+  // checked for a backward.
+  std::vector<Intervention> edits;
+  if (request->interventions_size() > 0) {
+    pb::RunRequest as_run;
+    as_run.set_model(request->model());
+    *as_run.mutable_inputs() = request->inputs();
+    *as_run.mutable_interventions() = request->interventions();
+    auto plan = BuildRunPlan(as_run, store_, limits, caller->cache());
+    if (!plan.ok()) return ToGrpcStatus(plan.status());
+    for (const Intervention& edit : plan->interventions) {
+      if (absl::Status s = CheckDifferentiable(edit, model.hooks().info(edit.hook)); !s.ok())
+        return ToGrpcStatus(s);
+    }
+    edits = std::move(plan->interventions);
+  }
   const int64_t rows = call->batch.tokens.dim(0), seq = call->batch.tokens.dim(1);
   int64_t bytes = 0;
   for (HookId id : *hooks) bytes += NumElements(model.hooks().info(id).ShapeFor(rows, seq)) * 4;
@@ -117,7 +166,8 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   absl::StatusOr<GradientResult> result;
   absl::Status status = OnDevice(context, *caller, "Gradients", request->model(), tokens, [&] {
     result = ComputeGradients(model, {.tokens = call->batch.tokens, .attention_mask = call->mask,
-                                      .metric = call->metric, .hooks = *hooks});
+                                      .metric = call->metric, .hooks = *hooks,
+                                      .interventions = std::move(edits)});
     return result.status();
   });
   if (!status.ok()) return ToGrpcStatus(status);

@@ -583,11 +583,18 @@ TEST(CliParseTest, Grad) {
   ASSERT_TRUE(inv.ok()) << inv.status();
   EXPECT_EQ(Request<v1::GradientsRequest>(*inv).metric().kind(), v1::GradientMetric::LOSS);
   ExpectUsageError(with({"--hooks", "h"}),
-                   "grad needs --metric logit_diff:A:B, logit:T, log_prob:T or loss");
+                   "grad needs --metric logit_diff:A:B, logit:T, log_prob:T, loss or sae:NAME:FEATURE");
   ExpectUsageError(with({"--metric", "logit:3"}), "grad needs --hooks HOOK");
   ExpectUsageError(with({"--metric", "kl", "--hooks", "h"}),
-                   "--metric \"kl\": the kind is logit_diff, logit, log_prob or loss");
+                   "--metric \"kl\": the kind is logit_diff, logit, log_prob, loss or sae");
   ExpectUsageError(with({"--metric", "loss:3", "--hooks", "h"}), "loss takes no tokens");
+  inv = Parse({"--server", "s", "grad", "--model", "m", "--text", "Hi", "--metric", "sae:res1:7",
+               "--hooks", "hook_embed"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::GradientsRequest>(*inv).metric().kind(), v1::GradientMetric::SAE_FEATURE);
+  EXPECT_EQ(Request<v1::GradientsRequest>(*inv).metric().sae(), "res1");
+  EXPECT_EQ(Request<v1::GradientsRequest>(*inv).metric().feature(), 7);
+  ExpectUsageError(with({"--metric", "sae:res1", "--hooks", "h"}), "expected sae:NAME:FEATURE");
   ExpectUsageError(with({"--metric", "logit_diff:3", "--hooks", "h"}),
                    "--metric \"logit_diff:3\": expected logit_diff:A:B");
   ExpectUsageError(with({"--metric", "logit:3:4", "--hooks", "h"}), "expected logit:T");
@@ -617,7 +624,7 @@ TEST(CliParseTest, IntegratedGradients) {
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   };
-  ExpectUsageError(with({}), "ig needs --metric logit_diff:A:B, logit:T, log_prob:T or loss");
+  ExpectUsageError(with({}), "ig needs --metric logit_diff:A:B, logit:T, log_prob:T, loss or sae:NAME:FEATURE");
   ExpectUsageError(with({"--metric", "loss", "--steps", "0"}), "--steps");
   ExpectUsageError(with({"--metric", "loss", "--method", "shap"}),
                    "--method: \"shap\" is not ig or input_x_grad");

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -214,6 +215,253 @@ TEST(Gradients, RightPaddedRowsEqualEachRowAlone) {
   auto refused = ComputeGradients(**model, {.tokens = tokens, .attention_mask = left,
                                             .metric = {.token_a = 1}, .hooks = wanted});
   EXPECT_THAT(refused.status().message(), HasSubstr("gradients take right-padded rows"));
+}
+
+}  // namespace
+}  // namespace glassbox
+
+namespace glassbox {
+namespace {
+
+using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::ModelDir;
+using ::glassbox::testing::NormRelativeError;
+using ::glassbox::testing::ReadAllTensors;
+
+// The edits of tests/reference/make_edit_gradient_fixtures.py, in its order.
+std::vector<Intervention> EditsOf(const std::string& name, const HookRegistry& hooks,
+                                  const std::map<std::string, Tensor>& expected) {
+  auto at = [&](const char* hook) { return *hooks.Resolve(hook); };
+  auto vec = [&](const char* key) { return expected.at(std::string("edit.") + key); };
+  if (name == "linear") {
+    std::vector<int32_t> first_ten(10);
+    for (int i = 0; i < 10; ++i) first_ten[i] = i;
+    return {
+        {.hook = at("blocks.0.attn.hook_z"), .kind = InterventionKind::kZero,
+         .select = {.positions = {2, 3}, .heads = {1}}},
+        {.hook = at("blocks.0.mlp.hook_post"), .kind = InterventionKind::kScale,
+         .select = {.dims = first_ten}, .coefficient = 0.5f},
+        {.hook = at("blocks.0.hook_resid_mid"), .kind = InterventionKind::kAdd,
+         .select = {.positions = {-1}}, .coefficient = 2.0f, .value = vec("u1")},
+        {.hook = at("blocks.1.hook_resid_pre"), .kind = InterventionKind::kSet,
+         .select = {.positions = {1}}, .value = vec("w")},
+        {.hook = at("blocks.1.hook_resid_pre"), .kind = InterventionKind::kProjectOut,
+         .value = vec("u2")},
+        {.hook = at("blocks.1.hook_mlp_out"), .kind = InterventionKind::kOrthogonalDecomp,
+         .select = {.positions = {4, 5, 6}}, .coefficient = 0.3f, .value = vec("u3")},
+    };
+  }
+  return {
+      {.hook = at("blocks.0.attn.hook_v"), .kind = InterventionKind::kMeanBatch,
+       .select = {.heads = {0}}},
+      {.hook = at("blocks.0.hook_attn_out"), .kind = InterventionKind::kMeanPos,
+       .select = {.rows = {1}}},
+      {.hook = at("blocks.1.hook_resid_pre"), .kind = InterventionKind::kPatchRow,
+       .select = {.positions = {3}}, .source_rows = {1, 0}},
+  };
+}
+
+class GradientsThroughEditsTest : public ::testing::TestWithParam<std::string> {};
+
+// Gradients of a pass with interventions equal torch autograd through the same edits in
+// TransformerLens hooks, at the edited hooks and upstream of them.
+TEST_P(GradientsThroughEditsTest, EqualTorchAutogradThroughTheSameEdits) {
+  auto model = Transformer::Load(ModelDir(GetParam()), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const auto expected =
+      ReadAllTensors(FixturePath("expected/" + GetParam() + ".edit_gradients.safetensors"));
+  const HookRegistry& hooks = (*model)->hooks();
+  for (const std::string name : {"linear", "coupling"}) {
+    SCOPED_TRACE(name);
+    std::vector<HookId> wanted;
+    std::vector<std::string> names;
+    const std::string prefix = name + ".grad.";
+    for (const auto& [key, value] : expected) {
+      if (!absl::StartsWith(key, prefix)) continue;
+      names.push_back(key.substr(prefix.size()));
+      wanted.push_back(*hooks.Resolve(names.back()));
+    }
+    ASSERT_EQ(names.size(), 10u);
+    auto got = RunForwardBackward(
+        **model, {.tokens = expected.at("tokens"),
+                  .metric = {.kind = GradientMetric::Kind::kLogitDiff, .position = 6,
+                             .token_a = 17, .token_b = 42},
+                  .interventions = EditsOf(name, hooks, expected),
+                  .gradients = wanted});
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (int b = 0; b < 2; ++b) {
+      const float want = expected.at(name + ".value").data<float>()[b];
+      EXPECT_NEAR(got->metric[b], want, 1e-4 * (1 + std::abs(want)));
+    }
+    double worst = 0;
+    for (size_t i = 0; i < wanted.size(); ++i) {
+      SCOPED_TRACE(names[i]);
+      const double error = NormRelativeError(got->gradients[i], expected.at(prefix + names[i]));
+      const double torch_f32 = expected.at(name + ".f32_error." + names[i]).data<float>()[0];
+      EXPECT_LE(error, std::max(1e-5, 2 * torch_f32));
+      worst = std::max(worst, error);
+    }
+    std::printf("%s %s edits: worst norm-relative error %.2g over %zu hooks\n", GetParam().c_str(),
+                name.c_str(), worst, wanted.size());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GradientsThroughEditsTest,
+                         ::testing::Values("tiny-gpt2", "tiny-llama"),
+                         [](const auto& info) { return ParamName(info.param); });
+
+// Edits whose backward is not written are refused by name, before any work.
+TEST(GradientsThroughEdits, UndifferentiatedEditsAreUnimplemented) {
+  auto model = Transformer::Load(ModelDir("tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const HookRegistry& hooks = (*model)->hooks();
+  const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3}, {1, 3});
+  auto run = [&](Intervention edit) {
+    return RunForwardBackward(**model, {.tokens = tokens, .interventions = {edit},
+                                        .gradients = {*hooks.Resolve("hook_embed")}})
+        .status();
+  };
+  const absl::Status cap = run({.hook = *hooks.Resolve("blocks.0.hook_resid_mid"),
+                                .kind = InterventionKind::kProjectionCap,
+                                .value = Tensor::FromHost(std::vector<float>(64, 1.0f), {64}),
+                                .projection_max = 0.5f});
+  EXPECT_EQ(cap.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(cap.message()), ::testing::HasSubstr("PROJECTION_CAP at blocks.0.hook_resid_mid"));
+  const absl::Status pattern =
+      run({.hook = *hooks.Resolve("blocks.0.attn.hook_pattern"), .kind = InterventionKind::kZero});
+  EXPECT_EQ(pattern.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(pattern.message()), ::testing::HasSubstr("blocks.0.attn.hook_pattern"));
+}
+
+}  // namespace
+}  // namespace glassbox
+
+#include "server/engine/jacobian.h"
+#include "server/engine/sae/feature_gradient.h"
+#include "server/engine/sae/sae_loader.h"
+
+namespace glassbox {
+namespace {
+
+using ::glassbox::testing::ChainRuleError;
+using ::glassbox::testing::FixturePath;
+using ::glassbox::testing::ModelDir;
+using ::glassbox::testing::ParamName;
+using ::glassbox::testing::TwoRowsOfSixTokens;
+
+class HookMetricTest : public ::testing::TestWithParam<std::string> {};
+
+// A direction at blocks.1.hook_resid_mid: its value is v · the captured activation, its gradient
+// there is v at each row's last position, and below it the chain rule with the Jacobian
+// (checked against torch in jacobian_test): d(v · resid_mid[last]) / d embed[p] = vᵀ J.
+TEST_P(HookMetricTest, DirectionChainsWithTheJacobian) {
+  auto model = Transformer::Load(ModelDir(GetParam()), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const HookRegistry& hooks = (*model)->hooks();
+  const int64_t d = (*model)->config().d_model;
+  const Tensor tokens = TwoRowsOfSixTokens();
+  const int64_t seq = tokens.dim(1);
+  const HookId mid = *hooks.Resolve("blocks.1.hook_resid_mid");
+  const HookId embed = *hooks.Resolve("hook_embed");
+  std::vector<float> v(d);
+  for (int64_t i = 0; i < d; ++i) v[i] = std::sin(0.7 * i + 0.3);
+  auto got = RunForwardBackward(
+      **model, {.tokens = tokens,
+                .metric = {.kind = GradientMetric::Kind::kDirection, .hook = mid,
+                           .direction = Tensor::FromHost(v, {d})},
+                .values = {mid},
+                .gradients = {embed, mid}});
+  ASSERT_TRUE(got.ok()) << got.status();
+  const std::vector<int32_t> p = {1, 4};
+  auto jac = ComputeJacobian(**model, {.tokens = tokens, .in = embed, .in_positions = p,
+                                       .out = mid, .out_positions = {-1, -1}});
+  ASSERT_TRUE(jac.ok()) << jac.status();
+  std::vector<const float*> out_grads, in_grads;
+  for (int64_t b = 0; b < 2; ++b) {
+    double value = 0;
+    for (int64_t i = 0; i < d; ++i) value += double{v[i]} * got->values[0].data<float>()[(b * seq + seq - 1) * d + i];
+    EXPECT_NEAR(got->metric[b], value, 1e-5 * (1 + std::abs(value)));
+    for (int64_t t = 0; t < seq; ++t) {
+      for (int64_t i = 0; i < d; ++i) {
+        ASSERT_EQ(got->gradients[1].data<float>()[(b * seq + t) * d + i], t == seq - 1 ? v[i] : 0.0f);
+      }
+    }
+    out_grads.push_back(v.data());
+    in_grads.push_back(got->gradients[0].data<float>() + (b * seq + p[b]) * d);
+  }
+  EXPECT_LE(ChainRuleError(jac->jacobian, out_grads, in_grads), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, HookMetricTest,
+                         ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-gemma2", "tiny-pythia-seq"),
+                         [](const auto& info) { return ParamName(info.param); });
+
+// An SAE feature at blocks.1.hook_resid_pre: its value is the SAE's activation of the captured
+// input, its gradient there FeatureInputGradients' (checked against finite differences in
+// feature_gradient_test), and below it what a direction metric along that gradient gives.
+TEST(HookMetric, SaeFeatureIsItsEncoderDirectionWhereItFires) {
+  auto model = Transformer::Load(ModelDir("tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  auto sae = LoadSae(FixturePath("saes/service/res1_standard"));
+  ASSERT_TRUE(sae.ok()) << sae.status();
+  const HookRegistry& hooks = (*model)->hooks();
+  const HookId pre = *hooks.Resolve("blocks.1.hook_resid_pre");
+  const HookId z = *hooks.Resolve("blocks.0.attn.hook_z");
+  const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{5, 17, 42, 9, 100, 3}, {1, 6});
+  int firing = 0;
+  for (int32_t feature = 0; feature < 128 && firing < 3; ++feature) {
+    auto got = RunForwardBackward(**model, {.tokens = tokens,
+                                            .metric = {.kind = GradientMetric::Kind::kSaeFeature,
+                                                       .position = 3, .hook = pre,
+                                                       .sae = sae->get(), .feature = feature},
+                                            .values = {pre},
+                                            .gradients = {pre, z}});
+    ASSERT_TRUE(got.ok()) << got.status();
+    Tensor x = Tensor::EmptyHost(DType::kF32, {1, 64});
+    std::copy_n(got->values[0].data<float>() + 3 * 64, 64, x.data<float>());
+    auto want = FeatureInputGradients(**sae, x, feature);
+    ASSERT_TRUE(want.ok());
+    EXPECT_EQ(got->metric[0], want->values[0]);
+    if (want->values[0] <= 0) continue;
+    ++firing;
+    for (int64_t i = 0; i < 64; ++i) {
+      ASSERT_EQ(got->gradients[0].data<float>()[3 * 64 + i], want->gradients.data<float>()[i]);
+    }
+    Tensor direction = Tensor::EmptyHost(DType::kF32, {64});
+    std::copy_n(want->gradients.data<float>(), 64, direction.data<float>());
+    auto along = RunForwardBackward(**model, {.tokens = tokens,
+                                              .metric = {.kind = GradientMetric::Kind::kDirection,
+                                                         .position = 3, .hook = pre,
+                                                         .direction = direction},
+                                              .gradients = {z}});
+    ASSERT_TRUE(along.ok());
+    EXPECT_LE(NormRelativeError(got->gradients[1], along->gradients[0]), 1e-6);
+  }
+  EXPECT_EQ(firing, 3);
+}
+
+TEST(HookMetric, BadMetricsAreRefusedPrecisely) {
+  auto model = Transformer::Load(ModelDir("tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const HookRegistry& hooks = (*model)->hooks();
+  const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3}, {1, 3});
+  auto status = [&](GradientMetric m) {
+    return RunForwardBackward(**model, {.tokens = tokens, .metric = m,
+                                        .gradients = {*hooks.Resolve("hook_embed")}})
+        .status();
+  };
+  const absl::Status short_direction =
+      status({.kind = GradientMetric::Kind::kDirection, .hook = *hooks.Resolve("blocks.0.attn.hook_z"),
+              .direction = Tensor::FromHost(std::vector<float>(63, 1.0f), {63})});
+  EXPECT_THAT(std::string(short_direction.message()),
+              ::testing::HasSubstr("the metric's direction has 63 values; blocks.0.attn.hook_z has 64"));
+  const absl::Status pattern =
+      status({.kind = GradientMetric::Kind::kDirection, .hook = *hooks.Resolve("blocks.0.attn.hook_pattern"),
+              .direction = Tensor::FromHost(std::vector<float>(3, 1.0f), {3})});
+  EXPECT_THAT(std::string(pattern.message()), ::testing::HasSubstr("blocks.0.attn.hook_pattern is not one"));
+  const absl::Status no_sae = status({.kind = GradientMetric::Kind::kSaeFeature,
+                                      .hook = *hooks.Resolve("blocks.0.hook_resid_pre")});
+  EXPECT_EQ(no_sae.code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

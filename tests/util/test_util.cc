@@ -92,6 +92,27 @@ std::string ParamName(std::string model) {
   return model;
 }
 
+Tensor TwoRowsOfSixTokens() {
+  return Tensor::FromHost(std::vector<int32_t>{5, 17, 42, 9, 100, 3, 77, 8, 250, 31, 64, 12},
+                          {2, 6});
+}
+
+double ChainRuleError(const Tensor& jacobian, const std::vector<const float*>& out_grads,
+                      const std::vector<const float*>& in_grads) {
+  const int64_t n_out = jacobian.dim(1), n_in = jacobian.dim(2);
+  double diff = 0, norm = 0;
+  for (size_t b = 0; b < out_grads.size(); ++b) {
+    const float* j = jacobian.data<float>() + b * n_out * n_in;
+    for (int64_t i = 0; i < n_in; ++i) {
+      double chained = 0;
+      for (int64_t o = 0; o < n_out; ++o) chained += double{out_grads[b][o]} * j[o * n_in + i];
+      diff += (chained - in_grads[b][i]) * (chained - in_grads[b][i]);
+      norm += double{in_grads[b][i]} * in_grads[b][i];
+    }
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : std::numeric_limits<double>::infinity();
+}
+
 bool GpuRequired() {
   const char* value = std::getenv("GLASSBOX_REQUIRE_GPU");
   return value != nullptr && *value != '\0' && std::string(value) != "0";

@@ -41,6 +41,12 @@ std::string ModelDir(const std::string& name);
 std::vector<std::string> OtherArchitectures();
 // A model name as a gtest parameter name: "tiny-llama" -> "tiny_llama".
 std::string ParamName(std::string model);
+// Two rows of six token ids, valid in every fixture model's vocabulary.
+Tensor TwoRowsOfSixTokens();
+// The chain rule through a Jacobian [rows, n_out, n_in]: the norm-relative error of
+// Σ_o out_grads[b][o] · J[b, o, :] against in_grads[b] ([n_in] each), over the rows.
+double ChainRuleError(const Tensor& jacobian, const std::vector<const float*>& out_grads,
+                      const std::vector<const float*>& in_grads);
 
 // True when $GLASSBOX_REQUIRE_GPU is set (non-empty, not "0"): the GPU suites then fail instead of
 // skipping when no usable CUDA device is found.

@@ -17,6 +17,7 @@
 #include "client/cpp/cli/rows.h"
 #include "client/cpp/cli/table.h"
 #include "client/cpp/commands/gradient_spec.h"
+#include "client/cpp/intervention_spec.h"
 
 namespace glassbox::cli {
 namespace {
@@ -34,6 +35,9 @@ constexpr Flag kFlags[] = {
     {"hooks", FlagKind::kRepeated, "--hooks HOOK",
      "a hook name or glob whose gradient is wanted (repeatable), e.g.\n"
      "'blocks.*.hook_resid_pre'"},
+    {"intervene", FlagKind::kRepeated, "--intervene SPEC",
+     "an edit of the forward pass, as run's (repeatable; docs/interventions.md); the\n"
+     "backward goes through it (projection_cap and pattern edits are refused)"},
     {"out", FlagKind::kValue, "--out FILE",
      "every gradient in full (\"<hook>\", the hook's shape) and \"metric\" [batch]"},
 };
@@ -44,6 +48,10 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
   GB_RETURN_IF_ERROR(
       ParseGradientMetricFlags(line, "grad", *request.mutable_metric(), invocation));
   for (const std::string& hook : line.raw.Values("hooks")) request.add_hooks(hook);
+  const ValueLoader load = line.env.load_value ? line.env.load_value : ValueLoader(&LoadValueFile);
+  for (const std::string& spec : line.raw.Values("intervene")) {
+    GB_ASSIGN_OR_RETURN(*request.add_interventions(), ParseInterventionSpec(spec, load));
+  }
   if (request.hooks().empty()) {
     return UsageError("grad needs --hooks HOOK (a name or glob, repeatable)");
   }

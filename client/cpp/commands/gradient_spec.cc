@@ -28,6 +28,17 @@ absl::StatusOr<GradientMetric> ParseGradientMetric(absl::string_view spec) {
     metric.set_kind(GradientMetric::LOSS);
     return metric;
   }
+  if (parts[0] == "sae") {
+    int32_t feature = -1;
+    if (parts.size() != 3 || parts[1].empty() || !absl::SimpleAtoi(parts[2], &feature) ||
+        feature < 0) {
+      return UsageError(absl::StrFormat("--metric \"%s\": expected sae:NAME:FEATURE", spec));
+    }
+    metric.set_kind(GradientMetric::SAE_FEATURE);
+    metric.set_sae(std::string(parts[1]));
+    metric.set_feature(feature);
+    return metric;
+  }
   if (parts[0] == "logit_diff") {
     metric.set_kind(GradientMetric::LOGIT_DIFF);
   } else if (parts[0] == "logit") {
@@ -36,7 +47,7 @@ absl::StatusOr<GradientMetric> ParseGradientMetric(absl::string_view spec) {
     metric.set_kind(GradientMetric::LOG_PROB);
   } else {
     return UsageError(absl::StrFormat(
-        "--metric \"%s\": the kind is logit_diff, logit, log_prob or loss", spec));
+        "--metric \"%s\": the kind is logit_diff, logit, log_prob, loss or sae", spec));
   }
   if (parts.size() != (diff ? 3u : 2u)) {
     return UsageError(absl::StrFormat("--metric \"%s\": expected %s", spec,
@@ -58,7 +69,7 @@ absl::Status ParseGradientMetricFlags(const CommandLine& line, std::string_view 
   if (!spec.has_value()) {
     return UsageError(
         absl::StrCat(absl::string_view(command.data(), command.size()),
-                     " needs --metric logit_diff:A:B, logit:T, log_prob:T or loss"));
+                     " needs --metric logit_diff:A:B, logit:T, log_prob:T, loss or sae:NAME:FEATURE"));
   }
   GB_ASSIGN_OR_RETURN(metric, ParseGradientMetric(*spec));
   GB_ASSIGN_OR_RETURN(invocation.position, ParseInt32Flag(line.raw, "position", "-1", INT32_MIN));

@@ -14,7 +14,8 @@ namespace glassbox::cli {
 inline constexpr Flag kGradientMetricFlag = {
     "metric", FlagKind::kValue, "--metric KIND:TOKENS",
     "logit_diff:A:B (logit A − logit B), logit:T or log_prob:T, at\n"
-    "--position of each row; or loss (the row's mean next-token loss)"};
+    "--position of each row; loss (the row's mean next-token loss); or\n"
+    "sae:NAME:FEATURE (that feature of a loaded SAE, at its hook and --position)"};
 inline constexpr Flag kGradientPositionFlag = {
     "position", FlagKind::kValue, "--position P",
     "the metric's position (default -1, each row's last token)"};

@@ -138,3 +138,52 @@ def test_jacobian_equals_torch(gpt2: glassbox.Model) -> None:
         gpt2.jacobian(tokens, "blocks.1.hook_resid_post", "blocks.0.hook_resid_post")
     with pytest.raises(TypeError, match="in_positions must be"):
         gpt2.jacobian(tokens, "hook_embed", "blocks.0.hook_resid_post", in_positions="last")
+
+
+def test_gradients_through_interventions(gpt2: glassbox.Model) -> None:
+    """The backward goes through the run's edits as torch autograd does through the same edits in
+    TransformerLens hooks (tests/reference/make_edit_gradient_fixtures.py, case "linear")."""
+    ref = reference("tiny-gpt2", "edit_gradients")
+    edits = [
+        glassbox.Zero("blocks.0.attn.hook_z", heads=1, positions=[2, 3]),
+        glassbox.Scale("blocks.0.mlp.hook_post", 0.5, dims=list(range(10))),
+        glassbox.Add("blocks.0.hook_resid_mid", ref["edit.u1"], coef=2.0, positions=-1),
+        glassbox.Set("blocks.1.hook_resid_pre", ref["edit.w"], positions=1),
+        glassbox.ProjectOut("blocks.1.hook_resid_pre", ref["edit.u2"]),
+        glassbox.OrthogonalDecomp("blocks.1.hook_mlp_out", ref["edit.u3"], 0.3, positions=[4, 5, 6]),
+    ]
+    hooks = ["hook_embed", "blocks.0.attn.hook_z", "blocks.1.hook_resid_pre"]
+    result = gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42), hooks, position=6,
+                            interventions=edits)
+    np.testing.assert_allclose(result.metric, ref["linear.value"], rtol=1e-5, atol=1e-5)
+    for hook in hooks:
+        assert rel_error(result[hook], ref[f"linear.grad.{hook}"]) <= 1e-5, hook
+    # Position 1 of blocks.1.hook_resid_pre is set: nothing flows back through it.
+    assert np.all(result["hook_embed"][:, 1] != 0)  # other paths (attention) still reach it
+    with pytest.raises(glassbox.Unimplemented, match="PROJECTION_CAP"):
+        gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42), "hook_embed",
+                       interventions=glassbox.ProjectionCap("blocks.0.hook_resid_mid", ref["edit.u1"], max=0.0))
+
+
+def test_metrics_of_an_activation(gpt2: glassbox.Model) -> None:
+    """Direction and SaeFeature read an activation instead of the logits: the value is the
+    captured activation's, and the gradient at the hook is the direction (or the feature's
+    encoder direction where it fires) at the metric's position only."""
+    tokens = [[5, 17, 42, 9, 100, 3]]
+    hook = "blocks.1.hook_resid_mid"
+    v = np.sin(0.7 * np.arange(64) + 0.3)
+    result = gpt2.gradients(tokens, glassbox.Direction(hook, v), [hook, "hook_embed"], position=3)
+    x = gpt2.run(tokens, captures=hook).cache[hook].astype(np.float64)
+    assert result.metric[0] == pytest.approx(float(x[0, 3] @ v), rel=1e-5)
+    np.testing.assert_allclose(result[hook][0, 3], v, rtol=1e-6)
+    assert np.all(result[hook][0, 4:] == 0) and np.all(result[hook][0, :3] == 0)
+    assert np.abs(result["hook_embed"][0, :4]).sum() > 0 and np.all(result["hook_embed"][0, 4:] == 0)
+
+    sae = gpt2.run(tokens, captures="blocks.1.hook_resid_pre.hook_sae_acts_post",
+                   saes=glassbox.SaeSplice("res1")).cache["blocks.1.hook_resid_pre.hook_sae_acts_post"]
+    feature = int(np.argmax(sae[0, -1]))
+    g = gpt2.gradients(tokens, glassbox.SaeFeature("res1", feature), "blocks.1.hook_resid_pre")
+    assert g.metric[0] == pytest.approx(float(sae[0, -1, feature]), rel=1e-5)
+    assert np.abs(g["blocks.1.hook_resid_pre"][0, -1]).sum() > 0
+    with pytest.raises(glassbox.InvalidArgument, match="direction has 3 values"):
+        gpt2.gradients(tokens, glassbox.Direction(hook, [1, 2, 3]), hook)

@@ -71,7 +71,8 @@ from ._interventions import (
     Zero,
     zero_heads,
 )
-from ._gradients import GradientResult, IntegratedGradientsResult, JacobianResult, Logit
+from ._gradients import (Direction, GradientResult, IntegratedGradientsResult, JacobianResult, Logit,
+                         SaeFeature)
 from ._model import Model, RunResult
 from . import lre
 from ._saes import FeatureEdit, SaeEncoding, SaeInfo, SaeSplice, SaeStats, SaeSteer
@@ -116,7 +117,8 @@ for _name in ("Client", "Model", "ModelInfo", "HookPoint", "HookDim", "Capture",
               "DirectLogitAttributionResult", "AttentionNormsResult", "AttentionNormsLayer",
               "HeadDetection", "SaeInfo", "SaeSplice", "SaeSteer", "FeatureEdit", "SaeEncoding", "SaeStats",
               "ScanJob", "JobInfo", "ScanTargetResult", "ScanRecord", "ScanQuantile", "ScanStats",
-              "ScanLogit", "ScoredExcerpt", "ExplanationScore", "Heads", "GradientResult", "IntegratedGradientsResult", "JacobianResult", "Logit"):
+              "ScanLogit", "ScoredExcerpt", "ExplanationScore", "Heads", "GradientResult", "IntegratedGradientsResult", "JacobianResult", "Logit", "Direction",
+              "SaeFeature"):
     globals()[_name].__module__ = __name__
 for _cls in list(globals().values()):
     if isinstance(_cls, type) and issubclass(_cls, GlassboxError):
@@ -189,6 +191,8 @@ __all__ = [
     "IntegratedGradientsResult",
     "JacobianResult",
     "Logit",
+    "Direction",
+    "SaeFeature",
     "lre",
     "dashboard_html",
     "write_dashboards",

@@ -1,14 +1,15 @@
 """Gradients of a metric of the logits at hook points (``Model.gradients``; docs/gradients.md).
 
 The request's metric reuses the patching metrics (``LogitDiff``, ``LogProb``, ``Loss``) and adds
-``Logit``;
+``Logit``, and two metrics of an activation instead of the logits: ``Direction`` and
+``SaeFeature``;
 the result holds each row's metric value and one gradient array per hook, in the hook's
 TransformerLens shape.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, Mapping, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Tuple, Union
 
 import numpy as np
 
@@ -23,7 +24,28 @@ class Logit:
     token: TokenSpec
 
 
-GradientMetric = Union[LogitDiff, LogProb, Logit, Loss]
+@dataclass(frozen=True)
+class Direction:
+    """direction . the activation at ``hook`` (a token activation: the residual stream,
+    attn_out, mlp_out, hook_q/k/v/z, the MLP's pre/post, the embeddings) at the metric's
+    position; ``direction`` has the hook's elements at one position ([d], or [heads, d]
+    flattened). Needs no logits: the backward starts at the hook's block."""
+
+    hook: str
+    direction: Any
+
+
+@dataclass(frozen=True)
+class SaeFeature:
+    """The activation (hook_sae_acts_post) of ``feature`` of a loaded SAE (``client.saes()``)
+    at its hook and the metric's position. Its gradient at the hook is the feature's encoder
+    direction where it fires and 0 where it does not."""
+
+    sae: str
+    feature: int
+
+
+GradientMetric = Union[LogitDiff, LogProb, Logit, Loss, Direction, SaeFeature]
 
 
 @dataclass(frozen=True)
@@ -154,9 +176,17 @@ def metric_proto(metric: GradientMetric, position: int, token_id) -> "pb.Gradien
         out = pb.GradientMetric(kind=pb.GradientMetric.LOGIT, token_a=token_id(metric.token))
     elif isinstance(metric, Loss) or metric is Loss:
         out = pb.GradientMetric(kind=pb.GradientMetric.LOSS)  # the row's mean next-token loss
+    elif isinstance(metric, Direction):
+        vector = np.asarray(metric.direction, dtype=np.float32).reshape(-1)
+        out = pb.GradientMetric(kind=pb.GradientMetric.DIRECTION, hook=metric.hook,
+                                direction=vector.tolist())
+    elif isinstance(metric, SaeFeature):
+        out = pb.GradientMetric(kind=pb.GradientMetric.SAE_FEATURE, sae=metric.sae,
+                                feature=int(metric.feature))
     else:
         raise TypeError(
-            f"metric must be LogitDiff(a, b), LogProb(token), Logit(token) or Loss(), got {metric!r}")
+            "metric must be LogitDiff(a, b), LogProb(token), Logit(token), Loss(), "
+            f"Direction(hook, vector) or SaeFeature(sae, feature), got {metric!r}")
     if not isinstance(position, (int, np.integer)) or isinstance(position, bool):
         raise TypeError(f"position must be an int (negative counts from the end), got {position!r}")
     out.position = int(position)

@@ -798,24 +798,32 @@ class Model:
         hooks: Union[str, Sequence[str]],
         *,
         position: int = -1,
+        interventions: Interventions = None,
         prepend_bos: Optional[bool] = None,
         timeout: Optional[float] = None,
     ) -> GradientResult:
         """Gradients of ``metric`` of each row's logits at ``position`` with respect to the
         activations at ``hooks`` (names or globs such as ``"blocks.*.hook_resid_pre"``), as
         TransformerLens's backward hooks give them (torch autograd); docs/gradients.md.
+        ``interventions`` (as ``run``'s) edit the forward pass and the backward goes through
+        them: a hook's gradient is the one at its edited value, and an element an edit zeroes,
+        sets or patches passes nothing upstream (``ProjectionCap`` and edits of attention
+        scores or patterns are refused).
 
         ``metric``: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Logit(token)``, tokens as ids or
-        one-token strings; ``position`` counts from 0, negative from the end (-1: the last
-        token of each row). Rows may differ in length (right-padded; 0 gradient at the padding).
+        one-token strings, or ``Loss()``; or an activation: ``Direction(hook, vector)`` (a dot
+        product at a hook) or ``SaeFeature(sae, feature)``. ``position`` counts from 0, negative
+        from the end (-1: the last token of each row). Rows may differ in length (right-padded; 0 gradient at the padding).
         Returns a ``GradientResult``:
         ``result.metric`` [batch] and ``result["blocks.0.hook_resid_pre"]`` in the hook's
         shape; row b's gradient is that of row b's own metric.
         """
+        proto_inputs = build_inputs(input, prepend_bos)
         request = pb.GradientsRequest(
-            model=self.name, inputs=build_inputs(input, prepend_bos),
+            model=self.name, inputs=proto_inputs,
             metric=gradient_metric_proto(metric, position, self.to_single_token),
-            hooks=hook_names(hooks))
+            hooks=hook_names(hooks),
+            interventions=intervention_protos(interventions, _batch_size(proto_inputs)))
         return GradientResult.from_proto(self._transport.gradients(request, timeout=timeout))
 
     def integrated_gradients(
