@@ -118,6 +118,24 @@ absl::Status CheckIntegratedGradientsResponse(const pb::IntegratedGradientsRespo
   return absl::OkStatus();
 }
 
+absl::Status CheckJacobianResponse(const pb::JacobianResponse& response) {
+  const pb::Array& j = response.jacobian();
+  GB_RETURN_IF_ERROR(CheckArray(j, "jacobian", ArrayKind::kFloat, 3));
+  GB_RETURN_IF_ERROR(CheckArray(response.out_value(), "out_value", ArrayKind::kFloat, 2));
+  GB_RETURN_IF_ERROR(CheckArray(response.in_value(), "in_value", ArrayKind::kFloat, 2));
+  const auto& o = response.out_value();
+  const auto& i = response.in_value();
+  if (o.shape(0) != j.shape(0) || o.shape(1) != j.shape(1) || i.shape(0) != j.shape(0) ||
+      i.shape(1) != j.shape(2)) {
+    return Malformed("jacobian", absl::StrFormat(
+                                     "is [%d, %d, %d] beside out_value [%d, %d] and in_value "
+                                     "[%d, %d]",
+                                     j.shape(0), j.shape(1), j.shape(2), o.shape(0), o.shape(1),
+                                     i.shape(0), i.shape(1)));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckLogitLensResponse(const pb::LogitLensResponse& response) {
   GB_RETURN_IF_ERROR(
       CheckArray(response.top_log_probs(), "top_log_probs", ArrayKind::kFloat, 4));

@@ -46,6 +46,8 @@ absl::Status CheckLogitLensResponse(const glassbox::v1::LogitLensResponse& respo
 absl::Status CheckGradientsResponse(const glassbox::v1::GradientsResponse& response);
 absl::Status CheckIntegratedGradientsResponse(
     const glassbox::v1::IntegratedGradientsResponse& response);
+// jacobian [batch, out, in], out_value [batch, out], in_value [batch, in].
+absl::Status CheckJacobianResponse(const glassbox::v1::JacobianResponse& response);
 absl::Status CheckDirectLogitAttributionResponse(
     const glassbox::v1::DirectLogitAttributionResponse& response);
 absl::Status CheckAttentionNormsResponse(const glassbox::v1::AttentionNormsResponse& response);

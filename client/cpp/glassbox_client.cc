@@ -156,6 +156,12 @@ absl::StatusOr<glassbox::v1::IntegratedGradientsResponse> Client::IntegratedGrad
       &CheckIntegratedGradientsResponse);
 }
 
+absl::StatusOr<glassbox::v1::JacobianResponse> Client::Jacobian(
+    const glassbox::v1::JacobianRequest& request) {
+  return Unary<glassbox::v1::JacobianResponse>(&glassbox::v1::Glassbox::Stub::Jacobian, request,
+                                               &CheckJacobianResponse);
+}
+
 absl::StatusOr<glassbox::v1::LogitLensResponse> Client::LogitLens(
     const glassbox::v1::LogitLensRequest& request) {
   return Unary<glassbox::v1::LogitLensResponse>(&glassbox::v1::Glassbox::Stub::LogitLens, request,

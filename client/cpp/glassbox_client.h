@@ -116,6 +116,9 @@ class Client {
       const glassbox::v1::GradientsRequest& request);
   absl::StatusOr<glassbox::v1::IntegratedGradientsResponse> IntegratedGradients(
       const glassbox::v1::IntegratedGradientsRequest& request);
+  // d out_hook[b, q_b] / d in_hook[b, p_b] per row, with both values.
+  absl::StatusOr<glassbox::v1::JacobianResponse> Jacobian(
+      const glassbox::v1::JacobianRequest& request);
   // Per-component contributions to a logit (difference) at one position.
   absl::StatusOr<glassbox::v1::DirectLogitAttributionResponse> DirectLogitAttribution(
       const glassbox::v1::DirectLogitAttributionRequest& request);

@@ -601,6 +601,31 @@ TEST(CliParseTest, Grad) {
   ExpectUsageError(with({"--metric", "logit:-3", "--hooks", "h"}), "tokens are ids >= 0");
 }
 
+TEST(CliParseTest, Lre) {
+  auto with = [](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--server", "s", "lre", "--model", "m", "--tokens", "1,2,3",
+                                     "--tokens", "4,5,6"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  const std::vector<std::string> hooks = {"--subject_hook", "blocks.0.hook_resid_pre",
+                                          "--subject_position", "-2", "--object_hook",
+                                          "blocks.1.hook_resid_post"};
+  std::vector<std::string> args = with(hooks);
+  args.insert(args.end(), {"--holdout", "1", "--beta", "2.5"});
+  absl::StatusOr<Invocation> inv = Parse(args);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "lre");
+  ExpectUsageError(with({"--subject_hook", "h", "--object_hook", "h"}),
+                   "--subject_position is missing");
+  args = with(hooks);
+  args.insert(args.end(), {"--holdout", "2"});
+  ExpectUsageError(args, "--holdout 2 leaves no prompt to fit (2 given)");
+  args = with(hooks);
+  args.insert(args.end(), {"--beta", "x"});
+  ExpectUsageError(args, "--beta: \"x\" is not a number");
+}
+
 TEST(CliParseTest, IntegratedGradients) {
   absl::StatusOr<Invocation> inv =
       Parse({"--server", "s", "ig", "--model", "m", "--tokens", "1,2,3", "--metric",

@@ -615,6 +615,38 @@ TEST_F(EndToEndTest, CliIntegratedGradientsEqualTorch) {
   std::filesystem::remove(path);
 }
 
+// One prompt's LRE is its Jacobian (torch's, make_jacobian_fixtures.py "resid": row 0,
+// blocks.0.hook_resid_pre at 2 -> blocks.1.hook_resid_post at 6, the last); with a second
+// prompt held out the faithfulness line is printed.
+TEST_F(EndToEndTest, CliLreIsTheMeanJacobian) {
+  const ExpectedValues expected("tiny-gpt2.jacobians");
+  const std::vector<std::vector<int32_t>> rows = expected.IntRows("tokens");
+  const std::string path = TempPath("lre.safetensors");
+  const std::vector<std::string> hooks = {"--subject_position", "2", "--subject_hook",
+                                          "blocks.0.hook_resid_pre", "--object_hook",
+                                          "blocks.1.hook_resid_post"};
+  std::vector<std::string> args = {"lre", "--model", "tiny-gpt2", "--tokens", Join(rows, 0)};
+  args.insert(args.end(), hooks.begin(), hooks.end());
+  args.insert(args.end(), {"--out", path});
+  ProcessResult r = Cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("W [64, 64] from 1 prompts"));
+  std::unique_ptr<SafetensorsFile> out = OpenOutput(path);
+  ASSERT_NE(out, nullptr);
+  const std::vector<float> want = expected.Get("resid.jacobian").values;
+  const std::vector<float> row0(want.begin(), want.begin() + 64 * 64);
+  EXPECT_LT(NormRelativeError(ReadOutput(*out, "weight").values, row0), 2e-5);
+  std::filesystem::remove(path);
+
+  args = {"lre", "--model", "tiny-gpt2", "--tokens", Join(rows, 0), "--tokens", Join(rows, 1),
+          "--holdout", "1"};
+  args.insert(args.end(), hooks.begin(), hooks.end());
+  r = Cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("faithfulness"));
+  EXPECT_THAT(r.err, HasSubstr("lre: Jacobian 1/1"));
+}
+
 TEST_F(EndToEndTest, CliGrad) {
   const ExpectedValues expected("tiny-gpt2.gradients");
   // The fixture's two rows of 7 tokens (i32).

@@ -11,7 +11,7 @@ namespace glassbox::cli {
 // One line per command (each defined in client/cpp/commands/), in the order of the usage text's
 // command list.
 extern const Command kModelsCommand, kInfoCommand, kTokenizeCommand, kDetokenizeCommand,
-    kRunCommand, kGenerateCommand, kPatchCommand, kAttribPatchCommand, kLogitLensCommand, kGradCommand, kIgCommand, kDlaCommand, kAttnNormsCommand, kSaesCommand,
+    kRunCommand, kGenerateCommand, kPatchCommand, kAttribPatchCommand, kLogitLensCommand, kGradCommand, kIgCommand, kLreCommand, kDlaCommand, kAttnNormsCommand, kSaesCommand,
     kSaeEncodeCommand, kCachedCommand, kReleaseCommand, kQueueCommand, kScanCommand, kJobCommand;
 
 namespace {
@@ -28,6 +28,7 @@ constexpr const Command* kCommands[] = {
     &kLogitLensCommand,
     &kGradCommand,
     &kIgCommand,
+    &kLreCommand,
     &kDlaCommand,
     &kAttnNormsCommand,
     &kSaesCommand,
