@@ -5,6 +5,7 @@
 #include "base/status_macros.h"
 #include "server/engine/backward_ops.h"
 #include "server/engine/host_math.h"
+#include "server/engine/sae/feature_gradient.h"
 
 namespace glassbox {
 namespace {
@@ -56,6 +57,7 @@ BackwardWalk::BackwardWalk(const Transformer& model, const HostCaptures& capture
       grads_(model.hooks().size()),
       edits_(model.hooks().size()),
       seeds_(model.hooks().size()),
+      splices_(model.hooks().size()),
       layout_(std::move(layout)) {
   for (HookId id : wanted) wanted_[id] = true;
   for (const Intervention& edit : edits) edits_[edit.hook].push_back(&edit);
@@ -83,14 +85,17 @@ absl::Status BackwardWalk::FromResidual(HookKind kind, int layer, Tensor seed, i
       if (c_.parallel_attn_mlp)
         return absl::InvalidArgumentError("a parallel block has no hook_resid_mid");
       if (layer < lowest_layer) return absl::OkStatus();
-      const Tensor d_mid = Through(HookKind::kResidMid, layer, seed);
+      GB_ASSIGN_OR_RETURN(const Tensor d_mid, Through(HookKind::kResidMid, layer, seed));
       GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(layer, d_mid));
-      return Down(layer - 1, lowest_layer,
-                  Through(HookKind::kResidPre, layer, Sum(d_mid, through_attention)));
+      GB_ASSIGN_OR_RETURN(Tensor d_pre,
+                          Through(HookKind::kResidPre, layer, Sum(d_mid, through_attention)));
+      return Down(layer - 1, lowest_layer, std::move(d_pre));
     }
-    case HookKind::kResidPre:
+    case HookKind::kResidPre: {
       // hook_resid_pre of block l is hook_resid_post of block l − 1 (the embeddings for 0).
-      return Down(layer - 1, lowest_layer, Through(HookKind::kResidPre, layer, seed));
+      GB_ASSIGN_OR_RETURN(Tensor d_pre, Through(HookKind::kResidPre, layer, seed));
+      return Down(layer - 1, lowest_layer, std::move(d_pre));
+    }
     default:
       return absl::InvalidArgumentError("a backward walk starts at a residual-stream hook");
   }
@@ -102,24 +107,25 @@ absl::Status BackwardWalk::FromSeeds(int top_layer) {
 
 absl::Status BackwardWalk::Down(int top, int lowest, Tensor d_post) {
   for (int l = top; l >= lowest && l >= 0; --l) {
-    d_post = Through(HookKind::kResidPost, l, d_post);
+    GB_ASSIGN_OR_RETURN(d_post, Through(HookKind::kResidPost, l, d_post));
     GB_ASSIGN_OR_RETURN(Tensor through_mlp, MlpBranch(l, d_post));
     if (c_.parallel_attn_mlp) {
       // resid_post = resid_pre + attn_out + mlp_out, both branches reading resid_pre.
       GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(l, d_post));
       d_post = Sum(Sum(d_post, through_mlp), through_attention);
     } else {
-      const Tensor d_mid = Through(HookKind::kResidMid, l, Sum(d_post, through_mlp));
+      GB_ASSIGN_OR_RETURN(const Tensor d_mid,
+                          Through(HookKind::kResidMid, l, Sum(d_post, through_mlp)));
       GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(l, d_mid));
       d_post = Sum(d_mid, through_attention);
     }
-    d_post = Through(HookKind::kResidPre, l, d_post);
+    GB_ASSIGN_OR_RETURN(d_post, Through(HookKind::kResidPre, l, d_post));
   }
   if (lowest <= 0) {
     // hook_embed is after Gemma's scale by sqrt(d_model), as TransformerLens's is; resid_pre of
     // block 0 is their sum.
-    Through(HookKind::kEmbed, -1, d_post);
-    Through(HookKind::kPosEmbed, -1, d_post);
+    GB_RETURN_IF_ERROR(Through(HookKind::kEmbed, -1, d_post).status());
+    GB_RETURN_IF_ERROR(Through(HookKind::kPosEmbed, -1, d_post).status());
   }
   return absl::OkStatus();
 }
@@ -143,12 +149,22 @@ void BackwardWalk::Set(HookKind kind, int layer, const Tensor& grad) {
   grads_[id] = grad.Reshape(model_.hooks().info(id).ShapeFor(batch_, seq_));
 }
 
-Tensor BackwardWalk::Through(HookKind kind, int layer, const Tensor& arriving) {
+absl::StatusOr<Tensor> BackwardWalk::Through(HookKind kind, int layer, const Tensor& arriving) {
   const HookId id = model_.hooks().Find(kind, layer);
-  const Tensor grad = id >= 0 && seeds_[id].defined() ? Sum(arriving, seeds_[id].Reshape(arriving.shape()))
-                                                      : arriving;
+  Tensor grad = id >= 0 && seeds_[id].defined()
+                    ? Sum(arriving, seeds_[id].Reshape(arriving.shape()))
+                    : arriving;
   Set(kind, layer, grad);
-  if (id < 0 || edits_[id].empty()) return grad;
+  if (id < 0) return grad;
+  if (const Splice& splice = splices_[id]; splice.sae != nullptr) {
+    // The hook's gradient is the one at the SAE's output; before the splice, at its input.
+    const int64_t d_in = splice.sae->d_in(), rows = grad.numel() / d_in;
+    GB_ASSIGN_OR_RETURN(SpliceGradients through,
+                        SpliceBackward(*splice.sae, splice.input.Reshape({rows, d_in}),
+                                       grad.Reshape({rows, d_in}), *splice.options));
+    grad = through.input.Reshape(arriving.shape());
+  }
+  if (edits_[id].empty()) return grad;
   // A copy: the gradient kept at the hook is the one at the edited value.
   const HookInfo& info = model_.hooks().info(id);
   Tensor before = Tensor::EmptyHost(DType::kF32, info.ShapeFor(batch_, seq_));
@@ -183,7 +199,7 @@ absl::StatusOr<Tensor> BackwardWalk::MlpBranch(int l, const Tensor& d_out) {
   const bool post = c_.norm_placement == NormPlacement::kPost;
   const bool both = c_.norm_placement == NormPlacement::kPreAndPost;
   // Post-norm blocks normalise the MLP's output with ln2; Gemma's with ln2_post.
-  Tensor d_raw = Through(HookKind::kMlpOut, l, d_out);
+  GB_ASSIGN_OR_RETURN(Tensor d_raw, Through(HookKind::kMlpOut, l, d_out));
   if (post) {
     GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn2Normalized, HookKind::kLn2Scale, l,
                                          w.ln2_w));
@@ -194,7 +210,7 @@ absl::StatusOr<Tensor> BackwardWalk::MlpBranch(int l, const Tensor& d_out) {
   // raw = post · W_outᵀ + b; post = act(pre), or act(pre) · pre_linear when gated.
   GB_ASSIGN_OR_RETURN(Tensor out_w, Host(w.out_w));
   GB_ASSIGN_OR_RETURN(Tensor d_post, backward::LinearInputBackward(d_raw, out_w));
-  const Tensor d_act = Through(HookKind::kMlpPost, l, d_post);
+  GB_ASSIGN_OR_RETURN(const Tensor d_act, Through(HookKind::kMlpPost, l, d_post));
   Tensor d_in;
   if (c_.gated_mlp) {
     backward::GatedGrads g =
@@ -202,16 +218,16 @@ absl::StatusOr<Tensor> BackwardWalk::MlpBranch(int l, const Tensor& d_out) {
                                           Captured(HookKind::kMlpPreLinear, l));
     GB_ASSIGN_OR_RETURN(Tensor gate_w, Host(w.gate_w));
     GB_ASSIGN_OR_RETURN(Tensor in_w, Host(w.in_w));
-    GB_ASSIGN_OR_RETURN(Tensor through_gate, backward::LinearInputBackward(
-                                                 Through(HookKind::kMlpPre, l, g.gate), gate_w));
-    GB_ASSIGN_OR_RETURN(Tensor through_linear,
-                        backward::LinearInputBackward(
-                            Through(HookKind::kMlpPreLinear, l, g.linear), in_w));
+    GB_ASSIGN_OR_RETURN(const Tensor d_gate, Through(HookKind::kMlpPre, l, g.gate));
+    GB_ASSIGN_OR_RETURN(const Tensor d_linear, Through(HookKind::kMlpPreLinear, l, g.linear));
+    GB_ASSIGN_OR_RETURN(Tensor through_gate, backward::LinearInputBackward(d_gate, gate_w));
+    GB_ASSIGN_OR_RETURN(Tensor through_linear, backward::LinearInputBackward(d_linear, in_w));
     d_in = Sum(through_gate, through_linear);
   } else {
-    const Tensor d_pre = Through(
-        HookKind::kMlpPre, l,
-        backward::ActivationBackward(c_.act, d_act, Captured(HookKind::kMlpPre, l)));
+    GB_ASSIGN_OR_RETURN(
+        const Tensor d_pre,
+        Through(HookKind::kMlpPre, l,
+                backward::ActivationBackward(c_.act, d_act, Captured(HookKind::kMlpPre, l))));
     GB_ASSIGN_OR_RETURN(Tensor in_w, Host(w.in_w));
     GB_ASSIGN_OR_RETURN(d_in, backward::LinearInputBackward(d_pre, in_w));
   }
@@ -224,7 +240,7 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
   const bool post = c_.norm_placement == NormPlacement::kPost;
   const bool both = c_.norm_placement == NormPlacement::kPreAndPost;
   const int64_t rows = batch_ * seq_, d = c_.d_model;
-  Tensor d_raw = Through(HookKind::kAttnOut, l, d_out);
+  GB_ASSIGN_OR_RETURN(Tensor d_raw, Through(HookKind::kAttnOut, l, d_out));
   if (post) {
     GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn1Normalized, HookKind::kLn1Scale, l,
                                          w.ln1_w));
@@ -249,7 +265,7 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
   const bool rotary = c_.positional == PositionalKind::kRotary;
   const Tensor& q = Captured(rotary ? HookKind::kRotQ : HookKind::kQ, l);
   const Tensor& k = Captured(rotary ? HookKind::kRotK : HookKind::kK, l);
-  const Tensor d_z = Through(HookKind::kZ, l, z_grad);
+  GB_ASSIGN_OR_RETURN(const Tensor d_z, Through(HookKind::kZ, l, z_grad));
   double scale = c_.attn_scale;
   if (c_.attn_scale_by_layer) scale /= static_cast<double>(l + 1);
   backward::AttentionGrads a = backward::AttentionBackward(
@@ -257,7 +273,7 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
       scale, c_.attn_softcap);
   Set(HookKind::kPattern, l, a.pattern);
   Set(HookKind::kAttnScores, l, a.scores);
-  const Tensor d_v = Through(HookKind::kV, l, a.v);
+  GB_ASSIGN_OR_RETURN(const Tensor d_v, Through(HookKind::kV, l, a.v));
   GB_ASSIGN_OR_RETURN(Tensor d_q, QueryKeyPath(l, std::move(a.q), /*query=*/true));
   GB_ASSIGN_OR_RETURN(Tensor d_k, QueryKeyPath(l, std::move(a.k), /*query=*/false));
   // q, k and v from one projection whose rows are q's, then k's, then v's.
@@ -279,7 +295,7 @@ absl::StatusOr<Tensor> BackwardWalk::QueryKeyPath(int l, Tensor d, bool query) {
   const BlockWeights& w = model_.weights().blocks[l];
   // Forward: hook_q -> q_norm (its scale and normalized hooks) -> rotary -> hook_rot_q.
   if (c_.positional == PositionalKind::kRotary) {
-    d = Through(query ? HookKind::kRotQ : HookKind::kRotK, l, d);
+    GB_ASSIGN_OR_RETURN(d, Through(query ? HookKind::kRotQ : HookKind::kRotK, l, d));
     // Gemma-3's sliding layers rotate with their own base.
     const bool local = model_.weights().rope_cos_local.defined() && c_.WindowOf(l) > 0;
     GB_ASSIGN_OR_RETURN(Tensor cos, Host(local ? model_.weights().rope_cos_local

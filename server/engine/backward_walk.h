@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "server/engine/host_captures.h"
 #include "server/engine/intervention.h"
+#include "server/engine/sae/sae.h"
 #include "server/engine/transformer.h"
 
 namespace glassbox {
@@ -38,6 +39,11 @@ class BackwardWalk {
   // (`kind`); walks down through block `lowest_layer` (and to the embeddings when it is 0).
   absl::Status FromResidual(HookKind kind, int layer, Tensor seed, int lowest_layer);
 
+  // An SAE spliced in at `hook` (after its edits): the walk goes back through it
+  // (SpliceBackward) from the hook's gradient. `input` is the splice's input (hook_sae_input).
+  void AddSplice(HookId hook, const Sae& sae, const SpliceOptions& options, Tensor input) {
+    splices_[hook] = {.sae = &sae, .options = &options, .input = std::move(input)};
+  }
   // A gradient arriving at a hook from outside the model's flow (a metric read there): added to
   // what flows down to it. Before FromSeeds or the other walks.
   void AddSeed(HookId id, Tensor seed) { seeds_[id] = std::move(seed); }
@@ -54,9 +60,9 @@ class BackwardWalk {
   bool Wanted(HookKind kind, int layer) const;
   // Stores `grad` at the hook (when the model has it and it is wanted) in the hook's shape.
   void Set(HookKind kind, int layer, const Tensor& grad);
-  // Adds the hook's seed, Sets, then goes through the backward of the edits at the hook (last
-  // first): the gradient at the value before them, in `grad`'s shape.
-  Tensor Through(HookKind kind, int layer, const Tensor& arriving);
+  // Adds the hook's seed, Sets, then goes through the backward of the hook's SAE splice and of
+  // its edits (last first): the gradient at the value before them, in `arriving`'s shape.
+  absl::StatusOr<Tensor> Through(HookKind kind, int layer, const Tensor& arriving);
 
   // A norm's backward from the gradient at its output; returns the gradient at its input, in the
   // captured value's shape. `centered`: LayerNorm, else RMSNorm.
@@ -87,6 +93,12 @@ class BackwardWalk {
   std::vector<Tensor> grads_;  // by HookId
   std::vector<std::vector<const Intervention*>> edits_;  // by HookId, in the pass's order
   std::vector<Tensor> seeds_;                            // by HookId
+  struct Splice {
+    const Sae* sae = nullptr;
+    const SpliceOptions* options = nullptr;
+    Tensor input;
+  };
+  std::vector<Splice> splices_;  // by HookId; sae == nullptr: none
   TokenLayout layout_;
 };
 

@@ -242,6 +242,25 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
       GB_RETURN_IF_ERROR(CheckDifferentiable(edit, model.hooks().info(edit.hook)));
     }
   }
+  // Each splice also hands its input (hook_sae_input) to the capture, under an id past the
+  // model's registry: the backward reads which features fired.
+  constexpr int kInput = static_cast<int>(SaeHook::kInput);
+  std::vector<HookId> splice_inputs;
+  for (const auto& [hook, given] : request.splices) {
+    if (hook < 0 || hook >= model.hooks().size() || given.sae == nullptr)
+      return absl::InvalidArgumentError("a splice needs an SAE and a hook the model has");
+    if (request.backward) GB_RETURN_IF_ERROR(CheckSpliceDifferentiable(*given.sae));
+    SaeSplice splice = given;
+    if (splice.capture_ids[kInput] < 0) {
+      splice.options.capture[kInput] = true;
+      splice.capture_ids[kInput] =
+          model.hooks().size() + static_cast<HookId>(splice_inputs.size());
+      splice.capture_infos[kInput] =
+          SaeHookInfo(model.hooks().info(hook), *splice.sae, SaeHook::kInput);
+    }
+    splice_inputs.push_back(splice.capture_ids[kInput]);
+    GB_RETURN_IF_ERROR(plan.AddSaeSplice(hook, std::move(splice)));
+  }
   const bool unpadded = !request.attention_mask.defined();
   const bool last_only = m.kind != GradientMetric::Kind::kLoss &&
                          (m.position == -1 || (unpadded && m.position == seq - 1));
@@ -279,6 +298,10 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   }
   BackwardWalk backward(model, captured, batch, seq, request.gradients, request.interventions,
                         std::move(layout));
+  for (size_t i = 0; i < request.splices.size(); ++i) {
+    const auto& [hook, splice] = request.splices[i];
+    backward.AddSplice(hook, *splice.sae, splice.options, captured.at(splice_inputs[i]));
+  }
   if (at_hook) {
     backward.AddSeed(m.hook, std::move(hook_metric.seed));
     GB_RETURN_IF_ERROR(backward.FromSeeds(top_layer));
@@ -301,6 +324,7 @@ absl::StatusOr<GradientResult> ComputeGradients(const Transformer& model,
                                                  .attention_mask = request.attention_mask,
                                                  .metric = request.metric,
                                                  .interventions = request.interventions,
+                                                 .splices = request.splices,
                                                  .gradients = request.hooks,
                                                  .cancelled = request.cancelled}));
   return GradientResult{.metric = std::move(r.metric), .gradients = std::move(r.gradients)};

@@ -8,11 +8,13 @@
 
 #include <atomic>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "server/engine/intervention.h"
 #include "server/engine/sae/sae.h"
+#include "server/engine/sae_hooks.h"
 #include "server/engine/transformer.h"
 
 namespace glassbox {
@@ -46,6 +48,7 @@ struct GradientRequest {
   std::vector<HookId> hooks;  // the gradients wanted
   // Edits of the forward pass, differentiated (ForwardBackwardRequest::interventions).
   std::vector<Intervention> interventions;
+  std::vector<std::pair<HookId, SaeSplice>> splices;  // ForwardBackwardRequest::splices
   const std::atomic<bool>* cancelled = nullptr;
 };
 
@@ -71,6 +74,10 @@ struct ForwardBackwardRequest {
   // upstream of it the edit's backward applies (a zeroed or set element passes nothing back).
   // With `backward`, each must pass CheckDifferentiable (UNIMPLEMENTED otherwise).
   std::vector<Intervention> interventions;
+  // SAEs spliced in at their hooks (after the hook's edits), differentiated as torch autograd
+  // goes through sae_lens's SAE.forward (sae/feature_gradient.h, SpliceBackward): the gradient at
+  // the hook is the one at the SAE's output, and upstream it flows through the features only.
+  std::vector<std::pair<HookId, SaeSplice>> splices;
   std::vector<HookId> values;     // forward values kept
   std::vector<HookId> gradients;  // gradients computed
   bool backward = true;

@@ -9,6 +9,7 @@
 #include "server/engine/gradients.h"
 #include "server/engine/integrated_gradients.h"
 #include "server/engine/jacobian.h"
+#include "server/engine/sae/feature_gradient.h"
 #include "server/service/array_proto.h"
 #include "server/service/run_plan.h"
 #include "server/service/glassbox_service.h"
@@ -137,18 +138,30 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   // Edits are resolved as a Run's (globs, PATCH_CACHED from the caller's kept runs), then
   // checked for a backward.
   std::vector<Intervention> edits;
-  if (request->interventions_size() > 0) {
+  std::vector<std::pair<HookId, SaeSplice>> splices;
+  if (request->interventions_size() > 0 || request->sae_splices_size() > 0 ||
+      request->sae_steering_size() > 0) {
     pb::RunRequest as_run;
     as_run.set_model(request->model());
     *as_run.mutable_inputs() = request->inputs();
     *as_run.mutable_interventions() = request->interventions();
+    *as_run.mutable_sae_splices() = request->sae_splices();
+    *as_run.mutable_sae_steering() = request->sae_steering();
     auto plan = BuildRunPlan(as_run, store_, limits, caller->cache());
     if (!plan.ok()) return ToGrpcStatus(plan.status());
     for (const Intervention& edit : plan->interventions) {
       if (absl::Status s = CheckDifferentiable(edit, model.hooks().info(edit.hook)); !s.ok())
         return ToGrpcStatus(s);
     }
+    for (const auto& [hook, splice] : plan->splices) {
+      if (absl::Status s = CheckSpliceDifferentiable(*splice.sae); !s.ok()) {
+        return ToGrpcStatus(absl::Status(
+            s.code(), absl::StrCat("the SAE spliced at ", model.hooks().info(hook).name, ": ",
+                                   s.message())));
+      }
+    }
     edits = std::move(plan->interventions);
+    splices = std::move(plan->splices);
   }
   const int64_t rows = call->batch.tokens.dim(0), seq = call->batch.tokens.dim(1);
   int64_t bytes = 0;
@@ -167,7 +180,8 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   absl::Status status = OnDevice(context, *caller, "Gradients", request->model(), tokens, [&] {
     result = ComputeGradients(model, {.tokens = call->batch.tokens, .attention_mask = call->mask,
                                       .metric = call->metric, .hooks = *hooks,
-                                      .interventions = std::move(edits)});
+                                      .interventions = std::move(edits),
+                                      .splices = std::move(splices)});
     return result.status();
   });
   if (!status.ok()) return ToGrpcStatus(status);

@@ -595,6 +595,15 @@ TEST(CliParseTest, Grad) {
   EXPECT_EQ(Request<v1::GradientsRequest>(*inv).metric().sae(), "res1");
   EXPECT_EQ(Request<v1::GradientsRequest>(*inv).metric().feature(), 7);
   ExpectUsageError(with({"--metric", "sae:res1", "--hooks", "h"}), "expected sae:NAME:FEATURE");
+  inv = Parse({"--server", "s", "grad", "--model", "m", "--text", "Hi", "--metric", "loss",
+               "--hooks", "hook_embed", "--intervene", "zero:blocks.0.attn.hook_z:heads=1",
+               "--sae_splice", "res1:error_term", "--sae_edit", "res1:zero:features=3"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  const auto& grad = Request<v1::GradientsRequest>(*inv);
+  EXPECT_EQ(grad.interventions_size(), 1);
+  ASSERT_EQ(grad.sae_splices_size(), 1);
+  EXPECT_TRUE(grad.sae_splices(0).use_error_term());
+  EXPECT_EQ(grad.sae_splices(0).edits_size(), 1);
   ExpectUsageError(with({"--metric", "logit_diff:3", "--hooks", "h"}),
                    "--metric \"logit_diff:3\": expected logit_diff:A:B");
   ExpectUsageError(with({"--metric", "logit:3:4", "--hooks", "h"}), "expected logit:T");

@@ -1,7 +1,9 @@
 // Gradients at every hook point against TransformerLens's backward hooks on the same weights in
 // float64 (torch autograd; tests/reference/make_gradient_fixtures.py and
 // make_arch_gradient_fixtures.py), for three metrics of the logits, on the tiny GPT-2 fixture,
-// the demo model and a tiny model of each other architecture.
+// the demo model and a tiny model of each other architecture; through interventions and SAE
+// splices (make_edit_gradient_fixtures.py, make_splice_gradient_fixtures.py); and metrics of an
+// activation (a direction, an SAE feature) held to the Jacobian and the SAE's own encode.
 #include "server/engine/gradients.h"
 
 #include <algorithm>
@@ -10,12 +12,16 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "server/engine/jacobian.h"
+#include "server/engine/sae/feature_gradient.h"
+#include "server/engine/sae/sae_loader.h"
 #include "tests/util/test_util.h"
 
 namespace glassbox {
@@ -223,11 +229,6 @@ TEST(Gradients, RightPaddedRowsEqualEachRowAlone) {
 namespace glassbox {
 namespace {
 
-using ::glassbox::testing::FixturePath;
-using ::glassbox::testing::ModelDir;
-using ::glassbox::testing::NormRelativeError;
-using ::glassbox::testing::ReadAllTensors;
-
 // The edits of tests/reference/make_edit_gradient_fixtures.py, in its order.
 std::vector<Intervention> EditsOf(const std::string& name, const HookRegistry& hooks,
                                   const std::map<std::string, Tensor>& expected) {
@@ -261,6 +262,39 @@ std::vector<Intervention> EditsOf(const std::string& name, const HookRegistry& h
   };
 }
 
+// The hooks a fixture holds gradients for under "<case>.grad.", by name and id.
+struct FixtureHooks {
+  std::vector<std::string> names;
+  std::vector<HookId> ids;
+};
+FixtureHooks HooksUnder(const std::map<std::string, Tensor>& expected, const std::string& name,
+                        const HookRegistry& hooks) {
+  FixtureHooks out;
+  const std::string prefix = name + ".grad.";
+  for (const auto& [key, value] : expected) {
+    if (!absl::StartsWith(key, prefix)) continue;
+    out.names.push_back(key.substr(prefix.size()));
+    out.ids.push_back(*hooks.Resolve(out.names.back()));
+  }
+  return out;
+}
+
+// Each gradient against the fixture's "<case>.grad.<hook>": within 1e-5, or twice torch's own
+// float32 error there when the fixture has "<case>.f32_error.<hook>". Returns the worst error.
+double ExpectGradientsMatch(const std::vector<Tensor>& got, const FixtureHooks& hooks,
+                            const std::map<std::string, Tensor>& expected, const std::string& name) {
+  double worst = 0;
+  for (size_t i = 0; i < hooks.names.size(); ++i) {
+    SCOPED_TRACE(hooks.names[i]);
+    const double error = NormRelativeError(got[i], expected.at(name + ".grad." + hooks.names[i]));
+    const auto f32 = expected.find(name + ".f32_error." + hooks.names[i]);
+    const double torch_f32 = f32 == expected.end() ? 0 : f32->second.data<float>()[0];
+    EXPECT_LE(error, std::max(1e-5, 2 * torch_f32));
+    worst = std::max(worst, error);
+  }
+  return worst;
+}
+
 class GradientsThroughEditsTest : public ::testing::TestWithParam<std::string> {};
 
 // Gradients of a pass with interventions equal torch autograd through the same edits in
@@ -273,36 +307,22 @@ TEST_P(GradientsThroughEditsTest, EqualTorchAutogradThroughTheSameEdits) {
   const HookRegistry& hooks = (*model)->hooks();
   for (const std::string name : {"linear", "coupling"}) {
     SCOPED_TRACE(name);
-    std::vector<HookId> wanted;
-    std::vector<std::string> names;
-    const std::string prefix = name + ".grad.";
-    for (const auto& [key, value] : expected) {
-      if (!absl::StartsWith(key, prefix)) continue;
-      names.push_back(key.substr(prefix.size()));
-      wanted.push_back(*hooks.Resolve(names.back()));
-    }
-    ASSERT_EQ(names.size(), 10u);
+    const FixtureHooks wanted = HooksUnder(expected, name, hooks);
+    ASSERT_EQ(wanted.names.size(), 10u);
     auto got = RunForwardBackward(
         **model, {.tokens = expected.at("tokens"),
                   .metric = {.kind = GradientMetric::Kind::kLogitDiff, .position = 6,
                              .token_a = 17, .token_b = 42},
                   .interventions = EditsOf(name, hooks, expected),
-                  .gradients = wanted});
+                  .gradients = wanted.ids});
     ASSERT_TRUE(got.ok()) << got.status();
     for (int b = 0; b < 2; ++b) {
       const float want = expected.at(name + ".value").data<float>()[b];
       EXPECT_NEAR(got->metric[b], want, 1e-4 * (1 + std::abs(want)));
     }
-    double worst = 0;
-    for (size_t i = 0; i < wanted.size(); ++i) {
-      SCOPED_TRACE(names[i]);
-      const double error = NormRelativeError(got->gradients[i], expected.at(prefix + names[i]));
-      const double torch_f32 = expected.at(name + ".f32_error." + names[i]).data<float>()[0];
-      EXPECT_LE(error, std::max(1e-5, 2 * torch_f32));
-      worst = std::max(worst, error);
-    }
+    const double worst = ExpectGradientsMatch(got->gradients, wanted, expected, name);
     std::printf("%s %s edits: worst norm-relative error %.2g over %zu hooks\n", GetParam().c_str(),
-                name.c_str(), worst, wanted.size());
+                name.c_str(), worst, wanted.ids.size());
   }
 }
 
@@ -336,17 +356,10 @@ TEST(GradientsThroughEdits, UndifferentiatedEditsAreUnimplemented) {
 }  // namespace
 }  // namespace glassbox
 
-#include "server/engine/jacobian.h"
-#include "server/engine/sae/feature_gradient.h"
-#include "server/engine/sae/sae_loader.h"
-
 namespace glassbox {
 namespace {
 
 using ::glassbox::testing::ChainRuleError;
-using ::glassbox::testing::FixturePath;
-using ::glassbox::testing::ModelDir;
-using ::glassbox::testing::ParamName;
 using ::glassbox::testing::TwoRowsOfSixTokens;
 
 class HookMetricTest : public ::testing::TestWithParam<std::string> {};
@@ -462,6 +475,69 @@ TEST(HookMetric, BadMetricsAreRefusedPrecisely) {
   const absl::Status no_sae = status({.kind = GradientMetric::Kind::kSaeFeature,
                                       .hook = *hooks.Resolve("blocks.0.hook_resid_pre")});
   EXPECT_EQ(no_sae.code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace glassbox
+
+namespace glassbox {
+namespace {
+
+// SAEs spliced into the pass: the gradients equal torch autograd through sae_lens's
+// HookedSAETransformer (tests/reference/make_splice_gradient_fixtures.py), with and without the
+// error term and through feature edits.
+TEST(GradientsThroughSplices, EqualTorchAutogradThroughSaeLens) {
+  auto model = Transformer::Load(ModelDir("tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  const auto expected = ReadAllTensors(FixturePath("expected/tiny-gpt2.splice_gradients.safetensors"));
+  const Tensor& tokens = expected.at("tokens");
+  const int64_t batch = tokens.dim(0), seq = tokens.dim(1);
+  const HookRegistry& hooks = (*model)->hooks();
+  auto res1 = LoadSae(FixturePath("saes/service/res1_standard"));
+  auto z0 = LoadSae(FixturePath("saes/service/z0_jumprelu"));
+  ASSERT_TRUE(res1.ok() && z0.ok());
+  // make_sae_service_fixtures.py's edits for res1: zero 89, clamp 83 to 4 at position 2, scale
+  // 115 by 3.
+  std::vector<int64_t> at_two;
+  for (int64_t b = 0; b < batch; ++b) at_two.push_back(b * seq + 2);
+  SaeSplice edited{.sae = res1->get(),
+                   .options = {.edits = {{.kind = FeatureEditKind::kZero, .features = {89}},
+                                         {.kind = FeatureEditKind::kClamp, .features = {83},
+                                          .value = 4.0f, .tokens = at_two},
+                                         {.kind = FeatureEditKind::kScale, .features = {115},
+                                          .value = 3.0f}},
+                               .use_error_term = true}};
+  const std::vector<std::tuple<std::string, std::string, SaeSplice>> cases = {
+      {"res1_edit", "blocks.1.hook_resid_pre", edited},
+      {"z0_splice", "blocks.0.attn.hook_z", SaeSplice{.sae = z0->get()}}};
+  for (const auto& [name, hook, splice] : cases) {
+    SCOPED_TRACE(name);
+    const FixtureHooks wanted = HooksUnder(expected, name, hooks);
+    ASSERT_EQ(wanted.names.size(), 7u);
+    auto got = RunForwardBackward(
+        **model, {.tokens = tokens,
+                  .metric = {.kind = GradientMetric::Kind::kLogitDiff, .token_a = 17, .token_b = 42},
+                  .splices = {{*hooks.Resolve(hook), splice}},
+                  .gradients = wanted.ids});
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (int64_t b = 0; b < batch; ++b) {
+      const float want = expected.at(name + ".value").data<float>()[b];
+      EXPECT_NEAR(got->metric[b], want, 1e-4 * (1 + std::abs(want)));
+    }
+    const double worst = ExpectGradientsMatch(got->gradients, wanted, expected, name);
+    std::printf("%s: worst norm-relative error %.2g over %zu hooks\n", name.c_str(), worst,
+                wanted.ids.size());
+  }
+  // An SAE that normalises each token is refused by name.
+  auto layer_norm = LoadSae(FixturePath("saes/standard_layer_norm"));
+  ASSERT_TRUE(layer_norm.ok());
+  EXPECT_EQ(RunForwardBackward(**model, {.tokens = tokens,
+                                          .splices = {{*hooks.Resolve("blocks.0.hook_resid_pre"),
+                                                       SaeSplice{.sae = layer_norm->get()}}},
+                                          .gradients = {*hooks.Resolve("hook_embed")}})
+                .status()
+                .code(),
+            absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

@@ -97,7 +97,9 @@ def margin(sae, x: torch.Tensor) -> float:
 
 
 def edit_hook(edits):
+    """A hook on hook_sae_acts_post applying `edits`, on a copy (autograd may need the original)."""
     def hook(acts, hook):  # noqa: ARG001
+        acts = acts.clone()
         for e in edits:
             pos = slice(None) if e["position"] is None else e["position"]
             for f in e["features"]:

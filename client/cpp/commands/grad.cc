@@ -18,6 +18,7 @@
 #include "client/cpp/cli/table.h"
 #include "client/cpp/commands/gradient_spec.h"
 #include "client/cpp/intervention_spec.h"
+#include "client/cpp/sae_spec.h"
 
 namespace glassbox::cli {
 namespace {
@@ -38,6 +39,13 @@ constexpr Flag kFlags[] = {
     {"intervene", FlagKind::kRepeated, "--intervene SPEC",
      "an edit of the forward pass, as run's (repeatable; docs/interventions.md); the\n"
      "backward goes through it (projection_cap and pattern edits are refused)"},
+    {"sae_splice", FlagKind::kRepeated, "--sae_splice NAME[:error_term]",
+     "splice SAE NAME in at its hook, as run's (repeatable); the backward goes\n"
+     "through its features (the error term carries no gradient, as in sae_lens)"},
+    {"sae_edit", FlagKind::kRepeated, "--sae_edit NAME:KIND:features=LIST[...]",
+     "edit the spliced SAE's features, as run's"},
+    {"sae_steer", FlagKind::kRepeated, "--sae_steer NAME:features=LIST[...]",
+     "add decoder directions at NAME's hook, as run's"},
     {"out", FlagKind::kValue, "--out FILE",
      "every gradient in full (\"<hook>\", the hook's shape) and \"metric\" [batch]"},
 };
@@ -52,6 +60,11 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
   for (const std::string& spec : line.raw.Values("intervene")) {
     GB_ASSIGN_OR_RETURN(*request.add_interventions(), ParseInterventionSpec(spec, load));
   }
+  glassbox::v1::RunRequest saes;  // the run command's SAE flags, parsed as run parses them
+  GB_RETURN_IF_ERROR(AddSaeFlags(line.raw.Values("sae_splice"), line.raw.Values("sae_edit"),
+                                 line.raw.Values("sae_steer"), saes));
+  *request.mutable_sae_splices() = saes.sae_splices();
+  *request.mutable_sae_steering() = saes.sae_steering();
   if (request.hooks().empty()) {
     return UsageError("grad needs --hooks HOOK (a name or glob, repeatable)");
   }

@@ -187,3 +187,17 @@ def test_metrics_of_an_activation(gpt2: glassbox.Model) -> None:
     assert np.abs(g["blocks.1.hook_resid_pre"][0, -1]).sum() > 0
     with pytest.raises(glassbox.InvalidArgument, match="direction has 3 values"):
         gpt2.gradients(tokens, glassbox.Direction(hook, [1, 2, 3]), hook)
+
+
+def test_gradients_through_an_sae_splice(gpt2: glassbox.Model) -> None:
+    """Through res1 spliced in with the error term and feature edits, as torch autograd through
+    sae_lens's HookedSAETransformer (tests/reference/make_splice_gradient_fixtures.py)."""
+    ref = reference("tiny-gpt2", "splice_gradients")
+    splice = glassbox.SaeSplice("res1", use_error_term=True, edits=[
+        glassbox.FeatureEdit("zero", 89), glassbox.FeatureEdit("clamp", 83, 4.0, positions=2),
+        glassbox.FeatureEdit("scale", 115, 3.0)])
+    hooks = ["hook_embed", "blocks.1.hook_resid_pre"]
+    result = gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42), hooks, saes=splice)
+    np.testing.assert_allclose(result.metric, ref["res1_edit.value"], rtol=1e-5, atol=1e-5)
+    for hook in hooks:
+        assert rel_error(result[hook], ref[f"res1_edit.grad.{hook}"]) <= 1e-5, hook

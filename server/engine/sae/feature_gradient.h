@@ -30,4 +30,23 @@ struct FeatureGradients {
 absl::StatusOr<FeatureGradients> FeatureInputGradients(const Sae& sae, const Tensor& x,
                                                        int32_t feature);
 
+// The backward of the SAE spliced in at its hook (Sae::Splice), as torch autograd goes through
+// sae_lens's SAE.forward: the error term is computed under no_grad, so with or without it the
+// gradient flows through the features only:
+//   ∂acts_post  = ∂output · W_decᵀ (/ ‖W_dec,i‖ for TopK SAEs that rescale),
+//   the feature edits' backward (zero and clamp cut it, scale scales it, add passes it),
+//   ∂x          = Σ_i 1[clean f_i > 0] · ∂acts_i · (the direction above, times W_enc[:, i]).
+// x: the splice's input [rows, d_in]; d_output [rows, d_in]. UNIMPLEMENTED for SAEs that
+// normalise each token.
+struct SpliceGradients {
+  Tensor input;      // [rows, d_in]
+  Tensor acts_post;  // [rows, d_sae]: the gradient at hook_sae_acts_post (after the edits)
+};
+absl::StatusOr<SpliceGradients> SpliceBackward(const Sae& sae, const Tensor& x,
+                                               const Tensor& d_output,
+                                               const SpliceOptions& options);
+
+// OK when SpliceBackward can go through this SAE (UNIMPLEMENTED naming what it cannot).
+absl::Status CheckSpliceDifferentiable(const Sae& sae);
+
 }  // namespace glassbox

@@ -799,6 +799,7 @@ class Model:
         *,
         position: int = -1,
         interventions: Interventions = None,
+        saes: Splices = None,
         prepend_bos: Optional[bool] = None,
         timeout: Optional[float] = None,
     ) -> GradientResult:
@@ -808,7 +809,9 @@ class Model:
         ``interventions`` (as ``run``'s) edit the forward pass and the backward goes through
         them: a hook's gradient is the one at its edited value, and an element an edit zeroes,
         sets or patches passes nothing upstream (``ProjectionCap`` and edits of attention
-        scores or patterns are refused).
+        scores or patterns are refused). ``saes`` (as ``run``'s) splice SAEs in, with their
+        feature edits: the gradient goes through each as torch autograd goes through sae_lens's
+        SAE (through the features only; its error term carries none).
 
         ``metric``: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Logit(token)``, tokens as ids or
         one-token strings, or ``Loss()``; or an activation: ``Direction(hook, vector)`` (a dot
@@ -823,7 +826,8 @@ class Model:
             model=self.name, inputs=proto_inputs,
             metric=gradient_metric_proto(metric, position, self.to_single_token),
             hooks=hook_names(hooks),
-            interventions=intervention_protos(interventions, _batch_size(proto_inputs)))
+            interventions=intervention_protos(interventions, _batch_size(proto_inputs)),
+            sae_splices=splice_protos(saes))
         return GradientResult.from_proto(self._transport.gradients(request, timeout=timeout))
 
     def integrated_gradients(

@@ -1,0 +1,103 @@
+"""Reference gradients through SAEs spliced into the tiny GPT-2: torch autograd through
+sae_lens's HookedSAETransformer.
+
+The SAEs are the committed tests/fixtures/saes/service/{res1_standard, z0_jumprelu}
+(make_sae_service_fixtures.py), read by sae_lens and widened to float64; the model is the
+committed tiny-gpt2 as the HookedSAETransformer make_sae_service_fixtures.py builds (raw
+weights, float64); the input is the committed "unpadded.input_ids" of tiny-gpt2.safetensors.
+
+Cases (the edits are the ones tiny-gpt2.saes.safetensors's "cases" metadata names for res1):
+
+  res1_edit   res1_standard at blocks.1.hook_resid_pre, use_error_term True, with the feature
+              edits (zero, clamp at position 2, scale) as a hook on hook_sae_acts_post
+  z0_splice   z0_jumprelu at blocks.0.attn.hook_z, use_error_term False, no edits
+
+For each, one forward pass with the SAE spliced in and a forward hook keeping each listed hook's
+output (for the spliced hook: its hook_sae_output, the value that replaces it), then
+torch.autograd.grad of the sum over rows of logits[b, -1, 17] - logits[b, -1, 42]. sae_lens
+computes the error term under torch.no_grad, so the gradient flows through the features only;
+these files hold what that gives.
+
+Writes tests/fixtures/expected/tiny-gpt2.splice_gradients.safetensors: tokens, <case>.value [3],
+<case>.grad.<hook> (float32 from float64). Deterministic.
+
+    /work/venv-ref/bin/python tests/reference/make_splice_gradient_fixtures.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from sae_lens import SAE, HookedSAETransformer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from make_fixtures import tl_model  # noqa: E402
+from make_sae_service_fixtures import edit_hook  # noqa: E402
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+HOOKS = ["hook_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_v", "blocks.0.attn.hook_z",
+         "blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+
+
+def gradients(model, ids, sae, spliced_hook, use_error_term, edits):
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(x, hook):  # noqa: ARG001
+            kept[name] = x
+            return x
+        return hook
+
+    fwd = []
+    if edits:
+        fwd.append((f"{spliced_hook}.hook_sae_acts_post", edit_hook(edits)))
+    for name in HOOKS:
+        fwd.append((f"{name}.hook_sae_output" if name == spliced_hook else name, keep(name)))
+    with model.saes(saes=[sae], use_error_term=use_error_term):
+        with model.hooks(fwd_hooks=fwd):
+            logits = model(ids)
+    values = logits[:, -1, 17] - logits[:, -1, 42]
+    grads = torch.autograd.grad(values.sum(), [kept[h] for h in HOOKS])
+    return values.detach(), dict(zip(HOOKS, grads))
+
+
+def main() -> None:
+    hf = AutoModelForCausalLM.from_pretrained(FIXTURES / "models" / "tiny-gpt2", dtype=torch.float64)
+    plain = tl_model(hf)
+    model = HookedSAETransformer(plain.cfg)
+    model.load_state_dict(plain.state_dict(), strict=False)
+    model.eval()
+    ids = load_file(FIXTURES / "expected" / "tiny-gpt2.safetensors")["unpadded.input_ids"]
+    with safe_open(FIXTURES / "expected" / "tiny-gpt2.saes.safetensors", "pt") as f:
+        cases = json.loads(f.metadata()["cases"])
+    out = {"tokens": ids.to(torch.int32)}
+    for case, name, use_error_term, edits in (
+            ("res1_edit", "res1_standard", True, cases["res1_standard"]["edits"]),
+            ("z0_splice", "z0_jumprelu", False, [])):
+        sae = SAE.load_from_disk(FIXTURES / "saes" / "service" / name, device="cpu").to(torch.float64)
+        hook = cases[name]["hook"]
+        values, grads = gradients(model, ids, sae, hook, use_error_term, edits)
+        _, plain_grads = gradients(model, ids, sae, hook, use_error_term, []) if edits else (None, grads)
+        out[f"{case}.value"] = values.float()
+        for h, g in grads.items():
+            assert g.norm() > 0, (case, h)
+            out[f"{case}.grad.{h}"] = g.float()
+        changed = [h for h in HOOKS if not torch.allclose(grads[h], plain_grads[h])]
+        print(f"{case}: {name} at {hook}, error term {use_error_term}, edits {edits}; "
+              f"values {values.tolist()}; gradients the edits change: {changed}")
+    dest = FIXTURES / "expected" / "tiny-gpt2.splice_gradients.safetensors"
+    save_file({k: v.contiguous() for k, v in sorted(out.items())}, str(dest))
+    print(f"wrote {dest.relative_to(ROOT)} ({len(out)} tensors, {dest.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
