@@ -110,4 +110,59 @@ absl::StatusOr<PatchingResult> RunAttributionPatching(const Transformer& model,
   return result;
 }
 
+absl::StatusOr<PatchingResult> RunSaeFeatureAttributionPatching(const Transformer& model,
+                                                                const PatchingRequest& request,
+                                                                HookId hook, const Sae& sae) {
+  PatchingRequest checked = request;
+  checked.kind = SweepKind::kResidPre;  // the tokens and metric checks only
+  GB_RETURN_IF_ERROR(CheckPatchingRequest(model, checked));
+  const int64_t pairs = request.clean.dim(0), seq = request.clean.dim(1);
+  const int64_t d_in = sae.d_in(), d_sae = sae.d_sae();
+  const GradientMetric metric = ToGradientMetric(request.metric);
+  // With the error term and no edits the spliced model computes what the plain one does: the
+  // clean run needs no splice, only its activations at the hook.
+  GB_ASSIGN_OR_RETURN(ForwardBackwardResult clean,
+                      RunForwardBackward(model, {.tokens = request.clean,
+                                                 .metric = metric,
+                                                 .values = {hook},
+                                                 .backward = false,
+                                                 .cancelled = request.cancelled}));
+  SaeSplice splice{.sae = &sae, .options = {.use_error_term = true}};
+  GB_ASSIGN_OR_RETURN(ForwardBackwardResult corrupted,
+                      RunForwardBackward(model, {.tokens = request.corrupted,
+                                                 .metric = metric,
+                                                 .splices = {{hook, splice}},
+                                                 .cancelled = request.cancelled}));
+  const int64_t rows = pairs * seq;
+  GB_ASSIGN_OR_RETURN(Tensor f_clean, sae.Encode(clean.values[0].Reshape({rows, d_in})));
+  GB_ASSIGN_OR_RETURN(Tensor f_corrupted,
+                      sae.Encode(corrupted.splice_inputs[0].Reshape({rows, d_in})));
+  const Tensor& grad = corrupted.splice_acts_gradients[0];
+
+  PatchingResult result;
+  result.forward_passes = 2;
+  result.backward_passes = 1;
+  result.clean_metric = Mean(clean.metric);
+  result.corrupted_metric = Mean(corrupted.metric);
+  result.dim_names = {"pos", "feature"};
+  result.values = Tensor::EmptyHost(DType::kF32, {seq, d_sae});
+  result.normalized = Tensor::EmptyHost(DType::kF32, {seq, d_sae});
+  std::vector<double> estimate(seq * d_sae, 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t pos = r % seq;
+    for (int64_t i = 0; i < d_sae; ++i) {
+      const int64_t k = r * d_sae + i;
+      estimate[pos * d_sae + i] += (double{f_clean.data<float>()[k]} - f_corrupted.data<float>()[k]) *
+                                   grad.data<float>()[k];
+    }
+  }
+  const double denominator = result.clean_metric - result.corrupted_metric;
+  for (int64_t i = 0; i < seq * d_sae; ++i) {
+    const double e = estimate[i] / static_cast<double>(pairs);
+    result.values.data<float>()[i] = static_cast<float>(result.corrupted_metric + e);
+    result.normalized.data<float>()[i] = static_cast<float>(denominator != 0 ? e / denominator : 0);
+  }
+  return result;
+}
+
 }  // namespace glassbox

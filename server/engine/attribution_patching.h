@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/patching.h"
+#include "server/engine/sae/sae.h"
 #include "server/engine/transformer.h"
 
 namespace glassbox {
@@ -17,5 +18,15 @@ namespace glassbox {
 // (gradients.h): UNIMPLEMENTED otherwise.
 absl::StatusOr<PatchingResult> RunAttributionPatching(const Transformer& model,
                                                       const PatchingRequest& request);
+
+// Attribution patching over an SAE's features (Marks et al. 2024, "Sparse feature circuits"):
+// with the SAE spliced in at its hook with the error term (so the model computes what it does
+// without it, and the error is a node of its own), patching feature i at position p changes the
+// metric by about (f_clean − f_corrupted)[p, i] · ∂m/∂f[p, i] at the corrupted run, the gradient
+// through the splice as sae_lens's (gradients.h). The result is [pos, feature], averaged over
+// the pairs and normalised as the other sweeps; `request.kind` is unused.
+absl::StatusOr<PatchingResult> RunSaeFeatureAttributionPatching(const Transformer& model,
+                                                                const PatchingRequest& request,
+                                                                HookId hook, const Sae& sae);
 
 }  // namespace glassbox

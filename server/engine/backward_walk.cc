@@ -156,13 +156,14 @@ absl::StatusOr<Tensor> BackwardWalk::Through(HookKind kind, int layer, const Ten
                     : arriving;
   Set(kind, layer, grad);
   if (id < 0) return grad;
-  if (const Splice& splice = splices_[id]; splice.sae != nullptr) {
+  if (Splice& splice = splices_[id]; splice.sae != nullptr) {
     // The hook's gradient is the one at the SAE's output; before the splice, at its input.
     const int64_t d_in = splice.sae->d_in(), rows = grad.numel() / d_in;
     GB_ASSIGN_OR_RETURN(SpliceGradients through,
                         SpliceBackward(*splice.sae, splice.input.Reshape({rows, d_in}),
                                        grad.Reshape({rows, d_in}), *splice.options));
     grad = through.input.Reshape(arriving.shape());
+    splice.acts_gradient = std::move(through.acts_post);
   }
   if (edits_[id].empty()) return grad;
   // A copy: the gradient kept at the hook is the one at the edited value.

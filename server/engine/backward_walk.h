@@ -42,7 +42,7 @@ class BackwardWalk {
   // An SAE spliced in at `hook` (after its edits): the walk goes back through it
   // (SpliceBackward) from the hook's gradient. `input` is the splice's input (hook_sae_input).
   void AddSplice(HookId hook, const Sae& sae, const SpliceOptions& options, Tensor input) {
-    splices_[hook] = {.sae = &sae, .options = &options, .input = std::move(input)};
+    splices_[hook] = {.sae = &sae, .options = &options, .input = std::move(input), .acts_gradient = {}};
   }
   // A gradient arriving at a hook from outside the model's flow (a metric read there): added to
   // what flows down to it. Before FromSeeds or the other walks.
@@ -53,6 +53,9 @@ class BackwardWalk {
 
   // The gradient at a wanted hook, in its shape; undefined for hooks the walk did not reach.
   const Tensor& gradient(HookId id) const { return grads_[id]; }
+  // The gradient at hook_sae_acts_post of the SAE spliced at `hook` ([rows, d_sae], after its
+  // feature edits); undefined when the walk did not go through one there.
+  const Tensor& splice_acts_gradient(HookId hook) const { return splices_[hook].acts_gradient; }
 
  private:
   absl::StatusOr<Tensor> Host(const Tensor& t) const;
@@ -97,6 +100,7 @@ class BackwardWalk {
     const Sae* sae = nullptr;
     const SpliceOptions* options = nullptr;
     Tensor input;
+    Tensor acts_gradient;  // filled by the walk
   };
   std::vector<Splice> splices_;  // by HookId; sae == nullptr: none
   TokenLayout layout_;

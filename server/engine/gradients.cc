@@ -283,6 +283,7 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   ForwardBackwardResult result;
   result.metric = at_hook ? std::move(hook_metric.values) : std::move(metric.values);
   for (HookId id : request.values) result.values.push_back(captured.at(id));
+  for (HookId id : splice_inputs) result.splice_inputs.push_back(captured.at(id));
   if (!request.backward) return result;
   if (request.cancelled != nullptr && request.cancelled->load())
     return absl::CancelledError("cancelled before the backward pass");
@@ -307,6 +308,9 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
     GB_RETURN_IF_ERROR(backward.FromSeeds(top_layer));
   } else {
     GB_RETURN_IF_ERROR(backward.FromLogits(metric.dlogits, metric.rows));
+  }
+  for (const auto& [hook, splice] : request.splices) {
+    result.splice_acts_gradients.push_back(backward.splice_acts_gradient(hook));
   }
   for (HookId id : request.gradients) {
     if (!backward.gradient(id).defined())

@@ -88,6 +88,10 @@ struct ForwardBackwardResult {
   std::vector<double> metric;
   std::vector<Tensor> values;     // host f32, per requested hook in order
   std::vector<Tensor> gradients;  // host f32, per requested hook in order (empty without backward)
+  // Per splice in order: its input (hook_sae_input, [batch, seq, d_in]) and, with backward, the
+  // gradient at its hook_sae_acts_post ([batch * seq, d_sae]); host f32.
+  std::vector<Tensor> splice_inputs;
+  std::vector<Tensor> splice_acts_gradients;
 };
 
 absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& model,

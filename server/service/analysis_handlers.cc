@@ -6,6 +6,7 @@
 #include "base/status_macros.h"
 #include "server/engine/analyses.h"
 #include "server/engine/attribution_patching.h"
+#include "server/engine/sae/feature_gradient.h"
 #include "server/engine/gradients.h"
 #include "server/engine/patching.h"
 #include "server/service/array_proto.h"
@@ -102,7 +103,34 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
     return ToGrpcStatus(absl::Status(corrupted.status().code(), absl::StrCat("corrupted: ", corrupted.status().message())));
   }
   if (absl::Status s = CheckPairs(*clean, *corrupted); !s.ok()) return ToGrpcStatus(s);
-  auto kind = FromProtoSweep(request->kind());
+  // An SAE's features are a sweep of their own: attribution patching with the SAE spliced in.
+  const bool sae_features = request->kind() == pb::SWEEP_SAE_FEATURES;
+  const ServedSae* sae = nullptr;
+  if (sae_features) {
+    if (request->method() != pb::PATCHING_ATTRIBUTION)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "SWEEP_SAE_FEATURES is estimated by attribution patching only (an exact "
+                          "sweep would run each position and feature alone): set method "
+                          "PATCHING_ATTRIBUTION");
+    auto found = store_.FindSae(request->sae());
+    if (!found.ok()) return ToGrpcStatus(found.status());
+    sae = *found;
+    if (sae->served_model != *served)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("SAE \"", request->sae(), "\" reads model \"",
+                                       sae->served_model->name, "\", not this one"));
+    if (absl::Status s = CheckSpliceDifferentiable(*sae->sae); !s.ok()) return ToGrpcStatus(s);
+    const int64_t bytes = 2 * clean->tokens.dim(1) * sae->sae->d_sae() * 4;
+    if (bytes > limits.max_response_bytes)
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          absl::StrCat("the feature map would take ", bytes, " bytes; ",
+                                       limits.ResponseBytesAllowed(), ": send fewer positions"));
+  } else if (!request->sae().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "sae names the SAE of a SWEEP_SAE_FEATURES sweep; this sweep is another kind");
+  }
+  auto kind = sae_features ? absl::StatusOr<SweepKind>(SweepKind::kResidPre)
+                           : FromProtoSweep(request->kind());
   if (!kind.ok()) return ToGrpcStatus(kind.status());
   PatchingMetric metric{.token_a = request->metric().token_a(), .token_b = request->metric().token_b()};
   switch (request->metric().kind()) {
@@ -159,7 +187,10 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
     const PatchingRequest sweep{.clean = clean->tokens, .corrupted = corrupted->tokens,
                                 .kind = *kind, .metric = metric,
                                 .max_rows_per_pass = rows, .cancelled = &cancelled};
-    if (attribution) {
+    if (sae != nullptr) {
+      GB_ASSIGN_OR_RETURN(result, RunSaeFeatureAttributionPatching(*(*served)->model, sweep,
+                                                                   sae->hook, *sae->sae));
+    } else if (attribution) {
       GB_ASSIGN_OR_RETURN(result, RunAttributionPatching(*(*served)->model, sweep));
     } else {
       GB_ASSIGN_OR_RETURN(result, RunPatchingSweep(*(*served)->model, sweep));

@@ -427,7 +427,7 @@ TEST(CliParseTest, Patch) {
   ExpectUsageError(with_pair({"--metric", "loss"}), "patch needs --kind");
   ExpectUsageError(with_pair({"--kind", "pattern_by_pos", "--metric", "loss"}),
                    "--kind: \"pattern_by_pos\" is not one of resid_pre, resid_mid, resid_post, "
-                   "attn_out, mlp_out, head_out, head_out_by_pos, q, k, v, pattern, mlp_post");
+                   "attn_out, mlp_out, head_out, head_out_by_pos, q, k, v, pattern, mlp_post, sae_features");
   ExpectUsageError(with_pair({"--kind", "q"}), "patch needs --metric");
   ExpectUsageError(with_pair({"--kind", "q", "--metric", "kl"}), "--metric: \"kl\" is not one of");
   ExpectUsageError(with_pair({"--kind", "q", "--metric", "logit_diff:1"}),
@@ -469,7 +469,7 @@ TEST(CliParseTest, SweepKindsAndMetrics) {
   EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS), "pattern");
   EXPECT_EQ(SweepKindNames(),
             "resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_out_by_pos, q, "
-            "k, v, pattern, mlp_post");
+            "k, v, pattern, mlp_post, sae_features");
   EXPECT_EQ(ParseSweepKind("mlp_post_all_pos"), glassbox::v1::SWEEP_MLP_POST_ALL_POS);
   EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_HEAD_OUT_ALL_POS), "head_out");
   EXPECT_EQ(SweepKindName(glassbox::v1::SWEEP_HEAD_OUT_BY_POS), "head_out_by_pos");
@@ -550,6 +550,15 @@ TEST(CliParseTest, AttributionPatching) {
   ExpectUsageError(args, "--method: \"linear\" is not exact or attribution");
   args[2] = "attrib-patch";
   ExpectUsageError(args, "attrib-patch is patch --method attribution: drop --method");
+  inv = Parse({"--server", "s", "attrib-patch", "--model", "m", "--clean-tokens", "1,2",
+               "--corrupted-tokens", "1,3", "--kind", "sae_features", "--sae", "res1",
+               "--metric", "logit_diff:1,2"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(Request<v1::PatchingSweepRequest>(*inv).kind(), v1::SWEEP_SAE_FEATURES);
+  EXPECT_EQ(Request<v1::PatchingSweepRequest>(*inv).sae(), "res1");
+  ExpectUsageError({"--server", "s", "attrib-patch", "--model", "m", "--clean-tokens", "1,2",
+                    "--corrupted-tokens", "1,3", "--kind", "sae_features", "--metric", "loss"},
+                   "--kind sae_features and --sae NAME go together");
 }
 
 TEST(CliParseTest, Grad) {

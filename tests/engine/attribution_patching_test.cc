@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "server/engine/gradients.h"
+#include "server/engine/sae/sae_loader.h"
 #include "tests/util/test_util.h"
 
 namespace glassbox {
@@ -166,6 +167,35 @@ TEST(AttributionPatching, ResidualCellsFollowTheDefinitionOnOtherArchitectures) 
     ASSERT_GT(norm, 0);
     EXPECT_LE(std::sqrt(diff / norm), 1e-5);
   }
+}
+
+// Over an SAE's features: (f_clean − f_corrupted) · ∂m/∂f at the corrupted run with the SAE
+// spliced in (error term on), equal to torch autograd through sae_lens's HookedSAETransformer
+// (tests/reference/make_splice_gradient_fixtures.py, "atp.*").
+TEST(AttributionPatching, SaeFeaturesEqualTorchThroughSaeLens) {
+  auto model = Transformer::Load(ModelDir("tiny-gpt2"), std::make_shared<CpuBackend>());
+  ASSERT_TRUE(model.ok());
+  auto sae = LoadSae(FixturePath("saes/service/res1_standard"));
+  ASSERT_TRUE(sae.ok()) << sae.status();
+  const auto expected = ReadAllTensors(FixturePath("expected/tiny-gpt2.splice_gradients.safetensors"));
+  const int32_t* tokens = expected.at("atp.tokens").data<int32_t>();
+  auto result = RunSaeFeatureAttributionPatching(
+      **model,
+      {.clean = expected.at("atp.clean"), .corrupted = expected.at("atp.corrupted"),
+       .metric = {.kind = PatchingMetric::Kind::kLogitDiff, .token_a = tokens[0], .token_b = tokens[1]}},
+      *(*model)->hooks().Resolve("blocks.1.hook_resid_pre"), **sae);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const Tensor& want = expected.at("atp.estimate");
+  ASSERT_EQ(result->values.shape(), want.shape());
+  EXPECT_THAT(result->dim_names, ::testing::ElementsAre("pos", "feature"));
+  EXPECT_NEAR(result->clean_metric, expected.at("atp.metrics").data<float>()[0], 1e-4);
+  EXPECT_NEAR(result->corrupted_metric, expected.at("atp.metrics").data<float>()[1], 1e-4);
+  Tensor estimate = Tensor::EmptyHost(DType::kF32, want.shape());
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    estimate.data<float>()[i] =
+        result->values.data<float>()[i] - static_cast<float>(result->corrupted_metric);
+  }
+  EXPECT_LE(NormRelativeError(estimate, want), 1e-5);
 }
 
 TEST(AttributionPatching, RejectsMismatchedInputs) {

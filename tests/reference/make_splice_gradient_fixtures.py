@@ -18,8 +18,12 @@ torch.autograd.grad of the sum over rows of logits[b, -1, 17] - logits[b, -1, 42
 computes the error term under torch.no_grad, so the gradient flows through the features only;
 these files hold what that gives.
 
+And attribution patching over res1's features (feature_attribution below): atp.clean,
+atp.corrupted, atp.tokens (the metric's), atp.estimate [pos, d_sae], atp.metrics (clean and
+corrupted mean metric).
+
 Writes tests/fixtures/expected/tiny-gpt2.splice_gradients.safetensors: tokens, <case>.value [3],
-<case>.grad.<hook> (float32 from float64). Deterministic.
+<case>.grad.<hook>, atp.* (float32 from float64). Deterministic.
 
     /work/venv-ref/bin/python tests/reference/make_splice_gradient_fixtures.py
 """
@@ -70,6 +74,41 @@ def gradients(model, ids, sae, spliced_hook, use_error_term, edits):
     return values.detach(), dict(zip(HOOKS, grads))
 
 
+def feature_attribution(model) -> dict[str, torch.Tensor]:
+    """Attribution patching over res1's features: the clean and corrupted prompts and metric of
+    tiny-gpt2.patching.safetensors, res1 spliced in with the error term; estimate[p, i] =
+    sum over pairs of (f_clean - f_corrupted)[b, p, i] * d mean_b(metric) / d f[b, p, i] at the
+    corrupted run."""
+    ref = load_file(FIXTURES / "expected" / "tiny-gpt2.patching.safetensors")
+    clean, corrupted = ref["clean"].long(), ref["corrupted"].long()
+    a, b = (int(t) for t in ref["tokens"])
+    sae = SAE.load_from_disk(FIXTURES / "saes" / "service" / "res1_standard", device="cpu").to(torch.float64)
+    point = "blocks.1.hook_resid_pre.hook_sae_acts_post"
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(x, hook):  # noqa: ARG001
+        kept["acts"] = x
+        return x
+
+    with model.saes(saes=[sae], use_error_term=True):
+        with model.hooks(fwd_hooks=[(point, keep)]):
+            clean_logits = model(clean)
+        f_clean = kept["acts"].detach()
+        with model.hooks(fwd_hooks=[(point, keep)]):
+            logits = model(corrupted)
+    metric = (logits[:, -1, a] - logits[:, -1, b]).mean()
+    grad, = torch.autograd.grad(metric, [kept["acts"]])
+    estimate = ((f_clean - kept["acts"].detach()) * grad).sum(0)
+    clean_metric = (clean_logits[:, -1, a] - clean_logits[:, -1, b]).mean()
+    top = estimate.abs().flatten().argsort(descending=True)[:3].tolist()
+    print(f"feature attribution: metric clean {clean_metric.item():.4f}, corrupted {metric.item():.4f}; "
+          f"largest cells (pos, feature): {[divmod(i, estimate.shape[1]) for i in top]}")
+    return {"atp.clean": clean.to(torch.int32), "atp.corrupted": corrupted.to(torch.int32),
+            "atp.tokens": torch.tensor([a, b], dtype=torch.int32),
+            "atp.estimate": estimate.float(),
+            "atp.metrics": torch.tensor([clean_metric.item(), metric.item()], dtype=torch.float32)}
+
+
 def main() -> None:
     hf = AutoModelForCausalLM.from_pretrained(FIXTURES / "models" / "tiny-gpt2", dtype=torch.float64)
     plain = tl_model(hf)
@@ -94,6 +133,7 @@ def main() -> None:
         changed = [h for h in HOOKS if not torch.allclose(grads[h], plain_grads[h])]
         print(f"{case}: {name} at {hook}, error term {use_error_term}, edits {edits}; "
               f"values {values.tolist()}; gradients the edits change: {changed}")
+    out.update(feature_attribution(model))
     dest = FIXTURES / "expected" / "tiny-gpt2.splice_gradients.safetensors"
     save_file({k: v.contiguous() for k, v in sorted(out.items())}, str(dest))
     print(f"wrote {dest.relative_to(ROOT)} ({len(out)} tensors, {dest.stat().st_size} bytes)")

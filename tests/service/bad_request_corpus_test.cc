@@ -952,6 +952,11 @@ TEST_F(BadRequestCorpusTest, PatchingSweep) {
       {"exact neurons over the cell limit", [](auto& r) { r.set_kind(pb::SWEEP_MLP_POST_ALL_POS); }, kExhausted, "the sweep patches 512 cells (SWEEP_MLP_POST_ALL_POS over 3 positions)"},
       {"unknown method enum", [](auto& r) { r.set_method(static_cast<pb::PatchingMethod>(5)); }, kInvalid, "method 5 is unknown; use PATCHING_EXACT or PATCHING_ATTRIBUTION"},
       {"attribution on a parallel block's resid_mid", [](auto& r) { r.set_model("pythia"); r.set_kind(pb::SWEEP_RESID_MID); r.set_method(pb::PATCHING_ATTRIBUTION); }, kInvalid, "this model has no hook_resid_mid (its attention and MLP run in parallel)"},
+      {"sae features by the exact method", [](auto& r) { r.set_kind(pb::SWEEP_SAE_FEATURES); r.set_sae("res1_standard"); }, kInvalid, "SWEEP_SAE_FEATURES is estimated by attribution patching only"},
+      {"sae features of an unknown SAE", [](auto& r) { r.set_kind(pb::SWEEP_SAE_FEATURES); r.set_method(pb::PATCHING_ATTRIBUTION); r.set_sae("nope"); }, kNotFound, "nope"},
+      {"sae features of another model's SAE", [](auto& r) { r.set_kind(pb::SWEEP_SAE_FEATURES); r.set_method(pb::PATCHING_ATTRIBUTION); r.set_sae("on_llama"); }, kInvalid, R"(SAE "on_llama" reads model "llama", not this one)"},
+      {"sae features of a normalising SAE", [](auto& r) { r.set_kind(pb::SWEEP_SAE_FEATURES); r.set_method(pb::PATCHING_ATTRIBUTION); r.set_sae("ln_res1"); }, kUnimplemented, "normalises each token"},
+      {"an SAE named for another kind", [](auto& r) { r.set_sae("res1_standard"); }, kInvalid, "sae names the SAE of a SWEEP_SAE_FEATURES sweep"},
   };
   Check<pb::PatchingSweepRequest>("PatchingSweep", GoodSweep, Call(&pb::Glassbox::Stub::PatchingSweep), cases);
 }

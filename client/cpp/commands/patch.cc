@@ -40,7 +40,10 @@ constexpr Flag kFlags[] = {
      "head_out ([layer, head], hook_z at all positions);\n"
      "head_out_by_pos ([layer, pos, head]); q, k, v ([layer, head]);\n"
      "pattern ([layer, head], hook_pattern: every query and key);\n"
-     "mlp_post ([layer, neuron], one neuron at every position)"},
+     "mlp_post ([layer, neuron], one neuron at every position);\n"
+     "sae_features ([pos, feature] of --sae NAME; attribution only)"},
+    {"sae", FlagKind::kValue, "--sae NAME",
+     "the SAE of --kind sae_features (`glassbox saes` lists them)"},
     {"method", FlagKind::kValue, "--method METHOD",
      "exact (default: a patched forward pass per cell) or attribution\n"
      "(AtP: (clean - corrupted) . gradient, 2 forward + 1 backward passes)"},
@@ -93,6 +96,10 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
         absl::StrFormat("--kind: \"%s\" is not one of %s", *kind, SweepKindNames()));
   }
   request.set_kind(*sweep);
+  if (raw.Has("sae")) request.set_sae(*raw.Value("sae"));
+  if ((*sweep == glassbox::v1::SWEEP_SAE_FEATURES) != raw.Has("sae")) {
+    return UsageError("--kind sae_features and --sae NAME go together");
+  }
   const std::optional<std::string> metric = raw.Value("metric");
   if (!metric.has_value()) {
     return UsageError("patch needs --metric (logit_diff:A,B, log_prob:A or loss)");
@@ -157,7 +164,7 @@ void PrintMatrix(const glassbox::v1::Array& shown, std::ostream& out) {
 }
 
 // A [layer, neuron] map is too wide for a table: its largest cells, by |normalized effect|.
-void PrintTopNeurons(const glassbox::v1::Array& shown, const glassbox::v1::Array& normalized,
+void PrintTopCells(const glassbox::v1::Array& shown, const glassbox::v1::Array& normalized,
                      std::ostream& out) {
   constexpr int64_t kShown = 20;
   const int64_t layers = shown.shape(0), neurons = shown.shape(1);
@@ -172,7 +179,8 @@ void PrintTopNeurons(const glassbox::v1::Array& shown, const glassbox::v1::Array
   std::partial_sort(cells.begin(), cells.begin() + count, cells.end(),
                     [&](const auto& a, const auto& b) { return effect(a) > effect(b); });
   out << absl::StrFormat("the %d largest of %d cells:\n", count, cells.size());
-  std::vector<std::vector<std::string>> table = {{"layer", "neuron", "value"}};
+  std::vector<std::vector<std::string>> table = {
+      {shown.dim_names(0), shown.dim_names(1), "value"}};
   for (int64_t i = 0; i < count; ++i) {
     table.push_back({absl::StrCat(cells[i].first), absl::StrCat(cells[i].second),
                      Number(client::FloatAt(shown, {cells[i].first, cells[i].second}))});
@@ -206,8 +214,9 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
               : "metric m with the cell's clean activation patched into the corrupted run")
       << (attribution ? " (estimated)" : "")
       << absl::StrFormat(", [%s]:\n", absl::StrJoin(shown.dim_names(), ", "));
-  if (request.kind() == glassbox::v1::SWEEP_MLP_POST_ALL_POS) {
-    PrintTopNeurons(shown, response.normalized(), out);
+  if (request.kind() == glassbox::v1::SWEEP_MLP_POST_ALL_POS ||
+      request.kind() == glassbox::v1::SWEEP_SAE_FEATURES) {
+    PrintTopCells(shown, response.normalized(), out);
   } else {
     PrintMatrix(shown, out);
   }

@@ -37,6 +37,7 @@ constexpr SweepName kSweepNames[] = {
     {"pattern_all_pos", glassbox::v1::SWEEP_ATTN_HEAD_PATTERN_ALL_POS},
     {"mlp_post", glassbox::v1::SWEEP_MLP_POST_ALL_POS},
     {"mlp_post_all_pos", glassbox::v1::SWEEP_MLP_POST_ALL_POS},
+    {"sae_features", glassbox::v1::SWEEP_SAE_FEATURES},
 };
 
 }  // namespace

@@ -171,3 +171,17 @@ def test_attribution_patching_errors(gpt2):
     ref = reference("tiny-gpt2", "patching")
     with pytest.raises(ValueError, match="method must be one of exact, attribution"):
         gpt2.patching_sweep(ref["clean"], ref["corrupted"], "resid_pre", Loss(), method="linear")
+
+
+def test_attribution_patching_over_sae_features(gpt2):
+    """res1's features as cells: (f_clean - f_corrupted) . d metric / d f at the corrupted run,
+    equal to torch through sae_lens (tests/reference/make_splice_gradient_fixtures.py)."""
+    ref = reference("tiny-gpt2", "splice_gradients")
+    a, b = (int(t) for t in ref["atp.tokens"])
+    atp = gpt2.attribution_patching(ref["atp.clean"], ref["atp.corrupted"], "sae_features",
+                                    LogitDiff(a, b), sae="res1")
+    assert atp.dim_names == ("pos", "feature") and atp.kind == "sae_features"
+    estimate = atp.raw.astype(np.float64) - atp.corrupted_metric
+    assert rel_error(estimate, ref["atp.estimate"]) <= 1e-5
+    with pytest.raises(glassbox.InvalidArgument, match="attribution patching only"):
+        gpt2.patching_sweep(ref["atp.clean"], ref["atp.corrupted"], "sae_features", LogitDiff(a, b), sae="res1")

@@ -58,6 +58,7 @@ SWEEP_KINDS = {
     "v_all_pos": pb.SWEEP_V_ALL_POS,
     "pattern_all_pos": pb.SWEEP_ATTN_HEAD_PATTERN_ALL_POS,
     "mlp_post_all_pos": pb.SWEEP_MLP_POST_ALL_POS,  # one neuron at every position
+    "sae_features": pb.SWEEP_SAE_FEATURES,  # [pos, feature] of an SAE; attribution only
 }
 #: How a sweep is computed: one patched pass per cell, or attribution patching's estimate.
 PATCHING_METHODS = {"exact": pb.PATCHING_EXACT, "attribution": pb.PATCHING_ATTRIBUTION}

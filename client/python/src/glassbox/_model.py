@@ -682,6 +682,7 @@ class Model:
         normalized: bool = False,
         max_rows_per_pass: int = 0,
         method: str = "exact",
+        sae: Optional[str] = None,
         prepend_bos: Optional[bool] = None,
         timeout: Optional[float] = None,
     ) -> PatchingResult:
@@ -699,7 +700,9 @@ class Model:
                 "head_out_all_pos" ([layer, head]), "head_out_by_pos" ([layer, pos, head]) at
                 hook_z; "q_all_pos" ([layer, head]), "k_all_pos", "v_all_pos" ([layer, kv_head]);
                 "pattern_all_pos" ([layer, head]: the head's whole hook_pattern);
-                "mlp_post_all_pos" ([layer, neuron]: one neuron of mlp.hook_post everywhere).
+                "mlp_post_all_pos" ([layer, neuron]: one neuron of mlp.hook_post everywhere);
+                "sae_features" ([pos, feature] of the SAE ``sae``, spliced in at its hook with
+                the error term; ``method="attribution"`` only).
             metric: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Loss()``; tokens as ids or
                 one-token strings.
             normalized: make ``values`` (m - m_corrupted) / (m_clean - m_corrupted).
@@ -717,6 +720,7 @@ class Model:
             metric=self._metric_proto(metric),
             max_rows_per_pass=int(max_rows_per_pass),
             method=PATCHING_METHODS[method],
+            sae=sae or "",
         )
         response = self._transport.patching_sweep(request, timeout=timeout)
         raw = decode_array(response.values)
@@ -744,6 +748,7 @@ class Model:
         metric: Metric = Loss(),
         *,
         normalized: bool = False,
+        sae: Optional[str] = None,
         prepend_bos: Optional[bool] = None,
         timeout: Optional[float] = None,
     ) -> PatchingResult:
@@ -752,10 +757,13 @@ class Model:
         the first-order estimate sum over its elements of (clean - corrupted) * d metric / d
         activation, the gradient taken on the corrupted run; ``values`` is m_corrupted plus it
         (or, ``normalized``, it over m_clean - m_corrupted), so the result compares cell by
-        cell with the exact sweep.
+        cell with the exact sweep. ``kind="sae_features"`` with ``sae=NAME`` estimates patching
+        each feature of that SAE at each position ([pos, feature]; Marks et al.'s sparse
+        feature circuits), the SAE spliced in with the error term.
         """
         return self.patching_sweep(clean, corrupted, kind, metric, normalized=normalized,
-                                   method="attribution", prepend_bos=prepend_bos, timeout=timeout)
+                                   method="attribution", sae=sae, prepend_bos=prepend_bos,
+                                   timeout=timeout)
 
     def logit_lens(
         self,
