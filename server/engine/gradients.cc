@@ -313,10 +313,16 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
     result.splice_acts_gradients.push_back(backward.splice_acts_gradient(hook));
   }
   for (HookId id : request.gradients) {
-    if (!backward.gradient(id).defined())
+    if (backward.gradient(id).defined()) {
+      result.gradients.push_back(backward.gradient(id));
+    } else if (at_hook) {
+      // Above the metric's block (or the final norm): the metric does not depend on it.
+      result.gradients.push_back(
+          Tensor::ZerosHost(DType::kF32, model.hooks().info(id).ShapeFor(batch, seq)));
+    } else {
       return absl::UnimplementedError(absl::StrCat("no gradient is computed at ",
                                                    model.hooks().info(id).name, " yet"));
-    result.gradients.push_back(backward.gradient(id));
+    }
   }
   return result;
 }

@@ -385,6 +385,17 @@ TEST_P(HookMetricTest, DirectionChainsWithTheJacobian) {
                 .values = {mid},
                 .gradients = {embed, mid}});
   ASSERT_TRUE(got.ok()) << got.status();
+  // Hooks above the metric's: no dependence, a zero gradient.
+  auto above = RunForwardBackward(
+      **model, {.tokens = tokens,
+                .metric = {.kind = GradientMetric::Kind::kDirection, .hook = mid,
+                           .direction = Tensor::FromHost(v, {d})},
+                .gradients = {*hooks.Resolve("ln_final.hook_scale"),
+                              *hooks.Resolve("blocks.1.hook_resid_post")}});
+  ASSERT_TRUE(above.ok()) << above.status();
+  for (const Tensor& g : above->gradients) {
+    for (float x : g.span<float>()) ASSERT_EQ(x, 0.0f);
+  }
   const std::vector<int32_t> p = {1, 4};
   auto jac = ComputeJacobian(**model, {.tokens = tokens, .in = embed, .in_positions = p,
                                        .out = mid, .out_positions = {-1, -1}});
