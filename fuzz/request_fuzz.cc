@@ -15,6 +15,7 @@
 // GLASSBOX_FUZZ_WRITE_SEEDS=DIR writes the good request of each RPC there and exits (how
 // fuzz/seeds/request/ was made).
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -24,7 +25,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <unistd.h>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -105,11 +105,13 @@ Server* StartServer() {
   std::ofstream(corpus / "corpus.jsonl")
       << "{\"text\": \"Alice and Bob went to the park. Bob gave a ball to Alice.\"}\n"
          "{\"text\": \"The capital of Norway is Oslo. 15 20 25 30 35 40\"}\n";
-  s->jobs = std::make_unique<ScanJobs>(
-      *s->store, s->scheduler,
-      ScanJobsOptions{.corpus_dir = corpus.string(), .max_contexts = 16,
-                      .max_state_bytes = 8 << 20, .max_jobs_per_owner = 4,
-                      .max_result_targets = 64, .replay_bytes = 4 << 20});
+  s->jobs = std::make_unique<ScanJobs>(*s->store, s->scheduler,
+                                       ScanJobsOptions{.corpus_dir = corpus.string(),
+                                                       .max_contexts = 16,
+                                                       .max_state_bytes = 8 << 20,
+                                                       .max_jobs_per_owner = 4,
+                                                       .max_result_targets = 64,
+                                                       .replay_bytes = 4 << 20});
   s->service->SetScanJobs(s->jobs.get());
   grpc::ServerBuilder builder;
   builder.RegisterService(s->service.get());
@@ -769,8 +771,8 @@ void PlanExit(int argc, char** argv) {
     if (!arg.starts_with(kFlag)) continue;
     const int seconds = std::atoi(arg.substr(kFlag.size()).data());
     if (seconds <= 0) continue;
-    TheExitPlan().quiet_from = std::chrono::steady_clock::now() +
-                               std::chrono::seconds(seconds - std::min(5, seconds / 4));
+    TheExitPlan().quiet_from =
+        std::chrono::steady_clock::now() + std::chrono::seconds(seconds - std::min(5, seconds / 4));
   }
 }
 

@@ -14,7 +14,8 @@ GradientMetric ToGradientMetric(const PatchingMetric& m) {
       return {.kind = GradientMetric::Kind::kLogitDiff, .token_a = m.token_a, .token_b = m.token_b};
     case PatchingMetric::Kind::kLogProb:
       return {.kind = GradientMetric::Kind::kLogProb, .token_a = m.token_a};
-    case PatchingMetric::Kind::kLoss: break;
+    case PatchingMetric::Kind::kLoss:
+      break;
   }
   return {.kind = GradientMetric::Kind::kLoss};
 }
@@ -52,7 +53,8 @@ void AccumulateLayer(const SweepShape& shape, const Tensor& clean, const Tensor&
       if (shape.by_position) cell = pos;
       if (shape.by_head) cell = cell * heads + h;
       if (shape.by_unit) {  // a cell per unit of the last axis
-        for (int64_t j = 0; j < d; ++j) cells[j] += (double{a[base + j]} - b[base + j]) * g[base + j];
+        for (int64_t j = 0; j < d; ++j)
+          cells[j] += (double{a[base + j]} - b[base + j]) * g[base + j];
         continue;
       }
       double sum = 0;
@@ -152,8 +154,8 @@ absl::StatusOr<PatchingResult> RunSaeFeatureAttributionPatching(const Transforme
     const int64_t pos = r % seq;
     for (int64_t i = 0; i < d_sae; ++i) {
       const int64_t k = r * d_sae + i;
-      estimate[pos * d_sae + i] += (double{f_clean.data<float>()[k]} - f_corrupted.data<float>()[k]) *
-                                   grad.data<float>()[k];
+      estimate[pos * d_sae + i] +=
+          (double{f_clean.data<float>()[k]} - f_corrupted.data<float>()[k]) * grad.data<float>()[k];
     }
   }
   const double denominator = result.clean_metric - result.corrupted_metric;

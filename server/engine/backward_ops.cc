@@ -36,8 +36,8 @@ NormGrads NormBackward(const Tensor& dy, const Tensor& normalized, const Tensor&
     // dependence on c): (gn − x̂ · mean(gn·x̂)) / scale, then centered when c = x − mean(x).
     gs[r] = static_cast<float>(-mean_gn_xh * d / s[r]);
     for (int64_t i = 0; i < d; ++i) {
-      const double v = double{gn[r * d + i]} - (centered ? mean_gn : 0.0) -
-                       double{xh[r * d + i]} * mean_gn_xh;
+      const double v =
+          double{gn[r * d + i]} - (centered ? mean_gn : 0.0) - double{xh[r * d + i]} * mean_gn_xh;
       gx[r * d + i] = static_cast<float>(v / s[r]);
     }
   }

@@ -202,8 +202,8 @@ absl::StatusOr<Tensor> BackwardWalk::MlpBranch(int l, const Tensor& d_out) {
   // Post-norm blocks normalise the MLP's output with ln2; Gemma's with ln2_post.
   GB_ASSIGN_OR_RETURN(Tensor d_raw, Through(HookKind::kMlpOut, l, d_out));
   if (post) {
-    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn2Normalized, HookKind::kLn2Scale, l,
-                                         w.ln2_w));
+    GB_ASSIGN_OR_RETURN(
+        d_raw, ModelNorm(d_raw, HookKind::kLn2Normalized, HookKind::kLn2Scale, l, w.ln2_w));
   } else if (both) {
     GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn2PostNormalized,
                                          HookKind::kLn2PostScale, l, w.ln2_post_w));
@@ -214,9 +214,8 @@ absl::StatusOr<Tensor> BackwardWalk::MlpBranch(int l, const Tensor& d_out) {
   GB_ASSIGN_OR_RETURN(const Tensor d_act, Through(HookKind::kMlpPost, l, d_post));
   Tensor d_in;
   if (c_.gated_mlp) {
-    backward::GatedGrads g =
-        backward::GatedActivationBackward(c_.act, d_act, Captured(HookKind::kMlpPre, l),
-                                          Captured(HookKind::kMlpPreLinear, l));
+    backward::GatedGrads g = backward::GatedActivationBackward(
+        c_.act, d_act, Captured(HookKind::kMlpPre, l), Captured(HookKind::kMlpPreLinear, l));
     GB_ASSIGN_OR_RETURN(Tensor gate_w, Host(w.gate_w));
     GB_ASSIGN_OR_RETURN(Tensor in_w, Host(w.in_w));
     GB_ASSIGN_OR_RETURN(const Tensor d_gate, Through(HookKind::kMlpPre, l, g.gate));
@@ -243,8 +242,8 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
   const int64_t rows = batch_ * seq_, d = c_.d_model;
   GB_ASSIGN_OR_RETURN(Tensor d_raw, Through(HookKind::kAttnOut, l, d_out));
   if (post) {
-    GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn1Normalized, HookKind::kLn1Scale, l,
-                                         w.ln1_w));
+    GB_ASSIGN_OR_RETURN(
+        d_raw, ModelNorm(d_raw, HookKind::kLn1Normalized, HookKind::kLn1Scale, l, w.ln1_w));
   } else if (both) {
     GB_ASSIGN_OR_RETURN(d_raw, ModelNorm(d_raw, HookKind::kLn1PostNormalized,
                                          HookKind::kLn1PostScale, l, w.ln1_post_w));
@@ -269,9 +268,9 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
   GB_ASSIGN_OR_RETURN(const Tensor d_z, Through(HookKind::kZ, l, z_grad));
   double scale = c_.attn_scale;
   if (c_.attn_scale_by_layer) scale /= static_cast<double>(l + 1);
-  backward::AttentionGrads a = backward::AttentionBackward(
-      d_z.Reshape(q.shape()), q, k, Captured(HookKind::kV, l), Captured(HookKind::kPattern, l),
-      scale, c_.attn_softcap);
+  backward::AttentionGrads a =
+      backward::AttentionBackward(d_z.Reshape(q.shape()), q, k, Captured(HookKind::kV, l),
+                                  Captured(HookKind::kPattern, l), scale, c_.attn_softcap);
   Set(HookKind::kPattern, l, a.pattern);
   Set(HookKind::kAttnScores, l, a.scores);
   GB_ASSIGN_OR_RETURN(const Tensor d_v, Through(HookKind::kV, l, a.v));
@@ -299,10 +298,10 @@ absl::StatusOr<Tensor> BackwardWalk::QueryKeyPath(int l, Tensor d, bool query) {
     GB_ASSIGN_OR_RETURN(d, Through(query ? HookKind::kRotQ : HookKind::kRotK, l, d));
     // Gemma-3's sliding layers rotate with their own base.
     const bool local = model_.weights().rope_cos_local.defined() && c_.WindowOf(l) > 0;
-    GB_ASSIGN_OR_RETURN(Tensor cos, Host(local ? model_.weights().rope_cos_local
-                                               : model_.weights().rope_cos));
-    GB_ASSIGN_OR_RETURN(Tensor sin, Host(local ? model_.weights().rope_sin_local
-                                               : model_.weights().rope_sin));
+    GB_ASSIGN_OR_RETURN(Tensor cos,
+                        Host(local ? model_.weights().rope_cos_local : model_.weights().rope_cos));
+    GB_ASSIGN_OR_RETURN(Tensor sin,
+                        Host(local ? model_.weights().rope_sin_local : model_.weights().rope_sin));
     d = backward::RotaryBackward(d, cos, sin, c_.rotary_dim, c_.rotary_adjacent_pairs);
   }
   if (c_.qk_norm != QkNorm::kNone) {

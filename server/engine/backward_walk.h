@@ -42,7 +42,8 @@ class BackwardWalk {
   // An SAE spliced in at `hook` (after its edits): the walk goes back through it
   // (SpliceBackward) from the hook's gradient. `input` is the splice's input (hook_sae_input).
   void AddSplice(HookId hook, const Sae& sae, const SpliceOptions& options, Tensor input) {
-    splices_[hook] = {.sae = &sae, .options = &options, .input = std::move(input), .acts_gradient = {}};
+    splices_[hook] = {
+        .sae = &sae, .options = &options, .input = std::move(input), .acts_gradient = {}};
   }
   // A gradient arriving at a hook from outside the model's flow (a metric read there): added to
   // what flows down to it. Before FromSeeds or the other walks.
@@ -71,8 +72,8 @@ class BackwardWalk {
   // captured value's shape. `centered`: LayerNorm, else RMSNorm.
   absl::StatusOr<Tensor> Norm(const Tensor& dy, HookKind normalized, HookKind scale, int layer,
                               const Tensor& weight, bool centered);
-  absl::StatusOr<Tensor> ModelNorm(const Tensor& dy, HookKind normalized, HookKind scale,
-                                   int layer, const Tensor& weight) {
+  absl::StatusOr<Tensor> ModelNorm(const Tensor& dy, HookKind normalized, HookKind scale, int layer,
+                                   const Tensor& weight) {
     return Norm(dy, normalized, scale, layer, weight, centered_);
   }
   // Block `l`'s MLP branch: from the gradient at hook_mlp_out to the part of the gradient at the
@@ -92,8 +93,8 @@ class BackwardWalk {
   const HostCaptures& captured_;
   const int64_t batch_, seq_;
   const bool centered_;
-  std::vector<bool> wanted_;   // by HookId
-  std::vector<Tensor> grads_;  // by HookId
+  std::vector<bool> wanted_;                             // by HookId
+  std::vector<Tensor> grads_;                            // by HookId
   std::vector<std::vector<const Intervention*>> edits_;  // by HookId, in the pass's order
   std::vector<Tensor> seeds_;                            // by HookId
   struct Splice {

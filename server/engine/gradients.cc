@@ -24,8 +24,8 @@ bool IsMetricHookKind(HookKind kind) {
 
 absl::Status CheckMetric(const GradientMetric& m, const std::vector<int64_t>& lengths,
                          int64_t vocab) {
-  const bool ragged = std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) !=
-                      lengths.end();
+  const bool ragged =
+      std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) != lengths.end();
   for (size_t b = 0; b < lengths.size(); ++b) {
     const int64_t n = lengths[b];
     const std::string row = ragged ? absl::StrCat(" (row ", b, ")") : "";
@@ -40,9 +40,8 @@ absl::Status CheckMetric(const GradientMetric& m, const std::vector<int64_t>& le
   if (IsHookMetric(m.kind)) return absl::OkStatus();
   for (int32_t token : {m.token_a, m.token_b}) {
     if (token < 0 || token >= vocab)
-      return absl::InvalidArgumentError(absl::StrCat("the metric's token ", token,
-                                                     " is outside the vocabulary [0, ", vocab,
-                                                     ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the metric's token ", token, " is outside the vocabulary [0, ", vocab, ")"));
   }
   return absl::OkStatus();
 }
@@ -151,7 +150,7 @@ absl::StatusOr<MetricAtHook> EvaluateHookMetric(const GradientMetric& m, const H
                                                 const std::vector<int64_t>& lengths, int64_t seq) {
   const int64_t batch = static_cast<int64_t>(lengths.size());
   const int64_t per = value.numel() / (batch * seq);  // elements at one position
-  std::vector<int64_t> rows;  // b * seq + the metric's position in row b
+  std::vector<int64_t> rows;                          // b * seq + the metric's position in row b
   for (int64_t b = 0; b < batch; ++b) {
     rows.push_back(b * seq + (m.position >= 0 ? m.position : lengths[b] + m.position));
   }
@@ -173,9 +172,9 @@ absl::StatusOr<MetricAtHook> EvaluateHookMetric(const GradientMetric& m, const H
     return out;
   }
   if (m.sae == nullptr || m.sae->d_in() != per)
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the metric's SAE reads ", m.sae == nullptr ? 0 : m.sae->d_in(), " values per token; ",
-        info.name, " has ", per));
+    return absl::InvalidArgumentError(absl::StrCat("the metric's SAE reads ",
+                                                   m.sae == nullptr ? 0 : m.sae->d_in(),
+                                                   " values per token; ", info.name, " has ", per));
   Tensor inputs = Tensor::EmptyHost(DType::kF32, {batch, per});
   for (int64_t b = 0; b < batch; ++b) {
     std::copy_n(x + rows[b] * per, per, inputs.data<float>() + b * per);
@@ -198,8 +197,7 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
                                                          const ForwardBackwardRequest& request) {
   const ModelConfig& c = model.config();
   const Tensor& tokens = request.tokens;
-  if (tokens.rank() != 2 || tokens.dtype() != DType::kI32 || tokens.dim(0) < 1 ||
-      tokens.dim(1) < 1)
+  if (tokens.rank() != 2 || tokens.dtype() != DType::kI32 || tokens.dim(0) < 1 || tokens.dim(1) < 1)
     return absl::InvalidArgumentError("gradients need tokens as i32 [batch, seq], not empty");
   const int64_t batch = tokens.dim(0), seq = tokens.dim(1);
   GB_ASSIGN_OR_RETURN(std::vector<int64_t> lengths, RowLengths(tokens, request.attention_mask));
@@ -222,7 +220,8 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
     if (!IsMetricHookKind(info.kind))
       return absl::InvalidArgumentError(absl::StrCat(
           "a metric can read a token activation (the residual stream, attn_out, mlp_out, "
-          "hook_q/k/v/z, the MLP's pre/post, the embeddings); ", info.name, " is not one"));
+          "hook_q/k/v/z, the MLP's pre/post, the embeddings); ",
+          info.name, " is not one"));
     top_layer = info.layer;
   }
 
@@ -253,8 +252,7 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
     SaeSplice splice = given;
     if (splice.capture_ids[kInput] < 0) {
       splice.options.capture[kInput] = true;
-      splice.capture_ids[kInput] =
-          model.hooks().size() + static_cast<HookId>(splice_inputs.size());
+      splice.capture_ids[kInput] = model.hooks().size() + static_cast<HookId>(splice_inputs.size());
       splice.capture_infos[kInput] =
           SaeHookInfo(model.hooks().info(hook), *splice.sae, SaeHook::kInput);
     }
@@ -265,8 +263,9 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   const bool last_only = m.kind != GradientMetric::Kind::kLoss &&
                          (m.position == -1 || (unpadded && m.position == seq - 1));
   HostCaptures captured(model.backend());
-  const LogitsMode logits = at_hook ? LogitsMode::kNone
-                                    : last_only ? LogitsMode::kLast : LogitsMode::kAll;
+  const LogitsMode logits = at_hook     ? LogitsMode::kNone
+                            : last_only ? LogitsMode::kLast
+                                        : LogitsMode::kAll;
   GB_ASSIGN_OR_RETURN(
       ForwardOutput out,
       model.Forward({.tokens = tokens, .attention_mask = request.attention_mask}, plan, &captured,
@@ -292,10 +291,10 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   }
   TokenLayout layout;
   if (!request.interventions.empty()) {
-    layout = TokenLayout::FromMask(request.attention_mask.defined()
-                                       ? request.attention_mask
-                                       : Tensor::FromHost(std::vector<int32_t>(batch * seq, 1),
-                                                          {batch, seq}));
+    layout = TokenLayout::FromMask(
+        request.attention_mask.defined()
+            ? request.attention_mask
+            : Tensor::FromHost(std::vector<int32_t>(batch * seq, 1), {batch, seq}));
   }
   BackwardWalk backward(model, captured, batch, seq, request.gradients, request.interventions,
                         std::move(layout));
@@ -320,8 +319,8 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
       result.gradients.push_back(
           Tensor::ZerosHost(DType::kF32, model.hooks().info(id).ShapeFor(batch, seq)));
     } else {
-      return absl::UnimplementedError(absl::StrCat("no gradient is computed at ",
-                                                   model.hooks().info(id).name, " yet"));
+      return absl::UnimplementedError(
+          absl::StrCat("no gradient is computed at ", model.hooks().info(id).name, " yet"));
     }
   }
   return result;

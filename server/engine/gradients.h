@@ -33,9 +33,9 @@ struct GradientMetric {
   // kDirection and kSaeFeature: a token activation the backward passes through (the residual
   // stream, attn_out, mlp_out, hook_q/k/v/z, hook_rot_*, the MLP's pre/post, the embeddings).
   HookId hook = -1;
-  Tensor direction;         // kDirection: host f32, the hook's elements at one position
-  const Sae* sae = nullptr; // kSaeFeature: an SAE whose d_in is the hook's elements at a position
-  int32_t feature = 0;      // kSaeFeature
+  Tensor direction;          // kDirection: host f32, the hook's elements at one position
+  const Sae* sae = nullptr;  // kSaeFeature: an SAE whose d_in is the hook's elements at a position
+  int32_t feature = 0;       // kSaeFeature
 };
 bool IsHookMetric(GradientMetric::Kind kind);
 

@@ -108,8 +108,8 @@ absl::Status CheckPatchSource(const Intervention& edit, const HookInfo& info, co
         edit.value.numel() != edit.value.dim(0) * row) {
       const Shape one_row = info.ShapeFor(1, seq);
       return Bad(info, absl::StrCat("the patch source must be [rows, ",
-                                    absl::StrJoin(one_row.begin() + 1, one_row.end(), ", "),
-                                    "] (", row, " values per row)"));
+                                    absl::StrJoin(one_row.begin() + 1, one_row.end(), ", "), "] (",
+                                    row, " values per row)"));
     }
     source_batch = edit.value.dim(0);
   }
@@ -149,8 +149,8 @@ std::vector<std::pair<int32_t, int32_t>> ResolvePositions(const std::vector<int3
     if (edit.kind == InterventionKind::kPatchFrom) {
       // A kPatchFrom source is another run (its rows are not this layout's), unpadded or
       // right-padded: its position p is at index p, and p < 0 at its row's length + p.
-      const int32_t source_len = edit.source_lengths.empty() ? static_cast<int32_t>(n)
-                                                             : edit.source_lengths[source_row];
+      const int32_t source_len =
+          edit.source_lengths.empty() ? static_cast<int32_t>(n) : edit.source_lengths[source_row];
       source_p = p < 0 ? source_len + p : p;
     } else {
       source_p = layout.Index(source_row, p);
@@ -211,20 +211,22 @@ bool IsEditableHook(HookKind kind) {
 
 EditAxes EditAxesOf(HookKind kind) {
   return kind == HookKind::kAttnScores || kind == HookKind::kPattern ? EditAxes::kAttention
-                                                                      : EditAxes::kTokens;
+                                                                     : EditAxes::kTokens;
 }
 
 absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info, int64_t batch,
                                   int64_t seq, const TokenLayout& layout) {
   if (!IsEditableHook(info.kind)) {
-    return Bad(info, "this hook can be captured but not edited yet; edit hook_z, hook_attn_out, "
-                     "hook_resid_*, hook_mlp_out, mlp.hook_post, attn.hook_pattern or another "
-                     "activation that flows on");
+    return Bad(info,
+               "this hook can be captured but not edited yet; edit hook_z, hook_attn_out, "
+               "hook_resid_*, hook_mlp_out, mlp.hook_post, attn.hook_pattern or another "
+               "activation that flows on");
   }
   const View v = ViewOf(EditAxesOf(info.kind), info.ShapeFor(batch, seq));
   const bool attention = v.DimsArePositions();
   for (int32_t r : edit.select.rows) {
-    if (r < 0 || r >= batch) return Bad(info, absl::StrCat("row ", r, " is outside the batch [0, ", batch, ")"));
+    if (r < 0 || r >= batch)
+      return Bad(info, absl::StrCat("row ", r, " is outside the batch [0, ", batch, ")"));
   }
   GB_RETURN_IF_ERROR(CheckPositions(info, attention ? "query position" : "position",
                                     edit.select.positions, batch, layout));
@@ -238,7 +240,8 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
     GB_RETURN_IF_ERROR(CheckPositions(info, "key position", edit.select.dims, batch, layout));
   } else {
     for (int32_t d : edit.select.dims) {
-      if (d < 0 || d >= v.d) return Bad(info, absl::StrCat("index ", d, " is outside the last axis [0, ", v.d, ")"));
+      if (d < 0 || d >= v.d)
+        return Bad(info, absl::StrCat("index ", d, " is outside the last axis [0, ", v.d, ")"));
     }
   }
   if (edit.kind == InterventionKind::kAdd || edit.kind == InterventionKind::kSet) {
@@ -262,10 +265,11 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
         return Bad(info, "the direction must be finite and non-zero");
       }
     }
-      if (edit.kind == InterventionKind::kProjectionCap) {
+    if (edit.kind == InterventionKind::kProjectionCap) {
       if (std::isnan(edit.projection_min) || std::isnan(edit.projection_max) ||
           (std::isinf(edit.projection_min) && std::isinf(edit.projection_max))) {
-        return Bad(info, "a projection cap needs projection_min or projection_max (or both), finite");
+        return Bad(info,
+                   "a projection cap needs projection_min or projection_max (or both), finite");
       }
       if (edit.projection_min > edit.projection_max) {
         return Bad(info, absl::StrCat("projection_min ", edit.projection_min,
@@ -311,7 +315,9 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
   auto mean_over_positions = [&](int64_t b, int64_t mi, int64_t di) {
     double sum = 0;
     for (int32_t p : layout.real[b]) sum += src[v.Offset(b, p, mi, di)];
-    return layout.real[b].empty() ? 0.0f : static_cast<float>(sum / static_cast<double>(layout.real[b].size()));
+    return layout.real[b].empty()
+               ? 0.0f
+               : static_cast<float>(sum / static_cast<double>(layout.real[b].size()));
   };
 
   if (IsDirectional(edit.kind)) {
@@ -319,8 +325,10 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
     // direction u becomes f(x . u), the rest of x is kept.
     auto change_along = [&](double dot) {
       switch (edit.kind) {
-        case InterventionKind::kProjectOut: return -edit.coefficient * dot;
-        case InterventionKind::kOrthogonalDecomp: return (edit.coefficient - 1.0) * dot;
+        case InterventionKind::kProjectOut:
+          return -edit.coefficient * dot;
+        case InterventionKind::kOrthogonalDecomp:
+          return (edit.coefficient - 1.0) * dot;
         default:
           return std::clamp(dot, double{edit.projection_min}, double{edit.projection_max}) - dot;
       }
@@ -329,12 +337,16 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
     std::vector<double> unit(static_cast<size_t>(value_n));
     for (int64_t m = 0; m < value_n / v.d; ++m) {
       double norm = 0;
-      for (int64_t d = 0; d < v.d; ++d) norm += double{edit.value.data<float>()[m * v.d + d]} * edit.value.data<float>()[m * v.d + d];
+      for (int64_t d = 0; d < v.d; ++d)
+        norm +=
+            double{edit.value.data<float>()[m * v.d + d]} * edit.value.data<float>()[m * v.d + d];
       norm = std::sqrt(norm);
-      for (int64_t d = 0; d < v.d; ++d) unit[m * v.d + d] = edit.value.data<float>()[m * v.d + d] / norm;
+      for (int64_t d = 0; d < v.d; ++d)
+        unit[m * v.d + d] = edit.value.data<float>()[m * v.d + d] / norm;
     }
     for (int32_t b : rows) {
-      for (const auto& [p, unused] : ResolvePositions(edit.select.positions, v.seq, edit, layout, b, b)) {
+      for (const auto& [p, unused] :
+           ResolvePositions(edit.select.positions, v.seq, edit, layout, b, b)) {
         for (int32_t mi : heads) {
           const double* u = unit.data() + (per_head ? mi * v.d : 0);
           float* e = x + v.Offset(b, p, mi, 0);
@@ -350,7 +362,8 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
 
   for (int32_t b : rows) {
     const int32_t source_row = IsPatch(edit.kind) ? edit.source_rows[b] : b;
-    const auto positions = ResolvePositions(edit.select.positions, v.seq, edit, layout, b, source_row);
+    const auto positions =
+        ResolvePositions(edit.select.positions, v.seq, edit, layout, b, source_row);
     const auto dims = v.DimsArePositions()
                           ? ResolvePositions(edit.select.dims, v.d, edit, layout, b, source_row)
                           : features;
@@ -359,13 +372,27 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
         for (const auto& [di, source_d] : dims) {
           float& e = x[v.Offset(b, p, mi, di)];
           switch (edit.kind) {
-            case InterventionKind::kZero: e = 0; break;
-            case InterventionKind::kScale: e *= edit.coefficient; break;
-            case InterventionKind::kAdd: e += edit.coefficient * given(b, p, mi, di); break;
-            case InterventionKind::kSet: e = given(b, p, mi, di); break;
-            case InterventionKind::kMeanBatch: e = mean_over_batch(p, mi, di); break;
-            case InterventionKind::kMeanPos: e = mean_over_positions(b, mi, di); break;
-            case InterventionKind::kPatchRow: e = src[v.Offset(source_row, source_p, mi, source_d)]; break;
+            case InterventionKind::kZero:
+              e = 0;
+              break;
+            case InterventionKind::kScale:
+              e *= edit.coefficient;
+              break;
+            case InterventionKind::kAdd:
+              e += edit.coefficient * given(b, p, mi, di);
+              break;
+            case InterventionKind::kSet:
+              e = given(b, p, mi, di);
+              break;
+            case InterventionKind::kMeanBatch:
+              e = mean_over_batch(p, mi, di);
+              break;
+            case InterventionKind::kMeanPos:
+              e = mean_over_positions(b, mi, di);
+              break;
+            case InterventionKind::kPatchRow:
+              e = src[v.Offset(source_row, source_p, mi, source_d)];
+              break;
             case InterventionKind::kPatchFrom:
               e = edit.value.data<float>()[v.Offset(source_row, source_p, mi, source_d)];
               break;
@@ -386,9 +413,9 @@ absl::Status CheckDifferentiable(const Intervention& edit, const HookInfo& info)
         "gradients through an edit of ", info.name,
         " are not implemented yet; edit a token activation (hook_z, hook_v, the residual stream)"));
   if (edit.kind == InterventionKind::kProjectionCap)
-    return absl::UnimplementedError(absl::StrCat(
-        "gradients through PROJECTION_CAP at ", info.name,
-        " are not implemented: its slope depends on the value before the edit"));
+    return absl::UnimplementedError(
+        absl::StrCat("gradients through PROJECTION_CAP at ", info.name,
+                     " are not implemented: its slope depends on the value before the edit"));
   return absl::OkStatus();
 }
 

@@ -19,18 +19,18 @@
 namespace glassbox {
 
 enum class InterventionKind : uint8_t {
-  kZero,      // x[S] = 0
-  kScale,     // x[S] *= coefficient
-  kAdd,       // x[S] += coefficient * value   (steering)
-  kSet,       // x[S] = value
-  kMeanBatch, // x[S] = mean of x over the batch rows (per position), as TransformerLens's
-              //        mean-ablation over the batch; needs rows of equal length to mean sensibly
-  kMeanPos,   // x[S] = mean of x over each row's real positions
-  kPatchRow,  // x[b, S] = x[source_rows[b], S]   (resample / patch from another batch item)
-  kPatchFrom, // x[b, S] = value[source_rows[b], S], value = the same hook in another run
-              //           ([source batch, pos, ...], unpadded): activation patching
-  kProjectOut,// x[S] -= coefficient * (x . u) u, u = value / |value| along the last axis:
-              //           directional ablation (Arditi et al., 2024); value [D] or [M, D]
+  kZero,        // x[S] = 0
+  kScale,       // x[S] *= coefficient
+  kAdd,         // x[S] += coefficient * value   (steering)
+  kSet,         // x[S] = value
+  kMeanBatch,   // x[S] = mean of x over the batch rows (per position), as TransformerLens's
+                //        mean-ablation over the batch; needs rows of equal length to mean sensibly
+  kMeanPos,     // x[S] = mean of x over each row's real positions
+  kPatchRow,    // x[b, S] = x[source_rows[b], S]   (resample / patch from another batch item)
+  kPatchFrom,   // x[b, S] = value[source_rows[b], S], value = the same hook in another run
+                //           ([source batch, pos, ...], unpadded): activation patching
+  kProjectOut,  // x[S] -= coefficient * (x . u) u, u = value / |value| along the last axis:
+                //           directional ablation (Arditi et al., 2024); value [D] or [M, D]
   // Neuronpedia's steering methods, on the component along u as kProjectOut's:
   kOrthogonalDecomp,  // x[S] = (I - P) x + coefficient P x, P = u u^T
   kProjectionCap,     // x[S] += (clamp(x . u, projection_min, projection_max) - x . u) u

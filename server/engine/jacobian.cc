@@ -15,8 +15,7 @@ namespace glassbox {
 namespace {
 
 bool IsResidual(HookKind kind) {
-  return kind == HookKind::kResidPre || kind == HookKind::kResidMid ||
-         kind == HookKind::kResidPost;
+  return kind == HookKind::kResidPre || kind == HookKind::kResidMid || kind == HookKind::kResidPost;
 }
 
 // The hooks a Jacobian can start from: the per-token activations the backward walk fills (not
@@ -63,9 +62,12 @@ bool IsPerTokenInput(HookKind kind) {
 std::pair<int, int> Place(const HookInfo& info) {
   if (info.layer < 0) return {-1, 0};
   switch (info.kind) {
-    case HookKind::kResidPre: return {info.layer, 0};
-    case HookKind::kResidMid: return {info.layer, 2};
-    case HookKind::kResidPost: return {info.layer, 4};
+    case HookKind::kResidPre:
+      return {info.layer, 0};
+    case HookKind::kResidMid:
+      return {info.layer, 2};
+    case HookKind::kResidPost:
+      return {info.layer, 4};
     case HookKind::kLn2Normalized:
     case HookKind::kLn2Scale:
     case HookKind::kMlpPre:
@@ -88,7 +90,8 @@ int64_t ElementsAtOnePosition(const HookInfo& info) {
 }
 
 absl::StatusOr<std::vector<int64_t>> Resolve(const std::vector<int32_t>& positions,
-                                             const std::vector<int64_t>& lengths, const char* what) {
+                                             const std::vector<int64_t>& lengths,
+                                             const char* what) {
   if (positions.size() != lengths.size())
     return absl::InvalidArgumentError(absl::StrCat(what, " has ", positions.size(),
                                                    " positions for ", lengths.size(),
@@ -115,17 +118,16 @@ absl::StatusOr<std::pair<int64_t, int64_t>> JacobianSize(const Transformer& mode
   const HookInfo& to = hooks.info(out);
   if (!IsResidual(to.kind))
     return absl::InvalidArgumentError(absl::StrCat(
-        "a Jacobian's output is a residual-stream hook (hook_resid_pre, _mid or _post); ",
-        to.name, " is not"));
+        "a Jacobian's output is a residual-stream hook (hook_resid_pre, _mid or _post); ", to.name,
+        " is not"));
   if (!IsPerTokenInput(from.kind))
-    return absl::InvalidArgumentError(absl::StrCat(
-        "a Jacobian's input is a per-token activation at or below its output; ", from.name,
-        " is not one"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("a Jacobian's input is a per-token activation at or below its output; ",
+                     from.name, " is not one"));
   if (Place(from) > Place(to))
     return absl::InvalidArgumentError(absl::StrCat(from.name, " comes after ", to.name,
                                                    " in the forward pass: nothing flows back"));
-  return std::make_pair(ElementsAtOnePosition(to),
-                        ElementsAtOnePosition(from));
+  return std::make_pair(ElementsAtOnePosition(to), ElementsAtOnePosition(from));
 }
 
 absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
@@ -139,7 +141,8 @@ absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
   GB_ASSIGN_OR_RETURN(std::vector<int64_t> lengths, RowLengths(tokens, request.attention_mask));
   GB_ASSIGN_OR_RETURN(std::vector<int64_t> p, Resolve(request.in_positions, lengths, "in"));
   GB_ASSIGN_OR_RETURN(std::vector<int64_t> q, Resolve(request.out_positions, lengths, "out"));
-  if (request.max_rows_per_pass < 1) return absl::InvalidArgumentError("max_rows_per_pass must be >= 1");
+  if (request.max_rows_per_pass < 1)
+    return absl::InvalidArgumentError("max_rows_per_pass must be >= 1");
   const HookInfo& to = model.hooks().info(request.out);
   const HookInfo& from = model.hooks().info(request.in);
   const int lowest = std::max(from.layer, 0);
@@ -175,7 +178,8 @@ absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
     BackwardWalk walk(model, captured, rows, seq, {request.in});
     GB_RETURN_IF_ERROR(walk.FromResidual(to.kind, to.layer, std::move(seed), lowest));
     const Tensor& grad = walk.gradient(request.in);
-    if (!grad.defined()) return absl::InternalError("the backward walk did not reach the input hook");
+    if (!grad.defined())
+      return absl::InternalError("the backward walk did not reach the input hook");
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t b = r % batch, element = first + r / batch;
       std::copy_n(grad.data<float>() + (r * seq + p[b]) * n_in, n_in,

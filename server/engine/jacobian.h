@@ -20,18 +20,18 @@ struct JacobianRequest {
   Tensor tokens;          // [batch, seq] i32, host
   Tensor attention_mask;  // as GradientRequest's: right padding, or undefined
   HookId in = -1;
-  std::vector<int32_t> in_positions;  // per row; negative from the row's last real token
-  HookId out = -1;                    // a residual-stream hook
-  std::vector<int32_t> out_positions; // per row, as in_positions
-  int64_t max_rows_per_pass = 64;     // repeated rows in one pass
+  std::vector<int32_t> in_positions;   // per row; negative from the row's last real token
+  HookId out = -1;                     // a residual-stream hook
+  std::vector<int32_t> out_positions;  // per row, as in_positions
+  int64_t max_rows_per_pass = 64;      // repeated rows in one pass
   const std::atomic<bool>* cancelled = nullptr;
 };
 
 struct JacobianResult {
-  Tensor jacobian;  // host f32 [batch, out elements, in elements]
-  Tensor out_value; // host f32 [batch, out elements]: out[b, q_b] (what a linear fit reads)
-  Tensor in_value;  // host f32 [batch, in elements]: in[b, p_b]
-  int passes = 0;   // forward + backward passes
+  Tensor jacobian;   // host f32 [batch, out elements, in elements]
+  Tensor out_value;  // host f32 [batch, out elements]: out[b, q_b] (what a linear fit reads)
+  Tensor in_value;   // host f32 [batch, in elements]: in[b, p_b]
+  int passes = 0;    // forward + backward passes
 };
 
 // The size of one row's Jacobian (out elements × in elements), for the service's limits; an

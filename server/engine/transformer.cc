@@ -18,10 +18,18 @@ namespace {
 class ForwardPass {
  public:
   ForwardPass(const ModelConfig& config, const HookRegistry& hooks, const ModelWeights& weights,
-              Backend& backend, DType dtype, const HookPlan& plan, CaptureSink* sink,
-              int64_t batch, int64_t seq)
-      : c_(config), hooks_(hooks), w_(weights), be_(backend), dtype_(dtype), plan_(plan),
-        sink_(sink), batch_(batch), seq_(seq), tokens_(batch * seq) {}
+              Backend& backend, DType dtype, const HookPlan& plan, CaptureSink* sink, int64_t batch,
+              int64_t seq)
+      : c_(config),
+        hooks_(hooks),
+        w_(weights),
+        be_(backend),
+        dtype_(dtype),
+        plan_(plan),
+        sink_(sink),
+        batch_(batch),
+        seq_(seq),
+        tokens_(batch * seq) {}
 
   TokenLayout layout_;  // where each row's real tokens are, for position selectors
   // Decoding: the cache the pass's keys and values go into (at `cache_slots_`, device i32
@@ -29,14 +37,12 @@ class ForwardPass {
   KvCache* cache_ = nullptr;
   Tensor cache_slots_;
 
-  absl::StatusOr<ForwardOutput> Run(const Tensor& ids, const Tensor& mask,
-                                    const Tensor& positions, const Tensor& last_index,
-                                    const Tensor& targets, const ForwardOptions& options);
+  absl::StatusOr<ForwardOutput> Run(const Tensor& ids, const Tensor& mask, const Tensor& positions,
+                                    const Tensor& last_index, const Tensor& targets,
+                                    const ForwardOptions& options);
 
  private:
-  bool Touched(HookKind kind, int layer) const {
-    return plan_.Touches(hooks_.Find(kind, layer));
-  }
+  bool Touched(HookKind kind, int layer) const { return plan_.Touches(hooks_.Find(kind, layer)); }
 
   // The single place where the forward pass meets the plan: edits replace `value` by an edited
   // copy (never in place: a sink may hold the original, e.g. the previous block's resid_post),
@@ -133,9 +139,8 @@ float RoundedTo(DType dtype, double value) {
 }
 Tensor* OutOrNull(Tensor& t) { return t.defined() ? &t : nullptr; }
 
-absl::StatusOr<Tensor> ForwardPass::Norm(const Tensor& x, const Tensor& weight,
-                                         const Tensor& bias, HookKind scale_kind,
-                                         HookKind normalized_kind, int layer) {
+absl::StatusOr<Tensor> ForwardPass::Norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                         HookKind scale_kind, HookKind normalized_kind, int layer) {
   GB_ASSIGN_OR_RETURN(Tensor out, New({tokens_, c_.d_model}));
   // TransformerLens's hook_normalized holds the value before the norm's weight and bias, for
   // LayerNorm and RMSNorm alike; it and the scale are computed only when hooked.
@@ -151,7 +156,8 @@ absl::StatusOr<Tensor> ForwardPass::Norm(const Tensor& x, const Tensor& weight,
     GB_RETURN_IF_ERROR(be_.LayerNorm(x, OrNull(weight), OrNull(bias), eps, out, OutOrNull(scale),
                                      OutOrNull(unweighted)));
   } else {
-    GB_RETURN_IF_ERROR(be_.RmsNorm(x, OrNull(weight), eps, out, OutOrNull(scale), OutOrNull(unweighted)));
+    GB_RETURN_IF_ERROR(
+        be_.RmsNorm(x, OrNull(weight), eps, out, OutOrNull(scale), OutOrNull(unweighted)));
   }
   GB_RETURN_IF_ERROR(AtHook(scale_kind, layer, scale));
   GB_RETURN_IF_ERROR(AtHook(normalized_kind, layer, unweighted));
@@ -193,10 +199,10 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
   GB_RETURN_IF_ERROR(AtHook(HookKind::kK, layer, k));
   GB_RETURN_IF_ERROR(AtHook(HookKind::kV, layer, v));
   if (c_.qk_norm != QkNorm::kNone) {
-    GB_ASSIGN_OR_RETURN(q, QkNormOf(q, b.q_norm_w, HookKind::kQNormScale,
-                                    HookKind::kQNormNormalized, layer));
-    GB_ASSIGN_OR_RETURN(k, QkNormOf(k, b.k_norm_w, HookKind::kKNormScale,
-                                    HookKind::kKNormNormalized, layer));
+    GB_ASSIGN_OR_RETURN(
+        q, QkNormOf(q, b.q_norm_w, HookKind::kQNormScale, HookKind::kQNormNormalized, layer));
+    GB_ASSIGN_OR_RETURN(
+        k, QkNormOf(k, b.k_norm_w, HookKind::kKNormScale, HookKind::kKNormNormalized, layer));
   }
 
   if (c_.positional == PositionalKind::kRotary) {
@@ -246,8 +252,8 @@ absl::StatusOr<Tensor> ForwardPass::Attention(int layer, const BlockWeights& b,
     GB_RETURN_IF_ERROR(be_.Attention(q, keys, values, mask, static_cast<float>(scale), z, nullptr,
                                      nullptr, options));
   } else {
-    GB_RETURN_IF_ERROR(be_.Attention(q, k, v, mask, static_cast<float>(scale), z,
-                                     OutOrNull(scores), OutOrNull(pattern), options));
+    GB_RETURN_IF_ERROR(be_.Attention(q, k, v, mask, static_cast<float>(scale), z, OutOrNull(scores),
+                                     OutOrNull(pattern), options));
   }
   GB_RETURN_IF_ERROR(AtHook(HookKind::kAttnScores, layer, scores));
   if (scores_edited || pattern_edited) {
@@ -289,9 +295,11 @@ absl::StatusOr<Tensor> ForwardPass::Mlp(int layer, const BlockWeights& b,
   if (c_.gated_mlp) {
     GB_ASSIGN_OR_RETURN(Tensor pre, New({tokens_, m}));
     GB_ASSIGN_OR_RETURN(Tensor pre_linear, New({tokens_, m}));
-    GB_RETURN_IF_ERROR(be_.Linear(normalized, b.gate_w, OrNull(b.gate_b), Activation::kIdentity, pre));
+    GB_RETURN_IF_ERROR(
+        be_.Linear(normalized, b.gate_w, OrNull(b.gate_b), Activation::kIdentity, pre));
     GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpPre, layer, pre));
-    GB_RETURN_IF_ERROR(be_.Linear(normalized, b.in_w, OrNull(b.in_b), Activation::kIdentity, pre_linear));
+    GB_RETURN_IF_ERROR(
+        be_.Linear(normalized, b.in_w, OrNull(b.in_b), Activation::kIdentity, pre_linear));
     GB_RETURN_IF_ERROR(AtHook(HookKind::kMlpPreLinear, layer, pre_linear));
     GB_ASSIGN_OR_RETURN(Tensor activated, New({tokens_, m}));
     GB_RETURN_IF_ERROR(be_.Activate(c_.act, pre, activated));
@@ -392,7 +400,8 @@ absl::StatusOr<ForwardOutput> ForwardPass::Run(const Tensor& ids, const Tensor& 
     GB_RETURN_IF_ERROR(be_.Add(resid, pos_embed, sum));
     resid = sum;
   }
-  const int layers = options.stop_at_layer >= 0 ? options.stop_at_layer : static_cast<int>(c_.n_layers);
+  const int layers =
+      options.stop_at_layer >= 0 ? options.stop_at_layer : static_cast<int>(c_.n_layers);
   auto check_cancelled = [&]() -> absl::Status {
     if (options.cancelled != nullptr && options.cancelled->load(std::memory_order_relaxed)) {
       return absl::CancelledError("the forward pass was cancelled");
@@ -407,16 +416,21 @@ absl::StatusOr<ForwardOutput> ForwardPass::Run(const Tensor& ids, const Tensor& 
   ForwardOutput out;
   if (options.stop_at_layer >= 0) return out;
 
-  GB_ASSIGN_OR_RETURN(Tensor normalized, Norm(resid, w_.ln_final_w, w_.ln_final_b,
-                                              HookKind::kLnFinalScale,
-                                              HookKind::kLnFinalNormalized, -1));
+  GB_ASSIGN_OR_RETURN(Tensor normalized,
+                      Norm(resid, w_.ln_final_w, w_.ln_final_b, HookKind::kLnFinalScale,
+                           HookKind::kLnFinalNormalized, -1));
   const LogitsRequest request = options.logits_request();
   if (!request.any()) return out;
-  return ComputeLogitsOutputs(be_, {.normalized = &normalized, .unembed = &w_.unembed,
-                                    .unembed_bias = w_.unembed_b.defined() ? &w_.unembed_b : nullptr,
-                                    .last_index = &last_index, .next_targets = &targets,
-                                    .batch = batch_, .seq = seq_, .vocab = c_.vocab_size,
-                                    .softcap = static_cast<float>(c_.final_softcap)},
+  return ComputeLogitsOutputs(be_,
+                              {.normalized = &normalized,
+                               .unembed = &w_.unembed,
+                               .unembed_bias = w_.unembed_b.defined() ? &w_.unembed_b : nullptr,
+                               .last_index = &last_index,
+                               .next_targets = &targets,
+                               .batch = batch_,
+                               .seq = seq_,
+                               .vocab = c_.vocab_size,
+                               .softcap = static_cast<float>(c_.final_softcap)},
                               request);
 }
 
@@ -429,11 +443,13 @@ absl::Status CheckCachedPass(const KvCache& cache, const HookPlan& plan,
         absl::StrCat("the KV cache holds ", cache.batch(), " rows; the input has ", batch));
   }
   if (cache.length() + seq > cache.capacity()) {
-    return absl::InvalidArgumentError(absl::StrCat("the KV cache has ", cache.capacity() - cache.length(),
+    return absl::InvalidArgumentError(absl::StrCat("the KV cache has ",
+                                                   cache.capacity() - cache.length(),
                                                    " free slots; the input needs ", seq));
   }
   if (options.loss_per_token || options.stop_at_layer >= 0) {
-    return absl::InvalidArgumentError("a pass over a KV cache computes no loss and runs every layer");
+    return absl::InvalidArgumentError(
+        "a pass over a KV cache computes no loss and runs every layer");
   }
   return absl::OkStatus();
 }
@@ -451,17 +467,18 @@ absl::Status CheckPlanForCache(const HookPlan& plan) {
     }
     for (const Intervention& edit : plan.Edits(id)) {
       if (!IsPositionLocal(edit, info)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the edit at ", info.name, " selects positions or reads other positions; a pass "
-            "over a KV cache edits every new token alike"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("the edit at ", info.name,
+                         " selects positions or reads other positions; a pass "
+                         "over a KV cache edits every new token alike"));
       }
     }
     if (const SaeSplice* splice = plan.SaeSpliceAt(id)) {
       for (const FeatureEdit& edit : splice->options.edits) {
         if (!edit.tokens.empty()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "an SAE feature edit at ", info.name, " selects tokens; a pass over a KV cache "
-              "edits every new token alike"));
+          return absl::InvalidArgumentError(absl::StrCat("an SAE feature edit at ", info.name,
+                                                         " selects tokens; a pass over a KV cache "
+                                                         "edits every new token alike"));
         }
       }
     }
@@ -482,8 +499,8 @@ bool IsPositionLocal(const Intervention& edit, const HookInfo& info) {
     case InterventionKind::kSet: {
       // A value of one token's shape ([D] or [M, D]) broadcasts over positions; a [pos, ...] or
       // full-shape value is indexed by position.
-      const int64_t per_token = info.dims.back().size *
-                                (info.dims.size() == 4 ? info.dims[2].size : 1);
+      const int64_t per_token =
+          info.dims.back().size * (info.dims.size() == 4 ? info.dims[2].size : 1);
       return edit.value.numel() <= per_token;
     }
     default:
@@ -495,8 +512,8 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
                                                                std::shared_ptr<Backend> backend,
                                                                DType dtype) {
   if (backend->device() == Device::kCpu && dtype != DType::kF32) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the CPU backend computes in f32; ", DTypeName(dtype), " needs the CUDA backend"));
+    return absl::InvalidArgumentError(absl::StrCat("the CPU backend computes in f32; ",
+                                                   DTypeName(dtype), " needs the CUDA backend"));
   }
   GB_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   GB_ASSIGN_OR_RETURN(SafetensorsCheckpoint checkpoint, SafetensorsCheckpoint::Open(model_dir));
@@ -515,8 +532,8 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
       new Transformer(std::move(config), *std::move(weights), std::move(backend), dtype));
 }
 
-absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
-                                                   const HookPlan& plan, CaptureSink* sink,
+absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input, const HookPlan& plan,
+                                                   CaptureSink* sink,
                                                    const ForwardOptions& options) const {
   const Tensor& tokens = input.tokens;
   if (!tokens.defined() || tokens.rank() != 2 || tokens.dtype() != DType::kI32 ||
@@ -525,8 +542,8 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
   }
   const int64_t batch = tokens.dim(0), seq = tokens.dim(1);
   if (batch == 0 || seq == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("empty input: tokens have shape ",
-                                                   ShapeToString(tokens.shape())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("empty input: tokens have shape ", ShapeToString(tokens.shape())));
   }
   if (&plan.registry() != &hooks_) {
     return absl::InvalidArgumentError("the hook plan was built for another model");
@@ -545,9 +562,11 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
   GB_RETURN_IF_ERROR(ValidateLogitsRequest(options.logits_request(), config_.vocab_size));
   Tensor mask = input.attention_mask;
   if (mask.defined()) {
-    if (mask.dtype() != DType::kI32 || mask.shape() != tokens.shape() || mask.device() != Device::kCpu) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "attention_mask must be a host i32 tensor shaped like tokens ", ShapeToString(tokens.shape())));
+    if (mask.dtype() != DType::kI32 || mask.shape() != tokens.shape() ||
+        mask.device() != Device::kCpu) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("attention_mask must be a host i32 tensor shaped like tokens ",
+                       ShapeToString(tokens.shape())));
     }
   } else {
     mask = Tensor::EmptyHost(DType::kI32, tokens.shape());
@@ -569,8 +588,8 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
       const int32_t id = tokens.data<int32_t>()[i];
       const int32_t m = mask.data<int32_t>()[i];
       if (m != 0 && m != 1) {
-        return absl::InvalidArgumentError(absl::StrCat("attention_mask[", b, "][", s, "] is ", m,
-                                                       "; it must be 0 or 1"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("attention_mask[", b, "][", s, "] is ", m, "; it must be 0 or 1"));
       }
       if (m == 1 && (id < 0 || id >= config_.vocab_size)) {
         return absl::InvalidArgumentError(absl::StrCat("token id ", id, " at [", b, "][", s,
@@ -586,9 +605,8 @@ absl::StatusOr<ForwardOutput> Transformer::Forward(const ForwardInput& input,
       targets.data<int32_t>()[i] = (m == 1 && next_real) ? tokens.data<int32_t>()[i + 1] : -1;
     }
     if (real > config_.n_ctx) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", b, " has ", real,
-                                                     " tokens; the model's context is ",
-                                                     config_.n_ctx));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", b, " has ", real, " tokens; the model's context is ", config_.n_ctx));
     }
     last_index.data<int32_t>()[b] = static_cast<int32_t>(b * seq + std::max(last, 0));
   }

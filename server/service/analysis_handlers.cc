@@ -6,9 +6,9 @@
 #include "base/status_macros.h"
 #include "server/engine/analyses.h"
 #include "server/engine/attribution_patching.h"
-#include "server/engine/sae/feature_gradient.h"
 #include "server/engine/gradients.h"
 #include "server/engine/patching.h"
+#include "server/engine/sae/feature_gradient.h"
 #include "server/service/array_proto.h"
 #include "server/service/glassbox_service.h"
 #include "server/service/status_util.h"
@@ -20,20 +20,33 @@ namespace pb = ::glassbox::v1;
 
 absl::StatusOr<SweepKind> FromProtoSweep(pb::SweepKind kind) {
   switch (kind) {
-    case pb::SWEEP_RESID_PRE: return SweepKind::kResidPre;
-    case pb::SWEEP_RESID_MID: return SweepKind::kResidMid;
-    case pb::SWEEP_RESID_POST: return SweepKind::kResidPost;
-    case pb::SWEEP_ATTN_OUT: return SweepKind::kAttnOut;
-    case pb::SWEEP_MLP_OUT: return SweepKind::kMlpOut;
-    case pb::SWEEP_HEAD_OUT_ALL_POS: return SweepKind::kHeadOutAllPos;
-    case pb::SWEEP_HEAD_OUT_BY_POS: return SweepKind::kHeadOutByPos;
-    case pb::SWEEP_Q_ALL_POS: return SweepKind::kQAllPos;
-    case pb::SWEEP_K_ALL_POS: return SweepKind::kKAllPos;
-    case pb::SWEEP_V_ALL_POS: return SweepKind::kVAllPos;
-    case pb::SWEEP_ATTN_HEAD_PATTERN_ALL_POS: return SweepKind::kPatternAllPos;
-    case pb::SWEEP_MLP_POST_ALL_POS: return SweepKind::kMlpPostAllPos;
+    case pb::SWEEP_RESID_PRE:
+      return SweepKind::kResidPre;
+    case pb::SWEEP_RESID_MID:
+      return SweepKind::kResidMid;
+    case pb::SWEEP_RESID_POST:
+      return SweepKind::kResidPost;
+    case pb::SWEEP_ATTN_OUT:
+      return SweepKind::kAttnOut;
+    case pb::SWEEP_MLP_OUT:
+      return SweepKind::kMlpOut;
+    case pb::SWEEP_HEAD_OUT_ALL_POS:
+      return SweepKind::kHeadOutAllPos;
+    case pb::SWEEP_HEAD_OUT_BY_POS:
+      return SweepKind::kHeadOutByPos;
+    case pb::SWEEP_Q_ALL_POS:
+      return SweepKind::kQAllPos;
+    case pb::SWEEP_K_ALL_POS:
+      return SweepKind::kKAllPos;
+    case pb::SWEEP_V_ALL_POS:
+      return SweepKind::kVAllPos;
+    case pb::SWEEP_ATTN_HEAD_PATTERN_ALL_POS:
+      return SweepKind::kPatternAllPos;
+    case pb::SWEEP_MLP_POST_ALL_POS:
+      return SweepKind::kMlpPostAllPos;
     default:
-      return absl::InvalidArgumentError("set kind: which activation to sweep (SWEEP_RESID_PRE, ...)");
+      return absl::InvalidArgumentError(
+          "set kind: which activation to sweep (SWEEP_RESID_PRE, ...)");
   }
 }
 
@@ -41,8 +54,8 @@ absl::StatusOr<SweepKind> FromProtoSweep(pb::SweepKind kind) {
 absl::Status CheckPairs(const Batch& clean, const Batch& corrupted) {
   if (clean.tokens.shape() != corrupted.tokens.shape()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "clean and corrupted inputs must have the same shape; got ", ShapeToString(clean.tokens.shape()),
-        " and ", ShapeToString(corrupted.tokens.shape())));
+        "clean and corrupted inputs must have the same shape; got ",
+        ShapeToString(clean.tokens.shape()), " and ", ShapeToString(corrupted.tokens.shape())));
   }
   for (const Batch* b : {&clean, &corrupted}) {
     for (int32_t len : b->lengths) {
@@ -70,13 +83,16 @@ absl::Status GlassboxService::OnDevice(const grpc::ServerContext* context, const
   double queue_seconds = 0, run_seconds = 0;
   absl::Status status = RunOnWorker(
       scheduler_,
-      {.owner = caller.cache().owner, .rpc = std::move(rpc), .model = std::move(model),
+      {.owner = caller.cache().owner,
+       .rpc = std::move(rpc),
+       .model = std::move(model),
        .tokens = tokens},
       [&] {
         const auto start = std::chrono::steady_clock::now();
         queue_seconds = std::chrono::duration<double>(start - queued_at).count();
         absl::Status done = work();
-        run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        run_seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         return done;
       });
   metrics_.Annotate(context, [&](RequestRecord& r) {
@@ -97,10 +113,13 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   auto served = store_.Find(request->model());
   if (!served.ok()) return ToGrpcStatus(served.status());
   auto clean = BuildBatch(request->clean(), **served, limits);
-  if (!clean.ok()) return ToGrpcStatus(absl::Status(clean.status().code(), absl::StrCat("clean: ", clean.status().message())));
+  if (!clean.ok())
+    return ToGrpcStatus(
+        absl::Status(clean.status().code(), absl::StrCat("clean: ", clean.status().message())));
   auto corrupted = BuildBatch(request->corrupted(), **served, limits);
   if (!corrupted.ok()) {
-    return ToGrpcStatus(absl::Status(corrupted.status().code(), absl::StrCat("corrupted: ", corrupted.status().message())));
+    return ToGrpcStatus(absl::Status(corrupted.status().code(),
+                                     absl::StrCat("corrupted: ", corrupted.status().message())));
   }
   if (absl::Status s = CheckPairs(*clean, *corrupted); !s.ok()) return ToGrpcStatus(s);
   // An SAE's features are a sweep of their own: attribution patching with the SAE spliced in.
@@ -126,17 +145,25 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
                           absl::StrCat("the feature map would take ", bytes, " bytes; ",
                                        limits.ResponseBytesAllowed(), ": send fewer positions"));
   } else if (!request->sae().empty()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "sae names the SAE of a SWEEP_SAE_FEATURES sweep; this sweep is another kind");
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        "sae names the SAE of a SWEEP_SAE_FEATURES sweep; this sweep is another kind");
   }
   auto kind = sae_features ? absl::StatusOr<SweepKind>(SweepKind::kResidPre)
                            : FromProtoSweep(request->kind());
   if (!kind.ok()) return ToGrpcStatus(kind.status());
-  PatchingMetric metric{.token_a = request->metric().token_a(), .token_b = request->metric().token_b()};
+  PatchingMetric metric{.token_a = request->metric().token_a(),
+                        .token_b = request->metric().token_b()};
   switch (request->metric().kind()) {
-    case pb::PatchingMetric::LOGIT_DIFF: metric.kind = PatchingMetric::Kind::kLogitDiff; break;
-    case pb::PatchingMetric::LOG_PROB: metric.kind = PatchingMetric::Kind::kLogProb; break;
-    case pb::PatchingMetric::LOSS: metric.kind = PatchingMetric::Kind::kLoss; break;
+    case pb::PatchingMetric::LOGIT_DIFF:
+      metric.kind = PatchingMetric::Kind::kLogitDiff;
+      break;
+    case pb::PatchingMetric::LOG_PROB:
+      metric.kind = PatchingMetric::Kind::kLogProb;
+      break;
+    case pb::PatchingMetric::LOSS:
+      metric.kind = PatchingMetric::Kind::kLoss;
+      break;
     default:
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           absl::StrCat("metric.kind ", request->metric().kind(),
@@ -182,21 +209,25 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   }
   std::atomic<bool> cancelled{false};
   PatchingResult result;
-  absl::Status status = OnDevice(context, *caller, "PatchingSweep", request->model(), tokens, [&]() -> absl::Status {
-    if (context->IsCancelled()) return absl::CancelledError("cancelled while queued");
-    const PatchingRequest sweep{.clean = clean->tokens, .corrupted = corrupted->tokens,
-                                .kind = *kind, .metric = metric,
-                                .max_rows_per_pass = rows, .cancelled = &cancelled};
-    if (sae != nullptr) {
-      GB_ASSIGN_OR_RETURN(result, RunSaeFeatureAttributionPatching(*(*served)->model, sweep,
-                                                                   sae->hook, *sae->sae));
-    } else if (attribution) {
-      GB_ASSIGN_OR_RETURN(result, RunAttributionPatching(*(*served)->model, sweep));
-    } else {
-      GB_ASSIGN_OR_RETURN(result, RunPatchingSweep(*(*served)->model, sweep));
-    }
-    return absl::OkStatus();
-  });
+  absl::Status status =
+      OnDevice(context, *caller, "PatchingSweep", request->model(), tokens, [&]() -> absl::Status {
+        if (context->IsCancelled()) return absl::CancelledError("cancelled while queued");
+        const PatchingRequest sweep{.clean = clean->tokens,
+                                    .corrupted = corrupted->tokens,
+                                    .kind = *kind,
+                                    .metric = metric,
+                                    .max_rows_per_pass = rows,
+                                    .cancelled = &cancelled};
+        if (sae != nullptr) {
+          GB_ASSIGN_OR_RETURN(result, RunSaeFeatureAttributionPatching(*(*served)->model, sweep,
+                                                                       sae->hook, *sae->sae));
+        } else if (attribution) {
+          GB_ASSIGN_OR_RETURN(result, RunAttributionPatching(*(*served)->model, sweep));
+        } else {
+          GB_ASSIGN_OR_RETURN(result, RunPatchingSweep(*(*served)->model, sweep));
+        }
+        return absl::OkStatus();
+      });
   if (!status.ok()) return ToGrpcStatus(status);
   ToArray(result.values, result.dim_names, response->mutable_values());
   ToArray(result.normalized, result.dim_names, response->mutable_normalized());
@@ -204,7 +235,8 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
   response->set_corrupted_metric(result.corrupted_metric);
   response->set_forward_passes(result.forward_passes);
   response->set_backward_passes(result.backward_passes);
-  response->set_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  response->set_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return grpc::Status::OK;
 }
 
@@ -226,8 +258,8 @@ grpc::Status GlassboxService::LogitLens(grpc::ServerContext* context,
                                      c.vocab_size, "] (0 = 5)"));
   }
   // Per layer and token: k log-probs and k token ids, and one log-prob per target.
-  const int64_t bytes = (c.n_layers + 1) * batch->tokens.numel() *
-                        (2 * top_k + request->target_tokens_size()) * 4;
+  const int64_t bytes =
+      (c.n_layers + 1) * batch->tokens.numel() * (2 * top_k + request->target_tokens_size()) * 4;
   if (bytes > limits.max_response_bytes) {
     return grpc::Status(
         grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -238,20 +270,25 @@ grpc::Status GlassboxService::LogitLens(grpc::ServerContext* context,
     return ToGrpcStatus(charged);
   }
   LogitLensResult result;
-  absl::Status status = OnDevice(context, *caller, "LogitLens", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
-    GB_ASSIGN_OR_RETURN(result, RunLogitLens(*(*served)->model,
-                                             {.tokens = batch->tokens, .attention_mask = batch->attention_mask,
-                                              .top_k = static_cast<int32_t>(top_k),
-                                              .target_tokens = {request->target_tokens().begin(),
-                                                                request->target_tokens().end()}}));
-    return absl::OkStatus();
-  });
+  absl::Status status = OnDevice(
+      context, *caller, "LogitLens", request->model(), batch->tokens.numel(),
+      [&]() -> absl::Status {
+        GB_ASSIGN_OR_RETURN(
+            result,
+            RunLogitLens(*(*served)->model, {.tokens = batch->tokens,
+                                             .attention_mask = batch->attention_mask,
+                                             .top_k = static_cast<int32_t>(top_k),
+                                             .target_tokens = {request->target_tokens().begin(),
+                                                               request->target_tokens().end()}}));
+        return absl::OkStatus();
+      });
   if (!status.ok()) return ToGrpcStatus(status);
   for (const std::string& label : result.labels) response->add_labels(label);
   const std::vector<std::string> dims = {"layer", "batch", "pos", "k"};
   ToArray(result.top_log_probs, dims, response->mutable_top_log_probs());
   ToArray(result.top_tokens, dims, response->mutable_top_tokens());
-  ToArray(result.target_log_probs, {"layer", "batch", "pos", "target"}, response->mutable_target_log_probs());
+  ToArray(result.target_log_probs, {"layer", "batch", "pos", "target"},
+          response->mutable_target_log_probs());
   return grpc::Status::OK;
 }
 
@@ -268,15 +305,18 @@ grpc::Status GlassboxService::DirectLogitAttribution(
   if (absl::Status charged = caller->ChargeTokens(batch->tokens.numel()); !charged.ok()) {
     return ToGrpcStatus(charged);
   }
-  DlaRequest dla{.tokens = batch->tokens, .attention_mask = batch->attention_mask,
+  DlaRequest dla{.tokens = batch->tokens,
+                 .attention_mask = batch->attention_mask,
                  .position = request->has_position() ? request->position() : -1,
                  .token = request->token()};
   if (request->has_minus_token()) dla.minus_token = request->minus_token();
   DlaResult result;
-  absl::Status status = OnDevice(context, *caller, "DirectLogitAttribution", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
-    GB_ASSIGN_OR_RETURN(result, RunDirectLogitAttribution(*(*served)->model, dla));
-    return absl::OkStatus();
-  });
+  absl::Status status =
+      OnDevice(context, *caller, "DirectLogitAttribution", request->model(), batch->tokens.numel(),
+               [&]() -> absl::Status {
+                 GB_ASSIGN_OR_RETURN(result, RunDirectLogitAttribution(*(*served)->model, dla));
+                 return absl::OkStatus();
+               });
   if (!status.ok()) return ToGrpcStatus(status);
   for (const std::string& label : result.labels) response->add_labels(label);
   ToArray(result.attributions, {"component", "batch"}, response->mutable_attributions());
@@ -308,12 +348,16 @@ grpc::Status GlassboxService::AttentionNorms(grpc::ServerContext* context,
     return ToGrpcStatus(charged);
   }
   std::vector<AttentionNormsLayer> result;
-  absl::Status status = OnDevice(context, *caller, "AttentionNorms", request->model(), batch->tokens.numel(), [&]() -> absl::Status {
-    GB_ASSIGN_OR_RETURN(result, RunAttentionNorms(*(*served)->model,
-                                                  {.tokens = batch->tokens, .attention_mask = batch->attention_mask,
-                                                   .layers = {request->layers().begin(), request->layers().end()}}));
-    return absl::OkStatus();
-  });
+  absl::Status status = OnDevice(
+      context, *caller, "AttentionNorms", request->model(), batch->tokens.numel(),
+      [&]() -> absl::Status {
+        GB_ASSIGN_OR_RETURN(
+            result, RunAttentionNorms(*(*served)->model, {.tokens = batch->tokens,
+                                                          .attention_mask = batch->attention_mask,
+                                                          .layers = {request->layers().begin(),
+                                                                     request->layers().end()}}));
+        return absl::OkStatus();
+      });
   if (!status.ok()) return ToGrpcStatus(status);
   const std::vector<std::string> head_dims = {"batch", "head", "query_pos", "key_pos"};
   for (const AttentionNormsLayer& layer : result) {

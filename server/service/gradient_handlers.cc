@@ -11,8 +11,8 @@
 #include "server/engine/jacobian.h"
 #include "server/engine/sae/feature_gradient.h"
 #include "server/service/array_proto.h"
-#include "server/service/run_plan.h"
 #include "server/service/glassbox_service.h"
+#include "server/service/run_plan.h"
 #include "server/service/status_util.h"
 
 namespace glassbox {
@@ -27,10 +27,18 @@ absl::StatusOr<GradientMetric> FromProto(const pb::GradientMetric& m, const Mode
                      .token_a = m.token_a(),
                      .token_b = m.token_b()};
   switch (m.kind()) {
-    case pb::GradientMetric::LOGIT_DIFF: out.kind = GradientMetric::Kind::kLogitDiff; break;
-    case pb::GradientMetric::LOGIT: out.kind = GradientMetric::Kind::kLogit; break;
-    case pb::GradientMetric::LOG_PROB: out.kind = GradientMetric::Kind::kLogProb; break;
-    case pb::GradientMetric::LOSS: out.kind = GradientMetric::Kind::kLoss; break;
+    case pb::GradientMetric::LOGIT_DIFF:
+      out.kind = GradientMetric::Kind::kLogitDiff;
+      break;
+    case pb::GradientMetric::LOGIT:
+      out.kind = GradientMetric::Kind::kLogit;
+      break;
+    case pb::GradientMetric::LOG_PROB:
+      out.kind = GradientMetric::Kind::kLogProb;
+      break;
+    case pb::GradientMetric::LOSS:
+      out.kind = GradientMetric::Kind::kLoss;
+      break;
     case pb::GradientMetric::DIRECTION: {
       out.kind = GradientMetric::Kind::kDirection;
       if (m.hook().empty())
@@ -39,18 +47,17 @@ absl::StatusOr<GradientMetric> FromProto(const pb::GradientMetric& m, const Mode
       if (!hook.ok())
         return absl::InvalidArgumentError(absl::StrCat("metric.hook: ", hook.status().message()));
       out.hook = *hook;
-      out.direction = Tensor::FromHost(
-          std::span<const float>(m.direction().data(), m.direction_size()),
-          {static_cast<int64_t>(m.direction_size())});
+      out.direction =
+          Tensor::FromHost(std::span<const float>(m.direction().data(), m.direction_size()),
+                           {static_cast<int64_t>(m.direction_size())});
       break;
     }
     case pb::GradientMetric::SAE_FEATURE: {
       out.kind = GradientMetric::Kind::kSaeFeature;
       GB_ASSIGN_OR_RETURN(const ServedSae* sae, store.FindSae(m.sae()));
       if (sae->served_model != &served)
-        return absl::InvalidArgumentError(absl::StrCat("SAE \"", m.sae(), "\" reads model \"",
-                                                       sae->served_model->name,
-                                                       "\", not this one"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "SAE \"", m.sae(), "\" reads model \"", sae->served_model->name, "\", not this one"));
       out.hook = sae->hook;
       out.sae = sae->sae.get();
       out.feature = m.feature();
@@ -69,8 +76,8 @@ absl::StatusOr<GradientMetric> FromProto(const pb::GradientMetric& m, const Mode
 }
 
 // The hooks named (names or globs), each once, in forward order.
-absl::StatusOr<std::vector<HookId>> ResolveHooks(const HookRegistry& hooks,
-                                                 const google::protobuf::RepeatedPtrField<std::string>& names) {
+absl::StatusOr<std::vector<HookId>> ResolveHooks(
+    const HookRegistry& hooks, const google::protobuf::RepeatedPtrField<std::string>& names) {
   if (names.empty())
     return absl::InvalidArgumentError(
         "name the hooks whose gradients you want (names, or globs such as "
@@ -96,7 +103,8 @@ struct GradientCall {
   GradientMetric metric;
 };
 
-absl::StatusOr<GradientCall> PrepareGradientCall(const ModelStore& store, const ServiceLimits& limits,
+absl::StatusOr<GradientCall> PrepareGradientCall(const ModelStore& store,
+                                                 const ServiceLimits& limits,
                                                  const std::string& model_name,
                                                  const pb::Inputs& inputs,
                                                  const pb::GradientMetric& metric) {
@@ -113,8 +121,8 @@ absl::StatusOr<GradientCall> PrepareGradientCall(const ModelStore& store, const 
 }
 
 // One position per row: `positions` has one per row, or one for every row.
-absl::StatusOr<std::vector<int32_t>> PerRow(const google::protobuf::RepeatedField<int32_t>& positions,
-                                            int64_t rows, const char* what) {
+absl::StatusOr<std::vector<int32_t>> PerRow(
+    const google::protobuf::RepeatedField<int32_t>& positions, int64_t rows, const char* what) {
   if (positions.size() == 1) return std::vector<int32_t>(rows, positions[0]);
   if (positions.size() == rows) return std::vector<int32_t>(positions.begin(), positions.end());
   return absl::InvalidArgumentError(absl::StrCat(what, " has ", positions.size(), " entries for ",
@@ -129,8 +137,8 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   auto caller = Admit(context, CallKind::kDevice);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   const ServiceLimits& limits = caller->limits();
-  auto call = PrepareGradientCall(store_, limits, request->model(), request->inputs(),
-                                  request->metric());
+  auto call =
+      PrepareGradientCall(store_, limits, request->model(), request->inputs(), request->metric());
   if (!call.ok()) return ToGrpcStatus(call.status());
   const Transformer& model = *call->model;
   auto hooks = ResolveHooks(model.hooks(), request->hooks());
@@ -156,8 +164,8 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
     for (const auto& [hook, splice] : plan->splices) {
       if (absl::Status s = CheckSpliceDifferentiable(*splice.sae); !s.ok()) {
         return ToGrpcStatus(absl::Status(
-            s.code(), absl::StrCat("the SAE spliced at ", model.hooks().info(hook).name, ": ",
-                                   s.message())));
+            s.code(),
+            absl::StrCat("the SAE spliced at ", model.hooks().info(hook).name, ": ", s.message())));
       }
     }
     edits = std::move(plan->interventions);
@@ -167,10 +175,10 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   int64_t bytes = 0;
   for (HookId id : *hooks) bytes += NumElements(model.hooks().info(id).ShapeFor(rows, seq)) * 4;
   if (bytes > limits.max_response_bytes)
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("the gradients would take ", bytes, " bytes; ",
-                                     limits.ResponseBytesAllowed(),
-                                     ": ask for fewer hooks or fewer tokens"));
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the gradients would take ", bytes, " bytes; ", limits.ResponseBytesAllowed(),
+                     ": ask for fewer hooks or fewer tokens"));
   // A backward pass costs about two forward passes: the tokens count three times.
   const int64_t tokens = call->batch.tokens.numel();
   if (absl::Status charged = caller->ChargeTokens(3 * tokens); !charged.ok()) {
@@ -178,8 +186,10 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   }
   absl::StatusOr<GradientResult> result;
   absl::Status status = OnDevice(context, *caller, "Gradients", request->model(), tokens, [&] {
-    result = ComputeGradients(model, {.tokens = call->batch.tokens, .attention_mask = call->mask,
-                                      .metric = call->metric, .hooks = *hooks,
+    result = ComputeGradients(model, {.tokens = call->batch.tokens,
+                                      .attention_mask = call->mask,
+                                      .metric = call->metric,
+                                      .hooks = *hooks,
                                       .interventions = std::move(edits),
                                       .splices = std::move(splices)});
     return result.status();
@@ -201,24 +211,28 @@ grpc::Status GlassboxService::IntegratedGradients(grpc::ServerContext* context,
   auto caller = Admit(context, CallKind::kDevice);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   const ServiceLimits& limits = caller->limits();
-  auto call = PrepareGradientCall(store_, limits, request->model(), request->inputs(),
-                                  request->metric());
+  auto call =
+      PrepareGradientCall(store_, limits, request->model(), request->inputs(), request->metric());
   if (!call.ok()) return ToGrpcStatus(call.status());
   const Transformer& model = *call->model;
   auto resolved = model.hooks().Resolve(request->hook());
   if (!resolved.ok()) return ToGrpcStatus(resolved.status());
   const HookId hook = *resolved;
-  IntegratedGradientsRequest ig{.tokens = call->batch.tokens, .attention_mask = call->mask,
-                                .metric = call->metric, .hook = hook};
+  IntegratedGradientsRequest ig{.tokens = call->batch.tokens,
+                                .attention_mask = call->mask,
+                                .metric = call->metric,
+                                .hook = hook};
   switch (request->method()) {
-    case pb::IntegratedGradientsRequest::INTEGRATED_GRADIENTS: break;
+    case pb::IntegratedGradientsRequest::INTEGRATED_GRADIENTS:
+      break;
     case pb::IntegratedGradientsRequest::INPUT_X_GRADIENT:
       ig.method = IntegratedGradientsRequest::Method::kInputTimesGradient;
       break;
     default:
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("method ", request->method(),
-                                       " is unknown; use INTEGRATED_GRADIENTS or INPUT_X_GRADIENT"));
+      return grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("method ", request->method(),
+                       " is unknown; use INTEGRATED_GRADIENTS or INPUT_X_GRADIENT"));
   }
   if (request->steps() != 0) ig.steps = request->steps();
   const bool integrated = ig.method == IntegratedGradientsRequest::Method::kIntegratedGradients;
@@ -288,19 +302,23 @@ grpc::Status GlassboxService::Jacobian(grpc::ServerContext* context,
   const auto [n_out, n_in] = *size;
   const int64_t bytes = rows * (n_out * n_in + n_out + n_in) * 4;
   if (bytes > limits.max_response_bytes)
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("the Jacobian [", rows, ", ", n_out, ", ", n_in,
-                                     "] would take ", bytes, " bytes; ",
-                                     limits.ResponseBytesAllowed(), ": send fewer rows"));
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the Jacobian [", rows, ", ", n_out, ", ", n_in, "] would take ", bytes,
+                     " bytes; ", limits.ResponseBytesAllowed(), ": send fewer rows"));
   // Each output element is a forward and a backward pass over the rows (three passes' worth).
   const int64_t tokens = call->batch.tokens.numel();
   if (absl::Status charged = caller->ChargeTokens(3 * n_out * tokens); !charged.ok()) {
     return ToGrpcStatus(charged);
   }
-  JacobianRequest jacobian{.tokens = call->batch.tokens, .attention_mask = call->mask, .in = *in,
-                           .in_positions = *std::move(in_positions), .out = *out,
-                           .out_positions = *std::move(out_positions),
-                           .max_rows_per_pass = std::max<int64_t>(rows, limits.max_tokens_per_request / seq)};
+  JacobianRequest jacobian{
+      .tokens = call->batch.tokens,
+      .attention_mask = call->mask,
+      .in = *in,
+      .in_positions = *std::move(in_positions),
+      .out = *out,
+      .out_positions = *std::move(out_positions),
+      .max_rows_per_pass = std::max<int64_t>(rows, limits.max_tokens_per_request / seq)};
   std::atomic<bool> cancelled{false};
   jacobian.cancelled = &cancelled;
   absl::StatusOr<JacobianResult> result;

@@ -28,19 +28,19 @@ using ::glassbox::testing::ReadAllTensors;
 using ::testing::HasSubstr;
 
 const std::map<std::string, SweepKind>& Kinds() {
-  static const auto* kinds = new std::map<std::string, SweepKind>{
-      {"resid_pre", SweepKind::kResidPre},
-      {"resid_mid", SweepKind::kResidMid},
-      {"resid_post", SweepKind::kResidPost},
-      {"attn_out", SweepKind::kAttnOut},
-      {"mlp_out", SweepKind::kMlpOut},
-      {"head_out_all_pos", SweepKind::kHeadOutAllPos},
-      {"head_out_by_pos", SweepKind::kHeadOutByPos},
-      {"q_all_pos", SweepKind::kQAllPos},
-      {"k_all_pos", SweepKind::kKAllPos},
-      {"v_all_pos", SweepKind::kVAllPos},
-      {"pattern_all_pos", SweepKind::kPatternAllPos},
-      {"mlp_post_all_pos", SweepKind::kMlpPostAllPos}};
+  static const auto* kinds =
+      new std::map<std::string, SweepKind>{{"resid_pre", SweepKind::kResidPre},
+                                           {"resid_mid", SweepKind::kResidMid},
+                                           {"resid_post", SweepKind::kResidPost},
+                                           {"attn_out", SweepKind::kAttnOut},
+                                           {"mlp_out", SweepKind::kMlpOut},
+                                           {"head_out_all_pos", SweepKind::kHeadOutAllPos},
+                                           {"head_out_by_pos", SweepKind::kHeadOutByPos},
+                                           {"q_all_pos", SweepKind::kQAllPos},
+                                           {"k_all_pos", SweepKind::kKAllPos},
+                                           {"v_all_pos", SweepKind::kVAllPos},
+                                           {"pattern_all_pos", SweepKind::kPatternAllPos},
+                                           {"mlp_post_all_pos", SweepKind::kMlpPostAllPos}};
   return *kinds;
 }
 
@@ -67,9 +67,10 @@ TEST_P(AttributionPatchingTest, EqualsCleanMinusCorruptedDotTorchGradient) {
       const std::string key = metric_name + "." + kind_name;
       SCOPED_TRACE(key);
       ASSERT_TRUE(expected.count(key + ".atp")) << "the fixture lacks " << key;
-      auto result = RunAttributionPatching(
-          **model, {.clean = expected.at("clean"), .corrupted = expected.at("corrupted"),
-                    .kind = kind, .metric = metric});
+      auto result = RunAttributionPatching(**model, {.clean = expected.at("clean"),
+                                                     .corrupted = expected.at("corrupted"),
+                                                     .kind = kind,
+                                                     .metric = metric});
       ASSERT_TRUE(result.ok()) << result.status();
       EXPECT_EQ(result->forward_passes, 2);
       EXPECT_EQ(result->backward_passes, 1);
@@ -108,9 +109,10 @@ TEST_P(AttributionPatchingTest, ExactNeuronSweepEqualsOnePassPerNeuron) {
   ASSERT_TRUE(model.ok()) << model.status();
   const auto expected =
       ReadAllTensors(FixturePath("expected/" + GetParam() + ".attribution.safetensors"));
-  auto result = RunPatchingSweep(
-      **model, {.clean = expected.at("clean"), .corrupted = expected.at("corrupted"),
-                .kind = SweepKind::kMlpPostAllPos, .metric = Metrics().at("logit_diff")});
+  auto result = RunPatchingSweep(**model, {.clean = expected.at("clean"),
+                                           .corrupted = expected.at("corrupted"),
+                                           .kind = SweepKind::kMlpPostAllPos,
+                                           .metric = Metrics().at("logit_diff")});
   ASSERT_TRUE(result.ok()) << result.status();
   const Tensor& want = expected.at("logit_diff.mlp_post_all_pos.exact");
   ASSERT_EQ(result->values.shape(), want.shape());
@@ -134,20 +136,25 @@ TEST(AttributionPatching, ResidualCellsFollowTheDefinitionOnOtherArchitectures) 
     ASSERT_TRUE(model.ok()) << model.status();
     const Tensor clean = Tensor::FromHost(std::vector<int32_t>{5, 17, 42, 9, 100, 3}, {1, 6});
     const Tensor corrupted = Tensor::FromHost(std::vector<int32_t>{5, 17, 61, 9, 100, 3}, {1, 6});
-    const PatchingMetric metric{.kind = PatchingMetric::Kind::kLogitDiff, .token_a = 9, .token_b = 100};
-    auto atp = RunAttributionPatching(**model, {.clean = clean, .corrupted = corrupted,
-                                                .kind = SweepKind::kResidPre, .metric = metric});
+    const PatchingMetric metric{
+        .kind = PatchingMetric::Kind::kLogitDiff, .token_a = 9, .token_b = 100};
+    auto atp = RunAttributionPatching(
+        **model,
+        {.clean = clean, .corrupted = corrupted, .kind = SweepKind::kResidPre, .metric = metric});
     ASSERT_TRUE(atp.ok()) << atp.status();
     const int layers = (*model)->config().n_layers;
     const int64_t d = (*model)->config().d_model;
     ASSERT_EQ(atp->values.shape(), (Shape{layers, 6}));
     std::vector<HookId> hooks;
     for (int l = 0; l < layers; ++l) {
-      hooks.push_back(*(*model)->hooks().Resolve("blocks." + std::to_string(l) + ".hook_resid_pre"));
+      hooks.push_back(
+          *(*model)->hooks().Resolve("blocks." + std::to_string(l) + ".hook_resid_pre"));
     }
     const GradientMetric m{.kind = GradientMetric::Kind::kLogitDiff, .token_a = 9, .token_b = 100};
-    auto c = RunForwardBackward(**model, {.tokens = clean, .metric = m, .values = hooks, .backward = false});
-    auto r = RunForwardBackward(**model, {.tokens = corrupted, .metric = m, .values = hooks, .gradients = hooks});
+    auto c = RunForwardBackward(**model,
+                                {.tokens = clean, .metric = m, .values = hooks, .backward = false});
+    auto r = RunForwardBackward(
+        **model, {.tokens = corrupted, .metric = m, .values = hooks, .gradients = hooks});
     ASSERT_TRUE(c.ok() && r.ok());
     double diff = 0, norm = 0;
     for (int l = 0; l < layers; ++l) {
@@ -177,12 +184,16 @@ TEST(AttributionPatching, SaeFeaturesEqualTorchThroughSaeLens) {
   ASSERT_TRUE(model.ok());
   auto sae = LoadSae(FixturePath("saes/service/res1_standard"));
   ASSERT_TRUE(sae.ok()) << sae.status();
-  const auto expected = ReadAllTensors(FixturePath("expected/tiny-gpt2.splice_gradients.safetensors"));
+  const auto expected =
+      ReadAllTensors(FixturePath("expected/tiny-gpt2.splice_gradients.safetensors"));
   const int32_t* tokens = expected.at("atp.tokens").data<int32_t>();
   auto result = RunSaeFeatureAttributionPatching(
       **model,
-      {.clean = expected.at("atp.clean"), .corrupted = expected.at("atp.corrupted"),
-       .metric = {.kind = PatchingMetric::Kind::kLogitDiff, .token_a = tokens[0], .token_b = tokens[1]}},
+      {.clean = expected.at("atp.clean"),
+       .corrupted = expected.at("atp.corrupted"),
+       .metric = {.kind = PatchingMetric::Kind::kLogitDiff,
+                  .token_a = tokens[0],
+                  .token_b = tokens[1]}},
       *(*model)->hooks().Resolve("blocks.1.hook_resid_pre"), **sae);
   ASSERT_TRUE(result.ok()) << result.status();
   const Tensor& want = expected.at("atp.estimate");
@@ -205,11 +216,11 @@ TEST(AttributionPatching, RejectsMismatchedInputs) {
   const Tensor b = Tensor::FromHost(std::vector<int32_t>{1, 2}, {1, 2});
   EXPECT_EQ(RunAttributionPatching(**model, {.clean = a, .corrupted = b}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(RunAttributionPatching(**model, {.clean = a, .corrupted = a,
-                                             .metric = {.token_a = 300}})
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      RunAttributionPatching(**model, {.clean = a, .corrupted = a, .metric = {.token_a = 300}})
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

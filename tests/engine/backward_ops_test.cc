@@ -110,7 +110,8 @@ TEST(BackwardOpsTest, ActivationDerivativesMatchFiniteDifferences) {
        [](double x) {
          return 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
        }},
-      {Activation::kGeluExact, [](double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }},
+      {Activation::kGeluExact,
+       [](double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }},
       {Activation::kGeluQuick, [](double x) { return x / (1 + std::exp(-1.702 * x)); }},
       {Activation::kRelu, [](double x) { return x > 0 ? x : 0; }},
       {Activation::kSilu, [](double x) { return x / (1 + std::exp(-x)); }},
@@ -124,7 +125,8 @@ TEST(BackwardOpsTest, ActivationDerivativesMatchFiniteDifferences) {
   }
   std::mt19937 rng(2);
   const Vec x = Random(10, rng), g = Random(10, rng);
-  const Tensor got = ActivationBackward(Activation::kSilu, ToTensor(g, {2, 5}), ToTensor(x, {2, 5}));
+  const Tensor got =
+      ActivationBackward(Activation::kSilu, ToTensor(g, {2, 5}), ToTensor(x, {2, 5}));
   for (int i = 0; i < 10; ++i) {
     EXPECT_NEAR(got.data<float>()[i], g[i] * ActivationDerivative(Activation::kSilu, x[i]), 1e-6);
   }
@@ -148,7 +150,8 @@ struct AttentionCase {
       double most = -1e300, sum = 0;
       for (int64_t t = 0; t <= s; ++t) most = std::max(most, scores[row * seq + t]);
       for (int64_t t = 0; t <= s; ++t) sum += std::exp(scores[row * seq + t] - most);
-      for (int64_t t = 0; t <= s; ++t) p[row * seq + t] = std::exp(scores[row * seq + t] - most) / sum;
+      for (int64_t t = 0; t <= s; ++t)
+        p[row * seq + t] = std::exp(scores[row * seq + t] - most) / sum;
     }
     return p;
   }
@@ -195,7 +198,8 @@ struct AttentionCase {
 
 TEST(BackwardOpsTest, AttentionBackwardMatchesFiniteDifferences) {
   // Full, grouped and multi-query heads; the last soft-capped (Gemma-2) tightly enough to bend.
-  for (auto [kv_heads, softcap] : std::vector<std::pair<int64_t, double>>{{4, 0}, {2, 0}, {1, 0}, {2, 0.7}}) {
+  for (auto [kv_heads, softcap] :
+       std::vector<std::pair<int64_t, double>>{{4, 0}, {2, 0}, {1, 0}, {2, 0.7}}) {
     SCOPED_TRACE(kv_heads);
     SCOPED_TRACE(softcap);
     AttentionCase a;
@@ -211,17 +215,26 @@ TEST(BackwardOpsTest, AttentionBackwardMatchesFiniteDifferences) {
     };
     const Vec scores = a.Scores(q, k), pattern = a.Pattern(scores);
     const Shape qs = {a.batch, a.seq, a.heads, a.dh}, kvs = {a.batch, a.seq, a.kv_heads, a.dh};
-    const AttentionGrads got = AttentionBackward(ToTensor(g, qs), ToTensor(q, qs), ToTensor(k, kvs),
-                                                 ToTensor(v, kvs),
-                                                 ToTensor(pattern, {a.batch, a.heads, a.seq, a.seq}),
-                                                 a.scale, a.softcap);
-    ExpectClose(got.q, NumericalGradient([&](const Vec& x) { return dot(g, a.Z(a.Pattern(a.Scores(x, k)), v)); }, q), 1e-5, "q");
-    ExpectClose(got.k, NumericalGradient([&](const Vec& x) { return dot(g, a.Z(a.Pattern(a.Scores(q, x)), v)); }, k), 1e-5, "k");
-    ExpectClose(got.v, NumericalGradient([&](const Vec& x) { return dot(g, a.Z(pattern, x)); }, v), 1e-5, "v");
+    const AttentionGrads got =
+        AttentionBackward(ToTensor(g, qs), ToTensor(q, qs), ToTensor(k, kvs), ToTensor(v, kvs),
+                          ToTensor(pattern, {a.batch, a.heads, a.seq, a.seq}), a.scale, a.softcap);
+    ExpectClose(got.q,
+                NumericalGradient(
+                    [&](const Vec& x) { return dot(g, a.Z(a.Pattern(a.Scores(x, k)), v)); }, q),
+                1e-5, "q");
+    ExpectClose(got.k,
+                NumericalGradient(
+                    [&](const Vec& x) { return dot(g, a.Z(a.Pattern(a.Scores(q, x)), v)); }, k),
+                1e-5, "k");
+    ExpectClose(got.v, NumericalGradient([&](const Vec& x) { return dot(g, a.Z(pattern, x)); }, v),
+                1e-5, "v");
     // The scores' gradient: through the softmax over visible keys (0 at the masked ones).
-    Vec want_scores = NumericalGradient([&](const Vec& x) { return dot(g, a.Z(a.Pattern(x), v)); }, scores);
+    Vec want_scores =
+        NumericalGradient([&](const Vec& x) { return dot(g, a.Z(a.Pattern(x), v)); }, scores);
     ExpectClose(got.scores, want_scores, 1e-5, "scores");
-    ExpectClose(got.pattern, NumericalGradient([&](const Vec& x) { return dot(g, a.Z(x, v)); }, pattern), 1e-5, "pattern");
+    ExpectClose(got.pattern,
+                NumericalGradient([&](const Vec& x) { return dot(g, a.Z(x, v)); }, pattern), 1e-5,
+                "pattern");
   }
 }
 
@@ -237,8 +250,10 @@ TEST(BackwardOpsTest, GatedActivationBackwardMatchesFiniteDifferences) {
     };
     const GatedGrads got = GatedActivationBackward(act, ToTensor(g, {3, 4}), ToTensor(gate, {3, 4}),
                                                    ToTensor(linear, {3, 4}));
-    ExpectClose(got.gate, NumericalGradient([&](const Vec& x) { return loss(x, linear); }, gate), 1e-5, "gate");
-    ExpectClose(got.linear, NumericalGradient([&](const Vec& x) { return loss(gate, x); }, linear), 1e-5, "linear");
+    ExpectClose(got.gate, NumericalGradient([&](const Vec& x) { return loss(x, linear); }, gate),
+                1e-5, "gate");
+    ExpectClose(got.linear, NumericalGradient([&](const Vec& x) { return loss(gate, x); }, linear),
+                1e-5, "linear");
   }
 }
 
@@ -275,8 +290,9 @@ TEST(BackwardOpsTest, RotaryBackwardIsTheRotationsTranspose) {
       for (size_t i = 0; i < y.size(); ++i) s += g[i] * y[i];
       return s;
     };
-    const Tensor got = RotaryBackward(ToTensor(g, {batch, seq, heads, dh}), ToTensor(cos, {seq, half}),
-                                      ToTensor(sin, {seq, half}), rotary_dim, adjacent);
+    const Tensor got =
+        RotaryBackward(ToTensor(g, {batch, seq, heads, dh}), ToTensor(cos, {seq, half}),
+                       ToTensor(sin, {seq, half}), rotary_dim, adjacent);
     ExpectClose(got, NumericalGradient(loss, x), 1e-6, "x");
   }
 }

@@ -29,9 +29,9 @@ namespace {
 
 using ::glassbox::testing::FixturePath;
 using ::glassbox::testing::ModelDir;
+using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::OtherArchitectures;
 using ::glassbox::testing::ParamName;
-using ::glassbox::testing::NormRelativeError;
 using ::glassbox::testing::ReadAllTensors;
 using ::testing::HasSubstr;
 
@@ -42,7 +42,8 @@ struct MetricCase {
 };
 const std::vector<MetricCase>& Metrics() {
   static const auto* cases = new std::vector<MetricCase>{
-      {"logit_diff", {.kind = GradientMetric::Kind::kLogitDiff, .position = 6, .token_a = 17, .token_b = 42}},
+      {"logit_diff",
+       {.kind = GradientMetric::Kind::kLogitDiff, .position = 6, .token_a = 17, .token_b = 42}},
       {"log_prob", {.kind = GradientMetric::Kind::kLogProb, .position = 3, .token_a = 29}},
       {"logit", {.kind = GradientMetric::Kind::kLogit, .position = -2, .token_a = 8}},  // 5 of 7
   };
@@ -54,7 +55,8 @@ class GradientsTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(GradientsTest, EveryHookEqualsTransformerLensAutograd) {
   auto model = Transformer::Load(ModelDir(GetParam()), std::make_shared<CpuBackend>());
   ASSERT_TRUE(model.ok()) << model.status();
-  const auto expected = ReadAllTensors(FixturePath("expected/" + GetParam() + ".gradients.safetensors"));
+  const auto expected =
+      ReadAllTensors(FixturePath("expected/" + GetParam() + ".gradients.safetensors"));
   const Tensor& tokens = expected.at("tokens");
   int metrics = 0;
   for (const MetricCase& c : Metrics()) {
@@ -83,7 +85,8 @@ TEST_P(GradientsTest, EveryHookEqualsTransformerLensAutograd) {
     const Tensor& values = expected.at(c.name + ".value");
     ASSERT_EQ(static_cast<int64_t>(got->metric.size()), tokens.dim(0));
     for (int64_t b = 0; b < tokens.dim(0); ++b) {
-      EXPECT_NEAR(got->metric[b], values.data<float>()[b], 1e-4 * (1 + std::abs(values.data<float>()[b])));
+      EXPECT_NEAR(got->metric[b], values.data<float>()[b],
+                  1e-4 * (1 + std::abs(values.data<float>()[b])));
     }
     double worst = 0, worst_torch = 0;
     std::string worst_hook;
@@ -107,10 +110,11 @@ TEST_P(GradientsTest, EveryHookEqualsTransformerLensAutograd) {
       EXPECT_LE(error, std::max(1e-5, 2 * torch_f32)) << "torch f32: " << torch_f32;
       if (error > worst) worst = error, worst_hook = names[i], worst_torch = torch_f32;
     }
-    std::printf("%s %s: %zu hooks (%d with no gradient), worst norm-relative error %.2g at %s "
-                "(torch float32 autograd there: %.2g)\n",
-                GetParam().c_str(), c.name.c_str(), hooks.size(), zero, worst, worst_hook.c_str(),
-                worst_torch);
+    std::printf(
+        "%s %s: %zu hooks (%d with no gradient), worst norm-relative error %.2g at %s "
+        "(torch float32 autograd there: %.2g)\n",
+        GetParam().c_str(), c.name.c_str(), hooks.size(), zero, worst, worst_hook.c_str(),
+        worst_torch);
   }
   EXPECT_GE(metrics, 1);
 }
@@ -143,7 +147,6 @@ TEST(GradientsErrorsTest, BadRequestsAreRefusedPrecisely) {
          "a hook the model does not have");
   expect({.tokens = Tensor::FromHost(std::vector<int32_t>{}, {1, 0})},
          absl::StatusCode::kInvalidArgument, "not empty");
-
 }
 
 }  // namespace
@@ -174,13 +177,14 @@ TEST(Gradients, RightPaddedRowsEqualEachRowAlone) {
   for (GradientMetric metric :
        {GradientMetric{.kind = GradientMetric::Kind::kLogProb, .position = -2, .token_a = 3},
         GradientMetric{.kind = GradientMetric::Kind::kLoss}}) {
-    auto both = ComputeGradients(**model, {.tokens = tokens, .attention_mask = mask,
-                                           .metric = metric, .hooks = wanted});
+    auto both = ComputeGradients(
+        **model, {.tokens = tokens, .attention_mask = mask, .metric = metric, .hooks = wanted});
     ASSERT_TRUE(both.ok()) << both.status();
     for (int b = 0; b < 2; ++b) {
       const int64_t n = static_cast<int64_t>(rows[b].size());
       auto alone = ComputeGradients(
-          **model, {.tokens = Tensor::FromHost(rows[b], {1, n}), .metric = metric, .hooks = wanted});
+          **model,
+          {.tokens = Tensor::FromHost(rows[b], {1, n}), .metric = metric, .hooks = wanted});
       ASSERT_TRUE(alone.ok()) << alone.status();
       EXPECT_NEAR(both->metric[b], alone->metric[0], 1e-4);
       for (size_t h = 0; h < wanted.size(); ++h) {
@@ -218,8 +222,9 @@ TEST(Gradients, RightPaddedRowsEqualEachRowAlone) {
   }
   Tensor left = Tensor::ZerosHost(DType::kI32, {2, 7});
   for (int64_t i = 0; i < 14; ++i) left.data<int32_t>()[i] = i % 7 >= 4 ? 1 : 0;
-  auto refused = ComputeGradients(**model, {.tokens = tokens, .attention_mask = left,
-                                            .metric = {.token_a = 1}, .hooks = wanted});
+  auto refused = ComputeGradients(
+      **model,
+      {.tokens = tokens, .attention_mask = left, .metric = {.token_a = 1}, .hooks = wanted});
   EXPECT_THAT(refused.status().message(), HasSubstr("gradients take right-padded rows"));
 }
 
@@ -238,27 +243,43 @@ std::vector<Intervention> EditsOf(const std::string& name, const HookRegistry& h
     std::vector<int32_t> first_ten(10);
     for (int i = 0; i < 10; ++i) first_ten[i] = i;
     return {
-        {.hook = at("blocks.0.attn.hook_z"), .kind = InterventionKind::kZero,
+        {.hook = at("blocks.0.attn.hook_z"),
+         .kind = InterventionKind::kZero,
          .select = {.positions = {2, 3}, .heads = {1}}},
-        {.hook = at("blocks.0.mlp.hook_post"), .kind = InterventionKind::kScale,
-         .select = {.dims = first_ten}, .coefficient = 0.5f},
-        {.hook = at("blocks.0.hook_resid_mid"), .kind = InterventionKind::kAdd,
-         .select = {.positions = {-1}}, .coefficient = 2.0f, .value = vec("u1")},
-        {.hook = at("blocks.1.hook_resid_pre"), .kind = InterventionKind::kSet,
-         .select = {.positions = {1}}, .value = vec("w")},
-        {.hook = at("blocks.1.hook_resid_pre"), .kind = InterventionKind::kProjectOut,
+        {.hook = at("blocks.0.mlp.hook_post"),
+         .kind = InterventionKind::kScale,
+         .select = {.dims = first_ten},
+         .coefficient = 0.5f},
+        {.hook = at("blocks.0.hook_resid_mid"),
+         .kind = InterventionKind::kAdd,
+         .select = {.positions = {-1}},
+         .coefficient = 2.0f,
+         .value = vec("u1")},
+        {.hook = at("blocks.1.hook_resid_pre"),
+         .kind = InterventionKind::kSet,
+         .select = {.positions = {1}},
+         .value = vec("w")},
+        {.hook = at("blocks.1.hook_resid_pre"),
+         .kind = InterventionKind::kProjectOut,
          .value = vec("u2")},
-        {.hook = at("blocks.1.hook_mlp_out"), .kind = InterventionKind::kOrthogonalDecomp,
-         .select = {.positions = {4, 5, 6}}, .coefficient = 0.3f, .value = vec("u3")},
+        {.hook = at("blocks.1.hook_mlp_out"),
+         .kind = InterventionKind::kOrthogonalDecomp,
+         .select = {.positions = {4, 5, 6}},
+         .coefficient = 0.3f,
+         .value = vec("u3")},
     };
   }
   return {
-      {.hook = at("blocks.0.attn.hook_v"), .kind = InterventionKind::kMeanBatch,
+      {.hook = at("blocks.0.attn.hook_v"),
+       .kind = InterventionKind::kMeanBatch,
        .select = {.heads = {0}}},
-      {.hook = at("blocks.0.hook_attn_out"), .kind = InterventionKind::kMeanPos,
+      {.hook = at("blocks.0.hook_attn_out"),
+       .kind = InterventionKind::kMeanPos,
        .select = {.rows = {1}}},
-      {.hook = at("blocks.1.hook_resid_pre"), .kind = InterventionKind::kPatchRow,
-       .select = {.positions = {3}}, .source_rows = {1, 0}},
+      {.hook = at("blocks.1.hook_resid_pre"),
+       .kind = InterventionKind::kPatchRow,
+       .select = {.positions = {3}},
+       .source_rows = {1, 0}},
   };
 }
 
@@ -282,7 +303,8 @@ FixtureHooks HooksUnder(const std::map<std::string, Tensor>& expected, const std
 // Each gradient against the fixture's "<case>.grad.<hook>": within 1e-5, or twice torch's own
 // float32 error there when the fixture has "<case>.f32_error.<hook>". Returns the worst error.
 double ExpectGradientsMatch(const std::vector<Tensor>& got, const FixtureHooks& hooks,
-                            const std::map<std::string, Tensor>& expected, const std::string& name) {
+                            const std::map<std::string, Tensor>& expected,
+                            const std::string& name) {
   double worst = 0;
   for (size_t i = 0; i < hooks.names.size(); ++i) {
     SCOPED_TRACE(hooks.names[i]);
@@ -309,12 +331,13 @@ TEST_P(GradientsThroughEditsTest, EqualTorchAutogradThroughTheSameEdits) {
     SCOPED_TRACE(name);
     const FixtureHooks wanted = HooksUnder(expected, name, hooks);
     ASSERT_EQ(wanted.names.size(), 10u);
-    auto got = RunForwardBackward(
-        **model, {.tokens = expected.at("tokens"),
-                  .metric = {.kind = GradientMetric::Kind::kLogitDiff, .position = 6,
-                             .token_a = 17, .token_b = 42},
-                  .interventions = EditsOf(name, hooks, expected),
-                  .gradients = wanted.ids});
+    auto got = RunForwardBackward(**model, {.tokens = expected.at("tokens"),
+                                            .metric = {.kind = GradientMetric::Kind::kLogitDiff,
+                                                       .position = 6,
+                                                       .token_a = 17,
+                                                       .token_b = 42},
+                                            .interventions = EditsOf(name, hooks, expected),
+                                            .gradients = wanted.ids});
     ASSERT_TRUE(got.ok()) << got.status();
     for (int b = 0; b < 2; ++b) {
       const float want = expected.at(name + ".value").data<float>()[b];
@@ -337,7 +360,8 @@ TEST(GradientsThroughEdits, UndifferentiatedEditsAreUnimplemented) {
   const HookRegistry& hooks = (*model)->hooks();
   const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3}, {1, 3});
   auto run = [&](Intervention edit) {
-    return RunForwardBackward(**model, {.tokens = tokens, .interventions = {edit},
+    return RunForwardBackward(**model, {.tokens = tokens,
+                                        .interventions = {edit},
                                         .gradients = {*hooks.Resolve("hook_embed")}})
         .status();
   };
@@ -346,7 +370,8 @@ TEST(GradientsThroughEdits, UndifferentiatedEditsAreUnimplemented) {
                                 .value = Tensor::FromHost(std::vector<float>(64, 1.0f), {64}),
                                 .projection_max = 0.5f});
   EXPECT_EQ(cap.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(cap.message()), ::testing::HasSubstr("PROJECTION_CAP at blocks.0.hook_resid_mid"));
+  EXPECT_THAT(std::string(cap.message()),
+              ::testing::HasSubstr("PROJECTION_CAP at blocks.0.hook_resid_mid"));
   const absl::Status pattern =
       run({.hook = *hooks.Resolve("blocks.0.attn.hook_pattern"), .kind = InterventionKind::kZero});
   EXPECT_EQ(pattern.code(), absl::StatusCode::kUnimplemented);
@@ -378,36 +403,40 @@ TEST_P(HookMetricTest, DirectionChainsWithTheJacobian) {
   const HookId embed = *hooks.Resolve("hook_embed");
   std::vector<float> v(d);
   for (int64_t i = 0; i < d; ++i) v[i] = std::sin(0.7 * i + 0.3);
-  auto got = RunForwardBackward(
-      **model, {.tokens = tokens,
-                .metric = {.kind = GradientMetric::Kind::kDirection, .hook = mid,
-                           .direction = Tensor::FromHost(v, {d})},
-                .values = {mid},
-                .gradients = {embed, mid}});
+  auto got = RunForwardBackward(**model, {.tokens = tokens,
+                                          .metric = {.kind = GradientMetric::Kind::kDirection,
+                                                     .hook = mid,
+                                                     .direction = Tensor::FromHost(v, {d})},
+                                          .values = {mid},
+                                          .gradients = {embed, mid}});
   ASSERT_TRUE(got.ok()) << got.status();
   // Hooks above the metric's: no dependence, a zero gradient.
-  auto above = RunForwardBackward(
-      **model, {.tokens = tokens,
-                .metric = {.kind = GradientMetric::Kind::kDirection, .hook = mid,
-                           .direction = Tensor::FromHost(v, {d})},
-                .gradients = {*hooks.Resolve("ln_final.hook_scale"),
-                              *hooks.Resolve("blocks.1.hook_resid_post")}});
+  auto above =
+      RunForwardBackward(**model, {.tokens = tokens,
+                                   .metric = {.kind = GradientMetric::Kind::kDirection,
+                                              .hook = mid,
+                                              .direction = Tensor::FromHost(v, {d})},
+                                   .gradients = {*hooks.Resolve("ln_final.hook_scale"),
+                                                 *hooks.Resolve("blocks.1.hook_resid_post")}});
   ASSERT_TRUE(above.ok()) << above.status();
   for (const Tensor& g : above->gradients) {
     for (float x : g.span<float>()) ASSERT_EQ(x, 0.0f);
   }
   const std::vector<int32_t> p = {1, 4};
-  auto jac = ComputeJacobian(**model, {.tokens = tokens, .in = embed, .in_positions = p,
-                                       .out = mid, .out_positions = {-1, -1}});
+  auto jac = ComputeJacobian(
+      **model,
+      {.tokens = tokens, .in = embed, .in_positions = p, .out = mid, .out_positions = {-1, -1}});
   ASSERT_TRUE(jac.ok()) << jac.status();
   std::vector<const float*> out_grads, in_grads;
   for (int64_t b = 0; b < 2; ++b) {
     double value = 0;
-    for (int64_t i = 0; i < d; ++i) value += double{v[i]} * got->values[0].data<float>()[(b * seq + seq - 1) * d + i];
+    for (int64_t i = 0; i < d; ++i)
+      value += double{v[i]} * got->values[0].data<float>()[(b * seq + seq - 1) * d + i];
     EXPECT_NEAR(got->metric[b], value, 1e-5 * (1 + std::abs(value)));
     for (int64_t t = 0; t < seq; ++t) {
       for (int64_t i = 0; i < d; ++i) {
-        ASSERT_EQ(got->gradients[1].data<float>()[(b * seq + t) * d + i], t == seq - 1 ? v[i] : 0.0f);
+        ASSERT_EQ(got->gradients[1].data<float>()[(b * seq + t) * d + i],
+                  t == seq - 1 ? v[i] : 0.0f);
       }
     }
     out_grads.push_back(v.data());
@@ -417,7 +446,8 @@ TEST_P(HookMetricTest, DirectionChainsWithTheJacobian) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, HookMetricTest,
-                         ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-gemma2", "tiny-pythia-seq"),
+                         ::testing::Values("tiny-gpt2", "tiny-llama", "tiny-gemma2",
+                                           "tiny-pythia-seq"),
                          [](const auto& info) { return ParamName(info.param); });
 
 // An SAE feature at blocks.1.hook_resid_pre: its value is the SAE's activation of the captured
@@ -436,8 +466,10 @@ TEST(HookMetric, SaeFeatureIsItsEncoderDirectionWhereItFires) {
   for (int32_t feature = 0; feature < 128 && firing < 3; ++feature) {
     auto got = RunForwardBackward(**model, {.tokens = tokens,
                                             .metric = {.kind = GradientMetric::Kind::kSaeFeature,
-                                                       .position = 3, .hook = pre,
-                                                       .sae = sae->get(), .feature = feature},
+                                                       .position = 3,
+                                                       .hook = pre,
+                                                       .sae = sae->get(),
+                                                       .feature = feature},
                                             .values = {pre},
                                             .gradients = {pre, z}});
     ASSERT_TRUE(got.ok()) << got.status();
@@ -455,7 +487,8 @@ TEST(HookMetric, SaeFeatureIsItsEncoderDirectionWhereItFires) {
     std::copy_n(want->gradients.data<float>(), 64, direction.data<float>());
     auto along = RunForwardBackward(**model, {.tokens = tokens,
                                               .metric = {.kind = GradientMetric::Kind::kDirection,
-                                                         .position = 3, .hook = pre,
+                                                         .position = 3,
+                                                         .hook = pre,
                                                          .direction = direction},
                                               .gradients = {z}});
     ASSERT_TRUE(along.ok());
@@ -470,19 +503,24 @@ TEST(HookMetric, BadMetricsAreRefusedPrecisely) {
   const HookRegistry& hooks = (*model)->hooks();
   const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3}, {1, 3});
   auto status = [&](GradientMetric m) {
-    return RunForwardBackward(**model, {.tokens = tokens, .metric = m,
-                                        .gradients = {*hooks.Resolve("hook_embed")}})
+    return RunForwardBackward(
+               **model,
+               {.tokens = tokens, .metric = m, .gradients = {*hooks.Resolve("hook_embed")}})
         .status();
   };
   const absl::Status short_direction =
-      status({.kind = GradientMetric::Kind::kDirection, .hook = *hooks.Resolve("blocks.0.attn.hook_z"),
+      status({.kind = GradientMetric::Kind::kDirection,
+              .hook = *hooks.Resolve("blocks.0.attn.hook_z"),
               .direction = Tensor::FromHost(std::vector<float>(63, 1.0f), {63})});
-  EXPECT_THAT(std::string(short_direction.message()),
-              ::testing::HasSubstr("the metric's direction has 63 values; blocks.0.attn.hook_z has 64"));
+  EXPECT_THAT(
+      std::string(short_direction.message()),
+      ::testing::HasSubstr("the metric's direction has 63 values; blocks.0.attn.hook_z has 64"));
   const absl::Status pattern =
-      status({.kind = GradientMetric::Kind::kDirection, .hook = *hooks.Resolve("blocks.0.attn.hook_pattern"),
+      status({.kind = GradientMetric::Kind::kDirection,
+              .hook = *hooks.Resolve("blocks.0.attn.hook_pattern"),
               .direction = Tensor::FromHost(std::vector<float>(3, 1.0f), {3})});
-  EXPECT_THAT(std::string(pattern.message()), ::testing::HasSubstr("blocks.0.attn.hook_pattern is not one"));
+  EXPECT_THAT(std::string(pattern.message()),
+              ::testing::HasSubstr("blocks.0.attn.hook_pattern is not one"));
   const absl::Status no_sae = status({.kind = GradientMetric::Kind::kSaeFeature,
                                       .hook = *hooks.Resolve("blocks.0.hook_resid_pre")});
   EXPECT_EQ(no_sae.code(), absl::StatusCode::kInvalidArgument);
@@ -500,7 +538,8 @@ namespace {
 TEST(GradientsThroughSplices, EqualTorchAutogradThroughSaeLens) {
   auto model = Transformer::Load(ModelDir("tiny-gpt2"), std::make_shared<CpuBackend>());
   ASSERT_TRUE(model.ok());
-  const auto expected = ReadAllTensors(FixturePath("expected/tiny-gpt2.splice_gradients.safetensors"));
+  const auto expected =
+      ReadAllTensors(FixturePath("expected/tiny-gpt2.splice_gradients.safetensors"));
   const Tensor& tokens = expected.at("tokens");
   const int64_t batch = tokens.dim(0), seq = tokens.dim(1);
   const HookRegistry& hooks = (*model)->hooks();
@@ -511,13 +550,14 @@ TEST(GradientsThroughSplices, EqualTorchAutogradThroughSaeLens) {
   // 115 by 3.
   std::vector<int64_t> at_two;
   for (int64_t b = 0; b < batch; ++b) at_two.push_back(b * seq + 2);
-  SaeSplice edited{.sae = res1->get(),
-                   .options = {.edits = {{.kind = FeatureEditKind::kZero, .features = {89}},
-                                         {.kind = FeatureEditKind::kClamp, .features = {83},
-                                          .value = 4.0f, .tokens = at_two},
-                                         {.kind = FeatureEditKind::kScale, .features = {115},
-                                          .value = 3.0f}},
-                               .use_error_term = true}};
+  SaeSplice edited{
+      .sae = res1->get(),
+      .options = {
+          .edits =
+              {{.kind = FeatureEditKind::kZero, .features = {89}},
+               {.kind = FeatureEditKind::kClamp, .features = {83}, .value = 4.0f, .tokens = at_two},
+               {.kind = FeatureEditKind::kScale, .features = {115}, .value = 3.0f}},
+          .use_error_term = true}};
   const std::vector<std::tuple<std::string, std::string, SaeSplice>> cases = {
       {"res1_edit", "blocks.1.hook_resid_pre", edited},
       {"z0_splice", "blocks.0.attn.hook_z", SaeSplice{.sae = z0->get()}}};
@@ -526,10 +566,11 @@ TEST(GradientsThroughSplices, EqualTorchAutogradThroughSaeLens) {
     const FixtureHooks wanted = HooksUnder(expected, name, hooks);
     ASSERT_EQ(wanted.names.size(), 7u);
     auto got = RunForwardBackward(
-        **model, {.tokens = tokens,
-                  .metric = {.kind = GradientMetric::Kind::kLogitDiff, .token_a = 17, .token_b = 42},
-                  .splices = {{*hooks.Resolve(hook), splice}},
-                  .gradients = wanted.ids});
+        **model,
+        {.tokens = tokens,
+         .metric = {.kind = GradientMetric::Kind::kLogitDiff, .token_a = 17, .token_b = 42},
+         .splices = {{*hooks.Resolve(hook), splice}},
+         .gradients = wanted.ids});
     ASSERT_TRUE(got.ok()) << got.status();
     for (int64_t b = 0; b < batch; ++b) {
       const float want = expected.at(name + ".value").data<float>()[b];
@@ -543,9 +584,9 @@ TEST(GradientsThroughSplices, EqualTorchAutogradThroughSaeLens) {
   auto layer_norm = LoadSae(FixturePath("saes/standard_layer_norm"));
   ASSERT_TRUE(layer_norm.ok());
   EXPECT_EQ(RunForwardBackward(**model, {.tokens = tokens,
-                                          .splices = {{*hooks.Resolve("blocks.0.hook_resid_pre"),
-                                                       SaeSplice{.sae = layer_norm->get()}}},
-                                          .gradients = {*hooks.Resolve("hook_embed")}})
+                                         .splices = {{*hooks.Resolve("blocks.0.hook_resid_pre"),
+                                                      SaeSplice{.sae = layer_norm->get()}}},
+                                         .gradients = {*hooks.Resolve("hook_embed")}})
                 .status()
                 .code(),
             absl::StatusCode::kUnimplemented);

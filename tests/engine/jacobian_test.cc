@@ -18,14 +18,14 @@
 namespace glassbox {
 namespace {
 
+using ::glassbox::testing::ChainRuleError;
 using ::glassbox::testing::FixturePath;
 using ::glassbox::testing::ModelDir;
-using ::glassbox::testing::OtherArchitectures;
-using ::glassbox::testing::ChainRuleError;
-using ::glassbox::testing::ParamName;
-using ::glassbox::testing::TwoRowsOfSixTokens;
 using ::glassbox::testing::NormRelativeError;
+using ::glassbox::testing::OtherArchitectures;
+using ::glassbox::testing::ParamName;
 using ::glassbox::testing::ReadAllTensors;
+using ::glassbox::testing::TwoRowsOfSixTokens;
 using ::testing::HasSubstr;
 
 struct Case {
@@ -57,10 +57,12 @@ TEST_P(JacobianTest, EqualsTorchAutograd) {
   for (const Case& c : Cases((*model)->config().n_layers - 1)) {
     SCOPED_TRACE(c.name);
     // A small pass size: the output elements run in several passes.
-    auto result = ComputeJacobian(
-        **model, {.tokens = expected.at("tokens"), .in = *hooks.Resolve(c.in),
-                  .in_positions = Ints(expected.at(c.name + ".p")), .out = *hooks.Resolve(c.out),
-                  .out_positions = Ints(expected.at(c.name + ".q")), .max_rows_per_pass = 40});
+    auto result = ComputeJacobian(**model, {.tokens = expected.at("tokens"),
+                                            .in = *hooks.Resolve(c.in),
+                                            .in_positions = Ints(expected.at(c.name + ".p")),
+                                            .out = *hooks.Resolve(c.out),
+                                            .out_positions = Ints(expected.at(c.name + ".q")),
+                                            .max_rows_per_pass = 40});
     ASSERT_TRUE(result.ok()) << result.status();
     const Tensor& want = expected.at(c.name + ".jacobian");
     ASSERT_EQ(result->jacobian.shape(), want.shape());
@@ -72,9 +74,10 @@ TEST_P(JacobianTest, EqualsTorchAutograd) {
     const double error = NormRelativeError(result->jacobian, want);
     const double f32 = expected.at(c.name + ".f32_error").data<float>()[0];
     EXPECT_LE(error, std::max(1e-5, 2 * f32));
-    std::printf("%s %s: %s -> %s, [%lld, %lld] per row, norm-relative error %.2g (torch f32 %.2g)\n",
-                GetParam().c_str(), c.name.c_str(), c.in.c_str(), c.out.c_str(),
-                static_cast<long long>(want.dim(1)), static_cast<long long>(want.dim(2)), error, f32);
+    std::printf(
+        "%s %s: %s -> %s, [%lld, %lld] per row, norm-relative error %.2g (torch f32 %.2g)\n",
+        GetParam().c_str(), c.name.c_str(), c.in.c_str(), c.out.c_str(),
+        static_cast<long long>(want.dim(1)), static_cast<long long>(want.dim(2)), error, f32);
   }
 }
 
@@ -91,8 +94,11 @@ TEST(Jacobian, EveryAcceptedPairIsComputed) {
     for (HookId out = 0; out < hooks.size(); ++out) {
       if (!JacobianSize(**model, in, out).ok()) continue;
       SCOPED_TRACE(hooks.info(in).name + " -> " + hooks.info(out).name);
-      auto j = ComputeJacobian(**model, {.tokens = tokens, .in = in, .in_positions = {0},
-                                         .out = out, .out_positions = {-1},
+      auto j = ComputeJacobian(**model, {.tokens = tokens,
+                                         .in = in,
+                                         .in_positions = {0},
+                                         .out = out,
+                                         .out_positions = {-1},
                                          .max_rows_per_pass = 256});
       ASSERT_TRUE(j.ok()) << j.status();
       ++computed;
@@ -108,8 +114,10 @@ TEST(Jacobian, RejectsBadRequests) {
   const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3}, {1, 3});
   auto run = [&](std::string in, std::string out, std::vector<int32_t> p = {0},
                  std::vector<int32_t> q = {-1}) {
-    return ComputeJacobian(**model, {.tokens = tokens, .in = *hooks.Resolve(in),
-                                     .in_positions = p, .out = *hooks.Resolve(out),
+    return ComputeJacobian(**model, {.tokens = tokens,
+                                     .in = *hooks.Resolve(in),
+                                     .in_positions = p,
+                                     .out = *hooks.Resolve(out),
                                      .out_positions = q})
         .status();
   };
@@ -143,16 +151,17 @@ TEST_P(JacobianArchitectureTest, ChainsWithTheGradient) {
   const Tensor tokens = TwoRowsOfSixTokens();
   const int64_t seq = tokens.dim(1);
   const HookId embed = *hooks.Resolve("hook_embed");
-  const HookId top = *hooks.Resolve(
-      "blocks." + std::to_string((*model)->config().n_layers - 1) + ".hook_resid_post");
+  const HookId top = *hooks.Resolve("blocks." + std::to_string((*model)->config().n_layers - 1) +
+                                    ".hook_resid_post");
   auto grads = ComputeGradients(
       **model, {.tokens = tokens,
                 .metric = {.kind = GradientMetric::Kind::kLogitDiff, .token_a = 17, .token_b = 42},
                 .hooks = {embed, top}});
   ASSERT_TRUE(grads.ok()) << grads.status();
   const std::vector<int32_t> p = {2, 5};
-  auto jac = ComputeJacobian(**model, {.tokens = tokens, .in = embed, .in_positions = p,
-                                       .out = top, .out_positions = {-1, -1}});
+  auto jac = ComputeJacobian(
+      **model,
+      {.tokens = tokens, .in = embed, .in_positions = p, .out = top, .out_positions = {-1, -1}});
   ASSERT_TRUE(jac.ok()) << jac.status();
   ASSERT_EQ(jac->jacobian.shape(), (Shape{2, d, d}));
   std::vector<const float*> out_grads, in_grads;

@@ -73,9 +73,9 @@ absl::Status ParsePairs(const CommandLine& line, PatchingSweepRequest& request) 
   const int clean_rows = InputRows(request.clean());
   const int corrupted_rows = InputRows(request.corrupted());
   if (clean_rows != corrupted_rows) {
-    return UsageError(absl::StrFormat(
-        "patch pairs clean and corrupted rows: got %d clean and %d corrupted", clean_rows,
-        corrupted_rows));
+    return UsageError(
+        absl::StrFormat("patch pairs clean and corrupted rows: got %d clean and %d corrupted",
+                        clean_rows, corrupted_rows));
   }
   return absl::OkStatus();
 }
@@ -92,8 +92,7 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
   }
   std::optional<glassbox::v1::SweepKind> sweep = ParseSweepKind(*kind);
   if (!sweep.has_value()) {
-    return UsageError(
-        absl::StrFormat("--kind: \"%s\" is not one of %s", *kind, SweepKindNames()));
+    return UsageError(absl::StrFormat("--kind: \"%s\" is not one of %s", *kind, SweepKindNames()));
   }
   request.set_kind(*sweep);
   if (raw.Has("sae")) request.set_sae(*raw.Value("sae"));
@@ -109,8 +108,7 @@ absl::Status Parse(const CommandLine& line, Invocation& invocation) {
     if (*method == "attribution" || *method == "atp") {
       request.set_method(glassbox::v1::PATCHING_ATTRIBUTION);
     } else if (*method != "exact") {
-      return UsageError(
-          absl::StrFormat("--method: \"%s\" is not exact or attribution", *method));
+      return UsageError(absl::StrFormat("--method: \"%s\" is not exact or attribution", *method));
     }
   }
   invocation.print_normalized = raw.IsTrue("normalized");
@@ -154,8 +152,8 @@ void PrintMatrix(const glassbox::v1::Array& shown, std::ostream& out) {
     for (int64_t m = 0; m < middle; ++m) {
       std::vector<std::string> row = {rank == 3 ? absl::StrCat(l, " ", m) : absl::StrCat(l)};
       for (int64_t c = 0; c < cols; ++c) {
-        row.push_back(Number(rank == 3 ? client::FloatAt(shown, {l, m, c})
-                                       : client::FloatAt(shown, {l, c})));
+        row.push_back(
+            Number(rank == 3 ? client::FloatAt(shown, {l, m, c}) : client::FloatAt(shown, {l, c})));
       }
       table.push_back(std::move(row));
     }
@@ -165,7 +163,7 @@ void PrintMatrix(const glassbox::v1::Array& shown, std::ostream& out) {
 
 // A [layer, neuron] map is too wide for a table: its largest cells, by |normalized effect|.
 void PrintTopCells(const glassbox::v1::Array& shown, const glassbox::v1::Array& normalized,
-                     std::ostream& out) {
+                   std::ostream& out) {
   constexpr int64_t kShown = 20;
   const int64_t layers = shown.shape(0), neurons = shown.shape(1);
   std::vector<std::pair<int64_t, int64_t>> cells;
@@ -179,8 +177,7 @@ void PrintTopCells(const glassbox::v1::Array& shown, const glassbox::v1::Array& 
   std::partial_sort(cells.begin(), cells.begin() + count, cells.end(),
                     [&](const auto& a, const auto& b) { return effect(a) > effect(b); });
   out << absl::StrFormat("the %d largest of %d cells:\n", count, cells.size());
-  std::vector<std::vector<std::string>> table = {
-      {shown.dim_names(0), shown.dim_names(1), "value"}};
+  std::vector<std::vector<std::string>> table = {{shown.dim_names(0), shown.dim_names(1), "value"}};
   for (int64_t i = 0; i < count; ++i) {
     table.push_back({absl::StrCat(cells[i].first), absl::StrCat(cells[i].second),
                      Number(client::FloatAt(shown, {cells[i].first, cells[i].second}))});
@@ -191,15 +188,14 @@ void PrintTopCells(const glassbox::v1::Array& shown, const glassbox::v1::Array& 
 absl::Status Run(const Invocation& invocation, client::Client& client, std::ostream& out,
                  std::ostream& err) {
   const PatchingSweepRequest& request = Request<PatchingSweepRequest>(invocation);
-  GB_ASSIGN_OR_RETURN(glassbox::v1::PatchingSweepResponse response,
-                      client.PatchingSweep(request));
+  GB_ASSIGN_OR_RETURN(glassbox::v1::PatchingSweepResponse response, client.PatchingSweep(request));
   const int pairs = InputRows(request.clean());
   const bool attribution = request.method() == glassbox::v1::PATCHING_ATTRIBUTION;
-  out << absl::StrFormat("%s %s on %s: %d prompt pair%s, metric %s\n",
-                         attribution ? "attribution patching (AtP estimate of the sweep)"
-                                     : "patching sweep",
-                         SweepKindName(request.kind()), request.model(), pairs,
-                         pairs == 1 ? "" : "s", MetricString(request.metric()));
+  out << absl::StrFormat(
+      "%s %s on %s: %d prompt pair%s, metric %s\n",
+      attribution ? "attribution patching (AtP estimate of the sweep)" : "patching sweep",
+      SweepKindName(request.kind()), request.model(), pairs, pairs == 1 ? "" : "s",
+      MetricString(request.metric()));
   const std::string passes =
       response.backward_passes() > 0
           ? absl::StrFormat("%d forward and %d backward passes", response.forward_passes(),
@@ -236,7 +232,8 @@ absl::Status ParseAttribution(const CommandLine& line, Invocation& invocation) {
     return UsageError("attrib-patch is patch --method attribution: drop --method");
   }
   GB_RETURN_IF_ERROR(Parse(line, invocation));
-  std::any_cast<PatchingSweepRequest>(&invocation.request)->set_method(glassbox::v1::PATCHING_ATTRIBUTION);
+  std::any_cast<PatchingSweepRequest>(&invocation.request)
+      ->set_method(glassbox::v1::PATCHING_ATTRIBUTION);
   return absl::OkStatus();
 }
 
@@ -245,17 +242,20 @@ absl::Status ParseAttribution(const CommandLine& line, Invocation& invocation) {
 extern constinit const Command kPatchCommand = {
     .name = "patch",
     .brief = "patch --model MODEL ...",
-    .synopsis = "patch --model MODEL\n"
-                "(--clean-text T --corrupted-text T |\n"
-                " --clean-tokens IDS --corrupted-tokens IDS)...\n"
-                "--kind KIND --metric METRIC [--normalized]\n"
-                "[--method exact|attribution] [--max_rows_per_pass N]\n"
-                "[--out FILE.safetensors]",
-    .summary = "activation-patching sweep (clean vs corrupted, batched on the server): prints\n"
-               "the metric per cell, rows = layers",
+    .synopsis =
+        "patch --model MODEL\n"
+        "(--clean-text T --corrupted-text T |\n"
+        " --clean-tokens IDS --corrupted-tokens IDS)...\n"
+        "--kind KIND --metric METRIC [--normalized]\n"
+        "[--method exact|attribution] [--max_rows_per_pass N]\n"
+        "[--out FILE.safetensors]",
+    .summary =
+        "activation-patching sweep (clean vs corrupted, batched on the server): prints\n"
+        "the metric per cell, rows = layers",
     .flags = kFlags,
-    .flags_heading = "Patch flags (each --clean-* and --corrupted-* row pairs up with the one in "
-                     "the same place;\nall rows must have the same number of tokens):",
+    .flags_heading =
+        "Patch flags (each --clean-* and --corrupted-* row pairs up with the one in "
+        "the same place;\nall rows must have the same number of tokens):",
     .parse = Parse,
     .run = Run,
 };
@@ -263,12 +263,14 @@ extern constinit const Command kPatchCommand = {
 extern constinit const Command kAttribPatchCommand = {
     .name = "attrib-patch",
     .brief = "attrib-patch --model MODEL ...",
-    .synopsis = "attrib-patch --model MODEL\n"
-                "(--clean-text T --corrupted-text T |\n"
-                " --clean-tokens IDS --corrupted-tokens IDS)...\n"
-                "--kind KIND --metric METRIC [--normalized] [--out FILE.safetensors]",
-    .summary = "attribution patching: the patching sweep estimated from two forward passes and\n"
-               "one backward pass, (clean - corrupted) . gradient per cell",
+    .synopsis =
+        "attrib-patch --model MODEL\n"
+        "(--clean-text T --corrupted-text T |\n"
+        " --clean-tokens IDS --corrupted-tokens IDS)...\n"
+        "--kind KIND --metric METRIC [--normalized] [--out FILE.safetensors]",
+    .summary =
+        "attribution patching: the patching sweep estimated from two forward passes and\n"
+        "one backward pass, (clean - corrupted) . gradient per cell",
     .flags = kFlags,
     .flags_heading = "Flags as patch's (--method is attribution):",
     .parse = ParseAttribution,

@@ -54,8 +54,8 @@ absl::StatusOr<FeatureGradients> FeatureInputGradients(const Sae& sae, const Ten
                                                        int32_t feature) {
   const SaeConfig& c = sae.config();
   if (feature < 0 || feature >= c.d_sae)
-    return absl::InvalidArgumentError(absl::StrCat("feature ", feature, " is outside the SAE's [0, ",
-                                                   c.d_sae, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("feature ", feature, " is outside the SAE's [0, ", c.d_sae, ")"));
   GB_RETURN_IF_ERROR(CheckSpliceDifferentiable(sae));
   const int64_t d_in = c.d_in, d_sae = c.d_sae, rows = x.numel() / d_in;
   GB_ASSIGN_OR_RETURN(Tensor acts, sae.Encode(x.Reshape({rows, d_in})));
@@ -87,8 +87,8 @@ absl::StatusOr<SpliceGradients> SpliceBackward(const Sae& sae, const Tensor& x,
   // ∂acts_post = ∂output · W_decᵀ, per feature times what the decoder reads of it.
   SpliceGradients out{.input = Tensor::EmptyHost(DType::kF32, {rows, d_in}),
                       .acts_post = Tensor::EmptyHost(DType::kF32, {rows, d_sae})};
-  GB_RETURN_IF_ERROR(cpu::Sgemm(/*trans_b=*/true, rows, d_sae, d_in, 1.0f,
-                                d_output.data<float>(), d_in, w.W_dec.data<float>(), d_in, 0.0f,
+  GB_RETURN_IF_ERROR(cpu::Sgemm(/*trans_b=*/true, rows, d_sae, d_in, 1.0f, d_output.data<float>(),
+                                d_in, w.W_dec.data<float>(), d_in, 0.0f,
                                 out.acts_post.data<float>(), d_sae));
   std::vector<double> decoder(d_sae), encoder(d_sae);
   for (int32_t i = 0; i < d_sae; ++i) {

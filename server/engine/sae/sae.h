@@ -11,8 +11,8 @@
 // Inputs are host f32 tensors whose last axis is d_in ([..., d_in]); a hook_z SAE also takes
 // [..., n_heads, d_head] with n_heads·d_head = d_in. Every row (token) is independent, so work is
 // done in tiles of tokens (bounded scratch memory) and the dense [tokens, d_sae] activations are
-// only materialised when the caller asks for them. GEMMs run on oneDNN (kernels/cpu/gemm.h); the decoder exploits
-// sparsity (it sums the rows of W_dec of the active features).
+// only materialised when the caller asks for them. GEMMs run on oneDNN (kernels/cpu/gemm.h); the
+// decoder exploits sparsity (it sums the rows of W_dec of the active features).
 //
 // A Sae is immutable once built: every method is const and safe to call from many threads.
 #pragma once
@@ -34,10 +34,10 @@ namespace glassbox {
 // architecture: b_enc (standard, jumprelu, topk), threshold (jumprelu), b_gate, r_mag, b_mag
 // (gated).
 struct SaeWeights {
-  Tensor W_enc;  // [d_in, d_sae]
-  Tensor W_dec;  // [d_sae, d_in]
-  Tensor b_enc;  // [d_sae]
-  Tensor b_dec;  // [d_in]
+  Tensor W_enc;                            // [d_in, d_sae]
+  Tensor W_dec;                            // [d_sae, d_in]
+  Tensor b_enc;                            // [d_sae]
+  Tensor b_dec;                            // [d_in]
   Tensor threshold, b_gate, r_mag, b_mag;  // [d_sae]
 };
 
@@ -95,8 +95,8 @@ class Sae {
   }
 
  private:
-  Sae(SaeConfig config, SaeWeights weights) : config_(std::move(config)),
-                                              weights_(std::move(weights)) {}
+  Sae(SaeConfig config, SaeWeights weights)
+      : config_(std::move(config)), weights_(std::move(weights)) {}
 
   bool HasRuntimeNorm() const {
     return config_.normalization == SaeNormalization::kConstantNormRescale ||
@@ -122,8 +122,8 @@ class Sae {
 
   SaeConfig config_;
   SaeWeights weights_;
-  std::vector<float> exp_r_mag_;     // gated: exp(r_mag)
-  std::vector<float> decoder_norm_;  // topk rescaling: ‖W_dec,i‖
+  std::vector<float> exp_r_mag_;         // gated: exp(r_mag)
+  std::vector<float> decoder_norm_;      // topk rescaling: ‖W_dec,i‖
   std::vector<float> inv_decoder_norm_;  // 1 / ‖W_dec,i‖
 };
 
