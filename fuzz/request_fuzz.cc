@@ -425,6 +425,27 @@ const std::vector<Rpc>& Rpcs() {
          });
        },
        Unary(&S::Gradients)},
+      // Gradients at an SAE splice's points, through its feature edits.
+      {"GradientsAtSaePoints",
+       [] {
+         return Good<pb::GradientsRequest>([](auto& r) {
+           r.set_model("gpt2");
+           AddRow(r.mutable_inputs(), {1, 2, 3, 4});
+           AddRow(r.mutable_inputs(), {5, 6});
+           r.mutable_metric()->set_token_a(5);
+           r.mutable_metric()->set_token_b(6);
+           r.add_hooks("blocks.1.hook_resid_pre.hook_sae_*");
+           r.add_hooks("hook_embed");
+           auto* splice = r.add_sae_splices();
+           splice->set_sae("res1_standard");
+           splice->set_use_error_term(true);
+           auto* edit = splice->add_edits();
+           edit->set_kind(pb::FEATURE_EDIT_SCALE);
+           edit->add_features(3);
+           edit->set_value(2.0f);
+         });
+       },
+       Unary(&S::Gradients)},
   };
   return *rpcs;
 }

@@ -130,16 +130,26 @@ absl::StatusOr<PatchingResult> RunSaeFeatureAttributionPatching(const Transforme
                                                  .backward = false,
                                                  .cancelled = request.cancelled}));
   SaeSplice splice{.sae = &sae, .options = {.use_error_term = true}};
-  GB_ASSIGN_OR_RETURN(ForwardBackwardResult corrupted,
-                      RunForwardBackward(model, {.tokens = request.corrupted,
-                                                 .metric = metric,
-                                                 .splices = {{hook, splice}},
-                                                 .cancelled = request.cancelled}));
+  GB_ASSIGN_OR_RETURN(
+      ForwardBackwardResult corrupted,
+      RunForwardBackward(model, {.tokens = request.corrupted,
+                                 .metric = metric,
+                                 .splices = {{hook, splice}},
+                                 .sae_gradients = {{.splice = 0, .point = SaeHook::kActsPost},
+                                                   {.splice = 0, .point = SaeHook::kError}},
+                                 .cancelled = request.cancelled}));
   const int64_t rows = pairs * seq;
-  GB_ASSIGN_OR_RETURN(Tensor f_clean, sae.Encode(clean.values[0].Reshape({rows, d_in})));
-  GB_ASSIGN_OR_RETURN(Tensor f_corrupted,
-                      sae.Encode(corrupted.splice_inputs[0].Reshape({rows, d_in})));
-  const Tensor& grad = corrupted.splice_acts_gradients[0];
+  const Tensor x_clean = clean.values[0].Reshape({rows, d_in});
+  const Tensor x_corrupted = corrupted.splice_inputs[0].Reshape({rows, d_in});
+  SaeNormState norm_clean, norm_corrupted;  // for SAEs that normalise each token
+  GB_ASSIGN_OR_RETURN(Tensor f_clean, sae.Encode(x_clean, &norm_clean));
+  GB_ASSIGN_OR_RETURN(Tensor f_corrupted, sae.Encode(x_corrupted, &norm_corrupted));
+  const Tensor& grad = corrupted.sae_gradients[0];
+  // The error term e = x − x̂(x), added to the output, is a node too: its gradient is the
+  // output's.
+  GB_ASSIGN_OR_RETURN(Tensor recons_clean, sae.Decode(f_clean, &norm_clean));
+  GB_ASSIGN_OR_RETURN(Tensor recons_corrupted, sae.Decode(f_corrupted, &norm_corrupted));
+  const Tensor error_grad = corrupted.sae_gradients[1].Reshape({rows, d_in});
 
   PatchingResult result;
   result.forward_passes = 2;
@@ -147,19 +157,29 @@ absl::StatusOr<PatchingResult> RunSaeFeatureAttributionPatching(const Transforme
   result.clean_metric = Mean(clean.metric);
   result.corrupted_metric = Mean(corrupted.metric);
   result.dim_names = {"pos", "feature"};
-  result.values = Tensor::EmptyHost(DType::kF32, {seq, d_sae});
-  result.normalized = Tensor::EmptyHost(DType::kF32, {seq, d_sae});
-  std::vector<double> estimate(seq * d_sae, 0.0);
+  // Column d_sae of each position is the error node.
+  const int64_t nodes = d_sae + 1;
+  result.values = Tensor::EmptyHost(DType::kF32, {seq, nodes});
+  result.normalized = Tensor::EmptyHost(DType::kF32, {seq, nodes});
+  std::vector<double> estimate(seq * nodes, 0.0);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t pos = r % seq;
     for (int64_t i = 0; i < d_sae; ++i) {
       const int64_t k = r * d_sae + i;
-      estimate[pos * d_sae + i] +=
+      estimate[pos * nodes + i] +=
           (double{f_clean.data<float>()[k]} - f_corrupted.data<float>()[k]) * grad.data<float>()[k];
+    }
+    double& error = estimate[pos * nodes + d_sae];
+    for (int64_t j = 0; j < d_in; ++j) {
+      const int64_t k = r * d_in + j;
+      const double e_clean = double{x_clean.data<float>()[k]} - recons_clean.data<float>()[k];
+      const double e_corrupted =
+          double{x_corrupted.data<float>()[k]} - recons_corrupted.data<float>()[k];
+      error += (e_clean - e_corrupted) * error_grad.data<float>()[k];
     }
   }
   const double denominator = result.clean_metric - result.corrupted_metric;
-  for (int64_t i = 0; i < seq * d_sae; ++i) {
+  for (int64_t i = 0; i < seq * nodes; ++i) {
     const double e = estimate[i] / static_cast<double>(pairs);
     result.values.data<float>()[i] = static_cast<float>(result.corrupted_metric + e);
     result.normalized.data<float>()[i] = static_cast<float>(denominator != 0 ? e / denominator : 0);

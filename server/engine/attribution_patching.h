@@ -23,7 +23,9 @@ absl::StatusOr<PatchingResult> RunAttributionPatching(const Transformer& model,
 // with the SAE spliced in at its hook with the error term (so the model computes what it does
 // without it, and the error is a node of its own), patching feature i at position p changes the
 // metric by about (f_clean − f_corrupted)[p, i] · ∂m/∂f[p, i] at the corrupted run, the gradient
-// through the splice as sae_lens's (gradients.h). The result is [pos, feature], averaged over
+// through the splice as sae_lens's (gradients.h). The error term e = x − x̂(x) is a node per
+// position, (e_clean − e_corrupted) · ∂m/∂e with ∂m/∂e the gradient at the SAE's output, which
+// e is added to. The result is [pos, d_sae + 1] (column d_sae the error node), averaged over
 // the pairs and normalised as the other sweeps; `request.kind` is unused.
 absl::StatusOr<PatchingResult> RunSaeFeatureAttributionPatching(const Transformer& model,
                                                                 const PatchingRequest& request,

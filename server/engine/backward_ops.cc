@@ -1,5 +1,6 @@
 #include "server/engine/backward_ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -144,9 +145,10 @@ Tensor RotaryBackward(const Tensor& dy, const Tensor& cos, const Tensor& sin, in
   return dx;
 }
 
-AttentionGrads AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor& k,
-                                 const Tensor& v, const Tensor& pattern, double scale,
-                                 double softcap) {
+absl::StatusOr<AttentionGrads> AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor& k,
+                                                 const Tensor& v, const Tensor& pattern,
+                                                 double scale, double softcap,
+                                                 const AttentionEditsBackward& edits) {
   const int64_t batch = q.dim(0), seq = q.dim(1), heads = q.dim(2), dh = q.dim(3);
   const int64_t kv_heads = k.dim(2), group = heads / kv_heads;
   AttentionGrads out{.pattern = Tensor::EmptyHost(DType::kF32, pattern.shape()),
@@ -159,39 +161,72 @@ AttentionGrads AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor
     return ((b * seq + s) * n_heads + h) * dh;
   };
   auto cell = [&](int64_t b, int64_t h, int64_t s) { return ((b * heads + h) * seq + s) * seq; };
-  const float* P = pattern.data<float>();
   // Query heads in parallel; the kv heads they share are summed after, in head order.
   std::vector<std::vector<double>> dk_parts(batch * heads), dv_parts(batch * heads);
+
+  // z = P v: the gradients at the pattern and at v.
+  const float* P = pattern.data<float>();
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < batch * heads; ++bh) {
     const int64_t b = bh / heads, h = bh % heads, hk = h / group;
-    std::vector<double>& dk = dk_parts[bh];
     std::vector<double>& dv = dv_parts[bh];
-    dk.assign(seq * dh, 0.0);
     dv.assign(seq * dh, 0.0);
     for (int64_t s = 0; s < seq; ++s) {
       const float* dzs = dz.data<float>() + at(b, s, h, heads);
       const float* prow = P + cell(b, h, s);
       float* dprow = out.pattern.data<float>() + cell(b, h, s);
-      float* dsrow = out.scores.data<float>() + cell(b, h, s);
-      double weighted = 0;  // Σ_t P[s, t] dP[s, t]
       for (int64_t t = 0; t < seq; ++t) {
         const float* vt = v.data<float>() + at(b, t, hk, kv_heads);
         double dp = 0;
         for (int64_t i = 0; i < dh; ++i) dp += double{dzs[i]} * vt[i];
         dprow[t] = static_cast<float>(dp);
-        weighted += prow[t] * dp;
         for (int64_t i = 0; i < dh; ++i) dv[t * dh + i] += double{prow[t]} * dzs[i];
       }
-      float* dqs = out.q.data<float>() + at(b, s, h, heads);
-      std::vector<double> dq(dh, 0.0);
-      const float* qs = q.data<float>() + at(b, s, h, heads);
+    }
+  }
+  Tensor d_softmax = out.pattern;
+  if (edits.through_pattern) {
+    GB_ASSIGN_OR_RETURN(d_softmax, edits.through_pattern(out.pattern));
+  }
+
+  // P = softmax(S) per query row: dS = P ⊙ (dP − Σ_t P dP), with P the softmax's own output.
+  const float* soft =
+      (edits.softmax_pattern != nullptr ? *edits.softmax_pattern : pattern).data<float>();
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < batch * heads; ++bh) {
+    const int64_t b = bh / heads, h = bh % heads;
+    for (int64_t s = 0; s < seq; ++s) {
+      const float* prow = soft + cell(b, h, s);
+      const float* dprow = d_softmax.data<float>() + cell(b, h, s);
+      float* dsrow = out.scores.data<float>() + cell(b, h, s);
+      double weighted = 0;
+      for (int64_t t = 0; t < seq; ++t) weighted += double{prow[t]} * dprow[t];
       for (int64_t t = 0; t < seq; ++t) {
-        double ds = prow[t] * (dprow[t] - weighted);
-        dsrow[t] = static_cast<float>(ds);
+        dsrow[t] = static_cast<float>(prow[t] * (dprow[t] - weighted));
+      }
+    }
+  }
+  Tensor d_scores = out.scores;
+  if (edits.through_scores) {
+    GB_ASSIGN_OR_RETURN(d_scores, edits.through_scores(out.scores));
+  }
+
+  // S = scale · q · k (through the soft cap: d/dx c·tanh(x/c) = 1 − tanh²(x/c)).
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < batch * heads; ++bh) {
+    const int64_t b = bh / heads, h = bh % heads, hk = h / group;
+    std::vector<double>& dk = dk_parts[bh];
+    dk.assign(seq * dh, 0.0);
+    std::vector<double> dq(dh);
+    for (int64_t s = 0; s < seq; ++s) {
+      const float* dsrow = d_scores.data<float>() + cell(b, h, s);
+      const float* qs = q.data<float>() + at(b, s, h, heads);
+      std::fill(dq.begin(), dq.end(), 0.0);
+      for (int64_t t = 0; t < seq; ++t) {
+        double ds = dsrow[t];
         if (ds == 0) continue;
         const float* kt = k.data<float>() + at(b, t, hk, kv_heads);
-        if (softcap > 0) {  // through the cap: d/dx c·tanh(x/c) = 1 − tanh²(x/c)
+        if (softcap > 0) {
           double dot = 0;
           for (int64_t i = 0; i < dh; ++i) dot += double{qs[i]} * kt[i];
           const double th = std::tanh(scale * dot / softcap);
@@ -202,6 +237,7 @@ AttentionGrads AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor
           dk[t * dh + i] += ds * qs[i];
         }
       }
+      float* dqs = out.q.data<float>() + at(b, s, h, heads);
       for (int64_t i = 0; i < dh; ++i) dqs[i] = static_cast<float>(scale * dq[i]);
     }
   }

@@ -5,6 +5,8 @@
 // CUDA backend will get its own kernels checked against these.
 #pragma once
 
+#include <functional>
+
 #include "absl/status/statusor.h"
 #include "base/activation.h"
 #include "kernels/tensor.h"
@@ -48,12 +50,23 @@ Tensor RotaryBackward(const Tensor& dy, const Tensor& cos, const Tensor& sin, in
 // With `softcap` > 0 the scores are softcap · tanh(scale · q · k / softcap) (Gemma-2), their
 // gradient taken after the cap as TransformerLens's hook_attn_scores is. A sliding window needs
 // nothing: its hidden keys have a zero pattern, so no gradient.
+//
+// Edits of hook_pattern or hook_attn_scores: `pattern` is the edited pattern z was made from, and
+// the edits' backward runs between the steps. `through_pattern` takes the gradient at the
+// (edited) pattern to the one at the softmax's output, which is `softmax_pattern` (the pattern
+// before its edits); `through_scores` takes the gradient at the (edited) scores to the one at the
+// scores before their edits. AttentionGrads keeps the gradients at the edited values.
 struct AttentionGrads {
   Tensor pattern, scores, q, k, v;
 };
-AttentionGrads AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor& k,
-                                 const Tensor& v, const Tensor& pattern, double scale,
-                                 double softcap = 0);
+struct AttentionEditsBackward {
+  std::function<absl::StatusOr<Tensor>(const Tensor&)> through_pattern, through_scores;
+  const Tensor* softmax_pattern = nullptr;  // null: `pattern`
+};
+absl::StatusOr<AttentionGrads> AttentionBackward(const Tensor& dz, const Tensor& q, const Tensor& k,
+                                                 const Tensor& v, const Tensor& pattern,
+                                                 double scale, double softcap = 0,
+                                                 const AttentionEditsBackward& edits = {});
 
 // y = x · wᵀ (+ b) with w [n, k], x and y flattened to rows: dx [rows, k] = dy [rows, n] · w.
 absl::StatusOr<Tensor> LinearInputBackward(const Tensor& dy, const Tensor& w);

@@ -56,6 +56,7 @@ BackwardWalk::BackwardWalk(const Transformer& model, const HostCaptures& capture
       wanted_(model.hooks().size()),
       grads_(model.hooks().size()),
       edits_(model.hooks().size()),
+      edit_inputs_(model.hooks().size()),
       seeds_(model.hooks().size()),
       splices_(model.hooks().size()),
       layout_(std::move(layout)) {
@@ -77,32 +78,8 @@ absl::Status BackwardWalk::FromLogits(const Tensor& dlogits, const std::vector<i
   return Down(static_cast<int>(c_.n_layers) - 1, 0, std::move(d_resid));
 }
 
-absl::Status BackwardWalk::FromResidual(HookKind kind, int layer, Tensor seed, int lowest_layer) {
-  switch (kind) {
-    case HookKind::kResidPost:
-      return Down(layer, lowest_layer, std::move(seed));
-    case HookKind::kResidMid: {
-      if (c_.parallel_attn_mlp)
-        return absl::InvalidArgumentError("a parallel block has no hook_resid_mid");
-      if (layer < lowest_layer) return absl::OkStatus();
-      GB_ASSIGN_OR_RETURN(const Tensor d_mid, Through(HookKind::kResidMid, layer, seed));
-      GB_ASSIGN_OR_RETURN(Tensor through_attention, AttentionBranch(layer, d_mid));
-      GB_ASSIGN_OR_RETURN(Tensor d_pre,
-                          Through(HookKind::kResidPre, layer, Sum(d_mid, through_attention)));
-      return Down(layer - 1, lowest_layer, std::move(d_pre));
-    }
-    case HookKind::kResidPre: {
-      // hook_resid_pre of block l is hook_resid_post of block l − 1 (the embeddings for 0).
-      GB_ASSIGN_OR_RETURN(Tensor d_pre, Through(HookKind::kResidPre, layer, seed));
-      return Down(layer - 1, lowest_layer, std::move(d_pre));
-    }
-    default:
-      return absl::InvalidArgumentError("a backward walk starts at a residual-stream hook");
-  }
-}
-
-absl::Status BackwardWalk::FromSeeds(int top_layer) {
-  return Down(top_layer, 0, Tensor::ZerosHost(DType::kF32, {batch_ * seq_, c_.d_model}));
+absl::Status BackwardWalk::FromSeeds(int top_layer, int lowest_layer) {
+  return Down(top_layer, lowest_layer, Tensor::ZerosHost(DType::kF32, {batch_ * seq_, c_.d_model}));
 }
 
 absl::Status BackwardWalk::Down(int top, int lowest, Tensor d_post) {
@@ -159,21 +136,57 @@ absl::StatusOr<Tensor> BackwardWalk::Through(HookKind kind, int layer, const Ten
   if (Splice& splice = splices_[id]; splice.sae != nullptr) {
     // The hook's gradient is the one at the SAE's output; before the splice, at its input.
     const int64_t d_in = splice.sae->d_in(), rows = grad.numel() / d_in;
-    GB_ASSIGN_OR_RETURN(SpliceGradients through,
+    splice.output_gradient = grad.Reshape({rows, d_in});
+    GB_ASSIGN_OR_RETURN(splice.through,
                         SpliceBackward(*splice.sae, splice.input.Reshape({rows, d_in}),
-                                       grad.Reshape({rows, d_in}), *splice.options));
-    grad = through.input.Reshape(arriving.shape());
-    splice.acts_gradient = std::move(through.acts_post);
+                                       splice.output_gradient, *splice.options));
+    grad = splice.through.input.Reshape(arriving.shape());
   }
   if (edits_[id].empty()) return grad;
   // A copy: the gradient kept at the hook is the one at the edited value.
   const HookInfo& info = model_.hooks().info(id);
   Tensor before = Tensor::EmptyHost(DType::kF32, info.ShapeFor(batch_, seq_));
   std::copy_n(grad.data<float>(), grad.numel(), before.data<float>());
-  for (auto edit = edits_[id].rbegin(); edit != edits_[id].rend(); ++edit) {
-    InterventionBackward(**edit, info, layout_, before);
+  // What each edit was applied to, replayed from the value before them, where a backward reads
+  // it.
+  const std::vector<const Intervention*>& edits = edits_[id];
+  std::vector<Tensor> inputs(edits.size());
+  if (edit_inputs_[id].defined()) {
+    Tensor value = edit_inputs_[id].Reshape(before.shape());
+    for (size_t k = 0; k < edits.size(); ++k) {
+      inputs[k] = value;
+      if (k + 1 == edits.size()) break;
+      Tensor next = Tensor::EmptyHost(DType::kF32, value.shape());
+      std::copy_n(value.data<float>(), value.numel(), next.data<float>());
+      ApplyIntervention(*edits[k], info, layout_, next);
+      value = std::move(next);
+    }
+  }
+  for (size_t k = edits.size(); k-- > 0;) {
+    if (BackwardReadsInput(*edits[k]) && !inputs[k].defined())
+      return absl::InternalError("an edit's backward needs the value it was applied to");
+    InterventionBackward(*edits[k], info, layout_, before,
+                         inputs[k].defined() ? &inputs[k] : nullptr);
   }
   return before.Reshape(grad.shape());
+}
+
+const Tensor& BackwardWalk::splice_gradient(HookId hook, SaeHook point) const {
+  const Splice& splice = splices_[hook];
+  switch (point) {
+    case SaeHook::kInput:
+      return splice.through.input;
+    case SaeHook::kActsPre:
+      return splice.through.acts_pre;
+    case SaeHook::kActsPost:
+      return splice.through.acts_post;
+    case SaeHook::kRecons:
+      return splice.through.recons;
+    case SaeHook::kError:
+    case SaeHook::kOutput:
+      return splice.output_gradient;
+  }
+  return splice.output_gradient;
 }
 
 absl::StatusOr<Tensor> BackwardWalk::Norm(const Tensor& dy, HookKind normalized, HookKind scale,
@@ -268,11 +281,20 @@ absl::StatusOr<Tensor> BackwardWalk::AttentionBranch(int l, const Tensor& d_out)
   GB_ASSIGN_OR_RETURN(const Tensor d_z, Through(HookKind::kZ, l, z_grad));
   double scale = c_.attn_scale;
   if (c_.attn_scale_by_layer) scale /= static_cast<double>(l + 1);
-  backward::AttentionGrads a =
-      backward::AttentionBackward(d_z.Reshape(q.shape()), q, k, Captured(HookKind::kV, l),
-                                  Captured(HookKind::kPattern, l), scale, c_.attn_softcap);
-  Set(HookKind::kPattern, l, a.pattern);
-  Set(HookKind::kAttnScores, l, a.scores);
+  // The gradients at hook_pattern and hook_attn_scores are kept, and go back through their
+  // edits, on the way (Through); softmax's backward reads its own output, the pattern before
+  // its edits.
+  backward::AttentionEditsBackward through{
+      .through_pattern = [&](const Tensor& g) { return Through(HookKind::kPattern, l, g); },
+      .through_scores = [&](const Tensor& g) { return Through(HookKind::kAttnScores, l, g); }};
+  if (const HookId pattern = model_.hooks().Find(HookKind::kPattern, l);
+      pattern >= 0 && edit_inputs_[pattern].defined()) {
+    through.softmax_pattern = &edit_inputs_[pattern];
+  }
+  GB_ASSIGN_OR_RETURN(backward::AttentionGrads a,
+                      backward::AttentionBackward(
+                          d_z.Reshape(q.shape()), q, k, Captured(HookKind::kV, l),
+                          Captured(HookKind::kPattern, l), scale, c_.attn_softcap, through));
   GB_ASSIGN_OR_RETURN(const Tensor d_v, Through(HookKind::kV, l, a.v));
   GB_ASSIGN_OR_RETURN(Tensor d_q, QueryKeyPath(l, std::move(a.q), /*query=*/true));
   GB_ASSIGN_OR_RETURN(Tensor d_k, QueryKeyPath(l, std::move(a.k), /*query=*/false));

@@ -1,8 +1,8 @@
 // The backward walk of the generic block, every architecture the forward pass runs (norms before,
 // after or around attention and the MLP, parallel blocks, rotary, gated MLPs, grouped kv heads,
-// q/k norms, soft caps, sliding windows): from a gradient at the logits, or at a residual-stream
-// hook, down through the blocks to the embeddings, filling the gradient at every hook on the way
-// from the values the forward pass captured there (BackwardInputs) and the op backwards of
+// q/k norms, soft caps, sliding windows): from a gradient at the logits, or seeds at token
+// activations, down through the blocks to the embeddings, filling the gradient at every hook on the
+// way from the values the forward pass captured there (BackwardInputs) and the op backwards of
 // backward_ops.h. On the host, in f32. Rows are right-padded: token s of a row is at position s.
 #pragma once
 
@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "server/engine/host_captures.h"
 #include "server/engine/intervention.h"
+#include "server/engine/sae/feature_gradient.h"
 #include "server/engine/sae/sae.h"
 #include "server/engine/transformer.h"
 
@@ -35,28 +36,30 @@ class BackwardWalk {
   // those rows only. Walks down to the embeddings.
   absl::Status FromLogits(const Tensor& dlogits, const std::vector<int64_t>& rows);
 
-  // `seed` [batch * seq, d_model] is the gradient at blocks.`layer`.hook_resid_{pre,mid,post}
-  // (`kind`); walks down through block `lowest_layer` (and to the embeddings when it is 0).
-  absl::Status FromResidual(HookKind kind, int layer, Tensor seed, int lowest_layer);
-
   // An SAE spliced in at `hook` (after its edits): the walk goes back through it
   // (SpliceBackward) from the hook's gradient. `input` is the splice's input (hook_sae_input).
   void AddSplice(HookId hook, const Sae& sae, const SpliceOptions& options, Tensor input) {
-    splices_[hook] = {
-        .sae = &sae, .options = &options, .input = std::move(input), .acts_gradient = {}};
+    splices_[hook] = {.sae = &sae, .options = &options, .input = std::move(input)};
+  }
+  // The hook's value before its edits: for edits whose backward reads what they were applied to
+  // (BackwardReadsInput), and at hook_pattern softmax's output, which its backward reads.
+  void AddEditInput(HookId hook, Tensor before_edits) {
+    edit_inputs_[hook] = std::move(before_edits);
   }
   // A gradient arriving at a hook from outside the model's flow (a metric read there): added to
   // what flows down to it. Before FromSeeds or the other walks.
   void AddSeed(HookId id, Tensor seed) { seeds_[id] = std::move(seed); }
-  // Walks down from block `top_layer` (-1: the embeddings only) with nothing flowing in from above
-  // but the seeds.
-  absl::Status FromSeeds(int top_layer);
+  // Walks down from block `top_layer` (-1: the embeddings only) through block `lowest_layer` (and
+  // to the embeddings when it is 0), with nothing flowing in from above but the seeds.
+  absl::Status FromSeeds(int top_layer, int lowest_layer = 0);
 
   // The gradient at a wanted hook, in its shape; undefined for hooks the walk did not reach.
   const Tensor& gradient(HookId id) const { return grads_[id]; }
-  // The gradient at hook_sae_acts_post of the SAE spliced at `hook` ([rows, d_sae], after its
-  // feature edits); undefined when the walk did not go through one there.
-  const Tensor& splice_acts_gradient(HookId hook) const { return splices_[hook].acts_gradient; }
+  // The gradient at a hook_sae_* point of the SAE spliced at `hook`, flattened to [rows, width]
+  // (hook_sae_acts_post's after the feature edits; hook_sae_error's and hook_sae_output's are
+  // the hook's own: the error is added, though sae_lens computes it under no_grad); undefined
+  // when the walk did not go through one there.
+  const Tensor& splice_gradient(HookId hook, SaeHook point) const;
 
  private:
   absl::StatusOr<Tensor> Host(const Tensor& t) const;
@@ -96,12 +99,15 @@ class BackwardWalk {
   std::vector<bool> wanted_;                             // by HookId
   std::vector<Tensor> grads_;                            // by HookId
   std::vector<std::vector<const Intervention*>> edits_;  // by HookId, in the pass's order
+  std::vector<Tensor> edit_inputs_;                      // by HookId: AddEditInput's
   std::vector<Tensor> seeds_;                            // by HookId
   struct Splice {
     const Sae* sae = nullptr;
     const SpliceOptions* options = nullptr;
     Tensor input;
-    Tensor acts_gradient;  // filled by the walk
+    // Filled by the walk: the gradients at the SAE's output and through it.
+    Tensor output_gradient;
+    SpliceGradients through;
   };
   std::vector<Splice> splices_;  // by HookId; sae == nullptr: none
   TokenLayout layout_;

@@ -17,11 +17,6 @@
 namespace glassbox {
 namespace {
 
-// The hooks a metric may read: token activations the backward walk passes through.
-bool IsMetricHookKind(HookKind kind) {
-  return IsEditableHook(kind) && EditAxesOf(kind) == EditAxes::kTokens;
-}
-
 absl::Status CheckMetric(const GradientMetric& m, const std::vector<int64_t>& lengths,
                          int64_t vocab) {
   const bool ragged =
@@ -189,6 +184,10 @@ absl::StatusOr<MetricAtHook> EvaluateHookMetric(const GradientMetric& m, const H
 
 }  // namespace
 
+bool IsMetricHookKind(HookKind kind) {
+  return IsEditableHook(kind) && EditAxesOf(kind) == EditAxes::kTokens;
+}
+
 bool IsHookMetric(GradientMetric::Kind kind) {
   return kind == GradientMetric::Kind::kDirection || kind == GradientMetric::Kind::kSaeFeature;
 }
@@ -203,6 +202,10 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   GB_ASSIGN_OR_RETURN(std::vector<int64_t> lengths, RowLengths(tokens, request.attention_mask));
   const GradientMetric& m = request.metric;
   GB_RETURN_IF_ERROR(CheckMetric(m, lengths, c.vocab_size));
+  for (const SaeHookRef& ref : request.sae_gradients) {
+    if (ref.splice < 0 || ref.splice >= static_cast<int>(request.splices.size()))
+      return absl::InvalidArgumentError("a gradient asks for a hook_sae_* point of no splice");
+  }
   for (const std::vector<HookId>* ids : {&request.values, &request.gradients}) {
     for (HookId id : *ids) {
       if (id < 0 || id >= model.hooks().size())
@@ -235,10 +238,23 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   }
   if (at_hook) plan.CaptureId(m.hook);
   for (HookId id : request.values) plan.CaptureId(id);
+  // The hooks whose edits' backward reads the value before them (a projection cap's clamps,
+  // softmax's output under a pattern's edits), captured under ids past the registry and the
+  // splices' points.
+  std::vector<HookId> edit_inputs;
   for (const Intervention& edit : request.interventions) {
     GB_RETURN_IF_ERROR(plan.AddIntervention(edit));
-    if (request.backward) {
-      GB_RETURN_IF_ERROR(CheckDifferentiable(edit, model.hooks().info(edit.hook)));
+    if (!request.backward) continue;
+    GB_RETURN_IF_ERROR(CheckDifferentiable(edit, model.hooks().info(edit.hook)));
+    // A pattern's edits also hide softmax's output, which its backward reads.
+    const bool reads_before =
+        BackwardReadsInput(edit) || model.hooks().info(edit.hook).kind == HookKind::kPattern;
+    if (reads_before && plan.BeforeEditsCaptureId(edit.hook) < 0) {
+      plan.CaptureBeforeEdits(
+          edit.hook,
+          model.hooks().size() +
+              static_cast<HookId>(request.splices.size() * kNumSaeHooks + edit_inputs.size()));
+      edit_inputs.push_back(edit.hook);
     }
   }
   // Each splice also hands its input (hook_sae_input) to the capture, under an id past the
@@ -248,11 +264,12 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   for (const auto& [hook, given] : request.splices) {
     if (hook < 0 || hook >= model.hooks().size() || given.sae == nullptr)
       return absl::InvalidArgumentError("a splice needs an SAE and a hook the model has");
-    if (request.backward) GB_RETURN_IF_ERROR(CheckSpliceDifferentiable(*given.sae));
     SaeSplice splice = given;
     if (splice.capture_ids[kInput] < 0) {
       splice.options.capture[kInput] = true;
-      splice.capture_ids[kInput] = model.hooks().size() + static_cast<HookId>(splice_inputs.size());
+      // The numbering the service gives hook_sae_* captures: no clash with the caller's.
+      splice.capture_ids[kInput] =
+          model.hooks().size() + static_cast<HookId>(splice_inputs.size()) * kNumSaeHooks + kInput;
       splice.capture_infos[kInput] =
           SaeHookInfo(model.hooks().info(hook), *splice.sae, SaeHook::kInput);
     }
@@ -302,14 +319,27 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
     const auto& [hook, splice] = request.splices[i];
     backward.AddSplice(hook, *splice.sae, splice.options, captured.at(splice_inputs[i]));
   }
+  for (HookId hook : edit_inputs) {
+    backward.AddEditInput(hook, captured.at(plan.BeforeEditsCaptureId(hook)));
+  }
   if (at_hook) {
     backward.AddSeed(m.hook, std::move(hook_metric.seed));
     GB_RETURN_IF_ERROR(backward.FromSeeds(top_layer));
   } else {
     GB_RETURN_IF_ERROR(backward.FromLogits(metric.dlogits, metric.rows));
   }
-  for (const auto& [hook, splice] : request.splices) {
-    result.splice_acts_gradients.push_back(backward.splice_acts_gradient(hook));
+  for (const SaeHookRef& ref : request.sae_gradients) {
+    const auto& [hook, splice] = request.splices[ref.splice];
+    const Tensor& grad = backward.splice_gradient(hook, ref.point);
+    if (!grad.defined()) {
+      // Above the metric's block: the metric does not depend on it.
+      result.sae_gradients.push_back(Tensor::ZerosHost(
+          DType::kF32,
+          SaeHookInfo(model.hooks().info(hook), *splice.sae, ref.point).ShapeFor(batch, seq)));
+    } else {
+      result.sae_gradients.push_back(grad.Reshape(
+          SaeHookInfo(model.hooks().info(hook), *splice.sae, ref.point).ShapeFor(batch, seq)));
+    }
   }
   for (HookId id : request.gradients) {
     if (backward.gradient(id).defined()) {
@@ -335,8 +365,11 @@ absl::StatusOr<GradientResult> ComputeGradients(const Transformer& model,
                                                  .interventions = request.interventions,
                                                  .splices = request.splices,
                                                  .gradients = request.hooks,
+                                                 .sae_gradients = request.sae_hooks,
                                                  .cancelled = request.cancelled}));
-  return GradientResult{.metric = std::move(r.metric), .gradients = std::move(r.gradients)};
+  return GradientResult{.metric = std::move(r.metric),
+                        .gradients = std::move(r.gradients),
+                        .sae_gradients = std::move(r.sae_gradients)};
 }
 
 absl::StatusOr<std::vector<int64_t>> RowLengths(const Tensor& tokens, const Tensor& mask) {

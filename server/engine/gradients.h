@@ -38,6 +38,16 @@ struct GradientMetric {
   int32_t feature = 0;       // kSaeFeature
 };
 bool IsHookMetric(GradientMetric::Kind kind);
+// The hooks a metric (or a Jacobian's output) may read: the token activations the backward walk
+// passes through, where a gradient from outside the model's flow can be added (BackwardWalk's
+// seeds).
+bool IsMetricHookKind(HookKind kind);
+
+// A hook_sae_* point of a request's splices: splices[splice] at `point`.
+struct SaeHookRef {
+  int splice = 0;
+  SaeHook point = SaeHook::kActsPost;
+};
 
 struct GradientRequest {
   Tensor tokens;  // [batch, seq] i32, host
@@ -49,6 +59,7 @@ struct GradientRequest {
   // Edits of the forward pass, differentiated (ForwardBackwardRequest::interventions).
   std::vector<Intervention> interventions;
   std::vector<std::pair<HookId, SaeSplice>> splices;  // ForwardBackwardRequest::splices
+  std::vector<SaeHookRef> sae_hooks;                  // gradients wanted at the splices' points
   const std::atomic<bool>* cancelled = nullptr;
 };
 
@@ -57,6 +68,7 @@ struct GradientResult {
   // d(metric of row b) / d(hook value of row b), for each requested hook in order: host f32,
   // the hook's shape. Rows do not interact, so one backward of the sum gives every row's.
   std::vector<Tensor> gradients;
+  std::vector<Tensor> sae_gradients;  // per sae_hooks entry, in the point's shape (SaeHookInfo)
 };
 
 absl::StatusOr<GradientResult> ComputeGradients(const Transformer& model,
@@ -80,6 +92,8 @@ struct ForwardBackwardRequest {
   std::vector<std::pair<HookId, SaeSplice>> splices;
   std::vector<HookId> values;     // forward values kept
   std::vector<HookId> gradients;  // gradients computed
+  // Gradients computed at the splices' hook_sae_* points (BackwardWalk::splice_gradient).
+  std::vector<SaeHookRef> sae_gradients;
   bool backward = true;
   const std::atomic<bool>* cancelled = nullptr;
 };
@@ -88,10 +102,10 @@ struct ForwardBackwardResult {
   std::vector<double> metric;
   std::vector<Tensor> values;     // host f32, per requested hook in order
   std::vector<Tensor> gradients;  // host f32, per requested hook in order (empty without backward)
-  // Per splice in order: its input (hook_sae_input, [batch, seq, d_in]) and, with backward, the
-  // gradient at its hook_sae_acts_post ([batch * seq, d_sae]); host f32.
+  // Per splice in order: its input (hook_sae_input, [batch, seq, d_in]); host f32.
   std::vector<Tensor> splice_inputs;
-  std::vector<Tensor> splice_acts_gradients;
+  // Per sae_gradients entry (with backward), in the point's shape (SaeHookInfo); host f32.
+  std::vector<Tensor> sae_gradients;
 };
 
 absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& model,

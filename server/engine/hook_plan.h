@@ -19,7 +19,8 @@ class HookPlan {
       : registry_(&registry),
         capture_(registry.size(), 0),
         edits_(registry.size()),
-        splices_(registry.size()) {}
+        splices_(registry.size()),
+        before_edits_(registry.size(), -1) {}
 
   // Captures the hook(s) a name or glob names; INVALID_ARGUMENT when none exists.
   absl::Status Capture(absl::string_view name_or_glob);
@@ -35,6 +36,11 @@ class HookPlan {
   const SaeSplice* SaeSpliceAt(HookId id) const {
     return id >= 0 && splices_[id].sae != nullptr ? &splices_[id] : nullptr;
   }
+
+  // Also hands the hook's value before its edits to the capture sink, under `capture_id` (an id
+  // past the registry, the caller's to number): a backward through edits that read it.
+  void CaptureBeforeEdits(HookId id, HookId capture_id) { before_edits_.at(id) = capture_id; }
+  HookId BeforeEditsCaptureId(HookId id) const { return id >= 0 ? before_edits_[id] : -1; }
 
   bool Captures(HookId id) const { return id >= 0 && capture_[id] != 0; }
   const std::vector<Intervention>& Edits(HookId id) const { return edits_[id]; }
@@ -53,7 +59,8 @@ class HookPlan {
   const HookRegistry* registry_;
   std::vector<uint8_t> capture_;
   std::vector<std::vector<Intervention>> edits_;
-  std::vector<SaeSplice> splices_;  // sae == nullptr: none at that hook
+  std::vector<SaeSplice> splices_;    // sae == nullptr: none at that hook
+  std::vector<HookId> before_edits_;  // -1: not captured
   int edit_count_ = 0;
 };
 

@@ -135,6 +135,19 @@ absl::Status CheckPatchSource(const Intervention& edit, const HookInfo& info, co
 // The padded index of each selected position of row b, paired with the index of the same
 // position in the row it is read from (the patch source row; row b itself otherwise). No
 // selection: every padded index, read from the same index.
+// A directional edit's value, [d] or one per head [m, d], each direction scaled to unit norm.
+std::vector<double> UnitDirections(const Tensor& value, int64_t d) {
+  std::vector<double> unit(value.numel());
+  for (int64_t m = 0; m < value.numel() / d; ++m) {
+    const float* u = value.data<float>() + m * d;
+    double norm = 0;
+    for (int64_t j = 0; j < d; ++j) norm += double{u[j]} * u[j];
+    norm = std::sqrt(norm);
+    for (int64_t j = 0; j < d; ++j) unit[m * d + j] = u[j] / norm;
+  }
+  return unit;
+}
+
 std::vector<std::pair<int32_t, int32_t>> ResolvePositions(const std::vector<int32_t>& chosen,
                                                           int64_t n, const Intervention& edit,
                                                           const TokenLayout& layout, int64_t b,
@@ -334,16 +347,7 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
       }
     };
     const int64_t per_head = value_n == v.m * v.d;
-    std::vector<double> unit(static_cast<size_t>(value_n));
-    for (int64_t m = 0; m < value_n / v.d; ++m) {
-      double norm = 0;
-      for (int64_t d = 0; d < v.d; ++d)
-        norm +=
-            double{edit.value.data<float>()[m * v.d + d]} * edit.value.data<float>()[m * v.d + d];
-      norm = std::sqrt(norm);
-      for (int64_t d = 0; d < v.d; ++d)
-        unit[m * v.d + d] = edit.value.data<float>()[m * v.d + d] / norm;
-    }
+    const std::vector<double> unit = UnitDirections(edit.value, v.d);
     for (int32_t b : rows) {
       for (const auto& [p, unused] :
            ResolvePositions(edit.select.positions, v.seq, edit, layout, b, b)) {
@@ -408,19 +412,54 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
 }
 
 absl::Status CheckDifferentiable(const Intervention& edit, const HookInfo& info) {
-  if (EditAxesOf(info.kind) == EditAxes::kAttention)
+  const bool elementwise =
+      edit.kind == InterventionKind::kZero || edit.kind == InterventionKind::kScale ||
+      edit.kind == InterventionKind::kAdd || edit.kind == InterventionKind::kSet ||
+      edit.kind == InterventionKind::kPatchFrom;
+  if (EditAxesOf(info.kind) == EditAxes::kAttention && !elementwise)
     return absl::UnimplementedError(absl::StrCat(
-        "gradients through an edit of ", info.name,
-        " are not implemented yet; edit a token activation (hook_z, hook_v, the residual stream)"));
-  if (edit.kind == InterventionKind::kProjectionCap)
-    return absl::UnimplementedError(
-        absl::StrCat("gradients through PROJECTION_CAP at ", info.name,
-                     " are not implemented: its slope depends on the value before the edit"));
+        "gradients through a mean or a row patch of ", info.name,
+        " are not implemented; a backward goes through ZERO, SCALE, ADD, SET and PATCH_CACHED "
+        "of attention scores and patterns"));
   return absl::OkStatus();
 }
 
+bool BackwardReadsInput(const Intervention& edit) {
+  return edit.kind == InterventionKind::kProjectionCap;
+}
+
+namespace {
+
+// A projection cap's backward: at each selected token (and head) whose x · u the edit clamped,
+// the gradient loses its component along u.
+void ProjectionCapBackward(const Intervention& edit, const HookInfo& info,
+                           const TokenLayout& layout, const Tensor& input, Tensor& grad) {
+  const View v = ViewOf(EditAxesOf(info.kind), grad.shape());
+  const int64_t n = edit.value.numel();
+  const bool per_head = n == v.m * v.d;
+  const std::vector<double> unit = UnitDirections(edit.value, v.d);
+  for (int32_t b : AllOr(edit.select.rows, v.batch)) {
+    for (const auto& [p, unused] :
+         ResolvePositions(edit.select.positions, v.seq, edit, layout, b, b)) {
+      for (int32_t mi : AllOr(edit.select.heads, v.m)) {
+        const double* u = unit.data() + (per_head ? mi * v.d : 0);
+        const float* x = input.data<float>() + v.Offset(b, p, mi, 0);
+        double dot = 0;
+        for (int64_t d = 0; d < v.d; ++d) dot += x[d] * u[d];
+        if (dot >= edit.projection_min && dot <= edit.projection_max) continue;
+        float* g = grad.data<float>() + v.Offset(b, p, mi, 0);
+        double along = 0;
+        for (int64_t d = 0; d < v.d; ++d) along += g[d] * u[d];
+        for (int64_t d = 0; d < v.d; ++d) g[d] -= static_cast<float>(along * u[d]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void InterventionBackward(const Intervention& edit, const HookInfo& info, const TokenLayout& layout,
-                          Tensor& grad) {
+                          Tensor& grad, const Tensor* input) {
   switch (edit.kind) {
     case InterventionKind::kAdd:
       return;
@@ -440,7 +479,8 @@ void InterventionBackward(const Intervention& edit, const HookInfo& info, const 
       return;
     }
     case InterventionKind::kProjectionCap:
-      return;  // refused by CheckDifferentiable
+      ProjectionCapBackward(edit, info, layout, *input, grad);
+      return;
     case InterventionKind::kMeanBatch:
     case InterventionKind::kMeanPos:
     case InterventionKind::kPatchRow:

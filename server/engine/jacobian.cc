@@ -14,10 +14,6 @@
 namespace glassbox {
 namespace {
 
-bool IsResidual(HookKind kind) {
-  return kind == HookKind::kResidPre || kind == HookKind::kResidMid || kind == HookKind::kResidPost;
-}
-
 // The hooks a Jacobian can start from: the per-token activations the backward walk fills (not
 // attention scores and patterns, which are per query and key, nor the final norm's).
 bool IsPerTokenInput(HookKind kind) {
@@ -116,10 +112,11 @@ absl::StatusOr<std::pair<int64_t, int64_t>> JacobianSize(const Transformer& mode
     return absl::InvalidArgumentError("a Jacobian needs two hooks the model has");
   const HookInfo& from = hooks.info(in);
   const HookInfo& to = hooks.info(out);
-  if (!IsResidual(to.kind))
+  if (!IsMetricHookKind(to.kind))
     return absl::InvalidArgumentError(absl::StrCat(
-        "a Jacobian's output is a residual-stream hook (hook_resid_pre, _mid or _post); ", to.name,
-        " is not"));
+        "a Jacobian's output is a token activation (the residual stream, attn_out, mlp_out, "
+        "hook_q/k/v/z, the MLP's pre/post, the embeddings); ",
+        to.name, " is not one"));
   if (!IsPerTokenInput(from.kind))
     return absl::InvalidArgumentError(
         absl::StrCat("a Jacobian's input is a per-token activation at or below its output; ",
@@ -169,14 +166,15 @@ absl::StatusOr<JacobianResult> ComputeJacobian(const Transformer& model,
                                      .stop_at_layer = to.layer + 1,
                                      .cancelled = request.cancelled})
                            .status());
-    const int64_t d = model.config().d_model;
-    Tensor seed = Tensor::ZerosHost(DType::kF32, {rows * seq, d});
+    // One output element of one copy of each row seeded with 1 at `out`.
+    Tensor seed = Tensor::ZerosHost(DType::kF32, to.ShapeFor(rows, seq));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t b = r % batch, element = first + r / batch;
-      seed.data<float>()[(r * seq + q[b]) * d + element] = 1;
+      seed.data<float>()[(r * seq + q[b]) * n_out + element] = 1;
     }
     BackwardWalk walk(model, captured, rows, seq, {request.in});
-    GB_RETURN_IF_ERROR(walk.FromResidual(to.kind, to.layer, std::move(seed), lowest));
+    walk.AddSeed(request.out, std::move(seed));
+    GB_RETURN_IF_ERROR(walk.FromSeeds(to.layer, lowest));
     const Tensor& grad = walk.gradient(request.in);
     if (!grad.defined())
       return absl::InternalError("the backward walk did not reach the input hook");

@@ -2,9 +2,10 @@
 // relational embeddings fit, docs/methods.md): for each row b,
 //   J_b = ∂ out[b, q_b, …] / ∂ in[b, p_b, …],
 // both sides flattened over their trailing axes, where `in` is any hook the backward walk reaches
-// at or below `out`, and `out` a residual-stream hook (hook_resid_pre, _mid or _post). Computed
-// as one backward pass per output element: the rows of the batch repeated, one seed each, in a
-// few large passes that stop at `out`'s block.
+// at or below `out`, and `out` a token activation the walk passes through (IsMetricHookKind: the
+// residual stream, attn_out, mlp_out, hook_q/k/v/z, the MLP's pre/post, the embeddings). Computed
+// as one backward pass per output element: the rows of the batch repeated, one seed each at
+// `out`, in a few large passes that stop at `out`'s block.
 #pragma once
 
 #include <atomic>
@@ -21,7 +22,7 @@ struct JacobianRequest {
   Tensor attention_mask;  // as GradientRequest's: right padding, or undefined
   HookId in = -1;
   std::vector<int32_t> in_positions;   // per row; negative from the row's last real token
-  HookId out = -1;                     // a residual-stream hook
+  HookId out = -1;                     // a token activation (IsMetricHookKind)
   std::vector<int32_t> out_positions;  // per row, as in_positions
   int64_t max_rows_per_pass = 64;      // repeated rows in one pass
   const std::atomic<bool>* cancelled = nullptr;

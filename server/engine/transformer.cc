@@ -58,6 +58,15 @@ class ForwardPass {
       Tensor host = Tensor::EmptyHost(DType::kF32, shape);
       GB_ASSIGN_OR_RETURN(Tensor f32, CopyToHostF32(be_, value));
       std::copy_n(f32.data<float>(), host.numel(), host.data<float>());
+      if (const HookId before = plan_.BeforeEditsCaptureId(id); before >= 0) {
+        if (sink_ == nullptr)
+          return absl::InvalidArgumentError(
+              "the plan captures a value before its edits but no sink receives it");
+        // A copy: the edits below change `host` in place.
+        Tensor kept = Tensor::EmptyHost(DType::kF32, shape);
+        std::copy_n(host.data<float>(), host.numel(), kept.data<float>());
+        GB_RETURN_IF_ERROR(sink_->OnCapture(before, info, kept));
+      }
       for (const Intervention& edit : plan_.Edits(id)) ApplyIntervention(edit, info, layout_, host);
       if (splice != nullptr) {
         GB_ASSIGN_OR_RETURN(host, SpliceSae(*splice, host));

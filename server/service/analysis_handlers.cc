@@ -138,7 +138,6 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           absl::StrCat("SAE \"", request->sae(), "\" reads model \"",
                                        sae->served_model->name, "\", not this one"));
-    if (absl::Status s = CheckSpliceDifferentiable(*sae->sae); !s.ok()) return ToGrpcStatus(s);
     const int64_t bytes = 2 * clean->tokens.dim(1) * sae->sae->d_sae() * 4;
     if (bytes > limits.max_response_bytes)
       return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,

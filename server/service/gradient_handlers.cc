@@ -76,12 +76,8 @@ absl::StatusOr<GradientMetric> FromProto(const pb::GradientMetric& m, const Mode
 }
 
 // The hooks named (names or globs), each once, in forward order.
-absl::StatusOr<std::vector<HookId>> ResolveHooks(
-    const HookRegistry& hooks, const google::protobuf::RepeatedPtrField<std::string>& names) {
-  if (names.empty())
-    return absl::InvalidArgumentError(
-        "name the hooks whose gradients you want (names, or globs such as "
-        "blocks.*.hook_resid_pre)");
+absl::StatusOr<std::vector<HookId>> ResolveHooks(const HookRegistry& hooks,
+                                                 const std::vector<std::string>& names) {
   absl::flat_hash_set<HookId> seen;
   std::vector<HookId> ids;
   for (const std::string& name : names) {
@@ -92,6 +88,45 @@ absl::StatusOr<std::vector<HookId>> ResolveHooks(
   }
   std::sort(ids.begin(), ids.end());
   return ids;
+}
+
+// The hook_sae_* points named (names or globs: "<hook>.hook_sae_acts_post") of the request's
+// splices, each once, in forward order (the points of one splice in sae_lens's order).
+absl::StatusOr<std::vector<SaeHookRef>> ResolveSaeHooks(
+    const HookRegistry& hooks, const std::vector<std::pair<HookId, SaeSplice>>& splices,
+    const std::vector<std::string>& names) {
+  std::vector<SaeHookRef> refs;
+  for (const std::string& pattern : names) {
+    bool matched = false;
+    for (size_t s = 0; s < splices.size(); ++s) {
+      const auto& [hook, splice] = splices[s];
+      for (int p = 0; p < kNumSaeHooks; ++p) {
+        const SaeHook point = static_cast<SaeHook>(p);
+        if (!GlobMatch(pattern, SaeHookPath(hooks.info(hook).name, point))) continue;
+        if (point == SaeHook::kError && !splice.options.use_error_term) continue;
+        matched = true;
+        const SaeHookRef ref{.splice = static_cast<int>(s), .point = point};
+        if (std::none_of(refs.begin(), refs.end(), [&](const SaeHookRef& r) {
+              return r.splice == ref.splice && r.point == ref.point;
+            })) {
+          refs.push_back(ref);
+        }
+      }
+    }
+    if (!matched) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "hook \"", pattern, "\" matches no hook_sae_* point of this request's splices (",
+          splices.empty() ? std::string("there are none; add sae_splices")
+                          : absl::StrCat(splices.size(), " spliced"),
+          "); names are <hook>.hook_sae_input|acts_pre|acts_post|recons|error|output, "
+          "hook_sae_error only with use_error_term"));
+    }
+  }
+  std::sort(refs.begin(), refs.end(), [&](const SaeHookRef& a, const SaeHookRef& b) {
+    return std::make_pair(splices[a.splice].first, a.point) <
+           std::make_pair(splices[b.splice].first, b.point);
+  });
+  return refs;
 }
 
 // The checks every gradient RPC makes before its own: a model the backward covers, inputs, a
@@ -141,7 +176,16 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
       PrepareGradientCall(store_, limits, request->model(), request->inputs(), request->metric());
   if (!call.ok()) return ToGrpcStatus(call.status());
   const Transformer& model = *call->model;
-  auto hooks = ResolveHooks(model.hooks(), request->hooks());
+  if (request->hooks().empty())
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "name the hooks whose gradients you want (names, or globs such as "
+                        "blocks.*.hook_resid_pre; a splice's points as "
+                        "<hook>.hook_sae_acts_post)");
+  std::vector<std::string> model_names, sae_names;
+  for (const std::string& name : request->hooks()) {
+    (IsSaeCapture(name) ? sae_names : model_names).push_back(name);
+  }
+  auto hooks = ResolveHooks(model.hooks(), model_names);
   if (!hooks.ok()) return ToGrpcStatus(hooks.status());
   // Edits are resolved as a Run's (globs, PATCH_CACHED from the caller's kept runs), then
   // checked for a backward.
@@ -161,19 +205,37 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
       if (absl::Status s = CheckDifferentiable(edit, model.hooks().info(edit.hook)); !s.ok())
         return ToGrpcStatus(s);
     }
-    for (const auto& [hook, splice] : plan->splices) {
-      if (absl::Status s = CheckSpliceDifferentiable(*splice.sae); !s.ok()) {
-        return ToGrpcStatus(absl::Status(
-            s.code(),
-            absl::StrCat("the SAE spliced at ", model.hooks().info(hook).name, ": ", s.message())));
-      }
-    }
     edits = std::move(plan->interventions);
     splices = std::move(plan->splices);
   }
+  auto sae_hooks = ResolveSaeHooks(model.hooks(), splices, sae_names);
+  if (!sae_hooks.ok()) return ToGrpcStatus(sae_hooks.status());
+  // What each answer is called and shaped, in forward order: a splice's points before its
+  // hook's own gradient (the stream order of a Run's captures).
+  struct Answer {
+    HookInfo info;
+    int index;  // into the model hooks' or the SAE points' gradients
+    bool sae;
+  };
+  std::vector<Answer> answers;
+  for (size_t i = 0; i < hooks->size(); ++i) {
+    answers.push_back({model.hooks().info((*hooks)[i]), static_cast<int>(i), false});
+  }
+  for (size_t i = 0; i < sae_hooks->size(); ++i) {
+    const auto& [hook, splice] = splices[(*sae_hooks)[i].splice];
+    answers.push_back({SaeHookInfo(model.hooks().info(hook), *splice.sae, (*sae_hooks)[i].point),
+                       static_cast<int>(i), true});
+  }
+  auto order = [&](const Answer& a) {
+    if (!a.sae) return std::make_pair((*hooks)[a.index], kNumSaeHooks);
+    const SaeHookRef& ref = (*sae_hooks)[a.index];
+    return std::make_pair(splices[ref.splice].first, static_cast<int>(ref.point));
+  };
+  std::sort(answers.begin(), answers.end(),
+            [&](const Answer& a, const Answer& b) { return order(a) < order(b); });
   const int64_t rows = call->batch.tokens.dim(0), seq = call->batch.tokens.dim(1);
   int64_t bytes = 0;
-  for (HookId id : *hooks) bytes += NumElements(model.hooks().info(id).ShapeFor(rows, seq)) * 4;
+  for (const Answer& a : answers) bytes += NumElements(a.info.ShapeFor(rows, seq)) * 4;
   if (bytes > limits.max_response_bytes)
     return grpc::Status(
         grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -191,16 +253,17 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
                                       .metric = call->metric,
                                       .hooks = *hooks,
                                       .interventions = std::move(edits),
-                                      .splices = std::move(splices)});
+                                      .splices = std::move(splices),
+                                      .sae_hooks = *sae_hooks});
     return result.status();
   });
   if (!status.ok()) return ToGrpcStatus(status);
   response->mutable_metric()->Add(result->metric.begin(), result->metric.end());
-  for (size_t i = 0; i < hooks->size(); ++i) {
-    const HookInfo& info = model.hooks().info((*hooks)[i]);
+  for (const Answer& a : answers) {
     pb::HookGradient& out = *response->add_gradients();
-    out.set_hook(info.name);
-    ToArray(result->gradients[i], info.dim_names, out.mutable_gradient());
+    out.set_hook(a.info.name);
+    ToArray(a.sae ? result->sae_gradients[a.index] : result->gradients[a.index], a.info.dim_names,
+            out.mutable_gradient());
   }
   return grpc::Status::OK;
 }

@@ -197,16 +197,26 @@ TEST(AttributionPatching, SaeFeaturesEqualTorchThroughSaeLens) {
       *(*model)->hooks().Resolve("blocks.1.hook_resid_pre"), **sae);
   ASSERT_TRUE(result.ok()) << result.status();
   const Tensor& want = expected.at("atp.estimate");
-  ASSERT_EQ(result->values.shape(), want.shape());
+  const Tensor& want_error = expected.at("atp.error_estimate");
+  const int64_t seq = want.dim(0), d_sae = want.dim(1);
+  // Column d_sae is the error node.
+  ASSERT_EQ(result->values.shape(), (Shape{seq, d_sae + 1}));
   EXPECT_THAT(result->dim_names, ::testing::ElementsAre("pos", "feature"));
   EXPECT_NEAR(result->clean_metric, expected.at("atp.metrics").data<float>()[0], 1e-4);
   EXPECT_NEAR(result->corrupted_metric, expected.at("atp.metrics").data<float>()[1], 1e-4);
-  Tensor estimate = Tensor::EmptyHost(DType::kF32, want.shape());
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    estimate.data<float>()[i] =
-        result->values.data<float>()[i] - static_cast<float>(result->corrupted_metric);
+  Tensor features = Tensor::EmptyHost(DType::kF32, want.shape());
+  Tensor error = Tensor::EmptyHost(DType::kF32, want_error.shape());
+  for (int64_t p = 0; p < seq; ++p) {
+    const float* row = result->values.data<float>() + p * (d_sae + 1);
+    const float base = static_cast<float>(result->corrupted_metric);
+    for (int64_t i = 0; i < d_sae; ++i) features.data<float>()[p * d_sae + i] = row[i] - base;
+    error.data<float>()[p] = row[d_sae] - base;
   }
-  EXPECT_LE(NormRelativeError(estimate, want), 1e-5);
+  EXPECT_LE(NormRelativeError(features, want), 1e-5);
+  EXPECT_LE(NormRelativeError(error, want_error), 1e-5);
+  std::printf("the error node's estimate by position:");
+  for (int64_t p = 0; p < seq; ++p) std::printf(" %.4f", want_error.data<float>()[p]);
+  std::printf("\n");
 }
 
 TEST(AttributionPatching, RejectsMismatchedInputs) {

@@ -215,9 +215,11 @@ TEST(BackwardOpsTest, AttentionBackwardMatchesFiniteDifferences) {
     };
     const Vec scores = a.Scores(q, k), pattern = a.Pattern(scores);
     const Shape qs = {a.batch, a.seq, a.heads, a.dh}, kvs = {a.batch, a.seq, a.kv_heads, a.dh};
-    const AttentionGrads got =
+    auto result =
         AttentionBackward(ToTensor(g, qs), ToTensor(q, qs), ToTensor(k, kvs), ToTensor(v, kvs),
                           ToTensor(pattern, {a.batch, a.heads, a.seq, a.seq}), a.scale, a.softcap);
+    ASSERT_TRUE(result.ok()) << result.status();
+    const AttentionGrads& got = *result;
     ExpectClose(got.q,
                 NumericalGradient(
                     [&](const Vec& x) { return dot(g, a.Z(a.Pattern(a.Scores(x, k)), v)); }, q),

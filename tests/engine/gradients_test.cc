@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -269,6 +270,41 @@ std::vector<Intervention> EditsOf(const std::string& name, const HookRegistry& h
          .value = vec("u3")},
     };
   }
+  if (name == "attention") {  // [batch, head, query, key]: dims are key positions
+    return {
+        {.hook = at("blocks.0.attn.hook_attn_scores"),
+         .kind = InterventionKind::kScale,
+         .select = {.heads = {2}},
+         .coefficient = 0.5f},
+        {.hook = at("blocks.1.attn.hook_pattern"),
+         .kind = InterventionKind::kZero,
+         .select = {.heads = {1}, .dims = {0}}},
+        {.hook = at("blocks.1.attn.hook_pattern"),
+         .kind = InterventionKind::kScale,
+         .select = {.positions = {5, 6}, .heads = {0}},
+         .coefficient = 2.0f},
+    };
+  }
+  if (name == "cap") {
+    constexpr float kInf = std::numeric_limits<float>::infinity();
+    return {
+        {.hook = at("blocks.0.hook_resid_mid"),
+         .kind = InterventionKind::kProjectionCap,
+         .value = vec("u1"),
+         .projection_min = -kInf,
+         .projection_max = 0.0f},
+        {.hook = at("blocks.1.hook_resid_pre"),
+         .kind = InterventionKind::kAdd,
+         .select = {.positions = {-1}},
+         .coefficient = 2.0f,
+         .value = vec("u2")},
+        {.hook = at("blocks.1.hook_resid_pre"),
+         .kind = InterventionKind::kProjectionCap,
+         .value = vec("u3"),
+         .projection_min = -1.0f,
+         .projection_max = 1.0f},
+    };
+  }
   return {
       {.hook = at("blocks.0.attn.hook_v"),
        .kind = InterventionKind::kMeanBatch,
@@ -327,10 +363,11 @@ TEST_P(GradientsThroughEditsTest, EqualTorchAutogradThroughTheSameEdits) {
   const auto expected =
       ReadAllTensors(FixturePath("expected/" + GetParam() + ".edit_gradients.safetensors"));
   const HookRegistry& hooks = (*model)->hooks();
-  for (const std::string name : {"linear", "coupling"}) {
+  for (const std::string name : {"linear", "coupling", "cap", "attention"}) {
     SCOPED_TRACE(name);
     const FixtureHooks wanted = HooksUnder(expected, name, hooks);
-    ASSERT_EQ(wanted.names.size(), 10u);
+    // Ten hooks; the attention edits' two hooks too.
+    ASSERT_EQ(wanted.names.size(), name == "attention" ? 12u : 10u);
     auto got = RunForwardBackward(**model, {.tokens = expected.at("tokens"),
                                             .metric = {.kind = GradientMetric::Kind::kLogitDiff,
                                                        .position = 6,
@@ -365,17 +402,11 @@ TEST(GradientsThroughEdits, UndifferentiatedEditsAreUnimplemented) {
                                         .gradients = {*hooks.Resolve("hook_embed")}})
         .status();
   };
-  const absl::Status cap = run({.hook = *hooks.Resolve("blocks.0.hook_resid_mid"),
-                                .kind = InterventionKind::kProjectionCap,
-                                .value = Tensor::FromHost(std::vector<float>(64, 1.0f), {64}),
-                                .projection_max = 0.5f});
-  EXPECT_EQ(cap.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(cap.message()),
-              ::testing::HasSubstr("PROJECTION_CAP at blocks.0.hook_resid_mid"));
-  const absl::Status pattern =
-      run({.hook = *hooks.Resolve("blocks.0.attn.hook_pattern"), .kind = InterventionKind::kZero});
+  const absl::Status pattern = run(
+      {.hook = *hooks.Resolve("blocks.0.attn.hook_pattern"), .kind = InterventionKind::kMeanBatch});
   EXPECT_EQ(pattern.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(pattern.message()), ::testing::HasSubstr("blocks.0.attn.hook_pattern"));
+  EXPECT_THAT(std::string(pattern.message()),
+              ::testing::HasSubstr("a mean or a row patch of blocks.0.attn.hook_pattern"));
 }
 
 }  // namespace
@@ -561,35 +592,55 @@ TEST(GradientsThroughSplices, EqualTorchAutogradThroughSaeLens) {
   const std::vector<std::tuple<std::string, std::string, SaeSplice>> cases = {
       {"res1_edit", "blocks.1.hook_resid_pre", edited},
       {"z0_splice", "blocks.0.attn.hook_z", SaeSplice{.sae = z0->get()}}};
+  const std::vector<std::pair<std::string, SaeHook>> points = {
+      {"hook_sae_input", SaeHook::kInput},
+      {"hook_sae_acts_pre", SaeHook::kActsPre},
+      {"hook_sae_acts_post", SaeHook::kActsPost},
+      {"hook_sae_recons", SaeHook::kRecons}};
   for (const auto& [name, hook, splice] : cases) {
     SCOPED_TRACE(name);
-    const FixtureHooks wanted = HooksUnder(expected, name, hooks);
+    // The model's hooks; the spliced hook's hook_sae_* points are asked for separately.
+    std::map<std::string, Tensor> model_hooks;
+    for (const auto& [key, value] : expected) {
+      if (!absl::StrContains(key, ".hook_sae_")) model_hooks.emplace(key, value);
+    }
+    const FixtureHooks wanted = HooksUnder(model_hooks, name, hooks);
     ASSERT_EQ(wanted.names.size(), 7u);
+    std::vector<SaeHookRef> sae_points;
+    for (const auto& [point_name, point] : points)
+      sae_points.push_back({.splice = 0, .point = point});
+    sae_points.push_back({.splice = 0, .point = SaeHook::kOutput});
     auto got = RunForwardBackward(
         **model,
         {.tokens = tokens,
          .metric = {.kind = GradientMetric::Kind::kLogitDiff, .token_a = 17, .token_b = 42},
          .splices = {{*hooks.Resolve(hook), splice}},
-         .gradients = wanted.ids});
+         .gradients = wanted.ids,
+         .sae_gradients = sae_points});
     ASSERT_TRUE(got.ok()) << got.status();
     for (int64_t b = 0; b < batch; ++b) {
       const float want = expected.at(name + ".value").data<float>()[b];
       EXPECT_NEAR(got->metric[b], want, 1e-4 * (1 + std::abs(want)));
     }
-    const double worst = ExpectGradientsMatch(got->gradients, wanted, expected, name);
-    std::printf("%s: worst norm-relative error %.2g over %zu hooks\n", name.c_str(), worst,
-                wanted.ids.size());
+    double worst = ExpectGradientsMatch(got->gradients, wanted, expected, name);
+    ASSERT_EQ(got->sae_gradients.size(), points.size() + 1);
+    for (size_t i = 0; i < points.size(); ++i) {
+      const std::string key = name + ".grad." + hook + "." + points[i].first;
+      SCOPED_TRACE(key);
+      const Tensor& want = expected.at(key);
+      // The point's shape: [batch, seq, d_in or d_sae] (a hook_z SAE's heads flattened).
+      ASSERT_EQ(got->sae_gradients[i].numel(), want.numel());
+      EXPECT_EQ(got->sae_gradients[i].dim(0), batch);
+      const double error = NormRelativeError(got->sae_gradients[i].Reshape(want.shape()), want);
+      EXPECT_LE(error, 1e-5);
+      worst = std::max(worst, error);
+    }
+    // hook_sae_output's is the spliced hook's own.
+    const Tensor& at_hook = expected.at(name + ".grad." + hook);
+    EXPECT_LE(NormRelativeError(got->sae_gradients.back().Reshape(at_hook.shape()), at_hook), 1e-5);
+    std::printf("%s: worst norm-relative error %.2g over %zu hooks and %zu hook_sae_* points\n",
+                name.c_str(), worst, wanted.ids.size(), points.size());
   }
-  // An SAE that normalises each token is refused by name.
-  auto layer_norm = LoadSae(FixturePath("saes/standard_layer_norm"));
-  ASSERT_TRUE(layer_norm.ok());
-  EXPECT_EQ(RunForwardBackward(**model, {.tokens = tokens,
-                                         .splices = {{*hooks.Resolve("blocks.0.hook_resid_pre"),
-                                                      SaeSplice{.sae = layer_norm->get()}}},
-                                         .gradients = {*hooks.Resolve("hook_embed")}})
-                .status()
-                .code(),
-            absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

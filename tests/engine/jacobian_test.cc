@@ -39,7 +39,11 @@ std::vector<Case> Cases(int last) {
           {"z_to_pre", "blocks.0.attn.hook_z", "blocks.1.hook_resid_pre"},  // exactly 0 (p != q)
           {"z_to_mid", "blocks.0.attn.hook_z", "blocks.1.hook_resid_mid"},
           {"same_hook", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_pre"},
-          {"earlier_position", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}};
+          {"earlier_position", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"},
+          // Outputs off the residual stream.
+          {"embed_to_mlp_out", "hook_embed", "blocks.1.hook_mlp_out"},
+          {"mid_to_z", "blocks.0.hook_resid_mid", "blocks.1.attn.hook_z"},
+          {"v_to_z", "blocks.1.attn.hook_v", "blocks.1.attn.hook_z"}};
 }
 
 std::vector<int32_t> Ints(const Tensor& t) {
@@ -121,8 +125,10 @@ TEST(Jacobian, RejectsBadRequests) {
                                      .out_positions = q})
         .status();
   };
-  EXPECT_THAT(run("hook_embed", "blocks.0.attn.hook_z").message(),
-              HasSubstr("output is a residual-stream hook"));
+  EXPECT_THAT(run("hook_embed", "blocks.0.attn.hook_pattern").message(),
+              HasSubstr("a Jacobian's output is a token activation"));
+  EXPECT_THAT(run("hook_embed", "blocks.0.ln1.hook_scale").message(),
+              HasSubstr("blocks.0.ln1.hook_scale is not one"));
   EXPECT_THAT(run("blocks.1.hook_resid_pre", "blocks.0.hook_resid_post").message(),
               HasSubstr("comes after blocks.0.hook_resid_post"));
   EXPECT_THAT(run("blocks.0.mlp.hook_post", "blocks.0.hook_resid_mid").message(),

@@ -24,6 +24,14 @@ normal vectors [d_model], stored in the file):
     blocks.0.attn.hook_v      MEAN_BATCH  head 0 (kv head 0 on tiny-llama)
     blocks.0.hook_attn_out    MEAN_POS    row 1
     blocks.1.hook_resid_pre   PATCH_ROW   source rows [1, 0], position 3
+  cap (torch.clamp's gradient: 1 inside the closed bounds, 0 outside):
+    blocks.0.hook_resid_mid   PROJECTION_CAP  u1, x . u1 <= 0, every position
+    blocks.1.hook_resid_pre   ADD       2 * u2 at position -1
+    blocks.1.hook_resid_pre   PROJECTION_CAP  u3 within [-1, 1] (reading the added value)
+  attention ([batch, head, query, key]; the gradients at the two edited hooks are kept too):
+    blocks.0.attn.hook_attn_scores  SCALE 0.5  head 2
+    blocks.1.attn.hook_pattern      ZERO       head 1, key 0 (no attention to the first token)
+    blocks.1.attn.hook_pattern      SCALE 2.0  head 0, queries [5, 6]
 
 Writes tests/fixtures/expected/<model>.edit_gradients.safetensors (float32 values computed in
 float64): tokens, edit.{u1,w,u2,u3}, <case>.value [2], <case>.grad.<hook> (the hook's TL shape),
@@ -89,6 +97,27 @@ def cases(vec: dict[str, torch.Tensor]):
     def patch_row(x):
         y = x.clone(); y[:, 3] = x[[1, 0], 3]; return y
 
+    def cap(key, low, high):
+        def f(x):
+            u = unit(vec[key].to(x.dtype))
+            dot = x @ u
+            clamped = (dot < low) | (dot > high)
+            print(f"    cap along {key}: {int(clamped.sum())} of {clamped.numel()} tokens clamped")
+            return x + (dot.clamp(low, high) - dot)[..., None] * u
+        return f
+
+    def scale_scores(x):
+        x = x.clone(); x[:, 2] = x[:, 2] * 0.5; return x
+
+    def zero_first_key(x):
+        x = x.clone(); x[:, 1, :, 0] = 0; return x
+
+    def scale_queries(x):
+        x = x.clone(); x[:, 0, [5, 6], :] = x[:, 0, [5, 6], :] * 2.0; return x
+
+    def add_u2(x):
+        x = x.clone(); x[:, -1, :] = x[:, -1, :] + 2 * vec["u2"].to(x.dtype); return x
+
     return {
         "linear": [("blocks.0.attn.hook_z", zero), ("blocks.0.mlp.hook_post", scale),
                    ("blocks.0.hook_resid_mid", add), ("blocks.1.hook_resid_pre", set_),
@@ -96,10 +125,21 @@ def cases(vec: dict[str, torch.Tensor]):
                    ("blocks.1.hook_mlp_out", orthogonal_decomp)],
         "coupling": [("blocks.0.attn.hook_v", mean_batch), ("blocks.0.hook_attn_out", mean_pos),
                      ("blocks.1.hook_resid_pre", patch_row)],
+        "cap": [("blocks.0.hook_resid_mid", cap("u1", -float("inf"), 0.0)),
+                ("blocks.1.hook_resid_pre", add_u2),
+                ("blocks.1.hook_resid_pre", cap("u3", -1.0, 1.0))],
+        "attention": [("blocks.0.attn.hook_attn_scores", scale_scores),
+                      ("blocks.1.attn.hook_pattern", zero_first_key),
+                      ("blocks.1.attn.hook_pattern", scale_queries)],
     }
 
 
-def gradients(tl, tokens, edits):
+# Hooks whose gradients a case keeps besides HOOKS.
+EXTRA_HOOKS = {"attention": ["blocks.0.attn.hook_attn_scores", "blocks.1.attn.hook_pattern"]}
+
+
+def gradients(tl, tokens, edits, extra=()):
+    hook_names = HOOKS + list(extra)
     kept: dict[str, torch.Tensor] = {}
 
     def keep(x, hook):
@@ -108,14 +148,14 @@ def gradients(tl, tokens, edits):
         return x
 
     hooks = [(name, (lambda f: lambda x, hook: f(x))(f)) for name, f in edits]
-    hooks += [(name, keep) for name in HOOKS]
+    hooks += [(name, keep) for name in hook_names]
     tl.reset_hooks()
     with tl.hooks(fwd_hooks=hooks):
         logits = tl(tokens)
     tl.reset_hooks()
     values = logits[:, 6, 17] - logits[:, 6, 42]
-    grads = torch.autograd.grad(values.sum(), [kept[h] for h in HOOKS])
-    return values.detach(), dict(zip(HOOKS, grads))
+    grads = torch.autograd.grad(values.sum(), [kept[h] for h in hook_names])
+    return values.detach(), dict(zip(hook_names, grads))
 
 
 def main() -> None:
@@ -131,9 +171,10 @@ def main() -> None:
         out = {"tokens": tokens.to(torch.int32)}
         out.update({f"edit.{k}": v.float() for k, v in vec.items()})
         for case, edits in cases(vec).items():
-            values, grads = gradients(tl, tokens, edits)
-            _, grads32 = gradients(tl32, tokens, edits)
-            _, plain = gradients(tl, tokens, [])
+            extra = EXTRA_HOOKS.get(case, [])
+            values, grads = gradients(tl, tokens, edits, extra)
+            _, grads32 = gradients(tl32, tokens, edits, extra)
+            _, plain = gradients(tl, tokens, [], extra)
             out[f"{case}.value"] = values.float()
             worst = (0.0, "")
             for hook, g in grads.items():
@@ -142,7 +183,7 @@ def main() -> None:
                 worst = max(worst, (err, hook))
                 out[f"{case}.grad.{hook}"] = g.float()
                 out[f"{case}.f32_error.{hook}"] = torch.tensor([err], dtype=torch.float32)
-            changed = [h for h in HOOKS if not torch.allclose(grads[h], plain[h])]
+            changed = [h for h in grads if not torch.allclose(grads[h], plain[h])]
             print(f"{name} {case}: values {values.tolist()}; gradients the edits change: {changed}; "
                   f"torch f32 worst {worst[0]:.2e} at {worst[1]}")
         dest = FIXTURES / "expected" / f"{name}.edit_gradients.safetensors"

@@ -39,6 +39,9 @@ Cases (L = n_layers - 1, the last block: tiny-gpt2 L = 1, demo L = 3):
   z_to_mid          A = blocks.0.attn.hook_z     p = [3, 0]  B = blocks.1.hook_resid_mid  q = [5, 6]
   same_hook         A = blocks.1.hook_resid_pre  p = [6, 2]  B = blocks.1.hook_resid_pre  q = [6, 2]
   earlier_position  A = blocks.0.hook_resid_post p = [5, 5]  B = blocks.1.hook_resid_post q = [3, 3]
+  embed_to_mlp_out  A = hook_embed               p = [4, 1]  B = blocks.1.hook_mlp_out    q = [4, 5]
+  mid_to_z          A = blocks.0.hook_resid_mid  p = [2, 3]  B = blocks.1.attn.hook_z     q = [6, 5]
+  v_to_z            A = blocks.1.attn.hook_v     p = [2, 4]  B = blocks.1.attn.hook_z     q = [6, 5]
 
 Exactly known cases (asserted, exact equality in float64):
   - same_hook is the identity: J_b = eye(d_model).
@@ -108,6 +111,9 @@ CASES = {
     "z_to_mid": ("blocks.0.attn.hook_z", [3, 0], "blocks.1.hook_resid_mid", [5, 6], None),
     "same_hook": ("blocks.1.hook_resid_pre", [6, 2], "blocks.1.hook_resid_pre", [6, 2], "eye"),
     "earlier_position": ("blocks.0.hook_resid_post", [5, 5], "blocks.1.hook_resid_post", [3, 3], "zero"),
+    "embed_to_mlp_out": ("hook_embed", [4, 1], "blocks.1.hook_mlp_out", [4, 5], None),
+    "mid_to_z": ("blocks.0.hook_resid_mid", [2, 3], "blocks.1.attn.hook_z", [6, 5], None),
+    "v_to_z": ("blocks.1.attn.hook_v", [2, 4], "blocks.1.attn.hook_z", [6, 5], None),
 }
 
 

@@ -5,15 +5,21 @@
 #include "server/engine/sae/feature_gradient.h"
 
 #include <cmath>
+#include <cstdio>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "server/engine/sae/sae_loader.h"
+#include "tests/util/test_util.h"
 
 namespace glassbox {
 namespace {
+
+using ::glassbox::testing::NormRelativeError;
+using ::glassbox::testing::ReadAllTensors;
 
 const std::string kSaeDir = std::string(GLASSBOX_FIXTURES_DIR) + "/saes/";
 
@@ -72,16 +78,68 @@ INSTANTIATE_TEST_SUITE_P(Architectures, FeatureGradientTest,
                          ::testing::Values("standard", "jumprelu", "gated", "topk", "topk_rescale",
                                            "standard_no_b_dec_in", "standard_hook_z",
                                            "topk_expected_average_scaler_json",
-                                           "gated_expected_average_option"));
+                                           "gated_expected_average_option", "standard_layer_norm",
+                                           "jumprelu_constant_norm_rescale",
+                                           "jumprelu_hook_z_layer_norm"));
 
-TEST(FeatureGradient, RefusesWhatItCannotDifferentiate) {
-  auto sae = LoadSae(kSaeDir + "standard_layer_norm");
+// SpliceBackward against torch autograd through sae_lens's SAE.forward with the error term and
+// feature edits (make_splice_gradient_fixtures.py's splice_backward): the gradients of
+// sum(output · r) at hook_sae_input, acts_pre and acts_post; recons' is r itself.
+class SpliceBackwardTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SpliceBackwardTest, EqualsTorchAutogradThroughSaeLens) {
+  static const auto* expected = new std::map<std::string, Tensor>(ReadAllTensors(
+      std::string(GLASSBOX_FIXTURES_DIR) + "/expected/tiny-gpt2.splice_gradients.safetensors"));
+  auto sae = LoadSae(kSaeDir + GetParam());
   ASSERT_TRUE(sae.ok()) << sae.status();
+  const std::string prefix = "backward." + GetParam() + ".";
+  const Tensor& x = expected->at(prefix + "x");
+  const int64_t d_in = (*sae)->d_in(), rows = x.numel() / d_in, seq = x.dim(1);
+  // The script's EDITS, over rows b · seq + position: zero feature 3 everywhere, scale 0-2 by
+  // 0.5 at position 1, clamp 7 to 1.5 at position 2.
+  std::vector<int64_t> at_one, at_two;
+  for (int64_t b = 0; b < x.dim(0); ++b) {
+    at_one.push_back(b * seq + 1);
+    at_two.push_back(b * seq + 2);
+  }
+  const SpliceOptions options{.edits = {{.kind = FeatureEditKind::kZero, .features = {3}},
+                                        {.kind = FeatureEditKind::kScale,
+                                         .features = {0, 1, 2},
+                                         .value = 0.5f,
+                                         .tokens = at_one},
+                                        {.kind = FeatureEditKind::kClamp,
+                                         .features = {7},
+                                         .value = 1.5f,
+                                         .tokens = at_two}},
+                              .use_error_term = true};
+  auto got = SpliceBackward(**sae, x.Reshape({rows, d_in}),
+                            expected->at(prefix + "r").Reshape({rows, d_in}), options);
+  ASSERT_TRUE(got.ok()) << got.status();
+  const std::vector<std::pair<std::string, const Tensor*>> points = {
+      {"hook_sae_input", &got->input},
+      {"hook_sae_acts_pre", &got->acts_pre},
+      {"hook_sae_acts_post", &got->acts_post}};
+  for (const auto& [point, tensor] : points) {
+    const Tensor& want = expected->at(prefix + "grad." + point);
+    const double error = NormRelativeError(tensor->Reshape(want.shape()), want);
+    EXPECT_LE(error, 1e-5) << point;
+    std::printf("%s %s: norm-relative error %.2g\n", GetParam().c_str(), point.c_str(), error);
+  }
+  const Tensor& recons = expected->at(prefix + "grad.hook_sae_recons");
+  EXPECT_LE(NormRelativeError(got->recons.Reshape(recons.shape()), recons), 1e-5) << "recons";
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, SpliceBackwardTest,
+                         ::testing::Values("standard", "jumprelu", "gated", "topk", "topk_rescale",
+                                           "standard_hook_z", "standard_constant_norm_rescale",
+                                           "standard_layer_norm", "gated_layer_norm",
+                                           "topk_layer_norm", "jumprelu_hook_z_layer_norm"));
+
+TEST(FeatureGradient, RefusesAFeatureOutsideTheSae) {
+  auto sae = LoadSae(kSaeDir + "standard");
+  ASSERT_TRUE(sae.ok());
   const Tensor x = Tensor::ZerosHost(DType::kF32, {1, (*sae)->d_in()});
-  EXPECT_EQ(FeatureInputGradients(**sae, x, 0).status().code(), absl::StatusCode::kUnimplemented);
-  auto plain = LoadSae(kSaeDir + "standard");
-  ASSERT_TRUE(plain.ok());
-  EXPECT_EQ(FeatureInputGradients(**plain, x, 96).status().code(),
+  EXPECT_EQ(FeatureInputGradients(**sae, x, 96).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 

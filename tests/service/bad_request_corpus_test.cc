@@ -955,7 +955,6 @@ TEST_F(BadRequestCorpusTest, PatchingSweep) {
       {"sae features by the exact method", [](auto& r) { r.set_kind(pb::SWEEP_SAE_FEATURES); r.set_sae("res1_standard"); }, kInvalid, "SWEEP_SAE_FEATURES is estimated by attribution patching only"},
       {"sae features of an unknown SAE", [](auto& r) { r.set_kind(pb::SWEEP_SAE_FEATURES); r.set_method(pb::PATCHING_ATTRIBUTION); r.set_sae("nope"); }, kNotFound, "nope"},
       {"sae features of another model's SAE", [](auto& r) { r.set_kind(pb::SWEEP_SAE_FEATURES); r.set_method(pb::PATCHING_ATTRIBUTION); r.set_sae("on_llama"); }, kInvalid, R"(SAE "on_llama" reads model "llama", not this one)"},
-      {"sae features of a normalising SAE", [](auto& r) { r.set_kind(pb::SWEEP_SAE_FEATURES); r.set_method(pb::PATCHING_ATTRIBUTION); r.set_sae("ln_res1"); }, kUnimplemented, "normalises each token"},
       {"an SAE named for another kind", [](auto& r) { r.set_sae("res1_standard"); }, kInvalid, "sae names the SAE of a SWEEP_SAE_FEATURES sweep"},
   };
   Check<pb::PatchingSweepRequest>("PatchingSweep", GoodSweep, Call(&pb::Glassbox::Stub::PatchingSweep), cases);
@@ -1005,9 +1004,8 @@ TEST_F(BadRequestCorpusTest, Gradients) {
       {"a direction at a pattern", [](auto& r) { r.mutable_metric()->set_kind(pb::GradientMetric::DIRECTION); r.mutable_metric()->set_hook("blocks.0.attn.hook_pattern"); }, kInvalid, "blocks.0.attn.hook_pattern is not one"},
       {"an unknown SAE", [](auto& r) { r.mutable_metric()->set_kind(pb::GradientMetric::SAE_FEATURE); r.mutable_metric()->set_sae("nope"); }, kNotFound, "nope"},
       {"an edit of an unknown hook", [](auto& r) { auto* e = r.add_interventions(); e->set_hook("blocks.9.hook_resid_pre"); e->set_kind(pb::INTERVENTION_ZERO); }, kInvalid, R"(interventions[0] "blocks.9.hook_resid_pre")"},
-      {"an edit the backward cannot go through", [](auto& r) { auto* e = r.add_interventions(); e->set_hook("blocks.0.hook_resid_mid"); e->set_kind(pb::INTERVENTION_PROJECTION_CAP); for (int i = 0; i < 64; ++i) e->add_value(1); e->set_projection_max(0); }, kUnimplemented, "gradients through PROJECTION_CAP at blocks.0.hook_resid_mid are not implemented"},
-      {"an edit of a pattern", [](auto& r) { auto* e = r.add_interventions(); e->set_hook("blocks.0.attn.hook_pattern"); e->set_kind(pb::INTERVENTION_ZERO); }, kUnimplemented, "gradients through an edit of blocks.0.attn.hook_pattern are not implemented yet"},
-      {"a splice of an SAE that normalises each token", [](auto& r) { r.add_sae_splices()->set_sae("ln_res1"); }, kUnimplemented, "the SAE spliced at blocks.1.hook_resid_pre: gradients through an SAE that normalises each token"},
+      {"an edit the backward cannot go through", [](auto& r) { auto* e = r.add_interventions(); e->set_hook("blocks.1.attn.hook_pattern"); e->set_kind(pb::INTERVENTION_MEAN_BATCH); }, kUnimplemented, "gradients through a mean or a row patch of blocks.1.attn.hook_pattern are not implemented"},
+      {"a row patch of scores", [](auto& r) { auto* e = r.add_interventions(); e->set_hook("blocks.0.attn.hook_attn_scores"); e->set_kind(pb::INTERVENTION_PATCH_ROW); e->add_source_rows(1); e->add_source_rows(0); }, kUnimplemented, "gradients through a mean or a row patch of blocks.0.attn.hook_attn_scores are not implemented"},
       {"a splice of another model's SAE", [](auto& r) { r.add_sae_splices()->set_sae("on_llama"); }, kInvalid, "on_llama"},
       {"an SAE feature of another model's SAE", [](auto& r) { r.mutable_metric()->set_kind(pb::GradientMetric::SAE_FEATURE); r.mutable_metric()->set_sae("on_llama"); }, kInvalid, R"(SAE "on_llama" reads model "llama", not this one)"},
       {"an SAE feature past d_sae", [](auto& r) { r.mutable_metric()->set_kind(pb::GradientMetric::SAE_FEATURE); r.mutable_metric()->set_sae("res1_standard"); r.mutable_metric()->set_feature(128); }, kInvalid, R"(metric.feature 128 is outside SAE "res1_standard"'s [0, 128))"},
@@ -1016,9 +1014,12 @@ TEST_F(BadRequestCorpusTest, Gradients) {
       {"INT32_MIN position", [](auto& r) { r.mutable_metric()->set_position(kIntMin); }, kInvalid, "the metric's position -2147483648 is outside"},
       {"token = vocab", [](auto& r) { r.mutable_metric()->set_token_a(300); }, kInvalid, "the metric's token 300 is outside the vocabulary [0, 300)"},
       {"negative token", [](auto& r) { r.mutable_metric()->set_token_b(-1); }, kInvalid, "the metric's token -1 is outside the vocabulary [0, 300)"},
-      {"no hooks", [](auto& r) { r.clear_hooks(); }, kInvalid, "name the hooks whose gradients you want (names, or globs such as blocks.*.hook_resid_pre)"},
+      {"no hooks", [](auto& r) { r.clear_hooks(); }, kInvalid, "name the hooks whose gradients you want (names, or globs such as blocks.*.hook_resid_pre; a splice's points as <hook>.hook_sae_acts_post)"},
       {"unknown hook", [](auto& r) { r.add_hooks("blocks.9.hook_resid_pre"); }, kInvalid, R"(unknown hook point "blocks.9.hook_resid_pre")"},
       {"glob that matches nothing", [](auto& r) { r.add_hooks("blocks.*.hook_nothing"); }, kInvalid, "blocks.*.hook_nothing"},
+      {"an SAE point without a splice", [](auto& r) { r.add_hooks("blocks.1.hook_resid_pre.hook_sae_acts_post"); }, kInvalid, R"(hook "blocks.1.hook_resid_pre.hook_sae_acts_post" matches no hook_sae_* point of this request's splices (there are none; add sae_splices))"},
+      {"an SAE point of another hook", [](auto& r) { r.add_sae_splices()->set_sae("res1_standard"); r.add_hooks("blocks.0.hook_resid_pre.hook_sae_acts_post"); }, kInvalid, "matches no hook_sae_* point of this request's splices (1 spliced)"},
+      {"an SAE error point without the error term", [](auto& r) { r.add_sae_splices()->set_sae("res1_standard"); r.add_hooks("blocks.1.hook_resid_pre.hook_sae_error"); }, kInvalid, "hook_sae_error only with use_error_term"},
       {"response over the byte limit", [](auto& r) { r.clear_inputs(); AddRowOf(r.mutable_inputs(), 32); r.add_hooks("blocks.*.attn.hook_result"); }, kExhausted, "the gradients would take 73728 bytes; this server allows 16384 (--max_response_bytes): ask for fewer hooks or fewer tokens"},
   };
   Check<pb::GradientsRequest>("Gradients", good, Call(&pb::Glassbox::Stub::Gradients), cases);
@@ -1083,7 +1084,7 @@ TEST_F(BadRequestCorpusTest, Jacobian) {
       {"position past the shorter of ragged rows", [](auto& r) { AddRow(r.mutable_inputs(), {1}); }, kInvalid, "in position 1 is outside rows of 1 tokens"},
       {"unknown input hook", [](auto& r) { r.set_in_hook("blocks.5.hook_resid_pre"); }, kInvalid, R"(unknown hook point "blocks.5.hook_resid_pre")"},
       {"no output hook", [](auto& r) { r.clear_out_hook(); }, kInvalid, R"(unknown hook point "")"},
-      {"output not in the residual stream", [](auto& r) { r.set_out_hook("blocks.1.attn.hook_z"); }, kInvalid, "a Jacobian's output is a residual-stream hook (hook_resid_pre, _mid or _post); blocks.1.attn.hook_z is not"},
+      {"output not a token activation", [](auto& r) { r.set_out_hook("blocks.1.attn.hook_pattern"); }, kInvalid, "a Jacobian's output is a token activation (the residual stream, attn_out, mlp_out, hook_q/k/v/z, the MLP's pre/post, the embeddings); blocks.1.attn.hook_pattern is not one"},
       {"input after the output", [](auto& r) { r.set_in_hook("blocks.1.mlp.hook_post"); r.set_out_hook("blocks.1.hook_resid_mid"); }, kInvalid, "blocks.1.mlp.hook_post comes after blocks.1.hook_resid_mid in the forward pass"},
       {"input an attention pattern", [](auto& r) { r.set_in_hook("blocks.0.attn.hook_pattern"); }, kInvalid, "a Jacobian's input is a per-token activation at or below its output; blocks.0.attn.hook_pattern is not one"},
       {"no input positions", [](auto& r) { r.clear_in_positions(); }, kInvalid, "in_positions has 0 entries for 1 rows: give one, or one per row"},

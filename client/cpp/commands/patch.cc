@@ -162,8 +162,9 @@ void PrintMatrix(const glassbox::v1::Array& shown, std::ostream& out) {
 }
 
 // A [layer, neuron] map is too wide for a table: its largest cells, by |normalized effect|.
+// `error_column`: the last index of the second axis is an SAE's error node, shown as "error".
 void PrintTopCells(const glassbox::v1::Array& shown, const glassbox::v1::Array& normalized,
-                   std::ostream& out) {
+                   bool error_column, std::ostream& out) {
   constexpr int64_t kShown = 20;
   const int64_t layers = shown.shape(0), neurons = shown.shape(1);
   std::vector<std::pair<int64_t, int64_t>> cells;
@@ -179,7 +180,9 @@ void PrintTopCells(const glassbox::v1::Array& shown, const glassbox::v1::Array& 
   out << absl::StrFormat("the %d largest of %d cells:\n", count, cells.size());
   std::vector<std::vector<std::string>> table = {{shown.dim_names(0), shown.dim_names(1), "value"}};
   for (int64_t i = 0; i < count; ++i) {
-    table.push_back({absl::StrCat(cells[i].first), absl::StrCat(cells[i].second),
+    const bool error = error_column && cells[i].second == neurons - 1;
+    table.push_back({absl::StrCat(cells[i].first),
+                     error ? std::string("error") : absl::StrCat(cells[i].second),
                      Number(client::FloatAt(shown, {cells[i].first, cells[i].second}))});
   }
   PrintTable(table, out);
@@ -212,7 +215,8 @@ absl::Status Run(const Invocation& invocation, client::Client& client, std::ostr
       << absl::StrFormat(", [%s]:\n", absl::StrJoin(shown.dim_names(), ", "));
   if (request.kind() == glassbox::v1::SWEEP_MLP_POST_ALL_POS ||
       request.kind() == glassbox::v1::SWEEP_SAE_FEATURES) {
-    PrintTopCells(shown, response.normalized(), out);
+    PrintTopCells(shown, response.normalized(), request.kind() == glassbox::v1::SWEEP_SAE_FEATURES,
+                  out);
   } else {
     PrintMatrix(shown, out);
   }

@@ -117,12 +117,14 @@ def test_integrated_gradients_completeness_and_baselines(gpt2: glassbox.Model) -
 
 
 def test_jacobian_equals_torch(gpt2: glassbox.Model) -> None:
-    """d blocks.L.hook_resid_post / d blocks.0.hook_resid_pre and through a head's z, against
-    torch.autograd.functional.jacobian in float64 (tests/reference/make_jacobian_fixtures.py)."""
+    """d blocks.L.hook_resid_post / d blocks.0.hook_resid_pre, through a head's z, and of a
+    block's z, against torch.autograd.functional.jacobian in float64
+    (tests/reference/make_jacobian_fixtures.py)."""
     ref = reference("tiny-gpt2", "jacobians")
     tokens = ref["tokens"].tolist()
     for case, in_hook, out_hook in [("resid", "blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"),
-                                    ("z_to_mid", "blocks.0.attn.hook_z", "blocks.1.hook_resid_mid")]:
+                                    ("z_to_mid", "blocks.0.attn.hook_z", "blocks.1.hook_resid_mid"),
+                                    ("mid_to_z", "blocks.0.hook_resid_mid", "blocks.1.attn.hook_z")]:
         j = gpt2.jacobian(tokens, in_hook, out_hook, in_positions=ref[f"{case}.p"].tolist(),
                           out_positions=ref[f"{case}.q"].tolist())
         assert j.jacobian.shape == ref[f"{case}.jacobian"].shape
@@ -142,7 +144,8 @@ def test_jacobian_equals_torch(gpt2: glassbox.Model) -> None:
 
 def test_gradients_through_interventions(gpt2: glassbox.Model) -> None:
     """The backward goes through the run's edits as torch autograd does through the same edits in
-    TransformerLens hooks (tests/reference/make_edit_gradient_fixtures.py, case "linear")."""
+    TransformerLens hooks (tests/reference/make_edit_gradient_fixtures.py, cases "linear",
+    "cap" and "attention")."""
     ref = reference("tiny-gpt2", "edit_gradients")
     edits = [
         glassbox.Zero("blocks.0.attn.hook_z", heads=1, positions=[2, 3]),
@@ -160,9 +163,33 @@ def test_gradients_through_interventions(gpt2: glassbox.Model) -> None:
         assert rel_error(result[hook], ref[f"linear.grad.{hook}"]) <= 1e-5, hook
     # Position 1 of blocks.1.hook_resid_pre is set: nothing flows back through it.
     assert np.all(result["hook_embed"][:, 1] != 0)  # other paths (attention) still reach it
-    with pytest.raises(glassbox.Unimplemented, match="PROJECTION_CAP"):
+    # Case "cap": projection caps pass the gradient where they did not clamp and project it off
+    # their direction where they did (the second reads the value the Add before it made).
+    caps = [
+        glassbox.ProjectionCap("blocks.0.hook_resid_mid", ref["edit.u1"], max=0.0),
+        glassbox.Add("blocks.1.hook_resid_pre", ref["edit.u2"], coef=2.0, positions=-1),
+        glassbox.ProjectionCap("blocks.1.hook_resid_pre", ref["edit.u3"], min=-1.0, max=1.0),
+    ]
+    capped = gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42), hooks, position=6,
+                            interventions=caps)
+    np.testing.assert_allclose(capped.metric, ref["cap.value"], rtol=1e-5, atol=1e-5)
+    for hook in hooks:
+        assert rel_error(capped[hook], ref[f"cap.grad.{hook}"]) <= 1e-5, hook
+    # Case "attention": edits of scores and patterns ([batch, head, query, key]; dims are keys).
+    attention = [
+        glassbox.Scale("blocks.0.attn.hook_attn_scores", 0.5, heads=2),
+        glassbox.Zero("blocks.1.attn.hook_pattern", heads=1, dims=0),
+        glassbox.Scale("blocks.1.attn.hook_pattern", 2.0, heads=0, positions=[5, 6]),
+    ]
+    attended = hooks + ["blocks.0.attn.hook_attn_scores", "blocks.1.attn.hook_pattern"]
+    edited = gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42), attended,
+                            position=6, interventions=attention)
+    np.testing.assert_allclose(edited.metric, ref["attention.value"], rtol=1e-5, atol=1e-5)
+    for hook in attended:
+        assert rel_error(edited[hook], ref[f"attention.grad.{hook}"]) <= 1e-5, hook
+    with pytest.raises(glassbox.Unimplemented, match="a mean or a row patch"):
         gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42), "hook_embed",
-                       interventions=glassbox.ProjectionCap("blocks.0.hook_resid_mid", ref["edit.u1"], max=0.0))
+                       interventions=glassbox.MeanAblate("blocks.1.attn.hook_pattern"))
 
 
 def test_metrics_of_an_activation(gpt2: glassbox.Model) -> None:
@@ -196,8 +223,20 @@ def test_gradients_through_an_sae_splice(gpt2: glassbox.Model) -> None:
     splice = glassbox.SaeSplice("res1", use_error_term=True, edits=[
         glassbox.FeatureEdit("zero", 89), glassbox.FeatureEdit("clamp", 83, 4.0, positions=2),
         glassbox.FeatureEdit("scale", 115, 3.0)])
-    hooks = ["hook_embed", "blocks.1.hook_resid_pre"]
+    points = [f"blocks.1.hook_resid_pre.hook_sae_{p}" for p in ("input", "acts_pre", "acts_post", "recons")]
+    hooks = ["hook_embed", "blocks.1.hook_resid_pre"] + points
     result = gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42), hooks, saes=splice)
     np.testing.assert_allclose(result.metric, ref["res1_edit.value"], rtol=1e-5, atol=1e-5)
     for hook in hooks:
         assert rel_error(result[hook], ref[f"res1_edit.grad.{hook}"]) <= 1e-5, hook
+    # The error term is added to the output: its gradient is the hook's own (torch leaves it
+    # unset, as sae_lens computes the error under no_grad).
+    error = gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42),
+                           "blocks.1.hook_resid_pre.hook_sae_*", saes=splice)
+    assert list(error.gradients) == [f"blocks.1.hook_resid_pre.hook_sae_{p}" for p in
+                                     ("input", "acts_pre", "acts_post", "recons", "error", "output")]
+    np.testing.assert_array_equal(error["blocks.1.hook_resid_pre.hook_sae_error"],
+                                  result["blocks.1.hook_resid_pre"])
+    with pytest.raises(glassbox.InvalidArgument, match="matches no hook_sae_"):
+        gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42),
+                       "blocks.0.hook_resid_pre.hook_sae_acts_post", saes=splice)

@@ -8,7 +8,8 @@
 // and where it does not fire the gradient is 0, as torch autograd gives through sae_lens's
 // encode (a JumpReLU's threshold and a TopK's selection are steps). A constant input scale
 // (expected_average_only_in) is folded into W_enc at load; the per-token normalisations
-// (constant_norm_rescale, layer_norm) are not differentiated here: UNIMPLEMENTED.
+// (constant_norm_rescale, layer_norm) are differentiated as torch does through sae_lens's: the
+// direction above is the gradient at the normalised input, and goes back through the norm.
 #pragma once
 
 #include <cstdint>
@@ -33,20 +34,24 @@ absl::StatusOr<FeatureGradients> FeatureInputGradients(const Sae& sae, const Ten
 // The backward of the SAE spliced in at its hook (Sae::Splice), as torch autograd goes through
 // sae_lens's SAE.forward: the error term is computed under no_grad, so with or without it the
 // gradient flows through the features only:
-//   ∂acts_post  = ∂output · W_decᵀ (/ ‖W_dec,i‖ for TopK SAEs that rescale),
+//   ∂recons     = ∂output (/ c for constant_norm_rescale, · σ for layer_norm: the output is
+//                 the reconstruction with the input's normalisation undone),
+//   ∂acts_post  = ∂recons · W_decᵀ (/ ‖W_dec,i‖ for TopK SAEs that rescale),
 //   the feature edits' backward (zero and clamp cut it, scale scales it, add passes it),
-//   ∂x          = Σ_i 1[clean f_i > 0] · ∂acts_i · (the direction above, times W_enc[:, i]).
-// x: the splice's input [rows, d_in]; d_output [rows, d_in]. UNIMPLEMENTED for SAEs that
-// normalise each token.
+//   ∂acts_pre   = 1[clean f_i > 0] · ∂acts_i (· ‖W_dec,i‖ for TopK SAEs that rescale),
+//   ∂u          = Σ_i ∂acts_pre_i · W_enc[:, i] (· exp(r_mag,i) for gated SAEs),
+//   ∂x          = ∂u, or through the per-token normalisation u(x) and the output's dependence
+//                 on c (or σ and μ) for SAEs that normalise each token.
+// The gradient at hook_sae_output (and hook_sae_error) is d_output itself. x: the splice's input
+// [rows, d_in]; d_output [rows, d_in].
 struct SpliceGradients {
-  Tensor input;      // [rows, d_in]
-  Tensor acts_post;  // [rows, d_sae]: the gradient at hook_sae_acts_post (after the edits)
+  Tensor input;      // [rows, d_in]: at hook_sae_input
+  Tensor acts_pre;   // [rows, d_sae]: at hook_sae_acts_pre
+  Tensor acts_post;  // [rows, d_sae]: at hook_sae_acts_post (after the edits)
+  Tensor recons;     // [rows, d_in]: at hook_sae_recons
 };
 absl::StatusOr<SpliceGradients> SpliceBackward(const Sae& sae, const Tensor& x,
                                                const Tensor& d_output,
                                                const SpliceOptions& options);
-
-// OK when SpliceBackward can go through this SAE (UNIMPLEMENTED naming what it cannot).
-absl::Status CheckSpliceDifferentiable(const Sae& sae);
 
 }  // namespace glassbox

@@ -56,6 +56,10 @@ class Sae {
   const SaeWeights& weights() const { return weights_; }
   // Bytes of weights held (for memory accounting).
   int64_t ResidentBytes() const;
+  // Derived per-feature factors, computed once at Create: exp(r_mag) of a gated SAE, and
+  // ‖W_dec,i‖ of a TopK SAE that rescales its activations by it; empty for other SAEs.
+  std::span<const float> exp_r_mag() const { return exp_r_mag_; }
+  std::span<const float> decoder_norm() const { return decoder_norm_; }
 
   // The number of tokens in x and the shape of its token dims, or INVALID_ARGUMENT explaining
   // the shapes this SAE accepts. Only host f32 tensors are accepted.

@@ -702,7 +702,8 @@ class Model:
                 "pattern_all_pos" ([layer, head]: the head's whole hook_pattern);
                 "mlp_post_all_pos" ([layer, neuron]: one neuron of mlp.hook_post everywhere);
                 "sae_features" ([pos, feature] of the SAE ``sae``, spliced in at its hook with
-                the error term; ``method="attribution"`` only).
+                the error term, whose node is the last feature index, d_sae;
+                ``method="attribution"`` only).
             metric: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Loss()``; tokens as ids or
                 one-token strings.
             normalized: make ``values`` (m - m_corrupted) / (m_clean - m_corrupted).
@@ -758,8 +759,9 @@ class Model:
         activation, the gradient taken on the corrupted run; ``values`` is m_corrupted plus it
         (or, ``normalized``, it over m_clean - m_corrupted), so the result compares cell by
         cell with the exact sweep. ``kind="sae_features"`` with ``sae=NAME`` estimates patching
-        each feature of that SAE at each position ([pos, feature]; Marks et al.'s sparse
-        feature circuits), the SAE spliced in with the error term.
+        each feature of that SAE at each position ([pos, d_sae + 1]; Marks et al.'s sparse
+        feature circuits), the SAE spliced in with the error term, and the error term itself
+        as a node: column d_sae, (e_clean - e_corrupted) . d metric / d e.
         """
         return self.patching_sweep(clean, corrupted, kind, metric, normalized=normalized,
                                    method="attribution", sae=sae, prepend_bos=prepend_bos,
@@ -815,11 +817,16 @@ class Model:
         activations at ``hooks`` (names or globs such as ``"blocks.*.hook_resid_pre"``), as
         TransformerLens's backward hooks give them (torch autograd); docs/gradients.md.
         ``interventions`` (as ``run``'s) edit the forward pass and the backward goes through
-        them: a hook's gradient is the one at its edited value, and an element an edit zeroes,
-        sets or patches passes nothing upstream (``ProjectionCap`` and edits of attention
-        scores or patterns are refused). ``saes`` (as ``run``'s) splice SAEs in, with their
+        them: a hook's gradient is the one at its edited value, an element an edit zeroes,
+        sets or patches passes nothing upstream, and a ``ProjectionCap`` passes it where it did
+        not clamp and projects it off its direction where it did; of attention scores and
+        patterns, the elementwise edits are differentiated (means and row patches are refused). ``saes`` (as ``run``'s) splice SAEs in, with their
         feature edits: the gradient goes through each as torch autograd goes through sae_lens's
-        SAE (through the features only; its error term carries none).
+        SAE (through the features only; its error term carries none). A splice's points are
+        hooks too: ``"blocks.1.hook_resid_pre.hook_sae_acts_post"`` (or ``.hook_sae_*``) gives
+        the gradient at its feature activations (after its edits), ``hook_sae_input``,
+        ``acts_pre`` and ``recons`` likewise; ``hook_sae_error`` and ``hook_sae_output`` have
+        the hook's own gradient.
 
         ``metric``: ``LogitDiff(a, b)``, ``LogProb(token)`` or ``Logit(token)``, tokens as ids or
         one-token strings, or ``Loss()``; or an activation: ``Direction(hook, vector)`` (a dot
@@ -886,8 +893,9 @@ class Model:
         prepend_bos: Optional[bool] = None,
         timeout: Optional[float] = None,
     ) -> JacobianResult:
-        """The Jacobian of ``out_hook`` (a residual-stream hook: hook_resid_pre, _mid or _post)
-        at ``out_positions`` with respect to ``in_hook`` (any per-token hook at or below it) at
+        """The Jacobian of ``out_hook`` (a token activation: the residual stream, attn_out,
+        mlp_out, hook_q/k/v/z, the MLP's pre/post, the embeddings) at ``out_positions`` with
+        respect to ``in_hook`` (any per-token hook at or below it) at
         ``in_positions``, per row: ``result.jacobian`` [batch, out, in], torch's
         ``jacrev`` of the forward pass from one hook to the other. Positions: one int for every
         row or one per row; negative counts from each row's last real token. Rows may differ in
