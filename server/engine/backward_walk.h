@@ -25,7 +25,7 @@ std::vector<HookId> BackwardInputs(const Transformer& model, int top_layer, bool
 class BackwardWalk {
  public:
   // `captured` holds BackwardInputs' values of a pass over [batch, seq] rows. Gradients are kept
-  // at the `wanted` hooks only. `edits` are the pass's interventions (CheckDifferentiable), whose
+  // at the `wanted` hooks only. `edits` are the pass's interventions, whose
   // backward the walk goes through; `layout` places the rows' real tokens for them.
   BackwardWalk(const Transformer& model, const HostCaptures& captured, int64_t batch, int64_t seq,
                const std::vector<HookId>& wanted, const std::vector<Intervention>& edits = {},

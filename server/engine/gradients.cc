@@ -245,7 +245,6 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   for (const Intervention& edit : request.interventions) {
     GB_RETURN_IF_ERROR(plan.AddIntervention(edit));
     if (!request.backward) continue;
-    GB_RETURN_IF_ERROR(CheckDifferentiable(edit, model.hooks().info(edit.hook)));
     // A pattern's edits also hide softmax's output, which its backward reads.
     const bool reads_before =
         BackwardReadsInput(edit) || model.hooks().info(edit.hook).kind == HookKind::kPattern;

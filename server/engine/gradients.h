@@ -84,7 +84,6 @@ struct ForwardBackwardRequest {
   // Edits in the forward pass, differentiated as torch autograd would through the same edits in
   // TransformerLens hooks: the gradient at an edited hook is the one at its edited value, and
   // upstream of it the edit's backward applies (a zeroed or set element passes nothing back).
-  // With `backward`, each must pass CheckDifferentiable (UNIMPLEMENTED otherwise).
   std::vector<Intervention> interventions;
   // SAEs spliced in at their hooks (after the hook's edits), differentiated as torch autograd
   // goes through sae_lens's SAE.forward (sae/feature_gradient.h, SpliceBackward): the gradient at

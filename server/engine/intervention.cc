@@ -411,19 +411,6 @@ void ApplyIntervention(const Intervention& edit, const HookInfo& info, const Tok
   }
 }
 
-absl::Status CheckDifferentiable(const Intervention& edit, const HookInfo& info) {
-  const bool elementwise =
-      edit.kind == InterventionKind::kZero || edit.kind == InterventionKind::kScale ||
-      edit.kind == InterventionKind::kAdd || edit.kind == InterventionKind::kSet ||
-      edit.kind == InterventionKind::kPatchFrom;
-  if (EditAxesOf(info.kind) == EditAxes::kAttention && !elementwise)
-    return absl::UnimplementedError(absl::StrCat(
-        "gradients through a mean or a row patch of ", info.name,
-        " are not implemented; a backward goes through ZERO, SCALE, ADD, SET and PATCH_CACHED "
-        "of attention scores and patterns"));
-  return absl::OkStatus();
-}
-
 bool BackwardReadsInput(const Intervention& edit) {
   return edit.kind == InterventionKind::kProjectionCap;
 }
@@ -487,8 +474,8 @@ void InterventionBackward(const Intervention& edit, const HookInfo& info, const 
       break;
   }
   // Each selected element e was read from other elements: its gradient goes back to them, and
-  // none to e's own value before the edit.
-  const View v = ViewOf(EditAxes::kTokens, grad.shape());
+  // none to e's own value before the edit. The loops are ApplyIntervention's, transposed.
+  const View v = ViewOf(EditAxesOf(info.kind), grad.shape());
   Tensor arriving = Tensor::EmptyHost(DType::kF32, grad.shape());
   std::copy_n(grad.data<float>(), grad.numel(), arriving.data<float>());
   const float* out = arriving.data<float>();
@@ -498,13 +485,18 @@ void InterventionBackward(const Intervention& edit, const HookInfo& info, const 
   ApplyIntervention(zero, info, layout, grad);
   const std::vector<int32_t> rows = AllOr(edit.select.rows, v.batch);
   const std::vector<int32_t> heads = AllOr(edit.select.heads, v.m);
-  const std::vector<int32_t> dims = AllOr(edit.select.dims, v.d);
+  std::vector<std::pair<int32_t, int32_t>> features;
+  for (int32_t di : AllOr(edit.select.dims, v.d)) features.push_back({di, di});
   for (int32_t b : rows) {
     const int32_t source_row = IsPatch(edit.kind) ? edit.source_rows[b] : b;
+    // An attention edit's dims are key positions, resolved per row as its positions are.
+    const auto dims = v.DimsArePositions()
+                          ? ResolvePositions(edit.select.dims, v.d, edit, layout, b, source_row)
+                          : features;
     for (const auto& [p, source_p] :
          ResolvePositions(edit.select.positions, v.seq, edit, layout, b, source_row)) {
       for (int32_t mi : heads) {
-        for (int32_t di : dims) {
+        for (const auto& [di, source_d] : dims) {
           const float arrived = out[v.Offset(b, p, mi, di)];
           switch (edit.kind) {
             case InterventionKind::kMeanBatch:
@@ -518,7 +510,7 @@ void InterventionBackward(const Intervention& edit, const HookInfo& info, const 
               }
               break;
             default:  // kPatchRow
-              g[v.Offset(source_row, source_p, mi, di)] += arrived;
+              g[v.Offset(source_row, source_p, mi, source_d)] += arrived;
               break;
           }
         }

@@ -100,17 +100,14 @@ absl::Status ValidateIntervention(const Intervention& edit, const HookInfo& info
 void ApplyIntervention(const Intervention& edit, const HookInfo& info, const TokenLayout& layout,
                        Tensor& value);
 
-// OK when a backward pass can go through `edit`: every edit of token activations is an affine
-// map x' = A x + b, or piecewise one (PROJECTION_CAP); of attention scores and patterns, the
-// elementwise ones (zero, scale, add, set, patch from a cached run). UNIMPLEMENTED, naming the
-// edit, otherwise.
-absl::Status CheckDifferentiable(const Intervention& edit, const HookInfo& info);
 // Whether InterventionBackward needs the value the edit read (PROJECTION_CAP: which tokens it
 // clamped).
 bool BackwardReadsInput(const Intervention& edit);
 
-// The backward of `edit`: `grad` [the hook's full shape, host f32], the gradient at the edited
-// value, becomes the one at the value before the edit, Aᵀ · grad, in place. Zeroing, setting and
+// The backward of `edit` (every edit ValidateIntervention accepts, on token activations and on
+// attention scores and patterns alike): `grad` [the hook's full shape, host f32], the gradient
+// at the edited value, becomes the one at the value before the edit, Aᵀ · grad, in place.
+// Zeroing, setting and
 // patching from another run cut the gradient at the selected elements; scaling scales it; adding
 // passes it; projections are symmetric, so their backward is themselves; means and row patches
 // send each selected element's gradient back to the elements it was read from. A projection cap

@@ -201,10 +201,6 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
     *as_run.mutable_sae_steering() = request->sae_steering();
     auto plan = BuildRunPlan(as_run, store_, limits, caller->cache());
     if (!plan.ok()) return ToGrpcStatus(plan.status());
-    for (const Intervention& edit : plan->interventions) {
-      if (absl::Status s = CheckDifferentiable(edit, model.hooks().info(edit.hook)); !s.ok())
-        return ToGrpcStatus(s);
-    }
     edits = std::move(plan->interventions);
     splices = std::move(plan->splices);
   }

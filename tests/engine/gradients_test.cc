@@ -285,6 +285,20 @@ std::vector<Intervention> EditsOf(const std::string& name, const HookRegistry& h
          .coefficient = 2.0f},
     };
   }
+  if (name == "attention_coupling") {
+    return {
+        {.hook = at("blocks.0.attn.hook_pattern"),
+         .kind = InterventionKind::kMeanBatch,
+         .select = {.heads = {3}}},
+        {.hook = at("blocks.1.attn.hook_attn_scores"),
+         .kind = InterventionKind::kPatchRow,
+         .select = {.positions = {4}, .dims = {1, 2}},
+         .source_rows = {1, 0}},
+        {.hook = at("blocks.1.attn.hook_pattern"),
+         .kind = InterventionKind::kMeanPos,
+         .select = {.rows = {1}, .heads = {2}}},
+    };
+  }
   if (name == "cap") {
     constexpr float kInf = std::numeric_limits<float>::infinity();
     return {
@@ -363,11 +377,13 @@ TEST_P(GradientsThroughEditsTest, EqualTorchAutogradThroughTheSameEdits) {
   const auto expected =
       ReadAllTensors(FixturePath("expected/" + GetParam() + ".edit_gradients.safetensors"));
   const HookRegistry& hooks = (*model)->hooks();
-  for (const std::string name : {"linear", "coupling", "cap", "attention"}) {
+  for (const std::string name : {"linear", "coupling", "cap", "attention", "attention_coupling"}) {
     SCOPED_TRACE(name);
     const FixtureHooks wanted = HooksUnder(expected, name, hooks);
-    // Ten hooks; the attention edits' two hooks too.
-    ASSERT_EQ(wanted.names.size(), name == "attention" ? 12u : 10u);
+    // Ten hooks, and the edited attention hooks in the attention cases.
+    ASSERT_EQ(wanted.names.size(), name == "attention"            ? 12u
+                                   : name == "attention_coupling" ? 13u
+                                                                  : 10u);
     auto got = RunForwardBackward(**model, {.tokens = expected.at("tokens"),
                                             .metric = {.kind = GradientMetric::Kind::kLogitDiff,
                                                        .position = 6,
@@ -389,25 +405,6 @@ TEST_P(GradientsThroughEditsTest, EqualTorchAutogradThroughTheSameEdits) {
 INSTANTIATE_TEST_SUITE_P(Models, GradientsThroughEditsTest,
                          ::testing::Values("tiny-gpt2", "tiny-llama"),
                          [](const auto& info) { return ParamName(info.param); });
-
-// Edits whose backward is not written are refused by name, before any work.
-TEST(GradientsThroughEdits, UndifferentiatedEditsAreUnimplemented) {
-  auto model = Transformer::Load(ModelDir("tiny-gpt2"), std::make_shared<CpuBackend>());
-  ASSERT_TRUE(model.ok());
-  const HookRegistry& hooks = (*model)->hooks();
-  const Tensor tokens = Tensor::FromHost(std::vector<int32_t>{1, 2, 3}, {1, 3});
-  auto run = [&](Intervention edit) {
-    return RunForwardBackward(**model, {.tokens = tokens,
-                                        .interventions = {edit},
-                                        .gradients = {*hooks.Resolve("hook_embed")}})
-        .status();
-  };
-  const absl::Status pattern = run(
-      {.hook = *hooks.Resolve("blocks.0.attn.hook_pattern"), .kind = InterventionKind::kMeanBatch});
-  EXPECT_EQ(pattern.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(pattern.message()),
-              ::testing::HasSubstr("a mean or a row patch of blocks.0.attn.hook_pattern"));
-}
 
 }  // namespace
 }  // namespace glassbox

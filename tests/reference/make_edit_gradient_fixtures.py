@@ -32,6 +32,10 @@ normal vectors [d_model], stored in the file):
     blocks.0.attn.hook_attn_scores  SCALE 0.5  head 2
     blocks.1.attn.hook_pattern      ZERO       head 1, key 0 (no attention to the first token)
     blocks.1.attn.hook_pattern      SCALE 2.0  head 0, queries [5, 6]
+  attention_coupling (the same, with edits that read other elements):
+    blocks.0.attn.hook_pattern      MEAN_BATCH  head 3
+    blocks.1.attn.hook_attn_scores  PATCH_ROW   source rows [1, 0], query 4, keys [1, 2]
+    blocks.1.attn.hook_pattern      MEAN_POS    row 1, head 2 (the mean over the queries)
 
 Writes tests/fixtures/expected/<model>.edit_gradients.safetensors (float32 values computed in
 float64): tokens, edit.{u1,w,u2,u3}, <case>.value [2], <case>.grad.<hook> (the hook's TL shape),
@@ -115,6 +119,15 @@ def cases(vec: dict[str, torch.Tensor]):
     def scale_queries(x):
         x = x.clone(); x[:, 0, [5, 6], :] = x[:, 0, [5, 6], :] * 2.0; return x
 
+    def mean_batch_head3(x):
+        x = x.clone(); x[:, 3] = x[:, 3].mean(0, keepdim=True).expand_as(x[:, 3]); return x
+
+    def patch_scores(x):
+        y = x.clone(); y[:, :, 4, 1:3] = x[[1, 0], :, 4, 1:3]; return y
+
+    def mean_pos_row1_head2(x):
+        x = x.clone(); x[1, 2] = x[1, 2].mean(0, keepdim=True).expand_as(x[1, 2]); return x
+
     def add_u2(x):
         x = x.clone(); x[:, -1, :] = x[:, -1, :] + 2 * vec["u2"].to(x.dtype); return x
 
@@ -131,11 +144,16 @@ def cases(vec: dict[str, torch.Tensor]):
         "attention": [("blocks.0.attn.hook_attn_scores", scale_scores),
                       ("blocks.1.attn.hook_pattern", zero_first_key),
                       ("blocks.1.attn.hook_pattern", scale_queries)],
+        "attention_coupling": [("blocks.0.attn.hook_pattern", mean_batch_head3),
+                               ("blocks.1.attn.hook_attn_scores", patch_scores),
+                               ("blocks.1.attn.hook_pattern", mean_pos_row1_head2)],
     }
 
 
 # Hooks whose gradients a case keeps besides HOOKS.
-EXTRA_HOOKS = {"attention": ["blocks.0.attn.hook_attn_scores", "blocks.1.attn.hook_pattern"]}
+EXTRA_HOOKS = {"attention": ["blocks.0.attn.hook_attn_scores", "blocks.1.attn.hook_pattern"],
+               "attention_coupling": ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_attn_scores",
+                                      "blocks.1.attn.hook_pattern"]}
 
 
 def gradients(tl, tokens, edits, extra=()):

@@ -187,9 +187,19 @@ def test_gradients_through_interventions(gpt2: glassbox.Model) -> None:
     np.testing.assert_allclose(edited.metric, ref["attention.value"], rtol=1e-5, atol=1e-5)
     for hook in attended:
         assert rel_error(edited[hook], ref[f"attention.grad.{hook}"]) <= 1e-5, hook
-    with pytest.raises(glassbox.Unimplemented, match="a mean or a row patch"):
-        gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42), "hook_embed",
-                       interventions=glassbox.MeanAblate("blocks.1.attn.hook_pattern"))
+    # Case "attention_coupling": edits that read other elements of scores and patterns.
+    coupling = [
+        glassbox.MeanAblate("blocks.0.attn.hook_pattern", heads=3),
+        glassbox.PatchRows("blocks.1.attn.hook_attn_scores", [1, 0], positions=4, dims=[1, 2]),
+        glassbox.MeanAblate("blocks.1.attn.hook_pattern", over="pos", rows=1, heads=2),
+    ]
+    coupled_hooks = hooks + ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_attn_scores",
+                             "blocks.1.attn.hook_pattern"]
+    coupled = gpt2.gradients(ref["tokens"].tolist(), glassbox.LogitDiff(17, 42), coupled_hooks,
+                             position=6, interventions=coupling)
+    np.testing.assert_allclose(coupled.metric, ref["attention_coupling.value"], rtol=1e-5, atol=1e-5)
+    for hook in coupled_hooks:
+        assert rel_error(coupled[hook], ref[f"attention_coupling.grad.{hook}"]) <= 1e-5, hook
 
 
 def test_metrics_of_an_activation(gpt2: glassbox.Model) -> None:

@@ -819,8 +819,8 @@ class Model:
         ``interventions`` (as ``run``'s) edit the forward pass and the backward goes through
         them: a hook's gradient is the one at its edited value, an element an edit zeroes,
         sets or patches passes nothing upstream, and a ``ProjectionCap`` passes it where it did
-        not clamp and projects it off its direction where it did; of attention scores and
-        patterns, the elementwise edits are differentiated (means and row patches are refused). ``saes`` (as ``run``'s) splice SAEs in, with their
+        not clamp and projects it off its direction where it did; edits of attention scores and
+        patterns are differentiated the same way. ``saes`` (as ``run``'s) splice SAEs in, with their
         feature edits: the gradient goes through each as torch autograd goes through sae_lens's
         SAE (through the features only; its error term carries none). A splice's points are
         hooks too: ``"blocks.1.hook_resid_pre.hook_sae_acts_post"`` (or ``.hook_sae_*``) gives
