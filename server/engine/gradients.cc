@@ -330,15 +330,11 @@ absl::StatusOr<ForwardBackwardResult> RunForwardBackward(const Transformer& mode
   for (const SaeHookRef& ref : request.sae_gradients) {
     const auto& [hook, splice] = request.splices[ref.splice];
     const Tensor& grad = backward.splice_gradient(hook, ref.point);
-    if (!grad.defined()) {
-      // Above the metric's block: the metric does not depend on it.
-      result.sae_gradients.push_back(Tensor::ZerosHost(
-          DType::kF32,
-          SaeHookInfo(model.hooks().info(hook), *splice.sae, ref.point).ShapeFor(batch, seq)));
-    } else {
-      result.sae_gradients.push_back(grad.Reshape(
-          SaeHookInfo(model.hooks().info(hook), *splice.sae, ref.point).ShapeFor(batch, seq)));
-    }
+    const Shape shape =
+        SaeHookInfo(model.hooks().info(hook), *splice.sae, ref.point).ShapeFor(batch, seq);
+    // Undefined above the metric's block: the metric does not depend on it.
+    result.sae_gradients.push_back(grad.defined() ? grad.Reshape(shape)
+                                                  : Tensor::ZerosHost(DType::kF32, shape));
   }
   for (HookId id : request.gradients) {
     if (backward.gradient(id).defined()) {
