@@ -35,6 +35,9 @@ ABSL_FLAG(int, warmup, 3, "untimed forward passes");
 ABSL_FLAG(int, repeats, 10, "timed forward passes");
 ABSL_FLAG(bool, profile, false,
           "print where the timed passes spent their time, by backend op, on stderr");
+ABSL_FLAG(int64_t, cpu_packed_weight_bytes, int64_t{1} << 30,
+          "CPU: pack the model's Linear weights when they fit in this many bytes (0: never), as "
+          "glassboxd's flag of the same name");
 ABSL_FLAG(bool, capture_resid, false,
           "capture every blocks.*.hook_resid_post into host memory, as a researcher would");
 
@@ -69,7 +72,10 @@ absl::StatusOr<DType> ParseDType(const std::string& name) {
 }
 
 absl::StatusOr<std::shared_ptr<Backend>> ChooseBackend(const std::string& device) {
-  if (device == "cpu") return std::shared_ptr<Backend>(std::make_shared<CpuBackend>());
+  if (device == "cpu") {
+    return std::shared_ptr<Backend>(std::make_shared<CpuBackend>(
+        CpuBackendOptions{.packed_weight_bytes = absl::GetFlag(FLAGS_cpu_packed_weight_bytes)}));
+  }
   if (device == "cuda") return CreateCudaBackend(0);
   return absl::InvalidArgumentError("--device must be cpu or cuda, got " + device);
 }

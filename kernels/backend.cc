@@ -36,6 +36,15 @@ absl::Status Backend::Linear(const Tensor& x, const Tensor& w, const Tensor* bia
   return d.empty ? absl::OkStatus() : DoLinear(d, x, w, bias, act, out);
 }
 
+absl::StatusOr<int64_t> Backend::PrepareLinearWeights(std::span<const Tensor* const> weights) {
+  for (const Tensor* w : weights) {
+    if (w == nullptr || !w->defined() || w->rank() != 2 || w->device() != device())
+      return absl::InternalError(
+          "PrepareLinearWeights: each weight must be a defined rank-2 tensor on the backend");
+  }
+  return DoPrepareLinearWeights(weights);
+}
+
 absl::Status Backend::HeadProjection(const Tensor& z, const Tensor& w, Tensor& out) {
   GB_ASSIGN_OR_RETURN(const HeadProjectionDims d, CheckHeadProjection(target_, z, w, out));
   const ScopedOpTimer timer("HeadProjection");

@@ -30,6 +30,7 @@
 //   fail the call on the CPU and, on CUDA, write zeros and fail the next synchronisation.
 #pragma once
 
+#include <span>
 #include <string>
 
 #include "absl/status/status.h"
@@ -75,6 +76,10 @@ class Backend {
   // T = 0 or N = 0: nothing to do. K = 0: out = act(bias), zeros without a bias.
   absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Activation act,
                       Tensor& out);
+  // A hint that `weights` (rank 2, on this device) are Linear weights that are never written
+  // again: the backend may keep forms of them that multiply faster (same values), for as long as
+  // their storage lives, all of them or none. Returns the bytes those forms hold (0: none kept).
+  absl::StatusOr<int64_t> PrepareLinearWeights(std::span<const Tensor* const> weights);
   // Per-head output projection (TransformerLens hook_result): out[T, H, N] =
   // z[T, H, Dh] · w[N, H·Dh]ᵀ restricted to head h's Dh input columns; no bias. z rank >= 2.
   // T, H or N = 0: nothing to do; Dh = 0: zeros.
@@ -169,6 +174,10 @@ class Backend {
   virtual absl::Status DoConvert(int64_t n, const Tensor& src, Tensor& out) = 0;
   virtual absl::Status DoLinear(const LinearDims& d, const Tensor& x, const Tensor& w,
                                 const Tensor* bias, Activation act, Tensor& out) = 0;
+  // Nothing kept unless a backend has a faster form.
+  virtual absl::StatusOr<int64_t> DoPrepareLinearWeights(std::span<const Tensor* const> weights) {
+    return 0;
+  }
   virtual absl::Status DoHeadProjection(const HeadProjectionDims& d, const Tensor& z,
                                         const Tensor& w, Tensor& out) = 0;
   virtual absl::Status DoLayerNorm(const RowsDims& d, const Tensor& x, const Tensor* weight,

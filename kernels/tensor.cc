@@ -58,6 +58,34 @@ Tensor Tensor::FromHost(std::span<const int32_t> values, Shape shape) {
   return t;
 }
 
+void Storage::AttachDerived(size_t byte_offset, const std::vector<int64_t>& shape,
+                            std::shared_ptr<const void> form) {
+  std::lock_guard lock(derived_mu_);
+  for (Derived& d : derived_) {
+    if (d.byte_offset == byte_offset && d.shape == shape) {
+      d.form = std::move(form);
+      return;
+    }
+  }
+  derived_.push_back({byte_offset, shape, std::move(form)});
+}
+
+const void* Storage::FindDerived(size_t byte_offset, const std::vector<int64_t>& shape) const {
+  std::lock_guard lock(derived_mu_);
+  for (const Derived& d : derived_) {
+    if (d.byte_offset == byte_offset && d.shape == shape) return d.form.get();
+  }
+  return nullptr;
+}
+
+const void* Tensor::derived() const {
+  return storage_ ? storage_->FindDerived(byte_offset_, shape_) : nullptr;
+}
+
+void Tensor::AttachDerived(std::shared_ptr<const void> form) const {
+  if (storage_) storage_->AttachDerived(byte_offset_, shape_, std::move(form));
+}
+
 Tensor Tensor::Reshape(Shape shape) const {
   GB_CHECK(NumElements(shape) == numel(), "cannot reshape %s to %s",
            ShapeToString(shape_).c_str(), ShapeToString(shape).c_str());

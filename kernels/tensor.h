@@ -7,6 +7,7 @@
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -38,11 +39,28 @@ class Storage {
   size_t bytes() const { return bytes_; }
   Device device() const { return device_; }
 
+  // A form a backend derived from one view of this storage (its byte offset and shape), kept for
+  // as long as the storage lives: the CPU backend's pre-packed Linear weights. Only for views
+  // that are never written again, such as a model's weights once loaded. Attaching to a view
+  // that has a form replaces it.
+  void AttachDerived(size_t byte_offset, const std::vector<int64_t>& shape,
+                     std::shared_ptr<const void> form);
+  // The form attached to that view, or null.
+  const void* FindDerived(size_t byte_offset, const std::vector<int64_t>& shape) const;
+
  private:
+  struct Derived {
+    size_t byte_offset;
+    std::vector<int64_t> shape;
+    std::shared_ptr<const void> form;
+  };
+
   void* data_;
   size_t bytes_;
   Device device_;
   std::function<void(void*)> deleter_;
+  mutable std::mutex derived_mu_;
+  std::vector<Derived> derived_;  // a handful at most (the views of one weight file)
 };
 
 class Tensor {
@@ -79,6 +97,10 @@ class Tensor {
   std::span<T> span() const {
     return {data<T>(), static_cast<size_t>(numel())};
   }
+
+  // This view's derived form (Storage::AttachDerived), or null; null for an undefined tensor.
+  const void* derived() const;
+  void AttachDerived(std::shared_ptr<const void> form) const;
 
   // A view with another shape over the same elements (numel must match).
   Tensor Reshape(Shape shape) const;

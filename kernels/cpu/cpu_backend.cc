@@ -37,9 +37,56 @@ float ReadAsFloat(const Tensor& t, int64_t i) {
   return 0;
 }
 
+// What PrepareLinearWeights attaches to a weight's storage: its packed form, counted against the
+// backend's budget for as long as it lives.
+struct CountedPackedWeight {
+  CountedPackedWeight(std::shared_ptr<const cpu::PackedWeight> packed,
+                      std::shared_ptr<std::atomic<int64_t>> held)
+      : packed(std::move(packed)),
+        bytes(cpu::PackedWeightBytes(*this->packed)),
+        held(std::move(held)) {
+    this->held->fetch_add(bytes);
+  }
+  ~CountedPackedWeight() { held->fetch_sub(bytes); }
+  CountedPackedWeight(const CountedPackedWeight&) = delete;
+  CountedPackedWeight& operator=(const CountedPackedWeight&) = delete;
+
+  const std::shared_ptr<const cpu::PackedWeight> packed;
+  const int64_t bytes;
+  const std::shared_ptr<std::atomic<int64_t>> held;
+};
+
+const cpu::PackedWeight* PackedFormOf(const Tensor& w) {
+  const auto* counted = static_cast<const CountedPackedWeight*>(w.derived());
+  return counted != nullptr ? counted->packed.get() : nullptr;
+}
+
 }  // namespace
 
-CpuBackend::CpuBackend() : Backend(kTarget) {}
+CpuBackend::CpuBackend(const CpuBackendOptions& options) : Backend(kTarget), options_(options) {}
+
+absl::StatusOr<int64_t> CpuBackend::DoPrepareLinearWeights(std::span<const Tensor* const> weights) {
+  int64_t wanted = 0;
+  for (const Tensor* w : weights) {
+    if (w->dtype() != DType::kF32) return 0;
+    if (w->derived() == nullptr) wanted += static_cast<int64_t>(w->nbytes());
+  }
+  // All or none, so that a model is either as fast as it can be or costs no extra memory.
+  if (packed_bytes_->load() + wanted > options_.packed_weight_bytes) return 0;
+  std::vector<std::pair<const Tensor*, std::shared_ptr<const cpu::PackedWeight>>> packed;
+  int64_t bytes = 0;
+  for (const Tensor* w : weights) {
+    if (w->derived() != nullptr) continue;
+    GB_ASSIGN_OR_RETURN(auto form, cpu::PackWeight(w->dim(0), w->dim(1), w->data<float>()));
+    if (form == nullptr) continue;  // already in the layout the matmul reads
+    bytes += cpu::PackedWeightBytes(*form);
+    packed.emplace_back(w, std::move(form));
+  }
+  for (auto& [w, form] : packed) {
+    w->AttachDerived(std::make_shared<const CountedPackedWeight>(std::move(form), packed_bytes_));
+  }
+  return bytes;
+}
 
 absl::StatusOr<Tensor> CpuBackend::DoAllocate(DType dtype, Shape shape) {
   return Tensor::EmptyHost(dtype, std::move(shape));
@@ -84,7 +131,7 @@ absl::Status CpuBackend::DoConvert(int64_t n, const Tensor& src, Tensor& out) {
 
 absl::Status CpuBackend::DoLinear(const LinearDims& d, const Tensor& x, const Tensor& w,
                                   const Tensor* bias, Activation act, Tensor& out) {
-  return cpu::Linear(d.rows, d.cols, d.inner, x.data<float>(), w.data<float>(),
+  return cpu::Linear(d.rows, d.cols, d.inner, x.data<float>(), w.data<float>(), PackedFormOf(w),
                      bias ? bias->data<float>() : nullptr, act, out.data<float>());
 }
 

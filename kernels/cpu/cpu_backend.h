@@ -3,15 +3,28 @@
 // CUDA kernel is tested against this.
 #pragma once
 
+#include <atomic>
+#include <memory>
+
 #include "kernels/backend.h"
 #include "kernels/cpu/activations.h"  // ApplyActivation, for tests
 
 namespace glassbox {
 
+struct CpuBackendOptions {
+  // PrepareLinearWeights keeps packed copies of a model's Linear weights (cpu::PackWeight: the
+  // same products, faster) while all of them, with those already kept, fit in this many bytes;
+  // a larger model is left unpacked, as memory matters more than speed there. 0: never.
+  int64_t packed_weight_bytes = int64_t{1} << 30;
+};
+
 class CpuBackend final : public Backend {
  public:
-  CpuBackend();
+  CpuBackend() : CpuBackend(CpuBackendOptions()) {}
+  explicit CpuBackend(const CpuBackendOptions& options);
   std::string name() const override { return "cpu"; }
+  // Bytes of packed weights kept now (for all models this backend prepared).
+  int64_t packed_weight_bytes() const { return packed_bytes_->load(); }
 
  private:
   absl::StatusOr<Tensor> DoAllocate(DType dtype, Shape shape) override;
@@ -20,6 +33,7 @@ class CpuBackend final : public Backend {
   absl::Status DoConvert(int64_t n, const Tensor& src, Tensor& out) override;
   absl::Status DoLinear(const LinearDims& d, const Tensor& x, const Tensor& w, const Tensor* bias,
                         Activation act, Tensor& out) override;
+  absl::StatusOr<int64_t> DoPrepareLinearWeights(std::span<const Tensor* const> weights) override;
   absl::Status DoHeadProjection(const HeadProjectionDims& d, const Tensor& z, const Tensor& w,
                                 Tensor& out) override;
   absl::Status DoLayerNorm(const RowsDims& d, const Tensor& x, const Tensor* weight,
@@ -52,6 +66,10 @@ class CpuBackend final : public Backend {
   absl::Status DoGatherColumns(const GatherColumnsDims& d, const Tensor& x, const Tensor& columns,
                                const Tensor* shift, Tensor& out) override;
   absl::Status DoTopK(const TopKDims& d, const Tensor& x, Tensor& values, Tensor& indices) override;
+
+  CpuBackendOptions options_;
+  // Shared with each packed weight, which gives its bytes back when its storage goes.
+  std::shared_ptr<std::atomic<int64_t>> packed_bytes_ = std::make_shared<std::atomic<int64_t>>(0);
 };
 
 

@@ -1,6 +1,7 @@
 #include "kernels/cpu/gemm.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -36,8 +37,9 @@ class LinearPrimitives {
 
   const dnnl::engine& engine() const { return engine_; }
 
-  dnnl::matmul Find(int64_t m, int64_t n, int64_t k, bool bias) {
-    const Key key{m, n, k, bias};
+  // `packed`: the weights' blocked layout (PackedWeight), else null for w[n, k] as it is.
+  dnnl::matmul Find(int64_t m, int64_t n, int64_t k, bool bias, const dnnl::memory::desc* packed) {
+    const Key key{m, n, k, bias, packed != nullptr};
     std::lock_guard lock(mu_);
     ++clock_;
     if (auto it = cache_.find(key); it != cache_.end()) {
@@ -54,7 +56,8 @@ class LinearPrimitives {
     using dt = dnnl::memory::data_type;
     using tag = dnnl::memory::format_tag;
     // Weights [n, k] row-major are the [k, n] matrix oneDNN multiplies by, column-major ("ba").
-    const dnnl::memory::desc src({m, k}, dt::f32, tag::ab), wei({k, n}, dt::f32, tag::ba),
+    const dnnl::memory::desc src({m, k}, dt::f32, tag::ab),
+        wei = packed != nullptr ? *packed : dnnl::memory::desc({k, n}, dt::f32, tag::ba),
         dst({m, n}, dt::f32, tag::ab), bia({1, n}, dt::f32, tag::ab);
 #if DNNL_VERSION_MAJOR >= 3  // Ubuntu 24.04's oneDNN: primitive descriptors built directly.
     dnnl::matmul primitive(bias ? dnnl::matmul::primitive_desc(engine_, src, wei, bia, dst)
@@ -69,7 +72,7 @@ class LinearPrimitives {
   }
 
  private:
-  using Key = std::tuple<int64_t, int64_t, int64_t, bool>;
+  using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool>;
   struct Entry {
     dnnl::matmul primitive;
     uint64_t last_used;
@@ -85,6 +88,52 @@ class LinearPrimitives {
 };
 
 }  // namespace
+
+struct PackedWeight {
+  dnnl::memory::desc desc;
+  std::unique_ptr<void, decltype(&std::free)> data{nullptr, &std::free};
+};
+
+absl::StatusOr<std::shared_ptr<const PackedWeight>> PackWeight(int64_t n, int64_t k,
+                                                               const float* w) {
+  if (n < 1 || k < 1) return absl::InvalidArgumentError("PackWeight: an empty weight");
+  using dt = dnnl::memory::data_type;
+  using tag = dnnl::memory::format_tag;
+  // The layout the matmul picks when left free to; it is the same for every row count, so one
+  // taken at a typical one serves all (checked bit for bit in cpu_gemm_test).
+  constexpr int64_t kTypicalRows = 128;
+  const dnnl::engine& engine = LinearPrimitives::Get().engine();
+  try {
+    const dnnl::memory::desc src({kTypicalRows, k}, dt::f32, tag::ab),
+        free_layout({k, n}, dt::f32, tag::any), plain({k, n}, dt::f32, tag::ba),
+        dst({kTypicalRows, n}, dt::f32, tag::ab);
+#if DNNL_VERSION_MAJOR >= 3
+    const dnnl::matmul::primitive_desc chosen(engine, src, free_layout, dst);
+#else
+    const dnnl::matmul::primitive_desc chosen(dnnl::matmul::desc(src, free_layout, dst), engine);
+#endif
+    auto packed = std::make_shared<PackedWeight>();
+    packed->desc = chosen.weights_desc();
+    if (packed->desc == plain) return std::shared_ptr<const PackedWeight>();  // nothing to gain
+    const size_t bytes = (packed->desc.get_size() + 63) / 64 * 64;
+    packed->data.reset(std::aligned_alloc(64, bytes));
+    if (packed->data == nullptr)
+      return absl::ResourceExhaustedError(
+          absl::StrCat("PackWeight: no memory for ", bytes, " bytes"));
+    dnnl::memory from(plain, engine, const_cast<float*>(w)),
+        to(packed->desc, engine, packed->data.get());
+    dnnl::stream stream(engine);
+    dnnl::reorder(from, to).execute(stream, from, to);
+    stream.wait();
+    return std::shared_ptr<const PackedWeight>(std::move(packed));
+  } catch (const dnnl::error& e) {
+    return DnnlError(e.status, "weight packing");
+  }
+}
+
+int64_t PackedWeightBytes(const PackedWeight& packed) {
+  return static_cast<int64_t>(packed.desc.get_size());
+}
 
 absl::Status Sgemm(bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                    int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
@@ -106,7 +155,7 @@ absl::Status Sgemm(bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, c
 }
 
 absl::Status Linear(int64_t m, int64_t n, int64_t k, const float* x, const float* w,
-                    const float* bias, Activation act, float* y) {
+                    const PackedWeight* packed, const float* bias, Activation act, float* y) {
   if (m < kFusedMinRows || k == 0) {
     if (absl::Status s = Sgemm(/*trans_b=*/true, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n); !s.ok()) {
       return s;
@@ -116,14 +165,18 @@ absl::Status Linear(int64_t m, int64_t n, int64_t k, const float* x, const float
   }
   LinearPrimitives& primitives = LinearPrimitives::Get();
   try {
-    dnnl::matmul primitive = primitives.Find(m, n, k, bias != nullptr);
+    dnnl::matmul primitive =
+        primitives.Find(m, n, k, bias != nullptr, packed != nullptr ? &packed->desc : nullptr);
     using dt = dnnl::memory::data_type;
     using tag = dnnl::memory::format_tag;
     const dnnl::engine& engine = primitives.engine();
     // oneDNN takes non-const handles; it only reads src, weights and bias.
     std::unordered_map<int, dnnl::memory> args{
         {DNNL_ARG_SRC, dnnl::memory({{m, k}, dt::f32, tag::ab}, engine, const_cast<float*>(x))},
-        {DNNL_ARG_WEIGHTS, dnnl::memory({{k, n}, dt::f32, tag::ba}, engine, const_cast<float*>(w))},
+        {DNNL_ARG_WEIGHTS,
+         packed != nullptr
+             ? dnnl::memory(packed->desc, engine, packed->data.get())
+             : dnnl::memory({{k, n}, dt::f32, tag::ba}, engine, const_cast<float*>(w))},
         {DNNL_ARG_DST, dnnl::memory({{m, n}, dt::f32, tag::ab}, engine, y)}};
     if (bias != nullptr) {
       args.emplace(DNNL_ARG_BIAS,

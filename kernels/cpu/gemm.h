@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "base/activation.h"
 
 namespace glassbox::cpu {
@@ -15,12 +17,22 @@ namespace glassbox::cpu {
 absl::Status Sgemm(bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                    int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
+// A weight w[n, k] laid out once in the blocked order oneDNN's matmul reads it in, which the
+// matmul otherwise copies out of w on every call: the same products, bit for bit, 3-10% faster
+// for a GPT-2-small layer at 128 rows and up to 1.5x for a small model's at 24. The layout does
+// not depend on the number of rows. Defined in gemm.cc.
+struct PackedWeight;
+absl::StatusOr<std::shared_ptr<const PackedWeight>> PackWeight(int64_t n, int64_t k,
+                                                               const float* w);
+int64_t PackedWeightBytes(const PackedWeight& packed);
+
 // The linear layer y[m, n] = act(x[m, k] · w[n, k]ᵀ + bias[n]) (bias may be null): the bias is
 // added inside the product (a oneDNN matmul, built once per shape) where that pays, the
 // activation in a pass over y (the same one Activate applies, so that capturing hook_pre, which
-// splits the two, changes no value).
+// splits the two, changes no value). `packed` (may be null) is w packed by PackWeight; the
+// matmul then reads it instead of w.
 absl::Status Linear(int64_t m, int64_t n, int64_t k, const float* x, const float* w,
-                    const float* bias, Activation act, float* y);
+                    const PackedWeight* packed, const float* bias, Activation act, float* y);
 
 // y[rows, cols] = act(y + bias[col]) in place (bias may be null).
 void BiasActivation(float* y, int64_t rows, int64_t cols, const float* bias, Activation act);

@@ -464,6 +464,17 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
   return LoadLlama(config, WeightReader(checkpoint, {"model.", ""}, backend, dtype));
 }
 
+std::vector<const Tensor*> LinearWeights(const ModelWeights& w) {
+  std::vector<const Tensor*> out;
+  for (const BlockWeights& b : w.blocks) {
+    for (const Tensor* t : {&b.qkv_w, &b.o_w, &b.in_w, &b.gate_w, &b.out_w}) {
+      if (t->defined()) out.push_back(t);
+    }
+  }
+  out.push_back(&w.unembed);
+  return out;
+}
+
 int64_t ModelWeightsBytes(const ModelWeights& w) {
   std::set<const void*> seen;
   int64_t bytes = 0;

@@ -45,6 +45,10 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
                                               const SafetensorsCheckpoint& checkpoint,
                                               Backend& backend, DType dtype);
 
+// The weights the forward pass multiplies by through Backend::Linear (each block's projections
+// and the unembedding), for Backend::PrepareLinearWeights.
+std::vector<const Tensor*> LinearWeights(const ModelWeights& weights);
+
 // Bytes of every distinct tensor of `weights` (tied embeddings counted once), wherever they live.
 int64_t ModelWeightsBytes(const ModelWeights& weights);
 

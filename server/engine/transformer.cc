@@ -531,6 +531,12 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
     return absl::Status(weights.status().code(),
                         absl::StrCat(model_dir, ": ", weights.status().message()));
   }
+  // Once loaded the weights never change, so a backend may keep faster forms of them.
+  if (auto kept = backend->PrepareLinearWeights(LinearWeights(*weights)); !kept.ok()) {
+    return absl::Status(
+        kept.status().code(),
+        absl::StrCat(model_dir, ": preparing the weights: ", kept.status().message()));
+  }
 #ifdef __GLIBC__
   // The conversion's temporaries (f32 copies before transposes, concatenations and dtype
   // conversion) are freed by now, but glibc keeps the heap they grew: 7% of a 1B model's

@@ -59,6 +59,9 @@ ABSL_FLAG(int64_t, stream_buffer_bytes, 16 << 20, "bytes buffered per stream bef
 ABSL_FLAG(int, cpu_threads, 0,
           "threads of the one OpenMP pool the device's work runs on (the CPU backend's loops and "
           "oneDNN's matrix products); 0: OMP_NUM_THREADS, else every core");
+ABSL_FLAG(int64_t, cpu_packed_weight_bytes, int64_t{1} << 30,
+          "the CPU backend keeps packed copies of a model's Linear weights (the same products, "
+          "5-50% faster) while all models' copies fit in this many bytes; 0: never");
 ABSL_FLAG(double, stream_stall_seconds, 10,
           "how long the device's worker waits for a reader whose stream buffer is full before it "
           "gives that stream up (RESOURCE_EXHAUSTED) and goes on with everyone else's work");
@@ -362,8 +365,13 @@ absl::StatusOr<ChosenBackend> ChooseBackend() {
                  std::string(cuda.status().message()).c_str());
   }
   GB_ASSIGN_OR_RETURN(DType dtype, ParseDType(absl::GetFlag(FLAGS_dtype), false));
+  const int64_t packed_bytes = absl::GetFlag(FLAGS_cpu_packed_weight_bytes);
+  if (packed_bytes < 0)
+    return absl::InvalidArgumentError("--cpu_packed_weight_bytes must be >= 0 (0: never pack)");
   std::fprintf(stderr, "glassboxd: backend: cpu\n");
-  return ChosenBackend{std::make_shared<CpuBackend>(), "cpu", dtype};
+  return ChosenBackend{
+      std::make_shared<CpuBackend>(CpuBackendOptions{.packed_weight_bytes = packed_bytes}), "cpu",
+      dtype};
 }
 
 // The keys file, or null for an open server; either way one line of the log says which.
@@ -450,6 +458,12 @@ int Main(int argc, char** argv) {
                  served->model->config().model_type.c_str(),
                  static_cast<long long>(served->model->config().n_layers), served->directory.c_str(),
                  served->tokenizer ? " with its tokenizer" : "");
+  }
+  if (const auto* cpu = dynamic_cast<const CpuBackend*>(backend->backend.get())) {
+    std::fprintf(stderr,
+                 "glassboxd: %.1f MiB of packed Linear weights (--cpu_packed_weight_bytes %lld)\n",
+                 static_cast<double>(cpu->packed_weight_bytes()) / (1 << 20),
+                 static_cast<long long>(absl::GetFlag(FLAGS_cpu_packed_weight_bytes)));
   }
   if (absl::Status loaded = (*store)->LoadSaes(settings->saes); !loaded.ok()) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(loaded.message()).c_str());
