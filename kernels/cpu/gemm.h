@@ -18,9 +18,11 @@ absl::Status Sgemm(bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, c
                    int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 // A weight w[n, k] laid out once in the blocked order oneDNN's matmul reads it in, which the
-// matmul otherwise copies out of w on every call: the same products, bit for bit, 3-10% faster
-// for a GPT-2-small layer at 128 rows and up to 1.5x for a small model's at 24. The layout does
-// not depend on the number of rows. Defined in gemm.cc.
+// matmul otherwise copies out of w on every call: the same products, bit for bit, 1.03-1.19x
+// faster at GPT-2-small's shapes with 128 rows and ~1.5x at the demo model's with 24
+// (bench/gemm/packed_weights_bench.cc). The layout does not depend on the number of rows. Below
+// 16 rows Linear keeps sgemm, which reads w itself: a packed matmul would be ~1.9x faster there
+// but sums in another order, about twice as far from the exact product. Defined in gemm.cc.
 struct PackedWeight;
 absl::StatusOr<std::shared_ptr<const PackedWeight>> PackWeight(int64_t n, int64_t k,
                                                                const float* w);
