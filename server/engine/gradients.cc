@@ -41,14 +41,6 @@ absl::Status CheckMetric(const GradientMetric& m, const std::vector<int64_t>& le
   return absl::OkStatus();
 }
 
-// log Σ exp(logits), in double.
-double LogSumExp(const float* logits, int64_t vocab) {
-  double most = logits[0], sum = 0;
-  for (int64_t j = 1; j < vocab; ++j) most = std::max(most, double{logits[j]});
-  for (int64_t j = 0; j < vocab; ++j) sum += std::exp(logits[j] - most);
-  return most + std::log(sum);
-}
-
 // Each row's metric and its gradient at the logits: nonzero at the flattened rows `rows` only.
 struct MetricAtLogits {
   std::vector<double> values;

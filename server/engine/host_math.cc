@@ -28,6 +28,8 @@ void TopK(const float* row, int64_t n, int64_t k, float* values, int32_t* indice
   RowTopK(row, n, k, values, indices, scratch);
 }
 
+double LogSumExp(const float* row, int64_t n) { return RowLogSumExp(row, n); }
+
 Tensor AttentionSoftmax(const Tensor& scores) {
   const int64_t n = scores.shape().back(), rows = scores.numel() / std::max<int64_t>(n, 1);
   Tensor pattern = Tensor::ZerosHost(DType::kF32, scores.shape());

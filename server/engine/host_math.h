@@ -22,6 +22,10 @@ absl::StatusOr<Tensor> CopyToHostF32(Backend& backend, const Tensor& t);
 void TopK(const float* row, int64_t n, int64_t k, float* values, int32_t* indices,
           std::vector<int32_t>& scratch);
 
+// log(sum_j exp(row[j])) over row[0..n), n > 0, the max subtracted first and the sum in f64: the
+// CPU backend's (kernels/cpu/row_reductions.h), for host values such as a metric's logits.
+double LogSumExp(const float* row, int64_t n);
+
 // softmax over the last axis of host f32 `scores`, as TransformerLens takes it: torch's softmax,
 // then NaN replaced by 0. A row with a NaN or +inf, or with every entry -inf (a query that sees
 // no key), is all NaN in torch, so it becomes all zeros here.
@@ -32,12 +36,12 @@ Tensor AttentionSoftmax(const Tensor& scores);
 // both host f32; z is [batch, q, H, d_head].
 Tensor AttendValues(const Tensor& pattern, const Tensor& v);
 
-// The block [starts[i], starts[i] + counts[i]) along every axis of a host tensor of any dtype, as
-// a new contiguous tensor. The ranges must lie inside the shape.
 // The host batch `t` ([batch, ...]) repeated `times` times along the first axis, copy after copy:
 // row r of the result is row r % batch. Undefined stays undefined.
 Tensor RepeatRows(const Tensor& t, int64_t times);
 
+// The block [starts[i], starts[i] + counts[i]) along every axis of a host tensor of any dtype, as
+// a new contiguous tensor. The ranges must lie inside the shape.
 Tensor SliceHost(const Tensor& t, std::span<const int64_t> starts, std::span<const int64_t> counts);
 
 }  // namespace glassbox
