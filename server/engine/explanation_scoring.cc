@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "server/engine/host_captures.h"
+#include "server/engine/host_math.h"
 #include "server/engine/intervention.h"
 #include "server/engine/sae_encode.h"
 #include "server/engine/sae_hooks.h"
@@ -38,10 +39,7 @@ void LogSoftmaxRows(Tensor& logits) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     float* row = x + r * vocab;
-    const float m = *std::max_element(row, row + vocab);
-    double sum = 0;
-    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double{row[j]} - m);
-    const float lse = static_cast<float>(m + std::log(sum));
+    const auto lse = static_cast<float>(LogSumExp(row, vocab));
     for (int64_t j = 0; j < vocab; ++j) row[j] -= lse;
   }
 }
