@@ -461,9 +461,10 @@ int Main(int argc, char** argv) {
   }
   if (const auto* cpu = dynamic_cast<const CpuBackend*>(backend->backend.get())) {
     std::fprintf(stderr,
-                 "glassboxd: %.1f MiB of packed Linear weights (--cpu_packed_weight_bytes %lld)\n",
+                 "glassboxd: Linear weights packed for the CPU's GEMMs: %.1f MiB (of at most %.0f "
+                 "MiB, --cpu_packed_weight_bytes)\n",
                  static_cast<double>(cpu->packed_weight_bytes()) / (1 << 20),
-                 static_cast<long long>(absl::GetFlag(FLAGS_cpu_packed_weight_bytes)));
+                 static_cast<double>(absl::GetFlag(FLAGS_cpu_packed_weight_bytes)) / (1 << 20));
   }
   if (absl::Status loaded = (*store)->LoadSaes(settings->saes); !loaded.ok()) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(loaded.message()).c_str());
