@@ -139,10 +139,10 @@ grpc::Status GlassboxService::PatchingSweep(grpc::ServerContext* context,
                           absl::StrCat("SAE \"", request->sae(), "\" reads model \"",
                                        sae->served_model->name, "\", not this one"));
     const int64_t bytes = 2 * clean->tokens.dim(1) * sae->sae->d_sae() * 4;
-    if (bytes > limits.max_response_bytes)
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat("the feature map would take ", bytes, " bytes; ",
-                                       limits.ResponseBytesAllowed(), ": send fewer positions"));
+    if (absl::Status fits =
+            limits.CheckResponseBytes(bytes, "the feature map", "send fewer positions");
+        !fits.ok())
+      return ToGrpcStatus(fits);
   } else if (!request->sae().empty()) {
     return grpc::Status(
         grpc::StatusCode::INVALID_ARGUMENT,
@@ -259,12 +259,10 @@ grpc::Status GlassboxService::LogitLens(grpc::ServerContext* context,
   // Per layer and token: k log-probs and k token ids, and one log-prob per target.
   const int64_t bytes =
       (c.n_layers + 1) * batch->tokens.numel() * (2 * top_k + request->target_tokens_size()) * 4;
-  if (bytes > limits.max_response_bytes) {
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("the logit lens would take ", bytes, " bytes; ", limits.ResponseBytesAllowed(),
-                     ": ask for a smaller top_k or fewer tokens"));
-  }
+  if (absl::Status fits = limits.CheckResponseBytes(bytes, "the logit lens",
+                                                    "ask for a smaller top_k or fewer tokens");
+      !fits.ok())
+    return ToGrpcStatus(fits);
   if (absl::Status charged = caller->ChargeTokens(batch->tokens.numel()); !charged.ok()) {
     return ToGrpcStatus(charged);
   }
@@ -338,11 +336,10 @@ grpc::Status GlassboxService::AttentionNorms(grpc::ServerContext* context,
   const int64_t seq = batch->tokens.dim(1);
   const int64_t layers = request->layers_size() > 0 ? request->layers_size() : c.n_layers;
   const int64_t bytes = layers * batch->tokens.dim(0) * (2 * c.n_heads + 1) * seq * seq * 4;
-  if (bytes > limits.max_response_bytes) {
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("the attention norms would take ", bytes, " bytes; ",
-                                     limits.ResponseBytesAllowed(), ": ask for fewer layers"));
-  }
+  if (absl::Status fits =
+          limits.CheckResponseBytes(bytes, "the attention norms", "ask for fewer layers");
+      !fits.ok())
+    return ToGrpcStatus(fits);
   if (absl::Status charged = caller->ChargeTokens(batch->tokens.numel()); !charged.ok()) {
     return ToGrpcStatus(charged);
   }

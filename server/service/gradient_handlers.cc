@@ -232,11 +232,10 @@ grpc::Status GlassboxService::Gradients(grpc::ServerContext* context,
   const int64_t rows = call->batch.tokens.dim(0), seq = call->batch.tokens.dim(1);
   int64_t bytes = 0;
   for (const Answer& a : answers) bytes += NumElements(a.info.ShapeFor(rows, seq)) * 4;
-  if (bytes > limits.max_response_bytes)
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("the gradients would take ", bytes, " bytes; ", limits.ResponseBytesAllowed(),
-                     ": ask for fewer hooks or fewer tokens"));
+  if (absl::Status fits =
+          limits.CheckResponseBytes(bytes, "the gradients", "ask for fewer hooks or fewer tokens");
+      !fits.ok())
+    return ToGrpcStatus(fits);
   // A backward pass costs about two forward passes: the tokens count three times.
   const int64_t tokens = call->batch.tokens.numel();
   if (absl::Status charged = caller->ChargeTokens(3 * tokens); !charged.ok()) {
@@ -304,10 +303,9 @@ grpc::Status GlassboxService::IntegratedGradients(grpc::ServerContext* context,
   ig.baseline = *std::move(baseline);
   const int64_t rows = call->batch.tokens.dim(0), seq = call->batch.tokens.dim(1);
   const int64_t bytes = NumElements(model.hooks().info(hook).ShapeFor(rows, seq)) * 4;
-  if (bytes > limits.max_response_bytes)
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("the attributions would take ", bytes, " bytes; ",
-                                     limits.ResponseBytesAllowed(), ": send fewer tokens"));
+  if (absl::Status fits = limits.CheckResponseBytes(bytes, "the attributions", "send fewer tokens");
+      !fits.ok())
+    return ToGrpcStatus(fits);
   // Each path point is a forward and a backward pass over the batch (three passes' worth), plus
   // the plain and baseline runs.
   const int64_t tokens = call->batch.tokens.numel();
@@ -360,11 +358,11 @@ grpc::Status GlassboxService::Jacobian(grpc::ServerContext* context,
   if (!out_positions.ok()) return ToGrpcStatus(out_positions.status());
   const auto [n_out, n_in] = *size;
   const int64_t bytes = rows * (n_out * n_in + n_out + n_in) * 4;
-  if (bytes > limits.max_response_bytes)
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("the Jacobian [", rows, ", ", n_out, ", ", n_in, "] would take ", bytes,
-                     " bytes; ", limits.ResponseBytesAllowed(), ": send fewer rows"));
+  if (absl::Status fits = limits.CheckResponseBytes(
+          bytes, absl::StrCat("the Jacobian [", rows, ", ", n_out, ", ", n_in, "]"),
+          "send fewer rows");
+      !fits.ok())
+    return ToGrpcStatus(fits);
   // Each output element is a forward and a backward pass over the rows (three passes' worth).
   const int64_t tokens = call->batch.tokens.numel();
   if (absl::Status charged = caller->ChargeTokens(3 * n_out * tokens); !charged.ok()) {

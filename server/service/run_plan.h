@@ -42,6 +42,14 @@ struct ServiceLimits {
     return absl::StrCat("this server allows ", max_response_bytes, " (", max_response_bytes_source,
                         ")");
   }
+  // OK when a response of `bytes` fits, else RESOURCE_EXHAUSTED: "<what> would take <bytes>
+  // bytes; this server allows N (...): <advice>".
+  absl::Status CheckResponseBytes(int64_t bytes, absl::string_view what,
+                                  absl::string_view advice) const {
+    if (bytes <= max_response_bytes) return absl::OkStatus();
+    return absl::ResourceExhaustedError(absl::StrCat(what, " would take ", bytes, " bytes; ",
+                                                     ResponseBytesAllowed(), ": ", advice));
+  }
 };
 
 // Where a request finds cached runs: the server's cache, the caller's namespace and budget.

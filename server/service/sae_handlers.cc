@@ -140,11 +140,10 @@ grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
   auto batch = BuildBatch(request->inputs(), *sae.served_model, limits);
   if (!batch.ok()) return ToGrpcStatus(batch.status());
   const int64_t dense_bytes = request->dense() ? batch->tokens.numel() * sae.sae->d_sae() * 4 : 0;
-  if (dense_bytes > limits.max_response_bytes) {
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("dense activations would take ", dense_bytes, " bytes; ",
-                                     limits.ResponseBytesAllowed(), ": ask for sparse ones"));
-  }
+  if (absl::Status fits =
+          limits.CheckResponseBytes(dense_bytes, "dense activations", "ask for sparse ones");
+      !fits.ok())
+    return ToGrpcStatus(fits);
   if (absl::Status charged = caller->ChargeTokens(batch->tokens.numel()); !charged.ok()) {
     return ToGrpcStatus(charged);
   }
@@ -163,12 +162,13 @@ grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
   if (!status.ok()) return ToGrpcStatus(status);
   // Sparse activations are sized by what fired: check them once they are known.
   const int64_t sparse_bytes = static_cast<int64_t>(result.acts.indices.size()) * 8;
-  if (sparse_bytes + dense_bytes > limits.max_response_bytes) {
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("the active features take ", sparse_bytes, " bytes; ",
-                     limits.ResponseBytesAllowed(), ": set top_k or send fewer tokens"));
-  }
+  if (absl::Status fits = limits.CheckResponseBytes(
+          sparse_bytes + dense_bytes,
+          request->dense() ? "the active features and the dense activations"
+                           : "the active features",
+          "set top_k or send fewer tokens");
+      !fits.ok())
+    return ToGrpcStatus(fits);
   for (size_t r = 0; r < batch->rows.size(); ++r) {
     response->add_sequence_lengths(batch->lengths[r]);
     response->add_tokens()->mutable_ids()->Add(batch->rows[r].begin(), batch->rows[r].end());
@@ -209,12 +209,10 @@ grpc::Status GlassboxService::SaeDecode(grpc::ServerContext* context,
   const int64_t rows = request->dense_size() > 0 ? request->dense_size() / sae.d_sae()
                                                  : std::max(0, request->offsets_size() - 1);
   const int64_t bytes = rows * sae.d_in() * 4;
-  if (bytes > limits.max_response_bytes) {
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("decoding ", rows, " rows would take ", bytes, " bytes; ",
-                     limits.ResponseBytesAllowed(), ": decode fewer rows per request"));
-  }
+  if (absl::Status fits = limits.CheckResponseBytes(bytes, absl::StrCat("decoding ", rows, " rows"),
+                                                    "decode fewer rows per request");
+      !fits.ok())
+    return ToGrpcStatus(fits);
   SparseActs sparse;
   Tensor dense;
   if (absl::Status s = ReadDecodeInput(*request, sae.d_sae(), sparse, dense); !s.ok())
