@@ -35,13 +35,14 @@ constexpr Flag kFlags[] = {
     kGradientPositionFlag,
     {"hooks", FlagKind::kRepeated, "--hooks HOOK",
      "a hook name or glob whose gradient is wanted (repeatable), e.g.\n"
-     "'blocks.*.hook_resid_pre'"},
+     "'blocks.*.hook_resid_pre', or a splice's point: '<hook>.hook_sae_acts_post'"},
     {"intervene", FlagKind::kRepeated, "--intervene SPEC",
      "an edit of the forward pass, as run's (repeatable; docs/interventions.md); the\n"
-     "backward goes through it (projection_cap and pattern edits are refused)"},
+     "backward goes through it, whatever its kind"},
     {"sae_splice", FlagKind::kRepeated, "--sae_splice NAME[:error_term]",
      "splice SAE NAME in at its hook, as run's (repeatable); the backward goes\n"
-     "through its features (the error term carries no gradient, as in sae_lens)"},
+     "through its features (nothing reaches the input through the error term, as\n"
+     "in sae_lens; its hook_sae_error point has the output's gradient)"},
     {"sae_edit", FlagKind::kRepeated, "--sae_edit NAME:KIND:features=LIST[...]",
      "edit the spliced SAE's features, as run's"},
     {"sae_steer", FlagKind::kRepeated, "--sae_steer NAME:features=LIST[...]",
