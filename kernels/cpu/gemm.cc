@@ -7,6 +7,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/activations.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -100,7 +101,7 @@ absl::StatusOr<std::shared_ptr<const PackedWeight>> PackWeight(int64_t n, int64_
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
   // The layout the matmul picks when left free to; it is the same for every row count, so one
-  // taken at a typical one serves all (checked bit for bit in cpu_gemm_test).
+  // taken at a typical one serves all (checked bit for bit in cpu_linear_test).
   constexpr int64_t kTypicalRows = 128;
   const dnnl::engine& engine = LinearPrimitives::Get().engine();
   try {
@@ -115,6 +116,23 @@ absl::StatusOr<std::shared_ptr<const PackedWeight>> PackWeight(int64_t n, int64_
     auto packed = std::make_shared<PackedWeight>();
     packed->desc = chosen.weights_desc();
     if (packed->desc == plain) return std::shared_ptr<const PackedWeight>();  // nothing to gain
+    // Only a layout the matmul takes at the fewest rows Linear gives it too, and through a JIT
+    // kernel rather than oneDNN's slow reference one (so on a CPU where that is not so, weights
+    // stay plain rather than slow).
+    try {
+      const dnnl::memory::desc few_src({kFusedMinRows, k}, dt::f32, tag::ab),
+          few_dst({kFusedMinRows, n}, dt::f32, tag::ab);
+#if DNNL_VERSION_MAJOR >= 3
+      const dnnl::matmul::primitive_desc few(engine, few_src, packed->desc, few_dst);
+#else
+      const dnnl::matmul::primitive_desc few(dnnl::matmul::desc(few_src, packed->desc, few_dst),
+                                             engine);
+#endif
+      if (absl::StrContains(few.impl_info_str(), "ref"))
+        return std::shared_ptr<const PackedWeight>();
+    } catch (const dnnl::error&) {
+      return std::shared_ptr<const PackedWeight>();
+    }
     const size_t bytes = (packed->desc.get_size() + 63) / 64 * 64;
     packed->data.reset(std::aligned_alloc(64, bytes));
     if (packed->data == nullptr)
