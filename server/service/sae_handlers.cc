@@ -191,7 +191,7 @@ grpc::Status GlassboxService::SaeEncode(grpc::ServerContext* context,
 grpc::Status GlassboxService::SaeDecode(grpc::ServerContext* context,
                                         const pb::SaeDecodeRequest* request,
                                         pb::SaeDecodeResponse* response) {
-  auto caller = Admit(context, CallKind::kHost);
+  auto caller = Admit(context, CallKind::kDevice);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   const ServiceLimits& limits = caller->limits();
   auto served = store_.FindSae(request->sae());
@@ -217,8 +217,17 @@ grpc::Status GlassboxService::SaeDecode(grpc::ServerContext* context,
   Tensor dense;
   if (absl::Status s = ReadDecodeInput(*request, sae.d_sae(), sparse, dense); !s.ok())
     return ToGrpcStatus(s);
-  auto decoded = dense.defined() ? sae.Decode(dense) : sae.DecodeSparse(sparse);
-  if (!decoded.ok()) return ToGrpcStatus(decoded.status());
+  // On the device's worker, like all work on the model's weights: decoding runs OpenMP teams,
+  // which must stay on that one thread (glassboxd_main.cc says why).
+  absl::StatusOr<Tensor> decoded;
+  if (absl::Status status =
+          OnDevice(context, *caller, "SaeDecode", (*served)->served_model->name, 0,
+                   [&]() -> absl::Status {
+                     decoded = dense.defined() ? sae.Decode(dense) : sae.DecodeSparse(sparse);
+                     return decoded.status();
+                   });
+      !status.ok())
+    return ToGrpcStatus(status);
   auto* vectors = response->mutable_vectors();
   vectors->mutable_shape()->Add(decoded->shape().begin(), decoded->shape().end());
   vectors->add_dim_names("vector");
