@@ -44,7 +44,13 @@ class RawStreamService final : public glassbox::bench::RawStream::Service {
 double Seconds(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 int Main() {
-  auto store = ModelStore::Load({{"m", absl::GetFlag(FLAGS_model)}}, std::make_shared<CpuBackend>(), "cpu");
+  // Loaded on a thread that ends, as glassboxd does, so that the scheduler worker's OpenMP team
+  // is the only one (docs/service.md, "CPU threads").
+  absl::StatusOr<std::unique_ptr<ModelStore>> store;
+  std::thread([&] {
+    store = ModelStore::Load({{"m", absl::GetFlag(FLAGS_model)}}, std::make_shared<CpuBackend>(),
+                             "cpu");
+  }).join();
   if (!store.ok()) {
     std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
     return 1;
