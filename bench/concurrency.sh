@@ -2,8 +2,9 @@
 # 64 concurrent clients of small Runs (24 tokens, four resid captures, last-position logits)
 # against glassboxd with the scheduler's dynamic batching, beside the same server running every
 # request alone (--max_batch_tokens 0), from one run; then one client alone, whose p50 overhead
-# is what the service adds to the forward pass. On the demo model and, when PYTHON has torch and
-# transformers to write it, a random GPT-2-small.
+# is what the service adds to the forward pass. forward_ms is the server's own forward time per
+# pass at p50 (Timings.forward_seconds); compare it with forward_bench at the same rows. On the
+# demo model and, when PYTHON has torch and transformers to write it, a random GPT-2-small.
 #
 #   bash bench/concurrency.sh [clients] [requests per client]
 set -euo pipefail
@@ -38,7 +39,7 @@ serve() {  # serve MODEL=DIR FLAGS...: starts glassboxd, sets $address and $serv
 }
 stop() { kill -TERM "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
 
-printf "%-11s %-8s %7s %10s %9s %9s %10s %12s\n" model mode clients req/s p50_ms p99_ms mean_batch overhead_ms
+printf "%-11s %-8s %7s %10s %9s %9s %10s %12s %12s\n" model mode clients req/s p50_ms p99_ms mean_batch forward_ms overhead_ms
 for spec in "${models[@]}"; do
   name="${spec%%=*}"
   declare -A rps=()
@@ -53,8 +54,8 @@ for spec in "${models[@]}"; do
     rps[$mode]=$(echo "$result" | sed -n 's/.*"requests_per_s": \([0-9.]*\).*/\1/p')
     echo "$result" | sed 's/[{}",]//g' | awk -v m="$name" -v mode="$mode" '{
       for (i = 1; i < NF; i += 2) v[$i] = $(i + 1)
-      printf "%-11s %-8s %7s %10s %9s %9s %10s %12s\n", m, mode, v["clients:"], v["requests_per_s:"],
-             v["p50_ms:"], v["p99_ms:"], v["mean_batch:"], v["overhead_p50_ms:"] }'
+      printf "%-11s %-8s %7s %10s %9s %9s %10s %12s %12s\n", m, mode, v["clients:"], v["requests_per_s:"],
+             v["p50_ms:"], v["p99_ms:"], v["mean_batch:"], v["forward_p50_ms:"], v["overhead_p50_ms:"] }'
   done
   awk -v a="${rps[batched]}" -v b="${rps[alone]}" -v m="$name" \
     'BEGIN { printf "%-11s batched / alone throughput: %.2fx\n", m, a / b }'
