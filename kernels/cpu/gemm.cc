@@ -24,6 +24,21 @@ absl::Status DnnlError(dnnl_status_t status, const char* what) {
   return absl::InternalError(absl::StrCat("oneDNN ", what, " failed with status ", status));
 }
 
+// The matmul of src by wei into dst (plus bia when given), as this oneDNN builds one.
+dnnl::matmul::primitive_desc MatmulDesc(const dnnl::engine& engine, const dnnl::memory::desc& src,
+                                        const dnnl::memory::desc& wei,
+                                        const dnnl::memory::desc* bia,
+                                        const dnnl::memory::desc& dst) {
+#if DNNL_VERSION_MAJOR >= 3  // Ubuntu 24.04's oneDNN: primitive descriptors built directly.
+  return bia != nullptr ? dnnl::matmul::primitive_desc(engine, src, wei, *bia, dst)
+                        : dnnl::matmul::primitive_desc(engine, src, wei, dst);
+#else  // Debian 12's oneDNN 2.6: through an operation descriptor.
+  return dnnl::matmul::primitive_desc(
+      bia != nullptr ? dnnl::matmul::desc(src, wei, *bia, dst) : dnnl::matmul::desc(src, wei, dst),
+      engine);
+#endif
+}
+
 // Linear-layer primitives by shape, built once: building one costs 0.5-4 ms, running one for a
 // few tokens tens of microseconds, so each shape (a model's projections at a token count) is
 // kept. A primitive holds ~100 KB (its JIT code): the least recently used go beyond
@@ -60,14 +75,7 @@ class LinearPrimitives {
     const dnnl::memory::desc src({m, k}, dt::f32, tag::ab),
         wei = packed != nullptr ? *packed : dnnl::memory::desc({k, n}, dt::f32, tag::ba),
         dst({m, n}, dt::f32, tag::ab), bia({1, n}, dt::f32, tag::ab);
-#if DNNL_VERSION_MAJOR >= 3  // Ubuntu 24.04's oneDNN: primitive descriptors built directly.
-    dnnl::matmul primitive(bias ? dnnl::matmul::primitive_desc(engine_, src, wei, bia, dst)
-                                : dnnl::matmul::primitive_desc(engine_, src, wei, dst));
-#else  // Debian 12's oneDNN 2.6: through an operation descriptor.
-    const auto desc =
-        bias ? dnnl::matmul::desc(src, wei, bia, dst) : dnnl::matmul::desc(src, wei, dst);
-    dnnl::matmul primitive(dnnl::matmul::primitive_desc(desc, engine_));
-#endif
+    dnnl::matmul primitive(MatmulDesc(engine_, src, wei, bias ? &bia : nullptr, dst));
     cache_.emplace(key, Entry{primitive, clock_});
     return primitive;
   }
@@ -108,11 +116,7 @@ absl::StatusOr<std::shared_ptr<const PackedWeight>> PackWeight(int64_t n, int64_
     const dnnl::memory::desc src({kTypicalRows, k}, dt::f32, tag::ab),
         free_layout({k, n}, dt::f32, tag::any), plain({k, n}, dt::f32, tag::ba),
         dst({kTypicalRows, n}, dt::f32, tag::ab);
-#if DNNL_VERSION_MAJOR >= 3
-    const dnnl::matmul::primitive_desc chosen(engine, src, free_layout, dst);
-#else
-    const dnnl::matmul::primitive_desc chosen(dnnl::matmul::desc(src, free_layout, dst), engine);
-#endif
+    const dnnl::matmul::primitive_desc chosen = MatmulDesc(engine, src, free_layout, nullptr, dst);
     auto packed = std::make_shared<PackedWeight>();
     packed->desc = chosen.weights_desc();
     if (packed->desc == plain) return std::shared_ptr<const PackedWeight>();  // nothing to gain
@@ -122,12 +126,8 @@ absl::StatusOr<std::shared_ptr<const PackedWeight>> PackWeight(int64_t n, int64_
     try {
       const dnnl::memory::desc few_src({kFusedMinRows, k}, dt::f32, tag::ab),
           few_dst({kFusedMinRows, n}, dt::f32, tag::ab);
-#if DNNL_VERSION_MAJOR >= 3
-      const dnnl::matmul::primitive_desc few(engine, few_src, packed->desc, few_dst);
-#else
-      const dnnl::matmul::primitive_desc few(dnnl::matmul::desc(few_src, packed->desc, few_dst),
-                                             engine);
-#endif
+      const dnnl::matmul::primitive_desc few =
+          MatmulDesc(engine, few_src, packed->desc, nullptr, few_dst);
       if (absl::StrContains(few.impl_info_str(), "ref"))
         return std::shared_ptr<const PackedWeight>();
     } catch (const dnnl::error&) {
