@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -377,20 +378,18 @@ absl::StatusOr<ChosenBackend> ChooseBackend() {
       dtype};
 }
 
-// Runs `work` (loading weights) on a thread that ends with it, with --cpu_threads, and returns
-// its result. The OpenMP teams `work` starts end with that thread too. The scheduler's worker
-// must be the only thread in the process that keeps an OpenMP team: libgomp counts every team's
-// threads, and once there are more than cores it spins only ~100 times at a barrier before
-// sleeping. Then every parallel region of a small forward pass waits for a futex wake. A team
-// left on main after loading made the demo model's 24-token pass take 2.5-4 ms at 2 threads
-// instead of 0.8 ms.
+// Runs `work` (loading weights) on a thread that ends with it, set up as the scheduler's worker
+// is (`init`: --cpu_threads), and returns its result. The OpenMP teams `work` starts end with that
+// thread too. The scheduler's worker must be the only thread in the process that keeps an OpenMP
+// team: libgomp counts every team's threads, and once there are more than cores it spins only ~100
+// times at a barrier before sleeping. Then every parallel region of a small forward pass waits for
+// a futex wake. A team left on main after loading made the demo model's 24-token pass take 2.5-4 ms
+// at 2 threads instead of 0.8 ms.
 template <typename Work>
-std::invoke_result_t<Work> OnLoaderThread(Work&& work) {
+std::invoke_result_t<Work> OnLoaderThread(const std::function<void()>& init, Work&& work) {
   std::optional<std::invoke_result_t<Work>> result;
   std::thread([&] {
-    if (const int threads = absl::GetFlag(FLAGS_cpu_threads); threads > 0) {
-      omp_set_num_threads(threads);
-    }
+    if (init) init();
     result.emplace(work());
   }).join();
   return *std::move(result);
@@ -470,7 +469,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(backend.status().message()).c_str());
     return 2;
   }
-  auto store = OnLoaderThread([&] {
+  auto store = OnLoaderThread(settings->scheduler.worker_init, [&] {
     return ModelStore::Load(settings->models, backend->backend, backend->device, backend->dtype);
   });
   if (!store.ok()) {
@@ -490,7 +489,8 @@ int Main(int argc, char** argv) {
                  static_cast<double>(cpu->packed_weight_bytes()) / (1 << 20),
                  static_cast<double>(absl::GetFlag(FLAGS_cpu_packed_weight_bytes)) / (1 << 20));
   }
-  if (absl::Status loaded = OnLoaderThread([&] { return (*store)->LoadSaes(settings->saes); });
+  if (absl::Status loaded = OnLoaderThread(settings->scheduler.worker_init,
+                                           [&] { return (*store)->LoadSaes(settings->saes); });
       !loaded.ok()) {
     std::fprintf(stderr, "glassboxd: %s\n", std::string(loaded.message()).c_str());
     return 1;
